@@ -1,0 +1,222 @@
+"""Startup configuration: settings.json and the SMTP environment variables, validated once.
+
+Every problem is collected before anything is reported, so a user fixes a bad file in one pass;
+each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got "ten"`).
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+# Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
+# RFC 5322 parser: the SMTP server has the last word on an address.
+_EMAIL = re.compile(
+    r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
+USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    """One monitored device, with its recipients already resolved (device_email or recipient)."""
+
+    monitor: bool
+    max_sleep: float
+    email_frequency: float
+    recipients: tuple
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated contents of settings.json."""
+
+    base_frequency: float
+    email_processing_frequency: float
+    recipient: str
+    server_root: str | None
+    users: dict
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and as whom alert emails are sent, from the SMTP_* environment variables."""
+
+    host: str
+    port: int
+    login: str | None
+    password: str | None
+    sender: str | None
+
+
+def load_settings(path):
+    """Read and validate the settings file at `path`; raise ConfigError listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read settings file: {error.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not valid UTF-8"]) from None
+    try:
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except _DuplicateKey as error:
+        raise ConfigError([f"{path}: duplicate key {json.dumps(error.key)}"]) from None
+    except ValueError as error:
+        raise ConfigError([f"{path}: invalid JSON: {error}"]) from None
+    return parse_settings(document)
+
+
+def parse_settings(document):
+    """Validate an already parsed settings document; raise ConfigError listing every problem."""
+    problems = []
+    if not isinstance(document, dict):
+        raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
+    _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
+    base_frequency = _number(document, "base_frequency", "", problems)
+    email_processing_frequency = _number(document, "email_processing_frequency", "", problems)
+    recipient = _required(document, "recipient", "", problems)
+    if recipient is not None and not is_email_address(recipient):
+        problems.append(f"recipient: must be an email address like name@example.com, got {_show(recipient)}")
+    server_root = document.get("server_root")
+    if server_root is not None and not (
+        isinstance(server_root, str) and re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", server_root)
+    ):
+        problems.append(f"server_root: must be an http:// or https:// URL, got {_show(server_root)}")
+    users = _required(document, "users", "", problems)
+    parsed_users = {}
+    if users is not None and not isinstance(users, dict):
+        problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
+    elif users is not None:
+        for username, user in users.items():
+            parsed = _parse_user(username, user, recipient, problems)
+            if parsed is not None:
+                parsed_users[username] = parsed
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        base_frequency=base_frequency,
+        email_processing_frequency=email_processing_frequency,
+        recipient=recipient,
+        server_root=server_root.rstrip("/") if server_root else None,
+        users=parsed_users,
+    )
+
+
+def load_smtp_settings(environ):
+    """Read the SMTP_* variables from `environ`; raise ConfigError if SMTP_PORT is not a port."""
+    port_text = environ.get("SMTP_PORT", "465")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) or not 0 < int(port_text) < 65536:
+        raise ConfigError([f"SMTP_PORT: must be an integer port from 1 to 65535, got {port_text!r}"])
+    login = environ.get("SMTP_LOGIN") or None
+    return SmtpSettings(
+        host=environ.get("SMTP_HOST") or "smtp.gmail.com",
+        port=int(port_text),
+        login=login,
+        password=environ.get("SMTP_PASSWORD") or None,
+        sender=environ.get("SMTP_FROM") or login,
+    )
+
+
+def is_email_address(value):
+    """True if `value` is a string shaped like a deliverable address (name@domain.tld)."""
+    return isinstance(value, str) and _EMAIL.fullmatch(value) is not None
+
+
+def _parse_user(username, user, recipient, problems):
+    path = "users." + (username if re.fullmatch(r"[\w-]+", username) else json.dumps(username))
+    before = len(problems)
+    if not username:
+        problems.append(f"{path}: a username must not be empty")
+    elif _CONTROL.search(username):
+        problems.append(f"{path}: a username must not contain control characters")
+    if not isinstance(user, dict):
+        problems.append(f"{path}: must be an object with monitor, max_sleep and email_frequency, got {_show(user)}")
+        return None
+    _unknown_keys(user, USER_KEYS, path + ".", problems)
+    monitor = _required(user, "monitor", path + ".", problems)
+    if monitor is not None and not isinstance(monitor, bool):
+        problems.append(f"{path}.monitor: must be true or false, got {_show(monitor)}")
+    max_sleep = _number(user, "max_sleep", path + ".", problems)
+    email_frequency = _number(user, "email_frequency", path + ".", problems)
+    recipients = _device_emails(user.get("device_email"), path + ".device_email", problems)
+    if len(problems) > before:
+        return None
+    return UserConfig(
+        monitor=monitor,
+        max_sleep=max_sleep,
+        email_frequency=email_frequency,
+        recipients=recipients or (recipient,),
+    )
+
+
+def _device_emails(value, path, problems):
+    if value is None:
+        return ()
+    addresses = [value] if isinstance(value, str) else value
+    if not isinstance(addresses, list) or not addresses:
+        problems.append(f"{path}: must be an email address or a non-empty list of them, got {_show(value)}")
+        return ()
+    for address in addresses:
+        if not is_email_address(address):
+            problems.append(f"{path}: must be an email address like name@example.com, got {_show(address)}")
+    return tuple(dict.fromkeys(addresses))
+
+
+def _unknown_keys(document, known, prefix, problems):
+    for key in document:
+        if key not in known:
+            problems.append(f"{prefix}{key}: unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _required(document, key, prefix, problems):
+    if key not in document:
+        problems.append(f"{prefix}{key}: missing")
+        return None
+    return document[key]
+
+
+def _number(document, key, prefix, problems):
+    value = _required(document, key, prefix, problems)
+    if value is None and key not in document:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        problems.append(f"{prefix}{key}: must be a number >= 0, got {_show(value)}")
+        return None
+    return float(value)
+
+
+def _show(value):
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_duplicate_keys(pairs):
+    document = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")

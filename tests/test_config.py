@@ -1,0 +1,183 @@
+import json
+
+import pytest
+
+import config
+from support import ROOT
+
+
+def valid_document(**changes):
+    document = {
+        "base_frequency": 1,
+        "email_processing_frequency": 2.5,
+        "recipient": "oncall@example.com",
+        "users": {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}},
+    }
+    document.update(changes)
+    return document
+
+
+def problems_of(document):
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse_settings(document)
+    return raised.value.problems
+
+
+def test_the_shipped_example_is_valid():
+    settings = config.load_settings(ROOT / "settings.json")
+    assert len(settings.users) == 2
+
+
+def test_it_parses_a_valid_document():
+    settings = config.parse_settings(valid_document(server_root="https://example.net/"))
+    assert settings.base_frequency == 1.0
+    assert settings.email_processing_frequency == 2.5
+    assert settings.server_root == "https://example.net"
+    assert settings.users["pi"] == config.UserConfig(True, 60.0, 600.0, ("oncall@example.com",))
+
+
+def test_server_root_is_optional():
+    assert config.parse_settings(valid_document()).server_root is None
+
+
+def test_device_email_may_be_a_string_or_a_list_and_overrides_recipient():
+    settings = config.parse_settings(valid_document(users={
+        "one": {"monitor": True, "max_sleep": 1, "email_frequency": 1, "device_email": "a@example.com"},
+        "two": {"monitor": True, "max_sleep": 1, "email_frequency": 1,
+                "device_email": ["b@example.com", "c@example.org", "b@example.com"]},
+    }))
+    assert settings.users["one"].recipients == ("a@example.com",)
+    assert settings.users["two"].recipients == ("b@example.com", "c@example.org")
+
+
+def test_it_reports_every_problem_at_once_each_naming_its_key_path():
+    document = valid_document(base_frequency="fast", colour="blue", users={
+        "pi": {"monitor": "yes", "max_sleep": "ten", "email_frequency": -1, "device_email": "nobody"},
+        "nas": {"monitor": True, "max_sleep": 5},
+    })
+    del document["recipient"]
+    assert sorted(problems_of(document)) == sorted([
+        'base_frequency: must be a number >= 0, got "fast"',
+        "colour: unknown key (expected one of base_frequency, email_processing_frequency, recipient,"
+        " server_root, users)",
+        "recipient: missing",
+        'users.pi.monitor: must be true or false, got "yes"',
+        'users.pi.max_sleep: must be a number >= 0, got "ten"',
+        "users.pi.email_frequency: must be a number >= 0, got -1",
+        'users.pi.device_email: must be an email address like name@example.com, got "nobody"',
+        "users.nas.email_frequency: missing",
+    ])
+
+
+@pytest.mark.parametrize("value", [True, False, None, "1", [1], {"n": 1}, -0.5])
+def test_frequencies_must_be_numbers_not_booleans(value):
+    assert problems_of(valid_document(base_frequency=value)) == [
+        f"base_frequency: must be a number >= 0, got {json.dumps(value)}"
+    ]
+
+
+def test_zero_and_decimals_are_allowed():
+    settings = config.parse_settings(valid_document(base_frequency=0, email_processing_frequency=0.25))
+    assert (settings.base_frequency, settings.email_processing_frequency) == (0.0, 0.25)
+
+
+@pytest.mark.parametrize("address", ["nobody", "a@", "@example.com", "a b@example.com", "a@example", "a@exa mple.com",
+                                     "<a@example.com>", 42])
+def test_malformed_email_addresses_are_refused(address):
+    [problem] = problems_of(valid_document(recipient=address))
+    assert problem.startswith("recipient: must be an email address")
+
+
+def test_device_email_must_not_be_an_empty_list():
+    users = {"pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1, "device_email": []}}
+    assert problems_of(valid_document(users=users)) == [
+        "users.pi.device_email: must be an email address or a non-empty list of them, got []"
+    ]
+
+
+def test_unknown_user_keys_are_errors():
+    users = {"pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1, "maxsleep": 5}}
+    [problem] = problems_of(valid_document(users=users))
+    assert problem.startswith("users.pi.maxsleep: unknown key")
+
+
+def test_usernames_must_be_non_empty_and_free_of_control_characters():
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    assert sorted(problems_of(valid_document(users={"": user, "bad\nname": user}))) == [
+        'users."": a username must not be empty',
+        'users."bad\\nname": a username must not contain control characters',
+    ]
+
+
+def test_users_must_be_an_object_of_objects():
+    assert problems_of(valid_document(users=["pi"])) == [
+        'users: must be an object of username -> user settings, got ["pi"]'
+    ]
+    [problem] = problems_of(valid_document(users={"pi": 5}))
+    assert problem.startswith("users.pi: must be an object")
+
+
+def test_server_root_must_be_an_http_url():
+    assert problems_of(valid_document(server_root="example.net")) == [
+        'server_root: must be an http:// or https:// URL, got "example.net"'
+    ]
+
+
+def test_a_document_that_is_not_an_object_is_refused():
+    assert problems_of([]) == ["settings: must be a JSON object, got []"]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    return path
+
+
+def test_bad_json_is_reported_with_the_file_name(tmp_path):
+    path = write(tmp_path, '{"users": ')
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(path)
+    [problem] = raised.value.problems
+    assert problem.startswith(f"{path}: invalid JSON")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(tmp_path, constant):
+    path = write(tmp_path, json.dumps(valid_document()).replace('"base_frequency": 1', f'"base_frequency": {constant}'))
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(path)
+    assert constant.lstrip("-") in raised.value.problems[0]
+
+
+def test_duplicate_usernames_are_refused(tmp_path):
+    user = '{"monitor": true, "max_sleep": 1, "email_frequency": 1}'
+    text = json.dumps(valid_document()).replace('"users": {', f'"users": {{"pi": {user}, ')
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(write(tmp_path, text))
+    assert raised.value.problems == [f'{tmp_path / "settings.json"}: duplicate key "pi"']
+
+
+def test_a_missing_file_is_reported(tmp_path):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(tmp_path / "nope.json")
+    assert raised.value.problems == [f"{tmp_path / 'nope.json'}: cannot read settings file: No such file or directory"]
+
+
+def test_smtp_settings_have_documented_defaults():
+    smtp = config.load_smtp_settings({})
+    assert smtp == config.SmtpSettings("smtp.gmail.com", 465, None, None, None)
+
+
+def test_smtp_from_defaults_to_the_login():
+    smtp = config.load_smtp_settings({"SMTP_LOGIN": "me@example.com", "SMTP_PASSWORD": "pw", "SMTP_PORT": "2465"})
+    assert (smtp.port, smtp.sender) == (2465, "me@example.com")
+    assert config.load_smtp_settings({"SMTP_LOGIN": "me@example.com", "SMTP_FROM": "pl@example.com"}).sender == (
+        "pl@example.com"
+    )
+
+
+@pytest.mark.parametrize("port", ["abc", "4.65", "", "0", "70000", "-1"])
+def test_a_non_integer_smtp_port_is_refused(port):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_smtp_settings({"SMTP_PORT": port})
+    assert raised.value.problems == [f"SMTP_PORT: must be an integer port from 1 to 65535, got {port!r}"]
