@@ -1,0 +1,146 @@
+"""Alert emails: what they say (pure functions of data) and sending them over SMTP with implicit TLS."""
+
+import logging
+import smtplib
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+
+log = logging.getLogger("ping_listener.mailer")
+
+SMTP_TIMEOUT = 10.0
+FALLBACK_SENDER = "ping-listener@localhost"
+
+SENT = "sent"
+RETRY = "retry"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The fate of one email: SENT, RETRY (try again later) or REJECTED (permanently)."""
+
+    status: str
+    error: str | None = None
+
+
+def compose_alert(user, server_root):
+    """Subject and plain-text body of the alert for `user` (a store.UserState), as (subject, body).
+
+    Times are shown in the local time zone (TZ); the logs link points at the day of the last ping,
+    or of the start of monitoring if none was received.
+    """
+    username = user.username
+    seen = user.last_ping if user.last_ping is not None else user.monitored_since
+    if user.last_ping is not None:
+        last_ping_line = f"Last ping: {format_local_time(user.last_ping)}"
+    else:
+        last_ping_line = f"No ping received since monitoring began at {format_local_time(user.monitored_since)}."
+    day = time.localtime(seen)
+    query = urllib.parse.urlencode(
+        {"username": username, "year": f"{day.tm_year % 100:02d}", "month": f"{day.tm_mon:02d}",
+         "day": f"{day.tm_mday:02d}"}
+    )
+    body = (
+        f"Ping Listener has heard nothing from {username} for longer than its max_sleep"
+        f" of {_seconds(user.max_sleep)}.\n"
+        f"\n"
+        f"{last_ping_line}\n"
+        f"Pings of that day: {server_root}/logs?{query}\n"
+        f"\n"
+        f"This alert repeats at most every {_seconds(user.email_frequency)} while the silence lasts.\n"
+    )
+    return f"{username} disconnection detected", body
+
+
+def format_local_time(epoch):
+    """`epoch` as a local date and time with its zone, for people: 2026-11-24 14:03:05 CET."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def build_message(email, sender):
+    """The RFC 5322 message for a queued email (a store.QueuedEmail), dated when it was queued."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = email.recipient
+    message["Subject"] = email.subject
+    message["Date"] = formatdate(email.queued_at, localtime=True)
+    message["Message-ID"] = email.message_id
+    message.set_content(email.body)
+    return message
+
+
+class SmtpMailer:
+    """Sends emails through one SMTP-over-SSL server, certificate checked against the system CAs."""
+
+    def __init__(self, smtp, timeout=SMTP_TIMEOUT):
+        """Use `smtp` (a config.SmtpSettings); `timeout` bounds every network operation, in seconds."""
+        self._smtp = smtp
+        self._timeout = timeout
+        self.sender = smtp.sender or FALLBACK_SENDER
+        self._message_id_domain = parseaddr(self.sender)[1].rpartition("@")[2] or "localhost"
+        # Built once: it reads SSL_CERT_FILE and the system's CA store.
+        self._ssl_context = ssl.create_default_context()
+
+    def new_message_id(self):
+        """A fresh Message-ID header value for an email from this sender."""
+        return make_msgid(domain=self._message_id_domain)
+
+    def send_all(self, emails):
+        """Send `emails` (store.QueuedEmail) over one connection; yield (email, SendResult) as each is settled.
+
+        A 5xx answer to MAIL, RCPT or DATA rejects that email; a 4xx answer retries it; a
+        connection or login problem retries it and every email not yet tried.
+        """
+        pending = list(emails)
+        if not pending:
+            return
+        try:
+            with smtplib.SMTP_SSL(
+                self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
+            ) as connection:
+                if self._smtp.login:
+                    connection.login(self._smtp.login, self._smtp.password or "")
+                while pending:
+                    email = pending[0]
+                    result = self._send_one(connection, email)
+                    pending.pop(0)
+                    yield email, result
+        except (OSError, smtplib.SMTPException) as error:
+            # The whole conversation failed: a fault of the setup or the network, not of a message.
+            reason = _describe(error)
+            if pending:
+                log.error(
+                    "cannot send email through %s:%s: %s (%d email(s) stay queued)",
+                    self._smtp.host, self._smtp.port, reason, len(pending),
+                )
+            for email in pending:
+                yield email, SendResult(RETRY, reason)
+
+    def _send_one(self, connection, email):
+        try:
+            connection.send_message(build_message(email, self.sender), self.sender, [email.recipient])
+        except smtplib.SMTPRecipientsRefused as error:
+            code, message = next(iter(error.recipients.values()))
+            return _refused(code, message)
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+            return _refused(error.smtp_code, error.smtp_error)
+        return SendResult(SENT)
+
+
+def _refused(code, message):
+    text = f"{code} {message.decode(errors='replace') if isinstance(message, bytes) else message}"
+    return SendResult(REJECTED if 500 <= code < 600 else RETRY, text)
+
+
+def _describe(error):
+    if isinstance(error, smtplib.SMTPResponseException):
+        return _refused(error.smtp_code, error.smtp_error).error
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _seconds(value):
+    return f"{value:g} seconds" if value != 1 else "1 second"

@@ -1,0 +1,149 @@
+"""The absence listener and the outbox drain: pure decisions, and two thin stoppable loops.
+
+The loops run in their own threads so a slow SMTP server never delays detecting absences.
+Each step takes `now` from its caller, so tests drive time instead of sleeping.
+"""
+
+import logging
+import threading
+
+import mailer
+from store import CheckOutcome, NewEmail, StoreError
+
+log = logging.getLogger("ping_listener.scheduler")
+
+USERS_PER_STEP = 500
+EMAILS_PER_STEP = 100
+# A frequency of 0 means "as often as possible", not a busy loop.
+MIN_LOOP_DELAY = 0.02
+FIRST_RETRY_DELAY = 5.0
+MAX_RETRY_DELAY = 300.0
+# If deciding about a user fails, look at it again this much later, so one bad row cannot
+# stop the listener or make it spin.
+BAD_USER_DELAY = 60.0
+
+
+def late_at(user):
+    """When `user` (a store.UserState) becomes late: its last sign of life plus max_sleep.
+
+    The last sign of life is the later of its last ping and the start of monitoring, so the
+    service's own downtime never counts against a device. None if it is not monitored.
+    """
+    if not user.monitor:
+        return None
+    seen = user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
+    return seen + user.max_sleep
+
+
+def decide(user, now):
+    """Whether to alert about `user` at `now`, and when to look at it next: (alert, next_due_at).
+
+    A user is late once its silence exceeds max_sleep (exactly max_sleep is not late); a late
+    user is alerted unless its last alert is email_frequency or less ago.
+    """
+    deadline = late_at(user)
+    if deadline is None:
+        return False, None
+    if not now > deadline:
+        return False, deadline
+    if user.last_alert is not None and not now > user.last_alert + user.email_frequency:
+        return False, user.last_alert + user.email_frequency
+    return True, max(deadline, now + user.email_frequency)
+
+
+def retry_delay(attempts):
+    """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
+    return min(FIRST_RETRY_DELAY * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+
+
+class Scheduler:
+    """Runs the absence listener and the outbox drain over one store, until stopped."""
+
+    def __init__(self, store, mail_sender, settings, server_root, clock):
+        """`mail_sender` is a mailer.SmtpMailer (or one with its interface); `clock()` gives epoch seconds."""
+        self._store = store
+        self._mailer = mail_sender
+        self._settings = settings
+        self._server_root = server_root
+        self._clock = clock
+        self._stop = threading.Event()
+        self._threads = []
+
+    def check_once(self, now):
+        """One step of the absence listener: queue alerts for up to USERS_PER_STEP due users.
+
+        Returns how many due users it looked at.
+        """
+        users = self._store.due_users(now, USERS_PER_STEP)
+        outcomes = []
+        for user in users:
+            try:
+                outcomes.append(self._outcome(user, now))
+            except Exception:
+                log.exception("cannot decide about user %r; looking again in %g s", user.username, BAD_USER_DELAY)
+                outcomes.append(CheckOutcome(user, now + BAD_USER_DELAY))
+        alerts = self._store.save_check_outcomes(outcomes, now)
+        if alerts:
+            log.info("queued alerts for %d late user(s)", alerts)
+        return len(users)
+
+    def drain_once(self, now):
+        """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
+
+        Each result is committed as soon as the SMTP server answers. Returns how many it tried.
+        """
+        emails = self._store.due_emails(now, EMAILS_PER_STEP)
+        for email, result in self._mailer.send_all(emails):
+            finished = self._clock()
+            if result.status == mailer.SENT:
+                self._store.mark_sent(email.id, finished)
+                log.info("sent alert email %d to %s", email.id, email.recipient)
+            elif result.status == mailer.REJECTED:
+                self._store.mark_failed(email.id, finished, result.error)
+                log.error("alert email %d to %s rejected for good: %s", email.id, email.recipient, result.error)
+            else:
+                delay = retry_delay(email.attempts + 1)
+                self._store.schedule_retry(email.id, finished + delay, result.error)
+                log.warning("alert email %d to %s not sent (%s); retrying in %g s",
+                            email.id, email.recipient, result.error, delay)
+        return len(emails)
+
+    def start(self):
+        """Start both loops in background threads."""
+        for name, step, full_step, delay in (
+            ("absence-listener", self.check_once, USERS_PER_STEP, self._settings.base_frequency),
+            ("outbox-drain", self.drain_once, EMAILS_PER_STEP, self._settings.email_processing_frequency),
+        ):
+            thread = threading.Thread(target=self._loop, args=(step, full_step, delay), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout):
+        """Ask both loops to stop and wait up to `timeout` seconds for them; True if they stopped."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def _loop(self, step, full_step, delay):
+        while not self._stop.is_set():
+            try:
+                done = step(self._clock())
+            except StoreError as error:
+                log.error("%s: %s", threading.current_thread().name, error)
+                done = 0
+            except Exception:
+                log.exception("%s step failed", threading.current_thread().name)
+                done = 0
+            # A full step means more work is waiting: go on at once.
+            if done < full_step:
+                self._stop.wait(max(delay, MIN_LOOP_DELAY))
+
+    def _outcome(self, user, now):
+        alert, next_due_at = decide(user, now)
+        if not alert:
+            return CheckOutcome(user, next_due_at)
+        subject, body = mailer.compose_alert(user, self._server_root)
+        recipients = self._settings.users[user.username].recipients
+        emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
+        return CheckOutcome(user, next_due_at, emails)

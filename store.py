@@ -1,0 +1,310 @@
+"""The SQLite database: every SQL statement and transaction of Ping Listener lives here.
+
+Each thread gets its own connection (SQLite connections are not shared across threads); write
+transactions are serialised by one lock in this process, so its threads never meet "database is
+locked", and the busy timeout covers other processes such as a person's `sqlite3` shell.
+All times are UTC epoch seconds, passed in by the caller: the store never reads a clock.
+"""
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+BUSY_TIMEOUT_MS = 5000
+
+# When a configured, monitored user becomes late, given its columns: the later of its last ping
+# and the start of monitoring, plus max_sleep. Written on every ping and at every start.
+_LATE_AT = "CASE WHEN monitor THEN max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep END"
+
+# The queries that run on every tick or /logs; tests check that each is answered through an index.
+DUE_USERS_SQL = (
+    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
+    " FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
+)
+DUE_EMAILS_SQL = (
+    "SELECT id, recipient, subject, body, message_id, queued_at, attempts FROM outbox"
+    " WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+)
+PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at"
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the message is fit to show a person."""
+
+
+class StoreOpenError(StoreError):
+    """The database file cannot be used (not SQLite, read-only, newer schema, ...)."""
+
+
+class StoreUnavailableError(StoreError):
+    """SQLite refused a read or write for now (disk full, I/O error, locked too long)."""
+
+
+class UnknownUserError(StoreError):
+    """No such user: not configured (for pings) or never known (for history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user's configuration mirror and monitoring state, as the absence listener sees it."""
+
+    id: int
+    username: str
+    monitor: bool
+    max_sleep: float
+    email_frequency: float
+    monitored_since: float
+    last_ping: float | None
+    last_alert: float | None
+    due_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEmail:
+    """An alert email to queue for one recipient."""
+
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """What the absence listener decided about one due user.
+
+    `emails` empty means no alert now; `next_due_at` is when to look at the user again.
+    """
+
+    user: UserState
+    next_due_at: float | None
+    emails: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEmail:
+    """An outbox row waiting to be sent."""
+
+    id: int
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+    queued_at: float
+    attempts: int
+
+
+class Store:
+    """Ping Listener's database at one path; safe to use from any number of threads."""
+
+    def __init__(self, path):
+        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable."""
+        self.path = str(path)
+        self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        try:
+            self._prepare_schema(self._connection())
+        except sqlite3.Error as error:
+            self.close()
+            raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
+
+    def close(self):
+        """Close every connection; waits for a write in progress to finish first."""
+        with self._write_lock, self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+    def sync_users(self, users, now):
+        """Make the configured users exactly `users` (username -> config.UserConfig), monitored from `now`.
+
+        Users missing from `users` stop being monitored but keep their history.
+        """
+        rows = [
+            (name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()
+        ]
+        with self._write() as connection:
+            connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
+            connection.executemany(
+                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since)"
+                " VALUES (?, 1, ?, ?, ?, ?)"
+                " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
+                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
+                " monitored_since = excluded.monitored_since",
+                rows,
+            )
+            connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+
+    def record_ping(self, username, now):
+        """Record a ping from `username` at `now`, committed before returning.
+
+        Raises UnknownUserError if the user is not configured.
+        """
+        with self._write() as connection:
+            # max() keeps last_ping monotonic when concurrent pings commit out of time order.
+            row = connection.execute(
+                "UPDATE users SET last_ping = max(coalesce(last_ping, :now), :now),"
+                " due_at = CASE WHEN monitor"
+                " THEN max(coalesce(last_ping, :now), :now, monitored_since) + max_sleep END"
+                " WHERE username = :username AND configured = 1 RETURNING id",
+                {"now": now, "username": username},
+            ).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {username}")
+            connection.execute("INSERT INTO pings (user_id, at) VALUES (?, ?)", (row[0], now))
+
+    def pings_between(self, username, start, end):
+        """Times of `username`'s pings with start <= time < end, ascending.
+
+        Raises UnknownUserError if the user was never configured.
+        """
+        with self._read() as connection:
+            row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {username}")
+            rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end)).fetchall()
+        return [at for (at,) in rows]
+
+    def due_users(self, now, limit):
+        """Up to `limit` configured users whose due_at is before `now`, earliest first."""
+        with self._read() as connection:
+            rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
+        return [UserState(*row) for row in rows]
+
+    def save_check_outcomes(self, outcomes, now):
+        """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
+
+        Each outcome applies only if its user's due_at is still what was read (no ping came in
+        meanwhile); an alert records its time, its alerts row and one outbox row per email.
+        """
+        alerts = 0
+        with self._write() as connection:
+            for outcome in outcomes:
+                user = outcome.user
+                if not outcome.emails:
+                    connection.execute(
+                        "UPDATE users SET due_at = ? WHERE id = ? AND due_at IS ?",
+                        (outcome.next_due_at, user.id, user.due_at),
+                    )
+                    continue
+                claimed = connection.execute(
+                    "UPDATE users SET last_alert = ?, due_at = ? WHERE id = ? AND due_at IS ?",
+                    (now, outcome.next_due_at, user.id, user.due_at),
+                ).rowcount
+                if not claimed:
+                    continue
+                alert_id = connection.execute(
+                    "INSERT INTO alerts (user_id, at, last_ping) VALUES (?, ?, ?)", (user.id, now, user.last_ping)
+                ).lastrowid
+                connection.executemany(
+                    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails],
+                )
+                alerts += 1
+        return alerts
+
+    def due_emails(self, now, limit):
+        """Up to `limit` queued emails whose next attempt is at or before `now`, oldest due first."""
+        with self._read() as connection:
+            rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
+        return [QueuedEmail(*row) for row in rows]
+
+    def mark_sent(self, email_id, now):
+        """Record that the SMTP server accepted the email at `now`; it leaves the queue."""
+        self._finish_email(email_id, "sent", now, None)
+
+    def mark_failed(self, email_id, now, error):
+        """Record a permanent rejection; the email leaves the queue with status 'failed'."""
+        self._finish_email(email_id, "failed", now, error)
+
+    def schedule_retry(self, email_id, next_attempt_at, error):
+        """Record a failed attempt; the email stays queued until `next_attempt_at`."""
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (error, next_attempt_at, email_id),
+            )
+
+    def _finish_email(self, email_id, status, now, error):
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
+                " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
+                (status, error, now, email_id),
+            )
+
+    @contextmanager
+    def _write(self):
+        connection = self._connection()
+        with self._write_lock:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException as error:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                if isinstance(error, sqlite3.OperationalError):
+                    raise _unavailable(error) from error
+                raise
+
+    @contextmanager
+    def _read(self):
+        try:
+            yield self._connection()
+        except sqlite3.OperationalError as error:
+            raise _unavailable(error) from error
+
+    def _connection(self):
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # check_same_thread=False only so close() can close every thread's connection.
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            with self._connections_lock:
+                self._connections.append(connection)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            self._local.connection = connection
+        return connection
+
+    def _prepare_schema(self, connection):
+        if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise StoreOpenError(f"{self.path}: cannot switch the database to WAL mode")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"{self.path}: database schema version {version} is newer than this Ping Listener"
+                f" understands ({SCHEMA_VERSION}); upgrade Ping Listener or use another --db"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+        with self._write_lock:
+            connection.executescript(
+                f"BEGIN IMMEDIATE; {SCHEMA_PATH.read_text()}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+
+
+def _unavailable(error):
+    reasons = {
+        sqlite3.SQLITE_FULL: "the disk is full",
+        sqlite3.SQLITE_BUSY: "the database is locked by another process",
+        sqlite3.SQLITE_LOCKED: "the database is locked",
+        sqlite3.SQLITE_READONLY: "the database is read-only",
+        sqlite3.SQLITE_IOERR: "the database had an I/O error",
+    }
+    # Extended codes (e.g. SQLITE_IOERR_WRITE) carry the primary code in their low byte.
+    reason = reasons.get(getattr(error, "sqlite_errorcode", 0) & 0xFF, str(error))
+    return StoreUnavailableError(f"storage unavailable: {reason}")

@@ -1,0 +1,64 @@
+import os
+import time
+
+import pytest
+import trustme
+
+from store import Store
+from support import ServerProcess, TlsSmtpServer, server_env
+
+# A zone with daylight saving time, so tests notice any confusion between UTC and local time.
+os.environ["TZ"] = "Europe/Paris"
+time.tzset()
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(tmp_path / "ping_listener.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_path(ca, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def smtp_server(ca):
+    server = TlsSmtpServer(ca).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def trust_test_ca(monkeypatch, ca_path):
+    """Make this process trust the test CA, as SSL_CERT_FILE does for the service."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))
+
+
+@pytest.fixture
+def start_server(tmp_path, smtp_server, ca_path):
+    """Start the real service as a subprocess: start_server(settings_path, db_path=..., **env)."""
+    started = []
+
+    def start(settings_path, db_path=None, **env):
+        server = ServerProcess(
+            settings_path, db_path or tmp_path / "ping_listener.db", server_env(smtp_server.port, ca_path, **env),
+            tmp_path / f"server-{len(started)}.log",
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
+

@@ -1,0 +1,221 @@
+"""Real collaborators for tests: an SMTP-over-TLS server and the service run as a subprocess."""
+
+import asyncio
+import email
+import email.policy
+import json
+import os
+import selectors
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+import config
+
+ROOT = Path(__file__).resolve().parent.parent
+SMTP_LOGIN = "alerts@example.com"
+SMTP_PASSWORD = "smtp-secret"
+
+
+class TlsSmtpServer:
+    """An SMTP server speaking implicit TLS on 127.0.0.1, requiring login, recording what it accepts.
+
+    Set `rcpt_reply` or `data_reply` (e.g. "550 5.1.1 no such user") to make it refuse.
+    """
+
+    def __init__(self, ca):
+        self.messages = []
+        self.rcpt_reply = None
+        self.data_reply = None
+        self._received = threading.Condition()
+        self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl_context)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="smtp-test-server", daemon=True)
+        self._server = None
+        self.port = None
+
+    def start(self, port=0):
+        """Listen (on `port`, or one the OS chooses) and return self."""
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            self._loop.create_server(self._new_session, "127.0.0.1", port, ssl=self._ssl_context), self._loop
+        ).result(5)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self):
+        """Stop listening and end the server's thread."""
+
+        async def close():
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def wait_for_messages(self, count, timeout=10):
+        """Wait until at least `count` messages were accepted; return them all (fails after `timeout`)."""
+        with self._received:
+            if not self._received.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise AssertionError(f"expected {count} email(s) within {timeout} s, got {len(self.messages)}")
+            return list(self.messages)
+
+    def _new_session(self):
+        # aiosmtpd counts only STARTTLS as TLS; this connection is TLS from its first byte, so AUTH
+        # over it is safe. LOGIN is left out: aiosmtpd mishandles smtplib's fallback to it.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return SMTP(
+                _Handler(self), hostname="smtp.test", authenticator=_authenticate, auth_required=True,
+                auth_require_tls=False, auth_exclude_mechanism=["LOGIN"], loop=self._loop,
+            )
+
+
+class _Handler:
+    def __init__(self, server):
+        self._server = server
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self._server.rcpt_reply:
+            return self._server.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self._server.data_reply:
+            return self._server.data_reply
+        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        with self._server._received:
+            self._server.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))
+            self._server._received.notify_all()
+        return "250 Message accepted"
+
+
+def _authenticate(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        SMTP_LOGIN.encode(), SMTP_PASSWORD.encode()
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+def write_settings(path, users, **top_level):
+    """Write a settings.json at `path` with `users` and defaults a test can override; return `path`."""
+    document = {
+        "base_frequency": 0.05,
+        "email_processing_frequency": 0.05,
+        "recipient": "oncall@example.com",
+        "users": users,
+    }
+    document.update(top_level)
+    Path(path).write_text(json.dumps(document))
+    return path
+
+
+class ServerProcess:
+    """`python server.py` as a subprocess on 127.0.0.1 with an OS-chosen port."""
+
+    def __init__(self, settings_path, db_path, env, log_path):
+        self._args = [sys.executable, str(ROOT / "server.py"), "--settings", str(settings_path),
+                      "--db", str(db_path), "--host", "127.0.0.1", "--port", "0"]
+        self._env = env
+        self.log_path = Path(log_path)
+        self.process = None
+        self.url = None
+
+    def start(self, timeout=10):
+        """Start it and wait for its `listening on` line; return self."""
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self._args, cwd=ROOT, env=self._env, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL
+        )
+        line = self._read_line(timeout)
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            self.process.kill()
+            raise AssertionError(f"server printed {line!r}, not a listening line; log:\n{self.log()}")
+        self.url = line[len(prefix):].strip()
+        return self
+
+    def stop(self, timeout=5):
+        """SIGTERM it; return its exit status (fails if it takes longer than `timeout`)."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server did not exit within {timeout} s of SIGTERM; log:\n{self.log()}") from None
+        finally:
+            self._log.close()
+
+    def kill(self):
+        """SIGKILL it, as a crash would."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+    def get(self, path, timeout=10):
+        """GET `path`; return (status, body text)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def log(self):
+        """What the server wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def _read_line(self, timeout):
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                self.process.kill()
+                raise AssertionError(f"server printed nothing within {timeout} s; log:\n{self.log()}")
+        return self.process.stdout.readline().decode()
+
+
+def server_env(smtp_port, ca_path, **extra):
+    """The environment for a server subprocess that sends through the test SMTP server."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}
+    env.update(
+        SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_LOGIN=SMTP_LOGIN, SMTP_PASSWORD=SMTP_PASSWORD,
+        SSL_CERT_FILE=str(ca_path), PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_until(condition, timeout=10, interval=0.02, message="condition"):
+    """Poll `condition()` until it is truthy and return its value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        time.sleep(interval)
+
+
+def make_settings(users=None, **top_level):
+    """Validated Settings from a settings.json-shaped document with test defaults."""
+    document = {
+        "base_frequency": 1,
+        "email_processing_frequency": 1,
+        "recipient": "oncall@example.com",
+        "users": users if users is not None else {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}},
+    }
+    document.update(top_level)
+    return config.parse_settings(document)

@@ -1,0 +1,126 @@
+import socket
+
+import pytest
+
+import config
+import mailer
+from mailer import REJECTED, RETRY, SENT, SmtpMailer, build_message, compose_alert
+from store import QueuedEmail, UserState
+from support import SMTP_LOGIN, SMTP_PASSWORD
+
+T0 = 1_790_000_000.0  # 2026-09-21 16:13:20 in Paris
+
+
+def user(username="pi", last_ping=T0, monitored_since=T0 - 3600):
+    return UserState(1, username, True, 60.0, 600.0, monitored_since, last_ping, None, T0 + 60)
+
+
+def test_the_alert_names_the_user_its_last_ping_max_sleep_and_the_logs_of_that_day():
+    subject, body = compose_alert(user(), "https://example.net")
+    assert subject == "pi disconnection detected"
+    assert "heard nothing from pi for longer than its max_sleep of 60 seconds" in body
+    assert "Last ping: 2026-09-21 16:13:20 CEST" in body
+    assert "https://example.net/logs?username=pi&year=26&month=09&day=21\n" in body
+    assert "at most every 600 seconds" in body
+
+
+def test_without_a_ping_the_alert_says_since_when_it_has_been_monitored_and_links_that_day():
+    _, body = compose_alert(user(last_ping=None, monitored_since=T0 + 86400), "http://127.0.0.1:8080")
+    assert "No ping received since monitoring began at 2026-09-22 16:13:20 CEST." in body
+    assert "http://127.0.0.1:8080/logs?username=pi&year=26&month=09&day=22" in body
+
+
+def test_the_username_is_url_encoded_in_the_link():
+    subject, body = compose_alert(user("kitchen pi/2&x=1"), "https://example.net")
+    assert subject == "kitchen pi/2&x=1 disconnection detected"
+    assert "/logs?username=kitchen+pi%2F2%26x%3D1&year=26" in body
+
+
+def queued_email(recipient="oncall@example.com", email_id=1):
+    subject, body = compose_alert(user(), "https://example.net")
+    return QueuedEmail(email_id, recipient, subject, body, f"<{email_id}@example.com>", T0 + 61, 0)
+
+
+def test_the_message_carries_from_to_date_message_id_and_subject():
+    message = build_message(queued_email(), "alerts@example.com")
+    assert message["From"] == "alerts@example.com"
+    assert message["To"] == "oncall@example.com"
+    assert message["Subject"] == "pi disconnection detected"
+    assert message["Message-ID"] == "<1@example.com>"
+    assert message["Date"] == "Mon, 21 Sep 2026 16:14:21 +0200"
+    assert message.get_content_type() == "text/plain"
+
+
+def smtp_mailer(port, password=SMTP_PASSWORD, timeout=5):
+    settings = config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, password, "Ping Listener <alerts@example.com>")
+    return SmtpMailer(settings, timeout=timeout)
+
+
+def results(sender, emails):
+    return [(email.id, result.status) for email, result in sender.send_all(emails)]
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_it_sends_over_implicit_tls_with_login(smtp_server):
+    sender = smtp_mailer(smtp_server.port)
+    assert results(sender, [queued_email("a@example.com", 1), queued_email("b@example.com", 2)]) == [
+        (1, SENT), (2, SENT)
+    ]
+    [(mail_from, to_a, message), (_, to_b, _)] = smtp_server.wait_for_messages(2)
+    assert (mail_from, to_a, to_b) == ("alerts@example.com", ["a@example.com"], ["b@example.com"])
+    assert message["Subject"] == "pi disconnection detected"
+    assert "Last ping: 2026-09-21 16:13:20 CEST" in message.get_content()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+@pytest.mark.parametrize(("where", "reply", "status"), [
+    ("rcpt_reply", "550 5.1.1 no such user", REJECTED),
+    ("rcpt_reply", "450 4.2.1 mailbox busy", RETRY),
+    ("data_reply", "554 5.7.1 message refused", REJECTED),
+    ("data_reply", "451 4.3.0 try again later", RETRY),
+])
+def test_a_5xx_answer_rejects_the_email_and_a_4xx_answer_retries_it(smtp_server, where, reply, status):
+    setattr(smtp_server, where, reply)
+    [(email, result)] = list(smtp_mailer(smtp_server.port).send_all([queued_email()]))
+    assert (result.status, result.error) == (status, reply.replace(" ", " ", 1))
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_refused_login_retries_every_email_and_is_logged_loudly(smtp_server, caplog):
+    sender = smtp_mailer(smtp_server.port, password="wrong")
+    assert results(sender, [queued_email(email_id=1), queued_email(email_id=2)]) == [(1, RETRY), (2, RETRY)]
+    assert "ERROR" in caplog.text and "535" in caplog.text
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_an_unreachable_server_retries_every_email():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    [(_, result)] = list(smtp_mailer(port).send_all([queued_email()]))
+    assert result.status == RETRY
+    assert "ConnectionRefusedError" in result.error
+
+
+def test_an_untrusted_certificate_is_not_accepted(smtp_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
+    [(_, result)] = list(smtp_mailer(smtp_server.port).send_all([queued_email()]))
+    assert result.status == RETRY
+    assert "CERTIFICATE_VERIFY_FAILED" in result.error
+    assert smtp_server.messages == []
+
+
+def test_nothing_to_send_opens_no_connection():
+    assert list(smtp_mailer(1).send_all([])) == []
+
+
+def test_message_ids_are_unique_and_use_the_senders_domain():
+    sender = smtp_mailer(1)
+    first, second = sender.new_message_id(), sender.new_message_id()
+    assert first != second
+    assert first.endswith("@example.com>")
+
+
+def test_without_smtp_from_or_login_a_fallback_sender_is_used():
+    sender = SmtpMailer(config.load_smtp_settings({}))
+    assert sender.sender == mailer.FALLBACK_SENDER

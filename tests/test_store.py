@@ -1,0 +1,227 @@
+import sqlite3
+import threading
+
+import pytest
+
+import store as store_module
+from store import SCHEMA_VERSION, CheckOutcome, NewEmail, Store, StoreOpenError, UnknownUserError
+from support import make_settings
+
+T0 = 1_790_000_000.0  # 2026-09-21, a fixed "now"
+
+
+def second_connection(store):
+    """A connection of its own, to check what was really committed."""
+    return sqlite3.connect(store.path)
+
+
+def synced(store, users=None, now=T0):
+    store.sync_users(make_settings(users).users, now)
+    return store
+
+
+def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
+    with second_connection(store) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    assert tables == {"users", "pings", "alerts", "outbox"}
+
+
+def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
+    connection = store._connection()
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_a_ping_is_committed_before_record_ping_returns(store):
+    synced(store)
+    store.record_ping("pi", T0 + 5)
+    with second_connection(store) as connection:
+        assert connection.execute("SELECT username, epoch FROM pings_readable").fetchall() == [("pi", T0 + 5)]
+        assert connection.execute("SELECT last_ping, due_at FROM users").fetchone() == (T0 + 5, T0 + 65)
+
+
+def test_a_ping_from_an_unconfigured_user_is_refused_and_not_recorded(store):
+    synced(store)
+    with pytest.raises(UnknownUserError):
+        store.record_ping("ghost", T0)
+    with second_connection(store) as connection:
+        assert connection.execute("SELECT count(*) FROM pings").fetchone()[0] == 0
+
+
+def test_last_ping_never_moves_backwards_when_pings_commit_out_of_order(store):
+    synced(store)
+    store.record_ping("pi", T0 + 10)
+    store.record_ping("pi", T0 + 9)
+    assert store.pings_between("pi", T0, T0 + 20) == [T0 + 9, T0 + 10]
+    [user] = store.due_users(T0 + 100, 10)
+    assert (user.last_ping, user.due_at) == (T0 + 10, T0 + 70)
+
+
+def test_pings_between_is_half_open_and_ascending(store):
+    synced(store)
+    for at in (T0 + 3, T0 + 1, T0 + 2, T0 + 4):
+        store.record_ping("pi", at)
+    assert store.pings_between("pi", T0 + 1, T0 + 4) == [T0 + 1, T0 + 2, T0 + 3]
+
+
+def test_pings_between_refuses_a_user_never_known(store):
+    synced(store)
+    assert store.pings_between("pi", T0, T0 + 1) == []
+    with pytest.raises(UnknownUserError):
+        store.pings_between("ghost", T0, T0 + 1)
+
+
+def test_a_user_removed_from_the_settings_keeps_its_history_but_cannot_ping(store):
+    synced(store)
+    store.record_ping("pi", T0 + 1)
+    synced(store, users={}, now=T0 + 10)
+    with pytest.raises(UnknownUserError):
+        store.record_ping("pi", T0 + 11)
+    assert store.pings_between("pi", T0, T0 + 20) == [T0 + 1]
+    assert store.due_users(T0 + 10_000, 10) == []
+
+
+def test_sync_restarts_monitoring_so_downtime_does_not_count(store):
+    synced(store)
+    store.record_ping("pi", T0)
+    synced(store, now=T0 + 1000)  # the service was down for 1000 s
+    assert store.due_users(T0 + 1000 + 60, 10) == []
+    [user] = store.due_users(T0 + 1000 + 61, 10)
+    assert (user.monitored_since, user.last_ping, user.due_at) == (T0 + 1000, T0, T0 + 1060)
+
+
+def test_an_unmonitored_user_is_never_due(store):
+    synced(store, users={"pi": {"monitor": False, "max_sleep": 1, "email_frequency": 1}})
+    store.record_ping("pi", T0)
+    assert store.due_users(T0 + 1e9, 10) == []
+
+
+def test_sync_updates_changed_settings(store):
+    synced(store)
+    synced(store, users={"pi": {"monitor": True, "max_sleep": 5, "email_frequency": 7}}, now=T0 + 1)
+    [user] = store.due_users(T0 + 100, 10)
+    assert (user.max_sleep, user.email_frequency, user.due_at) == (5, 7, T0 + 6)
+
+
+@pytest.mark.parametrize(("query", "parameters", "index"), [
+    (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
+    (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
+    (store_module.PINGS_BETWEEN_SQL, (1, T0, T0), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
+])
+def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, parameters, index):
+    plan = store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
+    assert [row[3].split(" USING ")[0] for row in plan] == ["SEARCH " + query.split(" FROM ")[1].split()[0]]
+    assert index in plan[0][3]
+
+
+def alert_outcome(user, next_due_at, *recipients):
+    emails = tuple(NewEmail(to, "pi disconnection detected", "body", f"<{to}>") for to in recipients)
+    return CheckOutcome(user, next_due_at, emails)
+
+
+def test_an_alert_records_its_time_and_queues_its_emails_together(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    assert store.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com", "b@example.com")], T0 + 61) == 1
+    with second_connection(store) as connection:
+        assert connection.execute("SELECT last_alert, due_at FROM users").fetchone() == (T0 + 61, T0 + 661)
+        assert connection.execute("SELECT user_id, at, last_ping FROM alerts").fetchall() == [(1, T0 + 61, None)]
+        assert connection.execute("SELECT recipient, status, next_attempt_at FROM outbox").fetchall() == [
+            ("a@example.com", "queued", T0 + 61), ("b@example.com", "queued", T0 + 61)
+        ]
+
+
+def test_an_outcome_decided_before_a_ping_arrived_is_dropped(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    store.record_ping("pi", T0 + 61)  # the device came back while the listener was deciding
+    assert store.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com")], T0 + 61) == 0
+    assert store.due_emails(T0 + 100, 10) == []
+    [user] = store.due_users(T0 + 122, 10)
+    assert (user.last_alert, user.due_at) == (None, T0 + 121)
+
+
+def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com", "b@example.com", "c@example.com")],
+                              T0 + 61)
+    first, second, third = store.due_emails(T0 + 61, 10)
+    store.mark_sent(first.id, T0 + 62)
+    store.schedule_retry(second.id, T0 + 70, "451 try later")
+    store.mark_failed(third.id, T0 + 62, "550 no such user")
+    assert store.due_emails(T0 + 69, 10) == []
+    [retried] = store.due_emails(T0 + 70, 10)
+    assert (retried.id, retried.attempts) == (second.id, 1)
+    with second_connection(store) as connection:
+        rows = connection.execute("SELECT recipient, status, attempts, last_error FROM outbox ORDER BY id").fetchall()
+    assert rows == [("a@example.com", "sent", 1, None), ("b@example.com", "queued", 1, "451 try later"),
+                    ("c@example.com", "failed", 1, "550 no such user")]
+
+
+def test_the_state_survives_reopening_the_database(tmp_path):
+    path = tmp_path / "ping_listener.db"
+    first = synced(Store(path))
+    first.record_ping("pi", T0)
+    [user] = first.due_users(T0 + 61, 10)
+    first.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com")], T0 + 61)
+    first.close()
+    reopened = Store(path)
+    assert reopened.pings_between("pi", T0, T0 + 1) == [T0]
+    assert [email.recipient for email in reopened.due_emails(T0 + 61, 10)] == ["a@example.com"]
+    reopened.close()
+
+
+def test_the_readable_views_show_local_times(store):
+    synced(store)
+    store.record_ping("pi", 1_790_000_000)  # 2026-09-21 14:13:20 UTC, 16:13:20 in Paris
+    with second_connection(store) as connection:
+        assert connection.execute("SELECT username, local_time FROM pings_readable").fetchall() == [
+            ("pi", "2026-09-21 16:13:20")
+        ]
+        assert connection.execute("SELECT last_ping FROM users_readable").fetchone() == ("2026-09-21 16:13:20",)
+
+
+def test_pings_from_many_threads_are_all_recorded(store):
+    synced(store)
+    errors = []
+
+    def ping(index):
+        try:
+            for n in range(50):
+                store.record_ping("pi", T0 + index * 100 + n)
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ping, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.pings_between("pi", T0, T0 + 10_000)) == 16 * 50
+
+
+def test_a_file_that_is_not_sqlite_stops_with_a_message_naming_it(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database" * 100)
+    with pytest.raises(StoreOpenError, match=f"^{path}: .*not a database"):
+        Store(path)
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreOpenError, match=f"^{path}: database schema version {SCHEMA_VERSION + 1} is newer"):
+        Store(path)
+
+
+def test_another_applications_database_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE recipes (name TEXT)")
+    with pytest.raises(StoreOpenError, match="not a Ping Listener database"):
+        Store(path)
