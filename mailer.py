@@ -41,8 +41,12 @@ def compose_alert(user, server_root):
         last_ping_line = f"No ping received since monitoring began at {format_local_time(user.monitored_since)}."
     day = time.localtime(seen)
     query = urllib.parse.urlencode(
-        {"username": username, "year": f"{day.tm_year % 100:02d}", "month": f"{day.tm_mon:02d}",
-         "day": f"{day.tm_mday:02d}"}
+        {
+            "username": username,
+            "year": f"{day.tm_year % 100:02d}",
+            "month": f"{day.tm_mon:02d}",
+            "day": f"{day.tm_mday:02d}",
+        }
     )
     body = (
         f"Ping Listener has heard nothing from {username} for longer than its max_sleep"
@@ -115,7 +119,10 @@ class SmtpMailer:
             if pending:
                 log.error(
                     "cannot send email through %s:%s: %s (%d email(s) stay queued)",
-                    self._smtp.host, self._smtp.port, reason, len(pending),
+                    self._smtp.host,
+                    self._smtp.port,
+                    reason,
+                    len(pending),
                 )
             for email in pending:
                 yield email, SendResult(RETRY, reason)

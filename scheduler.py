@@ -104,8 +104,13 @@ class Scheduler:
             else:
                 delay = retry_delay(email.attempts + 1)
                 self._store.schedule_retry(email.id, finished + delay, result.error)
-                log.warning("alert email %d to %s not sent (%s); retrying in %g s",
-                            email.id, email.recipient, result.error, delay)
+                log.warning(
+                    "alert email %d to %s not sent (%s); retrying in %g s",
+                    email.id,
+                    email.recipient,
+                    result.error,
+                    delay,
+                )
         return len(emails)
 
     def start(self):

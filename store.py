@@ -126,9 +126,7 @@ class Store:
 
         Users missing from `users` stop being monitored but keep their history.
         """
-        rows = [
-            (name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()
-        ]
+        rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()]
         with self._write() as connection:
             connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
             connection.executemany(

@@ -51,7 +51,9 @@ def start_server(tmp_path, smtp_server, ca_path):
 
     def start(settings_path, db_path=None, **env):
         server = ServerProcess(
-            settings_path, db_path or tmp_path / "ping_listener.db", server_env(smtp_server.port, ca_path, **env),
+            settings_path,
+            db_path or tmp_path / "ping_listener.db",
+            server_env(smtp_server.port, ca_path, **env),
             tmp_path / f"server-{len(started)}.log",
         )
         started.append(server)
@@ -61,4 +63,3 @@ def start_server(tmp_path, smtp_server, ca_path):
     for server in started:
         if server.process.poll() is None:
             server.kill()
-

@@ -77,8 +77,13 @@ class TlsSmtpServer:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
             return SMTP(
-                _Handler(self), hostname="smtp.test", authenticator=_authenticate, auth_required=True,
-                auth_require_tls=False, auth_exclude_mechanism=["LOGIN"], loop=self._loop,
+                _Handler(self),
+                hostname="smtp.test",
+                authenticator=_authenticate,
+                auth_required=True,
+                auth_require_tls=False,
+                auth_exclude_mechanism=["LOGIN"],
+                loop=self._loop,
             )
 
 
@@ -104,7 +109,8 @@ class _Handler:
 
 def _authenticate(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        SMTP_LOGIN.encode(), SMTP_PASSWORD.encode()
+        SMTP_LOGIN.encode(),
+        SMTP_PASSWORD.encode(),
     )
     return AuthResult(success=ok, handled=False)
 
@@ -126,8 +132,18 @@ class ServerProcess:
     """`python server.py` as a subprocess on 127.0.0.1 with an OS-chosen port."""
 
     def __init__(self, settings_path, db_path, env, log_path):
-        self._args = [sys.executable, str(ROOT / "server.py"), "--settings", str(settings_path),
-                      "--db", str(db_path), "--host", "127.0.0.1", "--port", "0"]
+        self._args = [
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--settings",
+            str(settings_path),
+            "--db",
+            str(db_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
         self._env = env
         self.log_path = Path(log_path)
         self.process = None
@@ -144,7 +160,7 @@ class ServerProcess:
         if not line.startswith(prefix):
             self.process.kill()
             raise AssertionError(f"server printed {line!r}, not a listening line; log:\n{self.log()}")
-        self.url = line[len(prefix):].strip()
+        self.url = line[len(prefix) :].strip()
         return self
 
     def stop(self, timeout=5):
@@ -190,8 +206,12 @@ def server_env(smtp_port, ca_path, **extra):
     """The environment for a server subprocess that sends through the test SMTP server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}
     env.update(
-        SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_LOGIN=SMTP_LOGIN, SMTP_PASSWORD=SMTP_PASSWORD,
-        SSL_CERT_FILE=str(ca_path), PYTHONUNBUFFERED="1",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp_port),
+        SMTP_LOGIN=SMTP_LOGIN,
+        SMTP_PASSWORD=SMTP_PASSWORD,
+        SSL_CERT_FILE=str(ca_path),
+        PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env

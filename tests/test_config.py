@@ -41,32 +41,46 @@ def test_server_root_is_optional():
 
 
 def test_device_email_may_be_a_string_or_a_list_and_overrides_recipient():
-    settings = config.parse_settings(valid_document(users={
-        "one": {"monitor": True, "max_sleep": 1, "email_frequency": 1, "device_email": "a@example.com"},
-        "two": {"monitor": True, "max_sleep": 1, "email_frequency": 1,
-                "device_email": ["b@example.com", "c@example.org", "b@example.com"]},
-    }))
+    settings = config.parse_settings(
+        valid_document(
+            users={
+                "one": {"monitor": True, "max_sleep": 1, "email_frequency": 1, "device_email": "a@example.com"},
+                "two": {
+                    "monitor": True,
+                    "max_sleep": 1,
+                    "email_frequency": 1,
+                    "device_email": ["b@example.com", "c@example.org", "b@example.com"],
+                },
+            }
+        )
+    )
     assert settings.users["one"].recipients == ("a@example.com",)
     assert settings.users["two"].recipients == ("b@example.com", "c@example.org")
 
 
 def test_it_reports_every_problem_at_once_each_naming_its_key_path():
-    document = valid_document(base_frequency="fast", colour="blue", users={
-        "pi": {"monitor": "yes", "max_sleep": "ten", "email_frequency": -1, "device_email": "nobody"},
-        "nas": {"monitor": True, "max_sleep": 5},
-    })
+    document = valid_document(
+        base_frequency="fast",
+        colour="blue",
+        users={
+            "pi": {"monitor": "yes", "max_sleep": "ten", "email_frequency": -1, "device_email": "nobody"},
+            "nas": {"monitor": True, "max_sleep": 5},
+        },
+    )
     del document["recipient"]
-    assert sorted(problems_of(document)) == sorted([
-        'base_frequency: must be a number >= 0, got "fast"',
-        "colour: unknown key (expected one of base_frequency, email_processing_frequency, recipient,"
-        " server_root, users)",
-        "recipient: missing",
-        'users.pi.monitor: must be true or false, got "yes"',
-        'users.pi.max_sleep: must be a number >= 0, got "ten"',
-        "users.pi.email_frequency: must be a number >= 0, got -1",
-        'users.pi.device_email: must be an email address like name@example.com, got "nobody"',
-        "users.nas.email_frequency: missing",
-    ])
+    assert sorted(problems_of(document)) == sorted(
+        [
+            'base_frequency: must be a number >= 0, got "fast"',
+            "colour: unknown key (expected one of base_frequency, email_processing_frequency, recipient,"
+            " server_root, users)",
+            "recipient: missing",
+            'users.pi.monitor: must be true or false, got "yes"',
+            'users.pi.max_sleep: must be a number >= 0, got "ten"',
+            "users.pi.email_frequency: must be a number >= 0, got -1",
+            'users.pi.device_email: must be an email address like name@example.com, got "nobody"',
+            "users.nas.email_frequency: missing",
+        ]
+    )
 
 
 @pytest.mark.parametrize("value", [True, False, None, "1", [1], {"n": 1}, -0.5])
@@ -81,8 +95,9 @@ def test_zero_and_decimals_are_allowed():
     assert (settings.base_frequency, settings.email_processing_frequency) == (0.0, 0.25)
 
 
-@pytest.mark.parametrize("address", ["nobody", "a@", "@example.com", "a b@example.com", "a@example", "a@exa mple.com",
-                                     "<a@example.com>", 42])
+@pytest.mark.parametrize(
+    "address", ["nobody", "a@", "@example.com", "a b@example.com", "a@example", "a@exa mple.com", "<a@example.com>", 42]
+)
 def test_malformed_email_addresses_are_refused(address):
     [problem] = problems_of(valid_document(recipient=address))
     assert problem.startswith("recipient: must be an email address")

@@ -64,7 +64,8 @@ def results(sender, emails):
 def test_it_sends_over_implicit_tls_with_login(smtp_server):
     sender = smtp_mailer(smtp_server.port)
     assert results(sender, [queued_email("a@example.com", 1), queued_email("b@example.com", 2)]) == [
-        (1, SENT), (2, SENT)
+        (1, SENT),
+        (2, SENT),
     ]
     [(mail_from, to_a, message), (_, to_b, _)] = smtp_server.wait_for_messages(2)
     assert (mail_from, to_a, to_b) == ("alerts@example.com", ["a@example.com"], ["b@example.com"])
@@ -73,12 +74,15 @@ def test_it_sends_over_implicit_tls_with_login(smtp_server):
 
 
 @pytest.mark.usefixtures("trust_test_ca")
-@pytest.mark.parametrize(("where", "reply", "status"), [
-    ("rcpt_reply", "550 5.1.1 no such user", REJECTED),
-    ("rcpt_reply", "450 4.2.1 mailbox busy", RETRY),
-    ("data_reply", "554 5.7.1 message refused", REJECTED),
-    ("data_reply", "451 4.3.0 try again later", RETRY),
-])
+@pytest.mark.parametrize(
+    ("where", "reply", "status"),
+    [
+        ("rcpt_reply", "550 5.1.1 no such user", REJECTED),
+        ("rcpt_reply", "450 4.2.1 mailbox busy", RETRY),
+        ("data_reply", "554 5.7.1 message refused", REJECTED),
+        ("data_reply", "451 4.3.0 try again later", RETRY),
+    ],
+)
 def test_a_5xx_answer_rejects_the_email_and_a_4xx_answer_retries_it(smtp_server, where, reply, status):
     setattr(smtp_server, where, reply)
     [(email, result)] = list(smtp_mailer(smtp_server.port).send_all([queued_email()]))

@@ -19,6 +19,7 @@ def user(monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0
 
 # --- pure decisions -----------------------------------------------------------------------------
 
+
 def test_a_silence_of_exactly_max_sleep_is_not_late():
     assert decide(user(last_ping=T0), T0 + 60) == (False, T0 + 60)
 
@@ -66,6 +67,7 @@ def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minute
 
 # --- steps over a real store ----------------------------------------------------------------------
 
+
 class RecordingMailer:
     """Stands in for SmtpMailer: answers each email with the next scripted result (default: sent)."""
 
@@ -109,8 +111,14 @@ def queued(store):
 
 
 def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequency_passed(store, recording_mailer):
-    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600,
-                    "device_email": ["a@example.com", "b@example.com"]}}
+    users = {
+        "pi": {
+            "monitor": True,
+            "max_sleep": 60,
+            "email_frequency": 600,
+            "device_email": ["a@example.com", "b@example.com"],
+        }
+    }
     steps = make_scheduler(store, recording_mailer, users)
     store.record_ping("pi", T0)
     steps.check_once(T0 + 60)
@@ -160,10 +168,14 @@ def test_monitor_false_never_queues_an_email(store, recording_mailer):
 
 
 def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog):
-    steps = make_scheduler(store, recording_mailer, {
-        "pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
-        "nas": {"monitor": True, "max_sleep": 1, "email_frequency": 1000},
-    })
+    steps = make_scheduler(
+        store,
+        recording_mailer,
+        {
+            "pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
+            "nas": {"monitor": True, "max_sleep": 1, "email_frequency": 1000},
+        },
+    )
     steps._settings.users.pop("pi")  # as if its config vanished: composing its alert raises
     assert steps.check_once(T0 + 2) == 2
     assert [row[0] for row in queued(store)] == ["oncall@example.com"]
@@ -172,7 +184,8 @@ def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recordi
 
 
 def test_a_step_looks_at_a_bounded_batch_of_users(store, recording_mailer):
-    users = {f"d{i}": {"monitor": True, "max_sleep": 1, "email_frequency": 1000} for i in range(scheduler.USERS_PER_STEP + 7)}
+    user_config = {"monitor": True, "max_sleep": 1, "email_frequency": 1000}
+    users = {f"d{i}": user_config for i in range(scheduler.USERS_PER_STEP + 7)}
     steps = make_scheduler(store, recording_mailer, users)
     assert steps.check_once(T0 + 2) == scheduler.USERS_PER_STEP
     assert steps.check_once(T0 + 2) == 7

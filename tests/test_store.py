@@ -105,11 +105,14 @@ def test_sync_updates_changed_settings(store):
     assert (user.max_sleep, user.email_frequency, user.due_at) == (5, 7, T0 + 6)
 
 
-@pytest.mark.parametrize(("query", "parameters", "index"), [
-    (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
-    (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
-    (store_module.PINGS_BETWEEN_SQL, (1, T0, T0), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
-])
+@pytest.mark.parametrize(
+    ("query", "parameters", "index"),
+    [
+        (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
+        (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
+        (store_module.PINGS_BETWEEN_SQL, (1, T0, T0), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
+    ],
+)
 def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, parameters, index):
     plan = store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
     assert [row[3].split(" USING ")[0] for row in plan] == ["SEARCH " + query.split(" FROM ")[1].split()[0]]
@@ -129,7 +132,8 @@ def test_an_alert_records_its_time_and_queues_its_emails_together(store):
         assert connection.execute("SELECT last_alert, due_at FROM users").fetchone() == (T0 + 61, T0 + 661)
         assert connection.execute("SELECT user_id, at, last_ping FROM alerts").fetchall() == [(1, T0 + 61, None)]
         assert connection.execute("SELECT recipient, status, next_attempt_at FROM outbox").fetchall() == [
-            ("a@example.com", "queued", T0 + 61), ("b@example.com", "queued", T0 + 61)
+            ("a@example.com", "queued", T0 + 61),
+            ("b@example.com", "queued", T0 + 61),
         ]
 
 
@@ -146,8 +150,9 @@ def test_an_outcome_decided_before_a_ping_arrived_is_dropped(store):
 def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
-    store.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com", "b@example.com", "c@example.com")],
-                              T0 + 61)
+    store.save_check_outcomes(
+        [alert_outcome(user, T0 + 661, "a@example.com", "b@example.com", "c@example.com")], T0 + 61
+    )
     first, second, third = store.due_emails(T0 + 61, 10)
     store.mark_sent(first.id, T0 + 62)
     store.schedule_retry(second.id, T0 + 70, "451 try later")
@@ -157,8 +162,11 @@ def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
     assert (retried.id, retried.attempts) == (second.id, 1)
     with second_connection(store) as connection:
         rows = connection.execute("SELECT recipient, status, attempts, last_error FROM outbox ORDER BY id").fetchall()
-    assert rows == [("a@example.com", "sent", 1, None), ("b@example.com", "queued", 1, "451 try later"),
-                    ("c@example.com", "failed", 1, "550 no such user")]
+    assert rows == [
+        ("a@example.com", "sent", 1, None),
+        ("b@example.com", "queued", 1, "451 try later"),
+        ("c@example.com", "failed", 1, "550 no such user"),
+    ]
 
 
 def test_the_state_survives_reopening_the_database(tmp_path):

@@ -1,0 +1,249 @@
+"""Ping Listener's HTTP service: the Bottle app, and the command that serves it with waitress.
+
+python server.py [--settings PATH] [--db PATH] [--host HOST] [--port PORT]
+"""
+
+import argparse
+import datetime
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+
+import bottle
+import waitress
+from waitress import wasyncore
+
+import config
+from mailer import SmtpMailer
+from scheduler import Scheduler
+from store import Store, StoreError, StoreUnavailableError, UnknownUserError
+
+log = logging.getLogger("ping_listener.server")
+
+MAX_QUERY_FIELDS = 20
+MAX_REQUEST_BODY = 64 * 1024
+HTTP_THREADS = 4
+# On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
+SHUTDOWN_GRACE = 2.0
+SCHEDULER_STOP_TIMEOUT = 1.5
+TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+
+
+def make_app(store, settings, clock, testing_password):
+    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping."""
+    app = bottle.Bottle()
+    app.default_error_handler = _plain_error
+    app.install(_domain_errors)
+
+    @app.route("/ping", method=["GET", "POST", "HEAD"])
+    def ping():
+        username = _query(bottle.request).get("username")
+        if not username:
+            raise bottle.HTTPError(400, "missing username")
+        now = clock()
+        store.record_ping(username, now)
+        return _plain(time.strftime("%y/%m/%d %H:%M:%S", time.localtime(now)))
+
+    @app.get("/logs")
+    def logs():
+        query = _query(bottle.request)
+        username = query.get("username")
+        if not username:
+            raise bottle.HTTPError(400, "missing username")
+        start, end = _local_day_bounds(query)
+        times = store.pings_between(username, start, end)
+        bottle.response.content_type = "application/json"
+        return json.dumps([time.strftime("%H:%M:%S", time.localtime(at)) for at in times])
+
+    @app.get("/")
+    def testing_page():
+        if testing_password is None:
+            return _plain(TESTING_DISABLED + ". Set it and restart to use this page.")
+        return _plain('Testing mode is enabled: POST /testing/config with {"password": ...}.')
+
+    @app.post("/testing/config")
+    def testing_config():
+        _check_testing_password(bottle.request, testing_password)
+        return {
+            "users": {
+                name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
+                for name, user in settings.users.items()
+            }
+        }
+
+    return app
+
+
+def main(argv=None):
+    """Run the service until SIGTERM or SIGINT; return the process exit status."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    try:
+        settings = config.load_settings(args.settings)
+        smtp = config.load_smtp_settings(os.environ)
+    except config.ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    clock = time.time
+    try:
+        store = Store(args.db)
+        store.sync_users(settings.users, clock())
+    except StoreError as error:
+        print(f"{args.db}: {error}" if args.db not in str(error) else str(error), file=sys.stderr)
+        return 2
+    app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
+    socket_map = {}
+    try:
+        server = waitress.create_server(
+            app,
+            host=args.host,
+            port=args.port,
+            threads=HTTP_THREADS,
+            map=socket_map,
+            max_request_body_size=MAX_REQUEST_BODY,
+            ident="ping-listener",
+        )
+    except OSError as error:
+        store.close()
+        print(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    bound_url = _url(server.effective_host, server.effective_port)
+    if smtp.sender is None:
+        log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", SmtpMailer(smtp).sender)
+    scheduler = Scheduler(store, SmtpMailer(smtp), settings, settings.server_root or bound_url, clock)
+    scheduler.start()
+    print(f"listening on {bound_url}", flush=True)
+    _serve_until_signalled(server, socket_map)
+    if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
+        log.warning("a scheduler step is still running; what it has not committed is retried at next start")
+    store.close()
+    log.info("stopped")
+    return 0
+
+
+def _serve_until_signalled(server, socket_map):
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    while not stop_requested.is_set():
+        wasyncore.loop(timeout=0.5, map=socket_map, use_poll=True, count=1)
+    log.info("stopping: no new connections; answering requests in flight")
+    server.accepting = False
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    while _requests_in_flight(server) and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
+    server.task_dispatcher.shutdown(timeout=0.5)
+    wasyncore.close_all(socket_map)
+
+
+def _requests_in_flight(server):
+    return any(channel.requests or channel.total_outbufs_len for channel in list(server.active_channels.values()))
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description="Ping Listener: a dead man's switch for devices that ping it.")
+    parser.add_argument("--settings", default="settings.json", help="settings file (default: settings.json)")
+    parser.add_argument("--db", default="ping_listener.db", help="SQLite database (default: ping_listener.db)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 lets the OS choose")
+    return parser.parse_args(argv)
+
+
+def _url(host, port):
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _query(request):
+    """The query string's fields (first value of each), decoded as UTF-8; 400 if it is not."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            request.environ.get("QUERY_STRING", ""),
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise bottle.HTTPError(400, "query string is not valid UTF-8") from None
+    except ValueError:
+        raise bottle.HTTPError(400, f"too many query parameters (at most {MAX_QUERY_FIELDS})") from None
+    fields = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
+
+
+def _local_day_bounds(query):
+    """Epoch bounds [start, end) of the local date named by year, month and day; 400 if invalid."""
+    parts = {}
+    for name, lengths in (("year", (2, 4)), ("month", (1, 2)), ("day", (1, 2))):
+        value = query.get(name)
+        if not value:
+            raise bottle.HTTPError(400, f"missing {name}")
+        if not (value.isascii() and value.isdigit() and len(value) in lengths):
+            expected = " or ".join(map(str, lengths)) + " digits"
+            raise bottle.HTTPError(400, f"invalid {name} {value[:20]!r}: expected {expected}")
+        parts[name] = int(value)
+    year = parts["year"] + 2000 if len(query["year"]) == 2 else parts["year"]
+    try:
+        day = datetime.date(year, parts["month"], parts["day"])
+        start = time.mktime((day.year, day.month, day.day, 0, 0, 0, 0, 0, -1))
+        following = day + datetime.timedelta(days=1)
+        end = time.mktime((following.year, following.month, following.day, 0, 0, 0, 0, 0, -1))
+    except (ValueError, OverflowError):
+        raise bottle.HTTPError(400, f"invalid date {year:04d}-{parts['month']:02d}-{parts['day']:02d}") from None
+    return start, end
+
+
+def _check_testing_password(request, testing_password):
+    if testing_password is None:
+        raise bottle.HTTPError(503, TESTING_DISABLED)
+    try:
+        body = json.loads(request.body.read(MAX_REQUEST_BODY) or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise bottle.HTTPError(400, 'expected a JSON body {"password": "..."}') from None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(password, str):
+        raise bottle.HTTPError(400, 'expected a JSON body {"password": "..."}')
+    if not hmac.compare_digest(password.encode(), testing_password.encode()):
+        raise bottle.HTTPError(401, "wrong testing password")
+
+
+def _plain(text):
+    bottle.response.content_type = "text/plain; charset=utf-8"
+    return text
+
+
+def _plain_error(error):
+    """Every error answer: a short plain-text message, never a traceback."""
+    bottle.response.content_type = "text/plain; charset=utf-8"
+    if error.status_code >= 500 and error.status_code != 503:
+        return "internal server error"
+    return error.body if isinstance(error.body, str) and error.body else error.status_line
+
+
+def _domain_errors(callback):
+    """Turn the store's named errors into HTTP answers, in this one place."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except UnknownUserError as error:
+            raise bottle.HTTPError(404, str(error)) from None
+        except StoreUnavailableError as error:
+            log.error("%s %s: %s", bottle.request.method, bottle.request.path, error)
+            raise bottle.HTTPError(503, f"{error}; try again later") from None
+
+    return wrapper
+
+
+if __name__ == "__main__":
+    sys.exit(main())
