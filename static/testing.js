@@ -63,7 +63,7 @@ async function refusal(answer) {
     return "Wrong password: it is not the TESTING_PASSWORD this server was started with.";
   }
   if (answer.status === 429) {
-    return `Too many wrong passwords: ${text}.`;
+    return `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
   }
   return `${answer.status}: ${text}`;
 }
