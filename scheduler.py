@@ -22,6 +22,12 @@ MAX_RETRY_DELAY = 300.0
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
 
+# What live_state() answers, for the testing page.
+PINGING = "pinging"
+SILENT = "silent"
+LATE = "late"
+ALERTED = "alerted"
+
 
 def late_at(user):
     """When `user` (a store.UserState) becomes late: its last sign of life plus max_sleep.
@@ -49,6 +55,22 @@ def decide(user, now):
     if user.last_alert is not None and not now > user.last_alert + user.email_frequency:
         return False, user.last_alert + user.email_frequency
     return True, max(deadline, now + user.email_frequency)
+
+
+def live_state(user, now):
+    """How `user` (a store.UserState) looks at `now` to a person watching: PINGING, SILENT, LATE or ALERTED.
+
+    LATE and ALERTED follow the absence listener: a user is late once `now > late_at(user)`, and
+    ALERTED once an alert was recorded during this silence (an alert from an earlier silence does
+    not count). Otherwise PINGING if its last ping is at most max_sleep ago, else SILENT (monitor
+    off, or no ping yet since monitoring began).
+    """
+    deadline = late_at(user)
+    if deadline is not None and now > deadline:
+        return ALERTED if user.last_alert is not None and user.last_alert > deadline else LATE
+    if user.last_ping is not None and now - user.last_ping <= user.max_sleep:
+        return PINGING
+    return SILENT
 
 
 def retry_delay(attempts):

@@ -4,24 +4,29 @@ python server.py [--settings PATH] [--db PATH] [--host HOST] [--port PORT]
 """
 
 import argparse
+import collections
 import datetime
+import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
 
 import bottle
 import waitress
 from waitress import wasyncore
 
 import config
-from mailer import SmtpMailer
-from scheduler import Scheduler
+from mailer import SmtpMailer, format_local_time
+from scheduler import Scheduler, late_at, live_state
 from store import Store, StoreError, StoreUnavailableError, UnknownUserError
 
 log = logging.getLogger("ping_listener.server")
@@ -33,13 +38,98 @@ HTTP_THREADS = 4
 SHUTDOWN_GRACE = 2.0
 SCHEDULER_STOP_TIMEOUT = 1.5
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+# After this many wrong testing passwords from one address within the window, refuse it for the window.
+WRONG_PASSWORD_LIMIT = 5
+WRONG_PASSWORD_WINDOW = 60.0
+WRONG_PASSWORD_CLIENTS = 10_000
+# How many of the newest alert emails the testing page shows.
+RECENT_EMAILS = 50
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+# On every answer: the page loads scripts, styles and data from this origin only (no inline
+# script can run, so an escaping mistake cannot become script), and no other site may frame it.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+class WrongPasswordLimiter:
+    """Refuses a client address for a while after too many wrong passwords; safe across threads.
+
+    After `limit` wrong passwords from one address within `window` seconds, that address is
+    refused for `window` seconds. Times are passed in. Memory is bounded: an address is forgotten
+    once its window has passed, and beyond `max_clients` addresses the one least recently wrong
+    is forgotten first.
+    """
+
+    def __init__(self, limit, window, max_clients):
+        """Refuse after `limit` wrong passwords within `window` seconds; remember up to `max_clients`."""
+        self._limit = limit
+        self._window = window
+        self._max_clients = max_clients
+        self._lock = threading.Lock()
+        # address -> _WrongPasswords, least recently wrong first.
+        self._clients = collections.OrderedDict()
+
+    def retry_after(self, client, now):
+        """Seconds until `client` may try a password again at `now`; 0 if it may now."""
+        with self._lock:
+            record = self._clients.get(client)
+            return max(record.refused_until - now, 0.0) if record is not None else 0.0
+
+    def record_wrong(self, client, now):
+        """Count a wrong password from `client` at `now`; True if that starts refusing it."""
+        with self._lock:
+            self._forget_expired(now)
+            record = self._clients.pop(client, None) or _WrongPasswords(collections.deque())
+            while record.times and record.times[0] <= now - self._window:
+                record.times.popleft()
+            record.times.append(now)
+            refused = len(record.times) >= self._limit
+            if refused:
+                record.times.clear()
+                record.refused_until = now + self._window
+            self._clients[client] = record
+            if len(self._clients) > self._max_clients:
+                self._clients.popitem(last=False)
+            return refused
+
+    def _forget_expired(self, now):
+        # An address last wrong a window ago has no count left and is no longer refused.
+        while self._clients:
+            record = next(iter(self._clients.values()))
+            latest = record.times[-1] if record.times else record.refused_until - self._window
+            if latest > now - self._window:
+                return
+            self._clients.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _WrongPasswords:
+    times: collections.deque
+    refused_until: float = 0.0
 
 
 def make_app(store, settings, clock, testing_password):
-    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping."""
+    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
+
+    `testing_password` unlocks the testing page's endpoints; None disables them.
+    """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
+    wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_CLIENTS)
+
+    @app.hook("after_request")
+    def security_headers():
+        bottle.response.headers.update(SECURITY_HEADERS)
+
+    def check_testing_password():
+        _check_testing_password(bottle.request, testing_password, wrong_passwords, clock())
 
     @app.route("/ping", method=["GET", "POST", "HEAD"])
     def ping():
@@ -63,18 +153,31 @@ def make_app(store, settings, clock, testing_password):
 
     @app.get("/")
     def testing_page():
-        if testing_password is None:
-            return _plain(TESTING_DISABLED + ". Set it and restart to use this page.")
-        return _plain('Testing mode is enabled: POST /testing/config with {"password": ...}.')
+        return _static_file("index.html" if testing_password is not None else "disabled.html")
+
+    @app.get(r"/static/<filename:re:[a-z][a-z-]*\.(?:css|js)>")
+    def static_asset(filename):
+        return _static_file(filename)
 
     @app.post("/testing/config")
     def testing_config():
-        _check_testing_password(bottle.request, testing_password)
+        check_testing_password()
         return {
             "users": {
                 name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
                 for name, user in settings.users.items()
             }
+        }
+
+    @app.post("/testing/state")
+    def testing_state():
+        check_testing_password()
+        now = clock()
+        return {
+            "now": now,
+            "now_local": format_local_time(now),
+            "users": {user.username: _live_user(user, now) for user in store.configured_users()},
+            "emails": [_email_event(email) for email in reversed(store.recent_emails(RECENT_EMAILS))],
         }
 
     return app
@@ -203,18 +306,79 @@ def _local_day_bounds(query):
     return start, end
 
 
-def _check_testing_password(request, testing_password):
+def _check_testing_password(request, testing_password, wrong_passwords, now):
+    """Let the request through only with the right password in its JSON body; otherwise 503, 429, 400 or 401.
+
+    An address refused by `wrong_passwords` gets 429 before its password is even looked at.
+    """
     if testing_password is None:
         raise bottle.HTTPError(503, TESTING_DISABLED)
+    # Behind a reverse proxy every client shares the proxy's address, so they share one limit.
+    client = request.environ.get("REMOTE_ADDR", "")
+    retry_after = wrong_passwords.retry_after(client, now)
+    if retry_after:
+        seconds = math.ceil(retry_after)
+        raise bottle.HTTPError(
+            429,
+            f"too many wrong testing passwords from {client}; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
     try:
         body = json.loads(request.body.read(MAX_REQUEST_BODY) or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise bottle.HTTPError(400, 'expected a JSON body {"password": "..."}') from None
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str):
         raise bottle.HTTPError(400, 'expected a JSON body {"password": "..."}')
-    if not hmac.compare_digest(password.encode(), testing_password.encode()):
+    # Comparing digests takes the same time whatever the password's length and content.
+    if not hmac.compare_digest(_digest(password), _digest(testing_password)):
+        if wrong_passwords.record_wrong(client, now):
+            log.warning("too many wrong testing passwords from %s: refusing it for %g s", client, WRONG_PASSWORD_WINDOW)
         raise bottle.HTTPError(401, "wrong testing password")
+
+
+def _digest(text):
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _live_user(user, now):
+    """A user's live state for the testing page, each time as epoch seconds and as local time."""
+    return {
+        "state": live_state(user, now),
+        **_times(last_ping=user.last_ping, late_at=late_at(user), last_alert=user.last_alert),
+    }
+
+
+def _email_event(email):
+    """An alert email's history for the testing page; never its body or the SMTP server's words."""
+    return {
+        "id": email.id,
+        "username": email.username,
+        "recipient": email.recipient,
+        "status": email.status,
+        "attempts": email.attempts,
+        **_times(last_ping=email.last_ping, queued_at=email.queued_at, finished_at=email.finished_at),
+    }
+
+
+def _times(**epochs):
+    """Each `name=epoch` as `name` (epoch or None) and `name_local` (the server's local time, or None)."""
+    fields = {}
+    for name, epoch in epochs.items():
+        fields[name] = epoch
+        fields[name + "_local"] = None if epoch is None else format_local_time(epoch)
+    return fields
+
+
+def _static_file(filename):
+    """A file of static/, with its content type; browsers check with the server before reusing it."""
+    return bottle.static_file(
+        filename,
+        root=STATIC_DIR,
+        mimetype=STATIC_TYPES[Path(filename).suffix],
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 def _plain(text):

@@ -30,6 +30,19 @@ DUE_EMAILS_SQL = (
     " WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
 )
 PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at"
+# The testing page's queries, run about once a second while it is open. Every configured user is
+# read in username order through the UNIQUE index (no sort); the newest emails are read backwards
+# along the outbox's primary key and joined through primary keys, so LIMIT bounds the work.
+CONFIGURED_USERS_SQL = (
+    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
+    " FROM users WHERE configured = 1 ORDER BY username"
+)
+RECENT_EMAILS_SQL = (
+    "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
+    " outbox.queued_at, outbox.finished_at"
+    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " ORDER BY outbox.id DESC LIMIT ?"
+)
 
 
 class StoreError(Exception):
@@ -96,6 +109,24 @@ class QueuedEmail:
     message_id: str
     queued_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmailEvent:
+    """An alert email as its history shows it: queued, sent or failed, and when.
+
+    `last_ping` is the user's last ping when the alert was decided (None: none since monitoring
+    began); `finished_at` is when it was sent or failed (None while queued).
+    """
+
+    id: int
+    username: str
+    recipient: str
+    status: str
+    attempts: int
+    last_ping: float | None
+    queued_at: float
+    finished_at: float | None
 
 
 class Store:
@@ -168,6 +199,18 @@ class Store:
                 raise UnknownUserError(f"unknown user {username}")
             rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end)).fetchall()
         return [at for (at,) in rows]
+
+    def configured_users(self):
+        """Every configured user's state (store.UserState), in username order."""
+        with self._read() as connection:
+            rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
+        return [UserState(*row) for row in rows]
+
+    def recent_emails(self, limit):
+        """The `limit` most recently queued alert emails (EmailEvent), newest first."""
+        with self._read() as connection:
+            rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
+        return [EmailEvent(*row) for row in rows]
 
     def due_users(self, now, limit):
         """Up to `limit` configured users whose due_at is before `now`, earliest first."""

@@ -6,7 +6,7 @@ import pytest
 
 import mailer
 import scheduler
-from scheduler import Scheduler, decide, late_at, retry_delay
+from scheduler import ALERTED, LATE, PINGING, SILENT, Scheduler, decide, late_at, live_state, retry_delay
 from store import UserState
 from support import make_settings
 
@@ -55,6 +55,34 @@ def test_an_email_frequency_of_zero_alerts_on_every_step_of_a_silence():
     silent = user(last_ping=T0, email_frequency=0, last_alert=T0 + 61)
     assert decide(silent, T0 + 61) == (False, T0 + 61)
     assert decide(silent, T0 + 62) == (True, T0 + 62)
+
+
+def test_a_user_that_pinged_within_max_sleep_is_pinging():
+    assert live_state(user(last_ping=T0), T0 + 60) == PINGING
+
+
+def test_a_user_without_a_ping_since_monitoring_began_is_silent_until_late():
+    assert live_state(user(), T0 + 60) == SILENT
+    assert live_state(user(), T0 + 60.5) == LATE
+
+
+def test_an_unmonitored_user_is_silent_after_max_sleep_but_never_late():
+    assert live_state(user(monitor=False, last_ping=T0), T0 + 60) == PINGING
+    assert live_state(user(monitor=False, last_ping=T0), T0 + 1e9) == SILENT
+
+
+def test_a_late_user_is_alerted_once_an_alert_was_recorded_during_this_silence():
+    assert live_state(user(last_ping=T0), T0 + 61) == LATE
+    assert live_state(user(last_ping=T0, last_alert=T0 + 61), T0 + 61) == ALERTED
+    # An alert from an earlier silence: the device came back at T0 + 100 and went silent again.
+    assert live_state(user(last_ping=T0 + 100, last_alert=T0 + 61), T0 + 161) == LATE
+
+
+def test_the_live_state_turns_late_exactly_when_the_listener_would_alert():
+    for silent in (user(last_ping=T0), user(last_ping=T0, monitored_since=T0 + 30), user(max_sleep=0)):
+        deadline = late_at(silent)
+        assert live_state(silent, deadline) != LATE and not decide(silent, deadline)[0]
+        assert live_state(silent, deadline + 0.01) == LATE and decide(silent, deadline + 0.01)[0]
 
 
 def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minutes():

@@ -1,10 +1,12 @@
-import json
+import logging
 import sqlite3
+import threading
 
 import pytest
 import webtest
 
 import server
+from store import CheckOutcome, NewEmail
 from support import make_settings
 
 T0 = 1_790_000_000.0  # Monday 2026-09-21 16:13:20 in Paris
@@ -169,19 +171,266 @@ def test_a_full_disk_is_a_503_with_a_clear_message(client, store):
 
 def test_the_page_at_root_says_when_testing_mode_is_disabled(client):
     answer = client.get("/", status=200)
+    assert answer.content_type == "text/html"
     assert "testing mode is disabled: TESTING_PASSWORD is not set" in answer.text
+    assert answer.html.find("form") is None
 
 
-def test_testing_config_is_503_when_testing_mode_is_disabled(client):
-    answer = client.post_json("/testing/config", {"password": "x"}, status=503)
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+
+def client_with_password(store, clock, users=None):
+    return make_client(store, clock, users, testing_password="let me in")
+
+
+def test_the_page_at_root_asks_for_the_password_and_runs_no_inline_script(store, clock):
+    client = client_with_password(store, clock, {HOSTILE_NAME: {"monitor": True, "max_sleep": 1, "email_frequency": 1}})
+    answer = client.get("/", status=200)
+    assert (answer.content_type, answer.charset) == ("text/html", "utf-8")
+    form = answer.html.find("form", id="unlock")
+    assert (form["method"], form["action"]) == ("post", "/testing/config")
+    assert form.find("input", type="password")
+    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/testing.js", "defer": ""}]
+    assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
+    # The page is static: users reach it only as JSON, never built into HTML by the server.
+    assert "<img" not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"), [("/static/testing.js", "text/javascript"), ("/static/testing.css", "text/css")]
+)
+def test_the_pages_assets_are_served_with_their_content_types(client, path, content_type):
+    answer = client.get(path, status=200)
+    assert (answer.content_type, answer.charset) == (content_type, "utf-8")
+    assert answer.headers["Cache-Control"] == "no-cache"
+    assert len(answer.body) > 500
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/static/nope.js", "/static/index.html", "/static/../server.py", "/static/%2e%2e/server.py", "/settings.json"],
+)
+def test_nothing_but_the_pages_assets_is_served(client, path):
+    answer = client.get(path, status=404)
+    assert answer.content_type == "text/plain"
+
+
+@pytest.mark.parametrize("path", ["/", "/static/testing.js", "/static/testing.css", "/ping?username=pi", "/nope"])
+def test_answers_forbid_inline_script_sniffing_and_framing(store, clock, path):
+    answer = client_with_password(store, clock).get(path, status="*")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "script-src" not in policy
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+
+
+TESTING_ENDPOINTS = ["/testing/config", "/testing/state"]
+
+
+@pytest.mark.parametrize("path", TESTING_ENDPOINTS)
+def test_testing_endpoints_are_503_when_testing_mode_is_disabled(client, path):
+    answer = client.post_json(path, {"password": "x"}, status=503)
     assert answer.text == "testing mode is disabled: TESTING_PASSWORD is not set"
 
 
-def test_testing_config_needs_the_right_password(store, clock):
-    client = make_client(store, clock, testing_password="let me in")
-    assert client.post_json("/testing/config", {"password": "nope"}, status=401).text == "wrong testing password"
-    client.post("/testing/config", "not json", status=400)
-    client.post_json("/testing/config", ["let me in"], status=400)
-    answer = client.post_json("/testing/config", {"password": "let me in"}, status=200)
+@pytest.mark.parametrize("path", TESTING_ENDPOINTS)
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"", 400),
+        (b"not json", 400),
+        (b'["let me in"]', 400),
+        (b"{}", 400),
+        (b'{"password": 1}', 400),
+        (b"\xff\xfe", 400),
+        (b"[" * 60_000, 400),
+        (b'{"password": "nope"}', 401),
+        (b'{"password": "\\ud800"}', 401),
+        (b'{"password": "let me in "}', 401),
+    ],
+)
+def test_testing_endpoints_need_the_password_in_a_json_body(store, clock, path, body, status):
+    answer = client_with_password(store, clock).post(path, body, content_type="application/json", status=status)
+    assert answer.content_type == "text/plain"
+    expected = "wrong testing password" if status == 401 else 'expected a JSON body {"password": "..."}'
+    assert answer.text == expected
+
+
+@pytest.mark.parametrize("path", TESTING_ENDPOINTS)
+def test_testing_endpoints_do_not_take_the_password_from_the_url(store, clock, path):
+    client_with_password(store, clock).post(path + "?password=let+me+in", status=400)
+
+
+def test_testing_config_lists_each_users_settings_and_no_smtp_setting(store, clock):
+    answer = client_with_password(store, clock).post_json("/testing/config", {"password": "let me in"}, status=200)
     assert answer.json == {"users": {"pi": {"monitor": True, "max_sleep": 60.0, "email_frequency": 600.0}}}
-    assert "smtp" not in json.dumps(answer.json).lower()
+    assert "smtp" not in answer.text.lower()
+
+
+def alert(store, username, now, *recipients):
+    """Have the absence listener's store record an alert for `username` at `now`; return its emails' ids."""
+    [user] = [user for user in store.due_users(now, 100) if user.username == username]
+    emails = tuple(NewEmail(to, f"{username} disconnection detected", "body", f"<{to}>") for to in recipients)
+    store.save_check_outcomes([CheckOutcome(user, now + user.email_frequency, emails)], now)
+    return [email.id for email in store.due_emails(now, 100) if email.recipient in recipients]
+
+
+def test_testing_state_shows_each_users_live_state_and_recent_emails(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"pi": user, "quiet": {**user, "monitor": False}, "gone": user, "late": user}
+    client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600 (15:13:20)
+    ping_at(client, clock, T0 - 10)
+    [sent, retried] = alert(store, "gone", T0 - 100, "oncall@example.com", "ops@example.com")
+    store.mark_sent(sent, T0 - 99)
+    store.schedule_retry(retried, T0 + 5, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
+    clock.now = T0
+    answer = client.post_json("/testing/state", {"password": "let me in"}, status=200)
+    assert answer.content_type == "application/json"
+    state = answer.json
+    assert (state["now"], state["now_local"]) == (T0, "2026-09-21 16:13:20 CEST")
+    assert {name: user["state"] for name, user in state["users"].items()} == {
+        "pi": "pinging",
+        "quiet": "silent",
+        "gone": "alerted",
+        "late": "late",
+    }
+    assert state["users"]["pi"] == {
+        "state": "pinging",
+        "last_ping": T0 - 10,
+        "last_ping_local": "2026-09-21 16:13:10 CEST",
+        "late_at": T0 + 50,
+        "late_at_local": "2026-09-21 16:14:10 CEST",
+        "last_alert": None,
+        "last_alert_local": None,
+    }
+    assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
+        None,
+        "2026-09-21 16:11:40 CEST",
+    )
+    assert state["emails"] == [
+        {
+            "id": sent,
+            "username": "gone",
+            "recipient": "oncall@example.com",
+            "status": "sent",
+            "attempts": 1,
+            "last_ping": None,
+            "last_ping_local": None,
+            "queued_at": T0 - 100,
+            "queued_at_local": "2026-09-21 16:11:40 CEST",
+            "finished_at": T0 - 99,
+            "finished_at_local": "2026-09-21 16:11:41 CEST",
+        },
+        {
+            "id": retried,
+            "username": "gone",
+            "recipient": "ops@example.com",
+            "status": "queued",
+            "attempts": 1,
+            "last_ping": None,
+            "last_ping_local": None,
+            "queued_at": T0 - 100,
+            "queued_at_local": "2026-09-21 16:11:40 CEST",
+            "finished_at": None,
+            "finished_at_local": None,
+        },
+    ]
+    # What the SMTP server said can name its host and login: it stays in the service's log.
+    assert "smtp" not in answer.text.lower() and "535" not in answer.text
+
+
+def test_testing_state_lists_only_configured_users_and_the_newest_emails(store, clock):
+    client = client_with_password(store, clock, {"old": {"monitor": True, "max_sleep": 1, "email_frequency": 1}})
+    for n in range(server.RECENT_EMAILS + 5):
+        alert(store, "old", T0 + 10 * n, f"r{n}@example.com")
+    client = client_with_password(store, clock)  # "old" was removed from the settings
+    state = client.post_json("/testing/state", {"password": "let me in"}).json
+    assert list(state["users"]) == ["pi"]
+    assert [email["recipient"] for email in state["emails"]] == [
+        f"r{n}@example.com" for n in range(5, server.RECENT_EMAILS + 5)
+    ]
+
+
+def from_address(address):
+    return {"extra_environ": {"REMOTE_ADDR": address}}
+
+
+@pytest.mark.parametrize("path", TESTING_ENDPOINTS)
+def test_five_wrong_passwords_in_a_minute_get_an_address_429_for_a_minute(store, clock, path):
+    client = client_with_password(store, clock)
+    right, wrong = {"password": "let me in"}, {"password": "guess"}
+    for _ in range(5):
+        client.post_json(path, wrong, status=401, **from_address("192.0.2.1"))
+        clock.now += 1
+    answer = client.post_json(path, right, status=429, **from_address("192.0.2.1"))
+    assert answer.text == "too many wrong testing passwords from 192.0.2.1; try again in 59 s"
+    assert answer.headers["Retry-After"] == "59"
+    other = "/testing/state" if path == "/testing/config" else "/testing/config"
+    client.post_json(other, right, status=429, **from_address("192.0.2.1"))
+    client.post_json(path, right, status=200, **from_address("192.0.2.2"))
+    clock.now += 58.5
+    assert client.post_json(path, right, status=429, **from_address("192.0.2.1")).headers["Retry-After"] == "1"
+    clock.now += 0.5  # a minute after the fifth wrong password
+    client.post_json(path, right, status=200, **from_address("192.0.2.1"))
+    client.post_json(path, wrong, status=401, **from_address("192.0.2.1"))
+
+
+def test_wrong_passwords_spread_over_more_than_a_minute_are_never_refused(store, clock):
+    client = client_with_password(store, clock)
+    for offset in (0, 20, 40, 59, 60, 80, 100, 119, 120):
+        clock.now = T0 + offset
+        client.post_json("/testing/state", {"password": "guess"}, status=401)
+    client.post_json("/testing/state", {"password": "let me in"}, status=200)
+
+
+def test_the_testing_password_is_never_logged(store, clock, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = client_with_password(store, clock)
+    client.post_json("/testing/state", {"password": "let me in"}, status=200)
+    for _ in range(6):
+        client.post_json("/testing/state", {"password": "hunter2"}, status="*", **from_address("192.0.2.7"))
+    assert "too many wrong testing passwords from 192.0.2.7: refusing it for 60 s" in caplog.text
+    assert "let me in" not in caplog.text and "hunter2" not in caplog.text
+
+
+def test_the_limiter_refuses_an_address_after_the_limit_within_the_window():
+    limiter = server.WrongPasswordLimiter(limit=3, window=60, max_clients=10)
+    assert [limiter.record_wrong("a", T0 + t) for t in (0, 30, 59)] == [False, False, True]
+    assert (limiter.retry_after("a", T0 + 59), limiter.retry_after("a", T0 + 118.5)) == (60, 0.5)
+    assert limiter.retry_after("b", T0 + 59) == 0
+    assert limiter.retry_after("a", T0 + 119) == 0
+    # Counting starts afresh after a refusal.
+    assert [limiter.record_wrong("a", T0 + t) for t in (119, 120, 121)] == [False, False, True]
+
+
+def test_the_limiter_counts_only_the_last_window():
+    limiter = server.WrongPasswordLimiter(limit=3, window=60, max_clients=10)
+    assert [limiter.record_wrong("a", T0 + t) for t in (0, 30, 60, 91, 95)] == [False, False, False, False, True]
+
+
+def test_the_limiter_remembers_a_bounded_number_of_addresses():
+    limiter = server.WrongPasswordLimiter(limit=1, window=60, max_clients=100)
+    for n in range(10_000):
+        limiter.record_wrong(f"10.0.{n // 256}.{n % 256}", T0)
+    assert len(limiter._clients) == 100
+    assert limiter.retry_after("10.0.0.0", T0) == 0  # the least recently wrong was forgotten
+    assert limiter.retry_after("10.0.39.15", T0) == 60  # the most recent is still refused
+    limiter.record_wrong("192.0.2.1", T0 + 60)
+    assert len(limiter._clients) == 1  # records whose window has passed are dropped
+
+
+def test_the_limiter_counts_every_wrong_password_from_concurrent_threads():
+    limiter = server.WrongPasswordLimiter(limit=800, window=60, max_clients=10)
+    refusals = []
+
+    def guess():
+        refusals.extend(limiter.record_wrong("a", T0) for _ in range(100))
+
+    threads = [threading.Thread(target=guess) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refusals.count(True) == 1
+    assert limiter.retry_after("a", T0) == 60

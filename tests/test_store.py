@@ -4,7 +4,7 @@ import threading
 import pytest
 
 import store as store_module
-from store import SCHEMA_VERSION, CheckOutcome, NewEmail, Store, StoreOpenError, UnknownUserError
+from store import SCHEMA_VERSION, CheckOutcome, EmailEvent, NewEmail, Store, StoreOpenError, UnknownUserError
 from support import make_settings
 
 T0 = 1_790_000_000.0  # 2026-09-21, a fixed "now"
@@ -119,6 +119,38 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
     assert index in plan[0][3]
 
 
+@pytest.mark.parametrize(
+    ("query", "parameters", "expected_plan"),
+    [
+        (store_module.CONFIGURED_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
+        (
+            store_module.RECENT_EMAILS_SQL,
+            (10,),
+            [
+                "SCAN outbox",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+            ],
+        ),
+    ],
+)
+def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, parameters, expected_plan):
+    plan = store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
+    assert [row[3] for row in plan] == expected_plan
+
+
+def test_configured_users_are_listed_by_name_without_removed_ones(store):
+    def users(*names, monitored=("a", "b", "old")):
+        return {name: {"monitor": name in monitored, "max_sleep": 60, "email_frequency": 600} for name in names}
+
+    synced(store, users=users("b", "old", "a"))
+    store.record_ping("b", T0 + 5)
+    synced(store, users=users("b", "a", monitored=("a",)))
+    a, b = store.configured_users()
+    assert (a.username, a.monitor, a.last_ping, a.monitored_since) == ("a", True, None, T0)
+    assert (b.username, b.monitor, b.last_ping) == ("b", False, T0 + 5)
+
+
 def alert_outcome(user, next_due_at, *recipients):
     emails = tuple(NewEmail(to, "pi disconnection detected", "body", f"<{to}>") for to in recipients)
     return CheckOutcome(user, next_due_at, emails)
@@ -167,6 +199,21 @@ def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
         ("b@example.com", "queued", 1, "451 try later"),
         ("c@example.com", "failed", 1, "550 no such user"),
     ]
+
+
+def test_recent_emails_show_the_newest_first_with_their_fate_and_the_alerts_last_ping(store):
+    synced(store)
+    store.record_ping("pi", T0 + 1)
+    [user] = store.due_users(T0 + 62, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 662, "a@example.com", "b@example.com")], T0 + 62)
+    first, second = store.due_emails(T0 + 62, 10)
+    store.mark_sent(first.id, T0 + 63)
+    store.schedule_retry(second.id, T0 + 70, "451 try later")
+    assert store.recent_emails(10) == [
+        EmailEvent(second.id, "pi", "b@example.com", "queued", 1, T0 + 1, T0 + 62, None),
+        EmailEvent(first.id, "pi", "a@example.com", "sent", 1, T0 + 1, T0 + 62, T0 + 63),
+    ]
+    assert [email.id for email in store.recent_emails(1)] == [second.id]
 
 
 def test_the_state_survives_reopening_the_database(tmp_path):
