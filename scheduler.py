@@ -90,9 +90,13 @@ class Scheduler:
     def drain_once(self, now):
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        Each result is committed as soon as the SMTP server answers. Returns how many it tried.
+        The emails' next attempts are pushed back before sending, then each result is committed
+        as soon as the SMTP server answers. Returns how many it tried.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
+        if not emails:
+            return 0
+        self._store.claim_emails({email.id: now + retry_delay(email.attempts + 1) for email in emails})
         for email, result in self._mailer.send_all(emails):
             finished = self._clock()
             if result.status == mailer.SENT:

@@ -124,7 +124,10 @@ class Store:
     def sync_users(self, users, now):
         """Make the configured users exactly `users` (username -> config.UserConfig), monitored from `now`.
 
-        Users missing from `users` stop being monitored but keep their history.
+        Users missing from `users` stop being monitored but keep their history. Queued emails are
+        due at once, so fixing the SMTP setup and restarting sends them without waiting out their
+        back-off; a time in the future (the clock went back while the service was down) is brought
+        back to `now`, so it cannot silence a device or an email.
         """
         rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()]
         with self._write() as connection:
@@ -137,7 +140,7 @@ class Store:
                 " monitored_since = excluded.monitored_since",
                 rows,
             )
-            connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+            _rebase(connection, 0.0, now)
 
     def record_ping(self, username, now):
         """Record a ping from `username` at `now`, committed before returning.
@@ -214,6 +217,19 @@ class Store:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
         return [QueuedEmail(*row) for row in rows]
 
+    def claim_emails(self, retry_times):
+        """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds).
+
+        Committed before the SMTP conversation, so an email whose result cannot be recorded (the
+        service is killed, or the database refuses the write) is sent again only after this
+        back-off; and while the database refuses writes, nothing is sent at all.
+        """
+        with self._write() as connection:
+            connection.executemany(
+                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
+                [(at, email_id) for email_id, at in retry_times.items()],
+            )
+
     def mark_sent(self, email_id, now):
         """Record that the SMTP server accepted the email at `now`; it leaves the queue."""
         self._finish_email(email_id, "sent", now, None)
@@ -250,7 +266,7 @@ class Store:
             except BaseException as error:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
-                if isinstance(error, sqlite3.OperationalError):
+                if _is_storage_fault(error):
                     raise _unavailable(error) from error
                 raise
 
@@ -258,8 +274,10 @@ class Store:
     def _read(self):
         try:
             yield self._connection()
-        except sqlite3.OperationalError as error:
-            raise _unavailable(error) from error
+        except sqlite3.DatabaseError as error:
+            if _is_storage_fault(error):
+                raise _unavailable(error) from error
+            raise
 
     def _connection(self):
         connection = getattr(self._local, "connection", None)
@@ -295,14 +313,36 @@ class Store:
             )
 
 
-def _unavailable(error):
-    reasons = {
-        sqlite3.SQLITE_FULL: "the disk is full",
-        sqlite3.SQLITE_BUSY: "the database is locked by another process",
-        sqlite3.SQLITE_LOCKED: "the database is locked",
-        sqlite3.SQLITE_READONLY: "the database is read-only",
-        sqlite3.SQLITE_IOERR: "the database had an I/O error",
-    }
+def _rebase(connection, jump, now):
+    """Move the users' monitoring times by `jump`, keep all of them at or before `now`, and make queued emails due."""
+    connection.execute(
+        "UPDATE users SET monitored_since = min(monitored_since + :jump, :now),"
+        " last_ping = min(last_ping + :jump, :now), last_alert = min(last_alert + :jump, :now)"
+        " WHERE configured = 1",
+        {"jump": jump, "now": now},
+    )
+    connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+    connection.execute("UPDATE outbox SET next_attempt_at = min(next_attempt_at, ?) WHERE status = 'queued'", (now,))
+
+
+_UNAVAILABLE_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_BUSY: "the database is locked by another process",
+    sqlite3.SQLITE_LOCKED: "the database is locked",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_IOERR: "the database had an I/O error",
+}
+
+
+def _primary_code(error):
     # Extended codes (e.g. SQLITE_IOERR_WRITE) carry the primary code in their low byte.
-    reason = reasons.get(getattr(error, "sqlite_errorcode", 0) & 0xFF, str(error))
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF
+
+
+def _is_storage_fault(error):
+    return isinstance(error, sqlite3.OperationalError)
+
+
+def _unavailable(error):
+    reason = _UNAVAILABLE_REASONS.get(_primary_code(error), str(error))
     return StoreUnavailableError(f"storage unavailable: {reason}")
