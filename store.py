@@ -142,6 +142,17 @@ class Store:
             )
             _rebase(connection, 0.0, now)
 
+    def shift_clock(self, jump, now):
+        """Re-base monitoring after the wall clock jumped by `jump` seconds; `now` is on the new clock.
+
+        Each configured user's start of monitoring, last ping and last alert move by `jump`, so its
+        deadlines keep their real distance from the present: a jump forward makes no device late,
+        a jump back silences none. Nothing is left in the future (a ping recorded on the new clock
+        before the jump was noticed is taken as seen now), and queued emails are due at once.
+        """
+        with self._write() as connection:
+            _rebase(connection, jump, now)
+
     def record_ping(self, username, now):
         """Record a ping from `username` at `now`, committed before returning.
 
