@@ -6,6 +6,7 @@ locked", and the busy timeout covers other processes such as a person's `sqlite3
 All times are UTC epoch seconds, passed in by the caller: the store never reads a clock.
 """
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -108,6 +109,7 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        _refuse_read_only(Path(self.path))
         try:
             self._prepare_schema(self._connection())
         except sqlite3.Error as error:
@@ -336,12 +338,26 @@ def _rebase(connection, jump, now):
     connection.execute("UPDATE outbox SET next_attempt_at = min(next_attempt_at, ?) WHERE status = 'queued'", (now,))
 
 
+def _refuse_read_only(path):
+    # SQLite opens a file it cannot write read-only and fails only at the first write, with
+    # "attempt to write a readonly database" whether the file or its directory is to blame.
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreOpenError(f"{path}: the database file is read-only; Ping Listener must be able to write it")
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        raise StoreOpenError(
+            f"{path}: its directory is read-only; SQLite must be able to create {path.name}-wal and"
+            f" {path.name}-shm next to it"
+        )
+
+
 _UNAVAILABLE_REASONS = {
     sqlite3.SQLITE_FULL: "the disk is full",
     sqlite3.SQLITE_BUSY: "the database is locked by another process",
     sqlite3.SQLITE_LOCKED: "the database is locked",
     sqlite3.SQLITE_READONLY: "the database is read-only",
     sqlite3.SQLITE_IOERR: "the database had an I/O error",
+    sqlite3.SQLITE_CORRUPT: "the database file is corrupt",
+    sqlite3.SQLITE_NOTADB: "the database file is not a database",
 }
 
 
@@ -351,7 +367,11 @@ def _primary_code(error):
 
 
 def _is_storage_fault(error):
-    return isinstance(error, sqlite3.OperationalError)
+    # Faults of the environment are OperationalErrors, except a damaged file: a plain DatabaseError.
+    # Other DatabaseErrors (IntegrityError, ProgrammingError...) are bugs and stay what they are.
+    return isinstance(error, sqlite3.OperationalError) or (
+        type(error) is sqlite3.DatabaseError and _primary_code(error) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    )
 
 
 def _unavailable(error):
