@@ -29,11 +29,14 @@ class Clocks:
 
     @property
     def wall(self):
+        """The wall clock's time now."""
         return self.monotonic + self.offset
 
 
 def alerted(store):
-    return [username for (username,) in query(store.path, "SELECT username FROM alerts_readable ORDER BY alerted_at")]
+    """The usernames of all alerts recorded so far, oldest first."""
+    rows = query(store.path, "SELECT username FROM alerts JOIN users ON users.id = alerts.user_id ORDER BY alerts.id")
+    return [username for (username,) in rows]
 
 
 def step(steps, clocks, seconds):
@@ -44,12 +47,14 @@ def step(steps, clocks, seconds):
 
 
 def devices_ping(store, clocks, *, but):
+    """Every device but `but` pings now."""
     for username in DEVICES:
         if username != but:
             store.record_ping(username, clocks.wall)
 
 
 def make_steps(store, clocks, users=DEVICES):
+    """A Scheduler over `store` whose wall clock is `clocks.wall`, monitoring `users` from now."""
     settings = make_settings(users)
     store.sync_users(settings.users, clocks.wall)
     mail_sender = SmtpMailer(config.load_smtp_settings({}))  # only names messages: check steps send nothing

@@ -158,6 +158,7 @@ def raw_request(url, data, method="GET", timeout=5):
 
 @pytest.fixture
 def service(tmp_path, start_server):
+    """The real service, as a subprocess behind waitress."""
     return start_server(write_settings(tmp_path / "settings.json", USERS))
 
 

@@ -42,6 +42,7 @@ OUTBOX_SQL = (
 
 
 def outbox(db_path):
+    """(username, status, attempts) of each email in the outbox, oldest first."""
     return query(db_path, OUTBOX_SQL)
 
 
@@ -106,6 +107,7 @@ class SmtpFault:
 
 @pytest.fixture
 def smtp_fault(request, ca, smtp_server):
+    """The SmtpFault named by the test's parameter."""
     fault = SmtpFault(request.param, ca, smtp_server)
     yield fault
     fault.close()
@@ -165,6 +167,8 @@ def test_a_permanently_rejected_email_is_marked_failed_and_never_retried_even_af
 
 
 class Clock:
+    """A wall clock that moves only when the test says so."""
+
     def __init__(self, now):
         self.now = now
 
@@ -173,6 +177,7 @@ class Clock:
 
 
 def smtp_mailer(port, timeout):
+    """An SmtpMailer logging in to 127.0.0.1:`port`, each network operation bounded by `timeout` seconds."""
     return SmtpMailer(config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, SMTP_PASSWORD, None), timeout=timeout)
 
 

@@ -46,6 +46,7 @@ class SmallDiskStore(Store):
 
 
 def smtp_mailer(smtp_server):
+    """An SmtpMailer sending through the test SMTP server."""
     return SmtpMailer(config.SmtpSettings("127.0.0.1", smtp_server.port, SMTP_LOGIN, SMTP_PASSWORD, None), timeout=5)
 
 
@@ -155,6 +156,7 @@ def corrupt(path):
 
 @pytest.fixture
 def database_directory(tmp_path):
+    """A directory for the database, writable again once the test is over."""
     directory = tmp_path / "state"
     directory.mkdir()
     yield directory
