@@ -1,11 +1,14 @@
 """The absence listener and the outbox drain: pure decisions, and two thin stoppable loops.
 
 The loops run in their own threads so a slow SMTP server never delays detecting absences.
-Each step takes `now` from its caller, so tests drive time instead of sleeping.
+Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait
+on a monotonic clock (Event.wait); the wall clock only dates things, and the absence listener
+re-bases monitoring when it sees the wall clock jump.
 """
 
 import logging
 import threading
+import time
 
 import mailer
 from store import CheckOutcome, NewEmail, StoreError
@@ -21,6 +24,9 @@ MAX_RETRY_DELAY = 300.0
 # If deciding about a user fails, look at it again this much later, so one bad row cannot
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
+# A wall clock that moves this much more or less than the monotonic clock between two steps of
+# the absence listener has jumped. Smaller differences shift alerts by less than that, harmlessly.
+CLOCK_JUMP_TOLERANCE = 5.0
 
 # What live_state() answers, for the testing page.
 PINGING = "pinging"
@@ -73,6 +79,17 @@ def live_state(user, now):
     return SILENT
 
 
+def clock_jump(previous, current):
+    """How far the wall clock jumped between two readings, each a (wall, monotonic) pair; 0.0 if it did not.
+
+    Between readings the wall clock should advance as much as the monotonic one. A difference
+    beyond CLOCK_JUMP_TOLERANCE is a jump: the clock set by hand or stepped by NTP, or a machine
+    that was suspended (its monotonic clock stopped, as the service did).
+    """
+    jump = (current[0] - previous[0]) - (current[1] - previous[1])
+    return jump if abs(jump) > CLOCK_JUMP_TOLERANCE else 0.0
+
+
 def retry_delay(attempts):
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
     return min(FIRST_RETRY_DELAY * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
@@ -90,6 +107,7 @@ class Scheduler:
         self._clock = clock
         self._stop = threading.Event()
         self._threads = []
+        self._last_clock_reading = None
 
     def check_once(self, now):
         """One step of the absence listener: queue alerts for up to USERS_PER_STEP due users.
@@ -109,12 +127,32 @@ class Scheduler:
             log.info("queued alerts for %d late user(s)", alerts)
         return len(users)
 
+    def follow_clock(self, now, monotonic_now):
+        """Re-base monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
+
+        `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
+        Without this, a jump forward would make every device look late at once, and a jump back
+        would leave last pings in the future, silencing alerts until the clock caught up.
+        """
+        reading = (now, monotonic_now)
+        jump = clock_jump(self._last_clock_reading, reading) if self._last_clock_reading else 0.0
+        if jump:
+            self._store.shift_clock(jump, now)
+            log.warning("the wall clock jumped by %+.1f s; monitoring times were moved with it", jump)
+        # Only once re-based: if the store refused, the next call sees the same jump again.
+        self._last_clock_reading = reading
+        return jump
+
     def drain_once(self, now):
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        Each result is committed as soon as the SMTP server answers. Returns how many it tried.
+        The emails' next attempts are pushed back before sending, then each result is committed
+        as soon as the SMTP server answers. Returns how many it tried.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
+        if not emails:
+            return 0
+        self._store.claim_emails({email.id: now + retry_delay(email.attempts + 1) for email in emails})
         for email, result in self._mailer.send_all(emails):
             finished = self._clock()
             if result.status == mailer.SENT:
@@ -138,7 +176,7 @@ class Scheduler:
     def start(self):
         """Start both loops in background threads."""
         for name, step, full_step, delay in (
-            ("absence-listener", self.check_once, USERS_PER_STEP, self._settings.base_frequency),
+            ("absence-listener", self._listen, USERS_PER_STEP, self._settings.base_frequency),
             ("outbox-drain", self.drain_once, EMAILS_PER_STEP, self._settings.email_processing_frequency),
         ):
             thread = threading.Thread(target=self._loop, args=(step, full_step, delay), name=name, daemon=True)
@@ -165,6 +203,10 @@ class Scheduler:
             # A full step means more work is waiting: go on at once.
             if done < full_step:
                 self._stop.wait(max(delay, MIN_LOOP_DELAY))
+
+    def _listen(self, now):
+        self.follow_clock(now, time.monotonic())
+        return self.check_once(now)
 
     def _outcome(self, user, now):
         alert, next_due_at = decide(user, now)

@@ -33,6 +33,8 @@ log = logging.getLogger("ping_listener.server")
 
 MAX_QUERY_FIELDS = 20
 MAX_REQUEST_BODY = 64 * 1024
+# Error messages may quote what the client sent (a username); a long one is cut to this length.
+MAX_ERROR_MESSAGE = 200
 HTTP_THREADS = 4
 # On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
 SHUTDOWN_GRACE = 2.0
@@ -387,11 +389,12 @@ def _plain(text):
 
 
 def _plain_error(error):
-    """Every error answer: a short plain-text message, never a traceback."""
+    """Every error answer: a short plain-text message (at most MAX_ERROR_MESSAGE characters), never a traceback."""
     bottle.response.content_type = "text/plain; charset=utf-8"
     if error.status_code >= 500 and error.status_code != 503:
         return "internal server error"
-    return error.body if isinstance(error.body, str) and error.body else error.status_line
+    message = error.body if isinstance(error.body, str) and error.body else error.status_line
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 3] + "..."
 
 
 def _domain_errors(callback):

@@ -6,6 +6,7 @@ locked", and the busy timeout covers other processes such as a person's `sqlite3
 All times are UTC epoch seconds, passed in by the caller: the store never reads a clock.
 """
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -139,6 +140,7 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        _refuse_read_only(Path(self.path))
         try:
             self._prepare_schema(self._connection())
         except sqlite3.Error as error:
@@ -155,7 +157,10 @@ class Store:
     def sync_users(self, users, now):
         """Make the configured users exactly `users` (username -> config.UserConfig), monitored from `now`.
 
-        Users missing from `users` stop being monitored but keep their history.
+        Users missing from `users` stop being monitored but keep their history. Queued emails are
+        due at once, so fixing the SMTP setup and restarting sends them without waiting out their
+        back-off; a time in the future (the clock went back while the service was down) is brought
+        back to `now`, so it cannot silence a device or an email.
         """
         rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()]
         with self._write() as connection:
@@ -168,7 +173,18 @@ class Store:
                 " monitored_since = excluded.monitored_since",
                 rows,
             )
-            connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+            _rebase(connection, 0.0, now)
+
+    def shift_clock(self, jump, now):
+        """Re-base monitoring after the wall clock jumped by `jump` seconds; `now` is on the new clock.
+
+        Each configured user's start of monitoring, last ping and last alert move by `jump`, so its
+        deadlines keep their real distance from the present: a jump forward makes no device late,
+        a jump back silences none. Nothing is left in the future (a ping recorded on the new clock
+        before the jump was noticed is taken as seen now), and queued emails are due at once.
+        """
+        with self._write() as connection:
+            _rebase(connection, jump, now)
 
     def record_ping(self, username, now):
         """Record a ping from `username` at `now`, committed before returning.
@@ -257,6 +273,19 @@ class Store:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
         return [QueuedEmail(*row) for row in rows]
 
+    def claim_emails(self, retry_times):
+        """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds).
+
+        Committed before the SMTP conversation, so an email whose result cannot be recorded (the
+        service is killed, or the database refuses the write) is sent again only after this
+        back-off; and while the database refuses writes, nothing is sent at all.
+        """
+        with self._write() as connection:
+            connection.executemany(
+                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
+                [(at, email_id) for email_id, at in retry_times.items()],
+            )
+
     def mark_sent(self, email_id, now):
         """Record that the SMTP server accepted the email at `now`; it leaves the queue."""
         self._finish_email(email_id, "sent", now, None)
@@ -293,7 +322,7 @@ class Store:
             except BaseException as error:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
-                if isinstance(error, sqlite3.OperationalError):
+                if _is_storage_fault(error):
                     raise _unavailable(error) from error
                 raise
 
@@ -301,8 +330,10 @@ class Store:
     def _read(self):
         try:
             yield self._connection()
-        except sqlite3.OperationalError as error:
-            raise _unavailable(error) from error
+        except sqlite3.DatabaseError as error:
+            if _is_storage_fault(error):
+                raise _unavailable(error) from error
+            raise
 
     def _connection(self):
         connection = getattr(self._local, "connection", None)
@@ -338,14 +369,54 @@ class Store:
             )
 
 
-def _unavailable(error):
-    reasons = {
-        sqlite3.SQLITE_FULL: "the disk is full",
-        sqlite3.SQLITE_BUSY: "the database is locked by another process",
-        sqlite3.SQLITE_LOCKED: "the database is locked",
-        sqlite3.SQLITE_READONLY: "the database is read-only",
-        sqlite3.SQLITE_IOERR: "the database had an I/O error",
-    }
+def _rebase(connection, jump, now):
+    """Move the users' monitoring times by `jump`, keep all of them at or before `now`, and make queued emails due."""
+    connection.execute(
+        "UPDATE users SET monitored_since = min(monitored_since + :jump, :now),"
+        " last_ping = min(last_ping + :jump, :now), last_alert = min(last_alert + :jump, :now)"
+        " WHERE configured = 1",
+        {"jump": jump, "now": now},
+    )
+    connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+    connection.execute("UPDATE outbox SET next_attempt_at = min(next_attempt_at, ?) WHERE status = 'queued'", (now,))
+
+
+def _refuse_read_only(path):
+    # SQLite opens a file it cannot write read-only and fails only at the first write, with
+    # "attempt to write a readonly database" whether the file or its directory is to blame.
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreOpenError(f"{path}: the database file is read-only; Ping Listener must be able to write it")
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        raise StoreOpenError(
+            f"{path}: its directory is read-only; SQLite must be able to create {path.name}-wal and"
+            f" {path.name}-shm next to it"
+        )
+
+
+_UNAVAILABLE_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_BUSY: "the database is locked by another process",
+    sqlite3.SQLITE_LOCKED: "the database is locked",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_IOERR: "the database had an I/O error",
+    sqlite3.SQLITE_CORRUPT: "the database file is corrupt",
+    sqlite3.SQLITE_NOTADB: "the database file is not a database",
+}
+
+
+def _primary_code(error):
     # Extended codes (e.g. SQLITE_IOERR_WRITE) carry the primary code in their low byte.
-    reason = reasons.get(getattr(error, "sqlite_errorcode", 0) & 0xFF, str(error))
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF
+
+
+def _is_storage_fault(error):
+    # Faults of the environment are OperationalErrors, except a damaged file: a plain DatabaseError.
+    # Other DatabaseErrors (IntegrityError, ProgrammingError...) are bugs and stay what they are.
+    return isinstance(error, sqlite3.OperationalError) or (
+        type(error) is sqlite3.DatabaseError and _primary_code(error) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    )
+
+
+def _unavailable(error):
+    reason = _UNAVAILABLE_REASONS.get(_primary_code(error), str(error))
     return StoreUnavailableError(f"storage unavailable: {reason}")

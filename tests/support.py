@@ -1,12 +1,15 @@
 """Real collaborators for tests: an SMTP-over-TLS server and the service run as a subprocess."""
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
 import os
 import selectors
 import signal
+import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -29,13 +32,16 @@ SMTP_PASSWORD = "smtp-secret"
 class TlsSmtpServer:
     """An SMTP server speaking implicit TLS on 127.0.0.1, requiring login, recording what it accepts.
 
-    Set `rcpt_reply` or `data_reply` (e.g. "550 5.1.1 no such user") to make it refuse.
+    Set `rcpt_reply` or `data_reply` (e.g. "550 5.1.1 no such user") to make it refuse, or
+    `drop_in_data` to make it close the connection once a message's content has arrived, before
+    answering it: the one moment when a client cannot know whether its message was accepted.
     """
 
     def __init__(self, ca):
         self.messages = []
         self.rcpt_reply = None
         self.data_reply = None
+        self.drop_in_data = False
         self._received = threading.Condition()
         self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl_context)
@@ -98,6 +104,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self._server.drop_in_data:
+            server.transport.abort()
+            return "421 never sent: the connection is gone"
         if self._server.data_reply:
             return self._server.data_reply
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
@@ -105,6 +114,33 @@ class _Handler:
             self._server.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))
             self._server._received.notify_all()
         return "250 Message accepted"
+
+
+class SilentSmtpServer:
+    """A port on 127.0.0.1 that accepts connections and never says a word, like a hung SMTP server."""
+
+    def __init__(self):
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.connections = []
+        self._thread = threading.Thread(target=self._accept, name="silent-smtp-server", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Close the port and every connection it accepted."""
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(5)
+        for connection in self.connections:
+            connection.close()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
 
 
 def _authenticate(server, session, envelope, mechanism, auth_data):
@@ -215,6 +251,19 @@ def server_env(smtp_port, ca_path, **extra):
     )
     env.update(extra)
     return env
+
+
+def query(db_path, sql, parameters=()):
+    """The rows `sql` selects from the database at `db_path`, through a connection of its own."""
+    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+        return connection.execute(sql, parameters).fetchall()
+
+
+def free_port():
+    """A port on 127.0.0.1 that nothing listens on (until someone takes it)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return unused.getsockname()[1]
 
 
 def wait_until(condition, timeout=10, interval=0.02, message="condition"):

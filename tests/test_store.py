@@ -145,9 +145,9 @@ def test_configured_users_are_listed_by_name_without_removed_ones(store):
 
     synced(store, users=users("b", "old", "a"))
     store.record_ping("b", T0 + 5)
-    synced(store, users=users("b", "a", monitored=("a",)))
+    synced(store, users=users("b", "a", monitored=("a",)), now=T0 + 10)
     a, b = store.configured_users()
-    assert (a.username, a.monitor, a.last_ping, a.monitored_since) == ("a", True, None, T0)
+    assert (a.username, a.monitor, a.last_ping, a.monitored_since) == ("a", True, None, T0 + 10)
     assert (b.username, b.monitor, b.last_ping) == ("b", False, T0 + 5)
 
 
