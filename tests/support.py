@@ -288,3 +288,13 @@ def make_settings(users=None, **top_level):
     }
     document.update(top_level)
     return config.parse_settings(document)
+
+
+class Clock:
+    """A wall clock that moves only when the test says so."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now

@@ -15,6 +15,7 @@ from scheduler import Scheduler, retry_delay
 from support import (
     SMTP_LOGIN,
     SMTP_PASSWORD,
+    Clock,
     SilentSmtpServer,
     TlsSmtpServer,
     free_port,
@@ -164,16 +165,6 @@ def test_a_permanently_rejected_email_is_marked_failed_and_never_retried_even_af
     subjects = [message["Subject"] for _, _, message in smtp_server.messages]
     assert subjects == ["cam disconnection detected"], f"{len(subjects)} email(s) delivered: {subjects}"
     assert outbox(db_path) == [("pi", "failed", 1), ("nas", "failed", 1), ("cam", "sent", 1)]
-
-
-class Clock:
-    """A wall clock that moves only when the test says so."""
-
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def smtp_mailer(port, timeout):

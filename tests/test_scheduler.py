@@ -8,7 +8,7 @@ import mailer
 import scheduler
 from scheduler import ALERTED, LATE, PINGING, SILENT, Scheduler, decide, late_at, live_state, retry_delay
 from store import UserState
-from support import make_settings
+from support import Clock, make_settings
 
 T0 = 1_790_000_000.0
 
@@ -112,14 +112,6 @@ class RecordingMailer:
             if result.status == mailer.SENT:
                 self.sent.append(email)
             yield email, result
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

@@ -7,17 +7,9 @@ import webtest
 
 import server
 from store import CheckOutcome, NewEmail
-from support import make_settings
+from support import Clock, make_settings
 
 T0 = 1_790_000_000.0  # Monday 2026-09-21 16:13:20 in Paris
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
