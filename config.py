@@ -5,17 +5,19 @@ each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got
 """
 
 import json
-import math
 import re
 from dataclasses import dataclass
 
 # Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
 # RFC 5322 parser: the SMTP server has the last word on an address.
 _EMAIL = re.compile(
-    r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"[^@\s\x00-\x1f\x7f<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
+# away could not even be shown as a local time.
+MAX_SECONDS = 1e9
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
 USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
@@ -45,7 +47,6 @@ class Settings:
 
     base_frequency: float
     email_processing_frequency: float
-    recipient: str
     server_root: str | None
     users: dict
 
@@ -76,6 +77,8 @@ def load_settings(path):
         raise ConfigError([f"{path}: duplicate key {json.dumps(error.key)}"]) from None
     except ValueError as error:
         raise ConfigError([f"{path}: invalid JSON: {error}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: invalid JSON: nested too deeply"]) from None
     return parse_settings(document)
 
 
@@ -109,7 +112,6 @@ def parse_settings(document):
     return Settings(
         base_frequency=base_frequency,
         email_processing_frequency=email_processing_frequency,
-        recipient=recipient,
         server_root=server_root.rstrip("/") if server_root else None,
         users=parsed_users,
     )
@@ -192,8 +194,12 @@ def _number(document, key, prefix, problems):
     value = _required(document, key, prefix, problems)
     if value is None and key not in document:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    # Plain comparisons: converting a huge JSON integer to float would overflow. NaN fails both.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         problems.append(f"{prefix}{key}: must be a number >= 0, got {_show(value)}")
+        return None
+    if not value <= MAX_SECONDS:
+        problems.append(f"{prefix}{key}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
         return None
     return float(value)
 

@@ -94,47 +94,69 @@ class SmtpMailer:
         return make_msgid(domain=self._message_id_domain)
 
     def send_all(self, emails):
-        """Send `emails` (store.QueuedEmail) over one connection; yield (email, SendResult) as each is settled.
+        """Send `emails` (store.QueuedEmail); yield (email, SendResult) as each is settled.
 
-        A 5xx answer to MAIL, RCPT or DATA rejects that email; a 4xx answer retries it; a
-        connection or login problem retries it and every email not yet tried.
+        A 5xx answer to MAIL, RCPT or DATA rejects that email, as does an email this server can
+        never take (an address it cannot encode); a 4xx answer retries it. A connection that breaks
+        while an email is sent retries that email, and the others go on over a new connection, so
+        one troublesome email cannot hold back the rest. Failing to connect or log in is a fault
+        of the setup: it retries every email not yet tried.
         """
         pending = list(emails)
-        if not pending:
-            return
+        while pending:
+            sending = False
+            try:
+                with self._connect() as connection:
+                    # A 421 answer closes the connection: the next email needs a new one.
+                    while pending and connection.sock is not None:
+                        sending = True
+                        result = self._send_one(connection, pending[0])
+                        sending = False
+                        yield pending.pop(0), result
+            except (OSError, smtplib.SMTPException) as error:
+                reason = _describe(error)
+                if sending:
+                    log.warning("connection lost while sending email %d: %s", pending[0].id, reason)
+                    yield pending.pop(0), SendResult(RETRY, reason)
+                    continue
+                if pending:
+                    log.error(
+                        "cannot send email through %s:%s: %s (%d email(s) stay queued)",
+                        self._smtp.host,
+                        self._smtp.port,
+                        reason,
+                        len(pending),
+                    )
+                for email in pending:
+                    yield email, SendResult(RETRY, reason)
+                return
+
+    def _connect(self):
+        connection = smtplib.SMTP_SSL(
+            self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
+        )
         try:
-            with smtplib.SMTP_SSL(
-                self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
-            ) as connection:
-                if self._smtp.login:
-                    connection.login(self._smtp.login, self._smtp.password or "")
-                while pending:
-                    email = pending[0]
-                    result = self._send_one(connection, email)
-                    pending.pop(0)
-                    yield email, result
-        except (OSError, smtplib.SMTPException) as error:
-            # The whole conversation failed: a fault of the setup or the network, not of a message.
-            reason = _describe(error)
-            if pending:
-                log.error(
-                    "cannot send email through %s:%s: %s (%d email(s) stay queued)",
-                    self._smtp.host,
-                    self._smtp.port,
-                    reason,
-                    len(pending),
-                )
-            for email in pending:
-                yield email, SendResult(RETRY, reason)
+            if self._smtp.login:
+                connection.login(self._smtp.login, self._smtp.password or "")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _send_one(self, connection, email):
         try:
-            connection.send_message(build_message(email, self.sender), self.sender, [email.recipient])
+            message = build_message(email, self.sender)
+        except ValueError as error:
+            return SendResult(REJECTED, f"cannot build the message: {error}")
+        try:
+            connection.send_message(message, self.sender, [email.recipient])
         except smtplib.SMTPRecipientsRefused as error:
-            code, message = next(iter(error.recipients.values()))
-            return _refused(code, message)
+            code, text = next(iter(error.recipients.values()))
+            return _refused(code, text)
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
             return _refused(error.smtp_code, error.smtp_error)
+        except smtplib.SMTPNotSupportedError as error:
+            return SendResult(REJECTED, f"the SMTP server cannot take this message: {error}")
         return SendResult(SENT)
 
 

@@ -146,6 +146,17 @@ async function ping(name) {
 }
 
 async function poll() {
+  try {
+    await pollOnce();
+  } finally {
+    // Whatever went wrong this time, keep watching until the page is locked again.
+    if (password !== null) {
+      pollTimer = setTimeout(poll, POLL_INTERVAL_MS);
+    }
+  }
+}
+
+async function pollOnce() {
   let answer;
   try {
     answer = await postJson("/testing/state", { password });
@@ -154,27 +165,23 @@ async function poll() {
       addLog("problem", null, `the server does not answer: ${error.message}`);
     }
     unreachable = true;
-    pollTimer = setTimeout(poll, POLL_INTERVAL_MS);
     return;
   }
   if (unreachable) {
     unreachable = false;
     addLog("state-change", null, "the server answers again");
   }
-  if (answer.status === 401 || answer.status === 429 || answer.status === 503) {
-    const message = await refusal(answer);
-    // A 503 for a storage problem passes; one for disabled testing mode does not.
-    if (answer.status !== 503 || message.includes("testing mode is disabled")) {
-      lock(message);
-      return;
-    }
-  }
   if (answer.ok) {
     showState(await answer.json());
-  } else {
-    addLog("problem", null, `state: ${answer.status} ${(await answer.text()).trim()}`);
+    return;
   }
-  pollTimer = setTimeout(poll, POLL_INTERVAL_MS);
+  const message = await refusal(answer);
+  // A 503 for a storage problem passes; a wrong password, a refusal or disabled testing mode does not.
+  if (answer.status === 401 || answer.status === 429 || message.includes("testing mode is disabled")) {
+    lock(message);
+    return;
+  }
+  addLog("problem", null, `state: ${message}`);
 }
 
 function showState(state) {

@@ -35,6 +35,7 @@ class TlsSmtpServer:
     Set `rcpt_reply` or `data_reply` (e.g. "550 5.1.1 no such user") to make it refuse, or
     `drop_in_data` to make it close the connection once a message's content has arrived, before
     answering it: the one moment when a client cannot know whether its message was accepted.
+    `drop_in_data_to` does the same only for messages to the recipients it holds.
     """
 
     def __init__(self, ca):
@@ -42,6 +43,7 @@ class TlsSmtpServer:
         self.rcpt_reply = None
         self.data_reply = None
         self.drop_in_data = False
+        self.drop_in_data_to = set()
         self._received = threading.Condition()
         self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl_context)
@@ -104,7 +106,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if self._server.drop_in_data:
+        if self._server.drop_in_data or self._server.drop_in_data_to.intersection(envelope.rcpt_tos):
             server.transport.abort()
             return "421 never sent: the connection is gone"
         if self._server.data_reply:

@@ -145,3 +145,24 @@ def test_without_a_testing_password_the_page_says_testing_mode_is_disabled(page,
     expect(page.get_by_text("testing mode is disabled: TESTING_PASSWORD is not set")).to_be_visible()
     expect(page.get_by_label("Testing password")).to_have_count(0)
     assert service.get("/ping?username=pi")[0] == 200
+
+
+def test_a_storage_problem_is_logged_and_the_page_keeps_watching(page, service):
+    refusals = []
+
+    def refuse_once(route):
+        if refusals:
+            route.continue_()
+        else:
+            refusals.append(route.request.url)
+            route.fulfill(status=503, content_type="text/plain", body="storage unavailable: the disk is full")
+
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    clock = page.locator("#server-time span")
+    expect(clock).not_to_be_empty()
+    page.route("**/testing/state", refuse_once)
+    expect(page.locator("#log")).to_contain_text("state: 503: storage unavailable: the disk is full")
+    shown_after_refusal = clock.text_content()
+    expect(clock).not_to_have_text(shown_after_refusal)  # the next polls still arrive
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])

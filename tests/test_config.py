@@ -196,3 +196,24 @@ def test_a_non_integer_smtp_port_is_refused(port):
     with pytest.raises(config.ConfigError) as raised:
         config.load_smtp_settings({"SMTP_PORT": port})
     assert raised.value.problems == [f"SMTP_PORT: must be an integer port from 1 to 65535, got {port!r}"]
+
+
+@pytest.mark.parametrize("value", [1e9 + 1, 10**17, 10**400])
+def test_durations_beyond_about_31_years_are_refused(value):
+    [problem] = problems_of(valid_document(base_frequency=value))
+    assert problem.startswith("base_frequency: must be at most 1000000000 seconds, got ")
+
+
+def test_a_duration_of_exactly_the_maximum_is_allowed():
+    assert config.parse_settings(valid_document(base_frequency=10**9)).base_frequency == 1e9
+
+
+def test_deeply_nested_json_is_reported_not_crashed_on(tmp_path):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(write(tmp_path, "[" * 100_000))
+    assert raised.value.problems == [f"{tmp_path / 'settings.json'}: invalid JSON: nested too deeply"]
+
+
+def test_an_address_with_a_control_character_is_refused():
+    [problem] = problems_of(valid_document(recipient="a\x00b@example.com"))
+    assert problem.startswith("recipient: must be an email address")

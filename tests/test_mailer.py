@@ -128,3 +128,34 @@ def test_message_ids_are_unique_and_use_the_senders_domain():
 def test_without_smtp_from_or_login_a_fallback_sender_is_used():
     sender = SmtpMailer(config.load_smtp_settings({}))
     assert sender.sender == mailer.FALLBACK_SENDER
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_an_address_the_server_cannot_take_is_rejected_and_does_not_hold_back_the_next(smtp_server):
+    # The test server does not offer SMTPUTF8, so it can never take a non-ASCII address.
+    emails = [queued_email("josé@example.com", 1), queued_email("ok@example.com", 2)]
+    [(first, first_result), (second, second_result)] = list(smtp_mailer(smtp_server.port).send_all(emails))
+    assert (first.id, first_result.status, second.id, second_result.status) == (1, REJECTED, 2, SENT)
+    assert "SMTPUTF8" in first_result.error
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_connection_lost_during_one_email_retries_it_and_sends_the_others(smtp_server):
+    smtp_server.drop_in_data_to = {"cursed@example.com"}
+    emails = [queued_email("cursed@example.com", 1), queued_email("a@example.com", 2), queued_email("b@example.com", 3)]
+    assert results(smtp_mailer(smtp_server.port), emails) == [(1, RETRY), (2, SENT), (3, SENT)]
+    assert [to for _, [to], _ in smtp_server.wait_for_messages(2)] == ["a@example.com", "b@example.com"]
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_after_a_421_answer_the_next_email_gets_a_new_connection(smtp_server):
+    smtp_server.data_reply = "421 4.3.2 shutting down"
+    sender = smtp_mailer(smtp_server.port)
+    [(_, first), (_, second)] = list(sender.send_all([queued_email(email_id=1), queued_email(email_id=2)]))
+    # Each was refused by the server itself, not lost with a connection closed under it.
+    assert (first.status, first.error, second.status, second.error) == (
+        RETRY,
+        "421 4.3.2 shutting down",
+        RETRY,
+        "421 4.3.2 shutting down",
+    )
