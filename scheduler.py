@@ -3,7 +3,7 @@
 The loops run in their own threads so a slow SMTP server never delays detecting absences.
 Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait
 on a monotonic clock (Event.wait); the wall clock only dates things, and the absence listener
-re-bases monitoring when it sees the wall clock jump.
+restarts monitoring when it sees the wall clock jump.
 """
 
 import logging
@@ -128,7 +128,7 @@ class Scheduler:
         return len(users)
 
     def follow_clock(self, now, monotonic_now):
-        """Re-base monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
+        """Restart monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
 
         `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
         Without this, a jump forward would make every device look late at once, and a jump back
@@ -137,9 +137,9 @@ class Scheduler:
         reading = (now, monotonic_now)
         jump = clock_jump(self._last_clock_reading, reading) if self._last_clock_reading else 0.0
         if jump:
-            self._store.shift_clock(jump, now)
-            log.warning("the wall clock jumped by %+.1f s; monitoring times were moved with it", jump)
-        # Only once re-based: if the store refused, the next call sees the same jump again.
+            self._store.restart_monitoring(now)
+            log.warning("the wall clock jumped by %+.1f s; monitoring restarted as after a restart", jump)
+        # Only once restarted: if the store refused, the next call sees the same jump again.
         self._last_clock_reading = reading
         return jump
 

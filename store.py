@@ -155,36 +155,34 @@ class Store:
             self._connections.clear()
 
     def sync_users(self, users, now):
-        """Make the configured users exactly `users` (username -> config.UserConfig), monitored from `now`.
+        """Make the configured users exactly `users` (username -> config.UserConfig), and restart monitoring at `now`.
 
-        Users missing from `users` stop being monitored but keep their history. Queued emails are
-        due at once, so fixing the SMTP setup and restarting sends them without waiting out their
-        back-off; a time in the future (the clock went back while the service was down) is brought
-        back to `now`, so it cannot silence a device or an email.
+        Users missing from `users` stop being monitored but keep their history. See
+        restart_monitoring for what a restart does.
         """
-        rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency, now) for name, user in users.items()]
+        rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency) for name, user in users.items()]
         with self._write() as connection:
             connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
             connection.executemany(
-                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since)"
-                " VALUES (?, 1, ?, ?, ?, ?)"
+                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES (?, 1, ?, ?, ?)"
                 " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
-                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
-                " monitored_since = excluded.monitored_since",
+                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency",
                 rows,
             )
-            _rebase(connection, 0.0, now)
+            _restart_monitoring(connection, now)
 
-    def shift_clock(self, jump, now):
-        """Re-base monitoring after the wall clock jumped by `jump` seconds; `now` is on the new clock.
+    def restart_monitoring(self, now):
+        """Monitor every configured user afresh from `now`, as a restart of the service does.
 
-        Each configured user's start of monitoring, last ping and last alert move by `jump`, so its
-        deadlines keep their real distance from the present: a jump forward makes no device late,
-        a jump back silences none. Nothing is left in the future (a ping recorded on the new clock
-        before the jump was noticed is taken as seen now), and queued emails are due at once.
+        Each gets a full max_sleep from `now` before it can be late, so neither the service's
+        downtime nor a jump of the wall clock counts against a device. Times left in the future by
+        a wall clock that went back are made harmless: a last ping becomes the last one recorded at
+        or before `now` (a real ping, or none), and the alert throttle counts from `now`. Queued
+        emails are due at once, so fixing the SMTP setup and restarting sends them without waiting
+        out their back-off.
         """
         with self._write() as connection:
-            _rebase(connection, jump, now)
+            _restart_monitoring(connection, now)
 
     def record_ping(self, username, now):
         """Record a ping from `username` at `now`, committed before returning.
@@ -369,16 +367,20 @@ class Store:
             )
 
 
-def _rebase(connection, jump, now):
-    """Move the users' monitoring times by `jump`, keep all of them at or before `now`, and make queued emails due."""
+def _restart_monitoring(connection, now):
+    parameters = {"now": now}
     connection.execute(
-        "UPDATE users SET monitored_since = min(monitored_since + :jump, :now),"
-        " last_ping = min(last_ping + :jump, :now), last_alert = min(last_alert + :jump, :now)"
-        " WHERE configured = 1",
-        {"jump": jump, "now": now},
+        "UPDATE users SET last_ping = (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND at <= :now)"
+        " WHERE last_ping > :now",
+        parameters,
     )
+    connection.execute("UPDATE users SET last_alert = :now WHERE last_alert > :now", parameters)
+    # Two statements: within one UPDATE, due_at would be computed from the old monitored_since.
+    connection.execute("UPDATE users SET monitored_since = :now WHERE configured = 1", parameters)
     connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
-    connection.execute("UPDATE outbox SET next_attempt_at = min(next_attempt_at, ?) WHERE status = 'queued'", (now,))
+    connection.execute(
+        "UPDATE outbox SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
+    )
 
 
 def _refuse_read_only(path):
