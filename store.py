@@ -342,7 +342,6 @@ class Store:
             )
             with self._connections_lock:
                 self._connections.append(connection)
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
             self._local.connection = connection

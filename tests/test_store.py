@@ -1,8 +1,11 @@
 import sqlite3
 import threading
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
+import scheduler
 import store as store_module
 from store import SCHEMA_VERSION, CheckOutcome, EmailEvent, NewEmail, Store, StoreOpenError, UnknownUserError
 from support import make_settings
@@ -280,3 +283,29 @@ def test_another_applications_database_is_refused(tmp_path):
         connection.execute("CREATE TABLE recipes (name TEXT)")
     with pytest.raises(StoreOpenError, match="not a Ping Listener database"):
         Store(path)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    events=hypothesis.strategies.lists(
+        hypothesis.strategies.tuples(
+            hypothesis.strategies.sampled_from(["ping", "restart"]),
+            hypothesis.strategies.floats(min_value=-1000, max_value=1000),
+        ),
+        max_size=12,
+    )
+)
+def test_the_stored_due_time_is_always_the_schedulers_late_at(tmp_path_factory, events):
+    # The deadline rule is written in SQL (on every ping and restart) and in scheduler.late_at:
+    # whatever happens, they must agree, or the index would hide late users.
+    store = synced(Store(tmp_path_factory.mktemp("db") / "db"))
+    try:
+        for kind, offset in events:
+            if kind == "ping":
+                store.record_ping("pi", T0 + offset)
+            else:
+                store.restart_monitoring(T0 + offset)
+            [user] = store.configured_users()
+            assert user.due_at == scheduler.late_at(user)
+    finally:
+        store.close()
