@@ -84,8 +84,6 @@ def main(argv=None):
     """Run the service until SIGTERM or SIGINT; return the process exit status."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
@@ -101,17 +99,8 @@ def main(argv=None):
         print(f"{args.db}: {error}" if args.db not in str(error) else str(error), file=sys.stderr)
         return 2
     app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
-    socket_map = {}
     try:
-        server = waitress.create_server(
-            app,
-            host=args.host,
-            port=args.port,
-            threads=HTTP_THREADS,
-            map=socket_map,
-            max_request_body_size=MAX_REQUEST_BODY,
-            ident="ping-listener",
-        )
+        server, socket_map = create_http_server(app, args.host, args.port)
     except OSError as error:
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
@@ -122,7 +111,7 @@ def main(argv=None):
     scheduler = Scheduler(store, SmtpMailer(smtp), settings, settings.server_root or bound_url, clock)
     scheduler.start()
     print(f"listening on {bound_url}", flush=True)
-    _serve_until_signalled(server, socket_map)
+    serve_until_signalled(server, socket_map)
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()
@@ -130,7 +119,25 @@ def main(argv=None):
     return 0
 
 
-def _serve_until_signalled(server, socket_map):
+def create_http_server(app, host, port):
+    """A bound waitress server for the WSGI `app` with this service's settings, and its socket map."""
+    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    socket_map = {}
+    server = waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=HTTP_THREADS,
+        map=socket_map,
+        max_request_body_size=MAX_REQUEST_BODY,
+        ident="ping-listener",
+    )
+    return server, socket_map
+
+
+def serve_until_signalled(server, socket_map):
+    """Serve until SIGTERM or SIGINT, then answer the requests in flight (up to SHUTDOWN_GRACE) and close."""
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
