@@ -28,31 +28,32 @@ log = logging.getLogger("ping_listener.server")
 
 MAX_QUERY_FIELDS = 20
 MAX_REQUEST_BODY = 64 * 1024
-HTTP_THREADS = 4
+# One worker thread and a short GIL switch interval: with more workers, or the default 5 ms, the
+# workers and waitress's I/O thread spend more time handing the GIL to each other than serving
+# (bench/results.md; measured with the bare app interleaved). The cost: a slow request, such as
+# /logs of a very busy day, delays the requests queued behind it.
+HTTP_THREADS = 1
+SWITCH_INTERVAL = 0.001
 # On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
 SHUTDOWN_GRACE = 2.0
 SCHEDULER_STOP_TIMEOUT = 1.5
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+PING_METHODS = ("GET", "POST", "HEAD")
+PLAIN_TEXT = "text/plain; charset=utf-8"
 
 
 def make_app(store, settings, clock, testing_password):
-    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping."""
+    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
+
+    /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
+    """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
 
-    @app.route("/ping", method=["GET", "POST", "HEAD"])
-    def ping():
-        username = _query(bottle.request).get("username")
-        if not username:
-            raise bottle.HTTPError(400, "missing username")
-        now = clock()
-        store.record_ping(username, now)
-        return _plain(time.strftime("%y/%m/%d %H:%M:%S", time.localtime(now)))
-
     @app.get("/logs")
     def logs():
-        query = _query(bottle.request)
+        query = _query_fields(bottle.request.environ.get("QUERY_STRING", ""))
         username = query.get("username")
         if not username:
             raise bottle.HTTPError(400, "missing username")
@@ -77,7 +78,52 @@ def make_app(store, settings, clock, testing_password):
             }
         }
 
-    return app
+    return _with_fast_ping(app, store, clock)
+
+
+def _with_fast_ping(app, store, clock):
+    """`app` behind a WSGI function that answers /ping itself, with the same answers Bottle would give.
+
+    Every device's heartbeat is a ping: Bottle's routing and request and response objects would
+    cost it about as much CPU as its SQLite transaction, and with the GIL every microsecond spent
+    here is one the server's I/O loop waits for.
+    """
+
+    def wsgi(environ, start_response):
+        if environ.get("PATH_INFO") != "/ping":
+            return app(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        headers = [("Content-Type", PLAIN_TEXT)]
+        try:
+            if method not in PING_METHODS:
+                headers.append(("Allow", ", ".join(PING_METHODS)))
+                raise bottle.HTTPError(405, "Method not allowed.")
+            text = _record_ping(environ, store, clock)
+            status = "200 OK"
+        except bottle.HTTPError as error:
+            status, text = error.status_line, _error_text(error)
+        except Exception:
+            log.exception("%s /ping failed", method)
+            status, text = "500 Internal Server Error", "internal server error"
+        body = text.encode()
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [b"" if method == "HEAD" else body]
+
+    return wsgi
+
+
+def _record_ping(environ, store, clock):
+    """Record the ping that `environ` asks for; its answer text, or a bottle.HTTPError."""
+    username = _query_fields(environ.get("QUERY_STRING", "")).get("username")
+    if not username:
+        raise bottle.HTTPError(400, "missing username")
+    now = clock()
+    try:
+        store.record_ping(username, now)
+    except (UnknownUserError, StoreUnavailableError) as error:
+        raise _http_error(error, environ) from None
+    return time.strftime("%y/%m/%d %H:%M:%S", time.localtime(now))
 
 
 def main(argv=None):
@@ -120,9 +166,13 @@ def main(argv=None):
 
 
 def create_http_server(app, host, port):
-    """A bound waitress server for the WSGI `app` with this service's settings, and its socket map."""
+    """A bound waitress server for the WSGI `app` with this service's settings, and its socket map.
+
+    It also sets the process's GIL switch interval, part of how this service is served.
+    """
     # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     socket_map = {}
     server = waitress.create_server(
         app,
@@ -169,11 +219,11 @@ def _url(host, port):
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _query(request):
+def _query_fields(query_string):
     """The query string's fields (first value of each), decoded as UTF-8; 400 if it is not."""
     try:
         pairs = urllib.parse.parse_qsl(
-            request.environ.get("QUERY_STRING", ""),
+            query_string,
             keep_blank_values=True,
             errors="strict",
             max_num_fields=MAX_QUERY_FIELDS,
@@ -225,13 +275,18 @@ def _check_testing_password(request, testing_password):
 
 
 def _plain(text):
-    bottle.response.content_type = "text/plain; charset=utf-8"
+    bottle.response.content_type = PLAIN_TEXT
     return text
 
 
 def _plain_error(error):
-    """Every error answer: a short plain-text message, never a traceback."""
-    bottle.response.content_type = "text/plain; charset=utf-8"
+    """Bottle's error handler: every error answer is a short plain-text message, never a traceback."""
+    bottle.response.content_type = PLAIN_TEXT
+    return _error_text(error)
+
+
+def _error_text(error):
+    """The message of a bottle.HTTPError as people see it: a 5xx other than 503 does not say more."""
     if error.status_code >= 500 and error.status_code != 503:
         return "internal server error"
     return error.body if isinstance(error.body, str) and error.body else error.status_line
@@ -243,13 +298,18 @@ def _domain_errors(callback):
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except UnknownUserError as error:
-            raise bottle.HTTPError(404, str(error)) from None
-        except StoreUnavailableError as error:
-            log.error("%s %s: %s", bottle.request.method, bottle.request.path, error)
-            raise bottle.HTTPError(503, f"{error}; try again later") from None
+        except (UnknownUserError, StoreUnavailableError) as error:
+            raise _http_error(error, bottle.request.environ) from None
 
     return wrapper
+
+
+def _http_error(error, environ):
+    """The answer to a store error: 404 for an unknown user, 503 (and a log line) if storage is unavailable."""
+    if isinstance(error, UnknownUserError):
+        return bottle.HTTPError(404, str(error))
+    log.error("%s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), error)
+    return bottle.HTTPError(503, f"{error}; try again later")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,18 @@ DUE_EMAILS_SQL = (
 )
 PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at"
 
+# A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
+# connections, moves that user's last_ping and deadline in the same statement. max() keeps last_ping
+# monotonic if pings ever commit out of time order.
+RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE username = ? AND configured = 1"
+_PING_TRIGGER_SQL = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"
+    " UPDATE users SET last_ping = max(coalesce(last_ping, NEW.at), NEW.at),"
+    " due_at = CASE WHEN monitor THEN max(coalesce(last_ping, NEW.at), NEW.at, monitored_since) + max_sleep END"
+    " WHERE id = NEW.user_id;"
+    " END"
+)
+
 
 class StoreError(Exception):
     """Base of the store's errors; the message is fit to show a person."""
@@ -108,8 +120,12 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._schema_ready = False
         try:
-            self._prepare_schema(self._connection())
+            connection = self._connection()
+            self._prepare_schema(connection)
+            connection.execute(_PING_TRIGGER_SQL)
+            self._schema_ready = True
         except sqlite3.Error as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
@@ -144,18 +160,17 @@ class Store:
 
         Raises UnknownUserError if the user is not configured.
         """
-        with self._write() as connection:
-            # max() keeps last_ping monotonic when concurrent pings commit out of time order.
-            row = connection.execute(
-                "UPDATE users SET last_ping = max(coalesce(last_ping, :now), :now),"
-                " due_at = CASE WHEN monitor"
-                " THEN max(coalesce(last_ping, :now), :now, monitored_since) + max_sleep END"
-                " WHERE username = :username AND configured = 1 RETURNING id",
-                {"now": now, "username": username},
-            ).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            connection.execute("INSERT INTO pings (user_id, at) VALUES (?, ?)", (row[0], now))
+        connection = self._connection()
+        # One statement in autocommit mode: SQLite commits it, with what _PING_TRIGGER_SQL does,
+        # before execute() returns. As one statement it releases the GIL once instead of at each
+        # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
+        with self._write_lock:
+            try:
+                recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
+            except sqlite3.OperationalError as error:
+                raise _unavailable(error) from error
+        if not recorded:
+            raise UnknownUserError(f"unknown user {username}")
 
     def pings_between(self, username, start, end):
         """Times of `username`'s pings with start <= time < end, ascending.
@@ -273,6 +288,9 @@ class Store:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
+            # The first connection creates the tables; it gets the trigger once they exist.
+            if self._schema_ready:
+                connection.execute(_PING_TRIGGER_SQL)
             self._local.connection = connection
         return connection
 
