@@ -197,6 +197,7 @@ class Store:
         meanwhile); an alert records its time, its alerts row and one outbox row per email.
         """
         alerts = 0
+        emails = []
         with self._write() as connection:
             for outcome in outcomes:
                 user = outcome.user
@@ -215,12 +216,14 @@ class Store:
                 alert_id = connection.execute(
                     "INSERT INTO alerts (user_id, at, last_ping) VALUES (?, ?, ?)", (user.id, now, user.last_ping)
                 ).lastrowid
-                connection.executemany(
-                    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails],
-                )
+                emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails]
                 alerts += 1
+            # One statement for the whole batch's emails: a step may alert hundreds of users.
+            connection.executemany(
+                "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                emails,
+            )
         return alerts
 
     def due_emails(self, now, limit):
