@@ -24,7 +24,8 @@ CREATE TABLE users (
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 
--- Every ping ever received.
+-- Every ping ever received. The service records a ping as one INSERT; a trigger that exists only on
+-- its own connections (store.py) moves the user's last_ping and due_at in the same statement.
 CREATE TABLE pings (
     id      INTEGER PRIMARY KEY,
     user_id INTEGER NOT NULL REFERENCES users (id),

@@ -35,11 +35,19 @@ MAX_QUERY_FIELDS = 20
 MAX_REQUEST_BODY = 64 * 1024
 # Error messages may quote what the client sent (a username); a long one is cut to this length.
 MAX_ERROR_MESSAGE = 200
-HTTP_THREADS = 4
+# One worker thread and a short GIL switch interval: with more workers, or the default 5 ms, the
+# workers and waitress's I/O thread spend more time handing the GIL to each other than serving
+# (bench/results.md; measured with the bare app interleaved). The cost: a slow request, such as
+# /logs of a very busy day, delays the requests queued behind it.
+HTTP_THREADS = 1
+SWITCH_INTERVAL = 0.001
 # On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
 SHUTDOWN_GRACE = 2.0
 SCHEDULER_STOP_TIMEOUT = 1.5
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+PING_METHODS = ("GET", "POST", "HEAD")
+PLAIN_TEXT = "text/plain; charset=utf-8"
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(60))
 # After this many wrong testing passwords from one address within the window, refuse it for the window.
 WRONG_PASSWORD_LIMIT = 5
 WRONG_PASSWORD_WINDOW = 60.0
@@ -119,6 +127,7 @@ class _WrongPasswords:
 def make_app(store, settings, clock, testing_password):
     """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
 
+    /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them.
     """
     app = bottle.Bottle()
@@ -133,25 +142,16 @@ def make_app(store, settings, clock, testing_password):
     def check_testing_password():
         _check_testing_password(bottle.request, testing_password, wrong_passwords, clock())
 
-    @app.route("/ping", method=["GET", "POST", "HEAD"])
-    def ping():
-        username = _query(bottle.request).get("username")
-        if not username:
-            raise bottle.HTTPError(400, "missing username")
-        now = clock()
-        store.record_ping(username, now)
-        return _plain(time.strftime("%y/%m/%d %H:%M:%S", time.localtime(now)))
-
     @app.get("/logs")
     def logs():
-        query = _query(bottle.request)
+        query = _query_fields(bottle.request.environ.get("QUERY_STRING", ""))
         username = query.get("username")
         if not username:
             raise bottle.HTTPError(400, "missing username")
         start, end = _local_day_bounds(query)
         times = store.pings_between(username, start, end)
         bottle.response.content_type = "application/json"
-        return json.dumps([time.strftime("%H:%M:%S", time.localtime(at)) for at in times])
+        return json.dumps(_local_clock_times(times))
 
     @app.get("/")
     def testing_page():
@@ -182,15 +182,58 @@ def make_app(store, settings, clock, testing_password):
             "emails": [_email_event(email) for email in reversed(store.recent_emails(RECENT_EMAILS))],
         }
 
-    return app
+    return _with_fast_ping(app, store, clock)
+
+
+def _with_fast_ping(app, store, clock):
+    """`app` behind a WSGI function that answers /ping itself, with the same answers Bottle would give.
+
+    Every device's heartbeat is a ping: Bottle's routing and request and response objects would
+    cost it about as much CPU as its SQLite transaction, and with the GIL every microsecond spent
+    here is one the server's I/O loop waits for.
+    """
+
+    def wsgi(environ, start_response):
+        if environ.get("PATH_INFO") != "/ping":
+            return app(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        headers = [("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items()]
+        try:
+            if method not in PING_METHODS:
+                headers.append(("Allow", ", ".join(PING_METHODS)))
+                raise bottle.HTTPError(405, "Method not allowed.")
+            text = _record_ping(environ, store, clock)
+            status = "200 OK"
+        except bottle.HTTPError as error:
+            status, text = error.status_line, _error_text(error)
+        except Exception:
+            log.exception("%s /ping failed", method)
+            status, text = "500 Internal Server Error", "internal server error"
+        body = text.encode()
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [b"" if method == "HEAD" else body]
+
+    return wsgi
+
+
+def _record_ping(environ, store, clock):
+    """Record the ping that `environ` asks for; its answer text, or a bottle.HTTPError."""
+    username = _query_fields(environ.get("QUERY_STRING", "")).get("username")
+    if not username:
+        raise bottle.HTTPError(400, "missing username")
+    now = clock()
+    try:
+        store.record_ping(username, now)
+    except (UnknownUserError, StoreUnavailableError) as error:
+        raise _http_error(error, environ) from None
+    return time.strftime("%y/%m/%d %H:%M:%S", time.localtime(now))
 
 
 def main(argv=None):
     """Run the service until SIGTERM or SIGINT; return the process exit status."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
@@ -206,17 +249,8 @@ def main(argv=None):
         print(f"{args.db}: {error}" if args.db not in str(error) else str(error), file=sys.stderr)
         return 2
     app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
-    socket_map = {}
     try:
-        server = waitress.create_server(
-            app,
-            host=args.host,
-            port=args.port,
-            threads=HTTP_THREADS,
-            map=socket_map,
-            max_request_body_size=MAX_REQUEST_BODY,
-            ident="ping-listener",
-        )
+        server, socket_map = create_http_server(app, args.host, args.port)
     except OSError as error:
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
@@ -227,7 +261,7 @@ def main(argv=None):
     scheduler = Scheduler(store, SmtpMailer(smtp), settings, settings.server_root or bound_url, clock)
     scheduler.start()
     print(f"listening on {bound_url}", flush=True)
-    _serve_until_signalled(server, socket_map)
+    serve_until_signalled(server, socket_map)
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()
@@ -235,7 +269,29 @@ def main(argv=None):
     return 0
 
 
-def _serve_until_signalled(server, socket_map):
+def create_http_server(app, host, port):
+    """A bound waitress server for the WSGI `app` with this service's settings, and its socket map.
+
+    It also sets the process's GIL switch interval, part of how this service is served.
+    """
+    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    socket_map = {}
+    server = waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=HTTP_THREADS,
+        map=socket_map,
+        max_request_body_size=MAX_REQUEST_BODY,
+        ident="ping-listener",
+    )
+    return server, socket_map
+
+
+def serve_until_signalled(server, socket_map):
+    """Serve until SIGTERM or SIGINT, then answer the requests in flight (up to SHUTDOWN_GRACE) and close."""
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
@@ -267,11 +323,11 @@ def _url(host, port):
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _query(request):
+def _query_fields(query_string):
     """The query string's fields (first value of each), decoded as UTF-8; 400 if it is not."""
     try:
         pairs = urllib.parse.parse_qsl(
-            request.environ.get("QUERY_STRING", ""),
+            query_string,
             keep_blank_values=True,
             errors="strict",
             max_num_fields=MAX_QUERY_FIELDS,
@@ -306,6 +362,28 @@ def _local_day_bounds(query):
     except (ValueError, OverflowError):
         raise bottle.HTTPError(400, f"invalid date {year:04d}-{parts['month']:02d}-{parts['day']:02d}") from None
     return start, end
+
+
+def _local_clock_times(times):
+    """Each epoch time in `times` as a local "%H:%M:%S".
+
+    A busy day holds 86 400 pings, and strftime(localtime()) for each would be most of the cost
+    of /logs: the "%H:%M:" part is computed once a minute instead. UTC offsets have been whole
+    minutes everywhere since 1972; where one is not, each time is formatted on its own.
+    """
+    clock_times = []
+    minute = prefix = None
+    for at in times:
+        second = math.floor(at)
+        if second // 60 != minute:
+            minute = second // 60
+            minute_start = time.localtime(minute * 60)
+            prefix = time.strftime("%H:%M:", minute_start) if minute_start.tm_sec == 0 else None
+        if prefix is None:
+            clock_times.append(time.strftime("%H:%M:%S", time.localtime(at)))
+        else:
+            clock_times.append(prefix + _TWO_DIGITS[second % 60])
+    return clock_times
 
 
 def _check_testing_password(request, testing_password, wrong_passwords, now):
@@ -384,13 +462,18 @@ def _static_file(filename):
 
 
 def _plain(text):
-    bottle.response.content_type = "text/plain; charset=utf-8"
+    bottle.response.content_type = PLAIN_TEXT
     return text
 
 
 def _plain_error(error):
-    """Every error answer: a short plain-text message (at most MAX_ERROR_MESSAGE characters), never a traceback."""
-    bottle.response.content_type = "text/plain; charset=utf-8"
+    """Bottle's error handler: every error answer is a short plain-text message, never a traceback."""
+    bottle.response.content_type = PLAIN_TEXT
+    return _error_text(error)
+
+
+def _error_text(error):
+    """A bottle.HTTPError's message as people see it: cut to MAX_ERROR_MESSAGE; a 5xx but 503 says no more."""
     if error.status_code >= 500 and error.status_code != 503:
         return "internal server error"
     message = error.body if isinstance(error.body, str) and error.body else error.status_line
@@ -403,13 +486,18 @@ def _domain_errors(callback):
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except UnknownUserError as error:
-            raise bottle.HTTPError(404, str(error)) from None
-        except StoreUnavailableError as error:
-            log.error("%s %s: %s", bottle.request.method, bottle.request.path, error)
-            raise bottle.HTTPError(503, f"{error}; try again later") from None
+        except (UnknownUserError, StoreUnavailableError) as error:
+            raise _http_error(error, bottle.request.environ) from None
 
     return wrapper
+
+
+def _http_error(error, environ):
+    """The answer to a store error: 404 for an unknown user, 503 (and a log line) if storage is unavailable."""
+    if isinstance(error, UnknownUserError):
+        return bottle.HTTPError(404, str(error))
+    log.error("%s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), error)
+    return bottle.HTTPError(503, f"{error}; try again later")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,18 @@ RECENT_EMAILS_SQL = (
     " ORDER BY outbox.id DESC LIMIT ?"
 )
 
+# A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
+# connections, moves that user's last_ping and deadline in the same statement. max() keeps last_ping
+# monotonic if pings ever commit out of time order.
+RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE username = ? AND configured = 1"
+_PING_TRIGGER_SQL = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"
+    " UPDATE users SET last_ping = max(coalesce(last_ping, NEW.at), NEW.at),"
+    " due_at = CASE WHEN monitor THEN max(coalesce(last_ping, NEW.at), NEW.at, monitored_since) + max_sleep END"
+    " WHERE id = NEW.user_id;"
+    " END"
+)
+
 
 class StoreError(Exception):
     """Base of the store's errors; the message is fit to show a person."""
@@ -140,9 +152,13 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._schema_ready = False
         _refuse_read_only(Path(self.path))
         try:
-            self._prepare_schema(self._connection())
+            connection = self._connection()
+            self._prepare_schema(connection)
+            connection.execute(_PING_TRIGGER_SQL)
+            self._schema_ready = True
         except sqlite3.Error as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
@@ -189,18 +205,19 @@ class Store:
 
         Raises UnknownUserError if the user is not configured.
         """
-        with self._write() as connection:
-            # max() keeps last_ping monotonic when concurrent pings commit out of time order.
-            row = connection.execute(
-                "UPDATE users SET last_ping = max(coalesce(last_ping, :now), :now),"
-                " due_at = CASE WHEN monitor"
-                " THEN max(coalesce(last_ping, :now), :now, monitored_since) + max_sleep END"
-                " WHERE username = :username AND configured = 1 RETURNING id",
-                {"now": now, "username": username},
-            ).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            connection.execute("INSERT INTO pings (user_id, at) VALUES (?, ?)", (row[0], now))
+        connection = self._connection()
+        # One statement in autocommit mode: SQLite commits it, with what _PING_TRIGGER_SQL does,
+        # before execute() returns. As one statement it releases the GIL once instead of at each
+        # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
+        with self._write_lock:
+            try:
+                recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
+            except sqlite3.DatabaseError as error:
+                if _is_storage_fault(error):
+                    raise _unavailable(error) from error
+                raise
+        if not recorded:
+            raise UnknownUserError(f"unknown user {username}")
 
     def pings_between(self, username, start, end):
         """Times of `username`'s pings with start <= time < end, ascending.
@@ -239,6 +256,7 @@ class Store:
         meanwhile); an alert records its time, its alerts row and one outbox row per email.
         """
         alerts = 0
+        emails = []
         with self._write() as connection:
             for outcome in outcomes:
                 user = outcome.user
@@ -257,12 +275,14 @@ class Store:
                 alert_id = connection.execute(
                     "INSERT INTO alerts (user_id, at, last_ping) VALUES (?, ?, ?)", (user.id, now, user.last_ping)
                 ).lastrowid
-                connection.executemany(
-                    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails],
-                )
+                emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails]
                 alerts += 1
+            # One statement for the whole batch's emails: a step may alert hundreds of users.
+            connection.executemany(
+                "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                emails,
+            )
         return alerts
 
     def due_emails(self, now, limit):
@@ -344,6 +364,9 @@ class Store:
                 self._connections.append(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
+            # The first connection creates the tables; it gets the trigger once they exist.
+            if self._schema_ready:
+                connection.execute(_PING_TRIGGER_SQL)
             self._local.connection = connection
         return connection
 

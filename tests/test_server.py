@@ -82,6 +82,13 @@ def test_logs_lists_a_days_pings_in_local_time_ascending(client, clock):
     assert answer.json == ["00:00:00", "01:00:00", "23:59:59"]
 
 
+def test_logs_shows_local_clock_times_across_a_daylight_saving_change(client, clock):
+    first_half_past_two = 1_792_888_200.0  # 2026-10-25 02:30:00 CEST; clocks go back at 03:00 CEST
+    ping_at(client, clock, first_half_past_two - 0.25, first_half_past_two + 59.75, first_half_past_two + 3600.5)
+    answer = logs(client, "username=pi&year=2026&month=10&day=25")
+    assert answer.json == ["02:29:59", "02:30:59", "02:30:00"]
+
+
 @pytest.mark.parametrize("date", ["year=26&month=9&day=21", "year=2026&month=9&day=21", "year=26&month=09&day=21"])
 def test_logs_accepts_two_or_four_digit_years_and_unpadded_months_and_days(client, date):
     client.get("/ping?username=pi")

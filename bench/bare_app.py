@@ -1,0 +1,36 @@
+"""The limit of this stack: a hello-world WSGI app served by waitress exactly as server.py serves the service.
+
+It uses server.py's own `create_http_server` and `serve_until_signalled`, so it has the same worker
+threads, request limits, quieted queue logger and serving loop; only the app differs.
+
+python -m bench.bare_app [--port PORT]
+"""
+
+import argparse
+import sys
+
+import server
+
+BODY = b"24/11/26 14:03:05"
+HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(BODY)))]
+
+
+def hello(environ, start_response):
+    """Answer every request with 200 and a body the size of a ping's answer."""
+    start_response("200 OK", HEADERS)
+    return [BODY]
+
+
+def main(argv=None):
+    """Serve `hello` on 127.0.0.1 until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 lets the OS choose")
+    args = parser.parse_args(argv)
+    http_server, socket_map = server.create_http_server(hello, "127.0.0.1", args.port)
+    print(f"listening on http://127.0.0.1:{http_server.effective_port}", flush=True)
+    server.serve_until_signalled(http_server, socket_map)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""`/logs` latency for one user's day of 86 400 pings, with 10 million pings in the table."""
+
+import hashlib
+import http.client
+import json
+import shutil
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import dataclass
+from statistics import median
+
+from bench import harness
+from store import SCHEMA_PATH, Store
+from support import write_settings
+
+TOTAL_PINGS = 10_000_000
+USERNAME = "history-device"
+# A local day of exactly 86 400 seconds (no daylight saving change) holding one ping a second.
+DAY = (2026, 6, 15)
+DAY_PINGS = 86_400
+# The rest of the table: other devices pinging every minute around that day, 12 392 pings each.
+OTHER_DEVICES = 800
+OTHER_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    """/logs timings in ms: the first request after start, then the median and max of the rest."""
+
+    pings_in_table: int
+    pings_in_answer: int
+    first_ms: float
+    median_ms: float
+    max_ms: float
+
+
+def run(requests, log):
+    """Serve the cached 10-million-ping database and time `requests` GETs of the busy day's /logs."""
+    db = _database(log)
+    workdir = harness.BUILD_DIR / "history"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    settings = write_settings(
+        workdir / "settings.json", {USERNAME: {"monitor": True, "max_sleep": 86400, "email_frequency": 86400}}
+    )
+    service = harness.start_service(settings, db, workdir / "service.log")
+    year, month, day = DAY
+    path = "/logs?" + urllib.parse.urlencode({"username": USERNAME, "year": year % 100, "month": month, "day": day})
+    host, port = urllib.parse.urlsplit(service.url).netloc.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        timings, count = [], 0
+        for _ in range(requests + 1):
+            began = time.perf_counter()
+            connection.request("GET", path)
+            answer = connection.getresponse()
+            body = answer.read()
+            timings.append(time.perf_counter() - began)
+            if answer.status != 200:
+                raise RuntimeError(f"/logs answered {answer.status}: {body[:200]!r}")
+            count = len(json.loads(body))
+    finally:
+        connection.close()
+        service.stop()
+    result = HistoryResult(TOTAL_PINGS, count, timings[0] * 1000, median(timings[1:]) * 1000, max(timings[1:]) * 1000)
+    log(f"  /logs of {count} pings: first {result.first_ms:.0f} ms, then median {result.median_ms:.0f} ms")
+    return result
+
+
+def _database(log):
+    """The cached database, built once per schema: a new schema.sql means a new cache file."""
+    key = hashlib.sha256(
+        (SCHEMA_PATH.read_text() + repr((TOTAL_PINGS, DAY, DAY_PINGS, OTHER_DEVICES, harness.BENCH_TZ))).encode()
+    ).hexdigest()[:12]
+    path = harness.BUILD_DIR / f"history-{key}.db"
+    if path.exists():
+        return path
+    for stale in harness.BUILD_DIR.glob("history-*.db*"):
+        stale.unlink()
+    log(f"  building {path.name} with {TOTAL_PINGS:,} pings (once; it is cached under bench/build)")
+    began = time.perf_counter()
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    Store(partial).close()
+    _fill(partial)
+    partial.rename(path)
+    log(f"  built in {time.perf_counter() - began:.0f} s")
+    return path
+
+
+def _fill(path):
+    # Bench-only bulk SQL on the bench's own database. Rows go in (user_id, at) order, so the
+    # pings index only ever grows at its end, and without a journal: a failed build is thrown away.
+    day_start = time.mktime((*DAY, 0, 0, 0, 0, 0, -1))
+    others = TOTAL_PINGS - DAY_PINGS
+    per_device = others // OTHER_DEVICES
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = OFF")
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.execute("BEGIN")
+        connection.execute(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since)"
+            " VALUES (?, 0, 1, 86400, 86400, ?)",
+            (USERNAME, day_start),
+        )
+        connection.executemany(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since)"
+            " VALUES (?, 0, 1, 120, 3600, ?)",
+            [(f"device-{index:04d}", day_start) for index in range(OTHER_DEVICES)],
+        )
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT ?)"
+            " INSERT INTO pings (user_id, at) SELECT 1, ? + i + 0.25 FROM n",
+            (DAY_PINGS, day_start),
+        )
+        # Every other device's minutes run from a few days before the busy day to a few after it.
+        first = day_start - per_device * OTHER_INTERVAL / 2
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT :count)"
+            " INSERT INTO pings (user_id, at)"
+            " SELECT 2 + i / :per_device, :first + (i % :per_device) * :interval FROM n",
+            {"count": others, "per_device": per_device, "first": first, "interval": OTHER_INTERVAL},
+        )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()

@@ -1,0 +1,28 @@
+-- wrk script for the ping benchmark: counts answers that are not 200 and reports one JSON line.
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  non_200 = 0
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    non_200 = non_200 + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local non_200_total = 0
+  for _, thread in ipairs(threads) do
+    non_200_total = non_200_total + thread:get("non_200")
+  end
+  local errors = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non_200": %d, "socket_errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), non_200_total,
+    errors.connect + errors.read + errors.write + errors.timeout))
+end
