@@ -189,8 +189,9 @@ class Scheduler:
     def stop(self, timeout):
         """Ask both loops to stop and wait up to `timeout` seconds for them; True if they stopped."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0))
         return not any(thread.is_alive() for thread in self._threads)
 
     def _loop(self, step, full_step, delay):

@@ -27,7 +27,7 @@ from waitress import wasyncore
 import config
 from mailer import SmtpMailer, format_local_time
 from scheduler import Scheduler, late_at, live_state
-from store import Store, StoreError, StoreUnavailableError, UnknownUserError
+from store import Store, StoreError, StoreOpenError, StoreUnavailableError, UnknownUserError
 
 log = logging.getLogger("ping_listener.server")
 
@@ -233,6 +233,8 @@ def _record_ping(environ, store, clock):
 def main(argv=None):
     """Run the service until SIGTERM or SIGINT; return the process exit status."""
     args = _parse_args(argv)
+    # First of all, so that a signal during startup stops the service cleanly once it is up.
+    stop_requested = stop_on_signals()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = config.load_settings(args.settings)
@@ -244,29 +246,43 @@ def main(argv=None):
     clock = time.time
     try:
         store = Store(args.db)
+    except StoreOpenError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
         store.sync_users(settings.users, clock())
     except StoreError as error:
-        print(f"{args.db}: {error}" if args.db not in str(error) else str(error), file=sys.stderr)
+        store.close()
+        print(f"{args.db}: {error}", file=sys.stderr)
         return 2
     app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
     try:
         server, socket_map = create_http_server(app, args.host, args.port)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         store.close()
-        print(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
     bound_url = _url(server.effective_host, server.effective_port)
+    mail_sender = SmtpMailer(smtp)
     if smtp.sender is None:
-        log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", SmtpMailer(smtp).sender)
-    scheduler = Scheduler(store, SmtpMailer(smtp), settings, settings.server_root or bound_url, clock)
+        log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", mail_sender.sender)
+    scheduler = Scheduler(store, mail_sender, settings, settings.server_root or bound_url, clock)
     scheduler.start()
     print(f"listening on {bound_url}", flush=True)
-    serve_until_signalled(server, socket_map)
+    serve_until_signalled(server, socket_map, stop_requested)
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()
     log.info("stopped")
     return 0
+
+
+def stop_on_signals():
+    """An event that SIGTERM and SIGINT set from now on, instead of killing the process."""
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    return stop_requested
 
 
 def create_http_server(app, host, port):
@@ -290,11 +306,8 @@ def create_http_server(app, host, port):
     return server, socket_map
 
 
-def serve_until_signalled(server, socket_map):
-    """Serve until SIGTERM or SIGINT, then answer the requests in flight (up to SHUTDOWN_GRACE) and close."""
-    stop_requested = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop_requested.set())
+def serve_until_signalled(server, socket_map, stop_requested):
+    """Serve until `stop_requested` is set, then answer the requests in flight (up to SHUTDOWN_GRACE) and close."""
     while not stop_requested.is_set():
         wasyncore.loop(timeout=0.5, map=socket_map, use_poll=True, count=1)
     log.info("stopping: no new connections; answering requests in flight")
@@ -315,8 +328,14 @@ def _parse_args(argv):
     parser.add_argument("--settings", default="settings.json", help="settings file (default: settings.json)")
     parser.add_argument("--db", default="ping_listener.db", help="SQLite database (default: ping_listener.db)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 lets the OS choose")
+    parser.add_argument("--port", type=_port, default=8080, help="port to listen on; 0 lets the OS choose")
     return parser.parse_args(argv)
+
+
+def _port(text):
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def _url(host, port):

@@ -1,6 +1,6 @@
 """The limit of this stack: a hello-world WSGI app served by waitress exactly as server.py serves the service.
 
-It uses server.py's own `create_http_server` and `serve_until_signalled`, so it has the same worker
+It uses server.py's own `stop_on_signals`, `create_http_server` and `serve_until_signalled`, so it has the same worker
 threads, request limits, quieted queue logger and serving loop; only the app differs.
 
 python -m bench.bare_app [--port PORT]
@@ -26,9 +26,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 lets the OS choose")
     args = parser.parse_args(argv)
+    stop_requested = server.stop_on_signals()
     http_server, socket_map = server.create_http_server(hello, "127.0.0.1", args.port)
     print(f"listening on http://127.0.0.1:{http_server.effective_port}", flush=True)
-    server.serve_until_signalled(http_server, socket_map)
+    server.serve_until_signalled(http_server, socket_map, stop_requested)
     return 0
 
 

@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.parse
 
+import pytest
+
 from support import ROOT, SMTP_LOGIN, write_settings
 
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
@@ -174,3 +176,34 @@ def test_a_database_that_is_not_sqlite_stops_startup_with_status_2_naming_it(tmp
     assert result.returncode == 2
     assert result.stderr.startswith(f"{db_path}: ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_an_invalid_port_stops_startup_with_status_2(tmp_path, port):
+    settings = write_settings(tmp_path / "settings.json", PI)
+    result = run_server("--settings", str(settings), "--db", str(tmp_path / "db"), "--port", port)
+    assert result.returncode == 2
+    assert f"argument --port: must be an integer from 0 to 65535, got {port!r}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_address_it_cannot_listen_on_stops_startup_with_status_2(tmp_path):
+    settings = write_settings(tmp_path / "settings.json", PI)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host, where in (("nonexistent.invalid", "nonexistent.invalid:0"), ("127.0.0.1", f"127.0.0.1:{port}")):
+            result = run_server(
+                "--settings",
+                str(settings),
+                "--db",
+                str(tmp_path / "db"),
+                "--host",
+                host,
+                "--port",
+                "0" if host != "127.0.0.1" else str(port),
+            )
+            assert result.returncode == 2, result.stderr
+            assert f"cannot listen on {where}: " in result.stderr
+            assert "Traceback" not in result.stderr
