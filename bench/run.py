@@ -105,9 +105,9 @@ def _ping_table(rows, args, targets):
         f" {args.rounds} round(s) with the service and the bare app interleaved; medians over the rounds."
         " The service is `python server.py` on a real SQLite file in WAL mode, every ping committed before"
         " its answer. The bare app (bench/bare_app.py) is a hello-world WSGI app served through server.py's own"
-        f" `create_http_server` and serving loop: same waitress settings ({server.HTTP_THREADS} worker"
-        f" thread(s), GIL switch interval {server.SWITCH_INTERVAL * 1000:g} ms, `waitress.queue` logger quieted,"
-        " same limits). CPU is the server process's user + system time per request.",
+        f" `create_http_server` and serving loop: same waitress settings (worker threads:"
+        f" {server.HTTP_THREADS}, GIL switch interval {server.SWITCH_INTERVAL * 1000:g} ms, `waitress.queue`"
+        " logger quieted, same limits). CPU is the server process's user + system time per request.",
         "",
         "| connections | service req/s | bare req/s | ratio | service p50 / p99 ms | bare p50 / p99 ms"
         " | p99 ratio | non-200 service / bare | CPU µs/req service / bare |",
