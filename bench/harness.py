@@ -108,10 +108,3 @@ def machine():
         "SQLite": sqlite3.sqlite_version,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
-
-
-def median(values):
-    """The median of a non-empty sequence of numbers."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
