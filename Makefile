@@ -43,27 +43,28 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	touch $@ $(VENV)/.runtime-installed
 
-# Debian packages the tests use: Chromium for the testing page, the sqlite3 shell the README shows,
-# and time zone data. apt-get runs only when one is missing, with `apt-get update` once first.
-debian-packages:
-	@missing=""; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v sqlite3 >/dev/null || missing="$$missing sqlite3"; \
-	[ -e /usr/share/zoneinfo/Europe/Paris ] || missing="$$missing tzdata"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+# Debian packages as "command-or-file:package" pairs. Tests: Chromium for the testing page, the sqlite3
+# shell the README shows, time zone data. Benchmarks: wrk, time zone data (they run in Europe/Paris).
+TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata
+BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata
 
-# Debian packages the benchmarks use, installed the same way: wrk, and time zone data (they run in Europe/Paris).
-bench-packages:
+# Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.
+define install_missing_debian_packages
 	@missing=""; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	[ -e /usr/share/zoneinfo/Europe/Paris ] || missing="$$missing tzdata"; \
+	for pair in $(1); do \
+		[ -e "$${pair%%:*}" ] || command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+debian-packages:
+	$(call install_missing_debian_packages,$(TEST_DEBIAN_PACKAGES))
+
+bench-packages:
+	$(call install_missing_debian_packages,$(BENCH_DEBIAN_PACKAGES))
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/build
