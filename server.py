@@ -480,11 +480,6 @@ def _static_file(filename):
     )
 
 
-def _plain(text):
-    bottle.response.content_type = PLAIN_TEXT
-    return text
-
-
 def _plain_error(error):
     """Bottle's error handler: every error answer is a short plain-text message, never a traceback."""
     bottle.response.content_type = PLAIN_TEXT
