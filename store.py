@@ -209,13 +209,8 @@ class Store:
         # One statement in autocommit mode: SQLite commits it, with what _PING_TRIGGER_SQL does,
         # before execute() returns. As one statement it releases the GIL once instead of at each
         # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
-        with self._write_lock:
-            try:
-                recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
-            except sqlite3.DatabaseError as error:
-                if _is_storage_fault(error):
-                    raise _unavailable(error) from error
-                raise
+        with self._write_lock, _storage_faults():
+            recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
 
@@ -332,26 +327,20 @@ class Store:
     @contextmanager
     def _write(self):
         connection = self._connection()
-        with self._write_lock:
+        with self._write_lock, _storage_faults():
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 yield connection
                 connection.execute("COMMIT")
-            except BaseException as error:
+            except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
-                if _is_storage_fault(error):
-                    raise _unavailable(error) from error
                 raise
 
     @contextmanager
     def _read(self):
-        try:
+        with _storage_faults():
             yield self._connection()
-        except sqlite3.DatabaseError as error:
-            if _is_storage_fault(error):
-                raise _unavailable(error) from error
-            raise
 
     def _connection(self):
         connection = getattr(self._local, "connection", None)
@@ -403,6 +392,17 @@ def _restart_monitoring(connection, now):
     connection.execute(
         "UPDATE outbox SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
     )
+
+
+@contextmanager
+def _storage_faults():
+    """Turn SQLite's complaints about its surroundings (disk full, locked, damaged file) into StoreUnavailableError."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        if _is_storage_fault(error):
+            raise _unavailable(error) from error
+        raise
 
 
 def _refuse_read_only(path):
