@@ -155,7 +155,8 @@ class Scheduler:
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
             return 0
-        self._store.claim_emails({email.id: now + retry_delay(email.attempts + 1) for email in emails})
+        delays = {email.id: retry_delay(email.attempts + 1) for email in emails}
+        self._store.claim_emails({email_id: now + delay for email_id, delay in delays.items()})
         for email, result in self._mailer.send_all(emails):
             finished = self._clock()
             if result.status == mailer.SENT:
@@ -165,7 +166,7 @@ class Scheduler:
                 self._store.mark_failed(email.id, finished, result.error)
                 log.error("alert email %d to %s rejected for good: %s", email.id, email.recipient, result.error)
             else:
-                delay = retry_delay(email.attempts + 1)
+                delay = delays[email.id]
                 self._store.schedule_retry(email.id, finished + delay, result.error)
                 log.warning(
                     "alert email %d to %s not sent (%s); retrying in %g s",
