@@ -34,11 +34,12 @@ def compose_alert(user, server_root):
     or of the start of monitoring if none was received.
     """
     username = user.username
-    seen = user.last_ping if user.last_ping is not None else user.monitored_since
     if user.last_ping is not None:
-        last_ping_line = f"Last ping: {format_local_time(user.last_ping)}"
+        seen = user.last_ping
+        last_ping_line = f"Last ping: {format_local_time(seen)}"
     else:
-        last_ping_line = f"No ping received since monitoring began at {format_local_time(user.monitored_since)}."
+        seen = user.monitored_since
+        last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
     day = time.localtime(seen)
     # Only the username needs encoding; urlencode() over all four fields would cost most of this
     # function, which runs once per late user in the absence listener's step.
@@ -170,4 +171,5 @@ def _describe(error):
 
 
 def _seconds(value):
-    return f"{value:g} seconds" if value != 1 else "1 second"
+    # Ten significant digits: config caps durations at 1e9 s, so this never turns to "1.2e+06".
+    return f"{value:.10g} seconds" if value != 1 else "1 second"

@@ -159,3 +159,12 @@ def test_after_a_421_answer_the_next_email_gets_a_new_connection(smtp_server):
         RETRY,
         "421 4.3.2 shutting down",
     )
+
+
+def test_long_durations_are_written_out_in_full():
+    weekly = UserState(1, "backup", True, 1_209_600.0, 604_800.0, T0, T0, None, T0 + 1_209_600)
+    _, body = compose_alert(weekly, "https://example.net")
+    assert "its max_sleep of 1209600 seconds." in body
+    assert "at most every 604800 seconds" in body
+    _, body = compose_alert(user(), "https://example.net")
+    assert "max_sleep of 60 seconds." in body
