@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bottle
-import waitress
-from waitress import wasyncore
 
 import config
+import serving
 from mailer import SmtpMailer, format_local_time
 from scheduler import Scheduler, late_at, live_state
 from store import Store, StoreError, StoreOpenError, StoreUnavailableError, UnknownUserError
@@ -35,12 +34,8 @@ MAX_QUERY_FIELDS = 20
 MAX_REQUEST_BODY = 64 * 1024
 # Error messages may quote what the client sent (a username); a long one is cut to this length.
 MAX_ERROR_MESSAGE = 200
-# One worker thread and a short GIL switch interval: with more workers, or the default 5 ms, the
-# workers and waitress's I/O thread spend more time handing the GIL to each other than serving
-# (bench/results.md; measured with the bare app interleaved). The cost: a slow request, such as
-# /logs of a very busy day, delays the requests queued behind it.
-HTTP_THREADS = 1
-SWITCH_INTERVAL = 0.001
+# Paths answered on waitress's I/O thread (serving.py): each costs one short SQLite statement.
+QUICK_PATHS = ("/ping",)
 # On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
 SHUTDOWN_GRACE = 2.0
 SCHEDULER_STOP_TIMEOUT = 1.5
@@ -52,6 +47,10 @@ _TWO_DIGITS = tuple(f"{number:02d}" for number in range(60))
 WRONG_PASSWORD_LIMIT = 5
 WRONG_PASSWORD_WINDOW = 60.0
 WRONG_PASSWORD_CLIENTS = 10_000
+# The most times one /logs answer lists (about 1.2 MB and 60 ms of CPU): more than one ping a second
+# all day long. A day with more is answered with its first LOGS_MAX_PINGS and the LOGS_TRUNCATED header.
+LOGS_MAX_PINGS = 100_000
+LOGS_TRUNCATED = "Ping-Listener-Truncated"
 # How many of the newest alert emails the testing page shows.
 RECENT_EMAILS = 50
 STATIC_DIR = Path(__file__).with_name("static")
@@ -149,7 +148,10 @@ def make_app(store, settings, clock, testing_password):
         if not username:
             raise bottle.HTTPError(400, "missing username")
         start, end = _local_day_bounds(query)
-        times = store.pings_between(username, start, end)
+        times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
+        if len(times) > LOGS_MAX_PINGS:
+            del times[LOGS_MAX_PINGS:]
+            bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
         bottle.response.content_type = "application/json"
         return json.dumps(_local_clock_times(times))
 
@@ -257,19 +259,19 @@ def main(argv=None):
         return 2
     app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
     try:
-        server, socket_map = create_http_server(app, args.host, args.port)
+        http_server = serving.create_http_server(app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY)
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
-    bound_url = _url(server.effective_host, server.effective_port)
+    bound_url = _url(http_server.host, http_server.port)
     mail_sender = SmtpMailer(smtp)
     if smtp.sender is None:
         log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", mail_sender.sender)
     scheduler = Scheduler(store, mail_sender, settings, settings.server_root or bound_url, clock)
     scheduler.start()
     print(f"listening on {bound_url}", flush=True)
-    serve_until_signalled(server, socket_map, stop_requested)
+    serving.serve_until_signalled(http_server, stop_requested, SHUTDOWN_GRACE)
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()
@@ -283,44 +285,6 @@ def stop_on_signals():
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
     return stop_requested
-
-
-def create_http_server(app, host, port):
-    """A bound waitress server for the WSGI `app` with this service's settings, and its socket map.
-
-    It also sets the process's GIL switch interval, part of how this service is served.
-    """
-    # Once every worker is busy waitress warns on nearly every request; queueing is expected here.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    socket_map = {}
-    server = waitress.create_server(
-        app,
-        host=host,
-        port=port,
-        threads=HTTP_THREADS,
-        map=socket_map,
-        max_request_body_size=MAX_REQUEST_BODY,
-        ident="ping-listener",
-    )
-    return server, socket_map
-
-
-def serve_until_signalled(server, socket_map, stop_requested):
-    """Serve until `stop_requested` is set, then answer the requests in flight (up to SHUTDOWN_GRACE) and close."""
-    while not stop_requested.is_set():
-        wasyncore.loop(timeout=0.5, map=socket_map, use_poll=True, count=1)
-    log.info("stopping: no new connections; answering requests in flight")
-    server.accepting = False
-    deadline = time.monotonic() + SHUTDOWN_GRACE
-    while _requests_in_flight(server) and time.monotonic() < deadline:
-        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
-    server.task_dispatcher.shutdown(timeout=0.5)
-    wasyncore.close_all(socket_map)
-
-
-def _requests_in_flight(server):
-    return any(channel.requests or channel.total_outbufs_len for channel in list(server.active_channels.values()))
 
 
 def _parse_args(argv):

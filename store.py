@@ -30,7 +30,7 @@ DUE_EMAILS_SQL = (
     "SELECT id, recipient, subject, body, message_id, queued_at, attempts FROM outbox"
     " WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
 )
-PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at"
+PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
 # The testing page's queries, run about once a second while it is open. Every configured user is
 # read in username order through the UNIQUE index (no sort); the newest emails are read backwards
 # along the outbox's primary key and joined through primary keys, so LIMIT bounds the work.
@@ -214,8 +214,8 @@ class Store:
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
 
-    def pings_between(self, username, start, end):
-        """Times of `username`'s pings with start <= time < end, ascending.
+    def pings_between(self, username, start, end, limit=None):
+        """Times of `username`'s pings with start <= time < end, ascending; only the first `limit` if given.
 
         Raises UnknownUserError if the user was never configured.
         """
@@ -223,7 +223,9 @@ class Store:
             row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
             if row is None:
                 raise UnknownUserError(f"unknown user {username}")
-            rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end)).fetchall()
+            rows = connection.execute(
+                PINGS_BETWEEN_SQL, (row[0], start, end, -1 if limit is None else limit)
+            ).fetchall()
         return [at for (at,) in rows]
 
     def configured_users(self):

@@ -1,7 +1,7 @@
 """The limit of this stack: a hello-world WSGI app served by waitress exactly as server.py serves the service.
 
-It uses server.py's own `stop_on_signals`, `create_http_server` and `serve_until_signalled`, so it has the same worker
-threads, request limits, quieted queue logger and serving loop; only the app differs.
+It uses the service's own `stop_on_signals` and serving.py's `create_http_server` and `serve_until_signalled`, with
+/ping as a quick path, so it is served exactly the service's way; only the app differs.
 
 python -m bench.bare_app [--port PORT]
 """
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 import server
+import serving
 
 BODY = b"24/11/26 14:03:05"
 HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(BODY)))]
@@ -27,9 +28,9 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 lets the OS choose")
     args = parser.parse_args(argv)
     stop_requested = server.stop_on_signals()
-    http_server, socket_map = server.create_http_server(hello, "127.0.0.1", args.port)
-    print(f"listening on http://127.0.0.1:{http_server.effective_port}", flush=True)
-    server.serve_until_signalled(http_server, socket_map, stop_requested)
+    http_server = serving.create_http_server(hello, "127.0.0.1", args.port, server.QUICK_PATHS, server.MAX_REQUEST_BODY)
+    print(f"listening on http://127.0.0.1:{http_server.port}", flush=True)
+    serving.serve_until_signalled(http_server, stop_requested, server.SHUTDOWN_GRACE)
     return 0
 
 

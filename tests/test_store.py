@@ -113,7 +113,7 @@ def test_sync_updates_changed_settings(store):
     [
         (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
         (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
-        (store_module.PINGS_BETWEEN_SQL, (1, T0, T0), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
+        (store_module.PINGS_BETWEEN_SQL, (1, T0, T0, 10), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
     ],
 )
 def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, parameters, index):

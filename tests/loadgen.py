@@ -1,0 +1,105 @@
+"""Load that a fleet puts on the service, for tests and benchmarks: bursts of fresh connections, idle and
+non-reading clients. Every request goes to a server on this machine's loopback and every loop is bounded.
+"""
+
+import asyncio
+import resource
+import socket
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BurstResult:
+    """What a burst got back: each answered request's status and latency (s), and each failure's reason."""
+
+    statuses: list
+    latencies: list
+    failures: list
+    elapsed: float
+
+    def count(self, status):
+        """How many requests were answered with `status`."""
+        return sum(1 for answered in self.statuses if answered == status)
+
+
+def burst(host, port, targets, timeout=30.0):
+    """Open one connection per target in `targets` (a request path each) at once, send `GET target` with
+    `Connection: close` on each, and read each answer to its end; return a BurstResult.
+
+    A connection refused, reset, or not answered within `timeout` seconds is a failure.
+    """
+    allow_open_files(len(targets) + 256)
+    return asyncio.run(_burst(host, port, list(targets), timeout))
+
+
+async def _burst(host, port, targets, timeout):
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(_one_request(host, port, target, timeout, start)) for target in targets]
+    await asyncio.sleep(0)
+    began = time.monotonic()
+    start.set()
+    results = await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - began
+    statuses, latencies, failures = [], [], []
+    for status, finished, failure in results:
+        if failure is None:
+            statuses.append(status)
+            latencies.append(finished - began)
+        else:
+            failures.append(failure)
+    return BurstResult(statuses, latencies, failures, elapsed)
+
+
+async def _one_request(host, port, target, timeout, start):
+    await start.wait()
+    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            await writer.drain()
+            answer = await reader.read()
+        status_line = answer.split(b"\r\n", 1)[0].split()
+        if len(status_line) < 2:
+            return None, None, f"incomplete answer {answer[:40]!r}"
+        return int(status_line[1]), time.monotonic(), None
+    except TimeoutError:
+        return None, None, "timeout"
+    except OSError as error:
+        return None, None, type(error).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def open_idle_connections(host, port, count):
+    """`count` connected sockets that send nothing; the caller closes them."""
+    allow_open_files(count + 256)
+    sockets = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_connection((host, port), timeout=10))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def pipeline_without_reading(host, port, target, count):
+    """A socket that has sent `count` pipelined `GET target` requests and will never read; the caller closes it."""
+    sock = socket.create_connection((host, port), timeout=10)
+    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    sock.sendall(request * count)
+    return sock
+
+
+def allow_open_files(count):
+    """Raise this process's soft limit on open files to at least `count`, if its hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (count if hard == resource.RLIM_INFINITY else min(count, hard), hard)
+        )

@@ -1,0 +1,221 @@
+"""Serving under a fleet's load: bursts of fresh connections, idle and non-reading clients, and the waitress
+behaviour that serving.py relies on. Every server here listens on 127.0.0.1; every load is bounded."""
+
+import contextlib
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+import webtest
+from loadgen import burst, open_idle_connections, pipeline_without_reading
+
+import server
+import serving
+from store import Store
+from support import make_settings, write_settings
+
+DEVICE = "dev"
+USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+# 10:00 local on a day with no daylight-saving change.
+BUSY_DAY = time.mktime((2026, 11, 20, 0, 0, 0, 0, 0, -1))
+BUSY_DAY_LOGS = f"/logs?username={DEVICE}&year=26&month=11&day=20"
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, limits=None):
+    """Serve `app` as the service does, from a thread of this process; yield the port."""
+    limits = limits or serving.ServingLimits()
+    http_server = serving.create_http_server(app, "127.0.0.1", 0, server.QUICK_PATHS, server.MAX_REQUEST_BODY, limits)
+    stop = threading.Event()
+    thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
+    thread.start()
+    try:
+        yield http_server.port
+    finally:
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive(), "the serving loop did not stop"
+
+
+@pytest.fixture
+def app(store):
+    settings = make_settings(USERS)
+    store.sync_users(settings.users, BUSY_DAY)
+    return server.make_app(store, settings, time.time, None)
+
+
+def get(port, path, timeout=5):
+    """GET `path` on a fresh connection; (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def fill_busy_day(db_path):
+    """Give DEVICE one ping a second all through BUSY_DAY: 86 400 pings."""
+    store = Store(db_path)
+    try:
+        store.sync_users(make_settings(USERS).users, BUSY_DAY)
+        for second in range(86_400):
+            store.record_ping(DEVICE, BUSY_DAY + second + 0.5)
+    finally:
+        store.close()
+
+
+def test_a_burst_of_2000_fresh_connections_is_answered_in_full_and_every_ping_is_kept(tmp_path, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    port = int(service.url.rsplit(":", 1)[1])
+
+    result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 2000, timeout=20)
+
+    assert result.failures == []
+    assert result.count(200) == 2000
+    assert service.log().count("connection limit") <= 2
+    today = time.localtime()
+    status, body = service.get(f"/logs?username={DEVICE}&year={today.tm_year}&month={today.tm_mon}&day={today.tm_mday}")
+    if time.localtime().tm_mday == today.tm_mday:  # the burst did not straddle midnight
+        assert (status, len(json.loads(body))) == (200, 2000)
+
+
+def test_1000_idle_connections_do_not_stop_other_clients_pings(tmp_path, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    port = int(service.url.rsplit(":", 1)[1])
+    idle = open_idle_connections("127.0.0.1", port, 1000)
+    try:
+        for _ in range(20):
+            assert get(port, f"/ping?username={DEVICE}")[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_that_pipelines_heavy_logs_and_never_reads_does_not_stop_others(tmp_path, start_server):
+    db_path = tmp_path / "ping_listener.db"
+    fill_busy_day(db_path)
+    service = start_server(write_settings(tmp_path / "settings.json", USERS), db_path=db_path)
+    port = int(service.url.rsplit(":", 1)[1])
+    hog = pipeline_without_reading("127.0.0.1", port, BUSY_DAY_LOGS, 100)
+    try:
+        time.sleep(0.5)  # let it fill every buffer between it and the server
+        for _ in range(20):
+            assert get(port, f"/ping?username={DEVICE}")[0] == 200
+        status, body = get(port, BUSY_DAY_LOGS, timeout=10)
+        assert (status, len(json.loads(body))) == (200, 86_400)
+    finally:
+        hog.close()
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(app):
+    limits = serving.ServingLimits(idle_timeout=1, cleanup_interval=1)
+    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+        began = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the server
+        assert 1 <= time.monotonic() - began < 4.5
+
+
+def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_timeout(app, store):
+    for second in range(20_000):
+        store.record_ping(DEVICE, BUSY_DAY + second)
+    with serve_in_thread(app, serving.ServingLimits(idle_timeout=1, cleanup_interval=1)) as port:
+        hog = pipeline_without_reading("127.0.0.1", port, BUSY_DAY_LOGS, 100)
+        with hog:
+            time.sleep(3.5)
+            received, ended = b"", False
+            hog.settimeout(1)
+            deadline = time.monotonic() + 5
+            while not ended and time.monotonic() < deadline:
+                try:
+                    chunk = hog.recv(1 << 20)
+                except ConnectionResetError:  # closed with requests still unread
+                    chunk = b""
+                received += chunk
+                ended = not chunk
+            assert ended, "the server did not disconnect it"
+        assert received.count(b"HTTP/1.1 200 OK") < 100
+        assert get(port, f"/ping?username={DEVICE}")[0] == 200
+
+
+def test_pipelined_pings_and_reads_are_answered_in_order_on_one_connection(app):
+    with serve_in_thread(app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        requests = [f"/ping?username={DEVICE}", BUSY_DAY_LOGS, "/ping?username=nobody", "/ping"]
+        client.sendall(b"".join(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for path in requests))
+        reader = client.makefile("rb")
+        statuses = []
+        for _ in requests:
+            status_line = reader.readline().split()
+            length = 0
+            while (header := reader.readline()) != b"\r\n":
+                name, _, value = header.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            reader.read(length)
+            statuses.append(int(status_line[1]))
+    assert statuses == [200, 200, 404, 400]
+
+
+def test_pings_are_answered_on_the_serving_thread_and_reads_on_a_worker(monkeypatch):
+    threads = {}
+
+    def app(environ, start_response):
+        threads[environ["PATH_INFO"]] = threading.get_ident()
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    serving_thread = []
+    original = serving._serve_one_round
+
+    def recording_round(*args):
+        serving_thread[:] = [threading.get_ident()]
+        return original(*args)
+
+    monkeypatch.setattr(serving, "_serve_one_round", recording_round)
+    with serve_in_thread(app) as port:
+        assert get(port, "/ping")[0] == 200
+        assert get(port, "/ping/dev/fail")[0] == 200
+        assert get(port, "/logs")[0] == 200
+    assert threads["/ping"] == threads["/ping/dev/fail"] == serving_thread[0]
+    assert threads["/logs"] != serving_thread[0]
+
+
+def test_crossing_the_connection_limit_in_a_burst_logs_at_most_one_line_of_each_kind(app, caplog):
+    caplog.set_level(logging.INFO, logger="waitress")
+    with serve_in_thread(app, serving.ServingLimits(connection_limit=20)) as port:
+        result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 500, timeout=20)
+    assert result.count(200) == 500
+    limit_lines = [record for record in caplog.records if "connection limit" in record.getMessage()]
+    assert 1 <= len(limit_lines) <= 2
+
+
+def test_rate_limited_messages_pass_one_line_of_each_kind_per_interval():
+    now = [0.0]
+    limiter = serving.RateLimitedMessages(("reached", "dropped"), 60, clock=lambda: now[0])
+
+    def passes(message):
+        return limiter.filter(logging.LogRecord("waitress", logging.INFO, __file__, 1, message, None, None))
+
+    assert [passes("reached the limit"), passes("dropped below"), passes("reached the limit")] == [True, True, False]
+    assert passes("something else") and passes("something else")
+    now[0] = 59.9
+    assert not passes("reached the limit")
+    now[0] = 60.0
+    assert passes("reached the limit")
+
+
+def test_logs_of_a_day_beyond_the_bound_answers_its_first_pings_and_says_so(app, store, monkeypatch):
+    monkeypatch.setattr(server, "LOGS_MAX_PINGS", 3)
+    for second in range(5):
+        store.record_ping(DEVICE, BUSY_DAY + 36_000 + second)
+    answer = webtest.TestApp(app).get(BUSY_DAY_LOGS)
+    assert answer.json == ["10:00:00", "10:00:01", "10:00:02"]
+    assert answer.headers[server.LOGS_TRUNCATED] == "first 3 pings of the day"
+    monkeypatch.setattr(server, "LOGS_MAX_PINGS", 5)
+    answer = webtest.TestApp(app).get(BUSY_DAY_LOGS)
+    assert len(answer.json) == 5 and server.LOGS_TRUNCATED not in answer.headers
