@@ -26,7 +26,8 @@ from waitress import wasyncore
 
 import config
 from mailer import SmtpMailer, format_local_time
-from scheduler import Scheduler, late_at, live_state
+from rules import late_at, live_state
+from scheduler import Scheduler
 from store import Store, StoreError, StoreOpenError, StoreUnavailableError, UnknownUserError
 
 log = logging.getLogger("ping_listener.server")

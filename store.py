@@ -17,11 +17,14 @@ SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
 
-# When a configured, monitored user becomes late, given its columns: the later of its last ping
-# and the start of monitoring, plus max_sleep. Written on every ping and at every start.
+# rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
+# the later of its last ping and the start of monitoring, plus max_sleep; NULL when not monitored.
+# Written at every start (here) and on every ping (_PING_TRIGGER_SQL, the same rule given the new
+# ping). tests/test_store.py checks with random pings and restarts that they agree with the rule.
 _LATE_AT = "CASE WHEN monitor THEN max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep END"
 
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
+# `due_at < now`: late strictly after the deadline, as rules.decide says (exactly max_sleep is not late).
 DUE_USERS_SQL = (
     "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
     " FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
@@ -46,8 +49,8 @@ RECENT_EMAILS_SQL = (
 )
 
 # A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
-# connections, moves that user's last_ping and deadline in the same statement. max() keeps last_ping
-# monotonic if pings ever commit out of time order.
+# connections, moves that user's last_ping and deadline (rules.late_at, as _LATE_AT) in the same statement.
+# max() keeps last_ping monotonic if pings ever commit out of time order.
 RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE username = ? AND configured = 1"
 _PING_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"

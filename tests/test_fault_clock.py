@@ -9,9 +9,10 @@ import time
 import pytest
 
 import config
-import scheduler
+import rules
 from mailer import SmtpMailer
-from scheduler import Scheduler, clock_jump
+from rules import clock_jump
+from scheduler import Scheduler
 from support import SMTP_LOGIN, SMTP_PASSWORD, make_settings, query
 
 T0 = 1_790_000_000.0
@@ -67,7 +68,7 @@ def test_a_jump_is_how_far_the_wall_clock_moved_beyond_the_monotonic_clock():
     assert clock_jump((T0, 100.0), (T0 + 1 - DAYS, 101.0)) == -DAYS
     # A suspended machine: the monotonic clock stopped for an hour, the wall clock did not.
     assert clock_jump((T0, 100.0), (T0 + 3600, 100.0)) == 3600
-    small = scheduler.CLOCK_JUMP_TOLERANCE
+    small = rules.CLOCK_JUMP_TOLERANCE
     assert clock_jump((T0, 100.0), (T0 + 1 + small, 101.0)) == 0.0
 
 
@@ -136,7 +137,7 @@ def test_a_backward_jump_does_not_postpone_a_queued_email(store):
     steps = make_steps(store, clocks, {"dead": DEVICE})
     step(steps, clocks, 61)
     [email] = store.due_emails(clocks.wall, 10)
-    store.schedule_retry(email.id, clocks.wall + scheduler.retry_delay(1), "451 try later")
+    store.schedule_retry(email.id, clocks.wall + rules.retry_delay(1), "451 try later")
     clocks.offset -= DAYS
     step(steps, clocks, 1)
     assert [due.id for due in store.due_emails(clocks.wall, 10)] == [email.id]

@@ -11,7 +11,8 @@ import pytest
 
 import config
 from mailer import SMTP_TIMEOUT, SmtpMailer
-from scheduler import Scheduler, retry_delay
+from rules import retry_delay
+from scheduler import Scheduler
 from support import (
     SMTP_LOGIN,
     SMTP_PASSWORD,

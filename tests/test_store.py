@@ -5,7 +5,7 @@ import hypothesis
 import hypothesis.strategies
 import pytest
 
-import scheduler
+import rules
 import store as store_module
 from store import SCHEMA_VERSION, CheckOutcome, EmailEvent, NewEmail, Store, StoreOpenError, UnknownUserError
 from support import make_settings
@@ -295,8 +295,8 @@ def test_another_applications_database_is_refused(tmp_path):
         max_size=12,
     )
 )
-def test_the_stored_due_time_is_always_the_schedulers_late_at(tmp_path_factory, events):
-    # The deadline rule is written in SQL (on every ping and restart) and in scheduler.late_at:
+def test_the_stored_due_time_is_always_the_rules_late_at(tmp_path_factory, events):
+    # The deadline rule is written in SQL (on every ping and restart) and in rules.late_at:
     # whatever happens, they must agree, or the index would hide late users.
     store = synced(Store(tmp_path_factory.mktemp("db") / "db"))
     try:
@@ -306,6 +306,6 @@ def test_the_stored_due_time_is_always_the_schedulers_late_at(tmp_path_factory, 
             else:
                 store.restart_monitoring(T0 + offset)
             [user] = store.configured_users()
-            assert user.due_at == scheduler.late_at(user)
+            assert user.due_at == rules.late_at(user)
     finally:
         store.close()
