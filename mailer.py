@@ -3,11 +3,11 @@
 import logging
 import smtplib
 import ssl
-import time
-import urllib.parse
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+
+from localtime import format_local_time, logs_link
 
 log = logging.getLogger("ping_listener.mailer")
 
@@ -40,28 +40,16 @@ def compose_alert(user, server_root):
     else:
         seen = user.monitored_since
         last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
-    day = time.localtime(seen)
-    # Only the username needs encoding; urlencode() over all four fields would cost most of this
-    # function, which runs once per late user in the absence listener's step.
-    query = (
-        f"username={urllib.parse.quote_plus(username)}"
-        f"&year={day.tm_year % 100:02d}&month={day.tm_mon:02d}&day={day.tm_mday:02d}"
-    )
     body = (
         f"Ping Listener has heard nothing from {username} for longer than its max_sleep"
         f" of {_seconds(user.max_sleep)}.\n"
         f"\n"
         f"{last_ping_line}\n"
-        f"Pings of that day: {server_root}/logs?{query}\n"
+        f"Pings of that day: {logs_link(server_root, username, seen)}\n"
         f"\n"
         f"This alert repeats at most every {_seconds(user.email_frequency)} while the silence lasts.\n"
     )
     return f"{username} disconnection detected", body
-
-
-def format_local_time(epoch):
-    """`epoch` as a local date and time with its zone, for people: 2026-11-24 14:03:05 CET."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
 def build_message(email, sender):

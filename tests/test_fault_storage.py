@@ -11,8 +11,8 @@ import pytest
 import webtest
 
 import config
-import server
 import store as store_module
+import web
 from mailer import SmtpMailer
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
@@ -60,7 +60,7 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
     users["probe"] = {"monitor": False, "max_sleep": 0, "email_frequency": 0}
     settings = make_settings(users, base_frequency=0.02, email_processing_frequency=0.02)
     disk.sync_users(settings.users, time.time())
-    client = webtest.TestApp(server.make_app(disk, settings, time.time, None))
+    client = webtest.TestApp(web.make_app(disk, settings, time.time, None))
     loops = Scheduler(disk, smtp_mailer(smtp_server), settings, "https://example.net", time.time)
     try:
         disk.fill_up()
