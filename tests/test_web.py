@@ -230,6 +230,8 @@ TESTING_ENDPOINTS = ["/testing/config", "/testing/state"]
 def test_testing_endpoints_are_503_when_testing_mode_is_disabled(client, path):
     answer = client.post_json(path, {"password": "x"}, status=503)
     assert answer.text == "testing mode is disabled: TESTING_PASSWORD is not set"
+    # What the testing page reads, instead of the message.
+    assert answer.headers["Ping-Listener-Testing"] == "disabled"
 
 
 @pytest.mark.parametrize("path", TESTING_ENDPOINTS)
