@@ -327,6 +327,29 @@ class Store:
                 (status, error, now, email_id),
             )
 
+    def query_plan(self, sql, parameters=()):
+        """How SQLite would run `sql` here: the detail of each EXPLAIN QUERY PLAN row, in order.
+
+        For tests and diagnostics, e.g. checking that a hot query is answered through its index.
+        """
+        with self._read() as connection:
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
+        return [detail for _, _, _, detail in rows]
+
+    def pragma(self, name):
+        """The value of PRAGMA `name` (a name such as synchronous or page_count) on this thread's connection."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        with self._read() as connection:
+            return connection.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def before_use(self, connection):
+        """Called with this thread's connection each time the store is about to use it; does nothing here.
+
+        A seam for fault injection: a subclass can set what SQLite keeps per connection, such as
+        PRAGMA max_page_count to make the disk look full (tests/support.py: SmallDiskStore).
+        """
+
     @contextmanager
     def _write(self):
         connection = self._connection()
@@ -360,6 +383,7 @@ class Store:
             if self._schema_ready:
                 connection.execute(_PING_TRIGGER_SQL)
             self._local.connection = connection
+        self.before_use(connection)
         return connection
 
     def _prepare_schema(self, connection):

@@ -13,9 +13,8 @@ import rules
 from mailer import SmtpMailer
 from rules import clock_jump
 from scheduler import Scheduler
-from support import SMTP_LOGIN, SMTP_PASSWORD, make_settings, query
+from support import T0, make_settings, query, smtp_mailer
 
-T0 = 1_790_000_000.0
 DAYS = 3 * 86400
 DEVICE = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
 DEVICES = {f"device{i}": DEVICE for i in range(100)} | {"dead": DEVICE}
@@ -165,12 +164,11 @@ def test_the_running_loops_follow_a_jump_of_the_wall_clock(store, smtp_server):
         email_processing_frequency=0,
     )
     store.sync_users(settings.users, time.time())
-    smtp = config.SmtpSettings("127.0.0.1", smtp_server.port, SMTP_LOGIN, SMTP_PASSWORD, None)
 
     def wall_clock():
         return time.time() + offset[0]
 
-    loops = Scheduler(store, SmtpMailer(smtp, timeout=5), settings, "https://example.net", wall_clock)
+    loops = Scheduler(store, smtp_mailer(smtp_server.port), settings, "https://example.net", wall_clock)
     loops.start()
     try:
         smtp_server.wait_for_messages(1)

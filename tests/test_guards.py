@@ -1,8 +1,7 @@
 import threading
 
 from guards import WrongPasswordLimiter
-
-T0 = 1_790_000_000.0
+from support import T0
 
 
 def test_the_limiter_refuses_an_address_after_the_limit_within_the_window():

@@ -1,7 +1,6 @@
 from rules import ALERTED, LATE, PINGING, SILENT, decide, late_at, live_state, retry_delay
 from store import UserState
-
-T0 = 1_790_000_000.0
+from support import T0
 
 
 def user(monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0, last_ping=None, last_alert=None):

@@ -1,4 +1,3 @@
-import sqlite3
 import threading
 import time
 
@@ -8,9 +7,7 @@ import mailer
 import scheduler
 from rules import retry_delay
 from scheduler import Scheduler
-from support import Clock, make_settings
-
-T0 = 1_790_000_000.0
+from support import T0, Clock, make_settings, outbox
 
 
 class RecordingMailer:
@@ -42,11 +39,6 @@ def make_scheduler(store, recording_mailer, users=None, now=T0, clock=None, **to
     return Scheduler(store, recording_mailer, settings, "https://example.net", clock or Clock(now))
 
 
-def queued(store):
-    with sqlite3.connect(store.path) as connection:
-        return connection.execute("SELECT recipient, status, attempts FROM outbox ORDER BY id").fetchall()
-
-
 def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequency_passed(store, recording_mailer):
     users = {
         "pi": {
@@ -59,14 +51,14 @@ def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequenc
     steps = make_scheduler(store, recording_mailer, users)
     store.record_ping("pi", T0)
     steps.check_once(T0 + 60)
-    assert queued(store) == []
+    assert outbox(store.path) == []
     steps.check_once(T0 + 61)
-    assert queued(store) == [("a@example.com", "queued", 0), ("b@example.com", "queued", 0)]
+    assert outbox(store.path) == [("a@example.com", "queued", 0), ("b@example.com", "queued", 0)]
     steps.check_once(T0 + 300)
     steps.check_once(T0 + 661)
-    assert len(queued(store)) == 2
+    assert len(outbox(store.path)) == 2
     steps.check_once(T0 + 662)
-    assert len(queued(store)) == 4
+    assert len(outbox(store.path)) == 4
 
 
 def test_the_queued_alert_names_the_user_and_links_to_its_logs(store, recording_mailer):
@@ -83,7 +75,7 @@ def test_a_ping_ends_the_silence(store, recording_mailer):
     steps.check_once(T0 + 61)
     store.record_ping("pi", T0 + 100)
     steps.check_once(T0 + 160)
-    assert len(queued(store)) == 1
+    assert len(outbox(store.path)) == 1
 
 
 def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, recording_mailer):
@@ -94,28 +86,28 @@ def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, 
     assert steps.check_once(T0 + 124) == 0
     assert steps.check_once(T0 + 661) == 0
     assert steps.check_once(T0 + 661.5) == 1
-    assert len(queued(store)) == 2
+    assert len(outbox(store.path)) == 2
 
 
 def test_monitor_false_never_queues_an_email(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, {"pi": {"monitor": False, "max_sleep": 0, "email_frequency": 0}})
     for second in range(1, 100):
         steps.check_once(T0 + second)
-    assert queued(store) == []
+    assert outbox(store.path) == []
 
 
 def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog):
-    steps = make_scheduler(
-        store,
-        recording_mailer,
+    settings = make_settings(
         {
             "pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
             "nas": {"monitor": True, "max_sleep": 1, "email_frequency": 1000},
-        },
+        }
     )
-    steps._settings.users.pop("pi")  # as if its config vanished: composing its alert raises
+    store.sync_users(settings.users, T0)
+    settings.users.pop("pi")  # as if its config vanished once stored: composing its alert raises
+    steps = Scheduler(store, recording_mailer, settings, "https://example.net", Clock(T0))
     assert steps.check_once(T0 + 2) == 2
-    assert [row[0] for row in queued(store)] == ["oncall@example.com"]
+    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
     assert "cannot decide about user 'pi'" in caplog.text
     assert steps.check_once(T0 + 2 + scheduler.BAD_USER_DELAY - 1) == 0
 
@@ -138,7 +130,7 @@ def queue_one_alert(store, recording_mailer, **top_level):
 def test_drain_removes_an_email_from_the_queue_once_accepted(store, recording_mailer):
     steps = queue_one_alert(store, recording_mailer)
     assert steps.drain_once(T0 + 61) == 1
-    assert queued(store) == [("oncall@example.com", "sent", 1)]
+    assert outbox(store.path) == [("oncall@example.com", "sent", 1)]
     assert [email.recipient for email in recording_mailer.sent] == ["oncall@example.com"]
     assert steps.drain_once(T0 + 62) == 0
 
@@ -148,20 +140,20 @@ def test_drain_retries_a_failed_email_with_backoff(store, recording_mailer):
     steps = queue_one_alert(store, recording_mailer, clock=clock)
     recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")] * 2
     steps.drain_once(T0 + 61)
-    assert queued(store) == [("oncall@example.com", "queued", 1)]
+    assert outbox(store.path) == [("oncall@example.com", "queued", 1)]
     assert steps.drain_once(T0 + 61 + retry_delay(1) - 0.1) == 0
     clock.now = T0 + 61 + retry_delay(1)
     assert steps.drain_once(clock.now) == 1
     assert steps.drain_once(clock.now + retry_delay(2) - 0.1) == 0
     assert steps.drain_once(clock.now + retry_delay(2)) == 1
-    assert queued(store) == [("oncall@example.com", "sent", 3)]
+    assert outbox(store.path) == [("oncall@example.com", "sent", 3)]
 
 
 def test_drain_marks_a_permanently_rejected_email_failed(store, recording_mailer):
     steps = queue_one_alert(store, recording_mailer)
     recording_mailer.results = [mailer.SendResult(mailer.REJECTED, "550 no such user")]
     steps.drain_once(T0 + 61)
-    assert queued(store) == [("oncall@example.com", "failed", 1)]
+    assert outbox(store.path) == [("oncall@example.com", "failed", 1)]
     assert steps.drain_once(T0 + 10_000) == 0
 
 

@@ -6,9 +6,7 @@ import webtest
 
 import web
 from store import CheckOutcome, NewEmail
-from support import Clock, make_settings
-
-T0 = 1_790_000_000.0  # Monday 2026-09-21 16:13:20 in Paris
+from support import T0, Clock, SmallDiskStore, make_settings
 
 
 @pytest.fixture
@@ -155,15 +153,16 @@ def test_an_unexpected_error_is_a_plain_500_without_a_traceback(store, clock):
     assert (answer.content_type, answer.text) == ("text/plain", "internal server error")
 
 
-def test_a_full_disk_is_a_503_with_a_clear_message(client, store):
-    connection = store._connection()
-    pages = connection.execute("PRAGMA page_count").fetchone()[0]
-    connection.execute(f"PRAGMA max_page_count = {pages}")
+def test_a_full_disk_is_a_503_with_a_clear_message(tmp_path, clock):
+    disk = SmallDiskStore(tmp_path / "small.db")
+    client = make_client(disk, clock)
+    disk.fill_up()
     client.get("/ping?username=pi", status=200)  # fits in a page already allocated
     for _ in range(2000):
         answer = client.get("/ping?username=pi", status="*")
         if answer.status_int != 200:
             break
+    disk.close()
     assert (answer.status_int, answer.text) == (503, "storage unavailable: the disk is full; try again later")
 
 
