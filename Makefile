@@ -25,6 +25,7 @@ bench: $(VENV)/.bench-installed bench-packages
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 $(BIN)/python:
 	rm -rf $(VENV)

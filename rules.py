@@ -94,4 +94,4 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
 
 def retry_delay(attempts: int) -> float:
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
-    return min(FIRST_RETRY_DELAY * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+    return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)

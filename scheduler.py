@@ -9,10 +9,13 @@ restarts monitoring when it sees the wall clock jump.
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import mailer
+from config import Settings
+from mailer import MailSender
 from rules import clock_jump, decide, retry_delay
-from store import CheckOutcome, NewEmail, StoreError
+from store import CheckOutcome, NewEmail, Store, StoreError, UserState
 
 log = logging.getLogger("ping_listener.scheduler")
 
@@ -28,18 +31,23 @@ BAD_USER_DELAY = 60.0
 class Scheduler:
     """Runs the absence listener and the outbox drain over one store, until stopped."""
 
-    def __init__(self, store, mail_sender, settings, server_root, clock):
-        """`mail_sender` is a mailer.SmtpMailer (or one with its interface); `clock()` gives epoch seconds."""
+    def __init__(
+        self, store: Store, mail_sender: MailSender, settings: Settings, server_root: str, clock: Callable[[], float]
+    ) -> None:
+        """Alert about `settings`' users in `store` through `mail_sender`, linking to `server_root`.
+
+        `clock()` gives the wall clock's epoch seconds.
+        """
         self._store = store
         self._mailer = mail_sender
         self._settings = settings
         self._server_root = server_root
         self._clock = clock
         self._stop = threading.Event()
-        self._threads = []
-        self._last_clock_reading = None
+        self._threads: list[threading.Thread] = []
+        self._last_clock_reading: tuple[float, float] | None = None
 
-    def check_once(self, now):
+    def check_once(self, now: float) -> int:
         """One step of the absence listener: queue alerts for up to USERS_PER_STEP due users.
 
         Returns how many due users it looked at.
@@ -60,7 +68,7 @@ class Scheduler:
             log.info("queued alerts for %d late user(s)", alerts)
         return len(users)
 
-    def follow_clock(self, now, monotonic_now):
+    def follow_clock(self, now: float, monotonic_now: float) -> float:
         """Restart monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
 
         `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
@@ -76,7 +84,7 @@ class Scheduler:
         self._last_clock_reading = reading
         return jump
 
-    def drain_once(self, now):
+    def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
         The emails' next attempts are pushed back before sending, then each result is committed
@@ -107,7 +115,7 @@ class Scheduler:
                 )
         return len(emails)
 
-    def start(self):
+    def start(self) -> None:
         """Start both loops in background threads."""
         for name, step, full_step, delay in (
             ("absence-listener", self._listen, USERS_PER_STEP, self._settings.base_frequency),
@@ -117,7 +125,7 @@ class Scheduler:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout):
+    def stop(self, timeout: float) -> bool:
         """Ask both loops to stop and wait up to `timeout` seconds for them; True if they stopped."""
         self._stop.set()
         deadline = time.monotonic() + timeout
@@ -125,7 +133,7 @@ class Scheduler:
             thread.join(max(deadline - time.monotonic(), 0))
         return not any(thread.is_alive() for thread in self._threads)
 
-    def _loop(self, step, full_step, delay):
+    def _loop(self, step: Callable[[float], int], full_step: int, delay: float) -> None:
         while not self._stop.is_set():
             try:
                 done = step(self._clock())
@@ -139,11 +147,11 @@ class Scheduler:
             if done < full_step:
                 self._stop.wait(max(delay, MIN_LOOP_DELAY))
 
-    def _listen(self, now):
+    def _listen(self, now: float) -> int:
         self.follow_clock(now, time.monotonic())
         return self.check_once(now)
 
-    def _outcome(self, user, now):
+    def _outcome(self, user: UserState, now: float) -> CheckOutcome:
         alert, next_due_at = decide(user, now)
         if not alert:
             return CheckOutcome(user, next_due_at)

@@ -129,7 +129,7 @@ def _requests_in_flight(server):
     return any(channel.requests or channel.total_outbufs_len for channel in list(server.active_channels.values()))
 
 
-def _parse_args(argv):
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Ping Listener: a dead man's switch for devices that ping it.")
     parser.add_argument("--settings", default="settings.json", help="settings file (default: settings.json)")
     parser.add_argument("--db", default="ping_listener.db", help="SQLite database (default: ping_listener.db)")
@@ -138,13 +138,13 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _port(text):
+def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 65535, got {text!r}")
     return int(text)
 
 
-def _url(host, port):
+def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
