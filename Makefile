@@ -25,6 +25,7 @@ bench: $(VENV)/.bench-installed bench-packages
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 $(BIN)/python:
 	rm -rf $(VENV)
@@ -44,7 +45,7 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 	touch $@ $(VENV)/.runtime-installed
 
 # Debian packages as "command-or-file:package" pairs. Tests: Chromium for the testing page, the sqlite3
-# shell the README shows, time zone data. Benchmarks: wrk, time zone data (they run in Europe/Paris).
+# shell docs/database.md shows, time zone data. Benchmarks: wrk, time zone data (they run in Europe/Paris).
 TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata
 

@@ -5,8 +5,11 @@ each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got
 """
 
 import json
+import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
 # RFC 5322 parser: the SMTP server has the last word on an address.
@@ -26,7 +29,7 @@ USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
 class ConfigError(Exception):
     """The configuration is unusable; `problems` holds one line per problem, each naming its key."""
 
-    def __init__(self, problems):
+    def __init__(self, problems: Iterable[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = list(problems)
 
@@ -38,7 +41,7 @@ class UserConfig:
     monitor: bool
     max_sleep: float
     email_frequency: float
-    recipients: tuple
+    recipients: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Settings:
     base_frequency: float
     email_processing_frequency: float
     server_root: str | None
-    users: dict
+    users: dict[str, UserConfig]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class SmtpSettings:
     sender: str | None
 
 
-def load_settings(path):
+def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and validate the settings file at `path`; raise ConfigError listing every problem."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -82,9 +85,9 @@ def load_settings(path):
     return parse_settings(document)
 
 
-def parse_settings(document):
+def parse_settings(document: Any) -> Settings:
     """Validate an already parsed settings document; raise ConfigError listing every problem."""
-    problems = []
+    problems: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
     _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
@@ -117,7 +120,7 @@ def parse_settings(document):
     )
 
 
-def load_smtp_settings(environ):
+def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
     """Read the SMTP_* variables from `environ`; raise ConfigError if SMTP_PORT is not a port."""
     port_text = environ.get("SMTP_PORT", "465")
     if not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) or not 0 < int(port_text) < 65536:
@@ -132,7 +135,7 @@ def load_smtp_settings(environ):
     )
 
 
-def is_email_address(value):
+def is_email_address(value: object) -> bool:
     """True if `value` is a string shaped like a deliverable address (name@domain.tld)."""
     return isinstance(value, str) and _EMAIL.fullmatch(value) is not None
 

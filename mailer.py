@@ -3,11 +3,15 @@
 import logging
 import smtplib
 import ssl
-import time
-import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import Protocol
+
+from config import SmtpSettings
+from localtime import format_local_time, logs_link
+from store import QueuedEmail, UserState
 
 log = logging.getLogger("ping_listener.mailer")
 
@@ -27,8 +31,20 @@ class SendResult:
     error: str | None = None
 
 
-def compose_alert(user, server_root):
-    """Subject and plain-text body of the alert for `user` (a store.UserState), as (subject, body).
+class MailSender(Protocol):
+    """What the scheduler sends alert emails through: SmtpMailer, or a test's recording fake."""
+
+    def new_message_id(self) -> str:
+        """A fresh Message-ID header value for an email from this sender."""
+        ...
+
+    def send_all(self, emails: Iterable[QueuedEmail]) -> Iterator[tuple[QueuedEmail, SendResult]]:
+        """Try to send each email; yield (email, SendResult) as each is settled, every email once."""
+        ...
+
+
+def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for `user`, as (subject, body).
 
     Times are shown in the local time zone (TZ); the logs link points at the day of the last ping,
     or of the start of monitoring if none was received.
@@ -40,32 +56,20 @@ def compose_alert(user, server_root):
     else:
         seen = user.monitored_since
         last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
-    day = time.localtime(seen)
-    # Only the username needs encoding; urlencode() over all four fields would cost most of this
-    # function, which runs once per late user in the absence listener's step.
-    query = (
-        f"username={urllib.parse.quote_plus(username)}"
-        f"&year={day.tm_year % 100:02d}&month={day.tm_mon:02d}&day={day.tm_mday:02d}"
-    )
     body = (
         f"Ping Listener has heard nothing from {username} for longer than its max_sleep"
         f" of {_seconds(user.max_sleep)}.\n"
         f"\n"
         f"{last_ping_line}\n"
-        f"Pings of that day: {server_root}/logs?{query}\n"
+        f"Pings of that day: {logs_link(server_root, username, seen)}\n"
         f"\n"
         f"This alert repeats at most every {_seconds(user.email_frequency)} while the silence lasts.\n"
     )
     return f"{username} disconnection detected", body
 
 
-def format_local_time(epoch):
-    """`epoch` as a local date and time with its zone, for people: 2026-11-24 14:03:05 CET."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
-
-
-def build_message(email, sender):
-    """The RFC 5322 message for a queued email (a store.QueuedEmail), dated when it was queued."""
+def build_message(email: QueuedEmail, sender: str) -> EmailMessage:
+    """The RFC 5322 message for a queued email, dated when it was queued."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = email.recipient
@@ -79,8 +83,8 @@ def build_message(email, sender):
 class SmtpMailer:
     """Sends emails through one SMTP-over-SSL server, certificate checked against the system CAs."""
 
-    def __init__(self, smtp, timeout=SMTP_TIMEOUT):
-        """Use `smtp` (a config.SmtpSettings); `timeout` bounds every network operation, in seconds."""
+    def __init__(self, smtp: SmtpSettings, timeout: float = SMTP_TIMEOUT) -> None:
+        """Use `smtp`; `timeout` bounds every network operation, in seconds."""
         self._smtp = smtp
         self._timeout = timeout
         self.sender = smtp.sender or FALLBACK_SENDER
@@ -88,12 +92,12 @@ class SmtpMailer:
         # Built once: it reads SSL_CERT_FILE and the system's CA store.
         self._ssl_context = ssl.create_default_context()
 
-    def new_message_id(self):
+    def new_message_id(self) -> str:
         """A fresh Message-ID header value for an email from this sender."""
         return make_msgid(domain=self._message_id_domain)
 
-    def send_all(self, emails):
-        """Send `emails` (store.QueuedEmail); yield (email, SendResult) as each is settled.
+    def send_all(self, emails: Iterable[QueuedEmail]) -> Iterator[tuple[QueuedEmail, SendResult]]:
+        """Send `emails`; yield (email, SendResult) as each is settled.
 
         A 5xx answer to MAIL, RCPT or DATA rejects that email, as does an email this server can
         never take (an address it cannot encode); a 4xx answer retries it. A connection that breaks

@@ -1,4 +1,4 @@
-"""The absence listener and the outbox drain: pure decisions, and two thin stoppable loops.
+"""The absence listener and the outbox drain: two thin stoppable loops acting on the rules (rules.py).
 
 The loops run in their own threads so a slow SMTP server never delays detecting absences.
 Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait
@@ -9,9 +9,13 @@ restarts monitoring when it sees the wall clock jump.
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import mailer
-from store import CheckOutcome, NewEmail, StoreError
+from config import Settings
+from mailer import MailSender
+from rules import clock_jump, decide, retry_delay
+from store import CheckOutcome, NewEmail, Store, StoreError, UserState
 
 log = logging.getLogger("ping_listener.scheduler")
 
@@ -19,97 +23,31 @@ USERS_PER_STEP = 500
 EMAILS_PER_STEP = 100
 # A frequency of 0 means "as often as possible", not a busy loop.
 MIN_LOOP_DELAY = 0.02
-FIRST_RETRY_DELAY = 5.0
-MAX_RETRY_DELAY = 300.0
 # If deciding about a user fails, look at it again this much later, so one bad row cannot
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
-# A wall clock that moves this much more or less than the monotonic clock between two steps of
-# the absence listener has jumped. Smaller differences shift alerts by less than that, harmlessly.
-CLOCK_JUMP_TOLERANCE = 5.0
-
-# What live_state() answers, for the testing page.
-PINGING = "pinging"
-SILENT = "silent"
-LATE = "late"
-ALERTED = "alerted"
-
-
-def late_at(user):
-    """When `user` (a store.UserState) becomes late: its last sign of life plus max_sleep.
-
-    The last sign of life is the later of its last ping and the start of monitoring, so the
-    service's own downtime never counts against a device. None if it is not monitored.
-    """
-    if not user.monitor:
-        return None
-    seen = user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
-    return seen + user.max_sleep
-
-
-def decide(user, now):
-    """Whether to alert about `user` at `now`, and when to look at it next: (alert, next_due_at).
-
-    A user is late once its silence exceeds max_sleep (exactly max_sleep is not late); a late
-    user is alerted unless its last alert is email_frequency or less ago.
-    """
-    deadline = late_at(user)
-    if deadline is None:
-        return False, None
-    if not now > deadline:
-        return False, deadline
-    if user.last_alert is not None and not now > user.last_alert + user.email_frequency:
-        return False, user.last_alert + user.email_frequency
-    return True, max(deadline, now + user.email_frequency)
-
-
-def live_state(user, now):
-    """How `user` (a store.UserState) looks at `now` to a person watching: PINGING, SILENT, LATE or ALERTED.
-
-    LATE and ALERTED follow the absence listener: a user is late once `now > late_at(user)`, and
-    ALERTED once an alert was recorded during this silence (an alert from an earlier silence does
-    not count). Otherwise PINGING if its last ping is at most max_sleep ago, else SILENT (monitor
-    off, or no ping yet since monitoring began).
-    """
-    deadline = late_at(user)
-    if deadline is not None and now > deadline:
-        return ALERTED if user.last_alert is not None and user.last_alert > deadline else LATE
-    if user.last_ping is not None and now - user.last_ping <= user.max_sleep:
-        return PINGING
-    return SILENT
-
-
-def clock_jump(previous, current):
-    """How far the wall clock jumped between two readings, each a (wall, monotonic) pair; 0.0 if it did not.
-
-    Between readings the wall clock should advance as much as the monotonic one. A difference
-    beyond CLOCK_JUMP_TOLERANCE is a jump: the clock set by hand or stepped by NTP, or a machine
-    that was suspended (its monotonic clock stopped, as the service did).
-    """
-    jump = (current[0] - previous[0]) - (current[1] - previous[1])
-    return jump if abs(jump) > CLOCK_JUMP_TOLERANCE else 0.0
-
-
-def retry_delay(attempts):
-    """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
-    return min(FIRST_RETRY_DELAY * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
 
 
 class Scheduler:
     """Runs the absence listener and the outbox drain over one store, until stopped."""
 
-    def __init__(self, store, mail_sender, settings, server_root, clock):
-        """`mail_sender` is a mailer.SmtpMailer (or one with its interface); `clock()` gives epoch seconds."""
+    def __init__(
+        self, store: Store, mail_sender: MailSender, settings: Settings, server_root: str, clock: Callable[[], float]
+    ) -> None:
+        """Alert about `settings`' users in `store` through `mail_sender`, linking to `server_root`.
+
+        `clock()` gives the wall clock's epoch seconds.
+        """
         self._store = store
         self._mailer = mail_sender
         self._settings = settings
         self._server_root = server_root
         self._clock = clock
         self._stop = threading.Event()
-        self._threads = []
-        self._last_clock_reading = None
+        self._threads: list[threading.Thread] = []
+        self._last_clock_reading: tuple[float, float] | None = None
 
-    def check_once(self, now):
+    def check_once(self, now: float) -> int:
         """One step of the absence listener: queue alerts for up to USERS_PER_STEP due users.
 
         Returns how many due users it looked at.
@@ -130,7 +68,7 @@ class Scheduler:
             log.info("queued alerts for %d late user(s)", alerts)
         return len(users)
 
-    def follow_clock(self, now, monotonic_now):
+    def follow_clock(self, now: float, monotonic_now: float) -> float:
         """Restart monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
 
         `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
@@ -146,7 +84,7 @@ class Scheduler:
         self._last_clock_reading = reading
         return jump
 
-    def drain_once(self, now):
+    def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
         The emails' next attempts are pushed back before sending, then each result is committed
@@ -177,7 +115,7 @@ class Scheduler:
                 )
         return len(emails)
 
-    def start(self):
+    def start(self) -> None:
         """Start both loops in background threads."""
         for name, step, full_step, delay in (
             ("absence-listener", self._listen, USERS_PER_STEP, self._settings.base_frequency),
@@ -187,7 +125,7 @@ class Scheduler:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout):
+    def stop(self, timeout: float) -> bool:
         """Ask both loops to stop and wait up to `timeout` seconds for them; True if they stopped."""
         self._stop.set()
         deadline = time.monotonic() + timeout
@@ -195,7 +133,7 @@ class Scheduler:
             thread.join(max(deadline - time.monotonic(), 0))
         return not any(thread.is_alive() for thread in self._threads)
 
-    def _loop(self, step, full_step, delay):
+    def _loop(self, step: Callable[[float], int], full_step: int, delay: float) -> None:
         while not self._stop.is_set():
             try:
                 done = step(self._clock())
@@ -209,11 +147,11 @@ class Scheduler:
             if done < full_step:
                 self._stop.wait(max(delay, MIN_LOOP_DELAY))
 
-    def _listen(self, now):
+    def _listen(self, now: float) -> int:
         self.follow_clock(now, time.monotonic())
         return self.check_once(now)
 
-    def _outcome(self, user, now):
+    def _outcome(self, user: UserState, now: float) -> CheckOutcome:
         alert, next_due_at = decide(user, now)
         if not alert:
             return CheckOutcome(user, next_due_at)

@@ -27,7 +27,9 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
@@ -75,6 +77,9 @@ class ServingLimits:
     cleanup_interval: int = 10
 
 
+DEFAULT_LIMITS = ServingLimits()
+
+
 class RequestDispatcher:
     """waitress's task dispatcher for this service: quick requests on the I/O thread, the rest on workers.
 
@@ -83,25 +88,27 @@ class RequestDispatcher:
     quick requests there and hands the others to worker threads.
     """
 
-    def __init__(self, quick_paths, idle_timeout, worker_threads=WORKER_THREADS):
+    def __init__(self, quick_paths: Iterable[str], idle_timeout: float, worker_threads: int = WORKER_THREADS) -> None:
         """Answer requests for `quick_paths` (each path and those below it) on the I/O thread; close a
         connection whose client has read nothing for `idle_timeout` seconds while answers wait."""
         self._quick_paths = tuple(quick_paths)
         self._idle_timeout = idle_timeout
-        self._arrived = collections.deque()  # appended from any thread, drained by the I/O thread
-        self._parked = []  # I/O thread only: channels waiting for their client to read
+        # waitress HTTPChannels: appended from any thread, drained by the I/O thread.
+        self._arrived: collections.deque[Any] = collections.deque()
+        # I/O thread only: channels waiting for their client to read.
+        self._parked: list[Any] = []
         self._workers = ThreadedTaskDispatcher()
         self._workers.set_thread_count(worker_threads)
 
-    def add_task(self, channel):
+    def add_task(self, channel: Any) -> None:
         """waitress's hook: `channel` has a request to answer. Called with the channel's requests_lock held."""
         self._arrived.append(channel)
 
-    def has_arrived(self):
+    def has_arrived(self) -> bool:
         """Whether a request waits for serve_arrived()."""
         return bool(self._arrived)
 
-    def serve_arrived(self, now):
+    def serve_arrived(self, now: float) -> None:
         """Answer or hand out every request that arrived before this call; park clients that do not read.
 
         Runs on the I/O thread. A pipelining client gets one request answered per call, so it cannot
@@ -113,11 +120,11 @@ class RequestDispatcher:
         for _ in range(len(self._arrived)):
             self._dispatch(self._arrived.popleft(), now)
 
-    def shutdown(self, cancel_pending=True, timeout=5):
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         """Stop the worker threads (waitress's dispatcher interface)."""
-        return self._workers.shutdown(cancel_pending=cancel_pending, timeout=timeout)
+        return bool(self._workers.shutdown(cancel_pending=cancel_pending, timeout=timeout))
 
-    def _dispatch(self, channel, now):
+    def _dispatch(self, channel: Any, now: float) -> None:
         if not channel.requests:
             return  # cancelled
         if channel.connected and channel.total_outbufs_len > PARKED_OUTPUT:
@@ -134,7 +141,7 @@ class RequestDispatcher:
             self._workers.add_task(channel)
 
 
-def _is_quick(path, quick_paths):
+def _is_quick(path: str, quick_paths: tuple[str, ...]) -> bool:
     return any(path == quick or path.startswith(quick + "/") for quick in quick_paths)
 
 
@@ -142,15 +149,15 @@ class _Server(TcpWSGIServer):
     """waitress's TCP server, accepting up to ACCEPTS_PER_ROUND connections per poll round instead of one,
     and woken by its trigger only from other threads."""
 
-    io_thread = None  # the serving loop's thread, set when it starts
+    io_thread: int | None = None  # the serving loop's thread, set when it starts
 
-    def pull_trigger(self):
+    def pull_trigger(self) -> None:
         # service() pulls the trigger to wake the poll after each answer; on the I/O thread itself
         # that is a wasted write and an extra poll round per ping.
         if threading.get_ident() != self.io_thread:
             super().pull_trigger()
 
-    def handle_accept(self):
+    def handle_accept(self) -> None:
         for _ in range(ACCEPTS_PER_ROUND):
             open_before = len(self._map)
             if open_before >= self.adj.connection_limit:
@@ -164,18 +171,18 @@ class _Server(TcpWSGIServer):
 class HttpServer:
     """The listening sockets (one per address the host resolves to), their socket map and dispatcher."""
 
-    servers: list
-    socket_map: dict
+    servers: list[Any]  # waitress TcpWSGIServers
+    socket_map: dict[int, Any]
     dispatcher: RequestDispatcher
     stopping: bool = field(default=False)
 
     @property
-    def host(self):
+    def host(self) -> str:
         """The address actually bound (the first, if the host resolved to several)."""
-        return self.servers[0].effective_host
+        return str(self.servers[0].effective_host)
 
     @property
-    def port(self):
+    def port(self) -> int:
         """The port actually bound (chosen by the OS for port 0)."""
         return int(self.servers[0].effective_port)
 
@@ -183,15 +190,15 @@ class HttpServer:
 class RateLimitedMessages(logging.Filter):
     """Lets a record whose message starts with one of `prefixes` through at most once per `interval` each."""
 
-    def __init__(self, prefixes, interval, clock=time.monotonic):
+    def __init__(self, prefixes: Iterable[str], interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         """Keep one line of each kind per `interval` seconds of `clock()`; other records pass."""
         super().__init__()
         self._prefixes = tuple(prefixes)
         self._interval = interval
         self._clock = clock
-        self._last_passed = {}
+        self._last_passed: dict[str, float] = {}
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         """True to log `record`."""
         message = record.getMessage()
         prefix = next((prefix for prefix in self._prefixes if message.startswith(prefix)), None)
@@ -205,7 +212,14 @@ class RateLimitedMessages(logging.Filter):
         return True
 
 
-def create_http_server(app, host, port, quick_paths, max_request_body, limits=ServingLimits()):
+def create_http_server(
+    app: Callable[..., Any],
+    host: str,
+    port: int,
+    quick_paths: Iterable[str],
+    max_request_body: int,
+    limits: ServingLimits = DEFAULT_LIMITS,
+) -> HttpServer:
     """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread.
 
     Also sets what serving this way needs process-wide: the GIL switch interval, the limit on open
@@ -224,7 +238,7 @@ def create_http_server(app, host, port, quick_paths, max_request_body, limits=Se
         max_request_body_size=max_request_body,
         ident="ping-listener",
     )
-    socket_map = {}
+    socket_map: dict[int, Any] = {}
     dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout)
     servers = []
     try:
@@ -237,7 +251,7 @@ def create_http_server(app, host, port, quick_paths, max_request_body, limits=Se
     return HttpServer(servers, socket_map, dispatcher)
 
 
-def serve_until_signalled(http_server, stop_requested, shutdown_grace):
+def serve_until_signalled(http_server: HttpServer, stop_requested: threading.Event, shutdown_grace: float) -> None:
     """Serve until `stop_requested` is set, then answer the requests in flight (up to `shutdown_grace` s) and close."""
     socket_map, dispatcher = http_server.socket_map, http_server.dispatcher
     for server in http_server.servers:
@@ -254,17 +268,17 @@ def serve_until_signalled(http_server, stop_requested, shutdown_grace):
     wasyncore.close_all(socket_map)
 
 
-def _serve_one_round(socket_map, dispatcher, timeout):
+def _serve_one_round(socket_map: dict[int, Any], dispatcher: RequestDispatcher, timeout: float) -> None:
     wasyncore.loop(timeout=0 if dispatcher.has_arrived() else timeout, map=socket_map, use_poll=True, count=1)
     dispatcher.serve_arrived(time.time())
 
 
-def _requests_in_flight(http_server):
+def _requests_in_flight(http_server: HttpServer) -> bool:
     channels = [channel for server in http_server.servers for channel in list(server.active_channels.values())]
     return http_server.dispatcher.has_arrived() or any(c.requests or c.total_outbufs_len for c in channels)
 
 
-def _connection_limit(wanted_connections):
+def _connection_limit(wanted_connections: int) -> int:
     """`wanted_connections`, or fewer if the process may not open that many files even after raising its soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = wanted_connections + RESERVED_FILES
@@ -282,7 +296,7 @@ def _connection_limit(wanted_connections):
     return limit
 
 
-def _quiet_waitress_logs():
+def _quiet_waitress_logs() -> None:
     # Queueing on the workers is expected here; waitress would warn on nearly every queued request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     waitress_log = logging.getLogger("waitress")

@@ -9,19 +9,26 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from config import UserConfig
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
 
-# When a configured, monitored user becomes late, given its columns: the later of its last ping
-# and the start of monitoring, plus max_sleep. Written on every ping and at every start.
+# rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
+# the later of its last ping and the start of monitoring, plus max_sleep; NULL when not monitored.
+# Written at every start (here) and on every ping (_PING_TRIGGER_SQL, the same rule given the new
+# ping). tests/test_store.py checks with random pings and restarts that they agree with the rule.
 _LATE_AT = "CASE WHEN monitor THEN max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep END"
 
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
+# `due_at < now`: late strictly after the deadline, as rules.decide says (exactly max_sleep is not late).
 DUE_USERS_SQL = (
     "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
     " FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
@@ -46,8 +53,8 @@ RECENT_EMAILS_SQL = (
 )
 
 # A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
-# connections, moves that user's last_ping and deadline in the same statement. max() keeps last_ping
-# monotonic if pings ever commit out of time order.
+# connections, moves that user's last_ping and deadline (rules.late_at, as _LATE_AT) in the same statement.
+# max() keeps last_ping monotonic if pings ever commit out of time order.
 RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE username = ? AND configured = 1"
 _PING_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"
@@ -108,7 +115,7 @@ class CheckOutcome:
 
     user: UserState
     next_due_at: float | None
-    emails: tuple = ()
+    emails: tuple[NewEmail, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +152,11 @@ class EmailEvent:
 class Store:
     """Ping Listener's database at one path; safe to use from any number of threads."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable."""
         self.path = str(path)
         self._local = threading.local()
-        self._connections = []
+        self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._schema_ready = False
@@ -163,15 +170,15 @@ class Store:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
 
-    def close(self):
+    def close(self) -> None:
         """Close every connection; waits for a write in progress to finish first."""
         with self._write_lock, self._connections_lock:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
 
-    def sync_users(self, users, now):
-        """Make the configured users exactly `users` (username -> config.UserConfig), and restart monitoring at `now`.
+    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
+        """Make the configured users exactly `users` (username -> its config), and restart monitoring at `now`.
 
         Users missing from `users` stop being monitored but keep their history. See
         restart_monitoring for what a restart does.
@@ -187,7 +194,7 @@ class Store:
             )
             _restart_monitoring(connection, now)
 
-    def restart_monitoring(self, now):
+    def restart_monitoring(self, now: float) -> None:
         """Monitor every configured user afresh from `now`, as a restart of the service does.
 
         Each gets a full max_sleep from `now` before it can be late, so neither the service's
@@ -200,7 +207,7 @@ class Store:
         with self._write() as connection:
             _restart_monitoring(connection, now)
 
-    def record_ping(self, username, now):
+    def record_ping(self, username: str, now: float) -> None:
         """Record a ping from `username` at `now`, committed before returning.
 
         Raises UnknownUserError if the user is not configured.
@@ -214,7 +221,7 @@ class Store:
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
 
-    def pings_between(self, username, start, end, limit=None):
+    def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
         """Times of `username`'s pings with start <= time < end, ascending; only the first `limit` if given.
 
         Raises UnknownUserError if the user was never configured.
@@ -223,37 +230,36 @@ class Store:
             row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
             if row is None:
                 raise UnknownUserError(f"unknown user {username}")
-            rows = connection.execute(
-                PINGS_BETWEEN_SQL, (row[0], start, end, -1 if limit is None else limit)
-            ).fetchall()
+            # LIMIT -1 is no limit.
+            rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end, limit or -1)).fetchall()
         return [at for (at,) in rows]
 
-    def configured_users(self):
-        """Every configured user's state (store.UserState), in username order."""
+    def configured_users(self) -> list[UserState]:
+        """Every configured user's state, in username order."""
         with self._read() as connection:
             rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
         return [UserState(*row) for row in rows]
 
-    def recent_emails(self, limit):
-        """The `limit` most recently queued alert emails (EmailEvent), newest first."""
+    def recent_emails(self, limit: int) -> list[EmailEvent]:
+        """The `limit` most recently queued alert emails, newest first."""
         with self._read() as connection:
             rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
         return [EmailEvent(*row) for row in rows]
 
-    def due_users(self, now, limit):
+    def due_users(self, now: float, limit: int) -> list[UserState]:
         """Up to `limit` configured users whose due_at is before `now`, earliest first."""
         with self._read() as connection:
             rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
         return [UserState(*row) for row in rows]
 
-    def save_check_outcomes(self, outcomes, now):
+    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
 
         Each outcome applies only if its user's due_at is still what was read (no ping came in
         meanwhile); an alert records its time, its alerts row and one outbox row per email.
         """
         alerts = 0
-        emails = []
+        emails: list[tuple[Any, ...]] = []
         with self._write() as connection:
             for outcome in outcomes:
                 user = outcome.user
@@ -282,13 +288,13 @@ class Store:
             )
         return alerts
 
-    def due_emails(self, now, limit):
+    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
         """Up to `limit` queued emails whose next attempt is at or before `now`, oldest due first."""
         with self._read() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
         return [QueuedEmail(*row) for row in rows]
 
-    def claim_emails(self, retry_times):
+    def claim_emails(self, retry_times: Mapping[int, float]) -> None:
         """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds).
 
         Committed before the SMTP conversation, so an email whose result cannot be recorded (the
@@ -301,15 +307,15 @@ class Store:
                 [(at, email_id) for email_id, at in retry_times.items()],
             )
 
-    def mark_sent(self, email_id, now):
+    def mark_sent(self, email_id: int, now: float) -> None:
         """Record that the SMTP server accepted the email at `now`; it leaves the queue."""
         self._finish_email(email_id, "sent", now, None)
 
-    def mark_failed(self, email_id, now, error):
+    def mark_failed(self, email_id: int, now: float, error: str | None) -> None:
         """Record a permanent rejection; the email leaves the queue with status 'failed'."""
         self._finish_email(email_id, "failed", now, error)
 
-    def schedule_retry(self, email_id, next_attempt_at, error):
+    def schedule_retry(self, email_id: int, next_attempt_at: float, error: str | None) -> None:
         """Record a failed attempt; the email stays queued until `next_attempt_at`."""
         with self._write() as connection:
             connection.execute(
@@ -326,8 +332,31 @@ class Store:
                 (status, error, now, email_id),
             )
 
+    def query_plan(self, sql: str, parameters: Sequence[Any] = ()) -> list[str]:
+        """How SQLite would run `sql` here: the detail of each EXPLAIN QUERY PLAN row, in order.
+
+        For tests and diagnostics, e.g. checking that a hot query is answered through its index.
+        """
+        with self._read() as connection:
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
+        return [detail for _, _, _, detail in rows]
+
+    def pragma(self, name: str) -> Any:
+        """The value of PRAGMA `name` (a name such as synchronous or page_count) on this thread's connection."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        with self._read() as connection:
+            return connection.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def before_use(self, connection: sqlite3.Connection) -> None:
+        """Called with this thread's connection each time the store is about to use it; does nothing here.
+
+        A seam for fault injection: a subclass can set what SQLite keeps per connection, such as
+        PRAGMA max_page_count to make the disk look full (tests/support.py: SmallDiskStore).
+        """
+
     @contextmanager
-    def _write(self):
+    def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
         with self._write_lock, _storage_faults():
             try:
@@ -340,11 +369,11 @@ class Store:
                 raise
 
     @contextmanager
-    def _read(self):
+    def _read(self) -> Iterator[sqlite3.Connection]:
         with _storage_faults():
             yield self._connection()
 
-    def _connection(self):
+    def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             # check_same_thread=False only so close() can close every thread's connection.
@@ -359,6 +388,7 @@ class Store:
             if self._schema_ready:
                 connection.execute(_PING_TRIGGER_SQL)
             self._local.connection = connection
+        self.before_use(connection)
         return connection
 
     def _prepare_schema(self, connection):

@@ -11,6 +11,7 @@ import sys
 
 import server
 import serving
+import web
 
 BODY = b"24/11/26 14:03:05"
 HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(BODY)))]
@@ -28,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 lets the OS choose")
     args = parser.parse_args(argv)
     stop_requested = server.stop_on_signals()
-    http_server = serving.create_http_server(hello, "127.0.0.1", args.port, server.QUICK_PATHS, server.MAX_REQUEST_BODY)
+    http_server = serving.create_http_server(hello, "127.0.0.1", args.port, server.QUICK_PATHS, web.MAX_REQUEST_BODY)
     print(f"listening on http://127.0.0.1:{http_server.port}", flush=True)
     serving.serve_until_signalled(http_server, stop_requested, server.SHUTDOWN_GRACE)
     return 0

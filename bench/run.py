@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import scheduler
-import server
+import serving
 from bench import detection, footprint, harness, history, throughput, tick
 
 SECTIONS = ("ping", "tick", "startup", "idle", "history", "detection")
@@ -106,7 +106,7 @@ def _ping_table(rows, args, targets):
         " The service is `python server.py` on a real SQLite file in WAL mode, every ping committed before"
         " its answer. The bare app (bench/bare_app.py) is a hello-world WSGI app served through server.py's own"
         f" `create_http_server` and serving loop: same waitress settings (worker threads:"
-        f" {server.HTTP_THREADS}, GIL switch interval {server.SWITCH_INTERVAL * 1000:g} ms, `waitress.queue`"
+        f" {serving.WORKER_THREADS}, GIL switch interval {serving.SWITCH_INTERVAL * 1000:g} ms, `waitress.queue`"
         " logger quieted, same limits). CPU is the server process's user + system time per request.",
         "",
         "| connections | service req/s | bare req/s | ratio | service p50 / p99 ms | bare p50 / p99 ms"

@@ -1,4 +1,5 @@
-"""Real collaborators for tests: an SMTP-over-TLS server and the service run as a subprocess."""
+"""What the tests share: a fixed "now", real collaborators (an SMTP-over-TLS server, the service run as a
+subprocess, a store on a disk that fills up) and readers of what was committed."""
 
 import asyncio
 import contextlib
@@ -23,8 +24,12 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 import config
+from mailer import SmtpMailer
+from store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+# A fixed "now": Monday 2026-09-21 16:13:20 in Paris, the zone the tests run in (conftest.py).
+T0 = 1_790_000_000.0
 SMTP_LOGIN = "alerts@example.com"
 SMTP_PASSWORD = "smtp-secret"
 
@@ -253,6 +258,37 @@ def server_env(smtp_port, ca_path, **extra):
     )
     env.update(extra)
     return env
+
+
+def smtp_mailer(port, *, password=SMTP_PASSWORD, sender=None, timeout=5):
+    """An SmtpMailer logging in to 127.0.0.1:`port`, each network operation bounded by `timeout` seconds."""
+    return SmtpMailer(config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, password, sender), timeout=timeout)
+
+
+class SmallDiskStore(Store):
+    """The real Store on a "disk" of `pages` database pages, which a test can fill up and free.
+
+    SQLite's PRAGMA max_page_count belongs to one connection, so it is set on every connection
+    each time one is used; SQLite then refuses growth with SQLITE_FULL as it would on a full disk.
+    """
+
+    pages = 1 << 30
+
+    def fill_up(self):
+        """No more pages: what is left is the free space inside the pages already used."""
+        self.pages = self.pragma("page_count")
+
+    def free_up(self):
+        """Space returns."""
+        self.pages = 1 << 30
+
+    def before_use(self, connection):
+        connection.execute(f"PRAGMA max_page_count = {self.pages}")
+
+
+def outbox(db_path):
+    """(recipient, status, attempts) of each email in the outbox, oldest first."""
+    return query(db_path, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
 
 
 def query(db_path, sql, parameters=()):

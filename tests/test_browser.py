@@ -166,3 +166,17 @@ def test_a_storage_problem_is_logged_and_the_page_keeps_watching(page, service):
     shown_after_refusal = clock.text_content()
     expect(clock).not_to_have_text(shown_after_refusal)  # the next polls still arrive
     expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
+
+
+def test_testing_mode_disabled_while_the_page_is_open_locks_it(page, service):
+    # The page recognises it by the server's header, whatever the message says.
+    disabled = {"Ping-Listener-Testing": "disabled"}
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.locator("#server-time span")).not_to_be_empty()
+    page.route(
+        "**/testing/state",
+        lambda route: route.fulfill(status=503, content_type="text/plain", headers=disabled, body="switched off"),
+    )
+    expect(page.locator("#log")).to_contain_text("locked: 503: switched off")
+    expect(page.get_by_label("Testing password")).to_be_visible()

@@ -11,20 +11,9 @@ import urllib.parse
 
 import pytest
 
-from support import ROOT, SMTP_LOGIN, write_settings
+from support import ROOT, SMTP_LOGIN, free_port, outbox, write_settings
 
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
-
-
-def closed_port():
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        return unused.getsockname()[1]
-
-
-def outbox(db_path):
-    with sqlite3.connect(db_path) as connection:
-        return connection.execute("SELECT recipient, status, attempts FROM outbox ORDER BY id").fetchall()
 
 
 def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path, start_server, smtp_server):
@@ -70,7 +59,7 @@ def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, s
 def test_pings_and_queued_email_survive_a_restart(tmp_path, start_server, smtp_server):
     settings = write_settings(tmp_path / "settings.json", PI)
     db_path = tmp_path / "ping_listener.db"
-    down = start_server(settings, SMTP_PORT=str(closed_port()))
+    down = start_server(settings, SMTP_PORT=str(free_port()))
     status, answer = down.get("/ping?username=pi")
     year, month, day = answer.split()[0].split("/")
     # The SMTP server is unreachable: the alert waits in the outbox, its failed attempt recorded.

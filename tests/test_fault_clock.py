@@ -9,12 +9,12 @@ import time
 import pytest
 
 import config
-import scheduler
+import rules
 from mailer import SmtpMailer
-from scheduler import Scheduler, clock_jump
-from support import SMTP_LOGIN, SMTP_PASSWORD, make_settings, query
+from rules import clock_jump
+from scheduler import Scheduler
+from support import T0, make_settings, query, smtp_mailer
 
-T0 = 1_790_000_000.0
 DAYS = 3 * 86400
 DEVICE = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
 DEVICES = {f"device{i}": DEVICE for i in range(100)} | {"dead": DEVICE}
@@ -67,7 +67,7 @@ def test_a_jump_is_how_far_the_wall_clock_moved_beyond_the_monotonic_clock():
     assert clock_jump((T0, 100.0), (T0 + 1 - DAYS, 101.0)) == -DAYS
     # A suspended machine: the monotonic clock stopped for an hour, the wall clock did not.
     assert clock_jump((T0, 100.0), (T0 + 3600, 100.0)) == 3600
-    small = scheduler.CLOCK_JUMP_TOLERANCE
+    small = rules.CLOCK_JUMP_TOLERANCE
     assert clock_jump((T0, 100.0), (T0 + 1 + small, 101.0)) == 0.0
 
 
@@ -136,7 +136,7 @@ def test_a_backward_jump_does_not_postpone_a_queued_email(store):
     steps = make_steps(store, clocks, {"dead": DEVICE})
     step(steps, clocks, 61)
     [email] = store.due_emails(clocks.wall, 10)
-    store.schedule_retry(email.id, clocks.wall + scheduler.retry_delay(1), "451 try later")
+    store.schedule_retry(email.id, clocks.wall + rules.retry_delay(1), "451 try later")
     clocks.offset -= DAYS
     step(steps, clocks, 1)
     assert [due.id for due in store.due_emails(clocks.wall, 10)] == [email.id]
@@ -164,12 +164,11 @@ def test_the_running_loops_follow_a_jump_of_the_wall_clock(store, smtp_server):
         email_processing_frequency=0,
     )
     store.sync_users(settings.users, time.time())
-    smtp = config.SmtpSettings("127.0.0.1", smtp_server.port, SMTP_LOGIN, SMTP_PASSWORD, None)
 
     def wall_clock():
         return time.time() + offset[0]
 
-    loops = Scheduler(store, SmtpMailer(smtp, timeout=5), settings, "https://example.net", wall_clock)
+    loops = Scheduler(store, smtp_mailer(smtp_server.port), settings, "https://example.net", wall_clock)
     loops.start()
     try:
         smtp_server.wait_for_messages(1)

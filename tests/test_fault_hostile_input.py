@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import server
+import web
 from store import Store
 from support import make_settings, write_settings
 
@@ -67,9 +67,7 @@ def apps(tmp_path_factory):
     opened = Store(tmp_path_factory.mktemp("hostile") / "ping_listener.db")
     user_settings = make_settings(USERS)
     opened.sync_users(user_settings.users, time.time())
-    yield {
-        password: server.make_app(opened, user_settings, time.time, password) for password in (TESTING_PASSWORD, None)
-    }
+    yield {password: web.make_app(opened, user_settings, time.time, password) for password in (TESTING_PASSWORD, None)}
     opened.close()
 
 
@@ -116,7 +114,7 @@ def assert_short_plain_answer(status, content_type, content, request):
     assert "Traceback" not in text and 'File "' not in text, f"a traceback for {request}"
     if status >= 400:
         assert content_type.startswith("text/plain"), f"{status} as {content_type} for {request}"
-        assert len(text) <= server.MAX_ERROR_MESSAGE, f"a {len(text)}-character error message for {request}"
+        assert len(text) <= web.MAX_ERROR_MESSAGE, f"a {len(text)}-character error message for {request}"
 
 
 @PROPERTY
@@ -243,4 +241,4 @@ def test_a_10000_character_username_is_a_quick_404_with_a_short_message(service)
         status, answer = service.get(path, timeout=5)
         assert time.monotonic() - started < 5  # a guard against a hang, not a benchmark
         assert status == 404
-        assert answer.startswith("unknown user xxx") and len(answer) <= server.MAX_ERROR_MESSAGE, len(answer)
+        assert answer.startswith("unknown user xxx") and len(answer) <= web.MAX_ERROR_MESSAGE, len(answer)

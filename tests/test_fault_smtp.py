@@ -9,18 +9,18 @@ import time
 
 import pytest
 
-import config
-from mailer import SMTP_TIMEOUT, SmtpMailer
-from scheduler import Scheduler, retry_delay
+from mailer import SMTP_TIMEOUT
+from rules import retry_delay
+from scheduler import Scheduler
 from support import (
-    SMTP_LOGIN,
-    SMTP_PASSWORD,
+    T0,
     Clock,
     SilentSmtpServer,
     TlsSmtpServer,
     free_port,
     make_settings,
     query,
+    smtp_mailer,
     wait_until,
     write_settings,
 )
@@ -167,18 +167,12 @@ def test_a_permanently_rejected_email_is_marked_failed_and_never_retried_even_af
     assert outbox(db_path) == [("pi", "failed", 1), ("nas", "failed", 1), ("cam", "sent", 1)]
 
 
-def smtp_mailer(port, timeout):
-    """An SmtpMailer logging in to 127.0.0.1:`port`, each network operation bounded by `timeout` seconds."""
-    return SmtpMailer(config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, SMTP_PASSWORD, None), timeout=timeout)
-
-
 @pytest.mark.usefixtures("trust_test_ca")
 def test_a_silent_smtp_server_costs_one_timed_out_attempt_then_the_email_is_sent(store, smtp_server):
     silent = SilentSmtpServer()
-    t0 = 1_790_000_000.0
-    clock = Clock(t0 + 61)
+    clock = Clock(T0 + 61)
     settings = make_settings()
-    store.sync_users(settings.users, t0)
+    store.sync_users(settings.users, T0)
     hung = Scheduler(store, smtp_mailer(silent.port, timeout=0.5), settings, "https://example.net", clock)
     hung.check_once(clock.now)
     started = time.monotonic()

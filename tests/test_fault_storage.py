@@ -10,44 +10,13 @@ import time
 import pytest
 import webtest
 
-import config
-import server
 import store as store_module
-from mailer import SmtpMailer
+import web
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
-from support import ROOT, SMTP_LOGIN, SMTP_PASSWORD, make_settings, query, wait_until, write_settings
+from support import ROOT, T0, SmallDiskStore, make_settings, query, smtp_mailer, wait_until, write_settings
 
-T0 = 1_790_000_000.0
 LATE_USERS = 30
-
-
-class SmallDiskStore(Store):
-    """The real Store on a "disk" of `pages` database pages, which a test can fill up and free.
-
-    SQLite's PRAGMA max_page_count belongs to one connection, so it is set on every connection
-    each time one is used; SQLite then refuses growth with SQLITE_FULL as it would on a full disk.
-    """
-
-    pages = 1 << 30
-
-    def fill_up(self):
-        """No more pages: what is left is the free space inside the pages already used."""
-        self.pages = self._connection().execute("PRAGMA page_count").fetchone()[0]
-
-    def free_up(self):
-        """Space returns."""
-        self.pages = 1 << 30
-
-    def _connection(self):
-        connection = super()._connection()
-        connection.execute(f"PRAGMA max_page_count = {self.pages}")
-        return connection
-
-
-def smtp_mailer(smtp_server):
-    """An SmtpMailer sending through the test SMTP server."""
-    return SmtpMailer(config.SmtpSettings("127.0.0.1", smtp_server.port, SMTP_LOGIN, SMTP_PASSWORD, None), timeout=5)
 
 
 @pytest.mark.usefixtures("trust_test_ca")
@@ -60,8 +29,8 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
     users["probe"] = {"monitor": False, "max_sleep": 0, "email_frequency": 0}
     settings = make_settings(users, base_frequency=0.02, email_processing_frequency=0.02)
     disk.sync_users(settings.users, time.time())
-    client = webtest.TestApp(server.make_app(disk, settings, time.time, None))
-    loops = Scheduler(disk, smtp_mailer(smtp_server), settings, "https://example.net", time.time)
+    client = webtest.TestApp(web.make_app(disk, settings, time.time, None))
+    loops = Scheduler(disk, smtp_mailer(smtp_server.port), settings, "https://example.net", time.time)
     try:
         disk.fill_up()
         accepted = 0
@@ -100,7 +69,7 @@ def test_while_the_database_refuses_writes_the_drain_sends_nothing_so_no_duplica
     opened = Store(path)
     settings = make_settings()
     opened.sync_users(settings.users, T0)
-    steps = Scheduler(opened, smtp_mailer(smtp_server), settings, "https://example.net", time.time)
+    steps = Scheduler(opened, smtp_mailer(smtp_server.port), settings, "https://example.net", time.time)
     steps.check_once(T0 + 61)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other_process:
         other_process.execute("BEGIN IMMEDIATE")  # e.g. someone's sqlite3 shell holding a write

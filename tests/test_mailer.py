@@ -4,11 +4,10 @@ import pytest
 
 import config
 import mailer
+import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, build_message, compose_alert
 from store import QueuedEmail, UserState
-from support import SMTP_LOGIN, SMTP_PASSWORD
-
-T0 = 1_790_000_000.0  # 2026-09-21 16:13:20 in Paris
+from support import T0
 
 
 def user(username="pi", last_ping=T0, monitored_since=T0 - 3600):
@@ -51,9 +50,11 @@ def test_the_message_carries_from_to_date_message_id_and_subject():
     assert message.get_content_type() == "text/plain"
 
 
-def smtp_mailer(port, password=SMTP_PASSWORD, timeout=5):
-    settings = config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, password, "Ping Listener <alerts@example.com>")
-    return SmtpMailer(settings, timeout=timeout)
+SENDER = "Ping Listener <alerts@example.com>"
+
+
+def smtp_mailer(port, **options):
+    return support.smtp_mailer(port, sender=SENDER, **options)
 
 
 def results(sender, emails):

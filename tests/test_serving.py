@@ -11,10 +11,11 @@ import time
 
 import pytest
 import webtest
-from loadgen import burst, open_idle_connections, pipeline_without_reading
 
 import server
 import serving
+import web
+from loadgen import burst, open_idle_connections, pipeline_without_reading
 from store import Store
 from support import make_settings, write_settings
 
@@ -29,7 +30,7 @@ BUSY_DAY_LOGS = f"/logs?username={DEVICE}&year=26&month=11&day=20"
 def serve_in_thread(app, limits=None):
     """Serve `app` as the service does, from a thread of this process; yield the port."""
     limits = limits or serving.ServingLimits()
-    http_server = serving.create_http_server(app, "127.0.0.1", 0, server.QUICK_PATHS, server.MAX_REQUEST_BODY, limits)
+    http_server = serving.create_http_server(app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits)
     stop = threading.Event()
     thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
     thread.start()
@@ -45,7 +46,7 @@ def serve_in_thread(app, limits=None):
 def app(store):
     settings = make_settings(USERS)
     store.sync_users(settings.users, BUSY_DAY)
-    return server.make_app(store, settings, time.time, None)
+    return web.make_app(store, settings, time.time, None)
 
 
 def get(port, path, timeout=5):
@@ -210,12 +211,12 @@ def test_rate_limited_messages_pass_one_line_of_each_kind_per_interval():
 
 
 def test_logs_of_a_day_beyond_the_bound_answers_its_first_pings_and_says_so(app, store, monkeypatch):
-    monkeypatch.setattr(server, "LOGS_MAX_PINGS", 3)
+    monkeypatch.setattr(web, "LOGS_MAX_PINGS", 3)
     for second in range(5):
         store.record_ping(DEVICE, BUSY_DAY + 36_000 + second)
     answer = webtest.TestApp(app).get(BUSY_DAY_LOGS)
     assert answer.json == ["10:00:00", "10:00:01", "10:00:02"]
-    assert answer.headers[server.LOGS_TRUNCATED] == "first 3 pings of the day"
-    monkeypatch.setattr(server, "LOGS_MAX_PINGS", 5)
+    assert answer.headers[web.LOGS_TRUNCATED] == "first 3 pings of the day"
+    monkeypatch.setattr(web, "LOGS_MAX_PINGS", 5)
     answer = webtest.TestApp(app).get(BUSY_DAY_LOGS)
-    assert len(answer.json) == 5 and server.LOGS_TRUNCATED not in answer.headers
+    assert len(answer.json) == 5 and web.LOGS_TRUNCATED not in answer.headers

@@ -5,12 +5,10 @@ import hypothesis
 import hypothesis.strategies
 import pytest
 
-import scheduler
+import rules
 import store as store_module
 from store import SCHEMA_VERSION, CheckOutcome, EmailEvent, NewEmail, Store, StoreOpenError, UnknownUserError
-from support import make_settings
-
-T0 = 1_790_000_000.0  # 2026-09-21, a fixed "now"
+from support import T0, make_settings
 
 
 def second_connection(store):
@@ -32,9 +30,8 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
-    connection = store._connection()
-    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.pragma("synchronous") == 1  # NORMAL
+    assert store.pragma("busy_timeout") == 5000
 
 
 def test_a_ping_is_committed_before_record_ping_returns(store):
@@ -117,9 +114,9 @@ def test_sync_updates_changed_settings(store):
     ],
 )
 def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, parameters, index):
-    plan = store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
-    assert [row[3].split(" USING ")[0] for row in plan] == ["SEARCH " + query.split(" FROM ")[1].split()[0]]
-    assert index in plan[0][3]
+    plan = store.query_plan(query, parameters)
+    assert [detail.split(" USING ")[0] for detail in plan] == ["SEARCH " + query.split(" FROM ")[1].split()[0]]
+    assert index in plan[0]
 
 
 @pytest.mark.parametrize(
@@ -138,8 +135,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
     ],
 )
 def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, parameters, expected_plan):
-    plan = store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
-    assert [row[3] for row in plan] == expected_plan
+    assert store.query_plan(query, parameters) == expected_plan
 
 
 def test_configured_users_are_listed_by_name_without_removed_ones(store):
@@ -295,8 +291,8 @@ def test_another_applications_database_is_refused(tmp_path):
         max_size=12,
     )
 )
-def test_the_stored_due_time_is_always_the_schedulers_late_at(tmp_path_factory, events):
-    # The deadline rule is written in SQL (on every ping and restart) and in scheduler.late_at:
+def test_the_stored_due_time_is_always_the_rules_late_at(tmp_path_factory, events):
+    # The deadline rule is written in SQL (on every ping and restart) and in rules.late_at:
     # whatever happens, they must agree, or the index would hide late users.
     store = synced(Store(tmp_path_factory.mktemp("db") / "db"))
     try:
@@ -306,6 +302,6 @@ def test_the_stored_due_time_is_always_the_schedulers_late_at(tmp_path_factory, 
             else:
                 store.restart_monitoring(T0 + offset)
             [user] = store.configured_users()
-            assert user.due_at == scheduler.late_at(user)
+            assert user.due_at == rules.late_at(user)
     finally:
         store.close()

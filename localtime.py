@@ -1,0 +1,106 @@
+"""Times for people, in the local time zone (TZ): how they are written, and the query that names a local day.
+
+The `/logs?username=NAME&year=YY&month=MM&day=DD` query is built here for alert emails (logs_link)
+and parsed here for the /logs endpoint (query_fields, local_day_bounds), so the two cannot drift.
+Pure functions of their arguments and the process's time zone: no clock, no I/O.
+"""
+
+import datetime
+import math
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+
+MAX_QUERY_FIELDS = 20
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(60))
+
+
+class QueryError(ValueError):
+    """A query string that cannot be understood; the message names the problem, fit for a 400 answer."""
+
+
+def format_local_time(epoch: float) -> str:
+    """`epoch` as a local date and time with its zone, for people: 2026-11-24 14:03:05 CET."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def format_ping_time(epoch: float) -> str:
+    """`epoch` as a ping's answer shows it, in local time: 26/11/24 14:03:05."""
+    return time.strftime("%y/%m/%d %H:%M:%S", time.localtime(epoch))
+
+
+def local_clock_times(times: Iterable[float]) -> list[str]:
+    """Each epoch time in `times` as a local "%H:%M:%S".
+
+    A busy day holds 86 400 pings, and strftime(localtime()) for each would be most of the cost
+    of /logs: the "%H:%M:" part is computed once a minute instead. UTC offsets have been whole
+    minutes everywhere since 1972; where one is not, each time is formatted on its own.
+    """
+    clock_times = []
+    minute = prefix = None
+    for at in times:
+        second = math.floor(at)
+        if second // 60 != minute:
+            minute = second // 60
+            minute_start = time.localtime(minute * 60)
+            prefix = time.strftime("%H:%M:", minute_start) if minute_start.tm_sec == 0 else None
+        if prefix is None:
+            clock_times.append(time.strftime("%H:%M:%S", time.localtime(at)))
+        else:
+            clock_times.append(prefix + _TWO_DIGITS[second % 60])
+    return clock_times
+
+
+def logs_link(server_root: str, username: str, epoch: float) -> str:
+    """The link to `username`'s pings on the local day of `epoch`: {server_root}/logs?username=...&year=YY&..."""
+    day = time.localtime(epoch)
+    # Only the username needs encoding; urlencode() over all four fields would cost most of the alert's
+    # composition, which runs once per late user in the absence listener's step.
+    return (
+        f"{server_root}/logs?username={urllib.parse.quote_plus(username)}"
+        f"&year={day.tm_year % 100:02d}&month={day.tm_mon:02d}&day={day.tm_mday:02d}"
+    )
+
+
+def query_fields(query_string: str) -> dict[str, str]:
+    """The query string's fields (first value of each), decoded as UTF-8; QueryError if it is not."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query_string,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise QueryError("query string is not valid UTF-8") from None
+    except ValueError:
+        raise QueryError(f"too many query parameters (at most {MAX_QUERY_FIELDS})") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
+
+
+def local_day_bounds(query: Mapping[str, str]) -> tuple[float, float]:
+    """Epoch bounds [start, end) of the local date named by year, month and day; QueryError if invalid.
+
+    `year` is 2 digits (26 is 2026) or 4; `month` and `day` are 1 or 2 digits.
+    """
+    parts = {}
+    for name, lengths in (("year", (2, 4)), ("month", (1, 2)), ("day", (1, 2))):
+        value = query.get(name)
+        if not value:
+            raise QueryError(f"missing {name}")
+        if not (value.isascii() and value.isdigit() and len(value) in lengths):
+            expected = " or ".join(map(str, lengths)) + " digits"
+            raise QueryError(f"invalid {name} {value[:20]!r}: expected {expected}")
+        parts[name] = int(value)
+    year = parts["year"] + 2000 if len(query["year"]) == 2 else parts["year"]
+    try:
+        day = datetime.date(year, parts["month"], parts["day"])
+        start = time.mktime((day.year, day.month, day.day, 0, 0, 0, 0, 0, -1))
+        following = day + datetime.timedelta(days=1)
+        end = time.mktime((following.year, following.month, following.day, 0, 0, 0, 0, 0, -1))
+    except (ValueError, OverflowError):
+        raise QueryError(f"invalid date {year:04d}-{parts['month']:02d}-{parts['day']:02d}") from None
+    return start, end
