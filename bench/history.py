@@ -5,12 +5,13 @@ import http.client
 import json
 import shutil
 import sqlite3
+import subprocess
 import time
 import urllib.parse
 from dataclasses import dataclass
 from statistics import median
 
-from bench import harness
+from bench import harness, throughput
 from store import SCHEMA_PATH, Store
 from support import write_settings
 
@@ -25,6 +26,19 @@ OTHER_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
+class ReadsUnderLoad:
+    """Pings from one client while READERS clients pull the busy day's /logs in a loop."""
+
+    readers: int
+    seconds: int
+    logs_per_second: float
+    ping_rps: float
+    ping_p50_ms: float
+    ping_p99_ms: float
+    failures: int
+
+
+@dataclass(frozen=True)
 class HistoryResult:
     """/logs timings in ms: the first request after start, then the median and max of the rest."""
 
@@ -33,10 +47,12 @@ class HistoryResult:
     first_ms: float
     median_ms: float
     max_ms: float
+    under_load: ReadsUnderLoad | None = None
 
 
-def run(requests, log):
-    """Serve the cached 10-million-ping database and time `requests` GETs of the busy day's /logs."""
+def run(requests, log, readers=4, load_seconds=10):
+    """Serve the cached 10-million-ping database and time `requests` GETs of the busy day's /logs; then
+    measure one client's pings while `readers` clients pull that /logs in a loop for `load_seconds`."""
     db = _database(log)
     workdir = harness.BUILD_DIR / "history"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -60,12 +76,38 @@ def run(requests, log):
             if answer.status != 200:
                 raise RuntimeError(f"/logs answered {answer.status}: {body[:200]!r}")
             count = len(json.loads(body))
+        connection.close()
+        under_load = _pings_under_reads(service.url, path, readers, load_seconds)
     finally:
         connection.close()
         service.stop()
-    result = HistoryResult(TOTAL_PINGS, count, timings[0] * 1000, median(timings[1:]) * 1000, max(timings[1:]) * 1000)
+    first, rest = timings[0] * 1000, [timing * 1000 for timing in timings[1:]]
+    result = HistoryResult(TOTAL_PINGS, count, first, median(rest), max(rest), under_load)
     log(f"  /logs of {count} pings: first {result.first_ms:.0f} ms, then median {result.median_ms:.0f} ms")
+    log(
+        f"  pings while {readers} clients pull it: p50 {under_load.ping_p50_ms:.2f} ms,"
+        f" p99 {under_load.ping_p99_ms:.2f} ms ({under_load.logs_per_second:.1f} /logs a second)"
+    )
     return result
+
+
+def _pings_under_reads(url, logs_path, readers, seconds):
+    """One client's pings (wrk, 1 connection) while `readers` connections pull `logs_path` in a loop (wrk)."""
+    ping_path = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
+    command = ["wrk", "-t1", f"-c{readers}", f"-d{seconds + 2}s", "--timeout", "30s", "-s", str(throughput.LUA_SCRIPT)]
+    with subprocess.Popen([*command, url + logs_path], stdout=subprocess.PIPE, text=True) as reads:
+        time.sleep(1)  # the readers are under way before the first ping
+        pings = throughput.wrk(url + ping_path, 1, "keep-alive", seconds)
+        logs_report = json.loads(reads.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
+    return ReadsUnderLoad(
+        readers=readers,
+        seconds=seconds,
+        logs_per_second=logs_report["requests"] / (logs_report["duration_us"] / 1e6),
+        ping_rps=pings["requests"] / (pings["duration_us"] / 1e6),
+        ping_p50_ms=pings["p50_us"] / 1000,
+        ping_p99_ms=pings["p99_us"] / 1000,
+        failures=pings["non_200"] + pings["socket_errors"] + logs_report["non_200"] + logs_report["socket_errors"],
+    )
 
 
 def _database(log):

@@ -1,4 +1,9 @@
-"""Ping throughput and latency of the real service against the bare waitress app, interleaved, with wrk."""
+"""Ping throughput and latency with wrk, and bursts of fresh connections: the service against two baselines.
+
+The baselines serve bench/bare_app.py's hello-world app: `waitress` is waitress with its defaults (what a user
+would deploy, `waitress-serve`), `bare` is the app served exactly the service's way (serving.py: the limit of
+the service's own serving shape). Servers are measured in turn, in a different order in alternate rounds.
+"""
 
 import json
 import shutil
@@ -8,10 +13,17 @@ from dataclasses import dataclass
 from statistics import median
 
 from bench import harness
+from loadgen import burst
 from support import write_settings
 
 LUA_SCRIPT = harness.ROOT / "bench" / "ping.lua"
 USERNAME = "bench-device"
+SERVERS = ("service", "bare", "waitress")
+MODES = ("keep-alive", "close")
+# A baseline round whose CPU per request is more than this many times its own 1-connection figure (same
+# mode and round) has degraded: it is measured again, and never counted in a ratio.
+DEGRADED_CPU_FACTOR = 3
+DEGRADED_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -24,26 +36,49 @@ class WrkResult:
     non_200: int
     socket_errors: int
     cpu_us_per_request: float
+    degraded: bool = False
 
 
 @dataclass(frozen=True)
 class ThroughputRow:
-    """The service and the bare app at one concurrency; with several rounds, each field is the median."""
+    """Every server at one concurrency and connection mode: each round's result per server."""
 
     connections: int
-    service: WrkResult
-    bare: WrkResult
-    ratios: list
+    mode: str
+    rounds: dict  # server name -> [WrkResult per round]
 
-    @property
-    def ratio(self):
-        """Service req/s over bare req/s (median over rounds)."""
-        return median(self.ratios)
+    def median(self, name):
+        """The server's median req/s, p99 and CPU over its sound rounds (all rounds if none is sound)."""
+        results = [r for r in self.rounds[name] if not r.degraded] or self.rounds[name]
+        return WrkResult(
+            rps=median(r.rps for r in results),
+            p50_ms=median(r.p50_ms for r in results),
+            p99_ms=median(r.p99_ms for r in results),
+            non_200=sum(r.non_200 for r in results),
+            socket_errors=sum(r.socket_errors for r in results),
+            cpu_us_per_request=median(r.cpu_us_per_request for r in results),
+            degraded=all(r.degraded for r in self.rounds[name]),
+        )
+
+    def ratios(self, baseline):
+        """Service req/s over `baseline`'s in each round where the baseline was sound."""
+        return [
+            service.rps / base.rps
+            for service, base in zip(self.rounds["service"], self.rounds[baseline], strict=True)
+            if not base.degraded
+        ]
 
 
-def run(concurrencies, duration, warmup, rounds, log):
-    """Measure both apps at each concurrency, `rounds` times interleaved; return ThroughputRows."""
-    workdir = harness.BUILD_DIR / "throughput"
+@dataclass(frozen=True)
+class BurstRow:
+    """One burst size: per server and round, (seconds until the last answer, p50 s, p99 s, failures)."""
+
+    clients: int
+    rounds: dict  # server name -> [(elapsed, p50, p99, failures)]
+
+
+def start_servers(workdir):
+    """Start the service (one user, a new database) and both baselines; return {name: harness.Started}."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = harness.ROOT / "settings.json"
@@ -55,38 +90,79 @@ def run(concurrencies, duration, warmup, rounds, log):
         email_processing_frequency=shipped["email_processing_frequency"],
     )
     service = harness.start_service(workdir / "settings.json", workdir / "ping_listener.db", workdir / "service.log")
-    bare = harness.start(["-m", "bench.bare_app"], {}, workdir / "bare.log")
-    ping_path = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
+    return {
+        "service": service,
+        "bare": harness.start(["-m", "bench.bare_app"], {}, workdir / "bare.log"),
+        "waitress": harness.start(["-m", "bench.waitress_default"], {}, workdir / "waitress.log"),
+    }
+
+
+# The service's real ping; the baselines answer the same path.
+PING_PATH = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
+
+
+def run_wrk(servers, concurrencies, duration, warmup, rounds, log):
+    """Measure every server at each concurrency and mode, `rounds` times; return ThroughputRows."""
     results = {}
-    try:
-        for round_number in range(rounds):
+    for round_number in range(rounds):
+        order = SERVERS if round_number % 2 else tuple(reversed(SERVERS))
+        for mode in MODES:
             for connections in concurrencies:
-                for name, started in (("bare", bare), ("service", service)):
-                    _wrk(started.url + ping_path, connections, warmup)
-                    result = _measure(started, ping_path, connections, duration)
-                    results.setdefault((connections, name), []).append(result)
+                for name in order:
+                    result = _measure_sound(servers, name, mode, connections, duration, warmup, results, round_number)
+                    results.setdefault((connections, mode, name), []).append(result)
                     log(
-                        f"  round {round_number + 1}/{rounds}, {connections:>2} connections, {name:<7}:"
+                        f"  round {round_number + 1}/{rounds}, {mode:<10} {connections:>3} connections, {name:<8}:"
                         f" {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-                        f"  {result.cpu_us_per_request:.0f} µs CPU/req"
+                        f"  {result.cpu_us_per_request:.0f} µs CPU/req{'  DEGRADED' if result.degraded else ''}"
                     )
-    finally:
-        service.stop()
-        bare.stop()
     return [
-        ThroughputRow(
-            connections,
-            _median_result(results[connections, "service"]),
-            _median_result(results[connections, "bare"]),
-            [s.rps / b.rps for s, b in zip(results[connections, "service"], results[connections, "bare"], strict=True)],
-        )
+        ThroughputRow(connections, mode, {name: results[connections, mode, name] for name in SERVERS})
+        for mode in MODES
         for connections in concurrencies
     ]
 
 
-def _measure(started, path, connections, duration):
+def run_bursts(servers, sizes, rounds, log):
+    """Send bursts of `sizes` fresh connections to the service and the `waitress` baseline; return BurstRows."""
+    rows = []
+    for clients in sizes:
+        per_server = {}
+        for round_number in range(rounds):
+            order = ("service", "waitress") if round_number % 2 else ("waitress", "service")
+            for name in order:
+                started = servers[name]
+                host, port = urllib.parse.urlsplit(started.url).netloc.rsplit(":", 1)
+                result = burst(host, int(port), [PING_PATH] * clients, timeout=30)
+                latencies = sorted(result.latencies) or [float("nan")]
+                failures = len(result.failures) + sum(1 for status in result.statuses if status != 200)
+                measured = (result.elapsed, _percentile(latencies, 50), _percentile(latencies, 99), failures)
+                per_server.setdefault(name, []).append(measured)
+                log(
+                    f"  burst of {clients:>6}, round {round_number + 1}/{rounds}, {name:<8}: {result.elapsed:.2f} s,"
+                    f" p99 {measured[2]:.2f} s, {failures} failed"
+                )
+        rows.append(BurstRow(clients, per_server))
+    return rows
+
+
+def _measure_sound(servers, name, mode, connections, duration, warmup, results, round_number):
+    """Measure one server; a baseline that degraded against its own 1-connection CPU is measured again."""
+    for _ in range(DEGRADED_RETRIES + 1):
+        result = _measure(servers[name], PING_PATH, connections, mode, duration, warmup)
+        single = results.get((1, mode, name))
+        if name == "service" or connections == 1 or single is None:
+            return result
+        baseline_cpu = single[min(round_number, len(single) - 1)].cpu_us_per_request
+        if result.cpu_us_per_request <= DEGRADED_CPU_FACTOR * baseline_cpu:
+            return result
+    return WrkResult(**{**result.__dict__, "degraded": True})
+
+
+def _measure(started, path, connections, mode, duration, warmup):
+    wrk(started.url + path, connections, mode, warmup)
     cpu_before = harness.cpu_seconds(started.pid)
-    report = _wrk(started.url + path, connections, duration)
+    report = wrk(started.url + path, connections, mode, duration)
     cpu = harness.cpu_seconds(started.pid) - cpu_before
     requests = max(report["requests"], 1)
     return WrkResult(
@@ -99,20 +175,16 @@ def _measure(started, path, connections, duration):
     )
 
 
-def _wrk(url, connections, seconds):
+def wrk(url, connections, mode, seconds):
+    """One wrk run against `url` (`mode` "keep-alive" or "close"); its JSON report from bench/ping.lua."""
     # wrk takes whole seconds. One wrk thread: on two cores, every cycle wrk spends is one the server
     # under test cannot use.
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(LUA_SCRIPT), url]
+    close = ["-H", "Connection: close"] if mode == "close" else []
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", *close]
+    command += ["-s", str(LUA_SCRIPT), url]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def _median_result(results):
-    return WrkResult(
-        rps=median(r.rps for r in results),
-        p50_ms=median(r.p50_ms for r in results),
-        p99_ms=median(r.p99_ms for r in results),
-        non_200=sum(r.non_200 for r in results),
-        socket_errors=sum(r.socket_errors for r in results),
-        cpu_us_per_request=median(r.cpu_us_per_request for r in results),
-    )
+def _percentile(sorted_values, percent):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * percent / 100))]
