@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
     try:
-        http_server = serving.create_http_server(app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY)
+        http_server = serving.create_http_server(
+            app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch
+        )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)

@@ -4,7 +4,8 @@ Cron jobs fire on the same second, so a fleet's pings arrive as a burst of fresh
 waitress's usual shape (an I/O thread that parses, worker threads that answer) each ping costs two GIL
 hand-offs between those threads, and under load they convoy: at 64 connections the service fell to a
 tenth of a bare app (../shared/PERFORMANCE.md). Here a request for a quick path (a ping: one short
-SQLite statement) is answered by the I/O thread itself right after the poll round that completed it;
+SQLite statement) is answered by the I/O thread itself right after the poll round that completed it,
+all of that round's pings in one batch (one commit; the answers leave only once it is committed);
 every other request (/logs, the pages) goes to a few worker threads, so a heavy read never holds a
 ping back. A connection that has more unsent output than PARKED_OUTPUT gets no further request served
 until its client reads (and is closed if it never does), so no client can make a thread wait for it.
@@ -14,25 +15,29 @@ checks each behaviour relied on:
 - a channel calls `server.add_task(channel)` once per complete request, and `channel.service()` answers
   exactly one request (`channel.requests[0]`, whose `.path` and `.error` the parser sets) and adds the
   channel again if another request is queued;
-- `channel.total_outbufs_len`, `channel.last_activity`, `channel.connected`, and `channel.handle_close()`
-  closing a channel from the I/O thread;
+- `channel.total_outbufs_len`, `channel.last_activity`, `channel.connected`, `channel.handle_close()`
+  closing a channel from the I/O thread, and `channel.handle_write()` sending what it can;
+- every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
   `pull_trigger()` is only needed to wake the poll from another thread;
 - waitress logs two lines each time open connections cross `connection_limit`.
 """
 
 import collections
+import contextlib
 import logging
 import resource
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
@@ -88,11 +93,19 @@ class RequestDispatcher:
     quick requests there and hands the others to worker threads.
     """
 
-    def __init__(self, quick_paths: Iterable[str], idle_timeout: float, worker_threads: int = WORKER_THREADS) -> None:
-        """Answer requests for `quick_paths` (each path and those below it) on the I/O thread; close a
-        connection whose client has read nothing for `idle_timeout` seconds while answers wait."""
+    def __init__(
+        self,
+        quick_paths: Iterable[str],
+        idle_timeout: float,
+        batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+        worker_threads: int = WORKER_THREADS,
+    ) -> None:
+        """Answer requests for `quick_paths` (each path and those below it) on the I/O thread, those of
+        one poll round inside one `batch()` block; close a connection whose client has read nothing
+        for `idle_timeout` seconds while answers wait."""
         self._quick_paths = tuple(quick_paths)
         self._idle_timeout = idle_timeout
+        self._batch = batch
         # waitress HTTPChannels: appended from any thread, drained by the I/O thread.
         self._arrived: collections.deque[Any] = collections.deque()
         # I/O thread only: channels waiting for their client to read.
@@ -115,16 +128,42 @@ class RequestDispatcher:
         hold the loop; the next is served after the next poll round.
         """
         parked, self._parked = self._parked, []
+        quick: list[Any] = []
         for channel in parked:
-            self._dispatch(channel, now)
+            self._dispatch(channel, now, quick)
         for _ in range(len(self._arrived)):
-            self._dispatch(self._arrived.popleft(), now)
+            self._dispatch(self._arrived.popleft(), now, quick)
+        if quick:
+            self._serve_batch(quick)
 
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         """Stop the worker threads (waitress's dispatcher interface)."""
         return bool(self._workers.shutdown(cancel_pending=cancel_pending, timeout=timeout))
 
-    def _dispatch(self, channel: Any, now: float) -> None:
+    def _serve_batch(self, channels: list[Any]) -> None:
+        """Answer one request of each channel inside one batch; send the answers only once it has ended.
+
+        If the batch fails (the store could not commit), the answers written inside it would claim
+        what is not so: each of these connections is closed without its answer.
+        """
+        for channel in channels:
+            channel.withhold_output = True
+        try:
+            with self._batch():
+                for channel in channels:
+                    channel.service()
+        except Exception as error:
+            log.error("closing %d connection(s) unanswered: %s", len(channels), error)
+            for channel in channels:
+                channel.handle_close()
+        finally:
+            for channel in channels:
+                channel.withhold_output = False
+        for channel in channels:
+            if channel.connected and channel.writable():
+                channel.handle_write()
+
+    def _dispatch(self, channel: Any, now: float, quick: list[Any]) -> None:
         if not channel.requests:
             return  # cancelled
         if channel.connected and channel.total_outbufs_len > PARKED_OUTPUT:
@@ -136,7 +175,7 @@ class RequestDispatcher:
             channel.handle_close()
         request = channel.requests[0]
         if request.error is not None or _is_quick(request.path, self._quick_paths) or not channel.connected:
-            channel.service()
+            quick.append(channel)
         else:
             self._workers.add_task(channel)
 
@@ -145,10 +184,22 @@ def _is_quick(path: str, quick_paths: tuple[str, ...]) -> bool:
     return any(path == quick or path.startswith(quick + "/") for quick in quick_paths)
 
 
+class _Channel(HTTPChannel):
+    """waitress's connection, whose answers can be withheld while the batch that made them is not committed."""
+
+    withhold_output = False
+
+    def _flush_some(self, do_close: bool = True) -> bool:
+        if self.withhold_output:
+            return False
+        return bool(super()._flush_some(do_close))
+
+
 class _Server(TcpWSGIServer):
     """waitress's TCP server, accepting up to ACCEPTS_PER_ROUND connections per poll round instead of one,
     and woken by its trigger only from other threads."""
 
+    channel_class = _Channel
     io_thread: int | None = None  # the serving loop's thread, set when it starts
 
     def pull_trigger(self) -> None:
@@ -219,8 +270,11 @@ def create_http_server(
     quick_paths: Iterable[str],
     max_request_body: int,
     limits: ServingLimits = DEFAULT_LIMITS,
+    batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> HttpServer:
-    """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread.
+    """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread,
+    those of one poll round inside one `batch()` block (e.g. Store.ping_batch), their answers sent only
+    once the block has ended without an error.
 
     Also sets what serving this way needs process-wide: the GIL switch interval, the limit on open
     files raised towards the connection limit, and waitress's connection-limit lines rate-limited.
@@ -239,7 +293,7 @@ def create_http_server(
         ident="ping-listener",
     )
     socket_map: dict[int, Any] = {}
-    dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout)
+    dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout, batch)
     servers = []
     try:
         for sockinfo in adjustments.listen:

@@ -158,7 +158,8 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        # Re-entrant: a ping recorded inside ping_batch() takes it again on the same thread.
+        self._write_lock = threading.RLock()
         self._schema_ready = False
         _refuse_read_only(Path(self.path))
         try:
@@ -208,18 +209,47 @@ class Store:
             _restart_monitoring(connection, now)
 
     def record_ping(self, username: str, now: float) -> None:
-        """Record a ping from `username` at `now`, committed before returning.
+        """Record a ping from `username` at `now`: committed before returning, or, inside ping_batch()
+        on this thread, committed with the batch.
 
         Raises UnknownUserError if the user is not configured.
         """
         connection = self._connection()
-        # One statement in autocommit mode: SQLite commits it, with what _PING_TRIGGER_SQL does,
+        # One statement: in autocommit mode SQLite commits it, with what _PING_TRIGGER_SQL does,
         # before execute() returns. As one statement it releases the GIL once instead of at each
         # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
         with self._write_lock, _storage_faults():
             recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
+
+    @contextmanager
+    def ping_batch(self) -> Iterator[None]:
+        """Record the pings of this thread's record_ping() calls inside the block in one transaction.
+
+        The transaction commits when the block ends; until then no other thread can write. If it
+        cannot commit (or a ping's failure rolled it back), this raises StoreUnavailableError and
+        none of the block's pings is recorded: their callers must not have told anyone they were.
+        One commit for a poll round's pings instead of one each: under a burst that is most of a
+        ping's cost.
+        """
+        connection = self._connection()
+        with self._write_lock, _storage_faults():
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            if not connection.in_transaction:  # SQLite rolled it back after a failed statement
+                raise StoreUnavailableError("storage unavailable: a batch of pings was rolled back")
+            try:
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
         """Times of `username`'s pings with start <= time < end, ascending; only the first `limit` if given.

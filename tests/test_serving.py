@@ -16,8 +16,8 @@ import server
 import serving
 import web
 from loadgen import burst, open_idle_connections, pipeline_without_reading
-from store import Store
-from support import make_settings, write_settings
+from store import Store, StoreUnavailableError
+from support import make_settings, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -220,3 +220,49 @@ def test_logs_of_a_day_beyond_the_bound_answers_its_first_pings_and_says_so(app,
     monkeypatch.setattr(web, "LOGS_MAX_PINGS", 5)
     answer = webtest.TestApp(app).get(BUSY_DAY_LOGS)
     assert len(answer.json) == 5 and web.LOGS_TRUNCATED not in answer.headers
+
+
+class CommitFailingStore(Store):
+    """A real store whose ping batches fail at their end, as a commit on a full disk does."""
+
+    @contextlib.contextmanager
+    def ping_batch(self):
+        with super().ping_batch():
+            yield
+            raise StoreUnavailableError("storage unavailable: the disk is full")
+
+
+def test_pings_whose_batch_cannot_commit_are_never_answered_nor_recorded(tmp_path):
+    store = CommitFailingStore(tmp_path / "ping_listener.db")
+    settings = make_settings(USERS)
+    store.sync_users(settings.users, BUSY_DAY)
+    app = web.make_app(store, settings, time.time, None)
+    limits = serving.ServingLimits()
+    http_server = serving.create_http_server(
+        app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits, batch=store.ping_batch
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", http_server.port), timeout=5) as client:
+            client.sendall(f"GET /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                answer = client.recv(1024)
+            except ConnectionResetError:
+                answer = b""
+        assert answer == b""
+        assert store.pings_between(DEVICE, BUSY_DAY, time.time() + 60) == []
+    finally:
+        stop.set()
+        thread.join(5)
+        store.close()
+
+
+def test_the_service_batches_pings_and_answers_them_once_committed(tmp_path, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    port = int(service.url.rsplit(":", 1)[1])
+    result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 200, timeout=20)
+    assert result.count(200) == 200
+    # Every acknowledged ping is in the database, read by a connection of its own.
+    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == 200
