@@ -24,6 +24,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 import config
+import mailer
 from mailer import SmtpMailer
 from store import Store
 
@@ -326,6 +327,18 @@ def make_settings(users=None, **top_level):
     }
     document.update(top_level)
     return config.parse_settings(document)
+
+
+class ScriptedTestEmails:
+    """Stands in for SmtpMailer's send_test (the testing page's test email): records each, answers `result`."""
+
+    def __init__(self, result=None):
+        self.result = result or mailer.SendResult(mailer.SENT)
+        self.sent_to = []
+
+    def send_test(self, recipient, now):
+        self.sent_to.append((recipient, now))
+        return self.result
 
 
 class Clock:

@@ -6,7 +6,7 @@ import webtest
 
 import web
 from store import CheckOutcome, NewEmail
-from support import T0, Clock, SmallDiskStore, make_settings
+from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings
 
 
 @pytest.fixture
@@ -14,10 +14,10 @@ def clock():
     return Clock(T0)
 
 
-def make_client(store, clock, users=None, testing_password=None):
+def make_client(store, clock, users=None, testing_password=None, test_emails=None):
     settings = make_settings(users)
     store.sync_users(settings.users, T0 - 3600)
-    return webtest.TestApp(web.make_app(store, settings, clock, testing_password))
+    return webtest.TestApp(web.make_app(store, settings, clock, testing_password, test_emails or ScriptedTestEmails()))
 
 
 @pytest.fixture
@@ -176,8 +176,8 @@ def test_the_page_at_root_says_when_testing_mode_is_disabled(client):
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 
 
-def client_with_password(store, clock, users=None):
-    return make_client(store, clock, users, testing_password="let me in")
+def client_with_password(store, clock, users=None, test_emails=None):
+    return make_client(store, clock, users, testing_password="let me in", test_emails=test_emails)
 
 
 def test_the_page_at_root_asks_for_the_password_and_runs_no_inline_script(store, clock):
