@@ -27,11 +27,12 @@ def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path,
 
     [(mail_from, recipients, message)] = smtp_server.wait_for_messages(1)
     assert (mail_from, recipients) == (SMTP_LOGIN, ["oncall@example.com"])
-    assert (message["From"], message["To"]) == (SMTP_LOGIN, "oncall@example.com")
+    assert (message["From"], message["To"]) == (f"Ping Listener <{SMTP_LOGIN}>", "oncall@example.com")
     assert message["Subject"] == "pi disconnection detected"
     assert message["Date"] and re.fullmatch(r"<.+@example\.com>", message["Message-ID"])
     body = message.get_content()
-    assert "heard nothing from pi for longer than its max_sleep of 0.5 seconds" in body
+    assert "heard nothing from pi for more than 0.5 seconds (its max_sleep)" in body
+    assert "You will be reminded every hour while it stays silent." in body
     assert f"Last ping: 20{year}-{month}-{day} {ping_time}" in body
     link = re.search(r"http://\S+/logs\?\S+", body).group()
     assert link == f"{service.url}/logs?username=pi&year={year}&month={month}&day={day}"
