@@ -1,19 +1,31 @@
 # Ping Listener. `make run` serves; `make test` installs what the tests need and runs them all;
 # `make bench` installs what the benchmarks need, runs them all and writes bench/results.md.
+# `make test-email TO=you@example.com` sends one email through the SMTP_* server; `make smtp-sink` runs
+# a local SMTP-over-TLS server that prints what it receives (README: "Try alerts locally").
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8080
 SETTINGS ?= settings.json
 DB ?= ping_listener.db
+TO ?=
+SINK_PORT ?= 8465
 
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench debian-packages bench-packages clean
+.PHONY: run test-email smtp-sink test lint bench debian-packages bench-packages clean
 
 run: $(VENV)/.runtime-installed
 	$(BIN)/python server.py --settings $(SETTINGS) --db $(DB) --host $(HOST) --port $(PORT)
+
+test-email: $(VENV)/.runtime-installed
+	@[ -n "$(TO)" ] || { echo "usage: make test-email TO=you@example.com" >&2; exit 2; }
+	$(BIN)/python server.py --send-test-email '$(TO)'
+
+# The sink needs aiosmtpd and trustme, which the tests use too.
+smtp-sink: $(VENV)/.dev-installed
+	$(BIN)/python tools/smtp_sink.py --port $(SINK_PORT)
 
 test: $(VENV)/.dev-installed debian-packages
 	$(BIN)/python -m pytest

@@ -21,6 +21,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
+# The display name of alert emails' From header unless SMTP_FROM_NAME says otherwise.
+DEFAULT_SENDER_NAME = "Ping Listener"
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
 USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
@@ -52,17 +54,23 @@ class Settings:
     email_processing_frequency: float
     server_root: str | None
     users: dict[str, UserConfig]
+    recipient: str
 
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where and as whom alert emails are sent, from the SMTP_* environment variables."""
+    """Where and as whom alert emails are sent, from the SMTP_* environment variables.
+
+    `configured` is whether SMTP_HOST or SMTP_LOGIN was set: whether a person set up SMTP at all.
+    """
 
     host: str
     port: int
     login: str | None
     password: str | None
     sender: str | None
+    sender_name: str = DEFAULT_SENDER_NAME
+    configured: bool = False
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -117,14 +125,25 @@ def parse_settings(document: Any) -> Settings:
         email_processing_frequency=email_processing_frequency,
         server_root=server_root.rstrip("/") if server_root else None,
         users=parsed_users,
+        recipient=recipient,
     )
 
 
 def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
-    """Read the SMTP_* variables from `environ`; raise ConfigError if SMTP_PORT is not a port."""
+    """Read the SMTP_* variables from `environ`; raise ConfigError listing every problem.
+
+    SMTP_PORT must be a port; SMTP_FROM_NAME (the From header's display name, default "Ping
+    Listener", empty for none) must be one line of text.
+    """
+    problems = []
     port_text = environ.get("SMTP_PORT", "465")
     if not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) or not 0 < int(port_text) < 65536:
-        raise ConfigError([f"SMTP_PORT: must be an integer port from 1 to 65535, got {port_text!r}"])
+        problems.append(f"SMTP_PORT: must be an integer port from 1 to 65535, got {port_text!r}")
+    sender_name = environ.get("SMTP_FROM_NAME", DEFAULT_SENDER_NAME)
+    if _CONTROL.search(sender_name):
+        problems.append(f"SMTP_FROM_NAME: must be one line without control characters, got {sender_name!r}")
+    if problems:
+        raise ConfigError(problems)
     login = environ.get("SMTP_LOGIN") or None
     return SmtpSettings(
         host=environ.get("SMTP_HOST") or "smtp.gmail.com",
@@ -132,6 +151,8 @@ def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
         login=login,
         password=environ.get("SMTP_PASSWORD") or None,
         sender=environ.get("SMTP_FROM") or login,
+        sender_name=sender_name.strip(),
+        configured=bool(environ.get("SMTP_HOST") or login),
     )
 
 

@@ -1,4 +1,4 @@
-"""Times for people, in the local time zone (TZ): how they are written, and the query that names a local day.
+"""Times and durations for people, in the local time zone (TZ), and the query that names a local day.
 
 The `/logs?username=NAME&year=YY&month=MM&day=DD` query is built here for alert emails (logs_link)
 and parsed here for the /logs endpoint (query_fields, local_day_bounds), so the two cannot drift.
@@ -7,11 +7,14 @@ Pure functions of their arguments and the process's time zone: no clock, no I/O.
 
 import datetime
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 
 MAX_QUERY_FIELDS = 20
+# The units a duration is written in, largest first; what is left below a minute is seconds.
+_DURATION_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60))
 _TWO_DIGITS = tuple(f"{number:02d}" for number in range(60))
 
 
@@ -27,6 +30,27 @@ def format_local_time(epoch: float) -> str:
 def format_ping_time(epoch: float) -> str:
     """`epoch` as a ping's answer shows it, in local time: 26/11/24 14:03:05."""
     return time.strftime("%y/%m/%d %H:%M:%S", time.localtime(epoch))
+
+
+def duration_in_words(seconds: float) -> str:
+    """`seconds` written for people, exactly: "2 minutes", "1 hour 30 minutes", "0.5 seconds", "14 days"."""
+    parts = []
+    rest = seconds
+    for name, size in _DURATION_UNITS:
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count:.0f} {name}" + ("s" if count != 1 else ""))
+    if rest or not parts:
+        # Ten significant digits: tidies 0.30000000000000004 to 0.3 and never turns to "1.2e+06".
+        parts.append(f"{rest:.10g} second" + ("s" if rest != 1 else ""))
+    return " ".join(parts)
+
+
+def every(seconds: float) -> str:
+    """How often something that repeats every `seconds` does, in words: "every hour", "every 2 minutes"."""
+    words = duration_in_words(seconds)
+    # "every 1 hour" reads oddly; a single unit of one needs no number.
+    return "every " + (words.removeprefix("1 ") if re.fullmatch(r"1 [a-z]+", words) else words)
 
 
 def local_clock_times(times: Iterable[float]) -> list[str]:

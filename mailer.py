@@ -6,11 +6,11 @@ import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from typing import Protocol
 
 from config import SmtpSettings
-from localtime import format_local_time, logs_link
+from localtime import duration_in_words, every, format_local_time, logs_link
 from store import QueuedEmail, UserState
 
 log = logging.getLogger("ping_listener.mailer")
@@ -21,6 +21,9 @@ FALLBACK_SENDER = "ping-listener@localhost"
 SENT = "sent"
 RETRY = "retry"
 REJECTED = "rejected"
+# Answers about authentication (RFC 4954): the setup's fault, whatever command they answer.
+# 530 authentication required, 534 mechanism too weak, 535 credentials invalid, 538 encryption required.
+AUTHENTICATION_CODES = frozenset({530, 534, 535, 538})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,18 @@ class SendResult:
 
     status: str
     error: str | None = None
+
+    def brief(self) -> str:
+        """What happened, without the SMTP server's words: "sent", "the SMTP server answered 535", "TimeoutError"."""
+        if self.status == SENT:
+            return "sent"
+        reason = self.error or "unknown"
+        code = reason[:3]
+        if code.isdigit() and reason[3:4] in (" ", ""):
+            return f"the SMTP server answered {code}" + (
+                " (a login problem: check SMTP_LOGIN and SMTP_PASSWORD)" if int(code) in AUTHENTICATION_CODES else ""
+            )
+        return reason.partition(":")[0]
 
 
 class MailSender(Protocol):
@@ -43,11 +58,20 @@ class MailSender(Protocol):
         ...
 
 
-def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
-    """Subject and plain-text body of the alert for `user`, as (subject, body).
+class TestEmailSender(Protocol):
+    """What the testing page's "send test email" button sends through: SmtpMailer, or a test's fake."""
 
-    Times are shown in the local time zone (TZ); the logs link points at the day of the last ping,
-    or of the start of monitoring if none was received.
+    def send_test(self, recipient: str, now: float) -> SendResult:
+        """Send one test email to `recipient` at once; SENT if the SMTP server accepted it."""
+        ...
+
+
+def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for `user`, as (subject, body), written for people.
+
+    Durations are in words; times are shown in the local time zone (TZ); the logs link points at
+    the day of the last ping, or of the start of monitoring if none was received. The body says
+    what to check and how often the alert repeats.
     """
     username = user.username
     if user.last_ping is not None:
@@ -57,19 +81,32 @@ def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
         seen = user.monitored_since
         last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
     body = (
-        f"Ping Listener has heard nothing from {username} for longer than its max_sleep"
-        f" of {_seconds(user.max_sleep)}.\n"
+        f"Ping Listener has heard nothing from {username} for more than {duration_in_words(user.max_sleep)}"
+        f" (its max_sleep).\n"
         f"\n"
         f"{last_ping_line}\n"
-        f"Pings of that day: {logs_link(server_root, username, seen)}\n"
+        f"Its pings that day: {logs_link(server_root, username, seen)}\n"
         f"\n"
-        f"This alert repeats at most every {_seconds(user.email_frequency)} while the silence lasts.\n"
+        f"What to check: is {username} powered on and online, and is whatever pings for it (a cron job,"
+        f" a script, a timer) still running? Its next ping ends this alert.\n"
+        f"\n"
+        f"{_repeat_policy(user.email_frequency)}\n"
     )
     return f"{username} disconnection detected", body
 
 
+def compose_test_email(server: str) -> tuple[str, str]:
+    """Subject and plain-text body of a test email sent through the SMTP server `server` (host:port)."""
+    body = (
+        f"This is a test email from Ping Listener, sent through {server}.\n"
+        f"\n"
+        f"If you are reading it, alert emails can reach this address too.\n"
+    )
+    return "Ping Listener test email", body
+
+
 def build_message(email: QueuedEmail, sender: str) -> EmailMessage:
-    """The RFC 5322 message for a queued email, dated when it was queued."""
+    """The RFC 5322 message for a queued email from `sender` (its From header), dated when it was queued."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = email.recipient
@@ -80,6 +117,16 @@ def build_message(email: QueuedEmail, sender: str) -> EmailMessage:
     return message
 
 
+def from_header(sender: str, name: str) -> str:
+    """The From header for `sender`: with the display name `name`, unless `sender` has one or `name` is empty."""
+    own_name, address = parseaddr(sender)
+    return sender if own_name or not name or not address else formataddr((name, address))
+
+
+class SmtpSetupError(Exception):
+    """The SMTP server cannot be used as configured (unreachable, TLS, login); the message says why."""
+
+
 class SmtpMailer:
     """Sends emails through one SMTP-over-SSL server, certificate checked against the system CAs."""
 
@@ -88,6 +135,8 @@ class SmtpMailer:
         self._smtp = smtp
         self._timeout = timeout
         self.sender = smtp.sender or FALLBACK_SENDER
+        self.from_header = from_header(self.sender, smtp.sender_name)
+        self.server = f"{smtp.host}:{smtp.port}"
         self._message_id_domain = parseaddr(self.sender)[1].rpartition("@")[2] or "localhost"
         # Built once: it reads SSL_CERT_FILE and the system's CA store.
         self._ssl_context = ssl.create_default_context()
@@ -99,11 +148,13 @@ class SmtpMailer:
     def send_all(self, emails: Iterable[QueuedEmail]) -> Iterator[tuple[QueuedEmail, SendResult]]:
         """Send `emails`; yield (email, SendResult) as each is settled.
 
-        A 5xx answer to MAIL, RCPT or DATA rejects that email, as does an email this server can
-        never take (an address it cannot encode); a 4xx answer retries it. A connection that breaks
-        while an email is sent retries that email, and the others go on over a new connection, so
-        one troublesome email cannot hold back the rest. Failing to connect or log in is a fault
-        of the setup: it retries every email not yet tried.
+        A 5xx answer to MAIL, RCPT or DATA about the message or its recipient rejects that email,
+        as does an email this server can never take (an address it cannot encode); a 4xx answer
+        retries it. A connection that breaks while an email is sent retries that email, and the
+        others go on over a new connection, so one troublesome email cannot hold back the rest.
+        A fault of the setup retries every email not yet sent, logged as an error: failing to
+        connect, TLS, a refused login, or an answer about authentication (530, 534, 535, 538, or
+        a 5xx to MAIL or RCPT from a server that offers a login none was made to).
         """
         pending = list(emails)
         while pending:
@@ -116,23 +167,62 @@ class SmtpMailer:
                         result = self._send_one(connection, pending[0])
                         sending = False
                         yield pending.pop(0), result
+            except _SetupFault as fault:
+                log.error(
+                    "cannot send email through %s: %s (%d email(s) stay queued and are retried)",
+                    self.server,
+                    fault.result.error,
+                    len(pending),
+                )
+                for email in pending:
+                    yield email, fault.result
+                return
             except (OSError, smtplib.SMTPException) as error:
-                reason = _describe(error)
+                result = SendResult(RETRY, _explain(error))
                 if sending:
-                    log.warning("connection lost while sending email %d: %s", pending[0].id, reason)
-                    yield pending.pop(0), SendResult(RETRY, reason)
+                    log.warning("connection lost while sending email %d: %s", pending[0].id, result.error)
+                    yield pending.pop(0), result
                     continue
                 if pending:
                     log.error(
-                        "cannot send email through %s:%s: %s (%d email(s) stay queued)",
-                        self._smtp.host,
-                        self._smtp.port,
-                        reason,
+                        "cannot send email through %s: %s (%d email(s) stay queued and are retried)",
+                        self.server,
+                        result.error,
                         len(pending),
                     )
                 for email in pending:
-                    yield email, SendResult(RETRY, reason)
+                    yield email, result
                 return
+
+    def send_test(self, recipient: str, now: float) -> SendResult:
+        """Send one test email to `recipient` at once, outside the outbox; SENT if the server accepted it.
+
+        Any other result's `error` is the server's answer or the connection problem. Logs nothing:
+        the caller tells the person.
+        """
+        subject, body = compose_test_email(self.server)
+        email = QueuedEmail(0, recipient, subject, body, self.new_message_id(), now, 0)
+        try:
+            with self._connect() as connection:
+                return self._send_one(connection, email)
+        except _SetupFault as fault:
+            return fault.result
+        except (OSError, smtplib.SMTPException) as error:
+            return SendResult(RETRY, _explain(error))
+
+    def check_login(self) -> str:
+        """Connect and log in (if SMTP_LOGIN is set) once, sending nothing; say what was done.
+
+        Raises SmtpSetupError with the server's answer or the connection problem.
+        """
+        try:
+            with self._connect():
+                pass
+        except (OSError, smtplib.SMTPException) as error:
+            raise SmtpSetupError(_explain(error)) from None
+        if self._smtp.login:
+            return f"logged in to {self.server} as {self._smtp.login}"
+        return f"connected to {self.server} (no login: SMTP_LOGIN is not set)"
 
     def _connect(self):
         connection = smtplib.SMTP_SSL(
@@ -141,39 +231,77 @@ class SmtpMailer:
         try:
             if self._smtp.login:
                 connection.login(self._smtp.login, self._smtp.password or "")
+            else:
+                connection.ehlo_or_helo_if_needed()
         except BaseException:
             connection.close()
             raise
         return connection
 
-    def _send_one(self, connection, email):
+    def _send_one(self, connection: smtplib.SMTP, email: QueuedEmail) -> SendResult:
         try:
-            message = build_message(email, self.sender)
+            message = build_message(email, self.from_header)
         except ValueError as error:
             return SendResult(REJECTED, f"cannot build the message: {error}")
         try:
             connection.send_message(message, self.sender, [email.recipient])
         except smtplib.SMTPRecipientsRefused as error:
             code, text = next(iter(error.recipients.values()))
-            return _refused(code, text)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
-            return _refused(error.smtp_code, error.smtp_error)
+            return self._refused(connection, code, text, envelope=True)
+        except smtplib.SMTPSenderRefused as error:
+            return self._refused(connection, error.smtp_code, error.smtp_error, envelope=True)
+        except smtplib.SMTPDataError as error:
+            return self._refused(connection, error.smtp_code, error.smtp_error, envelope=False)
         except smtplib.SMTPNotSupportedError as error:
             return SendResult(REJECTED, f"the SMTP server cannot take this message: {error}")
         return SendResult(SENT)
 
+    def _refused(self, connection: smtplib.SMTP, code: int, text: bytes | str, envelope: bool) -> SendResult:
+        """The result of an SMTP refusal; raises _SetupFault if it is about authentication, not the email.
 
-def _refused(code, message):
-    text = f"{code} {message.decode(errors='replace') if isinstance(message, bytes) else message}"
-    return SendResult(REJECTED if 500 <= code < 600 else RETRY, text)
+        `envelope` says whether it answered MAIL or RCPT (rather than DATA): a server that offers
+        a login, when none was made, may refuse those because of it.
+        """
+        answer = _answer(code, text)
+        no_login = not self._smtp.login and connection.has_extn("auth")
+        if code in AUTHENTICATION_CODES or (envelope and no_login and 500 <= code < 600):
+            hint = " (SMTP_LOGIN is not set, and this server offers a login)" if no_login else ""
+            raise _SetupFault(SendResult(RETRY, answer + hint))
+        return SendResult(REJECTED if 500 <= code < 600 else RETRY, answer)
+
+
+class _SetupFault(Exception):
+    """An answer that every email would get alike: retry them all (SendResult `result`)."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+def _answer(code: int, message: bytes | str) -> str:
+    return f"{code} {message.decode(errors='replace') if isinstance(message, bytes) else message}"
 
 
 def _describe(error):
     if isinstance(error, smtplib.SMTPResponseException):
-        return _refused(error.smtp_code, error.smtp_error).error
+        return _answer(error.smtp_code, error.smtp_error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _seconds(value):
-    # Ten significant digits: config caps durations at 1e9 s, so this never turns to "1.2e+06".
-    return f"{value:.10g} seconds" if value != 1 else "1 second"
+def _explain(error):
+    """What went wrong, for the log and the outbox's last_error: the server's answer or the problem, and a hint."""
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        hint = " (check SMTP_LOGIN and SMTP_PASSWORD)"
+    elif isinstance(error, ssl.SSLCertVerificationError):
+        hint = " (the server's certificate is not trusted; SSL_CERT_FILE can name a CA file to trust)"
+    elif isinstance(error, ssl.SSLError):
+        hint = " (SMTP_PORT must be a port that speaks TLS from the first byte, such as 465)"
+    else:
+        hint = ""
+    return _describe(error) + hint
+
+
+def _repeat_policy(email_frequency):
+    if not email_frequency:
+        return "You will be reminded at every check of the service while it stays silent."
+    return f"You will be reminded {every(email_frequency)} while it stays silent."

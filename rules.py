@@ -65,6 +65,18 @@ def decide(user: Watched, now: float) -> tuple[bool, float | None]:
     return True, max(deadline, now + user.email_frequency)
 
 
+def held_back_until(user: Watched, now: float) -> float | None:
+    """When the absence listener may next alert about late `user`, if email_frequency holds that alert back at `now`.
+
+    None if `user` is not late at `now`, or nothing holds its alert back (it is queued at the next step).
+    """
+    deadline = late_at(user)
+    if deadline is None or not now > deadline:
+        return None
+    alert, next_due_at = decide(user, now)
+    return None if alert else next_due_at
+
+
 def live_state(user: Watched, now: float) -> str:
     """How `user` looks at `now` to a person watching: PINGING, SILENT, LATE or ALERTED.
 

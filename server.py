@@ -1,24 +1,28 @@
 """Ping Listener's command: start up, serve the app until SIGTERM or SIGINT (serving.py), shut down.
 
 python server.py [--settings PATH] [--db PATH] [--host HOST] [--port PORT]
+python server.py --send-test-email ADDRESS
 
 Startup reads the settings, opens the database and starts the scheduler; the app itself, its
-routes and answers, is web.py.
+routes and answers, is web.py. --send-test-email only proves the SMTP setup: it sends one email
+and exits, touching neither the settings nor the database.
 """
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 import config
 import serving
-from mailer import SmtpMailer
+from mailer import SENT, SmtpMailer, SmtpSetupError
 from scheduler import Scheduler
-from store import Store, StoreError, StoreOpenError
+from store import SCHEMA_VERSION, Store, StoreError, StoreOpenError
 from web import MAX_REQUEST_BODY, make_app
 
 log = logging.getLogger("ping_listener.server")
@@ -33,6 +37,8 @@ SCHEDULER_STOP_TIMEOUT = 1.5
 def main(argv: list[str] | None = None) -> int:
     """Run the service until SIGTERM or SIGINT; return the process exit status."""
     args = _parse_args(argv)
+    if args.send_test_email is not None:
+        return send_test_email(args.send_test_email, os.environ)
     # First of all, so that a signal during startup stops the service cleanly once it is up.
     stop_requested = stop_on_signals()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -49,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     except StoreOpenError as error:
         print(error, file=sys.stderr)
         return 2
+    if store.upgraded_from is not None:
+        log.warning("%s: database upgraded from schema version %d to %d", args.db, store.upgraded_from, SCHEMA_VERSION)
     try:
         store.sync_users(settings.users, clock())
     except StoreError as error:
         store.close()
         print(f"{args.db}: {error}", file=sys.stderr)
         return 2
-    app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
+    mail_sender = SmtpMailer(smtp)
+    app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None, mail_sender)
     try:
         http_server = serving.create_http_server(
             app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch
@@ -65,9 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
     bound_url = _url(http_server.host, http_server.port)
-    mail_sender = SmtpMailer(smtp)
     if smtp.sender is None:
         log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", mail_sender.sender)
+    if settings.server_root is None and _unreachable_elsewhere(http_server.host):
+        log.warning(
+            "server_root is not set and the service listens on %s: the links in alert emails (%s/logs?...)"
+            " will not work on another device, such as the phone you read them on; set server_root in %s",
+            http_server.host,
+            bound_url,
+            args.settings,
+        )
+    check_smtp_in_background(mail_sender, smtp)
     scheduler = Scheduler(store, mail_sender, settings, settings.server_root or bound_url, clock)
     scheduler.start()
     print(f"listening on {bound_url}", flush=True)
@@ -77,6 +94,57 @@ def main(argv: list[str] | None = None) -> int:
     store.close()
     log.info("stopped")
     return 0
+
+
+def send_test_email(address: str, environ: Mapping[str, str]) -> int:
+    """Send one test email to `address` through the SMTP server of `environ`; return the exit status.
+
+    0 if the server accepted it; 1 (the server's answer or the connection problem on stderr) if
+    not; 2 for a bad address or SMTP configuration, as at startup.
+    """
+    problems = (
+        []
+        if config.is_email_address(address)
+        else [f"--send-test-email: must be an email address like name@example.com, got {address!r}"]
+    )
+    try:
+        smtp = config.load_smtp_settings(environ)
+    except config.ConfigError as error:
+        problems += error.problems
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    mail_sender = SmtpMailer(smtp)
+    result = mail_sender.send_test(address, time.time())
+    if result.status != SENT:
+        print(f"test email to {address} not sent through {mail_sender.server}: {result.error}", file=sys.stderr)
+        return 1
+    print(f"test email to {address} accepted by {mail_sender.server}", flush=True)
+    return 0
+
+
+def check_smtp_in_background(mail_sender: SmtpMailer, smtp: config.SmtpSettings) -> None:
+    """If SMTP is set up, connect and log in once in a thread of its own, and log whether it worked.
+
+    Startup neither waits for it nor fails with it: emails wait in the outbox until SMTP works.
+    """
+    if not smtp.configured:
+        log.warning(
+            "SMTP is not set up (SMTP_HOST, SMTP_LOGIN, SMTP_PASSWORD): alerts stay queued until it is;"
+            " `python server.py --send-test-email ADDRESS` checks a setup"
+        )
+        return
+
+    def check() -> None:
+        try:
+            done = mail_sender.check_login()
+        except SmtpSetupError as error:
+            log.error("SMTP check failed: %s; alerts stay queued and are retried until this is fixed", error)
+        else:
+            log.info("SMTP check: %s; alerts can be sent", done)
+
+    threading.Thread(target=check, name="smtp-check", daemon=True).start()
 
 
 def stop_on_signals() -> threading.Event:
@@ -93,6 +161,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", default="ping_listener.db", help="SQLite database (default: ping_listener.db)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8080, help="port to listen on; 0 lets the OS choose")
+    parser.add_argument(
+        "--send-test-email",
+        metavar="ADDRESS",
+        help="send one email to ADDRESS through the SMTP_* server, then exit (0: accepted, 1: not, 2: bad setup)",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,6 +173,15 @@ def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 65535, got {text!r}")
     return int(text)
+
+
+def _unreachable_elsewhere(host: str) -> bool:
+    """Whether a link to `host` works only on this machine, or nowhere (a loopback or unspecified address)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return address.is_loopback or address.is_unspecified
 
 
 def _url(host: str, port: int) -> str:

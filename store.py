@@ -17,8 +17,18 @@ from typing import Any
 
 from config import UserConfig
 
-SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+# How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
+# n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
+# either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
+# a step that changes tables changes schema.sql the same way. Append new steps; never edit old ones.
+MIGRATIONS: tuple[str, ...] = (
+    # 1 -> 2: authentication answers (530 authentication required, 534, 535 credentials invalid, 538)
+    # are the setup's fault and no longer fail an email; those they failed are queued again, due at once.
+    "UPDATE outbox SET status = 'queued', next_attempt_at = finished_at, finished_at = NULL"
+    " WHERE status = 'failed' AND substr(last_error, 1, 4) IN ('530 ', '534 ', '535 ', '538 ')",
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 
 # rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
@@ -161,6 +171,9 @@ class Store:
         # Re-entrant: a ping recorded inside ping_batch() takes it again on the same thread.
         self._write_lock = threading.RLock()
         self._schema_ready = False
+        # The schema version the database had before this start upgraded it, or None if it did not.
+        self.upgraded_from: int | None = None
+        _refuse_missing_directory(Path(self.path))
         _refuse_read_only(Path(self.path))
         try:
             connection = self._connection()
@@ -432,12 +445,20 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
-        if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-            raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+        if version == 0:
+            if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+                raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+            script = SCHEMA_PATH.read_text()
+        else:
+            script = ";\n".join(MIGRATIONS[version - 1 :])
+            self.upgraded_from = version
         with self._write_lock:
-            connection.executescript(
-                f"BEGIN IMMEDIATE; {SCHEMA_PATH.read_text()}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+            try:
+                connection.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
 
 
 def _restart_monitoring(connection, now):
@@ -465,6 +486,12 @@ def _storage_faults():
         if _is_storage_fault(error):
             raise _unavailable(error) from error
         raise
+
+
+def _refuse_missing_directory(path):
+    # SQLite would only say "unable to open database file".
+    if not path.parent.is_dir():
+        raise StoreOpenError(f"{path}: the directory {path.parent} does not exist; create it or choose another --db")
 
 
 def _refuse_read_only(path):

@@ -7,6 +7,7 @@ app is server.py.
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from localtime import (
     local_day_bounds,
     query_fields,
 )
-from rules import late_at, live_state
+from mailer import SENT, TestEmailSender
+from rules import held_back_until, late_at, live_state
 from store import EmailEvent, Store, StoreUnavailableError, UnknownUserError, UserState
 
 log = logging.getLogger("ping_listener.web")
@@ -63,12 +65,17 @@ SECURITY_HEADERS = {
 
 
 def make_app(
-    store: Store, settings: Settings, clock: Callable[[], float], testing_password: str | None
+    store: Store,
+    settings: Settings,
+    clock: Callable[[], float],
+    testing_password: str | None,
+    mail_sender: TestEmailSender,
 ) -> WSGIApplication:
     """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
-    `testing_password` unlocks the testing page's endpoints; None disables them.
+    `testing_password` unlocks the testing page's endpoints; None disables them. The testing
+    page's test emails go through `mail_sender`.
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
@@ -77,6 +84,9 @@ def make_app(
     testing_only = PasswordGuard(
         "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
+
+    # One test email at a time: each holds a worker thread for its SMTP conversation.
+    sending_test_email = threading.Lock()
 
     @app.hook("after_request")
     def security_headers():
@@ -108,10 +118,11 @@ def make_app(
     @testing_only
     def testing_config():
         return {
+            "recipient": settings.recipient,
             "users": {
                 name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
                 for name, user in settings.users.items()
-            }
+            },
         }
 
     @app.post("/testing/state")
@@ -124,6 +135,22 @@ def make_app(
             "users": {user.username: _live_user(user, now) for user in store.configured_users()},
             "emails": [_email_event(email) for email in reversed(store.recent_emails(RECENT_EMAILS))],
         }
+
+    @app.post("/testing/test-email")
+    @testing_only
+    def testing_test_email():
+        if not sending_test_email.acquire(blocking=False):
+            raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
+        try:
+            result = mail_sender.send_test(settings.recipient, clock())
+        finally:
+            sending_test_email.release()
+        if result.status == SENT:
+            log.info("test email from the testing page sent to %s", settings.recipient)
+        else:
+            log.error("test email from the testing page to %s not sent: %s", settings.recipient, result.error)
+        # The SMTP server's own words stay in the log: the page gets its answer's code at most.
+        return {"recipient": settings.recipient, "sent": result.status == SENT, "result": result.brief()}
 
     return _with_fast_ping(app, store, clock)
 
@@ -180,7 +207,12 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
     """A user's live state for the testing page, each time as epoch seconds and as local time."""
     return {
         "state": live_state(user, now),
-        **_times(last_ping=user.last_ping, late_at=late_at(user), last_alert=user.last_alert),
+        **_times(
+            last_ping=user.last_ping,
+            late_at=late_at(user),
+            last_alert=user.last_alert,
+            held_back_until=held_back_until(user, now),
+        ),
     }
 
 

@@ -75,7 +75,7 @@ def _measure(path, size, late_repeats, idle_repeats):
         )
         for index in range(size)
     }
-    settings = config.Settings(1.0, 5.0, None, users)
+    settings = config.Settings(1.0, 5.0, None, users, "oncall@example.com")
     store = Store(path)
     try:
         store.sync_users(users, MONITORING_START)

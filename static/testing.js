@@ -1,5 +1,6 @@
-// Ping Listener's testing page: unlock with TESTING_PASSWORD, simulate every configured device by
-// pinging /ping, and watch the server's view of each one in POST /testing/state.
+// Ping Listener's testing page: unlock with TESTING_PASSWORD, simulate a configured device by pinging
+// /ping while its switch is on, watch the server's view of each one in POST /testing/state, and send a
+// test email through POST /testing/test-email. Every switch starts off: its pings are real pings.
 //
 // Usernames and every other string from the server reach the page only through textContent and
 // setAttribute, never as HTML; the Content-Security-Policy forbids inline script besides.
@@ -15,6 +16,8 @@ const MAX_LOG_LINES = 500;
 let password = null;
 let pollTimer = null;
 let unreachable = false;
+// The server's clock minus this browser's, in ms, as of the last state: dates log lines the server did not.
+let serverOffsetMs = 0;
 // username -> {settings, card, timer, state}
 const users = new Map();
 // email id -> {status, attempts}, as last logged
@@ -24,6 +27,7 @@ const byId = (id) => document.getElementById(id);
 
 document.addEventListener("DOMContentLoaded", () => {
   byId("unlock").addEventListener("submit", unlock);
+  byId("send-test-email").addEventListener("click", sendTestEmail);
 });
 
 async function unlock(event) {
@@ -45,6 +49,7 @@ async function unlock(event) {
   const config = await answer.json();
   password = attempt;
   byId("password").value = "";
+  byId("recipient").textContent = config.recipient;
   start(config.users);
 }
 
@@ -77,13 +82,15 @@ function showUnlockError(message) {
 function start(configuredUsers) {
   byId("unlock").hidden = true;
   byId("devices").hidden = false;
+  byId("email").hidden = false;
   byId("activity").hidden = false;
   const list = byId("users");
+  // No device is pinged until a person turns its switch on: on a real instance, simulated pings would
+  // write into real history and hide a real outage.
   for (const [name, settings] of Object.entries(configuredUsers)) {
     const card = userCard(name, settings);
     users.set(name, { settings, card, timer: null, state: undefined });
     list.append(card);
-    startPinging(name);
   }
   poll();
 }
@@ -98,7 +105,9 @@ function lock(message) {
   users.clear();
   emails.clear();
   byId("users").replaceChildren();
+  byId("summary").hidden = true;
   byId("devices").hidden = true;
+  byId("email").hidden = true;
   byId("unlock").hidden = false;
   showUnlockError(message);
   addLog("problem", null, `locked: ${message}`);
@@ -120,7 +129,12 @@ function userCard(name, settings) {
 function startPinging(name) {
   const user = users.get(name);
   const interval = Math.min(Math.max((user.settings.max_sleep * 1000) / 2, MIN_PING_INTERVAL_MS), MAX_TIMER_MS);
-  addLog("switch", null, `${name}: simulated pings on, every ${seconds(interval / 1000)}`);
+  addLog(
+    "switch",
+    null,
+    `${name}: simulated pings on, every ${seconds(interval / 1000)}: real pings, recorded in ${name}'s history;` +
+      ` while on, they hide a real outage of ${name}`,
+  );
   ping(name);
   user.timer = setInterval(() => ping(name), interval);
 }
@@ -142,7 +156,7 @@ async function ping(name) {
   }
   const text = (await answer.text()).trim();
   // A ping's answer is the server's local time of the ping.
-  addLog(answer.ok ? "ping" : "problem", answer.ok ? text : null, `ping from ${name}: ${answer.status} ${text}`);
+  addLog(answer.ok ? "ping" : "problem", answer.ok ? { local: text } : null, `ping from ${name}: ${answer.status} ${text}`);
 }
 
 async function poll() {
@@ -187,20 +201,38 @@ async function pollOnce() {
 }
 
 function showState(state) {
+  serverOffsetMs = state.now * 1000 - Date.now();
+  const now = { epoch: state.now, local: state.now_local };
   const clock = byId("server-time");
   clock.querySelector("span").textContent = state.now_local;
   clock.hidden = false;
   for (const [name, live] of Object.entries(state.users)) {
     if (users.has(name)) {
-      showUser(name, live, state.now_local);
+      showUser(name, live, now);
     }
   }
   for (const email of state.emails) {
-    showEmail(email, state.now_local);
+    showEmail(email, now);
   }
+  showSummary(state);
 }
 
-function showUser(name, live, nowLocal) {
+// One line on top: how many devices are in each state, which are pinged from here, and the emails' fate.
+function showSummary(state) {
+  const states = Object.values(state.users).map((live) => live.state);
+  const counts = (values) =>
+    [...new Set(values)].map((value) => `${values.filter((other) => other === value).length} ${value}`).join(", ");
+  const pinged = [...users].filter(([, user]) => user.timer !== null).map(([name]) => name);
+  const emailStates = state.emails.map((email) => email.status);
+  const devices = `${states.length} device${states.length === 1 ? "" : "s"}${states.length ? `: ${counts(states)}` : ""}`;
+  const simulated = `simulated pings: ${pinged.length ? pinged.join(", ") : "none"}`;
+  const sent = `alert emails: ${emailStates.length ? counts(emailStates) : "none yet"}`;
+  const summary = byId("summary");
+  summary.textContent = `${devices} · ${simulated} · ${sent}`;
+  summary.hidden = false;
+}
+
+function showUser(name, live, now) {
   const user = users.get(name);
   const card = user.card;
   card.className = `user ${live.state}`;
@@ -208,69 +240,122 @@ function showUser(name, live, nowLocal) {
   card.querySelector(".last-ping").textContent = live.last_ping_local ?? "none since monitoring began";
   card.querySelector(".late-at").textContent = live.late_at_local ?? "never (monitor is off)";
   card.querySelector(".last-alert").textContent = live.last_alert_local ?? "none";
+  card.querySelector(".next-alert").textContent = nextAlert(live);
   const previous = user.state;
   user.state = live.state;
   if (previous === live.state) {
     return;
   }
   if (previous === undefined) {
-    addLog("state-change", nowLocal, `${name} is ${live.state}`);
+    addLog("state-change", now, `${name} is ${live.state}${heldBack(live)}`);
     return;
   }
   const wasLate = previous === "late" || previous === "alerted";
+  const time = (name) => (live[name] === null ? null : { epoch: live[name], local: live[`${name}_local`] });
   // A poll may fall between going late and being alerted; the late moment is known all the same.
   if (live.state === "alerted" && !wasLate) {
-    logStateChange(name, previous, "late", live.late_at_local, user.settings);
-    logStateChange(name, "late", "alerted", live.last_alert_local, user.settings);
+    logStateChange(name, previous, live, "late", time("late_at"));
+    logStateChange(name, "late", live, "alerted", time("last_alert"));
   } else {
-    const at = { pinging: live.last_ping_local, late: live.late_at_local, alerted: live.last_alert_local };
-    logStateChange(name, previous, live.state, at[live.state] ?? nowLocal, user.settings);
+    const at = { pinging: time("last_ping"), late: time("late_at"), alerted: time("last_alert") };
+    logStateChange(name, previous, live, live.state, at[live.state] ?? now);
   }
 }
 
-function logStateChange(name, from, to, at, settings) {
+// What the card says of the next alert: held back by email_frequency until a time, or due at once.
+function nextAlert(live) {
+  if (live.held_back_until_local) {
+    const what = live.state === "alerted" ? "reminder" : "alert";
+    return `${what} not before ${live.held_back_until_local} (email_frequency)`;
+  }
+  return live.state === "late" ? "at the server's next check" : "none due";
+}
+
+function heldBack(live) {
+  if (live.state !== "late" || !live.held_back_until_local) {
+    return "";
+  }
+  return `; next alert not before ${timeOfDay(live.held_back_until_local)} (email_frequency holds it back)`;
+}
+
+function logStateChange(name, from, live, to, at) {
+  const user = users.get(name);
   const why = {
-    late: ` (silent for more than its max_sleep of ${seconds(settings.max_sleep)})`,
+    late: ` (silent for more than its max_sleep of ${seconds(user.settings.max_sleep)})${heldBack(live)}`,
     alerted: " (alert email queued)",
   };
   addLog("state-change", at, `${name}: ${from} → ${to}${why[to] ?? ""}`);
 }
 
-function showEmail(email, nowLocal) {
+async function sendTestEmail() {
+  const button = byId("send-test-email");
+  const result = byId("test-email-result");
+  button.disabled = true;
+  result.hidden = false;
+  result.textContent = "Sending…";
+  let message;
+  try {
+    const answer = await postJson("/testing/test-email", { password });
+    if (answer.ok) {
+      const outcome = await answer.json();
+      message = outcome.sent
+        ? `Test email to ${outcome.recipient} accepted by the SMTP server.`
+        : `Test email to ${outcome.recipient} not sent: ${outcome.result}. The service's log has the details.`;
+    } else {
+      message = `Test email not sent: ${await refusal(answer)}`;
+    }
+  } catch (error) {
+    message = `Test email not sent: the server does not answer (${error.message}).`;
+  } finally {
+    button.disabled = false;
+  }
+  result.textContent = message;
+  addLog("email", null, message);
+}
+
+function showEmail(email, now) {
   const known = emails.get(email.id);
   const about = `alert email #${email.id} about ${email.username}`;
   const silence = email.last_ping_local ? `last ping ${timeOfDay(email.last_ping_local)}` : "no ping since monitoring began";
+  const queued = { epoch: email.queued_at, local: email.queued_at_local };
+  const finished = { epoch: email.finished_at, local: email.finished_at_local };
   if (!known) {
-    addLog("email", email.queued_at_local, `${about} (${silence}) queued for ${email.recipient}`);
+    addLog("email", queued, `${about} (${silence}) queued for ${email.recipient}`);
   }
   if (email.status === "sent" && known?.status !== "sent") {
-    addLog("email", email.finished_at_local, `${about} (${silence}) sent to ${email.recipient}`);
+    addLog("email", finished, `${about} (${silence}) sent to ${email.recipient}`);
   } else if (email.status === "failed" && known?.status !== "failed") {
-    addLog("problem", email.finished_at_local, `${about} to ${email.recipient} refused for good (see the service's log)`);
+    addLog("problem", finished, `${about} to ${email.recipient} refused for good (see the service's log)`);
   } else if (email.status === "queued" && email.attempts > (known?.attempts ?? 0)) {
     addLog(
       "problem",
-      nowLocal,
+      now,
       `${about} to ${email.recipient} not sent yet: attempt ${email.attempts} failed, retrying (see the service's log)`,
     );
   }
   emails.set(email.id, { status: email.status, attempts: email.attempts });
 }
 
-// Newest first. `serverTime` is a time the server formatted (its time zone), or null.
-function addLog(kind, serverTime, text) {
+// Newest first, in the order of the server's clock. `at` is when it happened: {epoch, local} as the server
+// gave them (either may be missing), or null for now. Lines without an epoch are placed at the server's
+// time estimated from the last state; lines without a local time show none.
+function addLog(kind, at, text) {
+  const epoch = at?.epoch ?? (Date.now() + serverOffsetMs) / 1000;
   const item = document.createElement("li");
   item.className = kind;
+  item.dataset.epoch = String(epoch);
   const stamp = document.createElement("time");
-  stamp.textContent = serverTime ? timeOfDay(serverTime) : "";
-  if (serverTime) {
-    stamp.title = serverTime;
+  stamp.textContent = at?.local ? timeOfDay(at.local) : "";
+  if (at?.local) {
+    stamp.title = at.local;
   }
   const message = document.createElement("span");
   message.textContent = text;
   item.append(stamp, message);
   const log = byId("log");
-  log.prepend(item);
+  // Above every line from the same moment or before: of two lines at one time, the later logged is on top.
+  const older = [...log.children].find((line) => Number(line.dataset.epoch) <= epoch);
+  log.insertBefore(item, older ?? null);
   while (log.childElementCount > MAX_LOG_LINES) {
     log.lastElementChild.remove();
   }

@@ -24,6 +24,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 import config
+import mailer
 from mailer import SmtpMailer
 from store import Store
 
@@ -37,13 +38,17 @@ SMTP_PASSWORD = "smtp-secret"
 class TlsSmtpServer:
     """An SMTP server speaking implicit TLS on 127.0.0.1, requiring login, recording what it accepts.
 
+    Without a login it answers MAIL with 530 (authentication required); a wrong password gets 535.
+    `require_login=False` makes it offer a login without requiring one, as a relay does that refuses
+    only some recipients to strangers.
     Set `rcpt_reply` or `data_reply` (e.g. "550 5.1.1 no such user") to make it refuse, or
     `drop_in_data` to make it close the connection once a message's content has arrived, before
     answering it: the one moment when a client cannot know whether its message was accepted.
     `drop_in_data_to` does the same only for messages to the recipients it holds.
     """
 
-    def __init__(self, ca):
+    def __init__(self, ca, require_login=True):
+        self.require_login = require_login
         self.messages = []
         self.rcpt_reply = None
         self.data_reply = None
@@ -93,7 +98,7 @@ class TlsSmtpServer:
                 _Handler(self),
                 hostname="smtp.test",
                 authenticator=_authenticate,
-                auth_required=True,
+                auth_required=self.require_login,
                 auth_require_tls=False,
                 auth_exclude_mechanism=["LOGIN"],
                 loop=self._loop,
@@ -326,6 +331,18 @@ def make_settings(users=None, **top_level):
     }
     document.update(top_level)
     return config.parse_settings(document)
+
+
+class ScriptedTestEmails:
+    """Stands in for SmtpMailer's send_test (the testing page's test email): records each, answers `result`."""
+
+    def __init__(self, result=None):
+        self.result = result or mailer.SendResult(mailer.SENT)
+        self.sent_to = []
+
+    def send_test(self, recipient, now):
+        self.sent_to.append((recipient, now))
+        return self.result
 
 
 class Clock:

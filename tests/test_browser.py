@@ -75,6 +75,14 @@ def card(page, username):
     return page.locator(".user").filter(has=page.get_by_role("heading", name=username, exact=True))
 
 
+def switch_on(page, username):
+    """Turn on `username`'s simulated pings and wait until the server sees it pinging."""
+    device = card(page, username)
+    device.get_by_role("switch").check()
+    expect(device.locator(".state")).to_have_text("pinging")
+    return device
+
+
 def test_a_wrong_password_gets_a_clear_message_and_the_right_one_lists_every_user(page, service):
     page.goto(service.url)
     unlock(page, "guess")
@@ -84,17 +92,83 @@ def test_a_wrong_password_gets_a_clear_message_and_the_right_one_lists_every_use
     expect(page.locator("#devices")).to_be_hidden()
     unlock(page, PASSWORD)
     expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
-    for username in USERS:
-        expect(card(page, username).locator(".state")).to_have_text("pinging")
     expect(card(page, "pi")).to_contain_text("max_sleep1 s")
     expect(page.get_by_label("Testing password")).to_be_hidden()
+
+
+def test_every_switch_starts_off_and_no_ping_is_sent_until_one_is_turned_on(page, service):
+    pings = []
+    page.route("**/ping?**", lambda route: (pings.append(route.request.url), route.continue_()))
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    for username in USERS:
+        expect(card(page, username).get_by_role("switch")).not_to_be_checked()
+    # Both devices go late unpinged, as real silent devices would: the page pinged neither.
+    for username in USERS:
+        expect(card(page, username).locator(".state")).to_have_text(re.compile("^(late|alerted)$"))
+    assert pings == []
+    expect(page.locator("#summary")).to_contain_text("2 devices: ")
+    expect(page.locator("#summary")).to_contain_text("simulated pings: none")
+    switch_on(page, "pi")
+    assert pings and all("username=pi" in url for url in pings)
+    log = page.locator("#log")
+    expect(log).to_contain_text(
+        "pi: simulated pings on, every 0.5 s: real pings, recorded in pi's history; while on, they hide a real"
+        " outage of pi"
+    )
+    expect(page.locator("#summary")).to_contain_text("simulated pings: pi")
+
+
+def test_the_log_is_in_the_order_of_the_servers_clock(page, service):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    pi = switch_on(page, "pi")
+    pi.get_by_role("switch").uncheck()
+    expect(pi.locator(".state")).to_have_text("alerted")
+    expect(page.locator("#log")).to_contain_text("pi: late → alerted")
+    epochs = page.locator("#log li").evaluate_all("lines => lines.map(line => Number(line.dataset.epoch))")
+    assert len(epochs) > 5 and epochs == sorted(epochs, reverse=True)
+    stamps = [stamp for stamp in page.locator("#log time").all_text_contents() if stamp]
+    assert stamps == sorted(stamps, reverse=True)  # one day: clock times sort as strings
+
+
+def test_an_alert_held_back_by_email_frequency_says_until_when(page, tmp_path, start_server):
+    users = {"nas": {"monitor": True, "max_sleep": 1, "email_frequency": 3600}}
+    service = start_server(write_settings(tmp_path / "settings.json", users), TESTING_PASSWORD=PASSWORD)
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    nas = card(page, "nas")
+    expect(nas.locator(".state")).to_have_text("alerted")  # never pinged: alerted a second after start
+    expect(nas.locator(".next-alert")).to_have_text(re.compile(r"^reminder not before .* \(email_frequency\)$"))
+    switch_on(page, "nas")
+    nas.get_by_role("switch").uncheck()
+    expect(nas.locator(".state")).to_have_text("late")
+    held = re.compile(r"^alert not before \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d) \S+ \(email_frequency\)$")
+    expect(nas.locator(".next-alert")).to_have_text(held)
+    until = held.match(nas.locator(".next-alert").text_content()).group(1)
+    expect(page.locator("#log")).to_contain_text(
+        f"nas: pinging → late (silent for more than its max_sleep of 1 s); next alert not before {until}"
+        " (email_frequency holds it back)"
+    )
+    expect(page.locator("#summary")).to_contain_text("1 device: 1 late")
+
+
+def test_the_test_email_button_sends_one_to_the_configured_recipient(page, service, smtp_server):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.locator("#email")).to_contain_text("to the configured recipient, oncall@example.com")
+    page.get_by_role("button", name="Send test email").click()
+    expect(page.locator("#test-email-result")).to_have_text(
+        "Test email to oncall@example.com accepted by the SMTP server."
+    )
+    tests = [m for _, to, m in smtp_server.messages if m["Subject"] == "Ping Listener test email"]
+    assert [message["To"] for message in tests] == ["oncall@example.com"]
 
 
 def test_a_device_switched_off_goes_late_and_its_alert_email_leaves(page, service, smtp_server, tmp_path):
     page.goto(service.url)
     unlock(page, PASSWORD)
-    pi = card(page, "pi")
-    expect(pi.locator(".state")).to_have_text("pinging")
+    pi = switch_on(page, "pi")
     pi.get_by_role("switch").uncheck()
     expect(pi.locator(".state")).to_have_text(re.compile("^(late|alerted)$"))
 
@@ -121,7 +195,7 @@ def test_a_username_made_of_html_is_shown_as_text(page, page_problems, service):
     hostile = card(page, HOSTILE_NAME)
     expect(hostile.get_by_role("heading")).to_have_text(HOSTILE_NAME)
     # It pings under its own name, so the name was URL-encoded, and the answer is logged as text.
-    expect(hostile.locator(".state")).to_have_text("pinging")
+    switch_on(page, HOSTILE_NAME)
     expect(page.locator("#log")).to_contain_text(f"ping from {HOSTILE_NAME}: 200")
     expect(page.locator("img")).to_have_count(0)
     assert page_problems == []
@@ -131,8 +205,8 @@ def test_the_page_fits_a_phone_screen(page, service):
     page.set_viewport_size({"width": 375, "height": 740})
     page.goto(service.url)
     unlock(page, PASSWORD)
-    pi = card(page, "pi")
-    expect(pi.locator(".state")).to_have_text("pinging")
+    pi = switch_on(page, "pi")
+    switch_on(page, HOSTILE_NAME)
     expect(page.locator("#log")).to_contain_text(f"ping from {HOSTILE_NAME}: 200")
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     switch = pi.get_by_role("switch").bounding_box()

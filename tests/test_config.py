@@ -217,3 +217,24 @@ def test_deeply_nested_json_is_reported_not_crashed_on(tmp_path):
 def test_an_address_with_a_control_character_is_refused():
     [problem] = problems_of(valid_document(recipient="a\x00b@example.com"))
     assert problem.startswith("recipient: must be an email address")
+
+
+def test_the_from_name_defaults_to_ping_listener_and_may_be_changed_or_emptied():
+    assert config.load_smtp_settings({}).sender_name == "Ping Listener"
+    assert config.load_smtp_settings({"SMTP_FROM_NAME": "Home monitor"}).sender_name == "Home monitor"
+    assert config.load_smtp_settings({"SMTP_FROM_NAME": ""}).sender_name == ""
+
+
+def test_smtp_counts_as_set_up_once_its_host_or_login_is_given():
+    assert not config.load_smtp_settings({"SMTP_PASSWORD": "pw"}).configured
+    assert config.load_smtp_settings({"SMTP_HOST": "mail.example.net"}).configured
+    assert config.load_smtp_settings({"SMTP_LOGIN": "me@example.com"}).configured
+
+
+def test_every_bad_smtp_setting_is_reported_at_once():
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_smtp_settings({"SMTP_PORT": "x", "SMTP_FROM_NAME": "a\rb"})
+    assert raised.value.problems == [
+        "SMTP_PORT: must be an integer port from 1 to 65535, got 'x'",
+        "SMTP_FROM_NAME: must be one line without control characters, got 'a\\rb'",
+    ]

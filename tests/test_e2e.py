@@ -11,7 +11,8 @@ import urllib.parse
 
 import pytest
 
-from support import ROOT, SMTP_LOGIN, free_port, outbox, write_settings
+from mailer import SMTP_TIMEOUT
+from support import ROOT, SMTP_LOGIN, SilentSmtpServer, free_port, outbox, server_env, wait_until, write_settings
 
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
 
@@ -27,11 +28,12 @@ def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path,
 
     [(mail_from, recipients, message)] = smtp_server.wait_for_messages(1)
     assert (mail_from, recipients) == (SMTP_LOGIN, ["oncall@example.com"])
-    assert (message["From"], message["To"]) == (SMTP_LOGIN, "oncall@example.com")
+    assert (message["From"], message["To"]) == (f"Ping Listener <{SMTP_LOGIN}>", "oncall@example.com")
     assert message["Subject"] == "pi disconnection detected"
     assert message["Date"] and re.fullmatch(r"<.+@example\.com>", message["Message-ID"])
     body = message.get_content()
-    assert "heard nothing from pi for longer than its max_sleep of 0.5 seconds" in body
+    assert "heard nothing from pi for more than 0.5 seconds (its max_sleep)" in body
+    assert "You will be reminded every hour while it stays silent." in body
     assert f"Last ping: 20{year}-{month}-{day} {ping_time}" in body
     link = re.search(r"http://\S+/logs\?\S+", body).group()
     assert link == f"{service.url}/logs?username=pi&year={year}&month={month}&day={day}"
@@ -196,3 +198,108 @@ def test_an_address_it_cannot_listen_on_stops_startup_with_status_2(tmp_path):
             assert result.returncode == 2, result.stderr
             assert f"cannot listen on {where}: " in result.stderr
             assert "Traceback" not in result.stderr
+
+
+def send_test_email(address, cwd, **env):
+    """`python server.py --send-test-email ADDRESS` run in `cwd` with `env` (only)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--send-test-email", address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_send_test_email_exits_0_once_the_server_accepted_it_and_touches_no_database(tmp_path, smtp_server, ca_path):
+    result = send_test_email("me@example.com", tmp_path, **server_env(smtp_server.port, ca_path))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"test email to me@example.com accepted by 127.0.0.1:{smtp_server.port}\n"
+    [(_, recipients, message)] = smtp_server.wait_for_messages(1)
+    assert (recipients, message["From"]) == (["me@example.com"], f"Ping Listener <{SMTP_LOGIN}>")
+    assert message["Subject"] == "Ping Listener test email"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"SMTP_PASSWORD": "wrong"},
+            "535 5.7.8 Authentication credentials invalid (check SMTP_LOGIN and SMTP_PASSWORD)",
+        ),
+        ({"SMTP_LOGIN": "", "SMTP_PASSWORD": ""}, "530 5.7.0 Authentication required"),
+        ({"SMTP_PORT": "unreachable"}, "ConnectionRefusedError: [Errno 111] Connection refused"),
+    ],
+)
+def test_send_test_email_exits_1_with_the_servers_answer_or_the_connection_problem(
+    tmp_path, smtp_server, ca_path, env, problem
+):
+    port = free_port() if env.get("SMTP_PORT") == "unreachable" else smtp_server.port
+    env = server_env(smtp_server.port, ca_path, **{**env, "SMTP_PORT": str(port)})
+    result = send_test_email("me@example.com", tmp_path, **env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"test email to me@example.com not sent through 127.0.0.1:{port}: {problem}")
+    assert len(result.stderr.splitlines()) == 1
+    assert smtp_server.messages == []
+
+
+def test_send_test_email_exits_2_for_a_bad_address_or_smtp_setting(tmp_path):
+    result = send_test_email("me@", tmp_path, SMTP_PORT="smtp", SMTP_FROM_NAME="two\nlines", PATH="/usr/bin:/bin")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "--send-test-email: must be an email address like name@example.com, got 'me@'",
+        "SMTP_PORT: must be an integer port from 1 to 65535, got 'smtp'",
+        "SMTP_FROM_NAME: must be one line without control characters, got 'two\\nlines'",
+    ]
+
+
+def test_the_startup_login_check_logs_that_it_worked(tmp_path, start_server, smtp_server):
+    service = start_server(write_settings(tmp_path / "settings.json", PI, server_root="https://monitor.example.net"))
+    expected = f"INFO ping_listener.server: SMTP check: logged in to 127.0.0.1:{smtp_server.port} as {SMTP_LOGIN}"
+    wait_until(lambda: expected in service.log(), message="the SMTP check's line")
+    assert smtp_server.messages == []
+    assert "server_root" not in service.log()
+
+
+def test_a_failed_startup_login_check_is_logged_loudly_and_startup_goes_on(tmp_path, start_server, smtp_server):
+    service = start_server(write_settings(tmp_path / "settings.json", {}), SMTP_PASSWORD="wrong")
+    wait_until(lambda: "SMTP check failed" in service.log(), message="the SMTP check's line")
+    assert (
+        "ERROR ping_listener.server: SMTP check failed: 535 5.7.8 Authentication credentials invalid"
+        " (check SMTP_LOGIN and SMTP_PASSWORD); alerts stay queued and are retried until this is fixed"
+    ) in service.log()
+    assert service.get("/logs?username=nobody&year=26&month=1&day=1")[0] == 404  # it serves all the same
+
+
+def test_an_unreachable_smtp_server_never_delays_startup(tmp_path, start_server):
+    silent = SilentSmtpServer()
+    try:
+        started = time.monotonic()
+        service = start_server(write_settings(tmp_path / "settings.json", PI), SMTP_PORT=str(silent.port))
+        assert time.monotonic() - started < SMTP_TIMEOUT
+        assert service.stop() == 0
+    finally:
+        silent.stop()
+    assert "SMTP check" not in service.log()  # still waiting for its answer when the service stopped
+
+
+def test_without_server_root_on_a_loopback_address_startup_warns_that_links_work_only_here(tmp_path, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", PI))
+    assert service.stop() == 0
+    assert (
+        f"WARNING ping_listener.server: server_root is not set and the service listens on 127.0.0.1: the links in"
+        f" alert emails ({service.url}/logs?...) will not work on another device, such as the phone you read"
+        f" them on; set server_root in {tmp_path / 'settings.json'}"
+    ) in service.log()
+
+
+def test_a_database_in_a_missing_directory_stops_startup_with_one_line_naming_the_directory(tmp_path):
+    settings = write_settings(tmp_path / "settings.json", PI)
+    db_path = tmp_path / "state" / "ping_listener.db"
+    result = run_server("--settings", str(settings), "--db", str(db_path), "--port", "0")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"{db_path}: the directory {tmp_path / 'state'} does not exist; create it or choose another --db\n"
+    )

@@ -1,7 +1,8 @@
 """SMTP faults: the absence listener keeps time, pings are answered, no email is lost, none is retried forever.
 
 The real service runs as a subprocess; an SMTP server is down, silent, answering 4xx or 5xx, or
-dropping the connection in DATA, then recovers.
+dropping the connection in DATA, then recovers; or the service has no login or a wrong password for it
+(530, 535: faults of the setup, never of the email) until a restart with the right one.
 """
 
 import collections
@@ -13,6 +14,7 @@ from mailer import SMTP_TIMEOUT
 from rules import retry_delay
 from scheduler import Scheduler
 from support import (
+    SMTP_LOGIN,
     T0,
     Clock,
     SilentSmtpServer,
@@ -59,7 +61,11 @@ def lateness_of_alert(db_path, username):
 
 
 class SmtpFault:
-    """An SMTP server on `port` that fails in one way until recover() makes it accept mail."""
+    """An SMTP server on `port` that fails in one way until recover() makes it accept mail.
+
+    `env` is what the service's environment needs for the fault (a setup fault is in the service's
+    SMTP settings, and a restart without it recovers).
+    """
 
     def __init__(self, kind, ca, smtp_server):
         self.kind = kind
@@ -67,7 +73,14 @@ class SmtpFault:
         self._silent = None
         self._started = []
         self.server = smtp_server
-        if kind == "down":
+        self.env = {}
+        if kind == "530 no login":
+            self.port = smtp_server.port
+            self.env = {"SMTP_LOGIN": "", "SMTP_PASSWORD": "", "SMTP_FROM": SMTP_LOGIN}
+        elif kind == "535 wrong password":
+            self.port = smtp_server.port
+            self.env = {"SMTP_PASSWORD": "not the password"}
+        elif kind == "down":
             self.port = free_port()
         elif kind == "silent":
             self._silent = SilentSmtpServer()
@@ -114,13 +127,15 @@ def smtp_fault(request, ca, smtp_server):
     fault.close()
 
 
-@pytest.mark.parametrize("smtp_fault", ["down", "silent", "4xx", "drop in DATA"], indirect=True)
+@pytest.mark.parametrize(
+    "smtp_fault", ["down", "silent", "4xx", "drop in DATA", "530 no login", "535 wrong password"], indirect=True
+)
 def test_alerts_are_detected_on_time_during_an_smtp_fault_and_delivered_once_after_it_and_a_restart(
     tmp_path, start_server, smtp_fault
 ):
     settings = write_settings(tmp_path / "settings.json", USERS)
     db_path = tmp_path / "ping_listener.db"
-    faulty = start_server(settings, SMTP_PORT=str(smtp_fault.port))
+    faulty = start_server(settings, SMTP_PORT=str(smtp_fault.port), **smtp_fault.env)
     wait_until(lambda: smtp_fault.has_met(db_path), message=f"pi's email meeting the SMTP fault ({smtp_fault.kind})")
     assert faulty.get("/ping?username=probe")[0] == 200
 
@@ -130,6 +145,12 @@ def test_alerts_are_detected_on_time_during_an_smtp_fault_and_delivered_once_aft
         # Proof that the listener did not wait on SMTP: pi's conversation had not even ended.
         assert query(db_path, "SELECT attempts FROM outbox WHERE id = 1") == [(0,)]
     assert [(username, status) for username, status, _ in outbox(db_path)] == [("pi", "queued"), ("nas", "queued")]
+    if smtp_fault.kind.startswith("53"):
+        # Loudly: the service's log says the emails stay queued, with the server's answer.
+        assert (
+            f"ERROR ping_listener.mailer: cannot send email through 127.0.0.1:{smtp_fault.port}: {smtp_fault.kind[:3]} "
+            in (faulty.log())
+        )
     assert faulty.stop() == 0, faulty.log()
 
     smtp_server = smtp_fault.recover()

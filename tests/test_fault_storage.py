@@ -14,7 +14,17 @@ import store as store_module
 import web
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
-from support import ROOT, T0, SmallDiskStore, make_settings, query, smtp_mailer, wait_until, write_settings
+from support import (
+    ROOT,
+    T0,
+    ScriptedTestEmails,
+    SmallDiskStore,
+    make_settings,
+    query,
+    smtp_mailer,
+    wait_until,
+    write_settings,
+)
 
 LATE_USERS = 30
 
@@ -29,7 +39,7 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
     users["probe"] = {"monitor": False, "max_sleep": 0, "email_frequency": 0}
     settings = make_settings(users, base_frequency=0.02, email_processing_frequency=0.02)
     disk.sync_users(settings.users, time.time())
-    client = webtest.TestApp(web.make_app(disk, settings, time.time, None))
+    client = webtest.TestApp(web.make_app(disk, settings, time.time, None, ScriptedTestEmails()))
     loops = Scheduler(disk, smtp_mailer(smtp_server.port), settings, "https://example.net", time.time)
     try:
         disk.fill_up()

@@ -7,20 +7,27 @@ import mailer
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, build_message, compose_alert
 from store import QueuedEmail, UserState
-from support import T0
+from support import T0, TlsSmtpServer
 
 
 def user(username="pi", last_ping=T0, monitored_since=T0 - 3600):
     return UserState(1, username, True, 60.0, 600.0, monitored_since, last_ping, None, T0 + 60)
 
 
-def test_the_alert_names_the_user_its_last_ping_max_sleep_and_the_logs_of_that_day():
+def test_the_alert_names_the_user_its_last_ping_max_sleep_and_the_logs_of_that_day_in_words_for_people():
     subject, body = compose_alert(user(), "https://example.net")
     assert subject == "pi disconnection detected"
-    assert "heard nothing from pi for longer than its max_sleep of 60 seconds" in body
-    assert "Last ping: 2026-09-21 16:13:20 CEST" in body
-    assert "https://example.net/logs?username=pi&year=26&month=09&day=21\n" in body
-    assert "at most every 600 seconds" in body
+    assert body == (
+        "Ping Listener has heard nothing from pi for more than 1 minute (its max_sleep).\n"
+        "\n"
+        "Last ping: 2026-09-21 16:13:20 CEST\n"
+        "Its pings that day: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "\n"
+        "What to check: is pi powered on and online, and is whatever pings for it (a cron job, a script, a timer)"
+        " still running? Its next ping ends this alert.\n"
+        "\n"
+        "You will be reminded every 10 minutes while it stays silent.\n"
+    )
 
 
 def test_without_a_ping_the_alert_says_since_when_it_has_been_monitored_and_links_that_day():
@@ -162,10 +169,120 @@ def test_after_a_421_answer_the_next_email_gets_a_new_connection(smtp_server):
     )
 
 
-def test_long_durations_are_written_out_in_full():
-    weekly = UserState(1, "backup", True, 1_209_600.0, 604_800.0, T0, T0, None, T0 + 1_209_600)
-    _, body = compose_alert(weekly, "https://example.net")
-    assert "its max_sleep of 1209600 seconds." in body
-    assert "at most every 604800 seconds" in body
-    _, body = compose_alert(user(), "https://example.net")
-    assert "max_sleep of 60 seconds." in body
+@pytest.mark.parametrize(
+    ("max_sleep", "email_frequency", "silence", "repeat"),
+    [
+        (1_209_600, 604_800, "for more than 14 days (its max_sleep)", "reminded every 7 days while"),
+        (5400, 3600, "for more than 1 hour 30 minutes (its max_sleep)", "reminded every hour while"),
+        (0.5, 0, "for more than 0.5 seconds (its max_sleep)", "reminded at every check of the service while"),
+    ],
+)
+def test_durations_and_the_repeat_policy_are_written_in_words(max_sleep, email_frequency, silence, repeat):
+    watched = UserState(1, "backup", True, max_sleep, email_frequency, T0, T0, None, T0 + max_sleep)
+    _, body = compose_alert(watched, "https://example.net")
+    assert silence in body
+    assert repeat in body
+    assert " seconds" not in body.replace("0.5 seconds", "")
+
+
+@pytest.mark.parametrize(
+    ("sender", "name", "header"),
+    [
+        ("alerts@example.com", "Ping Listener", "Ping Listener <alerts@example.com>"),
+        ("alerts@example.com", "Home monitor", "Home monitor <alerts@example.com>"),
+        ("alerts@example.com", "", "alerts@example.com"),
+        ("Ops <alerts@example.com>", "Ping Listener", "Ops <alerts@example.com>"),
+        ("alerts@example.com", "Smith, J.", '"Smith, J." <alerts@example.com>'),
+    ],
+)
+def test_the_from_header_has_a_display_name_unless_smtp_from_has_one_or_it_is_set_empty(sender, name, header):
+    assert mailer.from_header(sender, name) == header
+
+
+def test_a_display_name_beyond_ascii_is_encoded_and_reads_back():
+    message = build_message(queued_email(), mailer.from_header("alerts@example.com", "Surveillance café"))
+    assert "=?utf-8?" in message.as_string()
+    assert message["From"] == "Surveillance café <alerts@example.com>"
+
+
+def no_login_mailer(port):
+    return SmtpMailer(config.SmtpSettings("127.0.0.1", port, None, None, "alerts@example.com"), timeout=5)
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_530_for_want_of_a_login_retries_every_email_and_is_logged_loudly(smtp_server, caplog):
+    emails = [queued_email("a@example.com", 1), queued_email("b@example.com", 2)]
+    outcome = list(no_login_mailer(smtp_server.port).send_all(emails))
+    assert [(email.id, result.status) for email, result in outcome] == [(1, RETRY), (2, RETRY)]
+    assert outcome[0][1].error.startswith("530 5.7.0 Authentication required")
+    assert "SMTP_LOGIN is not set" in outcome[0][1].error
+    [record] = [record for record in caplog.records if record.name == "ping_listener.mailer"]
+    assert (
+        record.levelname == "ERROR" and "530" in record.getMessage() and "2 email(s) stay queued" in record.getMessage()
+    )
+    assert smtp_server.messages == []
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+@pytest.mark.parametrize(("reply", "status"), [("554 5.7.1 relay access denied", RETRY), ("450 4.2.1 busy", RETRY)])
+def test_a_recipient_refused_by_a_server_offering_a_login_none_was_made_to_is_retried(ca, reply, status):
+    relay = TlsSmtpServer(ca, require_login=False).start()
+    try:
+        relay.rcpt_reply = reply
+        [(_, result)] = list(no_login_mailer(relay.port).send_all([queued_email()]))
+    finally:
+        relay.stop()
+    assert (result.status, result.error.split(" (")[0]) == (status, reply)
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+@pytest.mark.parametrize("code", [530, 534, 535, 538])
+def test_an_authentication_code_is_a_setup_fault_whatever_command_it_answers(smtp_server, code):
+    smtp_server.data_reply = f"{code} 5.7.8 authentication problem"
+    [(_, first), (_, second)] = list(
+        smtp_mailer(smtp_server.port).send_all([queued_email(email_id=1), queued_email(email_id=2)])
+    )
+    assert (first.status, second.status) == (RETRY, RETRY)
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_test_email_is_sent_at_once_with_the_display_name(smtp_server):
+    result = smtp_mailer(smtp_server.port).send_test("me@example.com", T0)
+    assert (result.status, result.brief()) == (SENT, "sent")
+    [(mail_from, to, message)] = smtp_server.wait_for_messages(1)
+    assert (mail_from, to, message["From"]) == ("alerts@example.com", ["me@example.com"], SENDER)
+    assert message["Subject"] == "Ping Listener test email"
+    assert f"sent through 127.0.0.1:{smtp_server.port}" in message.get_content()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_test_email_with_a_wrong_password_says_what_the_server_answered(smtp_server, caplog):
+    result = smtp_mailer(smtp_server.port, password="wrong").send_test("me@example.com", T0)
+    assert result.status == RETRY
+    assert result.error == "535 5.7.8 Authentication credentials invalid (check SMTP_LOGIN and SMTP_PASSWORD)"
+    assert result.brief() == "the SMTP server answered 535 (a login problem: check SMTP_LOGIN and SMTP_PASSWORD)"
+    assert [record for record in caplog.records if record.name.startswith("ping_listener")] == []  # the caller tells
+
+
+def test_a_test_email_to_an_unreachable_server_says_so():
+    result = smtp_mailer(support.free_port()).send_test("me@example.com", T0)
+    assert result.status == RETRY
+    assert result.error.startswith("ConnectionRefusedError")
+    assert result.brief() == "ConnectionRefusedError"
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_the_login_check_logs_in_and_sends_nothing(smtp_server):
+    assert (
+        smtp_mailer(smtp_server.port).check_login()
+        == f"logged in to 127.0.0.1:{smtp_server.port} as alerts@example.com"
+    )
+    assert smtp_server.messages == []
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_the_login_check_raises_with_the_servers_answer(smtp_server):
+    with pytest.raises(mailer.SmtpSetupError, match=r"^535 5\.7\.8 .*check SMTP_LOGIN and SMTP_PASSWORD"):
+        smtp_mailer(smtp_server.port, password="wrong").check_login()
+    with pytest.raises(mailer.SmtpSetupError, match="^ConnectionRefusedError"):
+        smtp_mailer(support.free_port()).check_login()

@@ -1,4 +1,4 @@
-from rules import ALERTED, LATE, PINGING, SILENT, decide, late_at, live_state, retry_delay
+from rules import ALERTED, LATE, PINGING, SILENT, decide, held_back_until, late_at, live_state, retry_delay
 from store import UserState
 from support import T0
 
@@ -78,3 +78,18 @@ def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minute
     assert delays == sorted(delays)
     assert delays[1] > delays[0]
     assert max(delays) == 300
+
+
+def test_a_late_user_alerted_during_an_earlier_silence_is_held_back_until_email_frequency_has_passed():
+    # Alerted at T0 + 61, pinged at T0 + 100, silent again: late at T0 + 160, alertable after T0 + 661.
+    again = user(last_ping=T0 + 100, last_alert=T0 + 61)
+    assert live_state(again, T0 + 200) == LATE
+    assert held_back_until(again, T0 + 200) == T0 + 661
+    assert held_back_until(again, T0 + 661.5) is None  # the next step alerts it
+    assert held_back_until(again, T0 + 150) is None  # not late yet
+
+
+def test_an_alerted_users_reminder_is_held_back_and_a_first_alert_is_not():
+    assert held_back_until(user(last_ping=T0, last_alert=T0 + 61), T0 + 100) == T0 + 661
+    assert held_back_until(user(last_ping=T0), T0 + 100) is None
+    assert held_back_until(user(monitor=False, last_ping=T0, last_alert=T0), T0 + 100) is None

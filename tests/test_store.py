@@ -1,5 +1,7 @@
+import contextlib
 import sqlite3
 import threading
+from pathlib import Path
 
 import hypothesis
 import hypothesis.strategies
@@ -271,6 +273,84 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path):
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreOpenError, match=f"^{path}: database schema version {SCHEMA_VERSION + 1} is newer"):
         Store(path)
+
+
+V1_SCHEMA = Path(__file__).with_name("data") / "schema_v1.sql"
+
+
+def version_1_database(path):
+    """A database as Ping Listener left it at schema version 1: pi's alert emails in every state."""
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executescript(V1_SCHEMA.read_text())
+        connection.execute("PRAGMA user_version = 1")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(
+            "INSERT INTO users (id, username, configured, monitor, max_sleep, email_frequency)"
+            " VALUES (1, 'pi', 1, 1, 60, 600)"
+        )
+        connection.execute("INSERT INTO alerts (id, user_id, at, last_ping) VALUES (1, 1, ?, ?)", (T0, T0 - 61))
+        emails = [
+            ("no-login@example.com", "failed", "530 5.7.0 Authentication required"),
+            ("wrong-password@example.com", "failed", "535 5.7.8 Authentication credentials invalid"),
+            ("no-such-user@example.com", "failed", "550 5.1.1 no such user"),
+            ("spam@example.com", "failed", "554 5.7.1 message refused"),
+            ("sent@example.com", "sent", None),
+        ]
+        connection.executemany(
+            "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, status, attempts,"
+            " next_attempt_at, last_error, finished_at) VALUES (1, ?, 'pi disconnection detected', 'body', ?, ?, ?, 1,"
+            " NULL, ?, ?)",
+            [(to, f"<{to}>", T0, status, error, T0 + 1) for to, status, error in emails],
+        )
+    return path
+
+
+def test_a_version_1_database_is_upgraded_and_emails_failed_by_an_authentication_answer_are_queued_again(tmp_path):
+    upgraded = Store(version_1_database(tmp_path / "v1.db"))
+    try:
+        assert upgraded.upgraded_from == 1
+        assert upgraded.pragma("user_version") == SCHEMA_VERSION
+        due = upgraded.due_emails(T0 + 1, 10)
+        assert [(email.recipient, email.attempts) for email in due] == [
+            ("no-login@example.com", 1),
+            ("wrong-password@example.com", 1),
+        ]
+        history = {(event.recipient, event.status) for event in upgraded.recent_emails(10)}
+        assert history == {
+            ("no-login@example.com", "queued"),
+            ("wrong-password@example.com", "queued"),
+            ("no-such-user@example.com", "failed"),
+            ("spam@example.com", "failed"),
+            ("sent@example.com", "sent"),
+        }
+        assert upgraded.pings_between("pi", T0 - 100, T0) == []
+    finally:
+        upgraded.close()
+    # Once only: the next start finds the current version and changes nothing.
+    reopened = Store(tmp_path / "v1.db")
+    assert reopened.upgraded_from is None
+    reopened.close()
+
+
+def test_an_upgrade_that_fails_leaves_the_database_as_it_was(tmp_path, monkeypatch):
+    path = version_1_database(tmp_path / "v1.db")
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, "UPDATE no_such_table SET x = 1"))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", store_module.SCHEMA_VERSION + 1)
+    with pytest.raises(StoreOpenError, match="no such table: no_such_table"):
+        Store(path)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert connection.execute("SELECT count(*) FROM outbox WHERE status = 'queued'").fetchone()[0] == 0
+
+
+def test_a_database_in_a_missing_directory_is_refused_naming_the_directory(tmp_path):
+    path = tmp_path / "no" / "such" / "ping_listener.db"
+    with pytest.raises(StoreOpenError) as raised:
+        Store(path)
+    assert str(raised.value) == (
+        f"{path}: the directory {tmp_path / 'no' / 'such'} does not exist; create it or choose another --db"
+    )
+    assert not (tmp_path / "no").exists()
 
 
 def test_another_applications_database_is_refused(tmp_path):

@@ -1,12 +1,14 @@
 import logging
 import sqlite3
+import threading
 
 import pytest
 import webtest
 
+import mailer
 import web
 from store import CheckOutcome, NewEmail
-from support import T0, Clock, SmallDiskStore, make_settings
+from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings
 
 
 @pytest.fixture
@@ -14,10 +16,10 @@ def clock():
     return Clock(T0)
 
 
-def make_client(store, clock, users=None, testing_password=None):
+def make_client(store, clock, users=None, testing_password=None, test_emails=None):
     settings = make_settings(users)
     store.sync_users(settings.users, T0 - 3600)
-    return webtest.TestApp(web.make_app(store, settings, clock, testing_password))
+    return webtest.TestApp(web.make_app(store, settings, clock, testing_password, test_emails or ScriptedTestEmails()))
 
 
 @pytest.fixture
@@ -176,8 +178,8 @@ def test_the_page_at_root_says_when_testing_mode_is_disabled(client):
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 
 
-def client_with_password(store, clock, users=None):
-    return make_client(store, clock, users, testing_password="let me in")
+def client_with_password(store, clock, users=None, test_emails=None):
+    return make_client(store, clock, users, testing_password="let me in", test_emails=test_emails)
 
 
 def test_the_page_at_root_asks_for_the_password_and_runs_no_inline_script(store, clock):
@@ -222,7 +224,7 @@ def test_answers_forbid_inline_script_sniffing_and_framing(store, clock, path):
     assert answer.headers["X-Frame-Options"] == "DENY"
 
 
-TESTING_ENDPOINTS = ["/testing/config", "/testing/state"]
+TESTING_ENDPOINTS = ["/testing/config", "/testing/state", "/testing/test-email"]
 
 
 @pytest.mark.parametrize("path", TESTING_ENDPOINTS)
@@ -263,7 +265,10 @@ def test_testing_endpoints_do_not_take_the_password_from_the_url(store, clock, p
 
 def test_testing_config_lists_each_users_settings_and_no_smtp_setting(store, clock):
     answer = client_with_password(store, clock).post_json("/testing/config", {"password": "let me in"}, status=200)
-    assert answer.json == {"users": {"pi": {"monitor": True, "max_sleep": 60.0, "email_frequency": 600.0}}}
+    assert answer.json == {
+        "recipient": "oncall@example.com",
+        "users": {"pi": {"monitor": True, "max_sleep": 60.0, "email_frequency": 600.0}},
+    }
     assert "smtp" not in answer.text.lower()
 
 
@@ -302,6 +307,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         "late_at_local": "2026-09-21 16:14:10 CEST",
         "last_alert": None,
         "last_alert_local": None,
+        "held_back_until": None,
+        "held_back_until_local": None,
     }
     assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
         None,
@@ -337,6 +344,72 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     ]
     # What the SMTP server said can name its host and login: it stays in the service's log.
     assert "smtp" not in answer.text.lower() and "535" not in answer.text
+
+
+def test_testing_state_says_until_when_email_frequency_holds_back_a_late_users_alert(store, clock):
+    client = client_with_password(store, clock)  # pi: max_sleep 60, email_frequency 600
+    alert(store, "pi", T0 - 200, "oncall@example.com")
+    ping_at(client, clock, T0 - 150)
+    clock.now = T0  # late since T0 - 90, alerted during its previous silence
+    pi = client.post_json("/testing/state", {"password": "let me in"}).json["users"]["pi"]
+    assert (pi["state"], pi["held_back_until"], pi["held_back_until_local"]) == (
+        "late",
+        T0 + 400,
+        "2026-09-21 16:20:00 CEST",
+    )
+
+
+def test_a_test_email_goes_to_the_configured_recipient_only(store, clock, caplog):
+    caplog.set_level(logging.INFO)
+    test_emails = ScriptedTestEmails()
+    client = client_with_password(store, clock, test_emails=test_emails)
+    body = {"password": "let me in", "recipient": "someone-else@example.net"}
+    answer = client.post_json("/testing/test-email", body, status=200)
+    assert answer.json == {"recipient": "oncall@example.com", "sent": True, "result": "sent"}
+    assert test_emails.sent_to == [("oncall@example.com", T0)]
+    assert "test email from the testing page sent to oncall@example.com" in caplog.text
+
+
+def test_a_test_email_refused_answers_the_code_and_logs_the_servers_words(store, clock, caplog):
+    refused = mailer.SendResult(mailer.RETRY, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
+    client = client_with_password(store, clock, test_emails=ScriptedTestEmails(refused))
+    answer = client.post_json("/testing/test-email", {"password": "let me in"}, status=200)
+    assert answer.json == {
+        "recipient": "oncall@example.com",
+        "sent": False,
+        "result": "the SMTP server answered 535 (a login problem: check SMTP_LOGIN and SMTP_PASSWORD)",
+    }
+    assert "alerts@example.com" not in answer.text and "smtp.example.net" not in answer.text
+    assert "ERROR" in caplog.text and "refused by smtp.example.net" in caplog.text
+
+
+def test_one_test_email_at_a_time(store, clock):
+    class Slow(ScriptedTestEmails):
+        """Its SMTP conversation lasts until the test releases it."""
+
+        def __init__(self):
+            super().__init__()
+            self.started, self.release = threading.Event(), threading.Event()
+
+        def send_test(self, recipient, now):
+            self.started.set()
+            assert self.release.wait(10)
+            return super().send_test(recipient, now)
+
+    test_emails = Slow()
+    client = client_with_password(store, clock, test_emails=test_emails)
+    password = {"password": "let me in"}
+    first = threading.Thread(target=client.post_json, args=("/testing/test-email", password))
+    first.start()
+    try:
+        assert test_emails.started.wait(10)
+        second = client.post_json("/testing/test-email", password, status=409)
+        assert second.text == "a test email is being sent already; wait for its answer"
+    finally:
+        test_emails.release.set()
+        first.join(10)
+    assert len(test_emails.sent_to) == 1
+    client.post_json("/testing/test-email", password, status=200)
 
 
 def test_testing_state_lists_only_configured_users_and_the_newest_emails(store, clock):
