@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         print(f"{args.db}: {error}", file=sys.stderr)
         return 2
-    app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None)
+    app = make_app(
+        store,
+        settings,
+        clock,
+        os.environ.get("TESTING_PASSWORD") or None,
+        os.environ.get("OVERVIEW_PASSWORD") or None,
+    )
     try:
         http_server = serving.create_http_server(app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY)
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host

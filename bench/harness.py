@@ -48,7 +48,7 @@ class Started:
 
 def start(args, env_overrides, log_path, timeout=60):
     """Run `python *args` from the project root and wait for its `listening on` line; return a Started."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_", "OVERVIEW_"))}
     env.update(TZ=BENCH_TZ, PYTHONUNBUFFERED="1")
     env.update(env_overrides)
     log_path = Path(log_path)
