@@ -1,4 +1,4 @@
-from rules import ALERTED, LATE, PINGING, SILENT, decide, late_at, live_state, retry_delay
+from rules import ALERTED, LATE, PINGING, SILENT, decide, late_at, live_state, retry_delay, silences
 from store import UserState
 from support import T0
 
@@ -78,3 +78,13 @@ def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minute
     assert delays == sorted(delays)
     assert delays[1] > delays[0]
     assert max(delays) == 300
+
+
+def test_silences_are_the_gaps_longer_than_max_sleep_also_from_the_ping_before():
+    assert silences([T0 + 10, T0 + 20, T0 + 90, T0 + 100], 60, T0 - 100) == [
+        (T0 - 100, T0 + 10),
+        (T0 + 20, T0 + 90),
+    ]
+    assert silences([T0 + 60], 60, T0) == []  # exactly max_sleep is no silence
+    assert silences([T0, T0 + 100], 60, None) == [(T0, T0 + 100)]
+    assert silences([], 60, T0) == []
