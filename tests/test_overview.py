@@ -40,12 +40,17 @@ def alert(store, username, now):
 def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(store):
     synced(store)
     gap = (T0 - 6 * 3600, T0 - 4 * 3600)
-    ping_every(store, "backup", T0 - 86400, gap[0] + 1, 300)
+    unalerted = (T0 - 20 * 3600, T0 - 19 * 3600)
+    ping_every(store, "backup", T0 - 86400, unalerted[0] + 1, 300)
+    ping_every(store, "backup", unalerted[1], gap[0] + 1, 300)
     ping_every(store, "backup", gap[1], T0, 300)
     alert(store, "backup", gap[0] + 700)
     backup = by_name(overview_state(store, RecentPings(store), T0))["backup"]
-    last_before_gap = T0 - 86400 + ((gap[0] - (T0 - 86400)) // 300) * 300
-    assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [(last_before_gap, gap[1])]
+    last_before_gap = unalerted[1] + ((gap[0] - unalerted[1]) // 300) * 300
+    assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [
+        (unalerted[0], unalerted[1]),
+        (last_before_gap, gap[1]),
+    ]
     assert [event["at"] for event in backup["alerts"]] == [gap[0] + 700]
     assert [event["at"] for event in backup["recoveries"]] == [gap[1]]
     assert backup["state"] == "pinging"
