@@ -8,6 +8,7 @@ times for people from localtime.py.
 """
 
 import itertools
+import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -31,7 +32,16 @@ DAY_MAX_PINGS = 100_000
 DAY_MAX_EMAILS = 500
 # Problems first, for the rows and the summary. A state not named here sorts right after "late".
 STATE_ORDER = ("failed", rules.ALERTED, rules.LATE, rules.SILENT, "running", rules.PINGING)
-_UNKNOWN_STATE_RANK = STATE_ORDER.index(rules.LATE) + 0.5
+_STATE_RANKS = {state: rank for rank, state in enumerate(STATE_ORDER)}
+_UNKNOWN_STATE_RANK = _STATE_RANKS[rules.LATE] + 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What RecentPings knows of one user: its slots as LEVELS, and its silences that ended in the window."""
+
+    levels: str
+    silences: tuple[tuple[float, float], ...]
 
 
 @dataclass(slots=True)
@@ -41,15 +51,7 @@ class _Recent:
     counts: dict[int, int] = field(default_factory=dict)
     silences: list[tuple[float, float]] = field(default_factory=list)
     latest: float | None = None
-    levels: str | None = None  # `counts` written as LEVELS for the current window; None once stale
-
-
-@dataclass(frozen=True, slots=True)
-class Recent:
-    """What RecentPings knows of one user: its slots as LEVELS, and its silences that ended in the window."""
-
-    levels: str
-    silences: tuple[tuple[float, float], ...]
+    shown: Recent | None = None  # what read() answers for the current window; None once stale
 
 
 class RecentPings:
@@ -84,9 +86,9 @@ class RecentPings:
             answer = {}
             for user in users:
                 recent = self._users[user.id]
-                if recent.levels is None:
-                    recent.levels = _levels(recent.counts, first_slot)
-                answer[user.id] = Recent(recent.levels, tuple(recent.silences))
+                if recent.shown is None:
+                    recent.shown = Recent(_levels(recent.counts, first_slot), tuple(recent.silences))
+                answer[user.id] = recent.shown
             return answer
 
     def _start_afresh(self, users, first_slot):
@@ -122,7 +124,7 @@ class RecentPings:
             silence for silence in rules.silences(times, max_sleep, recent.latest) if silence[1] >= start
         ]
         recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
-        recent.levels = None
+        recent.shown = None
 
     def _slide(self, first_slot):
         moved = first_slot - self._first_slot
@@ -133,58 +135,89 @@ class RecentPings:
         for recent in self._users.values():
             for slot in [slot for slot in recent.counts if slot < first_slot]:
                 del recent.counts[slot]
-            recent.silences = [silence for silence in recent.silences if silence[1] >= start]
-            if recent.levels is not None:
-                recent.levels = recent.levels[moved:] + LEVELS[0] * moved
+            kept = [silence for silence in recent.silences if silence[1] >= start]
+            if recent.shown is not None:
+                recent.shown = Recent(recent.shown.levels[moved:] + LEVELS[0] * moved, tuple(kept))
+            recent.silences = kept
 
 
 def _levels(counts: dict[int, int], first_slot: int) -> str:
     return "".join(LEVELS[min(counts.get(slot, 0).bit_length(), 9)] for slot in range(first_slot, first_slot + SLOTS))
 
 
-def overview_state(store: Store, recent_pings: RecentPings, now: float) -> dict[str, Any]:
-    """The overview's answer at `now`: a summary by state, then every configured user, problems first.
+class Overview:
+    """The overview's answers over a store; safe across threads.
 
-    Each user has its live state, last ping and deadline (rules.live_state and late_at), its last
-    24 hours' pings by slot (LEVELS), its silences longer than max_sleep (the last with `end` None
-    while it goes on), and its alerts and recoveries (the end of a silence it was alerted in).
+    Besides RecentPings, it keeps each user's row of the last answer as JSON text, and writes it
+    again only when something in it changed (the user pinged, was alerted, changed state): a
+    refresh then costs a comparison per user, and the JSON of the users that changed.
     """
-    users = store.configured_users()
-    recent = recent_pings.read(users, now)
-    first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
-    start = first_slot * SLOT_SECONDS
-    alerts: dict[int, list[float]] = {}
-    for user_id, at in store.recent_alerts(start):
-        alerts.setdefault(user_id, []).append(at)
-    write = local_time_writer()
-    rows = [_overview_user(user, recent[user.id], alerts.get(user.id, []), now, write) for user in users]
-    rows.sort(key=lambda row: _state_rank(row["state"]))
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    return {
-        "now": now,
-        "now_local": write(now),
-        "window": {"start": start, "end": start + SLOTS * SLOT_SECONDS, "slot_seconds": SLOT_SECONDS},
-        "summary": [{"state": state, "users": users} for state, users in counts.items()],
-        "users": rows,
-    }
+
+    def __init__(self, store: Store) -> None:
+        """The overview of `store`."""
+        self._store = store
+        self._recent = RecentPings(store)
+        self._lock = threading.Lock()
+        self._rows: dict[int, tuple[tuple[Any, ...], str]] = {}
+
+    def state(self, now: float) -> str:
+        """The overview's answer at `now`, as JSON text: a summary by state, then every configured user, problems first.
+
+        Each user has its live state, last ping and deadline (rules.live_state and late_at), its last
+        24 hours' pings by slot (LEVELS), its silences longer than max_sleep (the last with `end` None
+        while it goes on), and its alerts and recoveries (the end of a silence it was alerted in).
+        """
+        users = self._store.configured_users()
+        recent = self._recent.read(users, now)
+        first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
+        start = first_slot * SLOT_SECONDS
+        alerts: dict[int, tuple[float, ...]] = {}
+        for user_id, at in self._store.recent_alerts(start):
+            alerts[user_id] = (*alerts.get(user_id, ()), at)
+        write = local_time_writer()
+        ranked = []
+        counts: dict[str, int] = {}
+        with self._lock:
+            rows = {}
+            for user in users:
+                state = rules.live_state(user, now)
+                counts[state] = counts.get(state, 0) + 1
+                # Everything the row shows: its other fields are settings, fixed while the service runs.
+                silent = user.last_ping is None or now - user.last_ping > user.max_sleep
+                key = (state, silent, user.last_ping, user.last_alert, recent[user.id], alerts.get(user.id, ()))
+                cached = self._rows.get(user.id)
+                if cached is None or cached[0] != key:
+                    text = json.dumps(_overview_user(user, *key[:2], *key[4:], write), separators=(",", ":"))
+                    cached = (key, text)
+                rows[user.id] = cached
+                ranked.append((_state_rank(state), user.username, cached[1]))
+            self._rows = rows
+        ranked.sort()
+        summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
+        head = {
+            "now": now,
+            "now_local": write(now),
+            "window": {"start": start, "end": start + SLOTS * SLOT_SECONDS, "slot_seconds": SLOT_SECONDS},
+            "summary": [{"state": state, "users": number} for state, number in summary],
+        }
+        return json.dumps(head, separators=(",", ":"))[:-1] + ',"users":[' + ",".join(row for *_, row in ranked) + "]}"
 
 
 def _state_rank(state: str) -> float:
-    return STATE_ORDER.index(state) if state in STATE_ORDER else _UNKNOWN_STATE_RANK
+    return _STATE_RANKS.get(state, _UNKNOWN_STATE_RANK)
 
 
 def _overview_user(
-    user: UserState, recent: Recent, alerts: list[float], now: float, write: Callable[[float], str]
+    user: UserState, state: str, silent: bool, recent: Recent, alerts: tuple[float, ...], write: Callable[[float], str]
 ) -> dict[str, Any]:
+    """A user's row; `silent`: its silence since its last ping (or ever) is longer than max_sleep and goes on."""
     silences = [_silence(start, end, write) for start, end in recent.silences]
-    if user.last_ping is None or now - user.last_ping > user.max_sleep:
+    if silent:
         silences.append(_silence(user.last_ping, None, write))
     deadline = rules.late_at(user)
     return {
         "username": user.username,
-        "state": rules.live_state(user, now),
+        "state": state,
         "monitor": bool(user.monitor),
         "max_sleep": user.max_sleep,
         "last_ping": user.last_ping,

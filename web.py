@@ -30,7 +30,7 @@ from localtime import (
     local_day_bounds,
     query_fields,
 )
-from overview import RecentPings, overview_day, overview_state
+from overview import Overview, overview_day
 from rules import late_at, live_state
 from store import EmailEvent, Store, StoreUnavailableError, UnknownUserError, UserState
 
@@ -90,7 +90,7 @@ def make_app(
     overview_only = PasswordGuard(
         "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
-    recent_pings = RecentPings(store)
+    overview = Overview(store)
 
     @app.hook("after_request")
     def security_headers():
@@ -146,7 +146,8 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
-        return _json(overview_state(store, recent_pings, clock()))
+        bottle.response.content_type = "application/json"
+        return overview.state(clock())
 
     @app.post("/overview/day")
     @overview_only

@@ -1,9 +1,10 @@
 """The overview's data (overview.py) over a real store: the 24-hour summary, its upkeep, and one user's day."""
 
+import json
 import time
 
 import overview
-from overview import SLOT_SECONDS, SLOTS, RecentPings, overview_day, overview_state
+from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
 from store import CheckOutcome, NewEmail
 from support import T0, make_settings
 
@@ -28,6 +29,11 @@ def ping_every(store, username, start, end, step):
         at += step
 
 
+def overview_state(store, overview, now):
+    """The overview's answer at `now`, read as JSON."""
+    return json.loads(overview.state(now))
+
+
 def by_name(state):
     return {user["username"]: user for user in state["users"]}
 
@@ -45,7 +51,7 @@ def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(st
     ping_every(store, "backup", unalerted[1], gap[0] + 1, 300)
     ping_every(store, "backup", gap[1], T0, 300)
     alert(store, "backup", gap[0] + 700)
-    backup = by_name(overview_state(store, RecentPings(store), T0))["backup"]
+    backup = by_name(overview_state(store, Overview(store), T0))["backup"]
     last_before_gap = unalerted[1] + ((gap[0] - unalerted[1]) // 300) * 300
     assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [
         (unalerted[0], unalerted[1]),
@@ -62,14 +68,14 @@ def test_slots_count_pings_as_the_bit_length_of_their_number(store):
     ping_every(store, "pi", last_slot_start, last_slot_start + 5 * 60, 60)  # 5 pings: "3"
     store.record_ping("pi", WINDOW_START)  # 1 ping in the first slot: "1"
     store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
-    pi = by_name(overview_state(store, RecentPings(store), T0))["pi"]
+    pi = by_name(overview_state(store, Overview(store), T0))["pi"]
     assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
 
 
 def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
     synced(store, now=T0 - 1000)  # backup: late, pi: pinging, nas: silent
     store.record_ping("pi", T0 - 10)
-    state = overview_state(store, RecentPings(store), T0)
+    state = overview_state(store, Overview(store), T0)
     assert [(user["username"], user["state"]) for user in state["users"]] == [
         ("backup", "late"),
         ("nas", "silent"),
@@ -92,7 +98,7 @@ def test_a_state_from_a_newer_rule_sorts_after_the_known_problems():
 
 def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(store):
     synced(store)
-    recent = RecentPings(store)
+    recent = Overview(store)
     ping_every(store, "pi", T0 - 600, T0, 30)
     first = by_name(overview_state(store, recent, T0))["pi"]
     assert first["silences"] == []
@@ -100,19 +106,19 @@ def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(
     later = by_name(overview_state(store, recent, T0 + 501))["pi"]
     assert [(silence["start"], silence["end"]) for silence in later["silences"]] == [(T0 - 30, T0 + 500)]
     # The same as a summary read afresh.
-    assert later == by_name(overview_state(store, RecentPings(store), T0 + 501))["pi"]
+    assert later == by_name(overview_state(store, Overview(store), T0 + 501))["pi"]
 
 
 def test_the_window_slides_and_forgets_what_left_it(store):
     synced(store)
-    recent = RecentPings(store)
+    recent = Overview(store)
     store.record_ping("pi", WINDOW_START + 10)
     store.record_ping("pi", WINDOW_START + 10 + 3600)  # a silence of an hour
     assert by_name(overview_state(store, recent, T0))["pi"]["pings"][:5] == "10001"
     later = T0 + 2 * SLOT_SECONDS
     slid = by_name(overview_state(store, recent, later))["pi"]
     assert slid["pings"][:3] == "001"
-    assert slid == by_name(overview_state(store, RecentPings(store), later))["pi"]
+    assert slid == by_name(overview_state(store, Overview(store), later))["pi"]
     gone = by_name(overview_state(store, recent, T0 + 86400 + 3600 + 1000))["pi"]
     assert gone["pings"] == "0" * SLOTS
     assert [silence["end"] for silence in gone["silences"]] == [None]
@@ -146,3 +152,21 @@ def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
     ping_every(store, "pi", day_start, day_start + 20 * 30, 30)
     day = overview_day(store, "pi", day_start, day_start + 86400, T0)
     assert (day["pings"], day["truncated"], day["silences"]) == (10, True, [])
+
+
+def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
+    synced(store, now=T0 - 1000)
+    overview = Overview(store)
+    store.record_ping("pi", T0 - 10)
+    assert by_name(overview_state(store, overview, T0))["pi"]["silences"] == []
+    pi = by_name(overview_state(store, overview, T0 + 55))["pi"]  # silent for 65 s: more than max_sleep
+    assert pi["state"] == "late"
+    assert [(silence["start"], silence["end"]) for silence in pi["silences"]] == [(T0 - 10, None)]
+    unmonitored = {"pi": {**USERS["pi"], "monitor": False}}
+    synced(store, unmonitored, now=T0 + 60)
+    store.record_ping("pi", T0 + 60)
+    overview = Overview(store)
+    pi = by_name(overview_state(store, overview, T0 + 61))["pi"]
+    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
+    pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
+    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
