@@ -1,7 +1,6 @@
 """The overview's answers with 10 000 users and 10 million pings: POST /overview/state's data (first
 answer after a start, then refreshes with new pings) and a day view of a busy day, in process."""
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -10,7 +9,7 @@ from statistics import median
 
 from bench import harness
 from overview import Overview, overview_day
-from store import SCHEMA_PATH, Store
+from store import Store
 
 USERS = 10_000
 TOTAL_PINGS = 10_000_000
@@ -100,22 +99,8 @@ def _add_pings(store, now):
 
 
 def _database(log):
-    """The cached database, built once per schema."""
-    key = hashlib.sha256(
-        (SCHEMA_PATH.read_text() + repr((USERS, TOTAL_PINGS, NOW, INTERVAL, harness.BENCH_TZ))).encode()
-    ).hexdigest()[:12]
-    path = harness.BUILD_DIR / f"overview-{key}.db"
-    if path.exists():
-        return path
-    for stale in harness.BUILD_DIR.glob("overview-*.db*"):
-        stale.unlink()
-    log(f"  building {path.name} with {USERS:,} users and {TOTAL_PINGS:,} pings (once; cached under bench/build)")
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    Store(partial).close()
-    _fill(partial)
-    partial.rename(path)
-    return path
+    """The cached database of USERS users and TOTAL_PINGS pings."""
+    return harness.cached_database("overview", (USERS, TOTAL_PINGS, NOW, INTERVAL), _fill, log)
 
 
 def _fill(path):
