@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test-email smtp-sink test lint bench debian-packages bench-packages clean
+.PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean
 
 run: $(VENV)/.runtime-installed
 	$(BIN)/python server.py --settings $(SETTINGS) --db $(DB) --host $(HOST) --port $(PORT)
@@ -33,6 +33,10 @@ test: $(VENV)/.dev-installed debian-packages
 # BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--duration 3 --only ping".
 bench: $(VENV)/.bench-installed bench-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The overview's screenshots in docs/ (docs/overview.md, the README), taken by its browser test.
+screenshots: $(VENV)/.dev-installed debian-packages
+	OVERVIEW_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_overview_page.py -k test_screenshots
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 MAX_QUERY_FIELDS = 20
 # The units a duration is written in, largest first; what is left below a minute is seconds.
@@ -73,6 +73,30 @@ def local_clock_times(times: Iterable[float]) -> list[str]:
         else:
             clock_times.append(prefix + _TWO_DIGITS[second % 60])
     return clock_times
+
+
+def local_time_writer() -> Callable[[float], str]:
+    """A function that writes epochs exactly as format_local_time does, made for writing many at once.
+
+    The overview writes two times for each of thousands of users: as in local_clock_times, each
+    minute's date, hour, minute and zone are computed once, and only the seconds for each time.
+    """
+    minutes: dict[int, tuple[str, str] | None] = {}
+
+    def write(epoch: float) -> str:
+        second = math.floor(epoch)
+        minute = second // 60
+        if minute not in minutes:
+            start = time.localtime(minute * 60)
+            minutes[minute] = (
+                (time.strftime("%Y-%m-%d %H:%M:", start), time.strftime(" %Z", start)) if start.tm_sec == 0 else None
+            )
+        parts = minutes[minute]
+        if parts is None:
+            return format_local_time(epoch)
+        return parts[0] + _TWO_DIGITS[second % 60] + parts[1]
+
+    return write
 
 
 def logs_link(server_root: str, username: str, epoch: float) -> str:

@@ -5,6 +5,7 @@ the scheduler. The scheduler acts on them, the web layer shows them, and the sto
 late_at for its index (store._LATE_AT and its ping trigger; tests/test_store.py pins them together).
 """
 
+from collections.abc import Iterable
 from typing import Protocol
 
 # A wall clock that moves this much more or less than the monotonic clock between two steps of
@@ -91,6 +92,21 @@ def live_state(user: Watched, now: float) -> str:
     if user.last_ping is not None and now - user.last_ping <= user.max_sleep:
         return PINGING
     return SILENT
+
+
+def silences(pings: Iterable[float], max_sleep: float, previous: float | None) -> list[tuple[float, float]]:
+    """Each silence longer than max_sleep between consecutive pings, as (start, end), in order.
+
+    `pings` are times in ascending order; `previous` is the ping before them (None: none known),
+    so a silence that began before the first of them is found too. Longer than max_sleep, as late_at
+    counts: a silence of exactly max_sleep is none. A silence still going on is the caller's to add.
+    """
+    found = []
+    for at in pings:
+        if previous is not None and at - previous > max_sleep:
+            found.append((previous, at))
+        previous = at if previous is None else max(previous, at)
+    return found
 
 
 def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> float:

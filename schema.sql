@@ -61,6 +61,8 @@ CREATE TABLE outbox (
     finished_at     REAL
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';
+-- An alert's emails, for the overview's day view.
+CREATE INDEX outbox_by_alert ON outbox (alert_id);
 
 CREATE VIEW pings_readable AS
 SELECT users.username,

@@ -64,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.db}: {error}", file=sys.stderr)
         return 2
     mail_sender = SmtpMailer(smtp)
-    app = make_app(store, settings, clock, os.environ.get("TESTING_PASSWORD") or None, mail_sender)
+    app = make_app(
+        store,
+        settings,
+        clock,
+        os.environ.get("TESTING_PASSWORD") or None,
+        mail_sender,
+        os.environ.get("OVERVIEW_PASSWORD") or None,
+    )
     try:
         http_server = serving.create_http_server(
             app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch

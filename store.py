@@ -27,6 +27,8 @@ MIGRATIONS: tuple[str, ...] = (
     # are the setup's fault and no longer fail an email; those they failed are queued again, due at once.
     "UPDATE outbox SET status = 'queued', next_attempt_at = finished_at, finished_at = NULL"
     " WHERE status = 'failed' AND substr(last_error, 1, 4) IN ('530 ', '534 ', '535 ', '538 ')",
+    # 2 -> 3: the overview's day view lists an alert's emails through it.
+    "CREATE INDEX outbox_by_alert ON outbox (alert_id)",
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
@@ -54,6 +56,31 @@ PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at <
 CONFIGURED_USERS_SQL = (
     "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
     " FROM users WHERE configured = 1 ORDER BY username"
+)
+# The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
+# (through users' UNIQUE index and per-user seeks of pings_by_user_time and alerts_by_user_time) or the
+# number of new pings (along the pings' primary key), never the size of the history.
+RECENT_PINGS_SQL = (
+    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured = 1 AND pings.at >= :start AND pings.id <= :upto ORDER BY users.id, pings.at"
+)
+PINGS_BEFORE_SQL = (
+    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < ?) FROM users"
+    " WHERE configured = 1"
+)
+NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
+RECENT_ALERTS_SQL = (
+    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
+    " WHERE users.configured = 1 AND alerts.at >= ? ORDER BY users.id, alerts.at"
+)
+# One user's day for the overview's day view: the pings around it and its alerts with their emails.
+PING_BEFORE_SQL = "SELECT max(at) FROM pings WHERE user_id = ? AND at < ?"
+PING_FROM_SQL = "SELECT min(at) FROM pings WHERE user_id = ? AND at >= ?"
+DAY_ALERTS_SQL = (
+    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
+    " outbox.queued_at, outbox.finished_at"
+    " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
+    " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
 )
 RECENT_EMAILS_SQL = (
     "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
@@ -157,6 +184,15 @@ class EmailEvent:
     last_ping: float | None
     queued_at: float
     finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertHistory:
+    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
+
+    at: float
+    last_ping: float | None
+    emails: tuple[EmailEvent, ...]
 
 
 class Store:
@@ -276,6 +312,67 @@ class Store:
             # LIMIT -1 is no limit.
             rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end, limit or -1)).fetchall()
         return [at for (at,) in rows]
+
+    def user(self, username: str) -> UserState:
+        """`username`'s state, configured or not; raises UnknownUserError if it was never configured."""
+        with self._read() as connection:
+            row = connection.execute(
+                "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert,"
+                " due_at FROM users WHERE username = ?",
+                (username,),
+            ).fetchone()
+        if row is None:
+            raise UnknownUserError(f"unknown user {username}")
+        return UserState(*row)
+
+    def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
+        """The user's last ping before `start` and its first ping at or after `end` (None where there is none)."""
+        with self._read() as connection:
+            before = connection.execute(PING_BEFORE_SQL, (user_id, start)).fetchone()[0]
+            after = connection.execute(PING_FROM_SQL, (user_id, end)).fetchone()[0]
+        return before, after
+
+    def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
+        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails.
+
+        At most `limit` emails in all are read; an alert whose emails were cut off shows those read.
+        """
+        with self._read() as connection:
+            rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
+        alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
+        for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
+            emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
+            if email_id is not None:
+                emails.append(
+                    EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
+                )
+        return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+
+    def newest_ping_id(self) -> int:
+        """The id of the newest ping recorded (0 if none): pings recorded later have greater ids."""
+        with self._read() as connection:
+            newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
+        return newest
+
+    def recent_pings(self, start: float, upto_id: int) -> list[tuple[int, float]]:
+        """(user id, time) of configured users' pings from `start` on with ids up to `upto_id`, by user then time."""
+        with self._read() as connection:
+            return connection.execute(RECENT_PINGS_SQL, {"start": start, "upto": upto_id}).fetchall()
+
+    def last_pings_before(self, start: float) -> dict[int, float | None]:
+        """Each configured user's id -> the time of its last ping before `start` (None if none)."""
+        with self._read() as connection:
+            return dict(connection.execute(PINGS_BEFORE_SQL, (start,)).fetchall())
+
+    def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
+        """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""
+        with self._read() as connection:
+            return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
+
+    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
+        """(user id, time) of configured users' alerts decided at or after `start`, by user then time."""
+        with self._read() as connection:
+            return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def configured_users(self) -> list[UserState]:
         """Every configured user's state, in username order."""

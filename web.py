@@ -32,6 +32,7 @@ from localtime import (
     query_fields,
 )
 from mailer import SENT, TestEmailSender
+from overview import Overview, overview_day
 from rules import held_back_until, late_at, live_state
 from store import EmailEvent, Store, StoreUnavailableError, UnknownUserError, UserState
 
@@ -43,6 +44,7 @@ MAX_REQUEST_BODY = 64 * 1024
 # Error messages may quote what the client sent (a username); a long one is cut to this length.
 MAX_ERROR_MESSAGE = 200
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+OVERVIEW_DISABLED = "the overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set"
 PING_METHODS = ("GET", "POST", "HEAD")
 PLAIN_TEXT = "text/plain; charset=utf-8"
 # The most times one /logs answer lists (about 1.2 MB and 60 ms of CPU): more than one ping a second
@@ -70,12 +72,15 @@ def make_app(
     clock: Callable[[], float],
     testing_password: str | None,
     mail_sender: TestEmailSender,
+    overview_password: str | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them. The testing
-    page's test emails go through `mail_sender`.
+    page's test emails go through `mail_sender`. `overview_password` unlocks the overview's, or
+    `testing_password` when it is None; with neither they are disabled. Both share one limit on
+    wrong passwords.
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
@@ -84,6 +89,12 @@ def make_app(
     testing_only = PasswordGuard(
         "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
+    if overview_password is None:
+        overview_password = testing_password
+    overview_only = PasswordGuard(
+        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+    )
+    overview = Overview(store)
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
@@ -151,6 +162,27 @@ def make_app(
             log.error("test email from the testing page to %s not sent: %s", settings.recipient, result.error)
         # The SMTP server's own words stay in the log: the page gets its answer's code at most.
         return {"recipient": settings.recipient, "sent": result.status == SENT, "result": result.brief()}
+
+    @app.get("/overview")
+    def overview_page():
+        return _static_file("overview.html" if overview_password is not None else "overview-disabled.html")
+
+    @app.post("/overview/state")
+    @overview_only
+    def overview_now():
+        bottle.response.content_type = "application/json"
+        return overview.state(clock())
+
+    @app.post("/overview/day")
+    @overview_only
+    def overview_of_a_day():
+        # The guard has checked that the body is a JSON object with the password.
+        body = json.loads(bottle.request.body.read(MAX_REQUEST_BODY))
+        username = body.get("username")
+        if not isinstance(username, str) or not username:
+            raise bottle.HTTPError(400, "missing username")
+        start, end = local_day_bounds({name: _date_field(body, name) for name in ("year", "month", "day")})
+        return _json(overview_day(store, username, start, end, clock()))
 
     return _with_fast_ping(app, store, clock)
 
@@ -235,6 +267,24 @@ def _times(**epochs: float | None) -> dict[str, float | str | None]:
         fields[name] = epoch
         fields[name + "_local"] = None if epoch is None else format_local_time(epoch)
     return fields
+
+
+def _date_field(body: dict[str, Any], name: str) -> str:
+    """A date field of a JSON body as local_day_bounds reads it: a whole number or its digits; QueryError if neither."""
+    value = body.get(name)
+    if value is None:
+        raise QueryError(f"missing {name}")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise QueryError(f"invalid {name}: expected a whole number")
+
+
+def _json(data: Any) -> str:
+    """`data` as a JSON answer, written compactly: an overview of thousands of users is mostly this text."""
+    bottle.response.content_type = "application/json"
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _static_file(filename: str) -> bottle.HTTPResponse:

@@ -1,5 +1,6 @@
 """What every benchmark shares: starting the service or the bare app, and reading a process's CPU and memory."""
 
+import hashlib
 import os
 import platform
 import selectors
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from store import SCHEMA_PATH, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 # Generated databases and settings; ignored by git, and kept between runs so the big ones are built once.
@@ -48,7 +51,7 @@ class Started:
 
 def start(args, env_overrides, log_path, timeout=60):
     """Run `python *args` from the project root and wait for its `listening on` line; return a Started."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_", "OVERVIEW_"))}
     env.update(TZ=BENCH_TZ, PYTHONUNBUFFERED="1")
     env.update(env_overrides)
     log_path = Path(log_path)
@@ -73,6 +76,29 @@ def start_service(settings_path, db_path, log_path, env=None, timeout=60):
     """Start `python server.py` on 127.0.0.1 with an OS-chosen port."""
     args = ["server.py", "--settings", settings_path, "--db", db_path, "--host", "127.0.0.1", "--port", "0"]
     return start(args, {**UNREACHABLE_SMTP, **(env or {})}, log_path, timeout)
+
+
+def cached_database(name, parameters, fill, log):
+    """The database bench/build/NAME-KEY.db, made by `fill(path)` on a new database the first time and then kept.
+
+    KEY hashes schema.sql and `parameters`: a new schema or other parameters make a new file, and the
+    old one is removed. A build that fails leaves only a `.partial` file, thrown away by the next one.
+    """
+    key = hashlib.sha256((SCHEMA_PATH.read_text() + repr((parameters, BENCH_TZ))).encode()).hexdigest()[:12]
+    path = BUILD_DIR / f"{name}-{key}.db"
+    if path.exists():
+        return path
+    for stale in BUILD_DIR.glob(f"{name}-*.db*"):
+        stale.unlink()
+    log(f"  building {path.name} (once; it is cached under bench/build)")
+    began = time.perf_counter()
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    Store(partial).close()
+    fill(partial)
+    partial.rename(path)
+    log(f"  built in {time.perf_counter() - began:.0f} s")
+    return path
 
 
 def cpu_seconds(pid):

@@ -252,7 +252,7 @@ class ServerProcess:
 
 def server_env(smtp_port, ca_path, **extra):
     """The environment for a server subprocess that sends through the test SMTP server."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_", "OVERVIEW_"))}
     env.update(
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(smtp_port),

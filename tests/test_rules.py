@@ -1,4 +1,15 @@
-from rules import ALERTED, LATE, PINGING, SILENT, decide, held_back_until, late_at, live_state, retry_delay
+from rules import (
+    ALERTED,
+    LATE,
+    PINGING,
+    SILENT,
+    decide,
+    held_back_until,
+    late_at,
+    live_state,
+    retry_delay,
+    silences,
+)
 from store import UserState
 from support import T0
 
@@ -93,3 +104,13 @@ def test_an_alerted_users_reminder_is_held_back_and_a_first_alert_is_not():
     assert held_back_until(user(last_ping=T0, last_alert=T0 + 61), T0 + 100) == T0 + 661
     assert held_back_until(user(last_ping=T0), T0 + 100) is None
     assert held_back_until(user(monitor=False, last_ping=T0, last_alert=T0), T0 + 100) is None
+
+
+def test_silences_are_the_gaps_longer_than_max_sleep_also_from_the_ping_before():
+    assert silences([T0 + 10, T0 + 20, T0 + 90, T0 + 100], 60, T0 - 100) == [
+        (T0 - 100, T0 + 10),
+        (T0 + 20, T0 + 90),
+    ]
+    assert silences([T0 + 60], 60, T0) == []  # exactly max_sleep is no silence
+    assert silences([T0, T0 + 100], 60, None) == [(T0, T0 + 100)]
+    assert silences([], 60, T0) == []

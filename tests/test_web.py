@@ -464,3 +464,99 @@ def test_the_testing_password_is_never_logged(store, clock, caplog):
         client.post_json("/testing/state", {"password": "hunter2"}, status="*", **from_address("192.0.2.7"))
     assert "too many wrong testing passwords from 192.0.2.7: refusing it for 60 s" in caplog.text
     assert "let me in" not in caplog.text and "hunter2" not in caplog.text
+
+
+def overview_client(store, clock, testing_password=None, overview_password=None):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    return webtest.TestApp(
+        web.make_app(store, settings, clock, testing_password, ScriptedTestEmails(), overview_password)
+    )
+
+
+OVERVIEW_ENDPOINTS = ["/overview/state", "/overview/day"]
+TODAY = {"username": "pi", "year": 2026, "month": 9, "day": 21}
+
+
+def test_the_overview_page_loads_its_script_and_without_a_password_says_it_is_disabled(store, clock):
+    answer = overview_client(store, clock, overview_password="look").get("/overview", status=200)
+    assert (answer.content_type, answer.charset) == ("text/html", "utf-8")
+    form = answer.html.find("form", id="unlock")
+    assert (form["method"], form["action"]) == ("post", "/overview/state")
+    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/overview.js", "defer": ""}]
+    assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
+    disabled = overview_client(store, clock).get("/overview", status=200)
+    assert "overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set" in disabled.text
+    assert disabled.html.find("form") is None and disabled.html.find("script") is None
+
+
+@pytest.mark.parametrize("path", ["/static/overview.js", "/static/overview.css"])
+def test_the_overview_assets_are_served(client, path):
+    assert len(client.get(path, status=200).body) > 500
+
+
+@pytest.mark.parametrize("path", OVERVIEW_ENDPOINTS)
+def test_overview_endpoints_are_503_without_either_password(store, clock, path):
+    answer = overview_client(store, clock).post_json(path, {"password": "x", **TODAY}, status=503)
+    assert answer.text == "the overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set"
+    assert answer.headers["Ping-Listener-Overview"] == "disabled"
+
+
+@pytest.mark.parametrize("path", OVERVIEW_ENDPOINTS)
+def test_overview_password_unlocks_the_overview_and_the_testing_password_only_when_it_is_unset(store, clock, path):
+    both = overview_client(store, clock, testing_password="test", overview_password="look")
+    both.post_json(path, {"password": "look", **TODAY}, status=200)
+    assert both.post_json(path, {"password": "test", **TODAY}, status=401).text == "wrong overview password"
+    both.post_json("/testing/config", {"password": "look"}, status=401)
+    overview_client(store, clock, testing_password="test").post_json(path, {"password": "test", **TODAY}, status=200)
+
+
+def test_wrong_passwords_for_the_overview_and_the_testing_page_share_one_limit(store, clock):
+    client = overview_client(store, clock, testing_password="test", overview_password="look")
+    for path in ["/testing/config", "/overview/state", "/testing/state", "/overview/day"]:
+        client.post_json(path, {"password": "guess", **TODAY}, status=401)
+    client.post_json("/overview/state", {"password": "guess"}, status=401)  # the fifth: refused from now on
+    for path in ["/overview/state", "/testing/config"]:
+        assert client.post_json(path, {"password": "look"}, status=429).headers["Retry-After"] == "60"
+
+
+def test_the_overview_state_lists_every_user_and_reads_nothing_it_should_not_write(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    client.get("/ping?username=pi", status=200)
+    answer = client.post_json("/overview/state", {"password": "look"}, status=200)
+    assert answer.content_type == "application/json"
+    [pi] = answer.json["users"]
+    assert (pi["username"], pi["state"], pi["last_ping_local"]) == ("pi", "pinging", "2026-09-21 16:13:20 CEST")
+    assert answer.json["summary"] == [{"state": "pinging", "users": 1}]
+    client.post_json("/overview/day", {"password": "look", **TODAY}, status=200)
+    assert committed_pings(store) == [T0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "message"),
+    [
+        ({"username": ""}, 400, "missing username"),
+        ({"username": ["pi"]}, 400, "missing username"),
+        ({"month": 13}, 400, "invalid date 2026-13-21"),
+        ({"day": "first"}, 400, "invalid day 'first': expected 1 or 2 digits"),
+        ({"year": 2026.5}, 400, "invalid year: expected a whole number"),
+        ({"year": True}, 400, "invalid year: expected a whole number"),
+        ({"year": None}, 400, "missing year"),
+        ({"username": "ghost"}, 404, "unknown user ghost"),
+    ],
+)
+def test_the_day_view_names_a_bad_field_or_an_unknown_user(store, clock, fields, status, message):
+    client = overview_client(store, clock, overview_password="look")
+    answer = client.post_json("/overview/day", {"password": "look", **TODAY, **fields}, status=status)
+    assert (answer.content_type, answer.text) == ("text/plain", message)
+
+
+def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    client.get("/ping?username=pi", status=200)
+    day = client.post_json("/overview/day", {"password": "look", **TODAY, "month": "09"}, status=200).json
+    assert (day["pings"], day["date_local"], day["logs_url"]) == (
+        1,
+        "2026-09-21",
+        "/logs?username=pi&year=26&month=09&day=21",
+    )

@@ -1,0 +1,138 @@
+"""The overview's answers with 10 000 users and 10 million pings: POST /overview/state's data (first
+answer after a start, then refreshes with new pings) and a day view of a busy day, in process."""
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from statistics import median
+
+from bench import harness
+from overview import Overview, overview_day
+from store import Store
+
+USERS = 10_000
+TOTAL_PINGS = 10_000_000
+# Every user but one pings every INTERVAL seconds for the days before NOW (about 100 pings each in the
+# last 24 hours, a million in all); the busy one pings every second of the local day before NOW's.
+NOW = 1_790_000_000.0
+INTERVAL = 864.0
+BUSY_PINGS = 86_400
+# Between two refreshes of a page (3 s), this many new pings arrive: 200 a second.
+NEW_PINGS_PER_REFRESH = 600
+
+
+@dataclass(frozen=True)
+class OverviewResult:
+    """Timings in ms of the overview's answers, each its data written as JSON."""
+
+    users: int
+    pings_in_table: int
+    answer_bytes: int
+    first_ms: float
+    refresh_median_ms: float
+    refresh_max_ms: float
+    day_pings: int
+    day_median_ms: float
+    day_max_ms: float
+
+
+def run(refreshes, log):
+    """Time the first overview answer, `refreshes` refreshes after new pings, and `refreshes` busy day views."""
+    db = _database(log)
+    store = Store(db)
+    try:
+        overview = Overview(store)
+        began = time.perf_counter()
+        answer = overview.state(NOW)
+        first = time.perf_counter() - began
+        refresh_times = []
+        for index in range(refreshes):
+            now = NOW + 3 * (index + 1)
+            _add_pings(store, now)
+            began = time.perf_counter()
+            answer = overview.state(now)
+            refresh_times.append(time.perf_counter() - began)
+        day_start = _busy_day_start()
+        day_times = []
+        for _ in range(refreshes):
+            began = time.perf_counter()
+            day = overview_day(store, "busy", day_start, day_start + 86400, NOW)
+            json.dumps(day, separators=(",", ":"))
+            day_times.append(time.perf_counter() - began)
+    finally:
+        store.close()
+    result = OverviewResult(
+        USERS,
+        TOTAL_PINGS,
+        len(answer),
+        first * 1000,
+        median(refresh_times) * 1000,
+        max(refresh_times) * 1000,
+        day["pings"],
+        median(day_times) * 1000,
+        max(day_times) * 1000,
+    )
+    log(
+        f"  /overview/state: first {result.first_ms:.0f} ms, then median {result.refresh_median_ms:.0f} ms"
+        f" (max {result.refresh_max_ms:.0f}); day of {result.day_pings} pings: median {result.day_median_ms:.0f} ms"
+    )
+    return result
+
+
+def _busy_day_start():
+    # 2026-09-20 in Europe/Paris (BENCH_TZ): a day of 86 400 seconds.
+    return time.mktime((*time.localtime(NOW - 86400)[:3], 0, 0, 0, 0, 0, -1))
+
+
+def _add_pings(store, now):
+    """Pings from `now` - 3 s to `now`, inserted without the store's trigger (users' last_ping stays)."""
+    # Bench-only SQL on the bench's own database: pings from users spread over the table.
+    with sqlite3.connect(store.path) as connection:
+        connection.executemany(
+            "INSERT INTO pings (user_id, at) VALUES (?, ?)",
+            [
+                (2 + (index * 7919) % (USERS - 1), now - 3 + index * 3 / NEW_PINGS_PER_REFRESH)
+                for index in range(NEW_PINGS_PER_REFRESH)
+            ],
+        )
+
+
+def _database(log):
+    """The cached database of USERS users and TOTAL_PINGS pings."""
+    return harness.cached_database("overview", (USERS, TOTAL_PINGS, NOW, INTERVAL), _fill, log)
+
+
+def _fill(path):
+    # Bench-only bulk SQL, in (user_id, at) order so that the pings index only grows at its end.
+    per_user = (TOTAL_PINGS - BUSY_PINGS) // (USERS - 1)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = OFF")
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.execute("BEGIN")
+        connection.execute(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since, last_ping)"
+            " VALUES ('busy', 1, 1, 60, 3600, ?, ?)",
+            (NOW - 86400, NOW - 1),
+        )
+        connection.executemany(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since, last_ping)"
+            " VALUES (?, 1, 1, 1200, 3600, ?, ?)",
+            [(f"device-{index:05d}", NOW - 86400, NOW - INTERVAL) for index in range(USERS - 1)],
+        )
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT ?)"
+            " INSERT INTO pings (user_id, at) SELECT 1, ? + i FROM n",
+            (BUSY_PINGS, _busy_day_start()),
+        )
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT :count)"
+            " INSERT INTO pings (user_id, at)"
+            " SELECT 2 + i / :per_user, :now - (:per_user - i % :per_user) * :interval - (i / :per_user) % 97 FROM n",
+            {"count": per_user * (USERS - 1), "per_user": per_user, "now": NOW, "interval": INTERVAL},
+        )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()

@@ -1,0 +1,410 @@
+// Ping Listener's overview: unlock with OVERVIEW_PASSWORD (or TESTING_PASSWORD), then every configured
+// device's state and last 24 hours from POST /overview/state, refreshed every few seconds, and one
+// device's day from POST /overview/day. Read-only: it never pings and never sends anything else.
+//
+// States, deadlines and silences are the server's (rules.py); this script only draws them. Every
+// string from the server reaches the page through textContent or setAttribute, never as HTML.
+"use strict";
+
+const REFRESH_MS = 3000;
+const SVG = "http://www.w3.org/2000/svg";
+// The timeline's and the day chart's coordinates (their viewBox).
+const WIDTH = 960;
+const TIMELINE_HEIGHT = 32;
+const CHART_HEIGHT = 120;
+// A silence narrower than this (in viewBox units) is still drawn this wide, so that it can be seen.
+const MIN_SHADE = 2;
+// What a slot's character (the bit length of its ping count) means.
+const LEVEL_WORDS = ["no ping", "1 ping", "2–3 pings", "4–7 pings", "8–15 pings", "16–31 pings",
+  "32–63 pings", "64–127 pings", "128–255 pings", "256 or more pings"];
+
+let password = null;
+let refreshTimer = null;
+let latest = null; // the last /overview/state answer
+let openDay = null; // {username, year, month, day} while the day view is open
+let opener = null; // the button that opened the day view, focused again when it closes
+
+const byId = (id) => document.getElementById(id);
+
+document.addEventListener("DOMContentLoaded", () => {
+  byId("unlock").addEventListener("submit", unlock);
+  byId("day-close").addEventListener("click", closeDay);
+  byId("day-date").addEventListener("change", chooseDate);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && openDay) {
+      closeDay();
+    }
+  });
+});
+
+async function unlock(event) {
+  event.preventDefault();
+  const attempt = byId("password").value;
+  showUnlockError("");
+  let answer;
+  try {
+    answer = await postJson("/overview/state", { password: attempt });
+  } catch (error) {
+    showUnlockError(`The server does not answer: ${error.message}`);
+    return;
+  }
+  if (!answer.ok) {
+    showUnlockError(await refusal(answer));
+    byId("password").select();
+    return;
+  }
+  password = attempt;
+  byId("password").value = "";
+  byId("unlock").hidden = true;
+  byId("devices").hidden = false;
+  show(await answer.json());
+  scheduleRefresh();
+}
+
+function postJson(path, body) {
+  return fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    cache: "no-store",
+  });
+}
+
+async function refusal(answer) {
+  const text = (await answer.text()).trim();
+  if (answer.status === 401) {
+    return "Wrong password: it is neither the OVERVIEW_PASSWORD nor (when that is not set) the TESTING_PASSWORD this server was started with.";
+  }
+  return `${answer.status}: ${text}`;
+}
+
+function showUnlockError(message) {
+  const error = byId("unlock-error");
+  error.textContent = message;
+  error.hidden = !message;
+}
+
+// Back to the password form: the server restarted with another password, or without one.
+function lock(message) {
+  password = null;
+  clearTimeout(refreshTimer);
+  closeDay();
+  byId("rows").replaceChildren();
+  byId("devices").hidden = true;
+  byId("connection").hidden = true;
+  byId("unlock").hidden = false;
+  showUnlockError(message);
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, REFRESH_MS);
+}
+
+// Never gives up: a refused or failed refresh is said, the last data stays, and the next one is tried.
+async function refresh() {
+  try {
+    const answer = await postJson("/overview/state", { password });
+    if (answer.status === 401 || answer.headers.get("Ping-Listener-Overview") === "disabled") {
+      lock(await refusal(answer));
+      return;
+    }
+    if (!answer.ok) {
+      problem(`The server answered ${answer.status}: ${(await answer.text()).trim()}`);
+    } else {
+      show(await answer.json());
+      if (openDay) {
+        await loadDay(false);
+      }
+    }
+  } catch (error) {
+    problem(`The server does not answer (${error.message})`);
+  }
+  if (password !== null) {
+    scheduleRefresh();
+  }
+}
+
+function problem(message) {
+  const status = byId("connection");
+  const since = latest ? ` Showing what it said at ${clock(latest.now_local)}.` : "";
+  status.textContent = `${message}.${since} Retrying every ${REFRESH_MS / 1000} s.`;
+  status.classList.add("problem");
+  status.hidden = false;
+}
+
+function show(state) {
+  latest = state;
+  const status = byId("connection");
+  status.textContent = `Updated ${clock(state.now_local)} (server time), every ${REFRESH_MS / 1000} s.`;
+  status.classList.remove("problem");
+  status.hidden = false;
+  byId("summary").textContent = state.summary.map((part) => `${part.users} ${part.state}`).join(" · ") || "No users configured";
+  const list = byId("rows");
+  const existing = new Map([...list.children].map((row) => [row.dataset.username, row]));
+  const rows = state.users.map((user) => {
+    const row = existing.get(user.username) || newRow(user.username);
+    fillRow(row, user, state);
+    return row;
+  });
+  // Only move what moved, so that the keyboard focus stays where it is.
+  rows.forEach((row, index) => {
+    if (list.children[index] !== row) {
+      list.insertBefore(row, list.children[index] || null);
+    }
+  });
+  while (list.children.length > rows.length) {
+    list.lastElementChild.remove();
+  }
+}
+
+function newRow(username) {
+  const row = byId("row-template").content.firstElementChild.cloneNode(true);
+  row.dataset.username = username;
+  const name = row.querySelector(".name");
+  name.textContent = username;
+  name.addEventListener("click", () => openDayView(username, name));
+  return row;
+}
+
+function fillRow(row, user, state) {
+  const badge = row.querySelector(".badge");
+  badge.textContent = user.state;
+  badge.className = `badge state-${user.state}`;
+  row.className = `row state-${user.state}`;
+  row.querySelector(".name").setAttribute("aria-label", `${user.username}: ${user.state}; show its day`);
+  const lastPing = row.querySelector(".last-ping");
+  setTime(lastPing, user.last_ping, user.last_ping_local, user.last_ping === null ? "never" : ago(state.now - user.last_ping));
+  const deadline = row.querySelector(".deadline");
+  let deadlineText = "none (monitor off)";
+  if (user.late_at !== null) {
+    deadlineText = user.late_at > state.now ? `in ${duration(user.late_at - state.now)}` : `passed ${ago(state.now - user.late_at)}`;
+  }
+  setTime(deadline, user.late_at, user.late_at_local, deadlineText);
+  drawTimeline(row.querySelector(".timeline"), user, state);
+}
+
+function setTime(element, epoch, local, text) {
+  element.textContent = text;
+  if (epoch === null) {
+    element.removeAttribute("datetime");
+    element.removeAttribute("title");
+  } else {
+    element.setAttribute("datetime", new Date(epoch * 1000).toISOString());
+    element.setAttribute("title", local);
+  }
+}
+
+function drawTimeline(svg, user, state) {
+  const { start, end, slot_seconds: slotSeconds } = state.window;
+  const x = (epoch) => ((Math.min(Math.max(epoch, start), end) - start) / (end - start)) * WIDTH;
+  const parts = [];
+  for (const silence of user.silences) {
+    const from = silence.start === null ? start : silence.start;
+    const to = silence.end === null ? state.now : silence.end;
+    if (to < start) {
+      continue;
+    }
+    const shade = svgElement("rect", { class: "silence", x: x(from), y: 0, width: Math.max(x(to) - x(from), MIN_SHADE), height: TIMELINE_HEIGHT });
+    shade.append(title(silenceText(silence, state.now)));
+    parts.push(shade);
+  }
+  const slotWidth = WIDTH / user.pings.length;
+  [...user.pings].forEach((character, slot) => {
+    const level = Number(character);
+    if (level > 0) {
+      const height = 6 + (level * (TIMELINE_HEIGHT - 8)) / 9;
+      const tick = svgElement("rect", { class: "tick", x: slot * slotWidth + slotWidth * 0.2, y: TIMELINE_HEIGHT - height, width: slotWidth * 0.6, height });
+      const slotStart = start + slot * slotSeconds;
+      tick.append(title(`${LEVEL_WORDS[level]} in the ${slotSeconds / 60} minutes from ${ago(state.now - slotStart)}`));
+      parts.push(tick);
+    }
+  });
+  for (const [kind, events] of [["alert", user.alerts], ["recovery", user.recoveries], ["failure", user.failures || []]]) {
+    for (const event of events) {
+      const mark = svgElement("line", { class: kind, x1: x(event.at), x2: x(event.at), y1: 0, y2: TIMELINE_HEIGHT });
+      mark.append(title(`${kind} at ${event.at_local}`));
+      parts.push(mark);
+    }
+  }
+  svg.replaceChildren(...parts);
+  svg.dataset.start = start;
+  svg.dataset.end = end;
+  const silent = user.silences.length;
+  svg.setAttribute("aria-label", `${user.username}'s last 24 hours: ${silent} silence${silent === 1 ? "" : "s"} longer than max_sleep, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
+}
+
+function svgElement(name, attributes) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) {
+    element.setAttribute(key, value);
+  }
+  return element;
+}
+
+function title(text) {
+  const element = svgElement("title", {});
+  element.textContent = text;
+  return element;
+}
+
+function silenceText(silence, now) {
+  const from = silence.start_local ? clock(silence.start_local) : "before any ping";
+  if (silence.end === null) {
+    const length = silence.start === null ? "" : `, ${duration(now - silence.start)} so far`;
+    return `silent since ${from} (still silent${length})`;
+  }
+  return `silent ${duration(silence.end - silence.start)}: ${from} → ${clock(silence.end_local)}`;
+}
+
+function openDayView(username, button) {
+  opener = button;
+  const [year, month, day] = latest.now_local.slice(0, 10).split("-").map(Number);
+  openDay = { username, year, month, day };
+  byId("day-date").value = latest.now_local.slice(0, 10);
+  byId("day-title").textContent = username;
+  byId("devices").hidden = true;
+  byId("day").hidden = false;
+  byId("day-title").focus();
+  loadDay(true);
+}
+
+function closeDay() {
+  if (!openDay) {
+    return;
+  }
+  openDay = null;
+  byId("day").hidden = true;
+  byId("devices").hidden = password === null;
+  if (opener && opener.isConnected) {
+    opener.focus();
+  }
+}
+
+function chooseDate() {
+  const value = byId("day-date").value;
+  if (!openDay || !value) {
+    return;
+  }
+  const [year, month, day] = value.split("-").map(Number);
+  Object.assign(openDay, { year, month, day });
+  loadDay(true);
+}
+
+async function loadDay(fresh) {
+  const asked = { ...openDay };
+  const summary = byId("day-summary");
+  if (fresh) {
+    summary.textContent = "Loading…";
+  }
+  let answer;
+  try {
+    answer = await postJson("/overview/day", { password, ...asked });
+  } catch (error) {
+    summary.textContent = `The server does not answer (${error.message}); retrying every ${REFRESH_MS / 1000} s.`;
+    return;
+  }
+  if (!openDay || JSON.stringify(asked) !== JSON.stringify(openDay)) {
+    return; // another day or device was chosen meanwhile
+  }
+  if (!answer.ok) {
+    summary.textContent = `The server answered ${answer.status}: ${(await answer.text()).trim()}`;
+    return;
+  }
+  showDay(await answer.json());
+}
+
+function showDay(day) {
+  const truncated = day.truncated ? " (too many to show: the day is shown up to the last of them)" : "";
+  byId("day-summary").textContent = `${day.date_local}: ${day.pings} ping${day.pings === 1 ? "" : "s"}${truncated}; max_sleep ${duration(day.max_sleep)}.`;
+  drawDayChart(day);
+  const silences = day.silences.map((silence) => listItem(silenceText(silence, day.now), "silence"));
+  byId("day-silences").replaceChildren(...(silences.length ? silences : [listItem("None.", "none")]));
+  const alerts = day.alerts.map((alert) => {
+    const lastPing = alert.last_ping_local ? `last ping ${clock(alert.last_ping_local)}` : "no ping since monitoring began";
+    const item = listItem(`alert at ${clock(alert.at_local)} (${lastPing})`, "alert");
+    const emails = document.createElement("ul");
+    for (const email of alert.emails) {
+      const line = document.createElement("li");
+      const badge = document.createElement("span");
+      badge.className = `badge email-${email.status}`;
+      badge.textContent = email.status;
+      const when = email.finished_at_local ? ` at ${clock(email.finished_at_local)}` : "";
+      line.append(badge, ` email to ${email.recipient}${when}, ${email.attempts} attempt${email.attempts === 1 ? "" : "s"}`);
+      emails.append(line);
+    }
+    item.append(emails);
+    return item;
+  });
+  byId("day-alerts").replaceChildren(...(alerts.length ? alerts : [listItem("None.", "none")]));
+  byId("day-logs").setAttribute("href", day.logs_url);
+}
+
+function drawDayChart(day) {
+  const svg = byId("day-chart");
+  const x = (epoch) => ((Math.min(Math.max(epoch, day.start), day.end) - day.start) / (day.end - day.start)) * WIDTH;
+  const parts = [];
+  for (const silence of day.silences) {
+    const to = silence.end === null ? Math.min(day.now, day.end) : silence.end;
+    const shade = svgElement("rect", { class: "silence", x: x(silence.start), y: 0, width: Math.max(x(to) - x(silence.start), MIN_SHADE), height: CHART_HEIGHT });
+    shade.append(title(silenceText(silence, day.now)));
+    parts.push(shade);
+  }
+  const most = Math.max(1, ...day.columns);
+  const columnWidth = WIDTH / day.columns.length;
+  day.columns.forEach((count, index) => {
+    if (count > 0) {
+      const height = 4 + (count / most) * (CHART_HEIGHT - 8);
+      const bar = svgElement("rect", { class: "tick", x: index * columnWidth, y: CHART_HEIGHT - height, width: Math.max(columnWidth * 0.8, 1), height });
+      bar.append(title(`${count} ping${count === 1 ? "" : "s"} in the ${day.column_seconds / 60} minutes from ${sinceMidnight(index * day.column_seconds)}`));
+      parts.push(bar);
+    }
+  });
+  for (const alert of day.alerts) {
+    const mark = svgElement("line", { class: "alert", x1: x(alert.at), x2: x(alert.at), y1: 0, y2: CHART_HEIGHT });
+    mark.append(title(`alert at ${alert.at_local}`));
+    parts.push(mark);
+  }
+  svg.replaceChildren(...parts);
+  svg.dataset.start = day.start;
+  svg.dataset.end = day.end;
+  svg.setAttribute("aria-label", `pings of ${day.username} on ${day.date_local}, in columns of ${day.column_seconds / 60} minutes`);
+}
+
+function listItem(text, kind) {
+  const item = document.createElement("li");
+  item.className = kind;
+  item.textContent = text;
+  return item;
+}
+
+// "2026-09-21 16:13:20 CEST" -> "16:13:20 CEST"; times on the page are the server's local times.
+function clock(local) {
+  return local.slice(11);
+}
+
+function ago(seconds) {
+  return seconds < 1 ? "just now" : `${duration(seconds)} ago`;
+}
+
+// A time of day given in seconds since midnight, "14:05" (an hour off after a daylight saving change).
+function sinceMidnight(seconds) {
+  const minutes = Math.floor(seconds / 60);
+  return `${String(Math.floor(minutes / 60)).padStart(2, "0")}:${String(minutes % 60).padStart(2, "0")}`;
+}
+
+function duration(seconds) {
+  const whole = Math.round(seconds);
+  if (whole < 60) {
+    return `${whole} s`;
+  }
+  const minutes = Math.floor(whole / 60);
+  if (minutes < 60) {
+    return `${minutes} min`;
+  }
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) {
+    return `${hours} h ${minutes % 60} min`;
+  }
+  return `${Math.floor(hours / 24)} days`;
+}

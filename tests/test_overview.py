@@ -1,0 +1,172 @@
+"""The overview's data (overview.py) over a real store: the 24-hour summary, its upkeep, and one user's day."""
+
+import json
+import time
+
+import overview
+from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
+from store import CheckOutcome, NewEmail
+from support import T0, make_settings
+
+USERS = {
+    "backup": {"monitor": True, "max_sleep": 600, "email_frequency": 3600},
+    "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+    "nas": {"monitor": False, "max_sleep": 60, "email_frequency": 60},
+}
+# The window of T0: its last slot holds T0.
+WINDOW_START = (T0 // SLOT_SECONDS - SLOTS + 1) * SLOT_SECONDS
+
+
+def synced(store, users=USERS, now=T0 - 2 * 86400):
+    store.sync_users(make_settings(users).users, now)
+    return store
+
+
+def ping_every(store, username, start, end, step):
+    at = start
+    while at < end:
+        store.record_ping(username, at)
+        at += step
+
+
+def overview_state(store, overview, now):
+    """The overview's answer at `now`, read as JSON."""
+    return json.loads(overview.state(now))
+
+
+def by_name(state):
+    return {user["username"]: user for user in state["users"]}
+
+
+def alert(store, username, now):
+    [user] = [user for user in store.configured_users() if user.username == username]
+    store.save_check_outcomes([CheckOutcome(user, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], now)
+
+
+def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(store):
+    synced(store)
+    gap = (T0 - 6 * 3600, T0 - 4 * 3600)
+    unalerted = (T0 - 20 * 3600, T0 - 19 * 3600)
+    ping_every(store, "backup", T0 - 86400, unalerted[0] + 1, 300)
+    ping_every(store, "backup", unalerted[1], gap[0] + 1, 300)
+    ping_every(store, "backup", gap[1], T0, 300)
+    alert(store, "backup", gap[0] + 700)
+    backup = by_name(overview_state(store, Overview(store), T0))["backup"]
+    last_before_gap = unalerted[1] + ((gap[0] - unalerted[1]) // 300) * 300
+    assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [
+        (unalerted[0], unalerted[1]),
+        (last_before_gap, gap[1]),
+    ]
+    assert [event["at"] for event in backup["alerts"]] == [gap[0] + 700]
+    assert [event["at"] for event in backup["recoveries"]] == [gap[1]]
+    assert backup["state"] == "pinging"
+
+
+def test_slots_count_pings_as_the_bit_length_of_their_number(store):
+    synced(store)
+    last_slot_start = WINDOW_START + (SLOTS - 1) * SLOT_SECONDS
+    ping_every(store, "pi", last_slot_start, last_slot_start + 5 * 60, 60)  # 5 pings: "3"
+    store.record_ping("pi", WINDOW_START)  # 1 ping in the first slot: "1"
+    store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
+    pi = by_name(overview_state(store, Overview(store), T0))["pi"]
+    assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
+
+
+def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
+    synced(store, now=T0 - 1000)  # backup: late, pi: pinging, nas: silent
+    store.record_ping("pi", T0 - 10)
+    state = overview_state(store, Overview(store), T0)
+    assert [(user["username"], user["state"]) for user in state["users"]] == [
+        ("backup", "late"),
+        ("nas", "silent"),
+        ("pi", "pinging"),
+    ]
+    assert state["summary"] == [
+        {"state": "late", "users": 1},
+        {"state": "silent", "users": 1},
+        {"state": "pinging", "users": 1},
+    ]
+    backup = by_name(state)["backup"]
+    assert (backup["late_at"], backup["late_at_local"]) == (T0 - 400, "2026-09-21 16:06:40 CEST")
+    assert backup["silences"] == [{"start": None, "start_local": None, "end": None, "end_local": None}]
+
+
+def test_a_state_from_a_newer_rule_sorts_after_the_known_problems():
+    ranks = [overview._state_rank(state) for state in ("failed", "alerted", "late", "new-state", "silent", "pinging")]
+    assert ranks == sorted(ranks)
+
+
+def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(store):
+    synced(store)
+    recent = Overview(store)
+    ping_every(store, "pi", T0 - 600, T0, 30)
+    first = by_name(overview_state(store, recent, T0))["pi"]
+    assert first["silences"] == []
+    store.record_ping("pi", T0 + 500)  # after 530 s of silence: longer than max_sleep (60 s)
+    later = by_name(overview_state(store, recent, T0 + 501))["pi"]
+    assert [(silence["start"], silence["end"]) for silence in later["silences"]] == [(T0 - 30, T0 + 500)]
+    # The same as a summary read afresh.
+    assert later == by_name(overview_state(store, Overview(store), T0 + 501))["pi"]
+
+
+def test_the_window_slides_and_forgets_what_left_it(store):
+    synced(store)
+    recent = Overview(store)
+    store.record_ping("pi", WINDOW_START + 10)
+    store.record_ping("pi", WINDOW_START + 10 + 3600)  # a silence of an hour
+    assert by_name(overview_state(store, recent, T0))["pi"]["pings"][:5] == "10001"
+    later = T0 + 2 * SLOT_SECONDS
+    slid = by_name(overview_state(store, recent, later))["pi"]
+    assert slid["pings"][:3] == "001"
+    assert slid == by_name(overview_state(store, Overview(store), later))["pi"]
+    gone = by_name(overview_state(store, recent, T0 + 86400 + 3600 + 1000))["pi"]
+    assert gone["pings"] == "0" * SLOTS
+    assert [silence["end"] for silence in gone["silences"]] == [None]
+
+
+def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_emails(store):
+    synced(store)
+    day_start = time.mktime((2026, 9, 21, 0, 0, 0, 0, 0, -1))
+    store.record_ping("backup", day_start - 100)  # the day begins silent: 700 s > 600 s
+    store.record_ping("backup", day_start + 600)
+    ping_every(store, "backup", day_start + 600, day_start + 3600, 60)
+    alert(store, "backup", day_start + 3600 + 700)
+    day = overview_day(store, "backup", day_start, day_start + 86400, T0)
+    assert day["pings"] == 51
+    assert sum(day["columns"]) == 51 and len(day["columns"]) == 288
+    assert [(silence["start"], silence["end"], silence["seconds"]) for silence in day["silences"]] == [
+        (day_start - 100, day_start + 600, 700),
+        (day_start + 3540, None, T0 - day_start - 3540),  # still silent at T0
+    ]
+    assert day["silences"][0]["start_local"] == "2026-09-20 23:58:20 CEST"
+    [alerted] = day["alerts"]
+    assert alerted["at_local"] == "2026-09-21 01:11:40 CEST"
+    assert [(email["recipient"], email["status"]) for email in alerted["emails"]] == [("ops@example.com", "queued")]
+    assert day["logs_url"] == "/logs?username=backup&year=26&month=09&day=21"
+
+
+def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
+    monkeypatch.setattr(overview, "DAY_MAX_PINGS", 10)
+    synced(store)
+    day_start = time.mktime((2026, 9, 21, 0, 0, 0, 0, 0, -1))
+    ping_every(store, "pi", day_start, day_start + 20 * 30, 30)
+    day = overview_day(store, "pi", day_start, day_start + 86400, T0)
+    assert (day["pings"], day["truncated"], day["silences"]) == (10, True, [])
+
+
+def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
+    synced(store, now=T0 - 1000)
+    overview = Overview(store)
+    store.record_ping("pi", T0 - 10)
+    assert by_name(overview_state(store, overview, T0))["pi"]["silences"] == []
+    pi = by_name(overview_state(store, overview, T0 + 55))["pi"]  # silent for 65 s: more than max_sleep
+    assert pi["state"] == "late"
+    assert [(silence["start"], silence["end"]) for silence in pi["silences"]] == [(T0 - 10, None)]
+    unmonitored = {"pi": {**USERS["pi"], "monitor": False}}
+    synced(store, unmonitored, now=T0 + 60)
+    store.record_ping("pi", T0 + 60)
+    overview = Overview(store)
+    pi = by_name(overview_state(store, overview, T0 + 61))["pi"]
+    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
+    pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
+    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])

@@ -1,0 +1,235 @@
+"""The overview page in Debian's Chromium, driven by Playwright, against the real service (a subprocess on
+127.0.0.1, the real clock) over a database holding a day of history, and a real SMTP-over-TLS server.
+
+`make screenshots` runs test_screenshots with OVERVIEW_SCREENSHOTS=docs, which writes docs/overview-*.png.
+"""
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
+
+from store import CheckOutcome, NewEmail, Store
+from support import make_settings, write_settings
+
+PASSWORD = "a look, not a touch"
+USERS = {
+    "backup-server": {"monitor": True, "max_sleep": 600, "email_frequency": 3600},
+    "camera": {"monitor": True, "max_sleep": 300, "email_frequency": 3600},
+    "weather-station": {"monitor": True, "max_sleep": 1200, "email_frequency": 3600},
+    # Never pinged since the start, and 2 s is short: late (then alerted) a moment after the service starts.
+    "pi": {"monitor": True, "max_sleep": 2, "email_frequency": 3600},
+    "nas": {"monitor": False, "max_sleep": 60, "email_frequency": 60},
+    HOSTILE_NAME: {"monitor": False, "max_sleep": 60, "email_frequency": 60},
+}
+# backup-server pinged every 5 minutes for the last 24 hours but for these two hours.
+GAP = (6 * 3600, 4 * 3600)
+CONSOLE_ALLOWED = re.compile(r"^Failed to load resource: the server responded with a status of 401")
+
+
+@pytest.fixture
+def page_problems():
+    return []
+
+
+@pytest.fixture
+def open_page(browser, page_problems):  # noqa: F811
+    """open_page(width, **context options): a fresh tab; the test fails on any console error or dialog."""
+    contexts = []
+
+    def open_tab(width, **options):
+        context = browser.new_context(viewport={"width": width, "height": 900}, **options)
+        contexts.append(context)
+        tab = context.new_page()
+        tab.on("dialog", lambda dialog: (page_problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+        tab.on("console", lambda message: _console_problem(message, page_problems))
+        return tab
+
+    yield open_tab
+    for context in contexts:
+        context.close()
+    assert page_problems == []
+
+
+def _console_problem(message, problems):
+    # Chromium asks for /favicon.ico, which the service does not have.
+    if (
+        message.type == "error"
+        and not message.location.get("url", "").endswith("/favicon.ico")
+        and not CONSOLE_ALLOWED.match(message.text)
+    ):
+        problems.append(message.text)
+
+
+@pytest.fixture
+def history(tmp_path):
+    """A database with a day of pings and an alert; returns (path, now, (gap start, gap end))."""
+    path = tmp_path / "ping_listener.db"
+    now = time.time()
+    store = Store(path)
+    store.sync_users(make_settings(USERS).users, now - 86400)
+    gap = (now - GAP[0], now - GAP[1])
+    last_before_gap = None
+    for at in range(int(now - 86400), int(now), 300):
+        if gap[0] < at < gap[1]:
+            continue
+        if at <= gap[0]:
+            last_before_gap = at
+        store.record_ping("backup-server", at)
+    for minute, at in enumerate(range(int(now - 86400), int(now), 60)):
+        if not (now - 15 * 3600 < at < now - 13 * 3600) or minute % 4 == 0:  # fewer pings for two hours
+            store.record_ping("camera", at + 7)
+    for at in range(int(now - 86400), int(now), 600):
+        store.record_ping("weather-station", at + 20)
+    [backup] = [user for user in store.configured_users() if user.username == "backup-server"]
+    backup = dataclasses.replace(backup, last_ping=last_before_gap)  # as the absence listener saw it then
+    store.save_check_outcomes(
+        [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], gap[0] + 700
+    )
+    store.mark_sent(1, gap[0] + 702)
+    store.close()
+    return path, now, (last_before_gap, min(at for at in range(int(now - 86400), int(now), 300) if at >= gap[1]))
+
+
+@pytest.fixture
+def service(tmp_path, start_server, history):
+    return start_server(write_settings(tmp_path / "settings.json", USERS), history[0], OVERVIEW_PASSWORD=PASSWORD)
+
+
+def unlock(page, password=PASSWORD):
+    page.get_by_label("Overview password").fill(password)
+    page.get_by_role("button", name="Unlock").click()
+
+
+def row(page, username):
+    return page.locator(".row").filter(has=page.get_by_role("button", name=f"{username}: ", exact=False))
+
+
+def test_it_unlocks_and_shows_the_summary_the_badges_and_a_known_gap_where_it_was(open_page, service, history):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page, "guess")
+    expect(page.get_by_role("alert")).to_contain_text("Wrong password")
+    unlock(page)
+    expect(page.locator("#summary")).to_have_text("1 alerted · 2 silent · 3 pinging")
+    expect(page.locator(".row .badge")).to_have_text(["alerted", "silent", "silent", "pinging", "pinging", "pinging"])
+    expect(page.locator(".row .name")).to_have_text(
+        ["pi", HOSTILE_NAME, "nas", "backup-server", "camera", "weather-station"]
+    )
+    timeline = row(page, "backup-server").locator("svg.timeline")
+    [shade] = timeline.locator("rect.silence").all()
+    start, end = float(timeline.get_attribute("data-start")), float(timeline.get_attribute("data-end"))
+    gap_start, gap_end = history[2]
+    x, width = float(shade.get_attribute("x")), float(shade.get_attribute("width"))
+    assert x == pytest.approx((gap_start - start) / (end - start) * 960, abs=0.01)
+    assert x + width == pytest.approx((gap_end - start) / (end - start) * 960, abs=0.01)
+    alert_x = float(timeline.locator("line.alert").get_attribute("x1"))
+    assert alert_x == pytest.approx((history[1] - GAP[0] + 700 - start) / (end - start) * 960, abs=0.01)
+    assert float(timeline.locator("line.recovery").get_attribute("x1")) == pytest.approx(x + width, abs=0.01)
+    expect(shade.locator("title")).to_have_text(re.compile(r"^silent 2 h 5 min: \d\d:\d\d:\d\d CES?T → "))
+    expect(page.locator("img")).to_have_count(0)
+
+
+def test_the_day_view_lists_the_gap_and_the_alert_and_is_keyboard_navigable(open_page, service, history):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    button = page.get_by_role("button", name="backup-server: pinging; show its day")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#day-title")).to_be_focused()
+    today = time.strftime("%Y-%m-%d", time.localtime(history[1]))
+    expect(page.locator("#day-date")).to_have_value(today)
+    gap_day = time.strftime("%Y-%m-%d", time.localtime(history[2][0]))
+    page.locator("#day-date").fill(gap_day)
+    gap_from, gap_to = (time.strftime("%H:%M:%S", time.localtime(at)) for at in history[2])
+    silence = re.compile(rf"^silent 2 h 5 min: {gap_from} CES?T → {gap_to} CES?T$")
+    expect(page.locator("#day-silences li").filter(has_text=silence)).to_have_count(1)
+    expect(page.locator("#day-alerts")).to_contain_text("sent email to ops@example.com")
+    expect(page.locator("#day-alerts .badge")).to_have_text(["sent"])
+    year, month, day = gap_day.split("-")
+    logs = f"/logs?username=backup-server&year={year[2:]}&month={month}&day={day}"
+    expect(page.locator("#day-logs")).to_have_attribute("href", logs)
+    page.keyboard.press("Escape")
+    expect(page.locator("#day")).to_be_hidden()
+    expect(button).to_be_focused()
+
+
+def test_a_device_going_late_shows_without_a_reload(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    page.evaluate("window.notReloaded = true")
+    badge = row(page, "pi").locator(".badge")
+    expect(badge).to_have_text("alerted")
+    deadline = time.monotonic() + 10
+    while badge.text_content() != "pinging":
+        assert time.monotonic() < deadline, "pi never showed as pinging"
+        assert service.get("/ping?username=pi")[0] == 200
+        page.wait_for_timeout(500)
+    expect(badge).to_have_text(re.compile("^(late|alerted)$"))
+    expect(page.locator("#summary")).to_contain_text(re.compile(r"1 (late|alerted)"))
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_503_or_a_lost_connection_is_said_and_the_page_keeps_refreshing(open_page, page_problems, service):
+    page = open_page(390)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    status = page.locator("#connection")
+    expect(status).to_contain_text("Updated")
+    answers = []
+
+    def fail_twice(route):
+        answers.append(route.request.url)
+        if len(answers) == 1:
+            route.fulfill(status=503, content_type="text/plain", body="storage unavailable: the disk is full")
+        elif len(answers) == 2:
+            route.abort("connectionrefused")
+        else:
+            route.continue_()
+
+    page.route("**/overview/state", fail_twice)
+    expect(status).to_have_text(
+        re.compile(r"^The server answered 503: storage unavailable: the disk is full\. Showing")
+    )
+    expect(status).to_have_text(re.compile(r"^The server does not answer \(.*\)\. Showing what it said at .* Retrying"))
+    expect(status).to_have_text(re.compile("^Updated"))
+    expect(page.locator(".row")).to_have_count(len(USERS))
+    # Chromium logs each failed load; those two were the point of this test.
+    page_problems[:] = [
+        problem for problem in page_problems if "503" not in problem and "CONNECTION_REFUSED" not in problem
+    ]
+
+
+def test_without_either_password_the_page_says_the_overview_is_disabled(open_page, tmp_path, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    page = open_page(390)
+    page.goto(service.url + "/overview")
+    expect(
+        page.get_by_text("overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set")
+    ).to_be_visible()
+    expect(page.get_by_label("Overview password")).to_have_count(0)
+
+
+@pytest.mark.parametrize(("width", "scheme"), [(1366, "light"), (390, "dark")])
+def test_screenshots(open_page, service, tmp_path, width, scheme):
+    page = open_page(width, color_scheme=scheme)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    expect(row(page, "pi").locator(".badge")).to_have_text("alerted")
+    expect(page.locator("#summary")).to_have_text("1 alerted · 2 silent · 3 pinging")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    for timeline in page.locator("svg.timeline").all():
+        box = timeline.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width
+    directory = Path(os.environ.get("OVERVIEW_SCREENSHOTS") or tmp_path)
+    page.screenshot(path=directory / f"overview-{width}.png", full_page=True)
+    row(page, "backup-server").get_by_role("button").click()
+    expect(page.locator("#day-silences li")).not_to_have_count(0)
+    page.screenshot(path=directory / f"overview-day-{width}.png", full_page=True)
