@@ -23,7 +23,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_SECONDS = 1e9
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
-USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
+USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency", "max_runtime", "notify_recovery"}
 
 
 class ConfigError(Exception):
@@ -42,6 +42,10 @@ class UserConfig:
     max_sleep: float
     email_frequency: float
     recipients: tuple[str, ...]
+    # The longest a run (a start until its success or fail) may take; None: no limit.
+    max_runtime: float | None = None
+    # Whether a recovery email says that the user is back after an alerted outage.
+    notify_recovery: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,10 @@ def _parse_user(username, user, recipient, problems):
     max_sleep = _number(user, "max_sleep", path + ".", problems)
     email_frequency = _number(user, "email_frequency", path + ".", problems)
     recipients = _device_emails(user.get("device_email"), path + ".device_email", problems)
+    max_runtime = _positive_number(user.get("max_runtime"), path + ".max_runtime", problems)
+    notify_recovery = user.get("notify_recovery", True)
+    if not isinstance(notify_recovery, bool):
+        problems.append(f"{path}.notify_recovery: must be true or false, got {_show(notify_recovery)}")
     if len(problems) > before:
         return None
     return UserConfig(
@@ -164,7 +172,22 @@ def _parse_user(username, user, recipient, problems):
         max_sleep=max_sleep,
         email_frequency=email_frequency,
         recipients=recipients or (recipient,),
+        max_runtime=max_runtime,
+        notify_recovery=notify_recovery,
     )
+
+
+def _positive_number(value, path, problems):
+    """An optional number of seconds > 0 (None if absent), or None and a problem."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        problems.append(f"{path}: must be a number > 0, got {_show(value)}")
+        return None
+    if not value <= MAX_SECONDS:
+        problems.append(f"{path}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
+        return None
+    return float(value)
 
 
 def _device_emails(value, path, problems):

@@ -7,7 +7,7 @@ import mailer
 import scheduler
 from rules import retry_delay
 from scheduler import Scheduler
-from support import T0, Clock, make_settings, outbox
+from support import T0, Clock, make_settings, outbox, query
 
 
 class RecordingMailer:
@@ -70,23 +70,29 @@ def test_the_queued_alert_names_the_user_and_links_to_its_logs(store, recording_
     assert "https://example.net/logs?username=pi&year=26&month=09&day=21" in email.body
 
 
-def test_a_ping_ends_the_silence(store, recording_mailer):
+def subjects(store):
+    return [subject for (subject,) in query(store.path, "SELECT subject FROM outbox ORDER BY id")]
+
+
+def test_a_ping_ends_the_silence_with_one_recovery_email(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
     store.record_ping("pi", T0 + 100)
+    steps.check_once(T0 + 100.5)
     steps.check_once(T0 + 160)
-    assert len(outbox(store.path)) == 1
+    assert subjects(store) == ["pi disconnection detected", "pi is back"]
 
 
 def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
     store.record_ping("pi", T0 + 62)
-    assert steps.check_once(T0 + 123) == 1  # late again, but alerted 62 s ago: pushed to the throttle's end
+    # Back (its recovery queued), and late again, but alerted 62 s ago: pushed to the throttle's end.
+    assert steps.check_once(T0 + 123) == 1
     assert steps.check_once(T0 + 124) == 0
     assert steps.check_once(T0 + 661) == 0
     assert steps.check_once(T0 + 661.5) == 1
-    assert len(outbox(store.path)) == 2
+    assert subjects(store) == ["pi disconnection detected", "pi is back", "pi disconnection detected"]
 
 
 def test_monitor_false_never_queues_an_email(store, recording_mailer):

@@ -271,7 +271,7 @@ def alert(store, username, now, *recipients):
     """Have the absence listener's store record an alert for `username` at `now`; return its emails' ids."""
     [user] = [user for user in store.due_users(now, 100) if user.username == username]
     emails = tuple(NewEmail(to, f"{username} disconnection detected", "body", f"<{to}>") for to in recipients)
-    store.save_check_outcomes([CheckOutcome(user, now + user.email_frequency, emails)], now)
+    store.save_check_outcomes([CheckOutcome(user, now + user.email_frequency, emails, down_since=user.due_at)], now)
     return [email.id for email in store.due_emails(now, 100) if email.recipient in recipients]
 
 
@@ -296,12 +296,17 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     }
     assert state["users"]["pi"] == {
         "state": "pinging",
+        "last_duration": None,
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
         "late_at": T0 + 50,
         "late_at_local": "2026-09-21 16:14:10 CEST",
         "last_alert": None,
         "last_alert_local": None,
+        "run_started": None,
+        "run_started_local": None,
+        "failed_at": None,
+        "failed_at_local": None,
     }
     assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
         None,
@@ -310,6 +315,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["emails"] == [
         {
             "id": sent,
+            "kind": "late",
             "username": "gone",
             "recipient": "oncall@example.com",
             "status": "sent",
@@ -323,6 +329,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         },
         {
             "id": retried,
+            "kind": "late",
             "username": "gone",
             "recipient": "ops@example.com",
             "status": "queued",
