@@ -28,12 +28,18 @@ BUSY_TIMEOUT_MS = 5000
 # ping and the start of monitoring, plus max_sleep). Multi-argument min() and max() are NULL if any
 # argument is, hence the coalesce()s. Written at every start (_restart_monitoring) and by every signal
 # (_SIGNAL_TRIGGER_SQL). tests/test_store.py checks with random signals and restarts that they agree.
-_LATE_AT = "max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep"
-_DUE_AT = (
-    "CASE WHEN back_at IS NOT NULL THEN back_at WHEN monitor THEN min("
-    f"coalesce(failed_at, {_LATE_AT}), coalesce(max(run_started, monitored_since) + max_runtime, {_LATE_AT}),"
-    f" {_LATE_AT}) END"
-)
+def _due_at_sql(
+    last_ping: str = "last_ping", run_started: str = "run_started", failed_at: str = "failed_at", back_at: str = "back_at"
+) -> str:
+    """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
+    late_at = f"max(coalesce({last_ping}, monitored_since), monitored_since) + max_sleep"
+    return (
+        f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed_at}, {late_at}),"
+        f" coalesce(max({run_started}, monitored_since) + max_runtime, {late_at}), {late_at}) END"
+    )
+
+
+_DUE_AT = _due_at_sql()
 
 # A user as UserState holds it, in its field order.
 _USER_COLUMNS = (
@@ -66,28 +72,33 @@ RECENT_EMAILS_SQL = (
 
 # A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
 # run in the same statement; this trigger, which exists only on the store's own connections, moves that
-# user's state (see rules.py for what each kind does) and deadline (rules.due_at, as _DUE_AT). Two
-# UPDATEs: the deadline is computed from the state the first one wrote. A `log` changes nothing.
+# user's state (_SIGNAL_EFFECTS: see rules.py for what each kind does) and deadline (rules.due_at, as
+# _DUE_AT) in one UPDATE. Within an UPDATE every expression reads the row as it was, so the deadline is
+# _DUE_AT with the new values' expressions in place of their columns. A `log` changes nothing.
 # max() keeps last_ping monotonic if signals ever commit out of time order.
 RECORD_SIGNAL_SQL = (
     "INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
     " SELECT id, ?1, ?2, ?3, ?4, CASE WHEN ?2 IN ('success', 'fail') THEN max(?1 - run_started, 0) END"
     " FROM users WHERE username = ?5 AND configured = 1"
 )
+_SIGNAL_EFFECTS = {
+    "last_ping": "(CASE NEW.kind WHEN 'start' THEN last_ping ELSE max(coalesce(last_ping, NEW.at), NEW.at) END)",
+    "run_started": "(CASE NEW.kind WHEN 'start' THEN NEW.at END)",
+    "failed_at": (
+        "(CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, NEW.at) ELSE failed_at END)"
+    ),
+    "back_at": (
+        "(CASE WHEN NEW.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, NEW.at) ELSE back_at END)"
+    ),
+}
 _SIGNAL_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN"
-    " UPDATE users SET"
-    " last_ping = CASE NEW.kind WHEN 'start' THEN last_ping ELSE max(coalesce(last_ping, NEW.at), NEW.at) END,"
-    " run_started = CASE NEW.kind WHEN 'start' THEN NEW.at END,"
-    " last_duration = coalesce(NEW.duration, last_duration),"
-    " failed_at = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, NEW.at)"
-    " ELSE failed_at END,"
+    " UPDATE users SET "
+    + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
+    + ", last_duration = coalesce(NEW.duration, last_duration),"
     " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
-    " back_at = CASE WHEN NEW.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, NEW.at)"
-    " ELSE back_at END,"
-    " last_signal = NEW.id"
+    f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}"
     " WHERE id = NEW.user_id;"
-    f" UPDATE users SET due_at = {_DUE_AT} WHERE id = NEW.user_id;"
     " END"
 )
 
