@@ -11,6 +11,8 @@ const MIN_PING_INTERVAL_MS = 200;
 // Browsers run longer setInterval delays at once.
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_LOG_LINES = 500;
+// What each kind of email is called in the log.
+const EMAIL_KINDS = { late: "alert", failed: "failure", run_timeout: "run timeout", back: "recovery" };
 
 let password = null;
 let pollTimer = null;
@@ -114,6 +116,10 @@ function userCard(name, settings) {
   const toggle = card.querySelector("input");
   toggle.setAttribute("aria-label", `simulated pings from ${name}`);
   toggle.addEventListener("change", () => (toggle.checked ? startPinging(name) : stopPinging(name)));
+  for (const button of card.querySelectorAll(".signals button")) {
+    button.setAttribute("aria-label", `send a ${button.dataset.status} signal from ${name}`);
+    button.addEventListener("click", () => sendSignal(name, button.dataset.status));
+  }
   return card;
 }
 
@@ -132,17 +138,24 @@ function stopPinging(name) {
   addLog("switch", null, `${name}: simulated pings off, the device is silent now`);
 }
 
-async function ping(name) {
+function ping(name) {
+  return sendSignal(name, null);
+}
+
+// One signal from `name` through the query form (a name may contain "/"): a ping if `status` is null.
+async function sendSignal(name, status) {
+  const what = status === null ? "ping" : `${status} signal`;
+  const query = `username=${encodeURIComponent(name)}${status === null ? "" : `&status=${status}`}`;
   let answer;
   try {
-    answer = await fetch(`/ping?username=${encodeURIComponent(name)}`, { method: "POST", cache: "no-store" });
+    answer = await fetch(`/ping?${query}`, { method: "POST", cache: "no-store" });
   } catch (error) {
-    addLog("problem", null, `ping from ${name}: no answer (${error.message})`);
+    addLog("problem", null, `${what} from ${name}: no answer (${error.message})`);
     return;
   }
   const text = (await answer.text()).trim();
-  // A ping's answer is the server's local time of the ping.
-  addLog(answer.ok ? "ping" : "problem", answer.ok ? text : null, `ping from ${name}: ${answer.status} ${text}`);
+  // A signal's answer is the server's local time of the signal.
+  addLog(answer.ok ? "ping" : "problem", answer.ok ? text : null, `${what} from ${name}: ${answer.status} ${text}`);
 }
 
 async function poll() {
@@ -208,6 +221,8 @@ function showUser(name, live, nowLocal) {
   card.querySelector(".last-ping").textContent = live.last_ping_local ?? "none since monitoring began";
   card.querySelector(".late-at").textContent = live.late_at_local ?? "never (monitor is off)";
   card.querySelector(".last-alert").textContent = live.last_alert_local ?? "none";
+  card.querySelector(".run-started").textContent = live.run_started_local ?? "no run open";
+  card.querySelector(".last-duration").textContent = live.last_duration === null ? "no run yet" : seconds(live.last_duration);
   const previous = user.state;
   user.state = live.state;
   if (previous === live.state) {
@@ -220,25 +235,35 @@ function showUser(name, live, nowLocal) {
   const wasLate = previous === "late" || previous === "alerted";
   // A poll may fall between going late and being alerted; the late moment is known all the same.
   if (live.state === "alerted" && !wasLate) {
-    logStateChange(name, previous, "late", live.late_at_local, user.settings);
+    logStateChange(name, previous, "late", live.late_at_local, user.settings, live.run_started !== null);
     logStateChange(name, "late", "alerted", live.last_alert_local, user.settings);
   } else {
-    const at = { pinging: live.last_ping_local, late: live.late_at_local, alerted: live.last_alert_local };
-    logStateChange(name, previous, live.state, at[live.state] ?? nowLocal, user.settings);
+    const at = {
+      pinging: live.last_ping_local,
+      late: live.late_at_local,
+      alerted: live.last_alert_local,
+      failed: live.failed_at_local,
+      running: live.run_started_local,
+    };
+    logStateChange(name, previous, live.state, at[live.state] ?? nowLocal, user.settings, live.run_started !== null);
   }
 }
 
-function logStateChange(name, from, to, at, settings) {
+function logStateChange(name, from, to, at, settings, runOpen = false) {
   const why = {
-    late: ` (silent for more than its max_sleep of ${seconds(settings.max_sleep)})`,
+    late: runOpen
+      ? " (its run outlasted its max_runtime, or it is silent for longer than its max_sleep)"
+      : ` (silent for more than its max_sleep of ${seconds(settings.max_sleep)})`,
     alerted: " (alert email queued)",
+    failed: " (failure reported)",
+    running: " (run started)",
   };
   addLog("state-change", at, `${name}: ${from} → ${to}${why[to] ?? ""}`);
 }
 
 function showEmail(email, nowLocal) {
   const known = emails.get(email.id);
-  const about = `alert email #${email.id} about ${email.username}`;
+  const about = `${EMAIL_KINDS[email.kind] ?? "alert"} email #${email.id} about ${email.username}`;
   const silence = email.last_ping_local ? `last ping ${timeOfDay(email.last_ping_local)}` : "no ping since monitoring began";
   if (!known) {
     addLog("email", email.queued_at_local, `${about} (${silence}) queued for ${email.recipient}`);
