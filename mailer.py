@@ -97,7 +97,11 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
     )
     if signal.body:
         quoted = _UNPRINTABLE.sub("\ufffd", signal.body[-QUOTED_OUTPUT_CHARS:])
-        shown = "Its output" if len(signal.body) <= QUOTED_OUTPUT_CHARS else f"The last {QUOTED_OUTPUT_CHARS} characters of its output"
+        shown = (
+            "Its output"
+            if len(signal.body) <= QUOTED_OUTPUT_CHARS
+            else f"The last {QUOTED_OUTPUT_CHARS} characters of its output"
+        )
         body += f"\n{shown}:\n\n{quoted}\n"
     return f"{username} failure reported", body
 

@@ -154,7 +154,8 @@ class Scheduler:
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
         decision = decide(user, now)
         alert = decision.alert
-        emails = recovery = ()
+        emails: tuple[NewEmail, ...] = ()
+        recovery: tuple[NewEmail, ...] = ()
         if alert is not None:
             emails = self._emails(user, *self._compose_alert(user, alert.kind))
         if decision.recovery:

@@ -22,6 +22,7 @@ SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
 
+
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
 # while a recovery waits; else, if monitored, the earliest of the failure, the run's deadline (its start,
 # or the start of monitoring if later, plus max_runtime) and the silence's deadline (the later of the last
@@ -29,7 +30,10 @@ BUSY_TIMEOUT_MS = 5000
 # argument is, hence the coalesce()s. Written at every start (_restart_monitoring) and by every signal
 # (_SIGNAL_TRIGGER_SQL). tests/test_store.py checks with random signals and restarts that they agree.
 def _due_at_sql(
-    last_ping: str = "last_ping", run_started: str = "run_started", failed_at: str = "failed_at", back_at: str = "back_at"
+    last_ping: str = "last_ping",
+    run_started: str = "run_started",
+    failed_at: str = "failed_at",
+    back_at: str = "back_at",
 ) -> str:
     """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
     late_at = f"max(coalesce({last_ping}, monitored_since), monitored_since) + max_sleep"
@@ -56,8 +60,7 @@ DUE_EMAILS_SQL = (
 )
 PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
 SIGNALS_BETWEEN_SQL = (
-    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ?"
-    " ORDER BY at LIMIT ?"
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
 )
 # The testing page's queries, run about once a second while it is open. Every configured user is
 # read in username order through the UNIQUE index (no sort); the newest emails are read backwards

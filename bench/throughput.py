@@ -12,6 +12,14 @@ from support import write_settings
 
 LUA_SCRIPT = harness.ROOT / "bench" / "ping.lua"
 USERNAME = "bench-device"
+# The plain ping, measured at every concurrency, and the other forms of signal, each measured at
+# SIGNAL_CONNECTIONS: a burst of failures (each one short write, as a ping) and the Healthchecks-style path.
+PING_FORM = "/ping?username=NAME"
+SIGNAL_FORMS = {
+    "/ping?username=NAME&status=fail": "/ping?" + urllib.parse.urlencode({"username": USERNAME, "status": "fail"}),
+    "/ping/NAME": "/ping/" + urllib.parse.quote(USERNAME, safe=""),
+}
+SIGNAL_CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class ThroughputRow:
     service: WrkResult
     bare: WrkResult
     ratios: list
+    form: str = PING_FORM
 
     @property
     def ratio(self):
@@ -42,7 +51,8 @@ class ThroughputRow:
 
 
 def run(concurrencies, duration, warmup, rounds, log):
-    """Measure both apps at each concurrency, `rounds` times interleaved; return ThroughputRows."""
+    """Measure both apps at each concurrency, and each of SIGNAL_FORMS at SIGNAL_CONNECTIONS, `rounds` times
+    interleaved; return ThroughputRows (the plain ping's first)."""
     workdir = harness.BUILD_DIR / "throughput"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -57,16 +67,18 @@ def run(concurrencies, duration, warmup, rounds, log):
     service = harness.start_service(workdir / "settings.json", workdir / "ping_listener.db", workdir / "service.log")
     bare = harness.start(["-m", "bench.bare_app"], {}, workdir / "bare.log")
     ping_path = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
+    runs = [(PING_FORM, ping_path, connections) for connections in concurrencies]
+    runs += [(form, path, SIGNAL_CONNECTIONS) for form, path in SIGNAL_FORMS.items()]
     results = {}
     try:
         for round_number in range(rounds):
-            for connections in concurrencies:
+            for form, path, connections in runs:
                 for name, started in (("bare", bare), ("service", service)):
-                    _wrk(started.url + ping_path, connections, warmup)
-                    result = _measure(started, ping_path, connections, duration)
-                    results.setdefault((connections, name), []).append(result)
+                    _wrk(started.url + path, connections, warmup)
+                    result = _measure(started, path, connections, duration)
+                    results.setdefault((form, connections, name), []).append(result)
                     log(
-                        f"  round {round_number + 1}/{rounds}, {connections:>2} connections, {name:<7}:"
+                        f"  round {round_number + 1}/{rounds}, {form}, {connections:>2} connections, {name:<7}:"
                         f" {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
                         f"  {result.cpu_us_per_request:.0f} µs CPU/req"
                     )
@@ -76,11 +88,15 @@ def run(concurrencies, duration, warmup, rounds, log):
     return [
         ThroughputRow(
             connections,
-            _median_result(results[connections, "service"]),
-            _median_result(results[connections, "bare"]),
-            [s.rps / b.rps for s, b in zip(results[connections, "service"], results[connections, "bare"], strict=True)],
+            _median_result(results[form, connections, "service"]),
+            _median_result(results[form, connections, "bare"]),
+            [
+                s.rps / b.rps
+                for s, b in zip(results[form, connections, "service"], results[form, connections, "bare"], strict=True)
+            ],
+            form,
         )
-        for connections in concurrencies
+        for form, _, connections in runs
     ]
 
 

@@ -199,8 +199,12 @@ def test_signal_buttons_show_running_and_failed_and_the_log_shows_the_recovery_e
     expect(job.locator(".last-duration")).to_have_text(re.compile(r"^\d+(\.\d+)? s$"))
     log = page.locator("#log")
     expect(log).to_contain_text("job: running → failed (failure reported)")
-    expect(log.get_by_text(re.compile(r"^failure email #\d+ about job .* sent to oncall@example\.com$"))).to_be_visible()
+    expect(
+        log.get_by_text(re.compile(r"^failure email #\d+ about job .* sent to oncall@example\.com$"))
+    ).to_be_visible()
     job.get_by_role("button", name="send a success signal from job").click()
     expect(job.locator(".state")).to_have_text("pinging")
-    expect(log.get_by_text(re.compile(r"^recovery email #\d+ about job .* sent to oncall@example\.com$"))).to_be_visible()
+    expect(
+        log.get_by_text(re.compile(r"^recovery email #\d+ about job .* sent to oncall@example\.com$"))
+    ).to_be_visible()
     assert [message["Subject"] for _, _, message in smtp_server.messages] == ["job failure reported", "job is back"]

@@ -221,7 +221,9 @@ def test_an_address_with_a_control_character_is_refused():
 
 def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
     pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
-    settings = config.parse_settings(valid_document(users={"pi": pi, "job": {**pi, "max_runtime": 90, "notify_recovery": False}}))
+    settings = config.parse_settings(
+        valid_document(users={"pi": pi, "job": {**pi, "max_runtime": 90, "notify_recovery": False}})
+    )
     assert (settings.users["pi"].max_runtime, settings.users["pi"].notify_recovery) == (None, True)
     assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
 

@@ -23,7 +23,9 @@ from store import UserState
 from support import T0
 
 
-def user(monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0, last_ping=None, last_alert=None, **more):
+def user(
+    monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0, last_ping=None, last_alert=None, **more
+):
     # An alert given without its kind was about a silence, as every alert before signals.
     more.setdefault("last_alert_kind", None if last_alert is None else SILENCE)
     state = UserState(1, "pi", monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, None)

@@ -184,7 +184,9 @@ def emails(store):
 def test_a_failure_is_alerted_at_the_next_step_with_its_output_and_repeated_every_email_frequency(
     store, recording_mailer
 ):
-    steps = make_scheduler(store, recording_mailer, {"pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 600}})
+    steps = make_scheduler(
+        store, recording_mailer, {"pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 600}}
+    )
     store.record_ping("pi", T0 + 10, "fail", exit_code=2, body="line\n" * 1000 + "rsync: disk full")
     steps.check_once(T0 + 10.5)
     [email] = emails(store)

@@ -400,7 +400,10 @@ def test_a_recovery_is_queued_and_the_outage_closed_in_the_same_transaction(stor
         ("late", T0 + 60, T0 + 61),
         ("back", T0 + 60, T0 + 101),
     ]
-    assert [(e.kind, e.recipient) for e in store.recent_emails(10)] == [("back", "a@example.com"), ("late", "a@example.com")]
+    assert [(e.kind, e.recipient) for e in store.recent_emails(10)] == [
+        ("back", "a@example.com"),
+        ("late", "a@example.com"),
+    ]
     # Once only: the same decision applied again finds the user changed.
     assert store.save_check_outcomes([outcome], T0 + 102) == 0
     assert len(store.recent_emails(10)) == 2
@@ -421,10 +424,13 @@ def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(s
         store.record_ping("pi", T0 + n, "log", body="x" * 10)
     signals, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=1000)
     assert (len(signals), more, signals[0]) == (5, False, Signal(T0, "log", None, None, "x" * 10))
-    assert [len(result[0]) for result in (
-        store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
-        store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
-    )] == [3, 3]
+    assert [
+        len(result[0])
+        for result in (
+            store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
+            store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
+        )
+    ] == [3, 3]
     assert store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000)[1]
     with pytest.raises(UnknownUserError):
         store.signals_between("ghost", T0, T0 + 1, 10, 10)
@@ -458,7 +464,9 @@ def schema_of(path):
     with contextlib.closing(sqlite3.connect(path)) as connection:
         objects = connection.execute("SELECT type, name FROM sqlite_schema ORDER BY type, name").fetchall()
         columns = {
-            name: connection.execute(f"PRAGMA table_xinfo({name})").fetchall() for kind, name in objects if kind == "table"
+            name: connection.execute(f"PRAGMA table_xinfo({name})").fetchall()
+            for kind, name in objects
+            if kind == "table"
         }
         views = connection.execute("SELECT name, sql FROM sqlite_schema WHERE type IN ('view', 'index')").fetchall()
     return objects, columns, sorted(views, key=lambda row: row[0])
