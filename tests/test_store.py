@@ -442,6 +442,12 @@ def test_a_restart_after_the_clock_went_back_moves_future_runs_failures_and_reco
     store.record_ping("pi", T0 + 200, "fail")
     store.restart_monitoring(T0)
     assert user_row(store, "last_ping", "run_started", "failed_at", "due_at") == (None, None, T0, T0)
+    [user] = store.due_users(T0 + 1, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 601, "a@example.com", down_since=T0)], T0 + 1)
+    store.record_ping("pi", T0 + 300, "start")
+    store.record_ping("pi", T0 + 400)  # back, by a clock that then goes back again
+    store.restart_monitoring(T0 + 2)
+    assert user_row(store, "run_started", "back_at", "due_at") == (None, T0 + 2, T0 + 2)
 
 
 def create_version_1_database(path):

@@ -454,6 +454,7 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/pi/", "unknown signal ''"),
         ("/ping/pi/256", "unknown signal '256'"),
         ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
+        ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
         ("/ping/pi%2Ffail%2Fx", "unknown signal 'fail/x'"),
         ("/ping/caf%E9", "path is not valid UTF-8"),
     ],
