@@ -161,7 +161,9 @@ def _parse_user(username, user, recipient, problems):
     max_sleep = _number(user, "max_sleep", path + ".", problems)
     email_frequency = _number(user, "email_frequency", path + ".", problems)
     recipients = _device_emails(user.get("device_email"), path + ".device_email", problems)
-    max_runtime = _positive_number(user.get("max_runtime"), path + ".max_runtime", problems)
+    max_runtime = None
+    if user.get("max_runtime") is not None:
+        max_runtime = _seconds(user["max_runtime"], f"{path}.max_runtime", problems, positive=True)
     notify_recovery = user.get("notify_recovery", True)
     if not isinstance(notify_recovery, bool):
         problems.append(f"{path}.notify_recovery: must be true or false, got {_show(notify_recovery)}")
@@ -175,19 +177,6 @@ def _parse_user(username, user, recipient, problems):
         max_runtime=max_runtime,
         notify_recovery=notify_recovery,
     )
-
-
-def _positive_number(value, path, problems):
-    """An optional number of seconds > 0 (None if absent), or None and a problem."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        problems.append(f"{path}: must be a number > 0, got {_show(value)}")
-        return None
-    if not value <= MAX_SECONDS:
-        problems.append(f"{path}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
-        return None
-    return float(value)
 
 
 def _device_emails(value, path, problems):
@@ -220,12 +209,18 @@ def _number(document, key, prefix, problems):
     value = _required(document, key, prefix, problems)
     if value is None and key not in document:
         return None
-    # Plain comparisons: converting a huge JSON integer to float would overflow. NaN fails both.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        problems.append(f"{prefix}{key}: must be a number >= 0, got {_show(value)}")
+    return _seconds(value, prefix + key, problems)
+
+
+def _seconds(value, path, problems, positive=False):
+    """`value` as a float number of seconds (>= 0, or > 0 if `positive`), or None and a problem naming `path`."""
+    # Plain comparisons: converting a huge JSON integer to float would overflow. NaN fails them all.
+    in_range = isinstance(value, (int, float)) and (value > 0 if positive else value >= 0)
+    if isinstance(value, bool) or not in_range:
+        problems.append(f"{path}: must be a number {'>' if positive else '>='} 0, got {_show(value)}")
         return None
     if not value <= MAX_SECONDS:
-        problems.append(f"{prefix}{key}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
+        problems.append(f"{path}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
         return None
     return float(value)
 

@@ -7,6 +7,7 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 """
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -106,7 +107,8 @@ _SIGNAL_TRIGGER_SQL = (
 )
 
 # Upgrades of an existing database, in order: (the version it produces, its SQL script). A new
-# database gets schema.sql instead, which every upgrade leaves it equal to (tests/test_store.py).
+# database gets schema.sql instead, which every upgrade leaves it equal to (tests/test_store.py): the
+# steps change tables and data, and the views, which hold no data, are then created afresh from it.
 # Version 2, signals: kinds of ping with their exit code, run duration and body; the users' runs,
 # failures and outages; the kind of each alert. A user alerted during its current silence keeps that
 # outage open (down_since), so its next success gets a recovery.
@@ -131,44 +133,6 @@ ALTER TABLE alerts ADD COLUMN went_down_at REAL;
 UPDATE users SET last_alert_kind = 'late' WHERE last_alert IS NOT NULL;
 UPDATE users SET down_since = max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep
 WHERE monitor AND last_alert > max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep;
-DROP VIEW pings_readable;
-DROP VIEW users_readable;
-DROP VIEW alerts_readable;
-DROP VIEW outbox_readable;
-CREATE VIEW pings_readable AS
-SELECT users.username,
-       datetime(pings.at, 'unixepoch', 'localtime') AS local_time,
-       pings.at AS epoch,
-       pings.kind, pings.exit_code, pings.duration, pings.body
-FROM pings JOIN users ON users.id = pings.user_id;
-CREATE VIEW users_readable AS
-SELECT username, configured, monitor, max_sleep, email_frequency,
-       datetime(monitored_since, 'unixepoch', 'localtime') AS monitored_since,
-       datetime(last_ping, 'unixepoch', 'localtime') AS last_ping,
-       datetime(last_alert, 'unixepoch', 'localtime') AS last_alert,
-       datetime(due_at, 'unixepoch', 'localtime') AS due_at,
-       max_runtime, notify_recovery,
-       datetime(run_started, 'unixepoch', 'localtime') AS run_started,
-       datetime(failed_at, 'unixepoch', 'localtime') AS failed_at,
-       last_alert_kind,
-       datetime(down_since, 'unixepoch', 'localtime') AS down_since
-FROM users;
-CREATE VIEW alerts_readable AS
-SELECT users.username,
-       datetime(alerts.at, 'unixepoch', 'localtime') AS alerted_at,
-       datetime(alerts.last_ping, 'unixepoch', 'localtime') AS last_ping,
-       alerts.kind,
-       datetime(alerts.went_down_at, 'unixepoch', 'localtime') AS went_down_at
-FROM alerts JOIN users ON users.id = alerts.user_id;
-CREATE VIEW outbox_readable AS
-SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts,
-       datetime(outbox.queued_at, 'unixepoch', 'localtime') AS queued_at,
-       datetime(outbox.next_attempt_at, 'unixepoch', 'localtime') AS next_attempt_at,
-       datetime(outbox.finished_at, 'unixepoch', 'localtime') AS finished_at,
-       outbox.last_error, outbox.subject, alerts.kind
-FROM outbox
-JOIN alerts ON alerts.id = outbox.alert_id
-JOIN users ON users.id = alerts.user_id;
 """
 UPGRADES = ((2, SIGNALS_UPGRADE_SQL),)
 
@@ -623,11 +587,17 @@ class Store:
             )
 
     def _upgrade(self, connection, version):
-        """Bring a database at schema `version` up to SCHEMA_VERSION, each step in a transaction of its own."""
-        for target, script in UPGRADES:
-            if target > version:
-                with self._write_lock:
-                    connection.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;")
+        """Bring a database at schema `version` up to SCHEMA_VERSION in one transaction: every step after
+        `version`, then schema.sql's views in place of the old ones. A crash leaves it as it was."""
+        steps = [script for target, script in UPGRADES if target > version]
+        views = connection.execute("SELECT name FROM sqlite_schema WHERE type = 'view'").fetchall()
+        drop_views = "".join(f'DROP VIEW "{name}";' for (name,) in views)
+        new_views = "".join(re.findall(r"^CREATE VIEW .*?;$", SCHEMA_PATH.read_text(), re.DOTALL | re.MULTILINE))
+        with self._write_lock:
+            connection.executescript(
+                f"BEGIN IMMEDIATE; {''.join(steps)} {drop_views} {new_views}"
+                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
 
 
 def _restart_monitoring(connection, now):

@@ -552,3 +552,15 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
             assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
     finally:
         store.close()
+
+
+def test_an_upgrade_that_fails_leaves_the_database_as_it_was(tmp_path, monkeypatch):
+    old = tmp_path / "old.db"
+    create_version_1_database(old)
+    before = schema_of(old)
+    failing = store_module.SIGNALS_UPGRADE_SQL + "SELECT no_such_function();"
+    monkeypatch.setattr(store_module, "UPGRADES", ((2, failing),))
+    with pytest.raises(StoreOpenError, match="no such function"):
+        Store(old)
+    assert schema_of(old) == before
+    assert query(old, "PRAGMA user_version") == [(1,)]
