@@ -25,7 +25,7 @@ MAX_SECONDS = 1e9
 DEFAULT_SENDER_NAME = "Ping Listener"
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
-USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency"}
+USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency", "max_runtime", "notify_recovery"}
 
 
 class ConfigError(Exception):
@@ -44,6 +44,10 @@ class UserConfig:
     max_sleep: float
     email_frequency: float
     recipients: tuple[str, ...]
+    # The longest a run (a start until its success or fail) may take; None: no limit.
+    max_runtime: float | None = None
+    # Whether a recovery email says that the user is back after an alerted outage.
+    notify_recovery: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,12 @@ def _parse_user(username, user, recipient, problems):
     max_sleep = _number(user, "max_sleep", path + ".", problems)
     email_frequency = _number(user, "email_frequency", path + ".", problems)
     recipients = _device_emails(user.get("device_email"), path + ".device_email", problems)
+    max_runtime = None
+    if user.get("max_runtime") is not None:
+        max_runtime = _seconds(user["max_runtime"], f"{path}.max_runtime", problems, positive=True)
+    notify_recovery = user.get("notify_recovery", True)
+    if not isinstance(notify_recovery, bool):
+        problems.append(f"{path}.notify_recovery: must be true or false, got {_show(notify_recovery)}")
     if len(problems) > before:
         return None
     return UserConfig(
@@ -185,6 +195,8 @@ def _parse_user(username, user, recipient, problems):
         max_sleep=max_sleep,
         email_frequency=email_frequency,
         recipients=recipients or (recipient,),
+        max_runtime=max_runtime,
+        notify_recovery=notify_recovery,
     )
 
 
@@ -218,12 +230,18 @@ def _number(document, key, prefix, problems):
     value = _required(document, key, prefix, problems)
     if value is None and key not in document:
         return None
-    # Plain comparisons: converting a huge JSON integer to float would overflow. NaN fails both.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        problems.append(f"{prefix}{key}: must be a number >= 0, got {_show(value)}")
+    return _seconds(value, prefix + key, problems)
+
+
+def _seconds(value, path, problems, positive=False):
+    """`value` as a float number of seconds (>= 0, or > 0 if `positive`), or None and a problem naming `path`."""
+    # Plain comparisons: converting a huge JSON integer to float would overflow. NaN fails them all.
+    in_range = isinstance(value, (int, float)) and (value > 0 if positive else value >= 0)
+    if isinstance(value, bool) or not in_range:
+        problems.append(f"{path}: must be a number {'>' if positive else '>='} 0, got {_show(value)}")
         return None
     if not value <= MAX_SECONDS:
-        problems.append(f"{prefix}{key}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
+        problems.append(f"{path}: must be at most {MAX_SECONDS:.0f} seconds, got {_show(value)}")
         return None
     return float(value)
 

@@ -1,6 +1,7 @@
 """Alert emails: what they say (pure functions of data) and sending them over SMTP with implicit TLS."""
 
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Iterable, Iterator
@@ -11,12 +12,17 @@ from typing import Protocol
 
 from config import SmtpSettings
 from localtime import duration_in_words, every, format_local_time, logs_link
-from store import QueuedEmail, UserState
+from store import QueuedEmail, Signal, UserState
 
 log = logging.getLogger("ping_listener.mailer")
 
 SMTP_TIMEOUT = 10.0
 FALLBACK_SENDER = "ping-listener@localhost"
+
+# How much of a failing signal's body its failure email quotes: the end, where errors usually are.
+QUOTED_OUTPUT_CHARS = 2000
+# Control characters other than tab and newline would garble a plain-text email: shown as U+FFFD.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 SENT = "sent"
 RETRY = "retry"
@@ -103,6 +109,74 @@ def compose_test_email(server: str) -> tuple[str, str]:
         f"If you are reading it, alert emails can reach this address too.\n"
     )
     return "Ping Listener test email", body
+
+
+def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for `user`'s failure reported by `signal`, as (subject, body).
+
+    It says when the failure was reported, its exit code and the duration of the run it closed, if
+    any, links to that day's signals, and ends with the last QUOTED_OUTPUT_CHARS characters of the
+    signal's body when it had one.
+    """
+    username = user.username
+    reported = f"Failure reported: {format_local_time(signal.at)}"
+    if signal.exit_code is not None:
+        reported += f", exit code {signal.exit_code}"
+    if signal.duration is not None:
+        reported += f", after a run of {duration_in_words(round(signal.duration))}"
+    body = (
+        f"{username} reported a failure.\n"
+        f"\n"
+        f"{reported}.\n"
+        f"Signals of that day: {logs_link(server_root, username, signal.at)}\n"
+        f"\n"
+        f"You will be reminded {_reminder(user.email_frequency)} until {username} reports a success.\n"
+    )
+    if signal.body:
+        quoted = _UNPRINTABLE.sub("\ufffd", signal.body[-QUOTED_OUTPUT_CHARS:])
+        shown = (
+            "Its output"
+            if len(signal.body) <= QUOTED_OUTPUT_CHARS
+            else f"The last {QUOTED_OUTPUT_CHARS} characters of its output"
+        )
+        body += f"\n{shown}:\n\n{quoted}\n"
+    return f"{username} failure reported", body
+
+
+def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for `user`'s run that outlasted its max_runtime, as (subject, body)."""
+    username = user.username
+    started = user.run_started if user.run_started is not None else user.monitored_since
+    body = (
+        f"{username} started a run and has not reported its end within its max_runtime"
+        f" of {duration_in_words(user.max_runtime or 0)}.\n"
+        f"\n"
+        f"Run started: {format_local_time(started)}\n"
+        f"Signals of that day: {logs_link(server_root, username, started)}\n"
+        f"\n"
+        f"You will be reminded {_reminder(user.email_frequency)} while the run goes on.\n"
+    )
+    return f"{username} did not finish in time", body
+
+
+def compose_recovery(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the email saying that `user` is back, as (subject, body).
+
+    It says when the alerted outage went down (user.down_since), when the user came back (its back_at)
+    and for how long it was down, and links to the signals of the day it came back.
+    """
+    username = user.username
+    back = user.back_at if user.back_at is not None else user.monitored_since
+    down = user.down_since if user.down_since is not None else back
+    body = (
+        f"{username} is back.\n"
+        f"\n"
+        f"Went down: {format_local_time(down)}\n"
+        f"Came back: {format_local_time(back)}\n"
+        f"Down for: {duration_in_words(round(back - down))}\n"
+        f"Signals of that day: {logs_link(server_root, username, back)}\n"
+    )
+    return f"{username} is back", body
 
 
 def build_message(email: QueuedEmail, sender: str) -> EmailMessage:
@@ -302,6 +376,8 @@ def _explain(error):
 
 
 def _repeat_policy(email_frequency):
-    if not email_frequency:
-        return "You will be reminded at every check of the service while it stays silent."
-    return f"You will be reminded {every(email_frequency)} while it stays silent."
+    return f"You will be reminded {_reminder(email_frequency)} while it stays silent."
+
+
+def _reminder(email_frequency):
+    return every(email_frequency) if email_frequency else "at every check of the service"

@@ -1,11 +1,20 @@
-"""The monitoring rules, each in one place: when a user is late, whether to alert, its live state, retries.
+"""The monitoring rules, each in one place: a user's condition, whether to alert or say it is back, its live
+state, retries.
 
 Pure functions of the data and times they are given: no clock, no I/O, no imports of the store or
 the scheduler. The scheduler acts on them, the web layer shows them, and the store's SQL restates
-late_at for its index (store._LATE_AT and its ping trigger; tests/test_store.py pins them together).
+due_at for its index (store._DUE_AT, written at every start and by its signal trigger;
+tests/test_store.py pins them together).
+
+What a signal does to a user (store.py's trigger records it): `success` is a sign of life, closes an open
+run and clears a failure; `fail` is contact too (it restarts the max_sleep measure), closes an open run and
+makes the user failed until its next success; `start` opens a run (a new one if one is open) and is no sign
+of life; `log` only goes into history. An outage begins with a condition and lasts until the next success;
+it is *alerted* once its first alert was queued (`down_since`), and only an alerted outage gets a recovery.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 # A wall clock that moves this much more or less than the monotonic clock between two steps of
@@ -19,6 +28,22 @@ PINGING = "pinging"
 SILENT = "silent"
 LATE = "late"
 ALERTED = "alerted"
+FAILED = "failed"
+RUNNING = "running"
+
+# Kinds of signal, as /ping's `status` names them (store.py's SQL names them too).
+SUCCESS = "success"
+START = "start"
+FAIL = "fail"
+LOG = "log"
+SIGNAL_KINDS = (SUCCESS, START, FAIL, LOG)
+MAX_EXIT_CODE = 255
+
+# The conditions a user can be alerted about, highest priority first, and the recovery notice.
+FAILURE = "failed"
+RUN_TIMEOUT = "run_timeout"
+SILENCE = "late"
+BACK = "back"
 
 
 class Watched(Protocol):
@@ -36,6 +61,48 @@ class Watched(Protocol):
     def last_ping(self) -> float | None: ...
     @property
     def last_alert(self) -> float | None: ...
+    @property
+    def max_runtime(self) -> float | None: ...
+    @property
+    def notify_recovery(self) -> bool: ...
+    @property
+    def run_started(self) -> float | None: ...
+    @property
+    def failed_at(self) -> float | None: ...
+    @property
+    def last_alert_kind(self) -> str | None: ...
+    @property
+    def down_since(self) -> float | None: ...
+    @property
+    def back_at(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """What a user is alerted about: `kind` (FAILURE, RUN_TIMEOUT or SILENCE), and when it went down."""
+
+    kind: str
+    down_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the absence listener does about a user at one step.
+
+    `alert`: the condition to alert about now (None: no alert). `recovery`: whether to say that the user
+    is back (its alerted outage, `down_since` to `back_at`, ended). `down_since`: the user's alerted outage
+    after this step (None: none open). `next_due_at`: when to look at the user again if no signal comes.
+    """
+
+    alert: Condition | None
+    recovery: bool
+    down_since: float | None
+    next_due_at: float | None
+
+
+def signal_kind(exit_code: int) -> str:
+    """The kind of signal an exit code reports: 0 is a success, 1 to 255 a failure."""
+    return SUCCESS if exit_code == 0 else FAIL
 
 
 def late_at(user: Watched) -> float | None:
@@ -50,45 +117,115 @@ def late_at(user: Watched) -> float | None:
     return seen + user.max_sleep
 
 
-def decide(user: Watched, now: float) -> tuple[bool, float | None]:
-    """Whether to alert about `user` at `now`, and when to look at it next: (alert, next_due_at).
+def run_deadline(user: Watched) -> float | None:
+    """When `user`'s open run overruns: its start plus max_runtime; None without an open run, a max_runtime or monitor.
 
-    A user is late once its silence exceeds max_sleep (exactly max_sleep is not late); a late
-    user is alerted unless its last alert is email_frequency or less ago.
+    The start counts from the start of monitoring at the latest, as late_at does: the service's own
+    downtime never counts against a device (a success sent meanwhile was lost).
     """
+    if not user.monitor or user.run_started is None or user.max_runtime is None:
+        return None
+    return max(user.run_started, user.monitored_since) + user.max_runtime
+
+
+def condition(user: Watched, now: float) -> Condition | None:
+    """The one condition `user` is in at `now`, by priority: failed, then a run past max_runtime, then a
+    silence past max_sleep; None if none (or monitor is off).
+
+    Each begins strictly after its deadline (a silence of exactly max_sleep is not late). It went down at
+    the fail signal's time, the run's deadline or the silence's deadline.
+    """
+    if not user.monitor:
+        return None
+    if user.failed_at is not None:
+        return Condition(FAILURE, user.failed_at)
+    overrun = run_deadline(user)
+    if overrun is not None and now > overrun:
+        return Condition(RUN_TIMEOUT, overrun)
+    deadline = late_at(user)
+    if deadline is not None and now > deadline:
+        return Condition(SILENCE, deadline)
+    return None
+
+
+def due_at(user: Watched) -> float | None:
+    """When the absence listener must look at `user`, as stored after each signal and each start (store._DUE_AT).
+
+    At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
+    its failure, its run's deadline and its silence's deadline. The listener then pushes it on to the end
+    of the alert throttle (decide's next_due_at). None: nothing can become due without a signal.
+    """
+    if user.back_at is not None:
+        return user.back_at
     deadline = late_at(user)
     if deadline is None:
-        return False, None
-    if not now > deadline:
-        return False, deadline
-    if user.last_alert is not None and not now > user.last_alert + user.email_frequency:
-        return False, user.last_alert + user.email_frequency
-    return True, max(deadline, now + user.email_frequency)
+        return None
+    return min(t for t in (user.failed_at, run_deadline(user), deadline) if t is not None)
+
+
+def decide(user: Watched, now: float) -> Decision:
+    """What to do about `user` at `now`: alert, say it is back, both, or neither; and when to look again.
+
+    A success that ended an alerted outage (`back_at`) gets one recovery, unless notify_recovery or monitor
+    is off; the outage is over either way. A user in a condition is alerted unless its last alert was
+    about the same condition email_frequency or less ago: a change to a different condition alerts at
+    once. The throttle spans outages, so a device that flaps is not alerted more often than
+    email_frequency. The first alert of an outage sets its `down_since`.
+    """
+    ended = user.back_at is not None
+    recovery = ended and user.down_since is not None and user.notify_recovery and user.monitor
+    down_since = None if ended else user.down_since
+    current = condition(user, now)
+    alert = None
+    repeat_at = None
+    if current is not None:
+        repeat_at = _repeat_at(user, current.kind)
+        if repeat_at is None or now > repeat_at:
+            alert = current
+            repeat_at = now + user.email_frequency
+            if down_since is None:
+                down_since = current.down_at
+    # Besides the throttle's end, only a condition of higher priority than the current one can begin
+    # without a signal: a run's deadline during a silence, or either deadline when all is well.
+    candidates = [repeat_at]
+    if current is None or current.kind == SILENCE:
+        candidates.append(run_deadline(user))
+    if current is None:
+        candidates.append(late_at(user))
+    times = [t for t in candidates if t is not None]
+    return Decision(alert, recovery, down_since, min(times) if times else None)
 
 
 def held_back_until(user: Watched, now: float) -> float | None:
-    """When the absence listener may next alert about late `user`, if email_frequency holds that alert back at `now`.
+    """When the absence listener may next alert about `user`, if email_frequency holds back an alert about
+    its current condition at `now`.
 
-    None if `user` is not late at `now`, or nothing holds its alert back (it is queued at the next step).
+    None if `user` is in no condition at `now`, or nothing holds its alert back (it is queued at the next step).
     """
-    deadline = late_at(user)
-    if deadline is None or not now > deadline:
+    current = condition(user, now)
+    if current is None:
         return None
-    alert, next_due_at = decide(user, now)
-    return None if alert else next_due_at
+    repeat_at = _repeat_at(user, current.kind)
+    return repeat_at if repeat_at is not None and not now > repeat_at else None
 
 
 def live_state(user: Watched, now: float) -> str:
-    """How `user` looks at `now` to a person watching: PINGING, SILENT, LATE or ALERTED.
+    """How `user` looks at `now` to a person watching: FAILED, LATE, ALERTED, RUNNING, PINGING or SILENT.
 
-    LATE and ALERTED follow the absence listener: a user is late once `now > late_at(user)`, and
-    ALERTED once an alert was recorded during this silence (an alert from an earlier silence does
-    not count). Otherwise PINGING if its last ping is at most max_sleep ago, else SILENT (monitor
-    off, or no ping yet since monitoring began).
+    FAILED from a fail until the next success. LATE and ALERTED follow the absence listener: a user is
+    late once its run is past max_runtime or its silence past max_sleep (condition()), and ALERTED once
+    an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
+    PINGING if its last ping is at most max_sleep ago, else SILENT (monitor off, or no ping yet since
+    monitoring began).
     """
-    deadline = late_at(user)
-    if deadline is not None and now > deadline:
-        return ALERTED if user.last_alert is not None and user.last_alert > deadline else LATE
+    if user.failed_at is not None:
+        return FAILED
+    current = condition(user, now)
+    if current is not None:
+        alerted = user.down_since is not None and user.back_at is None and user.last_alert_kind == current.kind
+        return ALERTED if alerted else LATE
+    if user.run_started is not None:
+        return RUNNING
     if user.last_ping is not None and now - user.last_ping <= user.max_sleep:
         return PINGING
     return SILENT
@@ -123,3 +260,10 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
 def retry_delay(attempts: int) -> float:
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+
+
+def _repeat_at(user: Watched, kind: str) -> float | None:
+    """When an alert about `kind` may be repeated: email_frequency after the last alert if that was about `kind`."""
+    if user.last_alert is None or user.last_alert_kind != kind:
+        return None
+    return user.last_alert + user.email_frequency

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import mailer
 from config import Settings
 from mailer import MailSender
-from rules import clock_jump, decide, retry_delay
+from rules import FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
 from store import CheckOutcome, NewEmail, Store, StoreError, UserState
 
 log = logging.getLogger("ping_listener.scheduler")
@@ -48,7 +48,7 @@ class Scheduler:
         self._last_clock_reading: tuple[float, float] | None = None
 
     def check_once(self, now: float) -> int:
-        """One step of the absence listener: queue alerts for up to USERS_PER_STEP due users.
+        """One step of the absence listener: queue alerts and recoveries for up to USERS_PER_STEP due users.
 
         Returns how many due users it looked at.
         """
@@ -152,10 +152,33 @@ class Scheduler:
         return self.check_once(now)
 
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
-        alert, next_due_at = decide(user, now)
-        if not alert:
-            return CheckOutcome(user, next_due_at)
-        subject, body = mailer.compose_alert(user, self._server_root)
+        decision = decide(user, now)
+        alert = decision.alert
+        emails: tuple[NewEmail, ...] = ()
+        recovery: tuple[NewEmail, ...] = ()
+        if alert is not None:
+            emails = self._emails(user, *self._compose_alert(user, alert.kind))
+        if decision.recovery:
+            recovery = self._emails(user, *mailer.compose_recovery(user, self._server_root))
+        return CheckOutcome(
+            user,
+            decision.next_due_at,
+            emails,
+            kind=alert.kind if alert is not None else SILENCE,
+            down_since=decision.down_since,
+            ends_outage=user.back_at is not None,
+            recovery=recovery,
+        )
+
+    def _compose_alert(self, user: UserState, kind: str) -> tuple[str, str]:
+        if kind == FAILURE:
+            if user.fail_signal is None:
+                raise ValueError(f"{user.username} is failed but its fail signal is unknown")
+            return mailer.compose_failure(user, self._store.signal(user.fail_signal), self._server_root)
+        if kind == RUN_TIMEOUT:
+            return mailer.compose_run_timeout(user, self._server_root)
+        return mailer.compose_alert(user, self._server_root)
+
+    def _emails(self, user: UserState, subject: str, body: str) -> tuple[NewEmail, ...]:
         recipients = self._settings.users[user.username].recipients
-        emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
-        return CheckOutcome(user, next_due_at, emails)
+        return tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)

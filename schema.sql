@@ -4,7 +4,9 @@
 
 -- One row per username ever configured. Rows are never deleted, so a user removed from
 -- settings.json keeps its history; `configured` says whether it is in the running settings.
--- monitor, max_sleep and email_frequency mirror settings.json as of the last start.
+-- monitor, max_sleep, email_frequency, max_runtime and notify_recovery mirror settings.json as of the
+-- last start. The columns after due_at follow the user's signals (pings of every kind) and outages;
+-- rules.py says what each state means.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
     username        TEXT    NOT NULL UNIQUE,
@@ -20,26 +22,55 @@ CREATE TABLE users (
     -- The earliest time at which the absence listener must look at this user again (it is late,
     -- or its alert throttle ends); NULL when nothing can be due (not configured, or monitor off).
     -- The listener finds due users through users_due, so a tick costs the number of due users.
-    due_at          REAL
+    due_at          REAL,
+    max_runtime     REAL,
+    notify_recovery INTEGER NOT NULL DEFAULT 1 CHECK (notify_recovery IN (0, 1)),
+    -- The open run's start (a `start` signal not yet closed by a success or fail), else NULL.
+    run_started     REAL,
+    -- The duration of the last run closed by a success or fail.
+    last_duration   REAL,
+    -- While failed (a `fail` since the last success): the first fail's time, and the latest fail signal.
+    failed_at       REAL,
+    fail_signal     INTEGER,
+    -- The condition of the last alert: 'late', 'failed' or 'run_timeout'.
+    last_alert_kind TEXT,
+    -- When the current outage went down, once it was alerted; NULL when no alerted outage is open.
+    down_since      REAL,
+    -- The success that ended an alerted outage, until the listener has queued its recovery.
+    back_at         REAL,
+    -- The newest signal that changed this row: the listener's decisions apply only if it is unchanged.
+    last_signal     INTEGER
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 
--- Every ping ever received. The service records a ping as one INSERT; a trigger that exists only on
--- its own connections (store.py) moves the user's last_ping and due_at in the same statement.
+-- Every signal ever received (a ping of any kind). The service records one as one INSERT; a trigger
+-- that exists only on its own connections (store.py) moves the user's state and due_at in the same
+-- statement.
 CREATE TABLE pings (
-    id      INTEGER PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users (id),
-    at      REAL    NOT NULL
-);
-CREATE INDEX pings_by_user_time ON pings (user_id, at);
-
--- One row per alert decided by the absence listener; its emails are in the outbox.
-CREATE TABLE alerts (
     id        INTEGER PRIMARY KEY,
     user_id   INTEGER NOT NULL REFERENCES users (id),
     at        REAL    NOT NULL,
+    kind      TEXT    NOT NULL DEFAULT 'success' CHECK (kind IN ('success', 'start', 'fail', 'log')),
+    -- The exit code it reported (/ping/NAME/N or exit_code=N), else NULL.
+    exit_code INTEGER,
+    -- Seconds since the run's start, on the success or fail that closed a run; else NULL.
+    duration  REAL,
+    -- The first 10 000 bytes of a POST body, decoded as UTF-8 with replacement; NULL if none.
+    body      TEXT
+);
+CREATE INDEX pings_by_user_time ON pings (user_id, at);
+
+-- One row per alert or recovery decided by the absence listener; its emails are in the outbox.
+CREATE TABLE alerts (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users (id),
+    at           REAL    NOT NULL,
     -- The user's last ping when the alert was decided (NULL: none since monitoring began).
-    last_ping REAL
+    last_ping    REAL,
+    -- 'late' (silence), 'failed', 'run_timeout', or 'back' for a recovery.
+    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    -- When the outage it belongs to went down.
+    went_down_at REAL
 );
 CREATE INDEX alerts_by_user_time ON alerts (user_id, at);
 
@@ -67,7 +98,8 @@ CREATE INDEX outbox_by_alert ON outbox (alert_id);
 CREATE VIEW pings_readable AS
 SELECT users.username,
        datetime(pings.at, 'unixepoch', 'localtime') AS local_time,
-       pings.at AS epoch
+       pings.at AS epoch,
+       pings.kind, pings.exit_code, pings.duration, pings.body
 FROM pings JOIN users ON users.id = pings.user_id;
 
 CREATE VIEW users_readable AS
@@ -75,13 +107,20 @@ SELECT username, configured, monitor, max_sleep, email_frequency,
        datetime(monitored_since, 'unixepoch', 'localtime') AS monitored_since,
        datetime(last_ping, 'unixepoch', 'localtime') AS last_ping,
        datetime(last_alert, 'unixepoch', 'localtime') AS last_alert,
-       datetime(due_at, 'unixepoch', 'localtime') AS due_at
+       datetime(due_at, 'unixepoch', 'localtime') AS due_at,
+       max_runtime, notify_recovery,
+       datetime(run_started, 'unixepoch', 'localtime') AS run_started,
+       datetime(failed_at, 'unixepoch', 'localtime') AS failed_at,
+       last_alert_kind,
+       datetime(down_since, 'unixepoch', 'localtime') AS down_since
 FROM users;
 
 CREATE VIEW alerts_readable AS
 SELECT users.username,
        datetime(alerts.at, 'unixepoch', 'localtime') AS alerted_at,
-       datetime(alerts.last_ping, 'unixepoch', 'localtime') AS last_ping
+       datetime(alerts.last_ping, 'unixepoch', 'localtime') AS last_ping,
+       alerts.kind,
+       datetime(alerts.went_down_at, 'unixepoch', 'localtime') AS went_down_at
 FROM alerts JOIN users ON users.id = alerts.user_id;
 
 CREATE VIEW outbox_readable AS
@@ -89,7 +128,7 @@ SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attemp
        datetime(outbox.queued_at, 'unixepoch', 'localtime') AS queued_at,
        datetime(outbox.next_attempt_at, 'unixepoch', 'localtime') AS next_attempt_at,
        datetime(outbox.finished_at, 'unixepoch', 'localtime') AS finished_at,
-       outbox.last_error, outbox.subject
+       outbox.last_error, outbox.subject, alerts.kind
 FROM outbox
 JOIN alerts ON alerts.id = outbox.alert_id
 JOIN users ON users.id = alerts.user_id;

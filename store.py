@@ -7,6 +7,7 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 """
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,8 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from config import UserConfig
+from rules import BACK, SILENCE, SUCCESS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+# Signals (schema version 4): kinds of ping with their exit code, run duration and body; the users' runs,
+# failures and outages; the kind of each alert. A user alerted during its current silence keeps that
+# outage open (down_since), so its next success gets a recovery.
+SIGNALS_UPGRADE_SQL = """
+ALTER TABLE users ADD COLUMN max_runtime REAL;
+ALTER TABLE users ADD COLUMN notify_recovery INTEGER NOT NULL DEFAULT 1 CHECK (notify_recovery IN (0, 1));
+ALTER TABLE users ADD COLUMN run_started REAL;
+ALTER TABLE users ADD COLUMN last_duration REAL;
+ALTER TABLE users ADD COLUMN failed_at REAL;
+ALTER TABLE users ADD COLUMN fail_signal INTEGER;
+ALTER TABLE users ADD COLUMN last_alert_kind TEXT;
+ALTER TABLE users ADD COLUMN down_since REAL;
+ALTER TABLE users ADD COLUMN back_at REAL;
+ALTER TABLE users ADD COLUMN last_signal INTEGER;
+ALTER TABLE pings ADD COLUMN kind TEXT NOT NULL DEFAULT 'success' CHECK (kind IN ('success', 'start', 'fail', 'log'));
+ALTER TABLE pings ADD COLUMN exit_code INTEGER;
+ALTER TABLE pings ADD COLUMN duration REAL;
+ALTER TABLE pings ADD COLUMN body TEXT;
+ALTER TABLE alerts ADD COLUMN kind TEXT NOT NULL DEFAULT 'late'
+    CHECK (kind IN ('late', 'failed', 'run_timeout', 'back'));
+ALTER TABLE alerts ADD COLUMN went_down_at REAL;
+UPDATE users SET last_alert_kind = 'late' WHERE last_alert IS NOT NULL;
+UPDATE users SET down_since = max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep
+WHERE monitor AND last_alert > max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep;
+"""
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
 # either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
@@ -29,34 +56,56 @@ MIGRATIONS: tuple[str, ...] = (
     " WHERE status = 'failed' AND substr(last_error, 1, 4) IN ('530 ', '534 ', '535 ', '538 ')",
     # 2 -> 3: the overview's day view lists an alert's emails through it.
     "CREATE INDEX outbox_by_alert ON outbox (alert_id)",
+    # 3 -> 4: signals.
+    SIGNALS_UPGRADE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 
-# rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
-# the later of its last ping and the start of monitoring, plus max_sleep; NULL when not monitored.
-# Written at every start (here) and on every ping (_PING_TRIGGER_SQL, the same rule given the new
-# ping). tests/test_store.py checks with random pings and restarts that they agree with the rule.
-_LATE_AT = "CASE WHEN monitor THEN max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep END"
 
-# The queries that run on every tick or /logs; tests check that each is answered through an index.
-# `due_at < now`: late strictly after the deadline, as rules.decide says (exactly max_sleep is not late).
-DUE_USERS_SQL = (
-    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
-    " FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
+# rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
+# while a recovery waits; else, if monitored, the earliest of the failure, the run's deadline (its start,
+# or the start of monitoring if later, plus max_runtime) and the silence's deadline (the later of the last
+# ping and the start of monitoring, plus max_sleep). Multi-argument min() and max() are NULL if any
+# argument is, hence the coalesce()s. Written at every start (_restart_monitoring) and by every signal
+# (_SIGNAL_TRIGGER_SQL). tests/test_store.py checks with random signals and restarts that they agree.
+def _due_at_sql(
+    last_ping: str = "last_ping",
+    run_started: str = "run_started",
+    failed_at: str = "failed_at",
+    back_at: str = "back_at",
+) -> str:
+    """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
+    late_at = f"max(coalesce({last_ping}, monitored_since), monitored_since) + max_sleep"
+    return (
+        f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed_at}, {late_at}),"
+        f" coalesce(max({run_started}, monitored_since) + max_runtime, {late_at}), {late_at}) END"
+    )
+
+
+_DUE_AT = _due_at_sql()
+
+# A user as UserState holds it, in its field order.
+_USER_COLUMNS = (
+    "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
+    " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
+    " down_since, back_at, last_signal"
 )
+# The queries that run on every tick or /logs; tests check that each is answered through an index.
+# `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
+DUE_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
 DUE_EMAILS_SQL = (
     "SELECT id, recipient, subject, body, message_id, queued_at, attempts FROM outbox"
     " WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
 )
 PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
+SIGNALS_BETWEEN_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
+)
 # The testing page's queries, run about once a second while it is open. Every configured user is
 # read in username order through the UNIQUE index (no sort); the newest emails are read backwards
 # along the outbox's primary key and joined through primary keys, so LIMIT bounds the work.
-CONFIGURED_USERS_SQL = (
-    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
-    " FROM users WHERE configured = 1 ORDER BY username"
-)
+CONFIGURED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured = 1 ORDER BY username"
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
 # (through users' UNIQUE index and per-user seeks of pings_by_user_time and alerts_by_user_time) or the
 # number of new pings (along the pings' primary key), never the size of the history.
@@ -84,22 +133,46 @@ DAY_ALERTS_SQL = (
 )
 RECENT_EMAILS_SQL = (
     "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
-    " outbox.queued_at, outbox.finished_at"
+    " outbox.queued_at, outbox.finished_at, alerts.kind"
     " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY outbox.id DESC LIMIT ?"
 )
 
-# A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
-# connections, moves that user's last_ping and deadline (rules.late_at, as _LATE_AT) in the same statement.
-# max() keeps last_ping monotonic if pings ever commit out of time order.
-RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE username = ? AND configured = 1"
-_PING_TRIGGER_SQL = (
-    "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"
-    " UPDATE users SET last_ping = max(coalesce(last_ping, NEW.at), NEW.at),"
-    " due_at = CASE WHEN monitor THEN max(coalesce(last_ping, NEW.at), NEW.at, monitored_since) + max_sleep END"
+# A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
+# run in the same statement; this trigger, which exists only on the store's own connections, moves that
+# user's state (_SIGNAL_EFFECTS: see rules.py for what each kind does) and deadline (rules.due_at, as
+# _DUE_AT) in one UPDATE. Within an UPDATE every expression reads the row as it was, so the deadline is
+# _DUE_AT with the new values' expressions in place of their columns. A `log` changes nothing.
+# max() keeps last_ping monotonic if signals ever commit out of time order.
+RECORD_SIGNAL_SQL = (
+    "INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
+    " SELECT id, ?1, ?2, ?3, ?4, CASE WHEN ?2 IN ('success', 'fail') THEN max(?1 - run_started, 0) END"
+    " FROM users WHERE username = ?5 AND configured = 1"
+)
+_SIGNAL_EFFECTS = {
+    "last_ping": "(CASE NEW.kind WHEN 'start' THEN last_ping ELSE max(coalesce(last_ping, NEW.at), NEW.at) END)",
+    "run_started": "(CASE NEW.kind WHEN 'start' THEN NEW.at END)",
+    "failed_at": (
+        "(CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, NEW.at) ELSE failed_at END)"
+    ),
+    "back_at": (
+        "(CASE WHEN NEW.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, NEW.at) ELSE back_at END)"
+    ),
+}
+_SIGNAL_TRIGGER_SQL = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN"
+    " UPDATE users SET "
+    + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
+    + ", last_duration = coalesce(NEW.duration, last_duration),"
+    " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
+    f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}"
     " WHERE id = NEW.user_id;"
     " END"
 )
+
+# Upgrades of an existing database, in order: (the version it produces, its SQL script). A new
+# database gets schema.sql instead, which every upgrade leaves it equal to (tests/test_store.py): the
+# steps change tables and data, and the views, which hold no data, are then created afresh from it.
 
 
 class StoreError(Exception):
@@ -131,6 +204,27 @@ class UserState:
     last_ping: float | None
     last_alert: float | None
     due_at: float | None
+    max_runtime: float | None = None
+    notify_recovery: bool = True
+    run_started: float | None = None
+    last_duration: float | None = None
+    failed_at: float | None = None
+    fail_signal: int | None = None
+    last_alert_kind: str | None = None
+    down_since: float | None = None
+    back_at: float | None = None
+    last_signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One recorded signal: its time, kind, exit code, the duration of the run it closed, and its body."""
+
+    at: float
+    kind: str
+    exit_code: int | None
+    duration: float | None
+    body: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +241,20 @@ class NewEmail:
 class CheckOutcome:
     """What the absence listener decided about one due user.
 
-    `emails` empty means no alert now; `next_due_at` is when to look at the user again.
+    `emails` empty means no alert now; otherwise they alert about the condition `kind` (rules.SILENCE,
+    FAILURE or RUN_TIMEOUT). `next_due_at` is when to look at the user again. `ends_outage` says that the
+    success ending the user's alerted outage (its back_at) was dealt with, with the `recovery` emails
+    (none if notify_recovery is off). `down_since` is the user's alerted outage after this step, written
+    when the outcome alerts or ends an outage.
     """
 
     user: UserState
     next_due_at: float | None
     emails: tuple[NewEmail, ...] = ()
+    kind: str = SILENCE
+    down_since: float | None = None
+    ends_outage: bool = False
+    recovery: tuple[NewEmail, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +272,11 @@ class QueuedEmail:
 
 @dataclass(frozen=True, slots=True)
 class EmailEvent:
-    """An alert email as its history shows it: queued, sent or failed, and when.
+    """An alert or recovery email as its history shows it: queued, sent or failed, and when.
 
     `last_ping` is the user's last ping when the alert was decided (None: none since monitoring
-    began); `finished_at` is when it was sent or failed (None while queued).
+    began); `finished_at` is when it was sent or failed (None while queued); `kind` is what it is
+    about (rules.SILENCE, FAILURE, RUN_TIMEOUT or BACK).
     """
 
     id: int
@@ -184,6 +287,7 @@ class EmailEvent:
     last_ping: float | None
     queued_at: float
     finished_at: float | None
+    kind: str = SILENCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +318,7 @@ class Store:
         try:
             connection = self._connection()
             self._prepare_schema(connection)
-            connection.execute(_PING_TRIGGER_SQL)
+            connection.execute(_SIGNAL_TRIGGER_SQL)
             self._schema_ready = True
         except sqlite3.Error as error:
             self.close()
@@ -233,13 +337,18 @@ class Store:
         Users missing from `users` stop being monitored but keep their history. See
         restart_monitoring for what a restart does.
         """
-        rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency) for name, user in users.items()]
+        rows = [
+            (name, int(user.monitor), user.max_sleep, user.email_frequency, user.max_runtime, int(user.notify_recovery))
+            for name, user in users.items()
+        ]
         with self._write() as connection:
             connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
             connection.executemany(
-                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES (?, 1, ?, ?, ?)"
+                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, max_runtime,"
+                " notify_recovery) VALUES (?, 1, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
-                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency",
+                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
+                " max_runtime = excluded.max_runtime, notify_recovery = excluded.notify_recovery",
                 rows,
             )
             _restart_monitoring(connection, now)
@@ -247,28 +356,38 @@ class Store:
     def restart_monitoring(self, now: float) -> None:
         """Monitor every configured user afresh from `now`, as a restart of the service does.
 
-        Each gets a full max_sleep from `now` before it can be late, so neither the service's
-        downtime nor a jump of the wall clock counts against a device. Times left in the future by
-        a wall clock that went back are made harmless: a last ping becomes the last one recorded at
-        or before `now` (a real ping, or none), and the alert throttle counts from `now`. Queued
-        emails are due at once, so fixing the SMTP setup and restarting sends them without waiting
-        out their back-off.
+        Each gets a full max_sleep (and an open run a full max_runtime) from `now` before it can be
+        late, so neither the service's downtime nor a jump of the wall clock counts against a device;
+        a failure or an alerted outage stays what it was. Times left in the future by a wall clock that
+        went back are made harmless: a last ping becomes the last success or fail recorded at or before
+        `now` (or none), the alert throttle counts from `now`, and a run's start, a failure or a
+        recovery waiting to be queued are moved back to `now`. Queued emails are due at once, so fixing
+        the SMTP setup and restarting sends them without waiting out their back-off.
         """
         with self._write() as connection:
             _restart_monitoring(connection, now)
 
-    def record_ping(self, username: str, now: float) -> None:
-        """Record a ping from `username` at `now`: committed before returning, or, inside ping_batch()
-        on this thread, committed with the batch.
+    def record_ping(
+        self,
+        username: str,
+        now: float,
+        kind: str = SUCCESS,
+        exit_code: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        """Record a signal of `kind` (rules.SIGNAL_KINDS) from `username` at `now`: committed before
+        returning, or, inside ping_batch() on this thread, committed with the batch.
 
-        Raises UnknownUserError if the user is not configured.
+        A plain ping is a success. `exit_code` is the one it reported, if any; `body` is kept as given
+        (the caller cuts it). Its effect on the user is what rules.py describes. Raises
+        UnknownUserError if the user is not configured.
         """
         connection = self._connection()
-        # One statement: in autocommit mode SQLite commits it, with what _PING_TRIGGER_SQL does,
+        # One statement in autocommit mode: SQLite commits it, with what _SIGNAL_TRIGGER_SQL does,
         # before execute() returns. As one statement it releases the GIL once instead of at each
         # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
         with self._write_lock, _storage_faults():
-            recorded = connection.execute(RECORD_PING_SQL, (now, username)).rowcount
+            recorded = connection.execute(RECORD_SIGNAL_SQL, (now, kind, exit_code, body, username)).rowcount
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
 
@@ -306,21 +425,15 @@ class Store:
         Raises UnknownUserError if the user was never configured.
         """
         with self._read() as connection:
-            row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
+            user_id = self._user_id(connection, username)
             # LIMIT -1 is no limit.
-            rows = connection.execute(PINGS_BETWEEN_SQL, (row[0], start, end, limit or -1)).fetchall()
+            rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit or -1)).fetchall()
         return [at for (at,) in rows]
 
     def user(self, username: str) -> UserState:
         """`username`'s state, configured or not; raises UnknownUserError if it was never configured."""
         with self._read() as connection:
-            row = connection.execute(
-                "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert,"
-                " due_at FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
+            row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
             raise UnknownUserError(f"unknown user {username}")
         return UserState(*row)
@@ -374,6 +487,36 @@ class Store:
         with self._read() as connection:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
+    def signals_between(
+        self, username: str, start: float, end: float, limit: int, max_body_chars: int
+    ) -> tuple[list[Signal], bool]:
+        """`username`'s signals with start <= time < end, ascending, and whether there were more.
+
+        Stops after `limit` signals, or once their bodies reach `max_body_chars` characters in all
+        (the signal that crosses it is kept). Raises UnknownUserError if the user was never configured.
+        """
+        signals: list[Signal] = []
+        chars = 0
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            # Read lazily: the bound on the bodies stops reading, not only the answer.
+            for row in connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1)):
+                if len(signals) == limit or chars >= max_body_chars:
+                    return signals, True
+                signals.append(Signal(*row))
+                chars += len(row[4] or "")
+        return signals, False
+
+    def signal(self, signal_id: int) -> Signal:
+        """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
+        with self._read() as connection:
+            row = connection.execute(
+                "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = ?", (signal_id,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no signal {signal_id}")
+        return Signal(*row)
+
     def configured_users(self) -> list[UserState]:
         """Every configured user's state, in username order."""
         with self._read() as connection:
@@ -395,31 +538,52 @@ class Store:
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
 
-        Each outcome applies only if its user's due_at is still what was read (no ping came in
-        meanwhile); an alert records its time, its alerts row and one outbox row per email.
+        Each outcome applies only if its user is still as it was read (its due_at and last signal are
+        unchanged: no signal came in meanwhile). An alert records its time and kind, its alerts row and
+        one outbox row per email; a recovery records its alerts row (kind 'back') and its emails.
         """
         alerts = 0
         emails: list[tuple[Any, ...]] = []
         with self._write() as connection:
             for outcome in outcomes:
                 user = outcome.user
-                if not outcome.emails:
-                    connection.execute(
-                        "UPDATE users SET due_at = ? WHERE id = ? AND due_at IS ?",
-                        (outcome.next_due_at, user.id, user.due_at),
-                    )
-                    continue
+                alerting = bool(outcome.emails)
+                changes_outage = alerting or outcome.ends_outage
                 claimed = connection.execute(
-                    "UPDATE users SET last_alert = ?, due_at = ? WHERE id = ? AND due_at IS ?",
-                    (now, outcome.next_due_at, user.id, user.due_at),
+                    "UPDATE users SET due_at = ?1,"
+                    " last_alert = CASE WHEN ?2 THEN ?3 ELSE last_alert END,"
+                    " last_alert_kind = CASE WHEN ?2 THEN ?4 ELSE last_alert_kind END,"
+                    " down_since = CASE WHEN ?5 THEN ?6 ELSE down_since END,"
+                    " back_at = CASE WHEN ?7 THEN NULL ELSE back_at END"
+                    " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
+                    (
+                        outcome.next_due_at,
+                        alerting,
+                        now,
+                        outcome.kind,
+                        changes_outage,
+                        outcome.down_since,
+                        outcome.ends_outage,
+                        user.id,
+                        user.due_at,
+                        user.last_signal,
+                    ),
                 ).rowcount
                 if not claimed:
                     continue
-                alert_id = connection.execute(
-                    "INSERT INTO alerts (user_id, at, last_ping) VALUES (?, ?, ?)", (user.id, now, user.last_ping)
-                ).lastrowid
-                emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in outcome.emails]
-                alerts += 1
+                # The recovery first: it closes the outage that an alert in the same step may follow.
+                for kind, went_down_at, queued in (
+                    (BACK, user.down_since, outcome.recovery),
+                    (outcome.kind, outcome.down_since, outcome.emails),
+                ):
+                    if not queued:
+                        continue
+                    alert_id = connection.execute(
+                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at) VALUES (?, ?, ?, ?, ?)",
+                        (user.id, now, user.last_ping, kind, went_down_at),
+                    ).lastrowid
+                    emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in queued]
+                alerts += alerting
             # One statement for the whole batch's emails: a step may alert hundreds of users.
             connection.executemany(
                 "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
@@ -495,6 +659,13 @@ class Store:
         PRAGMA max_page_count to make the disk look full (tests/support.py: SmallDiskStore).
         """
 
+    @staticmethod
+    def _user_id(connection: sqlite3.Connection, username: str) -> int:
+        row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            raise UnknownUserError(f"unknown user {username}")
+        return int(row[0])
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
@@ -526,7 +697,7 @@ class Store:
             connection.execute("PRAGMA foreign_keys = ON")
             # The first connection creates the tables; it gets the trigger once they exist.
             if self._schema_ready:
-                connection.execute(_PING_TRIGGER_SQL)
+                connection.execute(_SIGNAL_TRIGGER_SQL)
             self._local.connection = connection
         self.before_use(connection)
         return connection
@@ -547,7 +718,12 @@ class Store:
                 raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
             script = SCHEMA_PATH.read_text()
         else:
-            script = ";\n".join(MIGRATIONS[version - 1 :])
+            # Every step from its version on; then schema.sql's views in place of the old ones, since a
+            # step may add columns that they show.
+            views = connection.execute("SELECT name FROM sqlite_schema WHERE type = 'view'").fetchall()
+            drop_views = "".join(f'DROP VIEW "{name}";' for (name,) in views)
+            new_views = "".join(re.findall(r"^CREATE VIEW .*?;$", SCHEMA_PATH.read_text(), re.DOTALL | re.MULTILINE))
+            script = ";\n".join(MIGRATIONS[version - 1 :]) + ";\n" + drop_views + new_views
             self.upgraded_from = version
         with self._write_lock:
             try:
@@ -560,15 +736,23 @@ class Store:
 
 def _restart_monitoring(connection, now):
     parameters = {"now": now}
+    # Walks the user's signals backwards from `now` to the latest contact: no scan of its whole history.
     connection.execute(
-        "UPDATE users SET last_ping = (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND at <= :now)"
+        "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= :now"
+        " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1)"
         " WHERE last_ping > :now",
         parameters,
     )
     connection.execute("UPDATE users SET last_alert = :now WHERE last_alert > :now", parameters)
+    # min() of NULL is NULL: only times in the future change.
+    connection.execute(
+        "UPDATE users SET run_started = min(run_started, :now), failed_at = min(failed_at, :now),"
+        " back_at = min(back_at, :now) WHERE run_started > :now OR failed_at > :now OR back_at > :now",
+        parameters,
+    )
     # Two statements: within one UPDATE, due_at would be computed from the old monitored_since.
     connection.execute("UPDATE users SET monitored_since = :now WHERE configured = 1", parameters)
-    connection.execute(f"UPDATE users SET due_at = {_LATE_AT} WHERE configured = 1")
+    connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured = 1")
     connection.execute(
         "UPDATE outbox SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
     )

@@ -33,8 +33,20 @@ from localtime import (
 )
 from mailer import SENT, TestEmailSender
 from overview import Overview, overview_day
-from rules import held_back_until, late_at, live_state
-from store import EmailEvent, Store, StoreUnavailableError, UnknownUserError, UserState
+from rules import (
+    FAIL,
+    LOG,
+    MAX_EXIT_CODE,
+    SIGNAL_KINDS,
+    START,
+    SUCCESS,
+    held_back_until,
+    late_at,
+    live_state,
+    run_deadline,
+    signal_kind,
+)
+from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState
 
 log = logging.getLogger("ping_listener.web")
 
@@ -51,6 +63,14 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 # all day long. A day with more is answered with its first LOGS_MAX_PINGS and the LOGS_TRUNCATED header.
 LOGS_MAX_PINGS = 100_000
 LOGS_TRUNCATED = "Ping-Listener-Truncated"
+# With details=1, bodies of up to 10 000 characters each could make a day's answer gigabytes: it stops
+# once its bodies hold this many characters (and says so with the LOGS_TRUNCATED header).
+LOGS_MAX_BODY_CHARS = 4_000_000
+# The first this many bytes of a POST body to /ping are kept with the signal.
+MAX_SIGNAL_BODY = 10_000
+PING_PATH = "/ping"
+# The last segment of /ping/NAME/SEGMENT, for each kind of signal it can name besides exit codes.
+PATH_SIGNALS = {START: START, FAIL: FAIL, LOG: LOG}
 # How many of the newest alert emails the testing page shows.
 RECENT_EMAILS = 50
 STATIC_DIR = Path(__file__).with_name("static")
@@ -109,12 +129,20 @@ def make_app(
         username = query.get("username")
         if not username:
             raise bottle.HTTPError(400, "missing username")
+        details = query.get("details")
+        if details is not None and details != "1":
+            raise bottle.HTTPError(400, f"invalid details {details[:20]!r}: expected 1")
         start, end = local_day_bounds(query)
+        bottle.response.content_type = "application/json"
+        if details:
+            signals, cut = store.signals_between(username, start, end, LOGS_MAX_PINGS, LOGS_MAX_BODY_CHARS)
+            if cut:
+                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(signals)} signals of the day")
+            return json.dumps(_signal_details(signals))
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
             bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
-        bottle.response.content_type = "application/json"
         return json.dumps(local_clock_times(times))
 
     @app.get("/")
@@ -188,7 +216,7 @@ def make_app(
 
 
 def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], float]) -> WSGIApplication:
-    """`app` behind a WSGI function that answers /ping itself, with the same answers Bottle would give.
+    """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
 
     Every device's heartbeat is a ping: Bottle's routing and request and response objects would
     cost it about as much CPU as its SQLite transaction, and with the GIL every microsecond spent
@@ -196,7 +224,8 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
     """
 
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/ping":
+        path = environ.get("PATH_INFO", "")
+        if path != PING_PATH and not path.startswith("/ping/"):
             return app(environ, start_response)
         method = environ.get("REQUEST_METHOD")
         headers = [("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items()]
@@ -204,7 +233,7 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            text = _record_ping(environ, store, clock)
+            text = _record_signal(environ, store, clock)
             status = "200 OK"
         except bottle.HTTPError as error:
             status, text = error.status_line, _error_text(error)
@@ -219,39 +248,129 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
     return wsgi
 
 
-def _record_ping(environ: WSGIEnvironment, store: Store, clock: Callable[[], float]) -> str:
-    """Record the ping that `environ` asks for; its answer text, or a bottle.HTTPError."""
+def _record_signal(environ: WSGIEnvironment, store: Store, clock: Callable[[], float]) -> str:
+    """Record the signal that `environ` asks for (query or path form); its answer text, or a bottle.HTTPError."""
     try:
-        username = query_fields(environ.get("QUERY_STRING", "")).get("username")
+        if environ.get("PATH_INFO") == PING_PATH:
+            username, kind, exit_code = _query_signal(environ.get("QUERY_STRING", ""))
+        else:
+            username, kind, exit_code = _path_signal(environ["PATH_INFO"])
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
-    if not username:
-        raise bottle.HTTPError(400, "missing username")
+    body = _signal_body(environ) if environ.get("REQUEST_METHOD") == "POST" else None
     now = clock()
     try:
-        store.record_ping(username, now)
+        store.record_ping(username, now, kind, exit_code, body)
     except (UnknownUserError, StoreUnavailableError) as error:
         raise _http_error(error, environ) from None
     return format_ping_time(now)
 
 
+def _query_signal(query_string: str) -> tuple[str, str, int | None]:
+    """(username, kind, exit code) of /ping?username=NAME[&status=KIND][&exit_code=N]; QueryError if invalid."""
+    query = query_fields(query_string)
+    username = query.get("username")
+    if not username:
+        raise QueryError("missing username")
+    status, code = query.get("status"), query.get("exit_code")
+    if code is not None:
+        if status is not None:
+            raise QueryError("status and exit_code cannot be used together")
+        exit_code = _exit_code(code)
+        if exit_code is None:
+            raise QueryError(f"invalid exit_code {code[:20]!r}: expected 0 to {MAX_EXIT_CODE}")
+        return username, signal_kind(exit_code), exit_code
+    if status is None:
+        return username, SUCCESS, None
+    if status not in SIGNAL_KINDS:
+        raise QueryError(f"unknown status {status[:20]!r}: expected {', '.join(SIGNAL_KINDS)}")
+    return username, status, None
+
+
+def _path_signal(path: str) -> tuple[str, str, int | None]:
+    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N]; QueryError if invalid.
+
+    PATH_INFO is already percent-decoded (a %2F is a separator like /), as a WSGI string: its characters
+    are the path's bytes, read here as UTF-8.
+    """
+    try:
+        segments = path.encode("latin-1").decode("utf-8").split("/")[2:]
+    except UnicodeError:
+        raise QueryError("path is not valid UTF-8") from None
+    username = segments[0]
+    if not username:
+        raise QueryError("missing username")
+    if len(segments) == 1:
+        return username, SUCCESS, None
+    last = segments[-1]
+    if len(segments) == 2 and last in PATH_SIGNALS:
+        return username, PATH_SIGNALS[last], None
+    exit_code = _exit_code(last) if len(segments) == 2 else None
+    if exit_code is None:
+        raise QueryError(
+            f"unknown signal {'/'.join(segments[1:])[:40]!r}: expected start, fail, log or an exit code"
+            f" 0 to {MAX_EXIT_CODE} (a name containing / needs /ping?username=NAME)"
+        )
+    return username, signal_kind(exit_code), exit_code
+
+
+def _exit_code(text: str) -> int | None:
+    """`text` as an exit code: 1 to 3 decimal digits, 0 to MAX_EXIT_CODE; None if it is not one."""
+    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()) or int(text) > MAX_EXIT_CODE:
+        return None
+    return int(text)
+
+
+def _signal_body(environ: WSGIEnvironment) -> str | None:
+    """The first MAX_SIGNAL_BODY bytes of a POST body, decoded as UTF-8 with replacement; None if empty.
+
+    waitress has the whole body in memory or a file by now (at most MAX_REQUEST_BODY), chunked or not.
+    """
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    data = environ["wsgi.input"].read(min(length, MAX_SIGNAL_BODY)) if length > 0 else b""
+    return data.decode("utf-8", errors="replace") if data else None
+
+
+def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
+    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
+    times = local_clock_times(signal.at for signal in signals)
+    return [
+        {
+            "time": time,
+            "kind": signal.kind,
+            "exit_code": signal.exit_code,
+            "duration": None if signal.duration is None else round(signal.duration, 3),
+            "body": signal.body,
+        }
+        for time, signal in zip(times, signals, strict=True)
+    ]
+
+
 def _live_user(user: UserState, now: float) -> dict[str, Any]:
     """A user's live state for the testing page, each time as epoch seconds and as local time."""
+    deadlines = [t for t in (late_at(user), run_deadline(user)) if t is not None]
     return {
         "state": live_state(user, now),
+        "last_duration": user.last_duration,
         **_times(
             last_ping=user.last_ping,
-            late_at=late_at(user),
+            late_at=min(deadlines) if deadlines else None,
             last_alert=user.last_alert,
             held_back_until=held_back_until(user, now),
+            run_started=user.run_started,
+            failed_at=user.failed_at,
         ),
     }
 
 
 def _email_event(email: EmailEvent) -> dict[str, Any]:
-    """An alert email's history for the testing page; never its body or the SMTP server's words."""
+    """An alert or recovery email's history for the testing page; never its body or the SMTP server's words."""
     return {
         "id": email.id,
+        "kind": email.kind,
         "username": email.username,
         "recipient": email.recipient,
         "status": email.status,

@@ -136,23 +136,30 @@ def _ping_table(rows, args, targets):
         f" again (up to {throughput.DEGRADED_RETRIES} times) and, if it stays degraded, marked † and left out of"
         " every ratio.",
         "",
-        "| mode | connections | service req/s | waitress req/s | bare req/s | ratio to waitress | ratio to bare"
+        f"The last rows are the other forms of signal at {throughput.SIGNAL_CONNECTIONS} connections kept alive,"
+        " held to the same targets: a burst of `status=fail` (each recorded with its state change, as a ping is)"
+        " and the Healthchecks-style `/ping/NAME`.",
+        "",
+        "| form | mode | connections | service req/s | waitress req/s | bare req/s | ratio to waitress | ratio to bare"
         " | p50 / p99 ms service | p99 ms waitress / bare | errors service / waitress / bare"
         " | CPU µs/req service / waitress / bare |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         service, waitress, bare = row.median("service"), row.median("waitress"), row.median("bare")
         to_waitress, to_bare = row.ratios("waitress"), row.ratios("bare")
         lines.append(
-            f"| {row.mode} | {row.connections} | {service.rps:.0f} | {waitress.rps:.0f}{_dagger(waitress)}"
-            f" | {bare.rps:.0f}{_dagger(bare)} | {_ratio(to_waitress)} | {_ratio(to_bare)}"
+            f"| `{row.form}` | {row.mode} | {row.connections} | {service.rps:.0f}"
+            f" | {waitress.rps:.0f}{_dagger(waitress)} | {bare.rps:.0f}{_dagger(bare)}"
+            f" | {_ratio(to_waitress)} | {_ratio(to_bare)}"
             f" | {service.p50_ms:.2f} / {service.p99_ms:.2f} | {waitress.p99_ms:.2f} / {bare.p99_ms:.2f}"
             f" | {_errors(service)} / {_errors(waitress)} / {_errors(bare)}"
             f" | {service.cpu_us_per_request:.0f} / {waitress.cpu_us_per_request:.0f}"
             f" / {bare.cpu_us_per_request:.0f} |"
         )
         where = f"{row.mode}, {row.connections} connection{'s' if row.connections > 1 else ''}"
+        if row.form != throughput.PING_FORM:
+            where += f", `{row.form}`"
         if to_waitress:
             ratio = median(to_waitress)
             targets.append((f"ping throughput ≥ 1.0× waitress-serve ({where})", f"{ratio:.2f}×", ratio >= 1.0))
@@ -161,7 +168,7 @@ def _ping_table(rows, args, targets):
             targets.append(
                 (f"ping throughput ≥ 0.8× bare served the service's way ({where})", f"{ratio:.2f}×", ratio >= 0.8)
             )
-    by_key = {(row.mode, row.connections): row for row in rows}
+    by_key = {(row.mode, row.connections): row for row in rows if row.form == throughput.PING_FORM}
     for mode in throughput.MODES:
         if (mode, 16) in by_key and (mode, 256) in by_key:
             at_16, at_256 = by_key[mode, 16].median("service").rps, by_key[mode, 256].median("service").rps
@@ -171,7 +178,7 @@ def _ping_table(rows, args, targets):
     lines += ["", "Ratio in each sound round (to waitress; to bare): "]
     lines[-1] += (
         "; ".join(
-            f"{row.mode} {row.connections}: "
+            f"`{row.form}` {row.mode} {row.connections}: "
             + ", ".join(f"{ratio:.2f}" for ratio in row.ratios("waitress"))
             + "; "
             + ", ".join(f"{ratio:.2f}" for ratio in row.ratios("bare"))

@@ -20,6 +20,15 @@ LUA_SCRIPT = harness.ROOT / "bench" / "ping.lua"
 USERNAME = "bench-device"
 SERVERS = ("service", "bare", "waitress")
 MODES = ("keep-alive", "close")
+# The plain ping, measured at every concurrency and mode, and the other forms of signal, each measured
+# kept alive at SIGNAL_CONNECTIONS: a burst of failures (each one short write, as a ping) and the
+# Healthchecks-style path. The baselines answer any path alike.
+PING_FORM = "/ping?username=NAME"
+SIGNAL_FORMS = {
+    "/ping?username=NAME&status=fail": "/ping?" + urllib.parse.urlencode({"username": USERNAME, "status": "fail"}),
+    "/ping/NAME": "/ping/" + urllib.parse.quote(USERNAME, safe=""),
+}
+SIGNAL_CONNECTIONS = 16
 # A baseline round whose CPU per request is more than this many times its own 1-connection figure (same
 # mode and round) has degraded: it is measured again, and never counted in a ratio.
 DEGRADED_CPU_FACTOR = 3
@@ -46,6 +55,7 @@ class ThroughputRow:
     connections: int
     mode: str
     rounds: dict  # server name -> [WrkResult per round]
+    form: str = PING_FORM
 
     def median(self, name):
         """The server's median req/s, p99 and CPU over its sound rounds (all rounds if none is sound)."""
@@ -102,24 +112,25 @@ PING_PATH = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
 
 
 def run_wrk(servers, concurrencies, duration, warmup, rounds, log):
-    """Measure every server at each concurrency and mode, `rounds` times; return ThroughputRows."""
+    """Measure every server at each concurrency and mode, and each of SIGNAL_FORMS at SIGNAL_CONNECTIONS,
+    `rounds` times; return ThroughputRows (the plain ping's first)."""
+    runs = [(PING_FORM, PING_PATH, mode, connections) for mode in MODES for connections in concurrencies]
+    runs += [(form, path, "keep-alive", SIGNAL_CONNECTIONS) for form, path in SIGNAL_FORMS.items()]
     results = {}
     for round_number in range(rounds):
         order = SERVERS if round_number % 2 else tuple(reversed(SERVERS))
-        for mode in MODES:
-            for connections in concurrencies:
-                for name in order:
-                    result = _measure_sound(servers, name, mode, connections, duration, warmup, results, round_number)
-                    results.setdefault((connections, mode, name), []).append(result)
-                    log(
-                        f"  round {round_number + 1}/{rounds}, {mode:<10} {connections:>3} connections, {name:<8}:"
-                        f" {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-                        f"  {result.cpu_us_per_request:.0f} µs CPU/req{'  DEGRADED' if result.degraded else ''}"
-                    )
+        for form, path, mode, connections in runs:
+            for name in order:
+                result = _measure_sound(servers, name, path, mode, connections, duration, warmup, results, round_number)
+                results.setdefault((form, connections, mode, name), []).append(result)
+                log(
+                    f"  round {round_number + 1}/{rounds}, {form}, {mode:<10} {connections:>3} connections,"
+                    f" {name:<8}: {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
+                    f"  {result.cpu_us_per_request:.0f} µs CPU/req{'  DEGRADED' if result.degraded else ''}"
+                )
     return [
-        ThroughputRow(connections, mode, {name: results[connections, mode, name] for name in SERVERS})
-        for mode in MODES
-        for connections in concurrencies
+        ThroughputRow(connections, mode, {name: results[form, connections, mode, name] for name in SERVERS}, form)
+        for form, _, mode, connections in runs
     ]
 
 
@@ -146,11 +157,11 @@ def run_bursts(servers, sizes, rounds, log):
     return rows
 
 
-def _measure_sound(servers, name, mode, connections, duration, warmup, results, round_number):
+def _measure_sound(servers, name, path, mode, connections, duration, warmup, results, round_number):
     """Measure one server; a baseline that degraded against its own 1-connection CPU is measured again."""
     for _ in range(DEGRADED_RETRIES + 1):
-        result = _measure(servers[name], PING_PATH, connections, mode, duration, warmup)
-        single = results.get((1, mode, name))
+        result = _measure(servers[name], path, connections, mode, duration, warmup)
+        single = results.get((PING_FORM, 1, mode, name))
         if name == "service" or connections == 1 or single is None:
             return result
         baseline_cpu = single[min(round_number, len(single) - 1)].cpu_us_per_request

@@ -12,6 +12,8 @@ const MIN_PING_INTERVAL_MS = 200;
 // Browsers run longer setInterval delays at once.
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_LOG_LINES = 500;
+// What each kind of email is called in the log.
+const EMAIL_KINDS = { late: "alert", failed: "failure", run_timeout: "run timeout", back: "recovery" };
 
 let password = null;
 let pollTimer = null;
@@ -123,6 +125,10 @@ function userCard(name, settings) {
   const toggle = card.querySelector("input");
   toggle.setAttribute("aria-label", `simulated pings from ${name}`);
   toggle.addEventListener("change", () => (toggle.checked ? startPinging(name) : stopPinging(name)));
+  for (const button of card.querySelectorAll(".signals button")) {
+    button.setAttribute("aria-label", `send a ${button.dataset.status} signal from ${name}`);
+    button.addEventListener("click", () => sendSignal(name, button.dataset.status));
+  }
   return card;
 }
 
@@ -146,17 +152,24 @@ function stopPinging(name) {
   addLog("switch", null, `${name}: simulated pings off, the device is silent now`);
 }
 
-async function ping(name) {
+function ping(name) {
+  return sendSignal(name, null);
+}
+
+// One signal from `name` through the query form (a name may contain "/"): a ping if `status` is null.
+async function sendSignal(name, status) {
+  const what = status === null ? "ping" : `${status} signal`;
+  const query = `username=${encodeURIComponent(name)}${status === null ? "" : `&status=${status}`}`;
   let answer;
   try {
-    answer = await fetch(`/ping?username=${encodeURIComponent(name)}`, { method: "POST", cache: "no-store" });
+    answer = await fetch(`/ping?${query}`, { method: "POST", cache: "no-store" });
   } catch (error) {
-    addLog("problem", null, `ping from ${name}: no answer (${error.message})`);
+    addLog("problem", null, `${what} from ${name}: no answer (${error.message})`);
     return;
   }
   const text = (await answer.text()).trim();
-  // A ping's answer is the server's local time of the ping.
-  addLog(answer.ok ? "ping" : "problem", answer.ok ? { local: text } : null, `ping from ${name}: ${answer.status} ${text}`);
+  // A signal's answer is the server's local time of the signal.
+  addLog(answer.ok ? "ping" : "problem", answer.ok ? { local: text } : null, `${what} from ${name}: ${answer.status} ${text}`);
 }
 
 async function poll() {
@@ -241,6 +254,8 @@ function showUser(name, live, now) {
   card.querySelector(".late-at").textContent = live.late_at_local ?? "never (monitor is off)";
   card.querySelector(".last-alert").textContent = live.last_alert_local ?? "none";
   card.querySelector(".next-alert").textContent = nextAlert(live);
+  card.querySelector(".run-started").textContent = live.run_started_local ?? "no run open";
+  card.querySelector(".last-duration").textContent = live.last_duration === null ? "no run yet" : seconds(live.last_duration);
   const previous = user.state;
   user.state = live.state;
   if (previous === live.state) {
@@ -257,7 +272,13 @@ function showUser(name, live, now) {
     logStateChange(name, previous, live, "late", time("late_at"));
     logStateChange(name, "late", live, "alerted", time("last_alert"));
   } else {
-    const at = { pinging: time("last_ping"), late: time("late_at"), alerted: time("last_alert") };
+    const at = {
+      pinging: time("last_ping"),
+      late: time("late_at"),
+      alerted: time("last_alert"),
+      failed: time("failed_at"),
+      running: time("run_started"),
+    };
     logStateChange(name, previous, live, live.state, at[live.state] ?? now);
   }
 }
@@ -280,9 +301,14 @@ function heldBack(live) {
 
 function logStateChange(name, from, live, to, at) {
   const user = users.get(name);
+  const overrun = live.run_started !== null
+    ? " (its run outlasted its max_runtime, or it is silent for longer than its max_sleep)"
+    : ` (silent for more than its max_sleep of ${seconds(user.settings.max_sleep)})`;
   const why = {
-    late: ` (silent for more than its max_sleep of ${seconds(user.settings.max_sleep)})${heldBack(live)}`,
+    late: `${overrun}${heldBack(live)}`,
     alerted: " (alert email queued)",
+    failed: " (failure reported)",
+    running: " (run started)",
   };
   addLog("state-change", at, `${name}: ${from} → ${to}${why[to] ?? ""}`);
 }
@@ -315,7 +341,7 @@ async function sendTestEmail() {
 
 function showEmail(email, now) {
   const known = emails.get(email.id);
-  const about = `alert email #${email.id} about ${email.username}`;
+  const about = `${EMAIL_KINDS[email.kind] ?? "alert"} email #${email.id} about ${email.username}`;
   const silence = email.last_ping_local ? `last ping ${timeOfDay(email.last_ping_local)}` : "no ping since monitoring began";
   const queued = { epoch: email.queued_at, local: email.queued_at_local };
   const finished = { epoch: email.finished_at, local: email.finished_at_local };

@@ -231,8 +231,12 @@ class ServerProcess:
 
     def get(self, path, timeout=10):
         """GET `path`; return (status, body text)."""
+        return self.post(path, None, timeout)
+
+    def post(self, path, body, timeout=10):
+        """POST `body` (bytes) to `path`, or GET it if `body` is None; return (status, body text)."""
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as answer:
+            with urllib.request.urlopen(self.url + path, data=body, timeout=timeout) as answer:
                 return answer.status, answer.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()

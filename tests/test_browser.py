@@ -254,3 +254,33 @@ def test_testing_mode_disabled_while_the_page_is_open_locks_it(page, service):
     )
     expect(page.locator("#log")).to_contain_text("locked: 503: switched off")
     expect(page.get_by_label("Testing password")).to_be_visible()
+
+
+def test_signal_buttons_show_running_and_failed_and_the_log_shows_the_recovery_email(
+    page, tmp_path, start_server, smtp_server
+):
+    users = {"job": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+    service = start_server(write_settings(tmp_path / "settings.json", users), TESTING_PASSWORD=PASSWORD)
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    job = card(page, "job")
+    expect(job.locator(".state")).to_have_text("silent")  # switches start off: nothing sent yet
+    job.get_by_role("button", name="send a success signal from job").click()
+    expect(job.locator(".state")).to_have_text("pinging")
+    job.get_by_role("button", name="send a start signal from job").click()
+    expect(job.locator(".state")).to_have_text("running")
+    expect(job.locator(".run-started")).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
+    job.get_by_role("button", name="send a fail signal from job").click()
+    expect(job.locator(".state")).to_have_text("failed")
+    expect(job.locator(".last-duration")).to_have_text(re.compile(r"^\d+(\.\d+)? s$"))
+    log = page.locator("#log")
+    expect(log).to_contain_text("job: running → failed (failure reported)")
+    expect(
+        log.get_by_text(re.compile(r"^failure email #\d+ about job .* sent to oncall@example\.com$"))
+    ).to_be_visible()
+    job.get_by_role("button", name="send a success signal from job").click()
+    expect(job.locator(".state")).to_have_text("pinging")
+    expect(
+        log.get_by_text(re.compile(r"^recovery email #\d+ about job .* sent to oncall@example\.com$"))
+    ).to_be_visible()
+    assert [message["Subject"] for _, _, message in smtp_server.messages] == ["job failure reported", "job is back"]

@@ -238,3 +238,27 @@ def test_every_bad_smtp_setting_is_reported_at_once():
         "SMTP_PORT: must be an integer port from 1 to 65535, got 'x'",
         "SMTP_FROM_NAME: must be one line without control characters, got 'a\\rb'",
     ]
+
+
+def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    settings = config.parse_settings(
+        valid_document(users={"pi": pi, "job": {**pi, "max_runtime": 90, "notify_recovery": False}})
+    )
+    assert (settings.users["pi"].max_runtime, settings.users["pi"].notify_recovery) == (None, True)
+    assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("max_runtime", 0, "users.pi.max_runtime: must be a number > 0, got 0"),
+        ("max_runtime", "1h", 'users.pi.max_runtime: must be a number > 0, got "1h"'),
+        ("max_runtime", True, "users.pi.max_runtime: must be a number > 0, got true"),
+        ("max_runtime", 1e12, "users.pi.max_runtime: must be at most 1000000000 seconds, got 1000000000000.0"),
+        ("notify_recovery", "yes", 'users.pi.notify_recovery: must be true or false, got "yes"'),
+    ],
+)
+def test_a_bad_max_runtime_or_notify_recovery_is_named(key, value, problem):
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600, key: value}
+    assert problems_of(valid_document(users={"pi": pi})) == [problem]

@@ -1,6 +1,7 @@
 """The real service as a subprocess on 127.0.0.1, sending through a real SMTP-over-TLS server."""
 
 import concurrent.futures
+import json
 import re
 import socket
 import sqlite3
@@ -303,3 +304,63 @@ def test_a_database_in_a_missing_directory_stops_startup_with_one_line_naming_th
     assert result.stderr == (
         f"{db_path}: the directory {tmp_path / 'state'} does not exist; create it or choose another --db\n"
     )
+
+
+JOB = {"job": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+
+
+def subjects(smtp_server):
+    return [message["Subject"] for _, _, message in smtp_server.messages]
+
+
+def test_a_failure_with_its_output_is_emailed_and_the_next_success_says_it_is_back_once(
+    tmp_path, start_server, smtp_server
+):
+    service = start_server(write_settings(tmp_path / "settings.json", JOB))
+    output = b"x" * 20_000 + b"\nrsync: write failed: No space left on device (28)\n\xff"
+    status, answer = service.post("/ping/job/23", output)
+    assert status == 200
+    [(_, _, failure)] = smtp_server.wait_for_messages(1)
+    assert failure["Subject"] == "job failure reported"
+    body = failure.get_content()
+    assert f"Failure reported: 20{answer.replace('/', '-')} " in body
+    assert "exit code 23" in body
+    # The first 10 000 bytes were kept, and the email quotes their last 2 000 characters.
+    assert "x" * 2000 in body and "No space left" not in body
+    assert service.get("/ping/job")[0] == 200
+    [_, (_, _, back)] = smtp_server.wait_for_messages(2)
+    assert back["Subject"] == "job is back"
+    assert "Down for: " in back.get_content()
+    assert service.get("/ping?username=job&exit_code=0")[0] == 200
+    assert service.stop() == 0
+    assert subjects(smtp_server) == ["job failure reported", "job is back"]
+
+
+def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, start_server, smtp_server):
+    settings = write_settings(tmp_path / "settings.json", JOB)
+    first = start_server(settings)
+    assert first.get("/ping?username=job&status=fail")[0] == 200
+    smtp_server.wait_for_messages(1)
+    assert first.stop() == 0
+    second = start_server(settings)
+    assert second.get("/ping/job/0")[0] == 200
+    smtp_server.wait_for_messages(2)
+    assert second.stop() == 0
+    assert subjects(smtp_server) == ["job failure reported", "job is back"]
+
+
+def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, start_server, smtp_server):
+    users = {"job": {**JOB["job"], "max_runtime": 0.5}}
+    service = start_server(write_settings(tmp_path / "settings.json", users))
+    status, answer = service.get("/ping/job/start")
+    [(_, _, late)] = smtp_server.wait_for_messages(1)
+    assert late["Subject"] == "job did not finish in time"
+    service.post("/ping/job", b"done")
+    smtp_server.wait_for_messages(2)
+    year, month, day = answer.split()[0].split("/")
+    status, details = service.get(f"/logs?username=job&year={year}&month={month}&day={day}&details=1")
+    assert service.stop() == 0
+    start, success = json.loads(details)
+    assert (start["kind"], start["time"]) == ("start", answer.split()[1])
+    assert (success["kind"], success["body"], success["duration"] > 0.5) == ("success", "done", True)
+    assert subjects(smtp_server) == ["job did not finish in time", "job is back"]

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from support import query, write_settings
+from support import free_port, query, wait_until, write_settings
 
 CRASH_CLIENTS = 16
 CRASH_LOAD_SECONDS = 2.5
@@ -101,3 +101,30 @@ def test_64_pingers_for_10_s_while_1000_late_users_are_alerted_get_no_error_and_
     locked = service.log().count("locked")
     assert locked == 0, f'"locked" appears {locked} times in the log'
     assert len(smtp_server.messages) > 0
+
+
+def test_a_kill_9_between_a_failure_alert_and_the_success_still_sends_exactly_one_recovery(
+    tmp_path, start_server, smtp_server
+):
+    users = {"job": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+    settings = write_settings(tmp_path / "settings.json", users)
+    db_path = tmp_path / "ping_listener.db"
+    service = start_server(settings)
+    assert service.post("/ping/job/fail", b"it broke")[0] == 200
+    smtp_server.wait_for_messages(1)
+    service.kill()
+    # This run cannot reach the SMTP server: it is killed with the recovery queued and not sent.
+    restarted = start_server(settings, SMTP_PORT=str(free_port()))
+    assert restarted.get("/ping/job")[0] == 200
+    wait_until(lambda: query(db_path, "SELECT count(*) FROM outbox WHERE subject = 'job is back'") == [(1,)])
+    restarted.kill()
+    last = start_server(settings)
+    smtp_server.wait_for_messages(2)
+    assert last.get("/ping/job")[0] == 200
+    wait_until(lambda: query(db_path, "SELECT status FROM outbox WHERE subject = 'job is back'") == [("sent",)])
+    assert last.stop() == 0
+    assert query(db_path, "SELECT subject, status FROM outbox ORDER BY id") == [
+        ("job failure reported", "sent"),
+        ("job is back", "sent"),
+    ]
+    assert [message["Subject"] for _, _, message in smtp_server.messages].count("job is back") == 1

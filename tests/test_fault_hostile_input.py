@@ -31,12 +31,16 @@ USERS = {
 METHODS = st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"]) | st.text(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZ-_", min_size=1, max_size=12
 )
-PATHS = st.sampled_from(["/ping", "/logs", "/", "/testing/config", "/ping/", "//logs", "/testing"]) | st.binary(
-    max_size=40
-).map(lambda raw: "/" + raw.decode("latin-1"))
-FIELDS = st.sampled_from(["username", "year", "month", "day", "password", ""]) | st.text(max_size=10)
+PATHS = (
+    st.sampled_from(["/ping", "/logs", "/", "/testing/config", "/ping/", "//logs", "/testing", "/ping/pi/fail"])
+    | st.binary(max_size=40).map(lambda raw: "/" + raw.decode("latin-1"))
+    | st.binary(max_size=40).map(lambda raw: "/ping/pi/" + raw.decode("latin-1"))
+)
+FIELDS = st.sampled_from(
+    ["username", "year", "month", "day", "password", "status", "exit_code", "details", ""]
+) | st.text(max_size=10)
 VALUES = (
-    st.sampled_from(["pi", "café/2", "ghost", "26", "2026", "9", "09", "31", "-1", "0000", "٣", "\x00"])
+    st.sampled_from(["pi", "café/2", "ghost", "26", "2026", "9", "09", "31", "-1", "0000", "٣", "\x00", "fail", "1"])
     | st.text(max_size=30)
     | st.text(min_size=150, max_size=300)  # longer than any message should be
     | st.integers().map(str)
@@ -181,9 +185,9 @@ TARGET_BYTES = st.binary(max_size=60).filter(lambda raw: not set(raw) & set(b" \
 )
 @given(
     method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]) | TOKENS,
-    target=st.sampled_from([b"/ping?username=", b"/logs?username=pi&year=", b"/", b"/testing/config?"]).flatmap(
-        lambda start: TARGET_BYTES.map(lambda rest: start + rest)
-    ),
+    target=st.sampled_from(
+        [b"/ping?username=", b"/ping/pi/", b"/logs?username=pi&year=", b"/", b"/testing/config?"]
+    ).flatmap(lambda start: TARGET_BYTES.map(lambda rest: start + rest)),
     headers=st.lists(
         st.tuples(
             TOKENS.filter(lambda name: name.lower() not in ("transfer-encoding", "content-length", "host")),

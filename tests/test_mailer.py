@@ -1,3 +1,4 @@
+import dataclasses
 import socket
 
 import pytest
@@ -6,7 +7,7 @@ import config
 import mailer
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, build_message, compose_alert
-from store import QueuedEmail, UserState
+from store import QueuedEmail, Signal, UserState
 from support import T0, TlsSmtpServer
 
 
@@ -286,3 +287,43 @@ def test_the_login_check_raises_with_the_servers_answer(smtp_server):
         smtp_mailer(smtp_server.port, password="wrong").check_login()
     with pytest.raises(mailer.SmtpSetupError, match="^ConnectionRefusedError"):
         smtp_mailer(support.free_port()).check_login()
+
+
+def test_the_failure_email_quotes_the_end_of_the_output_with_its_exit_code_and_the_runs_duration():
+    tail = "\x00\x1b[31mERROR\x1b[0m\tdisk full\n"
+    output = "a" * 3000 + tail
+    signal = Signal(T0, "fail", 12, 3725.4, output)
+    subject, body = mailer.compose_failure(user(), signal, "https://example.net")
+    assert subject == "pi failure reported"
+    assert (
+        "Failure reported: 2026-09-21 16:13:20 CEST, exit code 12, after a run of 1 hour 2 minutes 5 seconds." in body
+    )
+    assert "https://example.net/logs?username=pi&year=26&month=09&day=21\n" in body
+    assert "The last 2000 characters of its output:\n" in body
+    assert body.endswith("\ufffd\ufffd[31mERROR\ufffd[0m\tdisk full\n\n")
+    assert "a" * (2000 - len(tail)) in body and "a" * (2001 - len(tail)) not in body
+    # It still makes a valid message.
+    message = build_message(QueuedEmail(1, "a@example.com", subject, body, "<1@x>", T0, 0), "alerts@example.com")
+    assert "ERROR" in message.get_content()
+
+
+def test_a_failure_without_output_or_run_says_so_briefly():
+    _, body = mailer.compose_failure(user(), Signal(T0, "fail", None, None, None), "https://example.net")
+    assert "Failure reported: 2026-09-21 16:13:20 CEST.\n" in body
+    assert "output" not in body
+
+
+def test_the_run_timeout_email_says_when_the_run_started_and_its_max_runtime():
+    running = dataclasses.replace(user(), run_started=T0 - 90, max_runtime=60.0)
+    subject, body = mailer.compose_run_timeout(running, "https://example.net")
+    assert subject == "pi did not finish in time"
+    assert "within its max_runtime of 1 minute" in body
+    assert "Run started: 2026-09-21 16:11:50 CEST" in body
+
+
+def test_the_recovery_email_says_when_it_went_down_came_back_and_for_how_long():
+    back = dataclasses.replace(user(), down_since=T0 - 86400 - 3600, back_at=T0)
+    subject, body = mailer.compose_recovery(back, "https://example.net")
+    assert subject == "pi is back"
+    assert "Went down: 2026-09-20 15:13:20 CEST\nCame back: 2026-09-21 16:13:20 CEST\nDown for: 1 day 1 hour\n" in body
+    assert "https://example.net/logs?username=pi&year=26&month=09&day=21" in body

@@ -1,58 +1,80 @@
+import dataclasses
+
 from rules import (
     ALERTED,
+    FAILED,
+    FAILURE,
     LATE,
     PINGING,
+    RUN_TIMEOUT,
+    RUNNING,
+    SILENCE,
     SILENT,
+    Condition,
+    condition,
     decide,
+    due_at,
     held_back_until,
     late_at,
     live_state,
     retry_delay,
+    signal_kind,
     silences,
 )
 from store import UserState
 from support import T0
 
 
-def user(monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0, last_ping=None, last_alert=None):
-    return UserState(1, "pi", monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, None)
+def user(
+    monitor=True, max_sleep=60.0, email_frequency=600.0, monitored_since=T0, last_ping=None, last_alert=None, **more
+):
+    # An alert given without its kind was about a silence, as every alert before signals.
+    more.setdefault("last_alert_kind", None if last_alert is None else SILENCE)
+    state = UserState(1, "pi", monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, None)
+    return dataclasses.replace(state, **more)
+
+
+def alerts_and_next(user, now):
+    """decide()'s answer as before signals: (whether it alerts, when to look again)."""
+    decision = decide(user, now)
+    return decision.alert is not None, decision.next_due_at
 
 
 def test_a_silence_of_exactly_max_sleep_is_not_late():
-    assert decide(user(last_ping=T0), T0 + 60) == (False, T0 + 60)
+    assert alerts_and_next(user(last_ping=T0), T0 + 60) == (False, T0 + 60)
 
 
 def test_a_silence_longer_than_max_sleep_alerts_and_waits_email_frequency():
-    assert decide(user(last_ping=T0), T0 + 60.5) == (True, T0 + 660.5)
+    assert alerts_and_next(user(last_ping=T0), T0 + 60.5) == (True, T0 + 660.5)
 
 
 def test_an_unmonitored_user_never_alerts():
-    assert decide(user(monitor=False, last_ping=T0), T0 + 1e9) == (False, None)
+    assert alerts_and_next(user(monitor=False, last_ping=T0), T0 + 1e9) == (False, None)
     assert late_at(user(monitor=False)) is None
 
 
 def test_repeats_wait_more_than_email_frequency_since_the_last_alert():
     silent = user(last_ping=T0, last_alert=T0 + 61)
-    assert decide(silent, T0 + 661) == (False, T0 + 661)
-    assert decide(silent, T0 + 661.01) == (True, T0 + 1261.01)
+    assert alerts_and_next(silent, T0 + 661) == (False, T0 + 661)
+    assert alerts_and_next(silent, T0 + 661.01) == (True, T0 + 1261.01)
 
 
 def test_a_user_that_never_pinged_is_late_max_sleep_after_monitoring_began():
-    assert decide(user(), T0 + 60) == (False, T0 + 60)
-    assert decide(user(), T0 + 61)[0]
+    assert alerts_and_next(user(), T0 + 60) == (False, T0 + 60)
+    assert alerts_and_next(user(), T0 + 61)[0]
 
 
 def test_the_services_own_downtime_never_counts_against_a_device():
     # Last ping long ago, but this process only started monitoring at T0 + 5000.
     restarted = user(last_ping=T0, monitored_since=T0 + 5000)
-    assert decide(restarted, T0 + 5060) == (False, T0 + 5060)
-    assert decide(restarted, T0 + 5061)[0]
+    assert alerts_and_next(restarted, T0 + 5060) == (False, T0 + 5060)
+    assert alerts_and_next(restarted, T0 + 5061)[0]
 
 
 def test_an_email_frequency_of_zero_alerts_on_every_step_of_a_silence():
     silent = user(last_ping=T0, email_frequency=0, last_alert=T0 + 61)
-    assert decide(silent, T0 + 61) == (False, T0 + 61)
-    assert decide(silent, T0 + 62) == (True, T0 + 62)
+    assert alerts_and_next(silent, T0 + 61) == (False, T0 + 61)
+    assert alerts_and_next(silent, T0 + 62) == (True, T0 + 62)
 
 
 def test_a_user_that_pinged_within_max_sleep_is_pinging():
@@ -71,16 +93,17 @@ def test_an_unmonitored_user_is_silent_after_max_sleep_but_never_late():
 
 def test_a_late_user_is_alerted_once_an_alert_was_recorded_during_this_silence():
     assert live_state(user(last_ping=T0), T0 + 61) == LATE
-    assert live_state(user(last_ping=T0, last_alert=T0 + 61), T0 + 61) == ALERTED
-    # An alert from an earlier silence: the device came back at T0 + 100 and went silent again.
+    assert live_state(user(last_ping=T0, last_alert=T0 + 61, down_since=T0 + 60), T0 + 61) == ALERTED
+    # An alert from an earlier silence: the device came back at T0 + 100 (its outage closed) and went
+    # silent again.
     assert live_state(user(last_ping=T0 + 100, last_alert=T0 + 61), T0 + 161) == LATE
 
 
 def test_the_live_state_turns_late_exactly_when_the_listener_would_alert():
     for silent in (user(last_ping=T0), user(last_ping=T0, monitored_since=T0 + 30), user(max_sleep=0)):
         deadline = late_at(silent)
-        assert live_state(silent, deadline) != LATE and not decide(silent, deadline)[0]
-        assert live_state(silent, deadline + 0.01) == LATE and decide(silent, deadline + 0.01)[0]
+        assert live_state(silent, deadline) != LATE and not alerts_and_next(silent, deadline)[0]
+        assert live_state(silent, deadline + 0.01) == LATE and alerts_and_next(silent, deadline + 0.01)[0]
 
 
 def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minutes():
@@ -114,3 +137,106 @@ def test_silences_are_the_gaps_longer_than_max_sleep_also_from_the_ping_before()
     assert silences([T0 + 60], 60, T0) == []  # exactly max_sleep is no silence
     assert silences([T0, T0 + 100], 60, None) == [(T0, T0 + 100)]
     assert silences([], 60, T0) == []
+
+
+def test_an_exit_code_of_zero_is_a_success_and_any_other_a_failure():
+    assert [signal_kind(code) for code in (0, 1, 255)] == ["success", "fail", "fail"]
+
+
+def test_a_failure_is_alerted_at_once_whatever_max_sleep_says_and_went_down_at_the_fail():
+    failed = user(max_sleep=3600, last_ping=T0 + 10, failed_at=T0 + 10)
+    assert condition(failed, T0 + 10) == Condition(FAILURE, T0 + 10)
+    assert due_at(failed) == T0 + 10
+    decision = decide(failed, T0 + 10.5)
+    assert (decision.alert, decision.down_since, decision.next_due_at) == (
+        Condition(FAILURE, T0 + 10),
+        T0 + 10,
+        T0 + 610.5,
+    )
+
+
+def test_a_failure_repeats_at_most_every_email_frequency_while_it_lasts():
+    failed = user(last_ping=T0, failed_at=T0, last_alert=T0 + 1, last_alert_kind=FAILURE, down_since=T0)
+    assert alerts_and_next(failed, T0 + 601) == (False, T0 + 601)
+    assert alerts_and_next(failed, T0 + 601.5) == (True, T0 + 1201.5)
+
+
+def test_a_run_past_max_runtime_is_late_and_went_down_at_its_deadline():
+    running = user(max_sleep=3600, max_runtime=30, last_ping=T0, run_started=T0 + 5)
+    assert live_state(running, T0 + 35) == RUNNING and condition(running, T0 + 35) is None
+    assert due_at(running) == T0 + 35
+    assert condition(running, T0 + 35.5) == Condition(RUN_TIMEOUT, T0 + 35)
+    assert live_state(running, T0 + 35.5) == LATE
+
+
+def test_a_run_without_max_runtime_never_times_out_but_a_start_is_no_sign_of_life():
+    running = user(max_sleep=60, last_ping=T0, run_started=T0 + 50)
+    assert due_at(running) == T0 + 60
+    assert live_state(running, T0 + 59) == RUNNING
+    assert condition(running, T0 + 61) == Condition(SILENCE, T0 + 60)
+    assert live_state(running, T0 + 61) == LATE
+
+
+def test_a_run_started_before_a_restart_gets_a_full_max_runtime_from_the_restart():
+    running = user(max_runtime=30, max_sleep=3600, run_started=T0 - 100, monitored_since=T0)
+    assert due_at(running) == T0 + 30
+
+
+def test_the_priority_is_failed_then_run_past_max_runtime_then_silence():
+    everything = user(max_sleep=10, max_runtime=20, last_ping=T0, run_started=T0, failed_at=T0)
+    assert condition(everything, T0 + 100).kind == FAILURE
+    assert condition(dataclasses.replace(everything, failed_at=None), T0 + 100).kind == RUN_TIMEOUT
+    assert condition(dataclasses.replace(everything, failed_at=None, run_started=None), T0 + 100).kind == SILENCE
+
+
+def test_a_change_to_another_condition_alerts_at_once_despite_the_throttle():
+    # Silent and alerted at T0 + 61; a run opened meanwhile overruns at T0 + 100.
+    silent = user(max_runtime=50, last_ping=T0, run_started=T0 + 50, last_alert=T0 + 61, down_since=T0 + 60)
+    assert decide(silent, T0 + 99).next_due_at == T0 + 100
+    decision = decide(silent, T0 + 100.5)
+    assert decision.alert == Condition(RUN_TIMEOUT, T0 + 100)
+    assert decision.down_since == T0 + 60  # the same outage
+
+
+def test_a_success_after_an_alerted_outage_gets_one_recovery_and_closes_it():
+    back = user(last_ping=T0 + 200, last_alert=T0 + 61, down_since=T0 + 60, back_at=T0 + 200)
+    assert due_at(back) == T0 + 200
+    decision = decide(back, T0 + 200.5)
+    assert (decision.alert, decision.recovery, decision.down_since, decision.next_due_at) == (
+        None,
+        True,
+        None,
+        T0 + 260,
+    )
+
+
+def test_no_recovery_email_when_notify_recovery_or_monitor_is_off_but_the_outage_still_ends():
+    for off in ({"notify_recovery": False}, {"monitor": False}):
+        back = user(last_ping=T0 + 200, last_alert=T0 + 61, down_since=T0 + 60, back_at=T0 + 200, **off)
+        assert due_at(back) == T0 + 200
+        decision = decide(back, T0 + 201)
+        assert (decision.recovery, decision.down_since) == (False, None)
+
+
+def test_a_failure_right_after_a_recovery_is_a_new_outage_alerted_in_the_same_step():
+    back_then_failed = user(
+        last_ping=T0 + 210, last_alert=T0 + 61, down_since=T0 + 60, back_at=T0 + 200, failed_at=T0 + 210
+    )
+    decision = decide(back_then_failed, T0 + 211)
+    assert (decision.recovery, decision.alert, decision.down_since) == (True, Condition(FAILURE, T0 + 210), T0 + 210)
+
+
+def test_an_outage_that_was_never_alerted_gets_no_recovery():
+    # Late again within email_frequency of the last silence alert: throttled, so not alerted.
+    throttled = user(last_ping=T0 + 100, last_alert=T0 + 61)
+    decision = decide(throttled, T0 + 161)
+    assert (decision.alert, decision.down_since) == (None, None)
+    assert live_state(throttled, T0 + 161) == LATE
+
+
+def test_failed_and_running_states():
+    assert live_state(user(last_ping=T0, failed_at=T0), T0 + 1) == FAILED
+    assert live_state(user(monitor=False, last_ping=T0, failed_at=T0), T0 + 1e6) == FAILED
+    alerted_failure = user(last_ping=T0, failed_at=T0, last_alert=T0 + 1, last_alert_kind=FAILURE, down_since=T0)
+    assert live_state(alerted_failure, T0 + 2) == FAILED
+    assert live_state(user(last_ping=T0, run_started=T0 + 1), T0 + 2) == RUNNING

@@ -7,7 +7,7 @@ import mailer
 import scheduler
 from rules import retry_delay
 from scheduler import Scheduler
-from support import T0, Clock, make_settings, outbox
+from support import T0, Clock, make_settings, outbox, query
 
 
 class RecordingMailer:
@@ -70,23 +70,29 @@ def test_the_queued_alert_names_the_user_and_links_to_its_logs(store, recording_
     assert "https://example.net/logs?username=pi&year=26&month=09&day=21" in email.body
 
 
-def test_a_ping_ends_the_silence(store, recording_mailer):
+def subjects(store):
+    return [subject for (subject,) in query(store.path, "SELECT subject FROM outbox ORDER BY id")]
+
+
+def test_a_ping_ends_the_silence_with_one_recovery_email(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
     store.record_ping("pi", T0 + 100)
+    steps.check_once(T0 + 100.5)
     steps.check_once(T0 + 160)
-    assert len(outbox(store.path)) == 1
+    assert subjects(store) == ["pi disconnection detected", "pi is back"]
 
 
 def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
     store.record_ping("pi", T0 + 62)
-    assert steps.check_once(T0 + 123) == 1  # late again, but alerted 62 s ago: pushed to the throttle's end
+    # Back (its recovery queued), and late again, but alerted 62 s ago: pushed to the throttle's end.
+    assert steps.check_once(T0 + 123) == 1
     assert steps.check_once(T0 + 124) == 0
     assert steps.check_once(T0 + 661) == 0
     assert steps.check_once(T0 + 661.5) == 1
-    assert len(outbox(store.path)) == 2
+    assert subjects(store) == ["pi disconnection detected", "pi is back", "pi disconnection detected"]
 
 
 def test_monitor_false_never_queues_an_email(store, recording_mailer):
@@ -169,3 +175,87 @@ def test_the_loops_stop_promptly_and_a_zero_frequency_does_not_spin(store, recor
     assert time.monotonic() - started < 1
     # Spinning would be tens of thousands of steps in half a second.
     assert 5 <= len(calls) <= 0.5 / scheduler.MIN_LOOP_DELAY + 5
+
+
+def emails(store):
+    return store.due_emails(T0 + 1e6, 100)
+
+
+def test_a_failure_is_alerted_at_the_next_step_with_its_output_and_repeated_every_email_frequency(
+    store, recording_mailer
+):
+    steps = make_scheduler(
+        store, recording_mailer, {"pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 600}}
+    )
+    store.record_ping("pi", T0 + 10, "fail", exit_code=2, body="line\n" * 1000 + "rsync: disk full")
+    steps.check_once(T0 + 10.5)
+    [email] = emails(store)
+    assert email.subject == "pi failure reported"
+    assert "exit code 2" in email.body
+    assert email.body.endswith("rsync: disk full\n")
+    steps.check_once(T0 + 610)
+    assert len(emails(store)) == 1
+    steps.check_once(T0 + 611)
+    assert subjects(store) == ["pi failure reported"] * 2
+
+
+def test_failure_then_success_sends_exactly_one_recovery_however_many_successes_follow(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer)
+    store.record_ping("pi", T0 + 1, "fail")
+    steps.check_once(T0 + 2)
+    for second in (3, 4, 5):
+        store.record_ping("pi", T0 + second)
+        steps.check_once(T0 + second + 0.5)
+    assert subjects(store) == ["pi failure reported", "pi is back"]
+    [_, back] = emails(store)
+    assert "Went down: 2026-09-21 16:13:21 CEST" in back.body
+    assert "Came back: 2026-09-21 16:13:23 CEST" in back.body
+    assert "Down for: 2 seconds" in back.body
+
+
+def test_a_failure_after_a_silence_alerts_at_once_and_the_outage_gets_one_recovery(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer)
+    steps.check_once(T0 + 61)
+    store.record_ping("pi", T0 + 70, "fail")
+    steps.check_once(T0 + 71)  # within email_frequency of the silence's alert, but another condition
+    store.record_ping("pi", T0 + 80)
+    steps.check_once(T0 + 81)
+    assert subjects(store) == ["pi disconnection detected", "pi failure reported", "pi is back"]
+    assert "Went down: 2026-09-21 16:14:20 CEST" in emails(store)[2].body  # the silence's deadline
+
+
+def test_a_run_past_max_runtime_is_alerted_then_its_success_is_a_recovery_with_the_runs_duration(
+    store, recording_mailer
+):
+    users = {"job": {"monitor": True, "max_sleep": 3600, "email_frequency": 600, "max_runtime": 30}}
+    steps = make_scheduler(store, recording_mailer, users)
+    store.record_ping("job", T0 + 5, "start")
+    steps.check_once(T0 + 35)
+    assert subjects(store) == []
+    steps.check_once(T0 + 35.5)
+    assert subjects(store) == ["job did not finish in time"]
+    assert "Run started: 2026-09-21 16:13:25 CEST" in emails(store)[0].body
+    store.record_ping("job", T0 + 50)
+    steps.check_once(T0 + 50.5)
+    assert subjects(store) == ["job did not finish in time", "job is back"]
+    assert query(store.path, "SELECT duration FROM pings WHERE kind = 'success'") == [(45.0,)]
+
+
+def test_notify_recovery_false_sends_no_recovery_but_ends_the_outage(store, recording_mailer):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 0, "notify_recovery": False}}
+    steps = make_scheduler(store, recording_mailer, users)
+    store.record_ping("pi", T0 + 1, "fail")
+    steps.check_once(T0 + 2)
+    store.record_ping("pi", T0 + 3)
+    steps.check_once(T0 + 4)
+    assert subjects(store) == ["pi failure reported"]
+    assert query(store.path, "SELECT down_since, back_at FROM users") == [(None, None)]
+
+
+def test_a_success_before_the_first_alert_sends_no_recovery(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer)
+    store.record_ping("pi", T0 + 1, "fail")
+    store.record_ping("pi", T0 + 2)
+    steps.check_once(T0 + 3)
+    steps.check_once(T0 + 62.5)
+    assert subjects(store) == ["pi disconnection detected"]

@@ -9,8 +9,17 @@ import pytest
 
 import rules
 import store as store_module
-from store import SCHEMA_VERSION, CheckOutcome, EmailEvent, NewEmail, Store, StoreOpenError, UnknownUserError
-from support import T0, make_settings
+from store import (
+    SCHEMA_VERSION,
+    CheckOutcome,
+    EmailEvent,
+    NewEmail,
+    Signal,
+    Store,
+    StoreOpenError,
+    UnknownUserError,
+)
+from support import T0, make_settings, query
 
 
 def second_connection(store):
@@ -202,9 +211,9 @@ def test_configured_users_are_listed_by_name_without_removed_ones(store):
     assert (b.username, b.monitor, b.last_ping) == ("b", False, T0 + 5)
 
 
-def alert_outcome(user, next_due_at, *recipients):
+def alert_outcome(user, next_due_at, *recipients, down_since=None):
     emails = tuple(NewEmail(to, "pi disconnection detected", "body", f"<{to}>") for to in recipients)
-    return CheckOutcome(user, next_due_at, emails)
+    return CheckOutcome(user, next_due_at, emails, down_since=down_since)
 
 
 def test_an_alert_records_its_time_and_queues_its_emails_together(store):
@@ -439,5 +448,242 @@ def test_the_stored_due_time_is_always_the_rules_late_at(tmp_path_factory, event
                 store.restart_monitoring(T0 + offset)
             [user] = store.configured_users()
             assert user.due_at == rules.late_at(user)
+    finally:
+        store.close()
+
+
+def user_row(store, *columns):
+    with second_connection(store) as connection:
+        return connection.execute(f"SELECT {', '.join(columns)} FROM users WHERE username = 'pi'").fetchone()
+
+
+def signal_rows(store):
+    with second_connection(store) as connection:
+        return connection.execute("SELECT at, kind, exit_code, duration, body FROM pings ORDER BY id").fetchall()
+
+
+RUNNER = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "max_runtime": 30}}
+
+
+def test_each_kind_of_signal_is_committed_with_its_exit_code_body_and_the_duration_of_the_run_it_closes(store):
+    synced(store, RUNNER)
+    store.record_ping("pi", T0 + 1, "start")
+    store.record_ping("pi", T0 + 2, "log", body="50 %")
+    store.record_ping("pi", T0 + 11, "fail", exit_code=3, body="disk full")
+    store.record_ping("pi", T0 + 12, "start")
+    store.record_ping("pi", T0 + 14, "start")  # a new run: the one before gets no duration
+    store.record_ping("pi", T0 + 20.5, "success", exit_code=0)
+    store.record_ping("pi", T0 + 21)
+    assert signal_rows(store) == [
+        (T0 + 1, "start", None, None, None),
+        (T0 + 2, "log", None, None, "50 %"),
+        (T0 + 11, "fail", 3, 10.0, "disk full"),
+        (T0 + 12, "start", None, None, None),
+        (T0 + 14, "start", None, None, None),
+        (T0 + 20.5, "success", 0, 6.5, None),
+        (T0 + 21, "success", None, None, None),
+    ]
+    assert user_row(store, "last_duration", "run_started", "failed_at") == (6.5, None, None)
+
+
+def test_a_start_opens_a_run_but_is_no_sign_of_life_and_a_log_changes_nothing(store):
+    synced(store, RUNNER)
+    store.record_ping("pi", T0 + 5)
+    store.record_ping("pi", T0 + 10, "start")
+    assert user_row(store, "last_ping", "run_started", "due_at") == (T0 + 5, T0 + 10, T0 + 40)
+    before = user_row(store, "*")
+    store.record_ping("pi", T0 + 20, "log")
+    assert user_row(store, "*") == before
+
+
+def test_a_fail_is_contact_and_makes_the_user_failed_until_the_next_success(store):
+    synced(store)
+    store.record_ping("pi", T0 + 5, "fail", exit_code=1)
+    store.record_ping("pi", T0 + 7, "fail", exit_code=2)
+    [fail, again] = [row[0] for row in query(store.path, "SELECT id FROM pings ORDER BY id")]
+    # Failed since the first fail, due at once; the latest fail is the one its alert quotes.
+    assert user_row(store, "last_ping", "failed_at", "fail_signal", "due_at") == (T0 + 7, T0 + 5, again, T0 + 5)
+    assert store.signal(again) == Signal(T0 + 7, "fail", 2, None, None)
+    store.record_ping("pi", T0 + 9)
+    assert user_row(store, "failed_at", "fail_signal", "due_at") == (None, None, T0 + 69)
+    assert fail != again
+
+
+def test_a_success_ends_only_an_alerted_outage_and_makes_its_recovery_due_at_once(store):
+    synced(store)
+    store.record_ping("pi", T0 + 1)
+    assert user_row(store, "back_at") == (None,)  # no alerted outage
+    [user] = store.due_users(T0 + 62, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 662, "a@example.com", down_since=T0 + 61)], T0 + 62)
+    assert user_row(store, "down_since", "last_alert_kind") == (T0 + 61, "late")
+    store.record_ping("pi", T0 + 100)
+    store.record_ping("pi", T0 + 101)
+    assert user_row(store, "back_at", "due_at") == (T0 + 100, T0 + 100)
+
+
+def test_a_recovery_is_queued_and_the_outage_closed_in_the_same_transaction(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 661, "a@example.com", down_since=T0 + 60)], T0 + 61)
+    store.record_ping("pi", T0 + 100)
+    [user] = store.due_users(T0 + 101, 10)
+    back = (NewEmail("a@example.com", "pi is back", "body", "<back>"),)
+    outcome = CheckOutcome(user, T0 + 160, ends_outage=True, recovery=back)
+    assert store.save_check_outcomes([outcome], T0 + 101) == 0  # a recovery is not an alert
+    assert user_row(store, "down_since", "back_at", "due_at") == (None, None, T0 + 160)
+    assert query(store.path, "SELECT kind, went_down_at, at FROM alerts ORDER BY id") == [
+        ("late", T0 + 60, T0 + 61),
+        ("back", T0 + 60, T0 + 101),
+    ]
+    assert [(e.kind, e.recipient) for e in store.recent_emails(10)] == [
+        ("back", "a@example.com"),
+        ("late", "a@example.com"),
+    ]
+    # Once only: the same decision applied again finds the user changed.
+    assert store.save_check_outcomes([outcome], T0 + 102) == 0
+    assert len(store.recent_emails(10)) == 2
+
+
+def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_deadline_stayed(store):
+    synced(store)
+    store.record_ping("pi", T0, "fail")
+    [user] = store.due_users(T0 + 1, 10)
+    store.record_ping("pi", T0 + 0.5, "start")  # moves no deadline: the failure is still due at T0
+    assert user_row(store, "due_at") == (user.due_at,)
+    assert store.save_check_outcomes([alert_outcome(user, T0 + 601, "a@example.com", down_since=T0)], T0 + 1) == 0
+
+
+def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(store):
+    synced(store)
+    for n in range(5):
+        store.record_ping("pi", T0 + n, "log", body="x" * 10)
+    signals, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=1000)
+    assert (len(signals), more, signals[0]) == (5, False, Signal(T0, "log", None, None, "x" * 10))
+    assert [
+        len(result[0])
+        for result in (
+            store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
+            store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
+        )
+    ] == [3, 3]
+    assert store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000)[1]
+    with pytest.raises(UnknownUserError):
+        store.signals_between("ghost", T0, T0 + 1, 10, 10)
+
+
+def test_a_restart_after_the_clock_went_back_moves_future_runs_failures_and_recoveries_to_now(store):
+    synced(store, RUNNER)
+    store.record_ping("pi", T0 + 100, "start")
+    store.record_ping("pi", T0 + 200, "fail")
+    store.restart_monitoring(T0)
+    assert user_row(store, "last_ping", "run_started", "failed_at", "due_at") == (None, None, T0, T0)
+    [user] = store.due_users(T0 + 1, 10)
+    store.save_check_outcomes([alert_outcome(user, T0 + 601, "a@example.com", down_since=T0)], T0 + 1)
+    store.record_ping("pi", T0 + 300, "start")
+    store.record_ping("pi", T0 + 400)  # back, by a clock that then goes back again
+    store.restart_monitoring(T0 + 2)
+    assert user_row(store, "run_started", "back_at", "due_at") == (None, T0 + 2, T0 + 2)
+
+
+def create_version_1_database(path):
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(f"{V1_SCHEMA.read_text()}; PRAGMA user_version = 1;")
+        connection.executescript(
+            f"""
+            PRAGMA journal_mode = WAL;
+            INSERT INTO users VALUES (1, 'pi', 1, 1, 60, 600, {T0}, {T0 + 5}, {T0 + 70}, {T0 + 670});
+            INSERT INTO users VALUES (2, 'nas', 1, 1, 60, 600, {T0}, {T0 + 5}, {T0 + 1}, {T0 + 65});
+            INSERT INTO pings (user_id, at) VALUES (1, {T0 + 5}), (2, {T0 + 5});
+            INSERT INTO alerts (user_id, at, last_ping) VALUES (1, {T0 + 70}, {T0 + 5}), (2, {T0 + 1}, NULL);
+            INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)
+            VALUES (1, 'oncall@example.com', 'pi disconnection detected', 'body', '<1@x>', {T0 + 70}, {T0 + 70});
+            """
+        )
+
+
+def schema_of(path):
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        objects = connection.execute("SELECT type, name FROM sqlite_schema ORDER BY type, name").fetchall()
+        columns = {
+            name: connection.execute(f"PRAGMA table_xinfo({name})").fetchall()
+            for kind, name in objects
+            if kind == "table"
+        }
+        views = connection.execute("SELECT name, sql FROM sqlite_schema WHERE type IN ('view', 'index')").fetchall()
+    return objects, columns, sorted(views, key=lambda row: row[0])
+
+
+def test_a_version_1_database_is_upgraded_keeping_its_history_and_its_alerted_outage(tmp_path):
+    old = tmp_path / "old.db"
+    create_version_1_database(old)
+    upgraded = Store(old)
+    upgraded.close()
+    fresh = Store(tmp_path / "new.db")
+    fresh.close()
+    assert query(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert schema_of(old) == schema_of(tmp_path / "new.db")
+    assert query(old, "SELECT kind, exit_code, body FROM pings") == [("success", None, None)] * 2
+    assert query(old, "SELECT kind FROM alerts") == [("late",), ("late",)]
+    # pi was alerted during its current silence (late at T0 + 65); nas's alert was before it.
+    assert query(old, "SELECT username, down_since, last_alert_kind FROM users ORDER BY id") == [
+        ("pi", T0 + 65, "late"),
+        ("nas", None, "late"),
+    ]
+    reopened = synced(Store(old), users={"pi": RUNNER["pi"]}, now=T0 + 1000)
+    try:
+        reopened.record_ping("pi", T0 + 1001)
+        [pi] = reopened.due_users(T0 + 1002, 10)
+        assert (pi.back_at, pi.down_since, pi.max_runtime) == (T0 + 1001, T0 + 65, 30)
+        assert [email.recipient for email in reopened.due_emails(T0 + 1000, 10)] == ["oncall@example.com"]
+    finally:
+        reopened.close()
+
+
+SIGNAL_EVENTS = hypothesis.strategies.lists(
+    hypothesis.strategies.tuples(
+        hypothesis.strategies.sampled_from(["success", "start", "fail", "log", "restart", "check"]),
+        hypothesis.strategies.floats(min_value=-1000, max_value=1000),
+    ),
+    max_size=14,
+)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(events=SIGNAL_EVENTS, max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]))
+def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(tmp_path_factory, events, max_runtime):
+    # The deadline rule is written in SQL (on every signal and restart) and in rules.due_at: whatever
+    # happens, they must agree, or the index would hide due users. After a listener step it is
+    # what rules.decide chose.
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 100, "max_runtime": max_runtime}}
+    store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
+    try:
+        for kind, offset in events:
+            now = T0 + offset
+            if kind == "check":
+                [before] = store.configured_users()
+                decision = rules.decide(before, now)
+                emails = (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else ()
+                recovery = (NewEmail("a@example.com", "s", "b", "<r>"),) if decision.recovery else ()
+                outcome = CheckOutcome(
+                    before,
+                    decision.next_due_at,
+                    emails,
+                    kind=decision.alert.kind if decision.alert else rules.SILENCE,
+                    down_since=decision.down_since,
+                    ends_outage=before.back_at is not None,
+                    recovery=recovery,
+                )
+                store.save_check_outcomes([outcome], now)
+                [user] = store.configured_users()
+                assert user.due_at == decision.next_due_at
+                continue
+            [before] = store.configured_users()
+            if kind == "restart":
+                store.restart_monitoring(now)
+            else:
+                store.record_ping("pi", now, kind)
+            [user] = store.configured_users()
+            # A log changes nothing, not even a deadline the listener chose.
+            assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
     finally:
         store.close()

@@ -276,7 +276,7 @@ def alert(store, username, now, *recipients):
     """Have the absence listener's store record an alert for `username` at `now`; return its emails' ids."""
     [user] = [user for user in store.due_users(now, 100) if user.username == username]
     emails = tuple(NewEmail(to, f"{username} disconnection detected", "body", f"<{to}>") for to in recipients)
-    store.save_check_outcomes([CheckOutcome(user, now + user.email_frequency, emails)], now)
+    store.save_check_outcomes([CheckOutcome(user, now + user.email_frequency, emails, down_since=user.due_at)], now)
     return [email.id for email in store.due_emails(now, 100) if email.recipient in recipients]
 
 
@@ -301,6 +301,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     }
     assert state["users"]["pi"] == {
         "state": "pinging",
+        "last_duration": None,
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
         "late_at": T0 + 50,
@@ -309,6 +310,10 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         "last_alert_local": None,
         "held_back_until": None,
         "held_back_until_local": None,
+        "run_started": None,
+        "run_started_local": None,
+        "failed_at": None,
+        "failed_at_local": None,
     }
     assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
         None,
@@ -317,6 +322,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["emails"] == [
         {
             "id": sent,
+            "kind": "late",
             "username": "gone",
             "recipient": "oncall@example.com",
             "status": "sent",
@@ -330,6 +336,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         },
         {
             "id": retried,
+            "kind": "late",
             "username": "gone",
             "recipient": "ops@example.com",
             "status": "queued",
@@ -560,3 +567,152 @@ def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock
         "2026-09-21",
         "/logs?username=pi&year=26&month=09&day=21",
     )
+
+
+def committed_signals(store):
+    with sqlite3.connect(store.path) as connection:
+        return connection.execute("SELECT kind, exit_code, body FROM pings ORDER BY id").fetchall()
+
+
+SIGNAL_FORMS = [
+    ("/ping?username=pi", ("success", None)),
+    ("/ping?username=pi&status=success", ("success", None)),
+    ("/ping?username=pi&status=start", ("start", None)),
+    ("/ping?username=pi&status=fail", ("fail", None)),
+    ("/ping?username=pi&status=log", ("log", None)),
+    ("/ping?username=pi&exit_code=0", ("success", 0)),
+    ("/ping?username=pi&exit_code=1", ("fail", 1)),
+    ("/ping?username=pi&exit_code=255", ("fail", 255)),
+    ("/ping?username=pi&exit_code=007", ("fail", 7)),
+    ("/ping/pi", ("success", None)),
+    ("/ping/pi/start", ("start", None)),
+    ("/ping/pi/fail", ("fail", None)),
+    ("/ping/pi/log", ("log", None)),
+    ("/ping/pi/0", ("success", 0)),
+    ("/ping/pi/2", ("fail", 2)),
+    ("/ping/pi/255", ("fail", 255)),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), SIGNAL_FORMS)
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_like_a_ping(
+    client, store, path, expected, method
+):
+    answer = client.request(path, method=method, status=200)
+    assert answer.content_type == "text/plain"
+    assert answer.text == ("" if method == "HEAD" else "26/09/21 16:13:20")
+    assert committed_signals(store) == [(*expected, None)]
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/ping?username=pi&status=ok", "unknown status 'ok': expected success, start, fail, log"),
+        ("/ping?username=pi&status=", "unknown status '': expected success, start, fail, log"),
+        ("/ping?username=pi&status=fail&exit_code=1", "status and exit_code cannot be used together"),
+        ("/ping?username=pi&exit_code=256", "invalid exit_code '256': expected 0 to 255"),
+        ("/ping?username=pi&exit_code=-1", "invalid exit_code '-1': expected 0 to 255"),
+        ("/ping?username=pi&exit_code=0001", "invalid exit_code '0001': expected 0 to 255"),
+        ("/ping?username=pi&exit_code=", "invalid exit_code '': expected 0 to 255"),
+        ("/ping?username=pi&exit_code=%D9%A3", "invalid exit_code '٣': expected 0 to 255"),
+        ("/ping?status=fail", "missing username"),
+        ("/ping/", "missing username"),
+        ("/ping//fail", "missing username"),
+        ("/ping/pi/success", "unknown signal 'success'"),
+        ("/ping/pi/", "unknown signal ''"),
+        ("/ping/pi/256", "unknown signal '256'"),
+        ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
+        ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
+        ("/ping/pi%2Ffail%2Fx", "unknown signal 'fail/x'"),
+        ("/ping/caf%E9", "path is not valid UTF-8"),
+    ],
+)
+def test_a_bad_signal_is_a_400_naming_the_problem_and_records_nothing(client, store, path, message):
+    answer = client.get(path, status=400)
+    assert answer.content_type == "text/plain"
+    assert answer.text.startswith(message)
+    assert committed_signals(store) == []
+
+
+def test_the_path_form_takes_a_percent_decoded_name_and_a_2f_is_a_separator(store, clock):
+    users = {name: {"monitor": True, "max_sleep": 60, "email_frequency": 600} for name in ("café pi", "a")}
+    client = make_client(store, clock, users)
+    client.post("/ping/caf%C3%A9%20pi/fail", status=200)
+    client.get("/ping/a%2Fstart", status=200)
+    assert client.get("/ping/ghost/fail", status=404).text == "unknown user ghost"
+    with sqlite3.connect(store.path) as connection:
+        rows = connection.execute("SELECT username, kind FROM pings_readable ORDER BY epoch, kind").fetchall()
+    assert sorted(rows) == [("a", "start"), ("café pi", "fail")]
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        (b"", None),
+        (b"backup failed: disk full\n", "backup failed: disk full\n"),
+        (b"caf\xe9 \xff", "caf\ufffd \ufffd"),
+        (b"x" * 9_999 + "é".encode(), "x" * 9_999 + "\ufffd"),  # cut inside a character
+        (b"y" * 60_000, "y" * 10_000),
+    ],
+)
+def test_a_post_body_is_kept_as_utf8_with_replacement_cut_to_10000_bytes(client, store, body, kept):
+    client.post("/ping/pi/fail", body, content_type="text/plain", status=200)
+    client.post("/ping?username=pi&status=log", body, content_type="application/octet-stream", status=200)
+    assert committed_signals(store) == [("fail", None, kept), ("log", None, kept)]
+
+
+def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
+    clock.now = T0
+    client.get("/ping/pi/start")
+    clock.now = T0 + 2.25
+    client.post("/ping/pi/log", b"half way")
+    clock.now = T0 + 4.5
+    client.post("/ping/pi/3", b"")
+    clock.now = T0 + 5
+    client.get("/ping/pi")
+    query = "username=pi&year=26&month=9&day=21"
+    assert logs(client, query).json == ["16:13:20", "16:13:22", "16:13:24", "16:13:25"]
+    answer = logs(client, query + "&details=1")
+    assert answer.content_type == "application/json"
+    assert answer.json == [
+        {"time": "16:13:20", "kind": "start", "exit_code": None, "duration": None, "body": None},
+        {"time": "16:13:22", "kind": "log", "exit_code": None, "duration": None, "body": "half way"},
+        {"time": "16:13:24", "kind": "fail", "exit_code": 3, "duration": 4.5, "body": None},
+        {"time": "16:13:25", "kind": "success", "exit_code": None, "duration": None, "body": None},
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "true", "", "11"])
+def test_logs_details_takes_only_1(client, value):
+    answer = logs(client, f"username=pi&year=26&month=9&day=21&details={value}", status=400)
+    assert answer.text == f"invalid details {value!r}: expected 1"
+
+
+def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(client, monkeypatch):
+    monkeypatch.setattr(web, "LOGS_MAX_BODY_CHARS", 25_000)
+    for _ in range(5):
+        client.post("/ping/pi/log", b"z" * 10_000)
+    answer = logs(client, "username=pi&year=26&month=9&day=21&details=1")
+    assert len(answer.json) == 3
+    assert answer.headers[web.LOGS_TRUNCATED] == "first 3 signals of the day"
+    assert web.LOGS_TRUNCATED not in logs(client, "username=pi&year=26&month=9&day=21").headers
+
+
+def test_testing_state_shows_failed_and_running_users_and_the_last_runs_duration(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    client = client_with_password(store, clock, {"pi": user, "job": {**user, "max_runtime": 30}})
+    clock.now = T0 - 30
+    client.get("/ping/job")
+    clock.now = T0 - 20
+    client.get("/ping/job/start")
+    clock.now = T0 - 10
+    client.post("/ping/pi/fail", b"boom")
+    clock.now = T0
+    state = client.post_json("/testing/state", {"password": "let me in"}).json
+    pi, job = state["users"]["pi"], state["users"]["job"]
+    assert (pi["state"], pi["failed_at"], pi["last_ping"]) == ("failed", T0 - 10, T0 - 10)
+    assert (job["state"], job["run_started"], job["late_at"]) == ("running", T0 - 20, T0 + 10)
+    clock.now = T0 + 5
+    client.get("/ping/job/0")
+    assert client.post_json("/testing/state", {"password": "let me in"}).json["users"]["job"]["last_duration"] == 25
