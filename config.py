@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import schedules
+
 # Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
 # RFC 5322 parser: the SMTP server has the last word on an address.
 _EMAIL = re.compile(
@@ -25,7 +27,20 @@ MAX_SECONDS = 1e9
 DEFAULT_SENDER_NAME = "Ping Listener"
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
-USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency", "max_runtime", "notify_recovery"}
+USER_KEYS = {
+    "monitor",
+    "max_sleep",
+    "schedule",
+    "tz",
+    "grace",
+    "device_email",
+    "email_frequency",
+    "max_runtime",
+    "notify_recovery",
+}
+# How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
+# as in Healthchecks, since a job that pings when it ends needs time to run.
+DEFAULT_GRACE = 3600.0
 
 
 class ConfigError(Exception):
@@ -38,16 +53,24 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UserConfig:
-    """One monitored device, with its recipients already resolved (device_email or recipient)."""
+    """One monitored device, with its recipients already resolved (device_email or recipient).
+
+    It is watched either by `max_sleep` or by `schedule` (a cron expression) in the zone `tz` with
+    `grace`: exactly one of max_sleep and schedule is set, and tz and grace only with a schedule.
+    """
 
     monitor: bool
-    max_sleep: float
+    max_sleep: float | None
     email_frequency: float
     recipients: tuple[str, ...]
     # The longest a run (a start until its success or fail) may take; None: no limit.
     max_runtime: float | None = None
     # Whether a recovery email says that the user is back after an alerted outage.
     notify_recovery: bool = True
+    schedule: str | None = None
+    # The IANA zone the schedule is read in (the process's local zone unless settings.json names one).
+    tz: str | None = None
+    grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -173,13 +196,13 @@ def _parse_user(username, user, recipient, problems):
     elif _CONTROL.search(username):
         problems.append(f"{path}: a username must not contain control characters")
     if not isinstance(user, dict):
-        problems.append(f"{path}: must be an object with monitor, max_sleep and email_frequency, got {_show(user)}")
+        problems.append(f"{path}: must be an object with monitor, max_sleep (or schedule) and email_frequency, got {_show(user)}")
         return None
     _unknown_keys(user, USER_KEYS, path + ".", problems)
     monitor = _required(user, "monitor", path + ".", problems)
     if monitor is not None and not isinstance(monitor, bool):
         problems.append(f"{path}.monitor: must be true or false, got {_show(monitor)}")
-    max_sleep = _number(user, "max_sleep", path + ".", problems)
+    max_sleep, schedule, tz, grace = _watch(user, path, problems)
     email_frequency = _number(user, "email_frequency", path + ".", problems)
     recipients = _device_emails(user.get("device_email"), path + ".device_email", problems)
     max_runtime = None
@@ -197,7 +220,41 @@ def _parse_user(username, user, recipient, problems):
         recipients=recipients or (recipient,),
         max_runtime=max_runtime,
         notify_recovery=notify_recovery,
+        schedule=schedule,
+        tz=tz,
+        grace=grace,
     )
+
+
+def _watch(user, path, problems):
+    """(max_sleep, schedule, tz, grace) of a user's settings: exactly one of max_sleep and schedule."""
+    if ("max_sleep" in user) == ("schedule" in user):
+        given = "both" if "max_sleep" in user else "neither"
+        problems.append(f"{path}: must have exactly one of max_sleep and schedule, got {given}")
+        return None, None, None, None
+    if "max_sleep" in user:
+        for key in ("tz", "grace"):
+            if key in user:
+                problems.append(f"{path}.{key}: only for a user with a schedule (this one has max_sleep)")
+        return _seconds(user["max_sleep"], f"{path}.max_sleep", problems), None, None, None
+    schedule = user["schedule"]
+    problem = schedules.expression_problem(schedule)
+    if problem is not None:
+        problems.append(f"{path}.schedule: {problem}, got {_show(schedule)}")
+    if "tz" in user:
+        tz = user["tz"]
+        problem = schedules.zone_problem(tz)
+        if problem is not None:
+            problems.append(f"{path}.tz: {problem}, got {_show(tz)}")
+    else:
+        tz = schedules.local_zone_name()
+        if tz is None:
+            problems.append(
+                f"{path}.tz: missing, and this process's local zone (TZ={_show(os.environ.get('TZ'))})"
+                " has no IANA name: set tz, such as Europe/Paris"
+            )
+    grace = _seconds(user["grace"], f"{path}.grace", problems) if "grace" in user else DEFAULT_GRACE
+    return None, schedule, tz, grace
 
 
 def _device_emails(value, path, problems):

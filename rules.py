@@ -11,11 +11,18 @@ run and clears a failure; `fail` is contact too (it restarts the max_sleep measu
 makes the user failed until its next success; `start` opens a run (a new one if one is open) and is no sign
 of life; `log` only goes into history. An outage begins with a condition and lasts until the next success;
 it is *alerted* once its first alert was queued (`down_since`), and only an alerted outage gets a recovery.
+
+A user is watched either by `max_sleep` (expected again at most that long after its last contact) or by
+a `schedule`: a cron expression in its zone `tz`, expected at the schedule's first firing strictly after
+its last contact and late once `grace` has passed after that (schedules.next_time, which follows Debian
+cron across daylight-saving changes). expected_after() is that rule for both; everything else is the same.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+import schedules
 
 # A wall clock that moves this much more or less than the monotonic clock between two steps of
 # the absence listener has jumped. Smaller differences shift alerts by less than that, harmlessly.
@@ -53,6 +60,12 @@ class Watched(Protocol):
     def monitor(self) -> bool: ...
     @property
     def max_sleep(self) -> float: ...
+    @property
+    def schedule(self) -> str | None: ...
+    @property
+    def tz(self) -> str | None: ...
+    @property
+    def grace(self) -> float | None: ...
     @property
     def email_frequency(self) -> float: ...
     @property
@@ -105,16 +118,45 @@ def signal_kind(exit_code: int) -> str:
     return SUCCESS if exit_code == 0 else FAIL
 
 
+def expected_after(user: Watched, after: float) -> float | None:
+    """When `user` is next expected if its last contact was at `after`: `after` plus max_sleep, or, for a
+    scheduled user, the first time its schedule fires strictly after `after` in its zone.
+
+    None if the schedule never fires again.
+    """
+    if user.schedule is None:
+        return after + user.max_sleep
+    return schedules.next_time(user.schedule, user.tz or "UTC", after)
+
+
+def deadline_after(user: Watched, after: float) -> float | None:
+    """When `user` is late if its last contact was at `after`: expected_after(), plus the grace if scheduled.
+
+    None if a schedule never fires again.
+    """
+    expected = expected_after(user, after)
+    if expected is None or user.schedule is None:
+        return expected
+    return expected + (user.grace or 0.0)
+
+
 def late_at(user: Watched) -> float | None:
-    """When `user` becomes late: its last sign of life plus max_sleep.
+    """When `user` becomes late: deadline_after() its last sign of life (max_sleep, or schedule and grace).
 
     The last sign of life is the later of its last ping and the start of monitoring, so the
-    service's own downtime never counts against a device. None if it is not monitored.
+    service's own downtime never counts against a device. None if it is not monitored (or its
+    schedule never fires again).
     """
     if not user.monitor:
         return None
-    seen = user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
-    return seen + user.max_sleep
+    return deadline_after(user, _seen(user))
+
+
+def expected_at(user: Watched) -> float | None:
+    """When `user` is next expected after its last sign of life, as late_at counts it (before any grace)."""
+    if not user.monitor:
+        return None
+    return expected_after(user, _seen(user))
 
 
 def run_deadline(user: Watched) -> float | None:
@@ -154,12 +196,16 @@ def due_at(user: Watched) -> float | None:
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
     its failure, its run's deadline and its silence's deadline. The listener then pushes it on to the end
     of the alert throttle (decide's next_due_at). None: nothing can become due without a signal.
+
+    A schedule's deadline needs cronsim, which SQL cannot run: for a scheduled user the silence's
+    deadline stands in as its last sign of life, so the listener looks at it once after each contact
+    or start and stores decide's next_due_at, which holds the real deadline (late_at).
     """
     if user.back_at is not None:
         return user.back_at
-    deadline = late_at(user)
-    if deadline is None:
+    if not user.monitor:
         return None
+    deadline = _seen(user) if user.schedule is not None else late_at(user)
     return min(t for t in (user.failed_at, run_deadline(user), deadline) if t is not None)
 
 
@@ -213,10 +259,10 @@ def live_state(user: Watched, now: float) -> str:
     """How `user` looks at `now` to a person watching: FAILED, LATE, ALERTED, RUNNING, PINGING or SILENT.
 
     FAILED from a fail until the next success. LATE and ALERTED follow the absence listener: a user is
-    late once its run is past max_runtime or its silence past max_sleep (condition()), and ALERTED once
-    an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
-    PINGING if its last ping is at most max_sleep ago, else SILENT (monitor off, or no ping yet since
-    monitoring began).
+    late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED
+    once an alert about that condition was queued during this outage. Otherwise RUNNING while a run is
+    open, PINGING if its last ping's deadline (deadline_after) has not passed, else SILENT (monitor off,
+    or no ping yet since monitoring began).
     """
     if user.failed_at is not None:
         return FAILED
@@ -226,7 +272,7 @@ def live_state(user: Watched, now: float) -> str:
         return ALERTED if alerted else LATE
     if user.run_started is not None:
         return RUNNING
-    if user.last_ping is not None and now - user.last_ping <= user.max_sleep:
+    if user.last_ping is not None and now <= (deadline_after(user, user.last_ping) or now):
         return PINGING
     return SILENT
 
@@ -260,6 +306,11 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
 def retry_delay(attempts: int) -> float:
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+
+
+def _seen(user: Watched) -> float:
+    """The user's last sign of life: the later of its last ping and the start of monitoring."""
+    return user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
 
 
 def _repeat_at(user: Watched, kind: str) -> float | None:

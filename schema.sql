@@ -4,15 +4,15 @@
 
 -- One row per username ever configured. Rows are never deleted, so a user removed from
 -- settings.json keeps its history; `configured` says whether it is in the running settings.
--- monitor, max_sleep, email_frequency, max_runtime and notify_recovery mirror settings.json as of the
--- last start. The columns after due_at follow the user's signals (pings of every kind) and outages;
+-- monitor, max_sleep, email_frequency, max_runtime, notify_recovery, schedule, tz and grace mirror
+-- settings.json as of the last start. The columns after due_at follow the user's signals (pings of every kind) and outages;
 -- rules.py says what each state means.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
     username        TEXT    NOT NULL UNIQUE,
     configured      INTEGER NOT NULL CHECK (configured IN (0, 1)),
     monitor         INTEGER NOT NULL CHECK (monitor IN (0, 1)),
-    max_sleep       REAL    NOT NULL,
+    max_sleep       REAL    NOT NULL,  -- 0 for a scheduled user (see schedule)
     email_frequency REAL    NOT NULL,
     -- When the running server process started monitoring this user: its downtime before then
     -- never counts against the device.
@@ -20,7 +20,8 @@ CREATE TABLE users (
     last_ping       REAL,
     last_alert      REAL,
     -- The earliest time at which the absence listener must look at this user again (it is late,
-    -- or its alert throttle ends); NULL when nothing can be due (not configured, or monitor off).
+    -- or its alert throttle ends); NULL when nothing can be due (not configured, or monitor off). For a
+-- scheduled user, a signal sets it to the signal's time: the listener then stores the real deadline.
     -- The listener finds due users through users_due, so a tick costs the number of due users.
     due_at          REAL,
     max_runtime     REAL,
@@ -39,7 +40,12 @@ CREATE TABLE users (
     -- The success that ended an alerted outage, until the listener has queued its recovery.
     back_at         REAL,
     -- The newest signal that changed this row: the listener's decisions apply only if it is unchanged.
-    last_signal     INTEGER
+    last_signal     INTEGER,
+    -- A user watched by a schedule instead of max_sleep (which is then 0): its 5-field cron expression,
+    -- the IANA zone it is read in, and the seconds it may be late after each expected time. NULL otherwise.
+    schedule        TEXT,
+    tz              TEXT,
+    grace           REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 
@@ -112,7 +118,8 @@ SELECT username, configured, monitor, max_sleep, email_frequency,
        datetime(run_started, 'unixepoch', 'localtime') AS run_started,
        datetime(failed_at, 'unixepoch', 'localtime') AS failed_at,
        last_alert_kind,
-       datetime(down_since, 'unixepoch', 'localtime') AS down_since
+       datetime(down_since, 'unixepoch', 'localtime') AS down_since,
+       schedule, tz, grace
 FROM users;
 
 CREATE VIEW alerts_readable AS

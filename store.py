@@ -45,6 +45,13 @@ UPDATE users SET last_alert_kind = 'late' WHERE last_alert IS NOT NULL;
 UPDATE users SET down_since = max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep
 WHERE monitor AND last_alert > max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep;
 """
+# Schedules (schema version 5): a user watched by a cron expression in a zone, with a grace time,
+# instead of max_sleep (which is then 0 and unused).
+SCHEDULES_UPGRADE_SQL = """
+ALTER TABLE users ADD COLUMN schedule TEXT;
+ALTER TABLE users ADD COLUMN tz TEXT;
+ALTER TABLE users ADD COLUMN grace REAL;
+"""
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
 # either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
@@ -58,6 +65,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX outbox_by_alert ON outbox (alert_id)",
     # 3 -> 4: signals.
     SIGNALS_UPGRADE_SQL,
+    # 4 -> 5: schedules.
+    SCHEDULES_UPGRADE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
@@ -67,7 +76,9 @@ BUSY_TIMEOUT_MS = 5000
 # while a recovery waits; else, if monitored, the earliest of the failure, the run's deadline (its start,
 # or the start of monitoring if later, plus max_runtime) and the silence's deadline (the later of the last
 # ping and the start of monitoring, plus max_sleep). Multi-argument min() and max() are NULL if any
-# argument is, hence the coalesce()s. Written at every start (_restart_monitoring) and by every signal
+# argument is, hence the coalesce()s. A scheduled user's deadline needs cronsim: SQL makes it due at its
+# last sign of life, so the absence listener looks at it once after each contact and stores its real
+# deadline (rules.due_at says so too). Written at every start (_restart_monitoring) and by every signal
 # (_SIGNAL_TRIGGER_SQL). tests/test_store.py checks with random signals and restarts that they agree.
 def _due_at_sql(
     last_ping: str = "last_ping",
@@ -76,7 +87,10 @@ def _due_at_sql(
     back_at: str = "back_at",
 ) -> str:
     """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
-    late_at = f"max(coalesce({last_ping}, monitored_since), monitored_since) + max_sleep"
+    late_at = (
+        f"max(coalesce({last_ping}, monitored_since), monitored_since) + CASE WHEN schedule IS NULL THEN max_sleep"
+        " ELSE 0 END"
+    )
     return (
         f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed_at}, {late_at}),"
         f" coalesce(max({run_started}, monitored_since) + max_runtime, {late_at}), {late_at}) END"
@@ -89,7 +103,7 @@ _DUE_AT = _due_at_sql()
 _USER_COLUMNS = (
     "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
-    " down_since, back_at, last_signal"
+    " down_since, back_at, last_signal, schedule, tz, grace"
 )
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
 # `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
@@ -214,6 +228,9 @@ class UserState:
     down_since: float | None = None
     back_at: float | None = None
     last_signal: int | None = None
+    schedule: str | None = None
+    tz: str | None = None
+    grace: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,17 +355,28 @@ class Store:
         restart_monitoring for what a restart does.
         """
         rows = [
-            (name, int(user.monitor), user.max_sleep, user.email_frequency, user.max_runtime, int(user.notify_recovery))
+            (
+                name,
+                int(user.monitor),
+                user.max_sleep or 0.0,
+                user.email_frequency,
+                user.max_runtime,
+                int(user.notify_recovery),
+                user.schedule,
+                user.tz,
+                user.grace,
+            )
             for name, user in users.items()
         ]
         with self._write() as connection:
             connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
             connection.executemany(
                 "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, max_runtime,"
-                " notify_recovery) VALUES (?, 1, ?, ?, ?, ?, ?)"
+                " notify_recovery, schedule, tz, grace) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
                 " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
-                " max_runtime = excluded.max_runtime, notify_recovery = excluded.notify_recovery",
+                " max_runtime = excluded.max_runtime, notify_recovery = excluded.notify_recovery,"
+                " schedule = excluded.schedule, tz = excluded.tz, grace = excluded.grace",
                 rows,
             )
             _restart_monitoring(connection, now)
