@@ -11,6 +11,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
+from zoneinfo import ZoneInfo
 
 MAX_QUERY_FIELDS = 20
 # The units a duration is written in, largest first; what is left below a minute is seconds.
@@ -25,6 +26,11 @@ class QueryError(ValueError):
 def format_local_time(epoch: float) -> str:
     """`epoch` as a local date and time with its zone, for people: 2026-11-24 14:03:05 CET."""
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def format_zone_time(epoch: float, zone: str) -> str:
+    """`epoch` as a scheduled run's time in the IANA zone `zone`, for people: 02:30 CET (Mon 2026-11-30)."""
+    return datetime.datetime.fromtimestamp(epoch, ZoneInfo(zone)).strftime("%H:%M %Z (%a %Y-%m-%d)")
 
 
 def format_ping_time(epoch: float) -> str:

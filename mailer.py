@@ -11,7 +11,8 @@ from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from typing import Protocol
 
 from config import SmtpSettings
-from localtime import duration_in_words, every, format_local_time, logs_link
+from localtime import duration_in_words, every, format_local_time, format_zone_time, logs_link
+from rules import expected_at
 from store import QueuedEmail, Signal, UserState
 
 log = logging.getLogger("ping_listener.mailer")
@@ -77,7 +78,8 @@ def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
 
     Durations are in words; times are shown in the local time zone (TZ); the logs link points at
     the day of the last ping, or of the start of monitoring if none was received. The body says
-    what to check and how often the alert repeats.
+    what to check and how often the alert repeats. For a scheduled user it says which run was missed:
+    its expected time in the user's zone, the schedule and the grace, instead of max_sleep.
     """
     username = user.username
     if user.last_ping is not None:
@@ -87,8 +89,7 @@ def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
         seen = user.monitored_since
         last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
     body = (
-        f"Ping Listener has heard nothing from {username} for more than {duration_in_words(user.max_sleep)}"
-        f" (its max_sleep).\n"
+        f"{_silence_line(user)}\n"
         f"\n"
         f"{last_ping_line}\n"
         f"Its pings that day: {logs_link(server_root, username, seen)}\n"
@@ -99,6 +100,21 @@ def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
         f"{_repeat_policy(user.email_frequency)}\n"
     )
     return f"{username} disconnection detected", body
+
+
+def _silence_line(user: UserState) -> str:
+    """What the alert about `user`'s silence is about: its max_sleep passed, or a scheduled run missed."""
+    if user.schedule is None or user.tz is None:
+        return (
+            f"Ping Listener has heard nothing from {user.username} for more than {duration_in_words(user.max_sleep)}"
+            f" (its max_sleep)."
+        )
+    expected = expected_at(user)
+    run = "its next run" if expected is None else f"its run expected by {format_zone_time(expected, user.tz)}"
+    return (
+        f"{user.username} missed {run}, grace {duration_in_words(user.grace or 0.0)}"
+        f" (schedule {user.schedule} in {user.tz}): Ping Listener has heard nothing from it since."
+    )
 
 
 def compose_test_email(server: str) -> tuple[str, str]:

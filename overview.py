@@ -97,11 +97,11 @@ class RecentPings:
         self._read_up_to = self._store.newest_ping_id()
         before = self._store.last_pings_before(start)
         self._users = {user.id: _Recent(latest=before.get(user.id)) for user in users}
-        max_sleep = {user.id: user.max_sleep for user in users}
+        by_id = {user.id: user for user in users}
         rows = self._store.recent_pings(start, self._read_up_to)
         for user_id, group in itertools.groupby(rows, key=lambda row: row[0]):
             if user_id in self._users:
-                self._add(self._users[user_id], [at for _, at in group], max_sleep[user_id])
+                self._add(self._users[user_id], [at for _, at in group], by_id[user_id])
 
     def _add_new_pings(self, users):
         rows = self._store.pings_after_id(self._read_up_to or 0)
@@ -113,15 +113,15 @@ class RecentPings:
             times.setdefault(user_id, []).append(at)
         for user in users:
             if user.id in times:
-                self._add(self._users[user.id], sorted(times[user.id]), user.max_sleep)
+                self._add(self._users[user.id], sorted(times[user.id]), user)
 
-    def _add(self, recent, times, max_sleep):
+    def _add(self, recent, times, user):
         start = self._first_slot * SLOT_SECONDS
         for at in times:
             slot = math.floor(at / SLOT_SECONDS)
             recent.counts[slot] = recent.counts.get(slot, 0) + 1
         recent.silences += [
-            silence for silence in rules.silences(times, max_sleep, recent.latest) if silence[1] >= start
+            silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start
         ]
         recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
         recent.shown = None
@@ -183,7 +183,7 @@ class Overview:
                 state = rules.live_state(user, now)
                 counts[state] = counts.get(state, 0) + 1
                 # Everything the row shows: its other fields are settings, fixed while the service runs.
-                silent = user.last_ping is None or now - user.last_ping > user.max_sleep
+                silent = rules.silent_at(user, user.last_ping, now)
                 key = (state, silent, user.last_ping, user.last_alert, recent[user.id], alerts.get(user.id, ()))
                 cached = self._rows.get(user.id)
                 if cached is None or cached[0] != key:
@@ -210,7 +210,7 @@ def _state_rank(state: str) -> float:
 def _overview_user(
     user: UserState, state: str, silent: bool, recent: Recent, alerts: tuple[float, ...], write: Callable[[float], str]
 ) -> dict[str, Any]:
-    """A user's row; `silent`: its silence since its last ping (or ever) is longer than max_sleep and goes on."""
+    """A user's row; `silent`: its silence since its last ping (or ever) is past its deadline and goes on."""
     silences = [_silence(start, end, write) for start, end in recent.silences]
     if silent:
         silences.append(_silence(user.last_ping, None, write))
@@ -220,6 +220,7 @@ def _overview_user(
         "state": state,
         "monitor": bool(user.monitor),
         "max_sleep": user.max_sleep,
+        "schedule": user.schedule,
         "last_ping": user.last_ping,
         "last_ping_local": None if user.last_ping is None else write(user.last_ping),
         "late_at": deadline,
@@ -248,7 +249,7 @@ def _silence(start: float | None, end: float | None, write: Callable[[float], st
 def overview_day(store: Store, username: str, start: float, end: float, now: float) -> dict[str, Any]:
     """`username`'s local day [start, end) for the day view, as known at `now`.
 
-    Its pings counted in columns of DAY_COLUMN_SECONDS, its silences longer than max_sleep that
+    Its pings counted in columns of DAY_COLUMN_SECONDS, its silences past its deadline (rules.silences) that
     overlap the day (with their full length, also before or after it), its alerts with their
     emails, and the /logs link. At most DAY_MAX_PINGS pings are read (then `truncated` is true and
     the day is shown up to the last of them). Raises store.UnknownUserError for an unknown user.
@@ -260,9 +261,9 @@ def overview_day(store: Store, username: str, start: float, end: float, now: flo
     if truncated:
         after = times.pop()
     following = [] if after is None else [after]
-    spans: list[tuple[float, float | None]] = list(rules.silences(times + following, user.max_sleep, before))
+    spans: list[tuple[float, float | None]] = list(rules.silences(times + following, user, before))
     latest = times[-1] if times else before
-    if after is None and latest is not None and now - latest > user.max_sleep:
+    if after is None and latest is not None and rules.silent_at(user, latest, now):
         spans.append((latest, None))  # still silent
     columns = [0] * math.ceil((end - start) / DAY_COLUMN_SECONDS)
     for at in times:
@@ -271,6 +272,9 @@ def overview_day(store: Store, username: str, start: float, end: float, now: flo
     return {
         "username": user.username,
         "max_sleep": user.max_sleep,
+        "schedule": user.schedule,
+        "tz": user.tz,
+        "grace": user.grace,
         "start": start,
         "end": end,
         "now": now,

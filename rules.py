@@ -277,19 +277,33 @@ def live_state(user: Watched, now: float) -> str:
     return SILENT
 
 
-def silences(pings: Iterable[float], max_sleep: float, previous: float | None) -> list[tuple[float, float]]:
-    """Each silence longer than max_sleep between consecutive pings, as (start, end), in order.
+def silences(pings: Iterable[float], user: Watched, previous: float | None) -> list[tuple[float, float]]:
+    """Each silence of `user` past its deadline between consecutive pings, as (start, end), in order.
 
     `pings` are times in ascending order; `previous` is the ping before them (None: none known),
-    so a silence that began before the first of them is found too. Longer than max_sleep, as late_at
-    counts: a silence of exactly max_sleep is none. A silence still going on is the caller's to add.
+    so a silence that began before the first of them is found too. Past the deadline as late_at
+    counts (deadline_after): a silence of exactly max_sleep is none, and a scheduled user's is one
+    that outlasted its next expected time plus grace. A silence still going on is the caller's to add.
     """
     found = []
     for at in pings:
-        if previous is not None and at - previous > max_sleep:
+        if previous is not None and _silent(user, previous, at):
             found.append((previous, at))
         previous = at if previous is None else max(previous, at)
     return found
+
+
+def silent_at(user: Watched, last_ping: float | None, now: float) -> bool:
+    """Whether `user`, whose last ping was at `last_ping` (None: none known), is silent past its deadline at `now`."""
+    return last_ping is None or _silent(user, last_ping, now)
+
+
+def _silent(user: Watched, previous: float, at: float) -> bool:
+    # max_sleep inline: the overview runs this over every ping of a day for thousands of users.
+    if user.schedule is None:
+        return at - previous > user.max_sleep
+    deadline = deadline_after(user, previous)
+    return deadline is not None and at > deadline
 
 
 def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> float:

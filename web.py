@@ -40,6 +40,7 @@ from rules import (
     SIGNAL_KINDS,
     START,
     SUCCESS,
+    expected_at,
     held_back_until,
     late_at,
     live_state,
@@ -159,7 +160,14 @@ def make_app(
         return {
             "recipient": settings.recipient,
             "users": {
-                name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
+                name: {
+                    "monitor": user.monitor,
+                    "max_sleep": user.max_sleep,
+                    "schedule": user.schedule,
+                    "tz": user.tz,
+                    "grace": user.grace,
+                    "email_frequency": user.email_frequency,
+                }
                 for name, user in settings.users.items()
             },
         }
@@ -350,13 +358,21 @@ def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
 
 
 def _live_user(user: UserState, now: float) -> dict[str, Any]:
-    """A user's live state for the testing page, each time as epoch seconds and as local time."""
+    """A user's live state for the testing page, each time as epoch seconds and as local time.
+
+    `late_at` is the real deadline (rules.late_at), even for a scheduled user whose stored due_at is
+    provisional; `expected_at` is when it is next expected (before its grace), and for a scheduled user
+    its schedule and zone come along.
+    """
     deadlines = [t for t in (late_at(user), run_deadline(user)) if t is not None]
     return {
         "state": live_state(user, now),
         "last_duration": user.last_duration,
+        "schedule": user.schedule,
+        "tz": user.tz,
         **_times(
             last_ping=user.last_ping,
+            expected_at=expected_at(user),
             late_at=min(deadlines) if deadlines else None,
             last_alert=user.last_alert,
             held_back_until=held_back_until(user, now),

@@ -231,7 +231,7 @@ function drawTimeline(svg, user, state) {
   svg.dataset.start = start;
   svg.dataset.end = end;
   const silent = user.silences.length;
-  svg.setAttribute("aria-label", `${user.username}'s last 24 hours: ${silent} silence${silent === 1 ? "" : "s"} longer than max_sleep, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
+  svg.setAttribute("aria-label", `${user.username}'s last 24 hours: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
 }
 
 function svgElement(name, attributes) {
@@ -316,7 +316,7 @@ async function loadDay(fresh) {
 
 function showDay(day) {
   const truncated = day.truncated ? " (too many to show: the day is shown up to the last of them)" : "";
-  byId("day-summary").textContent = `${day.date_local}: ${day.pings} ping${day.pings === 1 ? "" : "s"}${truncated}; max_sleep ${duration(day.max_sleep)}.`;
+  byId("day-summary").textContent = `${day.date_local}: ${day.pings} ping${day.pings === 1 ? "" : "s"}${truncated}; ${day.schedule === null ? `max_sleep ${duration(day.max_sleep)}` : `schedule ${day.schedule} in ${day.tz}, grace ${duration(day.grace)}`}.`;
   drawDayChart(day);
   const silences = day.silences.map((silence) => listItem(silenceText(silence, day.now), "silence"));
   byId("day-silences").replaceChildren(...(silences.length ? silences : [listItem("None.", "none")]));

@@ -20,7 +20,8 @@ let pollTimer = null;
 let unreachable = false;
 // The server's clock minus this browser's, in ms, as of the last state: dates log lines the server did not.
 let serverOffsetMs = 0;
-// username -> {settings, card, timer, state}
+// username -> {settings, card, timer, state, onSchedule, pingedFor}: a scheduled device's switch pings at
+// each expected time (onSchedule), once for each (pingedFor), instead of on a timer.
 const users = new Map();
 // email id -> {status, attempts}, as last logged
 const emails = new Map();
@@ -91,7 +92,7 @@ function start(configuredUsers) {
   // write into real history and hide a real outage.
   for (const [name, settings] of Object.entries(configuredUsers)) {
     const card = userCard(name, settings);
-    users.set(name, { settings, card, timer: null, state: undefined });
+    users.set(name, { settings, card, timer: null, state: undefined, onSchedule: false, pingedFor: null });
     list.append(card);
   }
   poll();
@@ -120,7 +121,13 @@ function userCard(name, settings) {
   card.querySelector(".name").textContent = name;
   card.querySelector(".state").textContent = "…";
   card.querySelector(".monitor").textContent = settings.monitor ? "yes" : "no (never emails)";
-  card.querySelector(".max-sleep").textContent = seconds(settings.max_sleep);
+  if (settings.schedule === null) {
+    card.querySelector(".max-sleep").textContent = seconds(settings.max_sleep);
+  } else {
+    card.querySelector(".watch").textContent = "schedule";
+    card.querySelector(".max-sleep").textContent =
+      `${settings.schedule} in ${settings.tz}, grace ${seconds(settings.grace)}`;
+  }
   card.querySelector(".email-frequency").textContent = seconds(settings.email_frequency);
   const toggle = card.querySelector("input");
   toggle.setAttribute("aria-label", `simulated pings from ${name}`);
@@ -134,6 +141,17 @@ function userCard(name, settings) {
 
 function startPinging(name) {
   const user = users.get(name);
+  if (user.settings.schedule !== null) {
+    addLog(
+      "switch",
+      null,
+      `${name}: simulated pings on, one at each expected time of its schedule: real pings, recorded in` +
+        ` ${name}'s history; while on, they hide a real outage of ${name}`,
+    );
+    user.onSchedule = true;
+    ping(name);
+    return;
+  }
   const interval = Math.min(Math.max((user.settings.max_sleep * 1000) / 2, MIN_PING_INTERVAL_MS), MAX_TIMER_MS);
   addLog(
     "switch",
@@ -149,6 +167,7 @@ function stopPinging(name) {
   const user = users.get(name);
   clearInterval(user.timer);
   user.timer = null;
+  user.onSchedule = false;
   addLog("switch", null, `${name}: simulated pings off, the device is silent now`);
 }
 
@@ -251,7 +270,12 @@ function showUser(name, live, now) {
   card.className = `user ${live.state}`;
   card.querySelector(".state").textContent = live.state;
   card.querySelector(".last-ping").textContent = live.last_ping_local ?? "none since monitoring began";
+  card.querySelector(".expected-at").textContent = live.expected_at_local ?? "never (monitor is off)";
   card.querySelector(".late-at").textContent = live.late_at_local ?? "never (monitor is off)";
+  if (user.onSchedule && live.expected_at !== null && live.expected_at <= now.epoch && user.pingedFor !== live.expected_at) {
+    user.pingedFor = live.expected_at;
+    ping(name);
+  }
   card.querySelector(".last-alert").textContent = live.last_alert_local ?? "none";
   card.querySelector(".next-alert").textContent = nextAlert(live);
   card.querySelector(".run-started").textContent = live.run_started_local ?? "no run open";
@@ -301,9 +325,12 @@ function heldBack(live) {
 
 function logStateChange(name, from, live, to, at) {
   const user = users.get(name);
+  const silence = user.settings.schedule === null
+    ? `silent for more than its max_sleep of ${seconds(user.settings.max_sleep)}`
+    : `no ping by its expected time ${live.expected_at_local} plus its grace of ${seconds(user.settings.grace)}`;
   const overrun = live.run_started !== null
-    ? " (its run outlasted its max_runtime, or it is silent for longer than its max_sleep)"
-    : ` (silent for more than its max_sleep of ${seconds(user.settings.max_sleep)})`;
+    ? ` (its run outlasted its max_runtime, or ${silence})`
+    : ` (${silence})`;
   const why = {
     late: `${overrun}${heldBack(live)}`,
     alerted: " (alert email queued)",

@@ -130,13 +130,13 @@ def test_an_alerted_users_reminder_is_held_back_and_a_first_alert_is_not():
 
 
 def test_silences_are_the_gaps_longer_than_max_sleep_also_from_the_ping_before():
-    assert silences([T0 + 10, T0 + 20, T0 + 90, T0 + 100], 60, T0 - 100) == [
+    assert silences([T0 + 10, T0 + 20, T0 + 90, T0 + 100], user(), T0 - 100) == [
         (T0 - 100, T0 + 10),
         (T0 + 20, T0 + 90),
     ]
-    assert silences([T0 + 60], 60, T0) == []  # exactly max_sleep is no silence
-    assert silences([T0, T0 + 100], 60, None) == [(T0, T0 + 100)]
-    assert silences([], 60, T0) == []
+    assert silences([T0 + 60], user(), T0) == []  # exactly max_sleep is no silence
+    assert silences([T0, T0 + 100], user(), None) == [(T0, T0 + 100)]
+    assert silences([], user(), T0) == []
 
 
 def test_an_exit_code_of_zero_is_a_success_and_any_other_a_failure():

@@ -267,7 +267,16 @@ def test_testing_config_lists_each_users_settings_and_no_smtp_setting(store, clo
     answer = client_with_password(store, clock).post_json("/testing/config", {"password": "let me in"}, status=200)
     assert answer.json == {
         "recipient": "oncall@example.com",
-        "users": {"pi": {"monitor": True, "max_sleep": 60.0, "email_frequency": 600.0}},
+        "users": {
+            "pi": {
+                "monitor": True,
+                "max_sleep": 60.0,
+                "schedule": None,
+                "tz": None,
+                "grace": None,
+                "email_frequency": 600.0,
+            }
+        },
     }
     assert "smtp" not in answer.text.lower()
 
@@ -302,8 +311,12 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["users"]["pi"] == {
         "state": "pinging",
         "last_duration": None,
+        "schedule": None,
+        "tz": None,
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
+        "expected_at": T0 + 50,
+        "expected_at_local": "2026-09-21 16:14:10 CEST",
         "late_at": T0 + 50,
         "late_at_local": "2026-09-21 16:14:10 CEST",
         "last_alert": None,
