@@ -62,7 +62,7 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 
 # Debian packages as "command-or-file:package" pairs. Tests: Chromium for the testing page, the sqlite3
 # shell docs/database.md shows, time zone data. Benchmarks: wrk, time zone data (they run in Europe/Paris).
-TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata
+TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.

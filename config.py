@@ -227,16 +227,19 @@ def _parse_user(username, user, recipient, problems):
 
 
 def _watch(user, path, problems):
-    """(max_sleep, schedule, tz, grace) of a user's settings: exactly one of max_sleep and schedule."""
+    """(max_sleep, schedule, tz, grace) of a user's settings: exactly one of max_sleep and schedule.
+
+    Each key given is checked even when both are given, so every mistake is reported at once.
+    """
     if ("max_sleep" in user) == ("schedule" in user):
         given = "both" if "max_sleep" in user else "neither"
         problems.append(f"{path}: must have exactly one of max_sleep and schedule, got {given}")
-        return None, None, None, None
-    if "max_sleep" in user:
+    max_sleep = _seconds(user["max_sleep"], f"{path}.max_sleep", problems) if "max_sleep" in user else None
+    if "schedule" not in user:
         for key in ("tz", "grace"):
-            if key in user:
+            if key in user and "max_sleep" in user:
                 problems.append(f"{path}.{key}: only for a user with a schedule (this one has max_sleep)")
-        return _seconds(user["max_sleep"], f"{path}.max_sleep", problems), None, None, None
+        return max_sleep, None, None, None
     schedule = user["schedule"]
     problem = schedules.expression_problem(schedule)
     if problem is not None:
@@ -254,7 +257,7 @@ def _watch(user, path, problems):
                 " has no IANA name: set tz, such as Europe/Paris"
             )
     grace = _seconds(user["grace"], f"{path}.grace", problems) if "grace" in user else DEFAULT_GRACE
-    return None, schedule, tz, grace
+    return max_sleep, schedule, tz, grace
 
 
 def _device_emails(value, path, problems):

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -262,3 +264,83 @@ def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
 def test_a_bad_max_runtime_or_notify_recovery_is_named(key, value, problem):
     pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600, key: value}
     assert problems_of(valid_document(users={"pi": pi})) == [problem]
+
+
+def scheduled(**changes):
+    return {"monitor": True, "schedule": "30 2 * * 1-5", "email_frequency": 600, **changes}
+
+
+def test_a_user_may_have_a_schedule_in_a_zone_with_a_grace_instead_of_max_sleep():
+    settings = config.parse_settings(
+        valid_document(users={"backup": scheduled(tz="America/New_York", grace=900), "nightly": scheduled()})
+    )
+    backup = settings.users["backup"]
+    assert (backup.max_sleep, backup.schedule, backup.tz, backup.grace) == (None, "30 2 * * 1-5", "America/New_York", 900)
+    # Without tz, the service's local zone (TZ, Europe/Paris in the tests); without grace, an hour.
+    assert (settings.users["nightly"].tz, settings.users["nightly"].grace) == ("Europe/Paris", 3600.0)
+    pi = config.parse_settings(valid_document()).users["pi"]
+    assert (pi.max_sleep, pi.schedule, pi.tz, pi.grace) == (60.0, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("user", "problem"),
+    [
+        (
+            scheduled(schedule="0 25 * * *"),
+            'users.pi.schedule: is not a valid cron expression (bad hour), got "0 25 * * *"',
+        ),
+        (
+            scheduled(schedule="@daily"),
+            "users.pi.schedule: must be a cron expression of 5 fields (minute hour day-of-month month day-of-week),"
+            ' got "@daily"',
+        ),
+        (
+            scheduled(tz="Europe/Pariss"),
+            "users.pi.tz: is not a time zone known here (an IANA name such as Europe/Paris or America/New_York),"
+            ' got "Europe/Pariss"',
+        ),
+        (scheduled(grace=-1), "users.pi.grace: must be a number >= 0, got -1"),
+        (scheduled(max_sleep=60), "users.pi: must have exactly one of max_sleep and schedule, got both"),
+        ({"monitor": True, "email_frequency": 1}, "users.pi: must have exactly one of max_sleep and schedule, got neither"),
+        (
+            {"monitor": True, "max_sleep": 60, "email_frequency": 1, "grace": 60},
+            "users.pi.grace: only for a user with a schedule (this one has max_sleep)",
+        ),
+        (
+            {"monitor": True, "max_sleep": 60, "email_frequency": 1, "tz": "UTC"},
+            "users.pi.tz: only for a user with a schedule (this one has max_sleep)",
+        ),
+    ],
+)
+def test_every_schedule_mistake_is_named_by_its_key_path(user, problem):
+    assert problems_of(valid_document(users={"pi": user})) == [problem]
+
+
+def test_a_schedule_without_tz_needs_a_local_zone_with_an_iana_name(monkeypatch):
+    monkeypatch.setenv("TZ", "CET-1CEST")
+    assert problems_of(valid_document(users={"pi": scheduled()})) == [
+        'users.pi.tz: missing, and this process\'s local zone (TZ="CET-1CEST") has no IANA name: set tz, such as'
+        " Europe/Paris"
+    ]
+    assert config.parse_settings(valid_document(users={"pi": scheduled(tz="UTC")})).users["pi"].tz == "UTC"
+
+
+def test_a_bad_schedule_stops_startup_with_exit_status_2_and_one_line_per_problem(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(
+        json.dumps(valid_document(users={"pi": scheduled(schedule="0 2 * *", tz="Nowhere/City", max_sleep=5)}))
+    )
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--settings", str(path), "--db", str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert finished.returncode == 2
+    assert finished.stderr.splitlines() == [
+        "users.pi: must have exactly one of max_sleep and schedule, got both",
+        'users.pi.schedule: must be a cron expression of 5 fields (minute hour day-of-month month day-of-week),'
+        ' got "0 2 * *"',
+        'users.pi.tz: is not a time zone known here (an IANA name such as Europe/Paris or America/New_York),'
+        ' got "Nowhere/City"',
+    ]
