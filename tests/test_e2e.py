@@ -364,3 +364,27 @@ def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, s
     assert (start["kind"], start["time"]) == ("start", answer.split()[1])
     assert (success["kind"], success["body"], success["duration"] > 0.5) == ("success", "done", True)
     assert subjects(smtp_server) == ["job did not finish in time", "job is back"]
+
+
+# libfaketime (Debian's faketime package) starts the service's wall clock at a chosen moment, from which
+# it runs at the real pace: here 3 seconds before a nightly job's 02:30 run in Paris.
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run(tmp_path, start_server, smtp_server):
+    users = {
+        "backup": {"monitor": True, "schedule": "30 2 * * 1-5", "tz": "Europe/Paris", "grace": 1, "email_frequency": 3600}
+    }
+    service = start_server(
+        write_settings(tmp_path / "settings.json", users),
+        LD_PRELOAD=LIBFAKETIME,
+        FAKETIME="@2026-11-30 02:29:57",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+        TZ="Europe/Paris",
+    )
+    [(_, recipients, message)] = smtp_server.wait_for_messages(1)
+    assert (recipients, message["Subject"]) == (["oncall@example.com"], "backup disconnection detected")
+    body = message.get_content()
+    assert "backup missed its run expected by 02:30 CET (Mon 2026-11-30), grace 1 second" in body
+    assert "No ping received since monitoring began at 2026-11-30 02:29:5" in body
+    assert service.stop() == 0

@@ -12,8 +12,11 @@ from rules import (
     SILENT,
     Condition,
     condition,
+    deadline_after,
     decide,
     due_at,
+    expected_after,
+    expected_at,
     held_back_until,
     late_at,
     live_state,
@@ -240,3 +243,55 @@ def test_failed_and_running_states():
     alerted_failure = user(last_ping=T0, failed_at=T0, last_alert=T0 + 1, last_alert_kind=FAILURE, down_since=T0)
     assert live_state(alerted_failure, T0 + 2) == FAILED
     assert live_state(user(last_ping=T0, run_started=T0 + 1), T0 + 2) == RUNNING
+
+
+# T0 is Monday 2026-09-21 16:13:20 in Paris (CEST, UTC+2); the job runs at 02:30 Paris time on weekdays.
+NIGHTLY = {"schedule": "30 2 * * 1-5", "tz": "Europe/Paris", "grace": 900.0, "max_sleep": 0.0}
+TUESDAY_0230 = T0 + 10 * 3600 + 16 * 60 + 40  # 2026-09-22 02:30:00 CEST
+
+
+def test_a_scheduled_user_is_expected_at_the_first_run_after_its_last_contact_and_late_after_the_grace():
+    nightly = user(**NIGHTLY, last_ping=T0)
+    assert expected_at(nightly) == TUESDAY_0230
+    assert late_at(nightly) == TUESDAY_0230 + 900
+    assert condition(nightly, TUESDAY_0230 + 900) is None  # exactly the grace is not late
+    assert condition(nightly, TUESDAY_0230 + 900.5) == Condition(SILENCE, TUESDAY_0230 + 900)
+    # A ping after that run expects the next one: Wednesday's.
+    assert expected_at(user(**NIGHTLY, last_ping=TUESDAY_0230 + 60)) == TUESDAY_0230 + 86400
+
+
+def test_before_its_first_ping_a_scheduled_user_is_expected_after_the_start_of_monitoring():
+    assert late_at(user(**NIGHTLY, monitored_since=T0)) == TUESDAY_0230 + 900
+    # A ping before the start of monitoring counts from the start: downtime never counts.
+    assert late_at(user(**NIGHTLY, monitored_since=TUESDAY_0230 + 1, last_ping=T0)) == TUESDAY_0230 + 86400 + 900
+
+
+def test_expected_after_is_max_sleep_later_or_the_schedules_next_run():
+    assert expected_after(user(), T0) == T0 + 60
+    assert deadline_after(user(), T0) == T0 + 60
+    assert expected_after(user(**NIGHTLY), T0) == TUESDAY_0230
+    assert deadline_after(user(**NIGHTLY), T0) == TUESDAY_0230 + 900
+
+
+def test_a_scheduled_users_stored_deadline_is_its_last_contact_until_the_listener_computes_the_real_one():
+    nightly = user(**NIGHTLY, last_ping=T0 + 5)
+    assert due_at(nightly) == T0 + 5
+    assert due_at(dataclasses.replace(nightly, failed_at=T0 + 1)) == T0 + 1
+    decision = decide(nightly, T0 + 6)
+    assert (decision.alert, decision.next_due_at) == (None, TUESDAY_0230 + 900)
+    late = decide(nightly, TUESDAY_0230 + 901)
+    assert (late.alert, late.down_since, late.next_due_at) == (
+        Condition(SILENCE, TUESDAY_0230 + 900),
+        TUESDAY_0230 + 900,
+        TUESDAY_0230 + 901 + 600,
+    )
+
+
+def test_a_scheduled_user_is_pinging_until_its_deadline_then_late_and_its_missed_runs_are_silences():
+    nightly = user(**NIGHTLY, last_ping=T0)
+    assert live_state(nightly, TUESDAY_0230 + 900) == PINGING
+    assert live_state(nightly, TUESDAY_0230 + 901) == LATE
+    # Pings at 02:31 each night, then none on Thursday (expected by 02:45) until Thursday 10:00.
+    nights = [TUESDAY_0230 + 60, TUESDAY_0230 + 86400 + 60, TUESDAY_0230 + 2 * 86400 + 27000]
+    assert silences(nights, nightly, T0) == [(nights[1], nights[2])]
+

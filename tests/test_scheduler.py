@@ -1,5 +1,8 @@
+import contextlib
+import datetime
 import threading
 import time
+import zoneinfo
 
 import pytest
 
@@ -7,6 +10,7 @@ import mailer
 import scheduler
 from rules import retry_delay
 from scheduler import Scheduler
+from store import Store
 from support import T0, Clock, make_settings, outbox, query
 
 
@@ -259,3 +263,87 @@ def test_a_success_before_the_first_alert_sends_no_recovery(store, recording_mai
     steps.check_once(T0 + 3)
     steps.check_once(T0 + 62.5)
     assert subjects(store) == ["pi disconnection detected"]
+
+
+def paris(*fields, fold=0):
+    """The epoch of a wall-clock time in Paris (fold=1: the second pass of the hour repeated in October)."""
+    return datetime.datetime(*fields, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=fold).timestamp()
+
+
+NIGHTLY = {"nightly": {"monitor": True, "schedule": "30 2 * * *", "tz": "Europe/Paris", "grace": 900, "email_frequency": 3600}}
+
+
+def bodies(store):
+    return [body for (body,) in query(store.path, "SELECT body FROM outbox ORDER BY id")]
+
+
+def test_a_scheduled_user_is_alerted_once_its_run_and_grace_have_passed_naming_the_missed_run(store, recording_mailer):
+    monday = paris(2026, 11, 30, 1)
+    steps = make_scheduler(store, recording_mailer, NIGHTLY, now=monday)
+    # Due at once after the start: the listener stores the real deadline, 02:45.
+    assert steps.check_once(monday + 1) == 1
+    assert store.user("nightly").due_at == paris(2026, 11, 30, 2, 45)
+    assert steps.check_once(paris(2026, 11, 30, 2, 45)) == 0
+    steps.check_once(paris(2026, 11, 30, 2, 45, 1))
+    assert subjects(store) == ["nightly disconnection detected"]
+    assert (
+        "nightly missed its run expected by 02:30 CET (Mon 2026-11-30), grace 15 minutes"
+        " (schedule 30 2 * * * in Europe/Paris)" in bodies(store)[0]
+    )
+
+
+def test_a_scheduled_ping_costs_one_look_of_the_listener_which_stores_the_next_runs_deadline(store, recording_mailer):
+    monday = paris(2026, 11, 30, 1)
+    steps = make_scheduler(store, recording_mailer, NIGHTLY, now=monday)
+    steps.check_once(monday + 1)
+    store.record_ping("nightly", paris(2026, 11, 30, 2, 31))
+    assert store.user("nightly").due_at == paris(2026, 11, 30, 2, 31)
+    assert steps.check_once(paris(2026, 11, 30, 2, 31, 1)) == 1
+    assert store.user("nightly").due_at == paris(2026, 12, 1, 2, 45)
+    assert steps.check_once(paris(2026, 12, 1, 2, 45)) == 0
+    assert subjects(store) == []
+
+
+def test_no_false_alarm_in_the_repeated_hour_and_an_alert_right_after_the_skipped_one(store, recording_mailer):
+    # Healthchecks #912: a job run at the first 02:30 of the day clocks go back must not be late at the second.
+    steps = make_scheduler(store, recording_mailer, NIGHTLY, now=paris(2026, 10, 24, 12))
+    store.record_ping("nightly", paris(2026, 10, 25, 2, 31))
+    for minute in range(0, 60, 5):
+        steps.check_once(paris(2026, 10, 25, 2, minute, fold=1))
+    steps.check_once(paris(2026, 10, 26, 2, 45))
+    assert subjects(store) == []
+    # The day clocks go forward, 02:30 does not exist: the run is expected at 03:00, late after 03:15.
+    steps = make_scheduler(store, recording_mailer, NIGHTLY, now=paris(2026, 3, 28, 12))
+    steps.check_once(paris(2026, 3, 28, 12, 0, 1))
+    assert store.user("nightly").due_at == paris(2026, 3, 29, 3, 15)
+    steps.check_once(paris(2026, 3, 29, 3, 15, 1))
+    assert "expected by 03:00 CEST (Sun 2026-03-29), grace 15 minutes" in bodies(store)[0]
+
+
+def test_a_restart_in_the_middle_of_a_missed_run_keeps_the_outage_and_expects_the_next_run(tmp_path, recording_mailer):
+    path = tmp_path / "ping_listener.db"
+    monday = paris(2026, 11, 30, 1)
+    with contextlib.closing(Store(path)) as first:
+        steps = make_scheduler(first, recording_mailer, NIGHTLY, now=monday)
+        steps.check_once(paris(2026, 11, 30, 2, 46))  # the 02:30 run was missed: alerted
+    # Down from 02:47 to 03:00: started again, the outage is the same one; tomorrow's run is expected next.
+    with contextlib.closing(Store(path)) as second:
+        steps = make_scheduler(second, recording_mailer, NIGHTLY, now=paris(2026, 11, 30, 3))
+        steps.check_once(paris(2026, 11, 30, 3, 0, 1))
+        nightly = second.user("nightly")
+        assert (nightly.down_since, nightly.due_at) == (paris(2026, 11, 30, 2, 45), paris(2026, 12, 1, 2, 45))
+        assert steps.check_once(paris(2026, 11, 30, 3, 50)) == 0
+        second.record_ping("nightly", paris(2026, 11, 30, 9))
+        steps.check_once(paris(2026, 11, 30, 9, 0, 1))
+    assert subjects(second) == ["nightly disconnection detected", "nightly is back"]
+
+
+def test_a_restart_within_the_grace_forgives_the_run_it_interrupted(store, recording_mailer):
+    # The run at 02:30 may have pinged while the service was down: monitoring restarts at 02:40, and the
+    # next run expected is tomorrow's.
+    steps = make_scheduler(store, recording_mailer, NIGHTLY, now=paris(2026, 11, 30, 1))
+    store.sync_users(make_settings(NIGHTLY).users, paris(2026, 11, 30, 2, 40))
+    steps.check_once(paris(2026, 11, 30, 2, 40, 1))
+    steps.check_once(paris(2026, 11, 30, 2, 50))
+    assert subjects(store) == []
+    assert store.user("nightly").due_at == paris(2026, 12, 1, 2, 45)

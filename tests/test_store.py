@@ -648,13 +648,28 @@ SIGNAL_EVENTS = hypothesis.strategies.lists(
 )
 
 
+# How a user is watched: by max_sleep, or by a schedule every 5 minutes (with or without grace), whose
+# stored deadline is provisional until the listener's next step.
+WATCHES = [
+    {"max_sleep": 60},
+    {"schedule": "*/5 * * * *", "tz": "Europe/Paris", "grace": 30},
+    {"schedule": "*/5 * * * *", "tz": "Australia/Sydney", "grace": 0},
+]
+
+
 @hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(events=SIGNAL_EVENTS, max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]))
-def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(tmp_path_factory, events, max_runtime):
+@hypothesis.given(
+    events=SIGNAL_EVENTS,
+    max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]),
+    watch=hypothesis.strategies.sampled_from(WATCHES),
+)
+def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
+    tmp_path_factory, events, max_runtime, watch
+):
     # The deadline rule is written in SQL (on every signal and restart) and in rules.due_at: whatever
     # happens, they must agree, or the index would hide due users. After a listener step it is
     # what rules.decide chose.
-    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 100, "max_runtime": max_runtime}}
+    users = {"pi": {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}}
     store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
     try:
         for kind, offset in events:

@@ -729,3 +729,22 @@ def test_testing_state_shows_failed_and_running_users_and_the_last_runs_duration
     clock.now = T0 + 5
     client.get("/ping/job/0")
     assert client.post_json("/testing/state", {"password": "let me in"}).json["users"]["job"]["last_duration"] == 25
+
+
+def test_testing_state_shows_a_scheduled_users_schedule_and_real_deadline_right_after_a_ping(store, clock):
+    # T0 is Monday 2026-09-21 16:13:20 CEST; the job runs at 02:30 in New York (08:30 in Paris).
+    users = {"job": {"monitor": True, "schedule": "30 2 * * *", "tz": "America/New_York", "grace": 600, "email_frequency": 60}}
+    client = client_with_password(store, clock, users)
+    clock.now = T0
+    client.get("/ping?username=job", status=200)
+    assert store.user("job").due_at == T0  # provisional: the listener has not looked yet
+    config = client.post_json("/testing/config", {"password": "let me in"}, status=200).json["users"]["job"]
+    assert (config["max_sleep"], config["schedule"], config["tz"], config["grace"]) == (
+        None,
+        "30 2 * * *",
+        "America/New_York",
+        600,
+    )
+    job = client.post_json("/testing/state", {"password": "let me in"}, status=200).json["users"]["job"]
+    assert (job["state"], job["schedule"], job["tz"]) == ("pinging", "30 2 * * *", "America/New_York")
+    assert (job["expected_at_local"], job["late_at_local"]) == ("2026-09-22 08:30:00 CEST", "2026-09-22 08:40:00 CEST")
