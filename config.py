@@ -196,7 +196,9 @@ def _parse_user(username, user, recipient, problems):
     elif _CONTROL.search(username):
         problems.append(f"{path}: a username must not contain control characters")
     if not isinstance(user, dict):
-        problems.append(f"{path}: must be an object with monitor, max_sleep (or schedule) and email_frequency, got {_show(user)}")
+        problems.append(
+            f"{path}: must be an object with monitor, max_sleep (or schedule) and email_frequency, got {_show(user)}"
+        )
         return None
     _unknown_keys(user, USER_KEYS, path + ".", problems)
     monitor = _required(user, "monitor", path + ".", problems)

@@ -120,9 +120,7 @@ class RecentPings:
         for at in times:
             slot = math.floor(at / SLOT_SECONDS)
             recent.counts[slot] = recent.counts.get(slot, 0) + 1
-        recent.silences += [
-            silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start
-        ]
+        recent.silences += [silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start]
         recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
         recent.shown = None
 

@@ -275,7 +275,12 @@ def test_a_user_may_have_a_schedule_in_a_zone_with_a_grace_instead_of_max_sleep(
         valid_document(users={"backup": scheduled(tz="America/New_York", grace=900), "nightly": scheduled()})
     )
     backup = settings.users["backup"]
-    assert (backup.max_sleep, backup.schedule, backup.tz, backup.grace) == (None, "30 2 * * 1-5", "America/New_York", 900)
+    assert (backup.max_sleep, backup.schedule, backup.tz, backup.grace) == (
+        None,
+        "30 2 * * 1-5",
+        "America/New_York",
+        900,
+    )
     # Without tz, the service's local zone (TZ, Europe/Paris in the tests); without grace, an hour.
     assert (settings.users["nightly"].tz, settings.users["nightly"].grace) == ("Europe/Paris", 3600.0)
     pi = config.parse_settings(valid_document()).users["pi"]
@@ -301,7 +306,10 @@ def test_a_user_may_have_a_schedule_in_a_zone_with_a_grace_instead_of_max_sleep(
         ),
         (scheduled(grace=-1), "users.pi.grace: must be a number >= 0, got -1"),
         (scheduled(max_sleep=60), "users.pi: must have exactly one of max_sleep and schedule, got both"),
-        ({"monitor": True, "email_frequency": 1}, "users.pi: must have exactly one of max_sleep and schedule, got neither"),
+        (
+            {"monitor": True, "email_frequency": 1},
+            "users.pi: must have exactly one of max_sleep and schedule, got neither",
+        ),
         (
             {"monitor": True, "max_sleep": 60, "email_frequency": 1, "grace": 60},
             "users.pi.grace: only for a user with a schedule (this one has max_sleep)",
@@ -339,8 +347,8 @@ def test_a_bad_schedule_stops_startup_with_exit_status_2_and_one_line_per_proble
     assert finished.returncode == 2
     assert finished.stderr.splitlines() == [
         "users.pi: must have exactly one of max_sleep and schedule, got both",
-        'users.pi.schedule: must be a cron expression of 5 fields (minute hour day-of-month month day-of-week),'
+        "users.pi.schedule: must be a cron expression of 5 fields (minute hour day-of-month month day-of-week),"
         ' got "0 2 * *"',
-        'users.pi.tz: is not a time zone known here (an IANA name such as Europe/Paris or America/New_York),'
+        "users.pi.tz: is not a time zone known here (an IANA name such as Europe/Paris or America/New_York),"
         ' got "Nowhere/City"',
     ]

@@ -373,7 +373,13 @@ LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run(tmp_path, start_server, smtp_server):
     users = {
-        "backup": {"monitor": True, "schedule": "30 2 * * 1-5", "tz": "Europe/Paris", "grace": 1, "email_frequency": 3600}
+        "backup": {
+            "monitor": True,
+            "schedule": "30 2 * * 1-5",
+            "tz": "Europe/Paris",
+            "grace": 1,
+            "email_frequency": 3600,
+        }
     }
     service = start_server(
         write_settings(tmp_path / "settings.json", users),

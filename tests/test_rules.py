@@ -294,4 +294,3 @@ def test_a_scheduled_user_is_pinging_until_its_deadline_then_late_and_its_missed
     # Pings at 02:31 each night, then none on Thursday (expected by 02:45) until Thursday 10:00.
     nights = [TUESDAY_0230 + 60, TUESDAY_0230 + 86400 + 60, TUESDAY_0230 + 2 * 86400 + 27000]
     assert silences(nights, nightly, T0) == [(nights[1], nights[2])]
-

@@ -270,7 +270,9 @@ def paris(*fields, fold=0):
     return datetime.datetime(*fields, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=fold).timestamp()
 
 
-NIGHTLY = {"nightly": {"monitor": True, "schedule": "30 2 * * *", "tz": "Europe/Paris", "grace": 900, "email_frequency": 3600}}
+NIGHTLY = {
+    "nightly": {"monitor": True, "schedule": "30 2 * * *", "tz": "Europe/Paris", "grace": 900, "email_frequency": 3600}
+}
 
 
 def bodies(store):

@@ -733,7 +733,15 @@ def test_testing_state_shows_failed_and_running_users_and_the_last_runs_duration
 
 def test_testing_state_shows_a_scheduled_users_schedule_and_real_deadline_right_after_a_ping(store, clock):
     # T0 is Monday 2026-09-21 16:13:20 CEST; the job runs at 02:30 in New York (08:30 in Paris).
-    users = {"job": {"monitor": True, "schedule": "30 2 * * *", "tz": "America/New_York", "grace": 600, "email_frequency": 60}}
+    users = {
+        "job": {
+            "monitor": True,
+            "schedule": "30 2 * * *",
+            "tz": "America/New_York",
+            "grace": 600,
+            "email_frequency": 60,
+        }
+    }
     client = client_with_password(store, clock, users)
     clock.now = T0
     client.get("/ping?username=job", status=200)
