@@ -12,6 +12,7 @@ this) parses and evaluates the expressions; it follows Debian cron across daylig
   runs in both repeated hours and not in the skipped one.
 """
 
+import functools
 import os
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,9 @@ from cronsim import CronSim, CronSimError
 # The fields of the expressions accepted: cronsim also takes a sixth, seconds, which cron does not have.
 FIELDS = 5
 _LOCALTIME = Path("/etc/localtime")
+# next_time's answers kept: after a start every user's last contact is the same moment, so users that
+# share a schedule share one evaluation; and an alert's email asks again what its decision just did.
+NEXT_TIMES_KEPT = 4096
 
 
 def expression_problem(expression: object) -> str | None:
@@ -72,6 +76,7 @@ def local_zone_name() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=NEXT_TIMES_KEPT)
 def next_time(expression: str, zone: str, after: float) -> float | None:
     """The first time (epoch seconds) strictly after `after` at which `expression` fires in `zone`.
 

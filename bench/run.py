@@ -59,7 +59,7 @@ def _run_section(section, args, servers):
     if section == "burst":
         return throughput.run_bursts(servers, (1_000, 5_000, 10_000), args.rounds, _log)
     if section == "tick":
-        return tick.run((1_000, 10_000, 100_000), late_repeats=21, idle_repeats=501, log=_log)
+        return tick.run((1_000, 10_000, 100_000), (100_000,), late_repeats=21, idle_repeats=501, log=_log)
     if section == "startup":
         return footprint.startup(100_000, runs=3, log=_log)
     if section == "idle":
@@ -252,17 +252,22 @@ def _tick_table(rows, targets):
         " users late, 501 with nobody late), alert emails composed and queued with a recording mailer (no SMTP)."
         f" A step handles at most {scheduler.USERS_PER_STEP} due users; *all late users* is the listener's"
         " back-to-back steps until one is not full. Between timed steps, bench-only SQL on the bench's own"
-        " database puts the late users back as they were.",
+        " database puts the late users back as they were. *Scheduled* users are watched by cron schedules"
+        " in Europe/Paris (the late 1 % every minute, the others nightly with an hour's grace): a late one's"
+        " step also computes its next run with cronsim. After a start every scheduled user is due once, so"
+        " that the listener stores its real deadline: *after a start* is those back-to-back steps.",
         "",
-        "| users | late | one step, 1 % late | all late users (steps) | one step, 0 % late |",
-        "|---|---|---|---|---|",
+        "| users | late | one step, 1 % late | all late users (steps) | one step, 0 % late | after a start (steps) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
+        settle = "–" if row.settle_ms is None else f"{row.settle_ms:,.0f} ms ({row.steps_to_settle})"
         lines.append(
-            f"| {row.users:,} | {row.late:,} | {row.step_late_ms:.2f} ms | {row.backlog_late_ms:.2f} ms"
-            f" ({row.steps_for_backlog}) | {row.step_none_late_ms * 1000:.0f} µs |"
+            f"| {row.users:,}{' scheduled' if row.scheduled else ''} | {row.late:,} | {row.step_late_ms:.2f} ms"
+            f" | {row.backlog_late_ms:.2f} ms ({row.steps_for_backlog}) | {row.step_none_late_ms * 1000:.0f} µs"
+            f" | {settle} |"
         )
-    largest = max(rows, key=lambda row: row.users)
+    largest = max((row for row in rows if not row.scheduled), key=lambda row: row.users)
     if largest.users == 100_000:
         targets.append(
             ("tick at 100 000 users, 1 % late < 20 ms", f"{largest.step_late_ms:.1f} ms", largest.step_late_ms < 20)

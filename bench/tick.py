@@ -1,4 +1,5 @@
-"""Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late."""
+"""Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late;
+users watched by max_sleep, and by schedules."""
 
 import shutil
 import sqlite3
@@ -11,12 +12,18 @@ import mailer
 from bench import harness
 from mailer import SmtpMailer
 from scheduler import USERS_PER_STEP, Scheduler
+from schedules import next_time
 from store import Store
 
 MONITORING_START = 1_790_000_000.0
 LATE_EVERY = 100  # one user in LATE_EVERY is late: 1 %
 LATE_MAX_SLEEP = 60.0
 ON_TIME_MAX_SLEEP = 3600.0
+# Scheduled users: the 1 % every minute without grace (late at 16:14:00, 40 s after the start at
+# 16:13:20 Paris time), the others at 03:00 each night with an hour's grace.
+LATE_SCHEDULE = "* * * * *"
+ON_TIME_SCHEDULE = "0 3 * * *"
+ZONE = "Europe/Paris"
 # A step is timed at these moments: before anyone's deadline, and once the 1 % are past theirs.
 NOBODY_LATE_AT = MONITORING_START + LATE_MAX_SLEEP / 2
 SOME_LATE_AT = MONITORING_START + 2 * LATE_MAX_SLEEP
@@ -42,53 +49,86 @@ class TickRow:
 
     users: int
     late: int
+    # Whether the users are watched by schedules (else by max_sleep).
+    scheduled: bool
     step_late_ms: float
     backlog_late_ms: float
     steps_for_backlog: int
     step_none_late_ms: float
+    # Scheduled users only: the listener's back-to-back steps after a start, which store every user's
+    # real deadline (each is due at once after a start), in ms, and how many steps.
+    settle_ms: float | None = None
+    steps_to_settle: int | None = None
 
 
-def run(sizes, late_repeats, idle_repeats, log):
-    """Time steps at each number of users in `sizes`; return TickRows."""
+def run(sizes, scheduled_sizes, late_repeats, idle_repeats, log):
+    """Time steps at each number of users in `sizes` (max_sleep) and `scheduled_sizes` (schedules); return TickRows."""
     workdir = harness.BUILD_DIR / "tick"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     rows = []
-    for size in sizes:
-        rows.append(_measure(workdir / f"users-{size}.db", size, late_repeats, idle_repeats))
+    for scheduled, size in [(False, size) for size in sizes] + [(True, size) for size in scheduled_sizes]:
+        kind = "scheduled" if scheduled else "max_sleep"
+        rows.append(_measure(workdir / f"users-{kind}-{size}.db", size, scheduled, late_repeats, idle_repeats))
         row = rows[-1]
+        settled = (
+            "" if row.settle_ms is None else f"; after a start, {row.settle_ms:.0f} ms in {row.steps_to_settle} steps"
+        )
         log(
-            f"  {size:>7} users: {row.late} late, one step {row.step_late_ms:.2f} ms"
+            f"  {size:>7} {kind} users: {row.late} late, one step {row.step_late_ms:.2f} ms"
             f" (all late users: {row.backlog_late_ms:.2f} ms in {row.steps_for_backlog} steps);"
-            f" nobody late {row.step_none_late_ms * 1000:.0f} µs"
+            f" nobody late {row.step_none_late_ms * 1000:.0f} µs{settled}"
         )
     return rows
 
 
-def _measure(path, size, late_repeats, idle_repeats):
-    users = {
-        f"device-{index:06d}": config.UserConfig(
+def _user(index, scheduled):
+    late = index % LATE_EVERY == 0
+    if scheduled:
+        return config.UserConfig(
             monitor=True,
-            max_sleep=LATE_MAX_SLEEP if index % LATE_EVERY == 0 else ON_TIME_MAX_SLEEP,
+            max_sleep=None,
             email_frequency=3600.0,
             recipients=("oncall@example.com",),
+            schedule=LATE_SCHEDULE if late else ON_TIME_SCHEDULE,
+            tz=ZONE,
+            grace=0.0 if late else 3600.0,
         )
-        for index in range(size)
-    }
+    return config.UserConfig(
+        monitor=True,
+        max_sleep=LATE_MAX_SLEEP if late else ON_TIME_MAX_SLEEP,
+        email_frequency=3600.0,
+        recipients=("oncall@example.com",),
+    )
+
+
+def _measure(path, size, scheduled, late_repeats, idle_repeats):
+    users = {f"device-{index:06d}": _user(index, scheduled) for index in range(size)}
     settings = config.Settings(1.0, 5.0, None, users, "oncall@example.com")
     store = Store(path)
+    settle_ms = steps_to_settle = None
     try:
         store.sync_users(users, MONITORING_START)
         # check_once takes its time as an argument; the clock is only read when draining the outbox.
         scheduler = Scheduler(store, RecordingMailer(), settings, "http://127.0.0.1:8080", time.time)
+        if scheduled:
+            # Each late user pinged at its own moment, as real ones do: no two share an evaluation of
+            # their next run (schedules.next_time keeps recent answers).
+            for index in range(0, size, LATE_EVERY):
+                store.record_ping(f"device-{index:06d}", MONITORING_START + index / size)
+            # Once, untimed by the steps below: every scheduled user is due at once after a start.
+            began, steps_to_settle = time.perf_counter(), 1
+            while scheduler.check_once(MONITORING_START + 1) == USERS_PER_STEP:
+                steps_to_settle += 1
+            settle_ms = (time.perf_counter() - began) * 1000
         none_late = [_timed(scheduler.check_once, NOBODY_LATE_AT) for _ in range(idle_repeats)]
         restore = sqlite3.connect(path)
         one_step, backlog, steps = [], [], 0
         try:
             for _ in range(late_repeats):
-                _restore_late_users(restore)
+                _restore_late_users(restore, scheduled)
                 one_step.append(_timed(scheduler.check_once, SOME_LATE_AT))
-                _restore_late_users(restore)
+                _restore_late_users(restore, scheduled)
                 began, steps = time.perf_counter(), 1
                 # As the absence listener's loop does: a full step means more are due, so step again.
                 while scheduler.check_once(SOME_LATE_AT) == USERS_PER_STEP:
@@ -101,21 +141,33 @@ def _measure(path, size, late_repeats, idle_repeats):
     return TickRow(
         users=size,
         late=len(range(0, size, LATE_EVERY)),
+        scheduled=scheduled,
         step_late_ms=median(one_step) * 1000,
         backlog_late_ms=median(backlog) * 1000,
         steps_for_backlog=steps,
         step_none_late_ms=median(none_late) * 1000,
+        settle_ms=settle_ms,
+        steps_to_settle=steps_to_settle,
     )
 
 
-def _restore_late_users(connection):
+def _restore_late_users(connection, scheduled):
     # Bench-only SQL on the bench's own database: the late users are put back as they were before
     # their alert, so every timed step finds the same work.
     with connection:
-        connection.execute(
-            "UPDATE users SET last_alert = NULL, due_at = monitored_since + max_sleep WHERE max_sleep = ?",
-            (LATE_MAX_SLEEP,),
-        )
+        if scheduled:
+            # Nothing remembered from an earlier step: a real late user's last evaluation is long gone.
+            next_time.cache_clear()
+            connection.execute(
+                "UPDATE users SET last_alert = NULL, last_alert_kind = NULL, down_since = NULL, due_at = ?"
+                " WHERE schedule = ?",
+                (next_time(LATE_SCHEDULE, ZONE, MONITORING_START + 1), LATE_SCHEDULE),
+            )
+        else:
+            connection.execute(
+                "UPDATE users SET last_alert = NULL, due_at = monitored_since + max_sleep WHERE max_sleep = ?",
+                (LATE_MAX_SLEEP,),
+            )
         connection.execute("DELETE FROM outbox")
         connection.execute("DELETE FROM alerts")
 
