@@ -30,6 +30,10 @@ from store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 # A fixed "now": Monday 2026-09-21 16:13:20 in Paris, the zone the tests run in (conftest.py).
+# libfaketime (Debian's faketime package, which `make test` installs): a server started with
+# LD_PRELOAD=LIBFAKETIME and FAKETIME="@2026-11-30 02:29:57" has its wall clock start at that local time
+# and run at the real pace from there (FAKETIME_DONT_FAKE_MONOTONIC=1 leaves its monotonic clock alone).
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 T0 = 1_790_000_000.0
 SMTP_LOGIN = "alerts@example.com"
 SMTP_PASSWORD = "smtp-secret"

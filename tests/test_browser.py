@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from support import wait_until, write_settings
+from support import LIBFAKETIME, wait_until, write_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -284,3 +284,34 @@ def test_signal_buttons_show_running_and_failed_and_the_log_shows_the_recovery_e
         log.get_by_text(re.compile(r"^recovery email #\d+ about job .* sent to oncall@example\.com$"))
     ).to_be_visible()
     assert [message["Subject"] for _, _, message in smtp_server.messages] == ["job failure reported", "job is back"]
+
+
+def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expected_run(page, tmp_path, start_server):
+    # The service's clock starts 4 s before the nightly 02:30 run in Paris (libfaketime).
+    users = {
+        "backup": {"monitor": True, "schedule": "30 2 * * *", "tz": "Europe/Paris", "grace": 1, "email_frequency": 60}
+    }
+    service = start_server(
+        write_settings(tmp_path / "settings.json", users),
+        TESTING_PASSWORD=PASSWORD,
+        LD_PRELOAD=LIBFAKETIME,
+        FAKETIME="@2026-11-30 02:29:56",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+        TZ="Europe/Paris",
+    )
+    pings = []
+    page.route("**/ping?**", lambda route: (pings.append(route.request.url), route.continue_()))
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    backup = card(page, "backup")
+    expect(backup).to_contain_text("schedule30 2 * * * in Europe/Paris, grace 1 s")
+    expect(backup.locator(".expected-at")).to_have_text("2026-11-30 02:30:00 CET")
+    switch_on(page, "backup")
+    expect(page.locator("#log")).to_contain_text(
+        "backup: simulated pings on, one at each expected time of its schedule"
+    )
+    # Pinged at once, then again at 02:30: tomorrow's run is expected next, and it never went late.
+    expect(backup.locator(".expected-at")).to_have_text("2026-12-01 02:30:00 CET")
+    assert len(pings) == 2
+    expect(backup.locator(".state")).to_have_text("pinging")
+    expect(page.locator("#log")).not_to_contain_text("backup: pinging → late")

@@ -13,7 +13,17 @@ import urllib.parse
 import pytest
 
 from mailer import SMTP_TIMEOUT
-from support import ROOT, SMTP_LOGIN, SilentSmtpServer, free_port, outbox, server_env, wait_until, write_settings
+from support import (
+    LIBFAKETIME,
+    ROOT,
+    SMTP_LOGIN,
+    SilentSmtpServer,
+    free_port,
+    outbox,
+    server_env,
+    wait_until,
+    write_settings,
+)
 
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
 
@@ -366,11 +376,6 @@ def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, s
     assert subjects(smtp_server) == ["job did not finish in time", "job is back"]
 
 
-# libfaketime (Debian's faketime package) starts the service's wall clock at a chosen moment, from which
-# it runs at the real pace: here 3 seconds before a nightly job's 02:30 run in Paris.
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
-
 def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run(tmp_path, start_server, smtp_server):
     users = {
         "backup": {
@@ -381,6 +386,7 @@ def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run
             "email_frequency": 3600,
         }
     }
+    # The service's clock starts 3 seconds before the job's 02:30 run in Paris.
     service = start_server(
         write_settings(tmp_path / "settings.json", users),
         LD_PRELOAD=LIBFAKETIME,
