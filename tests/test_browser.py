@@ -287,7 +287,8 @@ def test_signal_buttons_show_running_and_failed_and_the_log_shows_the_recovery_e
 
 
 def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expected_run(page, tmp_path, start_server):
-    # The service's clock starts 4 s before the nightly 02:30 run in Paris (libfaketime).
+    # The service's clock starts 10 s before the nightly 02:30 run in Paris (libfaketime): time for Chromium
+    # to start and the page to be unlocked before the run.
     users = {
         "backup": {"monitor": True, "schedule": "30 2 * * *", "tz": "Europe/Paris", "grace": 1, "email_frequency": 60}
     }
@@ -295,7 +296,7 @@ def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expe
         write_settings(tmp_path / "settings.json", users),
         TESTING_PASSWORD=PASSWORD,
         LD_PRELOAD=LIBFAKETIME,
-        FAKETIME="@2026-11-30 02:29:56",
+        FAKETIME="@2026-11-30 02:29:50",
         FAKETIME_DONT_FAKE_MONOTONIC="1",
         TZ="Europe/Paris",
     )
@@ -306,6 +307,7 @@ def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expe
     backup = card(page, "backup")
     expect(backup).to_contain_text("schedule30 2 * * * in Europe/Paris, grace 1 s")
     expect(backup.locator(".expected-at")).to_have_text("2026-11-30 02:30:00 CET")
+    expect(backup.locator(".state")).to_have_text("silent")  # still before the run
     switch_on(page, "backup")
     expect(page.locator("#log")).to_contain_text(
         "backup: simulated pings on, one at each expected time of its schedule"
