@@ -95,3 +95,10 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
 def retry_delay(attempts: int) -> float:
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+
+
+def is_up(user: Watched, now: float) -> bool:
+    """Whether `user` counts as up at `now` (the metric ping_listener_up): False while it is late, alerted or
+    not, True otherwise (a user whose monitor is off included)."""
+    deadline = late_at(user)
+    return deadline is None or not now > deadline

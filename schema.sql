@@ -4,7 +4,7 @@
 
 -- One row per username ever configured. Rows are never deleted, so a user removed from
 -- settings.json keeps its history; `configured` says whether it is in the running settings.
--- monitor, max_sleep and email_frequency mirror settings.json as of the last start.
+-- monitor, max_sleep and email_frequency mirror settings.json as of the last start or reload.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
     username        TEXT    NOT NULL UNIQUE,
@@ -20,11 +20,16 @@ CREATE TABLE users (
     -- The earliest time at which the absence listener must look at this user again (it is late,
     -- or its alert throttle ends); NULL when nothing can be due (not configured, or monitor off).
     -- The listener finds due users through users_due, so a tick costs the number of due users.
-    due_at          REAL
+    due_at          REAL,
+    -- Pings and alerts recorded since the user was first configured, kept by the ping trigger and the
+    -- absence listener, for the metrics: a scrape reads one row per user, never the pings. Retention
+    -- does not lower them.
+    pings_total     INTEGER NOT NULL DEFAULT 0,
+    alerts_total    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 
--- Every ping ever received. The service records a ping as one INSERT; a trigger that exists only on
+-- Every ping received (within retention_days, if set). The service records a ping as one INSERT; a trigger that exists only on
 -- its own connections (store.py) moves the user's last_ping and due_at in the same statement.
 CREATE TABLE pings (
     id      INTEGER PRIMARY KEY,
@@ -42,6 +47,8 @@ CREATE TABLE alerts (
     last_ping REAL
 );
 CREATE INDEX alerts_by_user_time ON alerts (user_id, at);
+-- Retention deletes old alerts along this index.
+CREATE INDEX alerts_by_time ON alerts (at);
 
 -- Alert emails, one per recipient. A row leaves the queue (status 'queued') only once the SMTP
 -- server accepted it ('sent') or rejected it permanently ('failed'); both stay as history.
@@ -61,6 +68,11 @@ CREATE TABLE outbox (
     finished_at     REAL
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';
+-- Deleting an alert checks that no email refers to it: along this index, not a scan of the outbox.
+CREATE INDEX outbox_by_alert ON outbox (alert_id);
+-- The metrics count sent and failed emails, and retention finds old ones, along this index (queued ones
+-- along outbox_queue).
+CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';
 
 CREATE VIEW pings_readable AS
 SELECT users.username,

@@ -17,9 +17,23 @@ from typing import Any
 
 from config import UserConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
+HEALTH_TIMEOUT_MS = 500
+# How a database of an older version becomes the next: version it reaches -> its SQL. A new database
+# gets schema.sql, which is always the latest version.
+MIGRATIONS = {
+    # Counters for the metrics, so that a scrape never counts pings; indexes for retention and the
+    # outbox's counts by status; alerts_by_time and outbox_by_alert let old alerts go without a scan.
+    2: "ALTER TABLE users ADD COLUMN pings_total INTEGER NOT NULL DEFAULT 0;"
+    " ALTER TABLE users ADD COLUMN alerts_total INTEGER NOT NULL DEFAULT 0;"
+    " UPDATE users SET pings_total = (SELECT count(*) FROM pings WHERE user_id = users.id),"
+    " alerts_total = (SELECT count(*) FROM alerts WHERE user_id = users.id);"
+    " CREATE INDEX alerts_by_time ON alerts (at);"
+    " CREATE INDEX outbox_by_alert ON outbox (alert_id);"
+    " CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';",
+}
 
 # rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
 # the later of its last ping and the start of monitoring, plus max_sleep; NULL when not monitored.
@@ -51,6 +65,26 @@ RECENT_EMAILS_SQL = (
     " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY outbox.id DESC LIMIT ?"
 )
+# A metrics scrape: one row per configured user (its counters are kept by the ping trigger and by
+# save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
+USER_COUNTS_SQL = (
+    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
+    " pings_total, alerts_total FROM users WHERE configured = 1"
+)
+QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
+FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
+# Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
+# batch costs its size plus one index seek per user, never a scan of the pings); finished emails along
+# outbox_finished; alerts along alerts_by_time, once no outbox row refers to them.
+OLD_PINGS_SQL = "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = users.id AND pings.at < ? LIMIT ?"
+DELETE_OLD_EMAILS_SQL = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status != 'queued' AND status IN ('sent', 'failed')"
+    " AND finished_at < ? LIMIT ?)"
+)
+DELETE_OLD_ALERTS_SQL = (
+    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id) LIMIT ?)"
+)
 
 # A ping is one INSERT of a configured user's ping; this trigger, which exists only on the store's own
 # connections, moves that user's last_ping and deadline (rules.late_at, as _LATE_AT) in the same statement.
@@ -59,7 +93,8 @@ RECORD_PING_SQL = "INSERT INTO pings (user_id, at) SELECT id, ? FROM users WHERE
 _PING_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS ping_moves_deadline AFTER INSERT ON main.pings BEGIN"
     " UPDATE users SET last_ping = max(coalesce(last_ping, NEW.at), NEW.at),"
-    " due_at = CASE WHEN monitor THEN max(coalesce(last_ping, NEW.at), NEW.at, monitored_since) + max_sleep END"
+    " due_at = CASE WHEN monitor THEN max(coalesce(last_ping, NEW.at), NEW.at, monitored_since) + max_sleep END,"
+    " pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
     " END"
 )
@@ -94,6 +129,27 @@ class UserState:
     last_ping: float | None
     last_alert: float | None
     due_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserCounts:
+    """A configured user's state and its counters since it was first configured: pings and alerts recorded.
+
+    The counters never go down: retention deletes old pings and alerts, not what was counted.
+    """
+
+    user: UserState
+    pings: int
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsersChange:
+    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +239,20 @@ class Store:
         Users missing from `users` stop being monitored but keep their history. See
         restart_monitoring for what a restart does.
         """
-        rows = [(name, int(user.monitor), user.max_sleep, user.email_frequency) for name, user in users.items()]
         with self._write() as connection:
-            connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
-            connection.executemany(
-                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES (?, 1, ?, ?, ?)"
-                " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
-                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency",
-                rows,
-            )
+            _apply_users(connection, users, now)
             _restart_monitoring(connection, now)
+
+    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+        """Make the configured users exactly `users` without restarting anyone's monitoring, as a reload does.
+
+        A user added (or configured again) is monitored from `now`; a user removed stops being
+        monitored and keeps its history; a user whose monitor, max_sleep or email_frequency changed
+        gets its deadline moved at once (and, if its monitor was just turned on, is monitored from
+        `now`); every other user is left exactly as it was. Returns what changed.
+        """
+        with self._write() as connection:
+            return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
         """Monitor every configured user afresh from `now`, as a restart of the service does.
@@ -270,7 +330,8 @@ class Store:
                     )
                     continue
                 claimed = connection.execute(
-                    "UPDATE users SET last_alert = ?, due_at = ? WHERE id = ? AND due_at IS ?",
+                    "UPDATE users SET last_alert = ?, due_at = ?, alerts_total = alerts_total + 1"
+                    " WHERE id = ? AND due_at IS ?",
                     (now, outcome.next_due_at, user.id, user.due_at),
                 ).rowcount
                 if not claimed:
@@ -331,6 +392,58 @@ class Store:
                 " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
                 (status, error, now, email_id),
             )
+
+    def user_counts(self) -> list[UserCounts]:
+        """Every configured user's state and counters, for a metrics scrape: one indexed row per user."""
+        with self._read() as connection:
+            rows = connection.execute(USER_COUNTS_SQL).fetchall()
+        return [UserCounts(UserState(*row[:9]), row[9], row[10]) for row in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""
+        with self._read() as connection:
+            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
+            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
+        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
+
+    def delete_pings_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` pings older than `cutoff`; return how many were deleted.
+
+        Only the delete holds the write lock, for a batch of `limit` rows; the pings to delete are
+        found before, through pings_by_user_time. SQLite reuses the freed pages for new rows.
+        """
+        with self._read() as connection:
+            old = connection.execute(OLD_PINGS_SQL, (cutoff, limit)).fetchall()
+        if not old:
+            return 0
+        with self._write() as connection:
+            return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
+
+    def delete_history_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` sent or failed emails finished before `cutoff`, and up to `limit` alerts
+        decided before it that no email refers to any more; return how many rows were deleted.
+
+        Queued emails, and the alerts they belong to, are kept whatever their age.
+        """
+        with self._write() as connection:
+            emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
+            alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
+        return emails + alerts
+
+    def check_writable(self) -> None:
+        """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
+        StoreUnavailableError if not.
+
+        Takes the lock (BEGIN IMMEDIATE) and writes nothing: this is what a ping needs first. A health
+        check waits less than a ping would for a lock another process holds.
+        """
+        connection = self._connection()
+        connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
+        try:
+            with self._write():
+                pass
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def query_plan(self, sql: str, parameters: Sequence[Any] = ()) -> list[str]:
         """How SQLite would run `sql` here: the detail of each EXPLAIN QUERY PLAN row, in order.
@@ -402,12 +515,51 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
-        if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+        if version == 0 and connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
             raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+        # One transaction: a database is at one version or the next, never between.
+        steps = [SCHEMA_PATH.read_text()] if version == 0 else [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
         with self._write_lock:
-            connection.executescript(
-                f"BEGIN IMMEDIATE; {SCHEMA_PATH.read_text()}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+            connection.executescript(f"BEGIN IMMEDIATE; {'; '.join(steps)}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+
+def _apply_users(connection, users, now):
+    """Make the configured users exactly `users`, touching only those added, removed or changed (see reload_users)."""
+    configured = {
+        name: (bool(monitor), max_sleep, email_frequency)
+        for name, monitor, max_sleep, email_frequency in connection.execute(
+            "SELECT username, monitor, max_sleep, email_frequency FROM users WHERE configured = 1"
+        )
+    }
+    wanted = {name: (user.monitor, user.max_sleep, user.email_frequency) for name, user in users.items()}
+    removed = [name for name in configured if name not in wanted]
+    added = [name for name in wanted if name not in configured]
+    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+    connection.executemany(
+        "UPDATE users SET configured = 0, due_at = NULL WHERE username = ?", [(name,) for name in removed]
+    )
+    connection.executemany(
+        "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since)"
+        " VALUES (:name, 1, :monitor, :max_sleep, :email_frequency, :now)"
+        " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
+        " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency, monitored_since = :now",
+        [_user_parameters(name, wanted[name], now) for name in added],
+    )
+    # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
+    connection.executemany(
+        "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END,"
+        " monitor = :monitor, max_sleep = :max_sleep, email_frequency = :email_frequency WHERE username = :name",
+        [_user_parameters(name, wanted[name], now) for name in changed],
+    )
+    connection.executemany(
+        f"UPDATE users SET due_at = {_LATE_AT} WHERE username = ?", [(name,) for name in added + changed]
+    )
+    return UsersChange(tuple(added), tuple(removed), tuple(changed))
+
+
+def _user_parameters(name, parameters, now):
+    monitor, max_sleep, email_frequency = parameters
+    return {"name": name, "monitor": int(monitor), "max_sleep": max_sleep, "email_frequency": email_frequency, "now": now}
 
 
 def _restart_monitoring(connection, now):
