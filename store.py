@@ -518,9 +518,15 @@ class Store:
         if version == 0 and connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
             raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
         # One transaction: a database is at one version or the next, never between.
-        steps = [SCHEMA_PATH.read_text()] if version == 0 else [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
+        steps = (
+            [SCHEMA_PATH.read_text()]
+            if version == 0
+            else [MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
+        )
         with self._write_lock:
-            connection.executescript(f"BEGIN IMMEDIATE; {'; '.join(steps)}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            connection.executescript(
+                f"BEGIN IMMEDIATE; {'; '.join(steps)}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
 
 
 def _apply_users(connection, users, now):
@@ -559,7 +565,13 @@ def _apply_users(connection, users, now):
 
 def _user_parameters(name, parameters, now):
     monitor, max_sleep, email_frequency = parameters
-    return {"name": name, "monitor": int(monitor), "max_sleep": max_sleep, "email_frequency": email_frequency, "now": now}
+    return {
+        "name": name,
+        "monitor": int(monitor),
+        "max_sleep": max_sleep,
+        "email_frequency": email_frequency,
+        "now": now,
+    }
 
 
 def _restart_monitoring(connection, now):

@@ -8,19 +8,23 @@ app is server.py.
 import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
-from config import Settings
+import metrics
+from config import LiveSettings
 from guards import (
-    WRONG_PASSWORD_CLIENTS,
+    WRONG_PASSWORD_GLOBAL_LIMIT,
     WRONG_PASSWORD_LIMIT,
     WRONG_PASSWORD_WINDOW,
+    BearerGuard,
     PasswordGuard,
     WrongPasswordLimiter,
+    check_ping_token,
 )
 from localtime import (
     QueryError,
@@ -41,6 +45,7 @@ MAX_REQUEST_BODY = 64 * 1024
 # Error messages may quote what the client sent (a username); a long one is cut to this length.
 MAX_ERROR_MESSAGE = 200
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
+METRICS_DISABLED = "metrics are disabled: METRICS_TOKEN is not set"
 PING_METHODS = ("GET", "POST", "HEAD")
 PLAIN_TEXT = "text/plain; charset=utf-8"
 # The most times one /logs answer lists (about 1.2 MB and 60 ms of CPU): more than one ping a second
@@ -62,10 +67,25 @@ SECURITY_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Operations:
+    """What the operators' endpoints answer from: /healthz and /metrics."""
+
+    # Why the service is unhealthy (a loop stopped, the database not answering), or None.
+    health_problem: Callable[[], str | None]
+    metrics: metrics.Exporter
+    # Unlocks /metrics as a bearer token; None disables it.
+    metrics_token: str | None
+
+
 def make_app(
-    store: Store, settings: Settings, clock: Callable[[], float], testing_password: str | None
+    store: Store,
+    settings: LiveSettings,
+    clock: Callable[[], float],
+    testing_password: str | None,
+    operations: Operations,
 ) -> WSGIApplication:
-    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
+    """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them.
@@ -73,10 +93,11 @@ def make_app(
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
-    wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_CLIENTS)
+    wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
     testing_only = PasswordGuard(
         "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
+    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED)
 
     @app.hook("after_request")
     def security_headers():
@@ -110,7 +131,7 @@ def make_app(
         return {
             "users": {
                 name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
-                for name, user in settings.users.items()
+                for name, user in settings.current.users.items()
             }
         }
 
@@ -125,10 +146,26 @@ def make_app(
             "emails": [_email_event(email) for email in reversed(store.recent_emails(RECENT_EMAILS))],
         }
 
-    return _with_fast_ping(app, store, clock)
+    @app.get("/healthz")
+    def healthz():
+        problem = operations.health_problem()
+        if problem is not None:
+            raise bottle.HTTPError(503, problem)
+        bottle.response.content_type = PLAIN_TEXT
+        return "ok"
+
+    @app.get("/metrics")
+    @metrics_only
+    def prometheus_metrics():
+        bottle.response.content_type = metrics.CONTENT_TYPE
+        return operations.metrics.scrape()
+
+    return _with_fast_ping(app, store, settings, clock)
 
 
-def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], float]) -> WSGIApplication:
+def _with_fast_ping(
+    app: WSGIApplication, store: Store, settings: LiveSettings, clock: Callable[[], float]
+) -> WSGIApplication:
     """`app` behind a WSGI function that answers /ping itself, with the same answers Bottle would give.
 
     Every device's heartbeat is a ping: Bottle's routing and request and response objects would
@@ -145,7 +182,7 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            text = _record_ping(environ, store, clock)
+            text = _record_ping(environ, store, settings, clock)
             status = "200 OK"
         except bottle.HTTPError as error:
             status, text = error.status_line, _error_text(error)
@@ -160,14 +197,20 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
     return wsgi
 
 
-def _record_ping(environ: WSGIEnvironment, store: Store, clock: Callable[[], float]) -> str:
+def _record_ping(environ: WSGIEnvironment, store: Store, settings: LiveSettings, clock: Callable[[], float]) -> str:
     """Record the ping that `environ` asks for; its answer text, or a bottle.HTTPError."""
     try:
-        username = query_fields(environ.get("QUERY_STRING", "")).get("username")
+        query = query_fields(environ.get("QUERY_STRING", ""))
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
+    username = query.get("username")
     if not username:
         raise bottle.HTTPError(400, "missing username")
+    # The settings in force say who may ping, and with which token; the store follows them on a reload.
+    user = settings.current.users.get(username)
+    if user is None:
+        raise bottle.HTTPError(404, f"unknown user {username}")
+    check_ping_token(user, username, query, environ)
     now = clock()
     try:
         store.record_ping(username, now)
@@ -180,6 +223,10 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
     """A user's live state for the testing page, each time as epoch seconds and as local time."""
     return {
         "state": live_state(user, now),
+        # Its settings too, so that the page follows a reload.
+        "monitor": bool(user.monitor),
+        "max_sleep": user.max_sleep,
+        "email_frequency": user.email_frequency,
         **_times(last_ping=user.last_ping, late_at=late_at(user), last_alert=user.last_alert),
     }
 

@@ -22,8 +22,11 @@ import warnings
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from prometheus_client import Histogram
 
 import config
+import metrics
+import web
 from mailer import SmtpMailer
 from store import Store
 
@@ -336,3 +339,15 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+    """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
+    step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+
+
+def make_test_app(store, settings, clock, testing_password=None, **operations):
+    """web.make_app over `settings` (Settings, or LiveSettings to replace them later) and app_operations()."""
+    live = settings if isinstance(settings, config.LiveSettings) else config.LiveSettings(settings)
+    return web.make_app(store, live, clock, testing_password, app_operations(store, clock, **operations))

@@ -5,6 +5,7 @@ import pytest
 
 import mailer
 import scheduler
+from config import LiveSettings
 from rules import retry_delay
 from scheduler import Scheduler
 from support import T0, Clock, make_settings, outbox
@@ -36,7 +37,7 @@ def recording_mailer():
 def make_scheduler(store, recording_mailer, users=None, now=T0, clock=None, **top_level):
     settings = make_settings(users, **top_level)
     store.sync_users(settings.users, now)
-    return Scheduler(store, recording_mailer, settings, "https://example.net", clock or Clock(now))
+    return Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock or Clock(now))
 
 
 def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequency_passed(store, recording_mailer):
@@ -96,7 +97,7 @@ def test_monitor_false_never_queues_an_email(store, recording_mailer):
     assert outbox(store.path) == []
 
 
-def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog):
+def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog, monkeypatch):
     settings = make_settings(
         {
             "pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
@@ -104,12 +105,32 @@ def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recordi
         }
     )
     store.sync_users(settings.users, T0)
-    settings.users.pop("pi")  # as if its config vanished once stored: composing its alert raises
-    steps = Scheduler(store, recording_mailer, settings, "https://example.net", Clock(T0))
+    compose = mailer.compose_alert
+
+    def compose_or_fail(user, server_root):
+        if user.username == "pi":
+            raise ValueError("a bug")
+        return compose(user, server_root)
+
+    monkeypatch.setattr(mailer, "compose_alert", compose_or_fail)
+    steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", Clock(T0))
     assert steps.check_once(T0 + 2) == 2
     assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
     assert "cannot decide about user 'pi'" in caplog.text
     assert steps.check_once(T0 + 2 + scheduler.BAD_USER_DELAY - 1) == 0
+
+
+def test_a_user_removed_from_the_settings_in_force_is_no_longer_alerted(store, recording_mailer, caplog):
+    user_config = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    live = LiveSettings(make_settings({"pi": user_config, "nas": user_config}))
+    store.sync_users(live.current.users, T0)
+    steps = Scheduler(store, recording_mailer, live, "https://example.net", Clock(T0))
+    # A reload has put new settings in force and the store has not followed yet.
+    live.replace(make_settings({"nas": user_config}))
+    assert steps.check_once(T0 + 2) == 2
+    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
+    assert caplog.text == ""
+    assert steps.check_once(T0 + 1000) == 1  # nas again; pi is not looked at any more
 
 
 def test_a_step_looks_at_a_bounded_batch_of_users(store, recording_mailer):

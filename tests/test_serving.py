@@ -17,7 +17,7 @@ import serving
 import web
 from loadgen import burst, open_idle_connections, pipeline_without_reading
 from store import Store
-from support import make_settings, write_settings
+from support import make_settings, make_test_app, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -46,7 +46,7 @@ def serve_in_thread(app, limits=None):
 def app(store):
     settings = make_settings(USERS)
     store.sync_users(settings.users, BUSY_DAY)
-    return web.make_app(store, settings, time.time, None)
+    return make_test_app(store, settings, time.time, None)
 
 
 def get(port, path, timeout=5):

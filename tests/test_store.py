@@ -386,7 +386,9 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
     with sqlite3.connect(path) as connection:
         connection.executescript((Path(__file__).parent / "schema_v1.sql").read_text())
         connection.execute("PRAGMA user_version = 1")
-        connection.execute("INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES ('pi', 1, 1, 60, 600)")
+        connection.execute(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES ('pi', 1, 1, 60, 600)"
+        )
         connection.executemany("INSERT INTO pings (user_id, at) VALUES (1, ?)", [(T0 + 1,), (T0 + 2,)])
     migrated = Store(path)
     try:
@@ -459,7 +461,10 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
     synced(store, users={"pi": user(), "nas": user()})
     users = store.due_users(T0 + 61, 10)
     store.save_check_outcomes(
-        [alert_outcome(users[0], T0 + 700, "a@example.com", "b@example.com"), alert_outcome(users[1], T0 + 700, "c@example.com")],
+        [
+            alert_outcome(users[0], T0 + 700, "a@example.com", "b@example.com"),
+            alert_outcome(users[1], T0 + 700, "c@example.com"),
+        ],
         T0 + 61,
     )
     a, b, c = store.due_emails(T0 + 61, 10)
