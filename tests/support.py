@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import http.server
 import json
 import os
 import selectors
@@ -153,6 +154,46 @@ class SilentSmtpServer:
             self.connections.append(connection)
 
 
+class HttpReceiver:
+    """A real HTTP server on 127.0.0.1 (http.server in a thread) that records the path of every GET.
+
+    Set `status` to answer with another status than 200. Use as a context manager, or call stop().
+    """
+
+    def __init__(self):
+        self.paths = []
+        self.status = 200
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                receiver.paths.append(self.path)
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Stop answering and close the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
 def _authenticate(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
         SMTP_LOGIN.encode(),
@@ -227,10 +268,15 @@ class ServerProcess:
         self.process.wait()
         self._log.close()
 
-    def get(self, path, timeout=10):
-        """GET `path`; return (status, body text)."""
+    def reload(self):
+        """Send it SIGHUP, as `systemctl reload` does."""
+        self.process.send_signal(signal.SIGHUP)
+
+    def get(self, path, timeout=10, headers=None):
+        """GET `path` (with `headers`, a dict, if given); return (status, body text)."""
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as answer:
+            request = urllib.request.Request(self.url + path, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
                 return answer.status, answer.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
