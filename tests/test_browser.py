@@ -180,3 +180,18 @@ def test_testing_mode_disabled_while_the_page_is_open_locks_it(page, service):
     )
     expect(page.locator("#log")).to_contain_text("locked: 503: switched off")
     expect(page.get_by_label("Testing password")).to_be_visible()
+
+
+def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(page, service, tmp_path):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
+    write_settings(
+        tmp_path / "settings.json",
+        {"pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1}, "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1}},
+    )
+    service.reload()
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", "nas"])
+    expect(card(page, "pi")).to_contain_text("max_sleep30 s")
+    expect(card(page, "nas").locator(".state")).to_have_text("pinging")
+    expect(page.locator("#log")).to_contain_text(f"{HOSTILE_NAME}: no longer in the server's settings")
