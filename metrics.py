@@ -15,37 +15,25 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from rules import is_up
-from store import Store, UserCounts
+from store import Store
 
 # The classic text format, which every Prometheus reads; generate_latest writes it by default.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-# name, type, help, sample value of a user's row at `now` (None: no sample for that user).
-_PER_USER: tuple[tuple[str, str, str, Callable[[UserCounts, float], float | None]], ...] = (
-    (
-        "ping_listener_up",
-        "gauge",
-        "1 if the user is not late (or not monitored), 0 while it is late, alerted or not.",
-        lambda row, now: 1.0 if is_up(row.user, now) else 0.0,
-    ),
-    (
-        "ping_listener_last_ping_timestamp_seconds",
+_HELP = {
+    "ping_listener_up": ("gauge", "1 if the user is not late (or not monitored), 0 while it is late, alerted or not."),
+    "ping_listener_last_ping_timestamp_seconds": (
         "gauge",
         "When the user's last ping was recorded, UTC epoch seconds (no sample before its first ping).",
-        lambda row, now: row.user.last_ping,
     ),
-    (
-        "ping_listener_pings_total",
+    "ping_listener_pings_total": (
         "counter",
         "Pings recorded for the user since it was first configured (retention does not lower it).",
-        lambda row, now: float(row.pings),
     ),
-    (
-        "ping_listener_alerts_total",
+    "ping_listener_alerts_total": (
         "counter",
         "Alerts decided about the user since it was first configured (one per silence and email_frequency).",
-        lambda row, now: float(row.alerts),
     ),
-)
+}
 
 
 class Exporter:
@@ -65,18 +53,24 @@ class Exporter:
         """Every metric, in the Prometheus text format (CONTENT_TYPE)."""
         rows = self._store.user_counts()
         now = self._clock()
-        labels = {
-            row.user.username: self._labels.get(row.user.username) or _label_set(row.user.username) for row in rows
-        }
-        self._labels = labels
-        lines = []
-        for name, kind, help_text, value in _PER_USER:
-            lines.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            for row in rows:
-                sample = value(row, now)
-                if sample is not None:
-                    lines.append(f"{name}{labels[row.user.username]} {sample!r}\n")
-        return "".join(lines).encode() + generate_latest(self._registry)
+        cached = self._labels
+        self._labels = labels = {row.username: cached.get(row.username) or _label_set(row.username) for row in rows}
+        # One pass over the rows, one list of lines per family.
+        up, last_ping, pings, alerts = families = [[_header(name)] for name in _HELP]
+        for row in rows:
+            label = labels[row.username]
+            up.append(f"ping_listener_up{label} {1.0 if is_up(row.late_at, now) else 0.0}\n")
+            if row.last_ping is not None:
+                last_ping.append(f"ping_listener_last_ping_timestamp_seconds{label} {row.last_ping!r}\n")
+            pings.append(f"ping_listener_pings_total{label} {row.pings}.0\n")
+            alerts.append(f"ping_listener_alerts_total{label} {row.alerts}.0\n")
+        text = "".join(line for family in families for line in family)
+        return text.encode() + generate_latest(self._registry)
+
+
+def _header(name: str) -> str:
+    kind, help_text = _HELP[name]
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
 
 def _label_set(username: str) -> str:

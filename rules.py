@@ -97,8 +97,7 @@ def retry_delay(attempts: int) -> float:
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
 
 
-def is_up(user: Watched, now: float) -> bool:
-    """Whether `user` counts as up at `now` (the metric ping_listener_up): False while it is late, alerted or
-    not, True otherwise (a user whose monitor is off included)."""
-    deadline = late_at(user)
+def is_up(deadline: float | None, now: float) -> bool:
+    """Whether a user whose late_at() is `deadline` counts as up at `now` (the metric ping_listener_up): False
+    while it is late, alerted or not, True otherwise (a user whose monitor is off included)."""
     return deadline is None or not now > deadline

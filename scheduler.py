@@ -216,7 +216,7 @@ class Scheduler:
         ):
             self._start_thread(name, self._loop, step, full_step, delay, pause)
 
-    def on_request(self, name: str, requested: threading.Event, action: Callable[[], None]) -> None:
+    def on_request(self, name: str, requested: threading.Event, action: Callable[[], object]) -> None:
         """Run `action` in a thread of its own each time `requested` is set (e.g. from a signal handler),
         until the scheduler stops. The event is cleared before `action` runs, so a request made
         meanwhile runs it again."""
@@ -250,7 +250,7 @@ class Scheduler:
             # A full step means more work is waiting: go on after `pause_when_full` (0: at once).
             self._stop.wait(max(delay(), MIN_LOOP_DELAY) if done < full_step else pause_when_full)
 
-    def _serve_requests(self, requested: threading.Event, action: Callable[[], None]) -> None:
+    def _serve_requests(self, requested: threading.Event, action: Callable[[], object]) -> None:
         while not self._stop.is_set():
             if not requested.wait(REQUEST_POLL):
                 continue

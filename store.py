@@ -35,7 +35,8 @@ MIGRATIONS = {
     " CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';",
 }
 
-# rules.late_at restated in SQL, so that the deadline can be stored and found through an index:
+# rules.late_at restated in SQL, so that the deadline can be stored and found through an index (and read
+# for the metrics without building each user's state):
 # the later of its last ping and the start of monitoring, plus max_sleep; NULL when not monitored.
 # Written at every start (here) and on every ping (_PING_TRIGGER_SQL, the same rule given the new
 # ping). tests/test_store.py checks with random pings and restarts that they agree with the rule.
@@ -67,10 +68,7 @@ RECENT_EMAILS_SQL = (
 )
 # A metrics scrape: one row per configured user (its counters are kept by the ping trigger and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
-USER_COUNTS_SQL = (
-    "SELECT id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
-    " pings_total, alerts_total FROM users WHERE configured = 1"
-)
+USER_COUNTS_SQL = f"SELECT username, {_LATE_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured = 1"
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 # Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
@@ -133,12 +131,15 @@ class UserState:
 
 @dataclass(frozen=True, slots=True)
 class UserCounts:
-    """A configured user's state and its counters since it was first configured: pings and alerts recorded.
+    """A configured user's deadline (rules.late_at, None if not monitored), last ping and counters.
 
-    The counters never go down: retention deletes old pings and alerts, not what was counted.
+    The counters, pings and alerts recorded since the user was first configured, never go down:
+    retention deletes old pings and alerts, not what was counted.
     """
 
-    user: UserState
+    username: str
+    late_at: float | None
+    last_ping: float | None
     pings: int
     alerts: int
 
@@ -394,10 +395,10 @@ class Store:
             )
 
     def user_counts(self) -> list[UserCounts]:
-        """Every configured user's state and counters, for a metrics scrape: one indexed row per user."""
+        """Every configured user's deadline and counters, for a metrics scrape: one row per user, no ping read."""
         with self._read() as connection:
             rows = connection.execute(USER_COUNTS_SQL).fetchall()
-        return [UserCounts(UserState(*row[:9]), row[9], row[10]) for row in rows]
+        return [UserCounts(*row) for row in rows]
 
     def outbox_counts(self) -> dict[str, int]:
         """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""
@@ -529,7 +530,7 @@ class Store:
             )
 
 
-def _apply_users(connection, users, now):
+def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig], now: float) -> UsersChange:
     """Make the configured users exactly `users`, touching only those added, removed or changed (see reload_users)."""
     configured = {
         name: (bool(monitor), max_sleep, email_frequency)

@@ -188,7 +188,10 @@ def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(p
     expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
     write_settings(
         tmp_path / "settings.json",
-        {"pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1}, "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1}},
+        {
+            "pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1},
+            "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1},
+        },
     )
     service.reload()
     expect(page.get_by_role("heading", level=3)).to_have_text(["pi", "nas"])

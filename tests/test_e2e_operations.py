@@ -129,8 +129,10 @@ def test_metrics_and_healthz_of_the_running_service(tmp_path, start_server):
     assert [(s.labels, s.value) for s in families["ping_listener_pings"].samples] == [({"user": "pi"}, 1.0)]
     assert [s.value for s in families["ping_listener_up"].samples] == [1.0]
     wait_until(
-        lambda: "ping_listener_absence_step_seconds_count 0.0"
-        not in service.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1],
+        lambda: (
+            "ping_listener_absence_step_seconds_count 0.0"
+            not in service.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1]
+        ),
         message="an absence step measured",
     )
     assert service.stop() == 0
@@ -158,7 +160,9 @@ def test_the_service_runs_on_when_its_heartbeat_url_is_down(tmp_path, start_serv
     receiver = HttpReceiver()
     url = receiver.url + "/hb"
     receiver.stop()
-    service = start_server(write_settings(tmp_path / "settings.json", {"pi": QUIET}, heartbeat_url=url, heartbeat_frequency=0.1))
+    service = start_server(
+        write_settings(tmp_path / "settings.json", {"pi": QUIET}, heartbeat_url=url, heartbeat_frequency=0.1)
+    )
     wait_until(lambda: service.log().count("heartbeat to 127.0.0.1 failed") >= 2, message="failures logged")
     assert service.get("/ping?username=pi")[0] == 200
     assert service.get("/healthz") == (200, "ok")
@@ -169,7 +173,16 @@ def run_server(settings_text, tmp_path):
     settings = tmp_path / "settings.json"
     settings.write_text(settings_text)
     return subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "--settings", str(settings), "--db", str(tmp_path / "db"), "--port", "0"],
+        [
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--settings",
+            str(settings),
+            "--db",
+            str(tmp_path / "db"),
+            "--port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -183,7 +196,8 @@ def test_hostile_usernames_stop_startup_with_key_path_lines_not_a_traceback(tmp_
     text = (
         '{"base_frequency": 1, "email_processing_frequency": 1, "recipient": "a@example.com",'
         f' "server_root": "https://example.net/\\ud800", "users": {{"\\ud800": {user}, "a\\u2028b": {user},'
-        f' "{huge}": {{"monitor": true, "max_sleep": "{huge}", "email_frequency": 1, "device_email": "\\udfff@x.io"}}}}}}'
+        f' "{huge}": {{"monitor": true, "max_sleep": "{huge}", "email_frequency": 1,'
+        ' "device_email": "\\udfff@x.io"}}}'
     )
     result = run_server(text, tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -187,7 +187,9 @@ def test_a_silent_smtp_server_costs_one_timed_out_attempt_then_the_email_is_sent
     assert (status, attempts) == ("queued", 1)
     assert "timed out" in error
 
-    working = Scheduler(store, smtp_mailer(smtp_server.port, timeout=5), LiveSettings(settings), "https://example.net", clock)
+    working = Scheduler(
+        store, smtp_mailer(smtp_server.port, timeout=5), LiveSettings(settings), "https://example.net", clock
+    )
     clock.now += retry_delay(1)
     assert working.drain_once(clock.now) == 1
     [(_, _, message)] = smtp_server.wait_for_messages(1)

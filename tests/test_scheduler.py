@@ -196,7 +196,9 @@ def test_the_loops_stop_promptly_and_a_zero_frequency_does_not_spin(store, recor
 # --- retention, health, heartbeat, requests ------------------------------------------------------------
 
 
-def test_retention_deletes_old_pings_and_history_in_batches_and_keeps_queued_emails(store, recording_mailer, monkeypatch):
+def test_retention_deletes_old_pings_and_history_in_batches_and_keeps_queued_emails(
+    store, recording_mailer, monkeypatch
+):
     monkeypatch.setattr(scheduler, "RETENTION_BATCH", 3)
     users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}
     steps = make_scheduler(store, recording_mailer, users, retention_days=1)
@@ -315,7 +317,7 @@ def test_a_failed_heartbeat_is_logged_naming_only_the_host_and_blocks_nothing(
         receiver.stop()
         hung.stop()
     expected = {"down": "Connection refused", "500": "HTTP 500", "hangs": "timed out"}[failure]
-    assert f"heartbeat to 127.0.0.1 failed: " in caplog.text and expected in caplog.text
+    assert "heartbeat to 127.0.0.1 failed: " in caplog.text and expected in caplog.text
     assert "secret-uuid" not in caplog.text
 
 

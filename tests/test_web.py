@@ -404,7 +404,9 @@ TOKEN = "s3cret-token-0123456789"
 
 
 @pytest.mark.parametrize("path", TESTING_ENDPOINTS)
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
 def test_testing_endpoints_want_json_before_anything_else_and_count_nothing_else(store, clock, path, content_type):
     client = client_with_password(store, clock)
     body = b'{"password": "guess"}'
@@ -545,7 +547,9 @@ def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock)
 
     def per_user(name):
         return {
-            labels[0][1]: value for (sample, labels), value in samples.items() if sample == name and labels[0][0] == "user"
+            labels[0][1]: value
+            for (sample, labels), value in samples.items()
+            if sample == name and labels[0][0] == "user"
         }
 
     hostile = HOSTILE_NAME + '\\"'
