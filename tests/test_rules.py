@@ -1,4 +1,4 @@
-from rules import ALERTED, LATE, PINGING, SILENT, decide, late_at, live_state, retry_delay
+from rules import ALERTED, LATE, PINGING, SILENT, decide, is_up, late_at, live_state, retry_delay
 from store import UserState
 from support import T0
 
@@ -78,3 +78,9 @@ def test_retries_start_within_ten_seconds_back_off_and_are_capped_at_five_minute
     assert delays == sorted(delays)
     assert delays[1] > delays[0]
     assert max(delays) == 300
+
+
+def test_a_user_is_up_until_strictly_past_its_deadline_and_always_without_one():
+    assert is_up(None, T0 + 1e9)
+    assert is_up(T0, T0 - 1) and is_up(T0, T0)
+    assert not is_up(T0, T0 + 0.001)
