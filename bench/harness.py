@@ -1,5 +1,6 @@
 """What every benchmark shares: starting the service or the bare app, and reading a process's CPU and memory."""
 
+import hashlib
 import os
 import platform
 import selectors
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from store import SCHEMA_PATH, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 # Generated databases and settings; ignored by git, and kept between runs so the big ones are built once.
@@ -108,3 +111,23 @@ def machine():
         "SQLite": sqlite3.sqlite_version,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def cached_database(prefix, key, fill, log, description):
+    """A database under BUILD_DIR built once by `fill(path)` over a new Store's schema, and cached as
+    `prefix-HASH.db`, where HASH covers schema.sql and `key`: a new schema or `key` means a new file."""
+    digest = hashlib.sha256((SCHEMA_PATH.read_text() + key).encode()).hexdigest()[:12]
+    path = BUILD_DIR / f"{prefix}-{digest}.db"
+    if path.exists():
+        return path
+    for stale in BUILD_DIR.glob(f"{prefix}-*.db*"):
+        stale.unlink()
+    log(f"  building {path.name} with {description} (once; it is cached under bench/build)")
+    began = time.perf_counter()
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    Store(partial).close()
+    fill(partial)
+    partial.rename(path)
+    log(f"  built in {time.perf_counter() - began:.0f} s")
+    return path

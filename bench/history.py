@@ -1,6 +1,5 @@
 """`/logs` latency for one user's day of 86 400 pings, with 10 million pings in the table."""
 
-import hashlib
 import http.client
 import json
 import shutil
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 from statistics import median
 
 from bench import harness, throughput
-from store import SCHEMA_PATH, Store
 from support import write_settings
 
 TOTAL_PINGS = 10_000_000
@@ -111,24 +109,9 @@ def _pings_under_reads(url, logs_path, readers, seconds):
 
 
 def _database(log):
-    """The cached database, built once per schema: a new schema.sql means a new cache file."""
-    key = hashlib.sha256(
-        (SCHEMA_PATH.read_text() + repr((TOTAL_PINGS, DAY, DAY_PINGS, OTHER_DEVICES, harness.BENCH_TZ))).encode()
-    ).hexdigest()[:12]
-    path = harness.BUILD_DIR / f"history-{key}.db"
-    if path.exists():
-        return path
-    for stale in harness.BUILD_DIR.glob("history-*.db*"):
-        stale.unlink()
-    log(f"  building {path.name} with {TOTAL_PINGS:,} pings (once; it is cached under bench/build)")
-    began = time.perf_counter()
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    Store(partial).close()
-    _fill(partial)
-    partial.rename(path)
-    log(f"  built in {time.perf_counter() - began:.0f} s")
-    return path
+    """The cached database of TOTAL_PINGS pings."""
+    key = repr((TOTAL_PINGS, DAY, DAY_PINGS, OTHER_DEVICES, harness.BENCH_TZ))
+    return harness.cached_database("history", key, _fill, log, f"{TOTAL_PINGS:,} pings")
 
 
 def _fill(path):

@@ -1,7 +1,6 @@
 """Operations at fleet size: a /metrics scrape at 10 000 users and 10 million pings, and pings while
 retention deletes millions of old pings."""
 
-import hashlib
 import shutil
 import sqlite3
 import time
@@ -13,7 +12,7 @@ from prometheus_client import Histogram
 
 from bench import harness, throughput
 from metrics import Exporter
-from store import SCHEMA_PATH, Store
+from store import Store
 from support import write_settings
 
 USERS = 10_000
@@ -107,38 +106,23 @@ def _pings(db):
 
 
 def _database(log):
-    """The cached database, built once per schema: 10 000 configured users, 1 000 old pings each."""
-    key = hashlib.sha256((SCHEMA_PATH.read_text() + repr((USERS, PINGS_PER_USER, FIRST_PING))).encode()).hexdigest()[
-        :12
-    ]
-    path = harness.BUILD_DIR / f"fleet-{key}.db"
-    if path.exists():
-        return path
-    for stale in harness.BUILD_DIR.glob("fleet-*.db*"):
-        stale.unlink()
-    log(f"  building {path.name} with {USERS * PINGS_PER_USER:,} pings (once; it is cached under bench/build)")
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    Store(partial).close()
+    """The cached database: USERS configured users, PINGS_PER_USER old pings each."""
+    key = repr((USERS, PINGS_PER_USER, FIRST_PING))
+    return harness.cached_database("fleet", key, _fill, log, f"{USERS * PINGS_PER_USER:,} pings")
+
+
+def _fill(path):
     # Bench-only bulk SQL, as in history.py; the counters are set as the ping trigger would have.
-    connection = sqlite3.connect(partial, isolation_level=None)
+    connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode = OFF")
         connection.execute("PRAGMA synchronous = OFF")
         connection.execute("BEGIN")
+        last = FIRST_PING + PINGS_PER_USER
         connection.executemany(
             "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since,"
             " last_ping, due_at, pings_total) VALUES (?, 1, 1, 120, 3600, ?, ?, ?, ?)",
-            [
-                (
-                    f"device-{index:05d}",
-                    FIRST_PING,
-                    FIRST_PING + PINGS_PER_USER,
-                    FIRST_PING + PINGS_PER_USER + 120,
-                    PINGS_PER_USER,
-                )
-                for index in range(USERS)
-            ],
+            [(f"device-{index:05d}", FIRST_PING, last, last + 120, PINGS_PER_USER) for index in range(USERS)],
         )
         connection.execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT :count)"
@@ -149,5 +133,3 @@ def _database(log):
         connection.execute("PRAGMA journal_mode = WAL")
     finally:
         connection.close()
-    partial.rename(path)
-    return path

@@ -294,6 +294,13 @@ class ServerProcess:
         return self.process.stdout.readline().decode()
 
 
+def run_server(*args, env=None):
+    """Run `python server.py *args` to its end (a startup that fails); return its CompletedProcess, text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), *args], capture_output=True, text=True, timeout=20, env=env
+    )
+
+
 def server_env(smtp_port, ca_path, **extra):
     """The environment for a server subprocess that sends through the test SMTP server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "TESTING_"))}

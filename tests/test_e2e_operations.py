@@ -5,12 +5,10 @@ The service is a subprocess on 127.0.0.1 sending through a real SMTP-over-TLS se
 
 import json
 import re
-import subprocess
-import sys
 
 import prometheus_client.parser
 
-from support import ROOT, HttpReceiver, query, wait_until, write_settings
+from support import HttpReceiver, query, run_server, wait_until, write_settings
 
 TOKEN = "token-of-the-new-device-42"
 QUIET = {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}
@@ -169,27 +167,6 @@ def test_the_service_runs_on_when_its_heartbeat_url_is_down(tmp_path, start_serv
     assert service.stop() == 0
 
 
-def run_server(settings_text, tmp_path):
-    settings = tmp_path / "settings.json"
-    settings.write_text(settings_text)
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--settings",
-            str(settings),
-            "--db",
-            str(tmp_path / "db"),
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
-
-
 def test_hostile_usernames_stop_startup_with_key_path_lines_not_a_traceback(tmp_path):
     user = json.dumps(QUIET)
     huge = "x" * 1_000_000
@@ -199,7 +176,9 @@ def test_hostile_usernames_stop_startup_with_key_path_lines_not_a_traceback(tmp_
         f' "{huge}": {{"monitor": true, "max_sleep": "{huge}", "email_frequency": 1,'
         ' "device_email": "\\udfff@x.io"}}}'
     )
-    result = run_server(text, tmp_path)
+    settings = tmp_path / "settings.json"
+    settings.write_text(text)
+    result = run_server("--settings", str(settings), "--db", str(tmp_path / "db"), "--port", "0")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.splitlines()
     assert "Traceback" not in result.stderr
