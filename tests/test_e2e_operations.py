@@ -112,7 +112,7 @@ def test_a_user_removed_while_its_email_is_queued_keeps_it_and_it_is_sent(tmp_pa
     smtp_server.data_reply = None
     [(_, _, message)] = smtp_server.wait_for_messages(1, timeout=15)  # its retry, 5 s later
     assert message["Subject"] == "pi disconnection detected"
-    assert query(db, "SELECT status FROM outbox") == [("sent",)]
+    wait_until(lambda: query(db, "SELECT status FROM outbox") == [("sent",)], message="recorded as sent")
     assert service.stop() == 0
 
 
