@@ -887,6 +887,20 @@ def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock)
     assert samples[("ping_listener_absence_step_seconds_count", ())] == 0.0
 
 
+def test_metrics_count_a_failed_user_or_a_run_past_max_runtime_as_down(store, clock):
+    user = {"monitor": True, "max_sleep": 3600, "email_frequency": 600}
+    client = metrics_client(store, clock, {"pi": user, "job": {**user, "max_runtime": 30}, "ok": user})
+    clock.now = T0 - 40
+    client.get("/ping/pi/fail")
+    client.get("/ping/job/start")
+    client.get("/ping/ok/start")
+    clock.now = T0 - 20
+    client.get("/ping/ok")
+    clock.now = T0
+    up = {labels[0][1]: value for (name, labels), value in scrape(client).items() if name == "ping_listener_up"}
+    assert up == {"pi": 0.0, "job": 0.0, "ok": 1.0}
+
+
 def test_a_replaced_setting_is_seen_at_once_by_pings_and_the_testing_page(store, clock):
     first = make_settings({"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}})
     store.sync_users(first.users, T0)
