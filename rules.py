@@ -332,3 +332,18 @@ def _repeat_at(user: Watched, kind: str) -> float | None:
     if user.last_alert is None or user.last_alert_kind != kind:
         return None
     return user.last_alert + user.email_frequency
+
+
+def condition_at(user: Watched) -> float | None:
+    """When `user`'s earliest condition begins if no signal comes: its failure, its run's deadline or its
+    silence's deadline (late_at), whichever is first; None if it is not monitored."""
+    if not user.monitor:
+        return None
+    return min((t for t in (user.failed_at, run_deadline(user), late_at(user)) if t is not None), default=None)
+
+
+def is_up(condition_at: float | None, now: float) -> bool:
+    """Whether a user counts as up at `now` (the metric ping_listener_up), given `condition_at`, when its
+    earliest condition begins (its failure, its run's deadline or its silence's deadline; None if not
+    monitored): False while it is failed, late or past max_runtime, alerted or not; True otherwise."""
+    return condition_at is None or not now > condition_at

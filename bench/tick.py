@@ -10,6 +10,7 @@ from statistics import median
 import config
 import mailer
 from bench import harness
+from config import LiveSettings
 from mailer import SmtpMailer
 from scheduler import USERS_PER_STEP, Scheduler
 from schedules import next_time
@@ -110,7 +111,7 @@ def _measure(path, size, scheduled, late_repeats, idle_repeats):
     try:
         store.sync_users(users, MONITORING_START)
         # check_once takes its time as an argument; the clock is only read when draining the outbox.
-        scheduler = Scheduler(store, RecordingMailer(), settings, "http://127.0.0.1:8080", time.time)
+        scheduler = Scheduler(store, RecordingMailer(), LiveSettings(settings), "http://127.0.0.1:8080", time.time)
         if scheduled:
             # Each late user pinged at its own moment, as real ones do: no two share an evaluation of
             # their next run (schedules.next_time keeps recent answers).

@@ -317,3 +317,21 @@ def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expe
     assert len(pings) == 2
     expect(backup.locator(".state")).to_have_text("pinging")
     expect(page.locator("#log")).not_to_contain_text("backup: pinging → late")
+
+
+def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(page, service, tmp_path):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
+    write_settings(
+        tmp_path / "settings.json",
+        {
+            "pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1},
+            "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1},
+        },
+    )
+    service.reload()
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", "nas"])
+    expect(card(page, "pi")).to_contain_text("max_sleep30 s")
+    expect(card(page, "nas").locator(".state")).to_have_text("silent")  # its switch starts off too
+    expect(page.locator("#log")).to_contain_text(f"{HOSTILE_NAME}: no longer in the server's settings")

@@ -18,6 +18,7 @@ from rules import (
     expected_after,
     expected_at,
     held_back_until,
+    is_up,
     late_at,
     live_state,
     retry_delay,
@@ -294,3 +295,9 @@ def test_a_scheduled_user_is_pinging_until_its_deadline_then_late_and_its_missed
     # Pings at 02:31 each night, then none on Thursday (expected by 02:45) until Thursday 10:00.
     nights = [TUESDAY_0230 + 60, TUESDAY_0230 + 86400 + 60, TUESDAY_0230 + 2 * 86400 + 27000]
     assert silences(nights, nightly, T0) == [(nights[1], nights[2])]
+
+
+def test_a_user_is_up_until_strictly_past_its_deadline_and_always_without_one():
+    assert is_up(None, T0 + 1e9)
+    assert is_up(T0, T0 - 1) and is_up(T0, T0)
+    assert not is_up(T0, T0 + 0.001)
