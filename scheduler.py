@@ -1,6 +1,8 @@
-"""The absence listener and the outbox drain: two thin stoppable loops acting on the rules (rules.py).
+"""The absence listener, the outbox drain and the webhook delivery: thin stoppable loops acting on the rules
+(rules.py).
 
-The loops run in their own threads so a slow SMTP server never delays detecting absences.
+The loops run in their own threads so a slow SMTP server never delays detecting absences, and email
+and webhooks never wait for each other.
 Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait
 on a monotonic clock (Event.wait); the wall clock only dates things, and the absence listener
 restarts monitoring when it sees the wall clock jump.
@@ -12,15 +14,19 @@ import time
 from collections.abc import Callable
 
 import mailer
-from config import Settings
+import webhooks
+from config import EMAIL_CHANNEL, WEBHOOK_CHANNEL_PREFIX, Settings
+from localtime import logs_link
 from mailer import MailSender
-from rules import FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
-from store import CheckOutcome, NewEmail, Store, StoreError, UserState
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
+from store import CheckOutcome, NewEmail, NewWebhook, QueuedWebhook, Store, StoreError, UserState
+from webhooks import WebhookSender
 
 log = logging.getLogger("ping_listener.scheduler")
 
 USERS_PER_STEP = 500
 EMAILS_PER_STEP = 100
+WEBHOOKS_PER_STEP = 100
 # A frequency of 0 means "as often as possible", not a busy loop.
 MIN_LOOP_DELAY = 0.02
 # If deciding about a user fails, look at it again this much later, so one bad row cannot
@@ -29,17 +35,25 @@ BAD_USER_DELAY = 60.0
 
 
 class Scheduler:
-    """Runs the absence listener and the outbox drain over one store, until stopped."""
+    """Runs the absence listener, the outbox drain and the webhook delivery over one store, until stopped."""
 
     def __init__(
-        self, store: Store, mail_sender: MailSender, settings: Settings, server_root: str, clock: Callable[[], float]
+        self,
+        store: Store,
+        mail_sender: MailSender,
+        settings: Settings,
+        server_root: str,
+        clock: Callable[[], float],
+        webhook_sender: WebhookSender | None = None,
     ) -> None:
-        """Alert about `settings`' users in `store` through `mail_sender`, linking to `server_root`.
+        """Alert about `settings`' users in `store` through `mail_sender` and `webhook_sender` (by default
+        a WebhookSender), linking to `server_root`.
 
         `clock()` gives the wall clock's epoch seconds.
         """
         self._store = store
         self._mailer = mail_sender
+        self._webhooks = webhook_sender or WebhookSender(clock)
         self._settings = settings
         self._server_root = server_root
         self._clock = clock
@@ -115,11 +129,28 @@ class Scheduler:
                 )
         return len(emails)
 
+    def deliver_once(self, now: float) -> int:
+        """One step of the webhook delivery: POST every delivery due by `now` (up to WEBHOOKS_PER_STEP).
+
+        As drain_once does for emails: the deliveries' next attempts are pushed back before posting,
+        then each answer is committed as it comes. A retry waits as long as an email's would, or
+        longer if the webhook's Retry-After asks for it, never more than rules.MAX_RETRY_DELAY. Each
+        webhook is posted to in a thread of its own. Returns how many it tried.
+        """
+        deliveries = self._store.due_webhooks(now, WEBHOOKS_PER_STEP)
+        if not deliveries:
+            return 0
+        self._store.claim_webhooks({d.id: now + retry_delay(d.attempts + 1) for d in deliveries})
+        for delivery, result in self._webhooks.send_all(deliveries, self._settings.webhooks):
+            self._record_delivery(delivery, result, self._clock())
+        return len(deliveries)
+
     def start(self) -> None:
-        """Start both loops in background threads."""
+        """Start the loops in background threads."""
         for name, step, full_step, delay in (
             ("absence-listener", self._listen, USERS_PER_STEP, self._settings.base_frequency),
             ("outbox-drain", self.drain_once, EMAILS_PER_STEP, self._settings.email_processing_frequency),
+            ("webhook-delivery", self.deliver_once, WEBHOOKS_PER_STEP, self._settings.email_processing_frequency),
         ):
             thread = threading.Thread(target=self._loop, args=(step, full_step, delay), name=name, daemon=True)
             thread.start()
@@ -151,15 +182,30 @@ class Scheduler:
         self.follow_clock(now, time.monotonic())
         return self.check_once(now)
 
+    def _record_delivery(self, delivery: QueuedWebhook, result: webhooks.DeliveryResult, finished: float) -> None:
+        label = f"{delivery.event.event} webhook {delivery.id} ({delivery.event.username}) to {delivery.webhook}"
+        if result.status == webhooks.DELIVERED:
+            self._store.finish_webhook(delivery.id, "sent", finished, None)
+            log.info("delivered %s", label)
+        elif result.status == webhooks.FAILED:
+            self._store.finish_webhook(delivery.id, "failed", finished, result.error)
+            log.error("%s refused for good: %s", label, result.error)
+        else:
+            delay = retry_delay(delivery.attempts + 1, result.retry_after)
+            self._store.retry_webhook(delivery.id, finished + delay, result.error)
+            log.warning("%s not delivered (%s); retrying in %g s", label, result.error, delay)
+
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
         decision = decide(user, now)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
+        hooks: tuple[NewWebhook, ...] = ()
         recovery: tuple[NewEmail, ...] = ()
+        recovery_hooks: tuple[NewWebhook, ...] = ()
         if alert is not None:
-            emails = self._emails(user, *self._compose_alert(user, alert.kind))
+            emails, hooks = self._notices(user, alert.kind)
         if decision.recovery:
-            recovery = self._emails(user, *mailer.compose_recovery(user, self._server_root))
+            recovery, recovery_hooks = self._notices(user, BACK)
         return CheckOutcome(
             user,
             decision.next_due_at,
@@ -168,17 +214,32 @@ class Scheduler:
             down_since=decision.down_since,
             ends_outage=user.back_at is not None,
             recovery=recovery,
+            webhooks=hooks,
+            recovery_webhooks=recovery_hooks,
         )
 
-    def _compose_alert(self, user: UserState, kind: str) -> tuple[str, str]:
+    def _notices(self, user: UserState, kind: str) -> tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]:
+        """The emails and webhook deliveries telling `user`'s channels (its `notify`) about `kind`."""
+        signal = None
         if kind == FAILURE:
             if user.fail_signal is None:
                 raise ValueError(f"{user.username} is failed but its fail signal is unknown")
-            return mailer.compose_failure(user, self._store.signal(user.fail_signal), self._server_root)
-        if kind == RUN_TIMEOUT:
-            return mailer.compose_run_timeout(user, self._server_root)
-        return mailer.compose_alert(user, self._server_root)
-
-    def _emails(self, user: UserState, subject: str, body: str) -> tuple[NewEmail, ...]:
-        recipients = self._settings.users[user.username].recipients
-        return tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
+            signal = self._store.signal(user.fail_signal)
+            subject, body = mailer.compose_failure(user, signal, self._server_root)
+        elif kind == RUN_TIMEOUT:
+            subject, body = mailer.compose_run_timeout(user, self._server_root)
+        elif kind == BACK:
+            subject, body = mailer.compose_recovery(user, self._server_root)
+        else:
+            subject, body = mailer.compose_alert(user, self._server_root)
+        config = self._settings.users[user.username]
+        emails: tuple[NewEmail, ...] = ()
+        if EMAIL_CHANNEL in config.notify:
+            emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in config.recipients)
+        logs_url = logs_link(self._server_root, user.username, mailer.event_moment(user, kind, signal))
+        hooks = tuple(
+            NewWebhook(channel[len(WEBHOOK_CHANNEL_PREFIX) :], webhooks.new_event_id(), subject, body, logs_url)
+            for channel in config.notify
+            if channel.startswith(WEBHOOK_CHANNEL_PREFIX)
+        )
+        return emails, hooks

@@ -72,7 +72,7 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
         [
             'base_frequency: must be a number >= 0, got "fast"',
             "colour: unknown key (expected one of base_frequency, email_processing_frequency, recipient,"
-            " server_root, users)",
+            " server_root, users, webhooks)",
             "recipient: missing",
             'users.pi.monitor: must be true or false, got "yes"',
             'users.pi.max_sleep: must be a number >= 0, got "ten"',

@@ -37,7 +37,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox"}
+    assert tables == {"users", "pings", "alerts", "outbox", "webhook_outbox"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
