@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import http.server
 import json
 import os
 import selectors
@@ -153,6 +154,81 @@ class SilentSmtpServer:
             except OSError:
                 return
             self.connections.append(connection)
+
+
+class WebhookServer:
+    """An HTTP server on 127.0.0.1 (HTTPS with a certificate from `ca`, if given) that records every request.
+
+    `answers` scripts the answers to the next requests, in order: a status (int), (status, headers), or
+    HANG to read the request and never answer it; once it is empty every request gets 200.
+    `requests` holds (method, path, headers, body) of every request received.
+    """
+
+    HANG = "hang"
+
+    def __init__(self, ca=None):
+        self.answers = []
+        self.requests = []
+        self._received = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        if ca is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="webhook-test-server", daemon=True
+        )
+
+    def start(self):
+        """Start serving and return self."""
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop serving; requests left hanging are released."""
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def wait_for_requests(self, count, timeout=10):
+        """Wait until at least `count` requests arrived; return them all (fails after `timeout`)."""
+        with self._received:
+            if not self._received.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} webhook request(s) within {timeout} s, got {len(self.requests)}"
+                )
+            return list(self.requests)
+
+    def _handler_class(self):
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with recorder._received:
+                    recorder.requests.append((self.command, self.path, self.headers, body))
+                    answer = recorder.answers.pop(0) if recorder.answers else 200
+                    recorder._received.notify_all()
+                if answer == WebhookServer.HANG:
+                    recorder._stopping.wait(30)
+                    return
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
 
 
 def _authenticate(server, session, envelope, mechanism, auth_data):
