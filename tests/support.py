@@ -46,10 +46,15 @@ class TlsSmtpServer:
     `drop_in_data` to make it close the connection once a message's content has arrived, before
     answering it: the one moment when a client cannot know whether its message was accepted.
     `drop_in_data_to` does the same only for messages to the recipients it holds.
+    `security="starttls"` makes it a server on a plain port that offers STARTTLS and requires it
+    before MAIL and AUTH; `security="plain"` one that offers no TLS at all (nor requires a login
+    unless `require_login` says so). `logins` counts the AUTH commands it received.
     """
 
-    def __init__(self, ca, require_login=True):
+    def __init__(self, ca, require_login=True, security="ssl"):
         self.require_login = require_login
+        self.security = security
+        self.logins = 0
         self.messages = []
         self.rcpt_reply = None
         self.data_reply = None
@@ -66,8 +71,9 @@ class TlsSmtpServer:
     def start(self, port=0):
         """Listen (on `port`, or one the OS chooses) and return self."""
         self._thread.start()
+        implicit_tls = self._ssl_context if self.security == "ssl" else None
         self._server = asyncio.run_coroutine_threadsafe(
-            self._loop.create_server(self._new_session, "127.0.0.1", port, ssl=self._ssl_context), self._loop
+            self._loop.create_server(self._new_session, "127.0.0.1", port, ssl=implicit_tls), self._loop
         ).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -95,15 +101,22 @@ class TlsSmtpServer:
         # over it is safe. LOGIN is left out: aiosmtpd mishandles smtplib's fallback to it.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            starttls = self.security == "starttls"
             return SMTP(
                 _Handler(self),
                 hostname="smtp.test",
-                authenticator=_authenticate,
+                authenticator=self._authenticate,
                 auth_required=self.require_login,
-                auth_require_tls=False,
+                auth_require_tls=starttls,
                 auth_exclude_mechanism=["LOGIN"],
+                tls_context=self._ssl_context if starttls else None,
+                require_starttls=starttls,
                 loop=self._loop,
             )
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        self.logins += 1
+        return _authenticate(server, session, envelope, mechanism, auth_data)
 
 
 class _Handler:
@@ -345,9 +358,11 @@ def server_env(smtp_port, ca_path, **extra):
     return env
 
 
-def smtp_mailer(port, *, password=SMTP_PASSWORD, sender=None, timeout=5):
-    """An SmtpMailer logging in to 127.0.0.1:`port`, each network operation bounded by `timeout` seconds."""
-    return SmtpMailer(config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, password, sender), timeout=timeout)
+def smtp_mailer(port, *, password=SMTP_PASSWORD, sender=None, timeout=5, security="ssl", login=SMTP_LOGIN):
+    """An SmtpMailer logging in to 127.0.0.1:`port` as SMTP_SECURITY `security` says, each network operation
+    bounded by `timeout` seconds."""
+    smtp = config.SmtpSettings("127.0.0.1", port, login, password, sender, security=security)
+    return SmtpMailer(smtp, timeout=timeout)
 
 
 class SmallDiskStore(Store):
