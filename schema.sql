@@ -5,7 +5,7 @@
 -- One row per username ever configured. Rows are never deleted, so a user removed from
 -- settings.json keeps its history; `configured` says whether it is in the running settings.
 -- monitor, max_sleep, email_frequency, max_runtime and notify_recovery mirror settings.json as of the
--- last start. The columns after due_at follow the user's signals (pings of every kind) and outages;
+-- last start or reload. The columns after due_at follow the user's signals (pings of every kind) and outages;
 -- rules.py says what each state means.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
@@ -39,11 +39,16 @@ CREATE TABLE users (
     -- The success that ended an alerted outage, until the listener has queued its recovery.
     back_at         REAL,
     -- The newest signal that changed this row: the listener's decisions apply only if it is unchanged.
-    last_signal     INTEGER
+    last_signal     INTEGER,
+    -- Signals (but `log`) and alerts recorded since the user was first configured, kept by the signal
+    -- trigger and the absence listener, for the metrics: a scrape reads one row per user, never the
+    -- pings. Retention does not lower them.
+    pings_total     INTEGER NOT NULL DEFAULT 0,
+    alerts_total    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 
--- Every signal ever received (a ping of any kind). The service records one as one INSERT; a trigger
+-- Every signal received (a ping of any kind; within retention_days, if set). The service records one as one INSERT; a trigger
 -- that exists only on its own connections (store.py) moves the user's state and due_at in the same
 -- statement.
 CREATE TABLE pings (
@@ -73,6 +78,8 @@ CREATE TABLE alerts (
     went_down_at REAL
 );
 CREATE INDEX alerts_by_user_time ON alerts (user_id, at);
+-- Retention deletes old alerts along this index.
+CREATE INDEX alerts_by_time ON alerts (at);
 
 -- Alert emails, one per recipient. A row leaves the queue (status 'queued') only once the SMTP
 -- server accepted it ('sent') or rejected it permanently ('failed'); both stay as history.
@@ -92,8 +99,12 @@ CREATE TABLE outbox (
     finished_at     REAL
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';
--- An alert's emails, for the overview's day view.
+-- An alert's emails: for the overview's day view, and so that deleting an alert checks that no email
+-- refers to it along this index, not by a scan of the outbox.
 CREATE INDEX outbox_by_alert ON outbox (alert_id);
+-- The metrics count sent and failed emails, and retention finds old ones, along this index (queued ones
+-- along outbox_queue).
+CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';
 
 -- Webhook deliveries, one per "webhook:NAME" channel of an alert or recovery (a user's `notify`). As in
 -- the outbox, a row leaves the queue (status 'queued') only once the webhook answered 2xx ('sent') or
@@ -118,6 +129,9 @@ CREATE TABLE webhook_outbox (
     finished_at     REAL
 );
 CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE status = 'queued';
+-- A delivery's alert, and finished deliveries by age: what retention deletes along.
+CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
+CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status != 'queued';
 
 CREATE VIEW pings_readable AS
 SELECT users.username,

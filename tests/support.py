@@ -23,9 +23,12 @@ import warnings
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from prometheus_client import Histogram
 
 import config
 import mailer
+import metrics
+import web
 from mailer import SmtpMailer
 from store import Store
 
@@ -169,19 +172,21 @@ class SilentSmtpServer:
             self.connections.append(connection)
 
 
-class WebhookServer:
-    """An HTTP server on 127.0.0.1 (HTTPS with a certificate from `ca`, if given) that records every request.
+class HttpReceiver:
+    """A real HTTP server on 127.0.0.1 (http.server in a thread; HTTPS with a certificate from `ca`, if
+    given) that records every GET and POST. Use as a context manager, or call stop().
 
-    `answers` scripts the answers to the next requests, in order: a status (int), (status, headers), or
-    HANG to read the request and never answer it; once it is empty every request gets 200.
-    `requests` holds (method, path, headers, body) of every request received.
+    `requests` holds (method, path, headers, body) of each, `paths` their paths. `answers` scripts the
+    answers to the next requests, in order: a status (int), (status, headers), or HANG to read the
+    request and never answer it; once it is empty, each request gets `status` (200 unless set).
     """
 
     HANG = "hang"
 
     def __init__(self, ca=None):
-        self.answers = []
         self.requests = []
+        self.answers = []
+        self.status = 200
         self._received = threading.Condition()
         self._stopping = threading.Event()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -190,45 +195,54 @@ class WebhookServer:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.02,), name="webhook-test-server", daemon=True
+            target=self._server.serve_forever, args=(0.02,), name="http-receiver", daemon=True
         )
-
-    def start(self):
-        """Start serving and return self."""
         self._thread.start()
-        return self
+
+    @property
+    def paths(self):
+        """The path (and query) of every request received, in order."""
+        return [path for _, path, _, _ in self.requests]
 
     def stop(self):
-        """Stop serving; requests left hanging are released."""
+        """Stop answering and close the port; requests left hanging are released."""
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
     def wait_for_requests(self, count, timeout=10):
         """Wait until at least `count` requests arrived; return them all (fails after `timeout`)."""
         with self._received:
             if not self._received.wait_for(lambda: len(self.requests) >= count, timeout):
-                raise AssertionError(
-                    f"expected {count} webhook request(s) within {timeout} s, got {len(self.requests)}"
-                )
+                raise AssertionError(f"expected {count} request(s) within {timeout} s, got {len(self.requests)}")
             return list(self.requests)
 
     def _handler_class(self):
-        recorder = self
+        receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with recorder._received:
-                    recorder.requests.append((self.command, self.path, self.headers, body))
-                    answer = recorder.answers.pop(0) if recorder.answers else 200
-                    recorder._received.notify_all()
-                if answer == WebhookServer.HANG:
-                    recorder._stopping.wait(30)
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                self._answer(b"")
+
+            def do_POST(self):  # noqa: N802
+                self._answer(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+            def _answer(self, body):
+                with receiver._received:
+                    receiver.requests.append((self.command, self.path, self.headers, body))
+                    answer = receiver.answers.pop(0) if receiver.answers else receiver.status
+                    receiver._received.notify_all()
+                if answer == HttpReceiver.HANG:
+                    receiver._stopping.wait(30)
                     return
                 status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
@@ -318,14 +332,19 @@ class ServerProcess:
         self.process.wait()
         self._log.close()
 
-    def get(self, path, timeout=10):
-        """GET `path`; return (status, body text)."""
-        return self.post(path, None, timeout)
+    def reload(self):
+        """Send it SIGHUP, as `systemctl reload` does."""
+        self.process.send_signal(signal.SIGHUP)
 
-    def post(self, path, body, timeout=10):
+    def get(self, path, timeout=10, headers=None):
+        """GET `path` (with `headers`, a dict, if given); return (status, body text)."""
+        return self.post(path, None, timeout, headers)
+
+    def post(self, path, body, timeout=10, headers=None):
         """POST `body` (bytes) to `path`, or GET it if `body` is None; return (status, body text)."""
         try:
-            with urllib.request.urlopen(self.url + path, data=body, timeout=timeout) as answer:
+            request = urllib.request.Request(self.url + path, data=body, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
                 return answer.status, answer.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -341,6 +360,13 @@ class ServerProcess:
                 self.process.kill()
                 raise AssertionError(f"server printed nothing within {timeout} s; log:\n{self.log()}")
         return self.process.stdout.readline().decode()
+
+
+def run_server(*args, env=None):
+    """Run `python server.py *args` to its end (a startup that fails); return its CompletedProcess, text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), *args], capture_output=True, text=True, timeout=20, env=env
+    )
 
 
 def server_env(smtp_port, ca_path, **extra):
@@ -448,3 +474,26 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+    """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
+    step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+
+
+def make_test_app(
+    store, settings, clock, testing_password=None, test_emails=None, overview_password=None, **operations
+):
+    """web.make_app over `settings` (Settings, or LiveSettings to replace them later), `test_emails` (a
+    ScriptedTestEmails by default) and app_operations()."""
+    live = settings if isinstance(settings, config.LiveSettings) else config.LiveSettings(settings)
+    return web.make_app(
+        store,
+        live,
+        clock,
+        testing_password,
+        test_emails or ScriptedTestEmails(),
+        app_operations(store, clock, **operations),
+        overview_password,
+    )

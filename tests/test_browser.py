@@ -284,3 +284,21 @@ def test_signal_buttons_show_running_and_failed_and_the_log_shows_the_recovery_e
         log.get_by_text(re.compile(r"^recovery email #\d+ about job .* sent to oncall@example\.com$"))
     ).to_be_visible()
     assert [message["Subject"] for _, _, message in smtp_server.messages] == ["job failure reported", "job is back"]
+
+
+def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(page, service, tmp_path):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
+    write_settings(
+        tmp_path / "settings.json",
+        {
+            "pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1},
+            "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1},
+        },
+    )
+    service.reload()
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", "nas"])
+    expect(card(page, "pi")).to_contain_text("max_sleep30 s")
+    expect(card(page, "nas").locator(".state")).to_have_text("silent")  # its switch starts off too
+    expect(page.locator("#log")).to_contain_text(f"{HOSTILE_NAME}: no longer in the server's settings")

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from support import WebhookServer, free_port, query, wait_until, write_settings
+from support import HttpReceiver, free_port, query, wait_until, write_settings
 
 CRASH_CLIENTS = 16
 CRASH_LOAD_SECONDS = 2.5
@@ -133,9 +133,9 @@ def test_a_kill_9_between_a_failure_alert_and_the_success_still_sends_exactly_on
 def test_a_webhook_delivery_killed_between_its_claim_and_the_answer_is_delivered_after_a_restart(
     tmp_path, start_server, ca
 ):
-    hook = WebhookServer(ca).start()
+    hook = HttpReceiver(ca)
     try:
-        hook.answers = [WebhookServer.HANG]
+        hook.answers = [HttpReceiver.HANG]
         settings = write_settings(
             tmp_path / "settings.json",
             {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600, "notify": ["webhook:ops"]}},

@@ -15,6 +15,7 @@ from rules import (
     decide,
     due_at,
     held_back_until,
+    is_up,
     late_at,
     live_state,
     retry_delay,
@@ -240,3 +241,9 @@ def test_failed_and_running_states():
     alerted_failure = user(last_ping=T0, failed_at=T0, last_alert=T0 + 1, last_alert_kind=FAILURE, down_since=T0)
     assert live_state(alerted_failure, T0 + 2) == FAILED
     assert live_state(user(last_ping=T0, run_started=T0 + 1), T0 + 2) == RUNNING
+
+
+def test_a_user_is_up_until_strictly_past_its_deadline_and_always_without_one():
+    assert is_up(None, T0 + 1e9)
+    assert is_up(T0, T0 - 1) and is_up(T0, T0)
+    assert not is_up(T0, T0 + 0.001)

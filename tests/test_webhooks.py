@@ -9,7 +9,7 @@ import pytest
 
 import webhooks
 from config import WebhookConfig
-from support import T0, WebhookServer, free_port
+from support import T0, HttpReceiver, free_port
 from webhooks import DELIVERED, FAILED, RETRY, WebhookEvent, WebhookSender
 
 EVENT = WebhookEvent(
@@ -164,7 +164,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date(header, seconds):
 
 @pytest.fixture
 def https_hook(ca):
-    server = WebhookServer(ca).start()
+    server = HttpReceiver(ca)
     yield server
     server.stop()
 
@@ -217,7 +217,7 @@ def test_a_refused_connection_is_retried():
 
 @pytest.mark.usefixtures("trust_test_ca")
 def test_a_server_that_never_answers_is_given_up_after_the_timeout_and_retried(https_hook):
-    https_hook.answers = [WebhookServer.HANG]
+    https_hook.answers = [HttpReceiver.HANG]
     result = sender(timeout=0.3).send(WebhookConfig(https_hook.url, "json"), EVENT)
     assert (result.status, result.unreachable) == (RETRY, True)
     assert "timed out" in result.error
@@ -232,9 +232,9 @@ class Queued:
 
 @pytest.mark.usefixtures("trust_test_ca")
 def test_a_hung_webhook_holds_back_no_other_and_its_other_deliveries_wait_for_the_next_step(ca):
-    hung, fine = WebhookServer(ca).start(), WebhookServer(ca).start()
+    hung, fine = HttpReceiver(ca), HttpReceiver(ca)
     try:
-        hung.answers = [WebhookServer.HANG]
+        hung.answers = [HttpReceiver.HANG]
         endpoints = {"hung": WebhookConfig(hung.url, "json"), "fine": WebhookConfig(fine.url, "slack")}
         deliveries = [Queued(1, "hung"), Queued(2, "hung"), Queued(3, "fine"), Queued(4, "fine"), Queued(5, "gone")]
         settled = [(d.id, r.status) for d, r in sender(timeout=0.5).send_all(deliveries, endpoints)]
