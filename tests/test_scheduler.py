@@ -511,9 +511,11 @@ def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer,
     with HttpReceiver() as receiver:
         steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb")
         try:
+            # The loop's own heartbeat, sent at start; the next is a minute away.
+            wait_until(lambda: receiver.paths, message="the loop's first heartbeat")
             with sqlite3.connect(store.path) as other_process:
                 other_process.execute("BEGIN IMMEDIATE")
-                before = len(receiver.paths)  # the loop's own, sent at start
+                before = len(receiver.paths)
                 assert steps.beat_once() is False
                 assert len(receiver.paths) == before
                 other_process.execute("ROLLBACK")
