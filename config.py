@@ -25,7 +25,15 @@ MAX_SECONDS = 1e9
 DEFAULT_SENDER_NAME = "Ping Listener"
 
 TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
-USER_KEYS = {"monitor", "max_sleep", "device_email", "email_frequency", "max_runtime", "notify_recovery"}
+USER_KEYS = {
+    "monitor",
+    "max_sleep",
+    "device_email",
+    "email_frequency",
+    "max_runtime",
+    "notify_recovery",
+    "depends_on",
+}
 
 
 class ConfigError(Exception):
@@ -48,6 +56,9 @@ class UserConfig:
     max_runtime: float | None = None
     # Whether a recovery email says that the user is back after an alerted outage.
     notify_recovery: bool = True
+    # The configured user this one sits behind (its router, say): while that one is down, this one's
+    # alerts are suppressed. None: it depends on no one.
+    depends_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ def parse_settings(document: Any) -> Settings:
             parsed = _parse_user(username, user, recipient, problems)
             if parsed is not None:
                 parsed_users[username] = parsed
+        _check_dependencies(users, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -166,7 +178,7 @@ def is_email_address(value: object) -> bool:
 
 
 def _parse_user(username, user, recipient, problems):
-    path = "users." + (username if re.fullmatch(r"[\w-]+", username) else json.dumps(username))
+    path = _user_path(username)
     before = len(problems)
     if not username:
         problems.append(f"{path}: a username must not be empty")
@@ -188,6 +200,9 @@ def _parse_user(username, user, recipient, problems):
     notify_recovery = user.get("notify_recovery", True)
     if not isinstance(notify_recovery, bool):
         problems.append(f"{path}.notify_recovery: must be true or false, got {_show(notify_recovery)}")
+    depends_on = user.get("depends_on")
+    if depends_on is not None and not (isinstance(depends_on, str) and depends_on):
+        problems.append(f"{path}.depends_on: must be the name of another user, got {_show(depends_on)}")
     if len(problems) > before:
         return None
     return UserConfig(
@@ -197,7 +212,34 @@ def _parse_user(username, user, recipient, problems):
         recipients=recipients or (recipient,),
         max_runtime=max_runtime,
         notify_recovery=notify_recovery,
+        depends_on=depends_on,
     )
+
+
+def _check_dependencies(users, problems):
+    """Report each depends_on that names no configured user, and each user whose chain of depends_on
+    comes back to it (a cycle, itself included), once per cycle."""
+    parents = {
+        name: user["depends_on"]
+        for name, user in users.items()
+        if isinstance(user, dict) and isinstance(user.get("depends_on"), str) and user["depends_on"]
+    }
+    reported = set()
+    for name, parent in parents.items():
+        if parent not in users:
+            problems.append(f"{_user_path(name)}.depends_on: no user named {_show(parent)} is configured")
+            continue
+        chain = [name]
+        while chain[-1] in parents and parents[chain[-1]] in users and parents[chain[-1]] not in chain:
+            chain.append(parents[chain[-1]])
+        if parents.get(chain[-1]) == name and name not in reported:
+            reported.update(chain)
+            cycle = " -> ".join(_show(link) for link in [*chain, name])
+            problems.append(f"{_user_path(name)}.depends_on: a cycle of dependencies: {cycle}")
+
+
+def _user_path(username):
+    return "users." + (username if re.fullmatch(r"[\w-]+", username) else json.dumps(username))
 
 
 def _device_emails(value, path, problems):

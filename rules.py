@@ -11,6 +11,15 @@ run and clears a failure; `fail` is contact too (it restarts the max_sleep measu
 makes the user failed until its next success; `start` opens a run (a new one if one is open) and is no sign
 of life; `log` only goes into history. An outage begins with a condition and lasts until the next success;
 it is *alerted* once its first alert was queued (`down_since`), and only an alerted outage gets a recovery.
+
+Storm control. A user may depend on a parent (its router, say): while the parent is down (in a condition,
+snoozed or not), the child's alerts are *suppressed*, recorded but not sent, and a child that went down
+after its parent's last contact waits for the parent's own deadline before being alerted, since the
+parent may be the cause. When the parent comes back, its children's silence is measured from that moment
+(`silence_from`, which store.py's trigger moves). A *snoozed* user (until `snoozed_until`) gets no alert;
+its silence is measured from the snooze's end once that is over, and an outage alerted before the snooze
+(`muted_outage`) is not alerted again. The moment a silence is measured from is one function,
+silence_start; a schedule's "next expected time" would replace `+ max_sleep` after it in late_at.
 """
 
 from collections.abc import Iterable
@@ -30,6 +39,8 @@ LATE = "late"
 ALERTED = "alerted"
 FAILED = "failed"
 RUNNING = "running"
+SNOOZED = "snoozed"
+SUPPRESSED = "suppressed"
 
 # Kinds of signal, as /ping's `status` names them (store.py's SQL names them too).
 SUCCESS = "success"
@@ -75,6 +86,14 @@ class Watched(Protocol):
     def down_since(self) -> float | None: ...
     @property
     def back_at(self) -> float | None: ...
+    @property
+    def silence_from(self) -> float | None: ...
+    @property
+    def snoozed_until(self) -> float | None: ...
+    @property
+    def muted_outage(self) -> float | None: ...
+    @property
+    def suppressed_kind(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +111,14 @@ class Decision:
     `alert`: the condition to alert about now (None: no alert). `recovery`: whether to say that the user
     is back (its alerted outage, `down_since` to `back_at`, ended). `down_since`: the user's alerted outage
     after this step (None: none open). `next_due_at`: when to look at the user again if no signal comes.
+    `suppressed`: a condition whose alert its parent's outage suppresses, to record now (None: none).
     """
 
     alert: Condition | None
     recovery: bool
     down_since: float | None
     next_due_at: float | None
+    suppressed: Condition | None = None
 
 
 def signal_kind(exit_code: int) -> str:
@@ -105,27 +126,43 @@ def signal_kind(exit_code: int) -> str:
     return SUCCESS if exit_code == 0 else FAIL
 
 
-def late_at(user: Watched) -> float | None:
-    """When `user` becomes late: its last sign of life plus max_sleep.
+def snoozed(user: Watched, now: float) -> bool:
+    """Whether `user` is snoozed at `now`: its snooze ends strictly after `now`."""
+    return user.snoozed_until is not None and now < user.snoozed_until
 
-    The last sign of life is the later of its last ping and the start of monitoring, so the
-    service's own downtime never counts against a device. None if it is not monitored.
+
+def silence_start(user: Watched, now: float | None = None) -> float:
+    """The moment `user`'s silence is measured from at `now`: the latest of its last ping, the start of
+    monitoring, its parent's return (silence_from) and the end of a snooze that is over by `now`.
+
+    `now` None: as it will be once any snooze is over (what the stored deadline counts on). While a snooze
+    goes on, the silence is still measured as before it: a snoozed parent can be late for its children.
+    """
+    since = _restarted_at(user, now)
+    return since if user.last_ping is None else max(since, user.last_ping)
+
+
+def late_at(user: Watched, now: float | None = None) -> float | None:
+    """When `user` becomes late: the moment its silence is measured from (silence_start at `now`) plus max_sleep.
+
+    So the service's own downtime, a parent's outage and a snooze never count against a device. None if it
+    is not monitored.
     """
     if not user.monitor:
         return None
-    seen = user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
-    return seen + user.max_sleep
+    return silence_start(user, now) + user.max_sleep
 
 
-def run_deadline(user: Watched) -> float | None:
+def run_deadline(user: Watched, now: float | None = None) -> float | None:
     """When `user`'s open run overruns: its start plus max_runtime; None without an open run, a max_runtime or monitor.
 
-    The start counts from the start of monitoring at the latest, as late_at does: the service's own
-    downtime never counts against a device (a success sent meanwhile was lost).
+    The start counts from the start of monitoring, the parent's return or a snooze's end at the latest,
+    as late_at does: the service's own downtime, a parent's outage or a snooze never count against a device (a
+    success sent meanwhile was lost).
     """
     if not user.monitor or user.run_started is None or user.max_runtime is None:
         return None
-    return max(user.run_started, user.monitored_since) + user.max_runtime
+    return max(user.run_started, _restarted_at(user, now)) + user.max_runtime
 
 
 def condition(user: Watched, now: float) -> Condition | None:
@@ -133,16 +170,17 @@ def condition(user: Watched, now: float) -> Condition | None:
     silence past max_sleep; None if none (or monitor is off).
 
     Each begins strictly after its deadline (a silence of exactly max_sleep is not late). It went down at
-    the fail signal's time, the run's deadline or the silence's deadline.
+    the fail signal's time, the run's deadline or the silence's deadline. A snooze changes none of this
+    (only whether it is alerted): a snoozed parent that is late is down for its children.
     """
     if not user.monitor:
         return None
     if user.failed_at is not None:
         return Condition(FAILURE, user.failed_at)
-    overrun = run_deadline(user)
+    overrun = run_deadline(user, now)
     if overrun is not None and now > overrun:
         return Condition(RUN_TIMEOUT, overrun)
-    deadline = late_at(user)
+    deadline = late_at(user, now)
     if deadline is not None and now > deadline:
         return Condition(SILENCE, deadline)
     return None
@@ -152,18 +190,22 @@ def due_at(user: Watched) -> float | None:
     """When the absence listener must look at `user`, as stored after each signal and each start (store._DUE_AT).
 
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
-    its failure, its run's deadline and its silence's deadline. The listener then pushes it on to the end
-    of the alert throttle (decide's next_due_at). None: nothing can become due without a signal.
+    its failure (or the end of its snooze, if later), its run's deadline and its silence's deadline, as
+    they will be once any snooze is over. The listener then pushes it on to the end of the alert throttle
+    (decide's next_due_at). None: nothing can become due without a signal.
     """
     if user.back_at is not None:
         return user.back_at
     deadline = late_at(user)
     if deadline is None:
         return None
-    return min(t for t in (user.failed_at, run_deadline(user), deadline) if t is not None)
+    failed = user.failed_at
+    if failed is not None and user.snoozed_until is not None:
+        failed = max(failed, user.snoozed_until)
+    return min(t for t in (failed, run_deadline(user), deadline) if t is not None)
 
 
-def decide(user: Watched, now: float) -> Decision:
+def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision:
     """What to do about `user` at `now`: alert, say it is back, both, or neither; and when to look again.
 
     A success that ended an alerted outage (`back_at`) gets one recovery, unless notify_recovery or monitor
@@ -171,58 +213,88 @@ def decide(user: Watched, now: float) -> Decision:
     about the same condition email_frequency or less ago: a change to a different condition alerts at
     once. The throttle spans outages, so a device that flaps is not alerted more often than
     email_frequency. The first alert of an outage sets its `down_since`.
+
+    No alert while `user` is snoozed, nor about an outage alerted before a snooze (`muted_outage`). With
+    a `parent` (the user it depends on, as read in the same step): while the parent is down its alert is
+    suppressed instead (recorded once per condition, never sent, no outage opened, so no recovery); a
+    silence or overlong run that went down after the parent's last contact waits for the parent's
+    deadline, since the parent's own outage may be its cause.
     """
     ended = user.back_at is not None
     recovery = ended and user.down_since is not None and user.notify_recovery and user.monitor
     down_since = None if ended else user.down_since
     current = condition(user, now)
-    alert = None
+    alert = suppressed = None
     repeat_at = None
     if current is not None:
         repeat_at = _repeat_at(user, current.kind)
         if repeat_at is None or now > repeat_at:
-            alert = current
-            repeat_at = now + user.email_frequency
-            if down_since is None:
-                down_since = current.down_at
+            quiet_until = _quiet_until(user, current, parent, now)
+            if quiet_until is not None:
+                repeat_at = quiet_until if quiet_until > now else None
+            elif parent is not None and condition(parent, now) is not None:
+                repeat_at = None
+                if user.suppressed_kind != current.kind:
+                    suppressed = current
+            else:
+                alert = current
+                repeat_at = now + user.email_frequency
+                if down_since is None:
+                    down_since = current.down_at
     # Besides the throttle's end, only a condition of higher priority than the current one can begin
-    # without a signal: a run's deadline during a silence, or either deadline when all is well.
+    # without a signal: a run's deadline during a silence, or either deadline when all is well. Until
+    # something changes, a suppressed or muted condition waits for a signal (its parent's included).
     candidates = [repeat_at]
     if current is None or current.kind == SILENCE:
         candidates.append(run_deadline(user))
     if current is None:
         candidates.append(late_at(user))
     times = [t for t in candidates if t is not None]
-    return Decision(alert, recovery, down_since, min(times) if times else None)
+    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed)
 
 
-def held_back_until(user: Watched, now: float) -> float | None:
-    """When the absence listener may next alert about `user`, if email_frequency holds back an alert about
-    its current condition at `now`.
+def held_back_until(user: Watched, now: float, parent: Watched | None = None) -> float | None:
+    """When the absence listener may next alert about `user`, if something holds back an alert about its
+    current condition at `now`: email_frequency, a snooze, or a parent whose deadline it waits for.
 
-    None if `user` is in no condition at `now`, or nothing holds its alert back (it is queued at the next step).
+    None if `user` is in no condition at `now`, or nothing holds its alert back (it is queued at the next
+    step), or only a signal can end what holds it back (a parent that is down, an outage muted by a snooze).
     """
     current = condition(user, now)
     if current is None:
         return None
     repeat_at = _repeat_at(user, current.kind)
-    return repeat_at if repeat_at is not None and not now > repeat_at else None
+    if repeat_at is not None and not now > repeat_at:
+        return repeat_at
+    quiet_until = _quiet_until(user, current, parent, now)
+    return quiet_until if quiet_until is not None and quiet_until > now else None
 
 
-def live_state(user: Watched, now: float) -> str:
-    """How `user` looks at `now` to a person watching: FAILED, LATE, ALERTED, RUNNING, PINGING or SILENT.
+def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
+    """How `user` looks at `now` to a person watching: SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED, RUNNING,
+    PINGING or SILENT.
 
-    FAILED from a fail until the next success. LATE and ALERTED follow the absence listener: a user is
+    SNOOZED while snoozed. FAILED from a fail until the next success. SUPPRESSED while in a condition
+    whose alert its `parent`'s outage suppresses. LATE and ALERTED follow the absence listener: a user is
     late once its run is past max_runtime or its silence past max_sleep (condition()), and ALERTED once
     an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
     PINGING if its last ping is at most max_sleep ago, else SILENT (monitor off, or no ping yet since
     monitoring began).
     """
+    if snoozed(user, now):
+        return SNOOZED
+    current = condition(user, now)
+    alerted = (
+        current is not None
+        and user.down_since is not None
+        and user.back_at is None
+        and user.last_alert_kind == current.kind
+    )
+    if current is not None and not alerted and parent is not None and condition(parent, now) is not None:
+        return SUPPRESSED
     if user.failed_at is not None:
         return FAILED
-    current = condition(user, now)
     if current is not None:
-        alerted = user.down_since is not None and user.back_at is None and user.last_alert_kind == current.kind
         return ALERTED if alerted else LATE
     if user.run_started is not None:
         return RUNNING
@@ -260,6 +332,33 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
 def retry_delay(attempts: int) -> float:
     """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+
+
+def _quiet_until(user: Watched, current: Condition, parent: Watched | None, now: float) -> float | None:
+    """Until when an alert about `current`, due at `now`, is held back by something other than the throttle
+    or a parent that is down: the snooze's end, the parent's deadline (a silence or overlong run that went
+    down after the parent's last contact waits for it), or `now` itself for an outage muted by a snooze
+    (only a signal ends that). None: nothing holds it back."""
+    if snoozed(user, now):
+        return user.snoozed_until
+    if user.down_since is not None and user.down_since == user.muted_outage:
+        return now
+    if parent is None or current.kind == FAILURE or condition(parent, now) is not None:
+        return None
+    parent_deadline = late_at(parent, now)
+    if parent_deadline is not None and silence_start(parent, now) < current.down_at:
+        return parent_deadline
+    return None
+
+
+def _restarted_at(user: Watched, now: float | None) -> float:
+    """The latest moment that restarts `user`'s measures at `now` (see silence_start), its pings aside."""
+    since = user.monitored_since
+    if user.silence_from is not None:
+        since = max(since, user.silence_from)
+    if user.snoozed_until is not None and (now is None or not snoozed(user, now)):
+        since = max(since, user.snoozed_until)
+    return since
 
 
 def _repeat_at(user: Watched, kind: str) -> float | None:

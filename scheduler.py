@@ -15,7 +15,7 @@ import mailer
 from config import Settings
 from mailer import MailSender
 from rules import FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
-from store import CheckOutcome, NewEmail, Store, StoreError, UserState
+from store import CheckOutcome, Digest, NewDigest, NewEmail, QueuedEmail, Store, StoreError, UserState
 
 log = logging.getLogger("ping_listener.scheduler")
 
@@ -66,6 +66,11 @@ class Scheduler:
         alerts = self._store.save_check_outcomes(outcomes, now)
         if alerts:
             log.info("queued alerts for %d late user(s)", alerts)
+        suppressed = [outcome.user.username for outcome in outcomes if outcome.suppressed is not None]
+        if suppressed:
+            log.info(
+                "suppressed alerts for %d user(s) whose parent is down: %s", len(suppressed), ", ".join(suppressed[:10])
+            )
         return len(users)
 
     def follow_clock(self, now: float, monotonic_now: float) -> float:
@@ -87,32 +92,45 @@ class Scheduler:
     def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        The emails' next attempts are pushed back before sending, then each result is committed
-        as soon as the SMTP server answers. Returns how many it tried.
+        The emails due for one recipient go as one: a digest if there are several (mailer.digest), sent,
+        retried or failed together; one tried again with exactly the rows it carried keeps its
+        Message-ID and Date. The emails' next attempts are pushed back and new digests recorded before
+        sending, then each result is committed as soon as the SMTP server answers. Returns how many
+        emails it tried.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
             return 0
-        delays = {email.id: retry_delay(email.attempts + 1) for email in emails}
-        self._store.claim_emails({email_id: now + delay for email_id, delay in delays.items()})
-        for email, result in self._mailer.send_all(emails):
-            finished = self._clock()
-            if result.status == mailer.SENT:
-                self._store.mark_sent(email.id, finished)
-                log.info("sent alert email %d to %s", email.id, email.recipient)
-            elif result.status == mailer.REJECTED:
-                self._store.mark_failed(email.id, finished, result.error)
-                log.error("alert email %d to %s rejected for good: %s", email.id, email.recipient, result.error)
+        outgoing: dict[int, tuple[tuple[int, ...], float]] = {}
+        messages, digests = [], []
+        for group in mailer.by_recipient(emails):
+            ids = tuple(email.id for email in group)
+            previous = _same_digest(group)
+            if len(group) == 1:
+                message = group[0]
+            elif previous is not None:
+                message = mailer.digest(group, previous.message_id, previous.created_at)
             else:
-                delay = delays[email.id]
-                self._store.schedule_retry(email.id, finished + delay, result.error)
-                log.warning(
-                    "alert email %d to %s not sent (%s); retrying in %g s",
-                    email.id,
-                    email.recipient,
-                    result.error,
-                    delay,
-                )
+                message = mailer.digest(group, self._mailer.new_message_id(), now)
+                digests.append(NewDigest(ids, message.recipient, message.subject, message.message_id))
+            outgoing[message.id] = (ids, retry_delay(message.attempts + 1))
+            messages.append(message)
+        self._store.claim_emails(
+            {email_id: now + delay for ids, delay in outgoing.values() for email_id in ids}, now, digests
+        )
+        for message, result in self._mailer.send_all(messages):
+            ids, delay = outgoing[message.id]
+            finished = self._clock()
+            what = f"alert email {ids[0]}" if len(ids) == 1 else f"digest of emails {', '.join(map(str, ids))}"
+            if result.status == mailer.SENT:
+                self._store.mark_sent(ids, finished)
+                log.info("sent %s to %s", what, message.recipient)
+            elif result.status == mailer.REJECTED:
+                self._store.mark_failed(ids, finished, result.error)
+                log.error("%s to %s rejected for good: %s", what, message.recipient, result.error)
+            else:
+                self._store.schedule_retry(ids, finished + delay, result.error)
+                log.warning("%s to %s not sent (%s); retrying in %g s", what, message.recipient, result.error, delay)
         return len(emails)
 
     def start(self) -> None:
@@ -152,7 +170,7 @@ class Scheduler:
         return self.check_once(now)
 
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
-        decision = decide(user, now)
+        decision = decide(user, now, user.parent)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
         recovery: tuple[NewEmail, ...] = ()
@@ -168,6 +186,7 @@ class Scheduler:
             down_since=decision.down_since,
             ends_outage=user.back_at is not None,
             recovery=recovery,
+            suppressed=None if decision.suppressed is None else (decision.suppressed.kind, decision.suppressed.down_at),
         )
 
     def _compose_alert(self, user: UserState, kind: str) -> tuple[str, str]:
@@ -182,3 +201,11 @@ class Scheduler:
     def _emails(self, user: UserState, subject: str, body: str) -> tuple[NewEmail, ...]:
         recipients = self._settings.users[user.username].recipients
         return tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
+
+
+def _same_digest(emails: list[QueuedEmail]) -> Digest | None:
+    """The digest that carried exactly `emails` last time, if it did; else None."""
+    previous = emails[0].digest
+    if previous is None or previous.emails != len(emails) or any(email.digest != previous for email in emails):
+        return None
+    return previous

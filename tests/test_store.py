@@ -37,7 +37,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -119,8 +119,6 @@ def test_sync_updates_changed_settings(store):
 @pytest.mark.parametrize(
     ("query", "parameters", "index"),
     [
-        (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
-        (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
         (store_module.PINGS_BETWEEN_SQL, (1, T0, T0, 10), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
     ],
 )
@@ -133,7 +131,45 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
 @pytest.mark.parametrize(
     ("query", "parameters", "expected_plan"),
     [
-        (store_module.CONFIGURED_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
+        # The due users with their parents, and the due emails with their users, kinds and digests: each
+        # through its index, then one primary-key seek per row found.
+        (
+            store_module.DUE_USERS_SQL,
+            (T0, 10),
+            [
+                "SEARCH child USING INDEX users_due (due_at<?)",
+                "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+        (
+            store_module.DUE_EMAILS_SQL,
+            (T0, 10),
+            [
+                "SEARCH outbox USING INDEX outbox_queue (next_attempt_at<?)",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH digests USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+    ],
+)
+def test_the_listener_and_the_drain_find_their_work_through_an_index_and_never_sort(
+    store, query, parameters, expected_plan
+):
+    assert store.query_plan(query, parameters) == expected_plan
+
+
+@pytest.mark.parametrize(
+    ("query", "parameters", "expected_plan"),
+    [
+        (
+            store_module.CONFIGURED_USERS_SQL,
+            (),
+            [
+                "SCAN child USING INDEX sqlite_autoindex_users_1",
+                "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
         (
             store_module.RECENT_EMAILS_SQL,
             (10,),
@@ -141,6 +177,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
                 "SCAN outbox",
                 "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
                 "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH digests USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
             ],
         ),
     ],
@@ -246,9 +283,9 @@ def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
         [alert_outcome(user, T0 + 661, "a@example.com", "b@example.com", "c@example.com")], T0 + 61
     )
     first, second, third = store.due_emails(T0 + 61, 10)
-    store.mark_sent(first.id, T0 + 62)
-    store.schedule_retry(second.id, T0 + 70, "451 try later")
-    store.mark_failed(third.id, T0 + 62, "550 no such user")
+    store.mark_sent([first.id], T0 + 62)
+    store.schedule_retry([second.id], T0 + 70, "451 try later")
+    store.mark_failed([third.id], T0 + 62, "550 no such user")
     assert store.due_emails(T0 + 69, 10) == []
     [retried] = store.due_emails(T0 + 70, 10)
     assert (retried.id, retried.attempts) == (second.id, 1)
@@ -267,8 +304,8 @@ def test_recent_emails_show_the_newest_first_with_their_fate_and_the_alerts_last
     [user] = store.due_users(T0 + 62, 10)
     store.save_check_outcomes([alert_outcome(user, T0 + 662, "a@example.com", "b@example.com")], T0 + 62)
     first, second = store.due_emails(T0 + 62, 10)
-    store.mark_sent(first.id, T0 + 63)
-    store.schedule_retry(second.id, T0 + 70, "451 try later")
+    store.mark_sent([first.id], T0 + 63)
+    store.schedule_retry([second.id], T0 + 70, "451 try later")
     assert store.recent_emails(10) == [
         EmailEvent(second.id, "pi", "b@example.com", "queued", 1, T0 + 1, T0 + 62, None),
         EmailEvent(first.id, "pi", "a@example.com", "sent", 1, T0 + 1, T0 + 62, T0 + 63),

@@ -286,8 +286,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600 (15:13:20)
     ping_at(client, clock, T0 - 10)
     [sent, retried] = alert(store, "gone", T0 - 100, "oncall@example.com", "ops@example.com")
-    store.mark_sent(sent, T0 - 99)
-    store.schedule_retry(retried, T0 + 5, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
+    store.mark_sent([sent], T0 - 99)
+    store.schedule_retry([retried], T0 + 5, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
     clock.now = T0
     answer = client.post_json("/testing/state", {"password": "let me in"}, status=200)
     assert answer.content_type == "application/json"
