@@ -229,13 +229,17 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     if current is not None:
         repeat_at = _repeat_at(user, current.kind)
         if repeat_at is None or now > repeat_at:
-            quiet_until = _quiet_until(user, current, parent, now)
-            if quiet_until is not None:
-                repeat_at = quiet_until if quiet_until > now else None
+            waits_until = _parent_deadline_ahead(current, parent, now)
+            if snoozed(user, now):
+                repeat_at = user.snoozed_until
+            elif _muted(user):
+                repeat_at = None
             elif parent is not None and condition(parent, now) is not None:
                 repeat_at = None
                 if user.suppressed_kind != current.kind:
                     suppressed = current
+            elif waits_until is not None:
+                repeat_at = waits_until
             else:
                 alert = current
                 repeat_at = now + user.email_frequency
@@ -266,8 +270,11 @@ def held_back_until(user: Watched, now: float, parent: Watched | None = None) ->
     repeat_at = _repeat_at(user, current.kind)
     if repeat_at is not None and not now > repeat_at:
         return repeat_at
-    quiet_until = _quiet_until(user, current, parent, now)
-    return quiet_until if quiet_until is not None and quiet_until > now else None
+    if snoozed(user, now):
+        return user.snoozed_until
+    if _muted(user) or (parent is not None and condition(parent, now) is not None):
+        return None
+    return _parent_deadline_ahead(current, parent, now)
 
 
 def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
@@ -334,21 +341,21 @@ def retry_delay(attempts: int) -> float:
     return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
 
 
-def _quiet_until(user: Watched, current: Condition, parent: Watched | None, now: float) -> float | None:
-    """Until when an alert about `current`, due at `now`, is held back by something other than the throttle
-    or a parent that is down: the snooze's end, the parent's deadline (a silence or overlong run that went
-    down after the parent's last contact waits for it), or `now` itself for an outage muted by a snooze
-    (only a signal ends that). None: nothing holds it back."""
-    if snoozed(user, now):
-        return user.snoozed_until
-    if user.down_since is not None and user.down_since == user.muted_outage:
-        return now
-    if parent is None or current.kind == FAILURE or condition(parent, now) is not None:
+def _muted(user: Watched) -> bool:
+    """Whether `user`'s current outage was alerted before a snooze (muted_outage): it is not alerted again."""
+    return user.down_since is not None and user.down_since == user.muted_outage
+
+
+def _parent_deadline_ahead(current: Condition, parent: Watched | None, now: float) -> float | None:
+    """The deadline of a `parent` that is not down at `now` and whose last contact came before `current` (a
+    silence or an overlong run) went down: its own outage may be the cause, so the alert waits for it.
+    None: no parent, a failure (reported by the device itself), or a parent heard from since."""
+    if parent is None or current.kind == FAILURE:
         return None
-    parent_deadline = late_at(parent, now)
-    if parent_deadline is not None and silence_start(parent, now) < current.down_at:
-        return parent_deadline
-    return None
+    deadline = late_at(parent, now)
+    if deadline is None or not silence_start(parent, now) < current.down_at:
+        return None
+    return deadline
 
 
 def _restarted_at(user: Watched, now: float | None) -> float:

@@ -119,7 +119,7 @@ CREATE TABLE outbox (
     next_attempt_at REAL,
     last_error      TEXT,
     finished_at     REAL,
-    -- The digest that carried it at its latest attempt, if it went out in one.
+    -- The latest digest that carried it, if one did.
     digest_id       INTEGER REFERENCES digests (id)
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';

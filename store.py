@@ -355,7 +355,7 @@ class QueuedEmail:
     """An outbox row waiting to be sent, or a digest of several (mailer.digest builds those).
 
     `username` and `kind` say whom and what it is about (rules.BACK for a recovery). `digest` is the
-    digest that carried it at its latest attempt, if any.
+    latest digest that carried it, if one did.
     """
 
     id: int
@@ -409,7 +409,7 @@ class EmailEvent:
     queued_at: float
     finished_at: float | None
     kind: str = SILENCE
-    # The digest that carried it at its latest attempt, and that digest's subject; None if none.
+    # The latest digest that carried it, and that digest's subject; None if none did.
     digest_id: int | None = None
     digest_subject: str | None = None
 

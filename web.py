@@ -45,6 +45,7 @@ from rules import (
     live_state,
     run_deadline,
     signal_kind,
+    snoozed,
 )
 from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState
 
@@ -73,6 +74,8 @@ PING_PATH = "/ping"
 PATH_SIGNALS = {START: START, FAIL: FAIL, LOG: LOG}
 # How many of the newest alert emails the testing page shows.
 RECENT_EMAILS = 50
+# The longest snooze, in minutes: a week.
+MAX_SNOOZE_MINUTES = 10_080
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
 # On every answer: the page loads scripts, styles and data from this origin only (no inline
@@ -144,6 +147,18 @@ def make_app(
             del times[LOGS_MAX_PINGS:]
             bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
         return json.dumps(local_clock_times(times))
+
+    @app.route("/snooze", method=["GET", "POST"])
+    def snooze():
+        query = query_fields(bottle.request.environ.get("QUERY_STRING", ""))
+        username = query.get("username")
+        if not username:
+            raise bottle.HTTPError(400, "missing username")
+        minutes = _snooze_minutes(query.get("minutes"))
+        now = clock()
+        until = store.snooze(username, now + minutes * 60, now)
+        bottle.response.content_type = PLAIN_TEXT
+        return format_ping_time(until)
 
     @app.get("/")
     def testing_page():
@@ -334,6 +349,15 @@ def _signal_body(environ: WSGIEnvironment) -> str | None:
     return data.decode("utf-8", errors="replace") if data else None
 
 
+def _snooze_minutes(text: str | None) -> int:
+    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES in decimal digits; QueryError if not."""
+    if text is None:
+        raise QueryError("missing minutes")
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > MAX_SNOOZE_MINUTES:
+        raise QueryError(f"invalid minutes {text[:20]!r}: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
+    return int(text)
+
+
 def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
     """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
     times = local_clock_times(signal.at for signal in signals)
@@ -352,16 +376,22 @@ def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
 def _live_user(user: UserState, now: float) -> dict[str, Any]:
     """A user's live state for the testing page, each time as epoch seconds and as local time."""
     deadlines = [t for t in (late_at(user), run_deadline(user)) if t is not None]
+    held_back = held_back_until(user, now, user.parent)
+    # Without its parent, only email_frequency or a snooze can hold an alert back.
+    waits_for_parent = held_back is not None and held_back != held_back_until(user, now)
     return {
-        "state": live_state(user, now),
+        "state": live_state(user, now, user.parent),
         "last_duration": user.last_duration,
+        "depends_on": None if user.parent is None else user.parent.username,
+        "held_back_by": None if held_back is None else "parent" if waits_for_parent else "email_frequency",
         **_times(
             last_ping=user.last_ping,
             late_at=min(deadlines) if deadlines else None,
             last_alert=user.last_alert,
-            held_back_until=held_back_until(user, now),
+            held_back_until=held_back,
             run_started=user.run_started,
             failed_at=user.failed_at,
+            snoozed_until=user.snoozed_until if snoozed(user, now) else None,
         ),
     }
 
@@ -375,6 +405,8 @@ def _email_event(email: EmailEvent) -> dict[str, Any]:
         "recipient": email.recipient,
         "status": email.status,
         "attempts": email.attempts,
+        "digest_id": email.digest_id,
+        "digest_subject": email.digest_subject,
         **_times(last_ping=email.last_ping, queued_at=email.queued_at, finished_at=email.finished_at),
     }
 

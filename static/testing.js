@@ -265,7 +265,7 @@ function showUser(name, live, now) {
     addLog("state-change", now, `${name} is ${live.state}${heldBack(live)}`);
     return;
   }
-  const wasLate = previous === "late" || previous === "alerted";
+  const wasLate = previous === "late" || previous === "alerted" || previous === "suppressed";
   const time = (name) => (live[name] === null ? null : { epoch: live[name], local: live[`${name}_local`] });
   // A poll may fall between going late and being alerted; the late moment is known all the same.
   if (live.state === "alerted" && !wasLate) {
@@ -278,13 +278,25 @@ function showUser(name, live, now) {
       alerted: time("last_alert"),
       failed: time("failed_at"),
       running: time("run_started"),
+      snoozed: now,
+      suppressed: now,
     };
     logStateChange(name, previous, live, live.state, at[live.state] ?? now);
   }
 }
 
-// What the card says of the next alert: held back by email_frequency until a time, or due at once.
+// What the card says of the next alert: none while snoozed or suppressed, held back by email_frequency or
+// by its parent's deadline until a time, or due at once.
 function nextAlert(live) {
+  if (live.state === "snoozed") {
+    return `none while snoozed (until ${live.snoozed_until_local})`;
+  }
+  if (live.state === "suppressed") {
+    return `none while ${live.depends_on} is down (suppressed)`;
+  }
+  if (live.held_back_by === "parent") {
+    return `alert not before ${live.held_back_until_local} (waits for ${live.depends_on}'s deadline)`;
+  }
   if (live.held_back_until_local) {
     const what = live.state === "alerted" ? "reminder" : "alert";
     return `${what} not before ${live.held_back_until_local} (email_frequency)`;
@@ -295,6 +307,9 @@ function nextAlert(live) {
 function heldBack(live) {
   if (live.state !== "late" || !live.held_back_until_local) {
     return "";
+  }
+  if (live.held_back_by === "parent") {
+    return `; next alert not before ${timeOfDay(live.held_back_until_local)} (waits for ${live.depends_on}'s deadline)`;
   }
   return `; next alert not before ${timeOfDay(live.held_back_until_local)} (email_frequency holds it back)`;
 }
@@ -309,6 +324,8 @@ function logStateChange(name, from, live, to, at) {
     alerted: " (alert email queued)",
     failed: " (failure reported)",
     running: " (run started)",
+    snoozed: live.snoozed_until_local ? ` (until ${timeOfDay(live.snoozed_until_local)}: no alert meanwhile)` : "",
+    suppressed: ` (${live.depends_on} is down: its alert is recorded, not sent)`,
   };
   addLog("state-change", at, `${name}: ${from} → ${to}${why[to] ?? ""}`);
 }
@@ -348,8 +365,10 @@ function showEmail(email, now) {
   if (!known) {
     addLog("email", queued, `${about} (${silence}) queued for ${email.recipient}`);
   }
+  // A digest carried several emails to one recipient in one: said on each line it carried.
+  const digest = email.digest_id === null ? "" : ` in digest #${email.digest_id} “${email.digest_subject}”`;
   if (email.status === "sent" && known?.status !== "sent") {
-    addLog("email", finished, `${about} (${silence}) sent to ${email.recipient}`);
+    addLog("email", finished, `${about} (${silence}) sent to ${email.recipient}${digest}`);
   } else if (email.status === "failed" && known?.status !== "failed") {
     addLog("problem", finished, `${about} to ${email.recipient} refused for good (see the service's log)`);
   } else if (email.status === "queued" && email.attempts > (known?.attempts ?? 0)) {
