@@ -377,13 +377,16 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
     """A user's live state for the testing page, each time as epoch seconds and as local time."""
     deadlines = [t for t in (late_at(user), run_deadline(user)) if t is not None]
     held_back = held_back_until(user, now, user.parent)
-    # Without its parent, only email_frequency or a snooze can hold an alert back.
-    waits_for_parent = held_back is not None and held_back != held_back_until(user, now)
+    held_back_by = None
+    if held_back is not None:
+        # Without its parent, only email_frequency or a snooze can hold an alert back.
+        waits_for_parent = held_back != held_back_until(user, now)
+        held_back_by = "snooze" if snoozed(user, now) else "parent" if waits_for_parent else "email_frequency"
     return {
         "state": live_state(user, now, user.parent),
         "last_duration": user.last_duration,
         "depends_on": None if user.parent is None else user.parent.username,
-        "held_back_by": None if held_back is None else "parent" if waits_for_parent else "email_frequency",
+        "held_back_by": held_back_by,
         **_times(
             last_ping=user.last_ping,
             late_at=min(deadlines) if deadlines else None,

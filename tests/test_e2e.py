@@ -146,6 +146,15 @@ def test_invalid_settings_stop_startup_with_status_2_and_one_line_per_problem(tm
     assert result.stdout == ""
 
 
+def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"router": {**user, "depends_on": "cam"}, "cam": {**user, "depends_on": "router"}}
+    settings = write_settings(tmp_path / "settings.json", users)
+    result = run_server("--settings", str(settings), "--db", str(tmp_path / "db"), "--port", "0")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == 'users.router.depends_on: a cycle of dependencies: "router" -> "cam" -> "router"\n'
+
+
 def test_a_bad_smtp_port_stops_startup_with_status_2(tmp_path):
     settings = write_settings(tmp_path / "settings.json", PI)
     result = run_server(

@@ -724,3 +724,76 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
             assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
     finally:
         store.close()
+
+
+STORM_EVENTS = hypothesis.strategies.lists(
+    hypothesis.strategies.tuples(
+        hypothesis.strategies.sampled_from(
+            ["router success", "router fail", "router start", "cam success", "cam fail", "cam start"]
+            + ["snooze router", "snooze cam", "unsnooze cam", "restart", "check"]
+        ),
+        hypothesis.strategies.floats(min_value=-1000, max_value=1000),
+    ),
+    max_size=16,
+)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(events=STORM_EVENTS, max_runtime=hypothesis.strategies.sampled_from([None, 30]))
+def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_return_is_the_rules(
+    tmp_path_factory, events, max_runtime
+):
+    # Each user's deadline, as SQL stores it after every signal, snooze and restart, is rules.due_at (or
+    # what rules.decide chose, after a listener step). A success of the router restarts cam's silence
+    # exactly when rules.condition said that the router was down at that moment.
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 100, "max_runtime": max_runtime}
+    users = {"router": user, "cam": {**user, "depends_on": "router"}}
+    store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
+    try:
+        for event, offset in events:
+            now = T0 + offset
+            before = {user.username: user for user in store.configured_users()}
+            chosen = {}
+            if event == "check":
+                outcomes = []
+                for user in before.values():
+                    decision = rules.decide(user, now, user.parent)
+                    emails = (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else ()
+                    suppressed = decision.suppressed
+                    outcomes.append(
+                        CheckOutcome(
+                            user,
+                            decision.next_due_at,
+                            emails,
+                            kind=decision.alert.kind if decision.alert else rules.SILENCE,
+                            down_since=decision.down_since,
+                            ends_outage=user.back_at is not None,
+                            suppressed=None if suppressed is None else (suppressed.kind, suppressed.down_at),
+                        )
+                    )
+                    chosen[user.username] = decision.next_due_at
+                store.save_check_outcomes(outcomes, now)
+            elif event == "restart":
+                store.restart_monitoring(now)
+            elif event.startswith("snooze"):
+                store.snooze(event.split()[1], now + 300, now)
+            elif event == "unsnooze cam":
+                store.snooze("cam", now, now)
+            else:
+                username, kind = event.split()
+                store.record_ping(username, now, kind)
+            after = {user.username: user for user in store.configured_users()}
+            returned = event == "router success" and rules.condition(before["router"], now) is not None
+            if returned:
+                assert after["cam"].silence_from == max(before["cam"].silence_from or now, now)
+                assert after["cam"].suppressed_kind is None
+            else:
+                assert after["cam"].silence_from == before["cam"].silence_from
+            for name, user in after.items():
+                touched = event in ("check", "restart") or name in event.split() or (name == "cam" and returned)
+                if event == "unsnooze cam":  # minutes=0 changes nothing for a user not snoozed
+                    touched = name == "cam" and rules.snoozed(before["cam"], now)
+                expected = chosen.get(name, rules.due_at(user)) if touched else before[name].due_at
+                assert user.due_at == expected, (name, event)
+    finally:
+        store.close()

@@ -302,6 +302,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["users"]["pi"] == {
         "state": "pinging",
         "last_duration": None,
+        "depends_on": None,
+        "held_back_by": None,
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
         "late_at": T0 + 50,
@@ -314,6 +316,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         "run_started_local": None,
         "failed_at": None,
         "failed_at_local": None,
+        "snoozed_until": None,
+        "snoozed_until_local": None,
     }
     assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
         None,
@@ -327,6 +331,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
             "recipient": "oncall@example.com",
             "status": "sent",
             "attempts": 1,
+            "digest_id": None,
+            "digest_subject": None,
             "last_ping": None,
             "last_ping_local": None,
             "queued_at": T0 - 100,
@@ -341,6 +347,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
             "recipient": "ops@example.com",
             "status": "queued",
             "attempts": 1,
+            "digest_id": None,
+            "digest_subject": None,
             "last_ping": None,
             "last_ping_local": None,
             "queued_at": T0 - 100,
@@ -716,3 +724,62 @@ def test_testing_state_shows_failed_and_running_users_and_the_last_runs_duration
     clock.now = T0 + 5
     client.get("/ping/job/0")
     assert client.post_json("/testing/state", {"password": "let me in"}).json["users"]["job"]["last_duration"] == 25
+
+
+# /snooze: pi pinged last at T0 - 10 (late at T0 + 50), settings say max_sleep 60.
+
+
+def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(client, store, clock):
+    answer = client.post("/snooze?username=pi&minutes=30", status=200)
+    assert (answer.content_type, answer.text) == ("text/plain", "26/09/21 16:43:20")
+    assert store.user("pi").snoozed_until == T0 + 1800
+    clock.now = T0 + 60
+    assert client.get("/snooze?username=pi&minutes=10080", status=200).text == "26/09/28 16:14:20"
+    clock.now = T0 + 120
+    assert client.get("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:15:20"
+    assert store.user("pi").snoozed_until == T0 + 120
+    # Not snoozed any more: minutes=0 changes nothing.
+    clock.now = T0 + 180
+    assert client.post("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:16:20"
+    assert store.user("pi").snoozed_until == T0 + 120
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("minutes=5", "missing username"),
+        ("username=pi", "missing minutes"),
+        ("username=pi&minutes=10081", "invalid minutes '10081': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=1.5", "invalid minutes '1.5': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=-1", "invalid minutes '-1': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=", "invalid minutes '': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=%EF%BC%91", "invalid minutes '\uff11': expected a whole number from 0 to 10080"),
+    ],
+)
+def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(client, store, query, message):
+    answer = client.get("/snooze?" + query, status=400)
+    assert (answer.content_type, answer.text) == ("text/plain", message)
+    assert store.user("pi").snoozed_until is None
+
+
+def test_snooze_of_an_unknown_user_is_a_404(client):
+    assert client.post("/snooze?username=ghost&minutes=5", status=404).text == "unknown user ghost"
+
+
+def test_testing_state_shows_snoozed_and_suppressed_users_and_the_parent_they_wait_for(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"router": user, "cam": {**user, "depends_on": "router"}, "nas": user}
+    client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600
+    client.get("/snooze?username=nas&minutes=5", status=200)
+    state = client.post_json("/testing/state", {"password": "let me in"}, status=200).json["users"]
+    assert {name: live["state"] for name, live in state.items()} == {
+        "router": "late",
+        "cam": "suppressed",
+        "nas": "snoozed",
+    }
+    assert (state["cam"]["depends_on"], state["router"]["depends_on"]) == ("router", None)
+    assert (state["nas"]["snoozed_until"], state["nas"]["snoozed_until_local"]) == (
+        T0 + 300,
+        "2026-09-21 16:18:20 CEST",
+    )
+    assert (state["nas"]["held_back_until"], state["nas"]["held_back_by"]) == (T0 + 300, "snooze")
