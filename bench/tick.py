@@ -1,4 +1,6 @@
-"""Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late."""
+"""Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late;
+with no dependencies, or with every user in a chain of CHAIN_LENGTH (each depending on the one before it),
+where the late users are whole chains: each step then alerts the heads and suppresses the rest."""
 
 import shutil
 import sqlite3
@@ -17,6 +19,7 @@ MONITORING_START = 1_790_000_000.0
 LATE_EVERY = 100  # one user in LATE_EVERY is late: 1 %
 LATE_MAX_SLEEP = 60.0
 ON_TIME_MAX_SLEEP = 3600.0
+CHAIN_LENGTH = 5
 # A step is timed at these moments: before anyone's deadline, and once the 1 % are past theirs.
 NOBODY_LATE_AT = MONITORING_START + LATE_MAX_SLEEP / 2
 SOME_LATE_AT = MONITORING_START + 2 * LATE_MAX_SLEEP
@@ -41,6 +44,8 @@ class TickRow:
     """Step times at one number of users, in ms."""
 
     users: int
+    # 1: no dependencies; else the length of the chains of depends_on every user is in.
+    chain_length: int
     late: int
     step_late_ms: float
     backlog_late_ms: float
@@ -48,30 +53,35 @@ class TickRow:
     step_none_late_ms: float
 
 
-def run(sizes, late_repeats, idle_repeats, log):
-    """Time steps at each number of users in `sizes`; return TickRows."""
+def run(sizes, late_repeats, idle_repeats, log, chain_length=1):
+    """Time steps at each number of users in `sizes`, in chains of `chain_length` (1: none); return TickRows."""
     workdir = harness.BUILD_DIR / "tick"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     rows = []
     for size in sizes:
-        rows.append(_measure(workdir / f"users-{size}.db", size, late_repeats, idle_repeats))
+        rows.append(
+            _measure(workdir / f"users-{size}-{chain_length}.db", size, late_repeats, idle_repeats, chain_length)
+        )
         row = rows[-1]
+        chains = f" in chains of {chain_length}" if chain_length > 1 else ""
         log(
-            f"  {size:>7} users: {row.late} late, one step {row.step_late_ms:.2f} ms"
+            f"  {size:>7} users{chains}: {row.late} late, one step {row.step_late_ms:.2f} ms"
             f" (all late users: {row.backlog_late_ms:.2f} ms in {row.steps_for_backlog} steps);"
             f" nobody late {row.step_none_late_ms * 1000:.0f} µs"
         )
     return rows
 
 
-def _measure(path, size, late_repeats, idle_repeats):
+def _measure(path, size, late_repeats, idle_repeats, chain_length):
+    # Late: one user in LATE_EVERY, or, with chains, one chain in LATE_EVERY (the same share of users).
     users = {
         f"device-{index:06d}": config.UserConfig(
             monitor=True,
-            max_sleep=LATE_MAX_SLEEP if index % LATE_EVERY == 0 else ON_TIME_MAX_SLEEP,
+            max_sleep=LATE_MAX_SLEEP if index // chain_length % LATE_EVERY == 0 else ON_TIME_MAX_SLEEP,
             email_frequency=3600.0,
             recipients=("oncall@example.com",),
+            depends_on=f"device-{index - 1:06d}" if index % chain_length else None,
         )
         for index in range(size)
     }
@@ -100,7 +110,8 @@ def _measure(path, size, late_repeats, idle_repeats):
         store.close()
     return TickRow(
         users=size,
-        late=len(range(0, size, LATE_EVERY)),
+        chain_length=chain_length,
+        late=sum(1 for user in users.values() if user.max_sleep == LATE_MAX_SLEEP),
         step_late_ms=median(one_step) * 1000,
         backlog_late_ms=median(backlog) * 1000,
         steps_for_backlog=steps,
@@ -113,7 +124,8 @@ def _restore_late_users(connection):
     # their alert, so every timed step finds the same work.
     with connection:
         connection.execute(
-            "UPDATE users SET last_alert = NULL, due_at = monitored_since + max_sleep WHERE max_sleep = ?",
+            "UPDATE users SET last_alert = NULL, down_since = NULL, suppressed_kind = NULL,"
+            " due_at = monitored_since + max_sleep WHERE max_sleep = ?",
             (LATE_MAX_SLEEP,),
         )
         connection.execute("DELETE FROM outbox")

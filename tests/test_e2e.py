@@ -13,7 +13,18 @@ import urllib.parse
 import pytest
 
 from mailer import SMTP_TIMEOUT
-from support import ROOT, SMTP_LOGIN, SilentSmtpServer, free_port, outbox, server_env, wait_until, write_settings
+from support import (
+    ROOT,
+    SMTP_LOGIN,
+    SilentSmtpServer,
+    TlsSmtpServer,
+    free_port,
+    outbox,
+    query,
+    server_env,
+    wait_until,
+    write_settings,
+)
 
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
 
@@ -373,3 +384,46 @@ def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, s
     assert (start["kind"], start["time"]) == ("start", answer.split()[1])
     assert (success["kind"], success["body"], success["duration"] > 0.5) == ("success", "done", True)
     assert subjects(smtp_server) == ["job did not finish in time", "job is back"]
+
+
+STORM = {
+    "router": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+    **{
+        f"cam{index}": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600, "depends_on": "router"}
+        for index in range(5)
+    },
+    "nas": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+    "pi": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+}
+
+
+def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with_its_message_id(
+    tmp_path, start_server, ca
+):
+    db = tmp_path / "ping_listener.db"
+    port = free_port()  # nothing listens: the SMTP server is down
+    settings = write_settings(tmp_path / "settings.json", STORM)
+    service = start_server(settings, SMTP_PORT=str(port))
+    # router, nas and pi are alerted, the five cameras behind the router suppressed; their emails to
+    # oncall@example.com make one digest, which meets the outage and waits to be retried.
+    wait_until(
+        lambda: query(db, "SELECT count(*), min(attempts) FROM outbox WHERE digest_id IS NOT NULL") == [(3, 1)],
+        message="a digest of three emails tried once",
+    )
+    service.kill()
+    assert query(db, "SELECT count(*) FROM alerts WHERE suppressed = 1") == [(5,)]
+    [(message_id, subject)] = query(db, "SELECT message_id, subject FROM digests")
+    assert subject == "3 devices need attention: nas, pi, router"
+    smtp = TlsSmtpServer(ca).start(port)
+    try:
+        service = start_server(settings, SMTP_PORT=str(port))
+        [(_, recipients, message)] = smtp.wait_for_messages(1)
+        wait_until(lambda: query(db, "SELECT DISTINCT status FROM outbox") == [("sent",)], message="all sent")
+        assert service.stop() == 0
+        assert len(smtp.messages) == 1
+    finally:
+        smtp.stop()
+    assert (recipients, message["Subject"], message["Message-ID"]) == (["oncall@example.com"], subject, message_id)
+    body = message.get_content()
+    assert [body.count(f"===== {name} disconnection detected =====") for name in ("nas", "pi", "router")] == [1, 1, 1]
+    assert query(db, "SELECT count(*), count(DISTINCT digest_id) FROM outbox") == [(3, 1)]
