@@ -1,14 +1,16 @@
-"""Startup configuration: settings.json and the SMTP environment variables, validated once.
+"""Configuration: settings.json (read at start and again on SIGHUP) and the SMTP environment variables.
 
 Every problem is collected before anything is reported, so a user fixes a bad file in one pass;
-each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got "ten"`).
+each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got "ten"`). A quoted
+value or key is cut, so a huge one cannot make a huge line.
 """
 
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
@@ -18,13 +20,33 @@ _EMAIL = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# An email header cannot carry these, so an alert about a username holding one could never be sent.
+_SEPARATORS = re.compile("[\u2028\u2029]")
+# json.loads turns "\\ud800" into a lone surrogate: a str that cannot be encoded, stored or sent.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
+_HEARTBEAT_URL = re.compile(r"https?://[^\s/?#]+([/?][^\s#]*)?")
+# A quoted value or key longer than this is cut in messages.
+MAX_SHOWN = 60
+MIN_TOKEN_LENGTH = 16
+DEFAULT_HEARTBEAT_FREQUENCY = 60.0
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
 # The display name of alert emails' From header unless SMTP_FROM_NAME says otherwise.
 DEFAULT_SENDER_NAME = "Ping Listener"
 
-TOP_LEVEL_KEYS = {"server_root", "base_frequency", "email_processing_frequency", "recipient", "users"}
+TOP_LEVEL_KEYS = {
+    "server_root",
+    "base_frequency",
+    "email_processing_frequency",
+    "recipient",
+    "users",
+    "require_tokens",
+    "retention_days",
+    "heartbeat_url",
+    "heartbeat_frequency",
+}
 USER_KEYS = {
     "monitor",
     "max_sleep",
@@ -32,6 +54,7 @@ USER_KEYS = {
     "email_frequency",
     "max_runtime",
     "notify_recovery",
+    "token",
     "depends_on",
 }
 
@@ -59,6 +82,9 @@ class UserConfig:
     # The configured user this one sits behind (its router, say): while that one is down, this one's
     # alerts are suppressed. None: it depends on no one.
     depends_on: str | None = None
+    # secret_digest() of the user's ping token (None: no token needed). Only the digest is kept, so
+    # the token itself can be neither logged nor shown.
+    token_digest: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,33 @@ class Settings:
     server_root: str | None
     users: dict[str, UserConfig]
     recipient: str
+    require_tokens: bool = False
+    # Pings, alerts and finished emails older than this many days are deleted; None keeps everything.
+    retention_days: float | None = None
+    heartbeat_url: str | None = None
+    heartbeat_frequency: float = DEFAULT_HEARTBEAT_FREQUENCY
+
+
+class LiveSettings:
+    """The settings in force, which a reload replaces as a whole.
+
+    The web layer and the scheduler each read `current` when they need it, so a reload is seen by
+    both at once, and each reader sees one whole version, never a mix of two.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        """Start with `settings` in force."""
+        self._current = settings
+
+    @property
+    def current(self) -> Settings:
+        """The settings in force now."""
+        return self._current
+
+    def replace(self, settings: Settings) -> Settings:
+        """Put `settings` in force (one atomic assignment); return those it replaced."""
+        previous, self._current = self._current, settings
+        return previous
 
 
 @dataclass(frozen=True)
@@ -100,7 +153,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     try:
         document = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
     except _DuplicateKey as error:
-        raise ConfigError([f"{path}: duplicate key {json.dumps(error.key)}"]) from None
+        raise ConfigError([f"{path}: duplicate key {_show(error.key)}"]) from None
     except ValueError as error:
         raise ConfigError([f"{path}: invalid JSON: {error}"]) from None
     except RecursionError:
@@ -113,24 +166,29 @@ def parse_settings(document: Any) -> Settings:
     problems: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
+    _lone_surrogates(document, "", problems)
     _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
     base_frequency = _number(document, "base_frequency", "", problems)
     email_processing_frequency = _number(document, "email_processing_frequency", "", problems)
     recipient = _required(document, "recipient", "", problems)
     if recipient is not None and not is_email_address(recipient):
         problems.append(f"recipient: must be an email address like name@example.com, got {_show(recipient)}")
-    server_root = document.get("server_root")
-    if server_root is not None and not (
-        isinstance(server_root, str) and re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", server_root)
-    ):
-        problems.append(f"server_root: must be an http:// or https:// URL, got {_show(server_root)}")
+    server_root = _url(document, "server_root", _URL, problems)
+    require_tokens = document.get("require_tokens", False)
+    if not isinstance(require_tokens, bool):
+        problems.append(f"require_tokens: must be true or false, got {_show(require_tokens)}")
+    retention_days = _positive_number(document, "retention_days", None, MAX_SECONDS / 86400, problems)
+    heartbeat_url = _url(document, "heartbeat_url", _HEARTBEAT_URL, problems)
+    heartbeat_frequency = _positive_number(
+        document, "heartbeat_frequency", DEFAULT_HEARTBEAT_FREQUENCY, MAX_SECONDS, problems
+    )
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
         problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
     elif users is not None:
         for username, user in users.items():
-            parsed = _parse_user(username, user, recipient, problems)
+            parsed = _parse_user(username, user, recipient, require_tokens is True, problems)
             if parsed is not None:
                 parsed_users[username] = parsed
         _check_dependencies(users, problems)
@@ -142,6 +200,10 @@ def parse_settings(document: Any) -> Settings:
         server_root=server_root.rstrip("/") if server_root else None,
         users=parsed_users,
         recipient=recipient,
+        require_tokens=require_tokens,
+        retention_days=retention_days,
+        heartbeat_url=heartbeat_url,
+        heartbeat_frequency=heartbeat_frequency,
     )
 
 
@@ -177,13 +239,20 @@ def is_email_address(value: object) -> bool:
     return isinstance(value, str) and _EMAIL.fullmatch(value) is not None
 
 
-def _parse_user(username, user, recipient, problems):
-    path = _user_path(username)
+def secret_digest(text: str) -> bytes:
+    """SHA-256 of `text` (a password or token): comparing two digests takes the same time whatever the texts."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _parse_user(username, user, recipient, require_tokens, problems):
+    path = _path("users.", username)
     before = len(problems)
     if not username:
         problems.append(f"{path}: a username must not be empty")
     elif _CONTROL.search(username):
         problems.append(f"{path}: a username must not contain control characters")
+    elif _SEPARATORS.search(username):
+        problems.append(f"{path}: a username must not contain line or paragraph separators (U+2028, U+2029)")
     if not isinstance(user, dict):
         problems.append(f"{path}: must be an object with monitor, max_sleep and email_frequency, got {_show(user)}")
         return None
@@ -203,6 +272,17 @@ def _parse_user(username, user, recipient, problems):
     depends_on = user.get("depends_on")
     if depends_on is not None and not (isinstance(depends_on, str) and depends_on):
         problems.append(f"{path}.depends_on: must be the name of another user, got {_show(depends_on)}")
+    token = user.get("token")
+    if token is None and require_tokens:
+        problems.append(f"{path}.token: missing (require_tokens is true)")
+    # The value is never quoted: even a wrong token may be a secret.
+    elif token is not None and not (
+        isinstance(token, str) and len(token) >= MIN_TOKEN_LENGTH and not re.search(r"[\s\x00-\x1f\x7f-\x9f]", token)
+    ):
+        problems.append(
+            f"{path}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces"
+            " or control characters"
+        )
     if len(problems) > before:
         return None
     return UserConfig(
@@ -213,6 +293,7 @@ def _parse_user(username, user, recipient, problems):
         max_runtime=max_runtime,
         notify_recovery=notify_recovery,
         depends_on=depends_on,
+        token_digest=None if token is None else secret_digest(token),
     )
 
 
@@ -227,7 +308,7 @@ def _check_dependencies(users, problems):
     reported = set()
     for name, parent in parents.items():
         if parent not in users:
-            problems.append(f"{_user_path(name)}.depends_on: no user named {_show(parent)} is configured")
+            problems.append(f"{_path('users.', name)}.depends_on: no user named {_show(parent)} is configured")
             continue
         chain = [name]
         while chain[-1] in parents and parents[chain[-1]] in users and parents[chain[-1]] not in chain:
@@ -235,11 +316,7 @@ def _check_dependencies(users, problems):
         if parents.get(chain[-1]) == name and name not in reported:
             reported.update(chain)
             cycle = " -> ".join(_show(link) for link in [*chain, name])
-            problems.append(f"{_user_path(name)}.depends_on: a cycle of dependencies: {cycle}")
-
-
-def _user_path(username):
-    return "users." + (username if re.fullmatch(r"[\w-]+", username) else json.dumps(username))
+            problems.append(f"{_path('users.', name)}.depends_on: a cycle of dependencies: {cycle}")
 
 
 def _device_emails(value, path, problems):
@@ -255,10 +332,51 @@ def _device_emails(value, path, problems):
     return tuple(dict.fromkeys(addresses))
 
 
+def _url(document, key, pattern, problems):
+    value = document.get(key)
+    if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+        problems.append(f"{key}: must be an http:// or https:// URL, got {_show(value)}")
+        return None
+    return value
+
+
+def _positive_number(document, key, default, maximum, problems):
+    if key not in document:
+        return default
+    value = document[key]
+    # Plain comparisons, as in _number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not value <= maximum:
+        problems.append(f"{key}: must be a number > 0 and at most {maximum:.0f}, got {_show(value)}")
+        return default
+    return float(value)
+
+
+def _lone_surrogates(value, path, problems):
+    """Report every key and string under `value` that holds a lone surrogate: not Unicode text."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            problems.append(f"{path}: must be valid Unicode text (it holds a lone surrogate)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            item_path = _path(path + "." if path else "", key)
+            if _SURROGATE.search(key):
+                problems.append(f"{item_path}: a key must be valid Unicode text (it holds a lone surrogate)")
+            _lone_surrogates(item, item_path, problems)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _lone_surrogates(item, f"{path}[{index}]", problems)
+
+
 def _unknown_keys(document, known, prefix, problems):
     for key in document:
         if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (expected one of {', '.join(sorted(known))})")
+            problems.append(f"{_path(prefix, key)}: unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _path(prefix, key):
+    """`prefix` then `key`, quoted as JSON (ASCII) unless it is a plain word, and cut if long."""
+    shown = key if re.fullmatch(r"[\w-]+", key) else json.dumps(key)
+    return prefix + (shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 3] + "...")
 
 
 def _required(document, key, prefix, problems):
@@ -289,8 +407,9 @@ def _seconds(value, path, problems, positive=False):
 
 
 def _show(value):
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
+    # A lone surrogate is shown escaped: it could not be written to stderr or a log as it is.
+    text = json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 class _DuplicateKey(ValueError):

@@ -373,3 +373,10 @@ def _repeat_at(user: Watched, kind: str) -> float | None:
     if user.last_alert is None or user.last_alert_kind != kind:
         return None
     return user.last_alert + user.email_frequency
+
+
+def is_up(condition_at: float | None, now: float) -> bool:
+    """Whether a user counts as up at `now` (the metric ping_listener_up), given `condition_at`, when its
+    earliest condition begins (its failure, its run's deadline or its silence's deadline; None if not
+    monitored): False while it is failed, late or past max_runtime, alerted or not; True otherwise."""
+    return condition_at is None or not now > condition_at

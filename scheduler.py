@@ -1,18 +1,25 @@
-"""The absence listener and the outbox drain: two thin stoppable loops acting on the rules (rules.py).
+"""The service's background loops: the absence listener and the outbox drain acting on the rules (rules.py),
+retention, the heartbeat, and the loop that runs a reload when one is asked for.
 
-The loops run in their own threads so a slow SMTP server never delays detecting absences.
-Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait
-on a monotonic clock (Event.wait); the wall clock only dates things, and the absence listener
-restarts monitoring when it sees the wall clock jump.
+Each loop runs in its own thread, so a slow SMTP server never delays detecting absences and a
+slow heartbeat URL delays nothing. Each step takes `now` from its caller, so tests drive time
+instead of sleeping. The loops wait on a monotonic clock (Event.wait); the wall clock only dates
+things, and the absence listener restarts monitoring when it sees the wall clock jump. Settings are
+read from the LiveSettings at each step, so a reload is followed at once.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+
+from prometheus_client import Histogram
 
 import mailer
-from config import Settings
+from config import LiveSettings
 from mailer import MailSender
 from rules import FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
 from store import CheckOutcome, Digest, NewDigest, NewEmail, QueuedEmail, Store, StoreError, UserState
@@ -26,26 +33,54 @@ MIN_LOOP_DELAY = 0.02
 # If deciding about a user fails, look at it again this much later, so one bad row cannot
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
+# Retention deletes at most this many rows of each kind per write transaction (a few ms of the write
+# lock: bench/retention.py), pauses RETENTION_PAUSE between full batches so pings and the other loops
+# get the lock and the CPU, and looks for old rows again every RETENTION_INTERVAL once none are left.
+RETENTION_BATCH = 500
+RETENTION_PAUSE = 0.02
+RETENTION_INTERVAL = 60.0
+# How long a heartbeat GET may take before it counts as failed.
+HEARTBEAT_TIMEOUT = 10.0
+# How often a loop that waits for a request (a reload) looks whether the service is stopping.
+REQUEST_POLL = 0.5
+# The loops whose running the heartbeat and /healthz vouch for.
+LOOPS = ("absence-listener", "outbox-drain")
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Scheduler:
     """Runs the absence listener and the outbox drain over one store, until stopped."""
 
     def __init__(
-        self, store: Store, mail_sender: MailSender, settings: Settings, server_root: str, clock: Callable[[], float]
+        self,
+        store: Store,
+        mail_sender: MailSender,
+        settings: LiveSettings,
+        default_root: str,
+        clock: Callable[[], float],
     ) -> None:
-        """Alert about `settings`' users in `store` through `mail_sender`, linking to `server_root`.
+        """Alert about the users of `settings` in `store` through `mail_sender`.
 
-        `clock()` gives the wall clock's epoch seconds.
+        Emails link to the settings' server_root, or `default_root` without one. `clock()` gives the
+        wall clock's epoch seconds.
         """
         self._store = store
         self._mailer = mail_sender
         self._settings = settings
-        self._server_root = server_root
+        # The root of links in emails when the settings have no server_root (server.py sets it to the
+        # address bound, once the socket is bound).
+        self.default_root = default_root
         self._clock = clock
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
         self._last_clock_reading: tuple[float, float] | None = None
+        # Not registered anywhere: metrics.py collects it for /metrics.
+        self.absence_step_seconds = Histogram(
+            "ping_listener_absence_step_seconds",
+            "How long a step of the absence listener took (finding due users, deciding, queueing alerts).",
+            buckets=STEP_BUCKETS,
+            registry=None,
+        )
 
     def check_once(self, now: float) -> int:
         """One step of the absence listener: queue alerts and recoveries for up to USERS_PER_STEP due users.
@@ -133,25 +168,94 @@ class Scheduler:
                 log.warning("%s to %s not sent (%s); retrying in %g s", what, message.recipient, result.error, delay)
         return len(emails)
 
+    def retain_once(self, now: float) -> int:
+        """One step of retention: delete a batch of pings, and of alerts and finished emails, older than
+        retention_days before `now`. Returns how many rows it deleted (0 without retention_days)."""
+        retention_days = self._settings.current.retention_days
+        if retention_days is None:
+            return 0
+        cutoff = now - retention_days * 86400
+        return self._store.delete_pings_before(cutoff, RETENTION_BATCH) + self._store.delete_history_before(
+            cutoff, RETENTION_BATCH
+        )
+
+    def health_problem(self) -> str | None:
+        """Why the service is not healthy now, or None: a loop that is not running, or a database that
+        does not take its write lock (StoreUnavailableError's reason)."""
+        for name in LOOPS:
+            thread = self._threads.get(name)
+            if thread is None or not thread.is_alive():
+                return f"the {name.replace('-', ' ')} is not running"
+        try:
+            self._store.check_writable()
+        except StoreError as error:
+            return f"the database does not answer: {error}"
+        return None
+
+    def beat_once(self) -> bool:
+        """One heartbeat: GET heartbeat_url if one is set and the service is healthy; True if it was answered 2xx.
+
+        A failure is logged (naming the URL's host, never the URL: it often holds a secret) and
+        changes nothing else; an unhealthy service sends no heartbeat, which is the point.
+        """
+        url = self._settings.current.heartbeat_url
+        if url is None:
+            return False
+        problem = self.health_problem()
+        if problem is not None:
+            log.warning("no heartbeat sent: %s", problem)
+            return False
+        host = urllib.parse.urlsplit(url).hostname
+        try:
+            with urllib.request.urlopen(url, timeout=HEARTBEAT_TIMEOUT) as answer:
+                answer.read(1024)
+            return True
+        except urllib.error.HTTPError as error:
+            log.warning("heartbeat to %s failed: HTTP %d", host, error.code)
+        except (OSError, ValueError) as error:  # URLError, timeouts, connection refused; ValueError: bad URL
+            log.warning("heartbeat to %s failed: %s", host, getattr(error, "reason", None) or error)
+        return False
+
     def start(self) -> None:
-        """Start both loops in background threads."""
-        for name, step, full_step, delay in (
-            ("absence-listener", self._listen, USERS_PER_STEP, self._settings.base_frequency),
-            ("outbox-drain", self.drain_once, EMAILS_PER_STEP, self._settings.email_processing_frequency),
+        """Start the absence listener, the outbox drain, retention and the heartbeat in background threads."""
+        settings = self._settings
+        for name, step, full_step, delay, pause in (
+            ("absence-listener", self._listen, USERS_PER_STEP, lambda: settings.current.base_frequency, 0.0),
+            (
+                "outbox-drain",
+                self.drain_once,
+                EMAILS_PER_STEP,
+                lambda: settings.current.email_processing_frequency,
+                0.0,
+            ),
+            ("retention", self.retain_once, RETENTION_BATCH, lambda: RETENTION_INTERVAL, RETENTION_PAUSE),
+            # Never "full": one GET, then a wait of heartbeat_frequency.
+            ("heartbeat", lambda now: int(self.beat_once()), 2, lambda: settings.current.heartbeat_frequency, 0.0),
         ):
-            thread = threading.Thread(target=self._loop, args=(step, full_step, delay), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._start_thread(name, self._loop, step, full_step, delay, pause)
+
+    def on_request(self, name: str, requested: threading.Event, action: Callable[[], object]) -> None:
+        """Run `action` in a thread of its own each time `requested` is set (e.g. from a signal handler),
+        until the scheduler stops. The event is cleared before `action` runs, so a request made
+        meanwhile runs it again."""
+        self._start_thread(name, self._serve_requests, requested, action)
 
     def stop(self, timeout: float) -> bool:
-        """Ask both loops to stop and wait up to `timeout` seconds for them; True if they stopped."""
+        """Ask every loop to stop and wait up to `timeout` seconds for them; True if they stopped."""
         self._stop.set()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.join(max(deadline - time.monotonic(), 0))
-        return not any(thread.is_alive() for thread in self._threads)
+        return not any(thread.is_alive() for thread in self._threads.values())
 
-    def _loop(self, step: Callable[[float], int], full_step: int, delay: float) -> None:
+    def _start_thread(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads[name] = thread
+
+    def _loop(
+        self, step: Callable[[float], int], full_step: int, delay: Callable[[], float], pause_when_full: float
+    ) -> None:
         while not self._stop.is_set():
             try:
                 done = step(self._clock())
@@ -161,23 +265,42 @@ class Scheduler:
             except Exception:
                 log.exception("%s step failed", threading.current_thread().name)
                 done = 0
-            # A full step means more work is waiting: go on at once.
-            if done < full_step:
-                self._stop.wait(max(delay, MIN_LOOP_DELAY))
+            # A full step means more work is waiting: go on after `pause_when_full` (0: at once).
+            self._stop.wait(max(delay(), MIN_LOOP_DELAY) if done < full_step else pause_when_full)
+
+    def _serve_requests(self, requested: threading.Event, action: Callable[[], object]) -> None:
+        while not self._stop.is_set():
+            if not requested.wait(REQUEST_POLL):
+                continue
+            requested.clear()
+            try:
+                action()
+            except Exception:
+                log.exception("%s failed", threading.current_thread().name)
 
     def _listen(self, now: float) -> int:
-        self.follow_clock(now, time.monotonic())
-        return self.check_once(now)
+        started = time.perf_counter()
+        try:
+            self.follow_clock(now, time.monotonic())
+            return self.check_once(now)
+        finally:
+            self.absence_step_seconds.observe(time.perf_counter() - started)
 
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
+        settings = self._settings.current
+        config = settings.users.get(user.username)
+        if config is None:
+            # Removed by a reload that has not reached the store yet: it is no longer watched.
+            return CheckOutcome(user, None)
+        server_root = settings.server_root or self.default_root
         decision = decide(user, now, user.parent)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
         recovery: tuple[NewEmail, ...] = ()
         if alert is not None:
-            emails = self._emails(user, *self._compose_alert(user, alert.kind))
+            emails = self._emails(config.recipients, *self._compose_alert(user, alert.kind, server_root))
         if decision.recovery:
-            recovery = self._emails(user, *mailer.compose_recovery(user, self._server_root))
+            recovery = self._emails(config.recipients, *mailer.compose_recovery(user, server_root))
         return CheckOutcome(
             user,
             decision.next_due_at,
@@ -189,17 +312,16 @@ class Scheduler:
             suppressed=None if decision.suppressed is None else (decision.suppressed.kind, decision.suppressed.down_at),
         )
 
-    def _compose_alert(self, user: UserState, kind: str) -> tuple[str, str]:
+    def _compose_alert(self, user: UserState, kind: str, server_root: str) -> tuple[str, str]:
         if kind == FAILURE:
             if user.fail_signal is None:
                 raise ValueError(f"{user.username} is failed but its fail signal is unknown")
-            return mailer.compose_failure(user, self._store.signal(user.fail_signal), self._server_root)
+            return mailer.compose_failure(user, self._store.signal(user.fail_signal), server_root)
         if kind == RUN_TIMEOUT:
-            return mailer.compose_run_timeout(user, self._server_root)
-        return mailer.compose_alert(user, self._server_root)
+            return mailer.compose_run_timeout(user, server_root)
+        return mailer.compose_alert(user, server_root)
 
-    def _emails(self, user: UserState, subject: str, body: str) -> tuple[NewEmail, ...]:
-        recipients = self._settings.users[user.username].recipients
+    def _emails(self, recipients: Sequence[str], subject: str, body: str) -> tuple[NewEmail, ...]:
         return tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
 
 

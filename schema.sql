@@ -5,7 +5,7 @@
 -- One row per username ever configured. Rows are never deleted, so a user removed from
 -- settings.json keeps its history; `configured` says whether it is in the running settings.
 -- monitor, max_sleep, email_frequency, max_runtime and notify_recovery mirror settings.json as of the
--- last start. The columns after due_at follow the user's signals (pings of every kind) and outages;
+-- last start or reload. The columns after due_at follow the user's signals (pings of every kind) and outages;
 -- rules.py says what each state means.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
@@ -40,6 +40,11 @@ CREATE TABLE users (
     back_at         REAL,
     -- The newest signal that changed this row: the listener's decisions apply only if it is unchanged.
     last_signal     INTEGER,
+    -- Signals (but `log`) and alerts recorded since the user was first configured, kept by the signal
+    -- trigger and the absence listener, for the metrics: a scrape reads one row per user, never the
+    -- pings. Retention does not lower them.
+    pings_total     INTEGER NOT NULL DEFAULT 0,
+    alerts_total    INTEGER NOT NULL DEFAULT 0,
     -- The user this one depends on (settings.json's depends_on): while it is down, this one's alerts
     -- are suppressed.
     parent_id       INTEGER REFERENCES users (id),
@@ -57,7 +62,7 @@ CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
 CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
 
--- Every signal ever received (a ping of any kind). The service records one as one INSERT; a trigger
+-- Every signal received (a ping of any kind; within retention_days, if set). The service records one as one INSERT; a trigger
 -- that exists only on its own connections (store.py) moves the user's state and due_at in the same
 -- statement.
 CREATE TABLE pings (
@@ -89,6 +94,8 @@ CREATE TABLE alerts (
     suppressed   INTEGER NOT NULL DEFAULT 0 CHECK (suppressed IN (0, 1))
 );
 CREATE INDEX alerts_by_user_time ON alerts (user_id, at);
+-- Retention deletes old alerts along this index.
+CREATE INDEX alerts_by_time ON alerts (at);
 
 -- Emails that went out as one: several outbox rows for one recipient, due at the same drain step, sent
 -- as one digest email with its own subject, Date and Message-ID. Its rows (outbox.digest_id) are sent,
@@ -123,8 +130,12 @@ CREATE TABLE outbox (
     digest_id       INTEGER REFERENCES digests (id)
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';
--- An alert's emails, for the overview's day view.
+-- An alert's emails: for the overview's day view, and so that deleting an alert checks that no email
+-- refers to it along this index, not by a scan of the outbox.
 CREATE INDEX outbox_by_alert ON outbox (alert_id);
+-- The metrics count sent and failed emails, and retention finds old ones, along this index (queued ones
+-- along outbox_queue).
+CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';
 -- A digest's emails.
 CREATE INDEX outbox_by_digest ON outbox (digest_id) WHERE digest_id IS NOT NULL;
 

@@ -3,9 +3,9 @@
 python server.py [--settings PATH] [--db PATH] [--host HOST] [--port PORT]
 python server.py --send-test-email ADDRESS
 
-Startup reads the settings, opens the database and starts the scheduler; the app itself, its
-routes and answers, is web.py. --send-test-email only proves the SMTP setup: it sends one email
-and exits, touching neither the settings nor the database.
+Startup reads the settings, opens the database and starts the scheduler; SIGHUP reads the settings
+again (reload_settings). The app itself, its routes and answers, is web.py. --send-test-email only
+proves the SMTP setup: it sends one email and exits, touching neither the settings nor the database.
 """
 
 import argparse
@@ -16,14 +16,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import config
 import serving
+from config import LiveSettings
 from mailer import SENT, SmtpMailer, SmtpSetupError
+from metrics import Exporter
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreError, StoreOpenError
-from web import MAX_REQUEST_BODY, make_app
+from web import MAX_REQUEST_BODY, Operations, make_app
 
 log = logging.getLogger("ping_listener.server")
 
@@ -39,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.send_test_email is not None:
         return send_test_email(args.send_test_email, os.environ)
-    # First of all, so that a signal during startup stops the service cleanly once it is up.
+    # First of all, so that a signal during startup stops (or reloads) the service cleanly once it is up.
     stop_requested = stop_on_signals()
+    reload_requested = reload_on_sighup()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = config.load_settings(args.settings)
@@ -63,13 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         print(f"{args.db}: {error}", file=sys.stderr)
         return 2
+    live_settings = LiveSettings(settings)
     mail_sender = SmtpMailer(smtp)
+    # Its default server root, the address bound, is set below once the socket is bound.
+    scheduler = Scheduler(store, mail_sender, live_settings, "", clock)
+    operations = Operations(
+        health_problem=scheduler.health_problem,
+        metrics=Exporter(store, clock, scheduler.absence_step_seconds),
+        metrics_token=os.environ.get("METRICS_TOKEN") or None,
+    )
     app = make_app(
         store,
-        settings,
+        live_settings,
         clock,
         os.environ.get("TESTING_PASSWORD") or None,
         mail_sender,
+        operations,
         os.environ.get("OVERVIEW_PASSWORD") or None,
     )
     try:
@@ -81,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
     bound_url = _url(http_server.host, http_server.port)
+    scheduler.default_root = bound_url
     if smtp.sender is None:
         log.warning("neither SMTP_FROM nor SMTP_LOGIN is set; alerts are sent from %s", mail_sender.sender)
     if settings.server_root is None and _unreachable_elsewhere(http_server.host):
@@ -92,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             args.settings,
         )
     check_smtp_in_background(mail_sender, smtp)
-    scheduler = Scheduler(store, mail_sender, settings, settings.server_root or bound_url, clock)
     scheduler.start()
-    print(f"listening on {bound_url}", flush=True)
+    scheduler.on_request(
+        "reload", reload_requested, lambda: reload_settings(args.settings, live_settings, store, clock)
+    )
+    print(f"listening on {scheduler.default_root}", flush=True)
     serving.serve_until_signalled(http_server, stop_requested, SHUTDOWN_GRACE)
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
@@ -160,6 +175,49 @@ def stop_on_signals() -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
     return stop_requested
+
+
+def reload_on_sighup() -> threading.Event:
+    """An event that SIGHUP sets from now on, instead of killing the process; a loop does the reload."""
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+    return reload_requested
+
+
+def reload_settings(
+    path: str | os.PathLike[str], live_settings: LiveSettings, store: Store, clock: Callable[[], float]
+) -> bool:
+    """Read the settings at `path` again and put them in force; True if they were.
+
+    An invalid file changes nothing: each problem is logged on a line of its own, as at startup.
+    Valid settings are put in force first, then the store's users follow (see Store.reload_users):
+    between the two, a user just removed already answers 404 and one just added may briefly answer
+    404 too, but a ping is never recorded without the token the new settings ask for. If the store
+    refuses, the previous settings are put back.
+    """
+    try:
+        settings = config.load_settings(path)
+    except config.ConfigError as error:
+        for problem in error.problems:
+            log.error("%s", problem)
+        log.error(
+            "settings not reloaded (%d problem(s) above); the previous settings stay in force", len(error.problems)
+        )
+        return False
+    previous = live_settings.replace(settings)
+    try:
+        change = store.reload_users(settings.users, clock())
+    except StoreError as error:
+        live_settings.replace(previous)
+        log.error("settings not reloaded: %s; the previous settings stay in force", error)
+        return False
+    log.info(
+        "settings reloaded: %d user(s) added, %d removed, %d changed",
+        len(change.added),
+        len(change.removed),
+        len(change.changed),
+    )
+    return True
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

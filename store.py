@@ -46,7 +46,7 @@ UPDATE users SET last_alert_kind = 'late' WHERE last_alert IS NOT NULL;
 UPDATE users SET down_since = max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep
 WHERE monitor AND last_alert > max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep;
 """
-# Storm control (schema version 5): dependencies, snoozes and suppressed alerts; digests of emails.
+# Storm control (schema version 6): dependencies, snoozes and suppressed alerts; digests of emails.
 STORM_CONTROL_UPGRADE_SQL = """
 ALTER TABLE users ADD COLUMN parent_id INTEGER REFERENCES users (id);
 ALTER TABLE users ADD COLUMN silence_from REAL;
@@ -79,11 +79,22 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX outbox_by_alert ON outbox (alert_id)",
     # 3 -> 4: signals.
     SIGNALS_UPGRADE_SQL,
-    # 4 -> 5: storm control.
+    # 4 -> 5: operations: counters for the metrics, so that a scrape never counts pings (a `log` signal
+    # and a recovery are not counted); indexes for retention and for the outbox's counts by status.
+    "ALTER TABLE users ADD COLUMN pings_total INTEGER NOT NULL DEFAULT 0;"
+    " ALTER TABLE users ADD COLUMN alerts_total INTEGER NOT NULL DEFAULT 0;"
+    " UPDATE users SET pings_total = (SELECT count(*) FROM pings WHERE user_id = users.id AND kind <> 'log'),"
+    " alerts_total = (SELECT count(*) FROM alerts WHERE user_id = users.id AND kind <> 'back');"
+    " CREATE INDEX alerts_by_time ON alerts (at);"
+    " CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued'",
+    # 5 -> 6: storm control.
     STORM_CONTROL_UPGRADE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
+HEALTH_TIMEOUT_MS = 500
+# How a database of an older version becomes the next: version it reaches -> its SQL. A new database
+# gets schema.sql, which is always the latest version.
 
 
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
@@ -136,6 +147,13 @@ def _down_sql(at: str, prefix: str) -> str:
 
 
 _DUE_AT = _due_at_sql()
+# When the earliest of a monitored user's conditions begins at :now (rules.condition: the failure, the run's
+# deadline, the silence's deadline, each measured as rules.silence_start says at :now), for the metrics' up.
+_RESTARTED_NOW = _restarted_sql(":now")
+_CONDITION_AT = (
+    "CASE WHEN monitor THEN min(coalesce(failed_at, {late}), coalesce(max(run_started, {restarted}) + max_runtime,"
+    " {late}), {late}) END"
+).format(late=f"max(coalesce(last_ping, {_RESTARTED_NOW}), {_RESTARTED_NOW}) + max_sleep", restarted=_RESTARTED_NOW)
 
 # A user as UserState holds it, in its field order.
 _USER_COLUMNS = (
@@ -203,6 +221,26 @@ RECENT_EMAILS_SQL = (
     " LEFT JOIN digests ON digests.id = outbox.digest_id"
     " ORDER BY outbox.id DESC LIMIT ?"
 )
+# A metrics scrape: one row per configured user (its counters are kept by the ping trigger and by
+# save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
+USER_COUNTS_SQL = (
+    f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured = 1"
+)
+QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
+FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
+# Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
+# batch costs its size plus one index seek per user, never a scan of the pings); finished emails along
+# outbox_finished; alerts along alerts_by_time, once no outbox row refers to them.
+OLD_PINGS_SQL = "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = users.id AND pings.at < ? LIMIT ?"
+DELETE_OLD_EMAILS_SQL = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status != 'queued' AND status IN ('sent', 'failed')"
+    " AND finished_at < ? LIMIT ?)"
+)
+DELETE_OLD_ALERTS_SQL = (
+    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id) LIMIT ?)"
+)
+
 # A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
 # run in the same statement; this trigger, which exists only on the store's own connections, moves that
 # user's state (_SIGNAL_EFFECTS: see rules.py for what each kind does) and deadline (rules.due_at, as
@@ -241,14 +279,10 @@ _SIGNAL_TRIGGER_SQL = (
     + ", last_duration = coalesce(NEW.duration, last_duration),"
     " suppressed_kind = CASE NEW.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
     " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
-    f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}"
+    f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
     " END"
 )
-
-# Upgrades of an existing database, in order: (the version it produces, its SQL script). A new
-# database gets schema.sql instead, which every upgrade leaves it equal to (tests/test_store.py): the
-# steps change tables and data, and the views, which hold no data, are then created afresh from it.
 
 
 class StoreError(Exception):
@@ -316,6 +350,31 @@ class Signal:
     exit_code: int | None
     duration: float | None
     body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserCounts:
+    """A configured user's deadline (when its first condition begins, as rules.condition says at the time
+    asked about, a snooze changing nothing; None if not monitored), last ping and counters.
+
+    The counters, pings and alerts recorded since the user was first configured, never go down:
+    retention deletes old pings and alerts, not what was counted.
+    """
+
+    username: str
+    condition_at: float | None
+    last_ping: float | None
+    pings: int
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsersChange:
+    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,26 +520,20 @@ class Store:
         Users missing from `users` stop being monitored but keep their history. See
         restart_monitoring for what a restart does.
         """
-        rows = [
-            (name, int(user.monitor), user.max_sleep, user.email_frequency, user.max_runtime, int(user.notify_recovery))
-            for name, user in users.items()
-        ]
         with self._write() as connection:
-            connection.execute("UPDATE users SET configured = 0, due_at = NULL WHERE configured = 1")
-            connection.executemany(
-                "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, max_runtime,"
-                " notify_recovery) VALUES (?, 1, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
-                " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
-                " max_runtime = excluded.max_runtime, notify_recovery = excluded.notify_recovery",
-                rows,
-            )
-            connection.executemany(
-                "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?)"
-                " WHERE username = ?",
-                [(user.depends_on, name) for name, user in users.items()],
-            )
+            _apply_users(connection, users, now)
             _restart_monitoring(connection, now)
+
+    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+        """Make the configured users exactly `users` without restarting anyone's monitoring, as a reload does.
+
+        A user added (or configured again) is monitored from `now`; a user removed stops being
+        monitored and keeps its history; a user whose monitor, max_sleep or email_frequency changed
+        gets its deadline moved at once (and, if its monitor was just turned on, is monitored from
+        `now`); every other user is left exactly as it was. Returns what changed.
+        """
+        with self._write() as connection:
+            return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
         """Monitor every configured user afresh from `now`, as a restart of the service does.
@@ -714,7 +767,8 @@ class Store:
                     " last_alert_kind = CASE WHEN ?2 THEN ?4 ELSE last_alert_kind END,"
                     " down_since = CASE WHEN ?5 THEN ?6 ELSE down_since END,"
                     " back_at = CASE WHEN ?7 THEN NULL ELSE back_at END,"
-                    " suppressed_kind = coalesce(?11, suppressed_kind)"
+                    " suppressed_kind = coalesce(?11, suppressed_kind),"
+                    " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END"
                     " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
                     (
                         outcome.next_due_at,
@@ -812,6 +866,59 @@ class Store:
                 " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
                 [(status, error, now, email_id) for email_id in email_ids],
             )
+
+    def user_counts(self, now: float) -> list[UserCounts]:
+        """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
+        no ping read."""
+        with self._read() as connection:
+            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
+        return [UserCounts(*row) for row in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""
+        with self._read() as connection:
+            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
+            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
+        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
+
+    def delete_pings_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` pings older than `cutoff`; return how many were deleted.
+
+        Only the delete holds the write lock, for a batch of `limit` rows; the pings to delete are
+        found before, through pings_by_user_time. SQLite reuses the freed pages for new rows.
+        """
+        with self._read() as connection:
+            old = connection.execute(OLD_PINGS_SQL, (cutoff, limit)).fetchall()
+        if not old:
+            return 0
+        with self._write() as connection:
+            return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
+
+    def delete_history_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` sent or failed emails finished before `cutoff`, and up to `limit` alerts
+        decided before it that no email refers to any more; return how many rows were deleted.
+
+        Queued emails, and the alerts they belong to, are kept whatever their age.
+        """
+        with self._write() as connection:
+            emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
+            alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
+        return emails + alerts
+
+    def check_writable(self) -> None:
+        """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
+        StoreUnavailableError if not.
+
+        Takes the lock (BEGIN IMMEDIATE) and writes nothing: this is what a ping needs first. A health
+        check waits less than a ping would for a lock another process holds.
+        """
+        connection = self._connection()
+        connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
+        try:
+            with self._write():
+                pass
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def query_plan(self, sql: str, parameters: Sequence[Any] = ()) -> list[str]:
         """How SQLite would run `sql` here: the detail of each EXPLAIN QUERY PLAN row, in order.
@@ -916,6 +1023,72 @@ def _queued_email(row: Sequence[Any]) -> QueuedEmail:
     email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind = row[:9]
     digest = None if row[9] is None else Digest(*row[9:])
     return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
+
+
+def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+    """Make the configured users exactly `users`, touching only those added, removed or changed (see reload_users)."""
+    configured = {
+        name: (bool(monitor), max_sleep, email_frequency, max_runtime, bool(notify_recovery), depends_on)
+        for name, monitor, max_sleep, email_frequency, max_runtime, notify_recovery, depends_on in connection.execute(
+            "SELECT child.username, child.monitor, child.max_sleep, child.email_frequency, child.max_runtime,"
+            " child.notify_recovery, parent.username FROM users AS child"
+            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured = 1"
+        )
+    }
+    wanted = {
+        name: (
+            user.monitor,
+            user.max_sleep,
+            user.email_frequency,
+            user.max_runtime,
+            user.notify_recovery,
+            user.depends_on,
+        )
+        for name, user in users.items()
+    }
+    removed = [name for name in configured if name not in wanted]
+    added = [name for name in wanted if name not in configured]
+    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+    connection.executemany(
+        "UPDATE users SET configured = 0, due_at = NULL WHERE username = ?", [(name,) for name in removed]
+    )
+    connection.executemany(
+        "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, max_runtime, notify_recovery,"
+        " monitored_since) VALUES (:name, 1, :monitor, :max_sleep, :email_frequency, :max_runtime, :notify_recovery,"
+        " :now) ON CONFLICT (username) DO UPDATE SET configured = 1, monitor = excluded.monitor,"
+        " max_sleep = excluded.max_sleep, email_frequency = excluded.email_frequency,"
+        " max_runtime = excluded.max_runtime, notify_recovery = excluded.notify_recovery, monitored_since = :now",
+        [_user_parameters(name, wanted[name], now) for name in added],
+    )
+    # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
+    connection.executemany(
+        "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END,"
+        " monitor = :monitor, max_sleep = :max_sleep, email_frequency = :email_frequency,"
+        " max_runtime = :max_runtime, notify_recovery = :notify_recovery WHERE username = :name",
+        [_user_parameters(name, wanted[name], now) for name in changed],
+    )
+    # Once every user is in: a parent may be added with its children.
+    connection.executemany(
+        "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?",
+        [(users[name].depends_on, name) for name in added + changed],
+    )
+    connection.executemany(
+        f"UPDATE users SET due_at = {_DUE_AT} WHERE username = ?", [(name,) for name in added + changed]
+    )
+    return UsersChange(tuple(added), tuple(removed), tuple(changed))
+
+
+def _user_parameters(name, parameters, now):
+    monitor, max_sleep, email_frequency, max_runtime, notify_recovery, _ = parameters
+    return {
+        "name": name,
+        "monitor": int(monitor),
+        "max_sleep": max_sleep,
+        "email_frequency": email_frequency,
+        "max_runtime": max_runtime,
+        "notify_recovery": int(notify_recovery),
+        "now": now,
+    }
 
 
 def _restart_monitoring(connection, now):

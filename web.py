@@ -8,20 +8,24 @@ app is server.py.
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
-from config import Settings
+import metrics
+from config import LiveSettings
 from guards import (
-    WRONG_PASSWORD_CLIENTS,
+    WRONG_PASSWORD_GLOBAL_LIMIT,
     WRONG_PASSWORD_LIMIT,
     WRONG_PASSWORD_WINDOW,
+    BearerGuard,
     PasswordGuard,
     WrongPasswordLimiter,
+    check_ping_token,
 )
 from localtime import (
     QueryError,
@@ -58,6 +62,7 @@ MAX_REQUEST_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 200
 TESTING_DISABLED = "testing mode is disabled: TESTING_PASSWORD is not set"
 OVERVIEW_DISABLED = "the overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set"
+METRICS_DISABLED = "metrics are disabled: METRICS_TOKEN is not set"
 PING_METHODS = ("GET", "POST", "HEAD")
 PLAIN_TEXT = "text/plain; charset=utf-8"
 # The most times one /logs answer lists (about 1.2 MB and 60 ms of CPU): more than one ping a second
@@ -89,15 +94,27 @@ SECURITY_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Operations:
+    """What the operators' endpoints answer from: /healthz and /metrics."""
+
+    # Why the service is unhealthy (a loop stopped, the database not answering), or None.
+    health_problem: Callable[[], str | None]
+    metrics: metrics.Exporter
+    # Unlocks /metrics as a bearer token; None disables it.
+    metrics_token: str | None
+
+
 def make_app(
     store: Store,
-    settings: Settings,
+    settings: LiveSettings,
     clock: Callable[[], float],
     testing_password: str | None,
     mail_sender: TestEmailSender,
+    operations: Operations,
     overview_password: str | None = None,
 ) -> WSGIApplication:
-    """The WSGI app over `store` and `settings`; `clock()` gives epoch seconds for each ping.
+    """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them. The testing
@@ -108,7 +125,7 @@ def make_app(
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
-    wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_CLIENTS)
+    wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
     testing_only = PasswordGuard(
         "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
@@ -121,6 +138,7 @@ def make_app(
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
+    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED)
 
     @app.hook("after_request")
     def security_headers():
@@ -155,6 +173,8 @@ def make_app(
         if not username:
             raise bottle.HTTPError(400, "missing username")
         minutes = _snooze_minutes(query.get("minutes"))
+        # Who may snooze a user is who may signal for it.
+        _check_signal_allowed(settings, username, query, bottle.request.environ)
         now = clock()
         until = store.snooze(username, now + minutes * 60, now)
         bottle.response.content_type = PLAIN_TEXT
@@ -171,11 +191,12 @@ def make_app(
     @app.post("/testing/config")
     @testing_only
     def testing_config():
+        current = settings.current
         return {
-            "recipient": settings.recipient,
+            "recipient": current.recipient,
             "users": {
                 name: {"monitor": user.monitor, "max_sleep": user.max_sleep, "email_frequency": user.email_frequency}
-                for name, user in settings.users.items()
+                for name, user in current.users.items()
             },
         }
 
@@ -196,15 +217,16 @@ def make_app(
         if not sending_test_email.acquire(blocking=False):
             raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
         try:
-            result = mail_sender.send_test(settings.recipient, clock())
+            recipient = settings.current.recipient
+            result = mail_sender.send_test(recipient, clock())
         finally:
             sending_test_email.release()
         if result.status == SENT:
-            log.info("test email from the testing page sent to %s", settings.recipient)
+            log.info("test email from the testing page sent to %s", recipient)
         else:
-            log.error("test email from the testing page to %s not sent: %s", settings.recipient, result.error)
+            log.error("test email from the testing page to %s not sent: %s", recipient, result.error)
         # The SMTP server's own words stay in the log: the page gets its answer's code at most.
-        return {"recipient": settings.recipient, "sent": result.status == SENT, "result": result.brief()}
+        return {"recipient": recipient, "sent": result.status == SENT, "result": result.brief()}
 
     @app.get("/overview")
     def overview_page():
@@ -227,10 +249,26 @@ def make_app(
         start, end = local_day_bounds({name: _date_field(body, name) for name in ("year", "month", "day")})
         return _json(overview_day(store, username, start, end, clock()))
 
-    return _with_fast_ping(app, store, clock)
+    @app.get("/healthz")
+    def healthz():
+        problem = operations.health_problem()
+        if problem is not None:
+            raise bottle.HTTPError(503, problem)
+        bottle.response.content_type = PLAIN_TEXT
+        return "ok"
+
+    @app.get("/metrics")
+    @metrics_only
+    def prometheus_metrics():
+        bottle.response.content_type = metrics.CONTENT_TYPE
+        return operations.metrics.scrape()
+
+    return _with_fast_ping(app, store, settings, clock)
 
 
-def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], float]) -> WSGIApplication:
+def _with_fast_ping(
+    app: WSGIApplication, store: Store, settings: LiveSettings, clock: Callable[[], float]
+) -> WSGIApplication:
     """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
 
     Every device's heartbeat is a ping: Bottle's routing and request and response objects would
@@ -248,7 +286,7 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            text = _record_signal(environ, store, clock)
+            text = _record_signal(environ, store, settings, clock)
             status = "200 OK"
         except bottle.HTTPError as error:
             status, text = error.status_line, _error_text(error)
@@ -263,15 +301,18 @@ def _with_fast_ping(app: WSGIApplication, store: Store, clock: Callable[[], floa
     return wsgi
 
 
-def _record_signal(environ: WSGIEnvironment, store: Store, clock: Callable[[], float]) -> str:
-    """Record the signal that `environ` asks for (query or path form); its answer text, or a bottle.HTTPError."""
+def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSettings, clock: Callable[[], float]) -> str:
+    """Record the signal that `environ` asks for (query or path form) if its user's token allows it; its answer
+    text, or a bottle.HTTPError."""
     try:
+        query = query_fields(environ.get("QUERY_STRING", ""))
         if environ.get("PATH_INFO") == PING_PATH:
-            username, kind, exit_code = _query_signal(environ.get("QUERY_STRING", ""))
+            username, kind, exit_code = _query_signal(query)
         else:
             username, kind, exit_code = _path_signal(environ["PATH_INFO"])
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
+    _check_signal_allowed(settings, username, query, environ)
     body = _signal_body(environ) if environ.get("REQUEST_METHOD") == "POST" else None
     now = clock()
     try:
@@ -281,9 +322,21 @@ def _record_signal(environ: WSGIEnvironment, store: Store, clock: Callable[[], f
     return format_ping_time(now)
 
 
-def _query_signal(query_string: str) -> tuple[str, str, int | None]:
-    """(username, kind, exit code) of /ping?username=NAME[&status=KIND][&exit_code=N]; QueryError if invalid."""
-    query = query_fields(query_string)
+def _check_signal_allowed(
+    settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
+) -> None:
+    """Return if `username` may be signalled (or snoozed) by this request; raise 404 for a user not in the
+    settings in force, 403 without its token (guards.check_ping_token). The store follows the settings on
+    a reload."""
+    user = settings.current.users.get(username)
+    if user is None:
+        raise bottle.HTTPError(404, f"unknown user {username}")
+    check_ping_token(user, username, query, environ)
+
+
+def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
+    """(username, kind, exit code) of /ping?username=NAME[&status=KIND][&exit_code=N], given its query's
+    fields; QueryError if invalid."""
     username = query.get("username")
     if not username:
         raise QueryError("missing username")
@@ -387,6 +440,10 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
         "last_duration": user.last_duration,
         "depends_on": None if user.parent is None else user.parent.username,
         "held_back_by": held_back_by,
+        # Its settings too, so that the page follows a reload.
+        "monitor": bool(user.monitor),
+        "max_sleep": user.max_sleep,
+        "email_frequency": user.email_frequency,
         **_times(
             last_ping=user.last_ping,
             late_at=min(deadlines) if deadlines else None,

@@ -11,6 +11,7 @@ from statistics import median
 import config
 import mailer
 from bench import harness
+from config import LiveSettings
 from mailer import SmtpMailer
 from scheduler import USERS_PER_STEP, Scheduler
 from store import Store
@@ -90,7 +91,7 @@ def _measure(path, size, late_repeats, idle_repeats, chain_length):
     try:
         store.sync_users(users, MONITORING_START)
         # check_once takes its time as an argument; the clock is only read when draining the outbox.
-        scheduler = Scheduler(store, RecordingMailer(), settings, "http://127.0.0.1:8080", time.time)
+        scheduler = Scheduler(store, RecordingMailer(), LiveSettings(settings), "http://127.0.0.1:8080", time.time)
         none_late = [_timed(scheduler.check_once, NOBODY_LATE_AT) for _ in range(idle_repeats)]
         restore = sqlite3.connect(path)
         one_step, backlog, steps = [], [], 0

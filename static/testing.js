@@ -86,15 +86,46 @@ function start(configuredUsers) {
   byId("devices").hidden = false;
   byId("email").hidden = false;
   byId("activity").hidden = false;
-  const list = byId("users");
   // No device is pinged until a person turns its switch on: on a real instance, simulated pings would
   // write into real history and hide a real outage.
   for (const [name, settings] of Object.entries(configuredUsers)) {
-    const card = userCard(name, settings);
-    users.set(name, { settings, card, timer: null, state: undefined });
-    list.append(card);
+    addUser(name, settings);
   }
   poll();
+}
+
+function addUser(name, settings) {
+  const card = userCard(name, settings);
+  users.set(name, { settings, card, timer: null, state: undefined });
+  byId("users").append(card);
+}
+
+// The server's settings can be reloaded (SIGHUP) while the page is open: follow the users it reports.
+function followSettings(liveUsers) {
+  for (const [name, user] of users) {
+    if (!Object.hasOwn(liveUsers, name)) {
+      clearInterval(user.timer);
+      user.card.remove();
+      users.delete(name);
+      addLog("switch", null, `${name}: no longer in the server's settings`);
+    }
+  }
+  for (const [name, live] of Object.entries(liveUsers)) {
+    const settings = { monitor: live.monitor, max_sleep: live.max_sleep, email_frequency: live.email_frequency };
+    const user = users.get(name);
+    if (user === undefined) {
+      addLog("switch", null, `${name}: added to the server's settings`);
+      addUser(name, settings);
+    } else if (JSON.stringify(settings) !== JSON.stringify(user.settings)) {
+      user.settings = settings;
+      showSettings(user.card, settings);
+      addLog("switch", null, `${name}: its settings changed on the server`);
+      if (user.timer !== null) {
+        clearInterval(user.timer);
+        startPinging(name);
+      }
+    }
+  }
 }
 
 // Back to the password form, e.g. after the server restarted with another password.
@@ -119,9 +150,7 @@ function userCard(name, settings) {
   const card = byId("user-template").content.firstElementChild.cloneNode(true);
   card.querySelector(".name").textContent = name;
   card.querySelector(".state").textContent = "…";
-  card.querySelector(".monitor").textContent = settings.monitor ? "yes" : "no (never emails)";
-  card.querySelector(".max-sleep").textContent = seconds(settings.max_sleep);
-  card.querySelector(".email-frequency").textContent = seconds(settings.email_frequency);
+  showSettings(card, settings);
   const toggle = card.querySelector("input");
   toggle.setAttribute("aria-label", `simulated pings from ${name}`);
   toggle.addEventListener("change", () => (toggle.checked ? startPinging(name) : stopPinging(name)));
@@ -130,6 +159,12 @@ function userCard(name, settings) {
     button.addEventListener("click", () => sendSignal(name, button.dataset.status));
   }
   return card;
+}
+
+function showSettings(card, settings) {
+  card.querySelector(".monitor").textContent = settings.monitor ? "yes" : "no (never emails)";
+  card.querySelector(".max-sleep").textContent = seconds(settings.max_sleep);
+  card.querySelector(".email-frequency").textContent = seconds(settings.email_frequency);
 }
 
 function startPinging(name) {
@@ -219,6 +254,7 @@ function showState(state) {
   const clock = byId("server-time");
   clock.querySelector("span").textContent = state.now_local;
   clock.hidden = false;
+  followSettings(state.users);
   for (const [name, live] of Object.entries(state.users)) {
     if (users.has(name)) {
       showUser(name, live, now);

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import http.server
 import json
 import os
 import selectors
@@ -22,9 +23,12 @@ import warnings
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from prometheus_client import Histogram
 
 import config
 import mailer
+import metrics
+import web
 from mailer import SmtpMailer
 from store import Store
 
@@ -155,6 +159,46 @@ class SilentSmtpServer:
             self.connections.append(connection)
 
 
+class HttpReceiver:
+    """A real HTTP server on 127.0.0.1 (http.server in a thread) that records the path of every GET.
+
+    Set `status` to answer with another status than 200. Use as a context manager, or call stop().
+    """
+
+    def __init__(self):
+        self.paths = []
+        self.status = 200
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                receiver.paths.append(self.path)
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Stop answering and close the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
 def _authenticate(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
         SMTP_LOGIN.encode(),
@@ -229,14 +273,19 @@ class ServerProcess:
         self.process.wait()
         self._log.close()
 
-    def get(self, path, timeout=10):
-        """GET `path`; return (status, body text)."""
-        return self.post(path, None, timeout)
+    def reload(self):
+        """Send it SIGHUP, as `systemctl reload` does."""
+        self.process.send_signal(signal.SIGHUP)
 
-    def post(self, path, body, timeout=10):
+    def get(self, path, timeout=10, headers=None):
+        """GET `path` (with `headers`, a dict, if given); return (status, body text)."""
+        return self.post(path, None, timeout, headers)
+
+    def post(self, path, body, timeout=10, headers=None):
         """POST `body` (bytes) to `path`, or GET it if `body` is None; return (status, body text)."""
         try:
-            with urllib.request.urlopen(self.url + path, data=body, timeout=timeout) as answer:
+            request = urllib.request.Request(self.url + path, data=body, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
                 return answer.status, answer.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -252,6 +301,13 @@ class ServerProcess:
                 self.process.kill()
                 raise AssertionError(f"server printed nothing within {timeout} s; log:\n{self.log()}")
         return self.process.stdout.readline().decode()
+
+
+def run_server(*args, env=None):
+    """Run `python server.py *args` to its end (a startup that fails); return its CompletedProcess, text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), *args], capture_output=True, text=True, timeout=20, env=env
+    )
 
 
 def server_env(smtp_port, ca_path, **extra):
@@ -357,3 +413,26 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+    """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
+    step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+
+
+def make_test_app(
+    store, settings, clock, testing_password=None, test_emails=None, overview_password=None, **operations
+):
+    """web.make_app over `settings` (Settings, or LiveSettings to replace them later), `test_emails` (a
+    ScriptedTestEmails by default) and app_operations()."""
+    live = settings if isinstance(settings, config.LiveSettings) else config.LiveSettings(settings)
+    return web.make_app(
+        store,
+        live,
+        clock,
+        testing_password,
+        test_emails or ScriptedTestEmails(),
+        app_operations(store, clock, **operations),
+        overview_password,
+    )

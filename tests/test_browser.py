@@ -309,3 +309,21 @@ def test_suppressed_and_snoozed_devices_and_a_digest_show_on_the_cards_and_in_th
     expect(nas.locator(".state")).to_have_text("snoozed")
     expect(nas.locator(".next-alert")).to_have_text(re.compile(r"^none while snoozed \(until .*\)$"))
     expect(log).to_contain_text(re.compile(r"nas: alerted → snoozed \(until \d\d:\d\d:\d\d: no alert meanwhile\)"))
+
+
+def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(page, service, tmp_path):
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", HOSTILE_NAME])
+    write_settings(
+        tmp_path / "settings.json",
+        {
+            "pi": {"monitor": True, "max_sleep": 30, "email_frequency": 1},
+            "nas": {"monitor": True, "max_sleep": 2, "email_frequency": 1},
+        },
+    )
+    service.reload()
+    expect(page.get_by_role("heading", level=3)).to_have_text(["pi", "nas"])
+    expect(card(page, "pi")).to_contain_text("max_sleep30 s")
+    expect(card(page, "nas").locator(".state")).to_have_text("silent")  # its switch starts off too
+    expect(page.locator("#log")).to_contain_text(f"{HOSTILE_NAME}: no longer in the server's settings")

@@ -71,8 +71,8 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of base_frequency, email_processing_frequency, recipient,"
-            " server_root, users)",
+            "colour: unknown key (expected one of base_frequency, email_processing_frequency, heartbeat_frequency,"
+            " heartbeat_url, recipient, require_tokens, retention_days, server_root, users)",
             "recipient: missing",
             'users.pi.monitor: must be true or false, got "yes"',
             'users.pi.max_sleep: must be a number >= 0, got "ten"',
@@ -298,3 +298,108 @@ def test_a_cycle_of_dependencies_is_reported_once_naming_its_links():
         'users.a.depends_on: a cycle of dependencies: "a" -> "b" -> "c" -> "a"'
     ]
     assert problems_of(with_dependencies(pi="pi")) == ['users.pi.depends_on: a cycle of dependencies: "pi" -> "pi"']
+
+
+USER = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+TOKEN = "0123456789abcdef"
+
+
+def test_the_operations_settings_have_documented_defaults():
+    settings = config.parse_settings(valid_document())
+    assert (settings.require_tokens, settings.retention_days) == (False, None)
+    assert (settings.heartbeat_url, settings.heartbeat_frequency) == (None, 60.0)
+    assert settings.users["pi"].token_digest is None
+
+
+def test_the_operations_settings_are_read():
+    settings = config.parse_settings(
+        valid_document(
+            require_tokens=True,
+            retention_days=30,
+            heartbeat_url="https://hc-ping.com/5f0c?create=1",
+            heartbeat_frequency=0.5,
+            users={"pi": {**USER, "token": TOKEN}},
+        )
+    )
+    assert (settings.require_tokens, settings.retention_days) == (True, 30.0)
+    assert (settings.heartbeat_url, settings.heartbeat_frequency) == ("https://hc-ping.com/5f0c?create=1", 0.5)
+    assert settings.users["pi"].token_digest == config.secret_digest(TOKEN)
+    assert TOKEN not in repr(settings)
+
+
+@pytest.mark.parametrize("token", ["0123456789abcde", 1234567890123456, "0123456789 abcdef", "0123456789abcdef\n"])
+def test_a_token_must_be_16_characters_without_spaces_and_is_never_quoted(token):
+    assert problems_of(valid_document(users={"pi": {**USER, "token": token}})) == [
+        "users.pi.token: must be a string of at least 16 characters without spaces or control characters"
+    ]
+
+
+def test_require_tokens_makes_a_user_without_one_a_key_path_error():
+    users = {"pi": {**USER, "token": TOKEN}, "nas": USER}
+    assert problems_of(valid_document(require_tokens=True, users=users)) == [
+        "users.nas.token: missing (require_tokens is true)"
+    ]
+    assert problems_of(valid_document(require_tokens="yes")) == ['require_tokens: must be true or false, got "yes"']
+
+
+@pytest.mark.parametrize("key", ["retention_days", "heartbeat_frequency"])
+@pytest.mark.parametrize("value", [0, -1, "7", True, 1e12])
+def test_retention_and_heartbeat_frequency_must_be_positive_numbers(key, value):
+    [problem] = problems_of(valid_document(**{key: value}))
+    assert problem.startswith(f"{key}: must be a number > 0 and at most ")
+
+
+@pytest.mark.parametrize("url", ["hc-ping.com/x", "ftp://example.net", "https://", 5])
+def test_heartbeat_url_must_be_an_http_url(url):
+    [problem] = problems_of(valid_document(heartbeat_url=url))
+    assert problem.startswith("heartbeat_url: must be an http:// or https:// URL")
+
+
+def test_lone_surrogates_anywhere_are_key_path_errors(tmp_path):
+    # Written as JSON escapes, as a hostile or broken file would hold them.
+    text = json.dumps(
+        valid_document(
+            server_root="https://example.net/\ud800",
+            users={"pi\udc00": USER, "nas": {**USER, "device_email": ["ok@example.com", "\ud83d@example.com"]}},
+        ),
+        ensure_ascii=True,
+    )
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(write(tmp_path, text))
+    assert sorted(raised.value.problems) == [
+        "server_root: must be valid Unicode text (it holds a lone surrogate)",
+        'users."pi\\udc00": a key must be valid Unicode text (it holds a lone surrogate)',
+        "users.nas.device_email[1]: must be valid Unicode text (it holds a lone surrogate)",
+    ]
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
+def test_usernames_must_not_hold_line_or_paragraph_separators(separator):
+    assert problems_of(valid_document(users={f"a{separator}b": USER})) == [
+        f"users.{json.dumps(f'a{separator}b')}: a username must not contain line or paragraph separators"
+        " (U+2028, U+2029)"
+    ]
+
+
+def test_over_long_keys_and_values_are_cut_in_every_problem(tmp_path):
+    huge = "x" * 1_000_000
+    document = valid_document(
+        recipient=huge,
+        users={huge: {**USER, huge: 1}, "\n" + huge: {**USER, "max_sleep": huge}},
+        **{huge: 1},
+    )
+    problems = problems_of(document)
+    assert len(problems) == 5
+    assert all(len(problem) < 300 for problem in problems), problems
+    duplicate = json.dumps({"a": 1, huge: 1})[:-1] + f', "{huge}": 2}}'
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(write(tmp_path, duplicate))
+    assert len(raised.value.problems[0]) < 300
+
+
+def test_live_settings_are_replaced_as_a_whole():
+    first, second = config.parse_settings(valid_document()), config.parse_settings(valid_document(base_frequency=5))
+    live = config.LiveSettings(first)
+    assert live.current is first
+    assert live.replace(second) is first
+    assert live.current is second

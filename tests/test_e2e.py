@@ -21,6 +21,7 @@ from support import (
     free_port,
     outbox,
     query,
+    run_server,
     server_env,
     wait_until,
     write_settings,
@@ -137,12 +138,6 @@ def test_64_concurrent_pingers_all_succeed_while_the_scheduler_writes(tmp_path, 
     with sqlite3.connect(tmp_path / "ping_listener.db") as connection:
         assert connection.execute("SELECT count(*) FROM pings").fetchone()[0] == 64 * 20
         assert connection.execute("SELECT count(*) FROM alerts").fetchone()[0] > 0
-
-
-def run_server(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), *args], capture_output=True, text=True, timeout=20, env=env
-    )
 
 
 def test_invalid_settings_stop_startup_with_status_2_and_one_line_per_problem(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 import config
 import rules
+from config import LiveSettings
 from mailer import SmtpMailer
 from rules import clock_jump
 from scheduler import Scheduler
@@ -58,7 +59,7 @@ def make_steps(store, clocks, users=DEVICES):
     settings = make_settings(users)
     store.sync_users(settings.users, clocks.wall)
     mail_sender = SmtpMailer(config.load_smtp_settings({}))  # only names messages: check steps send nothing
-    return Scheduler(store, mail_sender, settings, "https://example.net", lambda: clocks.wall)
+    return Scheduler(store, mail_sender, LiveSettings(settings), "https://example.net", lambda: clocks.wall)
 
 
 def test_a_jump_is_how_far_the_wall_clock_moved_beyond_the_monotonic_clock():
@@ -168,7 +169,7 @@ def test_the_running_loops_follow_a_jump_of_the_wall_clock(store, smtp_server):
     def wall_clock():
         return time.time() + offset[0]
 
-    loops = Scheduler(store, smtp_mailer(smtp_server.port), settings, "https://example.net", wall_clock)
+    loops = Scheduler(store, smtp_mailer(smtp_server.port), LiveSettings(settings), "https://example.net", wall_clock)
     loops.start()
     try:
         smtp_server.wait_for_messages(1)

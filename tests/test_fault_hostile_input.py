@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import web
 from store import Store
-from support import ScriptedTestEmails, make_settings, write_settings
+from support import make_settings, make_test_app, write_settings
 
 # Deterministic: the same examples on every run, and no example database left in the worktree.
 PROPERTY = settings(max_examples=1000, deadline=None, derandomize=True, database=None)
@@ -71,10 +71,7 @@ def apps(tmp_path_factory):
     opened = Store(tmp_path_factory.mktemp("hostile") / "ping_listener.db")
     user_settings = make_settings(USERS)
     opened.sync_users(user_settings.users, time.time())
-    yield {
-        password: web.make_app(opened, user_settings, time.time, password, ScriptedTestEmails())
-        for password in (TESTING_PASSWORD, None)
-    }
+    yield {password: make_test_app(opened, user_settings, time.time, password) for password in (TESTING_PASSWORD, None)}
     opened.close()
 
 

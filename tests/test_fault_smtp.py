@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from config import LiveSettings
 from mailer import SMTP_TIMEOUT
 from rules import retry_delay
 from scheduler import Scheduler
@@ -194,7 +195,7 @@ def test_a_silent_smtp_server_costs_one_timed_out_attempt_then_the_email_is_sent
     clock = Clock(T0 + 61)
     settings = make_settings()
     store.sync_users(settings.users, T0)
-    hung = Scheduler(store, smtp_mailer(silent.port, timeout=0.5), settings, "https://example.net", clock)
+    hung = Scheduler(store, smtp_mailer(silent.port, timeout=0.5), LiveSettings(settings), "https://example.net", clock)
     hung.check_once(clock.now)
     started = time.monotonic()
     try:
@@ -207,7 +208,9 @@ def test_a_silent_smtp_server_costs_one_timed_out_attempt_then_the_email_is_sent
     assert (status, attempts) == ("queued", 1)
     assert "timed out" in error
 
-    working = Scheduler(store, smtp_mailer(smtp_server.port, timeout=5), settings, "https://example.net", clock)
+    working = Scheduler(
+        store, smtp_mailer(smtp_server.port, timeout=5), LiveSettings(settings), "https://example.net", clock
+    )
     clock.now += retry_delay(1)
     assert working.drain_once(clock.now) == 1
     [(_, _, message)] = smtp_server.wait_for_messages(1)

@@ -11,15 +11,15 @@ import pytest
 import webtest
 
 import store as store_module
-import web
+from config import LiveSettings
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
 from support import (
     ROOT,
     T0,
-    ScriptedTestEmails,
     SmallDiskStore,
     make_settings,
+    make_test_app,
     query,
     smtp_mailer,
     wait_until,
@@ -39,8 +39,8 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
     users["probe"] = {"monitor": False, "max_sleep": 0, "email_frequency": 0}
     settings = make_settings(users, base_frequency=0.02, email_processing_frequency=0.02)
     disk.sync_users(settings.users, time.time())
-    client = webtest.TestApp(web.make_app(disk, settings, time.time, None, ScriptedTestEmails()))
-    loops = Scheduler(disk, smtp_mailer(smtp_server.port), settings, "https://example.net", time.time)
+    client = webtest.TestApp(make_test_app(disk, settings, time.time, None))
+    loops = Scheduler(disk, smtp_mailer(smtp_server.port), LiveSettings(settings), "https://example.net", time.time)
     try:
         disk.fill_up()
         accepted = 0
@@ -79,7 +79,7 @@ def test_while_the_database_refuses_writes_the_drain_sends_nothing_so_no_duplica
     opened = Store(path)
     settings = make_settings()
     opened.sync_users(settings.users, T0)
-    steps = Scheduler(opened, smtp_mailer(smtp_server.port), settings, "https://example.net", time.time)
+    steps = Scheduler(opened, smtp_mailer(smtp_server.port), LiveSettings(settings), "https://example.net", time.time)
     steps.check_once(T0 + 61)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other_process:
         other_process.execute("BEGIN IMMEDIATE")  # e.g. someone's sqlite3 shell holding a write

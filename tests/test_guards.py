@@ -1,37 +1,65 @@
 import threading
 
-from guards import WrongPasswordLimiter
+from guards import Refusal, WrongPasswordLimiter
 from support import T0
 
 
+def seconds_left(limiter, client, now):
+    refusal = limiter.refusal(client, now)
+    return 0 if refusal is None else refusal.until - now
+
+
 def test_the_limiter_refuses_an_address_after_the_limit_within_the_window():
-    limiter = WrongPasswordLimiter(limit=3, window=60, max_clients=10)
-    assert [limiter.record_wrong("a", T0 + t) for t in (0, 30, 59)] == [False, False, True]
-    assert (limiter.retry_after("a", T0 + 59), limiter.retry_after("a", T0 + 118.5)) == (60, 0.5)
-    assert limiter.retry_after("b", T0 + 59) == 0
-    assert limiter.retry_after("a", T0 + 119) == 0
+    limiter = WrongPasswordLimiter(limit=3, window=60, global_limit=100)
+    assert [limiter.record_wrong("a", T0 + t) for t in (0, 30, 59)] == [None, None, Refusal(T0 + 119, everyone=False)]
+    assert (seconds_left(limiter, "a", T0 + 59), seconds_left(limiter, "a", T0 + 118.5)) == (60, 0.5)
+    assert limiter.refusal("b", T0 + 59) is None
+    assert limiter.refusal("a", T0 + 119) is None
     # Counting starts afresh after a refusal.
-    assert [limiter.record_wrong("a", T0 + t) for t in (119, 120, 121)] == [False, False, True]
+    assert [limiter.record_wrong("a", T0 + t) is not None for t in (119, 120, 121)] == [False, False, True]
 
 
 def test_the_limiter_counts_only_the_last_window():
-    limiter = WrongPasswordLimiter(limit=3, window=60, max_clients=10)
-    assert [limiter.record_wrong("a", T0 + t) for t in (0, 30, 60, 91, 95)] == [False, False, False, False, True]
+    limiter = WrongPasswordLimiter(limit=3, window=60, global_limit=100)
+    assert [limiter.record_wrong("a", T0 + t) is not None for t in (0, 30, 60, 91, 95)] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
 
 
-def test_the_limiter_remembers_a_bounded_number_of_addresses():
-    limiter = WrongPasswordLimiter(limit=1, window=60, max_clients=100)
+def test_the_global_limit_refuses_everyone_and_counts_nothing_meanwhile():
+    limiter = WrongPasswordLimiter(limit=5, window=60, global_limit=20)
+    results = [limiter.record_wrong(f"10.0.0.{n}", T0 + n) for n in range(20)]
+    assert results[:19] == [None] * 19 and results[19] == Refusal(T0 + 79, everyone=True)
+    assert limiter.refusal("192.0.2.1", T0 + 20) == Refusal(T0 + 79, everyone=True)
+    assert limiter.record_wrong("192.0.2.1", T0 + 20) is None  # never looked at, never counted
+    assert limiter.refusal("192.0.2.1", T0 + 79) is None
+
+
+def test_however_many_addresses_guess_only_a_bounded_number_is_remembered():
+    limiter = WrongPasswordLimiter(limit=2, window=60, global_limit=20)
     for n in range(10_000):
-        limiter.record_wrong(f"10.0.{n // 256}.{n % 256}", T0)
-    assert limiter.remembered() == 100
-    assert limiter.retry_after("10.0.0.0", T0) == 0  # the least recently wrong was forgotten
-    assert limiter.retry_after("10.0.39.15", T0) == 60  # the most recent is still refused
-    limiter.record_wrong("192.0.2.1", T0 + 60)
-    assert limiter.remembered() == 1  # records whose window has passed are dropped
+        limiter.record_wrong(f"10.0.{n // 256}.{n % 256}", T0 + n * 0.001)
+    assert limiter.remembered() <= 40
+    for n in range(10_000):  # once everyone may try again, another crowd of addresses
+        limiter.record_wrong(f"10.1.{n // 256}.{n % 256}", T0 + 61 + n * 0.001)
+    assert limiter.remembered() <= 40
+
+
+def test_an_address_refused_stays_refused_whatever_other_addresses_do():
+    limiter = WrongPasswordLimiter(limit=2, window=60, global_limit=1000)
+    limiter.record_wrong("refused", T0)
+    limiter.record_wrong("refused", T0 + 1)
+    for n in range(900):
+        limiter.record_wrong(f"10.0.{n // 256}.{n % 256}", T0 + 2)
+    assert limiter.refusal("refused", T0 + 60) == Refusal(T0 + 61, everyone=False)
 
 
 def test_the_limiter_counts_every_wrong_password_from_concurrent_threads():
-    limiter = WrongPasswordLimiter(limit=800, window=60, max_clients=10)
+    limiter = WrongPasswordLimiter(limit=800, window=60, global_limit=10_000)
     refusals = []
 
     def guess():
@@ -42,5 +70,5 @@ def test_the_limiter_counts_every_wrong_password_from_concurrent_threads():
         thread.start()
     for thread in threads:
         thread.join()
-    assert refusals.count(True) == 1
-    assert limiter.retry_after("a", T0) == 60
+    assert len([refusal for refusal in refusals if refusal is not None]) == 1
+    assert seconds_left(limiter, "a", T0) == 60

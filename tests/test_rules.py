@@ -17,6 +17,7 @@ from rules import (
     decide,
     due_at,
     held_back_until,
+    is_up,
     late_at,
     live_state,
     retry_delay,
@@ -318,3 +319,9 @@ def test_the_routers_return_restarts_the_devices_silence():
     assert (silence_start(device), late_at(device), condition(device, T0 + 260)) == (T0 + 200, T0 + 260, None)
     running = user(last_ping=T0, run_started=T0 + 10, max_runtime=30.0, silence_from=T0 + 200)
     assert due_at(running) == T0 + 230
+
+
+def test_a_user_is_up_until_strictly_past_its_deadline_and_always_without_one():
+    assert is_up(None, T0 + 1e9)
+    assert is_up(T0, T0 - 1) and is_up(T0, T0)
+    assert not is_up(T0, T0 + 0.001)

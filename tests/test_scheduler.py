@@ -1,3 +1,4 @@
+import sqlite3
 import threading
 import time
 
@@ -5,9 +6,10 @@ import pytest
 
 import mailer
 import scheduler
+from config import LiveSettings
 from rules import live_state, retry_delay
 from scheduler import Scheduler
-from support import T0, Clock, make_settings, outbox, query
+from support import T0, Clock, HttpReceiver, SilentSmtpServer, free_port, make_settings, outbox, query, wait_until
 
 
 class RecordingMailer:
@@ -36,7 +38,7 @@ def recording_mailer():
 def make_scheduler(store, recording_mailer, users=None, now=T0, clock=None, **top_level):
     settings = make_settings(users, **top_level)
     store.sync_users(settings.users, now)
-    return Scheduler(store, recording_mailer, settings, "https://example.net", clock or Clock(now))
+    return Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock or Clock(now))
 
 
 def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequency_passed(store, recording_mailer):
@@ -102,7 +104,7 @@ def test_monitor_false_never_queues_an_email(store, recording_mailer):
     assert outbox(store.path) == []
 
 
-def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog):
+def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog, monkeypatch):
     settings = make_settings(
         {
             "pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
@@ -110,12 +112,32 @@ def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recordi
         }
     )
     store.sync_users(settings.users, T0)
-    settings.users.pop("pi")  # as if its config vanished once stored: composing its alert raises
-    steps = Scheduler(store, recording_mailer, settings, "https://example.net", Clock(T0))
+    compose = mailer.compose_alert
+
+    def compose_or_fail(user, server_root):
+        if user.username == "pi":
+            raise ValueError("a bug")
+        return compose(user, server_root)
+
+    monkeypatch.setattr(mailer, "compose_alert", compose_or_fail)
+    steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", Clock(T0))
     assert steps.check_once(T0 + 2) == 2
     assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
     assert "cannot decide about user 'pi'" in caplog.text
     assert steps.check_once(T0 + 2 + scheduler.BAD_USER_DELAY - 1) == 0
+
+
+def test_a_user_removed_from_the_settings_in_force_is_no_longer_alerted(store, recording_mailer, caplog):
+    user_config = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    live = LiveSettings(make_settings({"pi": user_config, "nas": user_config}))
+    store.sync_users(live.current.users, T0)
+    steps = Scheduler(store, recording_mailer, live, "https://example.net", Clock(T0))
+    # A reload has put new settings in force and the store has not followed yet.
+    live.replace(make_settings({"nas": user_config}))
+    assert steps.check_once(T0 + 2) == 2
+    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
+    assert caplog.text == ""
+    assert steps.check_once(T0 + 1000) == 1  # nas again; pi is not looked at any more
 
 
 def test_a_step_looks_at_a_bounded_batch_of_users(store, recording_mailer):
@@ -523,3 +545,153 @@ def test_an_email_due_while_a_digest_waits_to_be_retried_makes_a_new_digest_of_t
     [digest] = recording_mailer.sent
     assert digest.subject == "3 devices need attention: cam, nas, pi"
     assert [row[1:] for row in outbox_rows(store)] == [("sent", 2, 2)] * 3 + [("sent", 1, 2)]
+
+
+# --- retention, health, heartbeat, requests ------------------------------------------------------------
+
+
+def test_retention_deletes_old_pings_and_history_in_batches_and_keeps_queued_emails(
+    store, recording_mailer, monkeypatch
+):
+    monkeypatch.setattr(scheduler, "RETENTION_BATCH", 3)
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}
+    steps = make_scheduler(store, recording_mailer, users, retention_days=1)
+    for at in range(5):
+        store.record_ping("pi", T0 + at)
+    steps.check_once(T0 + 100)  # an alert, its email sent
+    steps.drain_once(T0 + 100)
+    steps.check_once(T0 + 800)  # another, its email left queued
+    store.record_ping("pi", T0 + 86_400)
+    now = T0 + 86_400 + 801  # a day after all but the last ping, and after both alerts
+    assert steps.retain_once(now) == 3 + 2  # a batch of pings; the sent email, then its alert
+    assert steps.retain_once(now) == 2
+    assert steps.retain_once(now) == 0
+    assert store.pings_between("pi", T0, now) == [T0 + 86_400]
+    assert outbox(store.path) == [("oncall@example.com", "queued", 0)]
+
+
+def test_without_retention_days_nothing_is_ever_deleted(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer)
+    store.record_ping("pi", T0)
+    assert steps.retain_once(T0 + 1e9) == 0
+    assert store.pings_between("pi", T0, T0 + 1) == [T0]
+
+
+def test_health_names_a_loop_not_running_or_a_database_that_does_not_answer(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer, clock=time.time)
+    assert steps.health_problem() == "the absence listener is not running"
+    steps.start()
+    try:
+        assert steps.health_problem() is None
+        with sqlite3.connect(store.path) as other_process:
+            other_process.execute("BEGIN IMMEDIATE")
+            assert steps.health_problem() == (
+                "the database does not answer: storage unavailable: the database is locked by another process"
+            )
+            other_process.execute("ROLLBACK")
+        assert steps.health_problem() is None
+    finally:
+        assert steps.stop(2)
+    assert steps.health_problem() == "the absence listener is not running"
+
+
+def absence_steps(steps):
+    [family] = steps.absence_step_seconds.collect()
+    return next(sample.value for sample in family.samples if sample.name.endswith("_count"))
+
+
+def started_scheduler(store, recording_mailer, **top_level):
+    steps = make_scheduler(store, recording_mailer, clock=time.time, **top_level)
+    steps.start()
+    return steps
+
+
+def test_a_heartbeat_is_a_get_of_the_url_while_healthy(store, recording_mailer):
+    with HttpReceiver() as receiver:
+        steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/ping/abc?x=1")
+        try:
+            assert steps.beat_once() is True
+            assert receiver.paths[-1] == "/ping/abc?x=1"
+        finally:
+            steps.stop(2)
+        # Stopped loops: no heartbeat, so that the outside monitor notices.
+        count = len(receiver.paths)
+        assert steps.beat_once() is False
+        assert len(receiver.paths) == count
+
+
+def test_the_heartbeat_loop_gets_the_url_every_heartbeat_frequency(store, recording_mailer):
+    with HttpReceiver() as receiver:
+        steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb", heartbeat_frequency=0.05)
+        try:
+            wait_until(lambda: len(receiver.paths) >= 3, message="three heartbeats")
+        finally:
+            steps.stop(2)
+
+
+def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer, caplog):
+    with HttpReceiver() as receiver:
+        steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb")
+        try:
+            with sqlite3.connect(store.path) as other_process:
+                other_process.execute("BEGIN IMMEDIATE")
+                before = len(receiver.paths)  # the loop's own, sent at start
+                assert steps.beat_once() is False
+                assert len(receiver.paths) == before
+                other_process.execute("ROLLBACK")
+        finally:
+            steps.stop(2)
+    assert "no heartbeat sent: the database does not answer" in caplog.text
+
+
+@pytest.mark.parametrize("failure", ["down", "500", "hangs"])
+def test_a_failed_heartbeat_is_logged_naming_only_the_host_and_blocks_nothing(
+    store, recording_mailer, caplog, monkeypatch, failure
+):
+    monkeypatch.setattr(scheduler, "HEARTBEAT_TIMEOUT", 0.3)
+    receiver = HttpReceiver()
+    hung = SilentSmtpServer()  # accepts connections and never answers
+    try:
+        url = {
+            "down": f"http://127.0.0.1:{free_port()}/secret-uuid",
+            "500": receiver.url + "/secret-uuid",
+            "hangs": f"http://127.0.0.1:{hung.port}/secret-uuid",
+        }[failure]
+        receiver.status = 500
+        steps = started_scheduler(
+            store, recording_mailer, heartbeat_url=url, heartbeat_frequency=0.05, base_frequency=0.01
+        )
+        try:
+            assert steps.beat_once() is False
+            # Meanwhile the absence listener went on taking steps.
+            wait_until(lambda: absence_steps(steps) > 5, message="absence listener steps")
+        finally:
+            assert steps.stop(2)
+    finally:
+        receiver.stop()
+        hung.stop()
+    expected = {"down": "Connection refused", "500": "HTTP 500", "hangs": "timed out"}[failure]
+    assert "heartbeat to 127.0.0.1 failed: " in caplog.text and expected in caplog.text
+    assert "secret-uuid" not in caplog.text
+
+
+def test_a_request_runs_its_action_in_a_thread_of_its_own_even_after_one_failed(store, recording_mailer, caplog):
+    steps = make_scheduler(store, recording_mailer)
+    requested = threading.Event()
+    runs = []
+
+    def action():
+        runs.append(threading.current_thread().name)
+        if len(runs) == 1:
+            raise ValueError("a bug")
+
+    steps.on_request("reload", requested, action)
+    try:
+        requested.set()
+        wait_until(lambda: len(runs) == 1 and not requested.is_set(), message="first run")
+        requested.set()
+        wait_until(lambda: len(runs) == 2, message="second run")
+    finally:
+        assert steps.stop(2)
+    assert runs == ["reload", "reload"]
+    assert "reload failed" in caplog.text

@@ -17,7 +17,7 @@ import serving
 import web
 from loadgen import burst, open_idle_connections, pipeline_without_reading
 from store import Store, StoreUnavailableError
-from support import ScriptedTestEmails, make_settings, query, write_settings
+from support import make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -46,7 +46,7 @@ def serve_in_thread(app, limits=None):
 def app(store):
     settings = make_settings(USERS)
     store.sync_users(settings.users, BUSY_DAY)
-    return web.make_app(store, settings, time.time, None, ScriptedTestEmails())
+    return make_test_app(store, settings, time.time, None)
 
 
 def get(port, path, timeout=5):
@@ -236,7 +236,7 @@ def test_pings_whose_batch_cannot_commit_are_never_answered_nor_recorded(tmp_pat
     store = CommitFailingStore(tmp_path / "ping_listener.db")
     settings = make_settings(USERS)
     store.sync_users(settings.users, BUSY_DAY)
-    app = web.make_app(store, settings, time.time, None, ScriptedTestEmails())
+    app = make_test_app(store, settings, time.time)
     limits = serving.ServingLimits()
     http_server = serving.create_http_server(
         app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits, batch=store.ping_batch

@@ -797,3 +797,203 @@ def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_re
                 assert user.due_at == expected, (name, event)
     finally:
         store.close()
+
+
+def reload_row(store, username):
+    with second_connection(store) as connection:
+        return connection.execute(
+            "SELECT configured, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at"
+            " FROM users WHERE username = ?",
+            (username,),
+        ).fetchone()
+
+
+def reloaded(store, users, now):
+    return store.reload_users(make_settings(users).users, now)
+
+
+def config_of(max_sleep=60, monitor=True, email_frequency=600):
+    return {"monitor": monitor, "max_sleep": max_sleep, "email_frequency": email_frequency}
+
+
+def test_a_reload_leaves_unchanged_users_exactly_as_they_were(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    store.record_ping("pi", T0 + 30)
+    [nas] = store.due_users(T0 + 61, 10)
+    store.save_check_outcomes([alert_outcome(nas, T0 + 661, "a@example.com")], T0 + 61)
+    before = {name: reload_row(store, name) for name in ("pi", "nas")}
+    change = reloaded(store, {"pi": config_of(), "nas": config_of()}, T0 + 100)
+    assert change == store_module.UsersChange((), (), ())
+    assert {name: reload_row(store, name) for name in ("pi", "nas")} == before
+
+
+def test_a_reload_monitors_added_users_from_then_and_forgets_removed_ones_but_not_their_history(store):
+    synced(store, users={"pi": config_of(), "old": config_of()})
+    store.record_ping("old", T0 + 10)
+    change = reloaded(store, {"pi": config_of(), "new": config_of(max_sleep=30)}, T0 + 100)
+    assert change == store_module.UsersChange(("new",), ("old",), ())
+    assert reload_row(store, "new") == (1, 1, 30.0, 600.0, T0 + 100, None, None, T0 + 130)
+    assert reload_row(store, "old")[0] == 0 and reload_row(store, "old")[-1] is None
+    with pytest.raises(UnknownUserError):
+        store.record_ping("old", T0 + 101)
+    assert store.pings_between("old", T0, T0 + 200) == [T0 + 10]
+    # Configured again: monitored afresh from that moment, its history still there.
+    reloaded(store, {"pi": config_of(), "old": config_of()}, T0 + 200)
+    assert reload_row(store, "old")[4:] == (T0 + 200, T0 + 10, None, T0 + 260)
+
+
+def test_a_reload_moves_a_changed_users_deadline_at_once_either_way(store):
+    synced(store)
+    store.record_ping("pi", T0 + 10)
+    assert reloaded(store, {"pi": config_of(max_sleep=20)}, T0 + 40).changed == ("pi",)
+    [late] = store.due_users(T0 + 40, 10)  # a shorter max_sleep: late at once
+    assert (late.max_sleep, late.due_at, late.monitored_since) == (20.0, T0 + 30, T0)
+    reloaded(store, {"pi": config_of(max_sleep=3600)}, T0 + 41)
+    assert store.due_users(T0 + 41, 10) == []  # a longer one ends the lateness
+    assert reload_row(store, "pi")[-1] == T0 + 3610
+
+
+def test_turning_monitor_on_by_reload_monitors_from_then(store):
+    synced(store, users={"pi": config_of(monitor=False)})
+    reloaded(store, {"pi": config_of(monitor=True)}, T0 + 1000)
+    assert reload_row(store, "pi")[4:] == (T0 + 1000, None, None, T0 + 1060)
+
+
+def test_pings_and_alerts_are_counted_per_user_for_the_metrics(store):
+    synced(store, users={"pi": config_of(), "nas": config_of(monitor=False)})
+    for at in (1, 2, 3):
+        store.record_ping("pi", T0 + at)
+    [pi] = store.due_users(T0 + 100, 10)
+    store.save_check_outcomes([alert_outcome(pi, T0 + 700, "a@example.com", "b@example.com")], T0 + 100)
+    counts = {row.username: (row.pings, row.alerts) for row in store.user_counts(T0)}
+    assert counts == {"pi": (3, 1), "nas": (0, 0)}
+    first, second = store.due_emails(T0 + 100, 10)
+    store.mark_sent([first.id], T0 + 101)
+    assert store.outbox_counts() == {"queued": 1, "sent": 1, "failed": 0}
+
+
+def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(V1_SCHEMA.read_text())
+        connection.execute("PRAGMA user_version = 1")
+        connection.execute(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency) VALUES ('pi', 1, 1, 60, 600)"
+        )
+        connection.executemany("INSERT INTO pings (user_id, at) VALUES (1, ?)", [(T0 + 1,), (T0 + 2,)])
+    migrated = Store(path)
+    try:
+        assert migrated.pragma("user_version") == SCHEMA_VERSION
+        assert [(row.username, row.pings) for row in migrated.user_counts(T0)] == [("pi", 2)]
+        migrated.record_ping("pi", T0 + 3)
+        assert migrated.user_counts(T0)[0].pings == 3
+    finally:
+        migrated.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "parameters", "expected_plan"),
+    [
+        (store_module.USER_COUNTS_SQL, {"now": T0}, ["SCAN users"]),
+        (store_module.QUEUED_COUNT_SQL, (), ["SCAN outbox USING INDEX outbox_queue"]),
+        (store_module.FINISHED_COUNTS_SQL, (), ["SCAN outbox USING COVERING INDEX outbox_finished"]),
+        (
+            store_module.OLD_PINGS_SQL,
+            (T0, 10),
+            [
+                "SCAN users USING COVERING INDEX sqlite_autoindex_users_1",
+                "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
+            ],
+        ),
+    ],
+)
+def test_metrics_and_retention_queries_never_read_the_pings_or_the_outbox_rows(store, query, parameters, expected_plan):
+    assert store.query_plan(query, parameters) == expected_plan
+
+
+def test_old_history_deletes_follow_their_indexes(store):
+    assert "SEARCH outbox USING COVERING INDEX outbox_finished (status=? AND finished_at<?)" in store.query_plan(
+        store_module.DELETE_OLD_EMAILS_SQL, (T0, 10)
+    )
+    plan = store.query_plan(store_module.DELETE_OLD_ALERTS_SQL, (T0, 10))
+    assert "SEARCH alerts USING COVERING INDEX alerts_by_time (at<?)" in plan
+    assert "SEARCH outbox USING COVERING INDEX outbox_by_alert (alert_id=?)" in plan
+
+
+def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    for at in range(10):
+        store.record_ping("pi", T0 + at)
+        store.record_ping("nas", T0 + at)
+    assert store.delete_pings_before(T0 + 5, 4) == 4
+    assert store.delete_pings_before(T0 + 5, 4) == 4
+    assert store.delete_pings_before(T0 + 5, 4) == 2
+    assert store.delete_pings_before(T0 + 5, 4) == 0
+    assert store.pings_between("pi", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
+    assert store.pings_between("nas", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
+    # The counters are totals received, not what is kept.
+    assert [row.pings for row in store.user_counts(T0)] == [10, 10]
+
+
+def test_deleted_pings_leave_space_that_new_pings_reuse(store):
+    synced(store)
+    for at in range(5000):
+        store.record_ping("pi", T0 + at)
+    pages = store.pragma("page_count")
+    while store.delete_pings_before(T0 + 5000, 1000):
+        pass
+    assert store.pragma("freelist_count") > 0
+    for at in range(5000, 10000):
+        store.record_ping("pi", T0 + at)
+    assert store.pragma("page_count") <= pages
+
+
+def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    users = store.due_users(T0 + 61, 10)
+    store.save_check_outcomes(
+        [
+            alert_outcome(users[0], T0 + 700, "a@example.com", "b@example.com"),
+            alert_outcome(users[1], T0 + 700, "c@example.com"),
+        ],
+        T0 + 61,
+    )
+    a, b, c = store.due_emails(T0 + 61, 10)
+    store.mark_sent([a.id], T0 + 62)
+    store.mark_failed([b.id], T0 + 62, "550")
+    # c stays queued: its alert stays too, however old.
+    assert store.delete_history_before(T0 + 1000, 1) == 1
+    assert store.delete_history_before(T0 + 1000, 10) == 2  # the other email, then the alert it freed
+    assert store.delete_history_before(T0 + 1000, 10) == 0
+    assert store.outbox_counts() == {"queued": 1, "sent": 0, "failed": 0}
+    with second_connection(store) as connection:
+        assert connection.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
+    [left] = store.due_emails(T0 + 61, 10)
+    assert left.id == c.id
+
+
+def test_check_writable_passes_and_reports_a_database_locked_by_another_process(store):
+    store.check_writable()
+    with second_connection(store) as connection:
+        connection.execute("PRAGMA busy_timeout = 0")
+        connection.execute("BEGIN IMMEDIATE")
+        with pytest.raises(store_module.StoreUnavailableError, match="locked"):
+            store.check_writable()
+        connection.execute("ROLLBACK")
+    store.check_writable()
+    assert store.pragma("busy_timeout") == 5000  # pings still wait as long as before
+
+
+def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(store):
+    synced(store, users={"pi": config_of()})
+    change = reloaded(
+        store, {"pi": config_of(), "cam": {**config_of(), "depends_on": "router"}, "router": config_of()}, T0 + 10
+    )
+    assert change == store_module.UsersChange(("cam", "router"), (), ())
+    parents = {user.username: user.parent and user.parent.username for user in store.configured_users()}
+    assert parents == {"cam": "router", "pi": None, "router": None}
+    change = reloaded(
+        store, {"pi": config_of(), "cam": {**config_of(), "depends_on": "pi"}, "router": config_of()}, T0 + 20
+    )
+    assert change.changed == ("cam",)
+    assert {user.username: user.parent and user.parent.username for user in store.configured_users()}["cam"] == "pi"

@@ -2,13 +2,15 @@ import logging
 import sqlite3
 import threading
 
+import prometheus_client.parser
 import pytest
 import webtest
 
 import mailer
 import web
+from config import LiveSettings
 from store import CheckOutcome, NewEmail
-from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings
+from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def clock():
 def make_client(store, clock, users=None, testing_password=None, test_emails=None):
     settings = make_settings(users)
     store.sync_users(settings.users, T0 - 3600)
-    return webtest.TestApp(web.make_app(store, settings, clock, testing_password, test_emails or ScriptedTestEmails()))
+    return webtest.TestApp(make_test_app(store, settings, clock, testing_password, test_emails))
 
 
 @pytest.fixture
@@ -260,7 +262,7 @@ def test_testing_endpoints_need_the_password_in_a_json_body(store, clock, path, 
 
 @pytest.mark.parametrize("path", TESTING_ENDPOINTS)
 def test_testing_endpoints_do_not_take_the_password_from_the_url(store, clock, path):
-    client_with_password(store, clock).post(path + "?password=let+me+in", status=400)
+    client_with_password(store, clock).post(path + "?password=let+me+in", content_type="application/json", status=400)
 
 
 def test_testing_config_lists_each_users_settings_and_no_smtp_setting(store, clock):
@@ -304,6 +306,9 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         "last_duration": None,
         "depends_on": None,
         "held_back_by": None,
+        "monitor": True,
+        "max_sleep": 60.0,
+        "email_frequency": 600.0,
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
         "late_at": T0 + 50,
@@ -484,9 +489,7 @@ def test_the_testing_password_is_never_logged(store, clock, caplog):
 def overview_client(store, clock, testing_password=None, overview_password=None):
     settings = make_settings()
     store.sync_users(settings.users, T0 - 3600)
-    return webtest.TestApp(
-        web.make_app(store, settings, clock, testing_password, ScriptedTestEmails(), overview_password)
-    )
+    return webtest.TestApp(make_test_app(store, settings, clock, testing_password, overview_password=overview_password))
 
 
 OVERVIEW_ENDPOINTS = ["/overview/state", "/overview/day"]
@@ -544,6 +547,62 @@ def test_the_overview_state_lists_every_user_and_reads_nothing_it_should_not_wri
     assert (pi["username"], pi["state"], pi["last_ping_local"]) == ("pi", "pinging", "2026-09-21 16:13:20 CEST")
     assert answer.json["summary"] == [{"state": "pinging", "users": 1}]
     client.post_json("/overview/day", {"password": "look", **TODAY}, status=200)
+
+
+# --- operations: content type, global wrong-password budget, ping tokens, /healthz, /metrics, reload ----
+
+TOKEN = "s3cret-token-0123456789"
+
+
+@pytest.mark.parametrize("path", TESTING_ENDPOINTS)
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+def test_testing_endpoints_want_json_before_anything_else_and_count_nothing_else(store, clock, path, content_type):
+    client = client_with_password(store, clock)
+    body = b'{"password": "guess"}'
+    for _ in range(10):
+        kwargs = {} if content_type is None else {"content_type": content_type}
+        answer = client.post(path, body, status=415, **kwargs)
+        assert answer.text == "expected Content-Type: application/json"
+    # None of those counted as a wrong password; even disabled testing mode answers 415 first.
+    client.post_json(path, {"password": "let me in"}, status=200)
+    client.post(path, body, headers={"Content-Type": "Application/JSON; charset=utf-8"}, status=401)
+    make_client(store, clock).post(path, body, content_type="text/plain", status=415)
+
+
+def test_twenty_wrong_passwords_from_all_addresses_together_refuse_every_address_for_a_minute(store, clock):
+    client = client_with_password(store, clock)
+    for n in range(20):
+        client.post_json("/testing/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+        clock.now += 1
+    answer = client.post_json("/testing/config", {"password": "let me in"}, status=429, **from_address("192.0.2.99"))
+    assert answer.text == "too many wrong testing passwords from all addresses; try again in 59 s"
+    assert answer.headers["Retry-After"] == "59"
+    clock.now += 58.5
+    assert client.post_json("/testing/state", {"password": "let me in"}, status=429).headers["Retry-After"] == "1"
+    clock.now += 0.5
+    client.post_json("/testing/state", {"password": "let me in"}, status=200, **from_address("192.0.2.99"))
+
+
+def token_client(store, clock, caplog=None):
+    users = {
+        "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+        "open": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+    }
+    return make_client(store, clock, users)
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"url": f"/ping?username=pi&token={TOKEN}"},
+        {"url": "/ping?username=pi", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+        {"url": "/ping?username=pi", "headers": {"Authorization": f"bearer   {TOKEN} "}},
+    ],
+)
+def test_a_user_with_a_token_pings_with_it_in_the_query_or_a_bearer_header(store, clock, request_kwargs):
+    token_client(store, clock).get(**request_kwargs, status=200)
     assert committed_pings(store) == [T0]
 
 
@@ -783,3 +842,168 @@ def test_testing_state_shows_snoozed_and_suppressed_users_and_the_parent_they_wa
         "2026-09-21 16:18:20 CEST",
     )
     assert (state["nas"]["held_back_until"], state["nas"]["held_back_by"]) == (T0 + 300, "snooze")
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"url": "/ping?username=pi"},
+        {"url": "/ping?username=pi&token="},
+        {"url": f"/ping?username=pi&token={TOKEN[:-1]}"},
+        {"url": f"/ping?username=pi&token={TOKEN}x"},
+        {"url": "/ping?username=pi&token=wrong", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+        {"url": "/ping?username=pi", "headers": {"Authorization": f"Basic {TOKEN}"}},
+        {"url": "/ping?username=pi", "headers": {"Authorization": "Bearer"}},
+    ],
+)
+def test_a_missing_or_wrong_token_is_a_403_and_records_nothing(store, clock, request_kwargs):
+    answer = token_client(store, clock).post(**request_kwargs, status=403)
+    assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
+    assert committed_pings(store) == []
+    assert store.user_counts(T0)[1].pings == 0
+
+
+def test_a_user_without_a_token_needs_none_and_tokens_are_never_logged(store, clock, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = token_client(store, clock)
+    client.get("/ping?username=open", status=200)
+    client.get("/ping?username=open&token=whatever", status=200)
+    client.get(f"/ping?username=pi&token={TOKEN}", status=200)
+    client.get("/ping?username=pi&token=not-the-token-at-all", status=403)
+    assert TOKEN not in caplog.text and "not-the-token-at-all" not in caplog.text
+
+
+def test_a_token_is_no_key_to_another_user(store, clock):
+    users = {
+        "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+        "nas": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": "another-token-for-the-nas"},
+    }
+    make_client(store, clock, users).get(f"/ping?username=nas&token={TOKEN}", status=403)
+
+
+def test_healthz_says_ok_or_names_the_problem(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0)
+    problems = [None]
+    client = webtest.TestApp(make_test_app(store, settings, clock, health_problem=lambda: problems[0]))
+    answer = client.get("/healthz", status=200)
+    assert (answer.content_type, answer.text) == ("text/plain", "ok")
+    problems[0] = "the outbox drain is not running"
+    assert client.get("/healthz", status=503).text == "the outbox drain is not running"
+
+
+def metrics_client(store, clock, users=None, token="metrics-token-0123456789"):
+    settings = make_settings(users)
+    store.sync_users(settings.users, T0 - 3600)
+    return webtest.TestApp(make_test_app(store, settings, clock, metrics_token=token))
+
+
+def test_metrics_are_disabled_without_metrics_token(store, clock):
+    answer = metrics_client(store, clock, token=None).get("/metrics", status=404)
+    assert answer.text == "metrics are disabled: METRICS_TOKEN is not set"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic metrics-token-0123456789"}, {"Authorization": ""}],
+)
+def test_metrics_need_the_bearer_token(store, clock, headers):
+    answer = metrics_client(store, clock).get("/metrics", headers=headers, status=401)
+    assert answer.text == "wrong or missing bearer token"
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def scrape(client):
+    answer = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
+    assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {}
+    for family in prometheus_client.parser.text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"pi": user, "late": user, "off": {**user, "monitor": False}, HOSTILE_NAME + '\\"': user}
+    client = metrics_client(store, clock, users)
+    ping_at(client, clock, T0 - 20, T0 - 10)
+    [email_id] = alert(store, "late", T0 - 100, "oncall@example.com")
+    store.mark_sent([email_id], T0 - 99)
+    alert(store, HOSTILE_NAME + '\\"', T0 - 100, "oncall@example.com")
+    clock.now = T0
+    samples = scrape(client)
+
+    def per_user(name):
+        return {
+            labels[0][1]: value
+            for (sample, labels), value in samples.items()
+            if sample == name and labels[0][0] == "user"
+        }
+
+    hostile = HOSTILE_NAME + '\\"'
+    assert per_user("ping_listener_up") == {"pi": 1.0, "late": 0.0, "off": 1.0, hostile: 0.0}
+    assert per_user("ping_listener_last_ping_timestamp_seconds") == {"pi": T0 - 10}
+    assert per_user("ping_listener_pings_total") == {"pi": 2.0, "late": 0.0, "off": 0.0, hostile: 0.0}
+    assert per_user("ping_listener_alerts_total") == {"pi": 0.0, "late": 1.0, "off": 0.0, hostile: 1.0}
+    assert {labels: value for (name, labels), value in samples.items() if name == "ping_listener_outbox_emails"} == {
+        (("status", "queued"),): 1.0,
+        (("status", "sent"),): 1.0,
+        (("status", "failed"),): 0.0,
+    }
+    assert samples[("ping_listener_absence_step_seconds_count", ())] == 0.0
+
+
+def test_metrics_count_a_failed_user_or_a_run_past_max_runtime_as_down(store, clock):
+    user = {"monitor": True, "max_sleep": 3600, "email_frequency": 600}
+    client = metrics_client(store, clock, {"pi": user, "job": {**user, "max_runtime": 30}, "ok": user})
+    clock.now = T0 - 40
+    client.get("/ping/pi/fail")
+    client.get("/ping/job/start")
+    client.get("/ping/ok/start")
+    clock.now = T0 - 20
+    client.get("/ping/ok")
+    clock.now = T0
+    up = {labels[0][1]: value for (name, labels), value in scrape(client).items() if name == "ping_listener_up"}
+    assert up == {"pi": 0.0, "job": 0.0, "ok": 1.0}
+
+
+def test_a_replaced_setting_is_seen_at_once_by_pings_and_the_testing_page(store, clock):
+    first = make_settings({"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}})
+    store.sync_users(first.users, T0)
+    live = LiveSettings(first)
+    client = webtest.TestApp(make_test_app(store, live, clock, "let me in"))
+    second = make_settings({"nas": {"monitor": True, "max_sleep": 5, "email_frequency": 6, "token": TOKEN}})
+    live.replace(second)
+    # Before the store has followed: pi is gone already, and nas needs its token already.
+    assert client.get("/ping?username=pi", status=404).text == "unknown user pi"
+    client.get("/ping?username=nas", status=403)
+    store.reload_users(second.users, T0 + 1)
+    client.get(f"/ping?username=nas&token={TOKEN}", status=200)
+    assert client.post_json("/testing/config", {"password": "let me in"}).json == {
+        "recipient": "oncall@example.com",
+        "users": {"nas": {"monitor": True, "max_sleep": 5.0, "email_frequency": 6.0}},
+    }
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"url": f"/snooze?username=pi&minutes=5&token={TOKEN}"},
+        {"url": "/snooze?username=pi&minutes=5", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+    ],
+)
+def test_snoozing_a_user_with_a_token_needs_it_as_its_signals_do(store, clock, request_kwargs):
+    client = token_client(store, clock)
+    assert client.get(**request_kwargs, status=200).text == "26/09/21 16:18:20"
+    assert store.user("pi").snoozed_until == T0 + 300
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock, method):
+    client = token_client(store, clock)
+    for url in ("/snooze?username=pi&minutes=5", "/snooze?username=pi&minutes=5&token=wrong"):
+        answer = getattr(client, method)(url, status=403)
+        assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
+    assert store.user("pi").snoozed_until is None
+    client.get("/snooze?username=open&minutes=5", status=200)  # a user without a token needs none
