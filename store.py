@@ -236,6 +236,12 @@ DELETE_OLD_EMAILS_SQL = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status != 'queued' AND status IN ('sent', 'failed')"
     " AND finished_at < ? LIMIT ?)"
 )
+# Digests once none of their emails is left, oldest first: along digests' primary key (ids grow with time),
+# each checked through outbox_by_digest.
+DELETE_OLD_DIGESTS_SQL = (
+    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT ?)"
+)
 DELETE_OLD_ALERTS_SQL = (
     "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
     " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id) LIMIT ?)"
@@ -895,15 +901,16 @@ class Store:
             return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` sent or failed emails finished before `cutoff`, and up to `limit` alerts
-        decided before it that no email refers to any more; return how many rows were deleted.
+        """Delete up to `limit` sent or failed emails finished before `cutoff`, and up to `limit` digests and
+        `limit` alerts made before it that no email refers to any more; return how many rows were deleted.
 
         Queued emails, and the alerts they belong to, are kept whatever their age.
         """
         with self._write() as connection:
             emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
+            digests = connection.execute(DELETE_OLD_DIGESTS_SQL, (cutoff, limit)).rowcount
             alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
-        return emails + alerts
+        return emails + digests + alerts
 
     def check_writable(self) -> None:
         """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise

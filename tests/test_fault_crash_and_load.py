@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from support import free_port, query, wait_until, write_settings
+from support import delivered_subjects, free_port, query, wait_until, write_settings
 
 CRASH_CLIENTS = 16
 CRASH_LOAD_SECONDS = 2.5
@@ -127,4 +127,6 @@ def test_a_kill_9_between_a_failure_alert_and_the_success_still_sends_exactly_on
         ("job failure reported", "sent"),
         ("job is back", "sent"),
     ]
-    assert [message["Subject"] for _, _, message in smtp_server.messages].count("job is back") == 1
+    # The failure's email may go twice (at least once: killed before its result was recorded), in a digest
+    # with the recovery; the recovery goes once.
+    assert delivered_subjects(smtp_server.messages).count("job is back") == 1

@@ -13,6 +13,7 @@ from store import (
     SCHEMA_VERSION,
     CheckOutcome,
     EmailEvent,
+    NewDigest,
     NewEmail,
     Signal,
     Store,
@@ -676,6 +677,21 @@ def test_a_version_1_database_is_upgraded_keeping_its_history_and_its_alerted_ou
         reopened.close()
 
 
+def outcome_of(user, decision):
+    """What the absence listener would save for `decision` about `user`, with stand-in emails."""
+    suppressed = decision.suppressed
+    return CheckOutcome(
+        user,
+        decision.next_due_at,
+        (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else (),
+        kind=decision.alert.kind if decision.alert else rules.SILENCE,
+        down_since=decision.down_since,
+        ends_outage=user.back_at is not None,
+        recovery=(NewEmail("a@example.com", "s", "b", "<r>"),) if decision.recovery else (),
+        suppressed=None if suppressed is None else (suppressed.kind, suppressed.down_at),
+    )
+
+
 SIGNAL_EVENTS = hypothesis.strategies.lists(
     hypothesis.strategies.tuples(
         hypothesis.strategies.sampled_from(["success", "start", "fail", "log", "restart", "check"]),
@@ -699,18 +715,7 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
             if kind == "check":
                 [before] = store.configured_users()
                 decision = rules.decide(before, now)
-                emails = (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else ()
-                recovery = (NewEmail("a@example.com", "s", "b", "<r>"),) if decision.recovery else ()
-                outcome = CheckOutcome(
-                    before,
-                    decision.next_due_at,
-                    emails,
-                    kind=decision.alert.kind if decision.alert else rules.SILENCE,
-                    down_since=decision.down_since,
-                    ends_outage=before.back_at is not None,
-                    recovery=recovery,
-                )
-                store.save_check_outcomes([outcome], now)
+                store.save_check_outcomes([outcome_of(before, decision)], now)
                 [user] = store.configured_users()
                 assert user.due_at == decision.next_due_at
                 continue
@@ -758,19 +763,7 @@ def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_re
                 outcomes = []
                 for user in before.values():
                     decision = rules.decide(user, now, user.parent)
-                    emails = (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else ()
-                    suppressed = decision.suppressed
-                    outcomes.append(
-                        CheckOutcome(
-                            user,
-                            decision.next_due_at,
-                            emails,
-                            kind=decision.alert.kind if decision.alert else rules.SILENCE,
-                            down_since=decision.down_since,
-                            ends_outage=user.back_at is not None,
-                            suppressed=None if suppressed is None else (suppressed.kind, suppressed.down_at),
-                        )
-                    )
+                    outcomes.append(outcome_of(user, decision))
                     chosen[user.username] = decision.next_due_at
                 store.save_check_outcomes(outcomes, now)
             elif event == "restart":
@@ -918,6 +911,9 @@ def test_old_history_deletes_follow_their_indexes(store):
     plan = store.query_plan(store_module.DELETE_OLD_ALERTS_SQL, (T0, 10))
     assert "SEARCH alerts USING COVERING INDEX alerts_by_time (at<?)" in plan
     assert "SEARCH outbox USING COVERING INDEX outbox_by_alert (alert_id=?)" in plan
+    plan = store.query_plan(store_module.DELETE_OLD_DIGESTS_SQL, (T0, 10))
+    assert "SCAN digests" in plan  # along its primary key, oldest first, up to the batch's end
+    assert "SEARCH outbox USING COVERING INDEX outbox_by_digest (digest_id=?)" in plan
 
 
 def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept(store):
@@ -959,12 +955,15 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
         T0 + 61,
     )
     a, b, c = store.due_emails(T0 + 61, 10)
+    store.claim_emails({}, T0 + 61, [NewDigest((a.id, b.id), "a@example.com", "2 devices", "<d>")])
     store.mark_sent([a.id], T0 + 62)
     store.mark_failed([b.id], T0 + 62, "550")
     # c stays queued: its alert stays too, however old.
     assert store.delete_history_before(T0 + 1000, 1) == 1
-    assert store.delete_history_before(T0 + 1000, 10) == 2  # the other email, then the alert it freed
+    # The other email, then the digest and the alert it freed.
+    assert store.delete_history_before(T0 + 1000, 10) == 3
     assert store.delete_history_before(T0 + 1000, 10) == 0
+    assert query(store.path, "SELECT count(*) FROM digests") == [(0,)]
     assert store.outbox_counts() == {"queued": 1, "sent": 0, "failed": 0}
     with second_connection(store) as connection:
         assert connection.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
@@ -997,3 +996,18 @@ def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(
     )
     assert change.changed == ("cam",)
     assert {user.username: user.parent and user.parent.username for user in store.configured_users()}["cam"] == "pi"
+
+
+def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
+    synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
+    store.snooze("router", T0 + 600, T0)
+    store.record_ping("router", T0 + 100)  # back from its silence (late at T0 + 60): cam's silence restarts
+    for now in (T0 + 100, T0 + 150, T0 + 600, T0 + 700):
+        users = {user.username: user for user in store.configured_users()}
+        expected = {name: rules.condition(user, now) for name, user in users.items()}
+        counts = {row.username: row.condition_at for row in store.user_counts(now)}
+        assert counts == {name: rules.late_at(user, now) for name, user in users.items()}
+        # Down for the metrics exactly when the rules say it is in a condition, snoozed or not.
+        assert {name: not rules.is_up(at, now) for name, at in counts.items()} == {
+            name: condition is not None for name, condition in expected.items()
+        }
