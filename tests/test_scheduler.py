@@ -338,6 +338,8 @@ def test_forty_devices_behind_a_router_with_two_recipients_make_one_email_each(s
 def test_a_suppressed_device_is_recorded_once_and_gets_no_recovery(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=1))
     steps.check_once(T0 + 61)
+    store.record_ping("cam00", T0 + 100, "start")  # no sign of life, but cam00 is looked at again
+    steps.check_once(T0 + 101)
     steps.check_once(T0 + 700)  # the router's reminder; the device stays suppressed, recorded once
     store.record_ping("cam00", T0 + 701)
     steps.check_once(T0 + 702)

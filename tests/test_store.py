@@ -1011,3 +1011,11 @@ def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_ret
         assert {name: not rules.is_up(at, now) for name, at in counts.items()} == {
             name: condition is not None for name, condition in expected.items()
         }
+
+
+def test_a_parent_back_after_a_silence_of_exactly_max_sleep_was_not_down_and_restarts_nothing(store):
+    synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
+    store.record_ping("router", T0 + 60)  # exactly max_sleep after the start of monitoring: not late
+    assert store.user("cam").silence_from is None
+    store.record_ping("router", T0 + 120.5)  # just over: it was late, so it came back
+    assert store.user("cam").silence_from == T0 + 120.5
