@@ -6,12 +6,16 @@ value or key is cut, so a huge one cannot make a huge line.
 """
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from webhooks import FORMATS as WEBHOOK_FORMATS
 
 # Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
 # RFC 5322 parser: the SMTP server has the last word on an address.
@@ -46,6 +50,7 @@ TOP_LEVEL_KEYS = {
     "retention_days",
     "heartbeat_url",
     "heartbeat_frequency",
+    "webhooks",
 }
 USER_KEYS = {
     "monitor",
@@ -56,7 +61,18 @@ USER_KEYS = {
     "notify_recovery",
     "token",
     "depends_on",
+    "notify",
 }
+WEBHOOK_KEYS = {"url", "format", "headers"}
+# A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
+EMAIL_CHANNEL = "email"
+WEBHOOK_CHANNEL_PREFIX = "webhook:"
+DEFAULT_NOTIFY = (EMAIL_CHANNEL,)
+# SMTP_SECURITY: how the connection to the SMTP server is protected, and the port each mode uses by default.
+SMTP_SECURITY_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+# An HTTP header's name (RFC 9110 token) and a value of visible characters and spaces.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\x80-\xff]*")
 
 
 class ConfigError(Exception):
@@ -85,6 +101,17 @@ class UserConfig:
     # secret_digest() of the user's ping token (None: no token needed). Only the digest is kept, so
     # the token itself can be neither logged nor shown.
     token_digest: bytes | None = field(default=None, repr=False)
+    # Where its alerts and recoveries go: EMAIL_CHANNEL and "webhook:NAME" channels, in the order given.
+    notify: tuple[str, ...] = DEFAULT_NOTIFY
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One webhook of settings.json's `webhooks`: where to POST, in which format (webhooks.FORMATS), extra headers."""
+
+    url: str
+    format: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,8 @@ class Settings:
     retention_days: float | None = None
     heartbeat_url: str | None = None
     heartbeat_frequency: float = DEFAULT_HEARTBEAT_FREQUENCY
+
+    webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
 
 
 class LiveSettings:
@@ -130,6 +159,8 @@ class SmtpSettings:
     """Where and as whom alert emails are sent, from the SMTP_* environment variables.
 
     `configured` is whether SMTP_HOST or SMTP_LOGIN was set: whether a person set up SMTP at all.
+    `security` is a key of SMTP_SECURITY_PORTS: implicit TLS ("ssl"), a mandatory STARTTLS upgrade
+    ("starttls") or plain text to a loopback relay ("none").
     """
 
     host: str
@@ -139,6 +170,7 @@ class SmtpSettings:
     sender: str | None
     sender_name: str = DEFAULT_SENDER_NAME
     configured: bool = False
+    security: str = "ssl"
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -182,13 +214,14 @@ def parse_settings(document: Any) -> Settings:
     heartbeat_frequency = _positive_number(
         document, "heartbeat_frequency", DEFAULT_HEARTBEAT_FREQUENCY, MAX_SECONDS, problems
     )
+    webhooks = _webhooks(document.get("webhooks", {}), problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
         problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
     elif users is not None:
         for username, user in users.items():
-            parsed = _parse_user(username, user, recipient, require_tokens is True, problems)
+            parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
                 parsed_users[username] = parsed
         _check_dependencies(users, problems)
@@ -204,17 +237,29 @@ def parse_settings(document: Any) -> Settings:
         retention_days=retention_days,
         heartbeat_url=heartbeat_url,
         heartbeat_frequency=heartbeat_frequency,
+        webhooks=webhooks,
     )
 
 
 def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
     """Read the SMTP_* variables from `environ`; raise ConfigError listing every problem.
 
-    SMTP_PORT must be a port; SMTP_FROM_NAME (the From header's display name, default "Ping
-    Listener", empty for none) must be one line of text.
+    SMTP_SECURITY must be ssl (the default), starttls or none, and none only with a loopback
+    SMTP_HOST, so that a password never crosses a network in clear; SMTP_PORT must be a port and
+    defaults to the mode's (465, 587, 25); SMTP_FROM_NAME (the From header's display name, default
+    "Ping Listener", empty for none) must be one line of text.
     """
     problems = []
-    port_text = environ.get("SMTP_PORT", "465")
+    host = environ.get("SMTP_HOST") or "smtp.gmail.com"
+    security = environ.get("SMTP_SECURITY", "ssl")
+    if security not in SMTP_SECURITY_PORTS:
+        problems.append(f"SMTP_SECURITY: must be one of ssl, starttls or none, got {security!r}")
+    elif security == "none" and not is_loopback(host):
+        problems.append(
+            f"SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
+            f" got SMTP_HOST {host!r}; use starttls or ssl"
+        )
+    port_text = environ.get("SMTP_PORT", str(SMTP_SECURITY_PORTS.get(security, 465)))
     if not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) or not 0 < int(port_text) < 65536:
         problems.append(f"SMTP_PORT: must be an integer port from 1 to 65535, got {port_text!r}")
     sender_name = environ.get("SMTP_FROM_NAME", DEFAULT_SENDER_NAME)
@@ -224,14 +269,25 @@ def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
         raise ConfigError(problems)
     login = environ.get("SMTP_LOGIN") or None
     return SmtpSettings(
-        host=environ.get("SMTP_HOST") or "smtp.gmail.com",
+        host=host,
         port=int(port_text),
         login=login,
         password=environ.get("SMTP_PASSWORD") or None,
         sender=environ.get("SMTP_FROM") or login,
         sender_name=sender_name.strip(),
         configured=bool(environ.get("SMTP_HOST") or login),
+        security=security,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True if `host` names this machine only: localhost, an address in 127.0.0.0/8, or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_email_address(value: object) -> bool:
@@ -244,7 +300,7 @@ def secret_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _parse_user(username, user, recipient, require_tokens, problems):
+def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     path = _path("users.", username)
     before = len(problems)
     if not username:
@@ -283,6 +339,7 @@ def _parse_user(username, user, recipient, require_tokens, problems):
             f"{path}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces"
             " or control characters"
         )
+    notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
     if len(problems) > before:
         return None
     return UserConfig(
@@ -294,6 +351,7 @@ def _parse_user(username, user, recipient, require_tokens, problems):
         notify_recovery=notify_recovery,
         depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
+        notify=notify,
     )
 
 
@@ -317,6 +375,70 @@ def _check_dependencies(users, problems):
             reported.update(chain)
             cycle = " -> ".join(_show(link) for link in [*chain, name])
             problems.append(f"{_path('users.', name)}.depends_on: a cycle of dependencies: {cycle}")
+
+
+def _notify(value, path, webhooks, problems):
+    """A user's `notify` as a tuple of channels without repeats, or DEFAULT_NOTIFY and a problem naming `path`."""
+    if not isinstance(value, list) or not value:
+        problems.append(f'{path}: must be a non-empty list of "email" and "webhook:NAME", got {_show(value)}')
+        return DEFAULT_NOTIFY
+    for channel in value:
+        if channel == EMAIL_CHANNEL:
+            continue
+        if not (isinstance(channel, str) and channel.startswith(WEBHOOK_CHANNEL_PREFIX)):
+            problems.append(f'{path}: each channel must be "email" or "webhook:NAME", got {_show(channel)}')
+        elif channel[len(WEBHOOK_CHANNEL_PREFIX) :] not in webhooks:
+            known = ", ".join(sorted(webhooks)) or "none: settings.json has no webhooks"
+            problems.append(f"{path}: unknown webhook {_show(channel[len(WEBHOOK_CHANNEL_PREFIX) :])} (known: {known})")
+    return tuple(dict.fromkeys(channel for channel in value if isinstance(channel, str)))
+
+
+def _webhooks(value, problems):
+    """settings.json's `webhooks` as name -> WebhookConfig, leaving out (with a problem each) those that are wrong."""
+    if not isinstance(value, dict):
+        problems.append(f"webhooks: must be an object of name -> {{url, format, headers}}, got {_show(value)}")
+        return {}
+    webhooks = {}
+    for name, webhook in value.items():
+        path = _path("webhooks.", name)
+        before = len(problems)
+        if not re.fullmatch(r"[\w-]+", name):
+            problems.append(f"{path}: a webhook's name must be letters, digits, '_' or '-'")
+        if not isinstance(webhook, dict):
+            problems.append(f"{path}: must be an object with url and format, got {_show(webhook)}")
+            continue
+        _unknown_keys(webhook, WEBHOOK_KEYS, path + ".", problems)
+        url = _required(webhook, "url", path + ".", problems)
+        if url is not None and not _is_http_url(url):
+            problems.append(f"{path}.url: must be an http:// or https:// URL, got {_show(url)}")
+        format_ = _required(webhook, "format", path + ".", problems)
+        if format_ is not None and format_ not in WEBHOOK_FORMATS:
+            problems.append(f"{path}.format: must be one of {', '.join(WEBHOOK_FORMATS)}, got {_show(format_)}")
+        headers = webhook.get("headers", {})
+        if not isinstance(headers, dict):
+            problems.append(f"{path}.headers: must be an object of header name -> value, got {_show(headers)}")
+            headers = {}
+        for header, header_value in headers.items():
+            if not _HEADER_NAME.fullmatch(header):
+                problems.append(f"{path}.headers: {_show(header)} is not an HTTP header name")
+            if not (isinstance(header_value, str) and _HEADER_VALUE.fullmatch(header_value)):
+                problems.append(
+                    f"{path}.headers.{header}: must be text without control characters, got {_show(header_value)}"
+                )
+        if len(problems) == before:
+            webhooks[name] = WebhookConfig(url, format_, tuple(headers.items()))
+    return webhooks
+
+
+def _is_http_url(value):
+    if not isinstance(value, str) or re.search(r"\s", value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _device_emails(value, path, problems):

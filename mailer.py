@@ -1,4 +1,5 @@
-"""Alert emails: what they say (pure functions of data) and sending them over SMTP with implicit TLS."""
+"""Alert emails: what they say (pure functions of data) and sending them over SMTP with implicit TLS, a
+mandatory STARTTLS upgrade, or in plain text to a relay on this machine (SMTP_SECURITY)."""
 
 import logging
 import re
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from config import SmtpSettings
 from localtime import duration_in_words, every, format_local_time, logs_link
-from rules import BACK
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE
 from store import QueuedEmail, Signal, UserState
 
 log = logging.getLogger("ping_listener.mailer")
@@ -75,6 +76,16 @@ class TestEmailSender(Protocol):
         ...
 
 
+def event_moment(user: UserState, kind: str, signal: Signal | None = None) -> float:
+    """The moment an alert about `kind` (rules.SILENCE, FAILURE, RUN_TIMEOUT) or a recovery (rules.BACK) is
+    about, whose day its logs link shows: the failing `signal`, the run's start, the return, or the last
+    ping; the start of monitoring where there is none."""
+    if kind == FAILURE and signal is not None:
+        return signal.at
+    moment = {RUN_TIMEOUT: user.run_started, BACK: user.back_at}.get(kind, user.last_ping)
+    return moment if moment is not None else user.monitored_since
+
+
 def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
     """Subject and plain-text body of the alert for `user`, as (subject, body), written for people.
 
@@ -83,11 +94,10 @@ def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
     what to check and how often the alert repeats.
     """
     username = user.username
+    seen = event_moment(user, SILENCE)
     if user.last_ping is not None:
-        seen = user.last_ping
         last_ping_line = f"Last ping: {format_local_time(seen)}"
     else:
-        seen = user.monitored_since
         last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
     body = (
         f"Ping Listener has heard nothing from {username} for more than {duration_in_words(user.max_sleep)}"
@@ -131,7 +141,7 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
         f"{username} reported a failure.\n"
         f"\n"
         f"{reported}.\n"
-        f"Signals of that day: {logs_link(server_root, username, signal.at)}\n"
+        f"Signals of that day: {logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
         f"\n"
         f"You will be reminded {_reminder(user.email_frequency)} until {username} reports a success.\n"
     )
@@ -149,7 +159,7 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
 def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:
     """Subject and plain-text body of the alert for `user`'s run that outlasted its max_runtime, as (subject, body)."""
     username = user.username
-    started = user.run_started if user.run_started is not None else user.monitored_since
+    started = event_moment(user, RUN_TIMEOUT)
     body = (
         f"{username} started a run and has not reported its end within its max_runtime"
         f" of {duration_in_words(user.max_runtime or 0)}.\n"
@@ -169,7 +179,7 @@ def compose_recovery(user: UserState, server_root: str) -> tuple[str, str]:
     and for how long it was down, and links to the signals of the day it came back.
     """
     username = user.username
-    back = user.back_at if user.back_at is not None else user.monitored_since
+    back = event_moment(user, BACK)
     down = user.down_since if user.down_since is not None else back
     body = (
         f"{username} is back.\n"
@@ -253,7 +263,9 @@ class SmtpSetupError(Exception):
 
 
 class SmtpMailer:
-    """Sends emails through one SMTP-over-SSL server, certificate checked against the system CAs."""
+    """Sends emails through one SMTP server, as SMTP_SECURITY says: over implicit TLS ("ssl"), after a
+    mandatory STARTTLS upgrade ("starttls"), or in plain text to a relay on this machine ("none"). In
+    both TLS modes the certificate is checked against the system CAs and the host name."""
 
     def __init__(self, smtp: SmtpSettings, timeout: float = SMTP_TIMEOUT) -> None:
         """Use `smtp`; `timeout` bounds every network operation, in seconds."""
@@ -350,10 +362,23 @@ class SmtpMailer:
         return f"connected to {self.server} (no login: SMTP_LOGIN is not set)"
 
     def _connect(self):
-        connection = smtplib.SMTP_SSL(
-            self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
-        )
+        """A connection as SMTP_SECURITY says, logged in (if SMTP_LOGIN is set) and ready for MAIL."""
+        connection: smtplib.SMTP
+        if self._smtp.security == "ssl":
+            connection = smtplib.SMTP_SSL(
+                self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
+            )
+        else:
+            connection = smtplib.SMTP(self._smtp.host, self._smtp.port, timeout=self._timeout)
         try:
+            if self._smtp.security == "starttls":
+                connection.ehlo()
+                # Never a fallback to plain text: a server (or someone in between) that does not offer
+                # STARTTLS gets nothing, not even the login.
+                if not connection.has_extn("starttls"):
+                    raise NoStartTlsError("the SMTP server does not offer STARTTLS; nothing was sent in plain text")
+                connection.starttls(context=self._ssl_context)
+                connection.ehlo()
             if self._smtp.login:
                 connection.login(self._smtp.login, self._smtp.password or "")
             else:
@@ -395,6 +420,10 @@ class SmtpMailer:
         return SendResult(REJECTED if 500 <= code < 600 else RETRY, answer)
 
 
+class NoStartTlsError(smtplib.SMTPException):
+    """SMTP_SECURITY is starttls and the server does not offer STARTTLS: a fault of the connection, retried."""
+
+
 class _SetupFault(Exception):
     """An answer that every email would get alike: retry them all (SendResult `result`)."""
 
@@ -420,7 +449,7 @@ def _explain(error):
     elif isinstance(error, ssl.SSLCertVerificationError):
         hint = " (the server's certificate is not trusted; SSL_CERT_FILE can name a CA file to trust)"
     elif isinstance(error, ssl.SSLError):
-        hint = " (SMTP_PORT must be a port that speaks TLS from the first byte, such as 465)"
+        hint = " (with SMTP_SECURITY=ssl, SMTP_PORT must be a port that speaks TLS from the first byte, such as 465)"
     else:
         hint = ""
     return _describe(error) + hint

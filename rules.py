@@ -336,9 +336,13 @@ def clock_jump(previous: tuple[float, float], current: tuple[float, float]) -> f
     return jump if abs(jump) > CLOCK_JUMP_TOLERANCE else 0.0
 
 
-def retry_delay(attempts: int) -> float:
-    """Seconds to wait before the next try of an email that has failed `attempts` times (>= 1)."""
-    return min(FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16), MAX_RETRY_DELAY)
+def retry_delay(attempts: int, asked: float | None = None) -> float:
+    """Seconds to wait before the next try of an email or webhook delivery that has failed `attempts` times (>= 1).
+
+    At least `asked` (a webhook's Retry-After, in seconds) if given, and never more than MAX_RETRY_DELAY.
+    """
+    backoff = FIRST_RETRY_DELAY * 2.0 ** min(attempts - 1, 16)
+    return min(max(backoff, asked or 0.0), MAX_RETRY_DELAY)
 
 
 def _muted(user: Watched) -> bool:

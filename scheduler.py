@@ -1,11 +1,12 @@
-"""The service's background loops: the absence listener and the outbox drain acting on the rules (rules.py),
-retention, the heartbeat, and the loop that runs a reload when one is asked for.
+"""The service's background loops: the absence listener, the outbox drain and the webhook delivery acting on
+the rules (rules.py), retention, the heartbeat, and the loop that runs a reload when one is asked for.
 
-Each loop runs in its own thread, so a slow SMTP server never delays detecting absences and a
-slow heartbeat URL delays nothing. Each step takes `now` from its caller, so tests drive time
-instead of sleeping. The loops wait on a monotonic clock (Event.wait); the wall clock only dates
-things, and the absence listener restarts monitoring when it sees the wall clock jump. Settings are
-read from the LiveSettings at each step, so a reload is followed at once.
+Each loop runs in its own thread, so a slow SMTP server never delays detecting absences, email and
+webhooks never wait for each other, and a slow heartbeat URL delays nothing. Each step takes `now`
+from its caller, so tests drive time instead of sleeping. The loops wait on a monotonic clock
+(Event.wait); the wall clock only dates things, and the absence listener restarts monitoring when it
+sees the wall clock jump. Settings are read from the LiveSettings at each step, so a reload is
+followed at once.
 """
 
 import logging
@@ -14,20 +15,35 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 
 import mailer
-from config import LiveSettings
+import webhooks
+from config import EMAIL_CHANNEL, WEBHOOK_CHANNEL_PREFIX, LiveSettings, UserConfig
+from localtime import logs_link
 from mailer import MailSender
-from rules import FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
-from store import CheckOutcome, Digest, NewDigest, NewEmail, QueuedEmail, Store, StoreError, UserState
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
+from store import (
+    CheckOutcome,
+    Digest,
+    NewDigest,
+    NewEmail,
+    NewWebhook,
+    QueuedEmail,
+    QueuedWebhook,
+    Store,
+    StoreError,
+    UserState,
+)
+from webhooks import WebhookSender
 
 log = logging.getLogger("ping_listener.scheduler")
 
 USERS_PER_STEP = 500
 EMAILS_PER_STEP = 100
+WEBHOOKS_PER_STEP = 100
 # A frequency of 0 means "as often as possible", not a busy loop.
 MIN_LOOP_DELAY = 0.02
 # If deciding about a user fails, look at it again this much later, so one bad row cannot
@@ -44,12 +60,12 @@ HEARTBEAT_TIMEOUT = 10.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
 REQUEST_POLL = 0.5
 # The loops whose running the heartbeat and /healthz vouch for.
-LOOPS = ("absence-listener", "outbox-drain")
+LOOPS = ("absence-listener", "outbox-drain", "webhook-delivery")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Scheduler:
-    """Runs the absence listener and the outbox drain over one store, until stopped."""
+    """Runs the absence listener, the outbox drain and the webhook delivery over one store, until stopped."""
 
     def __init__(
         self,
@@ -58,14 +74,17 @@ class Scheduler:
         settings: LiveSettings,
         default_root: str,
         clock: Callable[[], float],
+        webhook_sender: WebhookSender | None = None,
     ) -> None:
-        """Alert about the users of `settings` in `store` through `mail_sender`.
+        """Alert about the users of `settings` in `store` through `mail_sender` and `webhook_sender` (by
+        default a WebhookSender).
 
         Emails link to the settings' server_root, or `default_root` without one. `clock()` gives the
         wall clock's epoch seconds.
         """
         self._store = store
         self._mailer = mail_sender
+        self._webhooks = webhook_sender or WebhookSender(clock)
         self._settings = settings
         # The root of links in emails when the settings have no server_root (server.py sets it to the
         # address bound, once the socket is bound).
@@ -168,6 +187,22 @@ class Scheduler:
                 log.warning("%s to %s not sent (%s); retrying in %g s", what, message.recipient, result.error, delay)
         return len(emails)
 
+    def deliver_once(self, now: float) -> int:
+        """One step of the webhook delivery: POST every delivery due by `now` (up to WEBHOOKS_PER_STEP).
+
+        As drain_once does for emails: the deliveries' next attempts are pushed back before posting,
+        then each answer is committed as it comes. A retry waits as long as an email's would, or
+        longer if the webhook's Retry-After asks for it, never more than rules.MAX_RETRY_DELAY. Each
+        webhook is posted to in a thread of its own. Returns how many it tried.
+        """
+        deliveries = self._store.due_webhooks(now, WEBHOOKS_PER_STEP)
+        if not deliveries:
+            return 0
+        self._store.claim_webhooks({d.id: now + retry_delay(d.attempts + 1) for d in deliveries})
+        for delivery, result in self._webhooks.send_all(deliveries, self._settings.current.webhooks):
+            self._record_delivery(delivery, result, self._clock())
+        return len(deliveries)
+
     def retain_once(self, now: float) -> int:
         """One step of retention: delete a batch of pings, and of alerts and finished emails, older than
         retention_days before `now`. Returns how many rows it deleted (0 without retention_days)."""
@@ -217,7 +252,8 @@ class Scheduler:
         return False
 
     def start(self) -> None:
-        """Start the absence listener, the outbox drain, retention and the heartbeat in background threads."""
+        """Start the absence listener, the outbox drain, the webhook delivery, retention and the heartbeat in
+        background threads."""
         settings = self._settings
         for name, step, full_step, delay, pause in (
             ("absence-listener", self._listen, USERS_PER_STEP, lambda: settings.current.base_frequency, 0.0),
@@ -225,6 +261,13 @@ class Scheduler:
                 "outbox-drain",
                 self.drain_once,
                 EMAILS_PER_STEP,
+                lambda: settings.current.email_processing_frequency,
+                0.0,
+            ),
+            (
+                "webhook-delivery",
+                self.deliver_once,
+                WEBHOOKS_PER_STEP,
                 lambda: settings.current.email_processing_frequency,
                 0.0,
             ),
@@ -286,6 +329,19 @@ class Scheduler:
         finally:
             self.absence_step_seconds.observe(time.perf_counter() - started)
 
+    def _record_delivery(self, delivery: QueuedWebhook, result: webhooks.DeliveryResult, finished: float) -> None:
+        label = f"{delivery.event.event} webhook {delivery.id} ({delivery.event.username}) to {delivery.webhook}"
+        if result.status == webhooks.DELIVERED:
+            self._store.finish_webhook(delivery.id, "sent", finished, None)
+            log.info("delivered %s", label)
+        elif result.status == webhooks.FAILED:
+            self._store.finish_webhook(delivery.id, "failed", finished, result.error)
+            log.error("%s refused for good: %s", label, result.error)
+        else:
+            delay = retry_delay(delivery.attempts + 1, result.retry_after)
+            self._store.retry_webhook(delivery.id, finished + delay, result.error)
+            log.warning("%s not delivered (%s); retrying in %g s", label, result.error, delay)
+
     def _outcome(self, user: UserState, now: float) -> CheckOutcome:
         settings = self._settings.current
         config = settings.users.get(user.username)
@@ -296,11 +352,13 @@ class Scheduler:
         decision = decide(user, now, user.parent)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
+        hooks: tuple[NewWebhook, ...] = ()
         recovery: tuple[NewEmail, ...] = ()
+        recovery_hooks: tuple[NewWebhook, ...] = ()
         if alert is not None:
-            emails = self._emails(config.recipients, *self._compose_alert(user, alert.kind, server_root))
+            emails, hooks = self._notices(user, alert.kind, config, server_root)
         if decision.recovery:
-            recovery = self._emails(config.recipients, *mailer.compose_recovery(user, server_root))
+            recovery, recovery_hooks = self._notices(user, BACK, config, server_root)
         return CheckOutcome(
             user,
             decision.next_due_at,
@@ -309,20 +367,37 @@ class Scheduler:
             down_since=decision.down_since,
             ends_outage=user.back_at is not None,
             recovery=recovery,
+            webhooks=hooks,
+            recovery_webhooks=recovery_hooks,
             suppressed=None if decision.suppressed is None else (decision.suppressed.kind, decision.suppressed.down_at),
         )
 
-    def _compose_alert(self, user: UserState, kind: str, server_root: str) -> tuple[str, str]:
+    def _notices(
+        self, user: UserState, kind: str, config: UserConfig, server_root: str
+    ) -> tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]:
+        """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`."""
+        signal = None
         if kind == FAILURE:
             if user.fail_signal is None:
                 raise ValueError(f"{user.username} is failed but its fail signal is unknown")
-            return mailer.compose_failure(user, self._store.signal(user.fail_signal), server_root)
-        if kind == RUN_TIMEOUT:
-            return mailer.compose_run_timeout(user, server_root)
-        return mailer.compose_alert(user, server_root)
-
-    def _emails(self, recipients: Sequence[str], subject: str, body: str) -> tuple[NewEmail, ...]:
-        return tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in recipients)
+            signal = self._store.signal(user.fail_signal)
+            subject, body = mailer.compose_failure(user, signal, server_root)
+        elif kind == RUN_TIMEOUT:
+            subject, body = mailer.compose_run_timeout(user, server_root)
+        elif kind == BACK:
+            subject, body = mailer.compose_recovery(user, server_root)
+        else:
+            subject, body = mailer.compose_alert(user, server_root)
+        emails: tuple[NewEmail, ...] = ()
+        if EMAIL_CHANNEL in config.notify:
+            emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in config.recipients)
+        logs_url = logs_link(server_root, user.username, mailer.event_moment(user, kind, signal))
+        hooks = tuple(
+            NewWebhook(channel[len(WEBHOOK_CHANNEL_PREFIX) :], webhooks.new_event_id(), subject, body, logs_url)
+            for channel in config.notify
+            if channel.startswith(WEBHOOK_CHANNEL_PREFIX)
+        )
+        return emails, hooks
 
 
 def _same_digest(emails: list[QueuedEmail]) -> Digest | None:

@@ -139,6 +139,33 @@ CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'qu
 -- A digest's emails.
 CREATE INDEX outbox_by_digest ON outbox (digest_id) WHERE digest_id IS NOT NULL;
 
+-- Webhook deliveries, one per "webhook:NAME" channel of an alert or recovery (a user's `notify`). As in
+-- the outbox, a row leaves the queue (status 'queued') only once the webhook answered 2xx ('sent') or
+-- refused it for good ('failed'); both stay as history. The URL is not kept: it is read from
+-- settings.json's webhooks at each attempt, so it may hold a token and may be corrected meanwhile.
+CREATE TABLE webhook_outbox (
+    id              INTEGER PRIMARY KEY,
+    alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+    -- Its name in settings.json's webhooks.
+    webhook         TEXT    NOT NULL,
+    -- The event's id, sent as the Idempotency-Key header: kept across retries.
+    event_id        TEXT    NOT NULL UNIQUE,
+    -- The email's subject and plain text, and the link to the day's signals.
+    title           TEXT    NOT NULL,
+    text            TEXT    NOT NULL,
+    logs_url        TEXT    NOT NULL,
+    queued_at       REAL    NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error      TEXT,
+    finished_at     REAL
+);
+CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE status = 'queued';
+-- A delivery's alert, and finished deliveries by age: what retention deletes along.
+CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
+CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status != 'queued';
+
 CREATE VIEW pings_readable AS
 SELECT users.username,
        datetime(pings.at, 'unixepoch', 'localtime') AS local_time,
@@ -180,6 +207,17 @@ SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attemp
        outbox.last_error, outbox.subject, alerts.kind, outbox.digest_id
 FROM outbox
 JOIN alerts ON alerts.id = outbox.alert_id
+JOIN users ON users.id = alerts.user_id;
+
+CREATE VIEW webhook_outbox_readable AS
+SELECT webhook_outbox.id, users.username, 'webhook:' || webhook_outbox.webhook AS channel, webhook_outbox.status,
+       webhook_outbox.attempts,
+       datetime(webhook_outbox.queued_at, 'unixepoch', 'localtime') AS queued_at,
+       datetime(webhook_outbox.next_attempt_at, 'unixepoch', 'localtime') AS next_attempt_at,
+       datetime(webhook_outbox.finished_at, 'unixepoch', 'localtime') AS finished_at,
+       webhook_outbox.last_error, webhook_outbox.title, alerts.kind, webhook_outbox.event_id
+FROM webhook_outbox
+JOIN alerts ON alerts.id = webhook_outbox.alert_id
 JOIN users ON users.id = alerts.user_id;
 
 CREATE VIEW digests_readable AS

@@ -19,6 +19,7 @@ from typing import Any
 
 from config import UserConfig
 from rules import BACK, SILENCE, SUCCESS
+from webhooks import WebhookEvent
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Signals (schema version 4): kinds of ping with their exit code, run duration and body; the users' runs,
@@ -46,7 +47,29 @@ UPDATE users SET last_alert_kind = 'late' WHERE last_alert IS NOT NULL;
 UPDATE users SET down_since = max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep
 WHERE monitor AND last_alert > max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep;
 """
-# Storm control (schema version 6): dependencies, snoozes and suppressed alerts; digests of emails.
+# Channels (schema version 6): the queue of webhook deliveries, beside the email outbox, with the indexes
+# retention deletes along (as the outbox's outbox_by_alert and outbox_finished).
+WEBHOOK_OUTBOX_SQL = """
+CREATE TABLE webhook_outbox (
+    id              INTEGER PRIMARY KEY,
+    alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+    webhook         TEXT    NOT NULL,
+    event_id        TEXT    NOT NULL UNIQUE,
+    title           TEXT    NOT NULL,
+    text            TEXT    NOT NULL,
+    logs_url        TEXT    NOT NULL,
+    queued_at       REAL    NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error      TEXT,
+    finished_at     REAL
+);
+CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE status = 'queued';
+CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
+CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status != 'queued';
+"""
+# Storm control (schema version 7): dependencies, snoozes and suppressed alerts; digests of emails.
 STORM_CONTROL_UPGRADE_SQL = """
 ALTER TABLE users ADD COLUMN parent_id INTEGER REFERENCES users (id);
 ALTER TABLE users ADD COLUMN silence_from REAL;
@@ -87,7 +110,9 @@ MIGRATIONS: tuple[str, ...] = (
     " alerts_total = (SELECT count(*) FROM alerts WHERE user_id = users.id AND kind <> 'back');"
     " CREATE INDEX alerts_by_time ON alerts (at);"
     " CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued'",
-    # 5 -> 6: storm control.
+    # 5 -> 6: channels: the queue of webhook deliveries.
+    WEBHOOK_OUTBOX_SQL,
+    # 6 -> 7: storm control.
     STORM_CONTROL_UPGRADE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -179,6 +204,14 @@ DUE_EMAILS_SQL = (
     " LEFT JOIN digests ON digests.id = outbox.digest_id"
     " WHERE outbox.status = 'queued' AND outbox.next_attempt_at <= ? ORDER BY outbox.next_attempt_at LIMIT ?"
 )
+# Through webhook_outbox_queue, then the alert and its user by primary key.
+DUE_WEBHOOKS_SQL = (
+    "SELECT webhook_outbox.id, webhook_outbox.webhook, webhook_outbox.attempts, webhook_outbox.event_id, alerts.kind,"
+    " users.username, alerts.at, alerts.last_ping, webhook_outbox.title, webhook_outbox.text, webhook_outbox.logs_url"
+    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " WHERE webhook_outbox.status = 'queued' AND webhook_outbox.next_attempt_at <= ?"
+    " ORDER BY webhook_outbox.next_attempt_at LIMIT ?"
+)
 PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
 SIGNALS_BETWEEN_SQL = (
     "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
@@ -221,6 +254,12 @@ RECENT_EMAILS_SQL = (
     " LEFT JOIN digests ON digests.id = outbox.digest_id"
     " ORDER BY outbox.id DESC LIMIT ?"
 )
+RECENT_WEBHOOKS_SQL = (
+    "SELECT webhook_outbox.id, users.username, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
+    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
+    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " ORDER BY webhook_outbox.id DESC LIMIT ?"
+)
 # A metrics scrape: one row per configured user (its counters are kept by the ping trigger and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
 USER_COUNTS_SQL = (
@@ -229,11 +268,12 @@ USER_COUNTS_SQL = (
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 # Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
-# batch costs its size plus one index seek per user, never a scan of the pings); finished emails along
-# outbox_finished; alerts along alerts_by_time, once no outbox row refers to them.
+# batch costs its size plus one index seek per user, never a scan of the pings); finished emails and
+# webhook deliveries along outbox_finished and webhook_outbox_finished; alerts along alerts_by_time, once
+# no email or webhook delivery refers to them.
 OLD_PINGS_SQL = "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = users.id AND pings.at < ? LIMIT ?"
-DELETE_OLD_EMAILS_SQL = (
-    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status != 'queued' AND status IN ('sent', 'failed')"
+_DELETE_FINISHED_SQL = (
+    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status != 'queued' AND status IN ('sent', 'failed')"
     " AND finished_at < ? LIMIT ?)"
 )
 # Digests once none of their emails is left, oldest first: along digests' primary key (ids grow with time),
@@ -242,9 +282,12 @@ DELETE_OLD_DIGESTS_SQL = (
     "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < ?"
     " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT ?)"
 )
+DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
+DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
 DELETE_OLD_ALERTS_SQL = (
     "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id) LIMIT ?)"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
+    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT ?)"
 )
 
 # A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
@@ -394,15 +437,28 @@ class NewEmail:
 
 
 @dataclass(frozen=True, slots=True)
+class NewWebhook:
+    """A webhook delivery to queue: the webhook's name, the event's id (its Idempotency-Key) and what it says."""
+
+    webhook: str
+    event_id: str
+    title: str
+    text: str
+    logs_url: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckOutcome:
     """What the absence listener decided about one due user.
 
-    `emails` empty means no alert now; otherwise they alert about the condition `kind` (rules.SILENCE,
-    FAILURE or RUN_TIMEOUT). `next_due_at` is when to look at the user again. `ends_outage` says that the
-    success ending the user's alerted outage (its back_at) was dealt with, with the `recovery` emails
-    (none if notify_recovery is off). `down_since` is the user's alerted outage after this step, written
-    when the outcome alerts or ends an outage. `suppressed`, if not None, is a condition (its kind and
-    when it went down) whose alert the user's parent's outage suppressed: recorded, with no email.
+    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition
+    `kind` (rules.SILENCE, FAILURE or RUN_TIMEOUT), through the user's channels. `next_due_at` is when to
+    look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
+    back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
+    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
+    or ends an outage. `suppressed`, if not None,
+    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
+    recorded, with no email or webhook.
     """
 
     user: UserState
@@ -413,6 +469,8 @@ class CheckOutcome:
     ends_outage: bool = False
     recovery: tuple[NewEmail, ...] = ()
     suppressed: tuple[str, float] | None = None
+    webhooks: tuple[NewWebhook, ...] = ()
+    recovery_webhooks: tuple[NewWebhook, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +515,16 @@ class NewDigest:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedWebhook:
+    """A webhook_outbox row waiting to be delivered: its id, its webhook's name, its attempts so far and its event."""
+
+    id: int
+    webhook: str
+    attempts: int
+    event: WebhookEvent
+
+
+@dataclass(frozen=True, slots=True)
 class EmailEvent:
     """An alert or recovery email as its history shows it: queued, sent or failed, and when.
 
@@ -477,6 +545,21 @@ class EmailEvent:
     # The latest digest that carried it, and that digest's subject; None if none did.
     digest_id: int | None = None
     digest_subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHistory:
+    """A webhook delivery as its history shows it: the channel ("webhook:NAME"), queued, sent or failed, and when."""
+
+    id: int
+    username: str
+    channel: str
+    status: str
+    attempts: int
+    last_ping: float | None
+    queued_at: float
+    finished_at: float | None
+    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,8 +632,9 @@ class Store:
         a failure or an alerted outage stays what it was. Times left in the future by a wall clock that
         went back are made harmless: a last ping becomes the last success or fail recorded at or before
         `now` (or none), the alert throttle counts from `now`, and a run's start, a failure or a
-        recovery waiting to be queued are moved back to `now`. Queued emails are due at once, so fixing
-        the SMTP setup and restarting sends them without waiting out their back-off.
+        recovery waiting to be queued are moved back to `now`. Queued emails and webhook deliveries are
+        due at once, so fixing the SMTP setup (or a webhook) and restarting sends them without waiting
+        out their back-off.
         """
         with self._write() as connection:
             _restart_monitoring(connection, now)
@@ -757,14 +841,16 @@ class Store:
 
         Each outcome applies only if its user is still as it was read (its due_at and last signal are
         unchanged: no signal came in meanwhile). An alert records its time and kind, its alerts row and
-        one outbox row per email; a recovery records its alerts row (kind 'back') and its emails.
+        one outbox row per email and one webhook_outbox row per webhook; a recovery records its alerts
+        row (kind 'back'), its emails and its webhooks.
         """
         alerts = 0
         emails: list[tuple[Any, ...]] = []
+        webhooks: list[tuple[Any, ...]] = []
         with self._write() as connection:
             for outcome in outcomes:
                 user = outcome.user
-                alerting = bool(outcome.emails)
+                alerting = bool(outcome.emails or outcome.webhooks)
                 changes_outage = alerting or outcome.ends_outage
                 suppressed_kind, suppressed_at = outcome.suppressed or (None, None)
                 claimed = connection.execute(
@@ -799,23 +885,32 @@ class Store:
                         (user.id, now, user.last_ping, suppressed_kind, suppressed_at),
                     )
                 # The recovery first: it closes the outage that an alert in the same step may follow.
-                for kind, went_down_at, queued in (
-                    (BACK, user.down_since, outcome.recovery),
-                    (outcome.kind, outcome.down_since, outcome.emails),
+                for kind, went_down_at, queued, hooks in (
+                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
+                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
                 ):
-                    if not queued:
+                    if not (queued or hooks):
                         continue
                     alert_id = connection.execute(
                         "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at) VALUES (?, ?, ?, ?, ?)",
                         (user.id, now, user.last_ping, kind, went_down_at),
                     ).lastrowid
                     emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in queued]
+                    webhooks += [
+                        (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
+                        for hook in hooks
+                    ]
                 alerts += alerting
             # One statement for the whole batch's emails: a step may alert hundreds of users.
             connection.executemany(
                 "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 emails,
+            )
+            connection.executemany(
+                "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
+                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                webhooks,
             )
         return alerts
 
@@ -873,6 +968,48 @@ class Store:
                 [(status, error, now, email_id) for email_id in email_ids],
             )
 
+    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
+        """Up to `limit` queued webhook deliveries whose next attempt is at or before `now`, oldest due first."""
+        with self._read() as connection:
+            rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
+        return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
+
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> None:
+        """Before posting: set each delivery's next attempt from `retry_times` (delivery id -> epoch seconds).
+
+        As claim_emails: committed before the POST, so a delivery whose answer cannot be recorded is
+        tried again only after this back-off (or at the next start).
+        """
+        with self._write() as connection:
+            connection.executemany(
+                "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
+                [(at, delivery_id) for delivery_id, at in retry_times.items()],
+            )
+
+    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
+        """Record that the delivery left the queue at `now`: `status` 'sent' (answered 2xx) or 'failed' (for good)."""
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE webhook_outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
+                " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
+                (status, error, now, delivery_id),
+            )
+
+    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
+        """Record a failed attempt; the delivery stays queued until `next_attempt_at`."""
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (error, next_attempt_at, delivery_id),
+            )
+
+    def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
+        """The `limit` most recently queued webhook deliveries, newest first."""
+        with self._read() as connection:
+            rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
+        return [WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:]) for row in rows]
+
     def user_counts(self, now: float) -> list[UserCounts]:
         """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
         no ping read."""
@@ -901,16 +1038,18 @@ class Store:
             return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` sent or failed emails finished before `cutoff`, and up to `limit` digests and
-        `limit` alerts made before it that no email refers to any more; return how many rows were deleted.
+        """Delete up to `limit` sent or failed emails finished before `cutoff`, as many webhook deliveries,
+        and up to `limit` digests and `limit` alerts made before it that no email or delivery refers to any
+        more; return how many rows were deleted.
 
-        Queued emails, and the alerts they belong to, are kept whatever their age.
+        Queued emails and deliveries, and the alerts they belong to, are kept whatever their age.
         """
         with self._write() as connection:
             emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
+            hooks = connection.execute(DELETE_OLD_WEBHOOKS_SQL, (cutoff, limit)).rowcount
             digests = connection.execute(DELETE_OLD_DIGESTS_SQL, (cutoff, limit)).rowcount
             alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
-        return emails + digests + alerts
+        return emails + hooks + digests + alerts
 
     def check_writable(self) -> None:
         """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
@@ -1117,9 +1256,10 @@ def _restart_monitoring(connection, now):
     # Two statements: within one UPDATE, due_at would be computed from the old monitored_since.
     connection.execute("UPDATE users SET monitored_since = :now WHERE configured = 1", parameters)
     connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured = 1")
-    connection.execute(
-        "UPDATE outbox SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
-    )
+    for queue in ("outbox", "webhook_outbox"):
+        connection.execute(
+            f"UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
+        )
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 import bottle
 
 import metrics
-from config import LiveSettings
+from config import EMAIL_CHANNEL, LiveSettings
 from guards import (
     WRONG_PASSWORD_GLOBAL_LIMIT,
     WRONG_PASSWORD_LIMIT,
@@ -51,7 +51,7 @@ from rules import (
     signal_kind,
     snoozed,
 )
-from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState
+from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
 
 log = logging.getLogger("ping_listener.web")
 
@@ -209,6 +209,7 @@ def make_app(
             "now_local": format_local_time(now),
             "users": {user.username: _live_user(user, now) for user in store.configured_users()},
             "emails": [_email_event(email) for email in reversed(store.recent_emails(RECENT_EMAILS))],
+            "webhooks": [_webhook_event(delivery) for delivery in reversed(store.recent_webhooks(RECENT_EMAILS))],
         }
 
     @app.post("/testing/test-email")
@@ -460,6 +461,7 @@ def _email_event(email: EmailEvent) -> dict[str, Any]:
     """An alert or recovery email's history for the testing page; never its body or the SMTP server's words."""
     return {
         "id": email.id,
+        "channel": EMAIL_CHANNEL,
         "kind": email.kind,
         "username": email.username,
         "recipient": email.recipient,
@@ -468,6 +470,19 @@ def _email_event(email: EmailEvent) -> dict[str, Any]:
         "digest_id": email.digest_id,
         "digest_subject": email.digest_subject,
         **_times(last_ping=email.last_ping, queued_at=email.queued_at, finished_at=email.finished_at),
+    }
+
+
+def _webhook_event(delivery: WebhookHistory) -> dict[str, Any]:
+    """A webhook delivery's history for the testing page, its channel "webhook:NAME"; never its URL or answer."""
+    return {
+        "id": delivery.id,
+        "channel": delivery.channel,
+        "kind": delivery.kind,
+        "username": delivery.username,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        **_times(last_ping=delivery.last_ping, queued_at=delivery.queued_at, finished_at=delivery.finished_at),
     }
 
 

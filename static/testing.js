@@ -22,8 +22,8 @@ let unreachable = false;
 let serverOffsetMs = 0;
 // username -> {settings, card, timer, state}
 const users = new Map();
-// email id -> {status, attempts}, as last logged
-const emails = new Map();
+// "channel #id" (an email's or a webhook delivery's) -> {status, attempts}, as last logged
+const deliveries = new Map();
 
 const byId = (id) => document.getElementById(id);
 
@@ -136,7 +136,7 @@ function lock(message) {
     clearInterval(user.timer);
   }
   users.clear();
-  emails.clear();
+  deliveries.clear();
   byId("users").replaceChildren();
   byId("summary").hidden = true;
   byId("devices").hidden = true;
@@ -260,8 +260,8 @@ function showState(state) {
       showUser(name, live, now);
     }
   }
-  for (const email of state.emails) {
-    showEmail(email, now);
+  for (const delivery of [...state.emails, ...state.webhooks]) {
+    showDelivery(delivery, now);
   }
   showSummary(state);
 }
@@ -273,9 +273,12 @@ function showSummary(state) {
     [...new Set(values)].map((value) => `${values.filter((other) => other === value).length} ${value}`).join(", ");
   const pinged = [...users].filter(([, user]) => user.timer !== null).map(([name]) => name);
   const emailStates = state.emails.map((email) => email.status);
+  const webhookStates = state.webhooks.map((delivery) => delivery.status);
   const devices = `${states.length} device${states.length === 1 ? "" : "s"}${states.length ? `: ${counts(states)}` : ""}`;
   const simulated = `simulated pings: ${pinged.length ? pinged.join(", ") : "none"}`;
-  const sent = `alert emails: ${emailStates.length ? counts(emailStates) : "none yet"}`;
+  const sent =
+    `alert emails: ${emailStates.length ? counts(emailStates) : "none yet"}` +
+    (webhookStates.length ? ` · webhooks: ${counts(webhookStates)}` : "");
   const summary = byId("summary");
   summary.textContent = `${devices} · ${simulated} · ${sent}`;
   summary.hidden = false;
@@ -392,29 +395,35 @@ async function sendTestEmail() {
   addLog("email", null, message);
 }
 
-function showEmail(email, now) {
-  const known = emails.get(email.id);
-  const about = `${EMAIL_KINDS[email.kind] ?? "alert"} email #${email.id} about ${email.username}`;
-  const silence = email.last_ping_local ? `last ping ${timeOfDay(email.last_ping_local)}` : "no ping since monitoring began";
-  const queued = { epoch: email.queued_at, local: email.queued_at_local };
-  const finished = { epoch: email.finished_at, local: email.finished_at_local };
+// An email (channel "email", to its recipient) or a webhook delivery (channel "webhook:NAME") and its fate.
+function showDelivery(delivery, now) {
+  const key = `${delivery.channel} #${delivery.id}`;
+  const known = deliveries.get(key);
+  const noun = delivery.channel === "email" ? "email" : "webhook";
+  const to = delivery.recipient ?? delivery.channel;
+  const about = `${EMAIL_KINDS[delivery.kind] ?? "alert"} ${noun} #${delivery.id} about ${delivery.username}`;
+  const silence = delivery.last_ping_local
+    ? `last ping ${timeOfDay(delivery.last_ping_local)}`
+    : "no ping since monitoring began";
+  const queued = { epoch: delivery.queued_at, local: delivery.queued_at_local };
+  const finished = { epoch: delivery.finished_at, local: delivery.finished_at_local };
   if (!known) {
-    addLog("email", queued, `${about} (${silence}) queued for ${email.recipient}`);
+    addLog("email", queued, `${about} (${silence}) queued for ${to}`);
   }
   // A digest carried several emails to one recipient in one: said on each line it carried.
-  const digest = email.digest_id === null ? "" : ` in digest #${email.digest_id} “${email.digest_subject}”`;
-  if (email.status === "sent" && known?.status !== "sent") {
-    addLog("email", finished, `${about} (${silence}) sent to ${email.recipient}${digest}`);
-  } else if (email.status === "failed" && known?.status !== "failed") {
-    addLog("problem", finished, `${about} to ${email.recipient} refused for good (see the service's log)`);
-  } else if (email.status === "queued" && email.attempts > (known?.attempts ?? 0)) {
+  const digest = delivery.digest_id ? ` in digest #${delivery.digest_id} “${delivery.digest_subject}”` : "";
+  if (delivery.status === "sent" && known?.status !== "sent") {
+    addLog("email", finished, `${about} (${silence}) sent to ${to}${digest}`);
+  } else if (delivery.status === "failed" && known?.status !== "failed") {
+    addLog("problem", finished, `${about} to ${to} refused for good (see the service's log)`);
+  } else if (delivery.status === "queued" && delivery.attempts > (known?.attempts ?? 0)) {
     addLog(
       "problem",
       now,
-      `${about} to ${email.recipient} not sent yet: attempt ${email.attempts} failed, retrying (see the service's log)`,
+      `${about} to ${to} not sent yet: attempt ${delivery.attempts} failed, retrying (see the service's log)`,
     );
   }
-  emails.set(email.id, { status: email.status, attempts: email.attempts });
+  deliveries.set(key, { status: delivery.status, attempts: delivery.attempts });
 }
 
 // Newest first, in the order of the server's clock. `at` is when it happened: {epoch, local} as the server

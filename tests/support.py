@@ -50,10 +50,15 @@ class TlsSmtpServer:
     `drop_in_data` to make it close the connection once a message's content has arrived, before
     answering it: the one moment when a client cannot know whether its message was accepted.
     `drop_in_data_to` does the same only for messages to the recipients it holds.
+    `security="starttls"` makes it a server on a plain port that offers STARTTLS and requires it
+    before MAIL and AUTH; `security="plain"` one that offers no TLS at all (nor requires a login
+    unless `require_login` says so). `logins` counts the AUTH commands it received.
     """
 
-    def __init__(self, ca, require_login=True):
+    def __init__(self, ca, require_login=True, security="ssl"):
         self.require_login = require_login
+        self.security = security
+        self.logins = 0
         self.messages = []
         self.rcpt_reply = None
         self.data_reply = None
@@ -70,8 +75,9 @@ class TlsSmtpServer:
     def start(self, port=0):
         """Listen (on `port`, or one the OS chooses) and return self."""
         self._thread.start()
+        implicit_tls = self._ssl_context if self.security == "ssl" else None
         self._server = asyncio.run_coroutine_threadsafe(
-            self._loop.create_server(self._new_session, "127.0.0.1", port, ssl=self._ssl_context), self._loop
+            self._loop.create_server(self._new_session, "127.0.0.1", port, ssl=implicit_tls), self._loop
         ).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -99,15 +105,22 @@ class TlsSmtpServer:
         # over it is safe. LOGIN is left out: aiosmtpd mishandles smtplib's fallback to it.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            starttls = self.security == "starttls"
             return SMTP(
                 _Handler(self),
                 hostname="smtp.test",
-                authenticator=_authenticate,
+                authenticator=self._authenticate,
                 auth_required=self.require_login,
-                auth_require_tls=False,
+                auth_require_tls=starttls,
                 auth_exclude_mechanism=["LOGIN"],
+                tls_context=self._ssl_context if starttls else None,
+                require_starttls=starttls,
                 loop=self._loop,
             )
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        self.logins += 1
+        return _authenticate(server, session, envelope, mechanism, auth_data)
 
 
 class _Handler:
@@ -161,34 +174,42 @@ class SilentSmtpServer:
 
 
 class HttpReceiver:
-    """A real HTTP server on 127.0.0.1 (http.server in a thread) that records the path of every GET.
+    """A real HTTP server on 127.0.0.1 (http.server in a thread; HTTPS with a certificate from `ca`, if
+    given) that records every GET and POST. Use as a context manager, or call stop().
 
-    Set `status` to answer with another status than 200. Use as a context manager, or call stop().
+    `requests` holds (method, path, headers, body) of each, `paths` their paths. `answers` scripts the
+    answers to the next requests, in order: a status (int), (status, headers), or HANG to read the
+    request and never answer it; once it is empty, each request gets `status` (200 unless set).
     """
 
-    def __init__(self):
-        self.paths = []
+    HANG = "hang"
+
+    def __init__(self, ca=None):
+        self.requests = []
+        self.answers = []
         self.status = 200
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                receiver.paths.append(self.path)
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+        self._received = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        if ca is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="http-receiver", daemon=True
+        )
         self._thread.start()
 
+    @property
+    def paths(self):
+        """The path (and query) of every request received, in order."""
+        return [path for _, path, _, _ in self.requests]
+
     def stop(self):
-        """Stop answering and close the port."""
+        """Stop answering and close the port; requests left hanging are released."""
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -198,6 +219,44 @@ class HttpReceiver:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+    def wait_for_requests(self, count, timeout=10):
+        """Wait until at least `count` requests arrived; return them all (fails after `timeout`)."""
+        with self._received:
+            if not self._received.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(f"expected {count} request(s) within {timeout} s, got {len(self.requests)}")
+            return list(self.requests)
+
+    def _handler_class(self):
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                self._answer(b"")
+
+            def do_POST(self):  # noqa: N802
+                self._answer(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+            def _answer(self, body):
+                with receiver._received:
+                    receiver.requests.append((self.command, self.path, self.headers, body))
+                    answer = receiver.answers.pop(0) if receiver.answers else receiver.status
+                    receiver._received.notify_all()
+                if answer == HttpReceiver.HANG:
+                    receiver._stopping.wait(30)
+                    return
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
 
 
 def _authenticate(server, session, envelope, mechanism, auth_data):
@@ -346,9 +405,11 @@ def server_env(smtp_port, ca_path, **extra):
     return env
 
 
-def smtp_mailer(port, *, password=SMTP_PASSWORD, sender=None, timeout=5):
-    """An SmtpMailer logging in to 127.0.0.1:`port`, each network operation bounded by `timeout` seconds."""
-    return SmtpMailer(config.SmtpSettings("127.0.0.1", port, SMTP_LOGIN, password, sender), timeout=timeout)
+def smtp_mailer(port, *, password=SMTP_PASSWORD, sender=None, timeout=5, security="ssl", login=SMTP_LOGIN):
+    """An SmtpMailer logging in to 127.0.0.1:`port` as SMTP_SECURITY `security` says, each network operation
+    bounded by `timeout` seconds."""
+    smtp = config.SmtpSettings("127.0.0.1", port, login, password, sender, security=security)
+    return SmtpMailer(smtp, timeout=timeout)
 
 
 class SmallDiskStore(Store):

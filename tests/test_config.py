@@ -72,7 +72,7 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
         [
             'base_frequency: must be a number >= 0, got "fast"',
             "colour: unknown key (expected one of base_frequency, email_processing_frequency, heartbeat_frequency,"
-            " heartbeat_url, recipient, require_tokens, retention_days, server_root, users)",
+            " heartbeat_url, recipient, require_tokens, retention_days, server_root, users, webhooks)",
             "recipient: missing",
             'users.pi.monitor: must be true or false, got "yes"',
             'users.pi.max_sleep: must be a number >= 0, got "ten"',
@@ -298,6 +298,116 @@ def test_a_cycle_of_dependencies_is_reported_once_naming_its_links():
         'users.a.depends_on: a cycle of dependencies: "a" -> "b" -> "c" -> "a"'
     ]
     assert problems_of(with_dependencies(pi="pi")) == ['users.pi.depends_on: a cycle of dependencies: "pi" -> "pi"']
+
+
+@pytest.mark.parametrize(
+    ("environ", "security", "port"),
+    [
+        ({}, "ssl", 465),
+        ({"SMTP_SECURITY": "ssl"}, "ssl", 465),
+        ({"SMTP_SECURITY": "starttls"}, "starttls", 587),
+        ({"SMTP_SECURITY": "starttls", "SMTP_PORT": "2587"}, "starttls", 2587),
+        ({"SMTP_SECURITY": "none", "SMTP_HOST": "localhost"}, "none", 25),
+        ({"SMTP_SECURITY": "none", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "2525"}, "none", 2525),
+        ({"SMTP_SECURITY": "none", "SMTP_HOST": "127.8.9.10"}, "none", 25),
+        ({"SMTP_SECURITY": "none", "SMTP_HOST": "::1"}, "none", 25),
+    ],
+)
+def test_smtp_security_chooses_the_mode_and_its_default_port(environ, security, port):
+    smtp = config.load_smtp_settings(environ)
+    assert (smtp.security, smtp.port) == (security, port)
+
+
+@pytest.mark.parametrize("value", ["tls", "SSL", "", "starttls ", "plain"])
+def test_any_other_smtp_security_is_refused(value):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_smtp_settings({"SMTP_SECURITY": value})
+    assert raised.value.problems == [f"SMTP_SECURITY: must be one of ssl, starttls or none, got {value!r}"]
+
+
+@pytest.mark.parametrize("host", [None, "smtp.example.net", "192.168.1.10", "::2", "localhost.example.net", "0.0.0.0"])
+def test_plain_text_smtp_is_refused_unless_the_host_is_loopback(host):
+    environ = {"SMTP_SECURITY": "none"} | ({"SMTP_HOST": host} if host else {})
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_smtp_settings(environ)
+    assert raised.value.problems == [
+        "SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
+        f" got SMTP_HOST {host or 'smtp.gmail.com'!r}; use starttls or ssl"
+    ]
+
+
+WEBHOOKS = {
+    "phone": {"url": "https://ntfy.sh/my-pi-alerts", "format": "ntfy"},
+    "team": {"url": "https://hooks.slack.com/services/T0/B0/x", "format": "slack", "headers": {"X-Env": "home"}},
+}
+
+
+def test_webhooks_and_each_users_channels_are_read():
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    settings = config.parse_settings(
+        valid_document(
+            webhooks=WEBHOOKS,
+            users={
+                "pi": {**user, "notify": ["webhook:phone", "email", "webhook:phone"]},
+                "nas": user,
+            },
+        )
+    )
+    assert settings.webhooks == {
+        "phone": config.WebhookConfig("https://ntfy.sh/my-pi-alerts", "ntfy"),
+        "team": config.WebhookConfig("https://hooks.slack.com/services/T0/B0/x", "slack", (("X-Env", "home"),)),
+    }
+    assert settings.users["pi"].notify == ("webhook:phone", "email")
+    assert settings.users["nas"].notify == ("email",)
+    assert config.parse_settings(valid_document()).webhooks == {}
+
+
+def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    problems = problems_of(
+        valid_document(
+            webhooks={
+                "ftp": {"url": "ftp://example.net/x", "format": "json"},
+                "odd": {"url": "https://example.net", "format": "pagerduty", "colour": "red"},
+                "bare": {"format": "json", "headers": {"Bad Name": "x", "X-Ok": "line\nbreak"}},
+                "no object": "https://example.net",
+            },
+            users={
+                "pi": {**user, "notify": ["webhook:team", "sms", 3]},
+                "nas": {**user, "notify": []},
+                "cam": {**user, "notify": "email"},
+            },
+        )
+    )
+    assert problems == [
+        'webhooks.ftp.url: must be an http:// or https:// URL, got "ftp://example.net/x"',
+        "webhooks.odd.colour: unknown key (expected one of format, headers, url)",
+        'webhooks.odd.format: must be one of json, ntfy, slack, discord, gotify, teams, got "pagerduty"',
+        "webhooks.bare.url: missing",
+        'webhooks.bare.headers: "Bad Name" is not an HTTP header name',
+        'webhooks.bare.headers.X-Ok: must be text without control characters, got "line\\nbreak"',
+        "webhooks.\"no object\": a webhook's name must be letters, digits, '_' or '-'",
+        'webhooks."no object": must be an object with url and format, got "https://example.net"',
+        'users.pi.notify: unknown webhook "team" (known: none: settings.json has no webhooks)',
+        'users.pi.notify: each channel must be "email" or "webhook:NAME", got "sms"',
+        'users.pi.notify: each channel must be "email" or "webhook:NAME", got 3',
+        'users.nas.notify: must be a non-empty list of "email" and "webhook:NAME", got []',
+        'users.cam.notify: must be a non-empty list of "email" and "webhook:NAME", got "email"',
+    ]
+
+
+def test_a_channel_naming_a_webhook_that_is_not_configured_names_the_known_ones():
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600, "notify": ["webhook:phnoe"]}
+    assert problems_of(valid_document(webhooks=WEBHOOKS, users={"pi": user})) == [
+        'users.pi.notify: unknown webhook "phnoe" (known: phone, team)'
+    ]
+
+
+@pytest.mark.parametrize("url", ["https://", "http://host:99999/", "https://ex ample.net", "mailto:a@b.c", 5])
+def test_a_webhook_url_must_be_a_usable_http_url(url):
+    assert problems_of(valid_document(webhooks={"w": {"url": url, "format": "json"}})) == [
+        f"webhooks.w.url: must be an http:// or https:// URL, got {json.dumps(url)}"
+    ]
 
 
 USER = {"monitor": True, "max_sleep": 1, "email_frequency": 1}

@@ -161,7 +161,21 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
     assert result.stderr == 'users.router.depends_on: a cycle of dependencies: "router" -> "cam" -> "router"\n'
 
 
-def test_a_bad_smtp_port_stops_startup_with_status_2(tmp_path):
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"SMTP_PORT": "smtp"}, "SMTP_PORT: must be an integer port from 1 to 65535, got 'smtp'"),
+        ({"SMTP_SECURITY": "tls"}, "SMTP_SECURITY: must be one of ssl, starttls or none, got 'tls'"),
+        (
+            {"SMTP_SECURITY": "none", "SMTP_HOST": "mail.example.net"},
+            "SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
+            " got SMTP_HOST 'mail.example.net'; use starttls or ssl",
+        ),
+    ],
+)
+def test_a_bad_smtp_port_or_security_or_plain_text_to_another_machine_stops_startup_with_status_2(
+    tmp_path, environ, problem
+):
     settings = write_settings(tmp_path / "settings.json", PI)
     result = run_server(
         "--settings",
@@ -170,9 +184,10 @@ def test_a_bad_smtp_port_stops_startup_with_status_2(tmp_path):
         str(tmp_path / "db"),
         "--port",
         "0",
-        env={"SMTP_PORT": "smtp", "PATH": "/usr/bin:/bin"},
+        env={**environ, "PATH": "/usr/bin:/bin"},
     )
-    assert (result.returncode, result.stderr) == (2, "SMTP_PORT: must be an integer port from 1 to 65535, got 'smtp'\n")
+    assert (result.returncode, result.stderr, result.stdout) == (2, problem + "\n", "")
+    assert not (tmp_path / "db").exists()
 
 
 def test_a_database_that_is_not_sqlite_stops_startup_with_status_2_naming_it(tmp_path):

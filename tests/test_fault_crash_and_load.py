@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from support import delivered_subjects, free_port, query, wait_until, write_settings
+from support import HttpReceiver, delivered_subjects, free_port, query, wait_until, write_settings
 
 CRASH_CLIENTS = 16
 CRASH_LOAD_SECONDS = 2.5
@@ -130,3 +130,31 @@ def test_a_kill_9_between_a_failure_alert_and_the_success_still_sends_exactly_on
     # The failure's email may go twice (at least once: killed before its result was recorded), in a digest
     # with the recovery; the recovery goes once.
     assert delivered_subjects(smtp_server.messages).count("job is back") == 1
+
+
+def test_a_webhook_delivery_killed_between_its_claim_and_the_answer_is_delivered_after_a_restart(
+    tmp_path, start_server, ca
+):
+    hook = HttpReceiver(ca)
+    try:
+        hook.answers = [HttpReceiver.HANG]
+        settings = write_settings(
+            tmp_path / "settings.json",
+            {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600, "notify": ["webhook:ops"]}},
+            webhooks={"ops": {"url": hook.url + "/ops", "format": "json"}},
+        )
+        db_path = tmp_path / "ping_listener.db"
+        service = start_server(settings)
+        [(_, _, headers, body)] = hook.wait_for_requests(1)
+        # Claimed (its next attempt pushed back) and posted; the answer never came.
+        assert query(db_path, "SELECT status, attempts FROM webhook_outbox") == [("queued", 0)]
+        service.kill()
+        restarted = start_server(settings)
+        _, (_, _, headers_again, body_again) = hook.wait_for_requests(2)
+        wait_until(lambda: query(db_path, "SELECT status, attempts FROM webhook_outbox") == [("sent", 1)])
+        assert restarted.stop() == 0
+    finally:
+        hook.stop()
+    assert headers_again["Idempotency-Key"] == headers["Idempotency-Key"] == json.loads(body)["id"]
+    assert body_again == body
+    assert len(hook.requests) == 2

@@ -6,7 +6,7 @@ import pytest
 import config
 import mailer
 import support
-from mailer import REJECTED, RETRY, SENT, SmtpMailer, build_message, compose_alert
+from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
 from store import QueuedEmail, Signal, UserState
 from support import T0, TlsSmtpServer
 
@@ -373,3 +373,65 @@ def test_a_long_digest_subject_is_cut_with_an_ellipsis_at_120_characters():
 def test_emails_are_grouped_by_recipient_in_the_order_they_come():
     emails = [queued(1, "pi"), queued(2, "nas", recipient="b@example.com"), queued(3, "cam")]
     assert [[email.id for email in group] for group in mailer.by_recipient(emails)] == [[1, 3], [2]]
+
+
+# SMTP_SECURITY: a mandatory STARTTLS upgrade, and plain text to a relay on this machine.
+
+
+@pytest.fixture
+def starttls_server(ca):
+    server = TlsSmtpServer(ca, security="starttls").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_starttls_upgrades_the_connection_then_logs_in_and_sends(starttls_server):
+    # The server refuses AUTH and MAIL before STARTTLS: an email accepted went over TLS.
+    sender = smtp_mailer(starttls_server.port, security="starttls")
+    assert results(sender, [queued_email("a@example.com", 1)]) == [(1, SENT)]
+    [(_, rcpt_tos, message)] = starttls_server.wait_for_messages(1)
+    assert (rcpt_tos, message["Subject"]) == (["a@example.com"], "pi disconnection detected")
+    assert starttls_server.logins == 1
+    assert "logged in to 127.0.0.1" in sender.check_login()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_server_that_does_not_offer_starttls_gets_nothing_in_plain_text_and_the_email_is_retried(ca, caplog):
+    plain = TlsSmtpServer(ca, security="plain").start()
+    try:
+        sender = smtp_mailer(plain.port, security="starttls")
+        [(_, result)] = list(sender.send_all([queued_email()]))
+        with pytest.raises(SmtpSetupError, match="does not offer STARTTLS"):
+            sender.check_login()
+    finally:
+        plain.stop()
+    assert result.status == RETRY
+    assert "does not offer STARTTLS; nothing was sent in plain text" in result.error
+    assert (plain.messages, plain.logins) == ([], 0)
+    assert "stay queued and are retried" in caplog.text
+
+
+def test_starttls_refuses_a_certificate_the_system_does_not_trust(starttls_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
+    [(_, result)] = list(smtp_mailer(starttls_server.port, security="starttls").send_all([queued_email()]))
+    assert result.status == RETRY
+    assert "CERTIFICATE_VERIFY_FAILED" in result.error
+    assert (starttls_server.messages, starttls_server.logins) == ([], 0)
+
+
+def test_none_sends_in_plain_text_to_a_loopback_relay(ca):
+    relay = TlsSmtpServer(ca, require_login=False, security="plain").start()
+    try:
+        sender = smtp_mailer(relay.port, security="none", login=None)
+        assert results(sender, [queued_email("a@example.com", 1)]) == [(1, SENT)]
+        [(_, rcpt_tos, _)] = relay.wait_for_messages(1)
+    finally:
+        relay.stop()
+    assert rcpt_tos == ["a@example.com"]
+
+
+def test_ssl_mode_to_a_starttls_port_is_a_connection_problem_with_a_hint(starttls_server):
+    [(_, result)] = list(smtp_mailer(starttls_server.port, timeout=1).send_all([queued_email()]))
+    assert result.status == RETRY
+    assert "SMTP_SECURITY=ssl" in result.error

@@ -1,3 +1,4 @@
+import json
 import sqlite3
 import threading
 import time
@@ -5,10 +6,12 @@ import time
 import pytest
 
 import mailer
+import rules
 import scheduler
 from config import LiveSettings
 from rules import live_state, retry_delay
 from scheduler import Scheduler
+from store import Store
 from support import T0, Clock, HttpReceiver, SilentSmtpServer, free_port, make_settings, outbox, query, wait_until
 
 
@@ -549,6 +552,145 @@ def test_an_email_due_while_a_digest_waits_to_be_retried_makes_a_new_digest_of_t
     assert [row[1:] for row in outbox_rows(store)] == [("sent", 2, 2)] * 3 + [("sent", 1, 2)]
 
 
+# Webhooks, POSTed to a real local HTTPS server.
+
+
+@pytest.fixture
+def hook(ca, trust_test_ca):
+    server = HttpReceiver(ca)
+    yield server
+    server.stop()
+
+
+def with_webhooks(store, recording_mailer, hook, users, clock=None):
+    webhooks = {
+        "ops": {"url": hook.url + "/ops", "format": "json"},
+        "chat": {"url": hook.url + "/chat", "format": "slack"},
+    }
+    return make_scheduler(store, recording_mailer, users, clock=clock, webhooks=webhooks)
+
+
+def deliveries(store):
+    """(username, webhook, event, status, attempts) of each queued delivery, oldest first."""
+    return query(
+        store.path,
+        "SELECT users.username, webhook, alerts.kind, status, attempts FROM webhook_outbox"
+        " JOIN alerts ON alerts.id = alert_id JOIN users ON users.id = alerts.user_id ORDER BY webhook_outbox.id",
+    )
+
+
+def pi_notifying(*channels):
+    return {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "notify": list(channels)}}
+
+
+def test_each_user_is_told_through_its_own_channels_in_the_alerts_transaction(store, recording_mailer, hook):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {
+        "both": {**user, "notify": ["email", "webhook:ops"]},
+        "hooks": {**user, "notify": ["webhook:ops", "webhook:chat"]},
+        "mail": user,
+    }
+    steps = with_webhooks(store, recording_mailer, hook, users)
+    steps.check_once(T0 + 61)
+    assert outbox(store.path) == [("oncall@example.com", "queued", 0)] * 2
+    assert [username for (username,) in query(store.path, "SELECT username FROM outbox_readable")] == ["both", "mail"]
+    assert deliveries(store) == [
+        ("both", "ops", "late", "queued", 0),
+        ("hooks", "ops", "late", "queued", 0),
+        ("hooks", "chat", "late", "queued", 0),
+    ]
+    # A user told only by webhook is alerted all the same: not again before its email_frequency.
+    assert store.user("hooks").last_alert == T0 + 61
+    steps.check_once(T0 + 600)
+    assert len(deliveries(store)) == 3
+
+
+def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording_mailer, hook):
+    steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"))
+    store.record_ping("pi", T0 + 1)
+    steps.check_once(T0 + 62)
+    store.record_ping("pi", T0 + 100)
+    steps.check_once(T0 + 100.5)
+    assert steps.deliver_once(T0 + 101) == 2
+    assert recording_mailer.sent == [] and outbox(store.path) == []
+    late, back = [json.loads(body) for _, _, _, body in hook.requests]
+    assert late["event"] == "late" and back["event"] == "back"
+    assert (late["username"], late["at"], late["last_ping"]) == ("pi", T0 + 62, T0 + 1)
+    assert late["text"].startswith("Ping Listener has heard nothing from pi for more than 1 minute (its max_sleep)")
+    assert late["logs_url"] == "https://example.net/logs?username=pi&year=26&month=09&day=21"
+    assert (back["at"], back["last_ping"]) == (T0 + 100.5, T0 + 100)
+    assert back["text"].startswith("pi is back.")
+    assert late["id"] != back["id"]
+    assert deliveries(store) == [("pi", "ops", "late", "sent", 1), ("pi", "ops", "back", "sent", 1)]
+    assert steps.deliver_once(T0 + 10_000) == 0
+
+
+def test_a_5xx_is_retried_with_backoff_and_the_same_idempotency_key_then_delivered(store, recording_mailer, hook):
+    clock = Clock(T0 + 61)
+    steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:chat"), clock=clock)
+    steps.check_once(T0 + 61)
+    hook.answers = [500, 503]
+    assert steps.deliver_once(T0 + 61) == 1
+    assert deliveries(store) == [("pi", "chat", "late", "queued", 1)]
+    assert steps.deliver_once(T0 + 61 + retry_delay(1) - 0.1) == 0
+    clock.now = T0 + 61 + retry_delay(1)
+    assert steps.deliver_once(clock.now) == 1
+    assert steps.deliver_once(clock.now + retry_delay(2) - 0.1) == 0
+    assert steps.deliver_once(clock.now + retry_delay(2)) == 1
+    assert deliveries(store) == [("pi", "chat", "late", "sent", 3)]
+    keys = {headers["Idempotency-Key"] for _, _, headers, _ in hook.requests}
+    assert len(hook.requests) == 3 and len(keys) == 1 and {body for *_, body in hook.requests} == {hook.requests[0][3]}
+    assert query(store.path, "SELECT event_id FROM webhook_outbox") == [tuple(keys)]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"), [("120", 120), ("3600", rules.MAX_RETRY_DELAY), ("1", retry_delay(1))]
+)
+def test_a_429_waits_as_long_as_retry_after_asks_within_the_backoff_cap(
+    store, recording_mailer, hook, retry_after, delay
+):
+    steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"), clock=Clock(T0 + 61))
+    steps.check_once(T0 + 61)
+    hook.answers = [(429, {"Retry-After": retry_after})]
+    steps.deliver_once(T0 + 61)
+    assert query(store.path, "SELECT next_attempt_at, last_error FROM webhook_outbox") == [
+        (T0 + 61 + delay, "HTTP 429: ok")
+    ]
+    assert steps.deliver_once(T0 + 61 + delay - 0.1) == 0
+    assert steps.deliver_once(T0 + 61 + delay) == 1
+    assert deliveries(store) == [("pi", "ops", "late", "sent", 2)]
+
+
+def test_a_4xx_fails_the_delivery_for_good(store, recording_mailer, hook, caplog):
+    steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"))
+    steps.check_once(T0 + 61)
+    hook.answers = [404]
+    steps.deliver_once(T0 + 61)
+    assert deliveries(store) == [("pi", "ops", "late", "failed", 1)]
+    assert "late webhook 1 (pi) to ops refused for good: HTTP 404" in caplog.text
+    assert steps.deliver_once(T0 + 100_000) == 0
+
+
+def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_a_restart(
+    tmp_path, recording_mailer, hook
+):
+    first = Store(tmp_path / "ping_listener.db")
+    steps = with_webhooks(first, recording_mailer, hook, pi_notifying("webhook:ops"))
+    steps.check_once(T0 + 61)
+    [delivery] = first.due_webhooks(T0 + 61, 10)
+    # Claimed, then the service died before the webhook answered.
+    first.claim_webhooks({delivery.id: T0 + 61 + retry_delay(1)})
+    first.close()
+    second = Store(tmp_path / "ping_listener.db")
+    try:
+        steps = with_webhooks(second, recording_mailer, hook, pi_notifying("webhook:ops"), clock=Clock(T0 + 62))
+        assert steps.deliver_once(T0 + 62) == 1
+        assert deliveries(second) == [("pi", "ops", "late", "sent", 1)]
+        assert hook.requests[0][2]["Idempotency-Key"] == delivery.event.id
+    finally:
+        second.close()
+
+
 # --- retention, health, heartbeat, requests ------------------------------------------------------------
 
 
@@ -635,9 +777,11 @@ def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer,
     with HttpReceiver() as receiver:
         steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb")
         try:
+            # The loop's own heartbeat, sent at start; the next is a minute away.
+            wait_until(lambda: receiver.paths, message="the loop's first heartbeat")
             with sqlite3.connect(store.path) as other_process:
                 other_process.execute("BEGIN IMMEDIATE")
-                before = len(receiver.paths)  # the loop's own, sent at start
+                before = len(receiver.paths)
                 assert steps.beat_once() is False
                 assert len(receiver.paths) == before
                 other_process.execute("ROLLBACK")

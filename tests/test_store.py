@@ -15,12 +15,14 @@ from store import (
     EmailEvent,
     NewDigest,
     NewEmail,
+    NewWebhook,
     Signal,
     Store,
     StoreOpenError,
     UnknownUserError,
 )
 from support import T0, make_settings, query
+from webhooks import WebhookEvent
 
 
 def second_connection(store):
@@ -38,7 +40,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -179,6 +181,15 @@ def test_the_listener_and_the_drain_find_their_work_through_an_index_and_never_s
                 "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
                 "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
                 "SEARCH digests USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+        (
+            store_module.RECENT_WEBHOOKS_SQL,
+            (10,),
+            [
+                "SCAN webhook_outbox",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
             ],
         ),
     ],
@@ -1019,3 +1030,80 @@ def test_a_parent_back_after_a_silence_of_exactly_max_sleep_was_not_down_and_res
     assert store.user("cam").silence_from is None
     store.record_ping("router", T0 + 120.5)  # just over: it was late, so it came back
     assert store.user("cam").silence_from == T0 + 120.5
+
+
+# Webhook deliveries (webhook_outbox).
+
+
+def webhook_outcome(user, *webhooks):
+    hooks = tuple(
+        NewWebhook(name, f"id-{name}", "pi disconnection detected", "body", "https://x/logs") for name in webhooks
+    )
+    return CheckOutcome(user, T0 + 700, webhooks=hooks)
+
+
+def test_an_alert_told_only_by_webhook_is_recorded_with_its_deliveries_and_no_email(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    assert store.save_check_outcomes([webhook_outcome(user, "phone", "team")], T0 + 61) == 1
+    assert store.user("pi").last_alert == T0 + 61
+    assert store.outbox_counts()["queued"] == 0
+    [phone, team] = store.due_webhooks(T0 + 61, 10)
+    assert (phone.webhook, phone.attempts, team.webhook) == ("phone", 0, "team")
+    assert phone.event == WebhookEvent(
+        "id-phone", "late", "pi", T0 + 61, None, "pi disconnection detected", "body", "https://x/logs"
+    )
+
+
+def test_a_delivery_is_claimed_retried_and_finished_like_an_email(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    store.save_check_outcomes([webhook_outcome(user, "phone", "team")], T0 + 61)
+    phone, team = store.due_webhooks(T0 + 61, 10)
+    store.claim_webhooks({phone.id: T0 + 66, team.id: T0 + 66})
+    assert store.due_webhooks(T0 + 65, 10) == []
+    store.retry_webhook(phone.id, T0 + 70, "HTTP 503")
+    store.finish_webhook(team.id, "sent", T0 + 62, None)
+    [again] = store.due_webhooks(T0 + 70, 10)
+    assert (again.id, again.attempts, again.event.id) == (phone.id, 1, "id-phone")
+    history = store.recent_webhooks(10)
+    assert [(h.channel, h.status, h.attempts, h.finished_at) for h in history] == [
+        ("webhook:team", "sent", 1, T0 + 62),
+        ("webhook:phone", "queued", 1, None),
+    ]
+    # A restart makes a claimed or backed-off delivery due at once.
+    store.restart_monitoring(T0 + 63)
+    assert [d.id for d in store.due_webhooks(T0 + 63, 10)] == [phone.id]
+
+
+def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delivery_refers_to_it(store):
+    synced(store)
+    [user] = store.due_users(T0 + 61, 10)
+    hooks = webhook_outcome(user, "phone", "team").webhooks
+    emails = alert_outcome(user, T0 + 700, "a@example.com").emails
+    store.save_check_outcomes([CheckOutcome(user, T0 + 700, emails, webhooks=hooks)], T0 + 61)
+    phone, team = store.due_webhooks(T0 + 61, 10)
+    store.finish_webhook(phone.id, "sent", T0 + 62, None)
+    [email] = store.due_emails(T0 + 61, 10)
+    store.mark_sent([email.id], T0 + 62)
+    assert store.delete_history_before(T0 + 1000, 10) == 2  # the email and the sent delivery; team is queued
+    store.finish_webhook(team.id, "failed", T0 + 63, "HTTP 404")
+    assert store.delete_history_before(T0 + 1000, 10) == 2  # the failed delivery, then the alert it freed
+    assert query(store.path, "SELECT count(*) FROM alerts") == [(0,)]
+
+
+def test_the_webhook_delivery_finds_due_deliveries_through_its_index_and_joins_by_primary_key(store):
+    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, (T0, 10)) == [
+        "SEARCH webhook_outbox USING INDEX webhook_outbox_queue (next_attempt_at<?)",
+        "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+        "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+    ]
+
+
+def test_old_deliveries_are_deleted_along_their_indexes(store):
+    assert "SEARCH webhook_outbox USING COVERING INDEX webhook_outbox_finished (status=? AND finished_at<?)" in (
+        store.query_plan(store_module.DELETE_OLD_WEBHOOKS_SQL, (T0, 10))
+    )
+    assert "SEARCH webhook_outbox USING COVERING INDEX webhook_outbox_by_alert (alert_id=?)" in store.query_plan(
+        store_module.DELETE_OLD_ALERTS_SQL, (T0, 10)
+    )

@@ -331,6 +331,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["emails"] == [
         {
             "id": sent,
+            "channel": "email",
             "kind": "late",
             "username": "gone",
             "recipient": "oncall@example.com",
@@ -347,6 +348,7 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         },
         {
             "id": retried,
+            "channel": "email",
             "kind": "late",
             "username": "gone",
             "recipient": "ops@example.com",

@@ -1,0 +1,342 @@
+"""Webhook notifications: the request each format sends (pure functions of the event) and sending it over HTTP(S).
+
+One event (an alert or a recovery) becomes one POST per webhook channel. Every format carries the
+`Idempotency-Key` header, equal to the event's id, which stays the same on every retry, so a service
+that knows the header can drop a duplicate left by an at-least-once delivery. The answer decides
+the delivery's fate (`outcome`): 2xx delivered; 408, 429, 5xx and connection problems retried (the
+`Retry-After` answer header is honoured); redirects and other 4xx failed for good, since sending
+the same request again would get the same answer.
+
+This module imports nothing else of the project: config.py reads FORMATS from it, store.py
+WebhookEvent.
+"""
+
+import email.header
+import email.utils
+import http.client
+import json
+import logging
+import queue
+import ssl
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger("ping_listener.webhooks")
+
+# How long each network operation of a POST may take (connecting, sending, each read of the answer).
+WEBHOOK_TIMEOUT = 10.0
+# The most of an error answer's body kept in last_error: enough for "invalid_token" and the like.
+ANSWER_EXCERPT_CHARS = 200
+# Discord refuses a message longer than this.
+DISCORD_MAX_CHARS = 2000
+USER_AGENT = "ping-listener"
+
+DELIVERED = "sent"
+RETRY = "retry"
+FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """What a webhook is told about one alert or recovery.
+
+    `id` is stable for this event and channel (the Idempotency-Key); `event` is late, failed,
+    run_timeout or back; `at` is when it was decided and `last_ping` the user's last ping then (UTC
+    epoch seconds, or None); `title` and `text` are the email's subject and plain text; `logs_url`
+    links to the signals of the day it is about.
+    """
+
+    id: str
+    event: str
+    username: str
+    at: float | None
+    last_ping: float | None
+    title: str
+    text: str
+    logs_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The fate of one POST: DELIVERED, RETRY (try again later) or FAILED (for good).
+
+    `retry_after` is the delay the webhook asked for (its Retry-After header), in seconds;
+    `unreachable` says that the webhook did not answer at all (a connection problem or a timeout),
+    so its other deliveries need not be tried now.
+    """
+
+    status: str
+    error: str | None = None
+    retry_after: float | None = None
+    unreachable: bool = False
+
+
+class Endpoint(Protocol):
+    """Where and how to POST (config.WebhookConfig has it)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class Delivery(Protocol):
+    """A queued webhook delivery (store.QueuedWebhook has it): its webhook's name and its event."""
+
+    @property
+    def webhook(self) -> str: ...
+    @property
+    def event(self) -> WebhookEvent: ...
+
+
+_D = TypeVar("_D", bound=Delivery)
+
+
+def new_event_id() -> str:
+    """A fresh event id: unique, and kept with the queued delivery so that every retry sends the same one."""
+    return str(uuid.uuid4())
+
+
+def compose_json(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `json` format: {id, event, username, at, last_ping, text, logs_url}, for a service of your own."""
+    document = {
+        "id": event.id,
+        "event": event.event,
+        "username": event.username,
+        "at": event.at,
+        "last_ping": event.last_ping,
+        "text": event.text,
+        "logs_url": event.logs_url,
+    }
+    return _json_body(document)
+
+
+def compose_ntfy(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `ntfy` format, for a topic URL (https://ntfy.sh/TOPIC): the text as the message, the title, a
+    tag and priority by event, and the logs link opened by a tap."""
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Title": _header_text(event.title),
+        "Tags": "white_check_mark" if event.event == "back" else "warning",
+        "Priority": "default" if event.event == "back" else "high",
+        "Click": event.logs_url,
+    }
+    return event.text.encode(), headers
+
+
+def compose_slack(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `slack` format, for a Slack incoming webhook (or anything that takes {"text": ...}, such as
+    Mattermost or Matrix's hookshot): the title in bold, then the text, with &, < and > escaped so
+    that nothing in them becomes a mention or a link."""
+    return _json_body({"text": f"*{_slack_escape(event.title)}*\n{_slack_escape(event.text)}"})
+
+
+def compose_discord(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `discord` format, for a Discord channel webhook: the title in bold, then the text, cut to
+    Discord's DISCORD_MAX_CHARS, and no mentions (an @everyone in a job's output pings nobody)."""
+    content = f"**{event.title}**\n{event.text}"
+    if len(content) > DISCORD_MAX_CHARS:
+        content = content[: DISCORD_MAX_CHARS - 1] + "…"
+    return _json_body({"content": content, "allowed_mentions": {"parse": []}})
+
+
+def compose_gotify(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `gotify` format, for a Gotify server's /message?token=APP_TOKEN: title, text, a high priority
+    for alerts (8: the Android app makes a sound) and a normal one for recoveries, the logs link on tap."""
+    return _json_body(
+        {
+            "title": event.title,
+            "message": event.text,
+            "priority": 5 if event.event == "back" else 8,
+            "extras": {"client::notification": {"click": {"url": event.logs_url}}},
+        }
+    )
+
+
+def compose_teams(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
+    """The `teams` format, for a Microsoft Teams Workflows webhook ("post to a channel when a webhook
+    request is received"): a message with one Adaptive Card holding the title, the text and a button
+    opening the logs link."""
+    card = {
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.4",
+        "body": [
+            {"type": "TextBlock", "text": event.title, "weight": "Bolder", "size": "Medium", "wrap": True},
+            {"type": "TextBlock", "text": event.text, "wrap": True},
+        ],
+        "actions": [{"type": "Action.OpenUrl", "title": "Signals of that day", "url": event.logs_url}],
+    }
+    return _json_body(
+        {
+            "type": "message",
+            "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}],
+        }
+    )
+
+
+# Each format's composer: the body and the headers it needs. settings.json's `format` is one of these keys.
+COMPOSERS: dict[str, Callable[[WebhookEvent], tuple[bytes, dict[str, str]]]] = {
+    "json": compose_json,
+    "ntfy": compose_ntfy,
+    "slack": compose_slack,
+    "discord": compose_discord,
+    "gotify": compose_gotify,
+    "teams": compose_teams,
+}
+FORMATS = tuple(COMPOSERS)
+
+
+def build_request(endpoint: Endpoint, event: WebhookEvent) -> urllib.request.Request:
+    """The POST for `event` to `endpoint`: its format's body and headers, then the endpoint's own headers
+    (an Authorization, say), then Idempotency-Key, which nothing overrides."""
+    body, headers = COMPOSERS[endpoint.format](event)
+    headers = {"User-Agent": USER_AGENT, **headers, **dict(endpoint.headers), "Idempotency-Key": event.id}
+    return urllib.request.Request(endpoint.url, data=body, headers=headers, method="POST")
+
+
+def outcome(status: int, retry_after: str | None, now: float, answer: str = "") -> DeliveryResult:
+    """The fate of a delivery answered with HTTP `status` at `now` (and `retry_after`, its Retry-After header).
+
+    2xx: DELIVERED. 408, 429 and 5xx: RETRY, after the delay Retry-After asks for if it gives one
+    (seconds, or an HTTP date). Anything else (a redirect, another 4xx): FAILED. `answer` (the start
+    of the answer's body) goes into the error.
+    """
+    if 200 <= status < 300:
+        return DeliveryResult(DELIVERED)
+    error = f"HTTP {status}" + (f": {answer}" if answer else "")
+    if status in (408, 429) or 500 <= status < 600:
+        return DeliveryResult(RETRY, error, retry_after_seconds(retry_after, now))
+    return DeliveryResult(FAILED, error)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """How long a Retry-After header value asks to wait from `now`, in seconds (>= 0); None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(moment.timestamp() - now, 0.0)
+
+
+class WebhookSender:
+    """POSTs events to webhooks over HTTP or HTTPS (certificates checked against the system CAs; SSL_CERT_FILE
+    is honoured), each webhook in a thread of its own so that a slow one holds back no other."""
+
+    def __init__(self, clock: Callable[[], float], timeout: float = WEBHOOK_TIMEOUT) -> None:
+        """`timeout` bounds each network operation of a POST, in seconds; `clock()` dates Retry-After answers."""
+        self._clock = clock
+        self._timeout = timeout
+        # Built once: it reads SSL_CERT_FILE and the system's CA store. Redirects are not followed:
+        # a webhook URL that redirects is a wrong URL, and following it would turn the POST into a GET.
+        self._opener = urllib.request.build_opener(
+            _NoRedirects(), urllib.request.HTTPSHandler(context=ssl.create_default_context())
+        )
+
+    def send(self, endpoint: Endpoint, event: WebhookEvent) -> DeliveryResult:
+        """POST `event` to `endpoint` once and say what became of it (see `outcome`)."""
+        try:
+            with self._opener.open(build_request(endpoint, event), timeout=self._timeout) as answer:
+                answer.read()
+                return outcome(answer.status, None, self._clock())
+        except urllib.error.HTTPError as error:
+            excerpt = _excerpt(error)
+            error.close()
+            return outcome(error.code, error.headers.get("Retry-After"), self._clock(), excerpt)
+        except urllib.error.URLError as error:
+            reason = error.reason
+            problem = _describe(reason) if isinstance(reason, BaseException) else str(reason)
+            return DeliveryResult(RETRY, problem, unreachable=True)
+        except (OSError, http.client.HTTPException) as error:
+            return DeliveryResult(RETRY, _describe(error), unreachable=True)
+
+    def send_all(
+        self, deliveries: Sequence[_D], endpoints: Mapping[str, Endpoint]
+    ) -> Iterator[tuple[_D, DeliveryResult]]:
+        """Send `deliveries`, each to the endpoint its webhook names; yield (delivery, result) as each is settled.
+
+        Each webhook's deliveries go in order in a thread of its own. Once a webhook does not answer
+        (a connection problem or a timeout), its remaining deliveries are retried later without being
+        tried now. A delivery whose webhook is not in `endpoints` (removed from the settings) fails.
+        """
+        settled: queue.Queue[tuple[_D, DeliveryResult]] = queue.Queue()
+        by_webhook: dict[str, list[_D]] = {}
+        for delivery in deliveries:
+            by_webhook.setdefault(delivery.webhook, []).append(delivery)
+        for name, queued in by_webhook.items():
+            threading.Thread(
+                target=self._send_in_order,
+                args=(endpoints.get(name), queued, settled),
+                name=f"webhook-{name}",
+                daemon=True,
+            ).start()
+        for _ in deliveries:
+            yield settled.get()
+
+    def _send_in_order(
+        self,
+        endpoint: Endpoint | None,
+        deliveries: Iterable[_D],
+        settled: "queue.Queue[tuple[_D, DeliveryResult]]",
+    ) -> None:
+        """Settle each of `deliveries` (all for one webhook) in turn, putting exactly one result each into `settled`."""
+        down: DeliveryResult | None = None
+        for delivery in deliveries:
+            if endpoint is None:
+                result = DeliveryResult(FAILED, f"webhook {delivery.webhook} is no longer in settings.json")
+            elif down is not None:
+                result = down
+            else:
+                try:
+                    result = self.send(endpoint, delivery.event)
+                except Exception as error:  # a bug must not leave the drain waiting for this result
+                    log.exception("sending to webhook %s failed", delivery.webhook)
+                    result = DeliveryResult(RETRY, _describe(error))
+                if result.unreachable:
+                    down = result
+            settled.put((delivery, result))
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx
+
+
+def _json_body(document: Any) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(document, ensure_ascii=False).encode(), {"Content-Type": "application/json"}
+
+
+def _header_text(text: str) -> str:
+    """`text` fit for an HTTP header: as is if ASCII, else an RFC 2047 encoded word (which ntfy decodes)."""
+    text = " ".join(text.split())
+    return text if text.isascii() else email.header.Header(text, "utf-8").encode(maxlinelen=100_000)
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _excerpt(answer: urllib.error.HTTPError) -> str:
+    try:
+        text = answer.read(ANSWER_EXCERPT_CHARS * 4).decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return ""
+    return " ".join(text.split())[:ANSWER_EXCERPT_CHARS]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
