@@ -1051,6 +1051,17 @@ class Store:
             alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
         return emails + hooks + digests + alerts
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the WAL holds into the database file as far as readers allow, without blocking
+        writers or readers (a PASSIVE checkpoint); return (frames in the WAL, frames copied).
+
+        Once every frame is copied, the next write starts the WAL again from its beginning, so
+        calling this often keeps the WAL file small.
+        """
+        with self._read() as connection:
+            _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, copied
+
     def check_writable(self) -> None:
         """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
         StoreUnavailableError if not.
@@ -1124,6 +1135,10 @@ class Store:
             with self._connections_lock:
                 self._connections.append(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
+            # No commit copies the WAL into the database file (a checkpoint, with its fsync, can take
+            # hundreds of milliseconds on a big file): the scheduler's checkpoint loop does
+            # (checkpoint()), so a ping never waits for one.
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
             connection.execute("PRAGMA foreign_keys = ON")
             # The first connection creates the tables; it gets the trigger once they exist.
             if self._schema_ready:

@@ -1107,3 +1107,16 @@ def test_old_deliveries_are_deleted_along_their_indexes(store):
     assert "SEARCH webhook_outbox USING COVERING INDEX webhook_outbox_by_alert (alert_id=?)" in store.query_plan(
         store_module.DELETE_OLD_ALERTS_SQL, (T0, 10)
     )
+
+
+def test_no_ping_copies_the_wal_into_the_database_file_and_a_checkpoint_does(store):
+    synced(store)
+    for second in range(1500):
+        store.record_ping("pi", T0 + second)
+    # Without a checkpoint in any commit, the WAL holds every ping's pages (SQLite's own default would
+    # have copied them back every 1 000 pages, inside whichever commit crossed that mark).
+    frames, copied = store.checkpoint()
+    assert frames >= 1500
+    assert copied == frames
+    store.record_ping("pi", T0 + 2000)  # the WAL starts again from its beginning
+    assert store.checkpoint()[0] < 10
