@@ -64,6 +64,7 @@ USER_KEYS = {
     "max_runtime",
     "notify_recovery",
     "token",
+    "depends_on",
     "notify",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
@@ -109,6 +110,9 @@ class UserConfig:
     # The IANA zone the schedule is read in (the process's local zone unless settings.json names one).
     tz: str | None = None
     grace: float | None = None
+    # The configured user this one sits behind (its router, say): while that one is down, this one's
+    # alerts are suppressed. None: it depends on no one.
+    depends_on: str | None = None
     # secret_digest() of the user's ping token (None: no token needed). Only the digest is kept, so
     # the token itself can be neither logged nor shown.
     token_digest: bytes | None = field(default=None, repr=False)
@@ -235,6 +239,7 @@ def parse_settings(document: Any) -> Settings:
             parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
                 parsed_users[username] = parsed
+        _check_dependencies(users, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -337,6 +342,9 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     notify_recovery = user.get("notify_recovery", True)
     if not isinstance(notify_recovery, bool):
         problems.append(f"{path}.notify_recovery: must be true or false, got {_show(notify_recovery)}")
+    depends_on = user.get("depends_on")
+    if depends_on is not None and not (isinstance(depends_on, str) and depends_on):
+        problems.append(f"{path}.depends_on: must be the name of another user, got {_show(depends_on)}")
     token = user.get("token")
     if token is None and require_tokens:
         problems.append(f"{path}.token: missing (require_tokens is true)")
@@ -361,6 +369,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         schedule=schedule,
         tz=tz,
         grace=grace,
+        depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
     )
@@ -398,6 +407,28 @@ def _watch(user, path, problems):
             )
     grace = _seconds(user["grace"], f"{path}.grace", problems) if "grace" in user else DEFAULT_GRACE
     return max_sleep, schedule, tz, grace
+
+
+def _check_dependencies(users, problems):
+    """Report each depends_on that names no configured user, and each user whose chain of depends_on
+    comes back to it (a cycle, itself included), once per cycle."""
+    parents = {
+        name: user["depends_on"]
+        for name, user in users.items()
+        if isinstance(user, dict) and isinstance(user.get("depends_on"), str) and user["depends_on"]
+    }
+    reported = set()
+    for name, parent in parents.items():
+        if parent not in users:
+            problems.append(f"{_path('users.', name)}.depends_on: no user named {_show(parent)} is configured")
+            continue
+        chain = [name]
+        while chain[-1] in parents and parents[chain[-1]] in users and parents[chain[-1]] not in chain:
+            chain.append(parents[chain[-1]])
+        if parents.get(chain[-1]) == name and name not in reported:
+            reported.update(chain)
+            cycle = " -> ".join(_show(link) for link in [*chain, name])
+            problems.append(f"{_path('users.', name)}.depends_on: a cycle of dependencies: {cycle}")
 
 
 def _notify(value, path, webhooks, problems):

@@ -5,7 +5,7 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
@@ -23,6 +23,8 @@ FALLBACK_SENDER = "ping-listener@localhost"
 
 # How much of a failing signal's body its failure email quotes: the end, where errors usually are.
 QUOTED_OUTPUT_CHARS = 2000
+# A digest's subject is cut to this many characters, its last one an ellipsis.
+MAX_DIGEST_SUBJECT = 120
 # Control characters other than tab and newline would garble a plain-text email: shown as U+FFFD.
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -203,6 +205,54 @@ def compose_recovery(user: UserState, server_root: str) -> tuple[str, str]:
         f"Signals of that day: {logs_link(server_root, username, back)}\n"
     )
     return f"{username} is back", body
+
+
+def by_recipient(emails: Iterable[QueuedEmail]) -> list[list[QueuedEmail]]:
+    """`emails` grouped by recipient, each group in the order given, groups in the order of their first email.
+
+    What the outbox drain sends as one email each: a group of one as itself, a larger one as a digest.
+    """
+    groups: dict[str, list[QueuedEmail]] = {}
+    for email in emails:
+        groups.setdefault(email.recipient, []).append(email)
+    return list(groups.values())
+
+
+def digest_subject(emails: Sequence[QueuedEmail]) -> str:
+    """The subject of a digest of `emails`: `N devices need attention: A, B, C` (N distinct devices, in
+    alphabetical order), or `N devices are back: ...` when all are recoveries; cut with an ellipsis to
+    MAX_DIGEST_SUBJECT characters. One device is "1 device needs attention" (or "is back")."""
+    names = sorted({email.username for email in emails})
+    back = all(email.kind == BACK for email in emails)
+    if len(names) == 1:
+        what = "device is back" if back else "device needs attention"
+    else:
+        what = "devices are back" if back else "devices need attention"
+    subject = f"{len(names)} {what}: {', '.join(names)}"
+    if len(subject) > MAX_DIGEST_SUBJECT:
+        subject = subject[: MAX_DIGEST_SUBJECT - 1] + "\u2026"
+    return subject
+
+
+def digest(emails: Sequence[QueuedEmail], message_id: str, created_at: float) -> QueuedEmail:
+    """The one email that carries `emails` (two or more, for one recipient) as a digest, dated `created_at`.
+
+    Its body holds each email's subject and text in turn, by device name and then in the order they were
+    queued. Its id is the first email's, and its attempts the most any of them had.
+    """
+    ordered = sorted(emails, key=lambda email: (email.username, email.id))
+    parts = [f"{len(emails)} alert emails for you were due at once; here they are together.\n"]
+    for email in ordered:
+        parts.append(f"\n===== {email.subject} =====\n\n{email.body.rstrip()}\n")
+    return QueuedEmail(
+        id=emails[0].id,
+        recipient=emails[0].recipient,
+        subject=digest_subject(emails),
+        body="".join(parts),
+        message_id=message_id,
+        queued_at=created_at,
+        attempts=max(email.attempts for email in emails),
+    )
 
 
 def build_message(email: QueuedEmail, sender: str) -> EmailMessage:

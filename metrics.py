@@ -51,15 +51,15 @@ class Exporter:
 
     def scrape(self) -> bytes:
         """Every metric, in the Prometheus text format (CONTENT_TYPE)."""
-        rows = self._store.user_counts()
         now = self._clock()
+        rows = self._store.user_counts(now)
         cached = self._labels
         self._labels = labels = {row.username: cached.get(row.username) or _label_set(row.username) for row in rows}
         # One pass over the rows, one list of lines per family.
         up, last_ping, pings, alerts = families = [[_header(name)] for name in _HELP]
         for row in rows:
             label = labels[row.username]
-            deadline = row.condition_at if row.scheduled is None else condition_at(row.scheduled)
+            deadline = row.condition_at if row.scheduled is None else condition_at(row.scheduled, now)
             up.append(f"ping_listener_up{label} {1.0 if is_up(deadline, now) else 0.0}\n")
             if row.last_ping is not None:
                 last_ping.append(f"ping_listener_last_ping_timestamp_seconds{label} {row.last_ping!r}\n")

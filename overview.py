@@ -31,7 +31,16 @@ DAY_COLUMN_SECONDS = 300
 DAY_MAX_PINGS = 100_000
 DAY_MAX_EMAILS = 500
 # Problems first, for the rows and the summary. A state not named here sorts right after "late".
-STATE_ORDER = ("failed", rules.ALERTED, rules.LATE, rules.SILENT, "running", rules.PINGING)
+STATE_ORDER = (
+    "failed",
+    rules.ALERTED,
+    rules.LATE,
+    rules.SUPPRESSED,
+    rules.SNOOZED,
+    rules.SILENT,
+    "running",
+    rules.PINGING,
+)
 _STATE_RANKS = {state: rank for rank, state in enumerate(STATE_ORDER)}
 _UNKNOWN_STATE_RANK = _STATE_RANKS[rules.LATE] + 0.5
 
@@ -178,7 +187,7 @@ class Overview:
         with self._lock:
             rows = {}
             for user in users:
-                state = rules.live_state(user, now)
+                state = rules.live_state(user, now, user.parent)
                 counts[state] = counts.get(state, 0) + 1
                 # Everything the row shows: its other fields are settings, fixed while the service runs.
                 silent = rules.silent_at(user, user.last_ping, now)

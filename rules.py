@@ -14,8 +14,17 @@ it is *alerted* once its first alert was queued (`down_since`), and only an aler
 
 A user is watched either by `max_sleep` (expected again at most that long after its last contact) or by
 a `schedule`: a cron expression in its zone `tz`, expected at the schedule's first firing strictly after
-its last contact and late once `grace` has passed after that (schedules.next_time, which follows Debian
+its last contact (silence_start) and late once `grace` has passed after that (schedules.next_time, which follows Debian
 cron across daylight-saving changes). expected_after() is that rule for both; everything else is the same.
+
+Storm control. A user may depend on a parent (its router, say): while the parent is down (in a condition,
+snoozed or not), the child's alerts are *suppressed*, recorded but not sent, and a child that went down
+after its parent's last contact waits for the parent's own deadline before being alerted, since the
+parent may be the cause. When the parent comes back, its children's silence is measured from that moment
+(`silence_from`, which store.py's trigger moves). A *snoozed* user (until `snoozed_until`) gets no alert;
+its silence is measured from the snooze's end once that is over, and an outage alerted before the snooze
+(`muted_outage`) is not alerted again. The moment a silence is measured from is one function,
+silence_start; late_at is deadline_after() it, for max_sleep and schedules alike.
 """
 
 from collections.abc import Iterable
@@ -37,6 +46,8 @@ LATE = "late"
 ALERTED = "alerted"
 FAILED = "failed"
 RUNNING = "running"
+SNOOZED = "snoozed"
+SUPPRESSED = "suppressed"
 
 # Kinds of signal, as /ping's `status` names them (store.py's SQL names them too).
 SUCCESS = "success"
@@ -88,6 +99,14 @@ class Watched(Protocol):
     def down_since(self) -> float | None: ...
     @property
     def back_at(self) -> float | None: ...
+    @property
+    def silence_from(self) -> float | None: ...
+    @property
+    def snoozed_until(self) -> float | None: ...
+    @property
+    def muted_outage(self) -> float | None: ...
+    @property
+    def suppressed_kind(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +124,17 @@ class Decision:
     `alert`: the condition to alert about now (None: no alert). `recovery`: whether to say that the user
     is back (its alerted outage, `down_since` to `back_at`, ended). `down_since`: the user's alerted outage
     after this step (None: none open). `next_due_at`: when to look at the user again if no signal comes.
+    `suppressed`: a condition whose alert its parent's outage suppresses, to record now (None: none).
+    `next_run`, for a scheduled user: (the moment its silence is measured from at `now`, its schedule's
+    next run after it), which the store keeps so that SQL can tell whether it was down as a parent.
     """
 
     alert: Condition | None
     recovery: bool
     down_since: float | None
     next_due_at: float | None
+    suppressed: Condition | None = None
+    next_run: tuple[float, float | None] | None = None
 
 
 def signal_kind(exit_code: int) -> str:
@@ -140,34 +164,52 @@ def deadline_after(user: Watched, after: float) -> float | None:
     return expected + (user.grace or 0.0)
 
 
-def late_at(user: Watched) -> float | None:
-    """When `user` becomes late: deadline_after() its last sign of life (max_sleep, or schedule and grace).
+def snoozed(user: Watched, now: float) -> bool:
+    """Whether `user` is snoozed at `now`: its snooze ends strictly after `now`."""
+    return user.snoozed_until is not None and now < user.snoozed_until
 
-    The last sign of life is the later of its last ping and the start of monitoring, so the
-    service's own downtime never counts against a device. None if it is not monitored (or its
-    schedule never fires again).
+
+def silence_start(user: Watched, now: float | None = None) -> float:
+    """The moment `user`'s silence is measured from at `now`: the latest of its last ping, the start of
+    monitoring, its parent's return (silence_from) and the end of a snooze that is over by `now`.
+
+    `now` None: as it will be once any snooze is over (what the stored deadline counts on). While a snooze
+    goes on, the silence is still measured as before it: a snoozed parent can be late for its children.
+    """
+    since = _restarted_at(user, now)
+    return since if user.last_ping is None else max(since, user.last_ping)
+
+
+def late_at(user: Watched, now: float | None = None) -> float | None:
+    """When `user` becomes late: deadline_after() the moment its silence is measured from (silence_start at
+    `now`): max_sleep after it, or its schedule's next run after it plus grace.
+
+    So the service's own downtime, a parent's outage and a snooze never count against a device. None if it
+    is not monitored (or its schedule never fires again).
     """
     if not user.monitor:
         return None
-    return deadline_after(user, _seen(user))
+    return deadline_after(user, silence_start(user, now))
 
 
-def expected_at(user: Watched) -> float | None:
-    """When `user` is next expected after its last sign of life, as late_at counts it (before any grace)."""
+def expected_at(user: Watched, now: float | None = None) -> float | None:
+    """When `user` is next expected after the moment its silence is measured from, as late_at counts it
+    (before any grace); None if it is not monitored."""
     if not user.monitor:
         return None
-    return expected_after(user, _seen(user))
+    return expected_after(user, silence_start(user, now))
 
 
-def run_deadline(user: Watched) -> float | None:
+def run_deadline(user: Watched, now: float | None = None) -> float | None:
     """When `user`'s open run overruns: its start plus max_runtime; None without an open run, a max_runtime or monitor.
 
-    The start counts from the start of monitoring at the latest, as late_at does: the service's own
-    downtime never counts against a device (a success sent meanwhile was lost).
+    The start counts from the start of monitoring, the parent's return or a snooze's end at the latest,
+    as late_at does: the service's own downtime, a parent's outage or a snooze never count against a device (a
+    success sent meanwhile was lost).
     """
     if not user.monitor or user.run_started is None or user.max_runtime is None:
         return None
-    return max(user.run_started, user.monitored_since) + user.max_runtime
+    return max(user.run_started, _restarted_at(user, now)) + user.max_runtime
 
 
 def condition(user: Watched, now: float) -> Condition | None:
@@ -175,16 +217,17 @@ def condition(user: Watched, now: float) -> Condition | None:
     silence past max_sleep; None if none (or monitor is off).
 
     Each begins strictly after its deadline (a silence of exactly max_sleep is not late). It went down at
-    the fail signal's time, the run's deadline or the silence's deadline.
+    the fail signal's time, the run's deadline or the silence's deadline. A snooze changes none of this
+    (only whether it is alerted): a snoozed parent that is late is down for its children.
     """
     if not user.monitor:
         return None
     if user.failed_at is not None:
         return Condition(FAILURE, user.failed_at)
-    overrun = run_deadline(user)
+    overrun = run_deadline(user, now)
     if overrun is not None and now > overrun:
         return Condition(RUN_TIMEOUT, overrun)
-    deadline = late_at(user)
+    deadline = late_at(user, now)
     if deadline is not None and now > deadline:
         return Condition(SILENCE, deadline)
     return None
@@ -194,8 +237,9 @@ def due_at(user: Watched) -> float | None:
     """When the absence listener must look at `user`, as stored after each signal and each start (store._DUE_AT).
 
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
-    its failure, its run's deadline and its silence's deadline. The listener then pushes it on to the end
-    of the alert throttle (decide's next_due_at). None: nothing can become due without a signal.
+    its failure (or the end of its snooze, if later), its run's deadline and its silence's deadline, as
+    they will be once any snooze is over. The listener then pushes it on to the end of the alert throttle
+    (decide's next_due_at). None: nothing can become due without a signal.
 
     A schedule's deadline needs cronsim, which SQL cannot run: for a scheduled user the silence's
     deadline stands in as its last sign of life, so the listener looks at it once after each contact
@@ -205,11 +249,14 @@ def due_at(user: Watched) -> float | None:
         return user.back_at
     if not user.monitor:
         return None
-    deadline = _seen(user) if user.schedule is not None else late_at(user)
-    return min(t for t in (user.failed_at, run_deadline(user), deadline) if t is not None)
+    deadline = silence_start(user) if user.schedule is not None else late_at(user)
+    failed = user.failed_at
+    if failed is not None and user.snoozed_until is not None:
+        failed = max(failed, user.snoozed_until)
+    return min(t for t in (failed, run_deadline(user), deadline) if t is not None)
 
 
-def decide(user: Watched, now: float) -> Decision:
+def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision:
     """What to do about `user` at `now`: alert, say it is back, both, or neither; and when to look again.
 
     A success that ended an alerted outage (`back_at`) gets one recovery, unless notify_recovery or monitor
@@ -217,58 +264,99 @@ def decide(user: Watched, now: float) -> Decision:
     about the same condition email_frequency or less ago: a change to a different condition alerts at
     once. The throttle spans outages, so a device that flaps is not alerted more often than
     email_frequency. The first alert of an outage sets its `down_since`.
+
+    No alert while `user` is snoozed, nor about an outage alerted before a snooze (`muted_outage`). With
+    a `parent` (the user it depends on, as read in the same step): while the parent is down its alert is
+    suppressed instead (recorded once per condition, never sent, no outage opened, so no recovery); a
+    silence or overlong run that went down after the parent's last contact waits for the parent's
+    deadline, since the parent's own outage may be its cause.
     """
     ended = user.back_at is not None
     recovery = ended and user.down_since is not None and user.notify_recovery and user.monitor
     down_since = None if ended else user.down_since
     current = condition(user, now)
-    alert = None
+    alert = suppressed = None
     repeat_at = None
     if current is not None:
         repeat_at = _repeat_at(user, current.kind)
         if repeat_at is None or now > repeat_at:
-            alert = current
-            repeat_at = now + user.email_frequency
-            if down_since is None:
-                down_since = current.down_at
+            waits_until = _parent_deadline_ahead(current, parent, now)
+            if snoozed(user, now):
+                repeat_at = user.snoozed_until
+            elif _muted(user):
+                repeat_at = None
+            elif parent is not None and condition(parent, now) is not None:
+                repeat_at = None
+                if user.suppressed_kind != current.kind:
+                    suppressed = current
+            elif waits_until is not None:
+                repeat_at = waits_until
+            else:
+                alert = current
+                repeat_at = now + user.email_frequency
+                if down_since is None:
+                    down_since = current.down_at
     # Besides the throttle's end, only a condition of higher priority than the current one can begin
-    # without a signal: a run's deadline during a silence, or either deadline when all is well.
+    # without a signal: a run's deadline during a silence, or either deadline when all is well. Until
+    # something changes, a suppressed or muted condition waits for a signal (its parent's included).
     candidates = [repeat_at]
     if current is None or current.kind == SILENCE:
         candidates.append(run_deadline(user))
     if current is None:
         candidates.append(late_at(user))
     times = [t for t in candidates if t is not None]
-    return Decision(alert, recovery, down_since, min(times) if times else None)
+    next_run = None
+    if user.schedule is not None:
+        start = silence_start(user, now)
+        next_run = (start, expected_after(user, start))
+    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed, next_run)
 
 
-def held_back_until(user: Watched, now: float) -> float | None:
-    """When the absence listener may next alert about `user`, if email_frequency holds back an alert about
-    its current condition at `now`.
+def held_back_until(user: Watched, now: float, parent: Watched | None = None) -> float | None:
+    """When the absence listener may next alert about `user`, if something holds back an alert about its
+    current condition at `now`: email_frequency, a snooze, or a parent whose deadline it waits for.
 
-    None if `user` is in no condition at `now`, or nothing holds its alert back (it is queued at the next step).
+    None if `user` is in no condition at `now`, or nothing holds its alert back (it is queued at the next
+    step), or only a signal can end what holds it back (a parent that is down, an outage muted by a snooze).
     """
     current = condition(user, now)
     if current is None:
         return None
     repeat_at = _repeat_at(user, current.kind)
-    return repeat_at if repeat_at is not None and not now > repeat_at else None
+    if repeat_at is not None and not now > repeat_at:
+        return repeat_at
+    if snoozed(user, now):
+        return user.snoozed_until
+    if _muted(user) or (parent is not None and condition(parent, now) is not None):
+        return None
+    return _parent_deadline_ahead(current, parent, now)
 
 
-def live_state(user: Watched, now: float) -> str:
-    """How `user` looks at `now` to a person watching: FAILED, LATE, ALERTED, RUNNING, PINGING or SILENT.
+def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
+    """How `user` looks at `now` to a person watching: SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED, RUNNING,
+    PINGING or SILENT.
 
-    FAILED from a fail until the next success. LATE and ALERTED follow the absence listener: a user is
-    late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED
-    once an alert about that condition was queued during this outage. Otherwise RUNNING while a run is
-    open, PINGING if its last ping's deadline (deadline_after) has not passed, else SILENT (monitor off,
-    or no ping yet since monitoring began).
+    SNOOZED while snoozed. FAILED from a fail until the next success. SUPPRESSED while in a condition
+    whose alert its `parent`'s outage suppresses. LATE and ALERTED follow the absence listener: a user is
+    late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED once
+    an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
+    PINGING if its last ping's deadline (deadline_after) has not passed, else SILENT (monitor off, or no ping yet since
+    monitoring began).
     """
+    if snoozed(user, now):
+        return SNOOZED
+    current = condition(user, now)
+    alerted = (
+        current is not None
+        and user.down_since is not None
+        and user.back_at is None
+        and user.last_alert_kind == current.kind
+    )
+    if current is not None and not alerted and parent is not None and condition(parent, now) is not None:
+        return SUPPRESSED
     if user.failed_at is not None:
         return FAILED
-    current = condition(user, now)
     if current is not None:
-        alerted = user.down_since is not None and user.back_at is None and user.last_alert_kind == current.kind
         return ALERTED if alerted else LATE
     if user.run_started is not None:
         return RUNNING
@@ -326,9 +414,31 @@ def retry_delay(attempts: int, asked: float | None = None) -> float:
     return min(max(backoff, asked or 0.0), MAX_RETRY_DELAY)
 
 
-def _seen(user: Watched) -> float:
-    """The user's last sign of life: the later of its last ping and the start of monitoring."""
-    return user.monitored_since if user.last_ping is None else max(user.last_ping, user.monitored_since)
+def _muted(user: Watched) -> bool:
+    """Whether `user`'s current outage was alerted before a snooze (muted_outage): it is not alerted again."""
+    return user.down_since is not None and user.down_since == user.muted_outage
+
+
+def _parent_deadline_ahead(current: Condition, parent: Watched | None, now: float) -> float | None:
+    """The deadline of a `parent` that is not down at `now` and whose last contact came before `current` (a
+    silence or an overlong run) went down: its own outage may be the cause, so the alert waits for it.
+    None: no parent, a failure (reported by the device itself), or a parent heard from since."""
+    if parent is None or current.kind == FAILURE:
+        return None
+    deadline = late_at(parent, now)
+    if deadline is None or not silence_start(parent, now) < current.down_at:
+        return None
+    return deadline
+
+
+def _restarted_at(user: Watched, now: float | None) -> float:
+    """The latest moment that restarts `user`'s measures at `now` (see silence_start), its pings aside."""
+    since = user.monitored_since
+    if user.silence_from is not None:
+        since = max(since, user.silence_from)
+    if user.snoozed_until is not None and (now is None or not snoozed(user, now)):
+        since = max(since, user.snoozed_until)
+    return since
 
 
 def _repeat_at(user: Watched, kind: str) -> float | None:
@@ -338,12 +448,14 @@ def _repeat_at(user: Watched, kind: str) -> float | None:
     return user.last_alert + user.email_frequency
 
 
-def condition_at(user: Watched) -> float | None:
-    """When `user`'s earliest condition begins if no signal comes: its failure, its run's deadline or its
-    silence's deadline (late_at), whichever is first; None if it is not monitored."""
+def condition_at(user: Watched, now: float) -> float | None:
+    """When `user`'s earliest condition begins at `now` if no signal comes (a snooze changing nothing): its
+    failure, its run's deadline or its silence's deadline (late_at), whichever is first; None if it is not
+    monitored."""
     if not user.monitor:
         return None
-    return min((t for t in (user.failed_at, run_deadline(user), late_at(user)) if t is not None), default=None)
+    times = (user.failed_at, run_deadline(user, now), late_at(user, now))
+    return min((t for t in times if t is not None), default=None)
 
 
 def is_up(condition_at: float | None, now: float) -> bool:

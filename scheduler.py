@@ -25,7 +25,18 @@ from config import EMAIL_CHANNEL, WEBHOOK_CHANNEL_PREFIX, LiveSettings, UserConf
 from localtime import logs_link
 from mailer import MailSender
 from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
-from store import CheckOutcome, NewEmail, NewWebhook, QueuedWebhook, Store, StoreError, UserState
+from store import (
+    CheckOutcome,
+    Digest,
+    NewDigest,
+    NewEmail,
+    NewWebhook,
+    QueuedEmail,
+    QueuedWebhook,
+    Store,
+    StoreError,
+    UserState,
+)
 from webhooks import WebhookSender
 
 log = logging.getLogger("ping_listener.scheduler")
@@ -44,6 +55,9 @@ BAD_USER_DELAY = 60.0
 RETENTION_BATCH = 500
 RETENTION_PAUSE = 0.02
 RETENTION_INTERVAL = 60.0
+# How often the WAL is copied into the database file (Store.checkpoint): commits never do it, so that a
+# ping never waits for a checkpoint's fsync; every second keeps the WAL to about a second of writes.
+CHECKPOINT_INTERVAL = 1.0
 # How long a heartbeat GET may take before it counts as failed.
 HEARTBEAT_TIMEOUT = 10.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
@@ -109,6 +123,11 @@ class Scheduler:
         alerts = self._store.save_check_outcomes(outcomes, now)
         if alerts:
             log.info("queued alerts for %d late user(s)", alerts)
+        suppressed = [outcome.user.username for outcome in outcomes if outcome.suppressed is not None]
+        if suppressed:
+            log.info(
+                "suppressed alerts for %d user(s) whose parent is down: %s", len(suppressed), ", ".join(suppressed[:10])
+            )
         return len(users)
 
     def follow_clock(self, now: float, monotonic_now: float) -> float:
@@ -130,32 +149,45 @@ class Scheduler:
     def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        The emails' next attempts are pushed back before sending, then each result is committed
-        as soon as the SMTP server answers. Returns how many it tried.
+        The emails due for one recipient go as one: a digest if there are several (mailer.digest), sent,
+        retried or failed together; one tried again with exactly the rows it carried keeps its
+        Message-ID and Date. The emails' next attempts are pushed back and new digests recorded before
+        sending, then each result is committed as soon as the SMTP server answers. Returns how many
+        emails it tried.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
             return 0
-        delays = {email.id: retry_delay(email.attempts + 1) for email in emails}
-        self._store.claim_emails({email_id: now + delay for email_id, delay in delays.items()})
-        for email, result in self._mailer.send_all(emails):
-            finished = self._clock()
-            if result.status == mailer.SENT:
-                self._store.mark_sent(email.id, finished)
-                log.info("sent alert email %d to %s", email.id, email.recipient)
-            elif result.status == mailer.REJECTED:
-                self._store.mark_failed(email.id, finished, result.error)
-                log.error("alert email %d to %s rejected for good: %s", email.id, email.recipient, result.error)
+        outgoing: dict[int, tuple[tuple[int, ...], float]] = {}
+        messages, digests = [], []
+        for group in mailer.by_recipient(emails):
+            ids = tuple(email.id for email in group)
+            previous = _same_digest(group)
+            if len(group) == 1:
+                message = group[0]
+            elif previous is not None:
+                message = mailer.digest(group, previous.message_id, previous.created_at)
             else:
-                delay = delays[email.id]
-                self._store.schedule_retry(email.id, finished + delay, result.error)
-                log.warning(
-                    "alert email %d to %s not sent (%s); retrying in %g s",
-                    email.id,
-                    email.recipient,
-                    result.error,
-                    delay,
-                )
+                message = mailer.digest(group, self._mailer.new_message_id(), now)
+                digests.append(NewDigest(ids, message.recipient, message.subject, message.message_id))
+            outgoing[message.id] = (ids, retry_delay(message.attempts + 1))
+            messages.append(message)
+        self._store.claim_emails(
+            {email_id: now + delay for ids, delay in outgoing.values() for email_id in ids}, now, digests
+        )
+        for message, result in self._mailer.send_all(messages):
+            ids, delay = outgoing[message.id]
+            finished = self._clock()
+            what = f"alert email {ids[0]}" if len(ids) == 1 else f"digest of emails {', '.join(map(str, ids))}"
+            if result.status == mailer.SENT:
+                self._store.mark_sent(ids, finished)
+                log.info("sent %s to %s", what, message.recipient)
+            elif result.status == mailer.REJECTED:
+                self._store.mark_failed(ids, finished, result.error)
+                log.error("%s to %s rejected for good: %s", what, message.recipient, result.error)
+            else:
+                self._store.schedule_retry(ids, finished + delay, result.error)
+                log.warning("%s to %s not sent (%s); retrying in %g s", what, message.recipient, result.error, delay)
         return len(emails)
 
     def deliver_once(self, now: float) -> int:
@@ -173,6 +205,12 @@ class Scheduler:
         for delivery, result in self._webhooks.send_all(deliveries, self._settings.current.webhooks):
             self._record_delivery(delivery, result, self._clock())
         return len(deliveries)
+
+    def checkpoint_once(self, now: float) -> int:
+        """Copy the WAL into the database file as far as readers allow (Store.checkpoint); return 0, as
+        there is never more to do at once."""
+        self._store.checkpoint()
+        return 0
 
     def retain_once(self, now: float) -> int:
         """One step of retention: delete a batch of pings, and of alerts and finished emails, older than
@@ -223,8 +261,8 @@ class Scheduler:
         return False
 
     def start(self) -> None:
-        """Start the absence listener, the outbox drain, the webhook delivery, retention and the heartbeat in
-        background threads."""
+        """Start the absence listener, the outbox drain, the webhook delivery, retention, the WAL checkpoint
+        and the heartbeat in background threads."""
         settings = self._settings
         for name, step, full_step, delay, pause in (
             ("absence-listener", self._listen, USERS_PER_STEP, lambda: settings.current.base_frequency, 0.0),
@@ -243,6 +281,8 @@ class Scheduler:
                 0.0,
             ),
             ("retention", self.retain_once, RETENTION_BATCH, lambda: RETENTION_INTERVAL, RETENTION_PAUSE),
+            # Never "full": one checkpoint, then a wait.
+            ("checkpoint", self.checkpoint_once, 1, lambda: CHECKPOINT_INTERVAL, 0.0),
             # Never "full": one GET, then a wait of heartbeat_frequency.
             ("heartbeat", lambda now: int(self.beat_once()), 2, lambda: settings.current.heartbeat_frequency, 0.0),
         ):
@@ -320,7 +360,7 @@ class Scheduler:
             # Removed by a reload that has not reached the store yet: it is no longer watched.
             return CheckOutcome(user, None)
         server_root = settings.server_root or self.default_root
-        decision = decide(user, now)
+        decision = decide(user, now, user.parent)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
         hooks: tuple[NewWebhook, ...] = ()
@@ -340,6 +380,8 @@ class Scheduler:
             recovery=recovery,
             webhooks=hooks,
             recovery_webhooks=recovery_hooks,
+            suppressed=None if decision.suppressed is None else (decision.suppressed.kind, decision.suppressed.down_at),
+            next_run=decision.next_run,
         )
 
     def _notices(
@@ -368,3 +410,11 @@ class Scheduler:
             if channel.startswith(WEBHOOK_CHANNEL_PREFIX)
         )
         return emails, hooks
+
+
+def _same_digest(emails: list[QueuedEmail]) -> Digest | None:
+    """The digest that carried exactly `emails` last time, if it did; else None."""
+    previous = emails[0].digest
+    if previous is None or previous.emails != len(emails) or any(email.digest != previous for email in emails):
+        return None
+    return previous

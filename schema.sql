@@ -46,13 +46,31 @@ CREATE TABLE users (
     -- pings. Retention does not lower them.
     pings_total     INTEGER NOT NULL DEFAULT 0,
     alerts_total    INTEGER NOT NULL DEFAULT 0,
+    -- The user this one depends on (settings.json's depends_on): while it is down, this one's alerts
+    -- are suppressed.
+    parent_id       INTEGER REFERENCES users (id),
+    -- When its parent last came back from an outage: its silence is measured from then at the earliest.
+    silence_from    REAL,
+    -- The end of its latest snooze (/snooze); snoozed while it is in the future.
+    snoozed_until   REAL,
+    -- The down_since of the outage its latest snooze began in, if alerted: that outage is not alerted again.
+    muted_outage    REAL,
+    -- The condition whose alert its parent's outage suppressed (recorded in alerts), until its next
+    -- success or its parent's return.
+    suppressed_kind TEXT,
     -- A user watched by a schedule instead of max_sleep (which is then 0): its 5-field cron expression,
     -- the IANA zone it is read in, and the seconds it may be late after each expected time. NULL otherwise.
     schedule        TEXT,
     tz              TEXT,
-    grace           REAL
+    grace           REAL,
+    -- For a scheduled user, the absence listener's last look: the moment its silence was measured from,
+    -- and its schedule's next run after that. SQL reads them to tell whether it was down as a parent.
+    next_run_after  REAL,
+    next_run        REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
+-- A parent's children, whose silence its return restarts.
+CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
 
 -- Every signal received (a ping of any kind; within retention_days, if set). The service records one as one INSERT; a trigger
 -- that exists only on its own connections (store.py) moves the user's state and due_at in the same
@@ -81,11 +99,26 @@ CREATE TABLE alerts (
     -- 'late' (silence), 'failed', 'run_timeout', or 'back' for a recovery.
     kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
     -- When the outage it belongs to went down.
-    went_down_at REAL
+    went_down_at REAL,
+    -- 1: not sent, because the user it depends on was down (its emails were never queued).
+    suppressed   INTEGER NOT NULL DEFAULT 0 CHECK (suppressed IN (0, 1))
 );
 CREATE INDEX alerts_by_user_time ON alerts (user_id, at);
 -- Retention deletes old alerts along this index.
 CREATE INDEX alerts_by_time ON alerts (at);
+
+-- Emails that went out as one: several outbox rows for one recipient, due at the same drain step, sent
+-- as one digest email with its own subject, Date and Message-ID. Its rows (outbox.digest_id) are sent,
+-- retried or failed together; tried again as they were, they keep this digest's Message-ID.
+CREATE TABLE digests (
+    id         INTEGER PRIMARY KEY,
+    recipient  TEXT    NOT NULL,
+    subject    TEXT    NOT NULL,
+    message_id TEXT    NOT NULL,
+    created_at REAL    NOT NULL,
+    -- How many outbox rows it carried.
+    emails     INTEGER NOT NULL
+);
 
 -- Alert emails, one per recipient. A row leaves the queue (status 'queued') only once the SMTP
 -- server accepted it ('sent') or rejected it permanently ('failed'); both stay as history.
@@ -102,7 +135,9 @@ CREATE TABLE outbox (
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
     last_error      TEXT,
-    finished_at     REAL
+    finished_at     REAL,
+    -- The latest digest that carried it, if one did.
+    digest_id       INTEGER REFERENCES digests (id)
 );
 CREATE INDEX outbox_queue ON outbox (next_attempt_at) WHERE status = 'queued';
 -- An alert's emails: for the overview's day view, and so that deleting an alert checks that no email
@@ -111,6 +146,8 @@ CREATE INDEX outbox_by_alert ON outbox (alert_id);
 -- The metrics count sent and failed emails, and retention finds old ones, along this index (queued ones
 -- along outbox_queue).
 CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued';
+-- A digest's emails.
+CREATE INDEX outbox_by_digest ON outbox (digest_id) WHERE digest_id IS NOT NULL;
 
 -- Webhook deliveries, one per "webhook:NAME" channel of an alert or recovery (a user's `notify`). As in
 -- the outbox, a row leaves the queue (status 'queued') only once the webhook answered 2xx ('sent') or
@@ -157,6 +194,10 @@ SELECT username, configured, monitor, max_sleep, email_frequency,
        datetime(failed_at, 'unixepoch', 'localtime') AS failed_at,
        last_alert_kind,
        datetime(down_since, 'unixepoch', 'localtime') AS down_since,
+       (SELECT parent.username FROM users AS parent WHERE parent.id = users.parent_id) AS depends_on,
+       datetime(silence_from, 'unixepoch', 'localtime') AS silence_from,
+       datetime(snoozed_until, 'unixepoch', 'localtime') AS snoozed_until,
+       suppressed_kind,
        schedule, tz, grace
 FROM users;
 
@@ -165,7 +206,8 @@ SELECT users.username,
        datetime(alerts.at, 'unixepoch', 'localtime') AS alerted_at,
        datetime(alerts.last_ping, 'unixepoch', 'localtime') AS last_ping,
        alerts.kind,
-       datetime(alerts.went_down_at, 'unixepoch', 'localtime') AS went_down_at
+       datetime(alerts.went_down_at, 'unixepoch', 'localtime') AS went_down_at,
+       alerts.suppressed
 FROM alerts JOIN users ON users.id = alerts.user_id;
 
 CREATE VIEW outbox_readable AS
@@ -173,7 +215,7 @@ SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attemp
        datetime(outbox.queued_at, 'unixepoch', 'localtime') AS queued_at,
        datetime(outbox.next_attempt_at, 'unixepoch', 'localtime') AS next_attempt_at,
        datetime(outbox.finished_at, 'unixepoch', 'localtime') AS finished_at,
-       outbox.last_error, outbox.subject, alerts.kind
+       outbox.last_error, outbox.subject, alerts.kind, outbox.digest_id
 FROM outbox
 JOIN alerts ON alerts.id = outbox.alert_id
 JOIN users ON users.id = alerts.user_id;
@@ -188,3 +230,13 @@ SELECT webhook_outbox.id, users.username, 'webhook:' || webhook_outbox.webhook A
 FROM webhook_outbox
 JOIN alerts ON alerts.id = webhook_outbox.alert_id
 JOIN users ON users.id = alerts.user_id;
+
+CREATE VIEW digests_readable AS
+SELECT digests.id, digests.recipient, digests.subject, digests.emails,
+       datetime(digests.created_at, 'unixepoch', 'localtime') AS created_at,
+       group_concat(users.username || ' (' || alerts.kind || ', ' || outbox.status || ')', ', ') AS carried
+FROM digests
+JOIN outbox ON outbox.digest_id = digests.id
+JOIN alerts ON alerts.id = outbox.alert_id
+JOIN users ON users.id = alerts.user_id
+GROUP BY digests.id;

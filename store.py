@@ -6,6 +6,7 @@ locked", and the busy timeout covers other processes such as a person's `sqlite3
 All times are UTC epoch seconds, passed in by the caller: the store never reads a clock.
 """
 
+import dataclasses
 import os
 import re
 import sqlite3
@@ -68,12 +69,35 @@ CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE stat
 CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
 CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status != 'queued';
 """
-# Schedules (schema version 7): a user watched by a cron expression in a zone, with a grace time,
-# instead of max_sleep (which is then 0 and unused).
+# Storm control (schema version 7): dependencies, snoozes and suppressed alerts; digests of emails.
+STORM_CONTROL_UPGRADE_SQL = """
+ALTER TABLE users ADD COLUMN parent_id INTEGER REFERENCES users (id);
+ALTER TABLE users ADD COLUMN silence_from REAL;
+ALTER TABLE users ADD COLUMN snoozed_until REAL;
+ALTER TABLE users ADD COLUMN muted_outage REAL;
+ALTER TABLE users ADD COLUMN suppressed_kind TEXT;
+CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
+ALTER TABLE alerts ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0 CHECK (suppressed IN (0, 1));
+CREATE TABLE digests (
+    id         INTEGER PRIMARY KEY,
+    recipient  TEXT    NOT NULL,
+    subject    TEXT    NOT NULL,
+    message_id TEXT    NOT NULL,
+    created_at REAL    NOT NULL,
+    emails     INTEGER NOT NULL
+);
+ALTER TABLE outbox ADD COLUMN digest_id INTEGER REFERENCES digests (id);
+CREATE INDEX outbox_by_digest ON outbox (digest_id) WHERE digest_id IS NOT NULL;
+"""
+# Schedules (schema version 8): a user watched by a cron expression in a zone, with a grace time,
+# instead of max_sleep (which is then 0 and unused); and the listener's last answer to "when is it next
+# expected" (next_run, after next_run_after), so that SQL can tell whether a scheduled parent was down.
 SCHEDULES_UPGRADE_SQL = """
 ALTER TABLE users ADD COLUMN schedule TEXT;
 ALTER TABLE users ADD COLUMN tz TEXT;
 ALTER TABLE users ADD COLUMN grace REAL;
+ALTER TABLE users ADD COLUMN next_run_after REAL;
+ALTER TABLE users ADD COLUMN next_run REAL;
 """
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
@@ -98,7 +122,9 @@ MIGRATIONS: tuple[str, ...] = (
     " CREATE INDEX outbox_finished ON outbox (status, finished_at) WHERE status != 'queued'",
     # 5 -> 6: channels: the queue of webhook deliveries.
     WEBHOOK_OUTBOX_SQL,
-    # 6 -> 7: schedules.
+    # 6 -> 7: storm control.
+    STORM_CONTROL_UPGRADE_SQL,
+    # 7 -> 8: schedules.
     SCHEDULES_UPGRADE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
@@ -109,50 +135,98 @@ HEALTH_TIMEOUT_MS = 500
 
 
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
-# while a recovery waits; else, if monitored, the earliest of the failure, the run's deadline (its start,
-# or the start of monitoring if later, plus max_runtime) and the silence's deadline (the later of the last
-# ping and the start of monitoring, plus max_sleep). Multi-argument min() and max() are NULL if any
-# argument is, hence the coalesce()s. A scheduled user's deadline needs cronsim: SQL makes it due at its
-# last sign of life, so the absence listener looks at it once after each contact and stores its real
-# deadline (rules.due_at says so too). Written at every start (_restart_monitoring) and by every signal
-# (_SIGNAL_TRIGGER_SQL). tests/test_store.py checks with random signals and restarts that they agree.
+# while a recovery waits; else, if monitored, the earliest of the failure (or the snooze's end, if later),
+# the run's deadline (its start, or the restart of its measures if later, plus max_runtime) and the
+# silence's deadline (the later of the last ping and that restart, plus max_sleep), as they will be once
+# any snooze is over. The restart of the measures (rules._restarted_at) is the latest of the start of
+# monitoring, the parent's return and the snooze's end. Multi-argument min() and max() are NULL if any
+# argument is, hence the coalesce()s. Written at every start (_restart_monitoring), by every signal and
+# snooze (_SIGNAL_TRIGGER_SQL, snooze()). tests/test_store.py checks with random signals, snoozes and
+# restarts that they agree. A scheduled user's deadline needs cronsim: SQL makes it due at the moment its
+# silence is measured from, so the absence listener looks at it once after each contact or start and
+# stores its real deadline (rules.due_at says so too).
+def _restarted_sql(at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
+    """rules._restarted_at in SQL, at the time `at` (None: once any snooze is over), over the columns of
+    `prefix` (a table alias and a dot, or ""), reading silence_from from the given SQL expression instead."""
+    since = f"{prefix}monitored_since"
+    snooze_end = (
+        f"coalesce({prefix}snoozed_until, {since})"
+        if at is None
+        else f"CASE WHEN {prefix}snoozed_until <= {at} THEN {prefix}snoozed_until ELSE {since} END"
+    )
+    return f"max({since}, coalesce({silence_from}, {since}), {snooze_end})"
+
+
 def _due_at_sql(
     last_ping: str = "last_ping",
     run_started: str = "run_started",
     failed_at: str = "failed_at",
     back_at: str = "back_at",
+    silence_from: str = "silence_from",
 ) -> str:
     """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
+    restarted = _restarted_sql(silence_from=silence_from)
     late_at = (
-        f"max(coalesce({last_ping}, monitored_since), monitored_since) + CASE WHEN schedule IS NULL THEN max_sleep"
-        " ELSE 0 END"
+        f"max(coalesce({last_ping}, {restarted}), {restarted}) + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
     )
+    failed = f"max({failed_at}, coalesce(snoozed_until, {failed_at}))"
     return (
-        f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed_at}, {late_at}),"
-        f" coalesce(max({run_started}, monitored_since) + max_runtime, {late_at}), {late_at}) END"
+        f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed}, {late_at}),"
+        f" coalesce(max({run_started}, {restarted}) + max_runtime, {late_at}), {late_at}) END"
+    )
+
+
+def _down_sql(at: str, prefix: str) -> str:
+    """Whether the user of the columns of `prefix` is in a condition at the time `at`: rules.condition is
+    not None, in SQL (a snooze changes nothing). tests/test_store.py checks that they agree.
+
+    A scheduled user's silence deadline is its next run (plus grace) as the absence listener last stored
+    it, if that was for the moment its silence is measured from at `at`; otherwise it is not known here
+    and the user counts as not silent (the listener looks at a scheduled user after each of its signals,
+    so this is only so within one step of one)."""
+    restarted = _restarted_sql(at, f"{prefix}silence_from", prefix)
+    seen = f"max(coalesce({prefix}last_ping, {restarted}), {restarted})"
+    return (
+        f"({prefix}monitor AND ({prefix}failed_at IS NOT NULL"
+        f" OR {at} > max({prefix}run_started, {restarted}) + {prefix}max_runtime"
+        f" OR CASE WHEN {prefix}schedule IS NULL THEN {at} > {seen} + {prefix}max_sleep"
+        f" ELSE {prefix}next_run_after = {seen} AND {at} > {prefix}next_run + {prefix}grace END))"
     )
 
 
 _DUE_AT = _due_at_sql()
-# When the earliest of a monitored user's conditions begins (rules.condition: the failure, the run's
-# deadline, the silence's deadline), for the metrics' up: _DUE_AT without the pending recovery.
+# When the earliest of a monitored user's conditions begins at :now (rules.condition: the failure, the run's
+# deadline, the silence's deadline, each measured as rules.silence_start says at :now), for the metrics' up.
+_RESTARTED_NOW = _restarted_sql(":now")
 _CONDITION_AT = (
-    "CASE WHEN monitor THEN min(coalesce(failed_at, {late}), coalesce(max(run_started, monitored_since) + max_runtime,"
+    "CASE WHEN monitor THEN min(coalesce(failed_at, {late}), coalesce(max(run_started, {restarted}) + max_runtime,"
     " {late}), {late}) END"
-).format(late="max(coalesce(last_ping, monitored_since), monitored_since) + max_sleep")
+).format(late=f"max(coalesce(last_ping, {_RESTARTED_NOW}), {_RESTARTED_NOW}) + max_sleep", restarted=_RESTARTED_NOW)
 
 # A user as UserState holds it, in its field order.
 _USER_COLUMNS = (
     "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
-    " down_since, back_at, last_signal, schedule, tz, grace"
+    " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
+    " grace"
 )
+# A user and, in the same row, the user it depends on (NULLs if none): read together, so that the
+# listener decides about a child from its parent's state at the same moment.
+_USER_AND_PARENT = ", ".join(
+    [f"child.{column}" for column in _USER_COLUMNS.split(", ")] + [f"parent.{c}" for c in _USER_COLUMNS.split(", ")]
+)
+_WITH_PARENT = "users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
 # `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
-DUE_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE due_at < ? ORDER BY due_at LIMIT ?"
+DUE_USERS_SQL = f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.due_at < ? ORDER BY child.due_at LIMIT ?"
+# Each due email with what a digest needs: its user and kind, and the digest that carried it last.
 DUE_EMAILS_SQL = (
-    "SELECT id, recipient, subject, body, message_id, queued_at, attempts FROM outbox"
-    " WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+    "SELECT outbox.id, outbox.recipient, outbox.subject, outbox.body, outbox.message_id, outbox.queued_at,"
+    " outbox.attempts, users.username, alerts.kind, digests.id, digests.message_id, digests.created_at,"
+    " digests.emails"
+    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " LEFT JOIN digests ON digests.id = outbox.digest_id"
+    " WHERE outbox.status = 'queued' AND outbox.next_attempt_at <= ? ORDER BY outbox.next_attempt_at LIMIT ?"
 )
 # Through webhook_outbox_queue, then the alert and its user by primary key.
 DUE_WEBHOOKS_SQL = (
@@ -169,7 +243,9 @@ SIGNALS_BETWEEN_SQL = (
 # The testing page's queries, run about once a second while it is open. Every configured user is
 # read in username order through the UNIQUE index (no sort); the newest emails are read backwards
 # along the outbox's primary key and joined through primary keys, so LIMIT bounds the work.
-CONFIGURED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured = 1 ORDER BY username"
+CONFIGURED_USERS_SQL = (
+    f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.configured = 1 ORDER BY child.username"
+)
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
 # (through users' UNIQUE index and per-user seeks of pings_by_user_time and alerts_by_user_time) or the
 # number of new pings (along the pings' primary key), never the size of the history.
@@ -197,8 +273,9 @@ DAY_ALERTS_SQL = (
 )
 RECENT_EMAILS_SQL = (
     "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
-    " outbox.queued_at, outbox.finished_at, alerts.kind"
+    " outbox.queued_at, outbox.finished_at, alerts.kind, outbox.digest_id, digests.subject"
     " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " LEFT JOIN digests ON digests.id = outbox.digest_id"
     " ORDER BY outbox.id DESC LIMIT ?"
 )
 RECENT_WEBHOOKS_SQL = (
@@ -223,6 +300,12 @@ OLD_PINGS_SQL = "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = 
 _DELETE_FINISHED_SQL = (
     "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status != 'queued' AND status IN ('sent', 'failed')"
     " AND finished_at < ? LIMIT ?)"
+)
+# Digests once none of their emails is left, oldest first: along digests' primary key (ids grow with time),
+# each checked through outbox_by_digest.
+DELETE_OLD_DIGESTS_SQL = (
+    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT ?)"
 )
 DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
 DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
@@ -253,11 +336,22 @@ _SIGNAL_EFFECTS = {
         "(CASE WHEN NEW.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, NEW.at) ELSE back_at END)"
     ),
 }
+# A success of a parent that was down restarts its children's silence from that moment (rules.py): first,
+# while the parent's row still reads as it was before this signal. A parent is found through the
+# primary key and its children through users_by_parent, so this costs a user with no children one seek.
+_PARENT_RETURN_SQL = (
+    "UPDATE users SET silence_from = max(coalesce(silence_from, NEW.at), NEW.at), suppressed_kind = NULL,"
+    f" due_at = {_due_at_sql(silence_from='max(coalesce(silence_from, NEW.at), NEW.at)')}"
+    " WHERE parent_id = NEW.user_id AND NEW.kind = 'success'"
+    f" AND (SELECT {_down_sql('NEW.at', 'parent.')} FROM users AS parent WHERE parent.id = NEW.user_id);"
+)
 _SIGNAL_TRIGGER_SQL = (
-    "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN"
-    " UPDATE users SET "
+    "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN "
+    + _PARENT_RETURN_SQL
+    + " UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(NEW.duration, last_duration),"
+    " suppressed_kind = CASE NEW.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
     " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
     f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
@@ -304,9 +398,24 @@ class UserState:
     down_since: float | None = None
     back_at: float | None = None
     last_signal: int | None = None
+    silence_from: float | None = None
+    snoozed_until: float | None = None
+    muted_outage: float | None = None
+    suppressed_kind: str | None = None
     schedule: str | None = None
     tz: str | None = None
     grace: float | None = None
+    # The user it depends on, read in the same statement (its own parent is not read); None if none.
+    parent: "UserState | None" = None
+
+
+_USER_FIELDS = len(_USER_COLUMNS.split(", "))
+
+
+def _user_and_parent(row: Sequence[Any]) -> UserState:
+    """The UserState of a row of _USER_AND_PARENT: the user's columns, then its parent's (NULLs if none)."""
+    user = UserState(*row[:_USER_FIELDS])
+    return user if row[_USER_FIELDS] is None else dataclasses.replace(user, parent=UserState(*row[_USER_FIELDS:]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +431,8 @@ class Signal:
 
 @dataclass(frozen=True, slots=True)
 class UserCounts:
-    """A configured user's deadline (when its first condition begins, as rules.condition says; None if not
-    monitored), last ping and counters.
+    """A configured user's deadline (when its first condition begins, as rules.condition says at the time
+    asked about, a snooze changing nothing; None if not monitored), last ping and counters.
 
     The counters, pings and alerts recorded since the user was first configured, never go down:
     retention deletes old pings and alerts, not what was counted.
@@ -336,7 +445,7 @@ class UserCounts:
     alerts: int
     # A scheduled user's whole state: its deadline needs its schedule, which SQL cannot evaluate, so its
     # condition_at above counts its silence from its last contact (rules.condition_at gives the real one).
-    scheduled: UserState | None = None
+    scheduled: "UserState | None" = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +487,11 @@ class CheckOutcome:
     look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
     back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
     is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
-    or ends an outage.
+    or ends an outage. `suppressed`, if not None,
+    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
+    recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment its silence is
+    measured from, its schedule's next run after it), as rules.decide worked it out (Decision.next_run),
+    kept so that SQL can tell whether it is down when it is a parent.
     """
 
     user: UserState
@@ -388,13 +501,19 @@ class CheckOutcome:
     down_since: float | None = None
     ends_outage: bool = False
     recovery: tuple[NewEmail, ...] = ()
+    suppressed: tuple[str, float] | None = None
     webhooks: tuple[NewWebhook, ...] = ()
     recovery_webhooks: tuple[NewWebhook, ...] = ()
+    next_run: tuple[float, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedEmail:
-    """An outbox row waiting to be sent."""
+    """An outbox row waiting to be sent, or a digest of several (mailer.digest builds those).
+
+    `username` and `kind` say whom and what it is about (rules.BACK for a recovery). `digest` is the
+    latest digest that carried it, if one did.
+    """
 
     id: int
     recipient: str
@@ -403,6 +522,30 @@ class QueuedEmail:
     message_id: str
     queued_at: float
     attempts: int
+    username: str = ""
+    kind: str = SILENCE
+    digest: "Digest | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A digest as recorded: its id, Message-ID, when it was made (its Date) and how many emails it carried."""
+
+    id: int
+    message_id: str
+    created_at: float
+    emails: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewDigest:
+    """A digest about to be tried for the first time: the ids of the outbox rows it carries, its subject and
+    Message-ID (the drain's `now` is its Date)."""
+
+    email_ids: tuple[int, ...]
+    recipient: str
+    subject: str
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +576,9 @@ class EmailEvent:
     queued_at: float
     finished_at: float | None
     kind: str = SILENCE
+    # The latest digest that carried it, and that digest's subject; None if none did.
+    digest_id: int | None = None
+    digest_subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,10 +824,10 @@ class Store:
         return Signal(*row)
 
     def configured_users(self) -> list[UserState]:
-        """Every configured user's state, in username order."""
+        """Every configured user's state with its parent's, in username order."""
         with self._read() as connection:
             rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
-        return [UserState(*row) for row in rows]
+        return [_user_and_parent(row) for row in rows]
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """The `limit` most recently queued alert emails, newest first."""
@@ -690,10 +836,39 @@ class Store:
         return [EmailEvent(*row) for row in rows]
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
-        """Up to `limit` configured users whose due_at is before `now`, earliest first."""
+        """Up to `limit` configured users whose due_at is before `now`, earliest first, each with its parent
+        as it is now (read in the same statement)."""
         with self._read() as connection:
             rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
-        return [UserState(*row) for row in rows]
+        return [_user_and_parent(row) for row in rows]
+
+    def snooze(self, username: str, until: float, now: float) -> float:
+        """Snooze the configured user `username` until `until`, or, with `until` <= `now`, end its snooze at
+        `now` if it is snoozed (else change nothing); return when its snooze ends (`now` if it is not snoozed).
+
+        A snooze that begins during an alerted outage mutes it (muted_outage): rules.decide alerts it no
+        more. The deadline moves with the snooze, as rules.due_at says. Raises UnknownUserError if the user
+        is not configured.
+        """
+        with self._write() as connection:
+            row = connection.execute(
+                "SELECT id, snoozed_until FROM users WHERE username = ? AND configured = 1", (username,)
+            ).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {username}")
+            user_id, snoozed_until = row
+            if until <= now:
+                if snoozed_until is None or snoozed_until <= now:
+                    return now
+                until = now
+            connection.execute(
+                "UPDATE users SET snoozed_until = ?1,"
+                " muted_outage = CASE WHEN ?1 > ?2 AND back_at IS NULL THEN coalesce(down_since, muted_outage)"
+                " ELSE muted_outage END WHERE id = ?3",
+                (until, now, user_id),
+            )
+            connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE id = ?", (user_id,))
+        return until
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
@@ -711,12 +886,17 @@ class Store:
                 user = outcome.user
                 alerting = bool(outcome.emails or outcome.webhooks)
                 changes_outage = alerting or outcome.ends_outage
+                suppressed_kind, suppressed_at = outcome.suppressed or (None, None)
+                run_after, next_run = outcome.next_run or (None, None)
                 claimed = connection.execute(
                     "UPDATE users SET due_at = ?1,"
                     " last_alert = CASE WHEN ?2 THEN ?3 ELSE last_alert END,"
                     " last_alert_kind = CASE WHEN ?2 THEN ?4 ELSE last_alert_kind END,"
                     " down_since = CASE WHEN ?5 THEN ?6 ELSE down_since END,"
                     " back_at = CASE WHEN ?7 THEN NULL ELSE back_at END,"
+                    " suppressed_kind = coalesce(?11, suppressed_kind),"
+                    " next_run = CASE WHEN ?12 IS NULL THEN next_run ELSE ?13 END,"
+                    " next_run_after = coalesce(?12, next_run_after),"
                     " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END"
                     " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
                     (
@@ -730,10 +910,19 @@ class Store:
                         user.id,
                         user.due_at,
                         user.last_signal,
+                        suppressed_kind,
+                        run_after,
+                        next_run,
                     ),
                 ).rowcount
                 if not claimed:
                     continue
+                if suppressed_kind is not None:
+                    connection.execute(
+                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
+                        " VALUES (?, ?, ?, ?, ?, 1)",
+                        (user.id, now, user.last_ping, suppressed_kind, suppressed_at),
+                    )
                 # The recovery first: it closes the outage that an alert in the same step may follow.
                 for kind, went_down_at, queued, hooks in (
                     (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
@@ -765,13 +954,15 @@ class Store:
         return alerts
 
     def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """Up to `limit` queued emails whose next attempt is at or before `now`, oldest due first."""
+        """Up to `limit` queued emails whose next attempt is at or before `now`, oldest due first, each with
+        its user, kind and the digest that carried it last."""
         with self._read() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
-        return [QueuedEmail(*row) for row in rows]
+        return [_queued_email(row) for row in rows]
 
-    def claim_emails(self, retry_times: Mapping[int, float]) -> None:
-        """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds).
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> None:
+        """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds), and
+        record each new digest (made at `now`) with the rows it carries.
 
         Committed before the SMTP conversation, so an email whose result cannot be recorded (the
         service is killed, or the database refuses the write) is sent again only after this
@@ -782,30 +973,38 @@ class Store:
                 "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
                 [(at, email_id) for email_id, at in retry_times.items()],
             )
+            for digest in digests:
+                digest_id = connection.execute(
+                    "INSERT INTO digests (recipient, subject, message_id, created_at, emails) VALUES (?, ?, ?, ?, ?)",
+                    (digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids)),
+                ).lastrowid
+                connection.executemany(
+                    "UPDATE outbox SET digest_id = ? WHERE id = ?", [(digest_id, i) for i in digest.email_ids]
+                )
 
-    def mark_sent(self, email_id: int, now: float) -> None:
-        """Record that the SMTP server accepted the email at `now`; it leaves the queue."""
-        self._finish_email(email_id, "sent", now, None)
+    def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
+        """Record that the SMTP server accepted the emails (one, or a digest's) at `now`; they leave the queue."""
+        self._finish_emails(email_ids, "sent", now, None)
 
-    def mark_failed(self, email_id: int, now: float, error: str | None) -> None:
-        """Record a permanent rejection; the email leaves the queue with status 'failed'."""
-        self._finish_email(email_id, "failed", now, error)
+    def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
+        """Record a permanent rejection of the emails (one, or a digest's); they leave the queue as 'failed'."""
+        self._finish_emails(email_ids, "failed", now, error)
 
-    def schedule_retry(self, email_id: int, next_attempt_at: float, error: str | None) -> None:
-        """Record a failed attempt; the email stays queued until `next_attempt_at`."""
+    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
+        """Record a failed attempt of the emails (one, or a digest's); they stay queued until `next_attempt_at`."""
         with self._write() as connection:
-            connection.execute(
+            connection.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
                 " WHERE id = ? AND status = 'queued'",
-                (error, next_attempt_at, email_id),
+                [(error, next_attempt_at, email_id) for email_id in email_ids],
             )
 
-    def _finish_email(self, email_id, status, now, error):
+    def _finish_emails(self, email_ids, status, now, error):
         with self._write() as connection:
-            connection.execute(
+            connection.executemany(
                 "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
                 " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
-                (status, error, now, email_id),
+                [(status, error, now, email_id) for email_id in email_ids],
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
@@ -850,10 +1049,11 @@ class Store:
             rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
         return [WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:]) for row in rows]
 
-    def user_counts(self) -> list[UserCounts]:
-        """Every configured user's deadline and counters, for a metrics scrape: one row per user, no ping read."""
+    def user_counts(self, now: float) -> list[UserCounts]:
+        """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
+        no ping read."""
         with self._read() as connection:
-            rows = connection.execute(USER_COUNTS_SQL).fetchall()
+            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
             scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
         return [
             UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
@@ -882,16 +1082,28 @@ class Store:
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
         """Delete up to `limit` sent or failed emails finished before `cutoff`, as many webhook deliveries,
-        and up to `limit` alerts decided before it that no email or delivery refers to any more; return
-        how many rows were deleted.
+        and up to `limit` digests and `limit` alerts made before it that no email or delivery refers to any
+        more; return how many rows were deleted.
 
         Queued emails and deliveries, and the alerts they belong to, are kept whatever their age.
         """
         with self._write() as connection:
             emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
             hooks = connection.execute(DELETE_OLD_WEBHOOKS_SQL, (cutoff, limit)).rowcount
+            digests = connection.execute(DELETE_OLD_DIGESTS_SQL, (cutoff, limit)).rowcount
             alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
-        return emails + hooks + alerts
+        return emails + hooks + digests + alerts
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the WAL holds into the database file as far as readers allow, without blocking
+        writers or readers (a PASSIVE checkpoint); return (frames in the WAL, frames copied).
+
+        Once every frame is copied, the next write starts the WAL again from its beginning, so
+        calling this often keeps the WAL file small.
+        """
+        with self._read() as connection:
+            _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, copied
 
     def check_writable(self) -> None:
         """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
@@ -966,6 +1178,10 @@ class Store:
             with self._connections_lock:
                 self._connections.append(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
+            # No commit copies the WAL into the database file (a checkpoint, with its fsync, can take
+            # hundreds of milliseconds on a big file): the scheduler's checkpoint loop does
+            # (checkpoint()), so a ping never waits for one.
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
             connection.execute("PRAGMA foreign_keys = ON")
             # The first connection creates the tables; it gets the trigger once they exist.
             if self._schema_ready:
@@ -1006,7 +1222,15 @@ class Store:
                 raise
 
 
-# The settings a users row mirrors, as columns and as _user_settings gives them.
+def _queued_email(row: Sequence[Any]) -> QueuedEmail:
+    """The QueuedEmail of a row of DUE_EMAILS_SQL."""
+    email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind = row[:9]
+    digest = None if row[9] is None else Digest(*row[9:])
+    return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
+
+
+# The settings a users row mirrors (depends_on aside, kept as parent_id), as columns and as _user_settings
+# gives them.
 _SETTINGS_COLUMNS = (
     "monitor",
     "max_sleep",
@@ -1024,7 +1248,10 @@ def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig]
     configured = {
         name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
         for name, *row in connection.execute(
-            f"SELECT username, {', '.join(_SETTINGS_COLUMNS)} FROM users WHERE configured = 1"
+            "SELECT child.username, "
+            + ", ".join(f"child.{column}" for column in _SETTINGS_COLUMNS)
+            + ", parent.username FROM users AS child"
+            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured = 1"
         )
     }
     wanted = {name: _user_settings(user) for name, user in users.items()}
@@ -1049,6 +1276,11 @@ def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig]
         + " WHERE username = :name",
         [_user_parameters(name, wanted[name], now) for name in changed],
     )
+    # Once every user is in: a parent may be added with its children.
+    connection.executemany(
+        "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?",
+        [(users[name].depends_on, name) for name in added + changed],
+    )
     connection.executemany(
         f"UPDATE users SET due_at = {_DUE_AT} WHERE username = ?", [(name,) for name in added + changed]
     )
@@ -1056,7 +1288,8 @@ def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig]
 
 
 def _user_settings(user: UserConfig) -> tuple[Any, ...]:
-    """`user`'s settings as its row holds them, in _SETTINGS_COLUMNS order (a scheduled user's max_sleep is 0)."""
+    """`user`'s settings as its row holds them, in _SETTINGS_COLUMNS order (a scheduled user's max_sleep is 0),
+    then its depends_on."""
     return (
         user.monitor,
         user.max_sleep or 0.0,
@@ -1066,11 +1299,12 @@ def _user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.schedule,
         user.tz,
         user.grace,
+        user.depends_on,
     )
 
 
 def _user_parameters(name, settings, now):
-    parameters = dict(zip(_SETTINGS_COLUMNS, settings, strict=True))
+    parameters = dict(zip(_SETTINGS_COLUMNS, settings, strict=False))
     return {**parameters, "monitor": int(settings[0]), "notify_recovery": int(settings[4]), "name": name, "now": now}
 
 

@@ -50,6 +50,7 @@ from rules import (
     live_state,
     run_deadline,
     signal_kind,
+    snoozed,
 )
 from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
 
@@ -79,6 +80,8 @@ PING_PATH = "/ping"
 PATH_SIGNALS = {START: START, FAIL: FAIL, LOG: LOG}
 # How many of the newest alert emails the testing page shows.
 RECENT_EMAILS = 50
+# The longest snooze, in minutes: a week.
+MAX_SNOOZE_MINUTES = 10_080
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
 # On every answer: the page loads scripts, styles and data from this origin only (no inline
@@ -163,6 +166,20 @@ def make_app(
             del times[LOGS_MAX_PINGS:]
             bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
         return json.dumps(local_clock_times(times))
+
+    @app.route("/snooze", method=["GET", "POST"])
+    def snooze():
+        query = query_fields(bottle.request.environ.get("QUERY_STRING", ""))
+        username = query.get("username")
+        if not username:
+            raise bottle.HTTPError(400, "missing username")
+        minutes = _snooze_minutes(query.get("minutes"))
+        # Who may snooze a user is who may signal for it.
+        _check_signal_allowed(settings, username, query, bottle.request.environ)
+        now = clock()
+        until = store.snooze(username, now + minutes * 60, now)
+        bottle.response.content_type = PLAIN_TEXT
+        return format_ping_time(until)
 
     @app.get("/")
     def testing_page():
@@ -304,11 +321,7 @@ def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSetting
             username, kind, exit_code = _path_signal(environ["PATH_INFO"])
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
-    # The settings in force say who may signal, and with which token; the store follows them on a reload.
-    user = settings.current.users.get(username)
-    if user is None:
-        raise bottle.HTTPError(404, f"unknown user {username}")
-    check_ping_token(user, username, query, environ)
+    _check_signal_allowed(settings, username, query, environ)
     body = _signal_body(environ) if environ.get("REQUEST_METHOD") == "POST" else None
     now = clock()
     try:
@@ -316,6 +329,18 @@ def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSetting
     except (UnknownUserError, StoreUnavailableError) as error:
         raise _http_error(error, environ) from None
     return format_ping_time(now)
+
+
+def _check_signal_allowed(
+    settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
+) -> None:
+    """Return if `username` may be signalled (or snoozed) by this request; raise 404 for a user not in the
+    settings in force, 403 without its token (guards.check_ping_token). The store follows the settings on
+    a reload."""
+    user = settings.current.users.get(username)
+    if user is None:
+        raise bottle.HTTPError(404, f"unknown user {username}")
+    check_ping_token(user, username, query, environ)
 
 
 def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
@@ -386,6 +411,15 @@ def _signal_body(environ: WSGIEnvironment) -> str | None:
     return data.decode("utf-8", errors="replace") if data else None
 
 
+def _snooze_minutes(text: str | None) -> int:
+    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES in decimal digits; QueryError if not."""
+    if text is None:
+        raise QueryError("missing minutes")
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > MAX_SNOOZE_MINUTES:
+        raise QueryError(f"invalid minutes {text[:20]!r}: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
+    return int(text)
+
+
 def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
     """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
     times = local_clock_times(signal.at for signal in signals)
@@ -409,9 +443,17 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
     its schedule and zone come along.
     """
     deadlines = [t for t in (late_at(user), run_deadline(user)) if t is not None]
+    held_back = held_back_until(user, now, user.parent)
+    held_back_by = None
+    if held_back is not None:
+        # Without its parent, only email_frequency or a snooze can hold an alert back.
+        waits_for_parent = held_back != held_back_until(user, now)
+        held_back_by = "snooze" if snoozed(user, now) else "parent" if waits_for_parent else "email_frequency"
     return {
-        "state": live_state(user, now),
+        "state": live_state(user, now, user.parent),
         "last_duration": user.last_duration,
+        "depends_on": None if user.parent is None else user.parent.username,
+        "held_back_by": held_back_by,
         # Its settings too, so that the page follows a reload (a scheduled user has no max_sleep).
         "monitor": bool(user.monitor),
         "max_sleep": None if user.schedule is not None else user.max_sleep,
@@ -424,9 +466,10 @@ def _live_user(user: UserState, now: float) -> dict[str, Any]:
             expected_at=expected_at(user),
             late_at=min(deadlines) if deadlines else None,
             last_alert=user.last_alert,
-            held_back_until=held_back_until(user, now),
+            held_back_until=held_back,
             run_started=user.run_started,
             failed_at=user.failed_at,
+            snoozed_until=user.snoozed_until if snoozed(user, now) else None,
         ),
     }
 
@@ -441,6 +484,8 @@ def _email_event(email: EmailEvent) -> dict[str, Any]:
         "recipient": email.recipient,
         "status": email.status,
         "attempts": email.attempts,
+        "digest_id": email.digest_id,
+        "digest_subject": email.digest_subject,
         **_times(last_ping=email.last_ping, queued_at=email.queued_at, finished_at=email.finished_at),
     }
 

@@ -1,5 +1,7 @@
 """Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late;
-users watched by max_sleep, and by schedules."""
+with no dependencies, or with every user in a chain of CHAIN_LENGTH (each depending on the one before it),
+where the late users are whole chains: each step then alerts the heads and suppresses the rest; or with
+every user watched by a schedule instead of max_sleep."""
 
 import shutil
 import sqlite3
@@ -20,6 +22,7 @@ MONITORING_START = 1_790_000_000.0
 LATE_EVERY = 100  # one user in LATE_EVERY is late: 1 %
 LATE_MAX_SLEEP = 60.0
 ON_TIME_MAX_SLEEP = 3600.0
+CHAIN_LENGTH = 5
 # Scheduled users: the 1 % every minute without grace (late at 16:14:00, 40 s after the start at
 # 16:13:20 Paris time), the others at 03:00 each night with an hour's grace.
 LATE_SCHEDULE = "* * * * *"
@@ -49,62 +52,76 @@ class TickRow:
     """Step times at one number of users, in ms."""
 
     users: int
+    # 1: no dependencies; else the length of the chains of depends_on every user is in.
+    chain_length: int
     late: int
-    # Whether the users are watched by schedules (else by max_sleep).
-    scheduled: bool
     step_late_ms: float
     backlog_late_ms: float
     steps_for_backlog: int
     step_none_late_ms: float
+    # Whether the users are watched by schedules (else by max_sleep).
+    scheduled: bool = False
     # Scheduled users only: the listener's back-to-back steps after a start, which store every user's
     # real deadline (each is due at once after a start), in ms, and how many steps.
     settle_ms: float | None = None
     steps_to_settle: int | None = None
 
 
-def run(sizes, scheduled_sizes, late_repeats, idle_repeats, log):
-    """Time steps at each number of users in `sizes` (max_sleep) and `scheduled_sizes` (schedules); return TickRows."""
+def run(sizes, late_repeats, idle_repeats, log, chain_length=1, scheduled=False):
+    """Time steps at each number of users in `sizes`, in chains of `chain_length` (1: none), watched by
+    schedules if `scheduled` (else by max_sleep); return TickRows."""
     workdir = harness.BUILD_DIR / "tick"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     rows = []
-    for scheduled, size in [(False, size) for size in sizes] + [(True, size) for size in scheduled_sizes]:
-        kind = "scheduled" if scheduled else "max_sleep"
-        rows.append(_measure(workdir / f"users-{kind}-{size}.db", size, scheduled, late_repeats, idle_repeats))
+    for size in sizes:
+        rows.append(
+            _measure(
+                workdir / f"users-{size}-{chain_length}-{scheduled}.db",
+                size,
+                late_repeats,
+                idle_repeats,
+                chain_length,
+                scheduled,
+            )
+        )
         row = rows[-1]
+        chains = f" in chains of {chain_length}" if chain_length > 1 else ""
+        kind = " scheduled" if scheduled else ""
         settled = (
             "" if row.settle_ms is None else f"; after a start, {row.settle_ms:.0f} ms in {row.steps_to_settle} steps"
         )
         log(
-            f"  {size:>7} {kind} users: {row.late} late, one step {row.step_late_ms:.2f} ms"
+            f"  {size:>7}{kind} users{chains}: {row.late} late, one step {row.step_late_ms:.2f} ms"
             f" (all late users: {row.backlog_late_ms:.2f} ms in {row.steps_for_backlog} steps);"
             f" nobody late {row.step_none_late_ms * 1000:.0f} µs{settled}"
         )
     return rows
 
 
-def _user(index, scheduled):
-    late = index % LATE_EVERY == 0
-    if scheduled:
-        return config.UserConfig(
-            monitor=True,
-            max_sleep=None,
-            email_frequency=3600.0,
-            recipients=("oncall@example.com",),
-            schedule=LATE_SCHEDULE if late else ON_TIME_SCHEDULE,
-            tz=ZONE,
-            grace=0.0 if late else 3600.0,
-        )
+def _user(index, chain_length, scheduled):
+    # Late: one user in LATE_EVERY, or, with chains, one chain in LATE_EVERY (the same share of users).
+    late = index // chain_length % LATE_EVERY == 0
+    watch = (
+        {"max_sleep": None, "schedule": LATE_SCHEDULE if late else ON_TIME_SCHEDULE, "tz": ZONE}
+        | {"grace": 0.0 if late else 3600.0}
+        if scheduled
+        else {"max_sleep": LATE_MAX_SLEEP if late else ON_TIME_MAX_SLEEP}
+    )
     return config.UserConfig(
         monitor=True,
-        max_sleep=LATE_MAX_SLEEP if late else ON_TIME_MAX_SLEEP,
         email_frequency=3600.0,
         recipients=("oncall@example.com",),
+        depends_on=f"device-{index - 1:06d}" if index % chain_length else None,
+        **watch,
     )
 
 
-def _measure(path, size, scheduled, late_repeats, idle_repeats):
-    users = {f"device-{index:06d}": _user(index, scheduled) for index in range(size)}
+def _measure(path, size, late_repeats, idle_repeats, chain_length, scheduled):
+    users = {f"device-{index:06d}": _user(index, chain_length, scheduled) for index in range(size)}
+    late_users = [
+        name for name, user in users.items() if user.schedule == LATE_SCHEDULE or user.max_sleep == LATE_MAX_SLEEP
+    ]
     settings = config.Settings(1.0, 5.0, None, users, "oncall@example.com")
     store = Store(path)
     settle_ms = steps_to_settle = None
@@ -115,8 +132,8 @@ def _measure(path, size, scheduled, late_repeats, idle_repeats):
         if scheduled:
             # Each late user pinged at its own moment, as real ones do: no two share an evaluation of
             # their next run (schedules.next_time keeps recent answers).
-            for index in range(0, size, LATE_EVERY):
-                store.record_ping(f"device-{index:06d}", MONITORING_START + index / size)
+            for index, name in enumerate(late_users):
+                store.record_ping(name, MONITORING_START + index / size)
             # Once, untimed by the steps below: every scheduled user is due at once after a start.
             began, steps_to_settle = time.perf_counter(), 1
             while scheduler.check_once(MONITORING_START + 1) == USERS_PER_STEP:
@@ -141,12 +158,13 @@ def _measure(path, size, scheduled, late_repeats, idle_repeats):
         store.close()
     return TickRow(
         users=size,
-        late=len(range(0, size, LATE_EVERY)),
-        scheduled=scheduled,
+        chain_length=chain_length,
+        late=len(late_users),
         step_late_ms=median(one_step) * 1000,
         backlog_late_ms=median(backlog) * 1000,
         steps_for_backlog=steps,
         step_none_late_ms=median(none_late) * 1000,
+        scheduled=scheduled,
         settle_ms=settle_ms,
         steps_to_settle=steps_to_settle,
     )
@@ -160,13 +178,14 @@ def _restore_late_users(connection, scheduled):
             # Nothing remembered from an earlier step: a real late user's last evaluation is long gone.
             next_time.cache_clear()
             connection.execute(
-                "UPDATE users SET last_alert = NULL, last_alert_kind = NULL, down_since = NULL, due_at = ?"
-                " WHERE schedule = ?",
+                "UPDATE users SET last_alert = NULL, last_alert_kind = NULL, down_since = NULL,"
+                " suppressed_kind = NULL, due_at = ? WHERE schedule = ?",
                 (next_time(LATE_SCHEDULE, ZONE, MONITORING_START + 1), LATE_SCHEDULE),
             )
         else:
             connection.execute(
-                "UPDATE users SET last_alert = NULL, due_at = monitored_since + max_sleep WHERE max_sleep = ?",
+                "UPDATE users SET last_alert = NULL, down_since = NULL, suppressed_kind = NULL,"
+                " due_at = monitored_since + max_sleep WHERE max_sleep = ?",
                 (LATE_MAX_SLEEP,),
             )
         connection.execute("DELETE FROM outbox")

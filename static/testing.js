@@ -336,7 +336,7 @@ function showUser(name, live, now) {
     addLog("state-change", now, `${name} is ${live.state}${heldBack(live)}`);
     return;
   }
-  const wasLate = previous === "late" || previous === "alerted";
+  const wasLate = previous === "late" || previous === "alerted" || previous === "suppressed";
   const time = (name) => (live[name] === null ? null : { epoch: live[name], local: live[`${name}_local`] });
   // A poll may fall between going late and being alerted; the late moment is known all the same.
   if (live.state === "alerted" && !wasLate) {
@@ -349,13 +349,25 @@ function showUser(name, live, now) {
       alerted: time("last_alert"),
       failed: time("failed_at"),
       running: time("run_started"),
+      snoozed: now,
+      suppressed: now,
     };
     logStateChange(name, previous, live, live.state, at[live.state] ?? now);
   }
 }
 
-// What the card says of the next alert: held back by email_frequency until a time, or due at once.
+// What the card says of the next alert: none while snoozed or suppressed, held back by email_frequency or
+// by its parent's deadline until a time, or due at once.
 function nextAlert(live) {
+  if (live.state === "snoozed") {
+    return `none while snoozed (until ${live.snoozed_until_local})`;
+  }
+  if (live.state === "suppressed") {
+    return `none while ${live.depends_on} is down (suppressed)`;
+  }
+  if (live.held_back_by === "parent") {
+    return `alert not before ${live.held_back_until_local} (waits for ${live.depends_on}'s deadline)`;
+  }
   if (live.held_back_until_local) {
     const what = live.state === "alerted" ? "reminder" : "alert";
     return `${what} not before ${live.held_back_until_local} (email_frequency)`;
@@ -366,6 +378,9 @@ function nextAlert(live) {
 function heldBack(live) {
   if (live.state !== "late" || !live.held_back_until_local) {
     return "";
+  }
+  if (live.held_back_by === "parent") {
+    return `; next alert not before ${timeOfDay(live.held_back_until_local)} (waits for ${live.depends_on}'s deadline)`;
   }
   return `; next alert not before ${timeOfDay(live.held_back_until_local)} (email_frequency holds it back)`;
 }
@@ -383,6 +398,8 @@ function logStateChange(name, from, live, to, at) {
     alerted: " (alert email queued)",
     failed: " (failure reported)",
     running: " (run started)",
+    snoozed: live.snoozed_until_local ? ` (until ${timeOfDay(live.snoozed_until_local)}: no alert meanwhile)` : "",
+    suppressed: ` (${live.depends_on} is down: its alert is recorded, not sent)`,
   };
   addLog("state-change", at, `${name}: ${from} → ${to}${why[to] ?? ""}`);
 }
@@ -428,8 +445,10 @@ function showDelivery(delivery, now) {
   if (!known) {
     addLog("email", queued, `${about} (${silence}) queued for ${to}`);
   }
+  // A digest carried several emails to one recipient in one: said on each line it carried.
+  const digest = delivery.digest_id ? ` in digest #${delivery.digest_id} “${delivery.digest_subject}”` : "";
   if (delivery.status === "sent" && known?.status !== "sent") {
-    addLog("email", finished, `${about} (${silence}) sent to ${to}`);
+    addLog("email", finished, `${about} (${silence}) sent to ${to}${digest}`);
   } else if (delivery.status === "failed" && known?.status !== "failed") {
     addLog("problem", finished, `${about} to ${to} refused for good (see the service's log)`);
   } else if (delivery.status === "queued" && delivery.attempts > (known?.attempts ?? 0)) {

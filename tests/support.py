@@ -8,6 +8,7 @@ import email.policy
 import http.server
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -268,6 +269,26 @@ def _authenticate(server, session, envelope, mechanism, auth_data):
         SMTP_PASSWORD.encode(),
     )
     return AuthResult(success=ok, handled=False)
+
+
+def delivered_subjects(messages):
+    """The subject of every email that `messages` (as TlsSmtpServer keeps them) delivered, in order: a digest
+    counts as the emails it carried (its `===== SUBJECT =====` lines)."""
+    subjects = []
+    for _, _, message in messages:
+        carried = re.findall(r"^===== (.+?) =====\r?$", message.get_content(), re.MULTILINE)
+        subjects += carried or [message["Subject"]]
+    return subjects
+
+
+def wait_for_delivered(smtp_server, count, timeout=10):
+    """Wait until `smtp_server` has delivered at least `count` emails, digests counting as the emails they
+    carried; return their subjects (fails after `timeout`)."""
+    return wait_until(
+        lambda: len(subjects := delivered_subjects(smtp_server.messages)) >= count and subjects,
+        timeout,
+        message=f"{count} email(s) delivered",
+    )
 
 
 def write_settings(path, users, **top_level):

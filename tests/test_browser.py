@@ -320,6 +320,31 @@ def test_a_scheduled_device_shows_its_schedule_and_its_switch_pings_at_each_expe
     expect(page.locator("#log")).not_to_contain_text("backup: pinging → late")
 
 
+def test_suppressed_and_snoozed_devices_and_a_digest_show_on_the_cards_and_in_the_log(
+    page, tmp_path, start_server, smtp_server
+):
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 3600}
+    users = {"router": user, "cam": {**user, "depends_on": "router"}, "nas": user}
+    service = start_server(write_settings(tmp_path / "settings.json", users), TESTING_PASSWORD=PASSWORD)
+    page.goto(service.url)
+    unlock(page, PASSWORD)
+    # None of them pings: a second after the start the router and nas are alerted in one digest, and the
+    # camera behind the router is suppressed.
+    cam = card(page, "cam")
+    expect(cam.locator(".state")).to_have_text("suppressed")
+    expect(cam.locator(".next-alert")).to_have_text("none while router is down (suppressed)")
+    log = page.locator("#log")
+    expect(log).to_contain_text(re.compile(r"cam(: \w+ → | is )suppressed"))
+    expect(log).to_contain_text("in digest #1 “2 devices need attention: nas, router”")
+    [(_, _, message)] = smtp_server.wait_for_messages(1)
+    assert message["Subject"] == "2 devices need attention: nas, router"
+    assert service.get("/snooze?username=nas&minutes=5")[0] == 200
+    nas = card(page, "nas")
+    expect(nas.locator(".state")).to_have_text("snoozed")
+    expect(nas.locator(".next-alert")).to_have_text(re.compile(r"^none while snoozed \(until .*\)$"))
+    expect(log).to_contain_text(re.compile(r"nas: alerted → snoozed \(until \d\d:\d\d:\d\d: no alert meanwhile\)"))
+
+
 def test_the_page_follows_a_reload_of_the_settings_without_a_reload_of_its_own(page, service, tmp_path):
     page.goto(service.url)
     unlock(page, PASSWORD)

@@ -354,6 +354,42 @@ def test_a_bad_schedule_stops_startup_with_exit_status_2_and_one_line_per_proble
     ]
 
 
+def with_dependencies(**depends_on):
+    """A document whose users depend as `depends_on` says (username -> the name it depends on, or None)."""
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    return valid_document(
+        users={
+            name: {**user, **({} if parent is None else {"depends_on": parent})} for name, parent in depends_on.items()
+        }
+    )
+
+
+def test_depends_on_names_another_configured_user_in_chains_of_any_length():
+    settings = config.parse_settings(with_dependencies(wan=None, router="wan", switch="router", cam="switch"))
+    assert [settings.users[name].depends_on for name in ("wan", "router", "switch", "cam")] == [
+        None,
+        "wan",
+        "router",
+        "switch",
+    ]
+
+
+def test_depends_on_an_unknown_user_or_not_a_name_is_a_key_path_error():
+    document = with_dependencies(cam="router")
+    document["users"]["pi"] = {"monitor": True, "max_sleep": 60, "email_frequency": 600, "depends_on": 7}
+    assert problems_of(document) == [
+        "users.pi.depends_on: must be the name of another user, got 7",
+        'users.cam.depends_on: no user named "router" is configured',
+    ]
+
+
+def test_a_cycle_of_dependencies_is_reported_once_naming_its_links():
+    assert problems_of(with_dependencies(a="b", b="c", c="a", d="a")) == [
+        'users.a.depends_on: a cycle of dependencies: "a" -> "b" -> "c" -> "a"'
+    ]
+    assert problems_of(with_dependencies(pi="pi")) == ['users.pi.depends_on: a cycle of dependencies: "pi" -> "pi"']
+
+
 @pytest.mark.parametrize(
     ("environ", "security", "port"),
     [

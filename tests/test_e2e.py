@@ -18,8 +18,10 @@ from support import (
     ROOT,
     SMTP_LOGIN,
     SilentSmtpServer,
+    TlsSmtpServer,
     free_port,
     outbox,
+    query,
     run_server,
     server_env,
     wait_until,
@@ -149,6 +151,15 @@ def test_invalid_settings_stop_startup_with_status_2_and_one_line_per_problem(tm
         'users.pi.monitor: must be true or false, got "yes"',
     ]
     assert result.stdout == ""
+
+
+def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"router": {**user, "depends_on": "cam"}, "cam": {**user, "depends_on": "router"}}
+    settings = write_settings(tmp_path / "settings.json", users)
+    result = run_server("--settings", str(settings), "--db", str(tmp_path / "db"), "--port", "0")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == 'users.router.depends_on: a cycle of dependencies: "router" -> "cam" -> "router"\n'
 
 
 @pytest.mark.parametrize(
@@ -410,3 +421,46 @@ def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run
     assert "backup missed its run expected by 02:30 CET (Mon 2026-11-30), grace 1 second" in body
     assert "No ping received since monitoring began at 2026-11-30 02:29:5" in body
     assert service.stop() == 0
+
+
+STORM = {
+    "router": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+    **{
+        f"cam{index}": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600, "depends_on": "router"}
+        for index in range(5)
+    },
+    "nas": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+    "pi": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600},
+}
+
+
+def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with_its_message_id(
+    tmp_path, start_server, ca
+):
+    db = tmp_path / "ping_listener.db"
+    port = free_port()  # nothing listens: the SMTP server is down
+    settings = write_settings(tmp_path / "settings.json", STORM)
+    service = start_server(settings, SMTP_PORT=str(port))
+    # router, nas and pi are alerted, the five cameras behind the router suppressed; their emails to
+    # oncall@example.com make one digest, which meets the outage and waits to be retried.
+    wait_until(
+        lambda: query(db, "SELECT count(*), min(attempts) FROM outbox WHERE digest_id IS NOT NULL") == [(3, 1)],
+        message="a digest of three emails tried once",
+    )
+    service.kill()
+    assert query(db, "SELECT count(*) FROM alerts WHERE suppressed = 1") == [(5,)]
+    [(message_id, subject)] = query(db, "SELECT message_id, subject FROM digests")
+    assert subject == "3 devices need attention: nas, pi, router"
+    smtp = TlsSmtpServer(ca).start(port)
+    try:
+        service = start_server(settings, SMTP_PORT=str(port))
+        [(_, recipients, message)] = smtp.wait_for_messages(1)
+        wait_until(lambda: query(db, "SELECT DISTINCT status FROM outbox") == [("sent",)], message="all sent")
+        assert service.stop() == 0
+        assert len(smtp.messages) == 1
+    finally:
+        smtp.stop()
+    assert (recipients, message["Subject"], message["Message-ID"]) == (["oncall@example.com"], subject, message_id)
+    body = message.get_content()
+    assert [body.count(f"===== {name} disconnection detected =====") for name in ("nas", "pi", "router")] == [1, 1, 1]
+    assert query(db, "SELECT count(*), count(DISTINCT digest_id) FROM outbox") == [(3, 1)]

@@ -137,7 +137,7 @@ def test_a_backward_jump_does_not_postpone_a_queued_email(store):
     steps = make_steps(store, clocks, {"dead": DEVICE})
     step(steps, clocks, 61)
     [email] = store.due_emails(clocks.wall, 10)
-    store.schedule_retry(email.id, clocks.wall + rules.retry_delay(1), "451 try later")
+    store.schedule_retry([email.id], clocks.wall + rules.retry_delay(1), "451 try later")
     clocks.offset -= DAYS
     step(steps, clocks, 1)
     assert [due.id for due in store.due_emails(clocks.wall, 10)] == [email.id]

@@ -22,6 +22,7 @@ from support import (
     make_test_app,
     query,
     smtp_mailer,
+    wait_for_delivered,
     wait_until,
     write_settings,
 )
@@ -62,7 +63,7 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
 
         disk.free_up()
         assert client.get("/ping?username=probe", status="*").status_int == 200
-        smtp_server.wait_for_messages(LATE_USERS)
+        wait_for_delivered(smtp_server, LATE_USERS)
     finally:
         assert loops.stop(timeout=5)
         disk.close()

@@ -329,6 +329,52 @@ def test_the_recovery_email_says_when_it_went_down_came_back_and_for_how_long():
     assert "https://example.net/logs?username=pi&year=26&month=09&day=21" in body
 
 
+def queued(email_id, username, kind="late", recipient="oncall@example.com", attempts=0):
+    subject = f"{username} is back" if kind == "back" else f"{username} disconnection detected"
+    return QueuedEmail(
+        email_id, recipient, subject, f"text about {username}\n", f"<{email_id}@x>", T0, attempts, username, kind
+    )
+
+
+def test_a_digest_names_its_devices_in_order_and_holds_each_emails_text_in_turn():
+    emails = [queued(3, "pi"), queued(4, "cam", attempts=2), queued(5, "pi", kind="back")]
+    digest = mailer.digest(emails, "<digest@x>", T0 + 5)
+    assert (digest.id, digest.recipient, digest.message_id, digest.queued_at, digest.attempts) == (
+        3,
+        "oncall@example.com",
+        "<digest@x>",
+        T0 + 5,
+        2,
+    )
+    assert digest.subject == "2 devices need attention: cam, pi"
+    assert digest.body == (
+        "3 alert emails for you were due at once; here they are together.\n"
+        "\n===== cam disconnection detected =====\n\ntext about cam\n"
+        "\n===== pi disconnection detected =====\n\ntext about pi\n"
+        "\n===== pi is back =====\n\ntext about pi\n"
+    )
+    message = build_message(digest, "Ping Listener <alerts@example.com>")
+    assert (message["Message-ID"], message["Subject"]) == ("<digest@x>", "2 devices need attention: cam, pi")
+
+
+def test_a_digest_of_recoveries_only_says_they_are_back_and_one_device_is_singular():
+    assert mailer.digest_subject([queued(1, "pi", "back"), queued(2, "nas", "back")]) == "2 devices are back: nas, pi"
+    assert mailer.digest_subject([queued(1, "pi"), queued(2, "pi", "back")]) == "1 device needs attention: pi"
+
+
+def test_a_long_digest_subject_is_cut_with_an_ellipsis_at_120_characters():
+    emails = [queued(index, f"camera-{index:03d}") for index in range(40)]
+    subject = mailer.digest_subject(emails)
+    assert len(subject) == mailer.MAX_DIGEST_SUBJECT == 120
+    assert subject.startswith("40 devices need attention: camera-000, camera-001, ")
+    assert subject.endswith("\u2026")
+
+
+def test_emails_are_grouped_by_recipient_in_the_order_they_come():
+    emails = [queued(1, "pi"), queued(2, "nas", recipient="b@example.com"), queued(3, "cam")]
+    assert [[email.id for email in group] for group in mailer.by_recipient(emails)] == [[1, 3], [2]]
+
+
 # SMTP_SECURITY: a mandatory STARTTLS upgrade, and plain text to a relay on this machine.
 
 

@@ -91,7 +91,7 @@ def history(tmp_path):
     store.save_check_outcomes(
         [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], gap[0] + 700
     )
-    store.mark_sent(1, gap[0] + 702)
+    store.mark_sent([1], gap[0] + 702)
     store.close()
     return path, now, (last_before_gap, min(at for at in range(int(now - 86400), int(now), 300) if at >= gap[1]))
 

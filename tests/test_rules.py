@@ -10,6 +10,8 @@ from rules import (
     RUNNING,
     SILENCE,
     SILENT,
+    SNOOZED,
+    SUPPRESSED,
     Condition,
     condition,
     deadline_after,
@@ -23,6 +25,7 @@ from rules import (
     live_state,
     retry_delay,
     signal_kind,
+    silence_start,
     silences,
 )
 from store import UserState
@@ -295,6 +298,81 @@ def test_a_scheduled_user_is_pinging_until_its_deadline_then_late_and_its_missed
     # Pings at 02:31 each night, then none on Thursday (expected by 02:45) until Thursday 10:00.
     nights = [TUESDAY_0230 + 60, TUESDAY_0230 + 86400 + 60, TUESDAY_0230 + 2 * 86400 + 27000]
     assert silences(nights, nightly, T0) == [(nights[1], nights[2])]
+
+
+# Storm control: a router (the parent) and a device behind it, both with max_sleep 60.
+
+
+def test_a_device_late_while_its_router_is_late_is_suppressed_once_with_no_outage_opened():
+    router = user(last_ping=T0)
+    device = user(last_ping=T0)
+    decision = decide(device, T0 + 61, router)
+    assert (decision.alert, decision.suppressed, decision.down_since, decision.next_due_at) == (
+        None,
+        Condition(SILENCE, T0 + 60),
+        None,
+        None,
+    )
+    recorded = dataclasses.replace(device, suppressed_kind=SILENCE)
+    assert decide(recorded, T0 + 61, router).suppressed is None
+    assert live_state(recorded, T0 + 61, router) == SUPPRESSED
+    # The same device with no parent is alerted.
+    assert decide(device, T0 + 61).alert == Condition(SILENCE, T0 + 60)
+
+
+def test_a_device_whose_silence_went_down_after_its_routers_last_ping_waits_for_the_routers_deadline():
+    router = user(last_ping=T0 + 30)
+    device = user(last_ping=T0)
+    decision = decide(device, T0 + 61, router)
+    assert (decision.alert, decision.suppressed, decision.next_due_at) == (None, None, T0 + 90)
+    assert held_back_until(device, T0 + 61, router) == T0 + 90
+    assert live_state(device, T0 + 61, router) == LATE
+    # Heard from after the device went down, the router is up: the device is alerted.
+    assert decide(device, T0 + 61, user(last_ping=T0 + 60.5)).alert == Condition(SILENCE, T0 + 60)
+
+
+def test_a_devices_own_failure_does_not_wait_for_its_router_but_is_suppressed_while_the_router_is_down():
+    device = user(last_ping=T0, failed_at=T0 + 10)
+    assert decide(device, T0 + 11, user(last_ping=T0 + 5)).alert == Condition(FAILURE, T0 + 10)
+    assert decide(device, T0 + 11, user(last_ping=T0, failed_at=T0 + 1)).suppressed == Condition(FAILURE, T0 + 10)
+
+
+def test_a_snoozed_user_is_not_alerted_and_its_silence_counts_from_the_snoozes_end():
+    snoozed = user(last_ping=T0, snoozed_until=T0 + 600)
+    assert live_state(snoozed, T0 + 100) == SNOOZED
+    assert condition(snoozed, T0 + 100) == Condition(SILENCE, T0 + 60)  # late all the same, for its children
+    assert (decide(snoozed, T0 + 100).alert, decide(snoozed, T0 + 100).next_due_at) == (None, T0 + 600)
+    assert held_back_until(snoozed, T0 + 100) == T0 + 600
+    assert (silence_start(snoozed, T0 + 100), silence_start(snoozed, T0 + 600), silence_start(snoozed)) == (
+        T0,
+        T0 + 600,
+        T0 + 600,
+    )
+    assert late_at(snoozed) == due_at(snoozed) == T0 + 660
+    assert condition(snoozed, T0 + 660) is None
+    assert decide(snoozed, T0 + 660.5).alert == Condition(SILENCE, T0 + 660)
+
+
+def test_a_failure_during_a_snooze_is_due_when_the_snooze_ends():
+    assert due_at(user(last_ping=T0, failed_at=T0 + 5, snoozed_until=T0 + 300)) == T0 + 300
+    assert due_at(user(last_ping=T0, max_sleep=3600, failed_at=T0 + 500, snoozed_until=T0 + 300)) == T0 + 500
+
+
+def test_an_outage_alerted_before_a_snooze_is_muted_until_it_ends():
+    muted = user(last_ping=T0, last_alert=T0 + 61, down_since=T0 + 60, muted_outage=T0 + 60, snoozed_until=T0 + 100)
+    decision = decide(muted, T0 + 5000)
+    assert (decision.alert, decision.next_due_at) == (None, None)
+    assert live_state(muted, T0 + 5000) == ALERTED
+    assert held_back_until(muted, T0 + 5000) is None
+    # Another outage (down at another time) is alerted as usual.
+    assert decide(dataclasses.replace(muted, down_since=None), T0 + 5000).alert == Condition(SILENCE, T0 + 160)
+
+
+def test_the_routers_return_restarts_the_devices_silence():
+    device = user(last_ping=T0, silence_from=T0 + 200)
+    assert (silence_start(device), late_at(device), condition(device, T0 + 260)) == (T0 + 200, T0 + 260, None)
+    running = user(last_ping=T0, run_started=T0 + 10, max_runtime=30.0, silence_from=T0 + 200)
+    assert due_at(running) == T0 + 230
 
 
 def test_a_user_is_up_until_strictly_past_its_deadline_and_always_without_one():

@@ -13,6 +13,7 @@ from store import (
     SCHEMA_VERSION,
     CheckOutcome,
     EmailEvent,
+    NewDigest,
     NewEmail,
     NewWebhook,
     Signal,
@@ -39,7 +40,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "webhook_outbox"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -121,8 +122,6 @@ def test_sync_updates_changed_settings(store):
 @pytest.mark.parametrize(
     ("query", "parameters", "index"),
     [
-        (store_module.DUE_USERS_SQL, (T0, 10), "INDEX users_due (due_at<?)"),
-        (store_module.DUE_EMAILS_SQL, (T0, 10), "INDEX outbox_queue (next_attempt_at<?)"),
         (store_module.PINGS_BETWEEN_SQL, (1, T0, T0, 10), "INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"),
     ],
 )
@@ -135,21 +134,63 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
 @pytest.mark.parametrize(
     ("query", "parameters", "expected_plan"),
     [
-        (store_module.CONFIGURED_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
-        *(
-            (
-                recent,
-                (10,),
-                [
-                    f"SCAN {queue}",
-                    "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
-                    "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
-                ],
-            )
-            for recent, queue in (
-                (store_module.RECENT_EMAILS_SQL, "outbox"),
-                (store_module.RECENT_WEBHOOKS_SQL, "webhook_outbox"),
-            )
+        # The due users with their parents, and the due emails with their users, kinds and digests: each
+        # through its index, then one primary-key seek per row found.
+        (
+            store_module.DUE_USERS_SQL,
+            (T0, 10),
+            [
+                "SEARCH child USING INDEX users_due (due_at<?)",
+                "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+        (
+            store_module.DUE_EMAILS_SQL,
+            (T0, 10),
+            [
+                "SEARCH outbox USING INDEX outbox_queue (next_attempt_at<?)",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH digests USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+    ],
+)
+def test_the_listener_and_the_drain_find_their_work_through_an_index_and_never_sort(
+    store, query, parameters, expected_plan
+):
+    assert store.query_plan(query, parameters) == expected_plan
+
+
+@pytest.mark.parametrize(
+    ("query", "parameters", "expected_plan"),
+    [
+        (
+            store_module.CONFIGURED_USERS_SQL,
+            (),
+            [
+                "SCAN child USING INDEX sqlite_autoindex_users_1",
+                "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+        (
+            store_module.RECENT_EMAILS_SQL,
+            (10,),
+            [
+                "SCAN outbox",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH digests USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+            ],
+        ),
+        (
+            store_module.RECENT_WEBHOOKS_SQL,
+            (10,),
+            [
+                "SCAN webhook_outbox",
+                "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
+            ],
         ),
     ],
 )
@@ -254,9 +295,9 @@ def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
         [alert_outcome(user, T0 + 661, "a@example.com", "b@example.com", "c@example.com")], T0 + 61
     )
     first, second, third = store.due_emails(T0 + 61, 10)
-    store.mark_sent(first.id, T0 + 62)
-    store.schedule_retry(second.id, T0 + 70, "451 try later")
-    store.mark_failed(third.id, T0 + 62, "550 no such user")
+    store.mark_sent([first.id], T0 + 62)
+    store.schedule_retry([second.id], T0 + 70, "451 try later")
+    store.mark_failed([third.id], T0 + 62, "550 no such user")
     assert store.due_emails(T0 + 69, 10) == []
     [retried] = store.due_emails(T0 + 70, 10)
     assert (retried.id, retried.attempts) == (second.id, 1)
@@ -275,8 +316,8 @@ def test_recent_emails_show_the_newest_first_with_their_fate_and_the_alerts_last
     [user] = store.due_users(T0 + 62, 10)
     store.save_check_outcomes([alert_outcome(user, T0 + 662, "a@example.com", "b@example.com")], T0 + 62)
     first, second = store.due_emails(T0 + 62, 10)
-    store.mark_sent(first.id, T0 + 63)
-    store.schedule_retry(second.id, T0 + 70, "451 try later")
+    store.mark_sent([first.id], T0 + 63)
+    store.schedule_retry([second.id], T0 + 70, "451 try later")
     assert store.recent_emails(10) == [
         EmailEvent(second.id, "pi", "b@example.com", "queued", 1, T0 + 1, T0 + 62, None),
         EmailEvent(first.id, "pi", "a@example.com", "sent", 1, T0 + 1, T0 + 62, T0 + 63),
@@ -647,6 +688,22 @@ def test_a_version_1_database_is_upgraded_keeping_its_history_and_its_alerted_ou
         reopened.close()
 
 
+def outcome_of(user, decision):
+    """What the absence listener would save for `decision` about `user`, with stand-in emails."""
+    suppressed = decision.suppressed
+    return CheckOutcome(
+        user,
+        decision.next_due_at,
+        (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else (),
+        kind=decision.alert.kind if decision.alert else rules.SILENCE,
+        down_since=decision.down_since,
+        ends_outage=user.back_at is not None,
+        recovery=(NewEmail("a@example.com", "s", "b", "<r>"),) if decision.recovery else (),
+        suppressed=None if suppressed is None else (suppressed.kind, suppressed.down_at),
+        next_run=decision.next_run,
+    )
+
+
 SIGNAL_EVENTS = hypothesis.strategies.lists(
     hypothesis.strategies.tuples(
         hypothesis.strategies.sampled_from(["success", "start", "fail", "log", "restart", "check"]),
@@ -685,18 +742,7 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
             if kind == "check":
                 [before] = store.configured_users()
                 decision = rules.decide(before, now)
-                emails = (NewEmail("a@example.com", "s", "b", "<m>"),) if decision.alert else ()
-                recovery = (NewEmail("a@example.com", "s", "b", "<r>"),) if decision.recovery else ()
-                outcome = CheckOutcome(
-                    before,
-                    decision.next_due_at,
-                    emails,
-                    kind=decision.alert.kind if decision.alert else rules.SILENCE,
-                    down_since=decision.down_since,
-                    ends_outage=before.back_at is not None,
-                    recovery=recovery,
-                )
-                store.save_check_outcomes([outcome], now)
+                store.save_check_outcomes([outcome_of(before, decision)], now)
                 [user] = store.configured_users()
                 assert user.due_at == decision.next_due_at
                 continue
@@ -710,6 +756,84 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
             assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
     finally:
         store.close()
+
+
+STORM_EVENTS = hypothesis.strategies.lists(
+    hypothesis.strategies.tuples(
+        hypothesis.strategies.sampled_from(
+            ["router success", "router fail", "router start", "cam success", "cam fail", "cam start"]
+            + ["snooze router", "snooze cam", "unsnooze cam", "restart", "check"]
+        ),
+        hypothesis.strategies.floats(min_value=-1000, max_value=1000),
+    ),
+    max_size=16,
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    events=STORM_EVENTS,
+    max_runtime=hypothesis.strategies.sampled_from([None, 30]),
+    watch=hypothesis.strategies.sampled_from([{"max_sleep": 60}, *WATCHES[1:]]),
+)
+def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_return_is_the_rules(
+    tmp_path_factory, events, max_runtime, watch
+):
+    # Each user's deadline, as SQL stores it after every signal, snooze and restart, is rules.due_at (or
+    # what rules.decide chose, after a listener step). A success of the router restarts cam's silence
+    # exactly when rules.condition said that the router was down at that moment; for a scheduled router,
+    # when the listener has looked at it since its silence was last restarted (SQL then knows its next run).
+    user = {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}
+    users = {"router": user, "cam": {**user, "depends_on": "router"}}
+    store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
+    try:
+        for event, offset in events:
+            now = T0 + offset
+            before = {user.username: user for user in store.configured_users()}
+            chosen = {}
+            if event == "check":
+                outcomes = []
+                for user in before.values():
+                    decision = rules.decide(user, now, user.parent)
+                    outcomes.append(outcome_of(user, decision))
+                    chosen[user.username] = decision.next_due_at
+                store.save_check_outcomes(outcomes, now)
+            elif event == "restart":
+                store.restart_monitoring(now)
+            elif event.startswith("snooze"):
+                store.snooze(event.split()[1], now + 300, now)
+            elif event == "unsnooze cam":
+                store.snooze("cam", now, now)
+            else:
+                username, kind = event.split()
+                store.record_ping(username, now, kind)
+            after = {user.username: user for user in store.configured_users()}
+            router = before["router"]
+            down = rules.condition(router, now)
+            returned = event == "router success" and down is not None
+            if router.schedule is not None and returned and down.kind == rules.SILENCE:
+                # Only if the listener's stored next run is for the moment the router's silence is measured from.
+                returned = next_run_after_of(store, "router") == rules.silence_start(router, now)
+            if returned:
+                assert after["cam"].silence_from == max(before["cam"].silence_from or now, now)
+                assert after["cam"].suppressed_kind is None
+            else:
+                assert after["cam"].silence_from == before["cam"].silence_from
+            for name, user in after.items():
+                touched = event in ("check", "restart") or name in event.split() or (name == "cam" and returned)
+                if event == "unsnooze cam":  # minutes=0 changes nothing for a user not snoozed
+                    touched = name == "cam" and rules.snoozed(before["cam"], now)
+                expected = chosen.get(name, rules.due_at(user)) if touched else before[name].due_at
+                assert user.due_at == expected, (name, event)
+    finally:
+        store.close()
+
+
+def next_run_after_of(store, username):
+    """The next_run_after the listener last stored for `username` (a signal leaves it as it was)."""
+    with second_connection(store) as connection:
+        rows = connection.execute("SELECT next_run_after FROM users WHERE username = ?", (username,)).fetchone()
+    return rows[0]
 
 
 def reload_row(store, username):
@@ -778,10 +902,10 @@ def test_pings_and_alerts_are_counted_per_user_for_the_metrics(store):
         store.record_ping("pi", T0 + at)
     [pi] = store.due_users(T0 + 100, 10)
     store.save_check_outcomes([alert_outcome(pi, T0 + 700, "a@example.com", "b@example.com")], T0 + 100)
-    counts = {row.username: (row.pings, row.alerts) for row in store.user_counts()}
+    counts = {row.username: (row.pings, row.alerts) for row in store.user_counts(T0)}
     assert counts == {"pi": (3, 1), "nas": (0, 0)}
     first, second = store.due_emails(T0 + 100, 10)
-    store.mark_sent(first.id, T0 + 101)
+    store.mark_sent([first.id], T0 + 101)
     assert store.outbox_counts() == {"queued": 1, "sent": 1, "failed": 0}
 
 
@@ -797,9 +921,9 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
     migrated = Store(path)
     try:
         assert migrated.pragma("user_version") == SCHEMA_VERSION
-        assert [(row.username, row.pings) for row in migrated.user_counts()] == [("pi", 2)]
+        assert [(row.username, row.pings) for row in migrated.user_counts(T0)] == [("pi", 2)]
         migrated.record_ping("pi", T0 + 3)
-        assert migrated.user_counts()[0].pings == 3
+        assert migrated.user_counts(T0)[0].pings == 3
     finally:
         migrated.close()
 
@@ -807,7 +931,7 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
 @pytest.mark.parametrize(
     ("query", "parameters", "expected_plan"),
     [
-        (store_module.USER_COUNTS_SQL, (), ["SCAN users"]),
+        (store_module.USER_COUNTS_SQL, {"now": T0}, ["SCAN users"]),
         (store_module.QUEUED_COUNT_SQL, (), ["SCAN outbox USING INDEX outbox_queue"]),
         (store_module.FINISHED_COUNTS_SQL, (), ["SCAN outbox USING COVERING INDEX outbox_finished"]),
         (
@@ -831,6 +955,9 @@ def test_old_history_deletes_follow_their_indexes(store):
     plan = store.query_plan(store_module.DELETE_OLD_ALERTS_SQL, (T0, 10))
     assert "SEARCH alerts USING COVERING INDEX alerts_by_time (at<?)" in plan
     assert "SEARCH outbox USING COVERING INDEX outbox_by_alert (alert_id=?)" in plan
+    plan = store.query_plan(store_module.DELETE_OLD_DIGESTS_SQL, (T0, 10))
+    assert "SCAN digests" in plan  # along its primary key, oldest first, up to the batch's end
+    assert "SEARCH outbox USING COVERING INDEX outbox_by_digest (digest_id=?)" in plan
 
 
 def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept(store):
@@ -845,7 +972,7 @@ def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept
     assert store.pings_between("pi", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
     assert store.pings_between("nas", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
     # The counters are totals received, not what is kept.
-    assert [row.pings for row in store.user_counts()] == [10, 10]
+    assert [row.pings for row in store.user_counts(T0)] == [10, 10]
 
 
 def test_deleted_pings_leave_space_that_new_pings_reuse(store):
@@ -872,12 +999,15 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
         T0 + 61,
     )
     a, b, c = store.due_emails(T0 + 61, 10)
-    store.mark_sent(a.id, T0 + 62)
-    store.mark_failed(b.id, T0 + 62, "550")
+    store.claim_emails({}, T0 + 61, [NewDigest((a.id, b.id), "a@example.com", "2 devices", "<d>")])
+    store.mark_sent([a.id], T0 + 62)
+    store.mark_failed([b.id], T0 + 62, "550")
     # c stays queued: its alert stays too, however old.
     assert store.delete_history_before(T0 + 1000, 1) == 1
-    assert store.delete_history_before(T0 + 1000, 10) == 2  # the other email, then the alert it freed
+    # The other email, then the digest and the alert it freed.
+    assert store.delete_history_before(T0 + 1000, 10) == 3
     assert store.delete_history_before(T0 + 1000, 10) == 0
+    assert query(store.path, "SELECT count(*) FROM digests") == [(0,)]
     assert store.outbox_counts() == {"queued": 1, "sent": 0, "failed": 0}
     with second_connection(store) as connection:
         assert connection.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
@@ -908,6 +1038,44 @@ def test_a_reload_can_give_a_user_a_schedule_and_its_deadline_is_then_the_listen
     assert reloaded(store, {"pi": {**nightly, "tz": "UTC"}}, T0 + 60).changed == ("pi",)
     assert reloaded(store, {"pi": config_of()}, T0 + 70).changed == ("pi",)
     assert (store.user("pi").schedule, store.user("pi").due_at) == (None, T0 + 70)
+
+
+def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(store):
+    synced(store, users={"pi": config_of()})
+    change = reloaded(
+        store, {"pi": config_of(), "cam": {**config_of(), "depends_on": "router"}, "router": config_of()}, T0 + 10
+    )
+    assert change == store_module.UsersChange(("cam", "router"), (), ())
+    parents = {user.username: user.parent and user.parent.username for user in store.configured_users()}
+    assert parents == {"cam": "router", "pi": None, "router": None}
+    change = reloaded(
+        store, {"pi": config_of(), "cam": {**config_of(), "depends_on": "pi"}, "router": config_of()}, T0 + 20
+    )
+    assert change.changed == ("cam",)
+    assert {user.username: user.parent and user.parent.username for user in store.configured_users()}["cam"] == "pi"
+
+
+def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
+    synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
+    store.snooze("router", T0 + 600, T0)
+    store.record_ping("router", T0 + 100)  # back from its silence (late at T0 + 60): cam's silence restarts
+    for now in (T0 + 100, T0 + 150, T0 + 600, T0 + 700):
+        users = {user.username: user for user in store.configured_users()}
+        expected = {name: rules.condition(user, now) for name, user in users.items()}
+        counts = {row.username: row.condition_at for row in store.user_counts(now)}
+        assert counts == {name: rules.late_at(user, now) for name, user in users.items()}
+        # Down for the metrics exactly when the rules say it is in a condition, snoozed or not.
+        assert {name: not rules.is_up(at, now) for name, at in counts.items()} == {
+            name: condition is not None for name, condition in expected.items()
+        }
+
+
+def test_a_parent_back_after_a_silence_of_exactly_max_sleep_was_not_down_and_restarts_nothing(store):
+    synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
+    store.record_ping("router", T0 + 60)  # exactly max_sleep after the start of monitoring: not late
+    assert store.user("cam").silence_from is None
+    store.record_ping("router", T0 + 120.5)  # just over: it was late, so it came back
+    assert store.user("cam").silence_from == T0 + 120.5
 
 
 # Webhook deliveries (webhook_outbox).
@@ -963,7 +1131,7 @@ def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delive
     phone, team = store.due_webhooks(T0 + 61, 10)
     store.finish_webhook(phone.id, "sent", T0 + 62, None)
     [email] = store.due_emails(T0 + 61, 10)
-    store.mark_sent(email.id, T0 + 62)
+    store.mark_sent([email.id], T0 + 62)
     assert store.delete_history_before(T0 + 1000, 10) == 2  # the email and the sent delivery; team is queued
     store.finish_webhook(team.id, "failed", T0 + 63, "HTTP 404")
     assert store.delete_history_before(T0 + 1000, 10) == 2  # the failed delivery, then the alert it freed
@@ -985,3 +1153,16 @@ def test_old_deliveries_are_deleted_along_their_indexes(store):
     assert "SEARCH webhook_outbox USING COVERING INDEX webhook_outbox_by_alert (alert_id=?)" in store.query_plan(
         store_module.DELETE_OLD_ALERTS_SQL, (T0, 10)
     )
+
+
+def test_no_ping_copies_the_wal_into_the_database_file_and_a_checkpoint_does(store):
+    synced(store)
+    for second in range(1500):
+        store.record_ping("pi", T0 + second)
+    # Without a checkpoint in any commit, the WAL holds every ping's pages (SQLite's own default would
+    # have copied them back every 1 000 pages, inside whichever commit crossed that mark).
+    frames, copied = store.checkpoint()
+    assert frames >= 1500
+    assert copied == frames
+    store.record_ping("pi", T0 + 2000)  # the WAL starts again from its beginning
+    assert store.checkpoint()[0] < 10

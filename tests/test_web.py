@@ -300,8 +300,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600 (15:13:20)
     ping_at(client, clock, T0 - 10)
     [sent, retried] = alert(store, "gone", T0 - 100, "oncall@example.com", "ops@example.com")
-    store.mark_sent(sent, T0 - 99)
-    store.schedule_retry(retried, T0 + 5, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
+    store.mark_sent([sent], T0 - 99)
+    store.schedule_retry([retried], T0 + 5, "535 5.7.8 login alerts@example.com refused by smtp.example.net")
     clock.now = T0
     answer = client.post_json("/testing/state", {"password": "let me in"}, status=200)
     assert answer.content_type == "application/json"
@@ -316,6 +316,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
     assert state["users"]["pi"] == {
         "state": "pinging",
         "last_duration": None,
+        "depends_on": None,
+        "held_back_by": None,
         **shown_settings(max_sleep=60.0, email_frequency=600.0),
         "last_ping": T0 - 10,
         "last_ping_local": "2026-09-21 16:13:10 CEST",
@@ -331,6 +333,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
         "run_started_local": None,
         "failed_at": None,
         "failed_at_local": None,
+        "snoozed_until": None,
+        "snoozed_until_local": None,
     }
     assert (state["users"]["quiet"]["late_at"], state["users"]["gone"]["last_alert_local"]) == (
         None,
@@ -345,6 +349,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
             "recipient": "oncall@example.com",
             "status": "sent",
             "attempts": 1,
+            "digest_id": None,
+            "digest_subject": None,
             "last_ping": None,
             "last_ping_local": None,
             "queued_at": T0 - 100,
@@ -360,6 +366,8 @@ def test_testing_state_shows_each_users_live_state_and_recent_emails(store, cloc
             "recipient": "ops@example.com",
             "status": "queued",
             "attempts": 1,
+            "digest_id": None,
+            "digest_subject": None,
             "last_ping": None,
             "last_ping_local": None,
             "queued_at": T0 - 100,
@@ -818,6 +826,65 @@ def test_testing_state_shows_a_scheduled_users_schedule_and_real_deadline_right_
     assert (job["expected_at_local"], job["late_at_local"]) == ("2026-09-22 08:30:00 CEST", "2026-09-22 08:40:00 CEST")
 
 
+# /snooze: pi pinged last at T0 - 10 (late at T0 + 50), settings say max_sleep 60.
+
+
+def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(client, store, clock):
+    answer = client.post("/snooze?username=pi&minutes=30", status=200)
+    assert (answer.content_type, answer.text) == ("text/plain", "26/09/21 16:43:20")
+    assert store.user("pi").snoozed_until == T0 + 1800
+    clock.now = T0 + 60
+    assert client.get("/snooze?username=pi&minutes=10080", status=200).text == "26/09/28 16:14:20"
+    clock.now = T0 + 120
+    assert client.get("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:15:20"
+    assert store.user("pi").snoozed_until == T0 + 120
+    # Not snoozed any more: minutes=0 changes nothing.
+    clock.now = T0 + 180
+    assert client.post("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:16:20"
+    assert store.user("pi").snoozed_until == T0 + 120
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("minutes=5", "missing username"),
+        ("username=pi", "missing minutes"),
+        ("username=pi&minutes=10081", "invalid minutes '10081': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=1.5", "invalid minutes '1.5': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=-1", "invalid minutes '-1': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=", "invalid minutes '': expected a whole number from 0 to 10080"),
+        ("username=pi&minutes=%EF%BC%91", "invalid minutes '\uff11': expected a whole number from 0 to 10080"),
+    ],
+)
+def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(client, store, query, message):
+    answer = client.get("/snooze?" + query, status=400)
+    assert (answer.content_type, answer.text) == ("text/plain", message)
+    assert store.user("pi").snoozed_until is None
+
+
+def test_snooze_of_an_unknown_user_is_a_404(client):
+    assert client.post("/snooze?username=ghost&minutes=5", status=404).text == "unknown user ghost"
+
+
+def test_testing_state_shows_snoozed_and_suppressed_users_and_the_parent_they_wait_for(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    users = {"router": user, "cam": {**user, "depends_on": "router"}, "nas": user}
+    client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600
+    client.get("/snooze?username=nas&minutes=5", status=200)
+    state = client.post_json("/testing/state", {"password": "let me in"}, status=200).json["users"]
+    assert {name: live["state"] for name, live in state.items()} == {
+        "router": "late",
+        "cam": "suppressed",
+        "nas": "snoozed",
+    }
+    assert (state["cam"]["depends_on"], state["router"]["depends_on"]) == ("router", None)
+    assert (state["nas"]["snoozed_until"], state["nas"]["snoozed_until_local"]) == (
+        T0 + 300,
+        "2026-09-21 16:18:20 CEST",
+    )
+    assert (state["nas"]["held_back_until"], state["nas"]["held_back_by"]) == (T0 + 300, "snooze")
+
+
 @pytest.mark.parametrize(
     "request_kwargs",
     [
@@ -834,7 +901,7 @@ def test_a_missing_or_wrong_token_is_a_403_and_records_nothing(store, clock, req
     answer = token_client(store, clock).post(**request_kwargs, status=403)
     assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
     assert committed_pings(store) == []
-    assert store.user_counts()[1].pings == 0
+    assert store.user_counts(T0)[1].pings == 0
 
 
 def test_a_user_without_a_token_needs_none_and_tokens_are_never_logged(store, clock, caplog):
@@ -903,7 +970,7 @@ def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock)
     client = metrics_client(store, clock, users)
     ping_at(client, clock, T0 - 20, T0 - 10)
     [email_id] = alert(store, "late", T0 - 100, "oncall@example.com")
-    store.mark_sent(email_id, T0 - 99)
+    store.mark_sent([email_id], T0 - 99)
     alert(store, HOSTILE_NAME + '\\"', T0 - 100, "oncall@example.com")
     clock.now = T0
     samples = scrape(client)
@@ -972,3 +1039,26 @@ def test_metrics_count_a_scheduled_user_as_up_until_its_run_and_grace_have_passe
     assert scrape(client)[("ping_listener_up", (("user", "job"),))] == 1.0
     clock.now += 1
     assert scrape(client)[("ping_listener_up", (("user", "job"),))] == 0.0
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"url": f"/snooze?username=pi&minutes=5&token={TOKEN}"},
+        {"url": "/snooze?username=pi&minutes=5", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+    ],
+)
+def test_snoozing_a_user_with_a_token_needs_it_as_its_signals_do(store, clock, request_kwargs):
+    client = token_client(store, clock)
+    assert client.get(**request_kwargs, status=200).text == "26/09/21 16:18:20"
+    assert store.user("pi").snoozed_until == T0 + 300
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock, method):
+    client = token_client(store, clock)
+    for url in ("/snooze?username=pi&minutes=5", "/snooze?username=pi&minutes=5&token=wrong"):
+        answer = getattr(client, method)(url, status=403)
+        assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
+    assert store.user("pi").snoozed_until is None
+    client.get("/snooze?username=open&minutes=5", status=200)  # a user without a token needs none
