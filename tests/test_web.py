@@ -1062,3 +1062,14 @@ def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(st
         assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
     assert store.user("pi").snoozed_until is None
     client.get("/snooze?username=open&minutes=5", status=200)  # a user without a token needs none
+
+
+@pytest.mark.parametrize("path", ["/ping/pi", "/ping/pi/fail", "/ping/pi/start", "/ping/pi/3", "/ping/pi/log"])
+def test_every_path_form_signal_needs_the_users_token_too(store, clock, path):
+    client = token_client(store, clock)
+    assert client.get(path, status=403).text == "wrong or missing token for pi"
+    assert committed_signals(store) == []
+    client.get(f"{path}?token={TOKEN}", status=200)
+    client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}, status=200)
+    assert len(committed_signals(store)) == 2
+    client.get("/ping/open/fail", status=200)  # a user without a token needs none
