@@ -189,12 +189,23 @@ class Overview:
             for user in users:
                 state = rules.live_state(user, now, user.parent)
                 counts[state] = counts.get(state, 0) + 1
-                # Everything the row shows: its other fields are settings, fixed while the service runs.
+                # Everything the row shows (a reload can change its settings, a parent's return its deadline).
                 silent = rules.silent_at(user, user.last_ping, now)
-                key = (state, silent, user.last_ping, user.last_alert, recent[user.id], alerts.get(user.id, ()))
+                key = (
+                    state,
+                    silent,
+                    user.last_ping,
+                    user.last_alert,
+                    recent[user.id],
+                    alerts.get(user.id, ()),
+                    rules.late_at(user),
+                    user.monitor,
+                    user.max_sleep,
+                    user.schedule,
+                )
                 cached = self._rows.get(user.id)
                 if cached is None or cached[0] != key:
-                    text = json.dumps(_overview_user(user, *key[:2], *key[4:], write), separators=(",", ":"))
+                    text = json.dumps(_overview_user(user, *key[:2], *key[4:6], write), separators=(",", ":"))
                     cached = (key, text)
                 rows[user.id] = cached
                 ranked.append((_state_rank(state), user.username, cached[1]))

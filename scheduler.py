@@ -357,8 +357,9 @@ class Scheduler:
         settings = self._settings.current
         config = settings.users.get(user.username)
         if config is None:
-            # Removed by a reload that has not reached the store yet: it is no longer watched.
-            return CheckOutcome(user, None)
+            # Removed by a reload that has not reached the store yet: not alerted now, but looked at again,
+            # in case that reload fails and the user stays (a reload that succeeds unwatches it itself).
+            return CheckOutcome(user, now + BAD_USER_DELAY)
         server_root = settings.server_root or self.default_root
         decision = decide(user, now, user.parent)
         alert = decision.alert

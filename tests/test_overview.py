@@ -170,3 +170,13 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
     pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
+
+
+def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(store):
+    synced(store, now=T0 - 1000)
+    overview = Overview(store)
+    store.record_ping("pi", T0 - 10)
+    assert by_name(overview_state(store, overview, T0))["pi"]["max_sleep"] == 60
+    store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
+    pi = by_name(overview_state(store, overview, T0 + 2))["pi"]
+    assert (pi["max_sleep"], pi["late_at"]) == (3600, T0 - 10 + 3600)

@@ -955,3 +955,14 @@ def test_a_scheduled_parent_back_from_a_missed_run_restarts_its_childs_silence(s
     steps.check_once(paris(2026, 11, 30, 2, 50, 1))
     store.record_ping("nightly", paris(2026, 12, 1, 2, 40))
     assert store.user("nas").silence_from == paris(2026, 11, 30, 2, 50)
+
+
+def test_a_user_missing_from_the_settings_in_force_is_looked_at_again_not_forgotten(store, recording_mailer):
+    live = LiveSettings(make_settings())
+    store.sync_users(live.current.users, T0)
+    steps = Scheduler(store, recording_mailer, live, "https://example.net", Clock(T0))
+    # A reload put settings without pi in force, and the store has not followed (yet, or ever: it failed).
+    live.replace(make_settings({"nas": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}))
+    assert steps.check_once(T0 + 61) == 1
+    [pi] = store.due_users(T0 + 61 + scheduler.BAD_USER_DELAY + 1, 10)
+    assert pi.username == "pi" and outbox(store.path) == []

@@ -938,7 +938,7 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
             store_module.OLD_PINGS_SQL,
             (T0, 10),
             [
-                "SCAN users USING COVERING INDEX sqlite_autoindex_users_1",
+                "SCAN users",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
             ],
         ),
@@ -1166,3 +1166,14 @@ def test_no_ping_copies_the_wal_into_the_database_file_and_a_checkpoint_does(sto
     assert copied == frames
     store.record_ping("pi", T0 + 2000)  # the WAL starts again from its beginning
     assert store.checkpoint()[0] < 10
+
+
+def test_retention_keeps_the_fail_signal_a_failed_users_alerts_quote(store):
+    synced(store)
+    store.record_ping("pi", T0 + 1)
+    store.record_ping("pi", T0 + 10, "fail", exit_code=1, body="disk full")
+    [user] = store.due_users(T0 + 11, 10)
+    while store.delete_pings_before(T0 + 86_400 * 30, 10):
+        pass
+    assert store.signal(user.fail_signal) == Signal(T0 + 10, "fail", 1, None, "disk full")
+    assert store.pings_between("pi", T0, T0 + 100) == [T0 + 10]
