@@ -379,6 +379,9 @@ class UnknownUserError(StoreError):
     """No such user: not configured (for pings) or never known (for history)."""
 
 
+_BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
+
+
 @dataclass(frozen=True, slots=True)
 class UserState:
     """A user's configuration mirror and monitoring state, as the absence listener sees it."""
@@ -697,6 +700,10 @@ class Store:
         # before execute() returns. As one statement it releases the GIL once instead of at each
         # of BEGIN, UPDATE, INSERT and COMMIT, which is what lets the HTTP thread keep up.
         with self._write_lock, _storage_faults():
+            if getattr(self._local, "in_batch", False) and not connection.in_transaction:
+                # SQLite rolled the batch back after a failed statement: committing this alone would
+                # record a ping whose answer the failed batch withholds, and a retry would record it twice.
+                raise StoreUnavailableError(_BATCH_ROLLED_BACK)
             recorded = connection.execute(RECORD_SIGNAL_SQL, (now, kind, exit_code, body, username)).rowcount
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
@@ -714,14 +721,17 @@ class Store:
         connection = self._connection()
         with self._write_lock, _storage_faults():
             connection.execute("BEGIN IMMEDIATE")
+            self._local.in_batch = True
             try:
                 yield
             except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.in_batch = False
             if not connection.in_transaction:  # SQLite rolled it back after a failed statement
-                raise StoreUnavailableError("storage unavailable: a batch of pings was rolled back")
+                raise StoreUnavailableError(_BATCH_ROLLED_BACK)
             try:
                 connection.execute("COMMIT")
             except BaseException:

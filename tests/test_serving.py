@@ -264,3 +264,30 @@ def test_the_service_batches_pings_and_answers_them_once_committed(tmp_path, sta
     assert result.count(200) == 200
     # Every acknowledged ping is in the database, read by a connection of its own.
     assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == 200
+
+
+class RollingBackStore(Store):
+    """A real store in which SQLite rolls a ping batch back before its next ping, as an I/O error does."""
+
+    roll_back_next = False
+
+    def before_use(self, connection):
+        if self.roll_back_next and connection.in_transaction:
+            self.roll_back_next = False
+            connection.execute("ROLLBACK")
+
+
+def test_a_ping_after_its_batch_was_rolled_back_is_refused_not_committed_alone(tmp_path):
+    store = RollingBackStore(tmp_path / "ping_listener.db")
+    try:
+        store.sync_users(make_settings(USERS).users, BUSY_DAY)
+        with pytest.raises(StoreUnavailableError), store.ping_batch():
+            store.record_ping(DEVICE, BUSY_DAY + 1)
+            store.roll_back_next = True
+            with pytest.raises(StoreUnavailableError, match="rolled back"):
+                store.record_ping(DEVICE, BUSY_DAY + 2)
+        assert store.pings_between(DEVICE, BUSY_DAY, BUSY_DAY + 10) == []
+        store.record_ping(DEVICE, BUSY_DAY + 3)  # out of a batch, a ping commits on its own again
+        assert store.pings_between(DEVICE, BUSY_DAY, BUSY_DAY + 10) == [BUSY_DAY + 3]
+    finally:
+        store.close()
