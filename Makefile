@@ -60,16 +60,22 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	touch $@ $(VENV)/.runtime-installed
 
-# Debian packages as "command-or-file:package" pairs. Tests: Chromium for the testing page, the sqlite3
-# shell docs/database.md shows, time zone data. Benchmarks: wrk, time zone data (they run in Europe/Paris).
-TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime
-BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata
+# Debian packages as "command-or-file:package" pairs (a file may be a glob). Tests: Chromium for the testing
+# page, the sqlite3 shell docs/database.md shows, time zone data, faketime, the PostgreSQL server the tests
+# start a cluster of (tests/pgcluster.py; its versioned bin directory, as the client alone has one too).
+# Benchmarks: wrk, time zone data (they run in Europe/Paris), PostgreSQL.
+POSTGRESQL_SERVER := /usr/lib/postgresql/*/bin/initdb:postgresql
+TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime \
+	$(POSTGRESQL_SERVER)
+BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata $(POSTGRESQL_SERVER)
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.
+# `set -- GLOB` expands a glob to the files it matches (or leaves it as it is when none does).
 define install_missing_debian_packages
 	@missing=""; \
 	for pair in $(1); do \
-		[ -e "$${pair%%:*}" ] || command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+		set -- $${pair%%:*}; \
+		[ -e "$$1" ] || command -v "$$1" >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \

@@ -4,6 +4,7 @@ import time
 import pytest
 import trustme
 
+from pgcluster import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from store import Store
 from support import ServerProcess, TlsSmtpServer, server_env
 
