@@ -55,9 +55,10 @@ BAD_USER_DELAY = 60.0
 RETENTION_BATCH = 500
 RETENTION_PAUSE = 0.02
 RETENTION_INTERVAL = 60.0
-# How often the WAL is copied into the database file (Store.checkpoint): commits never do it, so that a
-# ping never waits for a checkpoint's fsync; every second keeps the WAL to about a second of writes.
-CHECKPOINT_INTERVAL = 1.0
+# How often the store's upkeep runs (Store.upkeep): on SQLite the WAL is copied into the database file
+# (commits never do it, so that a ping never waits for a checkpoint's fsync; every second keeps the WAL to
+# about a second of writes); on PostgreSQL the instance's lease is renewed (pg_store.CLAIM_TIMEOUT).
+UPKEEP_INTERVAL = 1.0
 # How long a heartbeat GET may take before it counts as failed.
 HEARTBEAT_TIMEOUT = 10.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
@@ -206,10 +207,10 @@ class Scheduler:
             self._record_delivery(delivery, result, self._clock())
         return len(deliveries)
 
-    def checkpoint_once(self, now: float) -> int:
-        """Copy the WAL into the database file as far as readers allow (Store.checkpoint); return 0, as
-        there is never more to do at once."""
-        self._store.checkpoint()
+    def upkeep_once(self, now: float) -> int:
+        """The store's upkeep at `now` (Store.upkeep: a WAL checkpoint on SQLite, the instance's lease on
+        PostgreSQL); return 0, as there is never more to do at once."""
+        self._store.upkeep(now)
         return 0
 
     def retain_once(self, now: float) -> int:
@@ -261,7 +262,7 @@ class Scheduler:
         return False
 
     def start(self) -> None:
-        """Start the absence listener, the outbox drain, the webhook delivery, retention, the WAL checkpoint
+        """Start the absence listener, the outbox drain, the webhook delivery, retention, the store's upkeep
         and the heartbeat in background threads."""
         settings = self._settings
         for name, step, full_step, delay, pause in (
@@ -281,8 +282,8 @@ class Scheduler:
                 0.0,
             ),
             ("retention", self.retain_once, RETENTION_BATCH, lambda: RETENTION_INTERVAL, RETENTION_PAUSE),
-            # Never "full": one checkpoint, then a wait.
-            ("checkpoint", self.checkpoint_once, 1, lambda: CHECKPOINT_INTERVAL, 0.0),
+            # Never "full": one upkeep, then a wait.
+            ("upkeep", self.upkeep_once, 1, lambda: UPKEEP_INTERVAL, 0.0),
             # Never "full": one GET, then a wait of heartbeat_frequency.
             ("heartbeat", lambda now: int(self.beat_once()), 2, lambda: settings.current.heartbeat_frequency, 0.0),
         ):

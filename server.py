@@ -1,9 +1,10 @@
 """Ping Listener's command: start up, serve the app until SIGTERM or SIGINT (serving.py), shut down.
 
-python server.py [--settings PATH] [--db PATH] [--host HOST] [--port PORT]
+python server.py [--settings PATH] [--db PATH_OR_URL] [--host HOST] [--port PORT]
 python server.py --send-test-email ADDRESS
 
-Startup reads the settings, opens the database and starts the scheduler; SIGHUP reads the settings
+Startup reads the settings, opens the database (a SQLite file, or PostgreSQL for a postgresql:// URL in --db
+or DATABASE_URL: database.py) and starts the scheduler; SIGHUP reads the settings
 again (reload_settings). The app itself, its routes and answers, is web.py. --send-test-email only
 proves the SMTP setup: it sends one email and exits, touching neither the settings nor the database.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 import config
 import serving
 from config import LiveSettings
+from database import chosen_database, display_name, open_store
 from mailer import SENT, SmtpMailer, SmtpSetupError
 from metrics import Exporter
 from scheduler import Scheduler
@@ -53,18 +55,21 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 2
     clock = time.time
+    db = chosen_database(args.db, os.environ)
     try:
-        store = Store(args.db)
+        store = open_store(db)
     except StoreOpenError as error:
         print(error, file=sys.stderr)
         return 2
     if store.upgraded_from is not None:
-        log.warning("%s: database upgraded from schema version %d to %d", args.db, store.upgraded_from, SCHEMA_VERSION)
+        log.warning(
+            "%s: database upgraded from schema version %d to %d", display_name(db), store.upgraded_from, SCHEMA_VERSION
+        )
     try:
         store.sync_users(settings.users, clock())
     except StoreError as error:
         store.close()
-        print(f"{args.db}: {error}", file=sys.stderr)
+        print(f"{display_name(db)}: {error}", file=sys.stderr)
         return 2
     live_settings = LiveSettings(settings)
     mail_sender = SmtpMailer(smtp)
@@ -223,7 +228,11 @@ def reload_settings(
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Ping Listener: a dead man's switch for devices that ping it.")
     parser.add_argument("--settings", default="settings.json", help="settings file (default: settings.json)")
-    parser.add_argument("--db", default="ping_listener.db", help="SQLite database (default: ping_listener.db)")
+    parser.add_argument(
+        "--db",
+        help="SQLite database file, or postgresql://USER@HOST:PORT/DBNAME"
+        " (default: DATABASE_URL if set, else ping_listener.db)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8080, help="port to listen on; 0 lets the OS choose")
     parser.add_argument(

@@ -4,6 +4,7 @@ import time
 import pytest
 import trustme
 
+from pg_store import PgStore
 from pgcluster import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from store import Store
 from support import ServerProcess, TlsSmtpServer, server_env
@@ -14,8 +15,13 @@ time.tzset()
 
 
 @pytest.fixture
-def store(tmp_path):
-    opened = Store(tmp_path / "ping_listener.db")
+def store(request, tmp_path):
+    """A new store: SQLite in tmp_path, or PostgreSQL in a new database for a test parametrised with
+    `store` = "postgresql" (indirect=True, as tests/test_store.py's BACKENDS)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        opened = PgStore(request.getfixturevalue("postgres_url"))
+    else:
+        opened = Store(tmp_path / "ping_listener.db")
     yield opened
     opened.close()
 

@@ -934,11 +934,11 @@ def test_a_request_runs_its_action_in_a_thread_of_its_own_even_after_one_failed(
     assert "reload failed" in caplog.text
 
 
-def test_a_checkpoint_step_copies_the_wal_so_the_next_write_starts_it_again(store, recording_mailer):
+def test_an_upkeep_step_on_sqlite_copies_the_wal_so_the_next_write_starts_it_again(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     for second in range(300):
         store.record_ping("pi", T0 + second)
-    assert steps.checkpoint_once(T0 + 300) == 0
+    assert steps.upkeep_once(T0 + 300) == 0
     store.record_ping("pi", T0 + 301)
     assert store.checkpoint()[0] < 10  # only the last ping's pages: the WAL was started again
 

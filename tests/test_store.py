@@ -5,10 +5,12 @@ from pathlib import Path
 
 import hypothesis
 import hypothesis.strategies
+import psycopg
 import pytest
 
 import rules
 import store as store_module
+from pg_store import PgStore
 from store import (
     SCHEMA_VERSION,
     CheckOutcome,
@@ -24,10 +26,67 @@ from store import (
 from support import T0, make_settings, query
 from webhooks import WebhookEvent
 
+# The store contract's tests run on both backends; the others are SQLite's own (pragmas, WAL, query plans,
+# files, upgrades) and tests/test_pg_store.py has PostgreSQL's.
+BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+
+
+class _PgConnection:
+    """A psycopg connection that takes SQLite's ? placeholders, as sqlite3 connections do."""
+
+    def __init__(self, url):
+        self._connection = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql, parameters=()):
+        return self._connection.execute(sql.replace("?", "%s"), parameters)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._connection.close()
+
 
 def second_connection(store):
     """A connection of its own, to check what was really committed."""
-    return sqlite3.connect(store.path)
+    return _PgConnection(store.url) if isinstance(store, PgStore) else sqlite3.connect(store.path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request, tmp_path_factory):
+    """A function giving a new, empty store of the backend at each call (one per hypothesis example). On
+    PostgreSQL, one database and store serve every call, emptied each time (a new database each would take
+    longer than the example)."""
+    if request.param == "sqlite":
+        opened = []
+
+        def new_sqlite_store():
+            opened.append(Store(tmp_path_factory.mktemp("db") / "db"))
+            return opened[-1]
+
+        yield new_sqlite_store
+        for each in opened:
+            each.close()
+        return
+    pg = PgStore(request.getfixturevalue("postgres_url"))
+
+    def emptied_pg_store():
+        with second_connection(pg) as connection:
+            connection.execute("TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox RESTART IDENTITY")
+        return pg
+
+    yield emptied_pg_store
+    pg.close()
+
+
+# new_store is function-scoped on purpose: each example asks it for a store of its own.
+ONE_STORE_PER_EXAMPLE = [hypothesis.HealthCheck.function_scoped_fixture]
+
+
+def rows(store, sql, parameters=()):
+    """The rows `sql` (with ? placeholders) selects from `store`'s database, through a connection of its own."""
+    with second_connection(store) as connection:
+        return [tuple(row) for row in connection.execute(sql, parameters).fetchall()]
 
 
 def synced(store, users=None, now=T0):
@@ -48,6 +107,7 @@ def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
     assert store.pragma("busy_timeout") == 5000
 
 
+@BACKENDS
 def test_a_ping_is_committed_before_record_ping_returns(store):
     synced(store)
     store.record_ping("pi", T0 + 5)
@@ -56,6 +116,7 @@ def test_a_ping_is_committed_before_record_ping_returns(store):
         assert connection.execute("SELECT last_ping, due_at FROM users").fetchone() == (T0 + 5, T0 + 65)
 
 
+@BACKENDS
 def test_a_ping_from_an_unconfigured_user_is_refused_and_not_recorded(store):
     synced(store)
     with pytest.raises(UnknownUserError):
@@ -64,6 +125,7 @@ def test_a_ping_from_an_unconfigured_user_is_refused_and_not_recorded(store):
         assert connection.execute("SELECT count(*) FROM pings").fetchone()[0] == 0
 
 
+@BACKENDS
 def test_last_ping_never_moves_backwards_when_pings_commit_out_of_order(store):
     synced(store)
     store.record_ping("pi", T0 + 10)
@@ -73,6 +135,7 @@ def test_last_ping_never_moves_backwards_when_pings_commit_out_of_order(store):
     assert (user.last_ping, user.due_at) == (T0 + 10, T0 + 70)
 
 
+@BACKENDS
 def test_pings_between_is_half_open_and_ascending(store):
     synced(store)
     for at in (T0 + 3, T0 + 1, T0 + 2, T0 + 4):
@@ -80,6 +143,7 @@ def test_pings_between_is_half_open_and_ascending(store):
     assert store.pings_between("pi", T0 + 1, T0 + 4) == [T0 + 1, T0 + 2, T0 + 3]
 
 
+@BACKENDS
 def test_pings_between_refuses_a_user_never_known(store):
     synced(store)
     assert store.pings_between("pi", T0, T0 + 1) == []
@@ -87,6 +151,7 @@ def test_pings_between_refuses_a_user_never_known(store):
         store.pings_between("ghost", T0, T0 + 1)
 
 
+@BACKENDS
 def test_a_user_removed_from_the_settings_keeps_its_history_but_cannot_ping(store):
     synced(store)
     store.record_ping("pi", T0 + 1)
@@ -97,6 +162,7 @@ def test_a_user_removed_from_the_settings_keeps_its_history_but_cannot_ping(stor
     assert store.due_users(T0 + 10_000, 10) == []
 
 
+@BACKENDS
 def test_sync_restarts_monitoring_so_downtime_does_not_count(store):
     synced(store)
     store.record_ping("pi", T0)
@@ -106,12 +172,14 @@ def test_sync_restarts_monitoring_so_downtime_does_not_count(store):
     assert (user.monitored_since, user.last_ping, user.due_at) == (T0 + 1000, T0, T0 + 1060)
 
 
+@BACKENDS
 def test_an_unmonitored_user_is_never_due(store):
     synced(store, users={"pi": {"monitor": False, "max_sleep": 1, "email_frequency": 1}})
     store.record_ping("pi", T0)
     assert store.due_users(T0 + 1e9, 10) == []
 
 
+@BACKENDS
 def test_sync_updates_changed_settings(store):
     synced(store)
     synced(store, users={"pi": {"monitor": True, "max_sleep": 5, "email_frequency": 7}}, now=T0 + 1)
@@ -248,6 +316,7 @@ def test_the_overview_queries_seek_per_user_or_read_new_pings_by_id_and_never_so
     assert store.query_plan(query, parameters) == expected_plan
 
 
+@BACKENDS
 def test_configured_users_are_listed_by_name_without_removed_ones(store):
     def users(*names, monitored=("a", "b", "old")):
         return {name: {"monitor": name in monitored, "max_sleep": 60, "email_frequency": 600} for name in names}
@@ -265,6 +334,7 @@ def alert_outcome(user, next_due_at, *recipients, down_since=None):
     return CheckOutcome(user, next_due_at, emails, down_since=down_since)
 
 
+@BACKENDS
 def test_an_alert_records_its_time_and_queues_its_emails_together(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -278,6 +348,7 @@ def test_an_alert_records_its_time_and_queues_its_emails_together(store):
         ]
 
 
+@BACKENDS
 def test_an_outcome_decided_before_a_ping_arrived_is_dropped(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -288,6 +359,7 @@ def test_an_outcome_decided_before_a_ping_arrived_is_dropped(store):
     assert (user.last_alert, user.due_at) == (None, T0 + 121)
 
 
+@BACKENDS
 def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -310,6 +382,7 @@ def test_the_outbox_keeps_an_email_until_it_is_sent_or_failed(store):
     ]
 
 
+@BACKENDS
 def test_recent_emails_show_the_newest_first_with_their_fate_and_the_alerts_last_ping(store):
     synced(store)
     store.record_ping("pi", T0 + 1)
@@ -348,6 +421,7 @@ def test_the_readable_views_show_local_times(store):
         assert connection.execute("SELECT last_ping FROM users_readable").fetchone() == ("2026-09-21 16:13:20",)
 
 
+@BACKENDS
 def test_pings_from_many_threads_are_all_recorded(store):
     synced(store)
     errors = []
@@ -475,7 +549,7 @@ def test_another_applications_database_is_refused(tmp_path):
         Store(path)
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
 @hypothesis.given(
     events=hypothesis.strategies.lists(
         hypothesis.strategies.tuples(
@@ -485,20 +559,17 @@ def test_another_applications_database_is_refused(tmp_path):
         max_size=12,
     )
 )
-def test_the_stored_due_time_is_always_the_rules_late_at(tmp_path_factory, events):
+def test_the_stored_due_time_is_always_the_rules_late_at(new_store, events):
     # The deadline rule is written in SQL (on every ping and restart) and in rules.late_at:
     # whatever happens, they must agree, or the index would hide late users.
-    store = synced(Store(tmp_path_factory.mktemp("db") / "db"))
-    try:
-        for kind, offset in events:
-            if kind == "ping":
-                store.record_ping("pi", T0 + offset)
-            else:
-                store.restart_monitoring(T0 + offset)
-            [user] = store.configured_users()
-            assert user.due_at == rules.late_at(user)
-    finally:
-        store.close()
+    store = synced(new_store())
+    for kind, offset in events:
+        if kind == "ping":
+            store.record_ping("pi", T0 + offset)
+        else:
+            store.restart_monitoring(T0 + offset)
+        [user] = store.configured_users()
+        assert user.due_at == rules.late_at(user)
 
 
 def user_row(store, *columns):
@@ -514,6 +585,7 @@ def signal_rows(store):
 RUNNER = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "max_runtime": 30}}
 
 
+@BACKENDS
 def test_each_kind_of_signal_is_committed_with_its_exit_code_body_and_the_duration_of_the_run_it_closes(store):
     synced(store, RUNNER)
     store.record_ping("pi", T0 + 1, "start")
@@ -535,6 +607,7 @@ def test_each_kind_of_signal_is_committed_with_its_exit_code_body_and_the_durati
     assert user_row(store, "last_duration", "run_started", "failed_at") == (6.5, None, None)
 
 
+@BACKENDS
 def test_a_start_opens_a_run_but_is_no_sign_of_life_and_a_log_changes_nothing(store):
     synced(store, RUNNER)
     store.record_ping("pi", T0 + 5)
@@ -545,11 +618,12 @@ def test_a_start_opens_a_run_but_is_no_sign_of_life_and_a_log_changes_nothing(st
     assert user_row(store, "*") == before
 
 
+@BACKENDS
 def test_a_fail_is_contact_and_makes_the_user_failed_until_the_next_success(store):
     synced(store)
     store.record_ping("pi", T0 + 5, "fail", exit_code=1)
     store.record_ping("pi", T0 + 7, "fail", exit_code=2)
-    [fail, again] = [row[0] for row in query(store.path, "SELECT id FROM pings ORDER BY id")]
+    [fail, again] = [row[0] for row in rows(store, "SELECT id FROM pings ORDER BY id")]
     # Failed since the first fail, due at once; the latest fail is the one its alert quotes.
     assert user_row(store, "last_ping", "failed_at", "fail_signal", "due_at") == (T0 + 7, T0 + 5, again, T0 + 5)
     assert store.signal(again) == Signal(T0 + 7, "fail", 2, None, None)
@@ -558,6 +632,7 @@ def test_a_fail_is_contact_and_makes_the_user_failed_until_the_next_success(stor
     assert fail != again
 
 
+@BACKENDS
 def test_a_success_ends_only_an_alerted_outage_and_makes_its_recovery_due_at_once(store):
     synced(store)
     store.record_ping("pi", T0 + 1)
@@ -570,6 +645,7 @@ def test_a_success_ends_only_an_alerted_outage_and_makes_its_recovery_due_at_onc
     assert user_row(store, "back_at", "due_at") == (T0 + 100, T0 + 100)
 
 
+@BACKENDS
 def test_a_recovery_is_queued_and_the_outage_closed_in_the_same_transaction(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -580,7 +656,7 @@ def test_a_recovery_is_queued_and_the_outage_closed_in_the_same_transaction(stor
     outcome = CheckOutcome(user, T0 + 160, ends_outage=True, recovery=back)
     assert store.save_check_outcomes([outcome], T0 + 101) == 0  # a recovery is not an alert
     assert user_row(store, "down_since", "back_at", "due_at") == (None, None, T0 + 160)
-    assert query(store.path, "SELECT kind, went_down_at, at FROM alerts ORDER BY id") == [
+    assert rows(store, "SELECT kind, went_down_at, at FROM alerts ORDER BY id") == [
         ("late", T0 + 60, T0 + 61),
         ("back", T0 + 60, T0 + 101),
     ]
@@ -593,6 +669,7 @@ def test_a_recovery_is_queued_and_the_outage_closed_in_the_same_transaction(stor
     assert len(store.recent_emails(10)) == 2
 
 
+@BACKENDS
 def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_deadline_stayed(store):
     synced(store)
     store.record_ping("pi", T0, "fail")
@@ -602,6 +679,7 @@ def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_dea
     assert store.save_check_outcomes([alert_outcome(user, T0 + 601, "a@example.com", down_since=T0)], T0 + 1) == 0
 
 
+@BACKENDS
 def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(store):
     synced(store)
     for n in range(5):
@@ -620,6 +698,7 @@ def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(s
         store.signals_between("ghost", T0, T0 + 1, 10, 10)
 
 
+@BACKENDS
 def test_a_restart_after_the_clock_went_back_moves_future_runs_failures_and_recoveries_to_now(store):
     synced(store, RUNNER)
     store.record_ping("pi", T0 + 100, "start")
@@ -722,40 +801,35 @@ WATCHES = [
 ]
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
 @hypothesis.given(
     events=SIGNAL_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]),
     watch=hypothesis.strategies.sampled_from(WATCHES),
 )
-def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
-    tmp_path_factory, events, max_runtime, watch
-):
+def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(new_store, events, max_runtime, watch):
     # The deadline rule is written in SQL (on every signal and restart) and in rules.due_at: whatever
     # happens, they must agree, or the index would hide due users. After a listener step it is
     # what rules.decide chose.
     users = {"pi": {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}}
-    store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
-    try:
-        for kind, offset in events:
-            now = T0 + offset
-            if kind == "check":
-                [before] = store.configured_users()
-                decision = rules.decide(before, now)
-                store.save_check_outcomes([outcome_of(before, decision)], now)
-                [user] = store.configured_users()
-                assert user.due_at == decision.next_due_at
-                continue
+    store = synced(new_store(), users)
+    for kind, offset in events:
+        now = T0 + offset
+        if kind == "check":
             [before] = store.configured_users()
-            if kind == "restart":
-                store.restart_monitoring(now)
-            else:
-                store.record_ping("pi", now, kind)
+            decision = rules.decide(before, now)
+            store.save_check_outcomes([outcome_of(before, decision)], now)
             [user] = store.configured_users()
-            # A log changes nothing, not even a deadline the listener chose.
-            assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
-    finally:
-        store.close()
+            assert user.due_at == decision.next_due_at
+            continue
+        [before] = store.configured_users()
+        if kind == "restart":
+            store.restart_monitoring(now)
+        else:
+            store.record_ping("pi", now, kind)
+        [user] = store.configured_users()
+        # A log changes nothing, not even a deadline the listener chose.
+        assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
 
 
 STORM_EVENTS = hypothesis.strategies.lists(
@@ -770,14 +844,14 @@ STORM_EVENTS = hypothesis.strategies.lists(
 )
 
 
-@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
 @hypothesis.given(
     events=STORM_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 30]),
     watch=hypothesis.strategies.sampled_from([{"max_sleep": 60}, *WATCHES[1:]]),
 )
 def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_return_is_the_rules(
-    tmp_path_factory, events, max_runtime, watch
+    new_store, events, max_runtime, watch
 ):
     # Each user's deadline, as SQL stores it after every signal, snooze and restart, is rules.due_at (or
     # what rules.decide chose, after a listener step). A success of the router restarts cam's silence
@@ -785,48 +859,45 @@ def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_re
     # when the listener has looked at it since its silence was last restarted (SQL then knows its next run).
     user = {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}
     users = {"router": user, "cam": {**user, "depends_on": "router"}}
-    store = synced(Store(tmp_path_factory.mktemp("db") / "db"), users)
-    try:
-        for event, offset in events:
-            now = T0 + offset
-            before = {user.username: user for user in store.configured_users()}
-            chosen = {}
-            if event == "check":
-                outcomes = []
-                for user in before.values():
-                    decision = rules.decide(user, now, user.parent)
-                    outcomes.append(outcome_of(user, decision))
-                    chosen[user.username] = decision.next_due_at
-                store.save_check_outcomes(outcomes, now)
-            elif event == "restart":
-                store.restart_monitoring(now)
-            elif event.startswith("snooze"):
-                store.snooze(event.split()[1], now + 300, now)
-            elif event == "unsnooze cam":
-                store.snooze("cam", now, now)
-            else:
-                username, kind = event.split()
-                store.record_ping(username, now, kind)
-            after = {user.username: user for user in store.configured_users()}
-            router = before["router"]
-            down = rules.condition(router, now)
-            returned = event == "router success" and down is not None
-            if router.schedule is not None and returned and down.kind == rules.SILENCE:
-                # Only if the listener's stored next run is for the moment the router's silence is measured from.
-                returned = next_run_after_of(store, "router") == rules.silence_start(router, now)
-            if returned:
-                assert after["cam"].silence_from == max(before["cam"].silence_from or now, now)
-                assert after["cam"].suppressed_kind is None
-            else:
-                assert after["cam"].silence_from == before["cam"].silence_from
-            for name, user in after.items():
-                touched = event in ("check", "restart") or name in event.split() or (name == "cam" and returned)
-                if event == "unsnooze cam":  # minutes=0 changes nothing for a user not snoozed
-                    touched = name == "cam" and rules.snoozed(before["cam"], now)
-                expected = chosen.get(name, rules.due_at(user)) if touched else before[name].due_at
-                assert user.due_at == expected, (name, event)
-    finally:
-        store.close()
+    store = synced(new_store(), users)
+    for event, offset in events:
+        now = T0 + offset
+        before = {user.username: user for user in store.configured_users()}
+        chosen = {}
+        if event == "check":
+            outcomes = []
+            for user in before.values():
+                decision = rules.decide(user, now, user.parent)
+                outcomes.append(outcome_of(user, decision))
+                chosen[user.username] = decision.next_due_at
+            store.save_check_outcomes(outcomes, now)
+        elif event == "restart":
+            store.restart_monitoring(now)
+        elif event.startswith("snooze"):
+            store.snooze(event.split()[1], now + 300, now)
+        elif event == "unsnooze cam":
+            store.snooze("cam", now, now)
+        else:
+            username, kind = event.split()
+            store.record_ping(username, now, kind)
+        after = {user.username: user for user in store.configured_users()}
+        router = before["router"]
+        down = rules.condition(router, now)
+        returned = event == "router success" and down is not None
+        if router.schedule is not None and returned and down.kind == rules.SILENCE:
+            # Only if the listener's stored next run is for the moment the router's silence is measured from.
+            returned = next_run_after_of(store, "router") == rules.silence_start(router, now)
+        if returned:
+            assert after["cam"].silence_from == max(before["cam"].silence_from or now, now)
+            assert after["cam"].suppressed_kind is None
+        else:
+            assert after["cam"].silence_from == before["cam"].silence_from
+        for name, user in after.items():
+            touched = event in ("check", "restart") or name in event.split() or (name == "cam" and returned)
+            if event == "unsnooze cam":  # minutes=0 changes nothing for a user not snoozed
+                touched = name == "cam" and rules.snoozed(before["cam"], now)
+            expected = chosen.get(name, rules.due_at(user)) if touched else before[name].due_at
+            assert user.due_at == expected, (name, event)
 
 
 def next_run_after_of(store, username):
@@ -853,6 +924,7 @@ def config_of(max_sleep=60, monitor=True, email_frequency=600):
     return {"monitor": monitor, "max_sleep": max_sleep, "email_frequency": email_frequency}
 
 
+@BACKENDS
 def test_a_reload_leaves_unchanged_users_exactly_as_they_were(store):
     synced(store, users={"pi": config_of(), "nas": config_of()})
     store.record_ping("pi", T0 + 30)
@@ -864,6 +936,7 @@ def test_a_reload_leaves_unchanged_users_exactly_as_they_were(store):
     assert {name: reload_row(store, name) for name in ("pi", "nas")} == before
 
 
+@BACKENDS
 def test_a_reload_monitors_added_users_from_then_and_forgets_removed_ones_but_not_their_history(store):
     synced(store, users={"pi": config_of(), "old": config_of()})
     store.record_ping("old", T0 + 10)
@@ -879,6 +952,7 @@ def test_a_reload_monitors_added_users_from_then_and_forgets_removed_ones_but_no
     assert reload_row(store, "old")[4:] == (T0 + 200, T0 + 10, None, T0 + 260)
 
 
+@BACKENDS
 def test_a_reload_moves_a_changed_users_deadline_at_once_either_way(store):
     synced(store)
     store.record_ping("pi", T0 + 10)
@@ -890,12 +964,14 @@ def test_a_reload_moves_a_changed_users_deadline_at_once_either_way(store):
     assert reload_row(store, "pi")[-1] == T0 + 3610
 
 
+@BACKENDS
 def test_turning_monitor_on_by_reload_monitors_from_then(store):
     synced(store, users={"pi": config_of(monitor=False)})
     reloaded(store, {"pi": config_of(monitor=True)}, T0 + 1000)
     assert reload_row(store, "pi")[4:] == (T0 + 1000, None, None, T0 + 1060)
 
 
+@BACKENDS
 def test_pings_and_alerts_are_counted_per_user_for_the_metrics(store):
     synced(store, users={"pi": config_of(), "nas": config_of(monitor=False)})
     for at in (1, 2, 3):
@@ -960,6 +1036,7 @@ def test_old_history_deletes_follow_their_indexes(store):
     assert "SEARCH outbox USING COVERING INDEX outbox_by_digest (digest_id=?)" in plan
 
 
+@BACKENDS
 def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept(store):
     synced(store, users={"pi": config_of(), "nas": config_of()})
     for at in range(10):
@@ -988,6 +1065,7 @@ def test_deleted_pings_leave_space_that_new_pings_reuse(store):
     assert store.pragma("page_count") <= pages
 
 
+@BACKENDS
 def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
     synced(store, users={"pi": config_of(), "nas": config_of()})
     users = store.due_users(T0 + 61, 10)
@@ -1007,7 +1085,7 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
     # The other email, then the digest and the alert it freed.
     assert store.delete_history_before(T0 + 1000, 10) == 3
     assert store.delete_history_before(T0 + 1000, 10) == 0
-    assert query(store.path, "SELECT count(*) FROM digests") == [(0,)]
+    assert rows(store, "SELECT count(*) FROM digests") == [(0,)]
     assert store.outbox_counts() == {"queued": 1, "sent": 0, "failed": 0}
     with second_connection(store) as connection:
         assert connection.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
@@ -1027,6 +1105,7 @@ def test_check_writable_passes_and_reports_a_database_locked_by_another_process(
     assert store.pragma("busy_timeout") == 5000  # pings still wait as long as before
 
 
+@BACKENDS
 def test_a_reload_can_give_a_user_a_schedule_and_its_deadline_is_then_the_listeners_to_store(store):
     synced(store)
     store.record_ping("pi", T0 + 10)
@@ -1040,6 +1119,7 @@ def test_a_reload_can_give_a_user_a_schedule_and_its_deadline_is_then_the_listen
     assert (store.user("pi").schedule, store.user("pi").due_at) == (None, T0 + 70)
 
 
+@BACKENDS
 def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(store):
     synced(store, users={"pi": config_of()})
     change = reloaded(
@@ -1055,6 +1135,7 @@ def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(
     assert {user.username: user.parent and user.parent.username for user in store.configured_users()}["cam"] == "pi"
 
 
+@BACKENDS
 def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
     synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
     store.snooze("router", T0 + 600, T0)
@@ -1070,6 +1151,7 @@ def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_ret
         }
 
 
+@BACKENDS
 def test_a_parent_back_after_a_silence_of_exactly_max_sleep_was_not_down_and_restarts_nothing(store):
     synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
     store.record_ping("router", T0 + 60)  # exactly max_sleep after the start of monitoring: not late
@@ -1088,6 +1170,7 @@ def webhook_outcome(user, *webhooks):
     return CheckOutcome(user, T0 + 700, webhooks=hooks)
 
 
+@BACKENDS
 def test_an_alert_told_only_by_webhook_is_recorded_with_its_deliveries_and_no_email(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -1101,6 +1184,7 @@ def test_an_alert_told_only_by_webhook_is_recorded_with_its_deliveries_and_no_em
     )
 
 
+@BACKENDS
 def test_a_delivery_is_claimed_retried_and_finished_like_an_email(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -1122,6 +1206,7 @@ def test_a_delivery_is_claimed_retried_and_finished_like_an_email(store):
     assert [d.id for d in store.due_webhooks(T0 + 63, 10)] == [phone.id]
 
 
+@BACKENDS
 def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delivery_refers_to_it(store):
     synced(store)
     [user] = store.due_users(T0 + 61, 10)
@@ -1135,7 +1220,7 @@ def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delive
     assert store.delete_history_before(T0 + 1000, 10) == 2  # the email and the sent delivery; team is queued
     store.finish_webhook(team.id, "failed", T0 + 63, "HTTP 404")
     assert store.delete_history_before(T0 + 1000, 10) == 2  # the failed delivery, then the alert it freed
-    assert query(store.path, "SELECT count(*) FROM alerts") == [(0,)]
+    assert rows(store, "SELECT count(*) FROM alerts") == [(0,)]
 
 
 def test_the_webhook_delivery_finds_due_deliveries_through_its_index_and_joins_by_primary_key(store):
@@ -1168,6 +1253,7 @@ def test_no_ping_copies_the_wal_into_the_database_file_and_a_checkpoint_does(sto
     assert store.checkpoint()[0] < 10
 
 
+@BACKENDS
 def test_retention_keeps_the_fail_signal_a_failed_users_alerts_quote(store):
     synced(store)
     store.record_ping("pi", T0 + 1)

@@ -1,0 +1,920 @@
+"""The PostgreSQL database: every SQL statement and transaction of Ping Listener on PostgreSQL lives here.
+
+PgStore offers store.Store's public methods with the same meanings (read their docstrings there; only what
+differs is said here), the same tables and columns (schema_pg.sql) and the same errors. Connections come
+from a psycopg pool, in autocommit mode: a statement on its own commits before it returns, and statements
+that must commit together run in one transaction.
+
+Several instances of the service may share one database, which is then the only thing they share:
+- each registers in `instances` and renews a lease there (upkeep(), every second) until it stops;
+- the absence listener's due users and the due emails and webhook deliveries are claimed by one UPDATE of
+  the rows found with FOR UPDATE SKIP LOCKED, setting claimed_by to the instance: another instance skips a
+  row while its claimer's lease lasts, so no row is handed to two live instances, and a dead instance's
+  claims are free once its lease has passed (CLAIM_TIMEOUT after its last renewal);
+- an outcome of the listener still applies only if its user is unchanged (store.Store.save_check_outcomes),
+  so an alert is decided once even if a claim was taken over;
+- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one holds a
+  lease; one joining running instances changes no deadline.
+Times are the callers' (each instance's own clock): the store never reads a clock.
+"""
+
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool
+
+from config import UserConfig
+from database import display_name, hide_password
+from rules import BACK
+from store import (
+    _SETTINGS_COLUMNS,
+    _USER_COLUMNS,
+    SCHEMA_VERSION,
+    AlertHistory,
+    CheckOutcome,
+    EmailEvent,
+    NewDigest,
+    QueuedEmail,
+    QueuedWebhook,
+    Signal,
+    StoreError,
+    StoreOpenError,
+    StoreUnavailableError,
+    UnknownUserError,
+    UserCounts,
+    UsersChange,
+    UserState,
+    WebhookHistory,
+    _queued_email,
+    _user_and_parent,
+    _user_settings,
+)
+from webhooks import WebhookEvent
+
+SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
+# How long an instance's lease lasts after its last renewal (upkeep(), every second): a dead or cut-off
+# instance's claims are taken over this long after it last renewed. Long enough that a busy instance
+# (a slow SMTP server, a long step) keeps its claims; the failover bound of docs/database.md.
+CLAIM_TIMEOUT = 15.0
+# Connections: enough for the pings' thread, the web workers and every scheduler loop at once.
+POOL_SIZE = 10
+CONNECT_TIMEOUT = 5
+# How long a statement may wait for a connection of the pool, or for a row lock (as SQLite's busy timeout).
+WAIT_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 0.5
+# Set by the store on every connection, so that the server releases what a dead or cut-off instance holds:
+# a transaction left open (its locks) ends after 30 s idle, no statement runs longer than 60 s, a lock is
+# waited for at most WAIT_TIMEOUT, and TCP keepalives (both ways) find a vanished peer within about 25 s.
+SERVER_SETTINGS = {
+    "idle_in_transaction_session_timeout": "30s",
+    "statement_timeout": "60s",
+    "lock_timeout": f"{int(WAIT_TIMEOUT * 1000)}ms",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+CONNECTION_SETTINGS: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "application_name": "ping-listener",
+    "options": " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items()),
+}
+# pg_advisory_xact_lock keys: creating the schema, and an instance's start (is it alone?), one at a time.
+SCHEMA_LOCK = 7_170_001
+START_LOCK = 7_170_002
+
+
+# store._restarted_sql, _due_at_sql and _down_sql in PostgreSQL. SQLite's multi-argument min() and max()
+# are NULL if any argument is; PostgreSQL's LEAST and GREATEST ignore NULLs. So GREATEST(last_ping, x) is
+# SQLite's max(coalesce(last_ping, x), x), and a run's or a failure's deadline is spelled out as NULL
+# when there is no run or failure. tests/test_store.py checks both stores against rules.py.
+def _restarted(at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
+    """rules._restarted_at at the time `at` (None: once any snooze is over), over the columns of `prefix`."""
+    since = f"{prefix}monitored_since"
+    snooze_end = (
+        f"coalesce({prefix}snoozed_until, {since})"
+        if at is None
+        else f"CASE WHEN {prefix}snoozed_until <= {at} THEN {prefix}snoozed_until ELSE {since} END"
+    )
+    return f"GREATEST({since}, coalesce({silence_from}, {since}), {snooze_end})"
+
+
+def _due_at(
+    last_ping: str = "last_ping",
+    run_started: str = "run_started",
+    failed_at: str = "failed_at",
+    back_at: str = "back_at",
+    silence_from: str = "silence_from",
+) -> str:
+    """rules.due_at in SQL (store._DUE_AT), reading each of these columns from the given SQL expression instead."""
+    restarted = _restarted(silence_from=silence_from)
+    late_at = f"GREATEST({last_ping}, {restarted}) + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
+    failed = f"CASE WHEN {failed_at} IS NOT NULL THEN GREATEST({failed_at}, snoozed_until) END"
+    run = f"CASE WHEN {run_started} IS NOT NULL THEN GREATEST({run_started}, {restarted}) + max_runtime END"
+    return f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN LEAST({failed}, {run}, {late_at}) END"
+
+
+def _down(at: str, prefix: str) -> str:
+    """Whether the user of the columns of `prefix` is in a condition at the time `at` (store._down_sql)."""
+    restarted = _restarted(at, f"{prefix}silence_from", prefix)
+    seen = f"GREATEST({prefix}last_ping, {restarted})"
+    return (
+        f"({prefix}monitor AND ({prefix}failed_at IS NOT NULL"
+        f" OR ({prefix}run_started IS NOT NULL"
+        f" AND {at} > GREATEST({prefix}run_started, {restarted}) + {prefix}max_runtime)"
+        f" OR CASE WHEN {prefix}schedule IS NULL THEN {at} > {seen} + {prefix}max_sleep"
+        f" ELSE {prefix}next_run_after = {seen} AND {at} > {prefix}next_run + {prefix}grace END))"
+    )
+
+
+_DUE_AT = _due_at()
+_RESTARTED_NOW = _restarted("%(now)s")
+# store._CONDITION_AT: when the earliest of a monitored user's conditions begins at %(now)s.
+_CONDITION_AT = (
+    f"CASE WHEN monitor THEN LEAST(failed_at,"
+    f" CASE WHEN run_started IS NOT NULL THEN GREATEST(run_started, {_RESTARTED_NOW}) + max_runtime END,"
+    f" GREATEST(last_ping, {_RESTARTED_NOW}) + max_sleep) END"
+)
+_USER_AND_PARENT = ", ".join(
+    [f"child.{column}" for column in _USER_COLUMNS.split(", ")]
+    + [f"parent.{column}" for column in _USER_COLUMNS.split(", ")]
+)
+
+
+def _claimable(table: str) -> str:
+    """Whether a row of `table` may be claimed by the instance %(me)s at %(now)s: no one claims it, or this
+    instance does, or its claimer's lease has passed."""
+    return (
+        f"({table}.claimed_by IS NULL OR {table}.claimed_by = %(me)s OR NOT EXISTS (SELECT 1 FROM instances"
+        f" WHERE instances.id = {table}.claimed_by AND instances.lease_until >= %(now)s))"
+    )
+
+
+# The listener's due users, claimed for this instance, each with its parent as it is now (store.DUE_USERS_SQL).
+DUE_USERS_SQL = (
+    "WITH claimed AS (UPDATE users SET claimed_by = %(me)s WHERE id IN (SELECT id FROM users"
+    f" WHERE due_at < %(now)s AND {_claimable('users')} ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " RETURNING users.*)"
+    f" SELECT {_USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    " ORDER BY child.due_at, child.id"
+)
+DUE_EMAILS_SQL = (
+    "WITH claimed AS (UPDATE outbox SET claimed_by = %(me)s WHERE id IN (SELECT id FROM outbox"
+    f" WHERE status = 'queued' AND next_attempt_at <= %(now)s AND {_claimable('outbox')}"
+    " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING outbox.*)"
+    " SELECT claimed.id, claimed.recipient, claimed.subject, claimed.body, claimed.message_id, claimed.queued_at,"
+    " claimed.attempts, users.username, alerts.kind, digests.id, digests.message_id, digests.created_at,"
+    " digests.emails"
+    " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
+    " LEFT JOIN digests ON digests.id = claimed.digest_id ORDER BY claimed.next_attempt_at, claimed.id"
+)
+DUE_WEBHOOKS_SQL = (
+    "WITH claimed AS (UPDATE webhook_outbox SET claimed_by = %(me)s WHERE id IN (SELECT id FROM webhook_outbox"
+    f" WHERE status = 'queued' AND next_attempt_at <= %(now)s AND {_claimable('webhook_outbox')}"
+    " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING webhook_outbox.*)"
+    " SELECT claimed.id, claimed.webhook, claimed.attempts, claimed.event_id, alerts.kind, users.username,"
+    " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url"
+    " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
+    " ORDER BY claimed.next_attempt_at, claimed.id"
+)
+PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = %s AND at >= %s AND at < %s ORDER BY at, id LIMIT %s"
+SIGNALS_BETWEEN_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = %s AND at >= %s AND at < %s"
+    " ORDER BY at, id LIMIT %s"
+)
+# Usernames in code point order, as SQLite sorts them (not the database's collation).
+CONFIGURED_USERS_SQL = (
+    f"SELECT {_USER_AND_PARENT} FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    ' WHERE child.configured ORDER BY child.username COLLATE "C"'
+)
+RECENT_PINGS_SQL = (
+    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured AND pings.at >= %(start)s AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
+)
+PINGS_BEFORE_SQL = (
+    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %s) FROM users"
+    " WHERE configured"
+)
+NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > %s ORDER BY id"
+RECENT_ALERTS_SQL = (
+    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
+    " WHERE users.configured AND alerts.at >= %s ORDER BY users.id, alerts.at, alerts.id"
+)
+DAY_ALERTS_SQL = (
+    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
+    " outbox.queued_at, outbox.finished_at"
+    " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
+    " WHERE alerts.user_id = %s AND alerts.at >= %s AND alerts.at < %s"
+    " ORDER BY alerts.at, alerts.id, outbox.id LIMIT %s"
+)
+RECENT_EMAILS_SQL = (
+    "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
+    " outbox.queued_at, outbox.finished_at, alerts.kind, outbox.digest_id, digests.subject"
+    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " LEFT JOIN digests ON digests.id = outbox.digest_id"
+    " ORDER BY outbox.id DESC LIMIT %s"
+)
+RECENT_WEBHOOKS_SQL = (
+    "SELECT webhook_outbox.id, users.username, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
+    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
+    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
+    " ORDER BY webhook_outbox.id DESC LIMIT %s"
+)
+USER_COUNTS_SQL = f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured"
+SCHEDULED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
+# Retention (store.OLD_PINGS_SQL and the deletes after it), each batch one statement.
+DELETE_OLD_PINGS_SQL = (
+    "DELETE FROM pings WHERE id IN (SELECT pings.id FROM users JOIN pings ON pings.user_id = users.id"
+    " AND pings.at < %s AND pings.id IS DISTINCT FROM users.fail_signal LIMIT %s)"
+)
+_DELETE_FINISHED_SQL = (
+    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status <> 'queued' AND finished_at < %s LIMIT %s)"
+)
+DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
+DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
+DELETE_OLD_DIGESTS_SQL = (
+    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < %s"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT %s)"
+)
+DELETE_OLD_ALERTS_SQL = (
+    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < %s"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
+    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT %s)"
+)
+
+# A signal in one statement (store.RECORD_SIGNAL_SQL and its trigger): the user's row is locked, the ping
+# inserted with the duration of the run it closes, the user's children restarted if it was a down parent
+# coming back, and the user's state and deadline moved (store._SIGNAL_EFFECTS, rules.py). Every part of
+# one statement reads the rows as they were before it, as SQLite's trigger and UPDATE do; a user is never
+# its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
+# configured user).
+_SIGNAL_EFFECTS = {
+    "last_ping": "(CASE signal.kind WHEN 'start' THEN last_ping ELSE GREATEST(last_ping, signal.at) END)",
+    "run_started": "(CASE signal.kind WHEN 'start' THEN signal.at END)",
+    "failed_at": (
+        "(CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, signal.at) ELSE failed_at END)"
+    ),
+    "back_at": (
+        "(CASE WHEN signal.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, signal.at)"
+        " ELSE back_at END)"
+    ),
+}
+RECORD_SIGNAL_SQL = (
+    "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
+    " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
+    " SELECT id, %(at)s, %(kind)s, %(exit_code)s, %(body)s, CASE WHEN %(kind)s IN ('success', 'fail')"
+    " AND run_started IS NOT NULL THEN GREATEST(%(at)s - run_started, 0) END FROM target"
+    " RETURNING id, user_id, at, kind, duration),"
+    " children AS (UPDATE users SET silence_from = GREATEST(silence_from, signal.at), suppressed_kind = NULL,"
+    f" due_at = {_due_at(silence_from='GREATEST(silence_from, signal.at)')} FROM signal"
+    " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
+    f" AND (SELECT {_down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    " moved AS (UPDATE users SET "
+    + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
+    + ", last_duration = coalesce(signal.duration, last_duration),"
+    " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
+    f" last_signal = signal.id, due_at = {_due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
+    " SELECT count(*) FROM signal"
+)
+# An outcome of the listener applies only if its user is unchanged since it was read (store.Store.
+# save_check_outcomes) and no other instance has claimed it since; it ends this instance's claim.
+SAVE_OUTCOME_SQL = (
+    "UPDATE users SET due_at = %(next_due_at)s, claimed_by = NULL,"
+    " last_alert = CASE WHEN %(alerting)s THEN %(now)s ELSE last_alert END,"
+    " last_alert_kind = CASE WHEN %(alerting)s THEN %(kind)s ELSE last_alert_kind END,"
+    " down_since = CASE WHEN %(changes_outage)s THEN %(down_since)s::float8 ELSE down_since END,"
+    " back_at = CASE WHEN %(ends_outage)s THEN NULL ELSE back_at END,"
+    " suppressed_kind = coalesce(%(suppressed_kind)s, suppressed_kind),"
+    " next_run = CASE WHEN %(run_after)s::float8 IS NULL THEN next_run ELSE %(next_run)s::float8 END,"
+    " next_run_after = coalesce(%(run_after)s::float8, next_run_after),"
+    " alerts_total = alerts_total + CASE WHEN %(alerting)s THEN 1 ELSE 0 END"
+    " WHERE id = %(id)s AND due_at IS NOT DISTINCT FROM %(due_at)s::float8"
+    " AND last_signal IS NOT DISTINCT FROM %(last_signal)s::bigint"
+    " AND (claimed_by IS NULL OR claimed_by = %(me)s)"
+)
+
+
+class PgStore:
+    """Ping Listener's database on a PostgreSQL server, given by its URL; safe to use from any number of
+    threads, and from several instances of the service at once (see the module's docstring)."""
+
+    def __init__(self, url: str) -> None:
+        """Connect to the database at `url` (postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME), creating its
+        tables if it has none, and register this instance; raise StoreOpenError (naming the database without
+        its password) if it cannot be used."""
+        self.url = url
+        # What messages call the database: its URL without the password.
+        self.path = display_name(url)
+        self.upgraded_from: int | None = None
+        # Whether this instance's start found no other running instance (sync_users): it then restarted monitoring.
+        self.started_alone: bool | None = None
+        self._local = threading.local()
+        try:
+            with psycopg.connect(url, **CONNECTION_SETTINGS) as connection:
+                self._prepare_schema(connection)
+                self.instance_id: int = connection.execute(
+                    "INSERT INTO instances (host, pid, started_at, lease_until) VALUES (%s, %s, 0, 0) RETURNING id",
+                    (socket.gethostname(), os.getpid()),
+                ).fetchone()[0]  # type: ignore[index]
+        except psycopg.Error as error:
+            raise StoreOpenError(f"{self.path}: cannot use this database: {self._tell(error)}") from None
+        self._pool = ConnectionPool(
+            url,
+            kwargs=CONNECTION_SETTINGS,
+            min_size=1,
+            max_size=POOL_SIZE,
+            timeout=WAIT_TIMEOUT,
+            name="ping-listener",
+            open=True,
+        )
+
+    def close(self) -> None:
+        """Leave the deployment (this instance's claims are free at once) and close every connection.
+
+        If the database does not answer, the instance's lease simply runs out (CLAIM_TIMEOUT).
+        """
+        try:
+            with self._connection() as connection:
+                connection.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
+        except StoreError:
+            pass  # nothing to release that the lease does not release by itself
+        self._pool.close()
+
+    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
+        """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
+        `now` (store.Store.restart_monitoring) if no other instance holds a lease: an instance joining running
+        ones changes no deadline. Sets started_alone."""
+        with self._transaction() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
+            parameters = {"me": self.instance_id, "now": now, "lease": now + CLAIM_TIMEOUT}
+            connection.execute("DELETE FROM instances WHERE lease_until < %(now)s AND id <> %(me)s", parameters)
+            others = connection.execute(
+                "SELECT count(*) FROM instances WHERE id <> %(me)s AND lease_until >= %(now)s", parameters
+            ).fetchone()
+            connection.execute(
+                "UPDATE instances SET started_at = %(now)s, lease_until = %(lease)s WHERE id = %(me)s", parameters
+            )
+            _apply_users(connection, users, now)
+            alone = others is not None and others[0] == 0
+            if alone:
+                _restart_monitoring(connection, now)
+        self.started_alone = alone
+
+    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+        """store.Store.reload_users."""
+        with self._transaction() as connection:
+            return _apply_users(connection, users, now)
+
+    def restart_monitoring(self, now: float) -> None:
+        """store.Store.restart_monitoring, for every instance's users: the instance whose wall clock jumped
+        calls it (scheduler.follow_clock)."""
+        with self._transaction() as connection:
+            _restart_monitoring(connection, now)
+
+    def upkeep(self, now: float) -> None:
+        """Renew this instance's lease until `now` + CLAIM_TIMEOUT (the scheduler calls this every second).
+
+        If another instance's start found the lease passed and removed it, this instance registers again
+        under the same id: its claims were free meanwhile.
+        """
+        parameters = {"me": self.instance_id, "now": now, "lease": now + CLAIM_TIMEOUT}
+        with self._connection() as connection:
+            connection.execute(
+                "INSERT INTO instances (id, host, pid, started_at, lease_until) OVERRIDING SYSTEM VALUE"
+                " VALUES (%(me)s, %(host)s, %(pid)s, %(now)s, %(lease)s)"
+                " ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+                {**parameters, "host": socket.gethostname(), "pid": os.getpid()},
+            )
+
+    def record_ping(
+        self,
+        username: str,
+        now: float,
+        kind: str = "success",
+        exit_code: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        """store.Store.record_ping: committed before returning (one statement in autocommit mode), or with
+        the batch inside ping_batch() on this thread."""
+        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": body}
+        batch = getattr(self._local, "batch", None)
+        with self._faults():
+            if batch is not None:
+                if batch.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    # A statement of the batch failed, so it will be rolled back: recording this ping alone
+                    # would commit a ping whose answer the batch withholds.
+                    raise StoreUnavailableError(_BATCH_ROLLED_BACK)
+                recorded = batch.execute(RECORD_SIGNAL_SQL, parameters).fetchone()[0]
+            else:
+                with self._pool.connection() as connection:
+                    recorded = connection.execute(RECORD_SIGNAL_SQL, parameters).fetchone()[0]  # type: ignore[index]
+        if not recorded:
+            raise UnknownUserError(f"unknown user {username}")
+
+    @contextmanager
+    def ping_batch(self) -> Iterator[None]:
+        """store.Store.ping_batch: this thread's record_ping() calls inside the block share one transaction,
+        committed when the block ends; StoreUnavailableError and none recorded if it cannot commit."""
+        with self._faults(), self._pool.connection() as connection:
+            connection.execute("BEGIN")
+            self._local.batch = connection
+            try:
+                yield
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.batch = None
+            if connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                connection.execute("ROLLBACK")
+                raise StoreUnavailableError(_BATCH_ROLLED_BACK)
+            connection.execute("COMMIT")
+
+    def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
+        """store.Store.pings_between."""
+        with self._connection() as connection:
+            user_id = _user_id(connection, username)
+            rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit)).fetchall()
+        return [at for (at,) in rows]
+
+    def user(self, username: str) -> UserState:
+        """store.Store.user."""
+        with self._connection() as connection:
+            row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,)).fetchone()
+        if row is None:
+            raise UnknownUserError(f"unknown user {username}")
+        return UserState(*row)
+
+    def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
+        """store.Store.pings_around."""
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT (SELECT max(at) FROM pings WHERE user_id = %(user)s AND at < %(start)s),"
+                " (SELECT min(at) FROM pings WHERE user_id = %(user)s AND at >= %(end)s)",
+                {"user": user_id, "start": start, "end": end},
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
+        """store.Store.alerts_between."""
+        with self._connection() as connection:
+            rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
+        alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
+        for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
+            emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
+            if email_id is not None:
+                emails.append(
+                    EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
+                )
+        return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+
+    def newest_ping_id(self) -> int:
+        """store.Store.newest_ping_id."""
+        with self._connection() as connection:
+            return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
+
+    def recent_pings(self, start: float, upto_id: int) -> list[tuple[int, float]]:
+        """store.Store.recent_pings."""
+        with self._connection() as connection:
+            return connection.execute(RECENT_PINGS_SQL, {"start": start, "upto": upto_id}).fetchall()
+
+    def last_pings_before(self, start: float) -> dict[int, float | None]:
+        """store.Store.last_pings_before."""
+        with self._connection() as connection:
+            return dict(connection.execute(PINGS_BEFORE_SQL, (start,)).fetchall())
+
+    def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
+        """store.Store.pings_after_id."""
+        with self._connection() as connection:
+            return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
+
+    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
+        """store.Store.recent_alerts."""
+        with self._connection() as connection:
+            return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
+
+    def signals_between(
+        self, username: str, start: float, end: float, limit: int, max_body_chars: int
+    ) -> tuple[list[Signal], bool]:
+        """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
+        bound on the bodies stops reading, not only the answer."""
+        signals: list[Signal] = []
+        chars = 0
+        with self._connection() as connection, connection.transaction():
+            user_id = _user_id(connection, username)
+            with connection.cursor(name="signals_between") as cursor:
+                cursor.itersize = 64
+                cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
+                for row in cursor:
+                    if len(signals) == limit or chars >= max_body_chars:
+                        return signals, True
+                    signals.append(Signal(*row))
+                    chars += len(row[4] or "")
+        return signals, False
+
+    def signal(self, signal_id: int) -> Signal:
+        """store.Store.signal."""
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = %s", (signal_id,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no signal {signal_id}")
+        return Signal(*row)
+
+    def configured_users(self) -> list[UserState]:
+        """store.Store.configured_users."""
+        with self._connection() as connection:
+            rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
+        return [_user_and_parent(row) for row in rows]
+
+    def recent_emails(self, limit: int) -> list[EmailEvent]:
+        """store.Store.recent_emails."""
+        with self._connection() as connection:
+            rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
+        return [EmailEvent(*row) for row in rows]
+
+    def due_users(self, now: float, limit: int) -> list[UserState]:
+        """store.Store.due_users, each user claimed for this instance (committed before returning): another
+        instance is not handed it until save_check_outcomes ends the claim or this instance's lease passes."""
+        with self._connection() as connection:
+            rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
+        return [_user_and_parent(row) for row in rows]
+
+    def snooze(self, username: str, until: float, now: float) -> float:
+        """store.Store.snooze."""
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT id, snoozed_until FROM users WHERE username = %s AND configured FOR UPDATE", (username,)
+            ).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {username}")
+            user_id, snoozed_until = row
+            if until <= now:
+                if snoozed_until is None or snoozed_until <= now:
+                    return now
+                until = now
+            connection.execute(
+                "UPDATE users SET snoozed_until = %(until)s,"
+                " muted_outage = CASE WHEN %(until)s > %(now)s AND back_at IS NULL"
+                " THEN coalesce(down_since, muted_outage) ELSE muted_outage END WHERE id = %(id)s",
+                {"until": until, "now": now, "id": user_id},
+            )
+            connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE id = %s", (user_id,))
+        return until
+
+    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
+        """store.Store.save_check_outcomes; an outcome also applies only if no other instance claimed its user
+        since, and ends this instance's claim of every user it is about."""
+        alerts = 0
+        emails: list[tuple[Any, ...]] = []
+        webhooks: list[tuple[Any, ...]] = []
+        dropped: list[int] = []
+        with self._transaction() as connection:
+            for outcome in outcomes:
+                user = outcome.user
+                alerting = bool(outcome.emails or outcome.webhooks)
+                suppressed_kind, suppressed_at = outcome.suppressed or (None, None)
+                run_after, next_run = outcome.next_run or (None, None)
+                claimed = connection.execute(
+                    SAVE_OUTCOME_SQL,
+                    {
+                        "next_due_at": outcome.next_due_at,
+                        "alerting": alerting,
+                        "now": now,
+                        "kind": outcome.kind,
+                        "changes_outage": alerting or outcome.ends_outage,
+                        "down_since": outcome.down_since,
+                        "ends_outage": outcome.ends_outage,
+                        "suppressed_kind": suppressed_kind,
+                        "run_after": run_after,
+                        "next_run": next_run,
+                        "id": user.id,
+                        "due_at": user.due_at,
+                        "last_signal": user.last_signal,
+                        "me": self.instance_id,
+                    },
+                ).rowcount
+                if not claimed:
+                    dropped.append(user.id)
+                    continue
+                if suppressed_kind is not None:
+                    connection.execute(
+                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
+                        " VALUES (%s, %s, %s, %s, %s, true)",
+                        (user.id, now, user.last_ping, suppressed_kind, suppressed_at),
+                    )
+                # The recovery first: it closes the outage that an alert in the same step may follow.
+                for kind, went_down_at, queued, hooks in (
+                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
+                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
+                ):
+                    if not (queued or hooks):
+                        continue
+                    alert_id = connection.execute(
+                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at)"
+                        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                        (user.id, now, user.last_ping, kind, went_down_at),
+                    ).fetchone()[0]  # type: ignore[index]
+                    emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in queued]
+                    webhooks += [
+                        (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
+                        for hook in hooks
+                    ]
+                alerts += alerting
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    emails,
+                )
+                cursor.executemany(
+                    "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
+                    " next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    webhooks,
+                )
+            if dropped:
+                connection.execute(
+                    "UPDATE users SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s",
+                    (dropped, self.instance_id),
+                )
+        return alerts
+
+    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
+        """store.Store.due_emails, each email claimed for this instance (committed before returning) until its
+        result is recorded (mark_sent, mark_failed, schedule_retry) or this instance's lease passes."""
+        with self._connection() as connection:
+            rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
+        return [_queued_email(row) for row in rows]
+
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> None:
+        """store.Store.claim_emails. An email whose result this instance cannot record (it is killed) is sent
+        again by another only once both this back-off and this instance's lease have passed."""
+        with self._transaction() as connection, connection.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE outbox SET next_attempt_at = %s WHERE id = %s AND status = 'queued'",
+                [(at, email_id) for email_id, at in retry_times.items()],
+            )
+            for digest in digests:
+                digest_id = connection.execute(
+                    "INSERT INTO digests (recipient, subject, message_id, created_at, emails)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids)),
+                ).fetchone()[0]  # type: ignore[index]
+                connection.execute(
+                    "UPDATE outbox SET digest_id = %s WHERE id = ANY(%s)", (digest_id, list(digest.email_ids))
+                )
+
+    def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
+        """store.Store.mark_sent; ends the claim."""
+        self._finish_emails(email_ids, "sent", now, None)
+
+    def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
+        """store.Store.mark_failed; ends the claim."""
+        self._finish_emails(email_ids, "failed", now, error)
+
+    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
+        """store.Store.schedule_retry; ends the claim."""
+        with self._connection() as connection:
+            connection.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
+                " WHERE id = ANY(%s) AND status = 'queued'",
+                (error, next_attempt_at, list(email_ids)),
+            )
+
+    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
+        with self._connection() as connection:
+            connection.execute(
+                "UPDATE outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
+                " next_attempt_at = NULL, claimed_by = NULL WHERE id = ANY(%s) AND status = 'queued'",
+                (status, error, now, list(email_ids)),
+            )
+
+    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
+        """store.Store.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
+        with self._connection() as connection:
+            rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
+        return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
+
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> None:
+        """store.Store.claim_webhooks."""
+        with self._transaction() as connection, connection.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE webhook_outbox SET next_attempt_at = %s WHERE id = %s AND status = 'queued'",
+                [(at, delivery_id) for delivery_id, at in retry_times.items()],
+            )
+
+    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
+        """store.Store.finish_webhook; ends the claim."""
+        with self._connection() as connection:
+            connection.execute(
+                "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
+                " next_attempt_at = NULL, claimed_by = NULL WHERE id = %s AND status = 'queued'",
+                (status, error, now, delivery_id),
+            )
+
+    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
+        """store.Store.retry_webhook; ends the claim."""
+        with self._connection() as connection:
+            connection.execute(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
+                " claimed_by = NULL WHERE id = %s AND status = 'queued'",
+                (error, next_attempt_at, delivery_id),
+            )
+
+    def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
+        """store.Store.recent_webhooks."""
+        with self._connection() as connection:
+            rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
+        return [WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:]) for row in rows]
+
+    def user_counts(self, now: float) -> list[UserCounts]:
+        """store.Store.user_counts."""
+        with self._connection() as connection:
+            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
+            scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
+        return [
+            UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
+            for name, at, last_ping, pings, alerts in rows
+        ]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """store.Store.outbox_counts."""
+        with self._connection() as connection:
+            [(queued,)] = connection.execute("SELECT count(*) FROM outbox WHERE status = 'queued'").fetchall()
+            finished = connection.execute(
+                "SELECT status, count(*) FROM outbox WHERE status <> 'queued' GROUP BY status"
+            ).fetchall()
+        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
+
+    def delete_pings_before(self, cutoff: float, limit: int) -> int:
+        """store.Store.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
+        with self._connection() as connection:
+            return connection.execute(DELETE_OLD_PINGS_SQL, (cutoff, limit)).rowcount
+
+    def delete_history_before(self, cutoff: float, limit: int) -> int:
+        """store.Store.delete_history_before."""
+        with self._transaction() as connection:
+            # In this order: the alerts last, once the emails and deliveries that referred to them are gone.
+            statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
+            return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
+
+    def check_writable(self) -> None:
+        """Return if the database answers within HEALTH_TIMEOUT and takes a row lock (a standby or a read-only
+        database does not); raise StoreUnavailableError if not. Writes nothing."""
+        timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
+        with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
+            connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
+            connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._faults(), self._pool.connection() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._connection() as connection, connection.transaction():
+            yield connection
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Turn the server's or the network's refusals (connection lost, server shutting down, disk full,
+        timeouts, a read-only database) into StoreUnavailableError; other errors are bugs and stay what
+        they are."""
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as error:
+            raise StoreUnavailableError(f"storage unavailable: {self._tell(error)}") from error
+
+    def _tell(self, error: BaseException) -> str:
+        """`error`'s message on one line, without the URL's password."""
+        return hide_password(re.sub(r"\s+", " ", str(error)).strip(), self.url)
+
+    def _prepare_schema(self, connection: psycopg.Connection[Any]) -> None:
+        with connection.transaction():
+            # Two instances starting on a new database: the second waits, then finds the tables.
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            if connection.execute("SELECT to_regclass('schema_version')").fetchone() == (None,):
+                tables = connection.execute(
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+                ).fetchone()
+                if tables != (0,):
+                    raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+                connection.execute(SCHEMA_PATH.read_text())
+                connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+                return
+            row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0] if row else None
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"{self.path}: database schema version {version} is newer than this Ping Listener"
+                f" understands ({SCHEMA_VERSION}); upgrade Ping Listener or use another --db"
+            )
+        raise StoreOpenError(
+            f"{self.path}: database schema version {version} is older than this Ping Listener's"
+            f" ({SCHEMA_VERSION}), and PostgreSQL databases are not upgraded yet; use a new database"
+        )
+
+
+_BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
+
+
+def _user_id(connection: psycopg.Connection[Any], username: str) -> int:
+    row = connection.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
+    if row is None:
+        raise UnknownUserError(f"unknown user {username}")
+    return int(row[0])
+
+
+def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserConfig], now: float) -> UsersChange:
+    """store._apply_users."""
+    configured = {
+        name: tuple(row)
+        for name, *row in connection.execute(
+            "SELECT child.username, "
+            + ", ".join(f"child.{column}" for column in _SETTINGS_COLUMNS)
+            + ", parent.username FROM users AS child"
+            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured"
+        )
+    }
+    wanted = {name: _user_settings(user) for name, user in users.items()}
+    removed = [name for name in configured if name not in wanted]
+    added = [name for name in wanted if name not in configured]
+    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE users SET configured = false, due_at = NULL WHERE username = %s", [(name,) for name in removed]
+        )
+        columns = ", ".join(_SETTINGS_COLUMNS)
+        values = ", ".join(f"%({column})s" for column in _SETTINGS_COLUMNS)
+        updates = ", ".join(f"{column} = excluded.{column}" for column in _SETTINGS_COLUMNS)
+        cursor.executemany(
+            f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (%(name)s, true, {values},"
+            f" %(now)s) ON CONFLICT (username) DO UPDATE SET configured = true, {updates}, monitored_since = %(now)s",
+            [_user_parameters(name, wanted[name], now) for name in added],
+        )
+        cursor.executemany(
+            "UPDATE users SET monitored_since = CASE WHEN %(monitor)s AND NOT monitor THEN %(now)s"
+            " ELSE monitored_since END, "
+            + ", ".join(f"{column} = %({column})s" for column in _SETTINGS_COLUMNS)
+            + " WHERE username = %(name)s",
+            [_user_parameters(name, wanted[name], now) for name in changed],
+        )
+        cursor.executemany(
+            "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = %s)"
+            " WHERE username = %s",
+            [(users[name].depends_on, name) for name in added + changed],
+        )
+        cursor.executemany(
+            f"UPDATE users SET due_at = {_DUE_AT} WHERE username = %s", [(name,) for name in added + changed]
+        )
+    return UsersChange(tuple(added), tuple(removed), tuple(changed))
+
+
+def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
+    return {**dict(zip(_SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
+
+
+def _restart_monitoring(connection: psycopg.Connection[Any], now: float) -> None:
+    """store._restart_monitoring."""
+    parameters = {"now": now}
+    connection.execute(
+        "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= %(now)s"
+        " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1) WHERE last_ping > %(now)s",
+        parameters,
+    )
+    connection.execute("UPDATE users SET last_alert = %(now)s WHERE last_alert > %(now)s", parameters)
+    connection.execute(
+        "UPDATE users SET "
+        + ", ".join(
+            f"{column} = CASE WHEN {column} > %(now)s THEN %(now)s ELSE {column} END"
+            for column in ("run_started", "failed_at", "back_at")
+        )
+        + " WHERE run_started > %(now)s OR failed_at > %(now)s OR back_at > %(now)s",
+        parameters,
+    )
+    connection.execute("UPDATE users SET monitored_since = %(now)s WHERE configured", parameters)
+    connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured")
+    for queue in ("outbox", "webhook_outbox"):
+        connection.execute(
+            f"UPDATE {queue} SET next_attempt_at = %(now)s WHERE status = 'queued' AND next_attempt_at > %(now)s",
+            parameters,
+        )
