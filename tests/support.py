@@ -23,6 +23,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import psycopg
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from prometheus_client import Histogram
 
@@ -305,21 +306,13 @@ def write_settings(path, users, **top_level):
 
 
 class ServerProcess:
-    """`python server.py` as a subprocess on 127.0.0.1 with an OS-chosen port."""
+    """`python server.py` as a subprocess on 127.0.0.1 with an OS-chosen port, given `db` (a SQLite path or a
+    PostgreSQL URL) as --db, or no --db at all for None."""
 
-    def __init__(self, settings_path, db_path, env, log_path):
-        self._args = [
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--settings",
-            str(settings_path),
-            "--db",
-            str(db_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ]
+    def __init__(self, settings_path, db, env, log_path):
+        self._args = [sys.executable, str(ROOT / "server.py"), "--settings", str(settings_path)]
+        self._args += ["--db", str(db)] if db is not None else []
+        self._args += ["--host", "127.0.0.1", "--port", "0"]
         self._env = env
         self.log_path = Path(log_path)
         self.process = None
@@ -437,14 +430,18 @@ class SmallDiskStore(Store):
         connection.execute(f"PRAGMA max_page_count = {self.pages}")
 
 
-def outbox(db_path):
+def outbox(db):
     """(recipient, status, attempts) of each email in the outbox, oldest first."""
-    return query(db_path, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
+    return query(db, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
 
 
-def query(db_path, sql, parameters=()):
-    """The rows `sql` selects from the database at `db_path`, through a connection of its own."""
-    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+def query(db, sql, parameters=()):
+    """The rows `sql` selects from the database `db`, through a connection of its own: `db` is the path of a
+    SQLite file, or a postgresql:// URL (whose `parameters` are written %s in `sql`, not ?)."""
+    if str(db).startswith("postgresql://"):
+        with psycopg.connect(db) as connection:
+            return connection.execute(sql, parameters).fetchall()
+    with contextlib.closing(sqlite3.connect(db)) as connection:
         return connection.execute(sql, parameters).fetchall()
 
 

@@ -4,7 +4,6 @@ import concurrent.futures
 import json
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -31,8 +30,16 @@ from support import (
 PI = {"pi": {"monitor": True, "max_sleep": 0.5, "email_frequency": 3600}}
 
 
-def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path, start_server, smtp_server):
-    service = start_server(write_settings(tmp_path / "settings.json", PI))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """The --db of the service under test, for each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "ping_listener.db"
+
+
+def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path, db, start_server, smtp_server):
+    service = start_server(write_settings(tmp_path / "settings.json", PI), db)
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", service.url)
     status, answer = service.get("/ping?username=pi")
     assert status == 200 and re.fullmatch(r"\d\d/\d\d/\d\d \d\d:\d\d:\d\d", answer)
@@ -54,7 +61,7 @@ def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path,
     assert service.get(link.removeprefix(service.url)) == (200, f'["{ping_time}"]')
 
     assert service.stop() == 0
-    assert outbox(tmp_path / "ping_listener.db") == [("oncall@example.com", "sent", 1)]
+    assert outbox(db) == [("oncall@example.com", "sent", 1)]
 
 
 def test_server_root_prefixes_the_logs_link(tmp_path, start_server, smtp_server):
@@ -63,8 +70,8 @@ def test_server_root_prefixes_the_logs_link(tmp_path, start_server, smtp_server)
     assert "https://monitor.example.net/pl/logs?username=pi&year=" in message.get_content()
 
 
-def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, start_server):
-    service = start_server(write_settings(tmp_path / "settings.json", PI))
+def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, db, start_server):
+    service = start_server(write_settings(tmp_path / "settings.json", PI), db)
     service.get("/ping?username=pi")
     started = time.monotonic()
     assert service.stop(timeout=5) == 0
@@ -72,36 +79,35 @@ def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, s
     assert service.process.stdout.read() == b""  # nothing after the one line already read
 
 
-def test_pings_and_queued_email_survive_a_restart(tmp_path, start_server, smtp_server):
+def test_pings_and_queued_email_survive_a_restart(tmp_path, db, start_server, smtp_server):
     settings = write_settings(tmp_path / "settings.json", PI)
-    db_path = tmp_path / "ping_listener.db"
-    down = start_server(settings, SMTP_PORT=str(free_port()))
+    down = start_server(settings, db, SMTP_PORT=str(free_port()))
     status, answer = down.get("/ping?username=pi")
     year, month, day = answer.split()[0].split("/")
     # The SMTP server is unreachable: the alert waits in the outbox, its failed attempt recorded.
     for _ in range(500):
-        if outbox(db_path) and outbox(db_path)[0][2] >= 1:
+        if outbox(db) and outbox(db)[0][2] >= 1:
             break
         time.sleep(0.02)
-    assert outbox(db_path) == [("oncall@example.com", "queued", 1)]
+    assert outbox(db) == [("oncall@example.com", "queued", 1)]
     assert "cannot send email through 127.0.0.1" in down.log()
     assert down.stop() == 0
 
-    up = start_server(settings)
+    up = start_server(settings, db)
     assert up.get(f"/logs?username=pi&year={year}&month={month}&day={day}") == (200, f'["{answer.split()[1]}"]')
     [(_, _, message)] = smtp_server.wait_for_messages(1, timeout=15)
     assert message["Subject"] == "pi disconnection detected"
     assert up.stop() == 0
-    assert outbox(db_path) == [("oncall@example.com", "sent", 2)]
+    assert outbox(db) == [("oncall@example.com", "sent", 2)]
 
 
-def test_a_user_removed_from_the_settings_is_404_but_keeps_its_history(tmp_path, start_server):
+def test_a_user_removed_from_the_settings_is_404_but_keeps_its_history(tmp_path, db, start_server):
     settings = tmp_path / "settings.json"
-    first = start_server(write_settings(settings, PI))
+    first = start_server(write_settings(settings, PI), db)
     _, answer = first.get("/ping?username=pi")
     year, month, day = answer.split()[0].split("/")
     first.stop()
-    second = start_server(write_settings(settings, {"nas": PI["pi"]}))
+    second = start_server(write_settings(settings, {"nas": PI["pi"]}), db)
     assert second.get("/ping?username=pi") == (404, "unknown user pi")
     assert second.get(f"/logs?username=pi&year={year}&month={month}&day={day}")[0] == 200
 
@@ -120,9 +126,9 @@ def test_the_readme_sqlite3_query_answers_when_a_device_pinged(tmp_path, start_s
     assert output == f"20{year}-{month}-{day} {answer.split()[1]}\n"
 
 
-def test_64_concurrent_pingers_all_succeed_while_the_scheduler_writes(tmp_path, start_server, smtp_server):
+def test_64_concurrent_pingers_all_succeed_while_the_scheduler_writes(tmp_path, db, start_server, smtp_server):
     users = {f"device{i}": {"monitor": True, "max_sleep": 0, "email_frequency": 0} for i in range(200)}
-    service = start_server(write_settings(tmp_path / "settings.json", users, base_frequency=0))
+    service = start_server(write_settings(tmp_path / "settings.json", users, base_frequency=0), db)
 
     def ping(index):
         statuses = []
@@ -136,9 +142,8 @@ def test_64_concurrent_pingers_all_succeed_while_the_scheduler_writes(tmp_path, 
     assert statuses.count(200) == 64 * 20, {status: statuses.count(status) for status in set(statuses)}
     assert service.stop() == 0
     assert "locked" not in service.log()
-    with sqlite3.connect(tmp_path / "ping_listener.db") as connection:
-        assert connection.execute("SELECT count(*) FROM pings").fetchone()[0] == 64 * 20
-        assert connection.execute("SELECT count(*) FROM alerts").fetchone()[0] > 0
+    assert query(db, "SELECT count(*) FROM pings") == [(64 * 20,)]
+    assert query(db, "SELECT count(*) > 0 FROM alerts") == [(True,)]
 
 
 def test_invalid_settings_stop_startup_with_status_2_and_one_line_per_problem(tmp_path):
@@ -345,9 +350,9 @@ def subjects(smtp_server):
 
 
 def test_a_failure_with_its_output_is_emailed_and_the_next_success_says_it_is_back_once(
-    tmp_path, start_server, smtp_server
+    tmp_path, db, start_server, smtp_server
 ):
-    service = start_server(write_settings(tmp_path / "settings.json", JOB))
+    service = start_server(write_settings(tmp_path / "settings.json", JOB), db)
     output = b"x" * 20_000 + b"\nrsync: write failed: No space left on device (28)\n\xff"
     status, answer = service.post("/ping/job/23", output)
     assert status == 200
@@ -367,22 +372,22 @@ def test_a_failure_with_its_output_is_emailed_and_the_next_success_says_it_is_ba
     assert subjects(smtp_server) == ["job failure reported", "job is back"]
 
 
-def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, start_server, smtp_server):
+def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, db, start_server, smtp_server):
     settings = write_settings(tmp_path / "settings.json", JOB)
-    first = start_server(settings)
+    first = start_server(settings, db)
     assert first.get("/ping?username=job&status=fail")[0] == 200
     smtp_server.wait_for_messages(1)
     assert first.stop() == 0
-    second = start_server(settings)
+    second = start_server(settings, db)
     assert second.get("/ping/job/0")[0] == 200
     smtp_server.wait_for_messages(2)
     assert second.stop() == 0
     assert subjects(smtp_server) == ["job failure reported", "job is back"]
 
 
-def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, start_server, smtp_server):
+def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, db, start_server, smtp_server):
     users = {"job": {**JOB["job"], "max_runtime": 0.5}}
-    service = start_server(write_settings(tmp_path / "settings.json", users))
+    service = start_server(write_settings(tmp_path / "settings.json", users), db)
     status, answer = service.get("/ping/job/start")
     [(_, _, late)] = smtp_server.wait_for_messages(1)
     assert late["Subject"] == "job did not finish in time"
@@ -397,7 +402,9 @@ def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, s
     assert subjects(smtp_server) == ["job did not finish in time", "job is back"]
 
 
-def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run(tmp_path, start_server, smtp_server):
+def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run(
+    tmp_path, db, start_server, smtp_server
+):
     users = {
         "backup": {
             "monitor": True,
@@ -410,6 +417,7 @@ def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run
     # The service's clock starts 3 seconds before the job's 02:30 run in Paris.
     service = start_server(
         write_settings(tmp_path / "settings.json", users),
+        db,
         LD_PRELOAD=LIBFAKETIME,
         FAKETIME="@2026-11-30 02:29:57",
         FAKETIME_DONT_FAKE_MONOTONIC="1",
@@ -435,12 +443,11 @@ STORM = {
 
 
 def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with_its_message_id(
-    tmp_path, start_server, ca
+    tmp_path, db, start_server, ca
 ):
-    db = tmp_path / "ping_listener.db"
     port = free_port()  # nothing listens: the SMTP server is down
     settings = write_settings(tmp_path / "settings.json", STORM)
-    service = start_server(settings, SMTP_PORT=str(port))
+    service = start_server(settings, db, SMTP_PORT=str(port))
     # router, nas and pi are alerted, the five cameras behind the router suppressed; their emails to
     # oncall@example.com make one digest, which meets the outage and waits to be retried.
     wait_until(
@@ -448,12 +455,12 @@ def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with
         message="a digest of three emails tried once",
     )
     service.kill()
-    assert query(db, "SELECT count(*) FROM alerts WHERE suppressed = 1") == [(5,)]
+    assert query(db, "SELECT count(*) FROM alerts WHERE suppressed") == [(5,)]
     [(message_id, subject)] = query(db, "SELECT message_id, subject FROM digests")
     assert subject == "3 devices need attention: nas, pi, router"
     smtp = TlsSmtpServer(ca).start(port)
     try:
-        service = start_server(settings, SMTP_PORT=str(port))
+        service = start_server(settings, db, SMTP_PORT=str(port))
         [(_, recipients, message)] = smtp.wait_for_messages(1)
         wait_until(lambda: query(db, "SELECT DISTINCT status FROM outbox") == [("sent",)], message="all sent")
         assert service.stop() == 0
