@@ -6,7 +6,9 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8080
 SETTINGS ?= settings.json
-DB ?= ping_listener.db
+# The database: a SQLite file, or a postgresql:// URL. Unset, the service uses DATABASE_URL if that is set,
+# else ping_listener.db.
+DB ?=
 TO ?=
 SINK_PORT ?= 8465
 
@@ -16,8 +18,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean
 
+# Not echoed: DB may be a URL holding a password.
 run: $(VENV)/.runtime-installed
-	$(BIN)/python server.py --settings $(SETTINGS) --db $(DB) --host $(HOST) --port $(PORT)
+	@$(BIN)/python server.py --settings $(SETTINGS) $(if $(DB),--db '$(DB)') --host $(HOST) --port $(PORT)
 
 test-email: $(VENV)/.runtime-installed
 	@[ -n "$(TO)" ] || { echo "usage: make test-email TO=you@example.com" >&2; exit 2; }

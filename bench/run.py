@@ -13,7 +13,7 @@ from statistics import median
 
 import scheduler
 import serving
-from bench import detection, footprint, harness, history, operations, overview_data, throughput, tick
+from bench import detection, footprint, harness, history, operations, overview_data, postgresql, throughput, tick
 
 SECTIONS = (
     "ping",
@@ -26,6 +26,8 @@ SECTIONS = (
     "detection",
     "metrics",
     "retention",
+    "pg-ping",
+    "pg-tick",
 )
 RESULTS = harness.ROOT / "bench" / "results.md"
 
@@ -85,6 +87,10 @@ def _run_section(section, args, servers):
         return operations.scrape(repeats=20, log=_log)
     if section == "retention":
         return operations.retention(seconds=10, log=_log)
+    if section == "pg-ping":
+        return postgresql.ping(args.duration, args.warmup, args.rounds, _log)
+    if section == "pg-tick":
+        return postgresql.tick_at(100_000, _log)
     return detection.run(devices=20, log=_log)
 
 
@@ -113,6 +119,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _detection_table(results["detection"], targets)
     if "metrics" in results or "retention" in results:
         lines += _operations_table(results.get("metrics"), results.get("retention"), targets)
+    if "pg-ping" in results or "pg-tick" in results:
+        lines += _postgresql_table(results.get("pg-ping"), results.get("pg-tick"))
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'met' if met else '**missed**'} |" for target, measured, met in targets]
     return "\n".join(lines) + "\n"
@@ -464,6 +472,48 @@ def _detection_table(result, targets):
         f" | {result.bound_s * 1000:.0f} ms |",
         "",
     ]
+
+
+def _postgresql_table(ping_rows, tick_row):
+    lines = [
+        "## 9. PostgreSQL",
+        "",
+        "The service on PostgreSQL (a cluster of the bench's own, bench/postgresql.py, with PostgreSQL's durable"
+        " defaults: a commit waits for its WAL flush, which SQLite's synchronous=NORMAL does not) on this same"
+        " machine. No targets: these figures say what moving to PostgreSQL costs here.",
+        "",
+    ]
+    if ping_rows:
+        lines += [
+            f"`GET /ping?username=...` with wrk as in section 1 ({len(ping_rows[0].rounds['sqlite'])} round(s),"
+            " medians): the service on SQLite, one"
+            " instance on PostgreSQL, and two instances on the same PostgreSQL database (no load balancer: one"
+            " wrk per instance with half the connections, at the same time; req/s added up, latency of the worse"
+            " instance; the second instance runs idle during the one-instance runs). CPU per request of the"
+            " service's processes and of the PostgreSQL server's (all its processes). Two instances share the"
+            " machine's 2 cores with PostgreSQL and wrk: this shows their cost, not what two machines would give.",
+            "",
+            "| mode | connections | setup | req/s | p50 / p99 ms | errors | CPU µs/req service + database |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in ping_rows:
+            for setup in postgresql.SETUPS:
+                result = row.median(setup)
+                lines.append(
+                    f"| {row.mode} | {row.connections} | {setup} | {result.rps:.0f}"
+                    f" | {result.p50_ms:.2f} / {result.p99_ms:.2f} | {result.errors:.0f}"
+                    f" | {result.service_cpu_us:.0f} + {result.database_cpu_us:.0f} |"
+                )
+        lines.append("")
+    if tick_row:
+        lines += [
+            f"The absence tick of section 3 at {tick_row.users:,} users on PostgreSQL ({tick_row.late:,} late):"
+            f" one step {tick_row.step_late_ms:.2f} ms with 1 % late (all late users:"
+            f" {tick_row.backlog_late_ms:.2f} ms in {tick_row.steps_for_backlog} steps), one step with nobody late"
+            f" {tick_row.step_none_late_ms * 1000:.0f} µs.",
+            "",
+        ]
+    return lines
 
 
 def _parse_args(argv):

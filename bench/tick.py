@@ -3,20 +3,23 @@ with no dependencies, or with every user in a chain of CHAIN_LENGTH (each depend
 where the late users are whole chains: each step then alerts the heads and suppresses the rest; or with
 every user watched by a schedule instead of max_sleep."""
 
+import contextlib
 import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from statistics import median
 
+import psycopg
+
 import config
 import mailer
 from bench import harness
 from config import LiveSettings
+from database import open_store
 from mailer import SmtpMailer
 from scheduler import USERS_PER_STEP, Scheduler
 from schedules import next_time
-from store import Store
 
 MONITORING_START = 1_790_000_000.0
 LATE_EVERY = 100  # one user in LATE_EVERY is late: 1 %
@@ -67,9 +70,10 @@ class TickRow:
     steps_to_settle: int | None = None
 
 
-def run(sizes, late_repeats, idle_repeats, log, chain_length=1, scheduled=False):
+def run(sizes, late_repeats, idle_repeats, log, chain_length=1, scheduled=False, database=None):
     """Time steps at each number of users in `sizes`, in chains of `chain_length` (1: none), watched by
-    schedules if `scheduled` (else by max_sleep); return TickRows."""
+    schedules if `scheduled` (else by max_sleep), on a new SQLite file, or on the empty PostgreSQL database
+    whose URL is `database` (one size only); return TickRows."""
     workdir = harness.BUILD_DIR / "tick"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -77,7 +81,7 @@ def run(sizes, late_repeats, idle_repeats, log, chain_length=1, scheduled=False)
     for size in sizes:
         rows.append(
             _measure(
-                workdir / f"users-{size}-{chain_length}-{scheduled}.db",
+                database or workdir / f"users-{size}-{chain_length}-{scheduled}.db",
                 size,
                 late_repeats,
                 idle_repeats,
@@ -117,13 +121,13 @@ def _user(index, chain_length, scheduled):
     )
 
 
-def _measure(path, size, late_repeats, idle_repeats, chain_length, scheduled):
+def _measure(db, size, late_repeats, idle_repeats, chain_length, scheduled):
     users = {f"device-{index:06d}": _user(index, chain_length, scheduled) for index in range(size)}
     late_users = [
         name for name, user in users.items() if user.schedule == LATE_SCHEDULE or user.max_sleep == LATE_MAX_SLEEP
     ]
     settings = config.Settings(1.0, 5.0, None, users, "oncall@example.com")
-    store = Store(path)
+    store = open_store(str(db))
     settle_ms = steps_to_settle = None
     try:
         store.sync_users(users, MONITORING_START)
@@ -140,20 +144,17 @@ def _measure(path, size, late_repeats, idle_repeats, chain_length, scheduled):
                 steps_to_settle += 1
             settle_ms = (time.perf_counter() - began) * 1000
         none_late = [_timed(scheduler.check_once, NOBODY_LATE_AT) for _ in range(idle_repeats)]
-        restore = sqlite3.connect(path)
         one_step, backlog, steps = [], [], 0
-        try:
+        with _transactions(db) as transaction:
             for _ in range(late_repeats):
-                _restore_late_users(restore, scheduled)
+                _restore_late_users(transaction, scheduled)
                 one_step.append(_timed(scheduler.check_once, SOME_LATE_AT))
-                _restore_late_users(restore, scheduled)
+                _restore_late_users(transaction, scheduled)
                 began, steps = time.perf_counter(), 1
                 # As the absence listener's loop does: a full step means more are due, so step again.
                 while scheduler.check_once(SOME_LATE_AT) == USERS_PER_STEP:
                     steps += 1
                 backlog.append(time.perf_counter() - began)
-        finally:
-            restore.close()
     finally:
         store.close()
     return TickRow(
@@ -170,23 +171,50 @@ def _measure(path, size, late_repeats, idle_repeats, chain_length, scheduled):
     )
 
 
-def _restore_late_users(connection, scheduled):
+@contextlib.contextmanager
+def _transactions(db):
+    """A function opening a transaction (a context manager yielding a connection) on `db`, a SQLite path or
+    a PostgreSQL URL, through a connection of its own, for the bench's own SQL."""
+    if str(db).startswith("postgresql://"):
+        with psycopg.connect(str(db), autocommit=True) as connection:
+
+            @contextlib.contextmanager
+            def transaction():
+                with connection.transaction():
+                    yield connection
+
+            yield transaction
+        return
+    connection = sqlite3.connect(db)
+    try:
+
+        @contextlib.contextmanager
+        def transaction():
+            with connection:
+                yield connection
+
+        yield transaction
+    finally:
+        connection.close()
+
+
+def _restore_late_users(transaction, scheduled):
     # Bench-only SQL on the bench's own database: the late users are put back as they were before
-    # their alert, so every timed step finds the same work.
-    with connection:
+    # their alert, so every timed step finds the same work. Values are written in the SQL (bench
+    # constants), which both SQLite and PostgreSQL read alike.
+    with transaction() as connection:
         if scheduled:
             # Nothing remembered from an earlier step: a real late user's last evaluation is long gone.
             next_time.cache_clear()
+            due_at = next_time(LATE_SCHEDULE, ZONE, MONITORING_START + 1)
             connection.execute(
                 "UPDATE users SET last_alert = NULL, last_alert_kind = NULL, down_since = NULL,"
-                " suppressed_kind = NULL, due_at = ? WHERE schedule = ?",
-                (next_time(LATE_SCHEDULE, ZONE, MONITORING_START + 1), LATE_SCHEDULE),
+                f" suppressed_kind = NULL, due_at = {due_at!r} WHERE schedule = '{LATE_SCHEDULE}'"
             )
         else:
             connection.execute(
                 "UPDATE users SET last_alert = NULL, down_since = NULL, suppressed_kind = NULL,"
-                " due_at = monitored_since + max_sleep WHERE max_sleep = ?",
-                (LATE_MAX_SLEEP,),
+                f" due_at = monitored_since + max_sleep WHERE max_sleep = {LATE_MAX_SLEEP!r}"
             )
         connection.execute("DELETE FROM outbox")
         connection.execute("DELETE FROM alerts")

@@ -221,6 +221,17 @@ def test_database_url_selects_postgresql_when_no_db_is_given_and_db_wins_over_it
     assert PASSWORD not in (tmp_path / "environment.log").read_text() + (tmp_path / "command-line.log").read_text()
 
 
+def test_a_url_without_a_password_takes_it_from_pgpassword(tmp_path, postgres_server, postgres_url, start_server):
+    settings = write_settings(
+        tmp_path / "settings.json", {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}}
+    )
+    without_password = postgres_server.url(postgres_url.rsplit("/", 1)[1], password=None)
+    service = start_server(settings, without_password, PGPASSWORD=PASSWORD)
+    assert service.get("/ping?username=pi")[0] == 200
+    assert service.stop() == 0
+    assert query(postgres_url, "SELECT count(*) FROM pings") == [(1,)]
+
+
 @pytest.mark.parametrize("given_as", ["--db", "DATABASE_URL"])
 @pytest.mark.parametrize(
     "problem",
