@@ -6,15 +6,18 @@ from a psycopg pool, in autocommit mode: a statement on its own commits before i
 that must commit together run in one transaction.
 
 Several instances of the service may share one database, which is then the only thing they share:
-- each registers in `instances` and renews a lease there (upkeep(), every second) until it stops;
+- each registers in `instances`, renews a lease there (upkeep(), every second) until it stops, and holds a
+  session advisory lock (its liveness lock) on a connection of its own. It is alive while both last: a
+  killed process's connection closes and the server frees its lock at once; a partitioned or frozen one's
+  lease passes CLAIM_TIMEOUT after its last renewal;
 - the absence listener's due users and the due emails and webhook deliveries are claimed by one UPDATE of
   the rows found with FOR UPDATE SKIP LOCKED, setting claimed_by to the instance: another instance skips a
-  row while its claimer's lease lasts, so no row is handed to two live instances, and a dead instance's
-  claims are free once its lease has passed (CLAIM_TIMEOUT after its last renewal);
+  row while its claimer is alive, so no row is handed to two live instances, and a dead instance's claims
+  are free as soon as it is not alive;
 - an outcome of the listener still applies only if its user is unchanged (store.Store.save_check_outcomes),
   so an alert is decided once even if a claim was taken over;
-- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one holds a
-  lease; one joining running instances changes no deadline.
+- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one is alive;
+  one joining running instances changes no deadline.
 Times are the callers' (each instance's own clock): the store never reads a clock.
 """
 
@@ -94,6 +97,21 @@ CONNECTION_SETTINGS: dict[str, Any] = {
 # pg_advisory_xact_lock keys: creating the schema, and an instance's start (is it alone?), one at a time.
 SCHEMA_LOCK = 7_170_001
 START_LOCK = 7_170_002
+# The first key of each instance's liveness lock (pg_advisory_lock(LIVENESS_LOCK, instance id)).
+LIVENESS_LOCK = 7_170_003
+# The ids of the instances whose liveness lock is held in this database, and of those alive at %(now)s (their
+# lease running too).
+LOCKED_INSTANCES_SQL = (
+    f"SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = {LIVENESS_LOCK}"
+    " AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+LIVE_INSTANCES_SQL = f"SELECT id FROM instances WHERE lease_until >= %(now)s AND id IN ({LOCKED_INSTANCES_SQL})"
+# This instance's row with its lease, put back if another instance's start forgot it meanwhile.
+RENEW_LEASE_SQL = (
+    "INSERT INTO instances (id, host, pid, started_at, lease_until) OVERRIDING SYSTEM VALUE"
+    " VALUES (%(me)s, %(host)s, %(pid)s, %(now)s, %(lease)s)"
+    " ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until"
+)
 
 
 # store._restarted_sql, _due_at_sql and _down_sql in PostgreSQL. SQLite's multi-argument min() and max()
@@ -153,38 +171,35 @@ _USER_AND_PARENT = ", ".join(
 )
 
 
-def _claimable(table: str) -> str:
-    """Whether a row of `table` may be claimed by the instance %(me)s at %(now)s: no one claims it, or this
-    instance does, or its claimer's lease has passed."""
+def _claiming(table: str, due: str, order: str) -> str:
+    """The start of a statement claiming for the instance %(me)s, at %(now)s, up to %(limit)s rows of `table`
+    that are `due`, in `order`, and not claimed by another live instance; it continues with SELECT ... FROM
+    claimed (the rows claimed, as they are now). Rows locked by another transaction are left for later."""
     return (
-        f"({table}.claimed_by IS NULL OR {table}.claimed_by = %(me)s OR NOT EXISTS (SELECT 1 FROM instances"
-        f" WHERE instances.id = {table}.claimed_by AND instances.lease_until >= %(now)s))"
+        f"WITH live AS MATERIALIZED ({LIVE_INSTANCES_SQL}),"
+        f" claimed AS (UPDATE {table} SET claimed_by = %(me)s WHERE id IN (SELECT id FROM {table} WHERE {due}"
+        " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claimed_by NOT IN (SELECT id FROM live))"
+        f" ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING {table}.*)"
     )
 
 
 # The listener's due users, claimed for this instance, each with its parent as it is now (store.DUE_USERS_SQL).
 DUE_USERS_SQL = (
-    "WITH claimed AS (UPDATE users SET claimed_by = %(me)s WHERE id IN (SELECT id FROM users"
-    f" WHERE due_at < %(now)s AND {_claimable('users')} ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-    " RETURNING users.*)"
-    f" SELECT {_USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    _claiming("users", "due_at < %(now)s", "due_at")
+    + f" SELECT {_USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
     " ORDER BY child.due_at, child.id"
 )
 DUE_EMAILS_SQL = (
-    "WITH claimed AS (UPDATE outbox SET claimed_by = %(me)s WHERE id IN (SELECT id FROM outbox"
-    f" WHERE status = 'queued' AND next_attempt_at <= %(now)s AND {_claimable('outbox')}"
-    " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING outbox.*)"
-    " SELECT claimed.id, claimed.recipient, claimed.subject, claimed.body, claimed.message_id, claimed.queued_at,"
+    _claiming("outbox", "status = 'queued' AND next_attempt_at <= %(now)s", "next_attempt_at, id")
+    + " SELECT claimed.id, claimed.recipient, claimed.subject, claimed.body, claimed.message_id, claimed.queued_at,"
     " claimed.attempts, users.username, alerts.kind, digests.id, digests.message_id, digests.created_at,"
     " digests.emails"
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " LEFT JOIN digests ON digests.id = claimed.digest_id ORDER BY claimed.next_attempt_at, claimed.id"
 )
 DUE_WEBHOOKS_SQL = (
-    "WITH claimed AS (UPDATE webhook_outbox SET claimed_by = %(me)s WHERE id IN (SELECT id FROM webhook_outbox"
-    f" WHERE status = 'queued' AND next_attempt_at <= %(now)s AND {_claimable('webhook_outbox')}"
-    " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING webhook_outbox.*)"
-    " SELECT claimed.id, claimed.webhook, claimed.attempts, claimed.event_id, alerts.kind, users.username,"
+    _claiming("webhook_outbox", "status = 'queued' AND next_attempt_at <= %(now)s", "next_attempt_at, id")
+    + " SELECT claimed.id, claimed.webhook, claimed.attempts, claimed.event_id, alerts.kind, users.username,"
     " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url"
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY claimed.next_attempt_at, claimed.id"
@@ -323,14 +338,21 @@ class PgStore:
         # Whether this instance's start found no other running instance (sync_users): it then restarted monitoring.
         self.started_alone: bool | None = None
         self._local = threading.local()
+        # The connection holding this instance's liveness lock, for as long as the instance lives.
+        self._liveness: psycopg.Connection[Any] | None = None
         try:
-            with psycopg.connect(url, **CONNECTION_SETTINGS) as connection:
-                self._prepare_schema(connection)
-                self.instance_id: int = connection.execute(
-                    "INSERT INTO instances (host, pid, started_at, lease_until) VALUES (%s, %s, 0, 0) RETURNING id",
-                    (socket.gethostname(), os.getpid()),
-                ).fetchone()[0]  # type: ignore[index]
-        except psycopg.Error as error:
+            self._liveness = psycopg.connect(url, **CONNECTION_SETTINGS)
+            self._prepare_schema(self._liveness)
+            self.instance_id: int = self._liveness.execute(
+                "INSERT INTO instances (host, pid, started_at, lease_until) VALUES (%s, %s, 0, 0) RETURNING id",
+                (socket.gethostname(), os.getpid()),
+            ).fetchone()[0]  # type: ignore[index]
+            self._liveness.execute("SELECT pg_advisory_lock(%s, %s)", (LIVENESS_LOCK, self.instance_id))
+        except (psycopg.Error, StoreOpenError) as error:
+            if self._liveness is not None:
+                self._liveness.close()
+            if isinstance(error, StoreOpenError):
+                raise
             raise StoreOpenError(f"{self.path}: cannot use this database: {self._tell(error)}") from None
         self._pool = ConnectionPool(
             url,
@@ -345,29 +367,31 @@ class PgStore:
     def close(self) -> None:
         """Leave the deployment (this instance's claims are free at once) and close every connection.
 
-        If the database does not answer, the instance's lease simply runs out (CLAIM_TIMEOUT).
+        If the database does not answer, the server frees the liveness lock once it notices the connection
+        is gone, and the lease runs out by itself.
         """
         try:
             with self._connection() as connection:
                 connection.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
         except StoreError:
-            pass  # nothing to release that the lease does not release by itself
+            pass  # nothing to release that the lock and the lease do not release by themselves
+        if self._liveness is not None:
+            self._liveness.close()
         self._pool.close()
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
-        `now` (store.Store.restart_monitoring) if no other instance holds a lease: an instance joining running
-        ones changes no deadline. Sets started_alone."""
+        `now` (store.Store.restart_monitoring) if no other instance is alive: an instance joining running
+        ones changes no deadline. Sets started_alone. Forgets the instances whose process is gone."""
         with self._transaction() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
-            parameters = {"me": self.instance_id, "now": now, "lease": now + CLAIM_TIMEOUT}
-            connection.execute("DELETE FROM instances WHERE lease_until < %(now)s AND id <> %(me)s", parameters)
+            parameters = self._lease_parameters(now)
+            connection.execute(f"DELETE FROM instances WHERE id NOT IN ({LOCKED_INSTANCES_SQL})")
             others = connection.execute(
-                "SELECT count(*) FROM instances WHERE id <> %(me)s AND lease_until >= %(now)s", parameters
+                f"SELECT count(*) FROM ({LIVE_INSTANCES_SQL}) AS live WHERE id <> %(me)s", parameters
             ).fetchone()
-            connection.execute(
-                "UPDATE instances SET started_at = %(now)s, lease_until = %(lease)s WHERE id = %(me)s", parameters
-            )
+            connection.execute(RENEW_LEASE_SQL, parameters)
+            connection.execute("UPDATE instances SET started_at = %(now)s WHERE id = %(me)s", parameters)
             _apply_users(connection, users, now)
             alone = others is not None and others[0] == 0
             if alone:
@@ -386,19 +410,24 @@ class PgStore:
             _restart_monitoring(connection, now)
 
     def upkeep(self, now: float) -> None:
-        """Renew this instance's lease until `now` + CLAIM_TIMEOUT (the scheduler calls this every second).
+        """Renew this instance's lease until `now` + CLAIM_TIMEOUT, and take its liveness lock again if its
+        connection was lost (the scheduler calls this every second).
 
-        If another instance's start found the lease passed and removed it, this instance registers again
-        under the same id: its claims were free meanwhile.
+        While either was lost, other instances took this instance for dead and could claim its rows. If
+        another instance's start then forgot it, it registers again under the same id.
         """
-        parameters = {"me": self.instance_id, "now": now, "lease": now + CLAIM_TIMEOUT}
+        self._hold_liveness_lock()
         with self._connection() as connection:
-            connection.execute(
-                "INSERT INTO instances (id, host, pid, started_at, lease_until) OVERRIDING SYSTEM VALUE"
-                " VALUES (%(me)s, %(host)s, %(pid)s, %(now)s, %(lease)s)"
-                " ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
-                {**parameters, "host": socket.gethostname(), "pid": os.getpid()},
-            )
+            connection.execute(RENEW_LEASE_SQL, self._lease_parameters(now))
+
+    def _lease_parameters(self, now: float) -> dict[str, Any]:
+        return {
+            "me": self.instance_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "now": now,
+            "lease": now + CLAIM_TIMEOUT,
+        }
 
     def record_ping(
         self,
@@ -781,6 +810,23 @@ class PgStore:
         with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
             connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
             connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
+
+    def _hold_liveness_lock(self) -> None:
+        with self._faults():
+            if self._liveness is not None and not self._liveness.closed:
+                try:
+                    self._liveness.execute("SELECT 1")
+                    return
+                except psycopg.OperationalError:
+                    self._liveness.close()
+            self._liveness = psycopg.connect(self.url, **CONNECTION_SETTINGS)
+            # The server may not have noticed yet that the old connection is gone: try again next time.
+            row = self._liveness.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LIVENESS_LOCK, self.instance_id)
+            ).fetchone()
+            if row != (True,):
+                self._liveness.close()
+                raise StoreUnavailableError("storage unavailable: this instance's liveness lock is still held")
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

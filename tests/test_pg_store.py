@@ -1,0 +1,309 @@
+"""The PostgreSQL store's own promises (the store contract itself runs on both backends in test_store.py):
+its schema and version, its refusals, and several instances on one database — claims that split the work and
+never hand a row to two live instances, a dead instance's claims taken over, and monitoring restarted only by
+an instance that starts alone."""
+
+import inspect
+import sqlite3
+import threading
+
+import psycopg
+import psycopg.errors
+import pytest
+
+import pg_store
+from database import display_name, open_store
+from pg_store import CLAIM_TIMEOUT, PgStore
+from pgcluster import PASSWORD
+from store import (
+    SCHEMA_VERSION,
+    CheckOutcome,
+    NewEmail,
+    NewWebhook,
+    Store,
+    StoreOpenError,
+    StoreUnavailableError,
+)
+from support import T0, free_port, make_settings, wait_until
+
+USERS = {f"dev{n:02}": {"monitor": True, "max_sleep": 60, "email_frequency": 600} for n in range(20)}
+
+
+def sql(url, text, parameters=()):
+    """The rows `text` selects, through a connection of its own to the database at `url`."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(text, parameters)
+        return cursor.fetchall() if cursor.description else None
+
+
+@pytest.fixture
+def instances(postgres_url):
+    """instances(n): n stores on one new database, as n instances of the service; all closed at the end."""
+    opened = []
+
+    def open_instances(count):
+        opened.extend(PgStore(postgres_url) for _ in range(count))
+        return opened[-count:]
+
+    yield open_instances
+    for each in opened:
+        each.close()
+
+
+def started(instance, now=T0, users=USERS):
+    """`instance` started at `now` with `users`, as server.py starts one; its lease runs from `now`."""
+    instance.sync_users(make_settings(users).users, now)
+    return instance
+
+
+def renewed(now, *instances):
+    """Each instance's lease renewed at `now`, as its upkeep loop does every second."""
+    for instance in instances:
+        instance.upkeep(now)
+
+
+def killed(instance):
+    """What kill -9 does to an instance: its connections close, its row stays."""
+    instance._pool.close()
+    lost_liveness(instance)
+
+
+def lost_liveness(instance):
+    """Close the connection holding `instance`'s liveness lock; return once the server has freed the lock (a
+    backend exits a moment after its client is gone)."""
+    instance._liveness.close()
+    held = f"SELECT count(*) FROM ({pg_store.LOCKED_INSTANCES_SQL}) AS locked WHERE objid = %s"
+    wait_until(lambda: sql(instance.url, held, (instance.instance_id,)) == [(0,)], message="the lock freed")
+
+
+def queued_emails(instance, now, count):
+    """Alert `count` late users at `now`, one email each, as one instance's listener would."""
+    users = instance.due_users(now, count)
+    outcomes = [
+        CheckOutcome(user, now + 600, (NewEmail("oncall@example.com", f"{user.username} down", "b", f"<{n}>"),))
+        for n, user in enumerate(users)
+    ]
+    instance.save_check_outcomes(outcomes, now)
+    return [user.username for user in users]
+
+
+def test_a_new_database_gets_the_current_version_and_the_sqlite_schemas_tables_and_columns(store, tmp_path, request):
+    pg = PgStore(request.getfixturevalue("postgres_url"))
+    try:
+        assert sql(pg.url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        columns = sql(
+            pg.url,
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()",
+        )
+    finally:
+        pg.close()
+    with sqlite3.connect(store.path) as connection:
+        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+        sqlite_columns = {
+            (table, column)
+            for table in tables
+            for (column,) in connection.execute(f"SELECT name FROM pragma_table_info('{table}')")
+        }
+    # The same tables and columns, and those that let instances share the database.
+    claims = {("users", "claimed_by"), ("outbox", "claimed_by"), ("webhook_outbox", "claimed_by")}
+    own = {(table, column) for table, column in columns if table in ("schema_version", "instances")}
+    readable = {(table, column) for table, column in columns if table.endswith("_readable")}
+    assert set(columns) - own - readable == sqlite_columns | claims
+
+
+@pytest.mark.parametrize(("version", "problem"), [(SCHEMA_VERSION + 1, "is newer than"), (SCHEMA_VERSION - 1, "older")])
+def test_a_database_of_another_schema_version_is_refused_in_one_line(postgres_url, version, problem):
+    PgStore(postgres_url).close()
+    sql(postgres_url, "UPDATE schema_version SET version = %s", (version,))
+    with pytest.raises(StoreOpenError) as raised:
+        PgStore(postgres_url)
+    message = str(raised.value)
+    assert problem in message and f"version {version}" in message
+    assert "\n" not in message and PASSWORD not in message
+    assert message.startswith(display_name(postgres_url))
+
+
+def test_another_applications_database_is_refused(postgres_url):
+    sql(postgres_url, "CREATE TABLE recipes (name text)")
+    with pytest.raises(StoreOpenError, match="not a Ping Listener database"):
+        PgStore(postgres_url)
+    assert sql(postgres_url, "SELECT to_regclass('users')") == [(None,)]
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "no server", "bad port", "no database"])
+def test_a_database_that_cannot_be_reached_is_refused_in_one_line_without_the_password(postgres_server, fault):
+    url = {
+        "wrong password": postgres_server.url("postgres", password="not-" + PASSWORD),
+        "no server": f"postgresql://ping_listener:{PASSWORD}@127.0.0.1:{free_port()}/db",
+        "bad port": f"postgresql://ping_listener:{PASSWORD}@127.0.0.1:port/db",
+        "no database": postgres_server.url("no_such_database"),
+    }[fault]
+    with pytest.raises(StoreOpenError) as raised:
+        open_store(url)
+    message = str(raised.value)
+    assert PASSWORD not in message and "\n" not in message
+    assert message.startswith(f"{display_name(url)}: cannot use this database: ")
+    assert "***" in message
+
+
+def test_the_store_sets_the_server_side_timeouts_that_release_a_dead_instances_locks(store_pg):
+    with store_pg._connection() as connection:
+        settings = dict(connection.execute("SELECT name, setting FROM pg_settings WHERE source = 'client'").fetchall())
+    assert {name: settings[name] for name in pg_store.SERVER_SETTINGS} == {
+        "idle_in_transaction_session_timeout": "30000",
+        "statement_timeout": "60000",
+        "lock_timeout": "5000",
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
+
+
+@pytest.fixture
+def store_pg(instances):
+    [only] = instances(1)
+    return started(only, users={"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}})
+
+
+def test_a_batch_commits_its_pings_together_and_none_once_a_statement_failed(store_pg):
+    with store_pg.ping_batch():
+        store_pg.record_ping("pi", T0 + 1)
+        store_pg.record_ping("pi", T0 + 2)
+        assert sql(store_pg.url, "SELECT count(*) FROM pings") == [(0,)]  # not committed yet
+    assert store_pg.pings_between("pi", T0, T0 + 10) == [T0 + 1, T0 + 2]
+    with pytest.raises(StoreUnavailableError, match="rolled back"), store_pg.ping_batch():
+        store_pg.record_ping("pi", T0 + 3)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            store_pg.record_ping("pi", T0 + 4, "no such kind")
+        with pytest.raises(StoreUnavailableError, match="rolled back"):
+            store_pg.record_ping("pi", T0 + 5)
+    assert store_pg.pings_between("pi", T0, T0 + 10) == [T0 + 1, T0 + 2]
+
+
+def test_the_readable_views_show_times_in_the_sessions_zone(store_pg):
+    store_pg.record_ping("pi", 1_790_000_000)  # 2026-09-21 14:13:20 UTC
+    with psycopg.connect(store_pg.url, options="-c TimeZone=Europe/Paris") as connection:
+        [(username, local)] = connection.execute("SELECT username, local_time::text FROM pings_readable").fetchall()
+    assert (username, local) == ("pi", "2026-09-21 16:13:20+02")
+
+
+def test_the_postgresql_store_offers_every_public_method_of_the_sqlite_store_with_its_signature():
+    sqlite_only = {"checkpoint", "pragma", "query_plan", "before_use"}
+    public = {name for name, _ in inspect.getmembers(Store, inspect.isfunction) if not name.startswith("_")}
+    for name in public - sqlite_only:
+        assert inspect.signature(getattr(PgStore, name)) == inspect.signature(getattr(Store, name)), name
+    assert not sqlite_only & set(dir(PgStore))
+
+
+# Several instances on one database.
+
+
+def test_two_instances_split_the_due_users_and_never_claim_one_twice(instances):
+    a, b = (started(instance) for instance in instances(2))
+    renewed(T0 + 61, a, b)
+    first = a.due_users(T0 + 61, 8)
+    second = b.due_users(T0 + 61, 100)
+    assert len(first) == 8 and len(second) == 12
+    assert not {user.id for user in first} & {user.id for user in second}
+    # Claimed rows stay their claimer's until it is done with them.
+    assert b.due_users(T0 + 61, 100) == second
+    assert a.save_check_outcomes([CheckOutcome(user, T0 + 661) for user in first], T0 + 61) == 0
+    assert b.save_check_outcomes([CheckOutcome(user, T0 + 661) for user in first], T0 + 61) == 0
+    assert sql(a.url, "SELECT count(*) FROM users WHERE due_at = %s", (T0 + 661,)) == [(8,)]
+
+
+def test_instances_claiming_emails_at_once_never_hand_one_to_two_of_them(instances):
+    stores = [started(instance) for instance in instances(3)]
+    renewed(T0 + 61, *stores)
+    queued_emails(stores[0], T0 + 61, 20)
+    got = {instance.instance_id: [] for instance in stores}
+    errors = []
+
+    def drain(instance):
+        try:
+            while emails := instance.due_emails(T0 + 61, 3):
+                got[instance.instance_id] += [email.id for email in emails]
+                instance.mark_sent([email.id for email in emails], T0 + 62)
+        except Exception as error:  # noqa: BLE001 - asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=drain, args=(instance,)) for instance in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    everything = [email for emails in got.values() for email in emails]
+    assert sorted(everything) == sorted(set(everything)) and len(everything) == 20
+    assert sql(stores[0].url, "SELECT status, attempts, count(*) FROM outbox GROUP BY 1, 2") == [("sent", 1, 20)]
+
+
+def test_a_killed_instances_claims_are_taken_over_at_once_and_a_cut_off_ones_after_its_lease(instances):
+    a, b, c = (started(instance) for instance in instances(3))
+    queued_emails(a, T0 + 61, 6)
+    hooks = (NewWebhook("phone", "id-1", "t", "x", "https://x/logs"),)
+    [late] = b.due_users(T0 + 700, 1)
+    b.save_check_outcomes([CheckOutcome(late, T0 + 1300, webhooks=hooks)], T0 + 700)
+    renewed(T0 + 700, a, b, c)
+    claimed_by_a = a.due_emails(T0 + 700, 3)
+    claimed_by_b = b.due_emails(T0 + 700, 3) + b.due_webhooks(T0 + 700, 1)
+    [user] = b.due_users(T0 + 1261, 1)
+    assert c.due_emails(T0 + 700, 10) == [] and c.due_webhooks(T0 + 700, 10) == []
+    killed(a)
+    # a's process is gone: the server freed its liveness lock, so its claims are free though its lease runs.
+    assert [email.id for email in c.due_emails(T0 + 701, 10)] == [email.id for email in claimed_by_a]
+    # b is cut off: its lease passes CLAIM_TIMEOUT after its last renewal.
+    renewed(T0 + 700 + CLAIM_TIMEOUT, c)
+    assert c.due_emails(T0 + 700 + CLAIM_TIMEOUT, 10) == claimed_by_a  # b's not yet
+    renewed(T0 + 701 + CLAIM_TIMEOUT, c)
+    taken = c.due_emails(T0 + 701 + CLAIM_TIMEOUT, 10)
+    assert {email.id for email in taken} == {email.id for email in [*claimed_by_a, *claimed_by_b[:3]]}
+    assert [hook.id for hook in c.due_webhooks(T0 + 701 + CLAIM_TIMEOUT, 10)] == [claimed_by_b[3].id]
+    [retaken] = c.due_users(T0 + 1261 + CLAIM_TIMEOUT, 1)
+    assert retaken.id == user.id
+    # Back from its partition, b's decision about a user c has claimed since is dropped.
+    alert = (NewEmail("oncall@example.com", "down", "b", "<late>"),)
+    assert b.save_check_outcomes([CheckOutcome(user, T0 + 2000, alert)], T0 + 1261) == 0
+    assert c.save_check_outcomes([CheckOutcome(retaken, T0 + 2000)], T0 + 1261 + CLAIM_TIMEOUT) == 0
+    assert sql(c.url, "SELECT due_at, claimed_by FROM users WHERE id = %s", (user.id,)) == [(T0 + 2000, None)]
+
+
+def test_an_instance_that_stops_frees_its_claims_at_once(instances):
+    a, b = (started(instance) for instance in instances(2))
+    queued_emails(a, T0 + 61, 2)
+    renewed(T0 + 100, a, b)
+    claimed = a.due_emails(T0 + 100, 10)
+    a.close()
+    assert b.due_emails(T0 + 100, 10) == claimed
+
+
+def test_an_instance_joining_running_ones_changes_no_deadline_and_one_starting_alone_restarts_monitoring(instances):
+    a, b, c = instances(3)
+    started(a, T0)
+    a.record_ping("dev00", T0 + 10)
+    before = sql(a.url, "SELECT username, monitored_since, due_at FROM users ORDER BY id")
+    renewed(T0 + 500, a)
+    started(b, T0 + 500)
+    assert (a.started_alone, b.started_alone) == (True, False)
+    assert sql(a.url, "SELECT username, monitored_since, due_at FROM users ORDER BY id") == before
+    # Every instance gone (one stopped, one killed): the next one starts alone and restarts monitoring.
+    a.close()
+    killed(b)
+    started(c, T0 + 520)
+    assert c.started_alone
+    assert sql(c.url, "SELECT DISTINCT monitored_since FROM users") == [(T0 + 520,)]
+    assert sql(c.url, "SELECT due_at FROM users WHERE username = 'dev00'") == [(T0 + 580,)]
+    assert sql(c.url, "SELECT id FROM instances") == [(c.instance_id,)]  # the dead ones are forgotten
+
+
+def test_an_instance_whose_liveness_connection_was_lost_is_dead_until_its_upkeep_takes_the_lock_again(instances):
+    a, b = (started(instance) for instance in instances(2))
+    queued_emails(a, T0 + 61, 2)
+    renewed(T0 + 100, a, b)
+    [first] = a.due_emails(T0 + 100, 1)
+    lost_liveness(a)  # e.g. the network dropped that connection
+    assert b.due_emails(T0 + 100, 1) == [first]
+    renewed(T0 + 101, a, b)
+    [second] = a.due_emails(T0 + 101, 1)
+    assert b.due_emails(T0 + 101, 10) == [first]  # its own claim; a's is a's again
+    assert second != first
