@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from mailer import SMTP_TIMEOUT
 from pg_store import CLAIM_TIMEOUT
 from pgcluster import PASSWORD
+from rules import FIRST_RETRY_DELAY
 from support import (
     ServerProcess,
     SilentSmtpServer,
@@ -128,7 +130,7 @@ def test_an_alert_storm_is_split_between_two_instances_and_no_email_is_sent_twic
     assert PASSWORD not in first.log() + second.log()
 
 
-def test_when_one_of_two_instances_is_killed_mid_storm_the_other_sends_its_claimed_emails_in_time(
+def test_one_of_two_instances_holds_its_claims_while_it_lives_and_the_other_sends_them_in_time_once_it_is_killed(
     tmp_path, postgres_url, start_server, smtp_server
 ):
     users = storm(40)
@@ -147,6 +149,11 @@ def test_when_one_of_two_instances_is_killed_mid_storm_the_other_sends_its_claim
             ),
             message="the victim holding claimed emails",
         )
+        # Once their back-off is over only the victim's claim keeps them from the survivor, which must wait
+        # while the victim lives (it is stuck on its SMTP server for SMTP_TIMEOUT).
+        time.sleep(FIRST_RETRY_DELAY + 1)
+        assert SMTP_TIMEOUT > FIRST_RETRY_DELAY + 2
+        assert not {recipient for (recipient,) in held} & set(emails_by_recipient(smtp_server))
         victim.kill()
         killed = time.monotonic()
         bound = BASE_FREQUENCY + EMAIL_PROCESSING_FREQUENCY + CLAIM_TIMEOUT
