@@ -45,6 +45,8 @@ from store import (
     CheckOutcome,
     EmailEvent,
     NewDigest,
+    NewEmail,
+    NewWebhook,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -99,6 +101,12 @@ SCHEMA_LOCK = 7_170_001
 START_LOCK = 7_170_002
 # The first key of each instance's liveness lock (pg_advisory_lock(LIVENESS_LOCK, instance id)).
 LIVENESS_LOCK = 7_170_003
+# Taken first by every transaction that may wait for several users rows (a batch of pings, the listener's
+# outcomes, a start, a reload, a restart of monitoring), so that no two of them, in one instance or in several,
+# ever wait for each other's rows in a cycle (a deadlock, which PostgreSQL breaks by failing one of them after
+# a second). The users' writes are serialised as SQLite's write lock serialises them. Other statements lock one
+# users row, or skip the rows others have locked (SKIP LOCKED), and never wait while holding another.
+WRITE_LOCK_SQL = "SELECT pg_advisory_xact_lock(7170004)"
 # The ids of the instances whose liveness lock is held in this database, and of those alive at %(now)s (their
 # lease running too).
 LOCKED_INSTANCES_SQL = (
@@ -252,21 +260,24 @@ SCHEDULED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured AND s
 # Retention (store.OLD_PINGS_SQL and the deletes after it), each batch one statement.
 DELETE_OLD_PINGS_SQL = (
     "DELETE FROM pings WHERE id IN (SELECT pings.id FROM users JOIN pings ON pings.user_id = users.id"
-    " AND pings.at < %s AND pings.id IS DISTINCT FROM users.fail_signal LIMIT %s)"
+    " AND pings.at < %s AND pings.id IS DISTINCT FROM users.fail_signal LIMIT %s FOR UPDATE OF pings SKIP LOCKED)"
 )
 _DELETE_FINISHED_SQL = (
-    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status <> 'queued' AND finished_at < %s LIMIT %s)"
+    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status <> 'queued' AND finished_at < %s LIMIT %s"
+    " FOR UPDATE SKIP LOCKED)"
 )
 DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
 DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
 DELETE_OLD_DIGESTS_SQL = (
     "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < %s"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT %s)"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT %s"
+    " FOR UPDATE SKIP LOCKED)"
 )
 DELETE_OLD_ALERTS_SQL = (
     "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < %s"
     " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
-    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT %s)"
+    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT %s"
+    " FOR UPDATE SKIP LOCKED)"
 )
 
 # A signal in one statement (store.RECORD_SIGNAL_SQL and its trigger): the user's row is locked, the ping
@@ -305,21 +316,40 @@ RECORD_SIGNAL_SQL = (
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
-# An outcome of the listener applies only if its user is unchanged since it was read (store.Store.
-# save_check_outcomes) and no other instance has claimed it since; it ends this instance's claim.
-SAVE_OUTCOME_SQL = (
-    "UPDATE users SET due_at = %(next_due_at)s, claimed_by = NULL,"
-    " last_alert = CASE WHEN %(alerting)s THEN %(now)s ELSE last_alert END,"
-    " last_alert_kind = CASE WHEN %(alerting)s THEN %(kind)s ELSE last_alert_kind END,"
-    " down_since = CASE WHEN %(changes_outage)s THEN %(down_since)s::float8 ELSE down_since END,"
-    " back_at = CASE WHEN %(ends_outage)s THEN NULL ELSE back_at END,"
-    " suppressed_kind = coalesce(%(suppressed_kind)s, suppressed_kind),"
-    " next_run = CASE WHEN %(run_after)s::float8 IS NULL THEN next_run ELSE %(next_run)s::float8 END,"
-    " next_run_after = coalesce(%(run_after)s::float8, next_run_after),"
-    " alerts_total = alerts_total + CASE WHEN %(alerting)s THEN 1 ELSE 0 END"
-    " WHERE id = %(id)s AND due_at IS NOT DISTINCT FROM %(due_at)s::float8"
-    " AND last_signal IS NOT DISTINCT FROM %(last_signal)s::bigint"
-    " AND (claimed_by IS NULL OR claimed_by = %(me)s)"
+# The listener's outcomes, one array per column (index n: the n-th outcome), in one statement: an outcome applies
+# only if its user is unchanged since it was read (store.Store.save_check_outcomes) and no other instance has
+# claimed it since; applying it ends this instance's claim. Returns the ids of the users it applied to.
+_OUTCOME_COLUMNS = {
+    "id": "bigint",
+    "due_at": "float8",
+    "last_signal": "bigint",
+    "next_due_at": "float8",
+    "alerting": "boolean",
+    "kind": "text",
+    "changes_outage": "boolean",
+    "down_since": "float8",
+    "ends_outage": "boolean",
+    "suppressed_kind": "text",
+    "run_after": "float8",
+    "next_run": "float8",
+}
+SAVE_OUTCOMES_SQL = (
+    "UPDATE users SET due_at = o.next_due_at, claimed_by = NULL,"
+    " last_alert = CASE WHEN o.alerting THEN %(now)s ELSE users.last_alert END,"
+    " last_alert_kind = CASE WHEN o.alerting THEN o.kind ELSE users.last_alert_kind END,"
+    " down_since = CASE WHEN o.changes_outage THEN o.down_since ELSE users.down_since END,"
+    " back_at = CASE WHEN o.ends_outage THEN NULL ELSE users.back_at END,"
+    " suppressed_kind = coalesce(o.suppressed_kind, users.suppressed_kind),"
+    " next_run = CASE WHEN o.run_after IS NULL THEN users.next_run ELSE o.next_run END,"
+    " next_run_after = coalesce(o.run_after, users.next_run_after),"
+    " alerts_total = users.alerts_total + CASE WHEN o.alerting THEN 1 ELSE 0 END"
+    " FROM unnest("
+    + ", ".join(f"%({column})s::{kind}[]" for column, kind in _OUTCOME_COLUMNS.items())
+    + f") AS o({', '.join(_OUTCOME_COLUMNS)})"
+    " WHERE users.id = o.id AND users.due_at IS NOT DISTINCT FROM o.due_at"
+    " AND users.last_signal IS NOT DISTINCT FROM o.last_signal"
+    " AND (users.claimed_by IS NULL OR users.claimed_by = %(me)s)"
+    " RETURNING users.id"
 )
 
 
@@ -385,6 +415,7 @@ class PgStore:
         ones changes no deadline. Sets started_alone. Forgets the instances whose process is gone."""
         with self._transaction() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
+            connection.execute(WRITE_LOCK_SQL)
             parameters = self._lease_parameters(now)
             connection.execute(f"DELETE FROM instances WHERE id NOT IN ({LOCKED_INSTANCES_SQL})")
             others = connection.execute(
@@ -400,13 +431,13 @@ class PgStore:
 
     def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
         """store.Store.reload_users."""
-        with self._transaction() as connection:
+        with self._write() as connection:
             return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
         """store.Store.restart_monitoring, for every instance's users: the instance whose wall clock jumped
         calls it (scheduler.follow_clock)."""
-        with self._transaction() as connection:
+        with self._write() as connection:
             _restart_monitoring(connection, now)
 
     def upkeep(self, now: float) -> None:
@@ -437,29 +468,31 @@ class PgStore:
         exit_code: int | None = None,
         body: str | None = None,
     ) -> None:
-        """store.Store.record_ping: committed before returning (one statement in autocommit mode), or with
-        the batch inside ping_batch() on this thread."""
-        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": body}
+        """store.Store.record_ping: committed before returning, or with the batch inside ping_batch() on this
+        thread. A ping outside a batch is a batch of one (it takes the write lock as a batch does)."""
         batch = getattr(self._local, "batch", None)
+        if batch is None:
+            with self.ping_batch():
+                self.record_ping(username, now, kind, exit_code, body)
+            return
+        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": body}
         with self._faults():
-            if batch is not None:
-                if batch.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                    # A statement of the batch failed, so it will be rolled back: recording this ping alone
-                    # would commit a ping whose answer the batch withholds.
-                    raise StoreUnavailableError(_BATCH_ROLLED_BACK)
-                recorded = batch.execute(RECORD_SIGNAL_SQL, parameters).fetchone()[0]
-            else:
-                with self._pool.connection() as connection:
-                    recorded = connection.execute(RECORD_SIGNAL_SQL, parameters).fetchone()[0]  # type: ignore[index]
+            if batch.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                # A statement of the batch failed, so it will be rolled back: recording this ping alone
+                # would commit a ping whose answer the batch withholds.
+                raise StoreUnavailableError(_BATCH_ROLLED_BACK)
+            recorded = batch.execute(RECORD_SIGNAL_SQL, parameters).fetchone()[0]
         if not recorded:
             raise UnknownUserError(f"unknown user {username}")
 
     @contextmanager
     def ping_batch(self) -> Iterator[None]:
         """store.Store.ping_batch: this thread's record_ping() calls inside the block share one transaction,
-        committed when the block ends; StoreUnavailableError and none recorded if it cannot commit."""
+        committed when the block ends; StoreUnavailableError and none recorded if it cannot commit. It holds
+        the write lock (WRITE_LOCK_SQL) from its first ping to its commit."""
         with self._faults(), self._pool.connection() as connection:
-            connection.execute("BEGIN")
+            # One round trip (several statements without parameters go as one simple query).
+            connection.execute(f"BEGIN; {WRITE_LOCK_SQL}")
             self._local.batch = connection
             try:
                 yield
@@ -609,76 +642,78 @@ class PgStore:
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """store.Store.save_check_outcomes; an outcome also applies only if no other instance claimed its user
-        since, and ends this instance's claim of every user it is about."""
+        since, and ends this instance's claim of every user it is about. A few statements for the whole
+        batch, whatever its size (each pipelined)."""
+        outcomes = list(outcomes)
         alerts = 0
-        emails: list[tuple[Any, ...]] = []
-        webhooks: list[tuple[Any, ...]] = []
-        dropped: list[int] = []
-        with self._transaction() as connection:
+        # Each alerts row to insert, and the emails and webhooks to queue for it.
+        new_alerts: list[tuple[Any, ...]] = []
+        notices: list[tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]] = []
+        with self._write() as connection, connection.cursor() as cursor:
+            columns: dict[str, list[Any]] = {column: [] for column in _OUTCOME_COLUMNS}
+            for outcome in outcomes:
+                alerting = bool(outcome.emails or outcome.webhooks)
+                suppressed_kind = outcome.suppressed[0] if outcome.suppressed else None
+                run_after, next_run = outcome.next_run or (None, None)
+                for column, value in zip(
+                    _OUTCOME_COLUMNS,
+                    (outcome.user.id, outcome.user.due_at, outcome.user.last_signal, outcome.next_due_at, alerting)
+                    + (outcome.kind, alerting or outcome.ends_outage, outcome.down_since, outcome.ends_outage)
+                    + (suppressed_kind, run_after, next_run),
+                    strict=True,
+                ):
+                    columns[column].append(value)
+            applied = {
+                user_id
+                for (user_id,) in cursor.execute(
+                    SAVE_OUTCOMES_SQL, {**columns, "now": now, "me": self.instance_id}
+                ).fetchall()
+            }
             for outcome in outcomes:
                 user = outcome.user
-                alerting = bool(outcome.emails or outcome.webhooks)
-                suppressed_kind, suppressed_at = outcome.suppressed or (None, None)
-                run_after, next_run = outcome.next_run or (None, None)
-                claimed = connection.execute(
-                    SAVE_OUTCOME_SQL,
-                    {
-                        "next_due_at": outcome.next_due_at,
-                        "alerting": alerting,
-                        "now": now,
-                        "kind": outcome.kind,
-                        "changes_outage": alerting or outcome.ends_outage,
-                        "down_since": outcome.down_since,
-                        "ends_outage": outcome.ends_outage,
-                        "suppressed_kind": suppressed_kind,
-                        "run_after": run_after,
-                        "next_run": next_run,
-                        "id": user.id,
-                        "due_at": user.due_at,
-                        "last_signal": user.last_signal,
-                        "me": self.instance_id,
-                    },
-                ).rowcount
-                if not claimed:
-                    dropped.append(user.id)
+                if user.id not in applied:
                     continue
-                if suppressed_kind is not None:
-                    connection.execute(
-                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
-                        " VALUES (%s, %s, %s, %s, %s, true)",
-                        (user.id, now, user.last_ping, suppressed_kind, suppressed_at),
-                    )
+                if outcome.suppressed is not None:
+                    new_alerts.append((user.id, now, user.last_ping, *outcome.suppressed, True))
+                    notices.append(((), ()))
                 # The recovery first: it closes the outage that an alert in the same step may follow.
                 for kind, went_down_at, queued, hooks in (
                     (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
                     (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
                 ):
-                    if not (queued or hooks):
-                        continue
-                    alert_id = connection.execute(
-                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at)"
-                        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                        (user.id, now, user.last_ping, kind, went_down_at),
-                    ).fetchone()[0]  # type: ignore[index]
-                    emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in queued]
-                    webhooks += [
-                        (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
-                        for hook in hooks
-                    ]
-                alerts += alerting
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    emails,
-                )
-                cursor.executemany(
-                    "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
-                    " next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    webhooks,
-                )
+                    if queued or hooks:
+                        new_alerts.append((user.id, now, user.last_ping, kind, went_down_at, False))
+                        notices.append((queued, hooks))
+                alerts += bool(outcome.emails or outcome.webhooks)
+            alert_ids = _inserted_ids(
+                cursor,
+                "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                new_alerts,
+            )
+            emails = [
+                (alert_id, e.recipient, e.subject, e.body, e.message_id, now, now)
+                for alert_id, (queued, _) in zip(alert_ids, notices, strict=True)
+                for e in queued
+            ]
+            webhooks = [
+                (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
+                for alert_id, (_, hooks) in zip(alert_ids, notices, strict=True)
+                for hook in hooks
+            ]
+            cursor.executemany(
+                "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                emails,
+            )
+            cursor.executemany(
+                "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
+                " next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                webhooks,
+            )
+            dropped = [outcome.user.id for outcome in outcomes if outcome.user.id not in applied]
             if dropped:
-                connection.execute(
+                cursor.execute(
                     "UPDATE users SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s",
                     (dropped, self.instance_id),
                 )
@@ -839,6 +874,13 @@ class PgStore:
             yield connection
 
     @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction holding the write lock (WRITE_LOCK_SQL)."""
+        with self._transaction() as connection:
+            connection.execute(WRITE_LOCK_SQL)
+            yield connection
+
+    @contextmanager
     def _faults(self) -> Iterator[None]:
         """Turn the server's or the network's refusals (connection lost, server shutting down, disk full,
         timeouts, a read-only database) into StoreUnavailableError; other errors are bugs and stay what
@@ -881,6 +923,18 @@ class PgStore:
 
 
 _BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
+
+
+def _inserted_ids(cursor: psycopg.Cursor[Any], insert: str, rows: list[tuple[Any, ...]]) -> list[int]:
+    """The ids that `insert` (an INSERT ... RETURNING id) gave `rows`, in their order; all sent at once."""
+    if not rows:
+        return []
+    cursor.executemany(insert, rows, returning=True)
+    ids = []
+    while True:
+        ids.append(cursor.fetchone()[0])  # type: ignore[index]
+        if not cursor.nextset():
+            return ids
 
 
 def _user_id(connection: psycopg.Connection[Any], username: str) -> int:
@@ -959,8 +1013,10 @@ def _restart_monitoring(connection: psycopg.Connection[Any], now: float) -> None
     )
     connection.execute("UPDATE users SET monitored_since = %(now)s WHERE configured", parameters)
     connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured")
+    # Rows another instance is claiming or sending now are skipped: it deals with them.
     for queue in ("outbox", "webhook_outbox"):
         connection.execute(
-            f"UPDATE {queue} SET next_attempt_at = %(now)s WHERE status = 'queued' AND next_attempt_at > %(now)s",
+            f"UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
+            " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
             parameters,
         )

@@ -307,3 +307,41 @@ def test_an_instance_whose_liveness_connection_was_lost_is_dead_until_its_upkeep
     [second] = a.due_emails(T0 + 101, 1)
     assert b.due_emails(T0 + 101, 10) == [first]  # its own claim; a's is a's again
     assert second != first
+
+
+def test_ping_batches_and_the_listeners_of_two_instances_never_deadlock(instances):
+    a, b = (started(instance) for instance in instances(2))
+    names = sorted(USERS)
+    errors = []
+
+    def pinging(instance, order):
+        try:
+            for n in range(30):
+                with instance.ping_batch():
+                    for name in order:
+                        instance.record_ping(name, T0 + n)
+        except Exception as error:  # noqa: BLE001 - asserted below
+            errors.append(error)
+
+    def listening(instance):
+        try:
+            for n in range(30):
+                renewed(T0 + 100 + n, instance)
+                users = instance.due_users(T0 + 100 + n, 20)
+                instance.save_check_outcomes([CheckOutcome(user, T0 + 101 + n) for user in users], T0 + 100 + n)
+        except Exception as error:  # noqa: BLE001 - asserted below
+            errors.append(error)
+
+    # Batches lock their users in opposite orders, while both listeners write every user.
+    threads = [
+        threading.Thread(target=pinging, args=(a, names)),
+        threading.Thread(target=pinging, args=(b, names[::-1])),
+        threading.Thread(target=listening, args=(a,)),
+        threading.Thread(target=listening, args=(b,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sql(a.url, "SELECT count(*) FROM pings") == [(2 * 30 * len(names),)]
