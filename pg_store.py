@@ -365,8 +365,8 @@ class PgStore:
         # What messages call the database: its URL without the password.
         self.path = display_name(url)
         self.upgraded_from: int | None = None
-        # Whether this instance's start found no other running instance (sync_users): it then restarted monitoring.
-        self.started_alone: bool | None = None
+        # Whether this instance's start found no other live instance (sync_users): it then restarted monitoring.
+        self.started_alone = True
         self._local = threading.local()
         # The connection holding this instance's liveness lock, for as long as the instance lives.
         self._liveness: psycopg.Connection[Any] | None = None

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         print(f"{display_name(db)}: {error}", file=sys.stderr)
         return 2
+    if not store.started_alone:
+        log.info("%s: joined the instances running on it; no deadline restarted", display_name(db))
     live_settings = LiveSettings(settings)
     mail_sender = SmtpMailer(smtp)
     # Its default server root, the address bound, is set below once the socket is bound.

@@ -626,6 +626,9 @@ class Store:
         self._schema_ready = False
         # The schema version the database had before this start upgraded it, or None if it did not.
         self.upgraded_from: int | None = None
+        # Whether sync_users restarted monitoring: always, as one process is the only one using a SQLite file
+        # (pg_store.PgStore's instances may share a database).
+        self.started_alone = True
         _refuse_missing_directory(Path(self.path))
         _refuse_read_only(Path(self.path))
         try:
