@@ -12,7 +12,7 @@ import psycopg.errors
 import pytest
 
 import pg_store
-from database import display_name, open_store
+from database import chosen_database, display_name, is_postgresql, open_store
 from pg_store import CLAIM_TIMEOUT, PgStore
 from pgcluster import PASSWORD
 from store import (
@@ -345,3 +345,28 @@ def test_ping_batches_and_the_listeners_of_two_instances_never_deadlock(instance
         thread.join()
     assert errors == []
     assert sql(a.url, "SELECT count(*) FROM pings") == [(2 * 30 * len(names),)]
+
+
+@pytest.mark.parametrize(
+    ("db", "shown"),
+    [
+        ("postgresql://app:s3cret@db.example.net:5432/pings", "postgresql://app:***@db.example.net:5432/pings"),
+        ("postgres://app:p%40ss@db/pings", "postgres://app:***@db/pings"),
+        ("POSTGRESQL://app:a:b@c@db/pings", "POSTGRESQL://app:***@db/pings"),
+        ("postgresql://app@db/pings", "postgresql://app@db/pings"),
+        ("postgresql://app:s3cret@db:port/pings", "postgresql://app:***@db:port/pings"),
+        ("state/ping_listener.db", "state/ping_listener.db"),
+        ("mysql://app:s3cret@db/pings", "mysql://app:s3cret@db/pings"),  # not a URL of ours: a SQLite path
+    ],
+)
+def test_a_database_is_shown_without_its_password(db, shown):
+    assert display_name(db) == shown
+    assert is_postgresql(db) == db.lower().startswith(("postgresql://", "postgres://"))
+
+
+def test_the_database_is_the_command_lines_else_database_url_else_the_default_file():
+    url = "postgresql://app@db/pings"
+    assert chosen_database("mine.db", {"DATABASE_URL": url}) == "mine.db"
+    assert chosen_database(None, {"DATABASE_URL": url}) == url
+    assert chosen_database(None, {"DATABASE_URL": ""}) == "ping_listener.db"
+    assert chosen_database(None, {}) == "ping_listener.db"
