@@ -12,6 +12,7 @@ import mailer
 import rules
 import scheduler
 from config import LiveSettings
+from pg_store import PgStore
 from rules import live_state, retry_delay
 from scheduler import Scheduler
 from store import Store
@@ -41,12 +42,23 @@ def recording_mailer():
     return RecordingMailer()
 
 
+# The scheduler's tests that use the store only through its methods and SQL both backends read alike run
+# on both backends (the store fixture's "postgresql": a new PostgreSQL database each).
+BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+
+
+def db_of(store):
+    """Where `store` keeps its data, as support.query takes it: a SQLite path or a PostgreSQL URL."""
+    return store.url if isinstance(store, PgStore) else store.path
+
+
 def make_scheduler(store, recording_mailer, users=None, now=T0, clock=None, **top_level):
     settings = make_settings(users, **top_level)
     store.sync_users(settings.users, now)
     return Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock or Clock(now))
 
 
+@BACKENDS
 def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequency_passed(store, recording_mailer):
     users = {
         "pi": {
@@ -59,16 +71,17 @@ def test_a_late_user_gets_one_email_per_recipient_then_none_until_email_frequenc
     steps = make_scheduler(store, recording_mailer, users)
     store.record_ping("pi", T0)
     steps.check_once(T0 + 60)
-    assert outbox(store.path) == []
+    assert outbox(db_of(store)) == []
     steps.check_once(T0 + 61)
-    assert outbox(store.path) == [("a@example.com", "queued", 0), ("b@example.com", "queued", 0)]
+    assert outbox(db_of(store)) == [("a@example.com", "queued", 0), ("b@example.com", "queued", 0)]
     steps.check_once(T0 + 300)
     steps.check_once(T0 + 661)
-    assert len(outbox(store.path)) == 2
+    assert len(outbox(db_of(store))) == 2
     steps.check_once(T0 + 662)
-    assert len(outbox(store.path)) == 4
+    assert len(outbox(db_of(store))) == 4
 
 
+@BACKENDS
 def test_the_queued_alert_names_the_user_and_links_to_its_logs(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.record_ping("pi", T0)
@@ -79,9 +92,10 @@ def test_the_queued_alert_names_the_user_and_links_to_its_logs(store, recording_
 
 
 def subjects(store):
-    return [subject for (subject,) in query(store.path, "SELECT subject FROM outbox ORDER BY id")]
+    return [subject for (subject,) in query(db_of(store), "SELECT subject FROM outbox ORDER BY id")]
 
 
+@BACKENDS
 def test_a_ping_ends_the_silence_with_one_recovery_email(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
@@ -91,6 +105,7 @@ def test_a_ping_ends_the_silence_with_one_recovery_email(store, recording_mailer
     assert subjects(store) == ["pi disconnection detected", "pi is back"]
 
 
+@BACKENDS
 def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
@@ -103,13 +118,15 @@ def test_a_throttled_user_is_looked_at_again_only_when_the_throttle_ends(store, 
     assert subjects(store) == ["pi disconnection detected", "pi is back", "pi disconnection detected"]
 
 
+@BACKENDS
 def test_monitor_false_never_queues_an_email(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, {"pi": {"monitor": False, "max_sleep": 0, "email_frequency": 0}})
     for second in range(1, 100):
         steps.check_once(T0 + second)
-    assert outbox(store.path) == []
+    assert outbox(db_of(store)) == []
 
 
+@BACKENDS
 def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recording_mailer, caplog, monkeypatch):
     settings = make_settings(
         {
@@ -128,11 +145,12 @@ def test_one_user_that_cannot_be_decided_does_not_stop_the_others(store, recordi
     monkeypatch.setattr(mailer, "compose_alert", compose_or_fail)
     steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", Clock(T0))
     assert steps.check_once(T0 + 2) == 2
-    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
+    assert [row[0] for row in outbox(db_of(store))] == ["oncall@example.com"]
     assert "cannot decide about user 'pi'" in caplog.text
     assert steps.check_once(T0 + 2 + scheduler.BAD_USER_DELAY - 1) == 0
 
 
+@BACKENDS
 def test_a_user_removed_from_the_settings_in_force_is_no_longer_alerted(store, recording_mailer, caplog):
     user_config = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
     live = LiveSettings(make_settings({"pi": user_config, "nas": user_config}))
@@ -141,13 +159,14 @@ def test_a_user_removed_from_the_settings_in_force_is_no_longer_alerted(store, r
     # A reload has put new settings in force and the store has not followed yet.
     live.replace(make_settings({"nas": user_config}))
     assert steps.check_once(T0 + 2) == 2
-    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"]
+    assert [row[0] for row in outbox(db_of(store))] == ["oncall@example.com"]
     assert caplog.text == ""
     # nas again, and pi too (looked at again in case the reload fails), but still not alerted.
     assert steps.check_once(T0 + 1000) == 2
-    assert [row[0] for row in outbox(store.path)] == ["oncall@example.com"] * 2
+    assert [row[0] for row in outbox(db_of(store))] == ["oncall@example.com"] * 2
 
 
+@BACKENDS
 def test_a_step_looks_at_a_bounded_batch_of_users(store, recording_mailer):
     user_config = {"monitor": True, "max_sleep": 1, "email_frequency": 1000}
     users = {f"d{i}": user_config for i in range(scheduler.USERS_PER_STEP + 7)}
@@ -163,33 +182,36 @@ def queue_one_alert(store, recording_mailer, **top_level):
     return steps
 
 
+@BACKENDS
 def test_drain_removes_an_email_from_the_queue_once_accepted(store, recording_mailer):
     steps = queue_one_alert(store, recording_mailer)
     assert steps.drain_once(T0 + 61) == 1
-    assert outbox(store.path) == [("oncall@example.com", "sent", 1)]
+    assert outbox(db_of(store)) == [("oncall@example.com", "sent", 1)]
     assert [email.recipient for email in recording_mailer.sent] == ["oncall@example.com"]
     assert steps.drain_once(T0 + 62) == 0
 
 
+@BACKENDS
 def test_drain_retries_a_failed_email_with_backoff(store, recording_mailer):
     clock = Clock(T0 + 61)
     steps = queue_one_alert(store, recording_mailer, clock=clock)
     recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")] * 2
     steps.drain_once(T0 + 61)
-    assert outbox(store.path) == [("oncall@example.com", "queued", 1)]
+    assert outbox(db_of(store)) == [("oncall@example.com", "queued", 1)]
     assert steps.drain_once(T0 + 61 + retry_delay(1) - 0.1) == 0
     clock.now = T0 + 61 + retry_delay(1)
     assert steps.drain_once(clock.now) == 1
     assert steps.drain_once(clock.now + retry_delay(2) - 0.1) == 0
     assert steps.drain_once(clock.now + retry_delay(2)) == 1
-    assert outbox(store.path) == [("oncall@example.com", "sent", 3)]
+    assert outbox(db_of(store)) == [("oncall@example.com", "sent", 3)]
 
 
+@BACKENDS
 def test_drain_marks_a_permanently_rejected_email_failed(store, recording_mailer):
     steps = queue_one_alert(store, recording_mailer)
     recording_mailer.results = [mailer.SendResult(mailer.REJECTED, "550 no such user")]
     steps.drain_once(T0 + 61)
-    assert outbox(store.path) == [("oncall@example.com", "failed", 1)]
+    assert outbox(db_of(store)) == [("oncall@example.com", "failed", 1)]
     assert steps.drain_once(T0 + 10_000) == 0
 
 
@@ -211,6 +233,7 @@ def emails(store):
     return store.due_emails(T0 + 1e6, 100)
 
 
+@BACKENDS
 def test_a_failure_is_alerted_at_the_next_step_with_its_output_and_repeated_every_email_frequency(
     store, recording_mailer
 ):
@@ -229,6 +252,7 @@ def test_a_failure_is_alerted_at_the_next_step_with_its_output_and_repeated_ever
     assert subjects(store) == ["pi failure reported"] * 2
 
 
+@BACKENDS
 def test_failure_then_success_sends_exactly_one_recovery_however_many_successes_follow(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.record_ping("pi", T0 + 1, "fail")
@@ -243,6 +267,7 @@ def test_failure_then_success_sends_exactly_one_recovery_however_many_successes_
     assert "Down for: 2 seconds" in back.body
 
 
+@BACKENDS
 def test_a_failure_after_a_silence_alerts_at_once_and_the_outage_gets_one_recovery(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     steps.check_once(T0 + 61)
@@ -254,6 +279,7 @@ def test_a_failure_after_a_silence_alerts_at_once_and_the_outage_gets_one_recove
     assert "Went down: 2026-09-21 16:14:20 CEST" in emails(store)[2].body  # the silence's deadline
 
 
+@BACKENDS
 def test_a_run_past_max_runtime_is_alerted_then_its_success_is_a_recovery_with_the_runs_duration(
     store, recording_mailer
 ):
@@ -268,9 +294,10 @@ def test_a_run_past_max_runtime_is_alerted_then_its_success_is_a_recovery_with_t
     store.record_ping("job", T0 + 50)
     steps.check_once(T0 + 50.5)
     assert subjects(store) == ["job did not finish in time", "job is back"]
-    assert query(store.path, "SELECT duration FROM pings WHERE kind = 'success'") == [(45.0,)]
+    assert query(db_of(store), "SELECT duration FROM pings WHERE kind = 'success'") == [(45.0,)]
 
 
+@BACKENDS
 def test_notify_recovery_false_sends_no_recovery_but_ends_the_outage(store, recording_mailer):
     users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 0, "notify_recovery": False}}
     steps = make_scheduler(store, recording_mailer, users)
@@ -279,9 +306,10 @@ def test_notify_recovery_false_sends_no_recovery_but_ends_the_outage(store, reco
     store.record_ping("pi", T0 + 3)
     steps.check_once(T0 + 4)
     assert subjects(store) == ["pi failure reported"]
-    assert query(store.path, "SELECT down_since, back_at FROM users") == [(None, None)]
+    assert query(db_of(store), "SELECT down_since, back_at FROM users") == [(None, None)]
 
 
+@BACKENDS
 def test_a_success_before_the_first_alert_sends_no_recovery(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.record_ping("pi", T0 + 1, "fail")
@@ -302,9 +330,10 @@ NIGHTLY = {
 
 
 def bodies(store):
-    return [body for (body,) in query(store.path, "SELECT body FROM outbox ORDER BY id")]
+    return [body for (body,) in query(db_of(store), "SELECT body FROM outbox ORDER BY id")]
 
 
+@BACKENDS
 def test_a_scheduled_user_is_alerted_once_its_run_and_grace_have_passed_naming_the_missed_run(store, recording_mailer):
     monday = paris(2026, 11, 30, 1)
     steps = make_scheduler(store, recording_mailer, NIGHTLY, now=monday)
@@ -320,6 +349,7 @@ def test_a_scheduled_user_is_alerted_once_its_run_and_grace_have_passed_naming_t
     )
 
 
+@BACKENDS
 def test_a_scheduled_ping_costs_one_look_of_the_listener_which_stores_the_next_runs_deadline(store, recording_mailer):
     monday = paris(2026, 11, 30, 1)
     steps = make_scheduler(store, recording_mailer, NIGHTLY, now=monday)
@@ -332,6 +362,7 @@ def test_a_scheduled_ping_costs_one_look_of_the_listener_which_stores_the_next_r
     assert subjects(store) == []
 
 
+@BACKENDS
 def test_no_false_alarm_in_the_repeated_hour_and_an_alert_right_after_the_skipped_one(store, recording_mailer):
     # Healthchecks #912: a job run at the first 02:30 of the day clocks go back must not be late at the second.
     steps = make_scheduler(store, recording_mailer, NIGHTLY, now=paris(2026, 10, 24, 12))
@@ -394,12 +425,13 @@ def sent_subjects(recording_mailer):
 
 def suppressed_alerts(store):
     return query(
-        store.path,
+        db_of(store),
         "SELECT users.username, alerts.kind FROM alerts JOIN users ON users.id = alerts.user_id"
-        " WHERE alerts.suppressed = 1 ORDER BY users.username",
+        " WHERE alerts.suppressed ORDER BY users.username",
     )
 
 
+@BACKENDS
 def test_forty_devices_silent_with_their_router_make_one_email_the_routers(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site())
     # The devices' last pings came a little before the router's, as they do when a router dies.
@@ -414,6 +446,7 @@ def test_forty_devices_silent_with_their_router_make_one_email_the_routers(store
     assert {live_state(user, T0 + 130, user.parent) for user in store.configured_users()} == {"alerted", "suppressed"}
 
 
+@BACKENDS
 def test_forty_devices_behind_a_router_with_two_recipients_make_one_email_each(store, recording_mailer):
     two = {"device_email": ["a@example.com", "b@example.com"]}
     steps = make_scheduler(store, recording_mailer, site(router=two, device=two))
@@ -429,6 +462,7 @@ def test_forty_devices_behind_a_router_with_two_recipients_make_one_email_each(s
     assert len(suppressed_alerts(store)) == 40
 
 
+@BACKENDS
 def test_a_suppressed_device_is_recorded_once_and_gets_no_recovery(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=1))
     steps.check_once(T0 + 61)
@@ -441,6 +475,7 @@ def test_a_suppressed_device_is_recorded_once_and_gets_no_recovery(store, record
     assert suppressed_alerts(store) == [("cam00", "late")]
 
 
+@BACKENDS
 def test_when_the_router_comes_back_each_device_gets_a_full_max_sleep_from_that_moment(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=3, device={"max_sleep": 100}))
     steps.check_once(T0 + 101)  # all late: the router alerted, the devices suppressed
@@ -453,12 +488,13 @@ def test_when_the_router_comes_back_each_device_gets_a_full_max_sleep_from_that_
     store.record_ping("router", T0 + 300.2)
     steps.check_once(T0 + 300.5)
     assert subjects(store)[2:] == ["cam01 disconnection detected", "cam02 disconnection detected"]
-    assert query(store.path, "SELECT DISTINCT went_down_at FROM alerts WHERE kind = 'late' AND NOT suppressed") == [
+    assert query(db_of(store), "SELECT DISTINCT went_down_at FROM alerts WHERE kind = 'late' AND NOT suppressed") == [
         (T0 + 60,),
         (T0 + 300,),
     ]
 
 
+@BACKENDS
 def test_a_device_silent_since_before_its_routers_last_ping_waits_for_the_routers_deadline(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=2))
     store.record_ping("cam00", T0)
@@ -472,6 +508,7 @@ def test_a_device_silent_since_before_its_routers_last_ping_waits_for_the_router
     assert subjects(store) == ["cam00 disconnection detected", "cam01 disconnection detected"]
 
 
+@BACKENDS
 def test_a_device_whose_router_pinged_after_its_deadline_is_alerted_at_once(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=1))
     store.record_ping("cam00", T0)
@@ -481,6 +518,7 @@ def test_a_device_whose_router_pinged_after_its_deadline_is_alerted_at_once(stor
     assert subjects(store) == ["cam00 disconnection detected"]
 
 
+@BACKENDS
 def test_a_failure_behind_a_failed_router_is_suppressed_too(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=1, router={"max_sleep": 3600}))
     store.record_ping("router", T0 + 1, "fail")
@@ -493,6 +531,7 @@ def test_a_failure_behind_a_failed_router_is_suppressed_too(store, recording_mai
     assert sorted(subjects(store)) == ["cam00 failure reported", "router failure reported", "router is back"]
 
 
+@BACKENDS
 def test_a_chain_of_dependencies_leaves_only_the_head_alerted(store, recording_mailer):
     users = {
         "wan": ROUTER,
@@ -506,6 +545,7 @@ def test_a_chain_of_dependencies_leaves_only_the_head_alerted(store, recording_m
     assert suppressed_alerts(store) == [("cam", "late"), ("router", "late"), ("switch", "late")]
 
 
+@BACKENDS
 def test_no_alert_while_snoozed_and_the_silence_is_measured_from_the_snoozes_end(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.record_ping("pi", T0)
@@ -517,6 +557,7 @@ def test_no_alert_while_snoozed_and_the_silence_is_measured_from_the_snoozes_end
     assert subjects(store) == ["pi disconnection detected"]
 
 
+@BACKENDS
 def test_a_failure_during_a_snooze_is_alerted_when_it_ends(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.snooze("pi", T0 + 300, T0)
@@ -527,6 +568,7 @@ def test_a_failure_during_a_snooze_is_alerted_when_it_ends(store, recording_mail
     assert subjects(store) == ["pi failure reported"]
 
 
+@BACKENDS
 def test_an_outage_alerted_before_a_snooze_is_not_alerted_again_but_still_gets_its_recovery(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}})
     steps.check_once(T0 + 61)
@@ -541,10 +583,11 @@ def test_an_outage_alerted_before_a_snooze_is_not_alerted_again_but_still_gets_i
     assert subjects(store) == ["pi disconnection detected", "pi is back", "pi disconnection detected"]
 
 
+@BACKENDS
 def test_minutes_zero_ends_a_snooze_now_and_changes_nothing_for_a_user_not_snoozed(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     assert store.snooze("pi", T0, T0) == T0  # not snoozed: nothing changes
-    assert query(store.path, "SELECT snoozed_until, due_at FROM users") == [(None, T0 + 60)]
+    assert query(db_of(store), "SELECT snoozed_until, due_at FROM users") == [(None, T0 + 60)]
     store.snooze("pi", T0 + 3600, T0 + 10)
     assert store.snooze("pi", T0 + 100, T0 + 100) == T0 + 100
     steps.check_once(T0 + 160)
@@ -553,6 +596,7 @@ def test_minutes_zero_ends_a_snooze_now_and_changes_nothing_for_a_user_not_snooz
     assert subjects(store) == ["pi disconnection detected"]
 
 
+@BACKENDS
 def test_a_snoozed_router_that_is_late_still_suppresses_its_devices(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer, site(devices=3))
     store.snooze("router", T0 + 3600, T0)
@@ -571,9 +615,10 @@ def three_late(store, recording_mailer, **extra):
 
 
 def outbox_rows(store):
-    return query(store.path, "SELECT recipient, status, attempts, digest_id FROM outbox ORDER BY id")
+    return query(db_of(store), "SELECT recipient, status, attempts, digest_id FROM outbox ORDER BY id")
 
 
+@BACKENDS
 def test_emails_due_for_one_recipient_at_one_drain_step_go_as_one_digest(store, recording_mailer):
     steps = three_late(store, recording_mailer)
     assert steps.drain_once(T0 + 61) == 3
@@ -582,11 +627,12 @@ def test_emails_due_for_one_recipient_at_one_drain_step_go_as_one_digest(store, 
     assert [digest.body.count(f"{name} disconnection detected") for name in ("cam", "nas", "pi")] == [1, 1, 1]
     assert digest.queued_at == T0 + 61
     assert outbox_rows(store) == [("oncall@example.com", "sent", 1, 1)] * 3
-    assert query(store.path, "SELECT recipient, subject, message_id, emails FROM digests") == [
+    assert query(db_of(store), "SELECT recipient, subject, message_id, emails FROM digests") == [
         ("oncall@example.com", digest.subject, digest.message_id, 3)
     ]
 
 
+@BACKENDS
 def test_each_recipient_gets_its_own_digest_and_a_single_email_keeps_its_subject(store, recording_mailer):
     user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
     users = {"nas": user, "pi": user, "cam": {**user, "device_email": "cam@example.com"}}
@@ -599,6 +645,7 @@ def test_each_recipient_gets_its_own_digest_and_a_single_email_keeps_its_subject
     ]
 
 
+@BACKENDS
 def test_a_digest_of_recoveries_says_they_are_back(store, recording_mailer):
     steps = three_late(store, recording_mailer)
     steps.drain_once(T0 + 61)
@@ -609,6 +656,7 @@ def test_a_digest_of_recoveries_says_they_are_back(store, recording_mailer):
     assert recording_mailer.sent[-1].subject == "2 devices are back: cam, pi"
 
 
+@BACKENDS
 def test_a_digest_is_retried_as_it_was_with_its_message_id_and_date_then_sent_once(store, recording_mailer):
     steps = three_late(store, recording_mailer)
     recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")]
@@ -617,11 +665,12 @@ def test_a_digest_is_retried_as_it_was_with_its_message_id_and_date_then_sent_on
     assert steps.drain_once(T0 + 61 + retry_delay(1) - 0.1) == 0
     steps.drain_once(T0 + 61 + retry_delay(1))
     [digest] = recording_mailer.sent
-    [(message_id,)] = query(store.path, "SELECT message_id FROM digests")
+    [(message_id,)] = query(db_of(store), "SELECT message_id FROM digests")
     assert (digest.message_id, digest.queued_at) == (message_id, T0 + 61)
     assert [row[1:] for row in outbox_rows(store)] == [("sent", 2, 1)] * 3
 
 
+@BACKENDS
 def test_a_digest_rejected_for_good_fails_all_its_emails(store, recording_mailer):
     steps = three_late(store, recording_mailer)
     recording_mailer.results = [mailer.SendResult(mailer.REJECTED, "550 no such user")]
@@ -630,6 +679,7 @@ def test_a_digest_rejected_for_good_fails_all_its_emails(store, recording_mailer
     assert steps.drain_once(T0 + 10_000) == 0
 
 
+@BACKENDS
 def test_an_email_due_while_a_digest_waits_to_be_retried_makes_a_new_digest_of_them_all(store, recording_mailer):
     steps = three_late(store, recording_mailer)
     recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")]
@@ -664,7 +714,7 @@ def with_webhooks(store, recording_mailer, hook, users, clock=None):
 def deliveries(store):
     """(username, webhook, event, status, attempts) of each queued delivery, oldest first."""
     return query(
-        store.path,
+        db_of(store),
         "SELECT users.username, webhook, alerts.kind, status, attempts FROM webhook_outbox"
         " JOIN alerts ON alerts.id = alert_id JOIN users ON users.id = alerts.user_id ORDER BY webhook_outbox.id",
     )
@@ -674,6 +724,7 @@ def pi_notifying(*channels):
     return {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "notify": list(channels)}}
 
 
+@BACKENDS
 def test_each_user_is_told_through_its_own_channels_in_the_alerts_transaction(store, recording_mailer, hook):
     user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
     users = {
@@ -683,8 +734,8 @@ def test_each_user_is_told_through_its_own_channels_in_the_alerts_transaction(st
     }
     steps = with_webhooks(store, recording_mailer, hook, users)
     steps.check_once(T0 + 61)
-    assert outbox(store.path) == [("oncall@example.com", "queued", 0)] * 2
-    assert [username for (username,) in query(store.path, "SELECT username FROM outbox_readable")] == ["both", "mail"]
+    assert outbox(db_of(store)) == [("oncall@example.com", "queued", 0)] * 2
+    assert [username for (username,) in query(db_of(store), "SELECT username FROM outbox_readable")] == ["both", "mail"]
     assert deliveries(store) == [
         ("both", "ops", "late", "queued", 0),
         ("hooks", "ops", "late", "queued", 0),
@@ -696,6 +747,7 @@ def test_each_user_is_told_through_its_own_channels_in_the_alerts_transaction(st
     assert len(deliveries(store)) == 3
 
 
+@BACKENDS
 def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording_mailer, hook):
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"))
     store.record_ping("pi", T0 + 1)
@@ -703,7 +755,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     store.record_ping("pi", T0 + 100)
     steps.check_once(T0 + 100.5)
     assert steps.deliver_once(T0 + 101) == 2
-    assert recording_mailer.sent == [] and outbox(store.path) == []
+    assert recording_mailer.sent == [] and outbox(db_of(store)) == []
     late, back = [json.loads(body) for _, _, _, body in hook.requests]
     assert late["event"] == "late" and back["event"] == "back"
     assert (late["username"], late["at"], late["last_ping"]) == ("pi", T0 + 62, T0 + 1)
@@ -716,6 +768,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     assert steps.deliver_once(T0 + 10_000) == 0
 
 
+@BACKENDS
 def test_a_5xx_is_retried_with_backoff_and_the_same_idempotency_key_then_delivered(store, recording_mailer, hook):
     clock = Clock(T0 + 61)
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:chat"), clock=clock)
@@ -731,12 +784,13 @@ def test_a_5xx_is_retried_with_backoff_and_the_same_idempotency_key_then_deliver
     assert deliveries(store) == [("pi", "chat", "late", "sent", 3)]
     keys = {headers["Idempotency-Key"] for _, _, headers, _ in hook.requests}
     assert len(hook.requests) == 3 and len(keys) == 1 and {body for *_, body in hook.requests} == {hook.requests[0][3]}
-    assert query(store.path, "SELECT event_id FROM webhook_outbox") == [tuple(keys)]
+    assert query(db_of(store), "SELECT event_id FROM webhook_outbox") == [tuple(keys)]
 
 
 @pytest.mark.parametrize(
     ("retry_after", "delay"), [("120", 120), ("3600", rules.MAX_RETRY_DELAY), ("1", retry_delay(1))]
 )
+@BACKENDS
 def test_a_429_waits_as_long_as_retry_after_asks_within_the_backoff_cap(
     store, recording_mailer, hook, retry_after, delay
 ):
@@ -744,7 +798,7 @@ def test_a_429_waits_as_long_as_retry_after_asks_within_the_backoff_cap(
     steps.check_once(T0 + 61)
     hook.answers = [(429, {"Retry-After": retry_after})]
     steps.deliver_once(T0 + 61)
-    assert query(store.path, "SELECT next_attempt_at, last_error FROM webhook_outbox") == [
+    assert query(db_of(store), "SELECT next_attempt_at, last_error FROM webhook_outbox") == [
         (T0 + 61 + delay, "HTTP 429: ok")
     ]
     assert steps.deliver_once(T0 + 61 + delay - 0.1) == 0
@@ -752,6 +806,7 @@ def test_a_429_waits_as_long_as_retry_after_asks_within_the_backoff_cap(
     assert deliveries(store) == [("pi", "ops", "late", "sent", 2)]
 
 
+@BACKENDS
 def test_a_4xx_fails_the_delivery_for_good(store, recording_mailer, hook, caplog):
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"))
     steps.check_once(T0 + 61)
@@ -785,6 +840,7 @@ def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_
 # --- retention, health, heartbeat, requests ------------------------------------------------------------
 
 
+@BACKENDS
 def test_retention_deletes_old_pings_and_history_in_batches_and_keeps_queued_emails(
     store, recording_mailer, monkeypatch
 ):
@@ -802,9 +858,10 @@ def test_retention_deletes_old_pings_and_history_in_batches_and_keeps_queued_ema
     assert steps.retain_once(now) == 2
     assert steps.retain_once(now) == 0
     assert store.pings_between("pi", T0, now) == [T0 + 86_400]
-    assert outbox(store.path) == [("oncall@example.com", "queued", 0)]
+    assert outbox(db_of(store)) == [("oncall@example.com", "queued", 0)]
 
 
+@BACKENDS
 def test_without_retention_days_nothing_is_ever_deleted(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     store.record_ping("pi", T0)
@@ -912,6 +969,7 @@ def test_a_failed_heartbeat_is_logged_naming_only_the_host_and_blocks_nothing(
     assert "secret-uuid" not in caplog.text
 
 
+@BACKENDS
 def test_a_request_runs_its_action_in_a_thread_of_its_own_even_after_one_failed(store, recording_mailer, caplog):
     steps = make_scheduler(store, recording_mailer)
     requested = threading.Event()
@@ -943,6 +1001,7 @@ def test_an_upkeep_step_on_sqlite_copies_the_wal_so_the_next_write_starts_it_aga
     assert store.checkpoint()[0] < 10  # only the last ping's pages: the WAL was started again
 
 
+@BACKENDS
 def test_a_scheduled_parent_back_from_a_missed_run_restarts_its_childs_silence(store, recording_mailer):
     users = {
         **NIGHTLY,
@@ -959,6 +1018,7 @@ def test_a_scheduled_parent_back_from_a_missed_run_restarts_its_childs_silence(s
     assert store.user("nas").silence_from == paris(2026, 11, 30, 2, 50)
 
 
+@BACKENDS
 def test_a_user_missing_from_the_settings_in_force_is_looked_at_again_not_forgotten(store, recording_mailer):
     live = LiveSettings(make_settings())
     store.sync_users(live.current.users, T0)
@@ -967,4 +1027,4 @@ def test_a_user_missing_from_the_settings_in_force_is_looked_at_again_not_forgot
     live.replace(make_settings({"nas": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}))
     assert steps.check_once(T0 + 61) == 1
     [pi] = store.due_users(T0 + 61 + scheduler.BAD_USER_DELAY + 1, 10)
-    assert pi.username == "pi" and outbox(store.path) == []
+    assert pi.username == "pi" and outbox(db_of(store)) == []
