@@ -401,13 +401,14 @@ class PgStore:
         is gone, and the lease runs out by itself.
         """
         try:
-            with self._connection() as connection:
+            # Briefly: a shutdown must end within seconds even if the database does not answer.
+            with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection:
                 connection.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
         except StoreError:
             pass  # nothing to release that the lock and the lease do not release by themselves
         if self._liveness is not None:
             self._liveness.close()
-        self._pool.close()
+        self._pool.close(timeout=HEALTH_TIMEOUT)
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
