@@ -21,6 +21,7 @@ Several instances of the service may share one database, which is then the only 
 Times are the callers' (each instance's own clock): the store never reads a clock.
 """
 
+import logging
 import os
 import re
 import socket
@@ -65,6 +66,9 @@ from store import (
 from webhooks import WebhookEvent
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
+# The pool would log each failed reconnection, several lines a second while the server is down: the loops that
+# need the database already log each refusal once per step, on one line.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 # How long an instance's lease lasts after its last renewal (upkeep(), every second): a dead or cut-off
 # instance's claims are taken over this long after it last renewed. Long enough that a busy instance
 # (a slow SMTP server, a long step) keeps its claims; the failover bound of docs/database.md.
