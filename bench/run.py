@@ -491,7 +491,9 @@ def _postgresql_table(ping_rows, tick_row):
             " wrk per instance with half the connections, at the same time; req/s added up, latency of the worse"
             " instance; the second instance runs idle during the one-instance runs). CPU per request of the"
             " service's processes and of the PostgreSQL server's (all its processes). Two instances share the"
-            " machine's 2 cores with PostgreSQL and wrk: this shows their cost, not what two machines would give.",
+            " machine's 2 cores with PostgreSQL and wrk, and their ping batches take turns at the database's"
+            " write lock (docs/database.md), each batch sharing one commit: this shows what a second instance"
+            " costs, not what two machines would give.",
             "",
             "| mode | connections | setup | req/s | p50 / p99 ms | errors | CPU µs/req service + database |",
             "|---|---|---|---|---|---|---|",
