@@ -109,8 +109,10 @@ LIVENESS_LOCK = 7_170_003
 # outcomes, a start, a reload, a restart of monitoring), so that no two of them, in one instance or in several,
 # ever wait for each other's rows in a cycle (a deadlock, which PostgreSQL breaks by failing one of them after
 # a second). The users' writes are serialised as SQLite's write lock serialises them. Other statements lock one
-# users row, or skip the rows others have locked (SKIP LOCKED), and never wait while holding another.
-WRITE_LOCK_SQL = "SELECT pg_advisory_xact_lock(7170004)"
+# users row, or skip the rows others have locked (SKIP LOCKED), and never wait while holding another. As every
+# signal is recorded under it, pings commit in the order of their ids, as newest_ping_id() promises.
+WRITE_LOCK = 7_170_004
+WRITE_LOCK_SQL = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 # The ids of the instances whose liveness lock is held in this database, and of those alive at %(now)s (their
 # lease running too).
 LOCKED_INSTANCES_SQL = (
