@@ -80,10 +80,12 @@ CONNECT_TIMEOUT = 5
 WAIT_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 0.5
 # Set by the store on every connection, so that the server releases what a dead or cut-off instance holds:
-# a transaction left open (its locks) ends after 30 s idle, no statement runs longer than 60 s, a lock is
-# waited for at most WAIT_TIMEOUT, and TCP keepalives (both ways) find a vanished peer within about 25 s.
+# a transaction left open (its locks) ends after 5 s idle (the store's transactions never wait for anything but
+# the database: a cut-off instance holding the write lock stops the others' writes that long at most), no
+# statement runs longer than 60 s, a lock is waited for at most WAIT_TIMEOUT, and TCP keepalives (both ways)
+# find a vanished peer within about 25 s.
 SERVER_SETTINGS = {
-    "idle_in_transaction_session_timeout": "30s",
+    "idle_in_transaction_session_timeout": "5s",
     "statement_timeout": "60s",
     "lock_timeout": f"{int(WAIT_TIMEOUT * 1000)}ms",
     "tcp_keepalives_idle": "10",

@@ -150,7 +150,7 @@ def test_the_store_sets_the_server_side_timeouts_that_release_a_dead_instances_l
     with store_pg._connection() as connection:
         settings = dict(connection.execute("SELECT name, setting FROM pg_settings WHERE source = 'client'").fetchall())
     assert {name: settings[name] for name in pg_store.SERVER_SETTINGS} == {
-        "idle_in_transaction_session_timeout": "30000",
+        "idle_in_transaction_session_timeout": "5000",
         "statement_timeout": "60000",
         "lock_timeout": "5000",
         "tcp_keepalives_idle": "10",
