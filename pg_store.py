@@ -896,7 +896,11 @@ class PgStore:
         they are."""
         try:
             yield
-        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as error:
+        except (
+            psycopg.OperationalError,
+            psycopg.errors.ReadOnlySqlTransaction,
+            psycopg.errors.IdleInTransactionSessionTimeout,
+        ) as error:
             raise StoreUnavailableError(f"storage unavailable: {self._tell(error)}") from error
 
     def _tell(self, error: BaseException) -> str:

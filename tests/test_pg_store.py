@@ -6,6 +6,7 @@ an instance that starts alone."""
 import inspect
 import sqlite3
 import threading
+import time
 
 import psycopg
 import psycopg.errors
@@ -370,3 +371,36 @@ def test_the_database_is_the_command_lines_else_database_url_else_the_default_fi
     assert chosen_database(None, {"DATABASE_URL": url}) == url
     assert chosen_database(None, {"DATABASE_URL": ""}) == "ping_listener.db"
     assert chosen_database(None, {}) == "ping_listener.db"
+
+
+def test_the_server_ends_a_cut_off_instances_open_write_and_the_others_write_again(instances):
+    # A real 5 s wait: idle_in_transaction_session_timeout is the server's own clock.
+    a, b = (started(instance, users={"pi": USERS["dev00"]}) for instance in instances(2))
+    holding, released = threading.Event(), threading.Event()
+    outcome = []
+
+    def cut_off_in_a_batch():
+        try:
+            with a.ping_batch():
+                a.record_ping("pi", T0 + 1)
+                holding.set()
+                released.wait(15)  # as if its network went silent here, the write lock held
+        except StoreUnavailableError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=cut_off_in_a_batch)
+    thread.start()
+    holding.wait(5)
+    waited = time.monotonic()
+    while True:
+        try:
+            b.record_ping("pi", T0 + 2)
+            break
+        except StoreUnavailableError:  # lock_timeout: still held
+            assert time.monotonic() - waited < 12
+    waited = time.monotonic() - waited
+    released.set()
+    thread.join()
+    assert waited < 7
+    assert len(outcome) == 1  # the cut-off batch is refused, not committed
+    assert b.pings_between("pi", T0, T0 + 10) == [T0 + 2]
