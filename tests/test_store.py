@@ -1263,3 +1263,31 @@ def test_retention_keeps_the_fail_signal_a_failed_users_alerts_quote(store):
         pass
     assert store.signal(user.fail_signal) == Signal(T0 + 10, "fail", 1, None, "disk full")
     assert store.pings_between("pi", T0, T0 + 100) == [T0 + 10]
+
+
+@BACKENDS
+def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    assert store.newest_ping_id() == 0
+    for name, at in (("pi", T0 + 1), ("nas", T0 + 2), ("pi", T0 + 3), ("nas", T0 + 50)):
+        store.record_ping(name, at)
+    pi, nas = store.user("pi"), store.user("nas")
+    newest = store.newest_ping_id()
+    assert store.recent_pings(T0 + 2, newest) == [(pi.id, T0 + 3), (nas.id, T0 + 2), (nas.id, T0 + 50)]
+    assert store.recent_pings(T0, newest - 1) == [(pi.id, T0 + 1), (pi.id, T0 + 3), (nas.id, T0 + 2)]
+    assert store.last_pings_before(T0 + 3) == {pi.id: T0 + 1, nas.id: T0 + 2}
+    assert store.pings_after_id(newest - 2) == [(newest - 1, pi.id, T0 + 3), (newest, nas.id, T0 + 50)]
+    assert store.pings_around(pi.id, T0 + 2, T0 + 3) == (T0 + 1, T0 + 3)
+    assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)
+    [late] = store.due_users(T0 + 64, 10)
+    store.save_check_outcomes([alert_outcome(late, T0 + 700, "a@example.com", "b@example.com")], T0 + 64)
+    assert store.recent_alerts(T0 + 64) == [(pi.id, T0 + 64)] and store.recent_alerts(T0 + 65) == []
+    [alert] = store.alerts_between(late, T0, T0 + 100, 10)
+    assert (alert.at, alert.last_ping, [e.recipient for e in alert.emails]) == (
+        T0 + 64,
+        T0 + 3,
+        ["a@example.com", "b@example.com"],
+    )
+    [cut] = store.alerts_between(late, T0, T0 + 100, 1)
+    assert len(cut.emails) == 1
+    assert store.alerts_between(late, T0 + 65, T0 + 100, 10) == []
