@@ -848,11 +848,13 @@ class PgStore:
             return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
     def check_writable(self) -> None:
-        """Return if the database answers within HEALTH_TIMEOUT and takes a row lock (a standby or a read-only
-        database does not); raise StoreUnavailableError if not. Writes nothing."""
+        """Return if the database answers, and the write lock (WRITE_LOCK_SQL) and a row lock (which a standby or
+        a read-only database refuses) can be taken, within HEALTH_TIMEOUT; raise StoreUnavailableError if not.
+        Writes nothing."""
         timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
         with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
             connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
+            connection.execute(WRITE_LOCK_SQL)
             connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
 
     def _hold_liveness_lock(self) -> None:

@@ -404,3 +404,14 @@ def test_the_server_ends_a_cut_off_instances_open_write_and_the_others_write_aga
     assert waited < 7
     assert len(outcome) == 1  # the cut-off batch is refused, not committed
     assert b.pings_between("pi", T0, T0 + 10) == [T0 + 2]
+
+
+def test_check_writable_passes_and_reports_a_write_lock_held_too_long(store_pg):
+    store_pg.check_writable()
+    with psycopg.connect(store_pg.url) as other:  # a transaction holding the write lock until it ends
+        other.execute(pg_store.WRITE_LOCK_SQL)
+        started_at = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="timeout"):
+            store_pg.check_writable()
+        assert time.monotonic() - started_at < 2
+    store_pg.check_writable()
