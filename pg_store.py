@@ -479,12 +479,13 @@ class PgStore:
     ) -> None:
         """store.Store.record_ping: committed before returning, or with the batch inside ping_batch() on this
         thread. A ping outside a batch is a batch of one (it takes the write lock as a batch does)."""
+        _refuse_nul(username)
         batch = getattr(self._local, "batch", None)
         if batch is None:
             with self.ping_batch():
                 self.record_ping(username, now, kind, exit_code, body)
             return
-        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": body}
+        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": _text(body)}
         with self._faults():
             if batch.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 # A statement of the batch failed, so it will be rolled back: recording this ping alone
@@ -524,6 +525,7 @@ class PgStore:
 
     def user(self, username: str) -> UserState:
         """store.Store.user."""
+        _refuse_nul(username)
         with self._connection() as connection:
             row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,)).fetchone()
         if row is None:
@@ -629,6 +631,7 @@ class PgStore:
 
     def snooze(self, username: str, until: float, now: float) -> float:
         """store.Store.snooze."""
+        _refuse_nul(username)
         with self._transaction() as connection:
             row = connection.execute(
                 "SELECT id, snoozed_until FROM users WHERE username = %s AND configured FOR UPDATE", (username,)
@@ -767,7 +770,7 @@ class PgStore:
             connection.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
                 " WHERE id = ANY(%s) AND status = 'queued'",
-                (error, next_attempt_at, list(email_ids)),
+                (_text(error), next_attempt_at, list(email_ids)),
             )
 
     def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
@@ -775,7 +778,7 @@ class PgStore:
             connection.execute(
                 "UPDATE outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
                 " next_attempt_at = NULL, claimed_by = NULL WHERE id = ANY(%s) AND status = 'queued'",
-                (status, error, now, list(email_ids)),
+                (status, _text(error), now, list(email_ids)),
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
@@ -798,7 +801,7 @@ class PgStore:
             connection.execute(
                 "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
                 " next_attempt_at = NULL, claimed_by = NULL WHERE id = %s AND status = 'queued'",
-                (status, error, now, delivery_id),
+                (status, _text(error), now, delivery_id),
             )
 
     def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
@@ -807,7 +810,7 @@ class PgStore:
             connection.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
                 " claimed_by = NULL WHERE id = %s AND status = 'queued'",
-                (error, next_attempt_at, delivery_id),
+                (_text(error), next_attempt_at, delivery_id),
             )
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
@@ -952,7 +955,20 @@ def _inserted_ids(cursor: psycopg.Cursor[Any], insert: str, rows: list[tuple[Any
             return ids
 
 
+def _text(value: str | None) -> str | None:
+    """`value` as PostgreSQL can keep it: its text cannot hold the character NUL, which becomes U+FFFD (as bytes
+    that are not UTF-8 do when a body is decoded). Bodies and error messages come from outside."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _refuse_nul(username: str) -> None:
+    # PostgreSQL could not even look such a name up, and no configured username holds a control character.
+    if "\x00" in username:
+        raise UnknownUserError(f"unknown user {username}")
+
+
 def _user_id(connection: psycopg.Connection[Any], username: str) -> int:
+    _refuse_nul(username)
     row = connection.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
     if row is None:
         raise UnknownUserError(f"unknown user {username}")

@@ -24,6 +24,7 @@ from store import (
     Store,
     StoreOpenError,
     StoreUnavailableError,
+    UnknownUserError,
 )
 from support import T0, free_port, make_settings, wait_until
 
@@ -415,3 +416,23 @@ def test_check_writable_passes_and_reports_a_write_lock_held_too_long(store_pg):
             store_pg.check_writable()
         assert time.monotonic() - started_at < 2
     store_pg.check_writable()
+
+
+def test_a_nul_character_from_outside_is_no_user_and_is_kept_as_a_replacement_character(store_pg):
+    # PostgreSQL's text cannot hold NUL; SQLite's can. Names and bodies come from requests, errors from servers.
+    for lookup in (
+        lambda: store_pg.record_ping("pi\x00", T0),
+        lambda: store_pg.pings_between("pi\x00", T0, T0 + 1),
+        lambda: store_pg.user("pi\x00"),
+        lambda: store_pg.snooze("pi\x00", T0 + 60, T0),
+    ):
+        with pytest.raises(UnknownUserError):
+            lookup()
+    store_pg.record_ping("pi", T0 + 1, "fail", 1, "disk\x00full")
+    [signal] = store_pg.signals_between("pi", T0, T0 + 2, 10, 1000)[0]
+    assert signal.body == "disk\ufffdfull"
+    [late] = store_pg.due_users(T0 + 2, 1)
+    store_pg.save_check_outcomes([CheckOutcome(late, T0 + 600, (NewEmail("a@example.com", "s", "b", "<m>"),))], T0 + 2)
+    [email] = store_pg.due_emails(T0 + 2, 1)
+    store_pg.schedule_retry([email.id], T0 + 10, "451 \x00 later")
+    assert sql(store_pg.url, "SELECT last_error FROM outbox") == [("451 \ufffd later",)]
