@@ -399,6 +399,9 @@ class PgStore:
             max_size=POOL_SIZE,
             timeout=WAIT_TIMEOUT,
             name="ping-listener",
+            # Each connection is checked (one empty round trip) as it is handed out, and replaced if the server
+            # dropped it: after a restart or a failover of the server, no ping is refused for a dead connection.
+            check=ConnectionPool.check_connection,
             open=True,
         )
 

@@ -436,3 +436,21 @@ def test_a_nul_character_from_outside_is_no_user_and_is_kept_as_a_replacement_ch
     [email] = store_pg.due_emails(T0 + 2, 1)
     store_pg.schedule_retry([email.id], T0 + 10, "451 \x00 later")
     assert sql(store_pg.url, "SELECT last_error FROM outbox") == [("451 \ufffd later",)]
+
+
+def test_after_the_server_dropped_every_connection_the_store_goes_on_at_once(store_pg, postgres_server):
+    # What a restart or a failover of the server does to an instance: every connection of it is gone.
+    store_pg.record_ping("pi", T0 + 1)
+    store_pg.check_writable()
+    with postgres_server.connect() as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (store_pg.url.rsplit("/", 1)[1],),
+        )
+    for n in range(2, 2 + pg_store.POOL_SIZE + 1):  # more than the pool holds: each connection is checked
+        store_pg.record_ping("pi", T0 + n)
+    store_pg.check_writable()
+    store_pg.upkeep(T0 + 20)  # takes the liveness lock again
+    held = f"SELECT count(*) FROM ({pg_store.LOCKED_INSTANCES_SQL}) AS locked WHERE objid = %s"
+    assert sql(store_pg.url, held, (store_pg.instance_id,)) == [(1,)]
+    assert len(store_pg.pings_between("pi", T0, T0 + 100)) == pg_store.POOL_SIZE + 2
