@@ -94,6 +94,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
+# Every answer of the fast /ping path carries these, then its Content-Length.
+_PING_HEADERS = (("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items())
+
 
 @dataclass(frozen=True)
 class Operations:
@@ -290,7 +293,7 @@ def _with_fast_ping(
         if path != PING_PATH and not path.startswith("/ping/"):
             return app(environ, start_response)
         method = environ.get("REQUEST_METHOD")
-        headers = [("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items()]
+        headers = [*_PING_HEADERS]
         try:
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
