@@ -20,7 +20,9 @@ checks each behaviour relied on:
 - every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
   `pull_trigger()` is only needed to wake the poll from another thread;
-- waitress logs two lines each time open connections cross `connection_limit`.
+- waitress logs two lines each time open connections cross `connection_limit`;
+- an answer that carries its own Date header gets no second one from waitress (web.py's /ping answers
+  bring theirs, formatted once a second).
 """
 
 import collections

@@ -1,3 +1,4 @@
+import email.utils
 import logging
 import sqlite3
 import threading
@@ -39,6 +40,16 @@ def test_a_ping_is_committed_and_answered_with_its_local_time(client, store):
     assert answer.content_type == "text/plain"
     assert answer.text == "26/09/21 16:13:20"
     assert committed_pings(store) == [T0]
+
+
+def test_a_pings_answer_and_date_header_are_those_of_the_second_it_was_recorded_in(client, store, clock):
+    clock.now = T0 + 0.75
+    first = client.get("/ping?username=pi", status=200)
+    clock.now = T0 + 61.5
+    later = client.get("/ping/pi", status=200)
+    assert (first.text, first.headers["Date"]) == ("26/09/21 16:13:20", email.utils.formatdate(T0, usegmt=True))
+    assert (later.text, later.headers["Date"]) == ("26/09/21 16:14:21", email.utils.formatdate(T0 + 61, usegmt=True))
+    assert committed_pings(store) == [T0 + 0.75, T0 + 61.5]
 
 
 def test_post_and_head_record_pings_too(client, store, clock):
