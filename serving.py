@@ -179,13 +179,15 @@ class RequestDispatcher:
             # would never be acted on: close it here; service() below then drops its requests.
             channel.handle_close()
         request = channel.requests[0]
-        path = request.path
-        # Run for every request: one tuple lookup and one startswith() instead of a loop over the paths.
-        is_quick = path in self._quick_paths or path.startswith(self._below_quick_paths)
-        if request.error is not None or is_quick or not channel.connected:
+        # A request waitress could not parse may have no path: its error answer is quick.
+        if request.error is not None or not channel.connected or self._is_quick(request.path):
             quick.append(channel)
         else:
             self._workers.add_task(channel)
+
+    def _is_quick(self, path: str) -> bool:
+        # Run for every request: one tuple lookup and one startswith() instead of a loop over the paths.
+        return path in self._quick_paths or path.startswith(self._below_quick_paths)
 
 
 class _Channel(HTTPChannel):

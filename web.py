@@ -327,7 +327,7 @@ class _PingAnswerTimes:
     def __init__(self) -> None:
         """Nothing kept yet."""
         # (second, body, date), replaced whole so that a reader on another thread sees one second's.
-        self._latest: tuple[int, bytes, str] = (-1, b"", "")
+        self._latest: tuple[int | None, bytes, str] = (None, b"", "")
 
     def at(self, now: float) -> tuple[bytes, str]:
         """(answer body, Date header) of a ping recorded at `now` (epoch seconds)."""
