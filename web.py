@@ -113,13 +113,15 @@ def make_app(
     testing_password: str | None,
     mail_sender: TestEmailSender,
     operations: Operations,
+    overview: Overview,
     overview_password: str | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them. The testing
-    page's test emails go through `mail_sender`. `overview_password` unlocks the overview's, or
+    page's test emails go through `mail_sender`. The overview's answers come from `overview` (its
+    upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
     wrong passwords.
     """
@@ -135,7 +137,6 @@ def make_app(
     overview_only = PasswordGuard(
         "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
-    overview = Overview(store)
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()

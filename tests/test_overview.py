@@ -29,6 +29,14 @@ def ping_every(store, username, start, end, step):
         at += step
 
 
+def loaded(store, now=T0):
+    """A new Overview of `store` whose background upkeep has loaded every history at `now`."""
+    overview = Overview(store)
+    while overview.keep_up(now):
+        pass
+    return overview
+
+
 def overview_state(store, overview, now):
     """The overview's answer at `now`, read as JSON."""
     return json.loads(overview.state(now))
@@ -51,7 +59,7 @@ def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(st
     ping_every(store, "backup", unalerted[1], gap[0] + 1, 300)
     ping_every(store, "backup", gap[1], T0, 300)
     alert(store, "backup", gap[0] + 700)
-    backup = by_name(overview_state(store, Overview(store), T0))["backup"]
+    backup = by_name(overview_state(store, loaded(store, T0), T0))["backup"]
     last_before_gap = unalerted[1] + ((gap[0] - unalerted[1]) // 300) * 300
     assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [
         (unalerted[0], unalerted[1]),
@@ -68,14 +76,14 @@ def test_slots_count_pings_as_the_bit_length_of_their_number(store):
     ping_every(store, "pi", last_slot_start, last_slot_start + 5 * 60, 60)  # 5 pings: "3"
     store.record_ping("pi", WINDOW_START)  # 1 ping in the first slot: "1"
     store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
-    pi = by_name(overview_state(store, Overview(store), T0))["pi"]
+    pi = by_name(overview_state(store, loaded(store, T0), T0))["pi"]
     assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
 
 
 def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
     synced(store, now=T0 - 1000)  # backup: late, pi: pinging, nas: silent
     store.record_ping("pi", T0 - 10)
-    state = overview_state(store, Overview(store), T0)
+    state = overview_state(store, loaded(store, T0), T0)
     assert [(user["username"], user["state"]) for user in state["users"]] == [
         ("backup", "late"),
         ("nas", "silent"),
@@ -98,7 +106,7 @@ def test_a_state_from_a_newer_rule_sorts_after_the_known_problems():
 
 def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(store):
     synced(store)
-    recent = Overview(store)
+    recent = loaded(store)
     ping_every(store, "pi", T0 - 600, T0, 30)
     first = by_name(overview_state(store, recent, T0))["pi"]
     assert first["silences"] == []
@@ -106,20 +114,24 @@ def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(
     later = by_name(overview_state(store, recent, T0 + 501))["pi"]
     assert [(silence["start"], silence["end"]) for silence in later["silences"]] == [(T0 - 30, T0 + 500)]
     # The same as a summary read afresh.
-    assert later == by_name(overview_state(store, Overview(store), T0 + 501))["pi"]
+    assert later == by_name(overview_state(store, loaded(store, T0 + 501), T0 + 501))["pi"]
 
 
 def test_the_window_slides_and_forgets_what_left_it(store):
     synced(store)
-    recent = Overview(store)
+    recent = loaded(store)
     store.record_ping("pi", WINDOW_START + 10)
     store.record_ping("pi", WINDOW_START + 10 + 3600)  # a silence of an hour
     assert by_name(overview_state(store, recent, T0))["pi"]["pings"][:5] == "10001"
     later = T0 + 2 * SLOT_SECONDS
     slid = by_name(overview_state(store, recent, later))["pi"]
     assert slid["pings"][:3] == "001"
-    assert slid == by_name(overview_state(store, Overview(store), later))["pi"]
-    gone = by_name(overview_state(store, recent, T0 + 86400 + 3600 + 1000))["pi"]
+    assert slid == by_name(overview_state(store, loaded(store, later), later))["pi"]
+    a_day_later = T0 + 86400 + 3600 + 1000
+    assert by_name(overview_state(store, recent, a_day_later))["pi"]["pings"] is None  # loaded again
+    while recent.keep_up(a_day_later):
+        pass
+    gone = by_name(overview_state(store, recent, a_day_later))["pi"]
     assert gone["pings"] == "0" * SLOTS
     assert [silence["end"] for silence in gone["silences"]] == [None]
 
@@ -156,7 +168,7 @@ def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
 
 def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     synced(store, now=T0 - 1000)
-    overview = Overview(store)
+    overview = loaded(store)
     store.record_ping("pi", T0 - 10)
     assert by_name(overview_state(store, overview, T0))["pi"]["silences"] == []
     pi = by_name(overview_state(store, overview, T0 + 55))["pi"]  # silent for 65 s: more than max_sleep
@@ -165,7 +177,7 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     unmonitored = {"pi": {**USERS["pi"], "monitor": False}}
     synced(store, unmonitored, now=T0 + 60)
     store.record_ping("pi", T0 + 60)
-    overview = Overview(store)
+    overview = loaded(store)
     pi = by_name(overview_state(store, overview, T0 + 61))["pi"]
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
     pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
@@ -174,7 +186,7 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
 
 def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(store):
     synced(store, now=T0 - 1000)
-    overview = Overview(store)
+    overview = loaded(store)
     store.record_ping("pi", T0 - 10)
     assert by_name(overview_state(store, overview, T0))["pi"]["max_sleep"] == 60
     store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
