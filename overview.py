@@ -28,9 +28,9 @@ SLOTS = 96
 # A slot's pings as one character, "0" for none, else the bit length of their count up to "9":
 # "1" is one ping, "2" two or three, "3" four to seven, ..., "9" 256 or more.
 LEVELS = "0123456789"
-# How many users' 24 hours one step of the background loading reads: about 20 000 pings at 100 pings a
-# user and a day, some 50 ms, so that the loop never holds the store or the interpreter for long.
-HISTORY_USERS_PER_STEP = 200
+# How many users' 24 hours one step of the background loading reads: about 10 000 pings at 100 pings a
+# user and a day, some 15 ms, so that an answer that begins meanwhile shares the interpreter only that long.
+HISTORY_USERS_PER_STEP = 100
 # How often the upkeep adds the pings recorded meanwhile once every history is loaded: a page's answer
 # then reads only the last few seconds' pings, even the first one after hours without a page open.
 UPKEEP_INTERVAL = 3.0
@@ -216,44 +216,50 @@ def _level(count: int) -> int:
     return ord(LEVELS[min(count.bit_length(), 9)])
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Row:
-    """A user's row as last answered: its state read from `raw`, what the row showed, and its JSON but the slots."""
+    """A user's row as last answered: its state made from `raw` (its row in the store), what the row showed
+    but its slots (`key`), and its JSON up to its slots (`head`)."""
 
     raw: tuple[Any, ...]
     user: UserState
-    key: tuple[Any, ...] = ()
-    head: str = ""  # the row's JSON up to its slots
+    key: tuple[Any, ...]
+    head: str
 
 
 class Overview:
-    """The overview's answers over a store; safe across threads.
+    """The overview's answers over a store; safe across threads, and no answer waits for another.
 
     It keeps each user's state as last read (made again only when its row in the store changed) and its
     row of the last answer as JSON text, written again only when something in it changed (the user
     pinged, was alerted, changed state): a refresh then costs a read and a comparison per user, and the
     JSON of the users that changed. keep_up(), run in a loop of its own, loads the 24 hours' history in
-    the background and writes every row once, so that no answer waits for either.
+    the background, giving way to the answers being written, and writes every row once, so that no
+    answer writes them all.
     """
 
     def __init__(self, store: Store) -> None:
         """The overview of `store`."""
         self._store = store
         self._recent = RecentPings(store)
-        self._lock = threading.Lock()
-        self._rows: dict[int, _Row] = {}
+        self._rows: dict[int, _Row] = {}  # replaced whole by each answer
         self._written = False
+        # How many answers are being written: the history's loading waits for none.
+        self._answering = 0
+        self._answered = threading.Condition()
 
     def keep_up(self, now: float) -> int:
-        """One step of the background upkeep at `now`: load up to HISTORY_USERS_PER_STEP users' last 24 hours,
-        or if none is waiting, add the pings recorded since the previous step. Returns how many users'
-        histories it loaded (HISTORY_USERS_PER_STEP: more may wait).
+        """One step of the background upkeep at `now`: load up to HISTORY_USERS_PER_STEP users' last 24 hours
+        (once no answer is being written), or if none is waiting, add the pings recorded since the
+        previous step. Returns how many users' histories it loaded (HISTORY_USERS_PER_STEP: more may wait).
 
         The first step, and the one that loads the last history, write every row as state() would.
         """
         if not self._written:
             self.state(now)
-        users = {row.user.id: row.user for row in self._rows.values()}
+        users = {user_id: row.user for user_id, row in self._rows.items()}
+        with self._answered:
+            self._answered.wait_for(lambda: not self._answering)
         loaded = self._recent.load(users, HISTORY_USERS_PER_STEP)
         if loaded and not self._recent.loading():
             self.state(now)
@@ -269,45 +275,54 @@ class Overview:
         users), its silences longer than max_sleep (the last with `end` None while it goes on), and its
         alerts and recoveries (the end of a silence it was alerted in).
         """
+        with self._answered:
+            self._answering += 1
+        try:
+            return self._state(now)
+        finally:
+            with self._answered:
+                self._answering -= 1
+                self._answered.notify_all()
+
+    def _state(self, now: float) -> str:
+        self._written = True
         raw_rows = self._store.configured_user_rows()
         first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
         start = first_slot * SLOT_SECONDS
         alerts: dict[int, tuple[float, ...]] = {}
         for user_id, at in self._store.recent_alerts(start):
             alerts[user_id] = (*alerts.get(user_id, ()), at)
+        previous = self._rows
+        users = {}
+        for raw in raw_rows:
+            row = previous.get(raw[0])
+            users[raw[0]] = row.user if row is not None and row.raw == raw else UserState(*raw[:-1])
+        recent = self._recent.read(users, now)
         write = local_time_writer()
         counts: dict[str, int] = {}
         ranked = []
-        with self._lock:
-            self._written = True
-            rows = {}
-            for raw, parent_id in raw_rows:
-                row = self._rows.get(raw[0])
-                if row is None or row.raw != raw:
-                    row = _Row(raw, UserState(*raw))
-                rows[row.user.id] = (row, parent_id)
-            self._rows = {user_id: row for user_id, (row, _) in rows.items()}
-            users = {user_id: row.user for user_id, row in self._rows.items()}
-            recent = self._recent.read(users, now)
-            loading = 0
-            for row, parent_id in rows.values():
-                user = row.user
-                state = rules.live_state(user, now, None if parent_id is None else users.get(parent_id))
-                counts[state] = counts.get(state, 0) + 1
-                history = recent[user.id]
-                if history is None:
-                    loading += 1
-                    pings = "null}"
-                else:
-                    pings = f'"{history.levels}"}}'
-                # Everything the row shows but its slots, which change with each ping and each slide of the
-                # window: `user` is the same object while its row in the store is the same.
-                silent = rules.silent_at(user, user.last_ping, now)
-                key = (user, state, silent, None if history is None else history.silences, alerts.get(user.id, ()))
-                if row.key != key:
-                    row.key = key
-                    row.head = _row_head(user, *key[1:], write)
-                ranked.append((_STATE_RANKS.get(state, _UNKNOWN_STATE_RANK), user.username, row.head + pings))
+        rows = {}
+        loading = 0
+        for raw in raw_rows:
+            user = users[raw[0]]
+            state = rules.live_state(user, now, None if raw[-1] is None else users.get(raw[-1]))
+            counts[state] = counts.get(state, 0) + 1
+            history = recent[user.id]
+            if history is None:
+                loading += 1
+                pings = "null}"
+            else:
+                pings = f'"{history.levels}"}}'
+            # Everything the row shows but its slots, which change with each ping and each slide of the
+            # window: `user` is the same object while its row in the store is the same.
+            silent = rules.silent_at(user, user.last_ping, now)
+            key = (user, state, silent, () if history is None else history.silences, alerts.get(user.id, ()))
+            row = previous.get(user.id)
+            if row is None or row.key != key:
+                row = _Row(raw, user, key, _row_head(user, *key[1:], write))
+            rows[user.id] = row
+            ranked.append((_STATE_RANKS.get(state, _UNKNOWN_STATE_RANK), user.username, row.head + pings))
+        self._rows = rows
         ranked.sort()
         summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
         head = {
@@ -328,18 +343,17 @@ def _row_head(
     user: UserState,
     state: str,
     silent: bool,
-    ended: tuple[tuple[float, float], ...] | None,
+    ended: tuple[tuple[float, float], ...],
     alerts: tuple[float, ...],
     write: Callable[[float], str],
 ) -> str:
     """A user's row as JSON text up to its slots, which come last (`"pings":`); `silent`: its silence since its
-    last ping (or ever) is past its deadline and goes on; `ended`: its silences that ended in the window,
-    None while its history loads.
+    last ping (or ever) is past its deadline and goes on; `ended`: its silences that ended in the window
+    (none known while its history loads).
 
     Written by hand: when every row is written (after a start, or when the histories are loaded),
     json.dumps of a dict per row would be most of the answer's cost at fleet size.
     """
-    ended = ended or ()
     if ended or silent or alerts:
         silences = [_silence(start, end, write) for start, end in ended]
         if silent:

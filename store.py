@@ -804,11 +804,11 @@ class Store:
             parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
             return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
 
-    def configured_user_rows(self) -> list[tuple[tuple[Any, ...], int | None]]:
-        """Every configured user as (row, parent's id or None), in no particular order: UserState(*row) is its
-        state. For a reader that keeps the states it made and compares rows: no parent is joined in."""
+    def configured_user_rows(self) -> list[tuple[Any, ...]]:
+        """Every configured user's row, in no particular order: UserState(*row[:-1]) is its state, row[-1] its
+        parent's id (None if none). For a reader that keeps the states it made and compares rows."""
         with self._read() as connection:
-            return [(row[:-1], row[-1]) for row in connection.execute(OVERVIEW_USERS_SQL)]
+            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""

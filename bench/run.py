@@ -380,16 +380,18 @@ def _history_table(result, targets):
 
 
 def _overview_table(result, targets):
-    slowest = max(result.refresh_max_ms, result.day_max_ms)
-    targets.append(("overview refresh and day view < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
+    slowest = max(result.first_ms, result.refresh_max_ms, result.day_max_ms)
+    targets.append(("every overview answer < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
     return [
         "## 6. Overview",
         "",
         f"The overview's data, in process and written as JSON, with {result.users:,} configured users and"
         f" {result.pings_in_table:,} pings (a million of them in the last 24 hours): the first"
-        " `/overview/state` after a start (it reads the last 24 hours' pings once), then 20 refreshes, each"
-        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), and 20 day views"
-        " of a day holding one ping a second.",
+        " `/overview/state` after a start, while the service's upkeep loads the last 24 hours in the"
+        f" background (done {result.loaded_s:.1f} s after the start), then {result.refreshes} refreshes, each"
+        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), the window"
+        f" moving by a slot in one of them ({result.slide_ms:.0f} ms), and {result.refreshes} day views of a day"
+        " holding one ping a second.",
         "",
         "| answer | first | median | max |",
         "|---|---|---|---|",
