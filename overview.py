@@ -257,9 +257,9 @@ class Overview:
         """
         if not self._written:
             self.state(now)
-        users = {user_id: row.user for user_id, row in self._rows.items()}
         with self._answered:
             self._answered.wait_for(lambda: not self._answering)
+        users = {user_id: row.user for user_id, row in self._rows.items()}
         loaded = self._recent.load(users, HISTORY_USERS_PER_STEP)
         if loaded and not self._recent.loading():
             self.state(now)

@@ -247,9 +247,9 @@ CONFIGURED_USERS_SQL = (
     f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.configured = 1 ORDER BY child.username"
 )
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
-# (through users' UNIQUE index and per-user seeks of pings_by_user_time and alerts_by_user_time) or the
-# number of new pings (along the pings' primary key), never the size of the history.
-# Its history of the last 24 hours is read once after a start, in chunks of users (by id range).
+# (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
+# primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
+# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
 OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1"
 RECENT_PINGS_SQL = (
     "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"

@@ -136,7 +136,9 @@ function problem(message) {
 function show(state) {
   latest = state;
   const status = byId("connection");
-  status.textContent = `Updated ${clock(state.now_local)} (server time), every ${REFRESH_MS / 1000} s.`;
+  const loading = state.history_loading;
+  const history = loading ? ` The last 24 hours of ${loading} device${loading === 1 ? " are" : "s are"} still loading: ${loading === 1 ? "its timeline follows" : "their timelines follow"}.` : "";
+  status.textContent = `Updated ${clock(state.now_local)} (server time), every ${REFRESH_MS / 1000} s.${history}`;
   status.classList.remove("problem");
   status.hidden = false;
   byId("summary").textContent = state.summary.map((part) => `${part.users} ${part.state}`).join(" · ") || "No users configured";
@@ -209,8 +211,10 @@ function drawTimeline(svg, user, state) {
     shade.append(title(silenceText(silence, state.now)));
     parts.push(shade);
   }
-  const slotWidth = WIDTH / user.pings.length;
-  [...user.pings].forEach((character, slot) => {
+  // null while the server is still loading this device's last 24 hours: no ticks yet.
+  const slots = user.pings || "";
+  const slotWidth = WIDTH / slots.length;
+  [...slots].forEach((character, slot) => {
     const level = Number(character);
     if (level > 0) {
       const height = 6 + (level * (TIMELINE_HEIGHT - 8)) / 9;
@@ -231,7 +235,9 @@ function drawTimeline(svg, user, state) {
   svg.dataset.start = start;
   svg.dataset.end = end;
   const silent = user.silences.length;
-  svg.setAttribute("aria-label", `${user.username}'s last 24 hours: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
+  const loading = user.pings === null ? " (still loading)" : "";
+  svg.classList.toggle("loading", user.pings === null);
+  svg.setAttribute("aria-label", `${user.username}'s last 24 hours${loading}: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
 }
 
 function svgElement(name, attributes) {

@@ -1,6 +1,7 @@
 """The overview's data (overview.py) over a real store: the 24-hour summary, its upkeep, and one user's day."""
 
 import json
+import threading
 import time
 
 import overview
@@ -192,3 +193,129 @@ def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(st
     store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
     pi = by_name(overview_state(store, overview, T0 + 2))["pi"]
     assert (pi["max_sleep"], pi["late_at"]) == (3600, T0 - 10 + 3600)
+
+
+def test_a_new_overview_answers_at_once_while_the_upkeep_loads_the_history_in_bounded_steps(store, monkeypatch):
+    monkeypatch.setattr(overview, "HISTORY_USERS_PER_STEP", 2)
+    synced(store)
+    ping_every(store, "pi", T0 - 3600, T0 - 1800, 60)
+    fresh = Overview(store)
+    state = overview_state(store, fresh, T0)
+    assert state["history_loading"] == 3
+    assert [user["pings"] for user in state["users"]] == [None, None, None]
+    assert fresh.keep_up(T0) == 2  # a full step: more waits
+    assert overview_state(store, fresh, T0)["history_loading"] == 1
+    assert fresh.keep_up(T0) == 1
+    assert fresh.keep_up(T0) == 0  # nothing left: it adds new pings instead
+    state = overview_state(store, fresh, T0)
+    assert state["history_loading"] == 0
+    assert by_name(state) == by_name(overview_state(store, loaded(store), T0))
+
+
+def test_pings_recorded_while_a_history_loads_are_counted_once(store, monkeypatch):
+    synced(store)
+    last_slot_start = WINDOW_START + (SLOTS - 1) * SLOT_SECONDS
+    fresh = Overview(store)
+    fresh.keep_up(last_slot_start)  # writes every row; no history loaded yet
+    store.record_ping("pi", last_slot_start + 1)  # read by the load below
+    load = overview.RecentPings.load
+
+    def load_while_pings_come(self, users, limit):
+        # Pings recorded, and read by an answer, while the load reads the store.
+        original = self._store.recent_pings
+
+        def recent_pings(*args):
+            rows = original(*args)
+            store.record_ping("pi", last_slot_start + 2)
+            assert by_name(overview_state(store, fresh, last_slot_start + 3))["pi"]["pings"] is None
+            return rows
+
+        monkeypatch.setattr(self._store, "recent_pings", recent_pings)
+        return load(self, users, limit)
+
+    monkeypatch.setattr(overview.RecentPings, "load", load_while_pings_come)
+    while fresh.keep_up(last_slot_start + 3):
+        pass
+    store.record_ping("pi", last_slot_start + 4)  # after the load
+    pi = by_name(overview_state(store, fresh, last_slot_start + 5))["pi"]
+    assert pi["pings"] == "0" * (SLOTS - 1) + "2"  # three pings: "2"; counted twice (six) would be "3"
+
+
+def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch):
+    synced(store)
+    fresh = Overview(store)
+    fresh.state(T0)  # the three histories are to load
+    answering, answered = threading.Event(), threading.Event()
+    rows = store.configured_user_rows
+
+    def slow_rows():
+        answering.set()
+        answered.wait(10)
+        return rows()
+
+    monkeypatch.setattr(store, "configured_user_rows", slow_rows)
+    answer = threading.Thread(target=fresh.state, args=(T0,))
+    answer.start()
+    assert answering.wait(10)
+    loads = []
+    upkeep = threading.Thread(target=lambda: loads.append(fresh.keep_up(T0)))
+    upkeep.start()
+    upkeep.join(0.3)
+    assert loads == []  # still waiting for the answer
+    answered.set()
+    answer.join(10)
+    upkeep.join(10)
+    assert loads == [3]
+
+
+def test_a_refresh_writes_again_only_the_rows_that_changed(store, monkeypatch):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    written = []
+    row_head = overview._row_head
+
+    def counted(user, *args):
+        written.append(user.username)
+        return row_head(user, *args)
+
+    monkeypatch.setattr(overview, "_row_head", counted)
+    overview_state(store, kept, T0)
+    assert written == []
+    store.record_ping("pi", T0 + 1)
+    state = overview_state(store, kept, T0 + 2)
+    assert written == ["pi"]
+    assert by_name(state) == by_name(overview_state(store, loaded(store, T0 + 2), T0 + 2))
+    # The window moves by a slot: every row's slots move, no row is written again.
+    next_slot = (T0 // SLOT_SECONDS + 1) * SLOT_SECONDS
+    store.record_ping("pi", next_slot - 5)
+    written.clear()
+    state = overview_state(store, kept, next_slot)
+    assert written == ["pi"]
+    assert by_name(state) == by_name(overview_state(store, loaded(store, next_slot), next_slot))
+
+
+def test_a_row_is_json_whatever_the_name_and_schedule(store):
+    name = 'a "quoted" \\ name </script> é 🙂'
+    users = {
+        name: {"monitor": True, "schedule": "0 3 * * *", "tz": "Europe/Paris", "grace": 600, "email_frequency": 60}
+    }
+    synced(store, users)
+    store.record_ping(name, T0 - 10)
+    [row] = overview_state(store, loaded(store), T0)["users"]
+    assert (row["username"], row["schedule"], row["monitor"], row["last_ping"]) == (name, "0 3 * * *", True, T0 - 10)
+    assert row["last_ping_local"] == "2026-09-21 16:13:10 CEST"
+    assert list(row) == [
+        "username",
+        "state",
+        "monitor",
+        "max_sleep",
+        "schedule",
+        "last_ping",
+        "last_ping_local",
+        "late_at",
+        "late_at_local",
+        "silences",
+        "alerts",
+        "recoveries",
+        "pings",
+    ]

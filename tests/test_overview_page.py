@@ -122,6 +122,7 @@ def test_it_unlocks_and_shows_the_summary_the_badges_and_a_known_gap_where_it_wa
         ["pi", HOSTILE_NAME, "nas", "backup-server", "camera", "weather-station"]
     )
     timeline = row(page, "backup-server").locator("svg.timeline")
+    expect(timeline.locator("rect.silence")).to_have_count(1)  # once the service has loaded the history
     [shade] = timeline.locator("rect.silence").all()
     start, end = float(timeline.get_attribute("data-start")), float(timeline.get_attribute("data-end"))
     gap_start, gap_end = history[2]
@@ -175,6 +176,34 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     expect(badge).to_have_text(re.compile("^(late|alerted)$"))
     expect(page.locator("#summary")).to_contain_text(re.compile(r"1 (late|alerted)"))
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_while_the_history_loads_the_page_says_so_in_words_and_draws_no_ticks(open_page, service):
+    page = open_page(390)
+    page.goto(service.url + "/overview")
+
+    def still_loading(route):
+        # The service's own answer, as it is while its upkeep has not loaded the last 24 hours yet.
+        answer = route.fetch()
+        state = answer.json()
+        state["history_loading"] = len(state["users"])
+        for user in state["users"]:
+            user["pings"] = None
+        route.fulfill(response=answer, json=state)
+
+    page.route("**/overview/state", still_loading)
+    unlock(page)
+    status = page.locator("#connection")
+    expect(status).to_contain_text("The last 24 hours of 6 devices are still loading: their timelines follow.")
+    expect(page.locator("svg.timeline.loading")).to_have_count(len(USERS))
+    expect(row(page, "backup-server").locator("svg.timeline")).to_have_attribute(
+        "aria-label", re.compile(r"^backup-server's last 24 hours \(still loading\): ")
+    )
+    expect(page.locator("svg.timeline rect.tick")).to_have_count(0)
+    page.unroute("**/overview/state")
+    expect(status).not_to_contain_text("loading")
+    expect(page.locator("svg.timeline.loading")).to_have_count(0)
+    expect(page.locator("svg.timeline rect.tick")).not_to_have_count(0)
 
 
 def test_a_503_or_a_lost_connection_is_said_and_the_page_keeps_refreshing(open_page, page_problems, service):
