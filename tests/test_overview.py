@@ -198,47 +198,63 @@ def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(st
 def test_a_new_overview_answers_at_once_while_the_upkeep_loads_the_history_in_bounded_steps(store, monkeypatch):
     monkeypatch.setattr(overview, "HISTORY_USERS_PER_STEP", 2)
     synced(store)
-    ping_every(store, "pi", T0 - 3600, T0 - 1800, 60)
+    ping_every(store, "nas", T0 - 3600, T0 - 1800, 60)  # nas: the last user, in the last step
+    store.record_ping("nas", T0 - 100)  # after a silence of 1 760 s, found in the history
     fresh = Overview(store)
     state = overview_state(store, fresh, T0)
     assert state["history_loading"] == 3
     assert [user["pings"] for user in state["users"]] == [None, None, None]
+    assert [silence["end"] for silence in by_name(state)["nas"]["silences"]] == [None]  # only the one going on
     assert fresh.keep_up(T0) == 2  # a full step: more waits
     assert overview_state(store, fresh, T0)["history_loading"] == 1
     assert fresh.keep_up(T0) == 1
+    written = count_rows_written(monkeypatch)
     assert fresh.keep_up(T0) == 0  # nothing left: it adds new pings instead
     state = overview_state(store, fresh, T0)
+    assert written == []  # the step that loaded the last history wrote the rows that changed
     assert state["history_loading"] == 0
+    assert [(silence["start"], silence["end"]) for silence in by_name(state)["nas"]["silences"]] == [
+        (T0 - 1860, T0 - 100),
+        (T0 - 100, None),
+    ]
     assert by_name(state) == by_name(overview_state(store, loaded(store), T0))
+
+
+def count_rows_written(monkeypatch):
+    """The names of the users whose row the overview writes from now on, in order."""
+    written = []
+    row_head = overview._row_head
+
+    def counted(user, *args):
+        written.append(user.username)
+        return row_head(user, *args)
+
+    monkeypatch.setattr(overview, "_row_head", counted)
+    return written
 
 
 def test_pings_recorded_while_a_history_loads_are_counted_once(store, monkeypatch):
     synced(store)
     last_slot_start = WINDOW_START + (SLOTS - 1) * SLOT_SECONDS
     fresh = Overview(store)
-    fresh.keep_up(last_slot_start)  # writes every row; no history loaded yet
-    store.record_ping("pi", last_slot_start + 1)  # read by the load below
-    load = overview.RecentPings.load
+    fresh.state(last_slot_start)  # the histories are to load
+    store.record_ping("pi", last_slot_start + 1)
+    assert by_name(overview_state(store, fresh, last_slot_start + 1))["pi"]["pings"] is None  # it waits
+    recent_pings = store.recent_pings
 
-    def load_while_pings_come(self, users, limit):
-        # Pings recorded, and read by an answer, while the load reads the store.
-        original = self._store.recent_pings
+    def pings_come_while_the_load_reads(*args):
+        rows = recent_pings(*args)  # holds the ping above: it was recorded before the load began
+        store.record_ping("pi", last_slot_start + 2)
+        store.record_ping("pi", last_slot_start + 3)
+        assert by_name(overview_state(store, fresh, last_slot_start + 3))["pi"]["pings"] is None
+        return rows
 
-        def recent_pings(*args):
-            rows = original(*args)
-            store.record_ping("pi", last_slot_start + 2)
-            assert by_name(overview_state(store, fresh, last_slot_start + 3))["pi"]["pings"] is None
-            return rows
-
-        monkeypatch.setattr(self._store, "recent_pings", recent_pings)
-        return load(self, users, limit)
-
-    monkeypatch.setattr(overview.RecentPings, "load", load_while_pings_come)
+    monkeypatch.setattr(store, "recent_pings", pings_come_while_the_load_reads)
     while fresh.keep_up(last_slot_start + 3):
         pass
-    store.record_ping("pi", last_slot_start + 4)  # after the load
-    pi = by_name(overview_state(store, fresh, last_slot_start + 5))["pi"]
-    assert pi["pings"] == "0" * (SLOTS - 1) + "2"  # three pings: "2"; counted twice (six) would be "3"
+    pi = by_name(overview_state(store, fresh, last_slot_start + 4))["pi"]
+    # Three pings: "2". The first counted twice (four) would be "3"; the two others lost (one), "1".
+    assert pi["pings"] == "0" * (SLOTS - 1) + "2"
 
 
 def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch):
@@ -249,8 +265,9 @@ def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch
     rows = store.configured_user_rows
 
     def slow_rows():
-        answering.set()
-        answered.wait(10)
+        if not answering.is_set():  # only the answer below waits
+            answering.set()
+            answered.wait(10)
         return rows()
 
     monkeypatch.setattr(store, "configured_user_rows", slow_rows)
@@ -271,14 +288,7 @@ def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch
 def test_a_refresh_writes_again_only_the_rows_that_changed(store, monkeypatch):
     synced(store, now=T0 - 1000)
     kept = loaded(store, T0)
-    written = []
-    row_head = overview._row_head
-
-    def counted(user, *args):
-        written.append(user.username)
-        return row_head(user, *args)
-
-    monkeypatch.setattr(overview, "_row_head", counted)
+    written = count_rows_written(monkeypatch)
     overview_state(store, kept, T0)
     assert written == []
     store.record_ping("pi", T0 + 1)
