@@ -5,13 +5,15 @@ never the size of the history, and the /ping path does no extra work:
 - RecentPings: each user's last 24 hours of pings summarised, loaded once after a start in the background
   (Overview.keep_up, a scheduler loop) and then kept up to date from the pings recorded since;
 - Overview: each user's state as last read and its row of the answer as JSON text, written again only
-  when something in it changed.
+  when something in it changed; a page that gives the version of the answer it has gets only the rows
+  that changed since.
 States and deadlines come from rules.py (live_state, late_at, silences); times for people from localtime.py.
 """
 
 import itertools
 import json
 import math
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -216,37 +218,49 @@ def _level(count: int) -> int:
     return ord(LEVELS[min(count.bit_length(), 9)])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     """A user's row as last answered: its state made from `raw` (its row in the store), what the row showed
-    but its slots (`key`), and its JSON up to its slots (`head`)."""
+    but its slots (`key`), its JSON up to its slots (`head`) and its slots' (`pings`), and the answer's
+    version in which that JSON last changed (set only under Overview's lock)."""
 
     raw: tuple[Any, ...]
     user: UserState
     key: tuple[Any, ...]
     head: str
+    pings: str
+    version: int = 0
 
 
 class Overview:
-    """The overview's answers over a store; safe across threads, and no answer waits for another.
+    """The overview's answers over a store; safe across threads, and no answer waits for another's work.
 
     It keeps each user's state as last read (made again only when its row in the store changed) and its
     row of the last answer as JSON text, written again only when something in it changed (the user
     pinged, was alerted, changed state): a refresh then costs a read and a comparison per user, and the
-    JSON of the users that changed. keep_up(), run in a loop of its own, loads the 24 hours' history in
-    the background, giving way to the answers being written, and writes every row once, so that no
-    answer writes them all.
+    JSON of the users that changed. Each answer has a version; asked with the version of an earlier one,
+    an answer holds only the rows that changed since (and the order of the rows if it changed). keep_up(),
+    run in a loop of its own, loads the 24 hours' history in the background, giving way to the answers
+    being written, and writes every row once, so that no answer writes them all.
     """
 
     def __init__(self, store: Store) -> None:
         """The overview of `store`."""
         self._store = store
         self._recent = RecentPings(store)
-        self._rows: dict[int, _Row] = {}  # replaced whole by each answer
         self._written = False
         # How many answers are being written: the history's loading waits for none.
         self._answering = 0
         self._answered = threading.Condition()
+        # Versions are "INSTANCE:NUMBER": one of another process (another start) is never taken for one of this.
+        self._instance = secrets.token_hex(4)
+        # Held only to give the rows of an answer their versions and keep them: a few ms at fleet size.
+        self._lock = threading.Lock()
+        self._version = 0
+        self._rows: dict[int, _Row] = {}
+        self._order: list[int] = []
+        self._order_version = 0
+        self._users_version = 0  # when a user was last added or removed
 
     def keep_up(self, now: float) -> int:
         """One step of the background upkeep at `now`: load up to HISTORY_USERS_PER_STEP users' last 24 hours
@@ -267,24 +281,27 @@ class Overview:
             self._recent.catch_up(users, now)
         return loaded
 
-    def state(self, now: float) -> str:
-        """The overview's answer at `now`, as JSON text: a summary by state, then every configured user, problems first.
+    def state(self, now: float, since: str | None = None) -> str:
+        """The overview's answer at `now`, as JSON text: a summary by state, then every configured user, problems
+        first; or, with `since` the `version` of an earlier answer of this overview, only the users whose row
+        changed since (`complete` false), with `order`, every username in order, if the order changed.
 
-        Each user has its live state, last ping and deadline (rules.live_state and late_at), its last
-        24 hours' pings by slot (LEVELS; null while its history loads, and `history_loading` counts those
-        users), its silences longer than max_sleep (the last with `end` None while it goes on), and its
-        alerts and recoveries (the end of a silence it was alerted in).
+        `since` of another overview (such as before a restart), or from before a user was added or removed,
+        gets every user (`complete` true). Each user has its live state, last ping and deadline
+        (rules.live_state and late_at), its last 24 hours' pings by slot (LEVELS; null while its history
+        loads, and `history_loading` counts those users), its silences longer than max_sleep (the last with
+        `end` None while it goes on), and its alerts and recoveries (the end of a silence it was alerted in).
         """
         with self._answered:
             self._answering += 1
         try:
-            return self._state(now)
+            return self._state(now, since)
         finally:
             with self._answered:
                 self._answering -= 1
                 self._answered.notify_all()
 
-    def _state(self, now: float) -> str:
+    def _state(self, now: float, since: str | None) -> str:
         self._written = True
         raw_rows = self._store.configured_user_rows()
         first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
@@ -310,29 +327,72 @@ class Overview:
             history = recent[user.id]
             if history is None:
                 loading += 1
-                pings = "null}"
+                pings = "null"
             else:
-                pings = f'"{history.levels}"}}'
+                pings = f'"{history.levels}"'
             # Everything the row shows but its slots, which change with each ping and each slide of the
             # window: `user` is the same object while its row in the store is the same.
             silent = rules.silent_at(user, user.last_ping, now)
             key = (user, state, silent, () if history is None else history.silences, alerts.get(user.id, ()))
             row = previous.get(user.id)
             if row is None or row.key != key:
-                row = _Row(raw, user, key, _row_head(user, *key[1:], write))
+                row = _Row(raw, user, key, _row_head(user, *key[1:], write), pings)
+            elif row.pings != pings:
+                row = _Row(raw, user, key, row.head, pings)
             rows[user.id] = row
-            ranked.append((_STATE_RANKS.get(state, _UNKNOWN_STATE_RANK), user.username, row.head + pings))
-        self._rows = rows
+            ranked.append((_STATE_RANKS.get(state, _UNKNOWN_STATE_RANK), user.username, user.id))
         ranked.sort()
+        order = [user_id for *_, user_id in ranked]
+        with self._lock:
+            version, asked = self._keep(rows, order), self._asked_version(since)
+            complete = asked is None or asked < self._users_version
+            newer_than = 0 if asked is None or complete else asked  # every version is at least 1
+            sent = [rows[user_id] for user_id in order if rows[user_id].version > newer_than]
+            order_changed = not complete and self._order_version > newer_than
         summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
         head = {
+            "version": f"{self._instance}:{version}",
+            "complete": complete,
             "now": now,
             "now_local": write(now),
             "window": {"start": start, "end": start + SLOTS * SLOT_SECONDS, "slot_seconds": SLOT_SECONDS},
             "history_loading": loading,
             "summary": [{"state": state, "users": number} for state, number in summary],
         }
-        return json.dumps(head, separators=(",", ":"))[:-1] + ',"users":[' + ",".join(row for *_, row in ranked) + "]}"
+        if order_changed:
+            head["order"] = [users[user_id].username for user_id in order]
+        return (
+            json.dumps(head, separators=(",", ":"))[:-1]
+            + ',"users":['
+            + ",".join(row.head + row.pings + "}" for row in sent)
+            + "]}"
+        )
+
+    def _keep(self, rows: dict[int, _Row], order: list[int]) -> int:
+        """Keep `rows` and `order` as the latest answer's, each row with the version in which its JSON last
+        changed; return the new answer's version. Called with the lock held."""
+        self._version += 1
+        for user_id, row in rows.items():
+            kept = self._rows.get(user_id)
+            if kept is row:
+                continue
+            if kept is not None and kept.head == row.head and kept.pings == row.pings:
+                row.version = kept.version
+            else:
+                row.version = self._version
+        if rows.keys() != self._rows.keys():
+            self._users_version = self._version
+        if order != self._order:
+            self._order, self._order_version = order, self._version
+        self._rows = rows
+        return self._version
+
+    def _asked_version(self, since: str | None) -> int | None:
+        """The number of `since` if it is a version this overview answered, else None. Called with the lock held."""
+        instance, _, number = (since or "").partition(":")
+        if instance != self._instance or not (number.isascii() and number.isdigit()) or int(number) > self._version:
+            return None
+        return int(number)
 
 
 def _state_rank(state: str) -> float:

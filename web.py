@@ -245,8 +245,12 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
+        # The guard has checked that the body is a JSON object with the password.
+        since = json.loads(bottle.request.body.read(MAX_REQUEST_BODY)).get("since")
+        if since is not None and not isinstance(since, str):
+            raise bottle.HTTPError(400, "invalid since: expected the version of an earlier answer, or null")
         bottle.response.content_type = "application/json"
-        return overview.state(clock())
+        return overview.state(clock(), since)
 
     @app.post("/overview/day")
     @overview_only

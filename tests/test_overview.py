@@ -329,3 +329,50 @@ def test_a_row_is_json_whatever_the_name_and_schedule(store):
         "recoveries",
         "pings",
     ]
+
+
+def test_an_answer_since_an_earlier_one_holds_the_rows_that_changed_and_the_order_if_it_changed(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    first = overview_state(store, kept, T0)
+    assert first["complete"] is True
+    assert [(user["username"], user["state"]) for user in first["users"]] == [
+        ("backup", "late"),
+        ("pi", "late"),
+        ("nas", "silent"),
+    ]
+    same = json.loads(kept.state(T0 + 1, first["version"]))
+    assert (same["complete"], same["users"], "order" in same) == (False, [], False)
+    assert same["version"] != first["version"]
+    store.record_ping("pi", T0 + 2)  # pi: pinging, after nas
+    changed = json.loads(kept.state(T0 + 3, same["version"]))
+    assert (changed["complete"], changed["order"]) == (False, ["backup", "nas", "pi"])
+    assert [user["username"] for user in changed["users"]] == ["pi"]
+    assert changed["users"] == [by_name(overview_state(store, loaded(store, T0 + 3), T0 + 3))["pi"]]
+    store.record_ping("pi", T0 + 4)  # its slots change, not its place
+    again = json.loads(kept.state(T0 + 5, changed["version"]))
+    assert ([user["username"] for user in again["users"]], "order" in again) == (["pi"], False)
+    # An answer since the first has every row that changed since then.
+    since_first = json.loads(kept.state(T0 + 5, first["version"]))
+    assert ([user["username"] for user in since_first["users"]], since_first["order"]) == (
+        ["pi"],
+        ["backup", "nas", "pi"],
+    )
+
+
+def test_a_version_not_of_this_overview_or_from_before_a_user_was_added_gets_every_row(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    version = overview_state(store, kept, T0)["version"]
+    foreign = overview_state(store, loaded(store, T0), T0)["version"]  # as from before a restart
+    instance, number = version.split(":")
+    for since in [foreign, "x", f"{instance}:", f"{instance}:²", f"{instance}:{int(number) + 1000}", f"-{version}"]:
+        answer = json.loads(kept.state(T0 + 1, since))
+        assert (answer["complete"], len(answer["users"])) == (True, 3), since
+    version = overview_state(store, kept, T0 + 1)["version"]
+    synced(store, {**USERS, "camera": USERS["pi"]}, now=T0 + 2)
+    answer = json.loads(kept.state(T0 + 3, version))
+    assert (answer["complete"], sorted(user["username"] for user in answer["users"])) == (
+        True,
+        ["backup", "camera", "nas", "pi"],
+    )
