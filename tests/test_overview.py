@@ -352,6 +352,10 @@ def test_an_answer_since_an_earlier_one_holds_the_rows_that_changed_and_the_orde
     store.record_ping("pi", T0 + 4)  # its slots change, not its place
     again = json.loads(kept.state(T0 + 5, changed["version"]))
     assert ([user["username"] for user in again["users"]], "order" in again) == (["pi"], False)
+    # A change the row does not show (here, a setting) sends nothing.
+    store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "email_frequency": 7200}}).users, T0 + 5)
+    unseen = json.loads(kept.state(T0 + 5, again["version"]))
+    assert unseen["users"] == []
     # An answer since the first has every row that changed since then.
     since_first = json.loads(kept.state(T0 + 5, first["version"]))
     assert ([user["username"] for user in since_first["users"]], since_first["order"]) == (
