@@ -178,8 +178,12 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
         assert time.monotonic() < deadline, "pi never showed as pinging"
         assert service.get("/ping?username=pi")[0] == 200
         page.wait_for_timeout(500)
+    # Rows sort problems first, in answers that hold only what changed too.
+    names = page.locator(".row .name")
+    expect(names).to_have_text([HOSTILE_NAME, "nas", "backup-server", "camera", "pi", "weather-station"])
     expect(badge).to_have_text(re.compile("^(late|alerted)$"))
     expect(page.locator("#summary")).to_contain_text(re.compile(r"1 (late|alerted)"))
+    expect(names.first).to_have_text("pi")
     assert page.evaluate("window.notReloaded") is True
     assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
 
