@@ -250,7 +250,7 @@ CONFIGURED_USERS_SQL = (
 # (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
 # primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
 # chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
-OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1"
+OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
 RECENT_PINGS_SQL = (
     "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
     " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.at >= :start"
@@ -805,7 +805,7 @@ class Store:
             return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
 
     def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """Every configured user's row, in no particular order: UserState(*row[:-1]) is its state, row[-1] its
+        """Every configured user's row, in username order: UserState(*row[:-1]) is its state, row[-1] its
         parent's id (None if none). For a reader that keeps the states it made and compares rows."""
         with self._read() as connection:
             return connection.execute(OVERVIEW_USERS_SQL).fetchall()

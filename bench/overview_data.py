@@ -1,6 +1,7 @@
 """The overview's answers with 10 000 users and 10 million pings: POST /overview/state's data (right after a
-start, while the last 24 hours load in the background, then refreshes with new pings, one of them as the
-window slides by a slot) and a day view of a busy day, in process."""
+start, while the last 24 hours load in the background, then refreshes with new pings as the page asks for
+them, with the version of the answer it has, one of them as the window slides by a slot) and a day view of
+a busy day, in process."""
 
 import json
 import sqlite3
@@ -31,7 +32,8 @@ class OverviewResult:
 
     users: int
     pings_in_table: int
-    answer_bytes: int
+    answer_bytes: int  # an answer holding every user
+    refresh_bytes: int  # the median of the refreshes' answers, each holding the users that changed
     first_ms: float  # the first answer after a start, while the histories load
     loaded_s: float  # from the start until every history is loaded
     refreshes: int
@@ -55,11 +57,13 @@ def run(refreshes, log):
         loading = threading.Thread(target=_load, args=(overview,))
         loading.start()
         began = time.perf_counter()
-        overview.state(NOW)
+        answer = overview.state(NOW)
         first = time.perf_counter() - began
+        complete_bytes = len(answer)
+        version = json.loads(answer)["version"]
         loading.join()
         loaded = time.perf_counter() - started
-        refresh_times = []
+        refresh_times, refresh_sizes = [], []
         # Refreshes every 3 s from a moment such that the window moves by a slot halfway through them.
         refreshed = NOW - NOW % SLOT_SECONDS + SLOT_SECONDS - REFRESH_SECONDS * (refreshes // 2)
         slide = None
@@ -67,8 +71,10 @@ def run(refreshes, log):
             now = refreshed + REFRESH_SECONDS
             _add_pings(store, now)
             began = time.perf_counter()
-            answer = overview.state(now)
+            answer = overview.state(now, version)
             refresh_times.append(time.perf_counter() - began)
+            refresh_sizes.append(len(answer))
+            version = json.loads(answer)["version"]
             if now // SLOT_SECONDS != refreshed // SLOT_SECONDS:
                 slide = refresh_times[-1]
             refreshed = now
@@ -80,11 +86,13 @@ def run(refreshes, log):
             json.dumps(day, separators=(",", ":"))
             day_times.append(time.perf_counter() - began)
     finally:
+        _forget_added_pings(store)
         store.close()
     result = OverviewResult(
         USERS,
         TOTAL_PINGS,
-        len(answer),
+        complete_bytes,
+        int(median(refresh_sizes)),
         first * 1000,
         loaded,
         refreshes,
@@ -115,16 +123,24 @@ def _busy_day_start():
 
 
 def _add_pings(store, now):
-    """Pings from `now` - 3 s to `now`, inserted without the store's trigger (users' last_ping stays)."""
-    # Bench-only SQL on the bench's own database: pings from users spread over the table.
+    """Pings from `now` - 3 s to `now`, each from another user, as the store's trigger would record them (the
+    ping and its user's last_ping); different users at each refresh."""
+    first = int(now) // REFRESH_SECONDS * NEW_PINGS_PER_REFRESH
+    pings = [
+        (2 + ((first + index) * 7919) % (USERS - 1), now - 3 + index * 3 / NEW_PINGS_PER_REFRESH)
+        for index in range(NEW_PINGS_PER_REFRESH)
+    ]
+    # Bench-only SQL on the bench's own database (undone by _forget_added_pings).
     with sqlite3.connect(store.path) as connection:
-        connection.executemany(
-            "INSERT INTO pings (user_id, at) VALUES (?, ?)",
-            [
-                (2 + (index * 7919) % (USERS - 1), now - 3 + index * 3 / NEW_PINGS_PER_REFRESH)
-                for index in range(NEW_PINGS_PER_REFRESH)
-            ],
-        )
+        connection.executemany("INSERT INTO pings (user_id, at) VALUES (?, ?)", pings)
+        connection.executemany("UPDATE users SET last_ping = ?2 WHERE id = ?1", pings)
+
+
+def _forget_added_pings(store):
+    """The cached database as _fill made it again: without the pings after NOW, every device's last_ping as it was."""
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("DELETE FROM pings WHERE at > ?", (NOW,))
+        connection.execute("UPDATE users SET last_ping = ? WHERE username != 'busy'", (NOW - INTERVAL,))
 
 
 def _database(log):

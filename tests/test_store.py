@@ -218,6 +218,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
             ],
         ),
+        (store_module.OVERVIEW_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
         (store_module.NEW_PINGS_SQL, (10,), ["SEARCH pings USING INTEGER PRIMARY KEY (rowid>?)"]),
         (
             store_module.RECENT_ALERTS_SQL,
