@@ -145,9 +145,9 @@ class RecentPings:
                 if waited is None:
                     continue  # no longer configured
                 # Pings read by _catch_up while this load read the store: those after `upto`.
-                later = sorted(at for ping_id, at in waited if ping_id > upto)
+                later = [at for ping_id, at in waited if ping_id > upto]
                 recent = _Recent(latest=before.get(user_id))
-                self._add(recent, times[user_id] + later, users[user_id])
+                self._add(recent, sorted(times[user_id] + later), users[user_id])
                 self._users[user_id] = recent
             return len(ids)
 
