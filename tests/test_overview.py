@@ -1,6 +1,7 @@
 """The overview's data (overview.py) over a real store: the 24-hour summary, its upkeep, and one user's day."""
 
 import json
+import random
 import threading
 import time
 
@@ -380,3 +381,54 @@ def test_a_version_not_of_this_overview_or_from_before_a_user_was_added_gets_eve
         True,
         ["backup", "camera", "nas", "pi"],
     )
+
+
+def test_pages_that_follow_only_what_changed_end_as_a_complete_answer_despite_pings_and_other_pages(store):
+    names = [f"device-{index}" for index in range(40)]
+    synced(
+        store,
+        {name: {"monitor": True, "max_sleep": 30 + index, "email_frequency": 60} for index, name in enumerate(names)},
+    )
+    chosen = random.Random(15)
+    for index in range(1500):
+        store.record_ping(chosen.choice(names), T0 - 86400 + index * 50)
+    shared = Overview(store)
+    clock, stop = [T0], threading.Event()
+
+    def upkeep():
+        while not stop.wait(0.001):
+            shared.keep_up(clock[0])
+
+    def pings():
+        while not stop.wait(0.0005):
+            clock[0] += chosen.random() * 20
+            store.record_ping(chosen.choice(names), clock[0])
+
+    def follow(page, now):
+        answer = json.loads(shared.state(now, page["version"]))
+        if answer["complete"]:
+            page.update(rows={}, order=[user["username"] for user in answer["users"]])
+        page["order"] = answer.get("order", page["order"])
+        page["rows"].update((user["username"], user) for user in answer["users"])
+        page["version"] = answer["version"]
+
+    def refresh_often(page):
+        for _ in range(150):
+            follow(page, clock[0])
+
+    pages = [{"version": None, "rows": {}, "order": []} for _ in range(3)]
+    writers = [threading.Thread(target=upkeep), threading.Thread(target=pings)]
+    readers = [threading.Thread(target=refresh_often, args=(page,)) for page in pages]
+    for thread in writers + readers:
+        thread.start()
+    for thread in readers:
+        thread.join(60)
+    stop.set()
+    for thread in writers:
+        thread.join(10)
+    # Then the window moves by a slot with no ping: only the slots change.
+    for now in (clock[0] + 1, clock[0] + 1 + SLOT_SECONDS):
+        for page in pages:
+            follow(page, now)
+            complete = json.loads(shared.state(now))["users"]
+            assert [page["rows"][name] for name in page["order"]] == complete
