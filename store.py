@@ -247,15 +247,18 @@ CONFIGURED_USERS_SQL = (
     f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.configured = 1 ORDER BY child.username"
 )
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
-# (through users' UNIQUE index and per-user seeks of pings_by_user_time and alerts_by_user_time) or the
-# number of new pings (along the pings' primary key), never the size of the history.
+# (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
+# primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
+# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
+OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
 RECENT_PINGS_SQL = (
     "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured = 1 AND pings.at >= :start AND pings.id <= :upto ORDER BY users.id, pings.at"
+    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.at >= :start"
+    " AND pings.id <= :upto ORDER BY users.id, pings.at"
 )
 PINGS_BEFORE_SQL = (
-    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < ?) FROM users"
-    " WHERE configured = 1"
+    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < :start) FROM users"
+    " WHERE configured = 1 AND id BETWEEN :first AND :last"
 )
 NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
 RECENT_ALERTS_SQL = (
@@ -794,15 +797,25 @@ class Store:
             newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
         return newest
 
-    def recent_pings(self, start: float, upto_id: int) -> list[tuple[int, float]]:
-        """(user id, time) of configured users' pings from `start` on with ids up to `upto_id`, by user then time."""
+    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
+        """(user id, time) of the pings from `start` on with ids up to `upto_id` of the configured users whose
+        ids are in the range `user_ids` (first, last), by user then time."""
+        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
         with self._read() as connection:
-            return connection.execute(RECENT_PINGS_SQL, {"start": start, "upto": upto_id}).fetchall()
+            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
 
-    def last_pings_before(self, start: float) -> dict[int, float | None]:
-        """Each configured user's id -> the time of its last ping before `start` (None if none)."""
+    def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
+        """Each configured user's id in the range `user_ids` (first, last) -> the time of its last ping before
+        `start` (None if none)."""
         with self._read() as connection:
-            return dict(connection.execute(PINGS_BEFORE_SQL, (start,)).fetchall())
+            parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
+            return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
+
+    def configured_user_rows(self) -> list[tuple[Any, ...]]:
+        """Every configured user's row, in username order: UserState(*row[:-1]) is its state, row[-1] its
+        parent's id (None if none). For a reader that keeps the states it made and compares rows."""
+        with self._read() as connection:
+            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""

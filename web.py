@@ -118,13 +118,15 @@ def make_app(
     testing_password: str | None,
     mail_sender: TestEmailSender,
     operations: Operations,
+    overview: Overview,
     overview_password: str | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them. The testing
-    page's test emails go through `mail_sender`. `overview_password` unlocks the overview's, or
+    page's test emails go through `mail_sender`. The overview's answers come from `overview` (its
+    upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
     wrong passwords.
     """
@@ -140,7 +142,6 @@ def make_app(
     overview_only = PasswordGuard(
         "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
-    overview = Overview(store)
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
@@ -249,8 +250,12 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
+        # The guard has checked that the body is a JSON object with the password.
+        since = json.loads(bottle.request.body.read(MAX_REQUEST_BODY)).get("since")
+        if since is not None and not isinstance(since, str):
+            raise bottle.HTTPError(400, "invalid since: expected the version of an earlier answer, or null")
         bottle.response.content_type = "application/json"
-        return overview.state(clock())
+        return overview.state(clock(), since)
 
     @app.post("/overview/day")
     @overview_only

@@ -427,20 +427,23 @@ def _history_table(result, targets):
 
 
 def _overview_table(result, targets):
-    slowest = max(result.refresh_max_ms, result.day_max_ms)
-    targets.append(("overview refresh and day view < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
+    slowest = max(result.first_ms, result.refresh_max_ms, result.day_max_ms)
+    targets.append(("every overview answer < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
     return [
         "## 6. Overview",
         "",
         f"The overview's data, in process and written as JSON, with {result.users:,} configured users and"
         f" {result.pings_in_table:,} pings (a million of them in the last 24 hours): the first"
-        " `/overview/state` after a start (it reads the last 24 hours' pings once), then 20 refreshes, each"
-        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), and 20 day views"
-        " of a day holding one ping a second.",
+        " `/overview/state` after a start, while the service's upkeep loads the last 24 hours in the"
+        f" background (done {result.loaded_s:.1f} s after the start), then {result.refreshes} refreshes, each"
+        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), each asked as the"
+        " page does, with the version of the answer it has, the window moving by a slot in one of them"
+        f" ({result.slide_ms:.0f} ms), and {result.refreshes} day views of a day holding one ping a second.",
         "",
         "| answer | first | median | max |",
         "|---|---|---|---|",
-        f"| `/overview/state` ({result.answer_bytes / 1e6:.1f} MB) | {result.first_ms:.0f} ms"
+        f"| `/overview/state` ({result.answer_bytes / 1e6:.1f} MB holding every user, refreshes"
+        f" {result.refresh_bytes / 1e3:.0f} kB) | {result.first_ms:.0f} ms"
         f" | {result.refresh_median_ms:.0f} ms | {result.refresh_max_ms:.0f} ms |",
         f"| `/overview/day` ({result.day_pings:,} pings) | |"
         f" {result.day_median_ms:.0f} ms | {result.day_max_ms:.0f} ms |",

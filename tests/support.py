@@ -31,6 +31,7 @@ import mailer
 import metrics
 import web
 from mailer import SmtpMailer
+from overview import Overview
 from store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -520,5 +521,6 @@ def make_test_app(
         testing_password,
         test_emails or ScriptedTestEmails(),
         app_operations(store, clock, **operations),
+        Overview(store),
         overview_password,
     )

@@ -934,6 +934,25 @@ def test_a_request_runs_its_action_in_a_thread_of_its_own_even_after_one_failed(
     assert "reload failed" in caplog.text
 
 
+def test_a_loop_of_its_own_goes_on_at_once_after_a_full_step_and_waits_after_the_others(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer, clock=lambda: T0)
+    results = iter([2, 5, 1, 2])
+    runs = []
+
+    def step(now):
+        runs.append((threading.current_thread().name, now))
+        return next(results)
+
+    steps.run_loop("upkeep", step, 2, 60.0)
+    try:
+        # Two full steps, then one that is not: the fourth waits a minute.
+        wait_until(lambda: len(runs) == 3, message="three steps")
+        threading.Event().wait(0.3)
+    finally:
+        assert steps.stop(2)
+    assert runs == [("upkeep", T0)] * 3
+
+
 def test_a_checkpoint_step_copies_the_wal_so_the_next_write_starts_it_again(store, recording_mailer):
     steps = make_scheduler(store, recording_mailer)
     for second in range(300):

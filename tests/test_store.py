@@ -203,18 +203,22 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
     [
         (
             store_module.RECENT_PINGS_SQL,
-            {"start": T0, "upto": 10},
-            ["SCAN users", "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)"],
+            {"start": T0, "upto": 10, "first": 1, "last": 200},
+            [
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+                "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)",
+            ],
         ),
         (
             store_module.PINGS_BEFORE_SQL,
-            (T0,),
+            {"start": T0, "first": 1, "last": 200},
             [
-                "SCAN users",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
                 "CORRELATED SCALAR SUBQUERY 1",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
             ],
         ),
+        (store_module.OVERVIEW_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
         (store_module.NEW_PINGS_SQL, (10,), ["SEARCH pings USING INTEGER PRIMARY KEY (rowid>?)"]),
         (
             store_module.RECENT_ALERTS_SQL,

@@ -574,6 +574,16 @@ def test_the_overview_state_lists_every_user_and_reads_nothing_it_should_not_wri
     client.post_json("/overview/day", {"password": "look", **TODAY}, status=200)
 
 
+def test_the_overview_state_since_an_earlier_answer_holds_what_changed_and_refuses_a_since_not_a_string(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    first = client.post_json("/overview/state", {"password": "look"}, status=200).json
+    assert (first["complete"], [user["username"] for user in first["users"]]) == (True, ["pi"])
+    again = client.post_json("/overview/state", {"password": "look", "since": first["version"]}, status=200).json
+    assert (again["complete"], again["users"]) == (False, [])
+    answer = client.post_json("/overview/state", {"password": "look", "since": 5}, status=400)
+    assert answer.text == "invalid since: expected the version of an earlier answer, or null"
+
+
 # --- operations: content type, global wrong-password budget, ping tokens, /healthz, /metrics, reload ----
 
 TOKEN = "s3cret-token-0123456789"
