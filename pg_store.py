@@ -230,13 +230,16 @@ CONFIGURED_USERS_SQL = (
     f"SELECT {_USER_AND_PARENT} FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
     ' WHERE child.configured ORDER BY child.username COLLATE "C"'
 )
+# The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
+OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
 RECENT_PINGS_SQL = (
     "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured AND pings.at >= %(start)s AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
+    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.at >= %(start)s"
+    " AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
 )
 PINGS_BEFORE_SQL = (
-    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %s) FROM users"
-    " WHERE configured"
+    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
+    " WHERE configured AND id BETWEEN %(first)s AND %(last)s"
 )
 NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > %s ORDER BY id"
 RECENT_ALERTS_SQL = (
@@ -564,15 +567,22 @@ class PgStore:
         with self._connection() as connection:
             return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
 
-    def recent_pings(self, start: float, upto_id: int) -> list[tuple[int, float]]:
+    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
         """store.Store.recent_pings."""
+        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
         with self._connection() as connection:
-            return connection.execute(RECENT_PINGS_SQL, {"start": start, "upto": upto_id}).fetchall()
+            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
 
-    def last_pings_before(self, start: float) -> dict[int, float | None]:
+    def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """store.Store.last_pings_before."""
+        parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
         with self._connection() as connection:
-            return dict(connection.execute(PINGS_BEFORE_SQL, (start,)).fetchall())
+            return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
+
+    def configured_user_rows(self) -> list[tuple[Any, ...]]:
+        """store.Store.configured_user_rows."""
+        with self._connection() as connection:
+            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """store.Store.pings_after_id."""

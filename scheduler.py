@@ -295,6 +295,12 @@ class Scheduler:
         meanwhile runs it again."""
         self._start_thread(name, self._serve_requests, requested, action)
 
+    def run_loop(self, name: str, step: Callable[[float], int], full_step: int, delay: float) -> None:
+        """Run `step(now)` in a thread of its own until the scheduler stops, as its own loops run: again at
+        once after a step that returns `full_step` or more (more work waits), else after `delay` seconds.
+        A step that raises is logged and counts as an empty one."""
+        self._start_thread(name, self._loop, step, full_step, lambda: delay, 0.0)
+
     def stop(self, timeout: float) -> bool:
         """Ask every loop to stop and wait up to `timeout` seconds for them; True if they stopped."""
         self._stop.set()

@@ -25,6 +25,7 @@ from config import LiveSettings
 from database import chosen_database, display_name, open_store
 from mailer import SENT, SmtpMailer, SmtpSetupError
 from metrics import Exporter
+from overview import HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL, Overview
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreError, StoreOpenError
 from web import MAX_REQUEST_BODY, Operations, make_app
@@ -82,15 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics=Exporter(store, clock, scheduler.absence_step_seconds),
         metrics_token=os.environ.get("METRICS_TOKEN") or None,
     )
-    app = make_app(
-        store,
-        live_settings,
-        clock,
-        os.environ.get("TESTING_PASSWORD") or None,
-        mail_sender,
-        operations,
-        os.environ.get("OVERVIEW_PASSWORD") or None,
-    )
+    testing_password = os.environ.get("TESTING_PASSWORD") or None
+    overview_password = os.environ.get("OVERVIEW_PASSWORD") or None
+    overview = Overview(store)
+    app = make_app(store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password)
     try:
         http_server = serving.create_http_server(
             app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch
@@ -113,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     check_smtp_in_background(mail_sender, smtp)
     scheduler.start()
+    if overview_password or testing_password:
+        # The overview's 24 hours are loaded in the background, so that its first answer waits for none of it.
+        scheduler.run_loop("overview-upkeep", overview.keep_up, HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL)
     scheduler.on_request(
         "reload", reload_requested, lambda: reload_settings(args.settings, live_settings, store, clock)
     )

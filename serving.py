@@ -20,7 +20,9 @@ checks each behaviour relied on:
 - every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
   `pull_trigger()` is only needed to wake the poll from another thread;
-- waitress logs two lines each time open connections cross `connection_limit`.
+- waitress logs two lines each time open connections cross `connection_limit`;
+- an answer that carries its own Date header gets no second one from waitress (web.py's /ping answers
+  bring theirs, formatted once a second).
 """
 
 import collections
@@ -104,6 +106,7 @@ class RequestDispatcher:
         one poll round inside one `batch()` block; close a connection whose client has read nothing
         for `idle_timeout` seconds while answers wait."""
         self._quick_paths = tuple(quick_paths)
+        self._below_quick_paths = tuple(path + "/" for path in self._quick_paths)
         self._idle_timeout = idle_timeout
         self._batch = batch
         # waitress HTTPChannels: appended from any thread, drained by the I/O thread.
@@ -176,14 +179,15 @@ class RequestDispatcher:
             # would never be acted on: close it here; service() below then drops its requests.
             channel.handle_close()
         request = channel.requests[0]
-        if request.error is not None or _is_quick(request.path, self._quick_paths) or not channel.connected:
+        # A request waitress could not parse may have no path: its error answer is quick.
+        if request.error is not None or not channel.connected or self._is_quick(request.path):
             quick.append(channel)
         else:
             self._workers.add_task(channel)
 
-
-def _is_quick(path: str, quick_paths: tuple[str, ...]) -> bool:
-    return any(path == quick or path.startswith(quick + "/") for quick in quick_paths)
+    def _is_quick(self, path: str) -> bool:
+        # Run for every request: one tuple lookup and one startswith() instead of a loop over the paths.
+        return path in self._quick_paths or path.startswith(self._below_quick_paths)
 
 
 class _Channel(HTTPChannel):

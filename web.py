@@ -7,7 +7,9 @@ app is server.py.
 
 import json
 import logging
+import math
 import threading
+import wsgiref.handlers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
+# Every answer of the fast /ping path carries these, then its Content-Length.
+_PING_HEADERS = (("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items())
+
 
 @dataclass(frozen=True)
 class Operations:
@@ -113,13 +118,15 @@ def make_app(
     testing_password: str | None,
     mail_sender: TestEmailSender,
     operations: Operations,
+    overview: Overview,
     overview_password: str | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
     /ping is answered before Bottle (see _with_fast_ping); every other path is a Bottle route.
     `testing_password` unlocks the testing page's endpoints; None disables them. The testing
-    page's test emails go through `mail_sender`. `overview_password` unlocks the overview's, or
+    page's test emails go through `mail_sender`. The overview's answers come from `overview` (its
+    upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
     wrong passwords.
     """
@@ -135,7 +142,6 @@ def make_app(
     overview_only = PasswordGuard(
         "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
     )
-    overview = Overview(store)
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
@@ -244,8 +250,12 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
+        # The guard has checked that the body is a JSON object with the password.
+        since = json.loads(bottle.request.body.read(MAX_REQUEST_BODY)).get("since")
+        if since is not None and not isinstance(since, str):
+            raise bottle.HTTPError(400, "invalid since: expected the version of an earlier answer, or null")
         bottle.response.content_type = "application/json"
-        return overview.state(clock())
+        return overview.state(clock(), since)
 
     @app.post("/overview/day")
     @overview_only
@@ -285,24 +295,26 @@ def _with_fast_ping(
     here is one the server's I/O loop waits for.
     """
 
+    answer_times = _PingAnswerTimes()
+
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path != PING_PATH and not path.startswith("/ping/"):
             return app(environ, start_response)
         method = environ.get("REQUEST_METHOD")
-        headers = [("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items()]
+        headers = [*_PING_HEADERS]
         try:
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            text = _record_signal(environ, store, settings, clock)
+            body, date = answer_times.at(_record_signal(environ, store, settings, clock))
+            headers.append(("Date", date))
             status = "200 OK"
         except bottle.HTTPError as error:
-            status, text = error.status_line, _error_text(error)
+            status, body = error.status_line, _error_text(error).encode()
         except Exception:
             log.exception("%s /ping failed", method)
-            status, text = "500 Internal Server Error", "internal server error"
-        body = text.encode()
+            status, body = "500 Internal Server Error", b"internal server error"
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
         return [b"" if method == "HEAD" else body]
@@ -310,9 +322,31 @@ def _with_fast_ping(
     return wsgi
 
 
-def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSettings, clock: Callable[[], float]) -> str:
-    """Record the signal that `environ` asks for (query or path form) if its user's token allows it; its answer
-    text, or a bottle.HTTPError."""
+class _PingAnswerTimes:
+    """A ping's answer body (format_ping_time) and its HTTP Date header for the second it was recorded in.
+
+    Both change once a second and pings come by the thousand: the latest second's are kept, which
+    saves formatting them (about 3.5 µs of a ping's CPU, Date otherwise written by waitress).
+    """
+
+    def __init__(self) -> None:
+        """Nothing kept yet."""
+        # (second, body, date), replaced whole so that a reader on another thread sees one second's.
+        self._latest: tuple[int | None, bytes, str] = (None, b"", "")
+
+    def at(self, now: float) -> tuple[bytes, str]:
+        """(answer body, Date header) of a ping recorded at `now` (epoch seconds)."""
+        second = math.floor(now)
+        latest = self._latest
+        if latest[0] != second:
+            latest = (second, format_ping_time(second).encode(), wsgiref.handlers.format_date_time(second))
+            self._latest = latest
+        return latest[1], latest[2]
+
+
+def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSettings, clock: Callable[[], float]) -> float:
+    """Record the signal that `environ` asks for (query or path form) if its user's token allows it; the time
+    it was recorded at, or a bottle.HTTPError."""
     try:
         query = query_fields(environ.get("QUERY_STRING", ""))
         if environ.get("PATH_INFO") == PING_PATH:
@@ -328,7 +362,7 @@ def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSetting
         store.record_ping(username, now, kind, exit_code, body)
     except (UnknownUserError, StoreUnavailableError) as error:
         raise _http_error(error, environ) from None
-    return format_ping_time(now)
+    return now
 
 
 def _check_signal_allowed(

@@ -1,14 +1,17 @@
-"""The overview's answers with 10 000 users and 10 million pings: POST /overview/state's data (first
-answer after a start, then refreshes with new pings) and a day view of a busy day, in process."""
+"""The overview's answers with 10 000 users and 10 million pings: POST /overview/state's data (right after a
+start, while the last 24 hours load in the background, then refreshes with new pings as the page asks for
+them, with the version of the answer it has, one of them as the window slides by a slot) and a day view of
+a busy day, in process."""
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from statistics import median
 
 from bench import harness
-from overview import Overview, overview_day
+from overview import SLOT_SECONDS, Overview, overview_day
 from store import Store
 
 USERS = 10_000
@@ -20,6 +23,7 @@ INTERVAL = 864.0
 BUSY_PINGS = 86_400
 # Between two refreshes of a page (3 s), this many new pings arrive: 200 a second.
 NEW_PINGS_PER_REFRESH = 600
+REFRESH_SECONDS = 3
 
 
 @dataclass(frozen=True)
@@ -28,31 +32,52 @@ class OverviewResult:
 
     users: int
     pings_in_table: int
-    answer_bytes: int
-    first_ms: float
+    answer_bytes: int  # an answer holding every user
+    refresh_bytes: int  # the median of the refreshes' answers, each holding the users that changed
+    first_ms: float  # the first answer after a start, while the histories load
+    loaded_s: float  # from the start until every history is loaded
+    refreshes: int
     refresh_median_ms: float
     refresh_max_ms: float
+    slide_ms: float  # the refresh in which the window moved by a slot
     day_pings: int
     day_median_ms: float
     day_max_ms: float
 
 
 def run(refreshes, log):
-    """Time the first overview answer, `refreshes` refreshes after new pings, and `refreshes` busy day views."""
+    """Time the first overview answer after a start (its upkeep loading the histories in a thread, as the
+    service's loop does), `refreshes` refreshes after new pings, and `refreshes` busy day views."""
     db = _database(log)
     store = Store(db)
     try:
         overview = Overview(store)
+        started = time.perf_counter()
+        overview.keep_up(NOW)  # the upkeep's first step writes every row, before any page can ask
+        loading = threading.Thread(target=_load, args=(overview,))
+        loading.start()
         began = time.perf_counter()
         answer = overview.state(NOW)
         first = time.perf_counter() - began
-        refresh_times = []
-        for index in range(refreshes):
-            now = NOW + 3 * (index + 1)
+        complete_bytes = len(answer)
+        version = json.loads(answer)["version"]
+        loading.join()
+        loaded = time.perf_counter() - started
+        refresh_times, refresh_sizes = [], []
+        # Refreshes every 3 s from a moment such that the window moves by a slot halfway through them.
+        refreshed = NOW - NOW % SLOT_SECONDS + SLOT_SECONDS - REFRESH_SECONDS * (refreshes // 2)
+        slide = None
+        for _ in range(refreshes):
+            now = refreshed + REFRESH_SECONDS
             _add_pings(store, now)
             began = time.perf_counter()
-            answer = overview.state(now)
+            answer = overview.state(now, version)
             refresh_times.append(time.perf_counter() - began)
+            refresh_sizes.append(len(answer))
+            version = json.loads(answer)["version"]
+            if now // SLOT_SECONDS != refreshed // SLOT_SECONDS:
+                slide = refresh_times[-1]
+            refreshed = now
         day_start = _busy_day_start()
         day_times = []
         for _ in range(refreshes):
@@ -61,23 +86,35 @@ def run(refreshes, log):
             json.dumps(day, separators=(",", ":"))
             day_times.append(time.perf_counter() - began)
     finally:
+        _forget_added_pings(store)
         store.close()
     result = OverviewResult(
         USERS,
         TOTAL_PINGS,
-        len(answer),
+        complete_bytes,
+        int(median(refresh_sizes)),
         first * 1000,
+        loaded,
+        refreshes,
         median(refresh_times) * 1000,
         max(refresh_times) * 1000,
+        (slide or 0.0) * 1000,
         day["pings"],
         median(day_times) * 1000,
         max(day_times) * 1000,
     )
     log(
-        f"  /overview/state: first {result.first_ms:.0f} ms, then median {result.refresh_median_ms:.0f} ms"
-        f" (max {result.refresh_max_ms:.0f}); day of {result.day_pings} pings: median {result.day_median_ms:.0f} ms"
+        f"  /overview/state: first {result.first_ms:.0f} ms (histories loaded in {result.loaded_s:.1f} s),"
+        f" then median {result.refresh_median_ms:.0f} ms (max {result.refresh_max_ms:.0f},"
+        f" sliding {result.slide_ms:.0f}); day of {result.day_pings} pings: median {result.day_median_ms:.0f} ms"
     )
     return result
+
+
+def _load(overview):
+    """The service's upkeep loop until every history is loaded (it then goes on every few seconds)."""
+    while overview.keep_up(NOW):
+        pass
 
 
 def _busy_day_start():
@@ -86,16 +123,24 @@ def _busy_day_start():
 
 
 def _add_pings(store, now):
-    """Pings from `now` - 3 s to `now`, inserted without the store's trigger (users' last_ping stays)."""
-    # Bench-only SQL on the bench's own database: pings from users spread over the table.
+    """Pings from `now` - 3 s to `now`, each from another user, as the store's trigger would record them (the
+    ping and its user's last_ping); different users at each refresh."""
+    first = int(now) // REFRESH_SECONDS * NEW_PINGS_PER_REFRESH
+    pings = [
+        (2 + ((first + index) * 7919) % (USERS - 1), now - 3 + index * 3 / NEW_PINGS_PER_REFRESH)
+        for index in range(NEW_PINGS_PER_REFRESH)
+    ]
+    # Bench-only SQL on the bench's own database (undone by _forget_added_pings).
     with sqlite3.connect(store.path) as connection:
-        connection.executemany(
-            "INSERT INTO pings (user_id, at) VALUES (?, ?)",
-            [
-                (2 + (index * 7919) % (USERS - 1), now - 3 + index * 3 / NEW_PINGS_PER_REFRESH)
-                for index in range(NEW_PINGS_PER_REFRESH)
-            ],
-        )
+        connection.executemany("INSERT INTO pings (user_id, at) VALUES (?, ?)", pings)
+        connection.executemany("UPDATE users SET last_ping = ?2 WHERE id = ?1", pings)
+
+
+def _forget_added_pings(store):
+    """The cached database as _fill made it again: without the pings after NOW, every device's last_ping as it was."""
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("DELETE FROM pings WHERE at > ?", (NOW,))
+        connection.execute("UPDATE users SET last_ping = ? WHERE username != 'busy'", (NOW - INTERVAL,))
 
 
 def _database(log):

@@ -13,10 +13,22 @@ from statistics import median
 
 import scheduler
 import serving
-from bench import detection, footprint, harness, history, operations, overview_data, postgresql, throughput, tick
+from bench import (
+    detection,
+    footprint,
+    harness,
+    history,
+    operations,
+    overview_data,
+    ping_cost,
+    postgresql,
+    throughput,
+    tick,
+)
 
 SECTIONS = (
     "ping",
+    "ping-cost",
     "burst",
     "tick",
     "startup",
@@ -30,6 +42,8 @@ SECTIONS = (
     "pg-tick",
 )
 RESULTS = harness.ROOT / "bench" / "results.md"
+# The sections that measure section 1's servers (started once for all of them).
+SERVED_SECTIONS = {"ping", "ping-cost", "burst"}
 
 
 def main(argv=None):
@@ -46,10 +60,10 @@ def main(argv=None):
     try:
         for section in sections:
             _log(f"{section}:")
-            if section in ("ping", "burst") and servers is None:
+            if section in SERVED_SECTIONS and servers is None:
                 servers = throughput.start_servers(harness.BUILD_DIR / "throughput")
             results[section] = _run_section(section, args, servers)
-            if servers is not None and not {"ping", "burst"} & set(sections[sections.index(section) + 1 :]):
+            if servers is not None and not SERVED_SECTIONS & set(sections[sections.index(section) + 1 :]):
                 for started in servers.values():
                     started.stop()
                 servers = None
@@ -69,6 +83,10 @@ def main(argv=None):
 def _run_section(section, args, servers):
     if section == "ping":
         return throughput.run_wrk(servers, (1, 16, 64, 256), args.duration, args.warmup, args.rounds, _log)
+    if section == "ping-cost":
+        in_process = ping_cost.run(calls=16_000, repeats=5, log=_log)
+        workdir = harness.BUILD_DIR / "throughput"
+        return in_process, ping_cost.run_served(servers, workdir, args.duration, args.warmup, args.rounds, _log)
     if section == "burst":
         return throughput.run_bursts(servers, (1_000, 5_000, 10_000), args.rounds, _log)
     if section == "tick":
@@ -105,6 +123,8 @@ def _report(results, args, load_before, load_after, elapsed):
     targets = []
     if "ping" in results:
         lines += _ping_table(results["ping"], args, targets)
+    if "ping-cost" in results:
+        lines += _ping_cost_table(results["ping-cost"])
     if "burst" in results:
         lines += _burst_table(results["burst"], targets)
     if "tick" in results:
@@ -222,6 +242,44 @@ def _ping_table(rows, args, targets):
     ]
     if degraded:
         lines += ["", "† Degraded baseline rounds, left out of the ratios: " + "; ".join(degraded) + "."]
+    return [*lines, ""]
+
+
+def _ping_cost_table(results):
+    costs, served = results
+    lines = [
+        "### Where a ping's CPU goes",
+        "",
+        "In process (bench/ping_cost.py), no HTTP: CPU µs per call, median of 5 runs of 16 000 calls, on a real"
+        " SQLite file in WAL mode.",
+        "",
+        f"| part | committed alone (as at 1 connection) | {ping_cost.BATCH} to a transaction (as at"
+        f" {ping_cost.BATCH} connections) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {cost.part} | {cost.alone_us:.1f} | {cost.batched_us:.1f} |" for cost in costs]
+    lines += [
+        "",
+        "Served, CPU µs per request (wrk kept alive, as above, medians of the rounds, measured in their own"
+        " rounds): the bare app and the service, the service's own app over a store that writes no ping, served"
+        " exactly the service's way (*service without its write*), and waitress-serve. The service minus that"
+        " is what the write costs served, where its code and data are no longer warm in the CPU's caches"
+        " between pings.",
+        "",
+        "| server | "
+        + " | ".join(f"{n} connection{'s' if n > 1 else ''}" for n in ping_cost.SERVED_CONNECTIONS)
+        + " |",
+        "|---|" + "---|" * len(ping_cost.SERVED_CONNECTIONS),
+    ]
+    names = {
+        "bare": "bare",
+        "unwritten": "service without its write",
+        "service": "service",
+        "waitress": "waitress",
+    }
+    for name in ping_cost.SERVED:
+        cells = " | ".join(f"{served[name, n]:.0f}" for n in ping_cost.SERVED_CONNECTIONS)
+        lines.append(f"| {names[name]} | {cells} |")
     return [*lines, ""]
 
 
@@ -388,20 +446,23 @@ def _history_table(result, targets):
 
 
 def _overview_table(result, targets):
-    slowest = max(result.refresh_max_ms, result.day_max_ms)
-    targets.append(("overview refresh and day view < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
+    slowest = max(result.first_ms, result.refresh_max_ms, result.day_max_ms)
+    targets.append(("every overview answer < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
     return [
         "## 6. Overview",
         "",
         f"The overview's data, in process and written as JSON, with {result.users:,} configured users and"
         f" {result.pings_in_table:,} pings (a million of them in the last 24 hours): the first"
-        " `/overview/state` after a start (it reads the last 24 hours' pings once), then 20 refreshes, each"
-        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), and 20 day views"
-        " of a day holding one ping a second.",
+        " `/overview/state` after a start, while the service's upkeep loads the last 24 hours in the"
+        f" background (done {result.loaded_s:.1f} s after the start), then {result.refreshes} refreshes, each"
+        f" after {overview_data.NEW_PINGS_PER_REFRESH} new pings (3 s at 200 pings a second), each asked as the"
+        " page does, with the version of the answer it has, the window moving by a slot in one of them"
+        f" ({result.slide_ms:.0f} ms), and {result.refreshes} day views of a day holding one ping a second.",
         "",
         "| answer | first | median | max |",
         "|---|---|---|---|",
-        f"| `/overview/state` ({result.answer_bytes / 1e6:.1f} MB) | {result.first_ms:.0f} ms"
+        f"| `/overview/state` ({result.answer_bytes / 1e6:.1f} MB holding every user, refreshes"
+        f" {result.refresh_bytes / 1e3:.0f} kB) | {result.first_ms:.0f} ms"
         f" | {result.refresh_median_ms:.0f} ms | {result.refresh_max_ms:.0f} ms |",
         f"| `/overview/day` ({result.day_pings:,} pings) | |"
         f" {result.day_median_ms:.0f} ms | {result.day_max_ms:.0f} ms |",

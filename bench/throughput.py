@@ -160,7 +160,7 @@ def run_bursts(servers, sizes, rounds, log):
 def _measure_sound(servers, name, path, mode, connections, duration, warmup, results, round_number):
     """Measure one server; a baseline that degraded against its own 1-connection CPU is measured again."""
     for _ in range(DEGRADED_RETRIES + 1):
-        result = _measure(servers[name], path, connections, mode, duration, warmup)
+        result = measure(servers[name], path, connections, mode, duration, warmup)
         single = results.get((PING_FORM, 1, mode, name))
         if name == "service" or connections == 1 or single is None:
             return result
@@ -170,7 +170,8 @@ def _measure_sound(servers, name, path, mode, connections, duration, warmup, res
     return WrkResult(**{**result.__dict__, "degraded": True})
 
 
-def _measure(started, path, connections, mode, duration, warmup):
+def measure(started, path, connections, mode, duration, warmup):
+    """One WrkResult for the server `started`: wrk for `warmup` seconds, then `duration` seconds timed."""
     wrk(started.url + path, connections, mode, warmup)
     cpu_before = harness.cpu_seconds(started.pid)
     report = wrk(started.url + path, connections, mode, duration)

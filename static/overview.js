@@ -21,6 +21,10 @@ const LEVEL_WORDS = ["no ping", "1 ping", "2–3 pings", "4–7 pings", "8–15 
 let password = null;
 let refreshTimer = null;
 let latest = null; // the last /overview/state answer
+// The rows shown: the server answers only those that changed since `version`, the answer they came with.
+let version = null;
+let shown = new Map(); // username -> its row, as last answered
+let order = []; // the usernames, problems first
 let openDay = null; // {username, year, month, day} while the day view is open
 let opener = null; // the button that opened the day view, focused again when it closes
 
@@ -87,6 +91,7 @@ function showUnlockError(message) {
 // Back to the password form: the server restarted with another password, or without one.
 function lock(message) {
   password = null;
+  forgetRows();
   clearTimeout(refreshTimer);
   closeDay();
   byId("rows").replaceChildren();
@@ -104,7 +109,7 @@ function scheduleRefresh() {
 // Never gives up: a refused or failed refresh is said, the last data stays, and the next one is tried.
 async function refresh() {
   try {
-    const answer = await postJson("/overview/state", { password });
+    const answer = await postJson("/overview/state", { password, since: version });
     if (answer.status === 401 || answer.headers.get("Ping-Listener-Overview") === "disabled") {
       lock(await refusal(answer));
       return;
@@ -133,18 +138,43 @@ function problem(message) {
   status.hidden = false;
 }
 
+function forgetRows() {
+  version = null;
+  shown = new Map();
+  order = [];
+}
+
 function show(state) {
+  const previous = latest;
   latest = state;
   const status = byId("connection");
-  status.textContent = `Updated ${clock(state.now_local)} (server time), every ${REFRESH_MS / 1000} s.`;
+  const loading = state.history_loading;
+  const history = loading ? ` The last 24 hours of ${loading} device${loading === 1 ? " are" : "s are"} still loading: ${loading === 1 ? "its timeline follows" : "their timelines follow"}.` : "";
+  status.textContent = `Updated ${clock(state.now_local)} (server time), every ${REFRESH_MS / 1000} s.${history}`;
   status.classList.remove("problem");
   status.hidden = false;
   byId("summary").textContent = state.summary.map((part) => `${part.users} ${part.state}`).join(" · ") || "No users configured";
+  const windowMoved = previous === null || previous.window.start !== state.window.start;
+  if (state.complete) {
+    forgetRows();
+    order = state.users.map((user) => user.username);
+  } else if (state.order) {
+    order = state.order;
+  }
+  version = state.version;
+  const changed = new Set(state.users.map((user) => user.username));
+  for (const user of state.users) {
+    shown.set(user.username, user);
+  }
   const list = byId("rows");
   const existing = new Map([...list.children].map((row) => [row.dataset.username, row]));
-  const rows = state.users.map((user) => {
-    const row = existing.get(user.username) || newRow(user.username);
-    fillRow(row, user, state);
+  const rows = order.map((username) => {
+    const user = shown.get(username);
+    let row = existing.get(username);
+    // A timeline is drawn again when its row changed, the window moved, or a silence goes on (it grows).
+    const redraw = !row || changed.has(username) || windowMoved || user.silences.some((silence) => silence.end === null);
+    row = row || newRow(username);
+    fillRow(row, user, state, redraw);
     return row;
   });
   // Only move what moved, so that the keyboard focus stays where it is.
@@ -167,7 +197,7 @@ function newRow(username) {
   return row;
 }
 
-function fillRow(row, user, state) {
+function fillRow(row, user, state, redraw) {
   const badge = row.querySelector(".badge");
   badge.textContent = user.state;
   badge.className = `badge state-${user.state}`;
@@ -181,7 +211,9 @@ function fillRow(row, user, state) {
     deadlineText = user.late_at > state.now ? `in ${duration(user.late_at - state.now)}` : `passed ${ago(state.now - user.late_at)}`;
   }
   setTime(deadline, user.late_at, user.late_at_local, deadlineText);
-  drawTimeline(row.querySelector(".timeline"), user, state);
+  if (redraw) {
+    drawTimeline(row.querySelector(".timeline"), user, state);
+  }
 }
 
 function setTime(element, epoch, local, text) {
@@ -209,8 +241,10 @@ function drawTimeline(svg, user, state) {
     shade.append(title(silenceText(silence, state.now)));
     parts.push(shade);
   }
-  const slotWidth = WIDTH / user.pings.length;
-  [...user.pings].forEach((character, slot) => {
+  // null while the server is still loading this device's last 24 hours: no ticks yet.
+  const slots = user.pings || "";
+  const slotWidth = WIDTH / slots.length;
+  [...slots].forEach((character, slot) => {
     const level = Number(character);
     if (level > 0) {
       const height = 6 + (level * (TIMELINE_HEIGHT - 8)) / 9;
@@ -231,7 +265,9 @@ function drawTimeline(svg, user, state) {
   svg.dataset.start = start;
   svg.dataset.end = end;
   const silent = user.silences.length;
-  svg.setAttribute("aria-label", `${user.username}'s last 24 hours: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
+  const loading = user.pings === null ? " (still loading)" : "";
+  svg.classList.toggle("loading", user.pings === null);
+  svg.setAttribute("aria-label", `${user.username}'s last 24 hours${loading}: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
 }
 
 function svgElement(name, attributes) {

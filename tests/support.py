@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from prometheus_client import Histogram
 
@@ -32,6 +33,8 @@ import mailer
 import metrics
 import web
 from mailer import SmtpMailer
+from overview import Overview
+from pg_store import PgStore
 from store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # and run at the real pace from there (FAKETIME_DONT_FAKE_MONOTONIC=1 leaves its monotonic clock alone).
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 T0 = 1_790_000_000.0
+# A test marked so runs on each backend: the `store` fixture (conftest.py) gives it a SQLite file, then a new
+# PostgreSQL database. For the tests of the store's contract, which holds on both.
+BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
 SMTP_LOGIN = "alerts@example.com"
 SMTP_PASSWORD = "smtp-secret"
 
@@ -435,6 +441,11 @@ def outbox(db):
     return query(db, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
 
 
+def db_of(store):
+    """Where `store` keeps its data, as query() takes it: a SQLite path or a PostgreSQL URL (with its password)."""
+    return store.url if isinstance(store, PgStore) else store.path
+
+
 def query(db, sql, parameters=()):
     """The rows `sql` selects from the database `db`, through a connection of its own: `db` is the path of a
     SQLite file, or a postgresql:// URL (whose `parameters` are written %s in `sql`, not ?)."""
@@ -517,5 +528,6 @@ def make_test_app(
         testing_password,
         test_emails or ScriptedTestEmails(),
         app_operations(store, clock, **operations),
+        Overview(store),
         overview_password,
     )

@@ -1,6 +1,10 @@
-import pytest
+import urllib.parse
 
-from localtime import duration_in_words, every
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from localtime import MAX_QUERY_FIELDS, QueryError, duration_in_words, every, query_fields
 
 
 @pytest.mark.parametrize(
@@ -38,3 +42,27 @@ def test_durations_are_written_in_words_exactly(seconds, words):
 )
 def test_a_repeat_of_one_unit_needs_no_number(seconds, words):
     assert every(seconds) == words
+
+
+# Queries as clients write them: separators, escapes (valid, truncated and not UTF-8), pluses, raw non-ASCII.
+QUERY_PIECES = st.sampled_from(["%", "%2", "%41", "%e9", "%c3%a9", "+", "a", "b", "username", "é", ";", ""])
+QUERY_FIELD = st.tuples(QUERY_PIECES, st.sampled_from(["=", "", "=="]), QUERY_PIECES).map("".join)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(QUERY_FIELD, max_size=25).map("&".join))
+@example("username=pi&username=other&status=fail")
+def test_query_fields_reads_every_query_as_parse_qsl_does(query):
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:  # UnicodeDecodeError included
+        with pytest.raises(QueryError):
+            query_fields(query)
+        return
+    assert query_fields(query) == {name: value for name, value in reversed(pairs)}
+
+
+def test_a_query_without_escapes_may_have_at_most_the_allowed_fields():
+    assert len(query_fields("&".join(f"f{n}=1" for n in range(MAX_QUERY_FIELDS)))) == MAX_QUERY_FIELDS
+    with pytest.raises(QueryError, match="too many query parameters"):
+        query_fields("&".join(f"f{n}=1" for n in range(MAX_QUERY_FIELDS + 1)))

@@ -1,12 +1,14 @@
 """The overview's data (overview.py) over a real store: the 24-hour summary, its upkeep, and one user's day."""
 
 import json
+import random
+import threading
 import time
 
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
 from store import CheckOutcome, NewEmail
-from support import T0, make_settings
+from support import BACKENDS, T0, make_settings
 
 USERS = {
     "backup": {"monitor": True, "max_sleep": 600, "email_frequency": 3600},
@@ -29,6 +31,14 @@ def ping_every(store, username, start, end, step):
         at += step
 
 
+def loaded(store, now=T0):
+    """A new Overview of `store` whose background upkeep has loaded every history at `now`."""
+    overview = Overview(store)
+    while overview.keep_up(now):
+        pass
+    return overview
+
+
 def overview_state(store, overview, now):
     """The overview's answer at `now`, read as JSON."""
     return json.loads(overview.state(now))
@@ -43,6 +53,7 @@ def alert(store, username, now):
     store.save_check_outcomes([CheckOutcome(user, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], now)
 
 
+@BACKENDS
 def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(store):
     synced(store)
     gap = (T0 - 6 * 3600, T0 - 4 * 3600)
@@ -51,7 +62,7 @@ def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(st
     ping_every(store, "backup", unalerted[1], gap[0] + 1, 300)
     ping_every(store, "backup", gap[1], T0, 300)
     alert(store, "backup", gap[0] + 700)
-    backup = by_name(overview_state(store, Overview(store), T0))["backup"]
+    backup = by_name(overview_state(store, loaded(store, T0), T0))["backup"]
     last_before_gap = unalerted[1] + ((gap[0] - unalerted[1]) // 300) * 300
     assert [(silence["start"], silence["end"]) for silence in backup["silences"]] == [
         (unalerted[0], unalerted[1]),
@@ -62,20 +73,22 @@ def test_a_gap_longer_than_max_sleep_is_a_silence_with_its_alert_and_recovery(st
     assert backup["state"] == "pinging"
 
 
+@BACKENDS
 def test_slots_count_pings_as_the_bit_length_of_their_number(store):
     synced(store)
     last_slot_start = WINDOW_START + (SLOTS - 1) * SLOT_SECONDS
     ping_every(store, "pi", last_slot_start, last_slot_start + 5 * 60, 60)  # 5 pings: "3"
     store.record_ping("pi", WINDOW_START)  # 1 ping in the first slot: "1"
     store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
-    pi = by_name(overview_state(store, Overview(store), T0))["pi"]
+    pi = by_name(overview_state(store, loaded(store, T0), T0))["pi"]
     assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
 
 
+@BACKENDS
 def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
     synced(store, now=T0 - 1000)  # backup: late, pi: pinging, nas: silent
     store.record_ping("pi", T0 - 10)
-    state = overview_state(store, Overview(store), T0)
+    state = overview_state(store, loaded(store, T0), T0)
     assert [(user["username"], user["state"]) for user in state["users"]] == [
         ("backup", "late"),
         ("nas", "silent"),
@@ -96,9 +109,10 @@ def test_a_state_from_a_newer_rule_sorts_after_the_known_problems():
     assert ranks == sorted(ranks)
 
 
+@BACKENDS
 def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(store):
     synced(store)
-    recent = Overview(store)
+    recent = loaded(store)
     ping_every(store, "pi", T0 - 600, T0, 30)
     first = by_name(overview_state(store, recent, T0))["pi"]
     assert first["silences"] == []
@@ -106,24 +120,30 @@ def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(
     later = by_name(overview_state(store, recent, T0 + 501))["pi"]
     assert [(silence["start"], silence["end"]) for silence in later["silences"]] == [(T0 - 30, T0 + 500)]
     # The same as a summary read afresh.
-    assert later == by_name(overview_state(store, Overview(store), T0 + 501))["pi"]
+    assert later == by_name(overview_state(store, loaded(store, T0 + 501), T0 + 501))["pi"]
 
 
+@BACKENDS
 def test_the_window_slides_and_forgets_what_left_it(store):
     synced(store)
-    recent = Overview(store)
+    recent = loaded(store)
     store.record_ping("pi", WINDOW_START + 10)
     store.record_ping("pi", WINDOW_START + 10 + 3600)  # a silence of an hour
     assert by_name(overview_state(store, recent, T0))["pi"]["pings"][:5] == "10001"
     later = T0 + 2 * SLOT_SECONDS
     slid = by_name(overview_state(store, recent, later))["pi"]
     assert slid["pings"][:3] == "001"
-    assert slid == by_name(overview_state(store, Overview(store), later))["pi"]
-    gone = by_name(overview_state(store, recent, T0 + 86400 + 3600 + 1000))["pi"]
+    assert slid == by_name(overview_state(store, loaded(store, later), later))["pi"]
+    a_day_later = T0 + 86400 + 3600 + 1000
+    assert by_name(overview_state(store, recent, a_day_later))["pi"]["pings"] is None  # loaded again
+    while recent.keep_up(a_day_later):
+        pass
+    gone = by_name(overview_state(store, recent, a_day_later))["pi"]
     assert gone["pings"] == "0" * SLOTS
     assert [silence["end"] for silence in gone["silences"]] == [None]
 
 
+@BACKENDS
 def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_emails(store):
     synced(store)
     day_start = time.mktime((2026, 9, 21, 0, 0, 0, 0, 0, -1))
@@ -145,6 +165,7 @@ def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_
     assert day["logs_url"] == "/logs?username=backup&year=26&month=09&day=21"
 
 
+@BACKENDS
 def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
     monkeypatch.setattr(overview, "DAY_MAX_PINGS", 10)
     synced(store)
@@ -154,9 +175,10 @@ def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
     assert (day["pings"], day["truncated"], day["silences"]) == (10, True, [])
 
 
+@BACKENDS
 def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     synced(store, now=T0 - 1000)
-    overview = Overview(store)
+    overview = loaded(store)
     store.record_ping("pi", T0 - 10)
     assert by_name(overview_state(store, overview, T0))["pi"]["silences"] == []
     pi = by_name(overview_state(store, overview, T0 + 55))["pi"]  # silent for 65 s: more than max_sleep
@@ -165,18 +187,265 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     unmonitored = {"pi": {**USERS["pi"], "monitor": False}}
     synced(store, unmonitored, now=T0 + 60)
     store.record_ping("pi", T0 + 60)
-    overview = Overview(store)
+    overview = loaded(store)
     pi = by_name(overview_state(store, overview, T0 + 61))["pi"]
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
     pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
 
 
+@BACKENDS
 def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(store):
     synced(store, now=T0 - 1000)
-    overview = Overview(store)
+    overview = loaded(store)
     store.record_ping("pi", T0 - 10)
     assert by_name(overview_state(store, overview, T0))["pi"]["max_sleep"] == 60
     store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
     pi = by_name(overview_state(store, overview, T0 + 2))["pi"]
     assert (pi["max_sleep"], pi["late_at"]) == (3600, T0 - 10 + 3600)
+
+
+@BACKENDS
+def test_a_new_overview_answers_at_once_while_the_upkeep_loads_the_history_in_bounded_steps(store, monkeypatch):
+    monkeypatch.setattr(overview, "HISTORY_USERS_PER_STEP", 2)
+    synced(store)
+    ping_every(store, "nas", T0 - 3600, T0 - 1800, 60)  # nas: the last user, in the last step
+    store.record_ping("nas", T0 - 100)  # after a silence of 1 760 s, found in the history
+    fresh = Overview(store)
+    state = overview_state(store, fresh, T0)
+    assert state["history_loading"] == 3
+    assert [user["pings"] for user in state["users"]] == [None, None, None]
+    assert [silence["end"] for silence in by_name(state)["nas"]["silences"]] == [None]  # only the one going on
+    assert fresh.keep_up(T0) == 2  # a full step: more waits
+    assert overview_state(store, fresh, T0)["history_loading"] == 1
+    assert fresh.keep_up(T0) == 1
+    written = count_rows_written(monkeypatch)
+    assert fresh.keep_up(T0) == 0  # nothing left: it adds new pings instead
+    state = overview_state(store, fresh, T0)
+    assert written == []  # the step that loaded the last history wrote the rows that changed
+    assert state["history_loading"] == 0
+    assert [(silence["start"], silence["end"]) for silence in by_name(state)["nas"]["silences"]] == [
+        (T0 - 1860, T0 - 100),
+        (T0 - 100, None),
+    ]
+    assert by_name(state) == by_name(overview_state(store, loaded(store), T0))
+
+
+def count_rows_written(monkeypatch):
+    """The names of the users whose row the overview writes from now on, in order."""
+    written = []
+    row_head = overview._row_head
+
+    def counted(user, *args):
+        written.append(user.username)
+        return row_head(user, *args)
+
+    monkeypatch.setattr(overview, "_row_head", counted)
+    return written
+
+
+@BACKENDS
+def test_pings_recorded_while_a_history_loads_are_counted_once(store, monkeypatch):
+    synced(store)
+    last_slot_start = WINDOW_START + (SLOTS - 1) * SLOT_SECONDS
+    fresh = Overview(store)
+    fresh.state(last_slot_start)  # the histories are to load
+    store.record_ping("pi", last_slot_start + 1)
+    assert by_name(overview_state(store, fresh, last_slot_start + 1))["pi"]["pings"] is None  # it waits
+    recent_pings = store.recent_pings
+
+    def pings_come_while_the_load_reads(*args):
+        rows = recent_pings(*args)  # holds the ping above: it was recorded before the load began
+        store.record_ping("pi", last_slot_start + 2)
+        store.record_ping("pi", last_slot_start + 3)
+        assert by_name(overview_state(store, fresh, last_slot_start + 3))["pi"]["pings"] is None
+        return rows
+
+    monkeypatch.setattr(store, "recent_pings", pings_come_while_the_load_reads)
+    while fresh.keep_up(last_slot_start + 3):
+        pass
+    pi = by_name(overview_state(store, fresh, last_slot_start + 4))["pi"]
+    # Three pings: "2". The first counted twice (four) would be "3"; the two others lost (one), "1".
+    assert pi["pings"] == "0" * (SLOTS - 1) + "2"
+
+
+@BACKENDS
+def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch):
+    synced(store)
+    fresh = Overview(store)
+    fresh.state(T0)  # the three histories are to load
+    answering, answered = threading.Event(), threading.Event()
+    rows = store.configured_user_rows
+
+    def slow_rows():
+        if not answering.is_set():  # only the answer below waits
+            answering.set()
+            answered.wait(10)
+        return rows()
+
+    monkeypatch.setattr(store, "configured_user_rows", slow_rows)
+    answer = threading.Thread(target=fresh.state, args=(T0,))
+    answer.start()
+    assert answering.wait(10)
+    loads = []
+    upkeep = threading.Thread(target=lambda: loads.append(fresh.keep_up(T0)))
+    upkeep.start()
+    upkeep.join(0.3)
+    assert loads == []  # still waiting for the answer
+    answered.set()
+    answer.join(10)
+    upkeep.join(10)
+    assert loads == [3]
+
+
+@BACKENDS
+def test_a_refresh_writes_again_only_the_rows_that_changed(store, monkeypatch):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    written = count_rows_written(monkeypatch)
+    overview_state(store, kept, T0)
+    assert written == []
+    store.record_ping("pi", T0 + 1)
+    state = overview_state(store, kept, T0 + 2)
+    assert written == ["pi"]
+    assert by_name(state) == by_name(overview_state(store, loaded(store, T0 + 2), T0 + 2))
+    # The window moves by a slot: every row's slots move, no row is written again.
+    next_slot = (T0 // SLOT_SECONDS + 1) * SLOT_SECONDS
+    store.record_ping("pi", next_slot - 5)
+    written.clear()
+    state = overview_state(store, kept, next_slot)
+    assert written == ["pi"]
+    assert by_name(state) == by_name(overview_state(store, loaded(store, next_slot), next_slot))
+
+
+@BACKENDS
+def test_a_row_is_json_whatever_the_name_and_schedule(store):
+    name = 'a "quoted" \\ name </script> é 🙂'
+    users = {
+        name: {"monitor": True, "schedule": "0 3 * * *", "tz": "Europe/Paris", "grace": 600, "email_frequency": 60}
+    }
+    synced(store, users)
+    store.record_ping(name, T0 - 10)
+    [row] = overview_state(store, loaded(store), T0)["users"]
+    assert (row["username"], row["schedule"], row["monitor"], row["last_ping"]) == (name, "0 3 * * *", True, T0 - 10)
+    assert row["last_ping_local"] == "2026-09-21 16:13:10 CEST"
+    assert list(row) == [
+        "username",
+        "state",
+        "monitor",
+        "max_sleep",
+        "schedule",
+        "last_ping",
+        "last_ping_local",
+        "late_at",
+        "late_at_local",
+        "silences",
+        "alerts",
+        "recoveries",
+        "pings",
+    ]
+
+
+@BACKENDS
+def test_an_answer_since_an_earlier_one_holds_the_rows_that_changed_and_the_order_if_it_changed(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    first = overview_state(store, kept, T0)
+    assert first["complete"] is True
+    assert [(user["username"], user["state"]) for user in first["users"]] == [
+        ("backup", "late"),
+        ("pi", "late"),
+        ("nas", "silent"),
+    ]
+    same = json.loads(kept.state(T0 + 1, first["version"]))
+    assert (same["complete"], same["users"], "order" in same) == (False, [], False)
+    assert same["version"] != first["version"]
+    store.record_ping("pi", T0 + 2)  # pi: pinging, after nas
+    changed = json.loads(kept.state(T0 + 3, same["version"]))
+    assert (changed["complete"], changed["order"]) == (False, ["backup", "nas", "pi"])
+    assert [user["username"] for user in changed["users"]] == ["pi"]
+    assert changed["users"] == [by_name(overview_state(store, loaded(store, T0 + 3), T0 + 3))["pi"]]
+    store.record_ping("pi", T0 + 4)  # its slots change, not its place
+    again = json.loads(kept.state(T0 + 5, changed["version"]))
+    assert ([user["username"] for user in again["users"]], "order" in again) == (["pi"], False)
+    # A change the row does not show (here, a setting) sends nothing.
+    store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "email_frequency": 7200}}).users, T0 + 5)
+    unseen = json.loads(kept.state(T0 + 5, again["version"]))
+    assert unseen["users"] == []
+    # An answer since the first has every row that changed since then.
+    since_first = json.loads(kept.state(T0 + 5, first["version"]))
+    assert ([user["username"] for user in since_first["users"]], since_first["order"]) == (
+        ["pi"],
+        ["backup", "nas", "pi"],
+    )
+
+
+@BACKENDS
+def test_a_version_not_of_this_overview_or_from_before_a_user_was_added_gets_every_row(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    version = overview_state(store, kept, T0)["version"]
+    foreign = overview_state(store, loaded(store, T0), T0)["version"]  # as from before a restart
+    instance, number = version.split(":")
+    for since in [foreign, "x", f"{instance}:", f"{instance}:²", f"{instance}:{int(number) + 1000}", f"-{version}"]:
+        answer = json.loads(kept.state(T0 + 1, since))
+        assert (answer["complete"], len(answer["users"])) == (True, 3), since
+    version = overview_state(store, kept, T0 + 1)["version"]
+    synced(store, {**USERS, "camera": USERS["pi"]}, now=T0 + 2)
+    answer = json.loads(kept.state(T0 + 3, version))
+    assert (answer["complete"], sorted(user["username"] for user in answer["users"])) == (
+        True,
+        ["backup", "camera", "nas", "pi"],
+    )
+
+
+@BACKENDS
+def test_pages_that_follow_only_what_changed_end_as_a_complete_answer_despite_pings_and_other_pages(store):
+    names = [f"device-{index}" for index in range(40)]
+    synced(
+        store,
+        {name: {"monitor": True, "max_sleep": 30 + index, "email_frequency": 60} for index, name in enumerate(names)},
+    )
+    chosen = random.Random(15)
+    for index in range(1500):
+        store.record_ping(chosen.choice(names), T0 - 86400 + index * 50)
+    shared = Overview(store)
+    clock, stop = [T0], threading.Event()
+
+    def upkeep():
+        while not stop.wait(0.001):
+            shared.keep_up(clock[0])
+
+    def pings():
+        while not stop.wait(0.0005):
+            clock[0] += chosen.random() * 20
+            store.record_ping(chosen.choice(names), clock[0])
+
+    def follow(page, now):
+        answer = json.loads(shared.state(now, page["version"]))
+        if answer["complete"]:
+            page.update(rows={}, order=[user["username"] for user in answer["users"]])
+        page["order"] = answer.get("order", page["order"])
+        page["rows"].update((user["username"], user) for user in answer["users"])
+        page["version"] = answer["version"]
+
+    def refresh_often(page):
+        for _ in range(150):
+            follow(page, clock[0])
+
+    pages = [{"version": None, "rows": {}, "order": []} for _ in range(3)]
+    writers = [threading.Thread(target=upkeep), threading.Thread(target=pings)]
+    readers = [threading.Thread(target=refresh_often, args=(page,)) for page in pages]
+    for thread in writers + readers:
+        thread.start()
+    for thread in readers:
+        thread.join(60)
+    stop.set()
+    for thread in writers:
+        thread.join(10)
+    # Then the window moves by a slot with no ping: only the slots change.
+    for now in (clock[0] + 1, clock[0] + 1 + SLOT_SECONDS):
+        for page in pages:
+            follow(page, now)
+            complete = json.loads(shared.state(now))["users"]
+            assert [page["rows"][name] for name in page["order"]] == complete

@@ -122,6 +122,7 @@ def test_it_unlocks_and_shows_the_summary_the_badges_and_a_known_gap_where_it_wa
         ["pi", HOSTILE_NAME, "nas", "backup-server", "camera", "weather-station"]
     )
     timeline = row(page, "backup-server").locator("svg.timeline")
+    expect(timeline.locator("rect.silence")).to_have_count(1)  # once the service has loaded the history
     [shade] = timeline.locator("rect.silence").all()
     start, end = float(timeline.get_attribute("data-start")), float(timeline.get_attribute("data-end"))
     gap_start, gap_end = history[2]
@@ -165,16 +166,60 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     page.goto(service.url + "/overview")
     unlock(page)
     page.evaluate("window.notReloaded = true")
+    asked = []
+    page.on(
+        "request",
+        lambda request: asked.append(request.post_data_json.get("since")) if request.url.endswith("/state") else None,
+    )
     badge = row(page, "pi").locator(".badge")
     expect(badge).to_have_text("alerted")
     deadline = time.monotonic() + 10
-    while badge.text_content() != "pinging":
+    # Each row's name and badge, read at once: pi turns late again a few seconds after its ping.
+    shown = (
+        "[...document.querySelectorAll('.row')]"
+        ".map((r) => [r.querySelector('.name').textContent, r.querySelector('.badge').textContent])"
+    )
+    while dict(rows := page.evaluate(shown))["pi"] != "pinging":
         assert time.monotonic() < deadline, "pi never showed as pinging"
         assert service.get("/ping?username=pi")[0] == 200
         page.wait_for_timeout(500)
+    # Rows sort problems first, in answers that hold only what changed too.
+    assert [name for name, _ in rows] == [HOSTILE_NAME, "nas", "backup-server", "camera", "pi", "weather-station"]
+    names = page.locator(".row .name")
     expect(badge).to_have_text(re.compile("^(late|alerted)$"))
     expect(page.locator("#summary")).to_contain_text(re.compile(r"1 (late|alerted)"))
+    expect(names.first).to_have_text("pi")
     assert page.evaluate("window.notReloaded") is True
+    assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
+
+
+def test_while_the_history_loads_the_page_says_so_in_words_and_draws_no_ticks(open_page, service):
+    page = open_page(390)
+    page.goto(service.url + "/overview")
+
+    def still_loading(route):
+        # The service's own answer, as it is while its upkeep has not loaded the last 24 hours yet.
+        answer = route.fetch()
+        state = answer.json()
+        state["history_loading"] = len(state["users"])
+        state["version"] = None  # the next answer then holds every row, as they really are
+        for user in state["users"]:
+            user["pings"] = None
+        route.fulfill(response=answer, json=state)
+
+    page.route("**/overview/state", still_loading)
+    unlock(page)
+    status = page.locator("#connection")
+    expect(status).to_contain_text("The last 24 hours of 6 devices are still loading: their timelines follow.")
+    expect(page.locator("svg.timeline.loading")).to_have_count(len(USERS))
+    expect(row(page, "backup-server").locator("svg.timeline")).to_have_attribute(
+        "aria-label", re.compile(r"^backup-server's last 24 hours \(still loading\): ")
+    )
+    expect(page.locator("svg.timeline rect.tick")).to_have_count(0)
+    page.unroute("**/overview/state")
+    expect(status).not_to_contain_text("loading")
+    expect(page.locator("svg.timeline.loading")).to_have_count(0)
+    expect(page.locator("svg.timeline rect.tick")).not_to_have_count(0)
 
 
 def test_a_503_or_a_lost_connection_is_said_and_the_page_keeps_refreshing(open_page, page_problems, service):

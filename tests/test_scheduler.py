@@ -12,11 +12,22 @@ import mailer
 import rules
 import scheduler
 from config import LiveSettings
-from pg_store import PgStore
 from rules import live_state, retry_delay
 from scheduler import Scheduler
 from store import Store
-from support import T0, Clock, HttpReceiver, SilentSmtpServer, free_port, make_settings, outbox, query, wait_until
+from support import (
+    BACKENDS,
+    T0,
+    Clock,
+    HttpReceiver,
+    SilentSmtpServer,
+    db_of,
+    free_port,
+    make_settings,
+    outbox,
+    query,
+    wait_until,
+)
 
 
 class RecordingMailer:
@@ -42,14 +53,8 @@ def recording_mailer():
     return RecordingMailer()
 
 
-# The scheduler's tests that use the store only through its methods and SQL both backends read alike run
-# on both backends (the store fixture's "postgresql": a new PostgreSQL database each).
-BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
-
-
-def db_of(store):
-    """Where `store` keeps its data, as support.query takes it: a SQLite path or a PostgreSQL URL."""
-    return store.url if isinstance(store, PgStore) else store.path
+# The scheduler's tests that use the store only through its methods, and SQL both backends read alike, run on
+# both backends (support.BACKENDS).
 
 
 def make_scheduler(store, recording_mailer, users=None, now=T0, clock=None, **top_level):
@@ -990,6 +995,25 @@ def test_a_request_runs_its_action_in_a_thread_of_its_own_even_after_one_failed(
         assert steps.stop(2)
     assert runs == ["reload", "reload"]
     assert "reload failed" in caplog.text
+
+
+def test_a_loop_of_its_own_goes_on_at_once_after_a_full_step_and_waits_after_the_others(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer, clock=lambda: T0)
+    results = iter([2, 5, 1, 2])
+    runs = []
+
+    def step(now):
+        runs.append((threading.current_thread().name, now))
+        return next(results)
+
+    steps.run_loop("upkeep", step, 2, 60.0)
+    try:
+        # Two full steps, then one that is not: the fourth waits a minute.
+        wait_until(lambda: len(runs) == 3, message="three steps")
+        threading.Event().wait(0.3)
+    finally:
+        assert steps.stop(2)
+    assert runs == [("upkeep", T0)] * 3
 
 
 def test_an_upkeep_step_on_sqlite_copies_the_wal_so_the_next_write_starts_it_again(store, recording_mailer):

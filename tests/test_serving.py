@@ -2,6 +2,7 @@
 behaviour that serving.py relies on. Every server here listens on 127.0.0.1; every load is bounded."""
 
 import contextlib
+import email.utils
 import http.client
 import json
 import logging
@@ -142,6 +143,18 @@ def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_ti
             assert ended, "the server did not disconnect it"
         assert received.count(b"HTTP/1.1 200 OK") < 100
         assert get(port, f"/ping?username={DEVICE}")[0] == 200
+
+
+def test_a_pings_answer_through_waitress_has_one_date_header_its_own(store):
+    settings = make_settings(USERS)
+    store.sync_users(settings.users, BUSY_DAY)
+    with serve_in_thread(make_test_app(store, settings, lambda: BUSY_DAY + 30.5, None)) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", f"/ping?username={DEVICE}")
+        answer = connection.getresponse()
+        connection.close()
+    assert answer.status == 200
+    assert answer.headers.get_all("Date") == [email.utils.formatdate(BUSY_DAY + 30, usegmt=True)]
 
 
 def test_pipelined_pings_and_reads_are_answered_in_order_on_one_connection(app):

@@ -23,12 +23,11 @@ from store import (
     StoreOpenError,
     UnknownUserError,
 )
-from support import T0, make_settings, query
+from support import BACKENDS, T0, make_settings, query
 from webhooks import WebhookEvent
 
-# The store contract's tests run on both backends; the others are SQLite's own (pragmas, WAL, query plans,
-# files, upgrades) and tests/test_pg_store.py has PostgreSQL's.
-BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+# The store contract's tests run on both backends (support.BACKENDS); the others are SQLite's own (pragmas, WAL,
+# query plans, files, upgrades) and tests/test_pg_store.py has PostgreSQL's.
 
 
 class _PgConnection:
@@ -271,18 +270,22 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
     [
         (
             store_module.RECENT_PINGS_SQL,
-            {"start": T0, "upto": 10},
-            ["SCAN users", "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)"],
+            {"start": T0, "upto": 10, "first": 1, "last": 200},
+            [
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+                "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)",
+            ],
         ),
         (
             store_module.PINGS_BEFORE_SQL,
-            (T0,),
+            {"start": T0, "first": 1, "last": 200},
             [
-                "SCAN users",
+                "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
                 "CORRELATED SCALAR SUBQUERY 1",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
             ],
         ),
+        (store_module.OVERVIEW_USERS_SQL, (), ["SCAN users USING INDEX sqlite_autoindex_users_1"]),
         (store_module.NEW_PINGS_SQL, (10,), ["SEARCH pings USING INTEGER PRIMARY KEY (rowid>?)"]),
         (
             store_module.RECENT_ALERTS_SQL,
@@ -1273,9 +1276,15 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
         store.record_ping(name, at)
     pi, nas = store.user("pi"), store.user("nas")
     newest = store.newest_ping_id()
-    assert store.recent_pings(T0 + 2, newest) == [(pi.id, T0 + 3), (nas.id, T0 + 2), (nas.id, T0 + 50)]
-    assert store.recent_pings(T0, newest - 1) == [(pi.id, T0 + 1), (pi.id, T0 + 3), (nas.id, T0 + 2)]
-    assert store.last_pings_before(T0 + 3) == {pi.id: T0 + 1, nas.id: T0 + 2}
+    everyone = (pi.id, nas.id)
+    assert store.recent_pings(T0 + 2, newest, everyone) == [(pi.id, T0 + 3), (nas.id, T0 + 2), (nas.id, T0 + 50)]
+    assert store.recent_pings(T0, newest - 1, everyone) == [(pi.id, T0 + 1), (pi.id, T0 + 3), (nas.id, T0 + 2)]
+    assert store.recent_pings(T0, newest, (nas.id, nas.id)) == [(nas.id, T0 + 2), (nas.id, T0 + 50)]
+    assert store.last_pings_before(T0 + 3, everyone) == {pi.id: T0 + 1, nas.id: T0 + 2}
+    assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
+    rows = store.configured_user_rows()
+    assert [(row[1], row[-1]) for row in rows] == [("nas", None), ("pi", None)]
+    assert store_module.UserState(*rows[1][:-1]) == store.user("pi")
     assert store.pings_after_id(newest - 2) == [(newest - 1, pi.id, T0 + 3), (newest, nas.id, T0 + 50)]
     assert store.pings_around(pi.id, T0 + 2, T0 + 3) == (T0 + 1, T0 + 3)
     assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)

@@ -1,3 +1,4 @@
+import email.utils
 import logging
 import sqlite3
 import threading
@@ -39,6 +40,16 @@ def test_a_ping_is_committed_and_answered_with_its_local_time(client, store):
     assert answer.content_type == "text/plain"
     assert answer.text == "26/09/21 16:13:20"
     assert committed_pings(store) == [T0]
+
+
+def test_a_pings_answer_and_date_header_are_those_of_the_second_it_was_recorded_in(client, store, clock):
+    clock.now = T0 + 0.75
+    first = client.get("/ping?username=pi", status=200)
+    clock.now = T0 + 61.5
+    later = client.get("/ping/pi", status=200)
+    assert (first.text, first.headers["Date"]) == ("26/09/21 16:13:20", email.utils.formatdate(T0, usegmt=True))
+    assert (later.text, later.headers["Date"]) == ("26/09/21 16:14:21", email.utils.formatdate(T0 + 61, usegmt=True))
+    assert committed_pings(store) == [T0 + 0.75, T0 + 61.5]
 
 
 def test_post_and_head_record_pings_too(client, store, clock):
@@ -561,6 +572,16 @@ def test_the_overview_state_lists_every_user_and_reads_nothing_it_should_not_wri
     assert (pi["username"], pi["state"], pi["last_ping_local"]) == ("pi", "pinging", "2026-09-21 16:13:20 CEST")
     assert answer.json["summary"] == [{"state": "pinging", "users": 1}]
     client.post_json("/overview/day", {"password": "look", **TODAY}, status=200)
+
+
+def test_the_overview_state_since_an_earlier_answer_holds_what_changed_and_refuses_a_since_not_a_string(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    first = client.post_json("/overview/state", {"password": "look"}, status=200).json
+    assert (first["complete"], [user["username"] for user in first["users"]]) == (True, ["pi"])
+    again = client.post_json("/overview/state", {"password": "look", "since": first["version"]}, status=200).json
+    assert (again["complete"], again["users"]) == (False, [])
+    answer = client.post_json("/overview/state", {"password": "look", "since": 5}, status=400)
+    assert answer.text == "invalid since: expected the version of an earlier answer, or null"
 
 
 # --- operations: content type, global wrong-password budget, ping tokens, /healthz, /metrics, reload ----
