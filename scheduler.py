@@ -58,7 +58,7 @@ RETENTION_INTERVAL = 60.0
 # How often the store's upkeep runs (Store.upkeep): on SQLite the WAL is copied into the database file
 # (commits never do it, so that a ping never waits for a checkpoint's fsync; every second keeps the WAL to
 # about a second of writes); on PostgreSQL the instance's lease is renewed (pg_store.CLAIM_TIMEOUT).
-UPKEEP_INTERVAL = 1.0
+STORE_UPKEEP_INTERVAL = 1.0
 # How long a heartbeat GET may take before it counts as failed.
 HEARTBEAT_TIMEOUT = 10.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
@@ -207,7 +207,7 @@ class Scheduler:
             self._record_delivery(delivery, result, self._clock())
         return len(deliveries)
 
-    def upkeep_once(self, now: float) -> int:
+    def store_upkeep_once(self, now: float) -> int:
         """The store's upkeep at `now` (Store.upkeep: a WAL checkpoint on SQLite, the instance's lease on
         PostgreSQL); return 0, as there is never more to do at once."""
         self._store.upkeep(now)
@@ -283,7 +283,7 @@ class Scheduler:
             ),
             ("retention", self.retain_once, RETENTION_BATCH, lambda: RETENTION_INTERVAL, RETENTION_PAUSE),
             # Never "full": one upkeep, then a wait.
-            ("upkeep", self.upkeep_once, 1, lambda: UPKEEP_INTERVAL, 0.0),
+            ("store-upkeep", self.store_upkeep_once, 1, lambda: STORE_UPKEEP_INTERVAL, 0.0),
             # Never "full": one GET, then a wait of heartbeat_frequency.
             ("heartbeat", lambda now: int(self.beat_once()), 2, lambda: settings.current.heartbeat_frequency, 0.0),
         ):

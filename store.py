@@ -1143,7 +1143,7 @@ class Store:
         return frames, copied
 
     def upkeep(self, now: float) -> None:
-        """What the store needs done every second while the service runs (the scheduler's upkeep loop):
+        """What the store needs done every second while the service runs (the scheduler's store-upkeep loop):
         here, a WAL checkpoint (checkpoint()). `now` is unused: the PostgreSQL store renews its lease with it."""
         self.checkpoint()
 

@@ -59,7 +59,7 @@ def started(instance, now=T0, users=USERS):
 
 
 def renewed(now, *instances):
-    """Each instance's lease renewed at `now`, as its upkeep loop does every second."""
+    """Each instance's lease renewed at `now`, as its store-upkeep loop does every second."""
     for instance in instances:
         instance.upkeep(now)
 

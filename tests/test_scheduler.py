@@ -1020,7 +1020,7 @@ def test_an_upkeep_step_on_sqlite_copies_the_wal_so_the_next_write_starts_it_aga
     steps = make_scheduler(store, recording_mailer)
     for second in range(300):
         store.record_ping("pi", T0 + second)
-    assert steps.upkeep_once(T0 + 300) == 0
+    assert steps.store_upkeep_once(T0 + 300) == 0
     store.record_ping("pi", T0 + 301)
     assert store.checkpoint()[0] < 10  # only the last ping's pages: the WAL was started again
 
