@@ -450,21 +450,67 @@ class PgStore:
             return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
-        """store.Store.restart_monitoring, for every instance's users: the instance whose wall clock jumped
-        calls it (scheduler.follow_clock)."""
+        """store.Store.restart_monitoring, for every instance's users."""
         with self._write() as connection:
             _restart_monitoring(connection, now)
+
+    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
+        """store.Store.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
+        instance holds its liveness lock. Not by their leases, which are in the clock that just jumped: a jump
+        forward would make every other instance look dead. Otherwise the others' clocks stand, and monitoring
+        at this instance's `now` would alert every device (a step back on another instance) or silence them all
+        (a jump forward): nothing changes, and this instance's clock is as wrong as a skewed one (see
+        docs/database.md)."""
+        with self._transaction() as connection:
+            # In sync_users' order, so that an instance starting meanwhile is counted or counts this one.
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
+            connection.execute(WRITE_LOCK_SQL)
+            others = connection.execute(
+                f"SELECT count(*) FROM ({LOCKED_INSTANCES_SQL}) AS locked WHERE objid <> %s", (self.instance_id,)
+            ).fetchone()
+            if others != (0,):
+                return False
+            _restart_monitoring(connection, now)
+            return True
 
     def upkeep(self, now: float) -> None:
         """Renew this instance's lease until `now` + CLAIM_TIMEOUT, and take its liveness lock again if its
         connection was lost (the scheduler calls this every second).
 
-        While either was lost, other instances took this instance for dead and could claim its rows. If
-        another instance's start then forgot it, it registers again under the same id.
+        Both go through the connection that holds the liveness lock, never the pool: pings holding every
+        pooled connection cannot delay the renewal. While either was lost, other instances took this
+        instance for dead and could claim its rows. If another instance's start then forgot it, it
+        registers again under the same id.
         """
-        self._hold_liveness_lock()
-        with self._connection() as connection:
-            connection.execute(RENEW_LEASE_SQL, self._lease_parameters(now))
+        parameters = self._lease_parameters(now)
+        with self._faults():
+            if self._liveness is not None and not self._liveness.closed:
+                try:
+                    self._liveness.execute(RENEW_LEASE_SQL, parameters)
+                    return
+                except psycopg.Error:
+                    # The lock is held as long as the connection lives: keep it unless it is broken.
+                    if not self._liveness.broken:
+                        raise
+                    self._liveness.close()
+            self._liveness = self._locked_liveness(parameters)
+
+    def _locked_liveness(self, parameters: dict[str, Any]) -> psycopg.Connection[Any]:
+        """A new connection holding this instance's liveness lock, the lease renewed on it first; closed
+        whenever the lock was not obtained, so that the next upkeep tries again on a new one."""
+        connection = psycopg.connect(self.url, **CONNECTION_SETTINGS)
+        try:
+            connection.execute(RENEW_LEASE_SQL, parameters)
+            # The server may not have noticed yet that the old connection is gone: try again next time.
+            row = connection.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LIVENESS_LOCK, self.instance_id)
+            ).fetchone()
+            if row != (True,):
+                raise StoreUnavailableError("storage unavailable: this instance's liveness lock is still held")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _lease_parameters(self, now: float) -> dict[str, Any]:
         return {
@@ -751,15 +797,30 @@ class PgStore:
             rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [_queued_email(row) for row in rows]
 
-    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> None:
-        """store.Store.claim_emails. An email whose result this instance cannot record (it is killed) is sent
-        again by another only once both this back-off and this instance's lease have passed."""
-        with self._transaction() as connection, connection.cursor() as cursor:
-            cursor.executemany(
-                "UPDATE outbox SET next_attempt_at = %s WHERE id = %s AND status = 'queued'",
-                [(at, email_id) for email_id, at in retry_times.items()],
-            )
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
+        """store.Store.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
+        those (a digest only if it still holds all of its emails), as another instance takes over the claims of
+        one whose lease lapsed meanwhile (frozen, cut off). An email whose result this instance cannot record
+        (it is killed) is sent again by another only once both this back-off and this instance's lease have
+        passed."""
+        with self._transaction() as connection:
+            claimed = {
+                email_id
+                for (email_id,) in connection.execute(
+                    "UPDATE outbox SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[])"
+                    " AS retry(id, at) WHERE outbox.id = retry.id AND outbox.status = 'queued'"
+                    " AND outbox.claimed_by = %s RETURNING outbox.id",
+                    (list(retry_times), list(retry_times.values()), self.instance_id),
+                )
+            }
             for digest in digests:
+                mine = connection.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id = ANY(%s) AND status = 'queued'"
+                    " AND claimed_by = %s FOR UPDATE) AS mine",
+                    (list(digest.email_ids), self.instance_id),
+                ).fetchone()
+                if mine != (len(digest.email_ids),):
+                    continue
                 digest_id = connection.execute(
                     "INSERT INTO digests (recipient, subject, message_id, created_at, emails)"
                     " VALUES (%s, %s, %s, %s, %s) RETURNING id",
@@ -768,30 +829,32 @@ class PgStore:
                 connection.execute(
                     "UPDATE outbox SET digest_id = %s WHERE id = ANY(%s)", (digest_id, list(digest.email_ids))
                 )
+        return claimed
 
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """store.Store.mark_sent; ends the claim."""
+        """store.Store.mark_sent; ends the claim. Only emails still claimed by this instance are changed."""
         self._finish_emails(email_ids, "sent", now, None)
 
     def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """store.Store.mark_failed; ends the claim."""
+        """store.Store.mark_failed; ends the claim, as mark_sent."""
         self._finish_emails(email_ids, "failed", now, error)
 
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """store.Store.schedule_retry; ends the claim."""
+        """store.Store.schedule_retry; ends the claim, as mark_sent."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
-                " WHERE id = ANY(%s) AND status = 'queued'",
-                (_text(error), next_attempt_at, list(email_ids)),
+                " WHERE id = ANY(%s) AND status = 'queued' AND claimed_by = %s",
+                (_text(error), next_attempt_at, list(email_ids), self.instance_id),
             )
 
     def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
         with self._connection() as connection:
             connection.execute(
                 "UPDATE outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
-                " next_attempt_at = NULL, claimed_by = NULL WHERE id = ANY(%s) AND status = 'queued'",
-                (status, _text(error), now, list(email_ids)),
+                " next_attempt_at = NULL, claimed_by = NULL"
+                " WHERE id = ANY(%s) AND status = 'queued' AND claimed_by = %s",
+                (status, _text(error), now, list(email_ids), self.instance_id),
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
@@ -800,30 +863,36 @@ class PgStore:
             rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
 
-    def claim_webhooks(self, retry_times: Mapping[int, float]) -> None:
-        """store.Store.claim_webhooks."""
-        with self._transaction() as connection, connection.cursor() as cursor:
-            cursor.executemany(
-                "UPDATE webhook_outbox SET next_attempt_at = %s WHERE id = %s AND status = 'queued'",
-                [(at, delivery_id) for delivery_id, at in retry_times.items()],
-            )
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
+        """store.Store.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
+        with self._connection() as connection:
+            return {
+                delivery_id
+                for (delivery_id,) in connection.execute(
+                    "UPDATE webhook_outbox SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[])"
+                    " AS retry(id, at) WHERE webhook_outbox.id = retry.id AND webhook_outbox.status = 'queued'"
+                    " AND webhook_outbox.claimed_by = %s RETURNING webhook_outbox.id",
+                    (list(retry_times), list(retry_times.values()), self.instance_id),
+                )
+            }
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """store.Store.finish_webhook; ends the claim."""
+        """store.Store.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
-                " next_attempt_at = NULL, claimed_by = NULL WHERE id = %s AND status = 'queued'",
-                (status, _text(error), now, delivery_id),
+                " next_attempt_at = NULL, claimed_by = NULL WHERE id = %s AND status = 'queued'"
+                " AND claimed_by = %s",
+                (status, _text(error), now, delivery_id, self.instance_id),
             )
 
     def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """store.Store.retry_webhook; ends the claim."""
+        """store.Store.retry_webhook; ends the claim, as finish_webhook."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
-                " claimed_by = NULL WHERE id = %s AND status = 'queued'",
-                (_text(error), next_attempt_at, delivery_id),
+                " claimed_by = NULL WHERE id = %s AND status = 'queued' AND claimed_by = %s",
+                (_text(error), next_attempt_at, delivery_id, self.instance_id),
             )
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
@@ -872,23 +941,6 @@ class PgStore:
             connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
             connection.execute(WRITE_LOCK_SQL)
             connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
-
-    def _hold_liveness_lock(self) -> None:
-        with self._faults():
-            if self._liveness is not None and not self._liveness.closed:
-                try:
-                    self._liveness.execute("SELECT 1")
-                    return
-                except psycopg.OperationalError:
-                    self._liveness.close()
-            self._liveness = psycopg.connect(self.url, **CONNECTION_SETTINGS)
-            # The server may not have noticed yet that the old connection is gone: try again next time.
-            row = self._liveness.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (LIVENESS_LOCK, self.instance_id)
-            ).fetchone()
-            if row != (True,):
-                self._liveness.close()
-                raise StoreUnavailableError("storage unavailable: this instance's liveness lock is still held")
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

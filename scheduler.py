@@ -132,7 +132,8 @@ class Scheduler:
         return len(users)
 
     def follow_clock(self, now: float, monotonic_now: float) -> float:
-        """Restart monitoring if the wall clock jumped since the last call; return the jump in seconds (0.0 if none).
+        """Restart monitoring if the wall clock jumped since the last call (unless other instances run on the
+        database: Store.restart_monitoring_after_clock_jump); return the jump in seconds (0.0 if none).
 
         `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
         Without this, a jump forward would make every device look late at once, and a jump back
@@ -140,10 +141,15 @@ class Scheduler:
         """
         reading = (now, monotonic_now)
         jump = clock_jump(self._last_clock_reading, reading) if self._last_clock_reading else 0.0
-        if jump:
-            self._store.restart_monitoring(now)
+        if jump and self._store.restart_monitoring_after_clock_jump(now):
             log.warning("the wall clock jumped by %+.1f s; monitoring restarted as after a restart", jump)
-        # Only once restarted: if the store refused, the next call sees the same jump again.
+        elif jump:
+            log.error(
+                "the wall clock jumped by %+.1f s while other instances run on this database: monitoring not"
+                " restarted; this host's clock now disagrees with theirs, set it right (NTP)",
+                jump,
+            )
+        # Only once the store answered: if it refused, the next call sees the same jump again.
         self._last_clock_reading = reading
         return jump
 
@@ -153,8 +159,8 @@ class Scheduler:
         The emails due for one recipient go as one: a digest if there are several (mailer.digest), sent,
         retried or failed together; one tried again with exactly the rows it carried keeps its
         Message-ID and Date. The emails' next attempts are pushed back and new digests recorded before
-        sending, then each result is committed as soon as the SMTP server answers. Returns how many
-        emails it tried.
+        sending (only those the store still lets this instance send go: Store.claim_emails), then each
+        result is committed as soon as the SMTP server answers. Returns how many emails were due.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
@@ -173,9 +179,11 @@ class Scheduler:
                 digests.append(NewDigest(ids, message.recipient, message.subject, message.message_id))
             outgoing[message.id] = (ids, retry_delay(message.attempts + 1))
             messages.append(message)
-        self._store.claim_emails(
+        claimed = self._store.claim_emails(
             {email_id: now + delay for ids, delay in outgoing.values() for email_id in ids}, now, digests
         )
+        # Another instance may have taken over some claims meanwhile (this one was frozen): they are its to send.
+        messages = [message for message in messages if claimed.issuperset(outgoing[message.id][0])]
         for message, result in self._mailer.send_all(messages):
             ids, delay = outgoing[message.id]
             finished = self._clock()
@@ -194,15 +202,17 @@ class Scheduler:
     def deliver_once(self, now: float) -> int:
         """One step of the webhook delivery: POST every delivery due by `now` (up to WEBHOOKS_PER_STEP).
 
-        As drain_once does for emails: the deliveries' next attempts are pushed back before posting,
-        then each answer is committed as it comes. A retry waits as long as an email's would, or
-        longer if the webhook's Retry-After asks for it, never more than rules.MAX_RETRY_DELAY. Each
-        webhook is posted to in a thread of its own. Returns how many it tried.
+        As drain_once does for emails: the deliveries' next attempts are pushed back before posting
+        (only those the store still lets this instance post go), then each answer is committed as it
+        comes. A retry waits as long as an email's would, or longer if the webhook's Retry-After asks
+        for it, never more than rules.MAX_RETRY_DELAY. Each webhook is posted to in a thread of its own.
+        Returns how many were due.
         """
         deliveries = self._store.due_webhooks(now, WEBHOOKS_PER_STEP)
         if not deliveries:
             return 0
-        self._store.claim_webhooks({d.id: now + retry_delay(d.attempts + 1) for d in deliveries})
+        claimed = self._store.claim_webhooks({d.id: now + retry_delay(d.attempts + 1) for d in deliveries})
+        deliveries = [delivery for delivery in deliveries if delivery.id in claimed]
         for delivery, result in self._webhooks.send_all(deliveries, self._settings.current.webhooks):
             self._record_delivery(delivery, result, self._clock())
         return len(deliveries)

@@ -686,6 +686,13 @@ class Store:
         with self._write() as connection:
             _restart_monitoring(connection, now)
 
+    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
+        """Restart monitoring at `now` (restart_monitoring) after this instance's wall clock jumped, unless other
+        instances run on the database, their clocks unmoved; return whether it restarted. One instance owns a
+        SQLite database: here it always restarts."""
+        self.restart_monitoring(now)
+        return True
+
     def record_ping(
         self,
         username: str,
@@ -997,9 +1004,11 @@ class Store:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
         return [_queued_email(row) for row in rows]
 
-    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> None:
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
         """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds), and
-        record each new digest (made at `now`) with the rows it carries.
+        record each new digest (made at `now`) with the rows it carries; return the ids of the emails this
+        instance may send (here all of `retry_times`: one instance owns a SQLite database; pg_store's may
+        have lost some to another instance).
 
         Committed before the SMTP conversation, so an email whose result cannot be recorded (the
         service is killed, or the database refuses the write) is sent again only after this
@@ -1018,6 +1027,7 @@ class Store:
                 connection.executemany(
                     "UPDATE outbox SET digest_id = ? WHERE id = ?", [(digest_id, i) for i in digest.email_ids]
                 )
+        return set(retry_times)
 
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
         """Record that the SMTP server accepted the emails (one, or a digest's) at `now`; they leave the queue."""
@@ -1050,8 +1060,9 @@ class Store:
             rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
         return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
 
-    def claim_webhooks(self, retry_times: Mapping[int, float]) -> None:
-        """Before posting: set each delivery's next attempt from `retry_times` (delivery id -> epoch seconds).
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
+        """Before posting: set each delivery's next attempt from `retry_times` (delivery id -> epoch seconds);
+        return the ids of the deliveries this instance may post (as claim_emails: here all of them).
 
         As claim_emails: committed before the POST, so a delivery whose answer cannot be recorded is
         tried again only after this back-off (or at the next start).
@@ -1061,6 +1072,7 @@ class Store:
                 "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
                 [(at, delivery_id) for delivery_id, at in retry_times.items()],
             )
+        return set(retry_times)
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
         """Record that the delivery left the queue at `now`: `status` 'sent' (answered 2xx) or 'failed' (for good)."""

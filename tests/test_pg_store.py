@@ -3,6 +3,7 @@ its schema and version, its refusals, and several instances on one database — 
 never hand a row to two live instances, a dead instance's claims taken over, and monitoring restarted only by
 an instance that starts alone."""
 
+import contextlib
 import inspect
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from pgcluster import PASSWORD
 from store import (
     SCHEMA_VERSION,
     CheckOutcome,
+    NewDigest,
     NewEmail,
     NewWebhook,
     Store,
@@ -454,3 +456,70 @@ def test_after_the_server_dropped_every_connection_the_store_goes_on_at_once(sto
     held = f"SELECT count(*) FROM ({pg_store.LOCKED_INSTANCES_SQL}) AS locked WHERE objid = %s"
     assert sql(store_pg.url, held, (store_pg.instance_id,)) == [(1,)]
     assert len(store_pg.pings_between("pi", T0, T0 + 100)) == pg_store.POOL_SIZE + 2
+
+
+def test_an_instance_frozen_past_its_lease_can_neither_send_nor_finish_what_another_took_over(instances):
+    frozen, other = (started(instance) for instance in instances(2))
+    queued_emails(frozen, T0 + 61, 2)
+    hooks = (NewWebhook("phone", "id-1", "t", "x", "https://x/logs"),)
+    [late] = other.due_users(T0 + 700, 1)
+    other.save_check_outcomes([CheckOutcome(late, T0 + 1300, webhooks=hooks)], T0 + 700)
+    renewed(T0 + 700, frozen, other)
+    emails = frozen.due_emails(T0 + 700, 10)
+    [delivery] = frozen.due_webhooks(T0 + 700, 10)
+    ids = [email.id for email in emails]
+    assert frozen.claim_emails({ids[0]: T0 + 760}, T0 + 700) == {ids[0]}
+    # Frozen past its lease: the other instance takes everything over.
+    renewed(T0 + 701 + CLAIM_TIMEOUT, other)
+    assert sorted(email.id for email in other.due_emails(T0 + 800, 10)) == ids
+    assert [hook.id for hook in other.due_webhooks(T0 + 800, 10)] == [delivery.id]
+    # Back, the frozen one may send none of them, and records no result for them.
+    digest = NewDigest(tuple(ids), "oncall@example.com", "2 devices", "<digest>")
+    assert frozen.claim_emails({email_id: T0 + 760 for email_id in ids}, T0 + 700, [digest]) == set()
+    assert sql(other.url, "SELECT count(*) FROM digests") == [(0,)]
+    assert frozen.claim_webhooks({delivery.id: T0 + 760}) == set()
+    frozen.mark_sent(ids[:1], T0 + 702)
+    frozen.mark_failed(ids[1:], T0 + 702, "no")
+    frozen.schedule_retry(ids, T0 + 999, "later")
+    frozen.finish_webhook(delivery.id, "sent", T0 + 702, None)
+    frozen.retry_webhook(delivery.id, T0 + 999, "later")
+    claims = "SELECT status, attempts, claimed_by FROM {} ORDER BY id"
+    mine = ("queued", 0, other.instance_id)
+    assert sql(other.url, claims.format("outbox")) == [mine, mine]
+    assert sql(other.url, claims.format("webhook_outbox")) == [mine]
+    assert other.claim_emails({email_id: T0 + 860 for email_id in ids}, T0 + 800) == set(ids)
+    assert other.claim_webhooks({delivery.id: T0 + 860}) == {delivery.id}
+    other.mark_sent(ids, T0 + 801)
+    other.finish_webhook(delivery.id, "sent", T0 + 801, None)
+    assert sql(other.url, claims.format("outbox")) == [("sent", 1, None)] * 2
+    assert sql(other.url, claims.format("webhook_outbox")) == [("sent", 1, None)]
+
+
+def test_the_lease_is_renewed_while_pings_hold_every_pooled_connection(store_pg):
+    with contextlib.ExitStack() as held:
+        for _ in range(pg_store.POOL_SIZE):
+            held.enter_context(store_pg._pool.connection())
+        store_pg.upkeep(T0 + 100)
+    lease = "SELECT lease_until FROM instances WHERE id = %s"
+    assert sql(store_pg.url, lease, (store_pg.instance_id,)) == [(T0 + 100 + CLAIM_TIMEOUT,)]
+
+
+def test_a_liveness_connection_that_failed_before_taking_the_lock_is_closed_and_the_next_upkeep_takes_it(
+    store_pg, monkeypatch
+):
+    options = pg_store.CONNECTION_SETTINGS["options"].replace("lock_timeout=5000ms", "lock_timeout=100ms")
+    monkeypatch.setitem(pg_store.CONNECTION_SETTINGS, "options", options)
+    lost_liveness(store_pg)
+    connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ping-listener'"
+    before = sql(store_pg.url, connections)
+    live = f"SELECT id FROM ({pg_store.LIVE_INSTANCES_SQL}) AS live"
+    with psycopg.connect(store_pg.url, autocommit=True) as other, other.transaction():
+        # The instance's row locked a while (another instance's start, say): the renewal waits, then fails.
+        other.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (store_pg.instance_id,))
+        with pytest.raises(StoreUnavailableError) as refused:
+            store_pg.upkeep(T0 + 100)
+    assert sql(store_pg.url, connections) == before  # closed, though the refusal's traceback still refers to it
+    assert "lock timeout" in str(refused.value)
+    assert sql(store_pg.url, live, {"now": T0 + 100}) == []
+    store_pg.upkeep(T0 + 101)
+    assert sql(store_pg.url, live, {"now": T0 + 101}) == [(store_pg.instance_id,)]

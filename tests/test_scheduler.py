@@ -13,6 +13,7 @@ import rules
 import scheduler
 from config import LiveSettings
 from rules import live_state, retry_delay
+from pg_store import PgStore
 from scheduler import Scheduler
 from store import Store
 from support import (
@@ -1052,3 +1053,56 @@ def test_a_user_missing_from_the_settings_in_force_is_looked_at_again_not_forgot
     assert steps.check_once(T0 + 61) == 1
     [pi] = store.due_users(T0 + 61 + scheduler.BAD_USER_DELAY + 1, 10)
     assert pi.username == "pi" and outbox(db_of(store)) == []
+
+
+def test_an_instance_frozen_past_its_lease_sends_none_of_the_emails_another_instance_took_over(
+    postgres_url, monkeypatch
+):
+    frozen, other = PgStore(postgres_url), PgStore(postgres_url)
+    try:
+        frozen_mailer, other_mailer = RecordingMailer(), RecordingMailer()
+        steps = make_scheduler(frozen, frozen_mailer)
+        other_steps = make_scheduler(other, other_mailer)
+        steps.check_once(T0 + 61)
+        frozen.upkeep(T0 + 100)
+        claim = frozen.due_emails
+
+        def claimed_then_frozen(now, limit):
+            emails = claim(now, limit)
+            # Frozen here past its lease: the other instance takes the claims over.
+            other.upkeep(now + 100)
+            assert [email.id for email in other.due_emails(now + 100, 10)] == [email.id for email in emails]
+            return emails
+
+        monkeypatch.setattr(frozen, "due_emails", claimed_then_frozen)
+        assert steps.drain_once(T0 + 100) == 1
+        assert frozen_mailer.sent == []
+        assert other_steps.drain_once(T0 + 200) == 1
+        assert [email.subject for email in other_mailer.sent] == ["pi disconnection detected"]
+        assert outbox(db_of(other)) == [("oncall@example.com", "sent", 1)]
+    finally:
+        frozen.close()
+        other.close()
+
+
+def test_a_clock_jump_on_one_instance_restarts_monitoring_only_when_no_other_instance_runs(postgres_url, caplog):
+    jumping, other = PgStore(postgres_url), PgStore(postgres_url)
+    try:
+        steps = make_scheduler(jumping, RecordingMailer(), now=T0)
+        make_scheduler(other, RecordingMailer(), now=T0 + 1)
+        jumping.record_ping("pi", T0 + 10)
+        deadlines = "SELECT monitored_since, due_at FROM users"
+        before = query(postgres_url, deadlines)
+        steps.follow_clock(T0 + 20, 20.0)
+        # A day forward (the other's lease looks long gone by this clock), then an hour back: nothing changes.
+        assert steps.follow_clock(T0 + 21 + 86_400, 21.0) == 86_400
+        assert steps.follow_clock(T0 + 22 - 3600, 22.0) == -3600 - 86_400
+        assert query(postgres_url, deadlines) == before
+        assert "monitoring not restarted" in caplog.text
+        other.close()
+        assert steps.follow_clock(T0 + 23, 23.0) == 3600
+        assert query(postgres_url, deadlines) == [(T0 + 23, T0 + 83)]
+        assert "monitoring restarted as after a restart" in caplog.text
+    finally:
+        jumping.close()
+        other.close()
