@@ -299,10 +299,12 @@ FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queu
 # batch costs its size plus one index seek per user, never a scan of the pings); finished emails and
 # webhook deliveries along outbox_finished and webhook_outbox_finished; alerts along alerts_by_time, once
 # no email or webhook delivery refers to them.
-# A failed user's fail signal is kept whatever its age: its alerts quote it (users.fail_signal).
+# A failed user's fail signal is kept whatever its age: its alerts quote it (users.fail_signal). So is the
+# newest ping: SQLite gives a new row the greatest id + 1, so deleting the greatest would hand its id out again,
+# and a reader following new pings by id (pings_after_id: the overview) would miss them (one index seek).
 OLD_PINGS_SQL = (
     "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = users.id AND pings.at < ?"
-    " AND pings.id IS NOT users.fail_signal LIMIT ?"
+    " AND pings.id IS NOT users.fail_signal AND pings.id < (SELECT max(id) FROM pings) LIMIT ?"
 )
 _DELETE_FINISHED_SQL = (
     "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status != 'queued' AND status IN ('sent', 'failed')"

@@ -1019,6 +1019,8 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
             [
                 "SCAN users",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at<?)",
+                "SCALAR SUBQUERY 1",
+                "SEARCH pings",  # max(id): the last entry of its primary key
             ],
         ),
     ],
@@ -1266,6 +1268,20 @@ def test_retention_keeps_the_fail_signal_a_failed_users_alerts_quote(store):
         pass
     assert store.signal(user.fail_signal) == Signal(T0 + 10, "fail", 1, None, "disk full")
     assert store.pings_between("pi", T0, T0 + 100) == [T0 + 10]
+
+
+@BACKENDS
+def test_pings_recorded_after_retention_deleted_every_old_one_still_follow_by_id(store):
+    synced(store)
+    for at in range(5):
+        store.record_ping("pi", T0 + at)
+    newest = store.newest_ping_id()
+    while store.delete_pings_before(T0 + 86_400, 10):
+        pass
+    store.record_ping("pi", T0 + 86_401)
+    [(new_id, _, at)] = store.pings_after_id(newest)
+    assert at == T0 + 86_401 and new_id > newest
+    assert store.newest_ping_id() == new_id
 
 
 @BACKENDS
