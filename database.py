@@ -5,6 +5,7 @@ Both stores offer the same public methods with the same meanings, so nothing els
 one runs. A URL is never shown with its password: display_name() replaces it.
 """
 
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import cast
@@ -15,6 +16,8 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 DEFAULT_SQLITE_PATH = "ping_listener.db"
 # What a password is replaced with wherever a URL is shown.
 HIDDEN = "***"
+# A password given as a parameter of the URL's query (libpq accepts ?password=...).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
 def is_postgresql(db: str) -> bool:
@@ -30,17 +33,17 @@ def chosen_database(command_line: str | None, environ: Mapping[str, str]) -> str
 
 
 def display_name(db: str) -> str:
-    """`db` as it may be shown in a message or a log line: a URL with its password replaced by ***."""
+    """`db` as it may be shown in a message or a log line: a URL with its password (before the host, or
+    password=... in its query) replaced by ***."""
     return hide_password(db, db) if is_postgresql(db) else db
 
 
 def hide_password(text: str, url: str) -> str:
-    """`text` with the password of the PostgreSQL URL `url` (as written, and percent-decoded) replaced by ***."""
-    password = _password(url)
-    if not password:
-        return text
-    for form in {password, urllib.parse.unquote(password)}:
-        text = text.replace(form, HIDDEN)
+    """`text` with the passwords of the PostgreSQL URL `url` (before the host, and in its query; as written,
+    and percent-decoded) replaced by ***."""
+    for password in _passwords(url):
+        for form in sorted({password, urllib.parse.unquote(password)}, key=len, reverse=True):
+            text = text.replace(form, HIDDEN)
     return text
 
 
@@ -58,10 +61,12 @@ def open_store(db: str) -> Store:
     return cast(Store, PgStore(db))
 
 
-def _password(url: str) -> str | None:
+def _passwords(url: str) -> list[str]:
+    """The URL's non-empty passwords, longest first (so that one inside another is hidden whole)."""
+    found = [match.group(2) for match in _QUERY_PASSWORD.finditer(url)]
     # By hand, not urllib.parse: a URL with a bad port or host still has its password hidden.
-    netloc = url.partition("://")[2].partition("/")[0]
+    netloc = url.partition("://")[2].partition("/")[0].partition("?")[0]
     credentials, at, _ = netloc.rpartition("@")
-    if not at or ":" not in credentials:
-        return None
-    return credentials.partition(":")[2]
+    if at and ":" in credentials:
+        found.append(credentials.partition(":")[2])
+    return sorted({password for password in found if password}, key=len, reverse=True)

@@ -134,13 +134,14 @@ def test_another_applications_database_is_refused(postgres_url):
     assert sql(postgres_url, "SELECT to_regclass('users')") == [(None,)]
 
 
-@pytest.mark.parametrize("fault", ["wrong password", "no server", "bad port", "no database"])
+@pytest.mark.parametrize("fault", ["wrong password", "no server", "bad port", "no database", "password in the query"])
 def test_a_database_that_cannot_be_reached_is_refused_in_one_line_without_the_password(postgres_server, fault):
     url = {
         "wrong password": postgres_server.url("postgres", password="not-" + PASSWORD),
         "no server": f"postgresql://ping_listener:{PASSWORD}@127.0.0.1:{free_port()}/db",
         "bad port": f"postgresql://ping_listener:{PASSWORD}@127.0.0.1:port/db",
         "no database": postgres_server.url("no_such_database"),
+        "password in the query": f"postgresql://ping_listener@127.0.0.1:{free_port()}/db?password={PASSWORD}",
     }[fault]
     with pytest.raises(StoreOpenError) as raised:
         open_store(url)
@@ -359,6 +360,12 @@ def test_ping_batches_and_the_listeners_of_two_instances_never_deadlock(instance
         ("POSTGRESQL://app:a:b@c@db/pings", "POSTGRESQL://app:***@db/pings"),
         ("postgresql://app@db/pings", "postgresql://app@db/pings"),
         ("postgresql://app:s3cret@db:port/pings", "postgresql://app:***@db:port/pings"),
+        (
+            "postgresql://app@db/pings?sslmode=require&password=s3cret",
+            "postgresql://app@db/pings?sslmode=require&password=***",
+        ),
+        ("postgresql://app@db?PASSWORD=p%40ss&x=p@ss", "postgresql://app@db?PASSWORD=***&x=***"),
+        ("postgresql://app:one@db/pings?password=two", "postgresql://app:***@db/pings?password=***"),
         ("state/ping_listener.db", "state/ping_listener.db"),
         ("mysql://app:s3cret@db/pings", "mysql://app:s3cret@db/pings"),  # not a URL of ours: a SQLite path
     ],
