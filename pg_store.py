@@ -82,8 +82,11 @@ HEALTH_TIMEOUT = 0.5
 # Set by the store on every connection, so that the server releases what a dead or cut-off instance holds:
 # a transaction left open (its locks) ends after 5 s idle (the store's transactions never wait for anything but
 # the database: a cut-off instance holding the write lock stops the others' writes that long at most), no
-# statement runs longer than 60 s, a lock is waited for at most WAIT_TIMEOUT, and TCP keepalives (both ways)
-# find a vanished peer within about 25 s.
+# statement runs longer than 60 s, a lock is waited for at most WAIT_TIMEOUT, TCP keepalives (both ways) find a
+# vanished peer within about 25 s, and data left unacknowledged that long ends the connection (tcp_user_timeout,
+# both ways: keepalives are not sent while data waits). synchronous_commit is on whatever the server's or the
+# role's default: a commit (a ping's answer) means the row is on the server's disk.
+TCP_USER_TIMEOUT_MS = 25_000
 SERVER_SETTINGS = {
     "idle_in_transaction_session_timeout": "5s",
     "statement_timeout": "60s",
@@ -91,6 +94,8 @@ SERVER_SETTINGS = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
+    "tcp_user_timeout": f"{TCP_USER_TIMEOUT_MS}",
+    "synchronous_commit": "on",
 }
 CONNECTION_SETTINGS: dict[str, Any] = {
     "autocommit": True,
@@ -99,6 +104,7 @@ CONNECTION_SETTINGS: dict[str, Any] = {
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     "application_name": "ping-listener",
     "options": " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items()),
 }

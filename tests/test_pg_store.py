@@ -161,7 +161,12 @@ def test_the_store_sets_the_server_side_timeouts_that_release_a_dead_instances_l
         "tcp_keepalives_idle": "10",
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "25000",
+        "synchronous_commit": "on",
     }
+    # The client's side of the connection.
+    with store_pg._connection() as connection:
+        assert connection.info.get_parameters()["tcp_user_timeout"] == "25000"
 
 
 @pytest.fixture
