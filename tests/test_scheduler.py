@@ -12,8 +12,8 @@ import mailer
 import rules
 import scheduler
 from config import LiveSettings
-from rules import live_state, retry_delay
 from pg_store import PgStore
+from rules import live_state, retry_delay
 from scheduler import Scheduler
 from store import Store
 from support import (
