@@ -16,8 +16,10 @@ Several instances of the service may share one database, which is then the only 
   are free as soon as it is not alive;
 - an outcome of the listener still applies only if its user is unchanged (store.Store.save_check_outcomes),
   so an alert is decided once even if a claim was taken over;
-- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one is alive;
-  one joining running instances changes no deadline.
+- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one is alive, or
+  when its wall clock jumps while no other holds its liveness lock; one joining running instances changes no
+  deadline;
+- an instance sends, and records a result for, only the emails and deliveries still claimed by it.
 Times are the callers' (each instance's own clock): the store never reads a clock.
 """
 
@@ -810,15 +812,7 @@ class PgStore:
         (it is killed) is sent again by another only once both this back-off and this instance's lease have
         passed."""
         with self._transaction() as connection:
-            claimed = {
-                email_id
-                for (email_id,) in connection.execute(
-                    "UPDATE outbox SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[])"
-                    " AS retry(id, at) WHERE outbox.id = retry.id AND outbox.status = 'queued'"
-                    " AND outbox.claimed_by = %s RETURNING outbox.id",
-                    (list(retry_times), list(retry_times.values()), self.instance_id),
-                )
-            }
+            claimed = self._push_back(connection, "outbox", retry_times)
             for digest in digests:
                 mine = connection.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id = ANY(%s) AND status = 'queued'"
@@ -872,15 +866,18 @@ class PgStore:
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
         """store.Store.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
         with self._connection() as connection:
-            return {
-                delivery_id
-                for (delivery_id,) in connection.execute(
-                    "UPDATE webhook_outbox SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[])"
-                    " AS retry(id, at) WHERE webhook_outbox.id = retry.id AND webhook_outbox.status = 'queued'"
-                    " AND webhook_outbox.claimed_by = %s RETURNING webhook_outbox.id",
-                    (list(retry_times), list(retry_times.values()), self.instance_id),
-                )
-            }
+            return self._push_back(connection, "webhook_outbox", retry_times)
+
+    def _push_back(self, connection: psycopg.Connection[Any], queue: str, retry_times: Mapping[int, float]) -> set[int]:
+        """Set the next attempt of each row of `queue` in `retry_times` (id -> epoch seconds) that is still queued
+        and claimed by this instance; return their ids."""
+        rows = connection.execute(
+            f"UPDATE {queue} SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[]) AS retry(id, at)"
+            f" WHERE {queue}.id = retry.id AND {queue}.status = 'queued' AND {queue}.claimed_by = %s"
+            f" RETURNING {queue}.id",
+            (list(retry_times), list(retry_times.values()), self.instance_id),
+        )
+        return {row_id for (row_id,) in rows}
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
         """store.Store.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
