@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Not echoed: DB may be a URL holding a password.
 run: $(VENV)/.runtime-installed
-	@$(BIN)/python server.py --settings $(SETTINGS) $(if $(DB),--db '$(DB)') --host $(HOST) --port $(PORT)
+	@$(BIN)/python server.py --settings $(SETTINGS) $(if $(DB),--db '$(value DB)') --host $(HOST) --port $(PORT)
 
 test-email: $(VENV)/.runtime-installed
 	@[ -n "$(TO)" ] || { echo "usage: make test-email TO=you@example.com" >&2; exit 2; }
