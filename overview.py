@@ -68,7 +68,8 @@ class Recent:
 class _Recent:
     """One user's pings in the window: count per slot, silences ended in it, and its latest ping.
 
-    A ping in a slot after the window's (from a clock set back since) is not counted.
+    A ping in a slot after the window's (from a clock set back since) is not counted; one in the slot just
+    after it waits in RecentPings until the window reaches it.
     """
 
     counts: list[int] = field(default_factory=lambda: [0] * SLOTS)  # the window's slots, oldest first
@@ -97,6 +98,9 @@ class RecentPings:
         self._first_slot = 0
         self._read_up_to: int | None = None  # the id of the last ping read; None before anything was
         self._generation = 0  # counts the times everything was forgotten, so that a load then in flight is dropped
+        # Pings read that fall in the slot just after the window: recorded after the clock of the read that found
+        # them was taken, they are counted once the window reaches their slot (the id read past them is not read again).
+        self._next_slot_pings: list[tuple[int, int, float]] = []
 
     def read(self, users: Mapping[int, UserState], now: float) -> dict[int, Recent | None]:
         """Each of `users`' (by id) pings in the window of `now` (SLOTS slots, the last one holding `now`);
@@ -159,6 +163,7 @@ class RecentPings:
             self._read_up_to = self._store.newest_ping_id()
             self._users = {}
             self._loading = {}
+            self._next_slot_pings = []
         for user_id in users:
             if user_id not in self._users and user_id not in self._loading:
                 self._loading[user_id] = []
@@ -171,12 +176,15 @@ class RecentPings:
 
     def _add_new_pings(self, users):
         rows = self._store.pings_after_id(self._read_up_to or 0)
-        if not rows:
-            return
-        self._read_up_to = rows[-1][0]
+        if rows:
+            self._read_up_to = rows[-1][0]
+        next_slot = self._first_slot + SLOTS
+        held, self._next_slot_pings = self._next_slot_pings, []
         times: dict[int, list[float]] = {}
-        for ping_id, user_id, at in rows:
-            if user_id in self._loading:
+        for ping_id, user_id, at in (*held, *rows):
+            if math.floor(at / SLOT_SECONDS) == next_slot:
+                self._next_slot_pings.append((ping_id, user_id, at))
+            elif user_id in self._loading:
                 self._loading[user_id].append((ping_id, at))
             elif user_id in self._users:
                 times.setdefault(user_id, []).append(at)
@@ -207,10 +215,8 @@ class RecentPings:
             recent.counts += empty_counts
             del recent.levels[:moved]
             recent.levels += empty_levels
-            kept = [silence for silence in recent.silences if silence[1] >= start]
-            if recent.shown is not None:
-                recent.shown = Recent(recent.levels.decode("ascii"), tuple(kept))
-            recent.silences = kept
+            recent.silences = [silence for silence in recent.silences if silence[1] >= start]
+            recent.shown = None
 
 
 def _level(count: int) -> int:
@@ -340,7 +346,7 @@ class Overview:
             elif row.pings != pings:
                 row = _Row(raw, user, key, row.head, pings)
             rows[user.id] = row
-            ranked.append((_STATE_RANKS.get(state, _UNKNOWN_STATE_RANK), user.username, user.id))
+            ranked.append((_state_rank(state), user.username, user.id))
         ranked.sort()
         order = [user_id for *_, user_id in ranked]
         with self._lock:

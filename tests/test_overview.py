@@ -124,6 +124,17 @@ def test_later_reads_add_only_new_pings_and_find_a_silence_that_ended_meanwhile(
 
 
 @BACKENDS
+def test_a_ping_recorded_in_the_next_slot_after_an_answer_read_its_clock_is_counted_once_the_window_reaches_it(store):
+    synced(store)
+    recent = loaded(store)
+    boundary = (T0 // SLOT_SECONDS + 1) * SLOT_SECONDS
+    store.record_ping("pi", boundary + 1)  # after the next answer took its clock, before it read the store
+    assert by_name(overview_state(store, recent, boundary - 0.5))["pi"]["pings"][-1] == "0"
+    after = by_name(overview_state(store, recent, boundary + 2))["pi"]
+    assert after["pings"][-1] == "1"
+    assert after == by_name(overview_state(store, loaded(store, boundary + 2), boundary + 2))["pi"]
+
+
 def test_the_window_slides_and_forgets_what_left_it(store):
     synced(store)
     recent = loaded(store)
