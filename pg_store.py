@@ -41,8 +41,14 @@ from config import UserConfig
 from database import display_name, hide_password
 from rules import BACK
 from store import (
+    _BATCH_ROLLED_BACK,
     _SETTINGS_COLUMNS,
+    _USER_AND_PARENT,
     _USER_COLUMNS,
+    BUSY_TIMEOUT_MS,
+    FINISHED_COUNTS_SQL,
+    HEALTH_TIMEOUT_MS,
+    QUEUED_COUNT_SQL,
     SCHEMA_VERSION,
     AlertHistory,
     CheckOutcome,
@@ -61,11 +67,15 @@ from store import (
     UsersChange,
     UserState,
     WebhookHistory,
+    _alert_histories,
+    _bounded_signals,
     _queued_email,
+    _queued_webhook,
     _user_and_parent,
+    _user_counts,
     _user_settings,
+    _webhook_history,
 )
-from webhooks import WebhookEvent
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
 # The pool would log each failed reconnection, several lines a second while the server is down: the loops that
@@ -79,8 +89,8 @@ CLAIM_TIMEOUT = 15.0
 POOL_SIZE = 10
 CONNECT_TIMEOUT = 5
 # How long a statement may wait for a connection of the pool, or for a row lock (as SQLite's busy timeout).
-WAIT_TIMEOUT = 5.0
-HEALTH_TIMEOUT = 0.5
+WAIT_TIMEOUT = BUSY_TIMEOUT_MS / 1000
+HEALTH_TIMEOUT = HEALTH_TIMEOUT_MS / 1000
 # Set by the store on every connection, so that the server releases what a dead or cut-off instance holds:
 # a transaction left open (its locks) ends after 5 s idle (the store's transactions never wait for anything but
 # the database: a cut-off instance holding the write lock stops the others' writes that long at most), no
@@ -188,10 +198,6 @@ _CONDITION_AT = (
     f"CASE WHEN monitor THEN LEAST(failed_at,"
     f" CASE WHEN run_started IS NOT NULL THEN GREATEST(run_started, {_RESTARTED_NOW}) + max_runtime END,"
     f" GREATEST(last_ping, {_RESTARTED_NOW}) + max_sleep) END"
-)
-_USER_AND_PARENT = ", ".join(
-    [f"child.{column}" for column in _USER_COLUMNS.split(", ")]
-    + [f"parent.{column}" for column in _USER_COLUMNS.split(", ")]
 )
 
 
@@ -607,14 +613,7 @@ class PgStore:
         """store.Store.alerts_between."""
         with self._connection() as connection:
             rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
-        alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
-        for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
-            emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
-            if email_id is not None:
-                emails.append(
-                    EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
-                )
-        return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+        return _alert_histories(user, rows)
 
     def newest_ping_id(self) -> int:
         """store.Store.newest_ping_id."""
@@ -653,19 +652,12 @@ class PgStore:
     ) -> tuple[list[Signal], bool]:
         """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
         bound on the bodies stops reading, not only the answer."""
-        signals: list[Signal] = []
-        chars = 0
         with self._connection() as connection, connection.transaction():
             user_id = _user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
                 cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                for row in cursor:
-                    if len(signals) == limit or chars >= max_body_chars:
-                        return signals, True
-                    signals.append(Signal(*row))
-                    chars += len(row[4] or "")
-        return signals, False
+                return _bounded_signals(cursor, limit, max_body_chars)
 
     def signal(self, signal_id: int) -> Signal:
         """store.Store.signal."""
@@ -861,7 +853,7 @@ class PgStore:
         """store.Store.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
         with self._connection() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
+        return [_queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
         """store.Store.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
@@ -902,25 +894,20 @@ class PgStore:
         """store.Store.recent_webhooks."""
         with self._connection() as connection:
             rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
-        return [WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:]) for row in rows]
+        return [_webhook_history(row) for row in rows]
 
     def user_counts(self, now: float) -> list[UserCounts]:
         """store.Store.user_counts."""
         with self._connection() as connection:
             rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
             scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
-        return [
-            UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
-            for name, at, last_ping, pings, alerts in rows
-        ]
+        return _user_counts(rows, scheduled)
 
     def outbox_counts(self) -> dict[str, int]:
         """store.Store.outbox_counts."""
         with self._connection() as connection:
-            [(queued,)] = connection.execute("SELECT count(*) FROM outbox WHERE status = 'queued'").fetchall()
-            finished = connection.execute(
-                "SELECT status, count(*) FROM outbox WHERE status <> 'queued' GROUP BY status"
-            ).fetchall()
+            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
+            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
         return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
@@ -1006,9 +993,6 @@ class PgStore:
             f"{self.path}: database schema version {version} is older than this Ping Listener's"
             f" ({SCHEMA_VERSION}), and PostgreSQL databases are not upgraded yet; use a new database"
         )
-
-
-_BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
 
 
 def _inserted_ids(cursor: psycopg.Cursor[Any], insert: str, rows: list[tuple[Any, ...]]) -> list[int]:

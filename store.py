@@ -794,14 +794,7 @@ class Store:
         """
         with self._read() as connection:
             rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
-        alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
-        for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
-            emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
-            if email_id is not None:
-                emails.append(
-                    EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
-                )
-        return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+        return _alert_histories(user, rows)
 
     def newest_ping_id(self) -> int:
         """The id of the newest ping recorded (0 if none): pings recorded later have greater ids."""
@@ -847,17 +840,11 @@ class Store:
         Stops after `limit` signals, or once their bodies reach `max_body_chars` characters in all
         (the signal that crosses it is kept). Raises UnknownUserError if the user was never configured.
         """
-        signals: list[Signal] = []
-        chars = 0
         with self._read() as connection:
             user_id = self._user_id(connection, username)
             # Read lazily: the bound on the bodies stops reading, not only the answer.
-            for row in connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1)):
-                if len(signals) == limit or chars >= max_body_chars:
-                    return signals, True
-                signals.append(Signal(*row))
-                chars += len(row[4] or "")
-        return signals, False
+            rows = connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
+            return _bounded_signals(rows, limit, max_body_chars)
 
     def signal(self, signal_id: int) -> Signal:
         """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
@@ -1060,7 +1047,7 @@ class Store:
         """Up to `limit` queued webhook deliveries whose next attempt is at or before `now`, oldest due first."""
         with self._read() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
-        return [QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:])) for row in rows]
+        return [_queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
         """Before posting: set each delivery's next attempt from `retry_times` (delivery id -> epoch seconds);
@@ -1098,7 +1085,7 @@ class Store:
         """The `limit` most recently queued webhook deliveries, newest first."""
         with self._read() as connection:
             rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
-        return [WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:]) for row in rows]
+        return [_webhook_history(row) for row in rows]
 
     def user_counts(self, now: float) -> list[UserCounts]:
         """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
@@ -1106,10 +1093,7 @@ class Store:
         with self._read() as connection:
             rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
             scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
-        return [
-            UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
-            for name, at, last_ping, pings, alerts in rows
-        ]
+        return _user_counts(rows, scheduled)
 
     def outbox_counts(self) -> dict[str, int]:
         """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""
@@ -1283,6 +1267,49 @@ def _queued_email(row: Sequence[Any]) -> QueuedEmail:
     email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind = row[:9]
     digest = None if row[9] is None else Digest(*row[9:])
     return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
+
+
+def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[AlertHistory]:
+    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order."""
+    alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
+    for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
+        emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
+        if email_id is not None:
+            emails.append(
+                EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
+            )
+    return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+
+
+def _bounded_signals(rows: Iterable[Sequence[Any]], limit: int, max_body_chars: int) -> tuple[list[Signal], bool]:
+    """The signals of SIGNALS_BETWEEN_SQL's `rows`, read only until there are `limit` of them or their bodies reach
+    `max_body_chars` characters (the one that crosses it kept), and whether there were more."""
+    signals: list[Signal] = []
+    chars = 0
+    for row in rows:
+        if len(signals) == limit or chars >= max_body_chars:
+            return signals, True
+        signals.append(Signal(*row))
+        chars += len(row[4] or "")
+    return signals, False
+
+
+def _user_counts(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:
+    """USER_COUNTS_SQL's rows as UserCounts, each with its UserState in `scheduled` (username -> state) if any."""
+    return [
+        UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
+        for name, at, last_ping, pings, alerts in rows
+    ]
+
+
+def _queued_webhook(row: Sequence[Any]) -> QueuedWebhook:
+    """The QueuedWebhook of a row of DUE_WEBHOOKS_SQL."""
+    return QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:]))
+
+
+def _webhook_history(row: Sequence[Any]) -> WebhookHistory:
+    """The WebhookHistory of a row of RECENT_WEBHOOKS_SQL."""
+    return WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:])
 
 
 # The settings a users row mirrors (depends_on aside, kept as parent_id), as columns and as _user_settings
