@@ -5,9 +5,11 @@
 """
 
 import dataclasses
+import json
 import os
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from playwright.sync_api import expect
 from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
 
 from store import CheckOutcome, NewEmail, Store
-from support import make_settings, write_settings
+from support import make_settings, wait_until, write_settings
 
 PASSWORD = "a look, not a touch"
 USERS = {
@@ -260,6 +262,21 @@ def test_without_either_password_the_page_says_the_overview_is_disabled(open_pag
         page.get_by_text("overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set")
     ).to_be_visible()
     expect(page.get_by_label("Overview password")).to_have_count(0)
+
+
+def test_the_testing_password_alone_unlocks_the_overview_and_its_history_loads(tmp_path, start_server, history):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS), history[0], TESTING_PASSWORD=PASSWORD)
+
+    def loading():
+        request = urllib.request.Request(
+            service.url + "/overview/state",
+            json.dumps({"password": PASSWORD}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return json.load(answer)["history_loading"]
+
+    wait_until(lambda: loading() == 0, timeout=20, interval=0.2, message="the history loaded by the upkeep loop")
 
 
 @pytest.mark.parametrize(("width", "scheme"), [(1366, "light"), (390, "dark")])
