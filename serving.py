@@ -10,6 +10,12 @@ every other request (/logs, the pages) goes to a few worker threads, so a heavy 
 ping back. A connection that has more unsent output than PARKED_OUTPUT gets no further request served
 until its client reads (and is closed if it never does), so no client can make a thread wait for it.
 
+A ping as devices send it (one `GET` of a quick path, HTTP/1.1, plain headers, read whole in one piece)
+skips waitress's request parser and task: the I/O thread reads it (read_plain_get), builds the WSGI
+environ waitress would, and writes the answer's header as waitress would (_Channel). That work was
+most of a served ping's CPU, more than its SQLite commit. Every other request, or a ping sent in
+pieces, with a body, pipelined or with unusual headers, goes through waitress as before.
+
 This relies on waitress internals, pinned by `waitress==3.0.2` in requirements.txt; tests/test_serving.py
 checks each behaviour relied on:
 - a channel calls `server.add_task(channel)` once per complete request, and `channel.service()` answers
@@ -22,12 +28,20 @@ checks each behaviour relied on:
   `pull_trigger()` is only needed to wake the poll from another thread;
 - waitress logs two lines each time open connections cross `connection_limit`;
 - an answer that carries its own Date header gets no second one from waitress (web.py's /ping answers
-  bring theirs, formatted once a second).
+  bring theirs, formatted once a second);
+- for a plain GET, the environ that `WSGITask.get_environment()` builds and the answer header that
+  `WSGITask.build_response_header()` writes, which _Channel builds alike; the channel's `request`
+  (the request being parsed), `requests`, `write_soon()`, `close_when_flushed` and `readable()`;
+  `server.application` (the app behind waitress's proxy-header middleware) and `server.task_dispatcher`.
 """
 
 import collections
 import contextlib
+import functools
+import io
 import logging
+import math
+import re
 import resource
 import sys
 import threading
@@ -39,9 +53,11 @@ from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, hop_by_hop
+from waitress.utilities import InternalServerError, build_http_date
 
 log = logging.getLogger("ping_listener.serving")
 
@@ -169,6 +185,9 @@ class RequestDispatcher:
                 channel.handle_write()
 
     def _dispatch(self, channel: Any, now: float, quick: list[Any]) -> None:
+        if channel.plain_get is not None:
+            quick.append(channel)  # read whole with nothing unsent before it: never to be parked
+            return
         if not channel.requests:
             return  # cancelled
         if channel.connected and channel.total_outbufs_len > PARKED_OUTPUT:
@@ -180,25 +199,195 @@ class RequestDispatcher:
             channel.handle_close()
         request = channel.requests[0]
         # A request waitress could not parse may have no path: its error answer is quick.
-        if request.error is not None or not channel.connected or self._is_quick(request.path):
+        if request.error is not None or not channel.connected or self.is_quick(request.path):
             quick.append(channel)
         else:
             self._workers.add_task(channel)
 
-    def _is_quick(self, path: str) -> bool:
+    def is_quick(self, path: str) -> bool:
+        """Whether a request for `path` is answered on the I/O thread."""
         # Run for every request: one tuple lookup and one startswith() instead of a loop over the paths.
         return path in self._quick_paths or path.startswith(self._below_quick_paths)
 
 
+@dataclass(frozen=True, slots=True)
+class PlainGet:
+    """A plain GET request as waitress's parser would have read it: path (PATH_INFO), query, request URI, and
+    headers keyed as waitress keys them (`USER_AGENT` for User-Agent), repeated ones joined by ", "."""
+
+    path: str
+    query: str
+    uri: str
+    headers: dict[str, str]
+
+
+# A plain GET's request line: a path with no percent-escape (so PATH_INFO is the path as sent) and no
+# fragment, an optional query, HTTP/1.1.
+_PLAIN_GET_LINE = re.compile(rb"GET (/[!\"$&-/0-9:->@-~]*)(?:\?([!\"$-~]*))? HTTP/1\.1\Z")
+# A plain header line: a name of letters, digits and dashes (waitress drops names with underscores), a
+# value of printable ASCII, spaces and tabs, whose leading and trailing blanks waitress strips.
+_PLAIN_HEADER = re.compile(rb"([0-9A-Za-z-]+):[ \t]*([\t -~]*?)[ \t]*\Z")
+# Headers that make a request not plain: waitress reads a body, or answers 100 Continue, for these.
+_NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING", "EXPECT"})
+# Header keys that waitress puts in the environ without the HTTP_ prefix.
+_UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE"})
+_INTERNAL_ERROR = "The server encountered an unexpected internal server error"
+
+
+def read_plain_get(data: bytes) -> PlainGet | None:
+    """The request in `data` if `data` is exactly one whole plain GET: HTTP/1.1, a request line and headers
+    as _PLAIN_GET_LINE and _PLAIN_HEADER allow, no body, nothing after it; else None (waitress parses it)."""
+    if not data.endswith(b"\r\n\r\n"):
+        return None
+    lines = data[:-4].split(b"\r\n")
+    line = _PLAIN_GET_LINE.match(lines[0])
+    if line is None:
+        return None
+    headers: dict[str, str] = {}
+    for header_line in lines[1:]:
+        header = _PLAIN_HEADER.match(header_line)
+        if header is None:  # an empty line too: a second request follows
+            return None
+        name = header[1].upper().replace(b"-", b"_").decode("ascii")
+        if name in _NOT_PLAIN_HEADERS:
+            return None
+        value = header[2].decode("ascii")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    query = line[2]
+    return PlainGet(
+        line[1].decode("ascii"), "" if query is None else query.decode("ascii"), lines[0][4:-9].decode("ascii"), headers
+    )
+
+
 class _Channel(HTTPChannel):
-    """waitress's connection, whose answers can be withheld while the batch that made them is not committed."""
+    """waitress's connection, whose answers can be withheld while the batch that made them is not committed,
+    and which answers a plain GET of a quick path itself, without waitress's request parser and task."""
 
     withhold_output = False
+    # A plain GET of a quick path read whole, with no other request or answer in progress: the next
+    # service() answers it.
+    plain_get: PlainGet | None = None
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and not self.total_outbufs_len and not (self.will_close or self.close_when_flushed):
+            plain_get = read_plain_get(data)
+            if plain_get is not None and self.server.task_dispatcher.is_quick(plain_get.path):
+                with self.requests_lock:
+                    if not self.requests:
+                        self.plain_get = plain_get
+                        self.server.add_task(self)
+                        return True
+        return bool(super().received(data))
+
+    def readable(self) -> bool:
+        return self.plain_get is None and bool(super().readable())
+
+    def service(self) -> None:
+        plain_get, self.plain_get = self.plain_get, None
+        if plain_get is None:
+            super().service()
+            return
+        if not self.connected:
+            return
+        answer, close = self._answer(plain_get)
+        try:
+            self.write_soon(answer)
+        except ClientDisconnected:
+            return
+        if close:
+            with self.requests_lock:
+                self.close_when_flushed = True
+        self.last_activity = time.time()
+
+    def _answer(self, request: PlainGet) -> tuple[bytes, bool]:
+        """The app's answer to `request` as waitress's WSGITask would send it (its 500 if the app fails), and
+        whether the connection closes after it."""
+        started = time.time()
+        close = request.headers.get("CONNECTION", "").lower() == "close"
+        second = math.floor(started)
+        try:
+            status, headers, body = self._call_app(request)
+            head = _answer_head(status, tuple(headers), len(body), close, self.server.adj.ident, second)
+        except Exception:
+            log.exception("Exception while serving %s", request.path)
+            status, headers, body = InternalServerError(_INTERNAL_ERROR).to_response(self.server.adj.ident)
+            close = True
+            head = _answer_head(status, tuple(headers), len(body), close, self.server.adj.ident, second)
+        return head + body, close
+
+    def _call_app(self, request: PlainGet) -> tuple[str, list[tuple[str, str]], bytes]:
+        """(status, headers, body) of the server's app (behind waitress's middleware) for `request`, with the
+        environ waitress's WSGITask.get_environment() would give it."""
+        environ = {
+            **self.server.plain_get_environ,
+            "REMOTE_ADDR": self.addr[0],
+            "REMOTE_HOST": self.addr[0],
+            "REMOTE_PORT": str(self.addr[1]),
+            "PATH_INFO": request.path,
+            "REQUEST_URI": request.uri,
+            "QUERY_STRING": request.query,
+            "wsgi.errors": sys.stderr,
+            "wsgi.input": io.BytesIO(),
+            "waitress.client_disconnected": self.check_client_disconnected,
+        }
+        for name, value in request.headers.items():
+            environ.setdefault(name if name in _UNPREFIXED_HEADERS else "HTTP_" + name, value)
+        written: list[bytes] = []
+        response: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
+            response[:] = [status, headers]
+            return written.append
+
+        result = self.server.application(environ, start_response)
+        try:
+            written.extend(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        status, headers = response
+        return status, headers, b"".join(written)
 
     def _flush_some(self, do_close: bool = True) -> bool:
         if self.withhold_output:
             return False
         return bool(super()._flush_some(do_close))
+
+
+# Answers to pings differ in their header once a second at most (their Date): the latest are kept.
+@functools.lru_cache(maxsize=64)
+def _answer_head(
+    status: str, headers: tuple[tuple[str, str], ...], body_length: int, close: bool, ident: str, second: int
+) -> bytes:
+    """The status line and header of an answer to a plain GET begun in the epoch `second`, as
+    WSGITask.build_response_header() writes them for a body of `body_length` bytes; raises ValueError for
+    what waitress's start_response refuses, or a Content-Length that is not the body's."""
+    answer_headers = []
+    for name, value in headers:
+        if not (isinstance(name, str) and isinstance(value, str)) or any(c in name + value + status for c in "\r\n"):
+            raise ValueError(f"header {name!r}: {value!r} cannot be sent")
+        if name.lower() in hop_by_hop:
+            raise ValueError(f"{name} is a hop-by-hop header; a WSGI application cannot set it")
+        answer_headers.append(("-".join(part.capitalize() for part in name.split("-")), value))
+    names = {name for name, _ in answer_headers}
+    if "Content-Length" not in names:
+        answer_headers.append(("Content-Length", str(body_length)))
+    elif any(name == "Content-Length" and value != str(body_length) for name, value in answer_headers):
+        raise ValueError("the Content-Length header is not the body's length")
+    if close and "Connection" not in names:
+        answer_headers.append(("Connection", "close"))
+    if "Server" in names:
+        answer_headers.append(("Via", ident or "waitress"))
+    elif ident:
+        answer_headers.append(("Server", ident))
+    if "Date" not in names:
+        answer_headers.append(("Date", build_http_date(second)))
+    # Sorted by name as waitress sorts them; stable, so headers of one name keep their order.
+    answer_headers.sort(key=lambda header: header[0])
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{name}: {value}\r\n" for name, value in answer_headers) + "\r\n"
+    return head.encode("latin-1")
 
 
 class _Server(TcpWSGIServer):
@@ -207,6 +396,25 @@ class _Server(TcpWSGIServer):
 
     channel_class = _Channel
     io_thread: int | None = None  # the serving loop's thread, set when it starts
+
+    @functools.cached_property
+    def plain_get_environ(self) -> dict[str, Any]:
+        """What the WSGI environ of every plain GET to this server holds alike, as WSGITask's."""
+        return {
+            "REQUEST_METHOD": "GET",
+            "SERVER_PORT": str(self.effective_port),
+            "SERVER_NAME": self.server_name,
+            "SERVER_SOFTWARE": self.adj.ident,
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "SCRIPT_NAME": self.adj.url_prefix,
+            "wsgi.url_scheme": self.adj.url_scheme,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": ReadOnlyFileBasedBuffer,
+            "wsgi.input_terminated": True,
+        }
 
     def pull_trigger(self) -> None:
         # service() pulls the trigger to wake the poll after each answer; on the I/O thread itself

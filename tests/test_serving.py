@@ -304,3 +304,161 @@ def test_a_ping_after_its_batch_was_rolled_back_is_refused_not_committed_alone(t
         assert store.pings_between(DEVICE, BUSY_DAY, BUSY_DAY + 10) == [BUSY_DAY + 3]
     finally:
         store.close()
+
+
+# A plain GET of a quick path is answered by serving.py itself, without waitress's request parser; any other
+# request, or the same one sent in two pieces, by waitress. Each answer must be the one waitress would give.
+PLAIN_PING = (
+    b"GET /ping/dev?username=dev&x=1?2 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n"
+    b"X-Repeated: a\r\nx-repeated:b\r\nX-Forwarded-For: 10.0.0.9\r\nContent-Type: text/plain \r\n\r\n"
+)
+
+
+class CountingParser(serving._Channel.parser_class):
+    """waitress's request parser, counting the requests it is made for."""
+
+    made = 0
+
+    def __init__(self, adj):
+        super().__init__(adj)
+        CountingParser.made += 1
+
+
+@pytest.fixture
+def counted_parsing(monkeypatch):
+    """How many requests waitress's parser has been made for since the test began (a function)."""
+    monkeypatch.setattr(serving._Channel, "parser_class", CountingParser)
+    monkeypatch.setattr(CountingParser, "made", 0)
+    return lambda: CountingParser.made
+
+
+def environ_app(environ, start_response):
+    """Answer with the request's WSGI environ (its text values) as JSON."""
+    texts = {key: value for key, value in environ.items() if isinstance(value, str | tuple | bool)}
+    body = json.dumps(texts, sort_keys=True).encode()
+    start_response("200 OK", [("content-type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def read_answer(reader):
+    """(status line, [header lines], body) of the next answer on `reader`."""
+    status_line = reader.readline()
+    headers, length = [], 0
+    while (line := reader.readline()) != b"\r\n":
+        headers.append(line)
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return status_line, headers, reader.read(length)
+
+
+def exchange(client, reader, pieces):
+    """Send a request in `pieces` (a pause between them, so that the server reads each alone); its answer."""
+    for number, piece in enumerate(pieces):
+        if number:
+            time.sleep(0.2)
+        client.sendall(piece)
+    return read_answer(reader)
+
+
+def without_date(answer):
+    status_line, headers, body = answer
+    return status_line, [line for line in headers if not line.startswith(b"Date:")], body
+
+
+def test_a_plain_get_is_answered_without_waitress_parser_as_waitress_would_answer_it(counted_parsing):
+    with serve_in_thread(environ_app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        by_waitress = exchange(client, reader, [PLAIN_PING[:30], PLAIN_PING[30:]])
+        assert counted_parsing() == 1
+        plain = exchange(client, reader, [PLAIN_PING])
+        assert counted_parsing() == 1, "waitress parsed the plain GET"
+    assert without_date(plain) == without_date(by_waitress)
+    assert [line for line in plain[1] if line.startswith(b"Date:")]
+    environ = json.loads(plain[2])
+    assert environ["PATH_INFO"] == "/ping/dev" and environ["QUERY_STRING"] == "username=dev&x=1?2"
+    assert environ["HTTP_X_REPEATED"] == "a, b" and environ["CONTENT_TYPE"] == "text/plain"
+    assert "HTTP_X_FORWARDED_FOR" not in environ  # waitress's middleware drops untrusted proxy headers
+
+
+def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_parsing):
+    request = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answers = []
+    with serve_in_thread(environ_app) as port:
+        for pieces in ([request[:20], request[20:]], [request]):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                reader = client.makefile("rb")
+                answers.append(exchange(client, reader, pieces))
+                assert reader.read() == b"", "the connection was not closed"
+    assert counted_parsing() == 1
+    (status_line, headers, body), (waitress_status_line, waitress_headers, waitress_body) = map(without_date, answers)
+    assert (status_line, headers) == (waitress_status_line, waitress_headers)
+    assert b"Connection: close\r\n" in headers
+    environ, waitress_environ = json.loads(body), json.loads(waitress_body)
+    assert environ.pop("REMOTE_PORT") != waitress_environ.pop("REMOTE_PORT")  # two connections
+    assert environ == waitress_environ
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /ping HTTP/1.0\r\nHost: x\r\n\r\n",
+        b"HEAD /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /ping/a%20b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ping#here HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Latin: \xe9\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"GET /logs HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_a_request_that_is_not_a_plain_get_of_a_quick_path_is_left_to_waitress(request_bytes, counted_parsing):
+    with serve_in_thread(environ_app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(request_bytes)
+        status_line = client.makefile("rb").readline()
+    assert status_line.startswith(b"HTTP/1.")
+    assert counted_parsing() == 1
+
+
+def test_pipelined_plain_gets_are_left_to_waitress_and_answered_in_order(counted_parsing):
+    requests = [b"GET /ping?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % number for number in range(3)]
+    with serve_in_thread(environ_app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"".join(requests))
+        reader = client.makefile("rb")
+        queries = [json.loads(read_answer(reader)[2])["QUERY_STRING"] for _ in requests]
+    assert queries == ["n=0", "n=1", "n=2"]
+    assert counted_parsing() == 3
+
+
+def test_an_app_failing_on_a_plain_get_gets_waitress_500_and_the_connection_closed(counted_parsing, caplog):
+    def failing_app(environ, start_response):
+        raise RuntimeError("boom")
+
+    request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers, parsed = [], []
+    with serve_in_thread(failing_app) as port:
+        for pieces in ([request[:20], request[20:]], [request]):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                reader = client.makefile("rb")
+                answers.append(exchange(client, reader, pieces))
+                assert reader.read() == b"", "the connection was not closed"
+                parsed.append(counted_parsing())
+    assert parsed[0] == parsed[1] > 0  # waitress parsed the request sent in pieces (and made its 500 a request)
+    assert answers[1][0] == b"HTTP/1.1 500 Internal Server Error\r\n"
+    assert without_date(answers[1]) == without_date(answers[0])
+    assert any("boom" in record.exc_text for record in caplog.records if record.exc_text)
+
+
+def test_an_app_answering_a_plain_get_with_a_wrong_content_length_gets_a_500_not_a_broken_answer(counted_parsing):
+    def lying_app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "99")])
+        return [b"short"]
+
+    with serve_in_thread(lying_app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        answer = exchange(client, client.makefile("rb"), [b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"])
+    assert counted_parsing() == 0
+    assert answer[0] == b"HTTP/1.1 500 Internal Server Error\r\n"
