@@ -264,16 +264,18 @@ class _Channel(HTTPChannel):
     and which answers a plain GET of a quick path itself, without waitress's request parser and task."""
 
     withhold_output = False
+    current_outbuf_count: int  # waitress's: bytes in the newest output buffer
     # A plain GET of a quick path read whole, with no other request or answer in progress: the next
     # service() answers it.
     plain_get: PlainGet | None = None
 
     def received(self, data: bytes) -> bool:
-        if self.request is None and not self.total_outbufs_len and not (self.will_close or self.close_when_flushed):
+        if self.request is None and not self.total_outbufs_len:
             plain_get = read_plain_get(data)
             if plain_get is not None and self.server.task_dispatcher.is_quick(plain_get.path):
                 with self.requests_lock:
-                    if not self.requests:
+                    # As waitress's received(): nothing more is taken in once the connection is to close.
+                    if not (self.requests or self.will_close or self.close_when_flushed):
                         self.plain_get = plain_get
                         self.server.add_task(self)
                         return True
@@ -283,10 +285,11 @@ class _Channel(HTTPChannel):
         return self.plain_get is None and bool(super().readable())
 
     def service(self) -> None:
-        plain_get, self.plain_get = self.plain_get, None
+        plain_get = self.plain_get
         if plain_get is None:
             super().service()
             return
+        self.plain_get = None
         if not self.connected:
             return
         answer, close = self._answer(plain_get)
@@ -294,6 +297,10 @@ class _Channel(HTTPChannel):
             self.write_soon(answer)
         except ClientDisconnected:
             return
+        # As waitress's service(): the next answer goes to a new output buffer, so that this one, if the
+        # client took it only in part (and it was moved to memory meanwhile), is let go once sent.
+        if self.current_outbuf_count > 0:
+            self.current_outbuf_count = self.adj.outbuf_high_watermark
         if close:
             with self.requests_lock:
                 self.close_when_flushed = True
@@ -305,14 +312,20 @@ class _Channel(HTTPChannel):
         started = time.time()
         close = request.headers.get("CONNECTION", "").lower() == "close"
         second = math.floor(started)
+        ident = self.server.adj.ident
         try:
             status, headers, body = self._call_app(request)
-            head = _answer_head(status, tuple(headers), len(body), close, self.server.adj.ident, second)
+            if not _has_body(status):
+                # waitress sends such an answer without a body or a length, and closes the connection after it.
+                body, close = b"", True
+                head = _answer_head(status, tuple(headers), None, close, ident, second)
+            else:
+                head = _answer_head(status, tuple(headers), len(body), close, ident, second)
         except Exception:
             log.exception("Exception while serving %s", request.path)
-            status, headers, body = InternalServerError(_INTERNAL_ERROR).to_response(self.server.adj.ident)
+            status, headers, body = InternalServerError(_INTERNAL_ERROR).to_response(ident)
             close = True
-            head = _answer_head(status, tuple(headers), len(body), close, self.server.adj.ident, second)
+            head = _answer_head(status, tuple(headers), len(body), close, ident, second)
         return head + body, close
 
     def _call_app(self, request: PlainGet) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -356,33 +369,49 @@ class _Channel(HTTPChannel):
         return bool(super()._flush_some(do_close))
 
 
+def _has_body(status: str) -> bool:
+    """Whether an answer of `status` has a body (not 1xx, 204 or 304), as waitress's Task.has_body says."""
+    return not status.startswith(("1", "204", "304"))
+
+
 # Answers to pings differ in their header once a second at most (their Date): the latest are kept.
 @functools.lru_cache(maxsize=64)
 def _answer_head(
-    status: str, headers: tuple[tuple[str, str], ...], body_length: int, close: bool, ident: str, second: int
+    status: str, headers: tuple[tuple[str, str], ...], body_length: int | None, close: bool, ident: str, second: int
 ) -> bytes:
     """The status line and header of an answer to a plain GET begun in the epoch `second`, as
-    WSGITask.build_response_header() writes them for a body of `body_length` bytes; raises ValueError for
-    what waitress's start_response refuses, or a Content-Length that is not the body's."""
+    WSGITask.build_response_header() writes them for a body of `body_length` bytes (None: an answer without a
+    body, whose Content-Length waitress leaves out). Raises ValueError for what waitress's start_response
+    refuses, or for a Content-Length that is not the body's (waitress would cut the answer or close early)."""
     answer_headers = []
+    content_length = date = server = None
     for name, value in headers:
         if not (isinstance(name, str) and isinstance(value, str)) or any(c in name + value + status for c in "\r\n"):
             raise ValueError(f"header {name!r}: {value!r} cannot be sent")
-        if name.lower() in hop_by_hop:
+        if name.lower() in hop_by_hop:  # Connection among them: only the server sets it
             raise ValueError(f"{name} is a hop-by-hop header; a WSGI application cannot set it")
-        answer_headers.append(("-".join(part.capitalize() for part in name.split("-")), value))
-    names = {name for name, _ in answer_headers}
-    if "Content-Length" not in names:
-        answer_headers.append(("Content-Length", str(body_length)))
-    elif any(name == "Content-Length" and value != str(body_length) for name, value in answer_headers):
-        raise ValueError("the Content-Length header is not the body's length")
-    if close and "Connection" not in names:
+        name = "-".join(part.capitalize() for part in name.split("-"))
+        if name == "Content-Length":
+            if body_length is None:
+                continue
+            content_length = value
+        elif name == "Date":
+            date = value
+        elif name == "Server":
+            server = value
+        answer_headers.append((name, value))
+    if body_length is not None:
+        if content_length is None:
+            answer_headers.append(("Content-Length", str(body_length)))
+        elif content_length != str(body_length):
+            raise ValueError("the Content-Length header is not the body's length")
+    if close:
         answer_headers.append(("Connection", "close"))
-    if "Server" in names:
+    if server:
         answer_headers.append(("Via", ident or "waitress"))
     elif ident:
         answer_headers.append(("Server", ident))
-    if "Date" not in names:
+    if not date:
         answer_headers.append(("Date", build_http_date(second)))
     # Sorted by name as waitress sorts them; stable, so headers of one name keep their order.
     answer_headers.sort(key=lambda header: header[0])
@@ -406,6 +435,7 @@ class _Server(TcpWSGIServer):
             "SERVER_NAME": self.server_name,
             "SERVER_SOFTWARE": self.adj.ident,
             "SERVER_PROTOCOL": "HTTP/1.1",
+            # The service sets no url_prefix: PATH_INFO is the whole path, as read_plain_get gives it.
             "SCRIPT_NAME": self.adj.url_prefix,
             "wsgi.url_scheme": self.adj.url_scheme,
             "wsgi.version": (1, 0),

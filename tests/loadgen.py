@@ -23,19 +23,19 @@ class BurstResult:
         return sum(1 for answered in self.statuses if answered == status)
 
 
-def burst(host, port, targets, timeout=30.0):
-    """Open one connection per target in `targets` (a request path each) at once, send `GET target` with
-    `Connection: close` on each, and read each answer to its end; return a BurstResult.
+def burst(host, port, targets, timeout=30.0, http_version="1.1"):
+    """Open one connection per target in `targets` (a request path each) at once, send `GET target` in
+    HTTP/`http_version` with `Connection: close` on each, and read each answer to its end; return a BurstResult.
 
     A connection refused, reset, or not answered within `timeout` seconds is a failure.
     """
     allow_open_files(len(targets) + 256)
-    return asyncio.run(_burst(host, port, list(targets), timeout))
+    return asyncio.run(_burst(host, port, list(targets), timeout, http_version))
 
 
-async def _burst(host, port, targets, timeout):
+async def _burst(host, port, targets, timeout, http_version):
     start = asyncio.Event()
-    tasks = [asyncio.create_task(_one_request(host, port, target, timeout, start)) for target in targets]
+    tasks = [asyncio.create_task(_one_request(host, port, target, timeout, start, http_version)) for target in targets]
     await asyncio.sleep(0)
     began = time.monotonic()
     start.set()
@@ -51,9 +51,9 @@ async def _burst(host, port, targets, timeout):
     return BurstResult(statuses, latencies, failures, elapsed)
 
 
-async def _one_request(host, port, target, timeout, start):
+async def _one_request(host, port, target, timeout, start, http_version):
     await start.wait()
-    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    request = f"GET {target} HTTP/{http_version}\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
     writer = None
     try:
         async with asyncio.timeout(timeout):
