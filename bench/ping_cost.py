@@ -1,8 +1,8 @@
 """Where a ping's CPU goes: the service's own work per ping, in process and served, beside a hello-world request.
 
 Served (section 1), every request also pays the serving's work (reading the request, answer headers, sockets,
-poll rounds), the same for the service and for the bare app. `run` measures in process, on a real SQLite file in WAL mode,
-what only the service does: its /ping WSGI app, and within it Store.record_ping (the committed INSERT and
+poll rounds), the same for the service and for the bare app. `run` measures in process, on a real SQLite file in
+WAL mode, what only the service does: its /ping WSGI app, and within it Store.record_ping (the committed INSERT and
 the UPDATE of the user's state that its trigger makes), each committed alone (as at 1 connection) and 16 to
 a transaction (Store.ping_batch, as a poll round at 16 connections is). `run_served` measures the CPU per
 request of the servers of section 1 and of the service's own app with its write left out, served exactly
