@@ -586,3 +586,21 @@ def test_every_request_read_plain_get_takes_is_read_alike_by_waitress_parser():
         assert (parser.path, parser.query, parser.request_uri) == (request.path, request.query, request.uri), data
         assert parser.headers == request.headers and parser.body_rcv is None and not parser.expect_continue, data
     assert accepted > 1_000
+
+
+@pytest.mark.parametrize(
+    "target", [f"/ping?username={DEVICE}", f"/ping/{DEVICE}/fail", "/ping?username=nobody", "/ping", "/ping/a/b/c"]
+)
+def test_the_service_answers_a_plain_ping_as_it_answers_one_read_by_waitress(store, target, counted_parsing):
+    settings = make_settings(USERS)
+    store.sync_users(settings.users, BUSY_DAY)
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with (
+        serve_in_thread(make_test_app(store, settings, lambda: BUSY_DAY + 30.5, None)) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as client,
+    ):
+        reader = client.makefile("rb")
+        by_waitress = exchange(client, reader, [request[:20], request[20:]])
+        plain = exchange(client, reader, [request])
+    assert counted_parsing() == 1
+    assert without_date(plain) == without_date(by_waitress)
