@@ -537,3 +537,11 @@ def test_a_child_is_suppressed_once_its_parent_is_late_too_by_the_clock_alone(st
     kept = loaded(store, T0)
     assert by_name(overview_state(store, kept, T0 + 60))["camera"]["state"] == "late"
     assert by_name(overview_state(store, kept, T0 + 101))["camera"]["state"] == "suppressed"
+
+
+def test_a_clock_set_back_makes_every_state_again(store):
+    synced(store, now=T0 - 1000)
+    store.record_ping("pi", T0)
+    kept = loaded(store, T0)
+    assert by_name(overview_state(store, kept, T0 + 100))["pi"]["state"] == "late"
+    assert by_name(overview_state(store, kept, T0 + 10))["pi"]["state"] == "pinging"
