@@ -15,6 +15,7 @@ import json
 import math
 import secrets
 import threading
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class _Recent:
     after it waits in RecentPings until the window reaches it.
     """
 
-    counts: list[int] = field(default_factory=lambda: [0] * SLOTS)  # the window's slots, oldest first
+    # The window's slots, oldest first: an array, not a list, so that the garbage collector has no 96 items
+    # a user to visit (at fleet size a full collection then took about 20 ms more, in the middle of an answer).
+    counts: array = field(default_factory=lambda: array("L", bytes(SLOTS * array("L").itemsize)))
     levels: bytearray = field(default_factory=lambda: bytearray(LEVELS[0] * SLOTS, "ascii"))  # the same as LEVELS
     silences: list[tuple[float, float]] = field(default_factory=list)
     latest: float | None = None
@@ -103,6 +106,7 @@ class RecentPings:
         self._next_slot_pings: list[tuple[int, int, float]] = []
         # Users whose summary changed since changes() last answered, other than by the slide of the window.
         self._changed: set[int] = set()
+        self._followed: set[int] = set()  # the ids of the users last followed
 
     def changes(self, users: Mapping[int, UserState], now: float) -> tuple[int, dict[int, Recent | None]]:
         """The window at `now` (its first slot's number: slot n starts at n * SLOT_SECONDS; SLOTS slots, the
@@ -177,6 +181,14 @@ class RecentPings:
             self._loading = {}
             self._next_slot_pings = []
             self._changed = set(users)
+            self._followed = set()
+        if users.keys() != self._followed:
+            self._follow(users)
+        self._slide(first_slot)
+        self._add_new_pings(users)
+
+    def _follow(self, users):
+        """Follow `users`: a new one's history is to load, one no longer among them is forgotten."""
         for user_id in users:
             if user_id not in self._users and user_id not in self._loading:
                 self._loading[user_id] = []
@@ -185,8 +197,7 @@ class RecentPings:
             del self._users[user_id]
         for user_id in [user_id for user_id in self._loading if user_id not in users]:
             del self._loading[user_id]
-        self._slide(first_slot)
-        self._add_new_pings(users)
+        self._followed = set(users)
 
     def _add_new_pings(self, users):
         rows = self._store.pings_after_id(self._read_up_to or 0)
@@ -223,13 +234,13 @@ class RecentPings:
             return
         self._first_slot = first_slot
         start = first_slot * SLOT_SECONDS
-        empty_counts, empty_levels = [0] * moved, LEVELS[0].encode("ascii") * moved
+        empty_counts, empty_levels = array("L", bytes(moved * array("L").itemsize)), LEVELS[0].encode("ascii") * moved
         for user_id, recent in self._users.items():
             del recent.counts[:moved]
             recent.counts += empty_counts
             del recent.levels[:moved]
             recent.levels += empty_levels
-            if any(silence[1] < start for silence in recent.silences):
+            if recent.silences and recent.silences[0][1] < start:  # they end in order
                 recent.silences = [silence for silence in recent.silences if silence[1] >= start]
                 self._changed.add(user_id)
 
