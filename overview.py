@@ -5,8 +5,8 @@ never the size of the history, and the /ping path does no extra work:
 - RecentPings: each user's last 24 hours of pings summarised, loaded once after a start in the background
   (Overview.keep_up, a scheduler loop) and then kept up to date from the pings recorded since;
 - Overview: each user's state as last read and its row of the answer as JSON text, written again only
-  when something in it changed; a page that gives the version of the answer it has gets only the rows
-  that changed since.
+  when something in it may have changed; a page that gives the version of the answer it has gets only the
+  rows that changed since, and moves the slots of the others itself when the window slides.
 States and deadlines come from rules.py (live_state, late_at, silences); times for people from localtime.py.
 """
 
@@ -32,8 +32,9 @@ SLOTS = 96
 # A slot's pings as one character, "0" for none, else the bit length of their count up to "9":
 # "1" is one ping, "2" two or three, "3" four to seven, ..., "9" 256 or more.
 LEVELS = "0123456789"
-# How many users' 24 hours one step of the background loading reads: about 10 000 pings at 100 pings a
-# user and a day, some 15 ms, so that an answer that begins meanwhile shares the interpreter only that long.
+# How many users' 24 hours one step of the background loading reads (and then writes their rows): about
+# 10 000 pings at 100 pings a user and a day, some 20 ms, so that an answer that begins meanwhile shares the
+# interpreter only that long.
 HISTORY_USERS_PER_STEP = 100
 # How often the upkeep adds the pings recorded meanwhile once every history is loaded: a page's answer
 # then reads only the last few seconds' pings, even the first one after hours without a page open.
@@ -143,7 +144,7 @@ class RecentPings:
     def load(self, users: Mapping[int, UserState], limit: int) -> int:
         """Load the histories of up to `limit` users still waiting for theirs, among `users`; return how many.
 
-        The store is read without holding the lock: read() answers meanwhile.
+        The store is read without holding the lock: changes() answers meanwhile.
         """
         with self._lock:
             ids = sorted(user_id for user_id in self._loading if user_id in users)[:limit]
