@@ -173,7 +173,7 @@ class RecentPings:
             return len(ids)
 
     def _catch_up(self, users, now):
-        first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
+        first_slot = _first_slot(now)
         if self._read_up_to is None or first_slot - self._first_slot >= SLOTS:
             self._generation += 1
             self._first_slot = first_slot
@@ -246,6 +246,12 @@ class RecentPings:
                 self._changed.add(user_id)
 
 
+def _first_slot(now: float) -> int:
+    """The number of the first slot of the window of `now` (slot n starts at n * SLOT_SECONDS): SLOTS slots, the
+    last one holding `now`."""
+    return math.floor(now / SLOT_SECONDS) - SLOTS + 1
+
+
 def _level(count: int) -> int:
     """The LEVELS character of a slot of `count` pings, as a byte."""
     return ord(LEVELS[min(count.bit_length(), 9)])
@@ -308,6 +314,7 @@ class Overview:
         self._order: list[int] = []
         self._order_version = 0
         self._summary: list[tuple[str, int]] = []
+        self._pending: set[int] = set()  # users whose rows are to write again, found by an update that failed
         self._loading = 0  # how many users' histories are still loading
         # When a user was last added or removed, or every history was forgotten: an answer since an earlier
         # version has every row.
@@ -387,21 +394,26 @@ class Overview:
 
     def _update(self, now: float, read_store: bool) -> None:
         """Bring every row up to date at `now` as a new version: with `read_store`, from the users' rows and
-        alerts in the store; else from those last read (the upkeep's steps). Called with the lock held."""
+        alerts in the store; else from those last read (the upkeep's steps). Called with the lock held.
+
+        If a read of the store fails, the users found changed until then are written by the next update."""
         self._version += 1
-        changed: set[int] = set()
+        changed = self._pending
         if read_store:
-            changed = self._read_users()
+            raws = self._store.configured_user_rows()
+            alerts = self._store.recent_alerts(_first_slot(now) * SLOT_SECONDS)
+            changed.update(self._take_users(raws))
         if now < self._now:  # the clock was set back: a state may go back too
             changed.update(self._users)
+        first_slot, histories = self._recent.changes(self._users, now)  # the last read of the store
+        self._pending = set()
         self._now = now
-        first_slot, histories = self._recent.changes(self._users, now)
         changed.update(histories)
         if self._first_slot is not None and first_slot != self._first_slot:
             self._slide(first_slot - self._first_slot)
         self._first_slot = first_slot
         if read_store:
-            changed.update(self._read_alerts(first_slot * SLOT_SECONDS))
+            changed.update(self._take_alerts(alerts, first_slot * SLOT_SECONDS))
         changed.update(user_id for user_id, row in self._rows.items() if row.recheck_at <= now)
         if self._parents and changed:  # a child's state depends on its parent's
             changed.update(child for child, parent in self._parents.items() if parent in changed)
@@ -431,9 +443,9 @@ class Overview:
         if recount:
             self._loading = sum(row.history is None for row in self._rows.values())
 
-    def _read_users(self) -> set[int]:
-        """Follow the users' rows in the store; return the ids of those whose row changed and those added."""
-        raws = self._store.configured_user_rows()
+    def _take_users(self, raws: list[tuple[Any, ...]]) -> set[int]:
+        """Keep `raws`, every configured user's row in the store; return the ids of those whose row changed
+        and those added."""
         previous = self._raws
         new = [raw for raw in raws if previous.get(raw[0]) != raw]
         changed = {raw[0] for raw in new}
@@ -451,11 +463,13 @@ class Overview:
                 self._parents[raw[0]] = raw[-1]
         return changed
 
-    def _read_alerts(self, start: float) -> set[int]:
-        """Follow the users' alerts from `start` on; return the ids of those whose alerts changed."""
+    def _take_alerts(self, rows: list[tuple[int, float]], start: float) -> set[int]:
+        """Keep the users' alerts from `start` on among `rows` (store.recent_alerts); return the ids of those
+        whose alerts changed."""
         alerts: dict[int, tuple[float, ...]] = {}
-        for user_id, at in self._store.recent_alerts(start):
-            alerts[user_id] = (*alerts.get(user_id, ()), at)
+        for user_id, at in rows:
+            if at >= start:
+                alerts[user_id] = (*alerts.get(user_id, ()), at)
         changed = {
             user_id
             for user_id in alerts.keys() | self._alerts.keys()

@@ -5,9 +5,11 @@ import random
 import threading
 import time
 
+import pytest
+
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
-from store import CheckOutcome, NewEmail
+from store import CheckOutcome, NewEmail, StoreUnavailableError
 from support import BACKENDS, T0, make_settings
 
 USERS = {
@@ -545,3 +547,21 @@ def test_a_clock_set_back_makes_every_state_again(store):
     kept = loaded(store, T0)
     assert by_name(overview_state(store, kept, T0 + 100))["pi"]["state"] == "late"
     assert by_name(overview_state(store, kept, T0 + 10))["pi"]["state"] == "pinging"
+
+
+@BACKENDS
+def test_a_user_whose_row_changed_when_a_read_failed_is_written_by_the_next_answer(store, monkeypatch):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    overview_state(store, kept, T0)
+    store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
+    pings_after_id = store.pings_after_id
+
+    def unavailable(after_id):
+        monkeypatch.setattr(store, "pings_after_id", pings_after_id)
+        raise StoreUnavailableError("the disk is full")
+
+    monkeypatch.setattr(store, "pings_after_id", unavailable)
+    with pytest.raises(StoreUnavailableError):
+        kept.state(T0 + 2)
+    assert by_name(overview_state(store, kept, T0 + 3))["pi"]["max_sleep"] == 3600
