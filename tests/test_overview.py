@@ -565,3 +565,17 @@ def test_a_user_whose_row_changed_when_a_read_failed_is_written_by_the_next_answ
     with pytest.raises(StoreUnavailableError):
         kept.state(T0 + 2)
     assert by_name(overview_state(store, kept, T0 + 3))["pi"]["max_sleep"] == 3600
+
+
+@BACKENDS
+def test_a_user_added_later_has_its_history_loaded_too(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    overview_state(store, kept, T0)
+    synced(store, {**USERS, "camera": USERS["pi"]}, now=T0 + 1)
+    store.record_ping("camera", T0 + 2)
+    assert by_name(overview_state(store, kept, T0 + 3))["camera"]["pings"] is None  # to load
+    while kept.keep_up(T0 + 4):
+        pass
+    camera = by_name(overview_state(store, kept, T0 + 5))["camera"]
+    assert (camera["pings"], camera["last_ping"]) == ("0" * (SLOTS - 1) + "1", T0 + 2)
