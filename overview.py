@@ -15,7 +15,6 @@ import json
 import math
 import secrets
 import threading
-from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,11 +74,11 @@ class _Recent:
     after it waits in RecentPings until the window reaches it.
     """
 
-    # The window's slots, oldest first: an array, not a list, so that the garbage collector has no 96 items
-    # a user to visit (at fleet size a full collection then took about 20 ms more, in the middle of an answer).
-    counts: array = field(default_factory=lambda: array("L", bytes(SLOTS * array("L").itemsize)))
+    # The window's slots' counts, oldest first, kept up to 255 (one more is "9", 256 or more, whatever the rest).
+    # Bytes, not a list, so that the garbage collector has no 96 items a user to visit.
+    counts: bytearray = field(default_factory=lambda: bytearray(SLOTS))
     levels: bytearray = field(default_factory=lambda: bytearray(LEVELS[0] * SLOTS, "ascii"))  # the same as LEVELS
-    silences: list[tuple[float, float]] = field(default_factory=list)
+    silences: tuple[tuple[float, float], ...] = ()  # a tuple of floats: nothing for the garbage collector
     latest: float | None = None
 
 
@@ -125,9 +124,7 @@ class RecentPings:
             for user_id in self._changed:
                 if user_id in users:
                     recent = self._users.get(user_id)
-                    answer[user_id] = (
-                        None if recent is None else Recent(recent.levels.decode("ascii"), tuple(recent.silences))
-                    )
+                    answer[user_id] = None if recent is None else Recent(recent.levels.decode("ascii"), recent.silences)
             self._changed = set()
             return self._first_slot, answer
 
@@ -222,9 +219,12 @@ class RecentPings:
         for at in times:
             index = math.floor(at / SLOT_SECONDS) - self._first_slot
             if 0 <= index < SLOTS:
-                recent.counts[index] += 1
-                recent.levels[index] = _level(recent.counts[index])
-        recent.silences += [silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start]
+                count = recent.counts[index] + 1
+                recent.levels[index] = _level(count)
+                recent.counts[index] = min(count, 255)
+        recent.silences += tuple(
+            silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start
+        )
         if times:
             recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
         self._changed.add(user.id)
@@ -235,14 +235,14 @@ class RecentPings:
             return
         self._first_slot = first_slot
         start = first_slot * SLOT_SECONDS
-        empty_counts, empty_levels = array("L", bytes(moved * array("L").itemsize)), LEVELS[0].encode("ascii") * moved
+        empty_counts, empty_levels = bytes(moved), LEVELS[0].encode("ascii") * moved
         for user_id, recent in self._users.items():
             del recent.counts[:moved]
             recent.counts += empty_counts
             del recent.levels[:moved]
             recent.levels += empty_levels
             if recent.silences and recent.silences[0][1] < start:  # they end in order
-                recent.silences = [silence for silence in recent.silences if silence[1] >= start]
+                recent.silences = tuple(silence for silence in recent.silences if silence[1] >= start)
                 self._changed.add(user_id)
 
 
@@ -260,13 +260,13 @@ def _level(count: int) -> int:
 @dataclass(slots=True)
 class _Row:
     """A user's row as last answered: made from `user` (its row in the store), its parent's and its
-    `history` (None while it loads; its silences are current, its slots as they were when it was read); its
-    live `state`, the same until `recheck_at` at the earliest while neither row changes; what it shows but
-    its slots (`key`); its JSON up to its slots (`head`), of its slots in the current window (`pings`) and
-    whole (`text`); and the answer's version in which that JSON last changed other than by the window's slide."""
+    `silences` in the window (None while its history loads); its live `state`, the same until `recheck_at`
+    at the earliest while neither row changes; what it shows but its slots (`key`); its JSON up to its slots
+    (`head`), of its slots in the current window (`pings`) and whole (`text`); and the answer's version in
+    which that JSON last changed other than by the window's slide."""
 
     user: UserState
-    history: Recent | None
+    silences: tuple[tuple[float, float], ...] | None
     state: str
     recheck_at: float
     key: tuple[Any, ...]
@@ -426,12 +426,12 @@ class Overview:
             old = self._rows.get(user_id)
             if user_id in histories:
                 history = histories[user_id]
-                pings = "null" if history is None else f'"{history.levels}"'
+                silences, pings = (None, "null") if history is None else (history.silences, f'"{history.levels}"')
             else:  # its slots, moved with the window since its history was read
-                history, pings = (None, "null") if old is None else (old.history, old.pings)
-            row = self._row(user, old, history, pings, now, write)
+                silences, pings = (None, "null") if old is None else (old.silences, old.pings)
+            row = self._row(user, old, silences, pings, now, write)
             reorder = reorder or old is None or old.state != row.state
-            recount = recount or row.history is None or old is None or old.history is None
+            recount = recount or row.silences is None or old is None or old.silences is None
             self._rows[user_id] = row
         if reorder:
             ranked = sorted((_state_rank(row.state), row.user.username, user_id) for user_id, row in self._rows.items())
@@ -441,7 +441,7 @@ class Overview:
             counts = Counter(row.state for row in self._rows.values())
             self._summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
         if recount:
-            self._loading = sum(row.history is None for row in self._rows.values())
+            self._loading = sum(row.silences is None for row in self._rows.values())
 
     def _take_users(self, raws: list[tuple[Any, ...]]) -> set[int]:
         """Keep `raws`, every configured user's row in the store; return the ids of those whose row changed
@@ -485,7 +485,7 @@ class Overview:
             self._users_version = self._version
             return
         for row in self._rows.values():
-            if row.history is not None:
+            if row.silences is not None:
                 row.pings = '"' + row.pings[1 + moved : -1] + LEVELS[0] * moved + '"'
                 row.text = row.head + row.pings + "}"
 
@@ -493,23 +493,24 @@ class Overview:
         self,
         user: UserState,
         old: _Row | None,
-        history: Recent | None,
+        silences: tuple[tuple[float, float], ...] | None,
         pings: str,
         now: float,
         write: Callable[[float], str],
     ) -> _Row:
-        """`user`'s row at `now` with the silences of `history` and `pings` as its slots; `old`, its row in the
-        previous version (None for a new user)."""
+        """`user`'s row at `now` with `silences` (None while its history loads) and `pings` as its slots;
+        `old`, its row in the previous version (None for a new user)."""
         parent_id = self._parents.get(user.id)
         parent = None if parent_id is None else self._users.get(parent_id)
         state = rules.live_state(user, now, parent)
         silent = rules.silent_at(user, user.last_ping, now)
-        # Everything the row shows but its slots: `user` is the same object while its row in the store is the same.
-        key = (user, state, silent, () if history is None else history.silences, self._alerts.get(user.id, ()))
+        # Everything the row shows but its slots, as tuples of numbers and text only (its row in the store for
+        # `user`): nothing for the garbage collector to visit at each collection.
+        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()))
         head = old.head if old is not None and old.key == key else _row_head(user, *key[1:], write)
         text = head + pings + "}"
         version = old.version if old is not None and old.text == text else self._version
-        return _Row(user, history, state, _recheck_at(user, now), key, head, pings, text, version)
+        return _Row(user, silences, state, _recheck_at(user, now), key, head, pings, text, version)
 
     def _asked_version(self, since: str | None) -> int | None:
         """The number of `since` if it is a version this overview answered, else None. Called with the lock held."""

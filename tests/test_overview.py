@@ -84,6 +84,10 @@ def test_slots_count_pings_as_the_bit_length_of_their_number(store):
     store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
     pi = by_name(overview_state(store, loaded(store, T0), T0))["pi"]
     assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
+    # 255 pings: "8"; 256: "9", and 300 as many (a count is kept up to 255, the level tells the rest).
+    for slot, count in ((1, 255), (2, 256), (3, 300)):
+        ping_every(store, "pi", WINDOW_START + slot * SLOT_SECONDS, WINDOW_START + slot * SLOT_SECONDS + count, 1)
+    assert by_name(overview_state(store, loaded(store, T0), T0))["pi"]["pings"][:5] == "18990"
 
 
 @BACKENDS
