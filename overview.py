@@ -282,13 +282,13 @@ class Overview:
     It keeps every user's row of the answer as JSON text and brings the rows up to date before each answer,
     writing again only those in which something may have changed: the user's row in the store or its
     parent's (a ping, an alert, a setting), its alerts, its pings in the window, or its state with the clock
-    alone (at its deadlines, rules.live_state's and its parent's, found with the row). A refresh then costs
-    a read and a comparison per user, and the rows of the users that changed. Each answer has a version;
-    asked with the version of an earlier one, an answer holds only the rows that changed since (and the order
-    of the rows if it changed). When the window slides, a row whose slots only moved with it is not
-    counted as changed: the page moves them itself. keep_up(), run in a loop of its own, loads the 24
-    hours' history in the background, giving way to the answers being written, and writes the rows of the
-    users it loaded, so that no answer writes them all.
+    alone (at the next of its deadlines, found with its row; a child's row is written again with its
+    parent's). A refresh then costs a read and a comparison per user, and the rows of the users that
+    changed. Each answer has a version; asked with the version of an earlier one, an answer holds only the
+    rows that changed since (and the order of the rows if it changed). When the window slides, a row whose
+    slots only moved with it is not counted as changed: the page moves them itself. keep_up(), run in a
+    loop of its own, loads the 24 hours' history in the background, giving way to the answers being
+    written, and writes the rows of the users it loaded, so that no answer writes them all.
     """
 
     def __init__(self, store: Store) -> None:
