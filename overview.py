@@ -5,8 +5,8 @@ never the size of the history, and the /ping path does no extra work:
 - RecentPings: each user's last 24 hours of pings summarised, loaded once after a start in the background
   (Overview.keep_up, a scheduler loop) and then kept up to date from the pings recorded since;
 - Overview: each user's state as last read and its row of the answer as JSON text, written again only
-  when something in it changed; a page that gives the version of the answer it has gets only the rows
-  that changed since.
+  when something in it may have changed; a page that gives the version of the answer it has gets only the
+  rows that changed since, and moves the slots of the others itself when the window slides.
 States and deadlines come from rules.py (live_state, late_at, silences); times for people from localtime.py.
 """
 
@@ -15,6 +15,7 @@ import json
 import math
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -30,8 +31,9 @@ SLOTS = 96
 # A slot's pings as one character, "0" for none, else the bit length of their count up to "9":
 # "1" is one ping, "2" two or three, "3" four to seven, ..., "9" 256 or more.
 LEVELS = "0123456789"
-# How many users' 24 hours one step of the background loading reads: about 10 000 pings at 100 pings a
-# user and a day, some 15 ms, so that an answer that begins meanwhile shares the interpreter only that long.
+# How many users' 24 hours one step of the background loading reads (and then writes their rows): about
+# 10 000 pings at 100 pings a user and a day, some 20 ms, so that an answer that begins meanwhile shares the
+# interpreter only that long.
 HISTORY_USERS_PER_STEP = 100
 # How often the upkeep adds the pings recorded meanwhile once every history is loaded: a page's answer
 # then reads only the last few seconds' pings, even the first one after hours without a page open.
@@ -72,20 +74,21 @@ class _Recent:
     after it waits in RecentPings until the window reaches it.
     """
 
-    counts: list[int] = field(default_factory=lambda: [0] * SLOTS)  # the window's slots, oldest first
+    # The window's slots' counts, oldest first, kept up to 255 (one more is "9", 256 or more, whatever the rest).
+    # Bytes, not a list, so that the garbage collector has no 96 items a user to visit.
+    counts: bytearray = field(default_factory=lambda: bytearray(SLOTS))
     levels: bytearray = field(default_factory=lambda: bytearray(LEVELS[0] * SLOTS, "ascii"))  # the same as LEVELS
-    silences: list[tuple[float, float]] = field(default_factory=list)
+    silences: tuple[tuple[float, float], ...] = ()  # a tuple of floats: nothing for the garbage collector
     latest: float | None = None
-    shown: Recent | None = None  # what read() answers for the current window; None once stale
 
 
 class RecentPings:
     """Every configured user's last 24 hours of pings, summarised; safe across threads.
 
     A user's history is loaded once (load(), in the background: a window holds a million pings at fleet
-    size); until then read() answers None for it, and the pings recorded meanwhile wait for it. After
-    that each catch_up() or read() reads only the pings recorded since the previous one (along the
-    primary key). If more than a window passes between two, every history is loaded again.
+    size); until then it is None, and the pings recorded meanwhile wait for it. After that each
+    catch_up() or changes() reads only the pings recorded since the previous one (along the primary key).
+    If more than a window passes between two, every history is loaded again.
     """
 
     def __init__(self, store: Store) -> None:
@@ -101,19 +104,29 @@ class RecentPings:
         # Pings read that fall in the slot just after the window: recorded after the clock of the read that found
         # them was taken, they are counted once the window reaches their slot (the id read past them is not read again).
         self._next_slot_pings: list[tuple[int, int, float]] = []
+        # Users whose summary changed since changes() last answered, other than by the slide of the window.
+        self._changed: set[int] = set()
+        self._followed: set[int] = set()  # the ids of the users last followed
 
-    def read(self, users: Mapping[int, UserState], now: float) -> dict[int, Recent | None]:
-        """Each of `users`' (by id) pings in the window of `now` (SLOTS slots, the last one holding `now`);
-        None for a user whose history is still loading."""
+    def changes(self, users: Mapping[int, UserState], now: float) -> tuple[int, dict[int, Recent | None]]:
+        """The window at `now` (its first slot's number: slot n starts at n * SLOT_SECONDS; SLOTS slots, the
+        last one holding `now`, never earlier than the previous window), and the pings in it of each of
+        `users` (by id) whose pings changed since the previous call other than by the window's slide (None
+        for a user whose history is still loading).
+
+        Between two calls a user not named kept its silences, and its slots are the previous ones
+        moved by the slide: the first slots dropped, as many empty ones added at the end. A new user, or every
+        user when every history is to load again (the window moved a whole window), is named.
+        """
         with self._lock:
             self._catch_up(users, now)
             answer: dict[int, Recent | None] = {}
-            for user_id in users:
-                recent = self._users.get(user_id)
-                if recent is not None and recent.shown is None:
-                    recent.shown = Recent(recent.levels.decode("ascii"), tuple(recent.silences))
-                answer[user_id] = None if recent is None else recent.shown
-            return answer
+            for user_id in self._changed:
+                if user_id in users:
+                    recent = self._users.get(user_id)
+                    answer[user_id] = None if recent is None else Recent(recent.levels.decode("ascii"), recent.silences)
+            self._changed = set()
+            return self._first_slot, answer
 
     def catch_up(self, users: Mapping[int, UserState], now: float) -> None:
         """Follow `users` (a new one's history is to load) and add the pings recorded since the last read."""
@@ -128,7 +141,7 @@ class RecentPings:
     def load(self, users: Mapping[int, UserState], limit: int) -> int:
         """Load the histories of up to `limit` users still waiting for theirs, among `users`; return how many.
 
-        The store is read without holding the lock: read() answers meanwhile.
+        The store is read without holding the lock: changes() answers meanwhile.
         """
         with self._lock:
             ids = sorted(user_id for user_id in self._loading if user_id in users)[:limit]
@@ -153,10 +166,11 @@ class RecentPings:
                 recent = _Recent(latest=before.get(user_id))
                 self._add(recent, sorted(times[user_id] + later), users[user_id])
                 self._users[user_id] = recent
+                self._changed.add(user_id)
             return len(ids)
 
     def _catch_up(self, users, now):
-        first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
+        first_slot = _first_slot(now)
         if self._read_up_to is None or first_slot - self._first_slot >= SLOTS:
             self._generation += 1
             self._first_slot = first_slot
@@ -164,15 +178,24 @@ class RecentPings:
             self._users = {}
             self._loading = {}
             self._next_slot_pings = []
+            self._changed = set(users)
+            self._followed = set()
+        if users.keys() != self._followed:
+            self._follow(users)
+        self._slide(first_slot)
+        self._add_new_pings(users)
+
+    def _follow(self, users):
+        """Follow `users`: a new one's history is to load, one no longer among them is forgotten."""
         for user_id in users:
             if user_id not in self._users and user_id not in self._loading:
                 self._loading[user_id] = []
+                self._changed.add(user_id)
         for user_id in [user_id for user_id in self._users if user_id not in users]:
             del self._users[user_id]
         for user_id in [user_id for user_id in self._loading if user_id not in users]:
             del self._loading[user_id]
-        self._slide(first_slot)
-        self._add_new_pings(users)
+        self._followed = set(users)
 
     def _add_new_pings(self, users):
         rows = self._store.pings_after_id(self._read_up_to or 0)
@@ -196,12 +219,15 @@ class RecentPings:
         for at in times:
             index = math.floor(at / SLOT_SECONDS) - self._first_slot
             if 0 <= index < SLOTS:
-                recent.counts[index] += 1
-                recent.levels[index] = _level(recent.counts[index])
-        recent.silences += [silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start]
+                count = recent.counts[index] + 1
+                recent.levels[index] = _level(count)
+                recent.counts[index] = min(count, 255)
+        recent.silences += tuple(
+            silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start
+        )
         if times:
             recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
-        recent.shown = None
+        self._changed.add(user.id)
 
     def _slide(self, first_slot):
         moved = first_slot - self._first_slot
@@ -209,14 +235,21 @@ class RecentPings:
             return
         self._first_slot = first_slot
         start = first_slot * SLOT_SECONDS
-        empty_counts, empty_levels = [0] * moved, LEVELS[0].encode("ascii") * moved
-        for recent in self._users.values():
+        empty_counts, empty_levels = bytes(moved), LEVELS[0].encode("ascii") * moved
+        for user_id, recent in self._users.items():
             del recent.counts[:moved]
             recent.counts += empty_counts
             del recent.levels[:moved]
             recent.levels += empty_levels
-            recent.silences = [silence for silence in recent.silences if silence[1] >= start]
-            recent.shown = None
+            if recent.silences and recent.silences[0][1] < start:  # they end in order
+                recent.silences = tuple(silence for silence in recent.silences if silence[1] >= start)
+                self._changed.add(user_id)
+
+
+def _first_slot(now: float) -> int:
+    """The number of the first slot of the window of `now` (slot n starts at n * SLOT_SECONDS): SLOTS slots, the
+    last one holding `now`."""
+    return math.floor(now / SLOT_SECONDS) - SLOTS + 1
 
 
 def _level(count: int) -> int:
@@ -226,64 +259,87 @@ def _level(count: int) -> int:
 
 @dataclass(slots=True)
 class _Row:
-    """A user's row as last answered: its state made from `raw` (its row in the store), what the row showed
-    but its slots (`key`), its JSON up to its slots (`head`) and its slots' (`pings`), and the answer's
-    version in which that JSON last changed (set only under Overview's lock)."""
+    """A user's row as last answered: made from `user` (its row in the store), its parent's and its
+    `silences` in the window (None while its history loads); its live `state`, the same until `recheck_at`
+    at the earliest while neither row changes; what it shows but its slots (`key`); its JSON up to its slots
+    (`head`), of its slots in the current window (`pings`) and whole (`text`); and the answer's version in
+    which that JSON last changed other than by the window's slide."""
 
-    raw: tuple[Any, ...]
     user: UserState
+    silences: tuple[tuple[float, float], ...] | None
+    state: str
+    recheck_at: float
     key: tuple[Any, ...]
     head: str
     pings: str
-    version: int = 0
+    text: str
+    version: int
 
 
 class Overview:
-    """The overview's answers over a store; safe across threads, and no answer waits for another's work.
+    """The overview's answers over a store; safe across threads.
 
-    It keeps each user's state as last read (made again only when its row in the store changed) and its
-    row of the last answer as JSON text, written again only when something in it changed (the user
-    pinged, was alerted, changed state): a refresh then costs a read and a comparison per user, and the
-    JSON of the users that changed. Each answer has a version; asked with the version of an earlier one,
-    an answer holds only the rows that changed since (and the order of the rows if it changed). keep_up(),
-    run in a loop of its own, loads the 24 hours' history in the background, giving way to the answers
-    being written, and writes every row once, so that no answer writes them all.
+    It keeps every user's row of the answer as JSON text and brings the rows up to date before each answer,
+    writing again only those in which something may have changed: the user's row in the store or its
+    parent's (a ping, an alert, a setting), its alerts, its pings in the window, or its state with the clock
+    alone (at the next of its deadlines, found with its row; a child's row is written again with its
+    parent's). A refresh then costs a read and a comparison per user, and the rows of the users that
+    changed. Each answer has a version; asked with the version of an earlier one, an answer holds only the
+    rows that changed since (and the order of the rows if it changed). When the window slides, a row whose
+    slots only moved with it is not counted as changed: the page moves them itself. keep_up(), run in a
+    loop of its own, loads the 24 hours' history in the background, giving way to the answers being
+    written, and writes the rows of the users it loaded, so that no answer writes them all.
     """
 
     def __init__(self, store: Store) -> None:
         """The overview of `store`."""
         self._store = store
         self._recent = RecentPings(store)
-        self._written = False
         # How many answers are being written: the history's loading waits for none.
         self._answering = 0
         self._answered = threading.Condition()
         # Versions are "INSTANCE:NUMBER": one of another process (another start) is never taken for one of this.
         self._instance = secrets.token_hex(4)
-        # Held only to give the rows of an answer their versions and keep them: a few ms at fleet size.
+        # Held while the rows are brought up to date and an answer is taken from them: one at a time, so
+        # that each sees the rows as the previous one left them.
         self._lock = threading.Lock()
-        self._version = 0
+        self._version = 0  # the latest answer's (or update's)
+        self._now = -math.inf  # the clock of the latest update
+        self._raws: dict[int, tuple[Any, ...]] = {}  # each configured user's row in the store, as last read
+        self._users: dict[int, UserState] = {}  # the same as UserState
+        self._parents: dict[int, int] = {}  # a user that has a parent -> its parent's id
+        self._alerts: dict[int, tuple[float, ...]] = {}  # a user -> the times of its alerts in the window
+        self._first_slot: int | None = None  # the window's, as RecentPings.changes answers it
         self._rows: dict[int, _Row] = {}
         self._order: list[int] = []
         self._order_version = 0
-        self._users_version = 0  # when a user was last added or removed
+        self._summary: list[tuple[str, int]] = []
+        self._pending: set[int] = set()  # users whose rows are to write again, found by an update that failed
+        self._loading = 0  # how many users' histories are still loading
+        # When a user was last added or removed, or every history was forgotten: an answer since an earlier
+        # version has every row.
+        self._users_version = 0
 
     def keep_up(self, now: float) -> int:
         """One step of the background upkeep at `now`: load up to HISTORY_USERS_PER_STEP users' last 24 hours
-        (once no answer is being written), or if none is waiting, add the pings recorded since the
-        previous step. Returns how many users' histories it loaded (HISTORY_USERS_PER_STEP: more may wait).
+        (once no answer is being written) and write their rows, or if none is waiting, add the pings recorded
+        since the previous step. Returns how many users' histories it loaded (HISTORY_USERS_PER_STEP: more
+        may wait).
 
-        The first step, and the one that loads the last history, write every row as state() would.
+        The first step writes every row as state() would.
         """
-        if not self._written:
-            self.state(now)
+        with self._lock:
+            if not self._version:
+                self._update(now, read_store=True)
         with self._answered:
             self._answered.wait_for(lambda: not self._answering)
-        users = {user_id: row.user for user_id, row in self._rows.items()}
+        with self._lock:
+            users = dict(self._users)
         loaded = self._recent.load(users, HISTORY_USERS_PER_STEP)
-        if loaded and not self._recent.loading():
-            self.state(now)
-        elif not loaded:
+        if loaded:
+            with self._lock:
+                self._update(now, read_store=False)
+        else:
             self._recent.catch_up(users, now)
         return loaded
 
@@ -292,11 +348,14 @@ class Overview:
         first; or, with `since` the `version` of an earlier answer of this overview, only the users whose row
         changed since (`complete` false), with `order`, every username in order, if the order changed.
 
-        `since` of another overview (such as before a restart), or from before a user was added or removed,
-        gets every user (`complete` true). Each user has its live state, last ping and deadline
-        (rules.live_state and late_at), its last 24 hours' pings by slot (LEVELS; null while its history
-        loads, and `history_loading` counts those users), its silences longer than max_sleep (the last with
-        `end` None while it goes on), and its alerts and recoveries (the end of a silence it was alerted in).
+        A row whose slots only moved with the window (`window.start` later than in the answer of `since`, by
+        whole slots: its first slots dropped, as many "0" added at the end) did not change. `since` of
+        another overview (such as before a restart), or from before a user was added or removed or the
+        window moved by a whole window, gets every user (`complete` true). Each user has its live state, last
+        ping and deadline (rules.live_state and late_at), its last 24 hours' pings by slot (LEVELS; null while
+        its history loads, and `history_loading` counts those users), its silences longer than max_sleep (the
+        last with `end` None while it goes on), and its alerts and recoveries (the end of a silence it was
+        alerted in).
         """
         with self._answered:
             self._answering += 1
@@ -308,90 +367,150 @@ class Overview:
                 self._answered.notify_all()
 
     def _state(self, now: float, since: str | None) -> str:
-        self._written = True
-        raw_rows = self._store.configured_user_rows()
-        first_slot = math.floor(now / SLOT_SECONDS) - SLOTS + 1
-        start = first_slot * SLOT_SECONDS
-        alerts: dict[int, tuple[float, ...]] = {}
-        for user_id, at in self._store.recent_alerts(start):
-            alerts[user_id] = (*alerts.get(user_id, ()), at)
-        previous = self._rows
-        users = {}
-        for raw in raw_rows:
-            row = previous.get(raw[0])
-            users[raw[0]] = row.user if row is not None and row.raw == raw else UserState(*raw[:-1])
-        recent = self._recent.read(users, now)
-        write = local_time_writer()
-        counts: dict[str, int] = {}
-        ranked = []
-        rows = {}
-        loading = 0
-        for raw in raw_rows:
-            user = users[raw[0]]
-            state = rules.live_state(user, now, None if raw[-1] is None else users.get(raw[-1]))
-            counts[state] = counts.get(state, 0) + 1
-            history = recent[user.id]
-            if history is None:
-                loading += 1
-                pings = "null"
-            else:
-                pings = f'"{history.levels}"'
-            # Everything the row shows but its slots, which change with each ping and each slide of the
-            # window: `user` is the same object while its row in the store is the same.
-            silent = rules.silent_at(user, user.last_ping, now)
-            key = (user, state, silent, () if history is None else history.silences, alerts.get(user.id, ()))
-            row = previous.get(user.id)
-            if row is None or row.key != key:
-                row = _Row(raw, user, key, _row_head(user, *key[1:], write), pings)
-            elif row.pings != pings:
-                row = _Row(raw, user, key, row.head, pings)
-            rows[user.id] = row
-            ranked.append((_state_rank(state), user.username, user.id))
-        ranked.sort()
-        order = [user_id for *_, user_id in ranked]
         with self._lock:
-            version, asked = self._keep(rows, order), self._asked_version(since)
+            self._update(now, read_store=True)
+            asked = self._asked_version(since)
             complete = asked is None or asked < self._users_version
             newer_than = 0 if asked is None or complete else asked  # every version is at least 1
-            sent = [rows[user_id] for user_id in order if rows[user_id].version > newer_than]
-            order_changed = not complete and self._order_version > newer_than
-        summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
-        head = {
+            rows = self._rows
+            sent = [rows[user_id].text for user_id in self._order if rows[user_id].version > newer_than]
+            order = None
+            if not complete and self._order_version > newer_than:
+                order = [rows[user_id].user.username for user_id in self._order]
+            version, start, loading, summary = self._version, self._first_slot, self._loading, self._summary
+        start = (start or 0) * SLOT_SECONDS
+        head: dict[str, Any] = {
             "version": f"{self._instance}:{version}",
             "complete": complete,
             "now": now,
-            "now_local": write(now),
+            "now_local": local_time_writer()(now),
             "window": {"start": start, "end": start + SLOTS * SLOT_SECONDS, "slot_seconds": SLOT_SECONDS},
             "history_loading": loading,
             "summary": [{"state": state, "users": number} for state, number in summary],
         }
-        if order_changed:
-            head["order"] = [users[user_id].username for user_id in order]
-        return (
-            json.dumps(head, separators=(",", ":"))[:-1]
-            + ',"users":['
-            + ",".join(row.head + row.pings + "}" for row in sent)
-            + "]}"
-        )
+        if order is not None:
+            head["order"] = order
+        return json.dumps(head, separators=(",", ":"))[:-1] + ',"users":[' + ",".join(sent) + "]}"
 
-    def _keep(self, rows: dict[int, _Row], order: list[int]) -> int:
-        """Keep `rows` and `order` as the latest answer's, each row with the version in which its JSON last
-        changed; return the new answer's version. Called with the lock held."""
+    def _update(self, now: float, read_store: bool) -> None:
+        """Bring every row up to date at `now` as a new version: with `read_store`, from the users' rows and
+        alerts in the store; else from those last read (the upkeep's steps). Called with the lock held.
+
+        If a read of the store fails, the users found changed until then are written by the next update."""
         self._version += 1
-        for user_id, row in rows.items():
-            kept = self._rows.get(user_id)
-            if kept is row:
-                continue
-            if kept is not None and kept.head == row.head and kept.pings == row.pings:
-                row.version = kept.version
-            else:
-                row.version = self._version
-        if rows.keys() != self._rows.keys():
+        changed = self._pending
+        if read_store:
+            raws = self._store.configured_user_rows()
+            alerts = self._store.recent_alerts(_first_slot(now) * SLOT_SECONDS)
+            changed.update(self._take_users(raws))
+        if now < self._now:  # the clock was set back: a state may go back too
+            changed.update(self._users)
+        first_slot, histories = self._recent.changes(self._users, now)  # the last read of the store
+        self._pending = set()
+        self._now = now
+        changed.update(histories)
+        if self._first_slot is not None and first_slot != self._first_slot:
+            self._slide(first_slot - self._first_slot)
+        self._first_slot = first_slot
+        if read_store:
+            changed.update(self._take_alerts(alerts, first_slot * SLOT_SECONDS))
+        changed.update(user_id for user_id, row in self._rows.items() if row.recheck_at <= now)
+        if self._parents and changed:  # a child's state depends on its parent's
+            changed.update(child for child, parent in self._parents.items() if parent in changed)
+        reorder = recount = self._users_version == self._version  # users were added or removed
+        write = local_time_writer()
+        for user_id in changed:
+            user = self._users.get(user_id)
+            if user is None:
+                continue  # no longer configured
+            old = self._rows.get(user_id)
+            if user_id in histories:
+                history = histories[user_id]
+                silences, pings = (None, "null") if history is None else (history.silences, f'"{history.levels}"')
+            else:  # its slots, moved with the window since its history was read
+                silences, pings = (None, "null") if old is None else (old.silences, old.pings)
+            row = self._row(user, old, silences, pings, now, write)
+            reorder = reorder or old is None or old.state != row.state
+            recount = recount or row.silences is None or old is None or old.silences is None
+            self._rows[user_id] = row
+        if reorder:
+            ranked = sorted((_state_rank(row.state), row.user.username, user_id) for user_id, row in self._rows.items())
+            order = [user_id for *_, user_id in ranked]
+            if order != self._order:
+                self._order, self._order_version = order, self._version
+            counts = Counter(row.state for row in self._rows.values())
+            self._summary = sorted(counts.items(), key=lambda item: _state_rank(item[0]))
+        if recount:
+            self._loading = sum(row.silences is None for row in self._rows.values())
+
+    def _take_users(self, raws: list[tuple[Any, ...]]) -> set[int]:
+        """Keep `raws`, every configured user's row in the store; return the ids of those whose row changed
+        and those added."""
+        previous = self._raws
+        new = [raw for raw in raws if previous.get(raw[0]) != raw]
+        changed = {raw[0] for raw in new}
+        if len(raws) != len(previous) or not changed <= previous.keys():
             self._users_version = self._version
-        if order != self._order:
-            self._order, self._order_version = order, self._version
-        self._rows = rows
-        return self._version
+            for user_id in previous.keys() - {raw[0] for raw in raws}:
+                del self._raws[user_id], self._users[user_id], self._rows[user_id]
+                self._parents.pop(user_id, None)
+        for raw in new:
+            self._raws[raw[0]] = raw
+            self._users[raw[0]] = UserState(*raw[:-1])
+            if raw[-1] is None:
+                self._parents.pop(raw[0], None)
+            else:
+                self._parents[raw[0]] = raw[-1]
+        return changed
+
+    def _take_alerts(self, rows: list[tuple[int, float]], start: float) -> set[int]:
+        """Keep the users' alerts from `start` on among `rows` (store.recent_alerts); return the ids of those
+        whose alerts changed."""
+        alerts: dict[int, tuple[float, ...]] = {}
+        for user_id, at in rows:
+            if at >= start:
+                alerts[user_id] = (*alerts.get(user_id, ()), at)
+        changed = {
+            user_id
+            for user_id in alerts.keys() | self._alerts.keys()
+            if alerts.get(user_id) != self._alerts.get(user_id)
+        }
+        self._alerts = alerts
+        return changed
+
+    def _slide(self, moved: int) -> None:
+        """Move every row's slots with the window, `moved` slots later, keeping its version: the page moves
+        them too. A window moved by a whole window is every row changed (every history loads again)."""
+        if moved >= SLOTS:
+            self._users_version = self._version
+            return
+        for row in self._rows.values():
+            if row.silences is not None:
+                row.pings = '"' + row.pings[1 + moved : -1] + LEVELS[0] * moved + '"'
+                row.text = row.head + row.pings + "}"
+
+    def _row(
+        self,
+        user: UserState,
+        old: _Row | None,
+        silences: tuple[tuple[float, float], ...] | None,
+        pings: str,
+        now: float,
+        write: Callable[[float], str],
+    ) -> _Row:
+        """`user`'s row at `now` with `silences` (None while its history loads) and `pings` as its slots;
+        `old`, its row in the previous version (None for a new user)."""
+        parent_id = self._parents.get(user.id)
+        parent = None if parent_id is None else self._users.get(parent_id)
+        state = rules.live_state(user, now, parent)
+        silent = rules.silent_at(user, user.last_ping, now)
+        # Everything the row shows but its slots, as tuples of numbers and text only (its row in the store for
+        # `user`): nothing for the garbage collector to visit at each collection.
+        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()))
+        head = old.head if old is not None and old.key == key else _row_head(user, *key[1:], write)
+        text = head + pings + "}"
+        version = old.version if old is not None and old.text == text else self._version
+        return _Row(user, silences, state, _recheck_at(user, now), key, head, pings, text, version)
 
     def _asked_version(self, since: str | None) -> int | None:
         """The number of `since` if it is a version this overview answered, else None. Called with the lock held."""
@@ -399,6 +518,19 @@ class Overview:
         if instance != self._instance or not (number.isascii() and number.isdigit()) or int(number) > self._version:
             return None
         return int(number)
+
+
+def _recheck_at(user: UserState, now: float) -> float:
+    """The first moment from `now` on at which `user`'s live state (rules.live_state, its parent's aside) or
+    its silence (rules.silent_at) may change with the clock alone, while its row in the store stays the same:
+    the end of its snooze, its run's deadline, its silence's (late_at) or its last ping's; math.inf if none.
+
+    Its parent's state changes at the parent's own such moments, when the parent's row is written again
+    with its children's."""
+    moments = [user.snoozed_until, rules.run_deadline(user, now), rules.late_at(user, now)]
+    if user.last_ping is not None:
+        moments.append(rules.deadline_after(user, user.last_ping))
+    return min((moment for moment in moments if moment is not None and moment >= now), default=math.inf)
 
 
 def _state_rank(state: str) -> float:

@@ -158,8 +158,11 @@ function show(state) {
   if (state.complete) {
     forgetRows();
     order = state.users.map((user) => user.username);
-  } else if (state.order) {
-    order = state.order;
+  } else {
+    order = state.order || order;
+    if (windowMoved) {
+      moveSlots((state.window.start - previous.window.start) / state.window.slot_seconds);
+    }
   }
   version = state.version;
   const changed = new Set(state.users.map((user) => user.username));
@@ -185,6 +188,16 @@ function show(state) {
   });
   while (list.children.length > rows.length) {
     list.lastElementChild.remove();
+  }
+}
+
+// The window moved by `slots` slots: each row the answer does not hold has the same pings, its first slots
+// dropped and as many empty ones added (the server sends only the rows in which more changed).
+function moveSlots(slots) {
+  for (const user of shown.values()) {
+    if (user.pings !== null) {
+      user.pings = user.pings.slice(slots) + "0".repeat(slots);
+    }
   }
 }
 

@@ -5,9 +5,11 @@ import random
 import threading
 import time
 
+import pytest
+
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
-from store import CheckOutcome, NewEmail
+from store import CheckOutcome, NewEmail, StoreUnavailableError
 from support import BACKENDS, T0, make_settings
 
 USERS = {
@@ -82,6 +84,10 @@ def test_slots_count_pings_as_the_bit_length_of_their_number(store):
     store.record_ping("pi", WINDOW_START - 1)  # before the window: not shown
     pi = by_name(overview_state(store, loaded(store, T0), T0))["pi"]
     assert pi["pings"] == "1" + "0" * (SLOTS - 2) + "3"
+    # 255 pings: "8"; 256: "9", and 300 as many (a count is kept up to 255, the level tells the rest).
+    for slot, count in ((1, 255), (2, 256), (3, 300)):
+        ping_every(store, "pi", WINDOW_START + slot * SLOT_SECONDS, WINDOW_START + slot * SLOT_SECONDS + count, 1)
+    assert by_name(overview_state(store, loaded(store, T0), T0))["pi"]["pings"][:5] == "18990"
 
 
 @BACKENDS
@@ -434,17 +440,13 @@ def test_pages_that_follow_only_what_changed_end_as_a_complete_answer_despite_pi
 
     def follow(page, now):
         answer = json.loads(shared.state(now, page["version"]))
-        if answer["complete"]:
-            page.update(rows={}, order=[user["username"] for user in answer["users"]])
-        page["order"] = answer.get("order", page["order"])
-        page["rows"].update((user["username"], user) for user in answer["users"])
-        page["version"] = answer["version"]
+        follow_answer(page, answer)
 
     def refresh_often(page):
         for _ in range(150):
             follow(page, clock[0])
 
-    pages = [{"version": None, "rows": {}, "order": []} for _ in range(3)]
+    pages = [new_page() for _ in range(3)]
     writers = [threading.Thread(target=upkeep), threading.Thread(target=pings)]
     readers = [threading.Thread(target=refresh_often, args=(page,)) for page in pages]
     for thread in writers + readers:
@@ -454,9 +456,130 @@ def test_pages_that_follow_only_what_changed_end_as_a_complete_answer_despite_pi
     stop.set()
     for thread in writers:
         thread.join(10)
-    # Then the window moves by a slot with no ping: only the slots change.
-    for now in (clock[0] + 1, clock[0] + 1 + SLOT_SECONDS):
-        for page in pages:
+    # Then the window moves by a slot, and by two, with no ping: only the slots move, which the pages do
+    # themselves, one of them as it skips a refresh.
+    for now in (clock[0] + 1, clock[0] + 1 + SLOT_SECONDS, clock[0] + 1 + 3 * SLOT_SECONDS):
+        for page in pages[1:] if now == clock[0] + 1 + SLOT_SECONDS else pages:
             follow(page, now)
             complete = json.loads(shared.state(now))["users"]
             assert [page["rows"][name] for name in page["order"]] == complete
+
+
+def new_page():
+    """What the page keeps of the answers it had: its version, window, rows and their order."""
+    return {"version": None, "window": None, "rows": {}, "order": []}
+
+
+def follow_answer(page, answer):
+    """Take `answer` as the page does (static/overview.js's show()): every row if it is complete, else the rows
+    it holds, the order if it changed, and every other row's slots moved with the window if it moved."""
+    if answer["complete"]:
+        page.update(rows={}, order=[user["username"] for user in answer["users"]])
+    elif answer["window"]["start"] != page["window"]["start"]:
+        moved = (answer["window"]["start"] - page["window"]["start"]) // SLOT_SECONDS
+        for row in page["rows"].values():
+            if row["pings"] is not None:
+                row["pings"] = row["pings"][moved:] + "0" * moved
+    page["order"] = answer.get("order", page["order"])
+    page["rows"].update((user["username"], user) for user in answer["users"])
+    page["version"], page["window"] = answer["version"], answer["window"]
+
+
+@BACKENDS
+def test_when_the_window_slides_an_answer_holds_only_the_rows_that_changed_more_than_their_slots_moving(store):
+    synced(store, now=T0 - 1000)
+    next_slot = (T0 // SLOT_SECONDS + 1) * SLOT_SECONDS
+    # backup: pings in the window's first slot, which leave it at the next slide; nas: a silence of two hours
+    # that ended in the first slot; pi: a ping every 50 s, the last one 10 s before the slide.
+    ping_every(store, "backup", WINDOW_START + 10, WINDOW_START + SLOT_SECONDS, 300)
+    store.record_ping("nas", WINDOW_START - 7200)
+    store.record_ping("nas", WINDOW_START + 60)
+    ping_every(store, "pi", T0 - 3600, next_slot - 10, 50)
+    kept = loaded(store, T0)
+    page = new_page()
+    follow_answer(page, json.loads(kept.state(next_slot - 5, page["version"])))
+    assert [silence["end"] for silence in page["rows"]["nas"]["silences"]] == [WINDOW_START + 60, None]
+    # By a slot: nas's ended silence left the window; then by two more: pi went late meanwhile.
+    for now, sent in ((next_slot + 1, ["nas"]), (next_slot + 2 * SLOT_SECONDS + 1, ["pi"])):
+        answer = json.loads(kept.state(now, page["version"]))
+        assert (answer["complete"], [user["username"] for user in answer["users"]]) == (False, sent)
+        follow_answer(page, answer)
+        assert [page["rows"][name] for name in page["order"]] == overview_state(store, loaded(store, now), now)["users"]
+    assert page["rows"]["backup"]["pings"] == "0" * SLOTS
+    # A window moved by a whole window is every row again (every history loads again).
+    answer = json.loads(kept.state(next_slot + 2 * SLOT_SECONDS + 86400 + 1, page["version"]))
+    assert (answer["complete"], len(answer["users"])) == (True, 3)
+
+
+@BACKENDS
+def test_a_refresh_makes_the_state_only_of_the_users_that_changed_or_reached_a_deadline(store, monkeypatch):
+    synced(store, now=T0 - 1000)
+    store.record_ping("pi", T0 - 30)  # late at T0 + 30
+    store.record_ping("backup", T0 - 30)  # late at T0 + 570
+    kept = loaded(store, T0)
+    made = []
+    live_state = overview.rules.live_state
+    monkeypatch.setattr(
+        overview.rules, "live_state", lambda user, *args: made.append(user.username) or live_state(user, *args)
+    )
+    assert by_name(overview_state(store, kept, T0 + 10))["pi"]["state"] == "pinging"
+    assert made == []
+    store.record_ping("nas", T0 + 20)
+    kept.state(T0 + 20)
+    assert made == ["nas"]
+    made.clear()
+    assert by_name(overview_state(store, kept, T0 + 31))["pi"]["state"] == "late"  # by the clock alone
+    assert made == ["pi"]
+
+
+def test_a_child_is_suppressed_once_its_parent_is_late_too_by_the_clock_alone(store):
+    users = {
+        "router": {"monitor": True, "max_sleep": 100, "email_frequency": 3600},
+        "camera": {"monitor": True, "max_sleep": 50, "email_frequency": 3600, "depends_on": "router"},
+    }
+    synced(store, users, now=T0 - 1000)
+    store.record_ping("router", T0)
+    store.record_ping("camera", T0)
+    kept = loaded(store, T0)
+    assert by_name(overview_state(store, kept, T0 + 60))["camera"]["state"] == "late"
+    assert by_name(overview_state(store, kept, T0 + 101))["camera"]["state"] == "suppressed"
+
+
+def test_a_clock_set_back_makes_every_state_again(store):
+    synced(store, now=T0 - 1000)
+    store.record_ping("pi", T0)
+    kept = loaded(store, T0)
+    assert by_name(overview_state(store, kept, T0 + 100))["pi"]["state"] == "late"
+    assert by_name(overview_state(store, kept, T0 + 10))["pi"]["state"] == "pinging"
+
+
+@BACKENDS
+def test_a_user_whose_row_changed_when_a_read_failed_is_written_by_the_next_answer(store, monkeypatch):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    overview_state(store, kept, T0)
+    store.reload_users(make_settings({**USERS, "pi": {**USERS["pi"], "max_sleep": 3600}}).users, T0 + 1)
+    pings_after_id = store.pings_after_id
+
+    def unavailable(after_id):
+        monkeypatch.setattr(store, "pings_after_id", pings_after_id)
+        raise StoreUnavailableError("the disk is full")
+
+    monkeypatch.setattr(store, "pings_after_id", unavailable)
+    with pytest.raises(StoreUnavailableError):
+        kept.state(T0 + 2)
+    assert by_name(overview_state(store, kept, T0 + 3))["pi"]["max_sleep"] == 3600
+
+
+@BACKENDS
+def test_a_user_added_later_has_its_history_loaded_too(store):
+    synced(store, now=T0 - 1000)
+    kept = loaded(store, T0)
+    overview_state(store, kept, T0)
+    synced(store, {**USERS, "camera": USERS["pi"]}, now=T0 + 1)
+    store.record_ping("camera", T0 + 2)
+    assert by_name(overview_state(store, kept, T0 + 3))["camera"]["pings"] is None  # to load
+    while kept.keep_up(T0 + 4):
+        pass
+    camera = by_name(overview_state(store, kept, T0 + 5))["camera"]
+    assert (camera["pings"], camera["last_ping"]) == ("0" * (SLOTS - 1) + "1", T0 + 2)

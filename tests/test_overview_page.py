@@ -16,8 +16,9 @@ import pytest
 from playwright.sync_api import expect
 from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
 
+from overview import SLOT_SECONDS, SLOTS
 from store import CheckOutcome, NewEmail, Store
-from support import make_settings, wait_until, write_settings
+from support import LIBFAKETIME, make_settings, wait_until, write_settings
 
 PASSWORD = "a look, not a touch"
 USERS = {
@@ -31,6 +32,8 @@ USERS = {
 }
 # backup-server pinged every 5 minutes for the last 24 hours but for these two hours.
 GAP = (6 * 3600, 4 * 3600)
+# How long before the timelines move by a slot the service's clock starts, in the test of that move.
+SLIDE_AFTER = 15
 CONSOLE_ALLOWED = re.compile(r"^Failed to load resource: the server responded with a status of 401")
 
 
@@ -193,6 +196,56 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     expect(names.first).to_have_text("pi")
     assert page.evaluate("window.notReloaded") is True
     assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
+
+
+def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh_load_draws_them(
+    open_page, tmp_path, start_server
+):
+    # The service's clock (libfaketime, UTC) starts SLIDE_AFTER s before a slot begins: the open page's
+    # refreshes see the window move, and get only the rows in which more than that changed (none here).
+    slide_at = (int(time.time()) // SLOT_SECONDS + 2) * SLOT_SECONDS
+    clock_start = slide_at - SLIDE_AFTER
+    path = tmp_path / "ping_listener.db"
+    store = Store(path)
+    store.sync_users(make_settings(USERS).users, clock_start - 86400)
+    for at in range(clock_start - 86400, clock_start, 300):  # pings in every slot, the first one too
+        store.record_ping("backup-server", at)
+    for at in range(clock_start - 86400, clock_start - 43200, 60):
+        store.record_ping("camera", at)
+    store.close()
+    service = start_server(
+        write_settings(tmp_path / "settings.json", USERS),
+        path,
+        OVERVIEW_PASSWORD=PASSWORD,
+        LD_PRELOAD=LIBFAKETIME,
+        FAKETIME=time.strftime("@%Y-%m-%d %H:%M:%S", time.gmtime(clock_start)),
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+        TZ="UTC",
+    )
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    page.wait_for_function("() => latest.history_loading === 0")
+    window_start = slide_at - SLOTS * SLOT_SECONDS
+    assert page.evaluate("latest.window.start") == window_start, "the page began after the slide: too slow"
+    page.wait_for_function(f"() => latest.window.start === {window_start + SLOT_SECONDS}", timeout=SLIDE_AFTER * 2000)
+    sent = page.evaluate("[latest.complete, latest.users.map((user) => user.username)]")
+    assert sent[0] is False and not {"backup-server", "camera"} & set(sent[1])
+    fresh = open_page(1366)
+    fresh.goto(service.url + "/overview")
+    unlock(fresh)
+    fresh.wait_for_function(
+        f"() => latest.window.start === {window_start + SLOT_SECONDS} && latest.history_loading === 0"
+    )
+    # Each row's ticks, where they are and how tall, and how many silences.
+    drawn = (
+        "[...document.querySelectorAll('.row')].map((row) => [row.dataset.username,"
+        " [...row.querySelectorAll('rect.tick')].map((tick) => ['x', 'y', 'width', 'height'].map((name) =>"
+        " tick.getAttribute(name))), row.querySelectorAll('rect.silence').length])"
+    )
+    moved = page.evaluate(drawn)
+    assert moved == fresh.evaluate(drawn)
+    assert len(dict((name, ticks) for name, ticks, _ in moved)["backup-server"]) == SLOTS - 1
 
 
 def test_while_the_history_loads_the_page_says_so_in_words_and_draws_no_ticks(open_page, service):
