@@ -10,6 +10,7 @@ proves the SMTP setup: it sends one email and exits, touching neither the settin
 """
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -37,6 +38,11 @@ QUICK_PATHS = ("/ping",)
 # On SIGTERM: how long requests in flight may take to be answered, and the scheduler to stop.
 SHUTDOWN_GRACE = 2.0
 SCHEDULER_STOP_TIMEOUT = 1.5
+# Objects allocated (beyond those freed) before the garbage collector looks at the young ones; Python's
+# default is 700. An overview answer or a day view of 86 400 pings allocates tens of thousands of objects:
+# at the default they set off dozens of collections each, and every few answers a full one over every
+# object the overview keeps (20-30 ms at 10 000 users, the GIL held meanwhile, so pings wait too).
+YOUNG_OBJECTS_BEFORE_COLLECTION = 20_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_requested = stop_on_signals()
     reload_requested = reload_on_sighup()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_garbage_collector()
     try:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
@@ -122,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     store.close()
     log.info("stopped")
     return 0
+
+
+def tune_garbage_collector() -> None:
+    """Set this process's garbage collector as the service runs it: the young generation is collected after
+    YOUNG_OBJECTS_BEFORE_COLLECTION allocations, the older ones as Python's defaults say."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS_BEFORE_COLLECTION, middle, oldest)
 
 
 def send_test_email(address: str, environ: Mapping[str, str]) -> int:

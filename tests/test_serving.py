@@ -3,6 +3,7 @@ behaviour that serving.py relies on. Every server here listens on 127.0.0.1; eve
 
 import contextlib
 import email.utils
+import gc
 import http.client
 import io
 import json
@@ -604,3 +605,16 @@ def test_the_service_answers_a_plain_ping_as_it_answers_one_read_by_waitress(sto
         plain = exchange(client, reader, [request])
     assert counted_parsing() == 1
     assert without_date(plain) == without_date(by_waitress)
+
+
+def test_the_service_collects_young_objects_after_many_allocations_not_after_700(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "stop_on_signals", threading.Event)
+    monkeypatch.setattr(server, "reload_on_sighup", threading.Event)
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        # Stops at its settings (missing), after tuning the collector as the service's first step.
+        assert server.main(["--settings", str(tmp_path / "missing.json")]) == 2
+        assert gc.get_threshold() == (server.YOUNG_OBJECTS_BEFORE_COLLECTION, 10, 10)
+    finally:
+        gc.set_threshold(*before)
