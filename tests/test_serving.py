@@ -150,24 +150,6 @@ def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_ti
         assert get(port, f"/ping?username={DEVICE}")[0] == 200
 
 
-@pytest.mark.parametrize("in_pieces", [False, True], ids=["whole", "in pieces (read by waitress)"])
-def test_a_pings_answer_has_one_date_header_its_own(store, in_pieces):
-    settings = make_settings(USERS)
-    store.sync_users(settings.users, BUSY_DAY)
-    request = f"GET /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    with (
-        serve_in_thread(make_test_app(store, settings, lambda: BUSY_DAY + 30.5, None)) as port,
-        socket.create_connection(("127.0.0.1", port), timeout=5) as client,
-    ):
-        status_line, headers, _ = exchange(
-            client, client.makefile("rb"), [request[:20], request[20:]] if in_pieces else [request]
-        )
-    assert status_line == b"HTTP/1.1 200 OK\r\n"
-    assert [line for line in headers if line.startswith(b"Date:")] == [
-        f"Date: {email.utils.formatdate(BUSY_DAY + 30, usegmt=True)}\r\n".encode()
-    ]
-
-
 def test_pipelined_pings_and_reads_are_answered_in_order_on_one_connection(app):
     with serve_in_thread(app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         requests = [f"/ping?username={DEVICE}", BUSY_DAY_LOGS, "/ping?username=nobody", "/ping"]
@@ -380,6 +362,23 @@ def without_date(answer):
     return status_line, dated, body
 
 
+def in_pieces_then_whole(port, request):
+    """`request` sent on a fresh connection in two pieces (so waitress reads it), then on another whole: for
+    each, (its answer, whether the server closed the connection after it)."""
+    results = []
+    for pieces in ([request[:20], request[20:]], [request]):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            reader = client.makefile("rb")
+            answer = exchange(client, reader, pieces)
+            client.settimeout(0.5)
+            try:
+                closed = reader.read() == b""
+            except TimeoutError:
+                closed = False
+            results.append((answer, closed))
+    return results
+
+
 def test_a_plain_get_is_answered_without_waitress_parser_as_waitress_would_answer_it(counted_parsing):
     with serve_in_thread(environ_app) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         reader = client.makefile("rb")
@@ -397,15 +396,13 @@ def test_a_plain_get_is_answered_without_waitress_parser_as_waitress_would_answe
 
 def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_parsing):
     request = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    answers = []
     with serve_in_thread(environ_app) as port:
-        for pieces in ([request[:20], request[20:]], [request]):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-                reader = client.makefile("rb")
-                answers.append(exchange(client, reader, pieces))
-                assert reader.read() == b"", "the connection was not closed"
+        (by_waitress, waitress_closed), (plain, closed) = in_pieces_then_whole(port, request)
     assert counted_parsing() == 1
-    (status_line, headers, body), (waitress_status_line, waitress_headers, waitress_body) = map(without_date, answers)
+    assert closed and waitress_closed
+    (status_line, headers, body), (waitress_status_line, waitress_headers, waitress_body) = map(
+        without_date, [plain, by_waitress]
+    )
     assert (status_line, headers) == (waitress_status_line, waitress_headers)
     assert b"Connection: close\r\n" in headers
     environ, waitress_environ = json.loads(body), json.loads(waitress_body)
@@ -452,18 +449,14 @@ def test_an_app_failing_on_a_plain_get_gets_waitress_500_and_the_connection_clos
     def failing_app(environ, start_response):
         raise RuntimeError("boom")
 
-    request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
-    answers, parsed = [], []
     with serve_in_thread(failing_app) as port:
-        for pieces in ([request[:20], request[20:]], [request]):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-                reader = client.makefile("rb")
-                answers.append(exchange(client, reader, pieces))
-                assert reader.read() == b"", "the connection was not closed"
-                parsed.append(counted_parsing())
-    assert parsed[0] == parsed[1] > 0  # waitress parsed the request sent in pieces (and made its 500 a request)
-    assert answers[1][0] == b"HTTP/1.1 500 Internal Server Error\r\n"
-    assert without_date(answers[1]) == without_date(answers[0])
+        (by_waitress, waitress_closed), (plain, closed) = in_pieces_then_whole(
+            port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    assert counted_parsing() == 2  # the request sent in pieces, and waitress's 500 made a request of its own
+    assert closed and waitress_closed
+    assert plain[0] == b"HTTP/1.1 500 Internal Server Error\r\n"
+    assert without_date(plain) == without_date(by_waitress)
     assert any("boom" in record.exc_text for record in caplog.records if record.exc_text)
 
 
@@ -501,21 +494,13 @@ def answering(status, headers, body):
     ids=["204", "304 with a body", "Server", "empty Server and Date", "Date", "no Content-Length"],
 )
 def test_a_plain_get_gets_the_answer_waitress_gives_whatever_the_app_answers(app, counted_parsing):
-    request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
-    answers, closed = [], []
     with serve_in_thread(app) as port:
-        for pieces in ([request[:20], request[20:]], [request]):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-                reader = client.makefile("rb")
-                answers.append(without_date(exchange(client, reader, pieces)))
-                client.settimeout(0.5)
-                try:
-                    closed.append(reader.read() == b"")
-                except TimeoutError:
-                    closed.append(False)
+        (by_waitress, waitress_closed), (plain, closed) = in_pieces_then_whole(
+            port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
     assert counted_parsing() == 1
-    assert answers[1] == answers[0]
-    assert closed[1] == closed[0]
+    assert without_date(plain) == without_date(by_waitress)
+    assert closed == waitress_closed
 
 
 def test_a_connection_kept_alive_holds_no_growing_memory_after_one_answer_was_sent_in_part(monkeypatch):
@@ -605,6 +590,11 @@ def test_the_service_answers_a_plain_ping_as_it_answers_one_read_by_waitress(sto
         plain = exchange(client, reader, [request])
     assert counted_parsing() == 1
     assert without_date(plain) == without_date(by_waitress)
+    for status_line, headers, _ in (plain, by_waitress):
+        dates = [line for line in headers if line.startswith(b"Date:")]
+        if status_line == b"HTTP/1.1 200 OK\r\n":  # the ping's own Date, and no second one from the server
+            assert dates == [f"Date: {email.utils.formatdate(BUSY_DAY + 30, usegmt=True)}\r\n".encode()]
+        assert len(dates) == 1
 
 
 def test_the_service_collects_young_objects_after_many_allocations_not_after_700(tmp_path, monkeypatch):
