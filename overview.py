@@ -10,6 +10,7 @@ never the size of the history, and the /ping path does no extra work:
 States and deadlines come from rules.py (live_state, late_at, silences); times for people from localtime.py.
 """
 
+import bisect
 import itertools
 import json
 import math
@@ -615,12 +616,13 @@ def overview_day(store: Store, username: str, start: float, end: float, now: flo
         after = times.pop()
     following = [] if after is None else [after]
     spans: list[tuple[float, float | None]] = list(rules.silences(times + following, user, before))
+    day_columns = math.ceil((end - start) / DAY_COLUMN_SECONDS)
     latest = times[-1] if times else before
     if after is None and latest is not None and rules.silent_at(user, latest, now):
         spans.append((latest, None))  # still silent
-    columns = [0] * math.ceil((end - start) / DAY_COLUMN_SECONDS)
-    for at in times:
-        columns[int((at - start) // DAY_COLUMN_SECONDS)] += 1
+    # `times` ascend: each column's count is where its end falls among them, less where its start does.
+    ends = [bisect.bisect_left(times, start + (column + 1) * DAY_COLUMN_SECONDS) for column in range(day_columns)]
+    columns = [upto - since for since, upto in zip([0, *ends], ends, strict=False)]
     write = local_time_writer()
     return {
         "username": user.username,

@@ -171,6 +171,8 @@ def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_
     day = overview_day(store, "backup", day_start, day_start + 86400, T0)
     assert day["pings"] == 51
     assert sum(day["columns"]) == 51 and len(day["columns"]) == 288
+    # Columns of 5 minutes: the two pings at 00:10:00 and those to 00:14:00, then five each; 00:15:00 opens the next.
+    assert day["columns"][:13] == [0, 0, 6, 5, 5, 5, 5, 5, 5, 5, 5, 5, 0]
     assert [(silence["start"], silence["end"], silence["seconds"]) for silence in day["silences"]] == [
         (day_start - 100, day_start + 600, 700),
         (day_start + 3540, None, T0 - day_start - 3540),  # still silent at T0
