@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from store import (
     UserState,
     WebhookHistory,
     _alert_histories,
-    _bounded_signals,
+    _bounded_encodings,
     _queued_email,
     _queued_webhook,
     _user_and_parent,
@@ -648,16 +648,16 @@ class PgStore:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
         """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
-        bound on the bodies stops reading, not only the answer."""
+        bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
             user_id = _user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
                 cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                return _bounded_signals(cursor, limit, max_body_chars)
+                return _bounded_encodings(cursor, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """store.Store.signal."""

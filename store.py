@@ -11,7 +11,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -833,18 +833,19 @@ class Store:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
-        """`username`'s signals with start <= time < end, ascending, and whether there were more.
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
+        """`username`'s signals with start <= time < end, ascending, each as `encode(signal)`, and whether there
+        were more.
 
-        Stops after `limit` signals, or once their bodies reach `max_body_chars` characters in all
-        (the signal that crosses it is kept). Raises UnknownUserError if the user was never configured.
+        Stops after `limit` signals, or before the one whose encoding would take the encodings' lengths past
+        `max_size` bytes in all. Raises UnknownUserError if the user was never configured.
         """
         with self._read() as connection:
             user_id = self._user_id(connection, username)
-            # Read lazily: the bound on the bodies stops reading, not only the answer.
+            # Read lazily: the bound stops reading, not only the answer.
             rows = connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-            return _bounded_signals(rows, limit, max_body_chars)
+            return _bounded_encodings(rows, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
@@ -1281,17 +1282,22 @@ def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[Ale
     return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
 
 
-def _bounded_signals(rows: Iterable[Sequence[Any]], limit: int, max_body_chars: int) -> tuple[list[Signal], bool]:
-    """The signals of SIGNALS_BETWEEN_SQL's `rows`, read only until there are `limit` of them or their bodies reach
-    `max_body_chars` characters (the one that crosses it kept), and whether there were more."""
-    signals: list[Signal] = []
-    chars = 0
+def _bounded_encodings(
+    rows: Iterable[Sequence[Any]], limit: int, max_size: int, encode: Callable[[Signal], bytes]
+) -> tuple[list[bytes], bool]:
+    """The signals of SIGNALS_BETWEEN_SQL's `rows`, each as `encode(signal)`, read only until there are `limit`
+    of them or the next would take their lengths past `max_size` in all, and whether there were more."""
+    encodings: list[bytes] = []
+    size = 0
     for row in rows:
-        if len(signals) == limit or chars >= max_body_chars:
-            return signals, True
-        signals.append(Signal(*row))
-        chars += len(row[4] or "")
-    return signals, False
+        if len(encodings) == limit:
+            return encodings, True
+        encoding = encode(Signal(*row))
+        size += len(encoding)
+        if size > max_size:
+            return encodings, True
+        encodings.append(encoding)
+    return encodings, False
 
 
 def _user_counts(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:

@@ -34,6 +34,7 @@ from localtime import (
     format_local_time,
     format_ping_time,
     local_clock_times,
+    local_clock_writer,
     local_day_bounds,
     query_fields,
 )
@@ -72,9 +73,10 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 # all day long. A day with more is answered with its first LOGS_MAX_PINGS and the LOGS_TRUNCATED header.
 LOGS_MAX_PINGS = 100_000
 LOGS_TRUNCATED = "Ping-Listener-Truncated"
-# With details=1, bodies of up to 10 000 characters each could make a day's answer gigabytes: it stops
-# once its bodies hold this many characters (and says so with the LOGS_TRUNCATED header).
-LOGS_MAX_BODY_CHARS = 4_000_000
+# With details=1, bodies of up to 10 000 bytes each, and JSON's escapes six times longer than a control
+# character, could make a day's answer gigabytes: it holds the signals that fit in this many bytes (and
+# says so with the LOGS_TRUNCATED header).
+LOGS_MAX_DETAILS_BYTES = 4_000_000
 # The first this many bytes of a POST body to /ping are kept with the signal.
 MAX_SIGNAL_BODY = 10_000
 PING_PATH = "/ping"
@@ -163,10 +165,12 @@ def make_app(
         start, end = local_day_bounds(query)
         bottle.response.content_type = "application/json"
         if details:
-            signals, cut = store.signals_between(username, start, end, LOGS_MAX_PINGS, LOGS_MAX_BODY_CHARS)
+            items, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, _signal_details_writer()
+            )
             if cut:
-                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(signals)} signals of the day")
-            return json.dumps(_signal_details(signals))
+                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(items)} signals of the day")
+            return _signal_details(items)
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
@@ -454,19 +458,33 @@ def _snooze_minutes(text: str | None) -> int:
     return int(text)
 
 
-def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
-    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
-    times = local_clock_times(signal.at for signal in signals)
-    return [
-        {
-            "time": time,
+def _signal_details_writer() -> Callable[[Signal], bytes]:
+    """A function that writes a signal as /logs?details=1 lists it (local time, kind, exit code, duration and
+    body) in JSON, followed by ", ": exactly what it adds to the answer's length (see _signal_details)."""
+    clock_time = local_clock_writer()
+
+    def write(signal: Signal) -> bytes:
+        # One small json.dumps per signal, never one for the whole answer: json.dumps keeps the interpreter until
+        # it returns, and between two the I/O thread gets it back to answer pings.
+        item = {
+            "time": clock_time(signal.at),
             "kind": signal.kind,
             "exit_code": signal.exit_code,
             "duration": None if signal.duration is None else round(signal.duration, 3),
             "body": signal.body,
         }
-        for time, signal in zip(times, signals, strict=True)
-    ]
+        return (json.dumps(item) + ", ").encode("ascii")
+
+    return write
+
+
+def _signal_details(items: list[bytes]) -> bytes:
+    """The /logs?details=1 answer of `items` from _signal_details_writer(), as json.dumps writes a list: as long
+    as the items together (their last ", " makes room for the brackets), or "[]"."""
+    if not items:
+        return b"[]"
+    items[-1] = items[-1][:-2]
+    return b"".join((b"[", *items, b"]"))
 
 
 def _live_user(user: UserState, now: float) -> dict[str, Any]:

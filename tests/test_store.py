@@ -683,22 +683,27 @@ def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_dea
 
 
 @BACKENDS
-def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(store):
+def test_signals_between_encodes_each_and_stops_at_its_limit_or_before_the_size_bound(store):
     synced(store)
     for n in range(5):
         store.record_ping("pi", T0 + n, "log", body="x" * 10)
-    signals, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=1000)
-    assert (len(signals), more, signals[0]) == (5, False, Signal(T0, "log", None, None, "x" * 10))
-    assert [
-        len(result[0])
-        for result in (
-            store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
-            store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
-        )
-    ] == [3, 3]
-    assert store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000)[1]
+    encoded = []
+
+    def encode(signal):
+        encoded.append(signal)
+        return signal.body.encode() + b"|"
+
+    encodings, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_size=1000, encode=encode)
+    assert (encodings, more, encoded[0]) == ([b"x" * 10 + b"|"] * 5, False, Signal(T0, "log", None, None, "x" * 10))
+    assert store.signals_between("pi", T0, T0 + 10, 3, 1000, encode) == ([b"x" * 10 + b"|"] * 3, True)
+    # 11 bytes each: three fit in 33 or 43, a fourth would not.
+    for max_size in (33, 43):
+        encoded.clear()
+        assert store.signals_between("pi", T0, T0 + 10, 10, max_size, encode) == ([b"x" * 10 + b"|"] * 3, True)
+        assert len(encoded) == 4  # reading stops there
+    assert store.signals_between("pi", T0, T0 + 10, 10, 44, encode) == ([b"x" * 10 + b"|"] * 4, True)
     with pytest.raises(UnknownUserError):
-        store.signals_between("ghost", T0, T0 + 1, 10, 10)
+        store.signals_between("ghost", T0, T0 + 1, 10, 10, encode)
 
 
 @BACKENDS

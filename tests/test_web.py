@@ -1,4 +1,5 @@
 import email.utils
+import json
 import logging
 import sqlite3
 import threading
@@ -777,6 +778,7 @@ def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
     assert logs(client, query).json == ["16:13:20", "16:13:22", "16:13:24", "16:13:25"]
     answer = logs(client, query + "&details=1")
     assert answer.content_type == "application/json"
+    assert answer.body == json.dumps(answer.json).encode()  # written as json.dumps writes the list
     assert answer.json == [
         {"time": "16:13:20", "kind": "start", "exit_code": None, "duration": None, "body": None},
         {"time": "16:13:22", "kind": "log", "exit_code": None, "duration": None, "body": "half way"},
@@ -791,13 +793,19 @@ def test_logs_details_takes_only_1(client, value):
     assert answer.text == f"invalid details {value!r}: expected 1"
 
 
-def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(client, monkeypatch):
-    monkeypatch.setattr(web, "LOGS_MAX_BODY_CHARS", 25_000)
-    for _ in range(5):
-        client.post("/ping/pi/log", b"z" * 10_000)
+def test_logs_details_of_a_day_of_bodies_that_json_escapes_at_length_stays_within_its_bound_and_says_so(client):
+    # Bodies of 10 000 bytes that JSON writes in six bytes each: \u0001, and \ufffd for an invalid byte.
+    body = b"\x01\xff" * 5_000
+    for _ in range(70):
+        client.post("/ping/pi/log", body)
     answer = logs(client, "username=pi&year=26&month=9&day=21&details=1")
-    assert len(answer.json) == 3
-    assert answer.headers[web.LOGS_TRUNCATED] == "first 3 signals of the day"
+    assert len(answer.body) <= web.LOGS_MAX_DETAILS_BYTES
+    assert answer.body == json.dumps(answer.json).encode()
+    item = json.dumps(answer.json[0])
+    assert len(item) > 60_000
+    # As many as fit: each takes its JSON and the ", " after it, the last one's room for the brackets.
+    assert len(answer.json) == web.LOGS_MAX_DETAILS_BYTES // (len(item) + 2)
+    assert answer.headers[web.LOGS_TRUNCATED] == f"first {len(answer.json)} signals of the day"
     assert web.LOGS_TRUNCATED not in logs(client, "username=pi&year=26&month=9&day=21").headers
 
 
