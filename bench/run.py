@@ -14,7 +14,9 @@ from statistics import median
 import scheduler
 import server
 import serving
+import web
 from bench import (
+    details,
     detection,
     footprint,
     harness,
@@ -35,6 +37,7 @@ SECTIONS = (
     "startup",
     "idle",
     "history",
+    "details",
     "overview",
     "detection",
     "metrics",
@@ -102,6 +105,8 @@ def _run_section(section, args, servers):
         return footprint.idle_cpu(10_000, args.idle_seconds, _log)
     if section == "history":
         return history.run(requests=20, log=_log)
+    if section == "details":
+        return details.run(requests=10, log=_log, load_seconds=args.duration * 2)
     if section == "overview":
         return overview_data.run(refreshes=20, log=_log)
     if section == "metrics":
@@ -136,6 +141,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _footprint_table(results.get("startup"), results.get("idle"), args, targets)
     if "history" in results:
         lines += _history_table(results["history"], targets)
+    if "details" in results:
+        lines += _details_table(results["details"], targets)
     if "overview" in results:
         lines += _overview_table(results["overview"], targets)
     if "detection" in results:
@@ -446,6 +453,45 @@ def _history_table(result, targets):
             "",
         ]
     return lines
+
+
+def _details_table(result, targets):
+    load = result.under_load
+    targets.append(
+        (
+            f"/logs?details=1 of {result.signals_in_day:,} long bodies <= {web.LOGS_MAX_DETAILS_BYTES:,} bytes",
+            f"{result.answer_bytes:,} bytes",
+            result.answer_bytes <= web.LOGS_MAX_DETAILS_BYTES,
+        )
+    )
+    targets.append(
+        (
+            f"ping p99 while {load.readers} clients pull that /logs?details=1 < 100 ms",
+            f"{load.ping_p99_ms:.1f} ms",
+            load.ping_p99_ms < 100 and not load.failures,
+        )
+    )
+    return [
+        "### Details of long bodies",
+        "",
+        f"`GET /logs?details=1` for one user's day of {result.signals_in_day:,} signals, each with a body of"
+        " 10 000 bytes of control characters (JSON writes each as six bytes), over HTTP on one kept-alive"
+        " connection: the answer's size, how many signals it holds, and the median and max of 10 requests.",
+        "",
+        "| signals in the day | answer | signals in the answer | truncated | median | max |",
+        "|---|---|---|---|---|---|",
+        f"| {result.signals_in_day:,} | {result.answer_bytes:,} bytes | {result.signals_in_answer:,}"
+        f" | {'yes' if result.truncated else 'no'} | {result.median_ms:.0f} ms | {result.max_ms:.0f} ms |",
+        "",
+        f"Heavy reads: {load.readers} connections pull that `/logs?details=1` in a loop (wrk) while one more pings"
+        f" (wrk, 1 connection, keep-alive) for {load.seconds} s.",
+        "",
+        "| /logs answered a second | pings a second | ping p50 | ping p99 | errors |",
+        "|---|---|---|---|---|",
+        f"| {load.logs_per_second:.1f} | {load.ping_rps:.0f} | {load.ping_p50_ms:.2f} ms"
+        f" | {load.ping_p99_ms:.2f} ms | {load.failures} |",
+        "",
+    ]
 
 
 def _overview_table(result, targets):
