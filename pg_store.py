@@ -75,6 +75,7 @@ from store import (
     _user_counts,
     _user_settings,
     _webhook_history,
+    recent_pings_parameters,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
@@ -247,9 +248,11 @@ CONFIGURED_USERS_SQL = (
 # The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
 OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
 RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.at >= %(start)s"
-    " AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
+    "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.id <= %(upto)s"
+    " AND pings.at >= CASE WHEN users.id = %(first)s THEN %(after_at)s ELSE %(start)s END"
+    " AND (users.id > %(first)s OR pings.at > %(after_at)s OR pings.id > %(after_id)s)"
+    " ORDER BY users.id, pings.at, pings.id LIMIT %(limit)s"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
@@ -620,9 +623,11 @@ class PgStore:
         with self._connection() as connection:
             return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
         """store.Store.recent_pings."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+        parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
         with self._connection() as connection:
             return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
 

@@ -249,12 +249,16 @@ CONFIGURED_USERS_SQL = (
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
 # (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
 # primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
-# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
+# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time), each chunk in pages
+# that go on after the last row of the previous page (`first` is that row's user, the seek into its pings
+# begins at its time, and only pings of that time with greater ids are taken).
 OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
 RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.at >= :start"
-    " AND pings.id <= :upto ORDER BY users.id, pings.at"
+    "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.id <= :upto"
+    " AND pings.at >= CASE WHEN users.id = :first THEN :after_at ELSE :start END"
+    " AND (users.id > :first OR pings.at > :after_at OR pings.id > :after_id)"
+    " ORDER BY users.id, pings.at, pings.id LIMIT :limit"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < :start) FROM users"
@@ -802,12 +806,16 @@ class Store:
             newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
         return newest
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
-        """(user id, time) of the pings from `start` on with ids up to `upto_id` of the configured users whose
-        ids are in the range `user_ids` (first, last), by user then time."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
+        """(user id, time, ping id) of the pings from `start` on with ids up to `upto_id` of the configured users
+        whose ids are in the range `user_ids` (first, last), by user, time then id: the first `limit` of them, or
+        with `after` (the last row of an earlier answer to the same question) the first `limit` after it."""
         with self._read() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            return connection.execute(
+                RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
+            ).fetchall()
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """Each configured user's id in the range `user_ids` (first, last) -> the time of its last ping before
@@ -1280,6 +1288,22 @@ def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[Ale
                 EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
             )
     return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+
+
+def recent_pings_parameters(
+    start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+) -> dict[str, Any]:
+    """RECENT_PINGS_SQL's parameters for Store.recent_pings's arguments (either store's)."""
+    first, after_at, after_id = (user_ids[0], start, 0) if after is None else after
+    return {
+        "start": start,
+        "upto": upto_id,
+        "first": first,
+        "last": user_ids[1],
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit,
+    }
 
 
 def _bounded_encodings(
