@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from statistics import median
 
+import overview
 import scheduler
 import server
 import serving
@@ -39,6 +40,7 @@ SECTIONS = (
     "history",
     "details",
     "overview",
+    "load-memory",
     "detection",
     "metrics",
     "retention",
@@ -109,6 +111,8 @@ def _run_section(section, args, servers):
         return details.run(requests=10, log=_log, load_seconds=args.duration * 2)
     if section == "overview":
         return overview_data.run(refreshes=20, log=_log)
+    if section == "load-memory":
+        return overview_data.load_memory(args.load_pings, _log)
     if section == "metrics":
         return operations.scrape(repeats=20, log=_log)
     if section == "retention":
@@ -145,6 +149,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _details_table(results["details"], targets)
     if "overview" in results:
         lines += _overview_table(results["overview"], targets)
+    if "load-memory" in results:
+        lines += _load_memory_table(results["load-memory"], targets)
     if "detection" in results:
         lines += _detection_table(results["detection"], targets)
     if "metrics" in results or "retention" in results:
@@ -494,6 +500,30 @@ def _details_table(result, targets):
     ]
 
 
+def _load_memory_table(result, targets):
+    targets.append(
+        (
+            f"overview's history loading at {result.recent_pings:,} pings in 24 h: peak RSS < 100 MB",
+            f"{result.peak_mb:.0f} MB",
+            result.peak_mb < 100,
+        )
+    )
+    return [
+        "### Loading the last 24 hours",
+        "",
+        f"A start with {result.recent_pings:,} pings in the last 24 hours, from {result.users} users (one step of"
+        " the loading meets them all): the overview's upkeep loads them as after a start, in a process of its"
+        " own, reading the store at most"
+        f" {overview.HISTORY_PINGS_PER_READ:,} pings at a time.",
+        "",
+        "| pings in 24 h | users | RSS before | peak RSS | seconds |",
+        "|---|---|---|---|---|",
+        f"| {result.recent_pings:,} | {result.users} | {result.baseline_mb:.0f} MB | {result.peak_mb:.0f} MB"
+        f" | {result.seconds:.1f} |",
+        "",
+    ]
+
+
 def _overview_table(result, targets):
     slowest = max(result.first_ms, result.refresh_max_ms, result.day_max_ms)
     targets.append(("every overview answer < 100 ms", f"{slowest:.0f} ms at most", slowest < 100))
@@ -635,6 +665,9 @@ def _parse_args(argv):
     # Several rounds: on a shared two-core machine one 10 s run is at the mercy of whatever else runs.
     # Two rounds, the servers in a different order in each: 30 wrk runs a round at 1 to 256 connections.
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the ping and burst benchmarks (default 2)")
+    parser.add_argument(
+        "--load-pings", type=int, default=3_000_000, help="pings in 24 h for load-memory (default 3 000 000)"
+    )
     parser.add_argument("--idle-seconds", type=int, default=30, help="seconds the idle CPU is measured over")
     parser.add_argument(
         "--only",
