@@ -12,6 +12,7 @@ import threading
 import wsgiref.handlers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -464,20 +465,21 @@ def _snooze_minutes(text: str | None) -> int:
 
 def _signal_details_writer() -> Callable[[Signal], bytes]:
     """A function that writes a signal as /logs?details=1 lists it (local time, kind, exit code, duration and
-    body) in JSON, followed by ", ": exactly what it adds to the answer's length (see _signal_details)."""
+    body) in JSON as json.dumps writes it, followed by ", ": exactly what it adds to the answer's length (see
+    _signal_details)."""
     clock_time = local_clock_writer()
 
     def write(signal: Signal) -> bytes:
-        # One small json.dumps per signal, never one for the whole answer: json.dumps keeps the interpreter until
-        # it returns, and between two the I/O thread gets it back to answer pings.
-        item = {
-            "time": clock_time(signal.at),
-            "kind": signal.kind,
-            "exit_code": signal.exit_code,
-            "duration": None if signal.duration is None else round(signal.duration, 3),
-            "body": signal.body,
-        }
-        return (json.dumps(item) + ", ").encode("ascii")
+        # A signal at a time, never json.dumps of the whole answer: a C call keeps the interpreter until it
+        # returns, and between two signals the I/O thread gets it back to answer pings. Written by hand as
+        # json.dumps would (its string escaping, repr for numbers), at a fraction of its cost per object.
+        exit_code = "null" if signal.exit_code is None else repr(signal.exit_code)
+        duration = "null" if signal.duration is None else repr(round(signal.duration, 3))
+        body = "null" if signal.body is None else encode_basestring_ascii(signal.body)
+        return (
+            f'{{"time": "{clock_time(signal.at)}", "kind": {encode_basestring_ascii(signal.kind)},'
+            f' "exit_code": {exit_code}, "duration": {duration}, "body": {body}}}, '
+        ).encode("ascii")
 
     return write
 

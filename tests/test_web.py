@@ -3,15 +3,18 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 
 import prometheus_client.parser
 import pytest
 import webtest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mailer
 import web
 from config import LiveSettings
-from store import CheckOutcome, NewEmail
+from store import CheckOutcome, NewEmail, Signal
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 
@@ -791,6 +794,26 @@ def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
 def test_logs_details_takes_only_1(client, value):
     answer = logs(client, f"username=pi&year=26&month=9&day=21&details={value}", status=400)
     assert answer.text == f"invalid details {value!r}: expected 1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.floats(min_value=0, max_value=4e9),
+    kind=st.sampled_from(["success", "start", "fail", "log"]),
+    exit_code=st.none() | st.integers(0, 255),
+    duration=st.none() | st.floats(min_value=0, max_value=1e9),
+    body=st.none() | st.text(max_size=50),
+)
+def test_a_signals_details_are_written_as_json_dumps_writes_them(at, kind, exit_code, duration, body):
+    written = web._signal_details_writer()(Signal(at, kind, exit_code, duration, body))
+    item = {
+        "time": time.strftime("%H:%M:%S", time.localtime(at)),
+        "kind": kind,
+        "exit_code": exit_code,
+        "duration": None if duration is None else round(duration, 3),
+        "body": body,
+    }
+    assert written == (json.dumps(item) + ", ").encode()
 
 
 def test_logs_details_of_a_day_of_bodies_that_json_escapes_at_length_stays_within_its_bound_and_says_so(client):
