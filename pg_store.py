@@ -247,12 +247,13 @@ CONFIGURED_USERS_SQL = (
 )
 # The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
 OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
-RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.id <= %(upto)s"
-    " AND pings.at >= CASE WHEN users.id = %(first)s THEN %(after_at)s ELSE %(start)s END"
-    " AND (users.id > %(first)s OR pings.at > %(after_at)s OR pings.id > %(after_id)s)"
-    " ORDER BY users.id, pings.at, pings.id LIMIT %(limit)s"
+# recent_pings reads each user's pings on its own, along pings_by_user_time: PostgreSQL orders a join's rows
+# only by its outer table's index, so a join over a range of users (as store.RECENT_PINGS_SQL) would sort each
+# user's remaining pings whole for every page.
+RECENT_USERS_SQL = "SELECT id FROM users WHERE configured AND id BETWEEN %(first)s AND %(last)s ORDER BY id"
+RECENT_USER_PINGS_SQL = (
+    "SELECT at, id FROM pings WHERE user_id = %(user)s AND at >= %(after_at)s AND id <= %(upto)s"
+    " AND (at > %(after_at)s OR id > %(after_id)s) ORDER BY at, id LIMIT %(limit)s"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
@@ -628,8 +629,18 @@ class PgStore:
     ) -> list[tuple[int, float, int]]:
         """store.Store.recent_pings."""
         parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
+        rows: list[tuple[int, float, int]] = []
         with self._connection() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            for (user_id,) in connection.execute(RECENT_USERS_SQL, parameters).fetchall():
+                if user_id != parameters["first"]:  # a user after the one `after` is in: from `start`
+                    parameters.update(after_at=start, after_id=0)
+                parameters.update(user=user_id, limit=limit - len(rows))
+                rows += [
+                    (user_id, at, ping_id) for at, ping_id in connection.execute(RECENT_USER_PINGS_SQL, parameters)
+                ]
+                if len(rows) == limit:
+                    break
+        return rows
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """store.Store.last_pings_before."""
