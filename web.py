@@ -78,6 +78,9 @@ LOGS_TRUNCATED = "Ping-Listener-Truncated"
 # character, could make a day's answer gigabytes: it holds the signals that fit in this many bytes (and
 # says so with the LOGS_TRUNCATED header).
 LOGS_MAX_DETAILS_BYTES = 4_000_000
+# Such an answer goes to waitress in pieces of about this size: each write to a connection costs a hand-off to
+# the I/O thread, and a block of megabytes costs page faults, both while a worker holds the interpreter.
+LOGS_PIECE_BYTES = 64 * 1024
 # The first this many bytes of a POST body to /ping are kept with the signal.
 MAX_SIGNAL_BODY = 10_000
 PING_PATH = "/ping"
@@ -173,9 +176,7 @@ def make_app(
                 bottle.response.set_header(LOGS_TRUNCATED, f"first {len(items)} signals of the day")
             pieces = _signal_details(items)
             bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
-            # An iterator, which bottle passes on piece by piece (a list it would join): a fresh block of megabytes
-            # costs page faults, taken while this thread holds the interpreter that the I/O thread's pings need.
-            return iter(pieces)
+            return iter(pieces)  # an iterator, which bottle passes on piece by piece (a list it would join)
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
@@ -485,11 +486,22 @@ def _signal_details_writer() -> Callable[[Signal], bytes]:
 
 
 def _signal_details(items: list[bytes]) -> list[bytes]:
-    """The pieces of the /logs?details=1 answer of `items` from _signal_details_writer(), written as json.dumps
-    writes a list: as long as the items together (their last ", " makes room for the brackets), or "[]"."""
+    """The /logs?details=1 answer of `items` from _signal_details_writer(), written as json.dumps writes a list, in
+    pieces of about LOGS_PIECE_BYTES (or one longer item): as long as the items together (their last ", " makes
+    room for the brackets), or "[]"."""
     if items:
         items[-1] = items[-1][:-2]
-    return [b"[", *items, b"]"]
+    pieces: list[bytes] = []
+    piece, size = [b"["], 1
+    for item in items:
+        if size + len(item) > LOGS_PIECE_BYTES:
+            pieces.append(b"".join(piece))
+            piece, size = [], 0
+        piece.append(item)
+        size += len(item)
+    piece.append(b"]")
+    pieces.append(b"".join(piece))
+    return pieces
 
 
 def _live_user(user: UserState, now: float) -> dict[str, Any]:
