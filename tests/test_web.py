@@ -816,6 +816,19 @@ def test_a_signals_details_are_written_as_json_dumps_writes_them(at, kind, exit_
     assert written == (json.dumps(item) + ", ").encode()
 
 
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 40])
+def test_a_details_answer_goes_in_pieces_of_about_its_piece_size(monkeypatch, count):
+    monkeypatch.setattr(web, "LOGS_PIECE_BYTES", 100)
+    write = web._signal_details_writer()
+    signals = [Signal(T0 + n, "log", None, None, "x" * (n % 3) * 30) for n in range(count)]
+    pieces = web._signal_details([write(signal) for signal in signals])
+    assert b"".join(pieces) == json.dumps(json.loads(b"".join(pieces))).encode()
+    assert [item["body"] for item in json.loads(b"".join(pieces))] == [signal.body for signal in signals]
+    # A piece is longer only if it holds one item (with a bracket).
+    assert all(len(piece) <= 100 or piece.count(b'"time"') == 1 for piece in pieces)
+    assert all(len(piece) + len(after) > 100 for piece, after in zip(pieces, pieces[1:], strict=False))  # few
+
+
 def test_logs_details_of_a_day_of_bodies_that_json_escapes_at_length_stays_within_its_bound_and_says_so(client):
     # Bodies of 10 000 bytes that JSON writes in six bytes each: \u0001, and \ufffd for an invalid byte.
     body = b"\x01\xff" * 5_000
