@@ -1,5 +1,6 @@
 import contextlib
 import datetime
+import itertools
 import json
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ import pytest
 import mailer
 import rules
 import scheduler
+import webhooks
 from config import LiveSettings
 from pg_store import PgStore
 from rules import live_state, retry_delay
@@ -22,6 +24,7 @@ from support import (
     Clock,
     HttpReceiver,
     SilentSmtpServer,
+    Trickler,
     db_of,
     free_port,
     make_settings,
@@ -717,6 +720,14 @@ def with_webhooks(store, recording_mailer, hook, users, clock=None):
     return make_scheduler(store, recording_mailer, users, clock=clock, webhooks=webhooks)
 
 
+def deliver(steps, now):
+    """One step of the webhook delivery at `now`, waiting until the deliveries it started are recorded; returns
+    how many were due."""
+    due = steps.deliver_once(now)
+    assert steps.wait_for_deliveries(10)
+    return due
+
+
 def deliveries(store):
     """(username, webhook, event, status, attempts) of each queued delivery, oldest first."""
     return query(
@@ -760,7 +771,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     steps.check_once(T0 + 62)
     store.record_ping("pi", T0 + 100)
     steps.check_once(T0 + 100.5)
-    assert steps.deliver_once(T0 + 101) == 2
+    assert deliver(steps, T0 + 101) == 2
     assert recording_mailer.sent == [] and outbox(db_of(store)) == []
     late, back = [json.loads(body) for _, _, _, body in hook.requests]
     assert late["event"] == "late" and back["event"] == "back"
@@ -771,7 +782,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     assert back["text"].startswith("pi is back.")
     assert late["id"] != back["id"]
     assert deliveries(store) == [("pi", "ops", "late", "sent", 1), ("pi", "ops", "back", "sent", 1)]
-    assert steps.deliver_once(T0 + 10_000) == 0
+    assert deliver(steps, T0 + 10_000) == 0
 
 
 @BACKENDS
@@ -780,13 +791,13 @@ def test_a_5xx_is_retried_with_backoff_and_the_same_idempotency_key_then_deliver
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:chat"), clock=clock)
     steps.check_once(T0 + 61)
     hook.answers = [500, 503]
-    assert steps.deliver_once(T0 + 61) == 1
+    assert deliver(steps, T0 + 61) == 1
     assert deliveries(store) == [("pi", "chat", "late", "queued", 1)]
-    assert steps.deliver_once(T0 + 61 + retry_delay(1) - 0.1) == 0
+    assert deliver(steps, T0 + 61 + retry_delay(1) - 0.1) == 0
     clock.now = T0 + 61 + retry_delay(1)
-    assert steps.deliver_once(clock.now) == 1
-    assert steps.deliver_once(clock.now + retry_delay(2) - 0.1) == 0
-    assert steps.deliver_once(clock.now + retry_delay(2)) == 1
+    assert deliver(steps, clock.now) == 1
+    assert deliver(steps, clock.now + retry_delay(2) - 0.1) == 0
+    assert deliver(steps, clock.now + retry_delay(2)) == 1
     assert deliveries(store) == [("pi", "chat", "late", "sent", 3)]
     keys = {headers["Idempotency-Key"] for _, _, headers, _ in hook.requests}
     assert len(hook.requests) == 3 and len(keys) == 1 and {body for *_, body in hook.requests} == {hook.requests[0][3]}
@@ -803,12 +814,12 @@ def test_a_429_waits_as_long_as_retry_after_asks_within_the_backoff_cap(
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"), clock=Clock(T0 + 61))
     steps.check_once(T0 + 61)
     hook.answers = [(429, {"Retry-After": retry_after})]
-    steps.deliver_once(T0 + 61)
+    deliver(steps, T0 + 61)
     assert query(db_of(store), "SELECT next_attempt_at, last_error FROM webhook_outbox") == [
         (T0 + 61 + delay, "HTTP 429: ok")
     ]
-    assert steps.deliver_once(T0 + 61 + delay - 0.1) == 0
-    assert steps.deliver_once(T0 + 61 + delay) == 1
+    assert deliver(steps, T0 + 61 + delay - 0.1) == 0
+    assert deliver(steps, T0 + 61 + delay) == 1
     assert deliveries(store) == [("pi", "ops", "late", "sent", 2)]
 
 
@@ -817,10 +828,49 @@ def test_a_4xx_fails_the_delivery_for_good(store, recording_mailer, hook, caplog
     steps = with_webhooks(store, recording_mailer, hook, pi_notifying("webhook:ops"))
     steps.check_once(T0 + 61)
     hook.answers = [404]
-    steps.deliver_once(T0 + 61)
+    deliver(steps, T0 + 61)
     assert deliveries(store) == [("pi", "ops", "late", "failed", 1)]
     assert "late webhook 1 (pi) to ops refused for good: HTTP 404" in caplog.text
-    assert steps.deliver_once(T0 + 100_000) == 0
+    assert deliver(steps, T0 + 100_000) == 0
+
+
+def test_a_webhook_that_trickles_its_answer_delays_only_its_own_deliveries(store, recording_mailer, hook, ca):
+    # The slow webhook answers a byte every 0.2 s for ever; each of its POSTs is given up after 5 s.
+    slow_answer = lambda: itertools.chain([b"HTTP/1.1 200 OK\r\n"], itertools.repeat(b"x"))  # noqa: E731
+    users = {
+        "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "notify": ["webhook:slow", "webhook:fine"]},
+        "nas": {"monitor": True, "max_sleep": 200, "email_frequency": 600, "notify": ["webhook:fine"]},
+    }
+    clock = Clock(T0 + 61)
+    with Trickler(slow_answer, 0.2, ca) as slow:
+        settings = make_settings(
+            users,
+            webhooks={"slow": {"url": slow.url, "format": "json"}, "fine": {"url": hook.url, "format": "json"}},
+        )
+        store.sync_users(settings.users, T0)
+        sender = webhooks.WebhookSender(clock, deadline=5)
+        steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock, sender)
+        steps.check_once(T0 + 61)
+        assert steps.deliver_once(T0 + 61) == 2
+        wait_until(
+            lambda: ("pi", "fine", "late", "sent", 1) in deliveries(store), message="pi's fine delivery recorded"
+        )
+        clock.now = T0 + 201
+        steps.check_once(T0 + 201)
+        # pi's POST to slow is due again (its claim's back-off passed) but still under way: not posted twice.
+        assert steps.deliver_once(T0 + 201) == 2
+        [_, nas] = hook.wait_for_requests(2)
+        # Both of fine's deliveries went out while slow's first POST was still being answered.
+        assert (slow.closed_by_client, len(slow.sent)) == (0, 1)
+    assert json.loads(nas[3])["username"] == "nas"
+    # Closed by the slow webhook before its answer ended: retried.
+    assert steps.wait_for_deliveries(10)
+    assert deliveries(store) == [
+        ("pi", "slow", "late", "queued", 1),
+        ("pi", "fine", "late", "sent", 1),
+        ("nas", "fine", "late", "sent", 1),
+    ]
+    assert query(db_of(store), "SELECT next_attempt_at FROM webhook_outbox WHERE webhook = 'slow'") != [(None,)]
 
 
 def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_a_restart(
@@ -836,7 +886,7 @@ def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_
     second = Store(tmp_path / "ping_listener.db")
     try:
         steps = with_webhooks(second, recording_mailer, hook, pi_notifying("webhook:ops"), clock=Clock(T0 + 62))
-        assert steps.deliver_once(T0 + 62) == 1
+        assert deliver(steps, T0 + 62) == 1
         assert deliveries(second) == [("pi", "ops", "late", "sent", 1)]
         assert hook.requests[0][2]["Idempotency-Key"] == delivery.event.id
     finally:
