@@ -1,10 +1,12 @@
 import dataclasses
+import itertools
 import socket
 
 import pytest
 
 import config
 import mailer
+import outbound
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
 from store import QueuedEmail, Signal, UserState
@@ -435,3 +437,40 @@ def test_ssl_mode_to_a_starttls_port_is_a_connection_problem_with_a_hint(starttl
     [(_, result)] = list(smtp_mailer(starttls_server.port, timeout=1).send_all([queued_email()]))
     assert result.status == RETRY
     assert "SMTP_SECURITY=ssl" in result.error
+
+
+def trickling_mailer(port, deadline, timeout=5.0):
+    """An SmtpMailer (implicit TLS) to 127.0.0.1:`port` with a whole-conversation `deadline`."""
+    smtp = config.SmtpSettings("127.0.0.1", port, support.SMTP_LOGIN, support.SMTP_PASSWORD, SENDER)
+    return SmtpMailer(smtp, timeout=timeout, deadline=deadline)
+
+
+# A greeting of 7 lines whose bytes come every TRICKLE_INTERVAL s: whole, it takes about 3 s.
+TRICKLED_GREETING = b"220-smtp.test says hello, slowly\r\n" * 6 + b"220 smtp.test ready\r\n"
+TRICKLE_INTERVAL = 3.0 / len(TRICKLED_GREETING)
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_server_that_trickles_its_replies_is_given_up_at_the_deadline_and_every_email_retried(ca):
+    deadline, timeout = 1.0, 5.0
+    # Each byte comes well within the per-operation timeout: only the whole-conversation deadline can end it.
+    assert timeout > TRICKLE_INTERVAL
+    greeting = lambda: (TRICKLED_GREETING[i : i + 1] for i in range(len(TRICKLED_GREETING)))  # noqa: E731
+    with support.Trickler(greeting, TRICKLE_INTERVAL, ca) as trickling:
+        settled = list(
+            trickling_mailer(trickling.port, deadline, timeout).send_all([queued_email(), queued_email(email_id=2)])
+        )
+        # Given up before the server had even finished its greeting.
+        assert support.wait_until(lambda: trickling.closed_by_client == 1)
+        assert trickling.sent[0] < len(TRICKLED_GREETING)
+    assert [(email.id, result.status) for email, result in settled] == [(1, RETRY), (2, RETRY)]
+    assert settled[0][1].error.startswith("the SMTP conversation did not end within its 1 s deadline")
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_reply_that_never_ends_is_read_no_further_than_64_kib_and_the_email_retried(ca):
+    line = b"220-" + b"x" * 1000 + b"\r\n"
+    with support.Trickler(lambda: itertools.repeat(line, 10_000), ca=ca) as flooding:
+        [(_, result)] = trickling_mailer(flooding.port, deadline=10).send_all([queued_email()])
+    assert result.status == RETRY
+    assert result.error.endswith(f"the answer went on past {outbound.ANSWER_LIMIT} bytes")
