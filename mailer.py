@@ -3,6 +3,7 @@ mandatory STARTTLS upgrade, or in plain text to a relay on this machine (SMTP_SE
 within a whole-operation deadline (SMTP_DEADLINE) and reading at most outbound.ANSWER_LIMIT bytes of
 any reply."""
 
+import dataclasses
 import logging
 import re
 import smtplib
@@ -223,6 +224,37 @@ def by_recipient(emails: Iterable[QueuedEmail]) -> list[list[QueuedEmail]]:
     for email in emails:
         groups.setdefault(email.recipient, []).append(email)
     return list(groups.values())
+
+
+def collapse(emails: Iterable[QueuedEmail]) -> list[tuple[QueuedEmail, tuple[int, ...]]]:
+    """What to write of `emails` (queued rows for one recipient): each email to write with the ids of the rows
+    it carries (its own among them), in queue order (by id). Every row is carried by exactly one.
+
+    A device's rows are read in queue order. An alert carries the unsent alerts of its kind before it
+    (rules.SILENCE, FAILURE or RUN_TIMEOUT): a reminder adds nothing to an unsent alert, so only the
+    latest is written. A recovery (rules.BACK) carries every unsent alert of the outage it ends: an
+    outage already over is told as what it is, its recovery, which says when it went down. A written
+    email counts the most attempts of the rows it carries, so that their back-off goes on.
+    """
+    by_device: dict[str, list[QueuedEmail]] = {}
+    for email in emails:
+        by_device.setdefault(email.username, []).append(email)
+    written = []
+    for rows in by_device.values():
+        unsent: dict[str, list[QueuedEmail]] = {}
+        for email in sorted(rows, key=lambda row: row.id):
+            if email.kind == BACK:
+                written.append(_carrying(email, [row for kind in unsent.values() for row in kind] + [email]))
+                unsent = {}
+            else:
+                unsent.setdefault(email.kind, []).append(email)
+        written.extend(_carrying(kind[-1], kind) for kind in unsent.values())
+    return sorted(written, key=lambda item: item[0].id)
+
+
+def _carrying(email: QueuedEmail, rows: Sequence[QueuedEmail]) -> tuple[QueuedEmail, tuple[int, ...]]:
+    attempts = max(row.attempts for row in rows)
+    return dataclasses.replace(email, attempts=attempts), tuple(sorted(row.id for row in rows))
 
 
 def digest_subject(emails: Sequence[QueuedEmail]) -> str:

@@ -166,38 +166,48 @@ class Scheduler:
     def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        The emails due for one recipient go as one: a digest if there are several (mailer.digest), sent,
-        retried or failed together; one tried again with exactly the rows it carried keeps its
-        Message-ID and Date. The emails' next attempts are pushed back and new digests recorded before
-        sending (only those the store still lets this instance send go: Store.claim_emails), then each
-        result is committed as soon as the SMTP server answers. Returns how many emails were due.
+        The emails due for one recipient go as one: first collapsed (mailer.collapse: a reminder adds
+        nothing to an unsent alert, an outage already over is told by its recovery), then a digest if
+        several are left (mailer.digest); all the rows go sent, retried or failed together, and a digest
+        tried again with exactly the rows it carried keeps its Message-ID and Date. The emails' next
+        attempts are pushed back and new digests recorded before sending (only those the store still lets
+        this instance send go: Store.claim_emails), then each result is committed as soon as the SMTP
+        server answers. Returns how many emails were due.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
             return 0
-        outgoing: dict[int, tuple[tuple[int, ...], float]] = {}
+        # Message id -> the rows it carries, their retry delay, and what it is (for the log).
+        outgoing: dict[int, tuple[tuple[int, ...], float, str]] = {}
         messages, digests = [], []
         for group in mailer.by_recipient(emails):
-            ids = tuple(email.id for email in group)
+            ids = tuple(sorted(email.id for email in group))
+            written = [email for email, _ in mailer.collapse(group)]
             previous = _same_digest(group)
-            if len(group) == 1:
-                message = group[0]
+            if len(written) == 1:
+                message = written[0]
+                what = (
+                    f"alert email {ids[0]}"
+                    if len(ids) == 1
+                    else f"email {message.id} (for emails {', '.join(map(str, ids))})"
+                )
             elif previous is not None:
-                message = mailer.digest(group, previous.message_id, previous.created_at)
+                message = mailer.digest(written, previous.message_id, previous.created_at)
             else:
-                message = mailer.digest(group, self._mailer.new_message_id(), now)
+                message = mailer.digest(written, self._mailer.new_message_id(), now)
                 digests.append(NewDigest(ids, message.recipient, message.subject, message.message_id))
-            outgoing[message.id] = (ids, retry_delay(message.attempts + 1))
+            if len(written) > 1:
+                what = f"digest of emails {', '.join(map(str, ids))}"
+            outgoing[message.id] = (ids, retry_delay(message.attempts + 1), what)
             messages.append(message)
         claimed = self._store.claim_emails(
-            {email_id: now + delay for ids, delay in outgoing.values() for email_id in ids}, now, digests
+            {email_id: now + delay for ids, delay, _ in outgoing.values() for email_id in ids}, now, digests
         )
         # Another instance may have taken over some claims meanwhile (this one was frozen): they are its to send.
         messages = [message for message in messages if claimed.issuperset(outgoing[message.id][0])]
         for message, result in self._mailer.send_all(messages):
-            ids, delay = outgoing[message.id]
+            ids, delay, what = outgoing[message.id]
             finished = self._clock()
-            what = f"alert email {ids[0]}" if len(ids) == 1 else f"digest of emails {', '.join(map(str, ids))}"
             if result.status == mailer.SENT:
                 self._store.mark_sent(ids, finished)
                 log.info("sent %s to %s", what, message.recipient)

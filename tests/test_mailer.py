@@ -3,10 +3,13 @@ import itertools
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import config
 import mailer
 import outbound
+import rules
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
 from store import QueuedEmail, Signal, UserState
@@ -370,6 +373,73 @@ def test_a_long_digest_subject_is_cut_with_an_ellipsis_at_120_characters():
     assert len(subject) == mailer.MAX_DIGEST_SUBJECT == 120
     assert subject.startswith("40 devices need attention: camera-000, camera-001, ")
     assert subject.endswith("\u2026")
+
+
+def written(emails):
+    """mailer.collapse's answer as (id, kind, carried ids) of each email to write."""
+    return [(email.id, email.kind, carried) for email, carried in mailer.collapse(emails)]
+
+
+def test_an_alert_and_its_reminder_both_unsent_are_written_once_as_the_latest():
+    assert written([queued(1, "nas"), queued(2, "nas")]) == [(2, "late", (1, 2))]
+
+
+def test_an_outage_over_before_its_alert_went_is_written_as_its_recovery_alone():
+    [(email, carried)] = mailer.collapse([queued(1, "pi", attempts=3), queued(2, "pi", kind="back")])
+    assert (email.subject, carried, email.attempts) == ("pi is back", (1, 2), 3)
+
+
+def test_a_new_outage_after_a_recovery_is_written_after_it_and_other_conditions_and_devices_stay_apart():
+    emails = [
+        queued(1, "pi"),
+        queued(2, "cam"),
+        queued(3, "pi", kind="failed"),
+        queued(4, "pi", kind="back"),
+        queued(5, "pi"),
+        queued(6, "pi"),
+        queued(7, "cam", kind="run_timeout"),
+    ]
+    assert written(emails) == [(2, "late", (2,)), (4, "back", (1, 3, 4)), (6, "late", (5, 6)), (7, "run_timeout", (7,))]
+
+
+KINDS = st.sampled_from([rules.SILENCE, rules.FAILURE, rules.RUN_TIMEOUT, rules.BACK])
+
+
+@st.composite
+def queues(draw):
+    """Queued rows for one recipient: each a device and a kind, with ids in queue order, given in any order."""
+    rows = draw(st.lists(st.tuples(st.sampled_from(["pi", "nas", "cam"]), KINDS, st.integers(0, 9)), max_size=12))
+    emails = [
+        queued(index + 1, username, kind, attempts=attempts) for index, (username, kind, attempts) in enumerate(rows)
+    ]
+    return draw(st.permutations(emails))
+
+
+@given(queues())
+def test_every_row_is_carried_once_by_the_latest_of_the_rows_it_goes_with(emails):
+    collapsed = mailer.collapse(emails)
+    carried = [row_id for _, ids in collapsed for row_id in ids]
+    assert sorted(carried) == sorted(email.id for email in emails)
+    by_id = {email.id: email for email in emails}
+    for email, ids in collapsed:
+        assert email.id == max(ids)
+        assert {by_id[row_id].username for row_id in ids} == {email.username}
+        assert email.attempts == max(by_id[row_id].attempts for row_id in ids)
+        assert dataclasses.replace(email, attempts=by_id[email.id].attempts) == by_id[email.id]
+    assert [email.id for email, _ in collapsed] == sorted(email.id for email, _ in collapsed)
+
+
+@given(queues())
+def test_no_condition_is_written_twice_and_no_alert_before_its_own_recovery(emails):
+    collapsed = [email for email, _ in mailer.collapse(emails)]
+    for username in {email.username for email in emails}:
+        kinds = [email.kind for email in collapsed if email.username == username]
+        # Per device: recoveries first, then at most one email per condition still going on.
+        alerts = [kind for kind in kinds if kind != rules.BACK]
+        assert kinds == [rules.BACK] * (len(kinds) - len(alerts)) + alerts
+        assert len(alerts) == len(set(alerts))
+    # What is written has nothing left to collapse.
+    assert mailer.collapse([email for email in collapsed]) == [(email, (email.id,)) for email in collapsed]
 
 
 def test_emails_are_grouped_by_recipient_in_the_order_they_come():

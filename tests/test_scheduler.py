@@ -702,6 +702,36 @@ def test_an_email_due_while_a_digest_waits_to_be_retried_makes_a_new_digest_of_t
     assert [row[1:] for row in outbox_rows(store)] == [("sent", 2, 2)] * 3 + [("sent", 1, 2)]
 
 
+@BACKENDS
+def test_an_alert_and_its_reminder_queued_during_an_smtp_outage_go_as_one_email_once_it_is_over(
+    store, recording_mailer
+):
+    steps = make_scheduler(store, recording_mailer, clock=Clock(T0 + 61))
+    steps.check_once(T0 + 61)
+    recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")]
+    steps.drain_once(T0 + 61)
+    steps.check_once(T0 + 662)  # the reminder, email_frequency later
+    assert steps.drain_once(T0 + 662) == 2
+    [email] = recording_mailer.sent
+    assert email.subject == "pi disconnection detected" and "=====" not in email.body
+    assert [row[1:3] for row in outbox_rows(store)] == [("sent", 2), ("sent", 1)]
+
+
+@BACKENDS
+def test_an_outage_over_before_its_alert_could_be_sent_goes_as_its_recovery_alone(store, recording_mailer):
+    steps = make_scheduler(store, recording_mailer, clock=Clock(T0 + 61))
+    steps.check_once(T0 + 61)
+    recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")]
+    steps.drain_once(T0 + 61)
+    store.record_ping("pi", T0 + 62)
+    steps.check_once(T0 + 62.5)
+    assert steps.drain_once(T0 + 61 + retry_delay(1)) == 2
+    [email] = recording_mailer.sent
+    assert email.subject == "pi is back"
+    assert "Went down: 2026-09-21 16:14:20 CEST" in email.body
+    assert [row[1:3] for row in outbox_rows(store)] == [("sent", 2), ("sent", 1)]
+
+
 # Webhooks, POSTed to a real local HTTPS server.
 
 
