@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 from collections.abc import Callable, Sequence
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 import mailer
 import outbound
@@ -70,6 +70,17 @@ BUSY_WEBHOOK_DELAY = 5.0
 REQUEST_POLL = 0.5
 # The loops whose running the heartbeat and /healthz vouch for.
 LOOPS = ("absence-listener", "outbox-drain", "webhook-delivery")
+# ping_listener_deliveries_total's outcome of each result of mailer.py and webhooks.py.
+DELIVERY_OUTCOMES = {
+    mailer.SENT: "sent",
+    mailer.RETRY: "retried",
+    mailer.REJECTED: "failed",
+    webhooks.DELIVERED: "sent",
+    webhooks.RETRY: "retried",
+    webhooks.FAILED: "failed",
+}
+# The channel_kind of a delivery to a webhook no longer in settings.json (its format is unknown).
+REMOVED_WEBHOOK_KIND = "webhook"
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -114,6 +125,16 @@ class Scheduler:
             buckets=STEP_BUCKETS,
             registry=None,
         )
+        # Not registered anywhere either. A digest counts once, as it is one email.
+        self.deliveries = Counter(
+            "ping_listener_deliveries",
+            "Emails and webhook POSTs tried since the service started, by channel_kind (email, or the webhook's"
+            " format) and outcome (sent, retried, failed).",
+            ["channel_kind", "outcome"],
+            registry=None,
+        )
+        for outcome in ("sent", "retried", "failed"):
+            self.deliveries.labels(EMAIL_CHANNEL, outcome)
 
     def check_once(self, now: float) -> int:
         """One step of the absence listener: queue alerts and recoveries for up to USERS_PER_STEP due users.
@@ -208,6 +229,7 @@ class Scheduler:
         for message, result in self._mailer.send_all(messages):
             ids, delay, what = outgoing[message.id]
             finished = self._clock()
+            self.deliveries.labels(EMAIL_CHANNEL, DELIVERY_OUTCOMES[result.status]).inc()
             if result.status == mailer.SENT:
                 self._store.mark_sent(ids, finished)
                 log.info("sent %s to %s", what, message.recipient)
@@ -415,7 +437,9 @@ class Scheduler:
     def _post_in_order(self, endpoint: webhooks.Endpoint | None, deliveries: Sequence[QueuedWebhook]) -> None:
         """Post `deliveries` (all for one webhook) in order and record each result as it comes; stop early if
         the scheduler stops (the rest are posted after their claim's back-off, by this start or the next)."""
+        kind = endpoint.format if endpoint is not None else REMOVED_WEBHOOK_KIND
         for delivery, result in self._webhooks.send_in_order(endpoint, deliveries):
+            self.deliveries.labels(kind, DELIVERY_OUTCOMES[result.status]).inc()
             try:
                 self._record_delivery(delivery, result, self._clock())
             except StoreError as error:

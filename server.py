@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = Scheduler(store, mail_sender, live_settings, "", clock)
     operations = Operations(
         health_problem=scheduler.health_problem,
-        metrics=Exporter(store, clock, scheduler.absence_step_seconds),
+        metrics=Exporter(store, clock, scheduler.absence_step_seconds, scheduler.deliveries),
         metrics_token=os.environ.get("METRICS_TOKEN") or None,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None

@@ -702,6 +702,24 @@ def test_an_email_due_while_a_digest_waits_to_be_retried_makes_a_new_digest_of_t
     assert [row[1:] for row in outbox_rows(store)] == [("sent", 2, 2)] * 3 + [("sent", 1, 2)]
 
 
+def delivery_counts(steps):
+    """ping_listener_deliveries_total's samples as {(channel_kind, outcome): value}, those not zero."""
+    [family] = steps.deliveries.collect()
+    return {
+        (sample.labels["channel_kind"], sample.labels["outcome"]): sample.value
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.value
+    }
+
+
+def test_each_email_tried_counts_once_by_its_outcome_a_digest_as_one(store, recording_mailer):
+    steps = three_late(store, recording_mailer)
+    recording_mailer.results = [mailer.SendResult(mailer.RETRY, "ConnectionRefusedError")]
+    steps.drain_once(T0 + 61)
+    steps.drain_once(T0 + 61 + retry_delay(1))
+    assert delivery_counts(steps) == {("email", "retried"): 1.0, ("email", "sent"): 1.0}
+
+
 @BACKENDS
 def test_an_alert_and_its_reminder_queued_during_an_smtp_outage_go_as_one_email_once_it_is_over(
     store, recording_mailer
@@ -829,6 +847,7 @@ def test_a_5xx_is_retried_with_backoff_and_the_same_idempotency_key_then_deliver
     assert deliver(steps, clock.now + retry_delay(2) - 0.1) == 0
     assert deliver(steps, clock.now + retry_delay(2)) == 1
     assert deliveries(store) == [("pi", "chat", "late", "sent", 3)]
+    assert delivery_counts(steps) == {("slack", "retried"): 2.0, ("slack", "sent"): 1.0}
     keys = {headers["Idempotency-Key"] for _, _, headers, _ in hook.requests}
     assert len(hook.requests) == 3 and len(keys) == 1 and {body for *_, body in hook.requests} == {hook.requests[0][3]}
     assert query(db_of(store), "SELECT event_id FROM webhook_outbox") == [tuple(keys)]
