@@ -2,18 +2,18 @@
 
 A scrape costs O(users), never O(pings): one row per configured user, whose counters the store keeps
 as pings and alerts are recorded, and the outbox counted along its indexes. prometheus-client's
-registry formats the scheduler's histogram and deliveries counter and the outbox gauge; the four per-user families, 10 000 lines each
-at 10 000 users, are written here with each user's label escaped once and kept, because
-prometheus-client formats about 5 µs a sample, which alone would be 200 ms at that size. Tests parse
-the whole answer with prometheus-client's own parser.
+registry formats the scheduler's histogram and deliveries counter and the outbox gauge; the four
+per-user families, 10 000 lines each at 10 000 users, are written here with each user's label escaped
+once and kept, because prometheus-client formats about 5 µs a sample, which alone would be 200 ms at
+that size. Tests parse the whole answer with prometheus-client's own parser.
 """
 
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.registry import Collector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from rules import condition_at, is_up
 from store import Store
