@@ -1017,6 +1017,21 @@ def test_a_heartbeat_is_a_get_of_the_url_while_healthy(store, recording_mailer):
         assert len(receiver.paths) == count
 
 
+def test_a_heartbeat_url_that_trickles_its_answer_is_given_up_within_the_heartbeats_deadline(
+    store, recording_mailer, monkeypatch
+):
+    monkeypatch.setattr(scheduler, "HEARTBEAT_TIMEOUT", 1.0)
+    # A status line and headers taking about 3 s, a byte each 0.05 s, well within the per-operation timeout.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Slow: " + b"x" * 20 + b"\r\n\r\n"
+    with Trickler(lambda: (answer[i : i + 1] for i in range(len(answer))), 3.0 / len(answer)) as trickling:
+        steps = started_scheduler(store, recording_mailer, heartbeat_url=trickling.url + "/hb")
+        try:
+            assert steps.beat_once() is False
+            assert trickling.sent[0] < len(answer)
+        finally:
+            steps.stop(2)
+
+
 def test_the_heartbeat_loop_gets_the_url_every_heartbeat_frequency(store, recording_mailer):
     with HttpReceiver() as receiver:
         steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb", heartbeat_frequency=0.05)
