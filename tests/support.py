@@ -240,19 +240,20 @@ class Trickler:
             thread.start()
 
     def _serve(self, connection, index):
-        with connection:
-            try:
-                if self._context is not None:
-                    connection.settimeout(5)
-                    connection = self._context.wrap_socket(connection, server_side=True)
-                    connection.settimeout(None)
-                for piece in self._answer():
-                    if self._stopping.wait(self._interval):
-                        return
-                    connection.sendall(piece)
-                    self.sent[index] += len(piece)
-            except OSError:
-                self.closed_by_client += 1
+        try:
+            if self._context is not None:
+                connection.settimeout(5)
+                connection = self._context.wrap_socket(connection, server_side=True)
+                connection.settimeout(None)
+            for piece in self._answer():
+                if self._stopping.wait(self._interval):
+                    return
+                connection.sendall(piece)
+                self.sent[index] += len(piece)
+        except OSError:
+            self.closed_by_client += 1
+        finally:
+            connection.close()
 
 
 class HttpReceiver:

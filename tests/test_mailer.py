@@ -515,9 +515,9 @@ def trickling_mailer(port, deadline, timeout=5.0):
     return SmtpMailer(smtp, timeout=timeout, deadline=deadline)
 
 
-# A greeting of 7 lines whose bytes come every TRICKLE_INTERVAL s: whole, it takes about 3 s.
+# A greeting of 7 lines whose bytes come every TRICKLE_INTERVAL s: whole, it takes about 5 s.
 TRICKLED_GREETING = b"220-smtp.test says hello, slowly\r\n" * 6 + b"220 smtp.test ready\r\n"
-TRICKLE_INTERVAL = 3.0 / len(TRICKLED_GREETING)
+TRICKLE_INTERVAL = 5.0 / len(TRICKLED_GREETING)
 
 
 @pytest.mark.usefixtures("trust_test_ca")

@@ -12,7 +12,6 @@ import pytest
 import mailer
 import rules
 import scheduler
-import webhooks
 from config import LiveSettings
 from pg_store import PgStore
 from rules import live_state, retry_delay
@@ -884,8 +883,9 @@ def test_a_4xx_fails_the_delivery_for_good(store, recording_mailer, hook, caplog
 
 
 def test_a_webhook_that_trickles_its_answer_delays_only_its_own_deliveries(store, recording_mailer, hook, ca):
-    # The slow webhook answers a byte every 0.2 s for ever; each of its POSTs is given up after 5 s.
-    slow_answer = lambda: itertools.chain([b"HTTP/1.1 200 OK\r\n"], itertools.repeat(b"x"))  # noqa: E731
+    # The slow webhook answers (a 503, to be retried) a byte every 0.2 s for ever; each of its POSTs is given up
+    # after WEBHOOK_DEADLINE.
+    slow_answer = lambda: itertools.chain([b"HTTP/1.1 503 Busy\r\n"], itertools.repeat(b"x"))  # noqa: E731
     users = {
         "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "notify": ["webhook:slow", "webhook:fine"]},
         "nas": {"monitor": True, "max_sleep": 200, "email_frequency": 600, "notify": ["webhook:fine"]},
@@ -897,8 +897,7 @@ def test_a_webhook_that_trickles_its_answer_delays_only_its_own_deliveries(store
             webhooks={"slow": {"url": slow.url, "format": "json"}, "fine": {"url": hook.url, "format": "json"}},
         )
         store.sync_users(settings.users, T0)
-        sender = webhooks.WebhookSender(clock, deadline=5)
-        steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock, sender)
+        steps = Scheduler(store, recording_mailer, LiveSettings(settings), "https://example.net", clock)
         steps.check_once(T0 + 61)
         assert steps.deliver_once(T0 + 61) == 2
         wait_until(
@@ -1021,9 +1020,9 @@ def test_a_heartbeat_url_that_trickles_its_answer_is_given_up_within_the_heartbe
     store, recording_mailer, monkeypatch
 ):
     monkeypatch.setattr(scheduler, "HEARTBEAT_TIMEOUT", 1.0)
-    # A status line and headers taking about 3 s, a byte each 0.05 s, well within the per-operation timeout.
+    # A status line and headers taking about 5 s, a byte about every 0.1 s: each well within the 1 s timeout.
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Slow: " + b"x" * 20 + b"\r\n\r\n"
-    with Trickler(lambda: (answer[i : i + 1] for i in range(len(answer))), 3.0 / len(answer)) as trickling:
+    with Trickler(lambda: (answer[i : i + 1] for i in range(len(answer))), 5.0 / len(answer)) as trickling:
         steps = started_scheduler(store, recording_mailer, heartbeat_url=trickling.url + "/hb")
         try:
             assert steps.beat_once() is False
