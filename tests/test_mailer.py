@@ -1,6 +1,8 @@
 import dataclasses
 import itertools
 import socket
+import ssl
+import threading
 
 import pytest
 from hypothesis import given
@@ -544,3 +546,59 @@ def test_a_reply_that_never_ends_is_read_no_further_than_64_kib_and_the_email_re
         [(_, result)] = trickling_mailer(flooding.port, deadline=10).send_all([queued_email()])
     assert result.status == RETRY
     assert result.error.endswith(f"the answer went on past {outbound.ANSWER_LIMIT} bytes")
+
+
+class StartTlsTrickler:
+    """An SMTP server on 127.0.0.1 that answers one connection's EHLO and STARTTLS at once, upgrades it to
+    TLS (a certificate from `ca`), then trickles a reply that never ends, a byte every 0.1 s, until the
+    client closes or stop() is called. `trickled` counts the bytes sent over TLS."""
+
+    def __init__(self, ca):
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._context)
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.trickled = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="starttls-trickler", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        self._socket.close()
+        self._thread.join(5)
+
+    def _serve(self):
+        connection, _ = self._socket.accept()
+        try:
+            connection.settimeout(5)
+            lines = connection.makefile("rb")
+            connection.sendall(b"220 smtp.test ready\r\n")
+            lines.readline()  # EHLO
+            connection.sendall(b"250-smtp.test\r\n250 STARTTLS\r\n")
+            lines.readline()  # STARTTLS
+            connection.sendall(b"220 go ahead\r\n")
+            connection = self._context.wrap_socket(connection, server_side=True)
+            while not self._stopping.wait(0.1):
+                connection.sendall(b"2" if self.trickled == 0 else b"x")
+                self.trickled += 1
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_after_starttls_a_server_that_trickles_its_replies_is_given_up_at_the_deadline(ca):
+    trickling = StartTlsTrickler(ca)
+    try:
+        smtp = config.SmtpSettings(
+            "127.0.0.1", trickling.port, support.SMTP_LOGIN, "secret", SENDER, security="starttls"
+        )
+        [(_, result)] = SmtpMailer(smtp, timeout=5, deadline=1.5).send_all([queued_email()])
+    finally:
+        trickling.stop()
+    assert result.status == RETRY
+    assert result.error.startswith("the SMTP conversation did not end within its 1.5 s deadline")
+    # Its reply had begun over TLS: the deadline held after the upgrade.
+    assert trickling.trickled > 0
