@@ -235,16 +235,16 @@ class Scheduler:
         )
 
     def health_problem(self) -> str | None:
-        """Why the service is not healthy now, or None: a loop that is not running, or a database that
-        does not take its write lock (StoreUnavailableError's reason)."""
+        """Why the service is not healthy now, or None: a loop that is not running, or a database where a
+        write cannot commit now (Store.check_writable: its reason, such as "database is full")."""
         for name in LOOPS:
             thread = self._threads.get(name)
             if thread is None or not thread.is_alive():
                 return f"the {name.replace('-', ' ')} is not running"
         try:
-            self._store.check_writable()
+            self._store.check_writable(self._clock())
         except StoreError as error:
-            return f"the database does not answer: {error}"
+            return f"the database cannot commit a write: {error}"
         return None
 
     def beat_once(self) -> bool:

@@ -99,6 +99,8 @@ ALTER TABLE users ADD COLUMN grace REAL;
 ALTER TABLE users ADD COLUMN next_run_after REAL;
 ALTER TABLE users ADD COLUMN next_run REAL;
 """
+# Health (schema version 9): the one row that a health check rewrites to prove that a write can commit.
+HEALTH_TABLE_SQL = "CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL, room BLOB)"
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
 # either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
@@ -126,12 +128,23 @@ MIGRATIONS: tuple[str, ...] = (
     STORM_CONTROL_UPGRADE_SQL,
     # 7 -> 8: schedules.
     SCHEDULES_UPGRADE_SQL,
+    # 8 -> 9: health.
+    HEALTH_TABLE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 HEALTH_TIMEOUT_MS = 500
-# How a database of an older version becomes the next: version it reaches -> its SQL. A new database
-# gets schema.sql, which is always the latest version.
+# A health check's write: the health table's one row, rewritten whole (so the database never grows by it) with
+# the time of the check and new random bytes. SQLite writes only the pages whose bytes changed, and a commit
+# needs room in the WAL for each: with fewer bytes, a nearly full disk could take the check's commit and refuse
+# the larger one of a batch of pings. 64 KiB is 16 pages, more than a batch of a few dozen pings changes.
+HEALTH_WRITE_BYTES = 64 * 1024
+HEALTH_WRITE_SQL = (
+    f"INSERT INTO health (id, checked_at, room) VALUES (1, ?, randomblob({HEALTH_WRITE_BYTES}))"
+    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, room = excluded.room"
+)
+# Why a health check's write could not commit when the database (or the disk under it) has no room left.
+DATABASE_FULL = "database is full: no space left on its disk"
 
 
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
@@ -1145,18 +1158,24 @@ class Store:
         here, a WAL checkpoint (checkpoint()). `now` is unused: the PostgreSQL store renews its lease with it."""
         self.checkpoint()
 
-    def check_writable(self) -> None:
-        """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
-        StoreUnavailableError if not.
+    def check_writable(self, now: float) -> None:
+        """Return once a real write has committed: the health table's one row set to `now`, in a transaction
+        of its own. Raise StoreUnavailableError if it cannot commit, its message the reason (DATABASE_FULL
+        when there is no room for it), or if another process holds the database's write lock for longer
+        than HEALTH_TIMEOUT_MS.
 
-        Takes the lock (BEGIN IMMEDIATE) and writes nothing: this is what a ping needs first. A health
-        check waits less than a ping would for a lock another process holds.
+        This is what a ping needs: the write lock, then a commit. The write replaces one row, so checks
+        never make the database grow; and a health check waits less than a ping would for another process.
         """
         connection = self._connection()
         connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
         try:
-            with self._write():
-                pass
+            with self._write() as writing:
+                writing.execute(HEALTH_WRITE_SQL, (now,))
+        except StoreUnavailableError as error:
+            if _primary_code(error.__cause__) == sqlite3.SQLITE_FULL:
+                raise StoreUnavailableError(DATABASE_FULL) from error.__cause__
+            raise
         finally:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 

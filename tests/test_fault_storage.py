@@ -28,6 +28,8 @@ from support import (
 )
 
 LATE_USERS = 30
+BODY = "output " * 1400
+PINGS_PER_BATCH = 3
 
 
 @pytest.mark.usefixtures("trust_test_ca")
@@ -69,6 +71,73 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
         disk.close()
     alerts = query(disk.path, "SELECT count(*) FROM alerts")[0][0]
     assert alerts == LATE_USERS, f"{alerts} alerts recorded for {LATE_USERS} late users once space returned"
+
+
+def pings_until_refused(ping, bound=100_000):
+    """Ping until the store refuses (the room left in the pages and the log already written is used up);
+    return how many pings were accepted. Fails if `bound` pings all are."""
+    for accepted in range(bound):
+        if not ping(accepted):
+            return accepted
+    raise AssertionError(f"{bound} pings accepted on a full disk")
+
+
+def test_on_a_full_disk_the_health_check_fails_as_pings_do_naming_it_and_passes_once_space_returns(tmpfs):
+    disk = Store(tmpfs.directory / "ping_listener.db")
+    try:
+        disk.sync_users(make_settings().users, T0)
+        # A write-ahead log already copied into the database: new commits write over it from its start, with no
+        # new room on the disk, until one reaches its end (the store-upkeep loop checkpoints every second).
+        with disk.ping_batch():
+            for n in range(100):
+                disk.record_ping("pi", T0 - 1000 + n, "log", None, BODY)
+        disk.checkpoint()
+        disk.check_writable(T0)
+        tmpfs.fill_up()
+
+        def ping(n):  # batches of pings with long bodies: the one that fails may have written some of its pages
+            try:
+                with disk.ping_batch():
+                    for each in range(PINGS_PER_BATCH):
+                        disk.record_ping("pi", T0 + n + each / 10, "log", None, BODY)
+            except StoreUnavailableError as error:
+                assert str(error) == "storage unavailable: the disk is full"
+                return False
+            return True
+
+        pings_until_refused(ping)
+        for second in range(3):  # and so it stays
+            with pytest.raises(StoreUnavailableError) as raised:
+                disk.check_writable(T0 + second)
+            assert str(raised.value) == "database is full: no space left on its disk"
+        tmpfs.free_up()
+        disk.check_writable(T0 + 3)
+        disk.record_ping("pi", T0 + 4)
+    finally:
+        disk.close()
+
+
+def test_the_services_healthz_answers_503_naming_a_full_disk_and_ok_once_space_returns(tmp_path, tmpfs, start_server):
+    settings = write_settings(
+        tmp_path / "settings.json", {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 1}}
+    )
+    service = start_server(settings, tmpfs.directory / "ping_listener.db")
+    assert service.get("/healthz") == (200, "ok")
+    tmpfs.fill_up()
+
+    def ping(_):
+        try:
+            return service.get("/ping?username=pi")[0] == 200
+        except OSError:  # a connection closed unanswered
+            return False
+
+    pings_until_refused(ping)
+    full = "the database cannot commit a write: database is full: no space left on its disk"
+    assert service.get("/healthz") == (503, full)
+    tmpfs.free_up()
+    assert service.get("/healthz") == (200, "ok")
+    assert service.get("/ping?username=pi")[0] == 200
+    assert service.stop() == 0
 
 
 @pytest.mark.usefixtures("trust_test_ca")

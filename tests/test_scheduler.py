@@ -884,7 +884,7 @@ def test_health_names_a_loop_not_running_or_a_database_that_does_not_answer(stor
         with sqlite3.connect(store.path) as other_process:
             other_process.execute("BEGIN IMMEDIATE")
             assert steps.health_problem() == (
-                "the database does not answer: storage unavailable: the database is locked by another process"
+                "the database cannot commit a write: storage unavailable: the database is locked by another process"
             )
             other_process.execute("ROLLBACK")
         assert steps.health_problem() is None
@@ -941,7 +941,7 @@ def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer,
                 other_process.execute("ROLLBACK")
         finally:
             steps.stop(2)
-    assert "no heartbeat sent: the database does not answer" in caplog.text
+    assert "no heartbeat sent: the database cannot commit a write" in caplog.text
 
 
 @pytest.mark.parametrize("failure", ["down", "500", "hangs"])

@@ -98,7 +98,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -492,6 +492,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_history(tmp_path):
         assert migrated.pragma("user_version") == SCHEMA_VERSION
         assert migrated.pings_between("pi", T0, T0 + 1) == [T0]
         assert "outbox_by_alert" in " ".join(migrated.query_plan(store_module.DAY_ALERTS_SQL, (1, T0, T0, 1)))
+        migrated.check_writable(T0)
     finally:
         migrated.close()
 
@@ -1099,15 +1100,22 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
 
 
 def test_check_writable_passes_and_reports_a_database_locked_by_another_process(store):
-    store.check_writable()
+    store.check_writable(T0)
     with second_connection(store) as connection:
         connection.execute("PRAGMA busy_timeout = 0")
         connection.execute("BEGIN IMMEDIATE")
         with pytest.raises(store_module.StoreUnavailableError, match="locked"):
-            store.check_writable()
+            store.check_writable(T0 + 1)
         connection.execute("ROLLBACK")
-    store.check_writable()
+    store.check_writable(T0 + 2)
     assert store.pragma("busy_timeout") == 5000  # pings still wait as long as before
+
+
+@BACKENDS
+def test_a_health_check_commits_a_write_that_rewrites_one_row(store):
+    for second in range(3):
+        store.check_writable(T0 + second)
+        assert rows(store, "SELECT id, checked_at FROM health") == [(1, T0 + second)]
 
 
 @BACKENDS
