@@ -933,6 +933,10 @@ class PgStore:
             statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
             return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
+    def use_durability(self, durability: str) -> None:
+        """store.Store.use_durability: nothing to change here. Every connection commits with synchronous_commit on
+        (SERVER_SETTINGS), so a commit is on the server's disk before it returns, whatever `durability` says."""
+
     def check_writable(self, now: float) -> None:
         """store.Store.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
         with synchronous_commit on, within HEALTH_TIMEOUT (a standby or a read-only database refuses it)."""

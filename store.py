@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import UserConfig
+from config import DEFAULT_DURABILITY, UserConfig
 from rules import BACK, SILENCE, SUCCESS
 from webhooks import WebhookEvent
 
@@ -143,6 +143,10 @@ HEALTH_WRITE_SQL = (
     f"INSERT INTO health (id, checked_at, room) VALUES (1, ?, randomblob({HEALTH_WRITE_BYTES}))"
     " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, room = excluded.room"
 )
+# PRAGMA synchronous for each `durability` of settings.json. In WAL mode, NORMAL syncs the log only when a
+# checkpoint copies it into the database file (the store-upkeep loop, every second): a commit survives the
+# process's death, not the machine's. FULL syncs the log at every commit, before the pings' answers leave.
+SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 # Why a health check's write could not commit when the database (or the disk under it) has no room left.
 DATABASE_FULL = "database is full: no space left on its disk"
 
@@ -633,8 +637,11 @@ class AlertHistory:
 class Store:
     """Ping Listener's database at one path; safe to use from any number of threads."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable."""
+    def __init__(self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY) -> None:
+        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable.
+
+        `durability` is settings.json's (see SYNCHRONOUS).
+        """
         self.path = str(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -642,6 +649,7 @@ class Store:
         # Re-entrant: a ping recorded inside ping_batch() takes it again on the same thread.
         self._write_lock = threading.RLock()
         self._schema_ready = False
+        self._synchronous = SYNCHRONOUS[durability]
         # The schema version the database had before this start upgraded it, or None if it did not.
         self.upgraded_from: int | None = None
         # Whether sync_users restarted monitoring: always, as one process is the only one using a SQLite file
@@ -657,6 +665,9 @@ class Store:
         except sqlite3.Error as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
+        except StoreOpenError:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Close every connection; waits for a write in progress to finish first."""
@@ -664,6 +675,11 @@ class Store:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+
+    def use_durability(self, durability: str) -> None:
+        """Commit as settings.json's `durability` says from now on (see SYNCHRONOUS): each thread's connection
+        follows at its next use outside a transaction, so a batch already begun ends as it began."""
+        self._synchronous = SYNCHRONOUS[durability]
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users` (username -> its config), and restart monitoring at `now`.
@@ -1236,7 +1252,7 @@ class Store:
             )
             with self._connections_lock:
                 self._connections.append(connection)
-            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.synchronous = None
             # No commit copies the WAL into the database file (a checkpoint, with its fsync, can take
             # hundreds of milliseconds on a big file): the scheduler's checkpoint loop does
             # (checkpoint()), so a ping never waits for one.
@@ -1246,6 +1262,9 @@ class Store:
             if self._schema_ready:
                 connection.execute(_SIGNAL_TRIGGER_SQL)
             self._local.connection = connection
+        if self._local.synchronous != self._synchronous and not connection.in_transaction:
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.synchronous = self._synchronous
         self.before_use(connection)
         return connection
 

@@ -9,7 +9,10 @@ import psycopg
 import pytest
 
 import rules
+import server
 import store as store_module
+from config import LiveSettings
+from database import open_store
 from pg_store import PgStore
 from store import (
     SCHEMA_VERSION,
@@ -23,7 +26,7 @@ from store import (
     StoreOpenError,
     UnknownUserError,
 )
-from support import BACKENDS, T0, make_settings, query
+from support import BACKENDS, T0, make_settings, query, write_settings
 from webhooks import WebhookEvent
 
 # The store contract's tests run on both backends (support.BACKENDS); the others are SQLite's own (pragmas, WAL,
@@ -104,6 +107,43 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
     assert store.pragma("synchronous") == 1  # NORMAL
     assert store.pragma("busy_timeout") == 5000
+
+
+def pragma_in_a_new_thread(store, name):
+    """PRAGMA `name` as a connection of another thread (the pings', a scheduler loop's) has it."""
+    found = []
+    thread = threading.Thread(target=lambda: found.append(store.pragma(name)))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def test_with_durability_power_every_connection_syncs_each_commit_and_a_reload_switches_them_all(tmp_path):
+    powered = open_store(str(tmp_path / "ping_listener.db"), "power")  # as the service opens it
+    try:
+        assert (powered.pragma("synchronous"), pragma_in_a_new_thread(powered, "synchronous")) == (2, 2)  # FULL
+        with powered.ping_batch():
+            powered.use_durability("process")
+            assert powered.pragma("synchronous") == 2  # a batch ends as it began
+        assert powered.pragma("synchronous") == 1
+        assert pragma_in_a_new_thread(powered, "synchronous") == 1
+        powered.use_durability("power")
+        assert powered.pragma("synchronous") == 2
+    finally:
+        powered.close()
+
+
+def test_a_reload_of_the_settings_applies_a_new_durability(tmp_path):
+    path = tmp_path / "settings.json"
+    opened = Store(tmp_path / "ping_listener.db")
+    try:
+        live = LiveSettings(make_settings())
+        opened.sync_users(live.current.users, T0)
+        write_settings(path, {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}, durability="power")
+        assert server.reload_settings(path, live, opened, lambda: T0)
+        assert (live.current.durability, opened.pragma("synchronous")) == ("power", 2)
+    finally:
+        opened.close()
 
 
 @BACKENDS
