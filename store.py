@@ -7,6 +7,8 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 """
 
 import dataclasses
+import errno
+import fcntl
 import os
 import re
 import sqlite3
@@ -637,10 +639,15 @@ class AlertHistory:
 class Store:
     """Ping Listener's database at one path; safe to use from any number of threads."""
 
-    def __init__(self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY, exclusive: bool = False
+    ) -> None:
         """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable.
 
-        `durability` is settings.json's (see SYNCHRONOUS).
+        `durability` is settings.json's (see SYNCHRONOUS). With `exclusive`, as the service opens its
+        database, this process first takes the OS lock of `path`.lock (lock_database) and holds it until
+        close(): a second process asking for it is refused before it reads or writes anything. Readers that
+        do not ask (a person's `sqlite3`, tools, tests opening more stores in one process) are not stopped.
         """
         self.path = str(path)
         self._local = threading.local()
@@ -650,6 +657,7 @@ class Store:
         self._write_lock = threading.RLock()
         self._schema_ready = False
         self._synchronous = SYNCHRONOUS[durability]
+        self._lock: int | None = None
         # The schema version the database had before this start upgraded it, or None if it did not.
         self.upgraded_from: int | None = None
         # Whether sync_users restarted monitoring: always, as one process is the only one using a SQLite file
@@ -657,6 +665,8 @@ class Store:
         self.started_alone = True
         _refuse_missing_directory(Path(self.path))
         _refuse_read_only(Path(self.path))
+        if exclusive:
+            self._lock = lock_database(Path(self.path))
         try:
             connection = self._connection()
             self._prepare_schema(connection)
@@ -670,11 +680,16 @@ class Store:
             raise
 
     def close(self) -> None:
-        """Close every connection; waits for a write in progress to finish first."""
+        """Close every connection, then let go of the database's lock if this store holds it; waits for a
+        write in progress to finish first."""
         with self._write_lock, self._connections_lock:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+            if self._lock is not None:
+                os.ftruncate(self._lock, 0)  # no process's id: none holds it
+                os.close(self._lock)  # which lets go of the lock
+                self._lock = None
 
     def use_durability(self, durability: str) -> None:
         """Commit as settings.json's `durability` says from now on (see SYNCHRONOUS): each thread's connection
@@ -1452,6 +1467,35 @@ def _restart_monitoring(connection, now):
         connection.execute(
             f"UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
         )
+
+
+def lock_database(path: Path) -> int:
+    """Take the OS lock (flock) of the file `path`.lock next to the SQLite database `path`, created if missing,
+    and write this process's id in it; return its open descriptor, which holds the lock until it is closed
+    (or the process ends, however it ends).
+
+    Raise StoreOpenError, one line naming the database and the process that holds the lock, if another
+    process (or another descriptor in this one) holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise StoreOpenError(f"{path}: cannot open its lock file {lock_path}: {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(descriptor, 20, 0).decode("ascii", "replace").strip()
+        os.close(descriptor)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreOpenError(f"{path}: cannot lock its lock file {lock_path}: {error.strerror}") from None
+        raise StoreOpenError(
+            f"{path}: in use by another Ping Listener process (pid {holder if holder.isdigit() else 'unknown'},"
+            f" holding {lock_path}); one process per SQLite database: stop it, or give this one another --db"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 @contextmanager

@@ -21,6 +21,8 @@ from support import (
     make_settings,
     make_test_app,
     query,
+    run_server,
+    server_env,
     smtp_mailer,
     wait_for_delivered,
     wait_until,
@@ -163,6 +165,37 @@ def test_while_the_database_refuses_writes_the_drain_sends_nothing_so_no_duplica
     smtp_server.wait_for_messages(1)
     assert query(path, "SELECT status, attempts FROM outbox") == [("sent", 1)]
     opened.close()
+
+
+def test_a_second_service_on_the_same_sqlite_file_exits_2_naming_the_holder_and_the_first_goes_on_untouched(
+    tmp_path, start_server, smtp_server, ca_path
+):
+    users = {
+        "router": {"monitor": True, "max_sleep": 0.2, "email_frequency": 3600},
+        "pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600},
+    }
+    settings = write_settings(tmp_path / "settings.json", users)
+    db = tmp_path / "ping_listener.db"
+    first = start_server(settings, db)
+    assert first.get("/ping?username=pi")[0] == 200
+    smtp_server.wait_for_messages(1)  # router's alert, committed before it was sent
+    state = "SELECT username, monitored_since, last_ping, last_alert, due_at, last_alert_kind, down_since FROM users"
+    before = query(db, f"{state} ORDER BY username")
+    assert [row[5] for row in before] == [None, "late"]  # pi pinging, router alerted
+
+    second = run_server(
+        "--settings", str(settings), "--db", str(db), "--port", "0", env=server_env(smtp_server.port, ca_path)
+    )
+    assert (second.returncode, second.stdout) == (2, "")
+    assert second.stderr == (
+        f"{db}: in use by another Ping Listener process (pid {first.process.pid}, holding {db}.lock);"
+        " one process per SQLite database: stop it, or give this one another --db\n"
+    )
+    assert query(db, f"{state} ORDER BY username") == before
+    assert first.get("/ping?username=pi")[0] == 200
+    assert first.get("/healthz") == (200, "ok")
+    assert first.stop() == 0
+    assert query(db, "SELECT count(*) FROM pings") == [(2,)]
 
 
 # --- bad databases at start: the real service, exit status 2, one line naming the file ------------

@@ -1,4 +1,5 @@
 import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -131,6 +132,27 @@ def test_with_durability_power_every_connection_syncs_each_commit_and_a_reload_s
         assert powered.pragma("synchronous") == 2
     finally:
         powered.close()
+
+
+def test_the_services_store_holds_the_files_lock_and_a_second_one_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "ping_listener.db"
+    first = synced(open_store(str(path)))
+    try:
+        assert (tmp_path / "ping_listener.db.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(StoreOpenError) as raised:
+            open_store(str(path))
+        assert str(raised.value) == (
+            f"{path}: in use by another Ping Listener process (pid {os.getpid()}, holding {path}.lock);"
+            " one process per SQLite database: stop it, or give this one another --db"
+        )
+        # A reader that does not ask for the lock (a tool, a person's sqlite3) is not stopped.
+        reader = Store(path)
+        assert reader.pings_between("pi", T0, T0 + 1) == []
+        reader.close()
+    finally:
+        first.close()
+    assert (tmp_path / "ping_listener.db.lock").read_text() == ""
+    open_store(str(path)).close()
 
 
 def test_a_reload_of_the_settings_applies_a_new_durability(tmp_path):
