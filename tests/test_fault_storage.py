@@ -5,21 +5,28 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import webtest
 
+import server
+import serving
 import store as store_module
+import web
 from config import LiveSettings
+from loadgen import burst
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
 from support import (
     ROOT,
     T0,
     SmallDiskStore,
+    free_port,
     make_settings,
     make_test_app,
+    outbox,
     query,
     run_server,
     server_env,
@@ -140,6 +147,102 @@ def test_the_services_healthz_answers_503_naming_a_full_disk_and_ok_once_space_r
     assert service.get("/healthz") == (200, "ok")
     assert service.get("/ping?username=pi")[0] == 200
     assert service.stop() == 0
+
+
+class TracedStore(Store):
+    """The real store, keeping the text of every statement its connections begin (COMMIT included)."""
+
+    def __init__(self, path):
+        self.statements = []
+        super().__init__(path)
+
+    def before_use(self, connection):
+        connection.set_trace_callback(self.statements.append)
+
+
+def disk_refusing_writes(tmpfs, users):
+    """A TracedStore on `tmpfs` with `users`, the disk filled and no room left in its write-ahead log: the next
+    commit needs a new page on the disk, which SQLite asks for only at COMMIT (a transaction's pages are kept in
+    memory until then)."""
+    disk = TracedStore(tmpfs.directory / "ping_listener.db")
+    disk.sync_users(make_settings(users).users, T0)
+    tmpfs.fill_up()
+    pings_until_refused(lambda n: _pinged(disk, "probe", T0 + n / 1000))
+    del disk.statements[:]
+    return disk
+
+
+def _pinged(disk, username, at):
+    try:
+        disk.record_ping(username, at)
+    except StoreUnavailableError:
+        return False
+    return True
+
+
+def failed_at_commit(disk):
+    """Whether the last transaction of `disk` failed at its COMMIT: it is the last statement begun, but for the
+    ROLLBACK after it if SQLite had not already rolled back."""
+    return "COMMIT" in disk.statements and disk.statements[disk.statements.index("COMMIT") + 1 :] in ([], ["ROLLBACK"])
+
+
+PROBE = {"probe": {"monitor": False, "max_sleep": 0, "email_frequency": 0}}
+
+
+def test_a_batch_of_pings_whose_commit_fails_is_refused_whole_and_records_none(tmpfs):
+    disk = disk_refusing_writes(tmpfs, {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}, **PROBE})
+    try:
+        with pytest.raises(StoreUnavailableError, match="the disk is full"), disk.ping_batch():
+            for second in range(5):
+                disk.record_ping("pi", T0 + 10 + second)
+        assert failed_at_commit(disk), disk.statements[-3:]
+        assert disk.pings_between("pi", T0, T0 + 100) == []
+        assert disk.user("pi").last_ping is None
+        tmpfs.free_up()
+        with disk.ping_batch():
+            disk.record_ping("pi", T0 + 20)
+        assert disk.pings_between("pi", T0, T0 + 100) == [T0 + 20]
+    finally:
+        disk.close()
+
+
+def test_pings_served_while_their_batches_cannot_commit_get_no_200_and_none_is_recorded(tmpfs):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}, **PROBE}
+    disk = disk_refusing_writes(tmpfs, users)
+    app = make_test_app(disk, make_settings(users), time.time)
+    http_server = serving.create_http_server(
+        app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, batch=disk.ping_batch
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
+    thread.start()
+    try:
+        result = burst("127.0.0.1", http_server.port, ["/ping?username=pi"] * 200, timeout=10)
+        assert result.count(200) == 0, f"{result.count(200)} pings answered 200 on a full disk"
+        assert disk.statements.count("COMMIT"), "no batch was formed"
+        assert disk.pings_between("pi", T0, time.time() + 60) == []
+    finally:
+        stop.set()
+        thread.join(5)
+        disk.close()
+
+
+def test_an_alert_step_whose_commit_fails_queues_no_email_and_the_next_step_does(tmpfs):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}, **PROBE}
+    disk = disk_refusing_writes(tmpfs, users)
+    settings = LiveSettings(make_settings(users))
+    steps = Scheduler(disk, smtp_mailer(free_port()), settings, "https://example.net", time.time)
+    try:
+        with pytest.raises(StoreUnavailableError, match="the disk is full"):
+            steps.check_once(T0 + 61)
+        assert failed_at_commit(disk), disk.statements[-3:]
+        assert query(disk.path, "SELECT count(*) FROM alerts") == [(0,)]
+        assert outbox(disk.path) == []
+        tmpfs.free_up()
+        assert steps.check_once(T0 + 62) == 1
+        assert outbox(disk.path) == [("oncall@example.com", "queued", 0)]
+    finally:
+        disk.close()
 
 
 @pytest.mark.usefixtures("trust_test_ca")
