@@ -271,6 +271,27 @@ def test_while_the_database_refuses_writes_the_drain_sends_nothing_so_no_duplica
     opened.close()
 
 
+def test_with_durability_power_the_service_syncs_the_disk_at_each_pings_commit(tmp_path, start_server):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 1}
+    service = start_server(write_settings(tmp_path / "settings.json", {"pi": user}, durability="power"))
+    trace = tmp_path / "syncs.txt"
+    # strace (Debian's strace package) records the service's syscalls that sync a file to disk, in every thread.
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(trace), "-p", str(service.process.pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "attached" in tracer.stderr.readline()
+    pings = 100
+    for _ in range(pings):  # one after the other: each commits alone
+        assert service.get("/ping?username=pi")[0] == 200
+    assert service.stop() == 0
+    tracer.wait(10)
+    syncs = sum(1 for line in trace.read_text().splitlines() if "sync(" in line)
+    # With "process", only the checkpoints sync (the log and the database file, once a second).
+    assert syncs >= pings, f"{syncs} syncs for {pings} pings"
+
+
 def test_a_second_service_on_the_same_sqlite_file_exits_2_naming_the_holder_and_the_first_goes_on_untouched(
     tmp_path, start_server, smtp_server, ca_path
 ):
