@@ -386,15 +386,17 @@ def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, db, start
 
 
 def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, db, start_server, smtp_server):
-    users = {"job": {**JOB["job"], "max_runtime": 0.5}}
+    token = "the-jobs-token-0123456789"
+    users = {"job": {**JOB["job"], "max_runtime": 0.5, "token": token}}
     service = start_server(write_settings(tmp_path / "settings.json", users), db)
-    status, answer = service.get("/ping/job/start")
+    status, answer = service.get(f"/ping/job/start?token={token}")
     [(_, _, late)] = smtp_server.wait_for_messages(1)
     assert late["Subject"] == "job did not finish in time"
-    service.post("/ping/job", b"done")
+    service.post("/ping/job", b"done", headers={"Authorization": f"Bearer {token}"})
     smtp_server.wait_for_messages(2)
     year, month, day = answer.split()[0].split("/")
-    status, details = service.get(f"/logs?username=job&year={year}&month={month}&day={day}&details=1")
+    query = f"username=job&year={year}&month={month}&day={day}&details=1"
+    status, details = service.get(f"/logs?{query}", headers={"Authorization": f"Bearer {token}"})
     assert service.stop() == 0
     start, success = json.loads(details)
     assert (start["kind"], start["time"]) == ("start", answer.split()[1])
