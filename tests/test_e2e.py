@@ -177,6 +177,14 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
             "SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
             " got SMTP_HOST 'mail.example.net'; use starttls or ssl",
         ),
+        (
+            {"METRICS_TOKEN": "abc"},
+            "METRICS_TOKEN: must be at least 16 characters without spaces or control characters, got 3 characters",
+        ),
+        (
+            {"API_KEY": "fifteen-chars-x"},
+            "API_KEY: must be at least 16 characters without spaces or control characters, got 15 characters",
+        ),
     ],
 )
 def test_a_bad_smtp_port_or_security_or_plain_text_to_another_machine_stops_startup_with_status_2(

@@ -619,6 +619,55 @@ def test_twenty_wrong_passwords_from_all_addresses_together_refuse_every_address
     client.post_json("/testing/state", {"password": "let me in"}, status=200, **from_address("192.0.2.99"))
 
 
+def test_the_holder_of_the_right_password_is_never_refused_while_many_addresses_guess(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(
+        make_test_app(store, settings, clock, overview_password="look", metrics_token="metrics-token-0123456789")
+    )
+    admin, prometheus = from_address("192.0.2.10"), from_address("192.0.2.20")
+    scrape_headers = {"Authorization": "Bearer metrics-token-0123456789"}
+    client.post_json("/overview/state", {"password": "look"}, status=200, **admin)
+    client.get("/metrics", headers=scrape_headers, status=200, **prometheus)
+    looked_at = []
+    for second in range(0, 600, 3):  # 10 minutes; 8 addresses guess every 3 s, 160 guesses a minute
+        clock.now = T0 + second
+        for n in range(8):
+            guess = client.post_json(
+                "/overview/state", {"password": f"guess-{second}-{n}"}, status="*", **from_address(f"198.51.100.{n}")
+            )
+            assert guess.status_int in (401, 429)
+            if guess.status_int == 401:
+                looked_at.append(clock.now)
+        # The admin's page refreshes and Prometheus scrapes throughout: never refused.
+        client.post_json("/overview/state", {"password": "look"}, status=200, **admin)
+        client.get("/metrics", headers=scrape_headers, status=200, **prometheus)
+    # At most 20 guesses looked at in any minute, however many addresses guess.
+    assert max(sum(1 for t in looked_at if end - 60 < t <= end) for end in looked_at) == 20
+    assert len(looked_at) <= 20 * 10
+    # An address that has not given the right password meanwhile is refused with everyone: this keeps the bound.
+    for n in range(20):
+        client.post_json("/overview/state", {"password": "guess"}, status="*", **from_address(f"198.51.100.{n}"))
+    client.post_json("/overview/state", {"password": "look"}, status=429, **from_address("203.0.113.1"))
+
+
+def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
+    client = metrics_client(store, clock)
+    client.extra_environ = {"REMOTE_ADDR": "192.0.2.30"}
+    for n in range(4):
+        client.get("/metrics", headers={"Authorization": f"Bearer guess-{n}"}, status=401)
+    client.get("/metrics", status=401)  # no token: nothing guessed, not counted
+    client.post_json("/overview/state", {"password": "guess"}, status="*")  # the overview is disabled: not counted
+    client.get("/metrics", headers={"Authorization": "Bearer guess-4"}, status=401)  # the fifth
+    answer = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=429)
+    assert answer.text == "too many wrong bearer tokens from 192.0.2.30; try again in 60 s"
+    assert answer.headers["Retry-After"] == "60"
+    scrape_from = {"extra_environ": {"REMOTE_ADDR": "192.0.2.31"}}
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200, **scrape_from)
+    clock.now += 60
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
+
+
 def token_client(store, clock, caplog=None):
     users = {
         "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
