@@ -708,6 +708,31 @@ def test_the_day_view_names_a_bad_field_or_an_unknown_user(store, clock, fields,
     assert (answer.content_type, answer.text) == ("text/plain", message)
 
 
+@pytest.mark.parametrize(
+    "path", ["/testing/config", "/testing/state", "/testing/test-email", *OVERVIEW_ENDPOINTS, "/snooze"]
+)
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"password": "look", "username": "\\udfff"}', "username: must be valid Unicode text"),
+        (b'{"password": "\\ud800look"}', "password: must be valid Unicode text"),
+        (b'{"password": "look", "since": "\\udc00:1"}', "since: must be valid Unicode text"),
+        (b'{"password": "look", "x": {"\\ud83d": 1}}', 'x."\\ud83d": a key must be valid Unicode text'),
+        (b'{"password": "look", "x": [1, "ok \\udfff"]}', "x[1]: must be valid Unicode text"),
+    ],
+)
+def test_a_lone_surrogate_in_any_json_body_is_a_400_naming_its_field(store, clock, path, body, message):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, "look", overview_password="look"))
+    query = "?username=pi&minutes=5" if path == "/snooze" and b"username" not in body else ""
+    answer = client.post(path + query, body, content_type="application/json", status=400)
+    assert (answer.content_type, answer.text) == ("text/plain", message + " (it holds a lone surrogate)")
+    assert store.user("pi").snoozed_until is None
+    # None of them was a wrong password.
+    client.post_json("/testing/state", {"password": "look"}, status=200)
+
+
 def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
     client = overview_client(store, clock, overview_password="look")
     client.get("/ping?username=pi", status=200)
