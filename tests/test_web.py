@@ -1324,6 +1324,15 @@ def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(st
     client.post_json("/snooze?username=open&minutes=5", {"password": "look"}, status=200)
 
 
+def test_the_path_form_reads_token_and_no_other_query_parameter(store, clock):
+    client = token_client(store, clock)
+    # As runitor sends a run id (rid), and as a confused script might add the query form's parameters.
+    client.get(f"/ping/pi/start?status=fail&exit_code=3&username=open&rid=42&token={TOKEN}", status=200)
+    client.get("/ping/open?status=fail&exit_code=3&username=pi&token=whatever", status=200)
+    assert committed_signals(store) == [("start", None, None), ("success", None, None)]
+    assert [(user.username, user.pings) for user in store.user_counts(T0)] == [("pi", 1), ("open", 1)]
+
+
 @pytest.mark.parametrize("path", ["/ping/pi", "/ping/pi/fail", "/ping/pi/start", "/ping/pi/3", "/ping/pi/log"])
 def test_every_path_form_signal_needs_the_users_token_too(store, clock, path):
     client = token_client(store, clock)
