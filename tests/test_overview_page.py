@@ -198,6 +198,20 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
 
 
+def test_a_snoozed_device_shows_until_when_without_a_reload(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    expect(row(page, "camera").locator(".badge")).to_have_text("pinging")
+    snooze = json.dumps({"username": "camera", "minutes": 90, "password": PASSWORD}).encode()
+    status, until = service.post("/snooze", snooze, headers={"Content-Type": "application/json"})
+    assert status == 200
+    camera = row(page, "camera")
+    expect(camera.locator(".badge")).to_have_text("snoozed")
+    # The answer is "%y/%m/%d %H:%M:%S"; the page shows the local date and time in full.
+    expect(camera.locator(".deadline")).to_have_text(re.compile(rf"^snoozed until 20{until.replace('/', '-')} CES?T$"))
+
+
 def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh_load_draws_them(
     open_page, tmp_path, start_server
 ):
