@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ WRONG_PASSWORD_WINDOW = 60.0
 # after, and at most this many addresses are trusted at once: the admin's browsers, Prometheus, scripts.
 TRUSTED_FOR = 86_400.0
 MAX_TRUSTED = 32
+# A browser that gave the right password gets this cookie; while its session lasts, the limiter does not
+# refuse that browser, wherever it connects from. At most MAX_SESSIONS sessions last at once.
+SESSION_COOKIE = "ping_listener_session"
+MAX_SESSIONS = 64
 _EXPECTED_BODY = 'expected a JSON body {"password": "..."}'
 _EXPECTED_JSON = "expected Content-Type: application/json"
 
@@ -134,6 +139,48 @@ class WrongPasswordLimiter:
             self._clients.popitem(last=False)
 
 
+class Sessions:
+    """Browsers that gave a right password, each known by a random id in a cookie; safe across threads.
+
+    A session only spares its browser the limiter's refusals (the password is still checked on every
+    request), lasts `lifetime` seconds from its last use, and ends at its first wrong password; at most
+    `max_sessions` last at once, the least recently used ended first. Times are passed in.
+    """
+
+    def __init__(self, lifetime: float = TRUSTED_FOR, max_sessions: int = MAX_SESSIONS) -> None:
+        """No session yet; each will last `lifetime` seconds after its last use."""
+        self.lifetime = lifetime
+        self._max_sessions = max_sessions
+        self._lock = threading.Lock()
+        # secret_digest(id) -> ends at, least recently used first. Only digests are kept.
+        self._sessions: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+
+    def start(self, now: float) -> str:
+        """A new session's id, for a browser that gave the right password at `now`."""
+        session_id = secrets.token_urlsafe(32)
+        with self._lock:
+            self._sessions[secret_digest(session_id)] = now + self.lifetime
+            while len(self._sessions) > self._max_sessions:
+                self._sessions.popitem(last=False)
+        return session_id
+
+    def use(self, session_id: str, now: float) -> bool:
+        """Whether `session_id` is a session lasting at `now`; if so it lasts `lifetime` from now on."""
+        key = secret_digest(session_id)
+        with self._lock:
+            ends = self._sessions.get(key)
+            if ends is None or ends <= now:
+                return False
+            self._sessions.move_to_end(key)
+            self._sessions[key] = now + self.lifetime
+            return True
+
+    def end(self, session_id: str) -> None:
+        """End the session `session_id`, if there is one."""
+        with self._lock:
+            self._sessions.pop(secret_digest(session_id), None)
+
+
 @dataclass(slots=True)
 class _WrongPasswords:
     times: collections.deque[float] = field(default_factory=collections.deque)
@@ -161,7 +208,10 @@ class PasswordGuard:
     gets 503 `disabled`, marked for pages by the header `Ping-Listener-Name: disabled` (e.g.
     Ping-Listener-Testing), so that they need not read the message. A request refused by `limiter`
     (its address, or everyone) gets 429 before its password is even looked at; guards that share a
-    limiter share one count. At most `max_body` bytes of the body are read.
+    limiter share one count. A right password starts a session in `sessions` for its browser (an
+    HttpOnly, SameSite=Strict cookie): a request in a session is not refused by the limiter, so the
+    page of someone who unlocked goes on whoever guesses, from wherever. At most `max_body` bytes of
+    the body are read.
     """
 
     def __init__(
@@ -170,6 +220,7 @@ class PasswordGuard:
         password: str | None,
         disabled: str,
         limiter: WrongPasswordLimiter,
+        sessions: Sessions,
         clock: Callable[[], float],
         max_body: int,
     ) -> None:
@@ -179,6 +230,7 @@ class PasswordGuard:
         self._disabled = disabled
         self._disabled_header = {f"Ping-Listener-{name.capitalize()}": "disabled"}
         self._limiter = limiter
+        self._sessions = sessions
         self._clock = clock
         self._max_body = max_body
 
@@ -200,15 +252,29 @@ class PasswordGuard:
         now = self._clock()
         # Behind a reverse proxy every client shares the proxy's address, so they share one limit.
         client = request.environ.get("REMOTE_ADDR", "")
-        refuse_if_limited(self._limiter, client, now, f"{self._name} passwords")
+        session = request.get_cookie(SESSION_COOKIE)
+        in_session = session is not None and self._sessions.use(session, now)
+        if not in_session:
+            refuse_if_limited(self._limiter, client, now, f"{self._name} passwords")
         body = json_body(request, self._max_body)
         password = body.get("password") if isinstance(body, dict) else None
         if not isinstance(password, str):
             raise bottle.HTTPError(400, _EXPECTED_BODY)
         if not self.accepts(password):
+            if in_session:  # a session spares one wrong password at most
+                self._sessions.end(session)
             count_wrong(self._limiter, client, now, f"{self._name} passwords")
             raise bottle.HTTPError(401, f"wrong {self._name} password")
         self._limiter.record_right(client, now)
+        if not in_session:
+            bottle.response.set_cookie(
+                SESSION_COOKIE,
+                self._sessions.start(now),
+                path="/",
+                max_age=int(self._sessions.lifetime),
+                httponly=True,
+                samesite="strict",
+            )
 
     def accepts(self, password: str) -> bool:
         """Whether `password` is the right one (False when disabled); constant time, counts nothing."""

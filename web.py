@@ -27,6 +27,7 @@ from guards import (
     BearerGuard,
     OperatorCredentials,
     PasswordGuard,
+    Sessions,
     WrongPasswordLimiter,
     check_ping_token,
     json_body,
@@ -138,13 +139,14 @@ def make_app(
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
+    sessions = Sessions()
     testing_only = PasswordGuard(
-        "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "testing", testing_password, TESTING_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
     if overview_password is None:
         overview_password = testing_password
     overview_only = PasswordGuard(
-        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.

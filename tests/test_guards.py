@@ -1,6 +1,6 @@
 import threading
 
-from guards import Refusal, WrongPasswordLimiter
+from guards import Refusal, Sessions, WrongPasswordLimiter
 from support import T0
 
 
@@ -97,3 +97,16 @@ def test_trust_ends_after_its_time_and_only_the_most_recently_right_addresses_ar
     limiter.record_wrong("guesser", T0 + 3603)
     assert limiter.refusal("d", T0 + 3603.5) is None  # trusted until T0 + 3604
     assert limiter.refusal("b", T0 + 3603.5) == Refusal(T0 + 3663, everyone=True)  # trusted until T0 + 3603
+
+
+def test_sessions_are_random_bounded_and_the_least_recently_used_ends_first():
+    sessions = Sessions(lifetime=100, max_sessions=2)
+    first, second = sessions.start(T0), sessions.start(T0)
+    assert first != second and len(first) >= 40
+    assert sessions.use(first, T0 + 1)  # now second is the least recently used
+    third = sessions.start(T0 + 2)
+    assert [sessions.use(session, T0 + 3) for session in (first, second, third)] == [True, False, True]
+    assert not sessions.use("made-up", T0 + 3)
+    sessions.end(first)
+    assert not sessions.use(first, T0 + 4)
+    assert sessions.use(third, T0 + 102) and not sessions.use(third, T0 + 202)

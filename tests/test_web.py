@@ -485,6 +485,7 @@ def test_five_wrong_passwords_in_a_minute_get_an_address_429_for_a_minute(store,
     other = "/testing/state" if path == "/testing/config" else "/testing/config"
     client.post_json(other, right, status=429, **from_address("192.0.2.1"))
     client.post_json(path, right, status=200, **from_address("192.0.2.2"))
+    client.cookiejar.clear()  # the session of that browser, which another one does not have
     clock.now += 58.5
     assert client.post_json(path, right, status=429, **from_address("192.0.2.1")).headers["Retry-After"] == "1"
     clock.now += 0.5  # a minute after the fifth wrong password
@@ -622,33 +623,69 @@ def test_twenty_wrong_passwords_from_all_addresses_together_refuse_every_address
 def test_the_holder_of_the_right_password_is_never_refused_while_many_addresses_guess(store, clock):
     settings = make_settings()
     store.sync_users(settings.users, T0 - 3600)
-    client = webtest.TestApp(
-        make_test_app(store, settings, clock, overview_password="look", metrics_token="metrics-token-0123456789")
-    )
-    admin, prometheus = from_address("192.0.2.10"), from_address("192.0.2.20")
+    app = make_test_app(store, settings, clock, overview_password="look", metrics_token="metrics-token-0123456789")
+    # Each its own client, as each is its own browser or program with its own cookies.
+    admin = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.10"})
+    prometheus = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.20"})
+    guessers = webtest.TestApp(app)
     scrape_headers = {"Authorization": "Bearer metrics-token-0123456789"}
-    client.post_json("/overview/state", {"password": "look"}, status=200, **admin)
-    client.get("/metrics", headers=scrape_headers, status=200, **prometheus)
+    admin.post_json("/overview/state", {"password": "look"}, status=200)
+    prometheus.get("/metrics", headers=scrape_headers, status=200)
     looked_at = []
     for second in range(0, 600, 3):  # 10 minutes; 8 addresses guess every 3 s, 160 guesses a minute
         clock.now = T0 + second
         for n in range(8):
-            guess = client.post_json(
+            guess = guessers.post_json(
                 "/overview/state", {"password": f"guess-{second}-{n}"}, status="*", **from_address(f"198.51.100.{n}")
             )
             assert guess.status_int in (401, 429)
             if guess.status_int == 401:
                 looked_at.append(clock.now)
         # The admin's page refreshes and Prometheus scrapes throughout: never refused.
-        client.post_json("/overview/state", {"password": "look"}, status=200, **admin)
-        client.get("/metrics", headers=scrape_headers, status=200, **prometheus)
+        admin.post_json("/overview/state", {"password": "look"}, status=200)
+        prometheus.get("/metrics", headers=scrape_headers, status=200)
     # At most 20 guesses looked at in any minute, however many addresses guess.
     assert max(sum(1 for t in looked_at if end - 60 < t <= end) for end in looked_at) == 20
     assert len(looked_at) <= 20 * 10
-    # An address that has not given the right password meanwhile is refused with everyone: this keeps the bound.
+    # A client that has not given the right password meanwhile, from an address that has not either, is refused
+    # with everyone: this keeps the bound.
     for n in range(20):
-        client.post_json("/overview/state", {"password": "guess"}, status="*", **from_address(f"198.51.100.{n}"))
-    client.post_json("/overview/state", {"password": "look"}, status=429, **from_address("203.0.113.1"))
+        guessers.post_json("/overview/state", {"password": "guess"}, status="*", **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("203.0.113.1"))
+
+
+def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_connects_from(store, clock):
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    answer = phone.post_json("/overview/state", {"password": "look"}, status=200)
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("ping_listener_session=")
+    assert {"HttpOnly", "SameSite=strict", "Path=/", "Max-Age=86400"} <= set(cookie.split("; "))
+    # Someone behind the phone's own address (the same NAT) has it refused, and everyone is refused too.
+    for _ in range(5):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address("192.0.2.40"))
+    for n in range(15):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("192.0.2.40"))
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    # The phone moves to another network: its session goes with it.
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert "Set-Cookie" not in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    # A session spares the limit, not the password: its first wrong one ends it (the next right one starts another).
+    phone.post_json("/overview/state", {"password": "guess"}, status=401)
+    assert "Set-Cookie" in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    # It lasts a day after its last use.
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    session = guessers.cookies["ping_listener_session"]
+    clock.now += 86_399
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] == session
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] != session
 
 
 def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
