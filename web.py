@@ -105,7 +105,7 @@ _PING_HEADERS = (("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items())
 
 @dataclass(frozen=True)
 class Operations:
-    """What the operators' endpoints answer from: /healthz and /metrics."""
+    """What the operators' endpoints answer from: /healthz, /metrics, and the API key /snooze accepts."""
 
     # Why the service is unhealthy (a loop stopped, the database not answering), or None.
     health_problem: Callable[[], str | None]
