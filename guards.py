@@ -356,9 +356,9 @@ def json_body(request: bottle.BaseRequest, max_body: int, expected: str = _EXPEC
     """
     try:
         body = json.loads(request.body.read(max_body) or b"null")
+        problems = text_problems(body) if isinstance(body, (dict, list)) else []
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise bottle.HTTPError(400, expected) from None
-    problems = text_problems(body) if isinstance(body, (dict, list)) else []
     if problems:
         raise bottle.HTTPError(400, problems[0])
     return body
