@@ -399,15 +399,18 @@ def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
 
 
 def _path_signal(path: str) -> tuple[str, str, int | None]:
-    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N]; QueryError if invalid.
+    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N][/]; QueryError if invalid.
 
     PATH_INFO is already percent-decoded (a %2F is a separator like /), as a WSGI string: its characters
-    are the path's bytes, read here as UTF-8.
+    are the path's bytes, read here as UTF-8. One trailing slash is ignored, as the reference monitor
+    does and as clients that build URLs by joining segments send it; a second one is an empty signal.
     """
     try:
         segments = path.encode("latin-1").decode("utf-8").split("/")[2:]
     except UnicodeError:
         raise QueryError("path is not valid UTF-8") from None
+    if len(segments) > 1 and not segments[-1]:
+        segments.pop()
     username = segments[0]
     if not username:
         raise QueryError("missing username")

@@ -693,6 +693,14 @@ SIGNAL_FORMS = [
     ("/ping/pi/0", ("success", 0)),
     ("/ping/pi/2", ("fail", 2)),
     ("/ping/pi/255", ("fail", 255)),
+    # One trailing slash is the same signal.
+    ("/ping/pi/", ("success", None)),
+    ("/ping/pi/start/", ("start", None)),
+    ("/ping/pi/fail/", ("fail", None)),
+    ("/ping/pi/log/", ("log", None)),
+    ("/ping/pi/0/", ("success", 0)),
+    ("/ping/pi/2/", ("fail", 2)),
+    ("/ping/pi%2Ffail%2F", ("fail", None)),
 ]
 
 
@@ -722,7 +730,10 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/", "missing username"),
         ("/ping//fail", "missing username"),
         ("/ping/pi/success", "unknown signal 'success'"),
-        ("/ping/pi/", "unknown signal ''"),
+        ("/ping//", "missing username"),
+        ("/ping/pi//", "unknown signal ''"),
+        ("/ping/pi/fail//", "unknown signal 'fail/'"),
+        ("/ping/pi//fail/", "unknown signal '/fail'"),
         ("/ping/pi/256", "unknown signal '256'"),
         ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
