@@ -599,7 +599,11 @@ def test_the_service_answers_a_plain_ping_as_it_answers_one_read_by_waitress(sto
 
 @pytest.mark.parametrize(
     ("target", "recorded"),
-    [(f"/ping/{DEVICE}/", ("success", None)), (f"/ping/{DEVICE}/fail/", ("fail", None)), (f"/ping/{DEVICE}/3/", ("fail", 3))],
+    [
+        (f"/ping/{DEVICE}/", ("success", None)),
+        (f"/ping/{DEVICE}/fail/", ("fail", None)),
+        (f"/ping/{DEVICE}/3/", ("fail", 3)),
+    ],
 )
 def test_a_signal_with_one_trailing_slash_is_recorded_whether_read_plain_or_by_waitress(
     store, target, recorded, counted_parsing
