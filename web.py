@@ -229,10 +229,12 @@ def make_app(
     @app.post("/testing/test-email")
     @testing_only
     def testing_test_email():
+        recipient = settings.current.recipient
+        if recipient is None:
+            raise bottle.HTTPError(409, "settings.json has no recipient to send a test email to")
         if not sending_test_email.acquire(blocking=False):
             raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
         try:
-            recipient = settings.current.recipient
             result = mail_sender.send_test(recipient, clock())
         finally:
             sending_test_email.release()
