@@ -251,10 +251,12 @@ def make_app(
     @app.post("/testing/test-email")
     @testing_only
     def testing_test_email():
+        recipient = settings.current.recipient
+        if recipient is None:
+            raise bottle.HTTPError(409, "settings.json has no recipient to send a test email to")
         if not sending_test_email.acquire(blocking=False):
             raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
         try:
-            recipient = settings.current.recipient
             result = mail_sender.send_test(recipient, clock())
         finally:
             sending_test_email.release()
@@ -420,15 +422,18 @@ def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
 
 
 def _path_signal(path: str) -> tuple[str, str, int | None]:
-    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N]; QueryError if invalid.
+    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N][/]; QueryError if invalid.
 
     PATH_INFO is already percent-decoded (a %2F is a separator like /), as a WSGI string: its characters
-    are the path's bytes, read here as UTF-8.
+    are the path's bytes, read here as UTF-8. One trailing slash is ignored, as the reference monitor
+    does and as clients that build URLs by joining segments send it; a second one is an empty signal.
     """
     try:
         segments = path.encode("latin-1").decode("utf-8").split("/")[2:]
     except UnicodeError:
         raise QueryError("path is not valid UTF-8") from None
+    if len(segments) > 1 and not segments[-1]:
+        segments.pop()
     username = segments[0]
     if not username:
         raise QueryError("missing username")

@@ -166,6 +166,20 @@ def test_the_test_email_button_sends_one_to_the_configured_recipient(page, servi
     assert [message["To"] for message in tests] == ["oncall@example.com"]
 
 
+def test_without_a_recipient_the_page_says_so_and_sends_no_test_email(page, tmp_path, start_server, smtp_server):
+    users = {"pi": {**USERS["pi"], "device_email": "pi-owner@example.com"}}
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"base_frequency": 0.05, "email_processing_frequency": 0.05, "users": users}))
+    page.goto(start_server(settings, TESTING_PASSWORD=PASSWORD).url)
+    unlock(page, PASSWORD)
+    expect(page.locator("#email")).to_contain_text("the configured recipient, none (settings.json has no recipient)")
+    page.get_by_role("button", name="Send test email").click()
+    expect(page.locator("#test-email-result")).to_have_text(
+        "Test email not sent: 409: settings.json has no recipient to send a test email to"
+    )
+    assert [m for _, _, m in smtp_server.messages if m["Subject"] == "Ping Listener test email"] == []
+
+
 def test_a_device_switched_off_goes_late_and_its_alert_email_leaves(page, service, smtp_server, tmp_path):
     page.goto(service.url)
     unlock(page, PASSWORD)

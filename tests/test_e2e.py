@@ -300,6 +300,29 @@ def test_send_test_email_exits_2_for_a_bad_address_or_smtp_setting(tmp_path):
     ]
 
 
+def test_a_local_relay_gets_the_test_email_and_the_alerts_for_root_at_localhost(tmp_path, ca, ca_path, start_server):
+    relay = TlsSmtpServer(ca, require_login=False, security="plain").start()
+    local = {
+        "SMTP_PORT": str(relay.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_LOGIN": "",
+        "SMTP_PASSWORD": "",
+        "SMTP_FROM": "ping-listener@localhost",
+    }
+    try:
+        result = send_test_email("root@localhost", tmp_path, **server_env(relay.port, ca_path, **local))
+        assert (result.returncode, result.stderr) == (0, "")
+        service = start_server(write_settings(tmp_path / "settings.json", PI, recipient="root@localhost"), **local)
+        messages = relay.wait_for_messages(2)
+        assert service.stop() == 0
+    finally:
+        relay.stop()
+    assert [(mail_from, recipients, message["Subject"]) for mail_from, recipients, message in messages] == [
+        ("ping-listener@localhost", ["root@localhost"], "Ping Listener test email"),
+        ("ping-listener@localhost", ["root@localhost"], "pi disconnection detected"),
+    ]
+
+
 def test_the_startup_login_check_logs_that_it_worked(tmp_path, start_server, smtp_server):
     service = start_server(write_settings(tmp_path / "settings.json", PI, server_root="https://monitor.example.net"))
     expected = f"INFO ping_listener.server: SMTP check: logged in to 127.0.0.1:{smtp_server.port} as {SMTP_LOGIN}"

@@ -9,7 +9,7 @@ import webtest
 
 import mailer
 import web
-from config import LiveSettings
+from config import LiveSettings, parse_settings
 from store import CheckOutcome, NewEmail
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
@@ -427,6 +427,19 @@ def test_a_test_email_refused_answers_the_code_and_logs_the_servers_words(store,
     assert "ERROR" in caplog.text and "refused by smtp.example.net" in caplog.text
 
 
+def test_without_a_recipient_the_testing_page_says_so_and_sends_no_test_email(store, clock):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "device_email": "pi@example.com"}}
+    settings = parse_settings({"base_frequency": 1, "email_processing_frequency": 1, "users": users})
+    store.sync_users(settings.users, T0 - 3600)
+    test_emails = ScriptedTestEmails()
+    client = webtest.TestApp(make_test_app(store, settings, clock, "let me in", test_emails))
+    password = {"password": "let me in"}
+    assert client.post_json("/testing/config", password, status=200).json["recipient"] is None
+    answer = client.post_json("/testing/test-email", password, status=409)
+    assert answer.text == "settings.json has no recipient to send a test email to"
+    assert test_emails.sent_to == []
+
+
 def test_one_test_email_at_a_time(store, clock):
     class Slow(ScriptedTestEmails):
         """Its SMTP conversation lasts until the test releases it."""
@@ -803,6 +816,14 @@ SIGNAL_FORMS = [
     ("/ping/pi/0", ("success", 0)),
     ("/ping/pi/2", ("fail", 2)),
     ("/ping/pi/255", ("fail", 255)),
+    # One trailing slash is the same signal.
+    ("/ping/pi/", ("success", None)),
+    ("/ping/pi/start/", ("start", None)),
+    ("/ping/pi/fail/", ("fail", None)),
+    ("/ping/pi/log/", ("log", None)),
+    ("/ping/pi/0/", ("success", 0)),
+    ("/ping/pi/2/", ("fail", 2)),
+    ("/ping/pi%2Ffail%2F", ("fail", None)),
 ]
 
 
@@ -832,7 +853,10 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/", "missing username"),
         ("/ping//fail", "missing username"),
         ("/ping/pi/success", "unknown signal 'success'"),
-        ("/ping/pi/", "unknown signal ''"),
+        ("/ping//", "missing username"),
+        ("/ping/pi//", "unknown signal ''"),
+        ("/ping/pi/fail//", "unknown signal 'fail/'"),
+        ("/ping/pi//fail/", "unknown signal '/fail'"),
         ("/ping/pi/256", "unknown signal '256'"),
         ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
