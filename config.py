@@ -300,6 +300,45 @@ def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
     )
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """The secrets of the environment that unlock operators' endpoints; None when unset (or empty)."""
+
+    # Unlocks GET /metrics as a bearer token.
+    metrics_token: str | None = field(default=None, repr=False)
+    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze.
+    api_key: str | None = field(default=None, repr=False)
+
+
+def load_secrets(environ: Mapping[str, str]) -> Secrets:
+    """Read METRICS_TOKEN and API_KEY from `environ`; raise ConfigError listing every problem.
+
+    Each, when set, must be at least MIN_TOKEN_LENGTH characters without spaces or control characters,
+    as ping tokens: a short one is found by guessing in seconds. A value is never quoted.
+    """
+    problems = []
+    values = {}
+    for name in ("METRICS_TOKEN", "API_KEY"):
+        value = environ.get(name) or None
+        if value is not None and not _is_token(value):
+            problems.append(
+                f"{name}: must be at least {MIN_TOKEN_LENGTH} characters without spaces or control characters,"
+                f" got {len(value)} characters"
+            )
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return Secrets(metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"])
+
+
+def text_problems(value: Any) -> list[str]:
+    """One problem per key or string under `value` (parsed JSON) that is not valid Unicode text (a lone
+    surrogate, which json.loads lets through), each naming its field as settings problems do."""
+    problems: list[str] = []
+    _lone_surrogates(value, "", problems)
+    return problems
+
+
 def is_loopback(host: str) -> bool:
     """True if `host` names this machine only: localhost, an address in 127.0.0.0/8, or ::1."""
     if host == "localhost":
@@ -354,9 +393,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     if token is None and require_tokens:
         problems.append(f"{path}.token: missing (require_tokens is true)")
     # The value is never quoted: even a wrong token may be a secret.
-    elif token is not None and not (
-        isinstance(token, str) and len(token) >= MIN_TOKEN_LENGTH and not re.search(r"[\s\x00-\x1f\x7f-\x9f]", token)
-    ):
+    elif token is not None and not (isinstance(token, str) and _is_token(token)):
         problems.append(
             f"{path}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces"
             " or control characters"
@@ -378,6 +415,11 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
     )
+
+
+def _is_token(text):
+    """Whether `text` may be a secret sent in a header: MIN_TOKEN_LENGTH characters or more, no space or control."""
+    return len(text) >= MIN_TOKEN_LENGTH and not re.search(r"[\s\x00-\x1f\x7f-\x9f]", text)
 
 
 def _watch(user, path, problems):

@@ -353,7 +353,8 @@ def test_suppressed_and_snoozed_devices_and_a_digest_show_on_the_cards_and_in_th
     expect(log).to_contain_text("in digest #1 “2 devices need attention: nas, router”")
     [(_, _, message)] = smtp_server.wait_for_messages(1)
     assert message["Subject"] == "2 devices need attention: nas, router"
-    assert service.get("/snooze?username=nas&minutes=5")[0] == 200
+    snooze = json.dumps({"username": "nas", "minutes": 5, "password": PASSWORD}).encode()
+    assert service.post("/snooze", snooze, headers={"Content-Type": "application/json"})[0] == 200
     nas = card(page, "nas")
     expect(nas.locator(".state")).to_have_text("snoozed")
     expect(nas.locator(".next-alert")).to_have_text(re.compile(r"^none while snoozed \(until .*\)$"))

@@ -254,6 +254,24 @@ def test_smtp_from_defaults_to_the_login():
     )
 
 
+def test_the_metrics_token_and_api_key_are_optional_secrets_of_16_characters_or_more():
+    assert config.load_secrets({}) == config.Secrets(None, None)
+    assert config.load_secrets({"METRICS_TOKEN": "", "API_KEY": ""}) == config.Secrets(None, None)
+    secrets = config.load_secrets({"METRICS_TOKEN": "m" * 16, "API_KEY": "a" * 40})
+    assert (secrets.metrics_token, secrets.api_key) == ("m" * 16, "a" * 40)
+    assert "m" * 16 not in repr(secrets)
+
+
+@pytest.mark.parametrize("value", ["x" * 15, "abc", "sixteen chars ok", "sixteen-chars-ok\n"])
+def test_a_short_metrics_token_or_api_key_is_refused_naming_the_variable_never_its_value(value):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_secrets({"METRICS_TOKEN": value, "API_KEY": value})
+    assert raised.value.problems == [
+        f"{name}: must be at least 16 characters without spaces or control characters, got {len(value)} characters"
+        for name in ("METRICS_TOKEN", "API_KEY")
+    ]
+
+
 @pytest.mark.parametrize("port", ["abc", "4.65", "", "0", "70000", "-1"])
 def test_a_non_integer_smtp_port_is_refused(port):
     with pytest.raises(config.ConfigError) as raised:

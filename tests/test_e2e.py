@@ -177,6 +177,14 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
             "SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
             " got SMTP_HOST 'mail.example.net'; use starttls or ssl",
         ),
+        (
+            {"METRICS_TOKEN": "abc"},
+            "METRICS_TOKEN: must be at least 16 characters without spaces or control characters, got 3 characters",
+        ),
+        (
+            {"API_KEY": "fifteen-chars-x"},
+            "API_KEY: must be at least 16 characters without spaces or control characters, got 15 characters",
+        ),
     ],
 )
 def test_a_bad_smtp_port_or_security_or_plain_text_to_another_machine_stops_startup_with_status_2(
@@ -409,15 +417,17 @@ def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, db, start
 
 
 def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, db, start_server, smtp_server):
-    users = {"job": {**JOB["job"], "max_runtime": 0.5}}
+    token = "the-jobs-token-0123456789"
+    users = {"job": {**JOB["job"], "max_runtime": 0.5, "token": token}}
     service = start_server(write_settings(tmp_path / "settings.json", users), db)
-    status, answer = service.get("/ping/job/start")
+    status, answer = service.get(f"/ping/job/start?token={token}")
     [(_, _, late)] = smtp_server.wait_for_messages(1)
     assert late["Subject"] == "job did not finish in time"
-    service.post("/ping/job", b"done")
+    service.post("/ping/job", b"done", headers={"Authorization": f"Bearer {token}"})
     smtp_server.wait_for_messages(2)
     year, month, day = answer.split()[0].split("/")
-    status, details = service.get(f"/logs?username=job&year={year}&month={month}&day={day}&details=1")
+    query = f"username=job&year={year}&month={month}&day={day}&details=1"
+    status, details = service.get(f"/logs?{query}", headers={"Authorization": f"Bearer {token}"})
     assert service.stop() == 0
     start, success = json.loads(details)
     assert (start["kind"], start["time"]) == ("start", answer.split()[1])
