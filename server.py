@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
+        secrets = config.load_secrets(os.environ)
     except config.ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     operations = Operations(
         health_problem=scheduler.health_problem,
         metrics=Exporter(store, clock, scheduler.absence_step_seconds),
-        metrics_token=os.environ.get("METRICS_TOKEN") or None,
+        metrics_token=secrets.metrics_token,
+        api_key=secrets.api_key,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None

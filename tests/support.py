@@ -538,10 +538,10 @@ class Clock:
         return self.now
 
 
-def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None, api_key=None):
     """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
     step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
-    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token, api_key)
 
 
 def make_test_app(
