@@ -39,6 +39,10 @@ DEFAULT_HEARTBEAT_FREQUENCY = 60.0
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
+# What an acknowledged ping survives: "process", the service's death (kill -9); "power", the machine's too (each
+# commit synced to disk before its answers leave). store.SYNCHRONOUS says how.
+DURABILITIES = ("process", "power")
+DEFAULT_DURABILITY = "process"
 # The display name of alert emails' From header unless SMTP_FROM_NAME says otherwise.
 DEFAULT_SENDER_NAME = "Ping Listener"
 
@@ -53,6 +57,7 @@ TOP_LEVEL_KEYS = {
     "heartbeat_url",
     "heartbeat_frequency",
     "webhooks",
+    "durability",
 }
 USER_KEYS = {
     "monitor",
@@ -146,6 +151,8 @@ class Settings:
     retention_days: float | None = None
     heartbeat_url: str | None = None
     heartbeat_frequency: float = DEFAULT_HEARTBEAT_FREQUENCY
+    # One of DURABILITIES.
+    durability: str = DEFAULT_DURABILITY
 
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
 
@@ -232,6 +239,9 @@ def parse_settings(document: Any) -> Settings:
     heartbeat_frequency = _positive_number(
         document, "heartbeat_frequency", DEFAULT_HEARTBEAT_FREQUENCY, MAX_SECONDS, problems
     )
+    durability = document.get("durability", DEFAULT_DURABILITY)
+    if not isinstance(durability, str) or durability not in DURABILITIES:
+        problems.append(f'durability: must be "process" or "power", got {_show(durability)}')
     webhooks = _webhooks(document.get("webhooks", {}), problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
@@ -257,6 +267,7 @@ def parse_settings(document: Any) -> Settings:
         retention_days=retention_days,
         heartbeat_url=heartbeat_url,
         heartbeat_frequency=heartbeat_frequency,
+        durability=durability,
         webhooks=webhooks,
     )
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.time
     db = chosen_database(args.db, os.environ)
     try:
-        store = open_store(db)
+        store = open_store(db, settings.durability)
     except StoreOpenError as error:
         print(error, file=sys.stderr)
         return 2
@@ -215,7 +215,8 @@ def reload_settings(
     Valid settings are put in force first, then the store's users follow (see Store.reload_users):
     between the two, a user just removed already answers 404 and one just added may briefly answer
     404 too, but a ping is never recorded without the token the new settings ask for. If the store
-    refuses, the previous settings are put back.
+    refuses, the previous settings are put back. A new `durability` applies to the commits that begin
+    after it (Store.use_durability).
     """
     try:
         settings = config.load_settings(path)
@@ -233,6 +234,7 @@ def reload_settings(
         live_settings.replace(previous)
         log.error("settings not reloaded: %s; the previous settings stay in force", error)
         return False
+    store.use_durability(settings.durability)
     log.info(
         "settings reloaded: %d user(s) added, %d removed, %d changed",
         len(change.added),

@@ -73,8 +73,9 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of base_frequency, email_processing_frequency, heartbeat_frequency,"
-            " heartbeat_url, recipient, require_tokens, retention_days, server_root, users, webhooks)",
+            "colour: unknown key (expected one of base_frequency, durability, email_processing_frequency,"
+            " heartbeat_frequency, heartbeat_url, recipient, require_tokens, retention_days, server_root, users,"
+            " webhooks)",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
@@ -626,6 +627,36 @@ def test_require_tokens_makes_a_user_without_one_a_key_path_error():
 def test_retention_and_heartbeat_frequency_must_be_positive_numbers(key, value):
     [problem] = problems_of(valid_document(**{key: value}))
     assert problem.startswith(f"{key}: must be a number > 0 and at most ")
+
+
+def test_durability_is_process_unless_power_is_asked_for():
+    assert config.parse_settings(valid_document()).durability == "process"
+    assert config.parse_settings(valid_document(durability="process")).durability == "process"
+    assert config.parse_settings(valid_document(durability="power")).durability == "power"
+
+
+@pytest.mark.parametrize("value", ["POWER", "full", "", None, True, 1, ["power"]])
+def test_any_other_durability_is_a_key_path_error(value):
+    assert problems_of(valid_document(durability=value)) == [
+        f'durability: must be "process" or "power", got {json.dumps(value)}'
+    ]
+
+
+def test_a_bad_durability_stops_startup_with_status_2_and_one_line(tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(valid_document(durability="fsync")))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--settings", str(settings), "--db", str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2,
+        "",
+        'durability: must be "process" or "power", got "fsync"\n',
+    )
+    assert not (tmp_path / "db").exists()
 
 
 @pytest.mark.parametrize("url", ["hc-ping.com/x", "ftp://example.net", "https://", 5])
