@@ -68,6 +68,10 @@ HEARTBEAT_TIMEOUT = 10.0
 BUSY_WEBHOOK_DELAY = 5.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
 REQUEST_POLL = 0.5
+# How long a database check of /healthz or the heartbeat (Store.check_writable: a commit of 64 KiB) answers for:
+# within it, another check reuses its result, so that a client requesting /healthz in a loop makes the service
+# write at most that much a second.
+HEALTH_CHECK_REUSE = 1.0
 # The loops whose running the heartbeat and /healthz vouch for.
 LOOPS = ("absence-listener", "outbox-drain", "webhook-delivery")
 # ping_listener_deliveries_total's outcome of each result of mailer.py and webhooks.py.
@@ -118,6 +122,9 @@ class Scheduler:
         self._posting_lock = threading.Lock()
         # Built once: it reads SSL_CERT_FILE and the system's CA store.
         self._heartbeat_tls = outbound.tls_context()
+        # The last database check of health_problem: (when, its problem or None); one check at a time.
+        self._database_check: tuple[float, str | None] | None = None
+        self._database_check_lock = threading.Lock()
         # Not registered anywhere: metrics.py collects it for /metrics.
         self.absence_step_seconds = Histogram(
             "ping_listener_absence_step_seconds",
@@ -301,17 +308,24 @@ class Scheduler:
         )
 
     def health_problem(self) -> str | None:
-        """Why the service is not healthy now, or None: a loop that is not running, or a database that
-        does not take its write lock (StoreUnavailableError's reason)."""
+        """Why the service is not healthy now, or None: a loop that is not running, or a database where a
+        write cannot commit (Store.check_writable: its reason, such as "database is full"), as a check at most
+        HEALTH_CHECK_REUSE seconds old found."""
         for name in LOOPS:
             thread = self._threads.get(name)
             if thread is None or not thread.is_alive():
                 return f"the {name.replace('-', ' ')} is not running"
-        try:
-            self._store.check_writable()
-        except StoreError as error:
-            return f"the database does not answer: {error}"
-        return None
+        with self._database_check_lock:
+            now = self._clock()
+            if self._database_check is not None and 0 <= now - self._database_check[0] < HEALTH_CHECK_REUSE:
+                return self._database_check[1]
+            try:
+                self._store.check_writable(now)
+                problem = None
+            except StoreError as error:
+                problem = f"the database cannot commit a write: {error}"
+            self._database_check = (now, problem)
+            return problem
 
     def beat_once(self) -> bool:
         """One heartbeat: GET heartbeat_url if one is set and the service is healthy; True if it was answered 2xx.
