@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = Scheduler(store, mail_sender, live_settings, "", clock)
     operations = Operations(
         health_problem=scheduler.health_problem,
-        metrics=Exporter(store, clock, scheduler.absence_step_seconds),
+        metrics=Exporter(store, clock, scheduler.absence_step_seconds, scheduler.deliveries),
         metrics_token=secrets.metrics_token,
         api_key=secrets.api_key,
     )

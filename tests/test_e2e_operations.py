@@ -160,6 +160,37 @@ def test_metrics_and_healthz_of_the_running_service(tmp_path, start_server):
     assert service.stop() == 0
 
 
+def test_metrics_count_deliveries_by_channel_kind_and_outcome(tmp_path, start_server, smtp_server):
+    late = {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600, "notify": ["email", "webhook:chat"]}
+    with HttpReceiver() as hook:
+        hook.status = 404  # refused for good
+        settings = write_settings(
+            tmp_path / "settings.json", {"pi": late}, webhooks={"chat": {"url": hook.url, "format": "slack"}}
+        )
+        service = start_server(settings, METRICS_TOKEN=METRICS_TOKEN)
+
+        def deliveries():
+            text = service.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1]
+            families = {family.name: family for family in prometheus_client.parser.text_string_to_metric_families(text)}
+            return {
+                (sample.labels["channel_kind"], sample.labels["outcome"]): sample.value
+                for sample in families["ping_listener_deliveries"].samples
+                if sample.name == "ping_listener_deliveries_total"
+            }
+
+        counted = wait_until(
+            lambda: (counts := deliveries()).get(("slack", "failed")) and counts.get(("email", "sent")) and counts,
+            message="an email sent and a webhook POST failed, counted",
+        )
+    assert counted == {
+        ("email", "sent"): 1.0,
+        ("email", "retried"): 0.0,
+        ("email", "failed"): 0.0,
+        ("slack", "failed"): 1.0,
+    }
+    assert service.stop() == 0
+
+
 def test_metrics_are_disabled_without_metrics_token(tmp_path, start_server):
     service = start_server(write_settings(tmp_path / "settings.json", {"pi": QUIET}))
     assert service.get("/metrics") == (404, "metrics are disabled: METRICS_TOKEN is not set")
