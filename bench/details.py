@@ -25,6 +25,9 @@ BUSY_PINGS = 86_400
 _LONG_ESCAPES = [chr(code) for code in range(1, 32) if chr(code) not in "\b\t\n\f\r"]
 BODY = "".join(_LONG_ESCAPES[index % len(_LONG_ESCAPES)] for index in range(10_000))
 READERS = 2
+# Bodies are answered only with the user's token; the pings come from a user of their own, without one.
+TOKEN = "bench-details-token-0123"
+PINGER = "pinger"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ def run(requests, log, load_seconds=10):
     # A copy: the pings of the load go into it, not into the cached days.
     shutil.copy(db, workdir / "details.db")
     user = {"monitor": True, "max_sleep": 86400, "email_frequency": 86400}
-    settings = write_settings(workdir / "settings.json", {LONG_BODIES: user, BUSY: user})
+    settings = write_settings(
+        workdir / "settings.json",
+        {LONG_BODIES: {**user, "token": TOKEN}, BUSY: {**user, "token": TOKEN}, PINGER: user},
+    )
     service = harness.start_service(settings, workdir / "details.db", workdir / "service.log")
     try:
         results = [
@@ -76,7 +82,7 @@ def run(requests, log, load_seconds=10):
 def _measure(url, day_name, username, signals, requests, load_seconds):
     year, month, day = DAY
     path = "/logs?" + urllib.parse.urlencode(
-        {"username": username, "year": year % 100, "month": month, "day": day, "details": 1}
+        {"username": username, "year": year % 100, "month": month, "day": day, "details": 1, "token": TOKEN}
     )
     host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -93,7 +99,7 @@ def _measure(url, day_name, username, signals, requests, load_seconds):
         truncated = answer.getheader("Ping-Listener-Truncated") is not None
     finally:
         connection.close()
-    under_load = history.pings_under_reads(url, path, READERS, load_seconds, username)
+    under_load = history.pings_under_reads(url, path, READERS, load_seconds, PINGER)
     return DetailsResult(
         day_name, signals, len(body), len(json.loads(body)), truncated, median(timings), max(timings), under_load
     )

@@ -6,12 +6,13 @@ dropping the connection in DATA, then recovers; or the service has no login or a
 """
 
 import collections
+import itertools
 import time
 
 import pytest
 
-from config import LiveSettings
-from mailer import SMTP_TIMEOUT
+from config import LiveSettings, SmtpSettings
+from mailer import SMTP_TIMEOUT, SmtpMailer
 from rules import retry_delay
 from scheduler import Scheduler
 from support import (
@@ -20,6 +21,7 @@ from support import (
     Clock,
     SilentSmtpServer,
     TlsSmtpServer,
+    Trickler,
     delivered_subjects,
     free_port,
     make_settings,
@@ -219,3 +221,23 @@ def test_a_silent_smtp_server_costs_one_timed_out_attempt_then_the_email_is_sent
     [(_, _, message)] = smtp_server.wait_for_messages(1)
     assert message["Subject"] == "pi disconnection detected"
     assert query(store.path, "SELECT status, attempts FROM outbox") == [("sent", 2)]
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_drain_step_waits_on_a_trickling_smtp_server_no_longer_than_the_conversations_deadline(store, ca):
+    # A reply that would take a minute, each byte well within the per-operation timeout.
+    endless_greeting = lambda: itertools.repeat(b"x", 600)  # noqa: E731
+    clock = Clock(T0 + 61)
+    settings = make_settings()
+    store.sync_users(settings.users, T0)
+    with Trickler(endless_greeting, 0.1, ca) as trickling:
+        smtp = SmtpSettings("127.0.0.1", trickling.port, SMTP_LOGIN, "secret", None)
+        mailer = SmtpMailer(smtp, timeout=5, deadline=1)
+        steps = Scheduler(store, mailer, LiveSettings(settings), "https://example.net", clock)
+        steps.check_once(clock.now)
+        assert steps.drain_once(clock.now) == 1
+        # The step is over while the server is still in its first reply.
+        assert trickling.sent[0] < 600
+    [(status, attempts, error)] = query(store.path, "SELECT status, attempts, last_error FROM outbox")
+    assert (status, attempts) == ("queued", 1)
+    assert error.startswith("the SMTP conversation did not end within its 1 s deadline")
