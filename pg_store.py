@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,13 +69,14 @@ from store import (
     UserState,
     WebhookHistory,
     _alert_histories,
-    _bounded_signals,
+    _bounded_encodings,
     _queued_email,
     _queued_webhook,
     _user_and_parent,
     _user_counts,
     _user_settings,
     _webhook_history,
+    recent_pings_parameters,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
@@ -257,10 +258,13 @@ CONFIGURED_USERS_SQL = (
 )
 # The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
 OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
-RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.at >= %(start)s"
-    " AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
+# recent_pings reads each user's pings on its own, along pings_by_user_time: PostgreSQL orders a join's rows
+# only by its outer table's index, so a join over a range of users (as store.RECENT_PINGS_SQL) would sort each
+# user's remaining pings whole for every page.
+RECENT_USERS_SQL = "SELECT id FROM users WHERE configured AND id BETWEEN %(first)s AND %(last)s ORDER BY id"
+RECENT_USER_PINGS_SQL = (
+    "SELECT at, id FROM pings WHERE user_id = %(user)s AND at >= %(after_at)s AND id <= %(upto)s"
+    " AND (at > %(after_at)s OR id > %(after_id)s) ORDER BY at, id LIMIT %(limit)s"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
@@ -631,11 +635,23 @@ class PgStore:
         with self._connection() as connection:
             return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
         """store.Store.recent_pings."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+        parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
+        rows: list[tuple[int, float, int]] = []
         with self._connection() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            for (user_id,) in connection.execute(RECENT_USERS_SQL, parameters).fetchall():
+                if user_id != parameters["first"]:  # a user after the one `after` is in: from `start`
+                    parameters.update(after_at=start, after_id=0)
+                parameters.update(user=user_id, limit=limit - len(rows))
+                rows += [
+                    (user_id, at, ping_id) for at, ping_id in connection.execute(RECENT_USER_PINGS_SQL, parameters)
+                ]
+                if len(rows) == limit:
+                    break
+        return rows
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """store.Store.last_pings_before."""
@@ -659,16 +675,16 @@ class PgStore:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
         """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
-        bound on the bodies stops reading, not only the answer."""
+        bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
             user_id = _user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
                 cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                return _bounded_signals(cursor, limit, max_body_chars)
+                return _bounded_encodings(cursor, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """store.Store.signal."""

@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,12 +268,16 @@ CONFIGURED_USERS_SQL = (
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
 # (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
 # primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
-# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
+# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time), each chunk in pages
+# that go on after the last row of the previous page (`first` is that row's user, the seek into its pings
+# begins at its time, and only pings of that time with greater ids are taken).
 OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
 RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.at >= :start"
-    " AND pings.id <= :upto ORDER BY users.id, pings.at"
+    "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.id <= :upto"
+    " AND pings.at >= CASE WHEN users.id = :first THEN :after_at ELSE :start END"
+    " AND (users.id > :first OR pings.at > :after_at OR pings.id > :after_id)"
+    " ORDER BY users.id, pings.at, pings.id LIMIT :limit"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < :start) FROM users"
@@ -846,12 +850,16 @@ class Store:
             newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
         return newest
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
-        """(user id, time) of the pings from `start` on with ids up to `upto_id` of the configured users whose
-        ids are in the range `user_ids` (first, last), by user then time."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
+        """(user id, time, ping id) of the pings from `start` on with ids up to `upto_id` of the configured users
+        whose ids are in the range `user_ids` (first, last), by user, time then id: the first `limit` of them, or
+        with `after` (the last row of an earlier answer to the same question) the first `limit` after it."""
         with self._read() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            return connection.execute(
+                RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
+            ).fetchall()
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """Each configured user's id in the range `user_ids` (first, last) -> the time of its last ping before
@@ -877,18 +885,19 @@ class Store:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
-        """`username`'s signals with start <= time < end, ascending, and whether there were more.
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
+        """`username`'s signals with start <= time < end, ascending, each as `encode(signal)`, and whether there
+        were more.
 
-        Stops after `limit` signals, or once their bodies reach `max_body_chars` characters in all
-        (the signal that crosses it is kept). Raises UnknownUserError if the user was never configured.
+        Stops after `limit` signals, or before the one whose encoding would take the encodings' lengths past
+        `max_size` bytes in all. Raises UnknownUserError if the user was never configured.
         """
         with self._read() as connection:
             user_id = self._user_id(connection, username)
-            # Read lazily: the bound on the bodies stops reading, not only the answer.
+            # Read lazily: the bound stops reading, not only the answer.
             rows = connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-            return _bounded_signals(rows, limit, max_body_chars)
+            return _bounded_encodings(rows, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
@@ -1334,17 +1343,38 @@ def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[Ale
     return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
 
 
-def _bounded_signals(rows: Iterable[Sequence[Any]], limit: int, max_body_chars: int) -> tuple[list[Signal], bool]:
-    """The signals of SIGNALS_BETWEEN_SQL's `rows`, read only until there are `limit` of them or their bodies reach
-    `max_body_chars` characters (the one that crosses it kept), and whether there were more."""
-    signals: list[Signal] = []
-    chars = 0
+def recent_pings_parameters(
+    start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+) -> dict[str, Any]:
+    """RECENT_PINGS_SQL's parameters for Store.recent_pings's arguments (either store's)."""
+    first, after_at, after_id = (user_ids[0], start, 0) if after is None else after
+    return {
+        "start": start,
+        "upto": upto_id,
+        "first": first,
+        "last": user_ids[1],
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit,
+    }
+
+
+def _bounded_encodings(
+    rows: Iterable[Sequence[Any]], limit: int, max_size: int, encode: Callable[[Signal], bytes]
+) -> tuple[list[bytes], bool]:
+    """The signals of SIGNALS_BETWEEN_SQL's `rows`, each as `encode(signal)`, read only until there are `limit`
+    of them or the next would take their lengths past `max_size` in all, and whether there were more."""
+    encodings: list[bytes] = []
+    size = 0
     for row in rows:
-        if len(signals) == limit or chars >= max_body_chars:
-            return signals, True
-        signals.append(Signal(*row))
-        chars += len(row[4] or "")
-    return signals, False
+        if len(encodings) == limit:
+            return encodings, True
+        encoding = encode(Signal(*row))
+        size += len(encoding)
+        if size > max_size:
+            return encodings, True
+        encodings.append(encoding)
+    return encodings, False
 
 
 def _user_counts(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:

@@ -12,6 +12,7 @@ import threading
 import wsgiref.handlers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -37,6 +38,7 @@ from localtime import (
     format_local_time,
     format_ping_time,
     local_clock_times,
+    local_clock_writer,
     local_day_bounds,
     query_fields,
 )
@@ -75,9 +77,13 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 # all day long. A day with more is answered with its first LOGS_MAX_PINGS and the LOGS_TRUNCATED header.
 LOGS_MAX_PINGS = 100_000
 LOGS_TRUNCATED = "Ping-Listener-Truncated"
-# With details=1, bodies of up to 10 000 characters each could make a day's answer gigabytes: it stops
-# once its bodies hold this many characters (and says so with the LOGS_TRUNCATED header).
-LOGS_MAX_BODY_CHARS = 4_000_000
+# With details=1, bodies of up to 10 000 bytes each, and JSON's escapes six times longer than a control
+# character, could make a day's answer gigabytes: it holds the signals that fit in this many bytes (and
+# says so with the LOGS_TRUNCATED header).
+LOGS_MAX_DETAILS_BYTES = 4_000_000
+# Such an answer goes to waitress in pieces of about this size: each write to a connection costs a hand-off to
+# the I/O thread, and a block of megabytes costs page faults, both while a worker holds the interpreter.
+LOGS_PIECE_BYTES = 64 * 1024
 # The first this many bytes of a POST body to /ping are kept with the signal.
 MAX_SIGNAL_BODY = 10_000
 PING_PATH = "/ping"
@@ -172,10 +178,14 @@ def make_app(
         if details:
             user = settings.current.users.get(username)
             with_bodies = operators.bodies_allowed(user, username, query, bottle.request.environ)
-            signals, cut = store.signals_between(username, start, end, LOGS_MAX_PINGS, LOGS_MAX_BODY_CHARS)
+            items, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, _signal_details_writer(with_bodies)
+            )
             if cut:
-                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(signals)} signals of the day")
-            return json.dumps(_signal_details(signals, with_bodies))
+                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(items)} signals of the day")
+            pieces = _signal_details(items)
+            bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
+            return iter(pieces)  # an iterator, which bottle passes on piece by piece (a list it would join)
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
@@ -498,20 +508,44 @@ def _snooze_minutes(value: object) -> int:
     return int(text)
 
 
-def _signal_details(signals: list[Signal], with_bodies: bool) -> list[dict[str, Any]]:
-    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body (None for every
-    signal unless `with_bodies`)."""
-    times = local_clock_times(signal.at for signal in signals)
-    return [
-        {
-            "time": time,
-            "kind": signal.kind,
-            "exit_code": signal.exit_code,
-            "duration": None if signal.duration is None else round(signal.duration, 3),
-            "body": signal.body if with_bodies else None,
-        }
-        for time, signal in zip(times, signals, strict=True)
-    ]
+def _signal_details_writer(with_bodies: bool) -> Callable[[Signal], bytes]:
+    """A function that writes a signal as /logs?details=1 lists it (local time, kind, exit code, duration and
+    body, null for every signal unless `with_bodies`) in JSON as json.dumps writes it, followed by ", ": exactly
+    what it adds to the answer's length (see _signal_details)."""
+    clock_time = local_clock_writer()
+
+    def write(signal: Signal) -> bytes:
+        # A signal at a time, never json.dumps of the whole answer: a C call keeps the interpreter until it
+        # returns, and between two signals the I/O thread gets it back to answer pings. Written by hand as
+        # json.dumps would (its string escaping, repr for numbers), at a fraction of its cost per object.
+        exit_code = "null" if signal.exit_code is None else repr(signal.exit_code)
+        duration = "null" if signal.duration is None else repr(round(signal.duration, 3))
+        body = "null" if signal.body is None or not with_bodies else encode_basestring_ascii(signal.body)
+        return (
+            f'{{"time": "{clock_time(signal.at)}", "kind": {encode_basestring_ascii(signal.kind)},'
+            f' "exit_code": {exit_code}, "duration": {duration}, "body": {body}}}, '
+        ).encode("ascii")
+
+    return write
+
+
+def _signal_details(items: list[bytes]) -> list[bytes]:
+    """The /logs?details=1 answer of `items` from _signal_details_writer(), written as json.dumps writes a list, in
+    pieces of about LOGS_PIECE_BYTES (or one longer item): as long as the items together (their last ", " makes
+    room for the brackets), or "[]"."""
+    if items:
+        items[-1] = items[-1][:-2]
+    pieces: list[bytes] = []
+    piece, size = [b"["], 1
+    for item in items:
+        if size + len(item) > LOGS_PIECE_BYTES:
+            pieces.append(b"".join(piece))
+            piece, size = [], 0
+        piece.append(item)
+        size += len(item)
+    piece.append(b"]")
+    pieces.append(b"".join(piece))
+    return pieces
 
 
 def _live_user(user: UserState, now: float) -> dict[str, Any]:

@@ -459,8 +459,8 @@ def test_a_nul_character_from_outside_is_no_user_and_is_kept_as_a_replacement_ch
         with pytest.raises(UnknownUserError):
             lookup()
     store_pg.record_ping("pi", T0 + 1, "fail", 1, "disk\x00full")
-    [signal] = store_pg.signals_between("pi", T0, T0 + 2, 10, 1000)[0]
-    assert signal.body == "disk\ufffdfull"
+    [body] = store_pg.signals_between("pi", T0, T0 + 2, 10, 1000, lambda signal: signal.body.encode())[0]
+    assert body == "disk\ufffdfull".encode()
     [late] = store_pg.due_users(T0 + 2, 1)
     store_pg.save_check_outcomes([CheckOutcome(late, T0 + 600, (NewEmail("a@example.com", "s", "b", "<m>"),))], T0 + 2)
     [email] = store_pg.due_emails(T0 + 2, 1)

@@ -332,7 +332,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
     [
         (
             store_module.RECENT_PINGS_SQL,
-            {"start": T0, "upto": 10, "first": 1, "last": 200},
+            store_module.recent_pings_parameters(T0, 10, (1, 200), (1, T0 + 5, 7), 1000),
             [
                 "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)",
@@ -746,22 +746,27 @@ def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_dea
 
 
 @BACKENDS
-def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(store):
+def test_signals_between_encodes_each_and_stops_at_its_limit_or_before_the_size_bound(store):
     synced(store)
     for n in range(5):
         store.record_ping("pi", T0 + n, "log", body="x" * 10)
-    signals, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=1000)
-    assert (len(signals), more, signals[0]) == (5, False, Signal(T0, "log", None, None, "x" * 10))
-    assert [
-        len(result[0])
-        for result in (
-            store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
-            store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
-        )
-    ] == [3, 3]
-    assert store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000)[1]
+    encoded = []
+
+    def encode(signal):
+        encoded.append(signal)
+        return signal.body.encode() + b"|"
+
+    encodings, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_size=1000, encode=encode)
+    assert (encodings, more, encoded[0]) == ([b"x" * 10 + b"|"] * 5, False, Signal(T0, "log", None, None, "x" * 10))
+    assert store.signals_between("pi", T0, T0 + 10, 3, 1000, encode) == ([b"x" * 10 + b"|"] * 3, True)
+    # 11 bytes each: three fit in 33 or 43, a fourth would not.
+    for max_size in (33, 43):
+        encoded.clear()
+        assert store.signals_between("pi", T0, T0 + 10, 10, max_size, encode) == ([b"x" * 10 + b"|"] * 3, True)
+        assert len(encoded) == 4  # reading stops there
+    assert store.signals_between("pi", T0, T0 + 10, 10, 44, encode) == ([b"x" * 10 + b"|"] * 4, True)
     with pytest.raises(UnknownUserError):
-        store.signals_between("ghost", T0, T0 + 1, 10, 10)
+        store.signals_between("ghost", T0, T0 + 1, 10, 10, encode)
 
 
 @BACKENDS
@@ -1355,6 +1360,27 @@ def test_pings_recorded_after_retention_deleted_every_old_one_still_follow_by_id
 
 
 @BACKENDS
+def test_recent_pings_read_in_pages_give_every_ping_once_even_among_pings_of_one_time(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    for name, at in [("pi", T0 + 1)] * 3 + [("nas", T0 + 1), ("pi", T0 + 2), ("nas", T0 + 1), ("pi", T0 + 1)]:
+        store.record_ping(name, at)
+    ids = sorted((store.user("pi").id, store.user("nas").id))
+    newest = store.newest_ping_id()
+    whole = store.recent_pings(T0, newest, (ids[0], ids[1]), None, 100)
+    assert len(whole) == 7
+    for size in (1, 2, 3):
+        pages, after = [], None
+        while True:
+            page = store.recent_pings(T0, newest, (ids[0], ids[1]), after, size)
+            assert len(page) <= size
+            pages += page
+            if len(page) < size:
+                break
+            after = page[-1]
+        assert pages == whole
+
+
+@BACKENDS
 def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     synced(store, users={"pi": config_of(), "nas": config_of()})
     assert store.newest_ping_id() == 0
@@ -1363,9 +1389,15 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     pi, nas = store.user("pi"), store.user("nas")
     newest = store.newest_ping_id()
     everyone = (pi.id, nas.id)
-    assert store.recent_pings(T0 + 2, newest, everyone) == [(pi.id, T0 + 3), (nas.id, T0 + 2), (nas.id, T0 + 50)]
-    assert store.recent_pings(T0, newest - 1, everyone) == [(pi.id, T0 + 1), (pi.id, T0 + 3), (nas.id, T0 + 2)]
-    assert store.recent_pings(T0, newest, (nas.id, nas.id)) == [(nas.id, T0 + 2), (nas.id, T0 + 50)]
+    pi_1, nas_2, pi_3, nas_50 = (pi.id, T0 + 1, 1), (nas.id, T0 + 2, 2), (pi.id, T0 + 3, 3), (nas.id, T0 + 50, 4)
+    assert store.recent_pings(T0 + 2, newest, everyone, None, 10) == [pi_3, nas_2, nas_50]
+    assert store.recent_pings(T0, newest - 1, everyone, None, 10) == [pi_1, pi_3, nas_2]
+    assert store.recent_pings(T0, newest, (nas.id, nas.id), None, 10) == [nas_2, nas_50]
+    # In pages, each after the previous one's last row.
+    assert store.recent_pings(T0, newest, everyone, None, 2) == [pi_1, pi_3]
+    assert store.recent_pings(T0, newest, everyone, pi_3, 2) == [nas_2, nas_50]
+    assert store.recent_pings(T0, newest, everyone, nas_2, 2) == [nas_50]
+    assert store.recent_pings(T0, newest, everyone, nas_50, 2) == []
     assert store.last_pings_before(T0 + 3, everyone) == {pi.id: T0 + 1, nas.id: T0 + 2}
     assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
     rows = store.configured_user_rows()

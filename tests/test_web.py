@@ -1,16 +1,20 @@
 import email.utils
+import json
 import logging
 import sqlite3
 import threading
+import time
 
 import prometheus_client.parser
 import pytest
 import webtest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mailer
 import web
 from config import LiveSettings, parse_settings
-from store import CheckOutcome, NewEmail
+from store import CheckOutcome, NewEmail, Signal
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 
@@ -914,6 +918,7 @@ def test_logs_lists_every_signal_and_details_1_describes_each_with_bodies_only_f
     assert logs(client, query).json == ["16:13:20", "16:13:22", "16:13:24", "16:13:25"]
     with_token = logs(client, query + f"&details=1&token={TOKEN}")
     assert with_token.content_type == "application/json"
+    assert with_token.body == json.dumps(with_token.json).encode()  # written as json.dumps writes the list
     assert with_token.json == [
         {"time": "16:13:20", "kind": "start", "exit_code": None, "duration": None, "body": None},
         {"time": "16:13:22", "kind": "log", "exit_code": None, "duration": None, "body": "half way"},
@@ -948,14 +953,54 @@ def test_logs_details_takes_only_1(client, value):
     assert answer.text == f"invalid details {value!r}: expected 1"
 
 
-def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(store, clock, monkeypatch):
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.floats(min_value=0, max_value=4e9),
+    kind=st.sampled_from(["success", "start", "fail", "log"]),
+    exit_code=st.none() | st.integers(0, 255),
+    duration=st.none() | st.floats(min_value=0, max_value=1e9),
+    body=st.none() | st.text(max_size=50),
+)
+def test_a_signals_details_are_written_as_json_dumps_writes_them(at, kind, exit_code, duration, body):
+    signal = Signal(at, kind, exit_code, duration, body)
+    item = {
+        "time": time.strftime("%H:%M:%S", time.localtime(at)),
+        "kind": kind,
+        "exit_code": exit_code,
+        "duration": None if duration is None else round(duration, 3),
+        "body": body,
+    }
+    assert web._signal_details_writer(True)(signal) == (json.dumps(item) + ", ").encode()
+    assert web._signal_details_writer(False)(signal) == (json.dumps({**item, "body": None}) + ", ").encode()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 40])
+def test_a_details_answer_goes_in_pieces_of_about_its_piece_size(monkeypatch, count):
+    monkeypatch.setattr(web, "LOGS_PIECE_BYTES", 100)
+    write = web._signal_details_writer(True)
+    signals = [Signal(T0 + n, "log", None, None, "x" * (n % 3) * 30) for n in range(count)]
+    pieces = web._signal_details([write(signal) for signal in signals])
+    assert b"".join(pieces) == json.dumps(json.loads(b"".join(pieces))).encode()
+    assert [item["body"] for item in json.loads(b"".join(pieces))] == [signal.body for signal in signals]
+    # A piece is longer only if it holds one item (with a bracket).
+    assert all(len(piece) <= 100 or piece.count(b'"time"') == 1 for piece in pieces)
+    assert all(len(piece) + len(after) > 100 for piece, after in zip(pieces, pieces[1:], strict=False))  # few
+
+
+def test_logs_details_of_a_day_of_bodies_that_json_escapes_at_length_stays_within_its_bound_and_says_so(store, clock):
     client = token_client(store, clock)
-    monkeypatch.setattr(web, "LOGS_MAX_BODY_CHARS", 25_000)
-    for _ in range(5):
-        client.post(f"/ping/pi/log?token={TOKEN}", b"z" * 10_000)
+    # Bodies of 10 000 bytes that JSON writes in six bytes each: \u0001, and \ufffd for an invalid byte.
+    body = b"\x01\xff" * 5_000
+    for _ in range(70):
+        client.post(f"/ping/pi/log?token={TOKEN}", body)
     answer = logs(client, f"username=pi&year=26&month=9&day=21&details=1&token={TOKEN}")
-    assert len(answer.json) == 3
-    assert answer.headers[web.LOGS_TRUNCATED] == "first 3 signals of the day"
+    assert len(answer.body) <= web.LOGS_MAX_DETAILS_BYTES
+    assert answer.body == json.dumps(answer.json).encode()
+    item = json.dumps(answer.json[0])
+    assert len(item) > 60_000
+    # As many as fit: each takes its JSON and the ", " after it, the last one's room for the brackets.
+    assert len(answer.json) == web.LOGS_MAX_DETAILS_BYTES // (len(item) + 2)
+    assert answer.headers[web.LOGS_TRUNCATED] == f"first {len(answer.json)} signals of the day"
     assert web.LOGS_TRUNCATED not in logs(client, "username=pi&year=26&month=9&day=21").headers
 
 
