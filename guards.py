@@ -36,6 +36,8 @@ MAX_TRUSTED = 32
 # refuse that browser, wherever it connects from. At most MAX_SESSIONS sessions last at once.
 SESSION_COOKIE = "ping_listener_session"
 MAX_SESSIONS = 64
+# A request's cookies are split by hand; at most this many named SESSION_COOKIE are looked up.
+MAX_SESSION_COOKIES = 4
 _EXPECTED_BODY = 'expected a JSON body {"password": "..."}'
 _EXPECTED_JSON = "expected Content-Type: application/json"
 
@@ -252,8 +254,8 @@ class PasswordGuard:
         now = self._clock()
         # Behind a reverse proxy every client shares the proxy's address, so they share one limit.
         client = request.environ.get("REMOTE_ADDR", "")
-        session = request.get_cookie(SESSION_COOKIE)
-        in_session = session is not None and self._sessions.use(session, now)
+        session = next((given for given in _session_ids(request.environ) if self._sessions.use(given, now)), None)
+        in_session = session is not None
         if not in_session:
             refuse_if_limited(self._limiter, client, now, f"{self._name} passwords")
         body = json_body(request, self._max_body)
@@ -261,7 +263,7 @@ class PasswordGuard:
         if not isinstance(password, str):
             raise bottle.HTTPError(400, _EXPECTED_BODY)
         if not self.accepts(password):
-            if in_session:  # a session spares one wrong password at most
+            if session is not None:  # a session spares one wrong password at most
                 self._sessions.end(session)
             count_wrong(self._limiter, client, now, f"{self._name} passwords")
             raise bottle.HTTPError(401, f"wrong {self._name} password")
@@ -319,6 +321,24 @@ class BearerGuard:
             return callback(*args, **kwargs)
 
         return guarded
+
+
+def _session_ids(environ: WSGIEnvironment) -> list[str]:
+    """The values of the first MAX_SESSION_COOKIES cookies named SESSION_COOKIE in a request's Cookie header.
+
+    Read by hand: http.cookies, which Bottle uses, gives up on the whole header (or raises, a 500) at the
+    first cookie it finds invalid, such as a JSON value or an `@` in a name, and a browser sends along every
+    cookie of the host, those of other apps on other ports too. More than one may carry the name (another
+    site of the domain can set one), so each is tried.
+    """
+    values = []
+    for pair in environ.get("HTTP_COOKIE", "").split(";"):
+        name, equals, value = pair.partition("=")
+        if equals and name.strip() == SESSION_COOKIE:
+            values.append(value.strip())
+            if len(values) == MAX_SESSION_COOKIES:
+                break
+    return values
 
 
 def refuse_if_limited(limiter: WrongPasswordLimiter, client: str, now: float, what: str) -> None:

@@ -701,6 +701,35 @@ def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_conne
     assert guessers.cookies["ping_listener_session"] != session
 
 
+@pytest.mark.parametrize(
+    "other_cookies",
+    [
+        'prefs={"theme":"dark"}',  # a JSON value, as many apps store
+        "greeting=hello world",
+        "a@b=1",  # a name Python's cookie parser refuses
+        "x(y)=1",
+        'broken="unterminated',
+    ],
+)
+def test_another_apps_cookies_on_the_same_host_never_lose_a_browser_its_session(store, clock, other_cookies):
+    # Cookies are shared by every port of a host: the browser sends the other app's cookies along with ours.
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    session = phone.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    session = session.partition(";")[0]
+    phone.cookiejar.clear()  # sent by hand below, beside the other app's
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}  # another network: only its session spares it the limit
+    for n in range(20):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    for cookie in (f"{other_cookies}; {session}", f"{session}; {other_cookies}"):
+        answer = phone.post_json("/overview/state", {"password": "look"}, headers={"Cookie": cookie}, status=200)
+        assert "Set-Cookie" not in answer.headers
+    # Without a session, the same cookies are a request like any other: refused with everyone, never a 500.
+    fresh = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.41"})
+    fresh.post_json("/overview/state", {"password": "look"}, headers={"Cookie": other_cookies}, status=429)
+
+
 def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
     client = metrics_client(store, clock)
     client.extra_environ = {"REMOTE_ADDR": "192.0.2.30"}
