@@ -211,9 +211,9 @@ class PasswordGuard:
     Ping-Listener-Testing), so that they need not read the message. A request refused by `limiter`
     (its address, or everyone) gets 429 before its password is even looked at; guards that share a
     limiter share one count. A right password starts a session in `sessions` for its browser (an
-    HttpOnly, SameSite=Strict cookie): a request in a session is not refused by the limiter, so the
-    page of someone who unlocked goes on whoever guesses, from wherever. At most `max_body` bytes of
-    the body are read.
+    HttpOnly, SameSite=Strict cookie, sent again in each answer): a request in a session is not refused
+    by the limiter, so the page of someone who unlocked goes on whoever guesses, from wherever. At most
+    `max_body` bytes of the body are read.
     """
 
     def __init__(
@@ -268,15 +268,16 @@ class PasswordGuard:
             count_wrong(self._limiter, client, now, f"{self._name} passwords")
             raise bottle.HTTPError(401, f"wrong {self._name} password")
         self._limiter.record_right(client, now)
-        if not in_session:
-            bottle.response.set_cookie(
-                SESSION_COOKIE,
-                self._sessions.start(now),
-                path="/",
-                max_age=int(self._sessions.lifetime),
-                httponly=True,
-                samesite="strict",
-            )
+        # Sent again in every answer: a browser keeps the cookie Max-Age after the answer that set it last, and
+        # the session lasts that long after its last use.
+        bottle.response.set_cookie(
+            SESSION_COOKIE,
+            session if session is not None else self._sessions.start(now),
+            path="/",
+            max_age=int(self._sessions.lifetime),
+            httponly=True,
+            samesite="strict",
+        )
 
     def accepts(self, password: str) -> bool:
         """Whether `password` is the right one (False when disabled); constant time, counts nothing."""

@@ -685,10 +685,11 @@ def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_conne
     # The phone moves to another network: its session goes with it.
     phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}
     phone.post_json("/overview/state", {"password": "look"}, status=200)
-    assert "Set-Cookie" not in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    assert phone.cookies["ping_listener_session"] == cookie.partition(";")[0].partition("=")[2]
     # A session spares the limit, not the password: its first wrong one ends it (the next right one starts another).
     phone.post_json("/overview/state", {"password": "guess"}, status=401)
-    assert "Set-Cookie" in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert phone.cookies["ping_listener_session"] != cookie.partition(";")[0].partition("=")[2]
     # It lasts a day after its last use.
     clock.now += 86_400
     guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
@@ -699,6 +700,16 @@ def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_conne
     clock.now += 86_400
     guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
     assert guessers.cookies["ping_listener_session"] != session
+
+
+def test_every_answer_in_a_session_tells_the_browser_to_keep_its_cookie_a_day_from_then(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    unlocked = client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    # A browser drops the cookie Max-Age after the answer that set it last, and the page stays open for days.
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
 
 
 @pytest.mark.parametrize(
@@ -724,7 +735,7 @@ def test_another_apps_cookies_on_the_same_host_never_lose_a_browser_its_session(
         guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
     for cookie in (f"{other_cookies}; {session}", f"{session}; {other_cookies}"):
         answer = phone.post_json("/overview/state", {"password": "look"}, headers={"Cookie": cookie}, status=200)
-        assert "Set-Cookie" not in answer.headers
+        assert answer.headers["Set-Cookie"].partition(";")[0] == session  # the same session, not a new one
     # Without a session, the same cookies are a request like any other: refused with everyone, never a 500.
     fresh = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.41"})
     fresh.post_json("/overview/state", {"password": "look"}, headers={"Cookie": other_cookies}, status=429)
