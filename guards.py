@@ -422,7 +422,7 @@ class OperatorCredentials:
         if user.token_digest is not None:
             self._check_token(user, username, query, environ, client)
             return "token"
-        api_key = environ.get("HTTP_X_API_KEY")
+        api_key = header_text(environ, "HTTP_X_API_KEY") if "HTTP_X_API_KEY" in environ else None
         password = body.get("password")
         if api_key is not None and password is not None:
             raise bottle.HTTPError(400, "give one credential: the overview password or an API key, not both")
@@ -494,5 +494,18 @@ def given_token(query: Mapping[str, str], environ: WSGIEnvironment) -> str | Non
 
 def bearer_token(environ: WSGIEnvironment) -> str | None:
     """The token of an `Authorization: Bearer TOKEN` header (the scheme in any case), or None."""
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+    scheme, _, token = header_text(environ, "HTTP_AUTHORIZATION").strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def header_text(environ: WSGIEnvironment, key: str) -> str:
+    """The header `key` of `environ` ("HTTP_X_API_KEY") as text: its bytes read as UTF-8, as clients write a
+    secret beyond ASCII, or as the WSGI server gave them (each byte one latin-1 character) if they are not
+    UTF-8; "" if there is no such header."""
+    value: str = environ.get(key, "")
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value

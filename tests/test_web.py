@@ -1285,6 +1285,24 @@ def metrics_client(store, clock, users=None, token="metrics-token-0123456789"):
     return webtest.TestApp(make_test_app(store, settings, clock, metrics_token=token))
 
 
+def test_a_secret_beyond_ascii_is_accepted_in_a_header_as_clients_send_it_in_utf8(store, clock):
+    secret = "clé-de-métriques-0123456789"  # settings and the environment accept it
+    settings = make_settings({"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": secret}})
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, metrics_token=secret, api_key=secret))
+    # curl and Prometheus send a header's UTF-8 bytes; a WSGI server gives each byte as one character (latin-1).
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {secret}".encode().decode("latin-1")}
+    client.get("/metrics", extra_environ=bearer, status=200)
+    client.get("/ping?username=pi", extra_environ=bearer, status=200)
+    client.post("/snooze?username=pi&minutes=5", extra_environ=bearer, status=200)
+    assert store.user("pi").snoozed_until == T0 + 300
+    snooze_client(store, clock, api_key=secret).post(
+        "/snooze?username=pi&minutes=5", extra_environ={"HTTP_X_API_KEY": secret.encode().decode("latin-1")}, status=200
+    )
+    # Bytes that are not UTF-8 are still compared as they came.
+    client.get("/metrics", extra_environ={"HTTP_AUTHORIZATION": "Bearer caf\xe9"}, status=401)
+
+
 def test_metrics_are_disabled_without_metrics_token(store, clock):
     answer = metrics_client(store, clock, token=None).get("/metrics", status=404)
     assert answer.text == "metrics are disabled: METRICS_TOKEN is not set"
