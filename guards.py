@@ -19,7 +19,7 @@ from wsgiref.types import WSGIEnvironment
 
 import bottle
 
-from config import UserConfig, secret_digest, text_problems
+from config import UserConfig, first_text_problem, secret_digest
 
 log = logging.getLogger("ping_listener.guards")
 
@@ -377,11 +377,11 @@ def json_body(request: bottle.BaseRequest, max_body: int, expected: str = _EXPEC
     """
     try:
         body = json.loads(request.body.read(max_body) or b"null")
-        problems = text_problems(body) if isinstance(body, (dict, list)) else []
+        problem = first_text_problem(body) if isinstance(body, (dict, list)) else None  # else not what is expected
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise bottle.HTTPError(400, expected) from None
-    if problems:
-        raise bottle.HTTPError(400, problems[0])
+    if problem is not None:
+        raise bottle.HTTPError(400, problem)
     return body
 
 

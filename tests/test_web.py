@@ -7,6 +7,7 @@ import prometheus_client.parser
 import pytest
 import webtest
 
+import config
 import mailer
 import web
 from config import LiveSettings, parse_settings
@@ -821,6 +822,36 @@ def test_a_lone_surrogate_in_any_json_body_is_a_400_naming_its_field(store, cloc
     assert store.user("pi").snoozed_until is None
     # None of them was a wrong password.
     client.post_json("/testing/state", {"password": "look"}, status=200)
+
+
+def test_a_json_body_is_checked_for_lone_surrogates_up_to_the_first_and_never_regex_searched_as_ascii(
+    store, clock, monkeypatch
+):
+    # Anyone may send /snooze a 64 KiB body before any credential is looked at, and the check holds the GIL
+    # that pings need: it must stop at the first bad string, and an ASCII string cannot hold a surrogate.
+    client = snooze_client(store, clock)
+    searched = []
+
+    class CountingSearch:
+        def search(self, text):
+            searched.append(text)
+            return surrogate.search(text)
+
+    surrogate = config._SURROGATE
+    monkeypatch.setattr(config, "_SURROGATE", CountingSearch())
+    ascii_first = b'{"x": [' + b", ".join([b'"ok"'] * 5_000) + b', "caf\\u00e9 \\udfff"], "y": "\\ud800"}'
+    answer = client.post("/snooze?username=pi&minutes=5", ascii_first, content_type="application/json", status=400)
+    assert answer.text == "x[5000]: must be valid Unicode text (it holds a lone surrogate)"
+    assert len(searched) == 1
+    searched.clear()
+    bad_keys = b'{"x": [' + b", ".join([b'{"\\udc00": "\\udfff"}'] * 2_000) + b"]}"
+    answer = client.post("/snooze?username=pi&minutes=5", bad_keys, content_type="application/json", status=400)
+    assert answer.text == 'x[0]."\\udc00": a key must be valid Unicode text (it holds a lone surrogate)'
+    assert len(searched) == 1
+    # A body that is one string is no object, whatever it holds.
+    answer = client.post("/snooze?username=pi&minutes=5", b'"\\udfff"', content_type="application/json", status=400)
+    assert answer.text.startswith("expected a JSON object")
+    assert store.user("pi").snoozed_until is None
 
 
 def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
