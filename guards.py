@@ -38,6 +38,8 @@ SESSION_COOKIE = "ping_listener_session"
 MAX_SESSIONS = 64
 # A request's cookies are split by hand; at most this many named SESSION_COOKIE are looked up.
 MAX_SESSION_COOKIES = 4
+# A time given to the limiter this much before the latest one given means that the wall clock stepped back.
+_CLOCK_STEP = 1.0
 _EXPECTED_BODY = 'expected a JSON body {"password": "..."}'
 _EXPECTED_JSON = "expected Content-Type: application/json"
 
@@ -60,9 +62,11 @@ class WrongPasswordLimiter:
     `trust` seconds after it gave a right secret (record_right), so that the holder of a password is
     not refused because others guess: it stays under its own limit, and at most `max_trusted` are
     trusted at once (the least recently right forgotten first), so all of them together are looked at
-    no more than `limit` × `max_trusted` times a window. Times are passed in. Memory is bounded
-    too: an address is remembered only while its last wrong password or its refusal is within a
-    window, so at most 2 × `global_limit` + `max_trusted` are, and none is forgotten before its refusal ends.
+    no more than `limit` × `max_trusted` times a window. Times are passed in; when they step back (the
+    wall clock did), what came later counts as now, so no refusal ever lasts more than a window. Memory
+    is bounded too: an address is remembered only while its last wrong password or its refusal is within
+    a window, so at most 2 × `global_limit` + `max_trusted` are, and none is forgotten before its refusal
+    ends.
     """
 
     def __init__(
@@ -86,10 +90,13 @@ class WrongPasswordLimiter:
         self._everyone = _WrongPasswords()
         # address -> trusted until, least recently right first.
         self._trusted: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # The latest `now` given: one before it means that the wall clock stepped back.
+        self._now = -math.inf
 
     def refusal(self, client: str, now: float) -> Refusal | None:
         """The refusal in force for `client` at `now` (the one for everyone first), or None if it may try."""
         with self._lock:
+            self._follow_clock(now)
             if self._everyone.refused_until > now and not self._is_trusted(client, now):
                 return Refusal(self._everyone.refused_until, everyone=True)
             record = self._clients.get(client)
@@ -103,6 +110,7 @@ class WrongPasswordLimiter:
         Not counted from an address refused with everyone: such a password was never looked at.
         """
         with self._lock:
+            self._follow_clock(now)
             everyone_refused = self._everyone.refused_until > now
             if everyone_refused and not self._is_trusted(client, now):
                 return None
@@ -117,6 +125,7 @@ class WrongPasswordLimiter:
     def record_right(self, client: str, now: float) -> None:
         """Trust `client` from `now` for the next `trust` seconds: it gave a right secret."""
         with self._lock:
+            self._follow_clock(now)
             self._trusted.pop(client, None)
             self._trusted[client] = now + self._trust
             while len(self._trusted) > self._max_trusted:
@@ -126,6 +135,18 @@ class WrongPasswordLimiter:
         """How many addresses it remembers now."""
         with self._lock:
             return len(self._clients)
+
+    def _follow_clock(self, now: float) -> None:
+        # After the wall clock steps back, what was counted after `now` counts as at `now`: otherwise a refusal
+        # would last a window plus the step (days, for everyone), and no address be forgotten meanwhile. Threads
+        # read the clock before they take the lock, so times a little out of order are no step.
+        if now < self._now - _CLOCK_STEP:
+            for record in (*self._clients.values(), self._everyone):
+                record.move_back(now, self.window)
+            for client, until in self._trusted.items():
+                self._trusted[client] = min(until, now + self._trust)
+            self._now = now
+        self._now = max(self._now, now)
 
     def _is_trusted(self, client: str, now: float) -> bool:
         until = self._trusted.get(client)
@@ -187,6 +208,11 @@ class Sessions:
 class _WrongPasswords:
     times: collections.deque[float] = field(default_factory=collections.deque)
     refused_until: float = 0.0
+
+    def move_back(self, now: float, window: float) -> None:
+        """The clock stepped back to `now`: count what came after it as at `now`, and refuse a window at most."""
+        self.times = collections.deque(min(at, now) for at in self.times)
+        self.refused_until = min(self.refused_until, now + window)
 
     def count(self, now: float, window: float, limit: int) -> bool:
         """Count one at `now`; True if that makes `limit` within `window`, which starts a refusal of a window."""
