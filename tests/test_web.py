@@ -933,6 +933,9 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
         ("/ping/pi%2Ffail%2Fx", "unknown signal 'fail/x'"),
         ("/ping/caf%E9", "path is not valid UTF-8"),
+        # The path form reads only token from its query, but that query must still be one.
+        ("/ping/pi?rid=%E9", "query string is not valid UTF-8"),
+        ("/ping/pi?" + "&".join(f"p{n}=1" for n in range(21)), "too many query parameters (at most 20)"),
     ],
 )
 def test_a_bad_signal_is_a_400_naming_the_problem_and_records_nothing(client, store, path, message):
