@@ -305,6 +305,11 @@ class PasswordGuard:
             samesite="strict",
         )
 
+    @property
+    def disabled(self) -> str | None:
+        """Why it lets no request through (it has no password), or None when it has one."""
+        return self._disabled if self._password_digest is None else None
+
     def accepts(self, password: str) -> bool:
         """Whether `password` is the right one (False when disabled); constant time, counts nothing."""
         # Comparing digests takes the same time whatever the password's length and content.
@@ -468,6 +473,8 @@ class OperatorCredentials:
         else:
             if not isinstance(password, str):
                 raise bottle.HTTPError(400, "invalid password: expected a string")
+            if self._overview.disabled is not None:
+                raise bottle.HTTPError(403, self._overview.disabled)
             right = self._overview.accepts(password)
             kind = "overview password"
         if not right:
