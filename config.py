@@ -223,7 +223,7 @@ def parse_settings(document: Any) -> Settings:
     problems: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
-    _lone_surrogates(document, "", problems)
+    problems.extend(_lone_surrogates(document, []))
     _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
     base_frequency = _number(document, "base_frequency", "", problems)
     email_processing_frequency = _number(document, "email_processing_frequency", "", problems)
@@ -342,12 +342,14 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
     return Secrets(metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"])
 
 
-def text_problems(value: Any) -> list[str]:
-    """One problem per key or string under `value` (parsed JSON) that is not valid Unicode text (a lone
-    surrogate, which json.loads lets through), each naming its field as settings problems do."""
-    problems: list[str] = []
-    _lone_surrogates(value, "", problems)
-    return problems
+def first_text_problem(value: Any) -> str | None:
+    """The first key or string under `value` (parsed JSON) that is not valid Unicode text (a lone surrogate,
+    which json.loads lets through), as a problem naming its field as settings problems do; None if there is none.
+
+    It looks no further, and never searches an ASCII string: a request's body is checked holding the GIL
+    that pings wait for.
+    """
+    return next(_lone_surrogates(value, []), None)
 
 
 def is_loopback(host: str) -> bool:
@@ -603,20 +605,35 @@ def _positive_number(document, key, default, maximum, problems):
     return float(value)
 
 
-def _lone_surrogates(value, path, problems):
-    """Report every key and string under `value` that holds a lone surrogate: not Unicode text."""
+def _lone_surrogates(value, keys):
+    """Yield a problem for each key and string under `value` that holds a lone surrogate (not Unicode text),
+    in order; `keys` leads to `value` (keys and list indexes), and its path is written only for a problem.
+
+    Strings are checked in their container's loop: a generator for each would cost more than the check.
+    """
     if isinstance(value, str):
-        if _SURROGATE.search(value):
-            problems.append(f"{path}: must be valid Unicode text (it holds a lone surrogate)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            item_path = _path(path + "." if path else "", key)
-            if _SURROGATE.search(key):
-                problems.append(f"{item_path}: a key must be valid Unicode text (it holds a lone surrogate)")
-            _lone_surrogates(item, item_path, problems)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _lone_surrogates(item, f"{path}[{index}]", problems)
+        if not value.isascii() and _SURROGATE.search(value):
+            yield f"{_key_path(keys)}: must be valid Unicode text (it holds a lone surrogate)"
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        keys.append(key)
+        if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+            yield f"{_key_path(keys)}: a key must be valid Unicode text (it holds a lone surrogate)"
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                yield f"{_key_path(keys)}: must be valid Unicode text (it holds a lone surrogate)"
+        elif isinstance(item, (dict, list)):
+            yield from _lone_surrogates(item, keys)
+        keys.pop()
+
+
+def _key_path(keys):
+    """The key path of `keys` (keys of objects, indexes of lists) as settings problems write it: a.b[0]."""
+    path = ""
+    for key in keys:
+        path = f"{path}[{key}]" if isinstance(key, int) else _path(path + "." if path else "", key)
+    return path
 
 
 def _unknown_keys(document, known, prefix, problems):

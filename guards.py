@@ -19,7 +19,7 @@ from wsgiref.types import WSGIEnvironment
 
 import bottle
 
-from config import UserConfig, secret_digest, text_problems
+from config import UserConfig, first_text_problem, secret_digest
 
 log = logging.getLogger("ping_listener.guards")
 
@@ -36,6 +36,10 @@ MAX_TRUSTED = 32
 # refuse that browser, wherever it connects from. At most MAX_SESSIONS sessions last at once.
 SESSION_COOKIE = "ping_listener_session"
 MAX_SESSIONS = 64
+# A request's cookies are split by hand; at most this many named SESSION_COOKIE are looked up.
+MAX_SESSION_COOKIES = 4
+# A time given to the limiter this much before the latest one given means that the wall clock stepped back.
+_CLOCK_STEP = 1.0
 _EXPECTED_BODY = 'expected a JSON body {"password": "..."}'
 _EXPECTED_JSON = "expected Content-Type: application/json"
 
@@ -58,9 +62,11 @@ class WrongPasswordLimiter:
     `trust` seconds after it gave a right secret (record_right), so that the holder of a password is
     not refused because others guess: it stays under its own limit, and at most `max_trusted` are
     trusted at once (the least recently right forgotten first), so all of them together are looked at
-    no more than `limit` × `max_trusted` times a window. Times are passed in. Memory is bounded
-    too: an address is remembered only while its last wrong password or its refusal is within a
-    window, so at most 2 × `global_limit` + `max_trusted` are, and none is forgotten before its refusal ends.
+    no more than `limit` × `max_trusted` times a window. Times are passed in; when they step back (the
+    wall clock did), what came later counts as now, so no refusal ever lasts more than a window. Memory
+    is bounded too: an address is remembered only while its last wrong password or its refusal is within
+    a window, so at most 2 × `global_limit` + `max_trusted` are, and none is forgotten before its refusal
+    ends.
     """
 
     def __init__(
@@ -84,10 +90,13 @@ class WrongPasswordLimiter:
         self._everyone = _WrongPasswords()
         # address -> trusted until, least recently right first.
         self._trusted: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # The latest `now` given: one before it means that the wall clock stepped back.
+        self._now = -math.inf
 
     def refusal(self, client: str, now: float) -> Refusal | None:
         """The refusal in force for `client` at `now` (the one for everyone first), or None if it may try."""
         with self._lock:
+            self._follow_clock(now)
             if self._everyone.refused_until > now and not self._is_trusted(client, now):
                 return Refusal(self._everyone.refused_until, everyone=True)
             record = self._clients.get(client)
@@ -101,6 +110,7 @@ class WrongPasswordLimiter:
         Not counted from an address refused with everyone: such a password was never looked at.
         """
         with self._lock:
+            self._follow_clock(now)
             everyone_refused = self._everyone.refused_until > now
             if everyone_refused and not self._is_trusted(client, now):
                 return None
@@ -115,6 +125,7 @@ class WrongPasswordLimiter:
     def record_right(self, client: str, now: float) -> None:
         """Trust `client` from `now` for the next `trust` seconds: it gave a right secret."""
         with self._lock:
+            self._follow_clock(now)
             self._trusted.pop(client, None)
             self._trusted[client] = now + self._trust
             while len(self._trusted) > self._max_trusted:
@@ -124,6 +135,18 @@ class WrongPasswordLimiter:
         """How many addresses it remembers now."""
         with self._lock:
             return len(self._clients)
+
+    def _follow_clock(self, now: float) -> None:
+        # After the wall clock steps back, what was counted after `now` counts as at `now`: otherwise a refusal
+        # would last a window plus the step (days, for everyone), and no address be forgotten meanwhile. Threads
+        # read the clock before they take the lock, so times a little out of order are no step.
+        if now < self._now - _CLOCK_STEP:
+            for record in (*self._clients.values(), self._everyone):
+                record.move_back(now, self.window)
+            for client, until in self._trusted.items():
+                self._trusted[client] = min(until, now + self._trust)
+            self._now = now
+        self._now = max(self._now, now)
 
     def _is_trusted(self, client: str, now: float) -> bool:
         until = self._trusted.get(client)
@@ -186,6 +209,11 @@ class _WrongPasswords:
     times: collections.deque[float] = field(default_factory=collections.deque)
     refused_until: float = 0.0
 
+    def move_back(self, now: float, window: float) -> None:
+        """The clock stepped back to `now`: count what came after it as at `now`, and refuse a window at most."""
+        self.times = collections.deque(min(at, now) for at in self.times)
+        self.refused_until = min(self.refused_until, now + window)
+
     def count(self, now: float, window: float, limit: int) -> bool:
         """Count one at `now`; True if that makes `limit` within `window`, which starts a refusal of a window."""
         while self.times and self.times[0] <= now - window:
@@ -209,9 +237,9 @@ class PasswordGuard:
     Ping-Listener-Testing), so that they need not read the message. A request refused by `limiter`
     (its address, or everyone) gets 429 before its password is even looked at; guards that share a
     limiter share one count. A right password starts a session in `sessions` for its browser (an
-    HttpOnly, SameSite=Strict cookie): a request in a session is not refused by the limiter, so the
-    page of someone who unlocked goes on whoever guesses, from wherever. At most `max_body` bytes of
-    the body are read.
+    HttpOnly, SameSite=Strict cookie, sent again in each answer): a request in a session is not refused
+    by the limiter, so the page of someone who unlocked goes on whoever guesses, from wherever. At most
+    `max_body` bytes of the body are read.
     """
 
     def __init__(
@@ -252,8 +280,8 @@ class PasswordGuard:
         now = self._clock()
         # Behind a reverse proxy every client shares the proxy's address, so they share one limit.
         client = request.environ.get("REMOTE_ADDR", "")
-        session = request.get_cookie(SESSION_COOKIE)
-        in_session = session is not None and self._sessions.use(session, now)
+        session = next((given for given in _session_ids(request.environ) if self._sessions.use(given, now)), None)
+        in_session = session is not None
         if not in_session:
             refuse_if_limited(self._limiter, client, now, f"{self._name} passwords")
         body = json_body(request, self._max_body)
@@ -261,20 +289,26 @@ class PasswordGuard:
         if not isinstance(password, str):
             raise bottle.HTTPError(400, _EXPECTED_BODY)
         if not self.accepts(password):
-            if in_session:  # a session spares one wrong password at most
+            if session is not None:  # a session spares one wrong password at most
                 self._sessions.end(session)
             count_wrong(self._limiter, client, now, f"{self._name} passwords")
             raise bottle.HTTPError(401, f"wrong {self._name} password")
         self._limiter.record_right(client, now)
-        if not in_session:
-            bottle.response.set_cookie(
-                SESSION_COOKIE,
-                self._sessions.start(now),
-                path="/",
-                max_age=int(self._sessions.lifetime),
-                httponly=True,
-                samesite="strict",
-            )
+        # Sent again in every answer: a browser keeps the cookie Max-Age after the answer that set it last, and
+        # the session lasts that long after its last use.
+        bottle.response.set_cookie(
+            SESSION_COOKIE,
+            session if session is not None else self._sessions.start(now),
+            path="/",
+            max_age=int(self._sessions.lifetime),
+            httponly=True,
+            samesite="strict",
+        )
+
+    @property
+    def disabled(self) -> str | None:
+        """Why it lets no request through (it has no password), or None when it has one."""
+        return self._disabled if self._password_digest is None else None
 
     def accepts(self, password: str) -> bool:
         """Whether `password` is the right one (False when disabled); constant time, counts nothing."""
@@ -321,6 +355,24 @@ class BearerGuard:
         return guarded
 
 
+def _session_ids(environ: WSGIEnvironment) -> list[str]:
+    """The values of the first MAX_SESSION_COOKIES cookies named SESSION_COOKIE in a request's Cookie header.
+
+    Read by hand: http.cookies, which Bottle uses, gives up on the whole header (or raises, a 500) at the
+    first cookie it finds invalid, such as a JSON value or an `@` in a name, and a browser sends along every
+    cookie of the host, those of other apps on other ports too. More than one may carry the name (another
+    site of the domain can set one), so each is tried.
+    """
+    values = []
+    for pair in environ.get("HTTP_COOKIE", "").split(";"):
+        name, equals, value = pair.partition("=")
+        if equals and name.strip() == SESSION_COOKIE:
+            values.append(value.strip())
+            if len(values) == MAX_SESSION_COOKIES:
+                break
+    return values
+
+
 def refuse_if_limited(limiter: WrongPasswordLimiter, client: str, now: float, what: str) -> None:
     """Return if `limiter` lets `client` try a secret at `now`; raise 429 with Retry-After otherwise.
 
@@ -356,11 +408,11 @@ def json_body(request: bottle.BaseRequest, max_body: int, expected: str = _EXPEC
     """
     try:
         body = json.loads(request.body.read(max_body) or b"null")
-        problems = text_problems(body) if isinstance(body, (dict, list)) else []
+        problem = first_text_problem(body) if isinstance(body, (dict, list)) else None  # else not what is expected
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise bottle.HTTPError(400, expected) from None
-    if problems:
-        raise bottle.HTTPError(400, problems[0])
+    if problem is not None:
+        raise bottle.HTTPError(400, problem)
     return body
 
 
@@ -401,7 +453,7 @@ class OperatorCredentials:
         if user.token_digest is not None:
             self._check_token(user, username, query, environ, client)
             return "token"
-        api_key = environ.get("HTTP_X_API_KEY")
+        api_key = header_text(environ, "HTTP_X_API_KEY") if "HTTP_X_API_KEY" in environ else None
         password = body.get("password")
         if api_key is not None and password is not None:
             raise bottle.HTTPError(400, "give one credential: the overview password or an API key, not both")
@@ -421,6 +473,8 @@ class OperatorCredentials:
         else:
             if not isinstance(password, str):
                 raise bottle.HTTPError(400, "invalid password: expected a string")
+            if self._overview.disabled is not None:
+                raise bottle.HTTPError(403, self._overview.disabled)
             right = self._overview.accepts(password)
             kind = "overview password"
         if not right:
@@ -473,5 +527,18 @@ def given_token(query: Mapping[str, str], environ: WSGIEnvironment) -> str | Non
 
 def bearer_token(environ: WSGIEnvironment) -> str | None:
     """The token of an `Authorization: Bearer TOKEN` header (the scheme in any case), or None."""
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+    scheme, _, token = header_text(environ, "HTTP_AUTHORIZATION").strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def header_text(environ: WSGIEnvironment, key: str) -> str:
+    """The header `key` of `environ` ("HTTP_X_API_KEY") as text: its bytes read as UTF-8, as clients write a
+    secret beyond ASCII, or as the WSGI server gave them (each byte one latin-1 character) if they are not
+    UTF-8; "" if there is no such header."""
+    value: str = environ.get(key, "")
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value

@@ -110,3 +110,23 @@ def test_sessions_are_random_bounded_and_the_least_recently_used_ends_first():
     sessions.end(first)
     assert not sessions.use(first, T0 + 4)
     assert sessions.use(third, T0 + 102) and not sessions.use(third, T0 + 202)
+
+
+def test_after_the_wall_clock_steps_back_no_refusal_or_count_lasts_more_than_a_window_and_memory_stays_bounded():
+    limiter = WrongPasswordLimiter(limit=3, window=60, global_limit=20)
+    for t in range(3):
+        limiter.record_wrong("a", T0 + t)  # a is refused until T0 + 62
+    for n in range(20):
+        limiter.record_wrong(f"10.0.0.{n}", T0 + 3)  # everyone is refused until T0 + 63
+    limiter.record_wrong("b", T0 + 70)
+    limiter.record_wrong("b", T0 + 71)  # one more and b is refused
+    back = T0 - 86_400  # NTP steps the clock back a day
+    assert seconds_left(limiter, "a", back) <= 60 and seconds_left(limiter, "c", back) <= 60
+    assert limiter.refusal("a", back + 60) is None and limiter.refusal("c", back + 60) is None
+    assert limiter.record_wrong("b", back + 61) is None  # its two were a minute ago at most
+    # Guessers from then on are forgotten as before, though one address was last wrong "a day later".
+    limiter = WrongPasswordLimiter(limit=3, window=60, global_limit=20)
+    limiter.record_wrong("a", T0)
+    for n in range(10_000):
+        limiter.record_wrong(f"10.1.{n // 256}.{n % 256}", back + n * 0.1)
+    assert limiter.remembered() <= 40

@@ -3,6 +3,8 @@ instances on one PostgreSQL database, losing no ping when one instance is killed
 ping. HAProxy is Debian's (`make test` installs it); everything listens on 127.0.0.1."""
 
 import concurrent.futures
+import http.cookiejar
+import json
 import subprocess
 import threading
 import urllib.error
@@ -93,6 +95,50 @@ def test_behind_the_shipped_haproxy_config_a_killed_instance_loses_no_ping(tmp_p
     assert [body for body, status in sent if status != 200] == []
     recorded = {body for (body,) in query(postgres_url, "SELECT body FROM pings")}
     assert [body for body, _ in sent if body not in recorded] == []
+
+
+def test_behind_the_shipped_haproxy_config_a_browser_that_unlocked_is_answered_while_others_guess(
+    tmp_path, postgres_url, start_server
+):
+    # A session lives in the memory of the instance that started it, and behind HAProxy every client has its
+    # address: only a session spares the browser the refusals others' guesses bring on that address.
+    settings = write_settings(
+        tmp_path / "settings.json", {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}
+    )
+    instances = [start_server(settings, postgres_url, OVERVIEW_PASSWORD="look") for _ in range(2)]
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(local_config(port, instances))
+    with (tmp_path / "haproxy.log").open("wb") as output:
+        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", config], stdout=output, stderr=subprocess.STDOUT)
+    front = f"http://127.0.0.1:{port}"
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    others = urllib.request.build_opener()
+
+    def overview(opener, password):
+        request = urllib.request.Request(
+            f"{front}/overview/state",
+            data=json.dumps({"password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with opener.open(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        wait_until(lambda: _answers(f"{front}/healthz"), message="HAProxy answering")
+        assert overview(browser, "look") == 200
+        assert {overview(others, "guess") for _ in range(12)} <= {401, 429}
+        assert overview(others, "look") == 429  # each instance refuses HAProxy's address now
+        assert [overview(browser, "look") for _ in range(6)] == [200] * 6
+        # A ping's answer carries no cookie: devices are not kept to an instance.
+        with urllib.request.urlopen(f"{front}/ping/pi", timeout=30) as answer:
+            assert (answer.status, answer.headers["Set-Cookie"]) == (200, None)
+    finally:
+        haproxy.kill()
+        haproxy.wait()
 
 
 def _answers(url):

@@ -11,6 +11,7 @@ import webtest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import config
 import mailer
 import web
 from config import LiveSettings, parse_settings
@@ -689,10 +690,11 @@ def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_conne
     # The phone moves to another network: its session goes with it.
     phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}
     phone.post_json("/overview/state", {"password": "look"}, status=200)
-    assert "Set-Cookie" not in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    assert phone.cookies["ping_listener_session"] == cookie.partition(";")[0].partition("=")[2]
     # A session spares the limit, not the password: its first wrong one ends it (the next right one starts another).
     phone.post_json("/overview/state", {"password": "guess"}, status=401)
-    assert "Set-Cookie" in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert phone.cookies["ping_listener_session"] != cookie.partition(";")[0].partition("=")[2]
     # It lasts a day after its last use.
     clock.now += 86_400
     guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
@@ -703,6 +705,45 @@ def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_conne
     clock.now += 86_400
     guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
     assert guessers.cookies["ping_listener_session"] != session
+
+
+def test_every_answer_in_a_session_tells_the_browser_to_keep_its_cookie_a_day_from_then(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    unlocked = client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    # A browser drops the cookie Max-Age after the answer that set it last, and the page stays open for days.
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
+
+
+@pytest.mark.parametrize(
+    "other_cookies",
+    [
+        'prefs={"theme":"dark"}',  # a JSON value, as many apps store
+        "greeting=hello world",
+        "a@b=1",  # a name Python's cookie parser refuses
+        "x(y)=1",
+        'broken="unterminated',
+    ],
+)
+def test_another_apps_cookies_on_the_same_host_never_lose_a_browser_its_session(store, clock, other_cookies):
+    # Cookies are shared by every port of a host: the browser sends the other app's cookies along with ours.
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    session = phone.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    session = session.partition(";")[0]
+    phone.cookiejar.clear()  # sent by hand below, beside the other app's
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}  # another network: only its session spares it the limit
+    for n in range(20):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    for cookie in (f"{other_cookies}; {session}", f"{session}; {other_cookies}"):
+        answer = phone.post_json("/overview/state", {"password": "look"}, headers={"Cookie": cookie}, status=200)
+        assert answer.headers["Set-Cookie"].partition(";")[0] == session  # the same session, not a new one
+    # Without a session, the same cookies are a request like any other: refused with everyone, never a 500.
+    fresh = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.41"})
+    fresh.post_json("/overview/state", {"password": "look"}, headers={"Cookie": other_cookies}, status=429)
 
 
 def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
@@ -787,6 +828,36 @@ def test_a_lone_surrogate_in_any_json_body_is_a_400_naming_its_field(store, cloc
     client.post_json("/testing/state", {"password": "look"}, status=200)
 
 
+def test_a_json_body_is_checked_for_lone_surrogates_up_to_the_first_and_never_regex_searched_as_ascii(
+    store, clock, monkeypatch
+):
+    # Anyone may send /snooze a 64 KiB body before any credential is looked at, and the check holds the GIL
+    # that pings need: it must stop at the first bad string, and an ASCII string cannot hold a surrogate.
+    client = snooze_client(store, clock)
+    searched = []
+
+    class CountingSearch:
+        def search(self, text):
+            searched.append(text)
+            return surrogate.search(text)
+
+    surrogate = config._SURROGATE
+    monkeypatch.setattr(config, "_SURROGATE", CountingSearch())
+    ascii_first = b'{"x": [' + b", ".join([b'"ok"'] * 5_000) + b', "caf\\u00e9 \\udfff"], "y": "\\ud800"}'
+    answer = client.post("/snooze?username=pi&minutes=5", ascii_first, content_type="application/json", status=400)
+    assert answer.text == "x[5000]: must be valid Unicode text (it holds a lone surrogate)"
+    assert len(searched) == 1
+    searched.clear()
+    bad_keys = b'{"x": [' + b", ".join([b'{"\\udc00": "\\udfff"}'] * 2_000) + b"]}"
+    answer = client.post("/snooze?username=pi&minutes=5", bad_keys, content_type="application/json", status=400)
+    assert answer.text == 'x[0]."\\udc00": a key must be valid Unicode text (it holds a lone surrogate)'
+    assert len(searched) == 1
+    # A body that is one string is no object, whatever it holds.
+    answer = client.post("/snooze?username=pi&minutes=5", b'"\\udfff"', content_type="application/json", status=400)
+    assert answer.text.startswith("expected a JSON object")
+    assert store.user("pi").snoozed_until is None
+
+
 def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
     client = overview_client(store, clock, overview_password="look")
     client.get("/ping?username=pi", status=200)
@@ -866,6 +937,9 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
         ("/ping/pi%2Ffail%2Fx", "unknown signal 'fail/x'"),
         ("/ping/caf%E9", "path is not valid UTF-8"),
+        # The path form reads only token from its query, but that query must still be one.
+        ("/ping/pi?rid=%E9", "query string is not valid UTF-8"),
+        ("/ping/pi?" + "&".join(f"p{n}=1" for n in range(21)), "too many query parameters (at most 20)"),
     ],
 )
 def test_a_bad_signal_is_a_400_naming_the_problem_and_records_nothing(client, store, path, message):
@@ -1188,12 +1262,15 @@ def test_snoozing_with_the_api_key_works_and_every_snooze_is_logged_with_who_and
 def test_api_keys_are_refused_when_api_key_is_not_set_and_the_password_when_neither_password_is(store, clock):
     settings = make_settings()
     store.sync_users(settings.users, T0 - 3600)
-    client = webtest.TestApp(make_test_app(store, settings, clock))
+    client = webtest.TestApp(make_test_app(store, settings, clock, metrics_token="metrics-token-0123456789"))
     answer = client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "k" * 20}, status=403)
     assert answer.text == "API keys are disabled: API_KEY is not set"
-    answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
-    assert answer.text == "wrong overview password"
+    for _ in range(5):
+        answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
+        assert answer.text == "the overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set"
     assert store.user("pi").snoozed_until is None
+    # There was no secret to guess: nothing was counted.
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
 
 
 def test_wrong_snooze_credentials_count_in_the_password_limit(store, clock):
@@ -1288,6 +1365,24 @@ def metrics_client(store, clock, users=None, token="metrics-token-0123456789"):
     settings = make_settings(users)
     store.sync_users(settings.users, T0 - 3600)
     return webtest.TestApp(make_test_app(store, settings, clock, metrics_token=token))
+
+
+def test_a_secret_beyond_ascii_is_accepted_in_a_header_as_clients_send_it_in_utf8(store, clock):
+    secret = "clé-de-métriques-0123456789"  # settings and the environment accept it
+    settings = make_settings({"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": secret}})
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, metrics_token=secret, api_key=secret))
+    # curl and Prometheus send a header's UTF-8 bytes; a WSGI server gives each byte as one character (latin-1).
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {secret}".encode().decode("latin-1")}
+    client.get("/metrics", extra_environ=bearer, status=200)
+    client.get("/ping?username=pi", extra_environ=bearer, status=200)
+    client.post("/snooze?username=pi&minutes=5", extra_environ=bearer, status=200)
+    assert store.user("pi").snoozed_until == T0 + 300
+    snooze_client(store, clock, api_key=secret).post(
+        "/snooze?username=pi&minutes=5", extra_environ={"HTTP_X_API_KEY": secret.encode().decode("latin-1")}, status=200
+    )
+    # Bytes that are not UTF-8 are still compared as they came.
+    client.get("/metrics", extra_environ={"HTTP_AUTHORIZATION": "Bearer caf\xe9"}, status=401)
 
 
 def test_metrics_are_disabled_without_metrics_token(store, clock):
