@@ -14,9 +14,9 @@ Several instances of the service may share one database, which is then the only 
   the rows found with FOR UPDATE SKIP LOCKED, setting claimed_by to the instance: another instance skips a
   row while its claimer is alive, so no row is handed to two live instances, and a dead instance's claims
   are free as soon as it is not alive;
-- an outcome of the listener still applies only if its user is unchanged (store.Store.save_check_outcomes),
+- an outcome of the listener still applies only if its user is unchanged (StoreContract.save_check_outcomes),
   so an alert is decided once even if a claim was taken over;
-- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one is alive, or
+- monitoring restarts (StoreContract.restart_monitoring) when an instance starts while no other one is alive, or
   when its wall clock jumps while no other holds its liveness lock; one joining running instances changes no
   deadline;
 - an instance sends, and records a result for, only the emails and deliveries still claimed by it.
@@ -39,18 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from config import UserConfig
 from database import display_name, hide_password
-from rules import BACK
-from store import (
-    _BATCH_ROLLED_BACK,
-    _SETTINGS_COLUMNS,
-    _USER_AND_PARENT,
-    _USER_COLUMNS,
-    BUSY_TIMEOUT_MS,
-    DATABASE_FULL,
-    FINISHED_COUNTS_SQL,
-    HEALTH_TIMEOUT_MS,
-    QUEUED_COUNT_SQL,
-    SCHEMA_VERSION,
+from records import (
     AlertHistory,
     CheckOutcome,
     EmailEvent,
@@ -68,6 +57,19 @@ from store import (
     UsersChange,
     UserState,
     WebhookHistory,
+)
+from rules import BACK
+from store import (
+    _BATCH_ROLLED_BACK,
+    _SETTINGS_COLUMNS,
+    _USER_AND_PARENT,
+    _USER_COLUMNS,
+    BUSY_TIMEOUT_MS,
+    DATABASE_FULL,
+    FINISHED_COUNTS_SQL,
+    HEALTH_TIMEOUT_MS,
+    QUEUED_COUNT_SQL,
+    SCHEMA_VERSION,
     _alert_histories,
     _bounded_encodings,
     _queued_email,
@@ -357,7 +359,7 @@ RECORD_SIGNAL_SQL = (
     " SELECT count(*) FROM signal"
 )
 # The listener's outcomes, one array per column (index n: the n-th outcome), in one statement: an outcome applies
-# only if its user is unchanged since it was read (store.Store.save_check_outcomes) and no other instance has
+# only if its user is unchanged since it was read (StoreContract.save_check_outcomes) and no other instance has
 # claimed it since; applying it ends this instance's claim. Returns the ids of the users it applied to.
 _OUTCOME_COLUMNS = {
     "id": "bigint",
@@ -455,7 +457,7 @@ class PgStore:
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
-        `now` (store.Store.restart_monitoring) if no other instance is alive: an instance joining running
+        `now` (StoreContract.restart_monitoring) if no other instance is alive: an instance joining running
         ones changes no deadline. Sets started_alone. Forgets the instances whose process is gone."""
         with self._transaction() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
@@ -474,17 +476,17 @@ class PgStore:
         self.started_alone = alone
 
     def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-        """store.Store.reload_users."""
+        """StoreContract.reload_users."""
         with self._write() as connection:
             return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
-        """store.Store.restart_monitoring, for every instance's users."""
+        """StoreContract.restart_monitoring, for every instance's users."""
         with self._write() as connection:
             _restart_monitoring(connection, now)
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
-        """store.Store.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
+        """StoreContract.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
         instance holds its liveness lock. Not by their leases, which are in the clock that just jumped: a jump
         forward would make every other instance look dead. Otherwise the others' clocks stand, and monitoring
         at this instance's `now` would alert every device (a step back on another instance) or silence them all
@@ -558,7 +560,7 @@ class PgStore:
         exit_code: int | None = None,
         body: str | None = None,
     ) -> None:
-        """store.Store.record_ping: committed before returning, or with the batch inside ping_batch() on this
+        """StoreContract.record_ping: committed before returning, or with the batch inside ping_batch() on this
         thread. A ping outside a batch is a batch of one (it takes the write lock as a batch does)."""
         _refuse_nul(username)
         batch = getattr(self._local, "batch", None)
@@ -578,7 +580,7 @@ class PgStore:
 
     @contextmanager
     def ping_batch(self) -> Iterator[None]:
-        """store.Store.ping_batch: this thread's record_ping() calls inside the block share one transaction,
+        """StoreContract.ping_batch: this thread's record_ping() calls inside the block share one transaction,
         committed when the block ends; StoreUnavailableError and none recorded if it cannot commit. It holds
         the write lock (WRITE_LOCK_SQL) from its first ping to its commit."""
         with self._faults(), self._pool.connection() as connection:
@@ -598,14 +600,14 @@ class PgStore:
             connection.execute("COMMIT")
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
-        """store.Store.pings_between."""
+        """StoreContract.pings_between."""
         with self._connection() as connection:
             user_id = _user_id(connection, username)
             rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit)).fetchall()
         return [at for (at,) in rows]
 
     def user(self, username: str) -> UserState:
-        """store.Store.user."""
+        """StoreContract.user."""
         _refuse_nul(username)
         with self._connection() as connection:
             row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,)).fetchone()
@@ -614,7 +616,7 @@ class PgStore:
         return UserState(*row)
 
     def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
-        """store.Store.pings_around."""
+        """StoreContract.pings_around."""
         with self._connection() as connection:
             row = connection.execute(
                 "SELECT (SELECT max(at) FROM pings WHERE user_id = %(user)s AND at < %(start)s),"
@@ -625,20 +627,20 @@ class PgStore:
         return row[0], row[1]
 
     def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """store.Store.alerts_between."""
+        """StoreContract.alerts_between."""
         with self._connection() as connection:
             rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
         return _alert_histories(user, rows)
 
     def newest_ping_id(self) -> int:
-        """store.Store.newest_ping_id."""
+        """StoreContract.newest_ping_id."""
         with self._connection() as connection:
             return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
 
     def recent_pings(
         self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
     ) -> list[tuple[int, float, int]]:
-        """store.Store.recent_pings."""
+        """StoreContract.recent_pings."""
         parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
         rows: list[tuple[int, float, int]] = []
         with self._connection() as connection:
@@ -654,30 +656,30 @@ class PgStore:
         return rows
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
-        """store.Store.last_pings_before."""
+        """StoreContract.last_pings_before."""
         parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
         with self._connection() as connection:
             return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
 
     def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """store.Store.configured_user_rows."""
+        """StoreContract.configured_user_rows."""
         with self._connection() as connection:
             return connection.execute(OVERVIEW_USERS_SQL).fetchall()
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
-        """store.Store.pings_after_id."""
+        """StoreContract.pings_after_id."""
         with self._connection() as connection:
             return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
 
     def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """store.Store.recent_alerts."""
+        """StoreContract.recent_alerts."""
         with self._connection() as connection:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
     ) -> tuple[list[bytes], bool]:
-        """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
+        """StoreContract.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
         bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
             user_id = _user_id(connection, username)
@@ -687,7 +689,7 @@ class PgStore:
                 return _bounded_encodings(cursor, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
-        """store.Store.signal."""
+        """StoreContract.signal."""
         with self._connection() as connection:
             row = connection.execute(
                 "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = %s", (signal_id,)
@@ -697,26 +699,26 @@ class PgStore:
         return Signal(*row)
 
     def configured_users(self) -> list[UserState]:
-        """store.Store.configured_users."""
+        """StoreContract.configured_users."""
         with self._connection() as connection:
             rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
         return [_user_and_parent(row) for row in rows]
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
-        """store.Store.recent_emails."""
+        """StoreContract.recent_emails."""
         with self._connection() as connection:
             rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
         return [EmailEvent(*row) for row in rows]
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
-        """store.Store.due_users, each user claimed for this instance (committed before returning): another
+        """StoreContract.due_users, each user claimed for this instance (committed before returning): another
         instance is not handed it until save_check_outcomes ends the claim or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [_user_and_parent(row) for row in rows]
 
     def snooze(self, username: str, until: float, now: float) -> float:
-        """store.Store.snooze."""
+        """StoreContract.snooze."""
         _refuse_nul(username)
         with self._transaction() as connection:
             row = connection.execute(
@@ -739,7 +741,7 @@ class PgStore:
         return until
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
-        """store.Store.save_check_outcomes; an outcome also applies only if no other instance claimed its user
+        """StoreContract.save_check_outcomes; an outcome also applies only if no other instance claimed its user
         since, and ends this instance's claim of every user it is about. A few statements for the whole
         batch, whatever its size (each pipelined)."""
         outcomes = list(outcomes)
@@ -818,14 +820,14 @@ class PgStore:
         return alerts
 
     def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """store.Store.due_emails, each email claimed for this instance (committed before returning) until its
+        """StoreContract.due_emails, each email claimed for this instance (committed before returning) until its
         result is recorded (mark_sent, mark_failed, schedule_retry) or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [_queued_email(row) for row in rows]
 
     def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
-        """store.Store.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
+        """StoreContract.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
         those (a digest only if it still holds all of its emails), as another instance takes over the claims of
         one whose lease lapsed meanwhile (frozen, cut off). An email whose result this instance cannot record
         (it is killed) is sent again by another only once both this back-off and this instance's lease have
@@ -851,15 +853,15 @@ class PgStore:
         return claimed
 
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """store.Store.mark_sent; ends the claim. Only emails still claimed by this instance are changed."""
+        """StoreContract.mark_sent; ends the claim. Only emails still claimed by this instance are changed."""
         self._finish_emails(email_ids, "sent", now, None)
 
     def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """store.Store.mark_failed; ends the claim, as mark_sent."""
+        """StoreContract.mark_failed; ends the claim, as mark_sent."""
         self._finish_emails(email_ids, "failed", now, error)
 
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """store.Store.schedule_retry; ends the claim, as mark_sent."""
+        """StoreContract.schedule_retry; ends the claim, as mark_sent."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
@@ -877,13 +879,13 @@ class PgStore:
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
-        """store.Store.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
+        """StoreContract.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
         with self._connection() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [_queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
-        """store.Store.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
+        """StoreContract.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
         with self._connection() as connection:
             return self._push_back(connection, "webhook_outbox", retry_times)
 
@@ -899,7 +901,7 @@ class PgStore:
         return {row_id for (row_id,) in rows}
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """store.Store.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
+        """StoreContract.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
@@ -909,7 +911,7 @@ class PgStore:
             )
 
     def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """store.Store.retry_webhook; ends the claim, as finish_webhook."""
+        """StoreContract.retry_webhook; ends the claim, as finish_webhook."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
@@ -918,43 +920,43 @@ class PgStore:
             )
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
-        """store.Store.recent_webhooks."""
+        """StoreContract.recent_webhooks."""
         with self._connection() as connection:
             rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
         return [_webhook_history(row) for row in rows]
 
     def user_counts(self, now: float) -> list[UserCounts]:
-        """store.Store.user_counts."""
+        """StoreContract.user_counts."""
         with self._connection() as connection:
             rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
             scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
         return _user_counts(rows, scheduled)
 
     def outbox_counts(self) -> dict[str, int]:
-        """store.Store.outbox_counts."""
+        """StoreContract.outbox_counts."""
         with self._connection() as connection:
             [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
             finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
         return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
-        """store.Store.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
+        """StoreContract.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
         with self._connection() as connection:
             return connection.execute(DELETE_OLD_PINGS_SQL, (cutoff, limit)).rowcount
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """store.Store.delete_history_before."""
+        """StoreContract.delete_history_before."""
         with self._transaction() as connection:
             # In this order: the alerts last, once the emails and deliveries that referred to them are gone.
             statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
             return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
     def use_durability(self, durability: str) -> None:
-        """store.Store.use_durability: nothing to change here. Every connection commits with synchronous_commit on
+        """StoreContract.use_durability: nothing to change here. Every connection commits with synchronous_commit on
         (SERVER_SETTINGS), so a commit is on the server's disk before it returns, whatever `durability` says."""
 
     def check_writable(self, now: float) -> None:
-        """store.Store.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
+        """StoreContract.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
         with synchronous_commit on, within HEALTH_TIMEOUT (a standby or a read-only database refuses it)."""
         timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
         try:

@@ -65,7 +65,7 @@ BACK = "back"
 
 
 class Watched(Protocol):
-    """What the rules read about a user (store.UserState has it): its settings and its last signs."""
+    """What the rules read about a user (records.UserState has it): its settings and its last signs."""
 
     @property
     def monitor(self) -> bool: ...

@@ -15,13 +15,30 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from config import DEFAULT_DURABILITY, UserConfig
-from rules import BACK, SILENCE, SUCCESS
-from webhooks import WebhookEvent
+from records import (
+    AlertHistory,
+    CheckOutcome,
+    Digest,
+    EmailEvent,
+    NewDigest,
+    QueuedEmail,
+    QueuedWebhook,
+    Signal,
+    StoreError,
+    StoreOpenError,
+    StoreUnavailableError,
+    UnknownUserError,
+    UserCounts,
+    UsersChange,
+    UserState,
+    WebhookEvent,
+    WebhookHistory,
+)
+from rules import BACK, SUCCESS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Signals (schema version 4): kinds of ping with their exit code, run duration and body; the users' runs,
@@ -391,57 +408,7 @@ _SIGNAL_TRIGGER_SQL = (
 )
 
 
-class StoreError(Exception):
-    """Base of the store's errors; the message is fit to show a person."""
-
-
-class StoreOpenError(StoreError):
-    """The database file cannot be used (not SQLite, read-only, newer schema, ...)."""
-
-
-class StoreUnavailableError(StoreError):
-    """SQLite refused a read or write for now (disk full, I/O error, locked too long)."""
-
-
-class UnknownUserError(StoreError):
-    """No such user: not configured (for pings) or never known (for history)."""
-
-
 _BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
-
-
-@dataclass(frozen=True, slots=True)
-class UserState:
-    """A user's configuration mirror and monitoring state, as the absence listener sees it."""
-
-    id: int
-    username: str
-    monitor: bool
-    max_sleep: float
-    email_frequency: float
-    monitored_since: float
-    last_ping: float | None
-    last_alert: float | None
-    due_at: float | None
-    max_runtime: float | None = None
-    notify_recovery: bool = True
-    run_started: float | None = None
-    last_duration: float | None = None
-    failed_at: float | None = None
-    fail_signal: int | None = None
-    last_alert_kind: str | None = None
-    down_since: float | None = None
-    back_at: float | None = None
-    last_signal: int | None = None
-    silence_from: float | None = None
-    snoozed_until: float | None = None
-    muted_outage: float | None = None
-    suppressed_kind: str | None = None
-    schedule: str | None = None
-    tz: str | None = None
-    grace: float | None = None
-    # The user it depends on, read in the same statement (its own parent is not read); None if none.
-    parent: "UserState | None" = None
 
 
 _USER_FIELDS = len(_USER_COLUMNS.split(", "))
@@ -451,193 +418,6 @@ def _user_and_parent(row: Sequence[Any]) -> UserState:
     """The UserState of a row of _USER_AND_PARENT: the user's columns, then its parent's (NULLs if none)."""
     user = UserState(*row[:_USER_FIELDS])
     return user if row[_USER_FIELDS] is None else dataclasses.replace(user, parent=UserState(*row[_USER_FIELDS:]))
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One recorded signal: its time, kind, exit code, the duration of the run it closed, and its body."""
-
-    at: float
-    kind: str
-    exit_code: int | None
-    duration: float | None
-    body: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class UserCounts:
-    """A configured user's deadline (when its first condition begins, as rules.condition says at the time
-    asked about, a snooze changing nothing; None if not monitored), last ping and counters.
-
-    The counters, pings and alerts recorded since the user was first configured, never go down:
-    retention deletes old pings and alerts, not what was counted.
-    """
-
-    username: str
-    condition_at: float | None
-    last_ping: float | None
-    pings: int
-    alerts: int
-    # A scheduled user's whole state: its deadline needs its schedule, which SQL cannot evaluate, so its
-    # condition_at above counts its silence from its last contact (rules.condition_at gives the real one).
-    scheduled: "UserState | None" = None
-
-
-@dataclass(frozen=True, slots=True)
-class UsersChange:
-    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
-
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    changed: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NewEmail:
-    """An alert email to queue for one recipient."""
-
-    recipient: str
-    subject: str
-    body: str
-    message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewWebhook:
-    """A webhook delivery to queue: the webhook's name, the event's id (its Idempotency-Key) and what it says."""
-
-    webhook: str
-    event_id: str
-    title: str
-    text: str
-    logs_url: str
-
-
-@dataclass(frozen=True, slots=True)
-class CheckOutcome:
-    """What the absence listener decided about one due user.
-
-    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition
-    `kind` (rules.SILENCE, FAILURE or RUN_TIMEOUT), through the user's channels. `next_due_at` is when to
-    look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
-    back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
-    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
-    or ends an outage. `suppressed`, if not None,
-    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
-    recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment its silence is
-    measured from, its schedule's next run after it), as rules.decide worked it out (Decision.next_run),
-    kept so that SQL can tell whether it is down when it is a parent.
-    """
-
-    user: UserState
-    next_due_at: float | None
-    emails: tuple[NewEmail, ...] = ()
-    kind: str = SILENCE
-    down_since: float | None = None
-    ends_outage: bool = False
-    recovery: tuple[NewEmail, ...] = ()
-    suppressed: tuple[str, float] | None = None
-    webhooks: tuple[NewWebhook, ...] = ()
-    recovery_webhooks: tuple[NewWebhook, ...] = ()
-    next_run: tuple[float, float | None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedEmail:
-    """An outbox row waiting to be sent, or a digest of several (mailer.digest builds those).
-
-    `username` and `kind` say whom and what it is about (rules.BACK for a recovery). `digest` is the
-    latest digest that carried it, if one did.
-    """
-
-    id: int
-    recipient: str
-    subject: str
-    body: str
-    message_id: str
-    queued_at: float
-    attempts: int
-    username: str = ""
-    kind: str = SILENCE
-    digest: "Digest | None" = None
-
-
-@dataclass(frozen=True, slots=True)
-class Digest:
-    """A digest as recorded: its id, Message-ID, when it was made (its Date) and how many emails it carried."""
-
-    id: int
-    message_id: str
-    created_at: float
-    emails: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewDigest:
-    """A digest about to be tried for the first time: the ids of the outbox rows it carries, its subject and
-    Message-ID (the drain's `now` is its Date)."""
-
-    email_ids: tuple[int, ...]
-    recipient: str
-    subject: str
-    message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedWebhook:
-    """A webhook_outbox row waiting to be delivered: its id, its webhook's name, its attempts so far and its event."""
-
-    id: int
-    webhook: str
-    attempts: int
-    event: WebhookEvent
-
-
-@dataclass(frozen=True, slots=True)
-class EmailEvent:
-    """An alert or recovery email as its history shows it: queued, sent or failed, and when.
-
-    `last_ping` is the user's last ping when the alert was decided (None: none since monitoring
-    began); `finished_at` is when it was sent or failed (None while queued); `kind` is what it is
-    about (rules.SILENCE, FAILURE, RUN_TIMEOUT or BACK).
-    """
-
-    id: int
-    username: str
-    recipient: str
-    status: str
-    attempts: int
-    last_ping: float | None
-    queued_at: float
-    finished_at: float | None
-    kind: str = SILENCE
-    # The latest digest that carried it, and that digest's subject; None if none did.
-    digest_id: int | None = None
-    digest_subject: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookHistory:
-    """A webhook delivery as its history shows it: the channel ("webhook:NAME"), queued, sent or failed, and when."""
-
-    id: int
-    username: str
-    channel: str
-    status: str
-    attempts: int
-    last_ping: float | None
-    queued_at: float
-    finished_at: float | None
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class AlertHistory:
-    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
-
-    at: float
-    last_ping: float | None
-    emails: tuple[EmailEvent, ...]
 
 
 class Store:
@@ -684,8 +464,7 @@ class Store:
             raise
 
     def close(self) -> None:
-        """Close every connection, then let go of the database's lock if this store holds it; waits for a
-        write in progress to finish first."""
+        """StoreContract.close."""
         with self._write_lock, self._connections_lock:
             for connection in self._connections:
                 connection.close()
@@ -701,45 +480,24 @@ class Store:
         self._synchronous = SYNCHRONOUS[durability]
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
-        """Make the configured users exactly `users` (username -> its config), and restart monitoring at `now`.
-
-        Users missing from `users` stop being monitored but keep their history. See
-        restart_monitoring for what a restart does.
-        """
+        """StoreContract.sync_users."""
         with self._write() as connection:
             _apply_users(connection, users, now)
             _restart_monitoring(connection, now)
 
     def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-        """Make the configured users exactly `users` without restarting anyone's monitoring, as a reload does.
-
-        A user added (or configured again) is monitored from `now`; a user removed stops being
-        monitored and keeps its history; a user whose monitor, max_sleep or email_frequency changed
-        gets its deadline moved at once (and, if its monitor was just turned on, is monitored from
-        `now`); every other user is left exactly as it was. Returns what changed.
-        """
+        """StoreContract.reload_users."""
         with self._write() as connection:
             return _apply_users(connection, users, now)
 
     def restart_monitoring(self, now: float) -> None:
-        """Monitor every configured user afresh from `now`, as a restart of the service does.
-
-        Each gets a full max_sleep (and an open run a full max_runtime) from `now` before it can be
-        late, so neither the service's downtime nor a jump of the wall clock counts against a device;
-        a failure or an alerted outage stays what it was. Times left in the future by a wall clock that
-        went back are made harmless: a last ping becomes the last success or fail recorded at or before
-        `now` (or none), the alert throttle counts from `now`, and a run's start, a failure or a
-        recovery waiting to be queued are moved back to `now`. Queued emails and webhook deliveries are
-        due at once, so fixing the SMTP setup (or a webhook) and restarting sends them without waiting
-        out their back-off.
-        """
+        """StoreContract.restart_monitoring."""
         with self._write() as connection:
             _restart_monitoring(connection, now)
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
-        """Restart monitoring at `now` (restart_monitoring) after this instance's wall clock jumped, unless other
-        instances run on the database, their clocks unmoved; return whether it restarted. One instance owns a
-        SQLite database: here it always restarts."""
+        """StoreContract.restart_monitoring_after_clock_jump: one instance owns a SQLite
+        database, so it always restarts."""
         self.restart_monitoring(now)
         return True
 
@@ -751,13 +509,7 @@ class Store:
         exit_code: int | None = None,
         body: str | None = None,
     ) -> None:
-        """Record a signal of `kind` (rules.SIGNAL_KINDS) from `username` at `now`: committed before
-        returning, or, inside ping_batch() on this thread, committed with the batch.
-
-        A plain ping is a success. `exit_code` is the one it reported, if any; `body` is kept as given
-        (the caller cuts it). Its effect on the user is what rules.py describes. Raises
-        UnknownUserError if the user is not configured.
-        """
+        """StoreContract.record_ping."""
         connection = self._connection()
         # One statement in autocommit mode: SQLite commits it, with what _SIGNAL_TRIGGER_SQL does,
         # before execute() returns. As one statement it releases the GIL once instead of at each
@@ -780,14 +532,7 @@ class Store:
 
     @contextmanager
     def ping_batch(self) -> Iterator[None]:
-        """Record the pings of this thread's record_ping() calls inside the block in one transaction.
-
-        The transaction commits when the block ends; until then no other thread can write. If it
-        cannot commit (or a ping's failure rolled it back), this raises StoreUnavailableError and
-        none of the block's pings is recorded: their callers must not have told anyone they were.
-        One commit for a poll round's pings instead of one each: under a burst that is most of a
-        ping's cost.
-        """
+        """StoreContract.ping_batch."""
         connection = self._connection()
         with self._write_lock, _storage_faults():
             connection.execute("BEGIN IMMEDIATE")
@@ -810,10 +555,7 @@ class Store:
                 raise
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
-        """Times of `username`'s pings with start <= time < end, ascending; only the first `limit` if given.
-
-        Raises UnknownUserError if the user was never configured.
-        """
+        """StoreContract.pings_between."""
         with self._read() as connection:
             user_id = self._user_id(connection, username)
             # LIMIT -1 is no limit.
@@ -821,7 +563,7 @@ class Store:
         return [at for (at,) in rows]
 
     def user(self, username: str) -> UserState:
-        """`username`'s state, configured or not; raises UnknownUserError if it was never configured."""
+        """StoreContract.user."""
         with self._read() as connection:
             row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
@@ -829,23 +571,20 @@ class Store:
         return UserState(*row)
 
     def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
-        """The user's last ping before `start` and its first ping at or after `end` (None where there is none)."""
+        """StoreContract.pings_around."""
         with self._read() as connection:
             before = connection.execute(PING_BEFORE_SQL, (user_id, start)).fetchone()[0]
             after = connection.execute(PING_FROM_SQL, (user_id, end)).fetchone()[0]
         return before, after
 
     def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails.
-
-        At most `limit` emails in all are read; an alert whose emails were cut off shows those read.
-        """
+        """StoreContract.alerts_between."""
         with self._read() as connection:
             rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
         return _alert_histories(user, rows)
 
     def newest_ping_id(self) -> int:
-        """The id of the newest ping recorded (0 if none): pings recorded later have greater ids."""
+        """StoreContract.newest_ping_id."""
         with self._read() as connection:
             newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
         return newest
@@ -853,46 +592,37 @@ class Store:
     def recent_pings(
         self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
     ) -> list[tuple[int, float, int]]:
-        """(user id, time, ping id) of the pings from `start` on with ids up to `upto_id` of the configured users
-        whose ids are in the range `user_ids` (first, last), by user, time then id: the first `limit` of them, or
-        with `after` (the last row of an earlier answer to the same question) the first `limit` after it."""
+        """StoreContract.recent_pings."""
         with self._read() as connection:
             return connection.execute(
                 RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
             ).fetchall()
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
-        """Each configured user's id in the range `user_ids` (first, last) -> the time of its last ping before
-        `start` (None if none)."""
+        """StoreContract.last_pings_before."""
         with self._read() as connection:
             parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
             return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
 
     def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """Every configured user's row, in username order: UserState(*row[:-1]) is its state, row[-1] its
-        parent's id (None if none). For a reader that keeps the states it made and compares rows."""
+        """StoreContract.configured_user_rows."""
         with self._read() as connection:
             return connection.execute(OVERVIEW_USERS_SQL).fetchall()
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
-        """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""
+        """StoreContract.pings_after_id."""
         with self._read() as connection:
             return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
 
     def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """(user id, time) of configured users' alerts decided at or after `start`, by user then time."""
+        """StoreContract.recent_alerts."""
         with self._read() as connection:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
     ) -> tuple[list[bytes], bool]:
-        """`username`'s signals with start <= time < end, ascending, each as `encode(signal)`, and whether there
-        were more.
-
-        Stops after `limit` signals, or before the one whose encoding would take the encodings' lengths past
-        `max_size` bytes in all. Raises UnknownUserError if the user was never configured.
-        """
+        """StoreContract.signals_between."""
         with self._read() as connection:
             user_id = self._user_id(connection, username)
             # Read lazily: the bound stops reading, not only the answer.
@@ -900,7 +630,7 @@ class Store:
             return _bounded_encodings(rows, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
-        """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
+        """StoreContract.signal."""
         with self._read() as connection:
             row = connection.execute(
                 "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = ?", (signal_id,)
@@ -910,32 +640,25 @@ class Store:
         return Signal(*row)
 
     def configured_users(self) -> list[UserState]:
-        """Every configured user's state with its parent's, in username order."""
+        """StoreContract.configured_users."""
         with self._read() as connection:
             rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
         return [_user_and_parent(row) for row in rows]
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
-        """The `limit` most recently queued alert emails, newest first."""
+        """StoreContract.recent_emails."""
         with self._read() as connection:
             rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
         return [EmailEvent(*row) for row in rows]
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
-        """Up to `limit` configured users whose due_at is before `now`, earliest first, each with its parent
-        as it is now (read in the same statement)."""
+        """StoreContract.due_users."""
         with self._read() as connection:
             rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
         return [_user_and_parent(row) for row in rows]
 
     def snooze(self, username: str, until: float, now: float) -> float:
-        """Snooze the configured user `username` until `until`, or, with `until` <= `now`, end its snooze at
-        `now` if it is snoozed (else change nothing); return when its snooze ends (`now` if it is not snoozed).
-
-        A snooze that begins during an alerted outage mutes it (muted_outage): rules.decide alerts it no
-        more. The deadline moves with the snooze, as rules.due_at says. Raises UnknownUserError if the user
-        is not configured.
-        """
+        """StoreContract.snooze."""
         with self._write() as connection:
             row = connection.execute(
                 "SELECT id, snoozed_until FROM users WHERE username = ? AND configured = 1", (username,)
@@ -957,13 +680,7 @@ class Store:
         return until
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
-        """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
-
-        Each outcome applies only if its user is still as it was read (its due_at and last signal are
-        unchanged: no signal came in meanwhile). An alert records its time and kind, its alerts row and
-        one outbox row per email and one webhook_outbox row per webhook; a recovery records its alerts
-        row (kind 'back'), its emails and its webhooks.
-        """
+        """StoreContract.save_check_outcomes."""
         alerts = 0
         emails: list[tuple[Any, ...]] = []
         webhooks: list[tuple[Any, ...]] = []
@@ -1040,22 +757,14 @@ class Store:
         return alerts
 
     def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """Up to `limit` queued emails whose next attempt is at or before `now`, oldest due first, each with
-        its user, kind and the digest that carried it last."""
+        """StoreContract.due_emails."""
         with self._read() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
         return [_queued_email(row) for row in rows]
 
     def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
-        """Before sending: set each email's next attempt from `retry_times` (email id -> epoch seconds), and
-        record each new digest (made at `now`) with the rows it carries; return the ids of the emails this
-        instance may send (here all of `retry_times`: one instance owns a SQLite database; pg_store's may
-        have lost some to another instance).
-
-        Committed before the SMTP conversation, so an email whose result cannot be recorded (the
-        service is killed, or the database refuses the write) is sent again only after this
-        back-off; and while the database refuses writes, nothing is sent at all.
-        """
+        """StoreContract.claim_emails: here all of `retry_times` may be sent, as one instance owns a
+        SQLite database."""
         with self._write() as connection:
             connection.executemany(
                 "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
@@ -1072,15 +781,15 @@ class Store:
         return set(retry_times)
 
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """Record that the SMTP server accepted the emails (one, or a digest's) at `now`; they leave the queue."""
+        """StoreContract.mark_sent."""
         self._finish_emails(email_ids, "sent", now, None)
 
     def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """Record a permanent rejection of the emails (one, or a digest's); they leave the queue as 'failed'."""
+        """StoreContract.mark_failed."""
         self._finish_emails(email_ids, "failed", now, error)
 
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """Record a failed attempt of the emails (one, or a digest's); they stay queued until `next_attempt_at`."""
+        """StoreContract.schedule_retry."""
         with self._write() as connection:
             connection.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
@@ -1097,18 +806,13 @@ class Store:
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
-        """Up to `limit` queued webhook deliveries whose next attempt is at or before `now`, oldest due first."""
+        """StoreContract.due_webhooks."""
         with self._read() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
         return [_queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
-        """Before posting: set each delivery's next attempt from `retry_times` (delivery id -> epoch seconds);
-        return the ids of the deliveries this instance may post (as claim_emails: here all of them).
-
-        As claim_emails: committed before the POST, so a delivery whose answer cannot be recorded is
-        tried again only after this back-off (or at the next start).
-        """
+        """StoreContract.claim_webhooks: here all of them, as claim_emails."""
         with self._write() as connection:
             connection.executemany(
                 "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
@@ -1117,7 +821,7 @@ class Store:
         return set(retry_times)
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """Record that the delivery left the queue at `now`: `status` 'sent' (answered 2xx) or 'failed' (for good)."""
+        """StoreContract.finish_webhook."""
         with self._write() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
@@ -1126,7 +830,7 @@ class Store:
             )
 
     def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """Record a failed attempt; the delivery stays queued until `next_attempt_at`."""
+        """StoreContract.retry_webhook."""
         with self._write() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
@@ -1135,32 +839,29 @@ class Store:
             )
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
-        """The `limit` most recently queued webhook deliveries, newest first."""
+        """StoreContract.recent_webhooks."""
         with self._read() as connection:
             rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
         return [_webhook_history(row) for row in rows]
 
     def user_counts(self, now: float) -> list[UserCounts]:
-        """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
-        no ping read."""
+        """StoreContract.user_counts."""
         with self._read() as connection:
             rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
             scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
         return _user_counts(rows, scheduled)
 
     def outbox_counts(self) -> dict[str, int]:
-        """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""
+        """StoreContract.outbox_counts."""
         with self._read() as connection:
             [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
             finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
         return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` pings older than `cutoff`; return how many were deleted.
-
-        Only the delete holds the write lock, for a batch of `limit` rows; the pings to delete are
-        found before, through pings_by_user_time. SQLite reuses the freed pages for new rows.
-        """
+        """StoreContract.delete_pings_before. Only the delete holds the write lock, for a batch of
+        `limit` rows; the pings to delete are found before, through pings_by_user_time. SQLite reuses the freed
+        pages for new rows."""
         with self._read() as connection:
             old = connection.execute(OLD_PINGS_SQL, (cutoff, limit)).fetchall()
         if not old:
@@ -1169,12 +870,7 @@ class Store:
             return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` sent or failed emails finished before `cutoff`, as many webhook deliveries,
-        and up to `limit` digests and `limit` alerts made before it that no email or delivery refers to any
-        more; return how many rows were deleted.
-
-        Queued emails and deliveries, and the alerts they belong to, are kept whatever their age.
-        """
+        """StoreContract.delete_history_before."""
         with self._write() as connection:
             emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
             hooks = connection.execute(DELETE_OLD_WEBHOOKS_SQL, (cutoff, limit)).rowcount
@@ -1194,19 +890,12 @@ class Store:
         return frames, copied
 
     def upkeep(self, now: float) -> None:
-        """What the store needs done every second while the service runs (the scheduler's store-upkeep loop):
-        here, a WAL checkpoint (checkpoint()). `now` is unused: the PostgreSQL store renews its lease with it."""
+        """StoreContract.upkeep: here a WAL checkpoint (checkpoint()); `now` is unused."""
         self.checkpoint()
 
     def check_writable(self, now: float) -> None:
-        """Return once a real write has committed: the health table's one row set to `now`, in a transaction
-        of its own. Raise StoreUnavailableError if it cannot commit, its message the reason (DATABASE_FULL
-        when there is no room for it), or if another process holds the database's write lock for longer
-        than HEALTH_TIMEOUT_MS.
-
-        This is what a ping needs: the write lock, then a commit. The write replaces one row, so checks
-        never make the database grow; and a health check waits less than a ping would for another process.
-        """
+        """StoreContract.check_writable, waiting at most HEALTH_TIMEOUT_MS for another process's
+        write lock."""
         connection = self._connection()
         connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
         try:

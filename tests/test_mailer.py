@@ -14,7 +14,7 @@ import outbound
 import rules
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
-from store import QueuedEmail, Signal, UserState
+from records import QueuedEmail, Signal, UserState
 from support import T0, TlsSmtpServer
 
 

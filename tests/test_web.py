@@ -15,7 +15,7 @@ import config
 import mailer
 import web
 from config import LiveSettings, parse_settings
-from store import CheckOutcome, NewEmail, Signal
+from records import CheckOutcome, NewEmail, Signal
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 
