@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,7 @@ from psycopg_pool import ConnectionPool
 from config import UserConfig
 from database import display_name, hide_password
 from records import (
-    AlertHistory,
     CheckOutcome,
-    EmailEvent,
     NewDigest,
     NewEmail,
     NewWebhook,
@@ -53,33 +51,25 @@ from records import (
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
-    UserCounts,
     UsersChange,
     UserState,
-    WebhookHistory,
 )
 from rules import BACK
-from store import (
-    _BATCH_ROLLED_BACK,
-    _SETTINGS_COLUMNS,
-    _USER_AND_PARENT,
-    _USER_COLUMNS,
-    BUSY_TIMEOUT_MS,
-    DATABASE_FULL,
-    FINISHED_COUNTS_SQL,
-    HEALTH_TIMEOUT_MS,
-    QUEUED_COUNT_SQL,
-    SCHEMA_VERSION,
-    _alert_histories,
-    _bounded_encodings,
-    _queued_email,
-    _queued_webhook,
-    _user_and_parent,
-    _user_counts,
-    _user_settings,
-    _webhook_history,
+from sql_store import (
+    POSTGRESQL,
+    SETTINGS_COLUMNS,
+    USER_AND_PARENT,
+    SqlStore,
+    Statements,
+    bounded_encodings,
+    queued_email,
+    queued_webhook,
     recent_pings_parameters,
+    refuse_nul,
+    user_and_parent,
+    user_settings,
 )
+from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS, SCHEMA_VERSION
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
 # How a database of an older schema version becomes the next (store.MIGRATIONS, for PostgreSQL): version -> the
@@ -230,7 +220,7 @@ def _claiming(table: str, due: str, order: str) -> str:
 # The listener's due users, claimed for this instance, each with its parent as it is now (store.DUE_USERS_SQL).
 DUE_USERS_SQL = (
     _claiming("users", "due_at < %(now)s", "due_at")
-    + f" SELECT {_USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    + f" SELECT {USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
     " ORDER BY child.due_at, child.id"
 )
 DUE_EMAILS_SQL = (
@@ -248,18 +238,6 @@ DUE_WEBHOOKS_SQL = (
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY claimed.next_attempt_at, claimed.id"
 )
-PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = %s AND at >= %s AND at < %s ORDER BY at, id LIMIT %s"
-SIGNALS_BETWEEN_SQL = (
-    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = %s AND at >= %s AND at < %s"
-    " ORDER BY at, id LIMIT %s"
-)
-# Usernames in code point order, as SQLite sorts them (not the database's collation).
-CONFIGURED_USERS_SQL = (
-    f"SELECT {_USER_AND_PARENT} FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
-    ' WHERE child.configured ORDER BY child.username COLLATE "C"'
-)
-# The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
-OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
 # recent_pings reads each user's pings on its own, along pings_by_user_time: PostgreSQL orders a join's rows
 # only by its outer table's index, so a join over a range of users (as store.RECENT_PINGS_SQL) would sort each
 # user's remaining pings whole for every page.
@@ -268,37 +246,7 @@ RECENT_USER_PINGS_SQL = (
     "SELECT at, id FROM pings WHERE user_id = %(user)s AND at >= %(after_at)s AND id <= %(upto)s"
     " AND (at > %(after_at)s OR id > %(after_id)s) ORDER BY at, id LIMIT %(limit)s"
 )
-PINGS_BEFORE_SQL = (
-    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
-    " WHERE configured AND id BETWEEN %(first)s AND %(last)s"
-)
-NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > %s ORDER BY id"
-RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured AND alerts.at >= %s ORDER BY users.id, alerts.at, alerts.id"
-)
-DAY_ALERTS_SQL = (
-    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
-    " outbox.queued_at, outbox.finished_at"
-    " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
-    " WHERE alerts.user_id = %s AND alerts.at >= %s AND alerts.at < %s"
-    " ORDER BY alerts.at, alerts.id, outbox.id LIMIT %s"
-)
-RECENT_EMAILS_SQL = (
-    "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
-    " outbox.queued_at, outbox.finished_at, alerts.kind, outbox.digest_id, digests.subject"
-    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " LEFT JOIN digests ON digests.id = outbox.digest_id"
-    " ORDER BY outbox.id DESC LIMIT %s"
-)
-RECENT_WEBHOOKS_SQL = (
-    "SELECT webhook_outbox.id, users.username, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
-    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
-    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " ORDER BY webhook_outbox.id DESC LIMIT %s"
-)
 USER_COUNTS_SQL = f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured"
-SCHEDULED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
 # Retention (store.OLD_PINGS_SQL and the deletes after it), each batch one statement.
 DELETE_OLD_PINGS_SQL = (
     "DELETE FROM pings WHERE id IN (SELECT pings.id FROM users JOIN pings ON pings.user_id = users.id"
@@ -395,9 +343,11 @@ SAVE_OUTCOMES_SQL = (
 )
 
 
-class PgStore:
+class PgStore(SqlStore):
     """Ping Listener's database on a PostgreSQL server, given by its URL; safe to use from any number of
     threads, and from several instances of the service at once (see the module's docstring)."""
+
+    _sql = Statements.build(POSTGRESQL, USER_COUNTS_SQL)
 
     def __init__(self, url: str) -> None:
         """Connect to the database at `url` (postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME), creating its
@@ -562,7 +512,7 @@ class PgStore:
     ) -> None:
         """StoreContract.record_ping: committed before returning, or with the batch inside ping_batch() on this
         thread. A ping outside a batch is a batch of one (it takes the write lock as a batch does)."""
-        _refuse_nul(username)
+        refuse_nul(username)
         batch = getattr(self._local, "batch", None)
         if batch is None:
             with self.ping_batch():
@@ -599,44 +549,6 @@ class PgStore:
                 raise StoreUnavailableError(_BATCH_ROLLED_BACK)
             connection.execute("COMMIT")
 
-    def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
-        """StoreContract.pings_between."""
-        with self._connection() as connection:
-            user_id = _user_id(connection, username)
-            rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit)).fetchall()
-        return [at for (at,) in rows]
-
-    def user(self, username: str) -> UserState:
-        """StoreContract.user."""
-        _refuse_nul(username)
-        with self._connection() as connection:
-            row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,)).fetchone()
-        if row is None:
-            raise UnknownUserError(f"unknown user {username}")
-        return UserState(*row)
-
-    def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
-        """StoreContract.pings_around."""
-        with self._connection() as connection:
-            row = connection.execute(
-                "SELECT (SELECT max(at) FROM pings WHERE user_id = %(user)s AND at < %(start)s),"
-                " (SELECT min(at) FROM pings WHERE user_id = %(user)s AND at >= %(end)s)",
-                {"user": user_id, "start": start, "end": end},
-            ).fetchone()
-        assert row is not None
-        return row[0], row[1]
-
-    def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """StoreContract.alerts_between."""
-        with self._connection() as connection:
-            rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
-        return _alert_histories(user, rows)
-
-    def newest_ping_id(self) -> int:
-        """StoreContract.newest_ping_id."""
-        with self._connection() as connection:
-            return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
-
     def recent_pings(
         self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
     ) -> list[tuple[int, float, int]]:
@@ -655,71 +567,28 @@ class PgStore:
                     break
         return rows
 
-    def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
-        """StoreContract.last_pings_before."""
-        parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
-        with self._connection() as connection:
-            return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
-
-    def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """StoreContract.configured_user_rows."""
-        with self._connection() as connection:
-            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
-
-    def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
-        """StoreContract.pings_after_id."""
-        with self._connection() as connection:
-            return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
-
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """StoreContract.recent_alerts."""
-        with self._connection() as connection:
-            return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
-
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
     ) -> tuple[list[bytes], bool]:
         """StoreContract.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
         bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
-            user_id = _user_id(connection, username)
+            user_id = self._user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
-                cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                return _bounded_encodings(cursor, limit, max_size, encode)
-
-    def signal(self, signal_id: int) -> Signal:
-        """StoreContract.signal."""
-        with self._connection() as connection:
-            row = connection.execute(
-                "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = %s", (signal_id,)
-            ).fetchone()
-        if row is None:
-            raise StoreError(f"no signal {signal_id}")
-        return Signal(*row)
-
-    def configured_users(self) -> list[UserState]:
-        """StoreContract.configured_users."""
-        with self._connection() as connection:
-            rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
-        return [_user_and_parent(row) for row in rows]
-
-    def recent_emails(self, limit: int) -> list[EmailEvent]:
-        """StoreContract.recent_emails."""
-        with self._connection() as connection:
-            rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
-        return [EmailEvent(*row) for row in rows]
+                cursor.execute(self._sql.signals_between, (user_id, start, end, limit + 1))
+                return bounded_encodings(cursor, limit, max_size, encode)
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
         """StoreContract.due_users, each user claimed for this instance (committed before returning): another
         instance is not handed it until save_check_outcomes ends the claim or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_user_and_parent(row) for row in rows]
+        return [user_and_parent(row) for row in rows]
 
     def snooze(self, username: str, until: float, now: float) -> float:
         """StoreContract.snooze."""
-        _refuse_nul(username)
+        refuse_nul(username)
         with self._transaction() as connection:
             row = connection.execute(
                 "SELECT id, snoozed_until FROM users WHERE username = %s AND configured FOR UPDATE", (username,)
@@ -824,7 +693,7 @@ class PgStore:
         result is recorded (mark_sent, mark_failed, schedule_retry) or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_queued_email(row) for row in rows]
+        return [queued_email(row) for row in rows]
 
     def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
         """StoreContract.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
@@ -852,14 +721,6 @@ class PgStore:
                 )
         return claimed
 
-    def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """StoreContract.mark_sent; ends the claim. Only emails still claimed by this instance are changed."""
-        self._finish_emails(email_ids, "sent", now, None)
-
-    def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """StoreContract.mark_failed; ends the claim, as mark_sent."""
-        self._finish_emails(email_ids, "failed", now, error)
-
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
         """StoreContract.schedule_retry; ends the claim, as mark_sent."""
         with self._connection() as connection:
@@ -882,7 +743,7 @@ class PgStore:
         """StoreContract.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
         with self._connection() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_queued_webhook(row) for row in rows]
+        return [queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
         """StoreContract.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
@@ -919,26 +780,6 @@ class PgStore:
                 (_text(error), next_attempt_at, delivery_id, self.instance_id),
             )
 
-    def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
-        """StoreContract.recent_webhooks."""
-        with self._connection() as connection:
-            rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
-        return [_webhook_history(row) for row in rows]
-
-    def user_counts(self, now: float) -> list[UserCounts]:
-        """StoreContract.user_counts."""
-        with self._connection() as connection:
-            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
-            scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
-        return _user_counts(rows, scheduled)
-
-    def outbox_counts(self) -> dict[str, int]:
-        """StoreContract.outbox_counts."""
-        with self._connection() as connection:
-            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
-            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
-        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
-
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
         """StoreContract.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
         with self._connection() as connection:
@@ -973,6 +814,9 @@ class PgStore:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._faults(), self._pool.connection() as connection:
             yield connection
+
+    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._connection()
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -1058,32 +902,18 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value.replace("\x00", "\ufffd")
 
 
-def _refuse_nul(username: str) -> None:
-    # PostgreSQL could not even look such a name up, and no configured username holds a control character.
-    if "\x00" in username:
-        raise UnknownUserError(f"unknown user {username}")
-
-
-def _user_id(connection: psycopg.Connection[Any], username: str) -> int:
-    _refuse_nul(username)
-    row = connection.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
-    if row is None:
-        raise UnknownUserError(f"unknown user {username}")
-    return int(row[0])
-
-
 def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserConfig], now: float) -> UsersChange:
     """store._apply_users."""
     configured = {
         name: tuple(row)
         for name, *row in connection.execute(
             "SELECT child.username, "
-            + ", ".join(f"child.{column}" for column in _SETTINGS_COLUMNS)
+            + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
             + ", parent.username FROM users AS child"
             " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured"
         )
     }
-    wanted = {name: _user_settings(user) for name, user in users.items()}
+    wanted = {name: user_settings(user) for name, user in users.items()}
     removed = [name for name in configured if name not in wanted]
     added = [name for name in wanted if name not in configured]
     changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
@@ -1091,9 +921,9 @@ def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserCo
         cursor.executemany(
             "UPDATE users SET configured = false, due_at = NULL WHERE username = %s", [(name,) for name in removed]
         )
-        columns = ", ".join(_SETTINGS_COLUMNS)
-        values = ", ".join(f"%({column})s" for column in _SETTINGS_COLUMNS)
-        updates = ", ".join(f"{column} = excluded.{column}" for column in _SETTINGS_COLUMNS)
+        columns = ", ".join(SETTINGS_COLUMNS)
+        values = ", ".join(f"%({column})s" for column in SETTINGS_COLUMNS)
+        updates = ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
         cursor.executemany(
             f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (%(name)s, true, {values},"
             f" %(now)s) ON CONFLICT (username) DO UPDATE SET configured = true, {updates}, monitored_since = %(now)s",
@@ -1102,7 +932,7 @@ def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserCo
         cursor.executemany(
             "UPDATE users SET monitored_since = CASE WHEN %(monitor)s AND NOT monitor THEN %(now)s"
             " ELSE monitored_since END, "
-            + ", ".join(f"{column} = %({column})s" for column in _SETTINGS_COLUMNS)
+            + ", ".join(f"{column} = %({column})s" for column in SETTINGS_COLUMNS)
             + " WHERE username = %(name)s",
             [_user_parameters(name, wanted[name], now) for name in changed],
         )
@@ -1118,7 +948,7 @@ def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserCo
 
 
 def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
-    return {**dict(zip(_SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
+    return {**dict(zip(SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
 
 
 def _restart_monitoring(connection: psycopg.Connection[Any], now: float) -> None:

@@ -6,7 +6,6 @@ locked", and the busy timeout covers other processes such as a person's `sqlite3
 All times are UTC epoch seconds, passed in by the caller: the store never reads a clock.
 """
 
-import dataclasses
 import errno
 import fcntl
 import os
@@ -20,25 +19,45 @@ from typing import Any
 
 from config import DEFAULT_DURABILITY, UserConfig
 from records import (
-    AlertHistory,
     CheckOutcome,
-    Digest,
-    EmailEvent,
     NewDigest,
     QueuedEmail,
     QueuedWebhook,
     Signal,
-    StoreError,
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
-    UserCounts,
     UsersChange,
     UserState,
-    WebhookEvent,
-    WebhookHistory,
 )
 from rules import BACK, SUCCESS
+from sql_store import (
+    DAY_ALERTS_SQL as DAY_ALERTS_SQL,
+    FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
+    NEW_PINGS_SQL as NEW_PINGS_SQL,
+    PING_BEFORE_SQL as PING_BEFORE_SQL,
+    PING_FROM_SQL as PING_FROM_SQL,
+    PINGS_BEFORE_SQL as PINGS_BEFORE_SQL,
+    PINGS_BETWEEN_SQL as PINGS_BETWEEN_SQL,
+    QUEUED_COUNT_SQL as QUEUED_COUNT_SQL,
+    RECENT_ALERTS_SQL as RECENT_ALERTS_SQL,
+    RECENT_EMAILS_SQL as RECENT_EMAILS_SQL,
+    RECENT_WEBHOOKS_SQL as RECENT_WEBHOOKS_SQL,
+    SCHEDULED_USERS_SQL as SCHEDULED_USERS_SQL,
+    SETTINGS_COLUMNS,
+    SIGNALS_BETWEEN_SQL as SIGNALS_BETWEEN_SQL,
+    SQLITE,
+    USER_AND_PARENT,
+    WITH_PARENT,
+    SqlStore,
+    Statements,
+    bounded_encodings,
+    queued_email,
+    queued_webhook,
+    recent_pings_parameters,
+    user_and_parent,
+    user_settings,
+)
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Signals (schema version 4): kinds of ping with their exit code, run duration and body; the users' runs,
@@ -239,22 +258,9 @@ _CONDITION_AT = (
     " {late}), {late}) END"
 ).format(late=f"max(coalesce(last_ping, {_RESTARTED_NOW}), {_RESTARTED_NOW}) + max_sleep", restarted=_RESTARTED_NOW)
 
-# A user as UserState holds it, in its field order.
-_USER_COLUMNS = (
-    "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
-    " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
-    " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
-    " grace"
-)
-# A user and, in the same row, the user it depends on (NULLs if none): read together, so that the
-# listener decides about a child from its parent's state at the same moment.
-_USER_AND_PARENT = ", ".join(
-    [f"child.{column}" for column in _USER_COLUMNS.split(", ")] + [f"parent.{c}" for c in _USER_COLUMNS.split(", ")]
-)
-_WITH_PARENT = "users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
 # `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
-DUE_USERS_SQL = f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.due_at < ? ORDER BY child.due_at LIMIT ?"
+DUE_USERS_SQL = f"SELECT {USER_AND_PARENT} FROM {WITH_PARENT} WHERE child.due_at < ? ORDER BY child.due_at LIMIT ?"
 # Each due email with what a digest needs: its user and kind, and the digest that carried it last.
 DUE_EMAILS_SQL = (
     "SELECT outbox.id, outbox.recipient, outbox.subject, outbox.body, outbox.message_id, outbox.queued_at,"
@@ -272,23 +278,10 @@ DUE_WEBHOOKS_SQL = (
     " WHERE webhook_outbox.status = 'queued' AND webhook_outbox.next_attempt_at <= ?"
     " ORDER BY webhook_outbox.next_attempt_at LIMIT ?"
 )
-PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
-SIGNALS_BETWEEN_SQL = (
-    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT ?"
-)
-# The testing page's queries, run about once a second while it is open. Every configured user is
-# read in username order through the UNIQUE index (no sort); the newest emails are read backwards
-# along the outbox's primary key and joined through primary keys, so LIMIT bounds the work.
-CONFIGURED_USERS_SQL = (
-    f"SELECT {_USER_AND_PARENT} FROM {_WITH_PARENT} WHERE child.configured = 1 ORDER BY child.username"
-)
-# The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
-# (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
-# primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
-# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time), each chunk in pages
-# that go on after the last row of the previous page (`first` is that row's user, the seek into its pings
-# begins at its time, and only pings of that time with greater ids are taken).
-OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
+# The overview's last 24 hours of pings, read once after a start, in chunks of users (a range of users' primary
+# key, per-user seeks of pings_by_user_time), each chunk in pages that go on after the last row of the previous
+# page (`first` is that row's user, the seek into its pings begins at its time, and only pings of that time with
+# greater ids are taken).
 RECENT_PINGS_SQL = (
     "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
     " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.id <= :upto"
@@ -296,45 +289,15 @@ RECENT_PINGS_SQL = (
     " AND (users.id > :first OR pings.at > :after_at OR pings.id > :after_id)"
     " ORDER BY users.id, pings.at, pings.id LIMIT :limit"
 )
-PINGS_BEFORE_SQL = (
-    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < :start) FROM users"
-    " WHERE configured = 1 AND id BETWEEN :first AND :last"
-)
-NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
-RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured = 1 AND alerts.at >= ? ORDER BY users.id, alerts.at"
-)
-# One user's day for the overview's day view: the pings around it and its alerts with their emails.
-PING_BEFORE_SQL = "SELECT max(at) FROM pings WHERE user_id = ? AND at < ?"
-PING_FROM_SQL = "SELECT min(at) FROM pings WHERE user_id = ? AND at >= ?"
-DAY_ALERTS_SQL = (
-    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
-    " outbox.queued_at, outbox.finished_at"
-    " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
-    " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
-)
-RECENT_EMAILS_SQL = (
-    "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
-    " outbox.queued_at, outbox.finished_at, alerts.kind, outbox.digest_id, digests.subject"
-    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " LEFT JOIN digests ON digests.id = outbox.digest_id"
-    " ORDER BY outbox.id DESC LIMIT ?"
-)
-RECENT_WEBHOOKS_SQL = (
-    "SELECT webhook_outbox.id, users.username, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
-    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
-    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " ORDER BY webhook_outbox.id DESC LIMIT ?"
-)
 # A metrics scrape: one row per configured user (its counters are kept by the ping trigger and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
 USER_COUNTS_SQL = (
     f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured = 1"
 )
-SCHEDULED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured = 1 AND schedule IS NOT NULL"
-QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
-FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
+# The statements SqlStore's methods run on SQLite; the users in username order as SQLite reads them.
+_SQL = Statements.build(SQLITE, USER_COUNTS_SQL)
+CONFIGURED_USERS_SQL = _SQL.configured_users
+OVERVIEW_USERS_SQL = _SQL.overview_users
 # Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
 # batch costs its size plus one index seek per user, never a scan of the pings); finished emails and
 # webhook deliveries along outbox_finished and webhook_outbox_finished; alerts along alerts_by_time, once
@@ -411,17 +374,10 @@ _SIGNAL_TRIGGER_SQL = (
 _BATCH_ROLLED_BACK = "storage unavailable: a batch of pings was rolled back"
 
 
-_USER_FIELDS = len(_USER_COLUMNS.split(", "))
-
-
-def _user_and_parent(row: Sequence[Any]) -> UserState:
-    """The UserState of a row of _USER_AND_PARENT: the user's columns, then its parent's (NULLs if none)."""
-    user = UserState(*row[:_USER_FIELDS])
-    return user if row[_USER_FIELDS] is None else dataclasses.replace(user, parent=UserState(*row[_USER_FIELDS:]))
-
-
-class Store:
+class Store(SqlStore):
     """Ping Listener's database at one path; safe to use from any number of threads."""
+
+    _sql = _SQL
 
     def __init__(
         self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY, exclusive: bool = False
@@ -554,41 +510,6 @@ class Store:
                     connection.execute("ROLLBACK")
                 raise
 
-    def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
-        """StoreContract.pings_between."""
-        with self._read() as connection:
-            user_id = self._user_id(connection, username)
-            # LIMIT -1 is no limit.
-            rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit or -1)).fetchall()
-        return [at for (at,) in rows]
-
-    def user(self, username: str) -> UserState:
-        """StoreContract.user."""
-        with self._read() as connection:
-            row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
-        if row is None:
-            raise UnknownUserError(f"unknown user {username}")
-        return UserState(*row)
-
-    def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
-        """StoreContract.pings_around."""
-        with self._read() as connection:
-            before = connection.execute(PING_BEFORE_SQL, (user_id, start)).fetchone()[0]
-            after = connection.execute(PING_FROM_SQL, (user_id, end)).fetchone()[0]
-        return before, after
-
-    def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """StoreContract.alerts_between."""
-        with self._read() as connection:
-            rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
-        return _alert_histories(user, rows)
-
-    def newest_ping_id(self) -> int:
-        """StoreContract.newest_ping_id."""
-        with self._read() as connection:
-            newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
-        return newest
-
     def recent_pings(
         self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
     ) -> list[tuple[int, float, int]]:
@@ -598,27 +519,6 @@ class Store:
                 RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
             ).fetchall()
 
-    def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
-        """StoreContract.last_pings_before."""
-        with self._read() as connection:
-            parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
-            return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
-
-    def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """StoreContract.configured_user_rows."""
-        with self._read() as connection:
-            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
-
-    def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
-        """StoreContract.pings_after_id."""
-        with self._read() as connection:
-            return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
-
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """StoreContract.recent_alerts."""
-        with self._read() as connection:
-            return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
-
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
     ) -> tuple[list[bytes], bool]:
@@ -626,36 +526,14 @@ class Store:
         with self._read() as connection:
             user_id = self._user_id(connection, username)
             # Read lazily: the bound stops reading, not only the answer.
-            rows = connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-            return _bounded_encodings(rows, limit, max_size, encode)
-
-    def signal(self, signal_id: int) -> Signal:
-        """StoreContract.signal."""
-        with self._read() as connection:
-            row = connection.execute(
-                "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = ?", (signal_id,)
-            ).fetchone()
-        if row is None:
-            raise StoreError(f"no signal {signal_id}")
-        return Signal(*row)
-
-    def configured_users(self) -> list[UserState]:
-        """StoreContract.configured_users."""
-        with self._read() as connection:
-            rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
-        return [_user_and_parent(row) for row in rows]
-
-    def recent_emails(self, limit: int) -> list[EmailEvent]:
-        """StoreContract.recent_emails."""
-        with self._read() as connection:
-            rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
-        return [EmailEvent(*row) for row in rows]
+            rows = connection.execute(self._sql.signals_between, (user_id, start, end, limit + 1))
+            return bounded_encodings(rows, limit, max_size, encode)
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
         """StoreContract.due_users."""
         with self._read() as connection:
             rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
-        return [_user_and_parent(row) for row in rows]
+        return [user_and_parent(row) for row in rows]
 
     def snooze(self, username: str, until: float, now: float) -> float:
         """StoreContract.snooze."""
@@ -760,7 +638,7 @@ class Store:
         """StoreContract.due_emails."""
         with self._read() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
-        return [_queued_email(row) for row in rows]
+        return [queued_email(row) for row in rows]
 
     def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
         """StoreContract.claim_emails: here all of `retry_times` may be sent, as one instance owns a
@@ -779,14 +657,6 @@ class Store:
                     "UPDATE outbox SET digest_id = ? WHERE id = ?", [(digest_id, i) for i in digest.email_ids]
                 )
         return set(retry_times)
-
-    def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """StoreContract.mark_sent."""
-        self._finish_emails(email_ids, "sent", now, None)
-
-    def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """StoreContract.mark_failed."""
-        self._finish_emails(email_ids, "failed", now, error)
 
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
         """StoreContract.schedule_retry."""
@@ -809,7 +679,7 @@ class Store:
         """StoreContract.due_webhooks."""
         with self._read() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
-        return [_queued_webhook(row) for row in rows]
+        return [queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
         """StoreContract.claim_webhooks: here all of them, as claim_emails."""
@@ -837,26 +707,6 @@ class Store:
                 " WHERE id = ? AND status = 'queued'",
                 (error, next_attempt_at, delivery_id),
             )
-
-    def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
-        """StoreContract.recent_webhooks."""
-        with self._read() as connection:
-            rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
-        return [_webhook_history(row) for row in rows]
-
-    def user_counts(self, now: float) -> list[UserCounts]:
-        """StoreContract.user_counts."""
-        with self._read() as connection:
-            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
-            scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
-        return _user_counts(rows, scheduled)
-
-    def outbox_counts(self) -> dict[str, int]:
-        """StoreContract.outbox_counts."""
-        with self._read() as connection:
-            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
-            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
-        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
         """StoreContract.delete_pings_before. Only the delete holds the write lock, for a batch of
@@ -930,13 +780,6 @@ class Store:
         A seam for fault injection: a subclass can set what SQLite keeps per connection, such as
         PRAGMA max_page_count to make the disk look full (tests/support.py: SmallDiskStore).
         """
-
-    @staticmethod
-    def _user_id(connection: sqlite3.Connection, username: str) -> int:
-        row = connection.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
-        if row is None:
-            raise UnknownUserError(f"unknown user {username}")
-        return int(row[0])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -1013,112 +856,27 @@ class Store:
                 raise
 
 
-def _queued_email(row: Sequence[Any]) -> QueuedEmail:
-    """The QueuedEmail of a row of DUE_EMAILS_SQL."""
-    email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind = row[:9]
-    digest = None if row[9] is None else Digest(*row[9:])
-    return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
-
-
-def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[AlertHistory]:
-    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order."""
-    alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
-    for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
-        emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
-        if email_id is not None:
-            emails.append(
-                EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
-            )
-    return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
-
-
-def recent_pings_parameters(
-    start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
-) -> dict[str, Any]:
-    """RECENT_PINGS_SQL's parameters for Store.recent_pings's arguments (either store's)."""
-    first, after_at, after_id = (user_ids[0], start, 0) if after is None else after
-    return {
-        "start": start,
-        "upto": upto_id,
-        "first": first,
-        "last": user_ids[1],
-        "after_at": after_at,
-        "after_id": after_id,
-        "limit": limit,
-    }
-
-
-def _bounded_encodings(
-    rows: Iterable[Sequence[Any]], limit: int, max_size: int, encode: Callable[[Signal], bytes]
-) -> tuple[list[bytes], bool]:
-    """The signals of SIGNALS_BETWEEN_SQL's `rows`, each as `encode(signal)`, read only until there are `limit`
-    of them or the next would take their lengths past `max_size` in all, and whether there were more."""
-    encodings: list[bytes] = []
-    size = 0
-    for row in rows:
-        if len(encodings) == limit:
-            return encodings, True
-        encoding = encode(Signal(*row))
-        size += len(encoding)
-        if size > max_size:
-            return encodings, True
-        encodings.append(encoding)
-    return encodings, False
-
-
-def _user_counts(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:
-    """USER_COUNTS_SQL's rows as UserCounts, each with its UserState in `scheduled` (username -> state) if any."""
-    return [
-        UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
-        for name, at, last_ping, pings, alerts in rows
-    ]
-
-
-def _queued_webhook(row: Sequence[Any]) -> QueuedWebhook:
-    """The QueuedWebhook of a row of DUE_WEBHOOKS_SQL."""
-    return QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:]))
-
-
-def _webhook_history(row: Sequence[Any]) -> WebhookHistory:
-    """The WebhookHistory of a row of RECENT_WEBHOOKS_SQL."""
-    return WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:])
-
-
-# The settings a users row mirrors (depends_on aside, kept as parent_id), as columns and as _user_settings
-# gives them.
-_SETTINGS_COLUMNS = (
-    "monitor",
-    "max_sleep",
-    "email_frequency",
-    "max_runtime",
-    "notify_recovery",
-    "schedule",
-    "tz",
-    "grace",
-)
-
-
 def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig], now: float) -> UsersChange:
     """Make the configured users exactly `users`, touching only those added, removed or changed (see reload_users)."""
     configured = {
         name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
         for name, *row in connection.execute(
             "SELECT child.username, "
-            + ", ".join(f"child.{column}" for column in _SETTINGS_COLUMNS)
+            + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
             + ", parent.username FROM users AS child"
             " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured = 1"
         )
     }
-    wanted = {name: _user_settings(user) for name, user in users.items()}
+    wanted = {name: user_settings(user) for name, user in users.items()}
     removed = [name for name in configured if name not in wanted]
     added = [name for name in wanted if name not in configured]
     changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
     connection.executemany(
         "UPDATE users SET configured = 0, due_at = NULL WHERE username = ?", [(name,) for name in removed]
     )
-    columns = ", ".join(_SETTINGS_COLUMNS)
-    values = ", ".join(f":{column}" for column in _SETTINGS_COLUMNS)
-    updates = ", ".join(f"{column} = excluded.{column}" for column in _SETTINGS_COLUMNS)
+    columns = ", ".join(SETTINGS_COLUMNS)
+    values = ", ".join(f":{column}" for column in SETTINGS_COLUMNS)
+    updates = ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
     connection.executemany(
         f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (:name, 1, {values}, :now)"
         f" ON CONFLICT (username) DO UPDATE SET configured = 1, {updates}, monitored_since = :now",
@@ -1127,7 +885,7 @@ def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig]
     # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
     connection.executemany(
         "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
-        + ", ".join(f"{column} = :{column}" for column in _SETTINGS_COLUMNS)
+        + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
         + " WHERE username = :name",
         [_user_parameters(name, wanted[name], now) for name in changed],
     )
@@ -1142,24 +900,8 @@ def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig]
     return UsersChange(tuple(added), tuple(removed), tuple(changed))
 
 
-def _user_settings(user: UserConfig) -> tuple[Any, ...]:
-    """`user`'s settings as its row holds them, in _SETTINGS_COLUMNS order (a scheduled user's max_sleep is 0),
-    then its depends_on."""
-    return (
-        user.monitor,
-        user.max_sleep or 0.0,
-        user.email_frequency,
-        user.max_runtime,
-        user.notify_recovery,
-        user.schedule,
-        user.tz,
-        user.grace,
-        user.depends_on,
-    )
-
-
 def _user_parameters(name, settings, now):
-    parameters = dict(zip(_SETTINGS_COLUMNS, settings, strict=False))
+    parameters = dict(zip(SETTINGS_COLUMNS, settings, strict=False))
     return {**parameters, "monitor": int(settings[0]), "notify_recovery": int(settings[4]), "name": name, "now": now}
 
 

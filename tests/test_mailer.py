@@ -5,8 +5,7 @@ import ssl
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import config
 import mailer

@@ -8,8 +8,7 @@ import time
 import prometheus_client.parser
 import pytest
 import webtest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import config
 import mailer
