@@ -51,13 +51,11 @@ from records import (
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
-    UsersChange,
     UserState,
 )
 from rules import BACK
 from sql_store import (
     POSTGRESQL,
-    SETTINGS_COLUMNS,
     USER_AND_PARENT,
     SqlStore,
     Statements,
@@ -67,7 +65,6 @@ from sql_store import (
     recent_pings_parameters,
     refuse_nul,
     user_and_parent,
-    user_settings,
 )
 from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS, SCHEMA_VERSION
 
@@ -347,7 +344,14 @@ class PgStore(SqlStore):
     """Ping Listener's database on a PostgreSQL server, given by its URL; safe to use from any number of
     threads, and from several instances of the service at once (see the module's docstring)."""
 
-    _sql = Statements.build(POSTGRESQL, USER_COUNTS_SQL)
+    # A restart's requeue skips rows another instance is claiming or sending now: it deals with them.
+    _sql = Statements.build(
+        POSTGRESQL,
+        USER_COUNTS_SQL,
+        _DUE_AT,
+        "UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
+        " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
+    )
 
     def __init__(self, url: str) -> None:
         """Connect to the database at `url` (postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME), creating its
@@ -419,21 +423,11 @@ class PgStore(SqlStore):
             ).fetchone()
             connection.execute(RENEW_LEASE_SQL, parameters)
             connection.execute("UPDATE instances SET started_at = %(now)s WHERE id = %(me)s", parameters)
-            _apply_users(connection, users, now)
+            self._apply_users(connection, users, now)
             alone = others is not None and others[0] == 0
             if alone:
-                _restart_monitoring(connection, now)
+                self._restart_monitoring(connection, now)
         self.started_alone = alone
-
-    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-        """StoreContract.reload_users."""
-        with self._write() as connection:
-            return _apply_users(connection, users, now)
-
-    def restart_monitoring(self, now: float) -> None:
-        """StoreContract.restart_monitoring, for every instance's users."""
-        with self._write() as connection:
-            _restart_monitoring(connection, now)
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
         """StoreContract.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
@@ -451,7 +445,7 @@ class PgStore(SqlStore):
             ).fetchone()
             if others != (0,):
                 return False
-            _restart_monitoring(connection, now)
+            self._restart_monitoring(connection, now)
             return True
 
     def upkeep(self, now: float) -> None:
@@ -900,81 +894,3 @@ def _text(value: str | None) -> str | None:
     """`value` as PostgreSQL can keep it: its text cannot hold the character NUL, which becomes U+FFFD (as bytes
     that are not UTF-8 do when a body is decoded). Bodies and error messages come from outside."""
     return None if value is None else value.replace("\x00", "\ufffd")
-
-
-def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserConfig], now: float) -> UsersChange:
-    """store._apply_users."""
-    configured = {
-        name: tuple(row)
-        for name, *row in connection.execute(
-            "SELECT child.username, "
-            + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
-            + ", parent.username FROM users AS child"
-            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured"
-        )
-    }
-    wanted = {name: user_settings(user) for name, user in users.items()}
-    removed = [name for name in configured if name not in wanted]
-    added = [name for name in wanted if name not in configured]
-    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "UPDATE users SET configured = false, due_at = NULL WHERE username = %s", [(name,) for name in removed]
-        )
-        columns = ", ".join(SETTINGS_COLUMNS)
-        values = ", ".join(f"%({column})s" for column in SETTINGS_COLUMNS)
-        updates = ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-        cursor.executemany(
-            f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (%(name)s, true, {values},"
-            f" %(now)s) ON CONFLICT (username) DO UPDATE SET configured = true, {updates}, monitored_since = %(now)s",
-            [_user_parameters(name, wanted[name], now) for name in added],
-        )
-        cursor.executemany(
-            "UPDATE users SET monitored_since = CASE WHEN %(monitor)s AND NOT monitor THEN %(now)s"
-            " ELSE monitored_since END, "
-            + ", ".join(f"{column} = %({column})s" for column in SETTINGS_COLUMNS)
-            + " WHERE username = %(name)s",
-            [_user_parameters(name, wanted[name], now) for name in changed],
-        )
-        cursor.executemany(
-            "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = %s)"
-            " WHERE username = %s",
-            [(users[name].depends_on, name) for name in added + changed],
-        )
-        cursor.executemany(
-            f"UPDATE users SET due_at = {_DUE_AT} WHERE username = %s", [(name,) for name in added + changed]
-        )
-    return UsersChange(tuple(added), tuple(removed), tuple(changed))
-
-
-def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
-    return {**dict(zip(SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
-
-
-def _restart_monitoring(connection: psycopg.Connection[Any], now: float) -> None:
-    """store._restart_monitoring."""
-    parameters = {"now": now}
-    connection.execute(
-        "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= %(now)s"
-        " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1) WHERE last_ping > %(now)s",
-        parameters,
-    )
-    connection.execute("UPDATE users SET last_alert = %(now)s WHERE last_alert > %(now)s", parameters)
-    connection.execute(
-        "UPDATE users SET "
-        + ", ".join(
-            f"{column} = CASE WHEN {column} > %(now)s THEN %(now)s ELSE {column} END"
-            for column in ("run_started", "failed_at", "back_at")
-        )
-        + " WHERE run_started > %(now)s OR failed_at > %(now)s OR back_at > %(now)s",
-        parameters,
-    )
-    connection.execute("UPDATE users SET monitored_since = %(now)s WHERE configured", parameters)
-    connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured")
-    # Rows another instance is claiming or sending now are skipped: it deals with them.
-    for queue in ("outbox", "webhook_outbox"):
-        connection.execute(
-            f"UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
-            " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
-            parameters,
-        )

@@ -9,7 +9,7 @@ text is not the same) stays in store.py and pg_store.py.
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from records import (
     StoreError,
     UnknownUserError,
     UserCounts,
+    UsersChange,
     UserState,
     WebhookEvent,
     WebhookHistory,
@@ -239,6 +240,50 @@ SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND sc
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 
+# Configuring users (SqlStore._apply_users). DUE_AT stands for the database's rules.due_at in SQL.
+_COLUMNS = ", ".join(SETTINGS_COLUMNS)
+CONFIGURED_SETTINGS_SQL = (
+    "SELECT child.username, "
+    + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
+    + ", parent.username FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    " WHERE child.configured"
+)
+REMOVE_USER_SQL = "UPDATE users SET configured = FALSE, due_at = NULL WHERE username = ?"
+ADD_USER_SQL = (
+    f"INSERT INTO users (username, configured, {_COLUMNS}, monitored_since)"
+    f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
+    " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
+    + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
+    + ", monitored_since = :now"
+)
+# Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
+CHANGE_USER_SQL = (
+    "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
+    + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
+    + " WHERE username = :name"
+)
+SET_PARENT_SQL = (
+    "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?"
+)
+USER_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE username = ?"
+# Restarting monitoring (SqlStore._restart_monitoring). Walks the user's signals backwards from `now` to the
+# latest contact: no scan of its whole history.
+RESTART_LAST_PING_SQL = (
+    "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= :now"
+    " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1) WHERE last_ping > :now"
+)
+RESTART_LAST_ALERT_SQL = "UPDATE users SET last_alert = :now WHERE last_alert > :now"
+RESTART_FUTURE_SQL = (
+    "UPDATE users SET "
+    + ", ".join(
+        f"{column} = CASE WHEN {column} > :now THEN :now ELSE {column} END"
+        for column in ("run_started", "failed_at", "back_at")
+    )
+    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now"
+)
+RESTART_MONITORED_SINCE_SQL = "UPDATE users SET monitored_since = :now WHERE configured"
+RESTART_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE configured"
+
 
 @dataclass(frozen=True, slots=True)
 class Statements:
@@ -265,11 +310,23 @@ class Statements:
     scheduled_users: str
     queued_count: str
     finished_counts: str
+    configured_settings: str
+    remove_user: str
+    add_user: str
+    change_user: str
+    set_parent: str
+    user_due_at: str
+    restart: tuple[str, ...]
 
     @classmethod
-    def build(cls, dialect: Dialect, user_counts: str) -> "Statements":
-        """The shared statements in `dialect`, with the database's own `user_counts` (rules.condition_at in its SQL)."""
-        s = dialect.sql
+    def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
+        """The shared statements in `dialect`, with the database's own: `user_counts` (rules.condition_at in its
+        SQL), `due_at` (rules.due_at in its SQL) and `requeue` (a restart's: each queued row of the table
+        {queue} due at once)."""
+
+        def s(text: str) -> str:
+            return dialect.sql(text).replace("DUE_AT", due_at)
+
         return cls(
             dialect=dialect,
             user=s(USER_SQL),
@@ -292,6 +349,17 @@ class Statements:
             scheduled_users=s(SCHEDULED_USERS_SQL),
             queued_count=s(QUEUED_COUNT_SQL),
             finished_counts=s(FINISHED_COUNTS_SQL),
+            configured_settings=s(CONFIGURED_SETTINGS_SQL),
+            remove_user=s(REMOVE_USER_SQL),
+            add_user=s(ADD_USER_SQL),
+            change_user=s(CHANGE_USER_SQL),
+            set_parent=s(SET_PARENT_SQL),
+            user_due_at=s(USER_DUE_AT_SQL),
+            # Two statements for the dates: within one UPDATE, due_at would be computed from the old
+            # monitored_since.
+            restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
+            + (s(RESTART_MONITORED_SINCE_SQL), s(RESTART_DUE_AT_SQL))
+            + tuple(requeue.format(queue=queue) for queue in ("outbox", "webhook_outbox")),
         )
 
 
@@ -317,6 +385,16 @@ class SqlStore:
 
     def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
         raise NotImplementedError
+
+    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+        """StoreContract.reload_users."""
+        with self._write() as connection:
+            return self._apply_users(connection, users, now)
+
+    def restart_monitoring(self, now: float) -> None:
+        """StoreContract.restart_monitoring."""
+        with self._write() as connection:
+            self._restart_monitoring(connection, now)
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
         """StoreContract.pings_between."""
@@ -429,3 +507,33 @@ class SqlStore:
         if row is None:
             raise UnknownUserError(f"unknown user {username}")
         return int(row[0])
+
+    def _apply_users(self, connection: Any, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+        """Make the configured users exactly `users` in the transaction of `connection`, touching only those
+        added, removed or changed (see StoreContract.reload_users)."""
+        configured = {
+            name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
+            for name, *row in connection.execute(self._sql.configured_settings).fetchall()
+        }
+        wanted = {name: user_settings(user) for name, user in users.items()}
+        removed = [name for name in configured if name not in wanted]
+        added = [name for name in wanted if name not in configured]
+        changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+        with closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.remove_user, [(name,) for name in removed])
+            cursor.executemany(self._sql.add_user, [_user_parameters(name, wanted[name], now) for name in added])
+            cursor.executemany(self._sql.change_user, [_user_parameters(name, wanted[name], now) for name in changed])
+            # Once every user is in: a parent may be added with its children.
+            cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in added + changed])
+            cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
+        return UsersChange(tuple(added), tuple(removed), tuple(changed))
+
+    def _restart_monitoring(self, connection: Any, now: float) -> None:
+        """StoreContract.restart_monitoring in the transaction of `connection`."""
+        for statement in self._sql.restart:
+            connection.execute(statement, {"now": now})
+
+
+def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
+    """The parameters of ADD_USER_SQL and CHANGE_USER_SQL for the user `name` with `settings` (user_settings)."""
+    return {**dict(zip(SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}

@@ -27,7 +27,7 @@ from records import (
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
-    UsersChange,
+    UsersChange as UsersChange,
     UserState,
 )
 from rules import BACK, SUCCESS
@@ -44,7 +44,6 @@ from sql_store import (
     RECENT_EMAILS_SQL as RECENT_EMAILS_SQL,
     RECENT_WEBHOOKS_SQL as RECENT_WEBHOOKS_SQL,
     SCHEDULED_USERS_SQL as SCHEDULED_USERS_SQL,
-    SETTINGS_COLUMNS,
     SIGNALS_BETWEEN_SQL as SIGNALS_BETWEEN_SQL,
     SQLITE,
     USER_AND_PARENT,
@@ -56,7 +55,6 @@ from sql_store import (
     queued_webhook,
     recent_pings_parameters,
     user_and_parent,
-    user_settings,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
@@ -295,7 +293,12 @@ USER_COUNTS_SQL = (
     f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured = 1"
 )
 # The statements SqlStore's methods run on SQLite; the users in username order as SQLite reads them.
-_SQL = Statements.build(SQLITE, USER_COUNTS_SQL)
+_SQL = Statements.build(
+    SQLITE,
+    USER_COUNTS_SQL,
+    _DUE_AT,
+    "UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now",
+)
 CONFIGURED_USERS_SQL = _SQL.configured_users
 OVERVIEW_USERS_SQL = _SQL.overview_users
 # Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
@@ -438,18 +441,8 @@ class Store(SqlStore):
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """StoreContract.sync_users."""
         with self._write() as connection:
-            _apply_users(connection, users, now)
-            _restart_monitoring(connection, now)
-
-    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-        """StoreContract.reload_users."""
-        with self._write() as connection:
-            return _apply_users(connection, users, now)
-
-    def restart_monitoring(self, now: float) -> None:
-        """StoreContract.restart_monitoring."""
-        with self._write() as connection:
-            _restart_monitoring(connection, now)
+            self._apply_users(connection, users, now)
+            self._restart_monitoring(connection, now)
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
         """StoreContract.restart_monitoring_after_clock_jump: one instance owns a SQLite
@@ -854,80 +847,6 @@ class Store(SqlStore):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-
-
-def _apply_users(connection: sqlite3.Connection, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-    """Make the configured users exactly `users`, touching only those added, removed or changed (see reload_users)."""
-    configured = {
-        name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
-        for name, *row in connection.execute(
-            "SELECT child.username, "
-            + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
-            + ", parent.username FROM users AS child"
-            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured = 1"
-        )
-    }
-    wanted = {name: user_settings(user) for name, user in users.items()}
-    removed = [name for name in configured if name not in wanted]
-    added = [name for name in wanted if name not in configured]
-    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
-    connection.executemany(
-        "UPDATE users SET configured = 0, due_at = NULL WHERE username = ?", [(name,) for name in removed]
-    )
-    columns = ", ".join(SETTINGS_COLUMNS)
-    values = ", ".join(f":{column}" for column in SETTINGS_COLUMNS)
-    updates = ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    connection.executemany(
-        f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (:name, 1, {values}, :now)"
-        f" ON CONFLICT (username) DO UPDATE SET configured = 1, {updates}, monitored_since = :now",
-        [_user_parameters(name, wanted[name], now) for name in added],
-    )
-    # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
-    connection.executemany(
-        "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
-        + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
-        + " WHERE username = :name",
-        [_user_parameters(name, wanted[name], now) for name in changed],
-    )
-    # Once every user is in: a parent may be added with its children.
-    connection.executemany(
-        "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?",
-        [(users[name].depends_on, name) for name in added + changed],
-    )
-    connection.executemany(
-        f"UPDATE users SET due_at = {_DUE_AT} WHERE username = ?", [(name,) for name in added + changed]
-    )
-    return UsersChange(tuple(added), tuple(removed), tuple(changed))
-
-
-def _user_parameters(name, settings, now):
-    parameters = dict(zip(SETTINGS_COLUMNS, settings, strict=False))
-    return {**parameters, "monitor": int(settings[0]), "notify_recovery": int(settings[4]), "name": name, "now": now}
-
-
-def _restart_monitoring(connection, now):
-    parameters = {"now": now}
-    # Walks the user's signals backwards from `now` to the latest contact: no scan of its whole history.
-    connection.execute(
-        "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= :now"
-        " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1)"
-        " WHERE last_ping > :now",
-        parameters,
-    )
-    connection.execute("UPDATE users SET last_alert = :now WHERE last_alert > :now", parameters)
-    # min() of NULL is NULL: only times in the future change.
-    connection.execute(
-        "UPDATE users SET run_started = min(run_started, :now), failed_at = min(failed_at, :now),"
-        " back_at = min(back_at, :now) WHERE run_started > :now OR failed_at > :now OR back_at > :now",
-        parameters,
-    )
-    # Two statements: within one UPDATE, due_at would be computed from the old monitored_since.
-    connection.execute("UPDATE users SET monitored_since = :now WHERE configured = 1", parameters)
-    connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured = 1")
-    for queue in ("outbox", "webhook_outbox"):
-        connection.execute(
-            f"UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
-        )
 
 
 def lock_database(path: Path) -> int:
