@@ -53,7 +53,8 @@ from records import (
     UnknownUserError,
     UserState,
 )
-from rules import BACK
+from rules import BACK, SUCCESS
+from rules_sql import RulesSql
 from sql_store import (
     POSTGRESQL,
     USER_AND_PARENT,
@@ -149,57 +150,10 @@ RENEW_LEASE_SQL = (
 )
 
 
-# store._restarted_sql, _due_at_sql and _down_sql in PostgreSQL. SQLite's multi-argument min() and max()
-# are NULL if any argument is; PostgreSQL's LEAST and GREATEST ignore NULLs. So GREATEST(last_ping, x) is
-# SQLite's max(coalesce(last_ping, x), x), and a run's or a failure's deadline is spelled out as NULL
-# when there is no run or failure. tests/test_store.py checks both stores against rules.py.
-def _restarted(at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
-    """rules._restarted_at at the time `at` (None: once any snooze is over), over the columns of `prefix`."""
-    since = f"{prefix}monitored_since"
-    snooze_end = (
-        f"coalesce({prefix}snoozed_until, {since})"
-        if at is None
-        else f"CASE WHEN {prefix}snoozed_until <= {at} THEN {prefix}snoozed_until ELSE {since} END"
-    )
-    return f"GREATEST({since}, coalesce({silence_from}, {since}), {snooze_end})"
-
-
-def _due_at(
-    last_ping: str = "last_ping",
-    run_started: str = "run_started",
-    failed_at: str = "failed_at",
-    back_at: str = "back_at",
-    silence_from: str = "silence_from",
-) -> str:
-    """rules.due_at in SQL (store._DUE_AT), reading each of these columns from the given SQL expression instead."""
-    restarted = _restarted(silence_from=silence_from)
-    late_at = f"GREATEST({last_ping}, {restarted}) + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
-    failed = f"CASE WHEN {failed_at} IS NOT NULL THEN GREATEST({failed_at}, snoozed_until) END"
-    run = f"CASE WHEN {run_started} IS NOT NULL THEN GREATEST({run_started}, {restarted}) + max_runtime END"
-    return f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN LEAST({failed}, {run}, {late_at}) END"
-
-
-def _down(at: str, prefix: str) -> str:
-    """Whether the user of the columns of `prefix` is in a condition at the time `at` (store._down_sql)."""
-    restarted = _restarted(at, f"{prefix}silence_from", prefix)
-    seen = f"GREATEST({prefix}last_ping, {restarted})"
-    return (
-        f"({prefix}monitor AND ({prefix}failed_at IS NOT NULL"
-        f" OR ({prefix}run_started IS NOT NULL"
-        f" AND {at} > GREATEST({prefix}run_started, {restarted}) + {prefix}max_runtime)"
-        f" OR CASE WHEN {prefix}schedule IS NULL THEN {at} > {seen} + {prefix}max_sleep"
-        f" ELSE {prefix}next_run_after = {seen} AND {at} > {prefix}next_run + {prefix}grace END))"
-    )
-
-
-_DUE_AT = _due_at()
-_RESTARTED_NOW = _restarted("%(now)s")
-# store._CONDITION_AT: when the earliest of a monitored user's conditions begins at %(now)s.
-_CONDITION_AT = (
-    f"CASE WHEN monitor THEN LEAST(failed_at,"
-    f" CASE WHEN run_started IS NOT NULL THEN GREATEST(run_started, {_RESTARTED_NOW}) + max_runtime END,"
-    f" GREATEST(last_ping, {_RESTARTED_NOW}) + max_sleep) END"
-)
+# rules.py's lateness rules in PostgreSQL's SQL (rules_sql.py), as store.py has them in SQLite's.
+_RULES = RulesSql(null_ignoring=True)
+_DUE_AT = _RULES.due_at()
+_CONDITION_AT = _RULES.condition_at("%(now)s")
 
 
 def _claiming(table: str, due: str, order: str) -> str:
@@ -273,33 +227,23 @@ DELETE_OLD_ALERTS_SQL = (
 # one statement reads the rows as they were before it, as SQLite's trigger and UPDATE do; a user is never
 # its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
 # configured user).
-_SIGNAL_EFFECTS = {
-    "last_ping": "(CASE signal.kind WHEN 'start' THEN last_ping ELSE GREATEST(last_ping, signal.at) END)",
-    "run_started": "(CASE signal.kind WHEN 'start' THEN signal.at END)",
-    "failed_at": (
-        "(CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, signal.at) ELSE failed_at END)"
-    ),
-    "back_at": (
-        "(CASE WHEN signal.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, signal.at)"
-        " ELSE back_at END)"
-    ),
-}
+_SIGNAL_EFFECTS = _RULES.signal_effects("signal")
 RECORD_SIGNAL_SQL = (
     "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
     " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
     " SELECT id, %(at)s, %(kind)s, %(exit_code)s, %(body)s, CASE WHEN %(kind)s IN ('success', 'fail')"
     " AND run_started IS NOT NULL THEN GREATEST(%(at)s - run_started, 0) END FROM target"
     " RETURNING id, user_id, at, kind, duration),"
-    " children AS (UPDATE users SET silence_from = GREATEST(silence_from, signal.at), suppressed_kind = NULL,"
-    f" due_at = {_due_at(silence_from='GREATEST(silence_from, signal.at)')} FROM signal"
+    f" children AS (UPDATE users SET silence_from = {_RULES.parent_return('signal')}, suppressed_kind = NULL,"
+    f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('signal'))} FROM signal"
     " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
-    f" AND (SELECT {_down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    f" AND (SELECT {_RULES.down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
     " moved AS (UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(signal.duration, last_duration),"
     " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
     " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
-    f" last_signal = signal.id, due_at = {_due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" last_signal = signal.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
@@ -359,7 +303,7 @@ class PgStore(SqlStore):
         its password) if it cannot be used."""
         self.url = url
         # What messages call the database: its URL without the password.
-        self.path = display_name(url)
+        self.name = display_name(url)
         self.upgraded_from: int | None = None
         # Whether this instance's start found no other live instance (sync_users): it then restarted monitoring.
         self.started_alone = True
@@ -379,7 +323,7 @@ class PgStore(SqlStore):
                 self._liveness.close()
             if isinstance(error, StoreOpenError):
                 raise
-            raise StoreOpenError(f"{self.path}: cannot use this database: {self._tell(error)}") from None
+            raise StoreOpenError(f"{self.name}: cannot use this database: {self._tell(error)}") from None
         self._pool = ConnectionPool(
             url,
             kwargs=CONNECTION_SETTINGS,
@@ -500,7 +444,7 @@ class PgStore(SqlStore):
         self,
         username: str,
         now: float,
-        kind: str = "success",
+        kind: str = SUCCESS,
         exit_code: int | None = None,
         body: str | None = None,
     ) -> None:
@@ -851,7 +795,7 @@ class PgStore(SqlStore):
                     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
                 ).fetchone()
                 if tables != (0,):
-                    raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+                    raise StoreOpenError(f"{self.name}: not a Ping Listener database (it has other tables)")
                 connection.execute(SCHEMA_PATH.read_text())
                 connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
                 return
@@ -868,11 +812,11 @@ class PgStore(SqlStore):
             return
         if version is not None and version > SCHEMA_VERSION:
             raise StoreOpenError(
-                f"{self.path}: database schema version {version} is newer than this Ping Listener"
+                f"{self.name}: database schema version {version} is newer than this Ping Listener"
                 f" understands ({SCHEMA_VERSION}); upgrade Ping Listener or use another --db"
             )
         raise StoreOpenError(
-            f"{self.path}: database schema version {version} is older than this Ping Listener's"
+            f"{self.name}: database schema version {version} is older than this Ping Listener's"
             f" ({SCHEMA_VERSION}), and PostgreSQL databases are upgraded only from version {min(PG_MIGRATIONS)} on;"
             " use a new database"
         )

@@ -31,6 +31,7 @@ from records import (
     UserState,
 )
 from rules import BACK, SUCCESS
+from rules_sql import RulesSql
 from sql_store import (
     DAY_ALERTS_SQL as DAY_ALERTS_SQL,
     FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
@@ -187,74 +188,12 @@ SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 DATABASE_FULL = "database is full: no space left on its disk"
 
 
-# rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
-# while a recovery waits; else, if monitored, the earliest of the failure (or the snooze's end, if later),
-# the run's deadline (its start, or the restart of its measures if later, plus max_runtime) and the
-# silence's deadline (the later of the last ping and that restart, plus max_sleep), as they will be once
-# any snooze is over. The restart of the measures (rules._restarted_at) is the latest of the start of
-# monitoring, the parent's return and the snooze's end. Multi-argument min() and max() are NULL if any
-# argument is, hence the coalesce()s. Written at every start (_restart_monitoring), by every signal and
-# snooze (_SIGNAL_TRIGGER_SQL, snooze()). tests/test_store.py checks with random signals, snoozes and
-# restarts that they agree. A scheduled user's deadline needs cronsim: SQL makes it due at the moment its
-# silence is measured from, so the absence listener looks at it once after each contact or start and
-# stores its real deadline (rules.due_at says so too).
-def _restarted_sql(at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
-    """rules._restarted_at in SQL, at the time `at` (None: once any snooze is over), over the columns of
-    `prefix` (a table alias and a dot, or ""), reading silence_from from the given SQL expression instead."""
-    since = f"{prefix}monitored_since"
-    snooze_end = (
-        f"coalesce({prefix}snoozed_until, {since})"
-        if at is None
-        else f"CASE WHEN {prefix}snoozed_until <= {at} THEN {prefix}snoozed_until ELSE {since} END"
-    )
-    return f"max({since}, coalesce({silence_from}, {since}), {snooze_end})"
-
-
-def _due_at_sql(
-    last_ping: str = "last_ping",
-    run_started: str = "run_started",
-    failed_at: str = "failed_at",
-    back_at: str = "back_at",
-    silence_from: str = "silence_from",
-) -> str:
-    """_DUE_AT, reading each of these columns from the given SQL expression instead (the trigger's new values)."""
-    restarted = _restarted_sql(silence_from=silence_from)
-    late_at = (
-        f"max(coalesce({last_ping}, {restarted}), {restarted}) + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
-    )
-    failed = f"max({failed_at}, coalesce(snoozed_until, {failed_at}))"
-    return (
-        f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN min(coalesce({failed}, {late_at}),"
-        f" coalesce(max({run_started}, {restarted}) + max_runtime, {late_at}), {late_at}) END"
-    )
-
-
-def _down_sql(at: str, prefix: str) -> str:
-    """Whether the user of the columns of `prefix` is in a condition at the time `at`: rules.condition is
-    not None, in SQL (a snooze changes nothing). tests/test_store.py checks that they agree.
-
-    A scheduled user's silence deadline is its next run (plus grace) as the absence listener last stored
-    it, if that was for the moment its silence is measured from at `at`; otherwise it is not known here
-    and the user counts as not silent (the listener looks at a scheduled user after each of its signals,
-    so this is only so within one step of one)."""
-    restarted = _restarted_sql(at, f"{prefix}silence_from", prefix)
-    seen = f"max(coalesce({prefix}last_ping, {restarted}), {restarted})"
-    return (
-        f"({prefix}monitor AND ({prefix}failed_at IS NOT NULL"
-        f" OR {at} > max({prefix}run_started, {restarted}) + {prefix}max_runtime"
-        f" OR CASE WHEN {prefix}schedule IS NULL THEN {at} > {seen} + {prefix}max_sleep"
-        f" ELSE {prefix}next_run_after = {seen} AND {at} > {prefix}next_run + {prefix}grace END))"
-    )
-
-
-_DUE_AT = _due_at_sql()
-# When the earliest of a monitored user's conditions begins at :now (rules.condition: the failure, the run's
-# deadline, the silence's deadline, each measured as rules.silence_start says at :now), for the metrics' up.
-_RESTARTED_NOW = _restarted_sql(":now")
-_CONDITION_AT = (
-    "CASE WHEN monitor THEN min(coalesce(failed_at, {late}), coalesce(max(run_started, {restarted}) + max_runtime,"
-    " {late}), {late}) END"
-).format(late=f"max(coalesce(last_ping, {_RESTARTED_NOW}), {_RESTARTED_NOW}) + max_sleep", restarted=_RESTARTED_NOW)
+# rules.py's lateness rules in SQLite's SQL (rules_sql.py): the deadline, written at every start
+# (SqlStore._restart_monitoring), by every signal and snooze (_SIGNAL_TRIGGER_SQL, snooze()); for the metrics'
+# up, when the earliest of a monitored user's conditions begins at :now.
+_RULES = RulesSql(null_ignoring=False)
+_DUE_AT = _RULES.due_at()
+_CONDITION_AT = _RULES.condition_at(":now")
 
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
 # `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
@@ -341,24 +280,15 @@ RECORD_SIGNAL_SQL = (
     " SELECT id, ?1, ?2, ?3, ?4, CASE WHEN ?2 IN ('success', 'fail') THEN max(?1 - run_started, 0) END"
     " FROM users WHERE username = ?5 AND configured = 1"
 )
-_SIGNAL_EFFECTS = {
-    "last_ping": "(CASE NEW.kind WHEN 'start' THEN last_ping ELSE max(coalesce(last_ping, NEW.at), NEW.at) END)",
-    "run_started": "(CASE NEW.kind WHEN 'start' THEN NEW.at END)",
-    "failed_at": (
-        "(CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, NEW.at) ELSE failed_at END)"
-    ),
-    "back_at": (
-        "(CASE WHEN NEW.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, NEW.at) ELSE back_at END)"
-    ),
-}
+_SIGNAL_EFFECTS = _RULES.signal_effects("NEW")
 # A success of a parent that was down restarts its children's silence from that moment (rules.py): first,
 # while the parent's row still reads as it was before this signal. A parent is found through the
 # primary key and its children through users_by_parent, so this costs a user with no children one seek.
 _PARENT_RETURN_SQL = (
-    "UPDATE users SET silence_from = max(coalesce(silence_from, NEW.at), NEW.at), suppressed_kind = NULL,"
-    f" due_at = {_due_at_sql(silence_from='max(coalesce(silence_from, NEW.at), NEW.at)')}"
+    f"UPDATE users SET silence_from = {_RULES.parent_return('NEW')}, suppressed_kind = NULL,"
+    f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('NEW'))}"
     " WHERE parent_id = NEW.user_id AND NEW.kind = 'success'"
-    f" AND (SELECT {_down_sql('NEW.at', 'parent.')} FROM users AS parent WHERE parent.id = NEW.user_id);"
+    f" AND (SELECT {_RULES.down('NEW.at', 'parent.')} FROM users AS parent WHERE parent.id = NEW.user_id);"
 )
 _SIGNAL_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN "
@@ -368,7 +298,7 @@ _SIGNAL_TRIGGER_SQL = (
     + ", last_duration = coalesce(NEW.duration, last_duration),"
     " suppressed_kind = CASE NEW.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
     " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
-    f" last_signal = NEW.id, due_at = {_due_at_sql(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" last_signal = NEW.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
     " END"
 )
