@@ -48,15 +48,15 @@ DAY_COLUMN_SECONDS = 300
 # The most pings (as /logs) and alert emails one day view reads.
 DAY_MAX_PINGS = 100_000
 DAY_MAX_EMAILS = 500
-# Problems first, for the rows and the summary. A state not named here sorts right after "late".
+# Problems first, for the rows and the summary. A state not named here sorts right after rules.LATE.
 STATE_ORDER = (
-    "failed",
+    rules.FAILED,
     rules.ALERTED,
     rules.LATE,
     rules.SUPPRESSED,
     rules.SNOOZED,
     rules.SILENT,
-    "running",
+    rules.RUNNING,
     rules.PINGING,
 )
 _STATE_RANKS = {state: rank for rank, state in enumerate(STATE_ORDER)}

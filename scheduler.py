@@ -52,7 +52,7 @@ MIN_LOOP_DELAY = 0.02
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
 # Retention deletes at most this many rows of each kind per write transaction (a few ms of the write
-# lock: bench/retention.py), pauses RETENTION_PAUSE between full batches so pings and the other loops
+# lock: bench/operations.py, retention), pauses RETENTION_PAUSE between full batches so pings and the other loops
 # get the lock and the CPU, and looks for old rows again every RETENTION_INTERVAL once none are left.
 RETENTION_BATCH = 500
 RETENTION_PAUSE = 0.02

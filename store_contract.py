@@ -31,8 +31,6 @@ class StoreContract(Protocol):
     """Ping Listener's database; safe to use from any number of threads. All times are UTC epoch seconds passed
     in by the caller: a store never reads a clock. Failures are records.StoreError's subclasses."""
 
-    # What messages call the database (a SQLite path, or a PostgreSQL URL without its password).
-    path: str
     # The schema version the database had before this start upgraded it, or None if it did not.
     upgraded_from: int | None
     # Whether sync_users restarted monitoring (no other instance was running on the database).
