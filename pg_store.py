@@ -39,6 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from config import UserConfig
 from database import display_name, hide_password
+from migrations import SCHEMA_VERSION, postgresql_steps
 from records import (
     CheckOutcome,
     NewDigest,
@@ -67,15 +68,13 @@ from sql_store import (
     refuse_nul,
     user_and_parent,
 )
-from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS, SCHEMA_VERSION
+from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
-# How a database of an older schema version becomes the next (store.MIGRATIONS, for PostgreSQL): version -> the
-# SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from version
-# 8 on (the first release with this table); older ones are refused.
-PG_MIGRATIONS = {
-    8: "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)",
-}
+# How a database of an older schema version becomes the next (migrations.STEPS, in PostgreSQL's SQL): version ->
+# the SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from
+# version 8 on (the first release with PostgreSQL); older ones are refused.
+PG_MIGRATIONS = postgresql_steps()
 # The pool would log each failed reconnection, several lines a second while the server is down: the loops that
 # need the database already log each refusal once per step, on one line.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
