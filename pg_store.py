@@ -523,29 +523,6 @@ class PgStore(SqlStore):
             rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
         return [user_and_parent(row) for row in rows]
 
-    def snooze(self, username: str, until: float, now: float) -> float:
-        """StoreContract.snooze."""
-        refuse_nul(username)
-        with self._transaction() as connection:
-            row = connection.execute(
-                "SELECT id, snoozed_until FROM users WHERE username = %s AND configured FOR UPDATE", (username,)
-            ).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            user_id, snoozed_until = row
-            if until <= now:
-                if snoozed_until is None or snoozed_until <= now:
-                    return now
-                until = now
-            connection.execute(
-                "UPDATE users SET snoozed_until = %(until)s,"
-                " muted_outage = CASE WHEN %(until)s > %(now)s AND back_at IS NULL"
-                " THEN coalesce(down_since, muted_outage) ELSE muted_outage END WHERE id = %(id)s",
-                {"until": until, "now": now, "id": user_id},
-            )
-            connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE id = %s", (user_id,))
-        return until
-
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """StoreContract.save_check_outcomes; an outcome also applies only if no other instance claimed its user
         since, and ends this instance's claim of every user it is about. A few statements for the whole

@@ -32,6 +32,8 @@ from records import (
 
 # Sorts text by code point on PostgreSQL (whatever the database's collation), as SQLite always does.
 BY_CODE_POINT = ' COLLATE "C"'
+# Locks the rows read until the transaction ends on PostgreSQL; a SQLite write transaction holds the whole database.
+LOCK_ROWS = " FOR UPDATE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +46,10 @@ class Dialect:
     no_limit: int | None
 
     def sql(self, text: str) -> str:
-        """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted) as this database takes it."""
+        """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted, LOCK_ROWS where rows read are written next)
+        as this database takes it."""
         if not self.pyformat:
-            return text.replace(BY_CODE_POINT, "")
+            return text.replace(BY_CODE_POINT, "").replace(LOCK_ROWS, "")
         text = text.replace("%", "%%")
         return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", text).replace("?", "%s")
 
@@ -266,6 +269,13 @@ SET_PARENT_SQL = (
     "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?"
 )
 USER_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE username = ?"
+# Snoozing a user (SqlStore.snooze): its snooze mutes an alerted outage it begins during; its deadline moves.
+SNOOZED_USER_SQL = f"SELECT id, snoozed_until FROM users WHERE username = ? AND configured{LOCK_ROWS}"
+SNOOZE_SQL = (
+    "UPDATE users SET snoozed_until = :until, muted_outage = CASE WHEN :until > :now AND back_at IS NULL"
+    " THEN coalesce(down_since, muted_outage) ELSE muted_outage END WHERE id = :id"
+)
+USER_ID_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE id = ?"
 # Restarting monitoring (SqlStore._restart_monitoring). Walks the user's signals backwards from `now` to the
 # latest contact: no scan of its whole history.
 RESTART_LAST_PING_SQL = (
@@ -317,6 +327,9 @@ class Statements:
     set_parent: str
     user_due_at: str
     restart: tuple[str, ...]
+    snoozed_user: str
+    snooze: str
+    user_id_due_at: str
 
     @classmethod
     def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
@@ -355,6 +368,9 @@ class Statements:
             change_user=s(CHANGE_USER_SQL),
             set_parent=s(SET_PARENT_SQL),
             user_due_at=s(USER_DUE_AT_SQL),
+            snoozed_user=s(SNOOZED_USER_SQL),
+            snooze=s(SNOOZE_SQL),
+            user_id_due_at=s(USER_ID_DUE_AT_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
             # monitored_since.
             restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
@@ -373,7 +389,8 @@ def refuse_nul(username: str) -> None:
 class SqlStore:
     """The store methods whose logic is the same on both databases, over what each backend provides: `_sql`
     (its Statements), `_read()` (a connection for reading, its faults as StoreUnavailableError), `_write()`
-    (a transaction holding the database's write lock) and `_finish_emails`. Promises: store_contract.StoreContract."""
+    (a transaction holding the database's write lock), `_transaction()` (one that need not: it locks the rows it
+    writes) and `_finish_emails`. Promises: store_contract.StoreContract."""
 
     _sql: ClassVar[Statements]
 
@@ -381,6 +398,9 @@ class SqlStore:
         raise NotImplementedError
 
     def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
     def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
@@ -395,6 +415,22 @@ class SqlStore:
         """StoreContract.restart_monitoring."""
         with self._write() as connection:
             self._restart_monitoring(connection, now)
+
+    def snooze(self, username: str, until: float, now: float) -> float:
+        """StoreContract.snooze."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            row = connection.execute(self._sql.snoozed_user, (username,)).fetchone()
+            if row is None:
+                raise UnknownUserError(f"unknown user {username}")
+            user_id, snoozed_until = row
+            if until <= now:
+                if snoozed_until is None or snoozed_until <= now:
+                    return now
+                until = now
+            connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
+            connection.execute(self._sql.user_id_due_at, (user_id,))
+        return until
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
         """StoreContract.pings_between."""

@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -352,28 +352,6 @@ class Store(SqlStore):
             rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
         return [user_and_parent(row) for row in rows]
 
-    def snooze(self, username: str, until: float, now: float) -> float:
-        """StoreContract.snooze."""
-        with self._write() as connection:
-            row = connection.execute(
-                "SELECT id, snoozed_until FROM users WHERE username = ? AND configured = 1", (username,)
-            ).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            user_id, snoozed_until = row
-            if until <= now:
-                if snoozed_until is None or snoozed_until <= now:
-                    return now
-                until = now
-            connection.execute(
-                "UPDATE users SET snoozed_until = ?1,"
-                " muted_outage = CASE WHEN ?1 > ?2 AND back_at IS NULL THEN coalesce(down_since, muted_outage)"
-                " ELSE muted_outage END WHERE id = ?3",
-                (until, now, user_id),
-            )
-            connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE id = ?", (user_id,))
-        return until
-
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """StoreContract.save_check_outcomes."""
         alerts = 0
@@ -610,6 +588,10 @@ class Store(SqlStore):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        # One writer at a time: a transaction that writes holds the write lock.
+        return self._write()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
