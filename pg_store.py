@@ -202,23 +202,6 @@ DELETE_OLD_PINGS_SQL = (
     "DELETE FROM pings WHERE id IN (SELECT pings.id FROM users JOIN pings ON pings.user_id = users.id"
     " AND pings.at < %s AND pings.id IS DISTINCT FROM users.fail_signal LIMIT %s FOR UPDATE OF pings SKIP LOCKED)"
 )
-_DELETE_FINISHED_SQL = (
-    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status <> 'queued' AND finished_at < %s LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
-)
-DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
-DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
-DELETE_OLD_DIGESTS_SQL = (
-    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < %s"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
-)
-DELETE_OLD_ALERTS_SQL = (
-    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < %s"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
-    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
-)
 
 # A signal in one statement (store.RECORD_SIGNAL_SQL and its trigger): the user's row is locked, the ping
 # inserted with the duration of the run it closes, the user's children restarted if it was a down parent
@@ -698,13 +681,6 @@ class PgStore(SqlStore):
         """StoreContract.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
         with self._connection() as connection:
             return connection.execute(DELETE_OLD_PINGS_SQL, (cutoff, limit)).rowcount
-
-    def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """StoreContract.delete_history_before."""
-        with self._transaction() as connection:
-            # In this order: the alerts last, once the emails and deliveries that referred to them are gone.
-            statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
-            return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
     def use_durability(self, durability: str) -> None:
         """StoreContract.use_durability: nothing to change here. Every connection commits with synchronous_commit on

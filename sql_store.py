@@ -34,6 +34,8 @@ from records import (
 BY_CODE_POINT = ' COLLATE "C"'
 # Locks the rows read until the transaction ends on PostgreSQL; a SQLite write transaction holds the whole database.
 LOCK_ROWS = " FOR UPDATE"
+# The same, leaving the rows another transaction holds for later (another instance is deleting them).
+SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,10 @@ class Dialect:
     no_limit: int | None
 
     def sql(self, text: str) -> str:
-        """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted, LOCK_ROWS where rows read are written next)
-        as this database takes it."""
+        """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted, LOCK_ROWS or SKIP_LOCKED where rows read
+        are written next) as this database takes it."""
         if not self.pyformat:
-            return text.replace(BY_CODE_POINT, "").replace(LOCK_ROWS, "")
+            return text.replace(BY_CODE_POINT, "").replace(SKIP_LOCKED, "").replace(LOCK_ROWS, "")
         text = text.replace("%", "%%")
         return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", text).replace("?", "%s")
 
@@ -276,6 +278,25 @@ SNOOZE_SQL = (
     " THEN coalesce(down_since, muted_outage) ELSE muted_outage END WHERE id = :id"
 )
 USER_ID_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE id = ?"
+# Retention: finished emails and webhook deliveries along outbox_finished and webhook_outbox_finished; digests
+# once none of their emails is left, oldest first, along digests' primary key (ids grow with time), each checked
+# through outbox_by_digest; alerts along alerts_by_time, once no email or webhook delivery refers to them. In
+# this order: the alerts last, once the emails and deliveries that referred to them are gone.
+_DELETE_FINISHED_SQL = (
+    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status != 'queued' AND status IN ('sent', 'failed')"
+    f" AND finished_at < ? LIMIT ?{SKIP_LOCKED})"
+)
+DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
+DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
+DELETE_OLD_DIGESTS_SQL = (
+    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < ?"
+    f" AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT ?{SKIP_LOCKED})"
+)
+DELETE_OLD_ALERTS_SQL = (
+    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
+    f" AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT ?{SKIP_LOCKED})"
+)
 # Restarting monitoring (SqlStore._restart_monitoring). Walks the user's signals backwards from `now` to the
 # latest contact: no scan of its whole history.
 RESTART_LAST_PING_SQL = (
@@ -328,6 +349,7 @@ class Statements:
     user_due_at: str
     restart: tuple[str, ...]
     snoozed_user: str
+    delete_history: tuple[str, ...]
     snooze: str
     user_id_due_at: str
 
@@ -369,6 +391,9 @@ class Statements:
             set_parent=s(SET_PARENT_SQL),
             user_due_at=s(USER_DUE_AT_SQL),
             snoozed_user=s(SNOOZED_USER_SQL),
+            delete_history=tuple(
+                map(s, (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL))
+            ),
             snooze=s(SNOOZE_SQL),
             user_id_due_at=s(USER_ID_DUE_AT_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
@@ -431,6 +456,13 @@ class SqlStore:
             connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
             connection.execute(self._sql.user_id_due_at, (user_id,))
         return until
+
+    def delete_history_before(self, cutoff: float, limit: int) -> int:
+        """StoreContract.delete_history_before."""
+        with self._transaction() as connection:
+            return sum(
+                connection.execute(statement, (cutoff, limit)).rowcount for statement in self._sql.delete_history
+            )
 
     def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
         """StoreContract.pings_between."""

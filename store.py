@@ -134,6 +134,7 @@ _SQL = Statements.build(
 )
 CONFIGURED_USERS_SQL = _SQL.configured_users
 OVERVIEW_USERS_SQL = _SQL.overview_users
+DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL = _SQL.delete_history
 # Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
 # batch costs its size plus one index seek per user, never a scan of the pings); finished emails and
 # webhook deliveries along outbox_finished and webhook_outbox_finished; alerts along alerts_by_time, once
@@ -144,23 +145,6 @@ OVERVIEW_USERS_SQL = _SQL.overview_users
 OLD_PINGS_SQL = (
     "SELECT pings.id FROM users CROSS JOIN pings ON pings.user_id = users.id AND pings.at < ?"
     " AND pings.id IS NOT users.fail_signal AND pings.id < (SELECT max(id) FROM pings) LIMIT ?"
-)
-_DELETE_FINISHED_SQL = (
-    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status != 'queued' AND status IN ('sent', 'failed')"
-    " AND finished_at < ? LIMIT ?)"
-)
-# Digests once none of their emails is left, oldest first: along digests' primary key (ids grow with time),
-# each checked through outbox_by_digest.
-DELETE_OLD_DIGESTS_SQL = (
-    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < ?"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT ?)"
-)
-DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
-DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
-DELETE_OLD_ALERTS_SQL = (
-    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < ?"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
-    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT ?)"
 )
 
 # A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
@@ -513,15 +497,6 @@ class Store(SqlStore):
             return 0
         with self._write() as connection:
             return connection.executemany("DELETE FROM pings WHERE id = ?", old).rowcount
-
-    def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """StoreContract.delete_history_before."""
-        with self._write() as connection:
-            emails = connection.execute(DELETE_OLD_EMAILS_SQL, (cutoff, limit)).rowcount
-            hooks = connection.execute(DELETE_OLD_WEBHOOKS_SQL, (cutoff, limit)).rowcount
-            digests = connection.execute(DELETE_OLD_DIGESTS_SQL, (cutoff, limit)).rowcount
-            alerts = connection.execute(DELETE_OLD_ALERTS_SQL, (cutoff, limit)).rowcount
-        return emails + hooks + digests + alerts
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy what the WAL holds into the database file as far as readers allow, without blocking
