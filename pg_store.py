@@ -1,7 +1,8 @@
-"""The PostgreSQL database: every SQL statement and transaction of Ping Listener on PostgreSQL lives here.
+"""The PostgreSQL database (PgStore): the statements and transactions only PostgreSQL runs.
 
-PgStore offers store.Store's public methods with the same meanings (read their docstrings there; only what
-differs is said here), the same tables and columns (schema_pg.sql) and the same errors. Connections come
+PgStore satisfies store_contract.StoreContract (read the promises there; only what differs is said here), with
+the methods both databases share from sql_store.SqlStore, the same tables and columns (schema_pg.sql) and the
+same errors. Connections come
 from a psycopg pool, in autocommit mode: a statement on its own commits before it returns, and statements
 that must commit together run in one transaction.
 

@@ -1,4 +1,5 @@
-"""The SQLite database: every SQL statement and transaction of Ping Listener lives here.
+"""The SQLite database (Store): the statements and transactions only SQLite runs; sql_store.SqlStore has those
+both databases share, store_contract.StoreContract what each method promises.
 
 Each thread gets its own connection (SQLite connections are not shared across threads); write
 transactions are serialised by one lock in this process, so its threads never meet "database is
