@@ -919,12 +919,27 @@ def test_a_heartbeat_is_a_get_of_the_url_while_healthy(store, recording_mailer):
 
 
 def test_the_heartbeat_loop_gets_the_url_every_heartbeat_frequency(store, recording_mailer):
+    frequency = 0.2
     with HttpReceiver() as receiver:
-        steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb", heartbeat_frequency=0.05)
+        started = time.monotonic()
+        # The other loops' frequencies are far from the heartbeat's, so a heartbeat at their pace is seen too.
+        steps = started_scheduler(
+            store,
+            recording_mailer,
+            heartbeat_url=receiver.url + "/hb",
+            heartbeat_frequency=frequency,
+            base_frequency=60,
+            email_processing_frequency=60,
+        )
         try:
-            wait_until(lambda: len(receiver.paths) >= 3, message="three heartbeats")
+            wait_until(lambda: len(receiver.paths) >= 4, message="four heartbeats")
         finally:
-            steps.stop(2)
+            assert steps.stop(2)
+        # The loop has stopped: every heartbeat it sent was answered, so is counted, and all of them
+        # came between `started` and now, each after a wait of heartbeat_frequency since the one before.
+        elapsed = time.monotonic() - started
+        beats = len(receiver.paths)
+    assert (beats - 1) * frequency <= elapsed, f"{beats} heartbeats in {elapsed:.2f} s, one every {frequency} s at most"
 
 
 def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer, caplog):
