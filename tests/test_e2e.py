@@ -15,8 +15,8 @@ import server
 from support import (
     LIBFAKETIME,
     ROOT,
+    SLACK,
     SMTP_LOGIN,
-    STEP_LATENESS,
     SilentSmtpServer,
     TlsSmtpServer,
     free_port,
@@ -75,7 +75,7 @@ def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, d
     service = start_server(write_settings(tmp_path / "settings.json", PI), db)
     service.get("/ping?username=pi")
     # What the service gives itself on SIGTERM: requests in flight, then its loops; then it exits.
-    assert service.stop(timeout=server.SHUTDOWN_GRACE + server.SCHEDULER_STOP_TIMEOUT + STEP_LATENESS) == 0
+    assert service.stop(timeout=server.SHUTDOWN_GRACE + server.SCHEDULER_STOP_TIMEOUT + SLACK) == 0
     assert service.process.stdout.read() == b""  # nothing after the one line already read
 
 

@@ -23,7 +23,7 @@ import serving
 import web
 from loadgen import burst, open_idle_connections, pipeline_without_reading
 from store import Store, StoreUnavailableError
-from support import STEP_LATENESS, make_settings, make_test_app, query, write_settings
+from support import SLACK, make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -125,7 +125,7 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(app):
     limits = serving.ServingLimits(idle_timeout=2, cleanup_interval=1)
     # Closed idle_timeout to idle_timeout + cleanup_interval after its last activity (ServingLimits), and the
     # cleanup is a step of the serving loop: past that, the recv times out and the test fails.
-    deadline = limits.idle_timeout + limits.cleanup_interval + STEP_LATENESS
+    deadline = limits.idle_timeout + limits.cleanup_interval + SLACK
     with serve_in_thread(app, limits) as port:
         began = time.monotonic()  # before the connection's first activity, its accept
         with socket.create_connection(("127.0.0.1", port), timeout=deadline) as idle:
