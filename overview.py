@@ -507,7 +507,8 @@ class Overview:
         silent = rules.silent_at(user, user.last_ping, now)
         # Everything the row shows but its slots, as tuples of numbers and text only (its row in the store for
         # `user`): nothing for the garbage collector to visit at each collection.
-        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()))
+        snoozed_until = user.snoozed_until if rules.snoozed(user, now) else None
+        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()), snoozed_until)
         head = old.head if old is not None and old.key == key else _row_head(user, *key[1:], write)
         text = head + pings + "}"
         version = old.version if old is not None and old.text == text else self._version
@@ -544,11 +545,12 @@ def _row_head(
     silent: bool,
     ended: tuple[tuple[float, float], ...],
     alerts: tuple[float, ...],
+    snoozed_until: float | None,
     write: Callable[[float], str],
 ) -> str:
     """A user's row as JSON text up to its slots, which come last (`"pings":`); `silent`: its silence since its
     last ping (or ever) is past its deadline and goes on; `ended`: its silences that ended in the window
-    (none known while its history loads).
+    (none known while its history loads); `snoozed_until`: the end of its snooze, None if not snoozed.
 
     Written by hand: when every row is written (after a start, or when the histories are loaded),
     json.dumps of a dict per row would be most of the answer's cost at fleet size.
@@ -573,7 +575,9 @@ def _row_head(
         f'"monitor":{"true" if user.monitor else "false"},"max_sleep":{_number(user.max_sleep)},'
         f'"schedule":{_string(user.schedule)},'
         f'"last_ping":{_number(user.last_ping)},"last_ping_local":{_string(_local(user.last_ping, write))},'
-        f'"late_at":{_number(deadline)},"late_at_local":{_string(_local(deadline, write))},{events_json},"pings":'
+        f'"late_at":{_number(deadline)},"late_at_local":{_string(_local(deadline, write))},'
+        f'"snoozed_until":{_number(snoozed_until)},"snoozed_until_local":{_string(_local(snoozed_until, write))},'
+        f'{events_json},"pings":'
     )
 
 

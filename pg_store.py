@@ -46,6 +46,7 @@ from store import (
     _USER_AND_PARENT,
     _USER_COLUMNS,
     BUSY_TIMEOUT_MS,
+    DATABASE_FULL,
     FINISHED_COUNTS_SQL,
     HEALTH_TIMEOUT_MS,
     QUEUED_COUNT_SQL,
@@ -78,6 +79,12 @@ from store import (
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
+# How a database of an older schema version becomes the next (store.MIGRATIONS, for PostgreSQL): version -> the
+# SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from version
+# 8 on (the first release with this table); older ones are refused.
+PG_MIGRATIONS = {
+    8: "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)",
+}
 # The pool would log each failed reconnection, several lines a second while the server is down: the loops that
 # need the database already log each refusal once per step, on one line.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -120,6 +127,10 @@ CONNECTION_SETTINGS: dict[str, Any] = {
     "application_name": "ping-listener",
     "options": " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items()),
 }
+# store.HEALTH_WRITE_SQL without the room (schema_pg.sql says why).
+PG_HEALTH_WRITE_SQL = (
+    "INSERT INTO health (id, checked_at) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at"
+)
 # pg_advisory_xact_lock keys: creating the schema, and an instance's start (is it alone?), one at a time.
 SCHEMA_LOCK = 7_170_001
 START_LOCK = 7_170_002
@@ -922,15 +933,23 @@ class PgStore:
             statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
             return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
-    def check_writable(self) -> None:
-        """Return if the database answers, and the write lock (WRITE_LOCK_SQL) and a row lock (which a standby or
-        a read-only database refuses) can be taken, within HEALTH_TIMEOUT; raise StoreUnavailableError if not.
-        Writes nothing."""
+    def use_durability(self, durability: str) -> None:
+        """store.Store.use_durability: nothing to change here. Every connection commits with synchronous_commit on
+        (SERVER_SETTINGS), so a commit is on the server's disk before it returns, whatever `durability` says."""
+
+    def check_writable(self, now: float) -> None:
+        """store.Store.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
+        with synchronous_commit on, within HEALTH_TIMEOUT (a standby or a read-only database refuses it)."""
         timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
-        with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
-            connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
-            connection.execute(WRITE_LOCK_SQL)
-            connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
+        try:
+            with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
+                connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
+                connection.execute(WRITE_LOCK_SQL)
+                connection.execute(PG_HEALTH_WRITE_SQL, (now,))
+        except StoreUnavailableError as error:
+            if isinstance(error.__cause__, psycopg.errors.DiskFull):
+                raise StoreUnavailableError(DATABASE_FULL) from error.__cause__
+            raise
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -981,7 +1000,14 @@ class PgStore:
                 connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
                 return
             row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0] if row else None
+            version = row[0] if row else None
+            steps = range(version or 0, SCHEMA_VERSION)
+            if version is not None and steps and all(step in PG_MIGRATIONS for step in steps):
+                for step in steps:
+                    connection.execute(PG_MIGRATIONS[step])
+                connection.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+                self.upgraded_from = version
+                return
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:
@@ -991,7 +1017,8 @@ class PgStore:
             )
         raise StoreOpenError(
             f"{self.path}: database schema version {version} is older than this Ping Listener's"
-            f" ({SCHEMA_VERSION}), and PostgreSQL databases are not upgraded yet; use a new database"
+            f" ({SCHEMA_VERSION}), and PostgreSQL databases are upgraded only from version {min(PG_MIGRATIONS)} on;"
+            " use a new database"
         )
 
 

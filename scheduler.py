@@ -63,6 +63,10 @@ STORE_UPKEEP_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 10.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
 REQUEST_POLL = 0.5
+# How long a database check of /healthz or the heartbeat (Store.check_writable: a commit of 64 KiB) answers for:
+# within it, another check reuses its result, so that a client requesting /healthz in a loop makes the service
+# write at most that much a second.
+HEALTH_CHECK_REUSE = 1.0
 # The loops whose running the heartbeat and /healthz vouch for.
 LOOPS = ("absence-listener", "outbox-drain", "webhook-delivery")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -97,6 +101,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._last_clock_reading: tuple[float, float] | None = None
+        # The last database check of health_problem: (when, its problem or None); one check at a time.
+        self._database_check: tuple[float, str | None] | None = None
+        self._database_check_lock = threading.Lock()
         # Not registered anywhere: metrics.py collects it for /metrics.
         self.absence_step_seconds = Histogram(
             "ping_listener_absence_step_seconds",
@@ -235,17 +242,24 @@ class Scheduler:
         )
 
     def health_problem(self) -> str | None:
-        """Why the service is not healthy now, or None: a loop that is not running, or a database that
-        does not take its write lock (StoreUnavailableError's reason)."""
+        """Why the service is not healthy now, or None: a loop that is not running, or a database where a
+        write cannot commit (Store.check_writable: its reason, such as "database is full"), as a check at most
+        HEALTH_CHECK_REUSE seconds old found."""
         for name in LOOPS:
             thread = self._threads.get(name)
             if thread is None or not thread.is_alive():
                 return f"the {name.replace('-', ' ')} is not running"
-        try:
-            self._store.check_writable()
-        except StoreError as error:
-            return f"the database does not answer: {error}"
-        return None
+        with self._database_check_lock:
+            now = self._clock()
+            if self._database_check is not None and 0 <= now - self._database_check[0] < HEALTH_CHECK_REUSE:
+                return self._database_check[1]
+            try:
+                self._store.check_writable(now)
+                problem = None
+            except StoreError as error:
+                problem = f"the database cannot commit a write: {error}"
+            self._database_check = (now, problem)
+            return problem
 
     def beat_once(self) -> bool:
         """One heartbeat: GET heartbeat_url if one is set and the service is healthy; True if it was answered 2xx.

@@ -7,6 +7,8 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 """
 
 import dataclasses
+import errno
+import fcntl
 import os
 import re
 import sqlite3
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import UserConfig
+from config import DEFAULT_DURABILITY, UserConfig
 from rules import BACK, SILENCE, SUCCESS
 from webhooks import WebhookEvent
 
@@ -99,6 +101,8 @@ ALTER TABLE users ADD COLUMN grace REAL;
 ALTER TABLE users ADD COLUMN next_run_after REAL;
 ALTER TABLE users ADD COLUMN next_run REAL;
 """
+# Health (schema version 9): the one row that a health check rewrites to prove that a write can commit.
+HEALTH_TABLE_SQL = "CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL, room BLOB)"
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
 # either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
@@ -126,12 +130,27 @@ MIGRATIONS: tuple[str, ...] = (
     STORM_CONTROL_UPGRADE_SQL,
     # 7 -> 8: schedules.
     SCHEDULES_UPGRADE_SQL,
+    # 8 -> 9: health.
+    HEALTH_TABLE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 HEALTH_TIMEOUT_MS = 500
-# How a database of an older version becomes the next: version it reaches -> its SQL. A new database
-# gets schema.sql, which is always the latest version.
+# A health check's write: the health table's one row, rewritten whole (so the database never grows by it) with
+# the time of the check and new random bytes. SQLite writes only the pages whose bytes changed, and a commit
+# needs room in the WAL for each: with fewer bytes, a nearly full disk could take the check's commit and refuse
+# the larger one of a batch of pings. 64 KiB is 16 pages, more than a batch of a few dozen pings changes.
+HEALTH_WRITE_BYTES = 64 * 1024
+HEALTH_WRITE_SQL = (
+    f"INSERT INTO health (id, checked_at, room) VALUES (1, ?, randomblob({HEALTH_WRITE_BYTES}))"
+    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, room = excluded.room"
+)
+# PRAGMA synchronous for each `durability` of settings.json. In WAL mode, NORMAL syncs the log only when a
+# checkpoint copies it into the database file (the store-upkeep loop, every second): a commit survives the
+# process's death, not the machine's. FULL syncs the log at every commit, before the pings' answers leave.
+SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+# Why a health check's write could not commit when the database (or the disk under it) has no room left.
+DATABASE_FULL = "database is full: no space left on its disk"
 
 
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
@@ -620,8 +639,16 @@ class AlertHistory:
 class Store:
     """Ping Listener's database at one path; safe to use from any number of threads."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable."""
+    def __init__(
+        self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY, exclusive: bool = False
+    ) -> None:
+        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable.
+
+        `durability` is settings.json's (see SYNCHRONOUS). With `exclusive`, as the service opens its
+        database, this process first takes the OS lock of `path`.lock (lock_database) and holds it until
+        close(): a second process asking for it is refused before it reads or writes anything. Readers that
+        do not ask (a person's `sqlite3`, tools, tests opening more stores in one process) are not stopped.
+        """
         self.path = str(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -629,6 +656,8 @@ class Store:
         # Re-entrant: a ping recorded inside ping_batch() takes it again on the same thread.
         self._write_lock = threading.RLock()
         self._schema_ready = False
+        self._synchronous = SYNCHRONOUS[durability]
+        self._lock: int | None = None
         # The schema version the database had before this start upgraded it, or None if it did not.
         self.upgraded_from: int | None = None
         # Whether sync_users restarted monitoring: always, as one process is the only one using a SQLite file
@@ -636,6 +665,8 @@ class Store:
         self.started_alone = True
         _refuse_missing_directory(Path(self.path))
         _refuse_read_only(Path(self.path))
+        if exclusive:
+            self._lock = lock_database(Path(self.path))
         try:
             connection = self._connection()
             self._prepare_schema(connection)
@@ -644,13 +675,26 @@ class Store:
         except sqlite3.Error as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
+        except StoreOpenError:
+            self.close()
+            raise
 
     def close(self) -> None:
-        """Close every connection; waits for a write in progress to finish first."""
+        """Close every connection, then let go of the database's lock if this store holds it; waits for a
+        write in progress to finish first."""
         with self._write_lock, self._connections_lock:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+            if self._lock is not None:
+                os.ftruncate(self._lock, 0)  # no process's id: none holds it
+                os.close(self._lock)  # which lets go of the lock
+                self._lock = None
+
+    def use_durability(self, durability: str) -> None:
+        """Commit as settings.json's `durability` says from now on (see SYNCHRONOUS): each thread's connection
+        follows at its next use outside a transaction, so a batch already begun ends as it began."""
+        self._synchronous = SYNCHRONOUS[durability]
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users` (username -> its config), and restart monitoring at `now`.
@@ -1145,18 +1189,24 @@ class Store:
         here, a WAL checkpoint (checkpoint()). `now` is unused: the PostgreSQL store renews its lease with it."""
         self.checkpoint()
 
-    def check_writable(self) -> None:
-        """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
-        StoreUnavailableError if not.
+    def check_writable(self, now: float) -> None:
+        """Return once a real write has committed: the health table's one row set to `now`, in a transaction
+        of its own. Raise StoreUnavailableError if it cannot commit, its message the reason (DATABASE_FULL
+        when there is no room for it), or if another process holds the database's write lock for longer
+        than HEALTH_TIMEOUT_MS.
 
-        Takes the lock (BEGIN IMMEDIATE) and writes nothing: this is what a ping needs first. A health
-        check waits less than a ping would for a lock another process holds.
+        This is what a ping needs: the write lock, then a commit. The write replaces one row, so checks
+        never make the database grow; and a health check waits less than a ping would for another process.
         """
         connection = self._connection()
         connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
         try:
-            with self._write():
-                pass
+            with self._write() as writing:
+                writing.execute(HEALTH_WRITE_SQL, (now,))
+        except StoreUnavailableError as error:
+            if _primary_code(error.__cause__) == sqlite3.SQLITE_FULL:
+                raise StoreUnavailableError(DATABASE_FULL) from error.__cause__
+            raise
         finally:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
@@ -1217,7 +1267,7 @@ class Store:
             )
             with self._connections_lock:
                 self._connections.append(connection)
-            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.synchronous = None
             # No commit copies the WAL into the database file (a checkpoint, with its fsync, can take
             # hundreds of milliseconds on a big file): the scheduler's checkpoint loop does
             # (checkpoint()), so a ping never waits for one.
@@ -1227,6 +1277,9 @@ class Store:
             if self._schema_ready:
                 connection.execute(_SIGNAL_TRIGGER_SQL)
             self._local.connection = connection
+        if self._local.synchronous != self._synchronous and not connection.in_transaction:
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.synchronous = self._synchronous
         self.before_use(connection)
         return connection
 
@@ -1414,6 +1467,35 @@ def _restart_monitoring(connection, now):
         connection.execute(
             f"UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
         )
+
+
+def lock_database(path: Path) -> int:
+    """Take the OS lock (flock) of the file `path`.lock next to the SQLite database `path`, created if missing,
+    and write this process's id in it; return its open descriptor, which holds the lock until it is closed
+    (or the process ends, however it ends).
+
+    Raise StoreOpenError, one line naming the database and the process that holds the lock, if another
+    process (or another descriptor in this one) holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise StoreOpenError(f"{path}: cannot open its lock file {lock_path}: {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(descriptor, 20, 0).decode("ascii", "replace").strip()
+        os.close(descriptor)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreOpenError(f"{path}: cannot lock its lock file {lock_path}: {error.strerror}") from None
+        raise StoreOpenError(
+            f"{path}: in use by another Ping Listener process (pid {holder if holder.isdigit() else 'unknown'},"
+            f" holding {lock_path}); one process per SQLite database: stop it, or give this one another --db"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 @contextmanager

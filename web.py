@@ -25,9 +25,12 @@ from guards import (
     WRONG_PASSWORD_LIMIT,
     WRONG_PASSWORD_WINDOW,
     BearerGuard,
+    OperatorCredentials,
     PasswordGuard,
+    Sessions,
     WrongPasswordLimiter,
     check_ping_token,
+    json_body,
 )
 from localtime import (
     QueryError,
@@ -102,13 +105,15 @@ _PING_HEADERS = (("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items())
 
 @dataclass(frozen=True)
 class Operations:
-    """What the operators' endpoints answer from: /healthz and /metrics."""
+    """What the operators' endpoints answer from: /healthz, /metrics, and the API key /snooze accepts."""
 
     # Why the service is unhealthy (a loop stopped, the database not answering), or None.
     health_problem: Callable[[], str | None]
     metrics: metrics.Exporter
     # Unlocks /metrics as a bearer token; None disables it.
     metrics_token: str | None
+    # Lets a program snooze a user without a token (X-Api-Key); None: no API key is accepted.
+    api_key: str | None = None
 
 
 def make_app(
@@ -128,24 +133,26 @@ def make_app(
     page's test emails go through `mail_sender`. The overview's answers come from `overview` (its
     upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
-    wrong passwords.
+    wrong passwords, with wrong metrics tokens and wrong credentials given to /snooze and /logs.
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
+    sessions = Sessions()
     testing_only = PasswordGuard(
-        "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "testing", testing_password, TESTING_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
     if overview_password is None:
         overview_password = testing_password
     overview_only = PasswordGuard(
-        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
-    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED)
+    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED, wrong_passwords, clock)
+    operators = OperatorCredentials(overview_only, operations.api_key, wrong_passwords, clock)
 
     @app.hook("after_request")
     def security_headers():
@@ -163,27 +170,42 @@ def make_app(
         start, end = local_day_bounds(query)
         bottle.response.content_type = "application/json"
         if details:
+            user = settings.current.users.get(username)
+            with_bodies = operators.bodies_allowed(user, username, query, bottle.request.environ)
             signals, cut = store.signals_between(username, start, end, LOGS_MAX_PINGS, LOGS_MAX_BODY_CHARS)
             if cut:
                 bottle.response.set_header(LOGS_TRUNCATED, f"first {len(signals)} signals of the day")
-            return json.dumps(_signal_details(signals))
+            return json.dumps(_signal_details(signals, with_bodies))
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
             bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
         return json.dumps(local_clock_times(times))
 
-    @app.route("/snooze", method=["GET", "POST"])
+    # POST only: a link or an image tag in another site's page cannot snooze anyone.
+    @app.post("/snooze")
     def snooze():
-        query = query_fields(bottle.request.environ.get("QUERY_STRING", ""))
-        username = query.get("username")
-        if not username:
+        environ = bottle.request.environ
+        query = query_fields(environ.get("QUERY_STRING", ""))
+        body = _snooze_body(bottle.request)
+        username = query.get("username", body.get("username"))
+        if not isinstance(username, str) or not username:
             raise bottle.HTTPError(400, "missing username")
-        minutes = _snooze_minutes(query.get("minutes"))
-        # Who may snooze a user is who may signal for it.
-        _check_signal_allowed(settings, username, query, bottle.request.environ)
+        minutes = _snooze_minutes(query.get("minutes", body.get("minutes")))
+        user = settings.current.users.get(username)
+        if user is None:
+            raise bottle.HTTPError(404, f"unknown user {username}")
+        who = operators.snooze(user, username, query, body, environ)
         now = clock()
         until = store.snooze(username, now + minutes * 60, now)
+        log.info(
+            "%s snoozed until %s (minutes=%d) by its %s from %s",
+            username,
+            format_local_time(until),
+            minutes,
+            who,
+            environ.get("REMOTE_ADDR", ""),
+        )
         bottle.response.content_type = PLAIN_TEXT
         return format_ping_time(until)
 
@@ -229,10 +251,12 @@ def make_app(
     @app.post("/testing/test-email")
     @testing_only
     def testing_test_email():
+        recipient = settings.current.recipient
+        if recipient is None:
+            raise bottle.HTTPError(409, "settings.json has no recipient to send a test email to")
         if not sending_test_email.acquire(blocking=False):
             raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
         try:
-            recipient = settings.current.recipient
             result = mail_sender.send_test(recipient, clock())
         finally:
             sending_test_email.release()
@@ -250,7 +274,7 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
-        # The guard has checked that the body is a JSON object with the password.
+        # The guard has checked that the body is a JSON object of Unicode text with the password.
         since = json.loads(bottle.request.body.read(MAX_REQUEST_BODY)).get("since")
         if since is not None and not isinstance(since, str):
             raise bottle.HTTPError(400, "invalid since: expected the version of an earlier answer, or null")
@@ -260,7 +284,7 @@ def make_app(
     @app.post("/overview/day")
     @overview_only
     def overview_of_a_day():
-        # The guard has checked that the body is a JSON object with the password.
+        # The guard has checked that the body is a JSON object of Unicode text with the password.
         body = json.loads(bottle.request.body.read(MAX_REQUEST_BODY))
         username = body.get("username")
         if not isinstance(username, str) or not username:
@@ -368,9 +392,8 @@ def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSetting
 def _check_signal_allowed(
     settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
 ) -> None:
-    """Return if `username` may be signalled (or snoozed) by this request; raise 404 for a user not in the
-    settings in force, 403 without its token (guards.check_ping_token). The store follows the settings on
-    a reload."""
+    """Return if `username` may be signalled by this request; raise 404 for a user not in the settings in
+    force, 403 without its token (guards.check_ping_token). The store follows the settings on a reload."""
     user = settings.current.users.get(username)
     if user is None:
         raise bottle.HTTPError(404, f"unknown user {username}")
@@ -399,15 +422,18 @@ def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
 
 
 def _path_signal(path: str) -> tuple[str, str, int | None]:
-    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N]; QueryError if invalid.
+    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N][/]; QueryError if invalid.
 
     PATH_INFO is already percent-decoded (a %2F is a separator like /), as a WSGI string: its characters
-    are the path's bytes, read here as UTF-8.
+    are the path's bytes, read here as UTF-8. One trailing slash is ignored, as the reference monitor
+    does and as clients that build URLs by joining segments send it; a second one is an empty signal.
     """
     try:
         segments = path.encode("latin-1").decode("utf-8").split("/")[2:]
     except UnicodeError:
         raise QueryError("path is not valid UTF-8") from None
+    if len(segments) > 1 and not segments[-1]:
+        segments.pop()
     username = segments[0]
     if not username:
         raise QueryError("missing username")
@@ -445,17 +471,36 @@ def _signal_body(environ: WSGIEnvironment) -> str | None:
     return data.decode("utf-8", errors="replace") if data else None
 
 
-def _snooze_minutes(text: str | None) -> int:
-    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES in decimal digits; QueryError if not."""
-    if text is None:
+def _snooze_body(request: bottle.BaseRequest) -> dict[str, Any]:
+    """The JSON object a /snooze request carries ({} if none, or if its Content-Type is not application/json);
+    400 if it is not one."""
+    if request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
+        return {}
+    expected = 'expected a JSON object such as {"username": "...", "minutes": 10, "password": "..."}'
+    body = json_body(request, MAX_REQUEST_BODY, expected)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise bottle.HTTPError(400, expected)
+    return body
+
+
+def _snooze_minutes(value: object) -> int:
+    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES, in decimal digits or (from a JSON
+    body) a JSON integer; QueryError if not."""
+    if value is None:
         raise QueryError("missing minutes")
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise QueryError(f"invalid minutes: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
     if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > MAX_SNOOZE_MINUTES:
         raise QueryError(f"invalid minutes {text[:20]!r}: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
     return int(text)
 
 
-def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
-    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
+def _signal_details(signals: list[Signal], with_bodies: bool) -> list[dict[str, Any]]:
+    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body (None for every
+    signal unless `with_bodies`)."""
     times = local_clock_times(signal.at for signal in signals)
     return [
         {
@@ -463,7 +508,7 @@ def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
             "kind": signal.kind,
             "exit_code": signal.exit_code,
             "duration": None if signal.duration is None else round(signal.duration, 3),
-            "body": signal.body,
+            "body": signal.body if with_bodies else None,
         }
         for time, signal in zip(times, signals, strict=True)
     ]

@@ -16,6 +16,7 @@ import server
 import serving
 from bench import (
     detection,
+    durability,
     footprint,
     harness,
     history,
@@ -31,6 +32,7 @@ SECTIONS = (
     "ping",
     "ping-cost",
     "burst",
+    "durability",
     "tick",
     "startup",
     "idle",
@@ -92,6 +94,8 @@ def _run_section(section, args, servers):
         return in_process, ping_cost.run_served(servers, workdir, args.duration, args.warmup, args.rounds, _log)
     if section == "burst":
         return throughput.run_bursts(servers, (1_000, 5_000, 10_000), args.rounds, _log)
+    if section == "durability":
+        return durability.run(args.duration, args.warmup, args.rounds, _log)
     if section == "tick":
         plain = tick.run((1_000, 10_000, 100_000), late_repeats=21, idle_repeats=501, log=_log)
         chained = tick.run((100_000,), 21, 501, _log, chain_length=tick.CHAIN_LENGTH)
@@ -130,6 +134,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _ping_cost_table(results["ping-cost"])
     if "burst" in results:
         lines += _burst_table(results["burst"], targets)
+    if "durability" in results:
+        lines += _durability_table(results["durability"])
     if "tick" in results:
         lines += _tick_table(results["tick"], targets)
     if "startup" in results or "idle" in results:
@@ -330,6 +336,28 @@ def _dagger(result):
 
 def _errors(result):
     return str(result.non_200 + result.socket_errors)
+
+
+def _durability_table(rows):
+    lines = [
+        "### What `durability` costs",
+        "",
+        "`wrk -t1 -cN` kept alive against `GET /ping?username=...`, as in section 1, on two services side by side"
+        " (bench/durability.py), each on a new SQLite file: `process` (the default: synchronous=NORMAL in WAL mode,"
+        " a commit survives the process's death) and `power` (synchronous=FULL: the write-ahead log synced at every"
+        " commit, before the answers of its batch leave). Medians over the rounds. No targets: the cost of a sync"
+        " is the disk's, and this disk's is what these figures say.",
+        "",
+        "| connections | process req/s | power req/s | power / process | p50 / p99 ms process | p50 / p99 ms power |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        process, power = row.median("process"), row.median("power")
+        lines.append(
+            f"| {row.connections} | {process.rps:.0f} | {power.rps:.0f} | {power.rps / process.rps:.2f}×"
+            f" | {process.p50_ms:.2f} / {process.p99_ms:.2f} | {power.p50_ms:.2f} / {power.p99_ms:.2f} |"
+        )
+    return [*lines, ""]
 
 
 def _tick_table(rows, targets):

@@ -456,6 +456,35 @@ class SmallDiskStore(Store):
         connection.execute(f"PRAGMA max_page_count = {self.pages}")
 
 
+class Tmpfs:
+    """A real tmpfs of `size` bytes mounted at `directory` (mounting needs root, as `make test` runs), which a
+    test can fill up to its last byte and free again: the disk full that SQLite meets at its COMMIT."""
+
+    def __init__(self, directory, size):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)], check=True)
+        self._filler = self.directory / "filler"
+
+    def fill_up(self):
+        """Write a file until the disk refuses one more byte."""
+        descriptor = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(descriptor, b"\0" * chunk)
+        finally:
+            os.close(descriptor)
+
+    def free_up(self):
+        """Space returns."""
+        self._filler.unlink(missing_ok=True)
+
+    def unmount(self):
+        subprocess.run(["umount", "--lazy", str(self.directory)], check=True)
+
+
 def outbox(db):
     """(recipient, status, attempts) of each email in the outbox, oldest first."""
     return query(db, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
@@ -529,10 +558,10 @@ class Clock:
         return self.now
 
 
-def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None, api_key=None):
     """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
     step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
-    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token, api_key)
 
 
 def make_test_app(

@@ -177,6 +177,14 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
             "SMTP_SECURITY: none (no TLS) is only allowed to a loopback SMTP_HOST (localhost, 127.0.0.0/8, ::1),"
             " got SMTP_HOST 'mail.example.net'; use starttls or ssl",
         ),
+        (
+            {"METRICS_TOKEN": "abc"},
+            "METRICS_TOKEN: must be at least 16 characters without spaces or control characters, got 3 characters",
+        ),
+        (
+            {"API_KEY": "fifteen-chars-x"},
+            "API_KEY: must be at least 16 characters without spaces or control characters, got 15 characters",
+        ),
     ],
 )
 def test_a_bad_smtp_port_or_security_or_plain_text_to_another_machine_stops_startup_with_status_2(
@@ -292,6 +300,29 @@ def test_send_test_email_exits_2_for_a_bad_address_or_smtp_setting(tmp_path):
     ]
 
 
+def test_a_local_relay_gets_the_test_email_and_the_alerts_for_root_at_localhost(tmp_path, ca, ca_path, start_server):
+    relay = TlsSmtpServer(ca, require_login=False, security="plain").start()
+    local = {
+        "SMTP_PORT": str(relay.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_LOGIN": "",
+        "SMTP_PASSWORD": "",
+        "SMTP_FROM": "ping-listener@localhost",
+    }
+    try:
+        result = send_test_email("root@localhost", tmp_path, **server_env(relay.port, ca_path, **local))
+        assert (result.returncode, result.stderr) == (0, "")
+        service = start_server(write_settings(tmp_path / "settings.json", PI, recipient="root@localhost"), **local)
+        messages = relay.wait_for_messages(2)
+        assert service.stop() == 0
+    finally:
+        relay.stop()
+    assert [(mail_from, recipients, message["Subject"]) for mail_from, recipients, message in messages] == [
+        ("ping-listener@localhost", ["root@localhost"], "Ping Listener test email"),
+        ("ping-listener@localhost", ["root@localhost"], "pi disconnection detected"),
+    ]
+
+
 def test_the_startup_login_check_logs_that_it_worked(tmp_path, start_server, smtp_server):
     service = start_server(write_settings(tmp_path / "settings.json", PI, server_root="https://monitor.example.net"))
     expected = f"INFO ping_listener.server: SMTP check: logged in to 127.0.0.1:{smtp_server.port} as {SMTP_LOGIN}"
@@ -387,15 +418,17 @@ def test_one_recovery_for_a_failure_alerted_before_a_restart(tmp_path, db, start
 
 
 def test_a_run_past_max_runtime_is_reported_and_logs_details_show_it(tmp_path, db, start_server, smtp_server):
-    users = {"job": {**JOB["job"], "max_runtime": 0.5}}
+    token = "the-jobs-token-0123456789"
+    users = {"job": {**JOB["job"], "max_runtime": 0.5, "token": token}}
     service = start_server(write_settings(tmp_path / "settings.json", users), db)
-    status, answer = service.get("/ping/job/start")
+    status, answer = service.get(f"/ping/job/start?token={token}")
     [(_, _, late)] = smtp_server.wait_for_messages(1)
     assert late["Subject"] == "job did not finish in time"
-    service.post("/ping/job", b"done")
+    service.post("/ping/job", b"done", headers={"Authorization": f"Bearer {token}"})
     smtp_server.wait_for_messages(2)
     year, month, day = answer.split()[0].split("/")
-    status, details = service.get(f"/logs?username=job&year={year}&month={month}&day={day}&details=1")
+    query = f"username=job&year={year}&month={month}&day={day}&details=1"
+    status, details = service.get(f"/logs?{query}", headers={"Authorization": f"Bearer {token}"})
     assert service.stop() == 0
     start, success = json.loads(details)
     assert (start["kind"], start["time"]) == ("start", answer.split()[1])

@@ -95,6 +95,30 @@ def test_an_invalid_reload_logs_each_problem_and_changes_nothing(tmp_path, start
     assert service.stop() == 0
 
 
+def test_without_a_recipient_alerts_go_to_device_email_and_a_reload_that_needs_one_is_refused(
+    tmp_path, start_server, smtp_server
+):
+    settings = tmp_path / "settings.json"
+    document = {
+        "base_frequency": 0.05,
+        "email_processing_frequency": 0.05,
+        "users": {"pi": {**QUIET, "max_sleep": 0.1, "device_email": "pi-owner@example.com"}},
+    }
+    settings.write_text(json.dumps(document))
+    service = start_server(settings)
+    [(_, recipients, message)] = smtp_server.wait_for_messages(1)
+    assert (recipients, message["Subject"]) == (["pi-owner@example.com"], "pi disconnection detected")
+    document["users"]["new"] = QUIET
+    settings.write_text(json.dumps(document))
+    reloaded(service)
+    assert (
+        'recipient: missing, needed by users.new (a user that notifies "email" and has no device_email sends'
+        " its alerts to recipient)" in service.log()
+    )
+    assert service.get("/ping?username=new") == (404, "unknown user new")
+    assert service.stop() == 0
+
+
 def test_a_reload_during_an_alert_storm_loses_and_doubles_no_alert(tmp_path, start_server, smtp_server):
     settings = tmp_path / "settings.json"
     stormy = {f"device-{n:03d}": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600} for n in range(150)}

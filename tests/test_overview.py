@@ -213,6 +213,22 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
 
 
+def test_a_snoozed_users_row_says_until_when_and_stops_saying_it_when_the_snooze_ends(store):
+    synced(store, now=T0 - 1000)
+    overview = loaded(store)
+    store.record_ping("pi", T0 - 10)
+    store.snooze("pi", T0 + 300, T0)
+    pi = by_name(overview_state(store, overview, T0 + 1))["pi"]
+    assert (pi["state"], pi["snoozed_until"], pi["snoozed_until_local"]) == (
+        "snoozed",
+        T0 + 300,
+        "2026-09-21 16:18:20 CEST",
+    )
+    assert by_name(overview_state(store, overview, T0 + 2))["backup"]["snoozed_until"] is None
+    pi = by_name(overview_state(store, overview, T0 + 300))["pi"]  # only the clock moved
+    assert (pi["state"], pi["snoozed_until"], pi["snoozed_until_local"]) == ("silent", None, None)
+
+
 @BACKENDS
 def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(store):
     synced(store, now=T0 - 1000)
@@ -358,6 +374,8 @@ def test_a_row_is_json_whatever_the_name_and_schedule(store):
         "last_ping_local",
         "late_at",
         "late_at_local",
+        "snoozed_until",
+        "snoozed_until_local",
         "silences",
         "alerts",
         "recoveries",

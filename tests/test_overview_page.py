@@ -5,10 +5,12 @@
 """
 
 import dataclasses
+import http.client
 import json
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -210,6 +212,51 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     expect(names.first).to_have_text("pi")
     assert page.evaluate("window.notReloaded") is True
     assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
+
+
+def test_a_snoozed_device_shows_until_when_without_a_reload(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    expect(row(page, "camera").locator(".badge")).to_have_text("pinging")
+    snooze = json.dumps({"username": "camera", "minutes": 90, "password": PASSWORD}).encode()
+    status, until = service.post("/snooze", snooze, headers={"Content-Type": "application/json"})
+    assert status == 200
+    camera = row(page, "camera")
+    expect(camera.locator(".badge")).to_have_text("snoozed")
+    # The answer is "%y/%m/%d %H:%M:%S"; the page shows the local date and time in full.
+    expect(camera.locator(".deadline")).to_have_text(re.compile(rf"^snoozed until 20{until.replace('/', '-')} CES?T$"))
+
+
+def guess_from(service, source, password):
+    """POST `password` to /overview/state from the local address `source` (any of 127.0.0.0/8); the status."""
+    host, port = urllib.parse.urlsplit(service.url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    try:
+        body = json.dumps({"password": password})
+        connection.request("POST", "/overview/state", body, {"Content-Type": "application/json"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_open_page_goes_on_while_others_guess_from_its_own_address_and_many_more(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    status = page.locator("#connection")
+    expect(status).to_contain_text("Updated")
+    # Five wrong passwords from the page's own address (as from behind one NAT), then fifteen from others:
+    # that address and then every address are refused, even with the right password.
+    sources = ["127.0.0.1"] * 5 + [f"127.0.0.{n}" for n in range(2, 17)]
+    assert [guess_from(service, source, "guess") for source in sources] == [401] * 20
+    assert guess_from(service, "127.0.0.1", PASSWORD) == 429
+    assert guess_from(service, "127.0.0.99", PASSWORD) == 429
+    # The page's session cookie keeps its refreshes answered (the fixture fails the test on any console error).
+    for _ in range(2):
+        shown = status.text_content()
+        expect(status).not_to_have_text(shown)
+        expect(status).to_have_text(re.compile("^Updated"))
 
 
 def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh_load_draws_them(

@@ -114,7 +114,7 @@ def test_a_new_database_gets_the_current_version_and_the_sqlite_schemas_tables_a
     assert set(columns) - own - readable == sqlite_columns | claims
 
 
-@pytest.mark.parametrize(("version", "problem"), [(SCHEMA_VERSION + 1, "is newer than"), (SCHEMA_VERSION - 1, "older")])
+@pytest.mark.parametrize(("version", "problem"), [(SCHEMA_VERSION + 1, "is newer than"), (7, "older")])
 def test_a_database_of_another_schema_version_is_refused_in_one_line(postgres_url, version, problem):
     PgStore(postgres_url).close()
     sql(postgres_url, "UPDATE schema_version SET version = %s", (version,))
@@ -124,6 +124,22 @@ def test_a_database_of_another_schema_version_is_refused_in_one_line(postgres_ur
     assert problem in message and f"version {version}" in message
     assert "\n" not in message and PASSWORD not in message
     assert message.startswith(display_name(postgres_url))
+
+
+def test_a_version_8_database_is_upgraded_at_start_and_then_takes_the_health_checks_write(postgres_url):
+    PgStore(postgres_url).close()
+    sql(postgres_url, "DROP TABLE health; UPDATE schema_version SET version = 8")
+    upgraded = PgStore(postgres_url)
+    try:
+        assert upgraded.upgraded_from == 8
+        upgraded.check_writable(T0)
+        assert sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert sql(postgres_url, "SELECT checked_at FROM health") == [(T0,)]
+    finally:
+        upgraded.close()
+    again = PgStore(postgres_url)
+    assert again.upgraded_from is None
+    again.close()
 
 
 def test_another_applications_database_is_refused(postgres_url):
@@ -425,7 +441,7 @@ def test_the_server_ends_a_cut_off_instances_open_write_and_the_others_write_aga
 
 
 def test_check_writable_passes_and_reports_a_write_lock_held_too_long(store_pg):
-    store_pg.check_writable()
+    store_pg.check_writable(T0)
     with psycopg.connect(store_pg.url) as other:  # a transaction holding the write lock until it ends
         other.execute(pg_store.WRITE_LOCK_SQL)
         # The lock is let go halfway between HEALTH_TIMEOUT and a write's own WAIT_TIMEOUT: a check that waited
@@ -434,11 +450,11 @@ def test_check_writable_passes_and_reports_a_write_lock_held_too_long(store_pg):
         letting_go.start()
         try:
             with pytest.raises(StoreUnavailableError, match="timeout"):
-                store_pg.check_writable()
+                store_pg.check_writable(T0)
         finally:
             letting_go.cancel()
             letting_go.join()
-    store_pg.check_writable()
+    store_pg.check_writable(T0)
 
 
 def test_a_nul_character_from_outside_is_no_user_and_is_kept_as_a_replacement_character(store_pg):
@@ -464,7 +480,7 @@ def test_a_nul_character_from_outside_is_no_user_and_is_kept_as_a_replacement_ch
 def test_after_the_server_dropped_every_connection_the_store_goes_on_at_once(store_pg, postgres_server):
     # What a restart or a failover of the server does to an instance: every connection of it is gone.
     store_pg.record_ping("pi", T0 + 1)
-    store_pg.check_writable()
+    store_pg.check_writable(T0)
     with postgres_server.connect() as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -472,7 +488,7 @@ def test_after_the_server_dropped_every_connection_the_store_goes_on_at_once(sto
         )
     for n in range(2, 2 + pg_store.POOL_SIZE + 1):  # more than the pool holds: each connection is checked
         store_pg.record_ping("pi", T0 + n)
-    store_pg.check_writable()
+    store_pg.check_writable(T0)
     store_pg.upkeep(T0 + 20)  # takes the liveness lock again
     held = f"SELECT count(*) FROM ({pg_store.LOCKED_INSTANCES_SQL}) AS locked WHERE objid = %s"
     assert sql(store_pg.url, held, (store_pg.instance_id,)) == [(1,)]

@@ -896,7 +896,8 @@ def test_without_retention_days_nothing_is_ever_deleted(store, recording_mailer)
     assert store.pings_between("pi", T0, T0 + 1) == [T0]
 
 
-def test_health_names_a_loop_not_running_or_a_database_that_does_not_answer(store, recording_mailer):
+def test_health_names_a_loop_not_running_or_a_database_that_does_not_answer(store, recording_mailer, monkeypatch):
+    monkeypatch.setattr(scheduler, "HEALTH_CHECK_REUSE", 0)  # every call checks the database again
     steps = make_scheduler(store, recording_mailer, clock=time.time)
     assert steps.health_problem() == "the absence listener is not running"
     steps.start()
@@ -905,13 +906,32 @@ def test_health_names_a_loop_not_running_or_a_database_that_does_not_answer(stor
         with sqlite3.connect(store.path) as other_process:
             other_process.execute("BEGIN IMMEDIATE")
             assert steps.health_problem() == (
-                "the database does not answer: storage unavailable: the database is locked by another process"
+                "the database cannot commit a write: storage unavailable: the database is locked by another process"
             )
             other_process.execute("ROLLBACK")
         assert steps.health_problem() is None
     finally:
         assert steps.stop(2)
     assert steps.health_problem() == "the absence listener is not running"
+
+
+def test_health_checks_within_a_second_of_the_last_reuse_its_database_check(store, recording_mailer):
+    clock = Clock(T0)
+    steps = make_scheduler(store, recording_mailer, clock=clock)
+    steps.start()
+    try:
+        for now, checked_at in ((T0, T0), (T0 + 0.5, T0), (T0 + 0.99, T0), (T0 + 1, T0 + 1), (T0 + 1.5, T0 + 1)):
+            clock.now = now
+            assert steps.health_problem() is None
+            assert query(store.path, "SELECT checked_at FROM health") == [(checked_at,)], now
+        with sqlite3.connect(store.path) as other_process:
+            other_process.execute("BEGIN IMMEDIATE")
+            assert steps.health_problem() is None  # as the check at T0 + 1 found
+            clock.now = T0 + 2
+            assert "locked by another process" in steps.health_problem()
+            other_process.execute("ROLLBACK")
+    finally:
+        assert steps.stop(2)
 
 
 def absence_steps(steps):
@@ -963,7 +983,8 @@ def test_the_heartbeat_loop_gets_the_url_every_heartbeat_frequency(store, record
     assert (beats - 1) * frequency <= elapsed, f"{beats} heartbeats in {elapsed:.2f} s, one every {frequency} s at most"
 
 
-def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer, caplog):
+def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer, caplog, monkeypatch):
+    monkeypatch.setattr(scheduler, "HEALTH_CHECK_REUSE", 0)  # the loop's first check is not reused
     with HttpReceiver() as receiver:
         steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb")
         try:
@@ -977,7 +998,7 @@ def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer,
                 other_process.execute("ROLLBACK")
         finally:
             steps.stop(2)
-    assert "no heartbeat sent: the database does not answer" in caplog.text
+    assert "no heartbeat sent: the database cannot commit a write" in caplog.text
 
 
 @pytest.mark.parametrize("failure", ["down", "500", "hangs"])

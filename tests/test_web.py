@@ -11,7 +11,7 @@ import webtest
 
 import mailer
 import web
-from config import LiveSettings
+from config import LiveSettings, parse_settings
 from store import CheckOutcome, NewEmail
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
@@ -293,7 +293,6 @@ def test_testing_endpoints_are_503_when_testing_mode_is_disabled(client, path):
         (b"\xff\xfe", 400),
         (b"[" * 60_000, 400),
         (b'{"password": "nope"}', 401),
-        (b'{"password": "\\ud800"}', 401),
         (b'{"password": "let me in "}', 401),
     ],
 )
@@ -461,6 +460,19 @@ def test_a_test_email_refused_answers_the_code_and_logs_the_servers_words(store,
     assert "ERROR" in caplog.text and "refused by smtp.example.net" in caplog.text
 
 
+def test_without_a_recipient_the_testing_page_says_so_and_sends_no_test_email(store, clock):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "device_email": "pi@example.com"}}
+    settings = parse_settings({"base_frequency": 1, "email_processing_frequency": 1, "users": users})
+    store.sync_users(settings.users, T0 - 3600)
+    test_emails = ScriptedTestEmails()
+    client = webtest.TestApp(make_test_app(store, settings, clock, "let me in", test_emails))
+    password = {"password": "let me in"}
+    assert client.post_json("/testing/config", password, status=200).json["recipient"] is None
+    answer = client.post_json("/testing/test-email", password, status=409)
+    assert answer.text == "settings.json has no recipient to send a test email to"
+    assert test_emails.sent_to == []
+
+
 def test_one_test_email_at_a_time(store, clock):
     class Slow(ScriptedTestEmails):
         """Its SMTP conversation lasts until the test releases it."""
@@ -519,6 +531,7 @@ def test_five_wrong_passwords_in_a_minute_get_an_address_429_for_a_minute(store,
     other = "/testing/state" if path == "/testing/config" else "/testing/config"
     client.post_json(other, right, status=429, **from_address("192.0.2.1"))
     client.post_json(path, right, status=200, **from_address("192.0.2.2"))
+    client.cookiejar.clear()  # the session of that browser, which another one does not have
     clock.now += 58.5
     assert client.post_json(path, right, status=429, **from_address("192.0.2.1")).headers["Retry-After"] == "1"
     clock.now += 0.5  # a minute after the fifth wrong password
@@ -653,6 +666,91 @@ def test_twenty_wrong_passwords_from_all_addresses_together_refuse_every_address
     client.post_json("/testing/state", {"password": "let me in"}, status=200, **from_address("192.0.2.99"))
 
 
+def test_the_holder_of_the_right_password_is_never_refused_while_many_addresses_guess(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    app = make_test_app(store, settings, clock, overview_password="look", metrics_token="metrics-token-0123456789")
+    # Each its own client, as each is its own browser or program with its own cookies.
+    admin = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.10"})
+    prometheus = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.20"})
+    guessers = webtest.TestApp(app)
+    scrape_headers = {"Authorization": "Bearer metrics-token-0123456789"}
+    admin.post_json("/overview/state", {"password": "look"}, status=200)
+    prometheus.get("/metrics", headers=scrape_headers, status=200)
+    looked_at = []
+    for second in range(0, 600, 3):  # 10 minutes; 8 addresses guess every 3 s, 160 guesses a minute
+        clock.now = T0 + second
+        for n in range(8):
+            guess = guessers.post_json(
+                "/overview/state", {"password": f"guess-{second}-{n}"}, status="*", **from_address(f"198.51.100.{n}")
+            )
+            assert guess.status_int in (401, 429)
+            if guess.status_int == 401:
+                looked_at.append(clock.now)
+        # The admin's page refreshes and Prometheus scrapes throughout: never refused.
+        admin.post_json("/overview/state", {"password": "look"}, status=200)
+        prometheus.get("/metrics", headers=scrape_headers, status=200)
+    # At most 20 guesses looked at in any minute, however many addresses guess.
+    assert max(sum(1 for t in looked_at if end - 60 < t <= end) for end in looked_at) == 20
+    assert len(looked_at) <= 20 * 10
+    # A client that has not given the right password meanwhile, from an address that has not either, is refused
+    # with everyone: this keeps the bound.
+    for n in range(20):
+        guessers.post_json("/overview/state", {"password": "guess"}, status="*", **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("203.0.113.1"))
+
+
+def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_connects_from(store, clock):
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    answer = phone.post_json("/overview/state", {"password": "look"}, status=200)
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("ping_listener_session=")
+    assert {"HttpOnly", "SameSite=strict", "Path=/", "Max-Age=86400"} <= set(cookie.split("; "))
+    # Someone behind the phone's own address (the same NAT) has it refused, and everyone is refused too.
+    for _ in range(5):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address("192.0.2.40"))
+    for n in range(15):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("192.0.2.40"))
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    # The phone moves to another network: its session goes with it.
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert "Set-Cookie" not in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    # A session spares the limit, not the password: its first wrong one ends it (the next right one starts another).
+    phone.post_json("/overview/state", {"password": "guess"}, status=401)
+    assert "Set-Cookie" in phone.post_json("/overview/state", {"password": "look"}, status=200).headers
+    # It lasts a day after its last use.
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    session = guessers.cookies["ping_listener_session"]
+    clock.now += 86_399
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] == session
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] != session
+
+
+def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
+    client = metrics_client(store, clock)
+    client.extra_environ = {"REMOTE_ADDR": "192.0.2.30"}
+    for n in range(4):
+        client.get("/metrics", headers={"Authorization": f"Bearer guess-{n}"}, status=401)
+    client.get("/metrics", status=401)  # no token: nothing guessed, not counted
+    client.post_json("/overview/state", {"password": "guess"}, status="*")  # the overview is disabled: not counted
+    client.get("/metrics", headers={"Authorization": "Bearer guess-4"}, status=401)  # the fifth
+    answer = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=429)
+    assert answer.text == "too many wrong bearer tokens from 192.0.2.30; try again in 60 s"
+    assert answer.headers["Retry-After"] == "60"
+    scrape_from = {"extra_environ": {"REMOTE_ADDR": "192.0.2.31"}}
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200, **scrape_from)
+    clock.now += 60
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
+
+
 def token_client(store, clock, caplog=None):
     users = {
         "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
@@ -693,6 +791,31 @@ def test_the_day_view_names_a_bad_field_or_an_unknown_user(store, clock, fields,
     assert (answer.content_type, answer.text) == ("text/plain", message)
 
 
+@pytest.mark.parametrize(
+    "path", ["/testing/config", "/testing/state", "/testing/test-email", *OVERVIEW_ENDPOINTS, "/snooze"]
+)
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"password": "look", "username": "\\udfff"}', "username: must be valid Unicode text"),
+        (b'{"password": "\\ud800look"}', "password: must be valid Unicode text"),
+        (b'{"password": "look", "since": "\\udc00:1"}', "since: must be valid Unicode text"),
+        (b'{"password": "look", "x": {"\\ud83d": 1}}', 'x."\\ud83d": a key must be valid Unicode text'),
+        (b'{"password": "look", "x": [1, "ok \\udfff"]}', "x[1]: must be valid Unicode text"),
+    ],
+)
+def test_a_lone_surrogate_in_any_json_body_is_a_400_naming_its_field(store, clock, path, body, message):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, "look", overview_password="look"))
+    query = "?username=pi&minutes=5" if path == "/snooze" and b"username" not in body else ""
+    answer = client.post(path + query, body, content_type="application/json", status=400)
+    assert (answer.content_type, answer.text) == ("text/plain", message + " (it holds a lone surrogate)")
+    assert store.user("pi").snoozed_until is None
+    # None of them was a wrong password.
+    client.post_json("/testing/state", {"password": "look"}, status=200)
+
+
 def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
     client = overview_client(store, clock, overview_password="look")
     client.get("/ping?username=pi", status=200)
@@ -726,6 +849,14 @@ SIGNAL_FORMS = [
     ("/ping/pi/0", ("success", 0)),
     ("/ping/pi/2", ("fail", 2)),
     ("/ping/pi/255", ("fail", 255)),
+    # One trailing slash is the same signal.
+    ("/ping/pi/", ("success", None)),
+    ("/ping/pi/start/", ("start", None)),
+    ("/ping/pi/fail/", ("fail", None)),
+    ("/ping/pi/log/", ("log", None)),
+    ("/ping/pi/0/", ("success", 0)),
+    ("/ping/pi/2/", ("fail", 2)),
+    ("/ping/pi%2Ffail%2F", ("fail", None)),
 ]
 
 
@@ -755,7 +886,10 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/", "missing username"),
         ("/ping//fail", "missing username"),
         ("/ping/pi/success", "unknown signal 'success'"),
-        ("/ping/pi/", "unknown signal ''"),
+        ("/ping//", "missing username"),
+        ("/ping/pi//", "unknown signal ''"),
+        ("/ping/pi/fail//", "unknown signal 'fail/'"),
+        ("/ping/pi//fail/", "unknown signal '/fail'"),
         ("/ping/pi/256", "unknown signal '256'"),
         ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
@@ -797,7 +931,9 @@ def test_a_post_body_is_kept_as_utf8_with_replacement_cut_to_10000_bytes(client,
     assert committed_signals(store) == [("fail", None, kept), ("log", None, kept)]
 
 
-def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
+def test_logs_lists_every_signal_and_details_1_describes_each_with_bodies_only_for_the_users_token(store, clock):
+    client = token_client(store, clock)
+    client.extra_environ = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
     clock.now = T0
     client.get("/ping/pi/start")
     clock.now = T0 + 2.25
@@ -806,16 +942,37 @@ def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
     client.post("/ping/pi/3", b"")
     clock.now = T0 + 5
     client.get("/ping/pi")
+    client.extra_environ = {}
     query = "username=pi&year=26&month=9&day=21"
     assert logs(client, query).json == ["16:13:20", "16:13:22", "16:13:24", "16:13:25"]
-    answer = logs(client, query + "&details=1")
-    assert answer.content_type == "application/json"
-    assert answer.json == [
+    with_token = logs(client, query + f"&details=1&token={TOKEN}")
+    assert with_token.content_type == "application/json"
+    assert with_token.json == [
         {"time": "16:13:20", "kind": "start", "exit_code": None, "duration": None, "body": None},
         {"time": "16:13:22", "kind": "log", "exit_code": None, "duration": None, "body": "half way"},
         {"time": "16:13:24", "kind": "fail", "exit_code": 3, "duration": 4.5, "body": None},
         {"time": "16:13:25", "kind": "success", "exit_code": None, "duration": None, "body": None},
     ]
+    bearer = client.get(f"/logs?{query}&details=1", headers={"Authorization": f"Bearer {TOKEN}"}, status=200)
+    assert bearer.json == with_token.json
+    # Without the token every body is left out, and the rest answered as before.
+    without = logs(client, query + "&details=1")
+    assert without.json == [{**signal, "body": None} for signal in with_token.json]
+    assert "half way" not in without.text
+    answer = logs(client, query + "&details=1&token=not-the-token-of-pi", status=403)
+    assert answer.text == "wrong or missing token for pi"
+
+
+def test_logs_details_of_a_user_without_a_token_or_no_longer_configured_have_no_bodies(store, clock):
+    client = token_client(store, clock)
+    client.post("/ping/open/fail", b"secret output", status=200)
+    query = "username=open&year=26&month=9&day=21&details=1"
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+        assert [signal["body"] for signal in logs(client, query).json] == [None]
+        assert [signal["body"] for signal in client.get(f"/logs?{query}", headers=headers).json] == [None]
+    removed = make_client(store, clock, users={})
+    assert [signal["kind"] for signal in logs(removed, query).json] == ["fail"]
+    assert "secret output" not in logs(removed, query).text
 
 
 @pytest.mark.parametrize("value", ["0", "true", "", "11"])
@@ -824,11 +981,12 @@ def test_logs_details_takes_only_1(client, value):
     assert answer.text == f"invalid details {value!r}: expected 1"
 
 
-def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(client, monkeypatch):
+def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(store, clock, monkeypatch):
+    client = token_client(store, clock)
     monkeypatch.setattr(web, "LOGS_MAX_BODY_CHARS", 25_000)
     for _ in range(5):
-        client.post("/ping/pi/log", b"z" * 10_000)
-    answer = logs(client, "username=pi&year=26&month=9&day=21&details=1")
+        client.post(f"/ping/pi/log?token={TOKEN}", b"z" * 10_000)
+    answer = logs(client, f"username=pi&year=26&month=9&day=21&details=1&token={TOKEN}")
     assert len(answer.json) == 3
     assert answer.headers[web.LOGS_TRUNCATED] == "first 3 signals of the day"
     assert web.LOGS_TRUNCATED not in logs(client, "username=pi&year=26&month=9&day=21").headers
@@ -883,18 +1041,30 @@ def test_testing_state_shows_a_scheduled_users_schedule_and_real_deadline_right_
 # /snooze: pi pinged last at T0 - 10 (late at T0 + 50), settings say max_sleep 60.
 
 
-def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(client, store, clock):
-    answer = client.post("/snooze?username=pi&minutes=30", status=200)
+def snooze_client(store, clock, users=None, api_key=None):
+    """An app whose overview password is "look", whose API key is `api_key`, and whose pi has no token."""
+    settings = make_settings(users)
+    store.sync_users(settings.users, T0 - 3600)
+    return webtest.TestApp(make_test_app(store, settings, clock, overview_password="look", api_key=api_key))
+
+
+def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(store, clock):
+    client = snooze_client(store, clock)
+    answer = client.post_json("/snooze?username=pi&minutes=30", {"password": "look"}, status=200)
     assert (answer.content_type, answer.text) == ("text/plain", "26/09/21 16:43:20")
     assert store.user("pi").snoozed_until == T0 + 1800
     clock.now = T0 + 60
-    assert client.get("/snooze?username=pi&minutes=10080", status=200).text == "26/09/28 16:14:20"
+    answer = client.post_json("/snooze", {"username": "pi", "minutes": 10080, "password": "look"}, status=200)
+    assert answer.text == "26/09/28 16:14:20"
     clock.now = T0 + 120
-    assert client.get("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:15:20"
+    answer = client.post_json("/snooze", {"username": "pi", "minutes": "0", "password": "look"}, status=200)
+    assert answer.text == "26/09/21 16:15:20"
     assert store.user("pi").snoozed_until == T0 + 120
     # Not snoozed any more: minutes=0 changes nothing.
     clock.now = T0 + 180
-    assert client.post("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:16:20"
+    assert client.post_json("/snooze?username=pi&minutes=0", {"password": "look"}, status=200).text == (
+        "26/09/21 16:16:20"
+    )
     assert store.user("pi").snoozed_until == T0 + 120
 
 
@@ -910,21 +1080,136 @@ def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_end
         ("username=pi&minutes=%EF%BC%91", "invalid minutes '\uff11': expected a whole number from 0 to 10080"),
     ],
 )
-def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(client, store, query, message):
-    answer = client.get("/snooze?" + query, status=400)
+def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(store, clock, query, message):
+    answer = snooze_client(store, clock).post_json("/snooze?" + query, {"password": "look"}, status=400)
     assert (answer.content_type, answer.text) == ("text/plain", message)
     assert store.user("pi").snoozed_until is None
 
 
-def test_snooze_of_an_unknown_user_is_a_404(client):
-    assert client.post("/snooze?username=ghost&minutes=5", status=404).text == "unknown user ghost"
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"username": "pi", "minutes": 5.5}, "invalid minutes: expected a whole number from 0 to 10080"),
+        ({"username": "pi", "minutes": True}, "invalid minutes: expected a whole number from 0 to 10080"),
+        ({"username": "pi", "minutes": -1}, "invalid minutes '-1': expected a whole number from 0 to 10080"),
+        ({"username": ["pi"], "minutes": 5}, "missing username"),
+        ({"username": "pi", "minutes": 5, "password": 5}, "invalid password: expected a string"),
+        (["pi", 5], 'expected a JSON object such as {"username": "...", "minutes": 10, "password": "..."}'),
+    ],
+)
+def test_snooze_refuses_a_bad_json_body_with_a_400_and_changes_nothing(store, clock, body, message):
+    answer = snooze_client(store, clock).post_json("/snooze", body, status=400)
+    assert answer.text == message
+    assert store.user("pi").snoozed_until is None
+
+
+def test_snooze_of_an_unknown_user_is_a_404(store, clock):
+    client = snooze_client(store, clock)
+    assert client.post_json("/snooze?username=ghost&minutes=5", {"password": "look"}, status=404).text == (
+        "unknown user ghost"
+    )
+
+
+def test_snooze_by_get_or_head_is_a_405_and_changes_nothing(store, clock):
+    client = snooze_client(store, clock)
+    # As a link or an image tag in another site's page would ask, whatever the credential.
+    for method in (client.get, client.head):
+        answer = method("/snooze?username=pi&minutes=10080&password=look", status=405)
+        assert answer.headers["Allow"] == "POST"
+    assert store.user("pi").snoozed_until is None
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        # A cross-site form can send these: no credential, or a JSON-looking body under another type.
+        ({}, 401, "snoozing pi needs the overview password (a JSON body with password) or an API key (X-Api-Key)"),
+        (
+            {"params": b'{"password": "look"}', "content_type": "text/plain"},
+            401,
+            "snoozing pi needs the overview password (a JSON body with password) or an API key (X-Api-Key)",
+        ),
+        ({"params": "password=look", "content_type": "application/x-www-form-urlencoded"}, 401, None),
+        ({"params": b'{"password": "guess"}', "content_type": "application/json"}, 403, "wrong overview password"),
+        ({"headers": {"X-Api-Key": "a-wrong-api-key-0123456789"}}, 403, "wrong API key"),
+        ({"headers": {"Authorization": "Bearer look"}}, 401, None),
+        (
+            {"params": b'{"password": "look"}', "content_type": "application/json", "headers": {"X-Api-Key": "k"}},
+            400,
+            "give one credential: the overview password or an API key, not both",
+        ),
+    ],
+)
+def test_snoozing_a_user_without_a_token_without_a_right_credential_is_refused_and_changes_nothing(
+    store, clock, request_kwargs, status, message
+):
+    client = snooze_client(store, clock, api_key="the-api-key-0123456789")
+    answer = client.post("/snooze?username=pi&minutes=10080", **request_kwargs, status=status)
+    assert answer.content_type == "text/plain"
+    assert message is None or answer.text == message
+    assert store.user("pi").snoozed_until is None
+
+
+def test_minutes_1_then_minutes_0_without_a_credential_change_nothing(store, clock):
+    client = snooze_client(store, clock)
+    clock.now = T0 + 100  # pi is late (its last ping T0 - 3600, max_sleep 60)
+    client.post("/snooze?username=pi&minutes=1", status=401)
+    clock.now += 1
+    client.post("/snooze?username=pi&minutes=0", status=401)
+    user = store.user("pi")
+    assert (user.snoozed_until, user.muted_outage) == (None, None)
+
+
+def test_snoozing_with_the_api_key_works_and_every_snooze_is_logged_with_who_and_from_where(store, clock, caplog):
+    caplog.set_level(logging.INFO, logger="ping_listener.web")
+    client = snooze_client(store, clock, api_key="the-api-key-0123456789")
+    headers = {"X-Api-Key": "the-api-key-0123456789"}
+    client.post("/snooze?username=pi&minutes=5", headers=headers, status=200, **from_address("192.0.2.5"))
+    client.post_json("/snooze", {"username": "pi", "minutes": 0, "password": "look"}, **from_address("192.0.2.6"))
+    assert [record.getMessage() for record in caplog.records if record.name == "ping_listener.web"] == [
+        "pi snoozed until 2026-09-21 16:18:20 CEST (minutes=5) by its API key from 192.0.2.5",
+        "pi snoozed until 2026-09-21 16:13:20 CEST (minutes=0) by its overview password from 192.0.2.6",
+    ]
+    assert "the-api-key-0123456789" not in caplog.text and "look" not in caplog.text
+
+
+def test_api_keys_are_refused_when_api_key_is_not_set_and_the_password_when_neither_password_is(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock))
+    answer = client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "k" * 20}, status=403)
+    assert answer.text == "API keys are disabled: API_KEY is not set"
+    answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
+    assert answer.text == "wrong overview password"
+    assert store.user("pi").snoozed_until is None
+
+
+def test_wrong_snooze_credentials_count_in_the_password_limit(store, clock):
+    users = {
+        "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+        "nas": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+    }
+    client = snooze_client(store, clock, users, api_key="the-api-key-0123456789")
+    client.extra_environ = {"REMOTE_ADDR": "192.0.2.8"}
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "guess"}, status=403)
+    client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "guess-guess-guess-guess"}, status=403)
+    client.post("/snooze?username=nas&minutes=5&token=guess-guess-guess-guess", status=403)
+    client.post("/snooze?username=nas&minutes=5", status=403)  # no token: nothing guessed, not counted
+    client.post_json("/overview/state", {"password": "guess"}, status=401)
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "guess"}, status=403)  # the fifth
+    answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=429)
+    assert answer.text == "too many wrong credentials from 192.0.2.8; try again in 60 s"
+    client.post_json("/overview/state", {"password": "look"}, status=429)
+    # The device's own token is never refused: others' guesses must not stop a device.
+    client.post(f"/snooze?username=nas&minutes=5&token={TOKEN}", status=200)
+    assert (store.user("pi").snoozed_until, store.user("nas").snoozed_until) == (None, T0 + 300)
 
 
 def test_testing_state_shows_snoozed_and_suppressed_users_and_the_parent_they_wait_for(store, clock):
     user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
     users = {"router": user, "cam": {**user, "depends_on": "router"}, "nas": user}
     client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600
-    client.get("/snooze?username=nas&minutes=5", status=200)
+    client.post_json("/snooze?username=nas&minutes=5", {"password": "let me in"}, status=200)
     state = client.post_json("/testing/state", {"password": "let me in"}, status=200).json["users"]
     assert {name: live["state"] for name, live in state.items()} == {
         "router": "late",
@@ -1100,22 +1385,46 @@ def test_metrics_count_a_scheduled_user_as_up_until_its_run_and_grace_have_passe
     [
         {"url": f"/snooze?username=pi&minutes=5&token={TOKEN}"},
         {"url": "/snooze?username=pi&minutes=5", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+        {
+            "url": "/snooze",
+            "params": b'{"username": "pi", "minutes": 5}',
+            "content_type": "application/json",
+            "headers": {"Authorization": f"Bearer {TOKEN}"},
+        },
     ],
 )
 def test_snoozing_a_user_with_a_token_needs_it_as_its_signals_do(store, clock, request_kwargs):
     client = token_client(store, clock)
-    assert client.get(**request_kwargs, status=200).text == "26/09/21 16:18:20"
+    assert client.post(**request_kwargs, status=200).text == "26/09/21 16:18:20"
     assert store.user("pi").snoozed_until == T0 + 300
 
 
-@pytest.mark.parametrize("method", ["get", "post"])
-def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock, method):
-    client = token_client(store, clock)
+def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock):
+    settings = make_settings(
+        {
+            "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+            "open": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+        }
+    )
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, overview_password="look", api_key="k" * 20))
     for url in ("/snooze?username=pi&minutes=5", "/snooze?username=pi&minutes=5&token=wrong"):
-        answer = getattr(client, method)(url, status=403)
+        answer = client.post(url, status=403)
         assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
+    # Neither the overview password nor an API key stands in for a user's token.
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
+    client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "k" * 20}, status=403)
     assert store.user("pi").snoozed_until is None
-    client.get("/snooze?username=open&minutes=5", status=200)  # a user without a token needs none
+    client.post_json("/snooze?username=open&minutes=5", {"password": "look"}, status=200)
+
+
+def test_the_path_form_reads_token_and_no_other_query_parameter(store, clock):
+    client = token_client(store, clock)
+    # As runitor sends a run id (rid), and as a confused script might add the query form's parameters.
+    client.get(f"/ping/pi/start?status=fail&exit_code=3&username=open&rid=42&token={TOKEN}", status=200)
+    client.get("/ping/open?status=fail&exit_code=3&username=pi&token=whatever", status=200)
+    assert committed_signals(store) == [("start", None, None), ("success", None, None)]
+    assert [(user.username, user.pings) for user in store.user_counts(T0)] == [("pi", 1), ("open", 1)]
 
 
 @pytest.mark.parametrize("path", ["/ping/pi", "/ping/pi/fail", "/ping/pi/start", "/ping/pi/3", "/ping/pi/log"])
