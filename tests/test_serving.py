@@ -23,7 +23,7 @@ import serving
 import web
 from loadgen import burst, open_idle_connections, pipeline_without_reading
 from store import Store, StoreUnavailableError
-from support import db_of, make_settings, make_test_app, query, write_settings
+from support import SLACK, db_of, make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -121,11 +121,16 @@ def test_a_client_that_pipelines_heavy_logs_and_never_reads_does_not_stop_others
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(app):
-    limits = serving.ServingLimits(idle_timeout=1, cleanup_interval=1)
-    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
-        began = time.monotonic()
-        assert idle.recv(1) == b""  # closed by the server
-        assert 1 <= time.monotonic() - began < 4.5
+    # Cleanups more often than the timeout, so that one closing a connection too early is seen.
+    limits = serving.ServingLimits(idle_timeout=2, cleanup_interval=1)
+    # Closed idle_timeout to idle_timeout + cleanup_interval after its last activity (ServingLimits), and the
+    # cleanup is a step of the serving loop: past that, the recv times out and the test fails.
+    deadline = limits.idle_timeout + limits.cleanup_interval + SLACK
+    with serve_in_thread(app, limits) as port:
+        began = time.monotonic()  # before the connection's first activity, its accept
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline) as idle:
+            assert idle.recv(1) == b""  # closed by the server
+            assert time.monotonic() - began >= limits.idle_timeout  # never before
 
 
 def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_timeout(app, store):
