@@ -24,6 +24,8 @@ checks each behaviour relied on:
 - `channel.total_outbufs_len`, `channel.last_activity`, `channel.connected`, `channel.handle_close()`
   closing a channel from the I/O thread, and `channel.handle_write()` sending what it can;
 - every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
+- `channel.send_continue()` is called once the header of a request that expects "100 Continue" has arrived,
+  with that request as `channel.request` (already `completed` if it has no body to wait for);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
   `pull_trigger()` is only needed to wake the poll from another thread;
 - waitress logs two lines each time open connections cross `connection_limit`;
@@ -227,8 +229,9 @@ _PLAIN_GET_LINE = re.compile(rb"GET (/[!\"$&-/0-9:->@-~]*)(?:\?([!\"$-~]*))? HTT
 # A plain header line: a name of letters, digits and dashes (waitress drops names with underscores), a
 # value of printable ASCII, spaces and tabs, whose leading and trailing blanks waitress strips.
 _PLAIN_HEADER = re.compile(rb"([0-9A-Za-z-]+):[ \t]*([\t -~]*?)[ \t]*\Z")
-# Headers that make a request not plain: waitress reads a body, or answers 100 Continue, for these.
-_NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING", "EXPECT"})
+# Headers that make a request not plain: waitress reads a body for these. (An `Expect: 100-continue` on a
+# GET is answered as if it were not there: a GET has no body to wait for.)
+_NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING"})
 # Header keys that waitress puts in the environ without the HTTP_ prefix.
 _UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE"})
 _INTERNAL_ERROR = "The server encountered an unexpected internal server error"
@@ -283,6 +286,15 @@ class _Channel(HTTPChannel):
 
     def readable(self) -> bool:
         return self.plain_get is None and bool(super().readable())
+
+    def send_continue(self) -> None:
+        # waitress sends "100 Continue" to a request that expects it even once it has arrived whole (a GET,
+        # which has no body), then marks it incomplete: it would never be answered. Only a request still
+        # waiting for its body is told to go on; any other is answered as if it had not asked.
+        if self.request.completed:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
 
     def service(self) -> None:
         plain_get = self.plain_get

@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import socket
+import subprocess
 import threading
 import time
 
@@ -420,7 +421,6 @@ def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_
         b"GET /ping#here HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Latin: \xe9\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
@@ -433,6 +433,45 @@ def test_a_request_that_is_not_a_plain_get_of_a_quick_path_is_left_to_waitress(r
         status_line = client.makefile("rb").readline()
     assert status_line.startswith(b"HTTP/1.")
     assert counted_parsing() == 1
+
+
+@pytest.mark.parametrize("expect", [b"100-continue", b"100-Continue"])
+def test_a_get_expecting_100_continue_is_answered_as_without_it_whole_or_in_pieces(expect, counted_parsing):
+    # A GET has no body to wait for: "100 Continue" followed by nothing left curl waiting until its timeout.
+    request = b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: " + expect + b"\r\n\r\n"
+    with serve_in_thread(answering("200 OK", [("Content-Length", "4")], b"pong")) as port:
+        (by_waitress, _), (plain, _) = in_pieces_then_whole(port, request)
+        (without_expect, _), _ = in_pieces_then_whole(port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert counted_parsing() == 2, "the request sent whole was not read as a plain GET"
+    assert without_date(by_waitress) == without_date(plain) == without_date(without_expect)
+    assert by_waitress[0] == b"HTTP/1.1 200 OK\r\n" and by_waitress[2] == b"pong"
+
+
+def test_a_post_expecting_100_continue_is_told_to_go_on_once_and_answered_after_its_body(counted_parsing):
+    def echo(environ, start_response):
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    head = b"POST /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    with serve_in_thread(echo) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        client.sendall(head)
+        assert (reader.readline(), reader.readline()) == (b"HTTP/1.1 100 Continue\r\n", b"\r\n")
+        client.sendall(b"hello")
+        assert read_answer(reader)[::2] == (b"HTTP/1.1 200 OK\r\n", b"hello")
+
+
+@pytest.mark.parametrize("extra_header", [[], ["-H", "X_Read_By: waitress"]], ids=["plain GET", "read by waitress"])
+def test_curl_pinging_with_expect_100_continue_gets_its_answer(tmp_path, start_server, extra_header):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    command = ["curl", "-sS", "-m", "10", "-H", "Expect: 100-continue", *extra_header]
+    result = subprocess.run(
+        [*command, "-w", " %{http_code}", f"{service.url}/ping?username={DEVICE}"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(" 200") and result.stdout.count("/") == 2, result.stdout  # "26/11/20 10:00:00 200"
+    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == 1
 
 
 def test_pipelined_plain_gets_are_left_to_waitress_and_answered_in_order(counted_parsing):
