@@ -17,7 +17,9 @@ most of a served ping's CPU, more than its SQLite commit. Every other request, o
 pieces, with a body, pipelined or with unusual headers, goes through waitress as before.
 
 This relies on waitress internals, pinned by `waitress==3.0.2` in requirements.txt; tests/test_serving.py
-checks each behaviour relied on:
+checks each behaviour relied on. read_plain_get mirrors that release's parser: under any other release (a
+parser fix would not reach it) every request goes through waitress's parser, and the start says so.
+The internals relied on:
 - a channel calls `server.add_task(channel)` once per complete request, and `channel.service()` answers
   exactly one request (`channel.requests[0]`, whose `.path` and `.error` the parser sets) and adds the
   channel again if another request is queued;
@@ -40,6 +42,7 @@ checks each behaviour relied on:
 import collections
 import contextlib
 import functools
+import importlib.metadata
 import io
 import logging
 import math
@@ -81,6 +84,8 @@ ACCEPTS_PER_ROUND = 128
 PARKED_OUTPUT = 256 * 1024
 # How long one poll round waits for activity when nothing is to be served.
 POLL_TIMEOUT = 0.5
+# The waitress release whose request parser read_plain_get mirrors.
+PLAIN_GET_WAITRESS = "3.0.2"
 # waitress's lines when open connections cross the connection limit: at most one of each per interval.
 CONNECTION_LIMIT_MESSAGES = ("total open connections reached the connection limit", "total open connections dropped")
 CONNECTION_LIMIT_LOG_INTERVAL = 60.0
@@ -273,7 +278,7 @@ class _Channel(HTTPChannel):
     plain_get: PlainGet | None = None
 
     def received(self, data: bytes) -> bool:
-        if self.request is None and not self.total_outbufs_len:
+        if self.request is None and not self.total_outbufs_len and self.server.plain_gets:
             plain_get = read_plain_get(data)
             if plain_get is not None and self.server.task_dispatcher.is_quick(plain_get.path):
                 with self.requests_lock:
@@ -437,6 +442,7 @@ class _Server(TcpWSGIServer):
 
     channel_class = _Channel
     io_thread: int | None = None  # the serving loop's thread, set when it starts
+    plain_gets = True  # whether a plain GET skips waitress's parser (see plain_gets_fit)
 
     @functools.cached_property
     def plain_get_environ(self) -> dict[str, Any]:
@@ -527,10 +533,12 @@ def create_http_server(
     max_request_body: int,
     limits: ServingLimits = DEFAULT_LIMITS,
     batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    waitress_version: str | None = None,
 ) -> HttpServer:
     """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread,
     those of one poll round inside one `batch()` block (e.g. Store.ping_batch), their answers sent only
-    once the block has ended without an error.
+    once the block has ended without an error. Plain GETs skip waitress's parser only if
+    `waitress_version` (by default the installed waitress's) is the one read_plain_get mirrors.
 
     Also sets what serving this way needs process-wide: the GIL switch interval, the limit on open
     files raised towards the connection limit, and waitress's connection-limit lines rate-limited.
@@ -550,15 +558,31 @@ def create_http_server(
     )
     socket_map: dict[int, Any] = {}
     dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout, batch)
+    plain_gets = plain_gets_fit(waitress_version or importlib.metadata.version("waitress"))
     servers = []
     try:
         for sockinfo in adjustments.listen:
             servers.append(_Server(app, map=socket_map, dispatcher=dispatcher, adj=adjustments, sockinfo=sockinfo))
+            servers[-1].plain_gets = plain_gets
     except BaseException:
         wasyncore.close_all(socket_map)
         dispatcher.shutdown(timeout=0.5)
         raise
     return HttpServer(servers, socket_map, dispatcher)
+
+
+def plain_gets_fit(waitress_version: str) -> bool:
+    """Whether plain GETs may skip the parser of waitress `waitress_version`: only if it is the release that
+    read_plain_get mirrors. If not, logs (once per call) that every request goes through waitress's parser."""
+    if waitress_version == PLAIN_GET_WAITRESS:
+        return True
+    log.warning(
+        "waitress %s is installed, not %s which the fast reader of plain pings mirrors:"
+        " every request goes through waitress's own parser",
+        waitress_version,
+        PLAIN_GET_WAITRESS,
+    )
+    return False
 
 
 def serve_until_signalled(http_server: HttpServer, stop_requested: threading.Event, shutdown_grace: float) -> None:

@@ -34,10 +34,13 @@ BUSY_DAY_LOGS = f"/logs?username={DEVICE}&year=26&month=11&day=20"
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, limits=None):
-    """Serve `app` as the service does, from a thread of this process; yield the port."""
+def serve_in_thread(app, limits=None, **options):
+    """Serve `app` as the service does (`options` as create_http_server takes them), from a thread of this
+    process; yield the port."""
     limits = limits or serving.ServingLimits()
-    http_server = serving.create_http_server(app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits)
+    http_server = serving.create_http_server(
+        app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits, **options
+    )
     stop = threading.Event()
     thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
     thread.start()
@@ -393,6 +396,25 @@ def test_a_plain_get_is_answered_without_waitress_parser_as_waitress_would_answe
     assert environ["PATH_INFO"] == "/ping/dev" and environ["QUERY_STRING"] == "username=dev&x=1?2"
     assert environ["HTTP_X_REPEATED"] == "a, b" and environ["CONTENT_TYPE"] == "text/plain"
     assert "HTTP_X_FORWARDED_FOR" not in environ  # waitress's middleware drops untrusted proxy headers
+
+
+@pytest.mark.parametrize("version", ["3.0.3", "3.1.0", "2.1.4"])
+def test_under_another_waitress_release_every_request_goes_through_its_parser_and_the_start_says_so(
+    version, counted_parsing, caplog
+):
+    with serve_in_thread(environ_app, waitress_version=version) as port:
+        (by_waitress, _), (whole, _) = in_pieces_then_whole(port, PLAIN_PING)
+    assert counted_parsing() == 2, "a plain GET skipped the parser of a waitress it was not written for"
+    assert without_date(whole)[:2] == without_date(by_waitress)[:2] and whole[0] == b"HTTP/1.1 200 OK\r\n"
+    [line] = [record.getMessage() for record in caplog.records if "fast reader" in record.getMessage()]
+    assert f"waitress {version} is installed, not {serving.PLAIN_GET_WAITRESS}" in line
+
+
+def test_under_the_release_it_mirrors_the_fast_reader_is_used_and_nothing_is_logged(counted_parsing, caplog):
+    with serve_in_thread(environ_app, waitress_version=serving.PLAIN_GET_WAITRESS) as port:
+        in_pieces_then_whole(port, PLAIN_PING)
+    assert counted_parsing() == 1
+    assert not [record for record in caplog.records if "fast reader" in record.getMessage()]
 
 
 def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_parsing):
