@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     overview = Overview(store)
     app = make_app(store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password)
     try:
+        limits = serving.ServingLimits(incomplete_requests_per_address=settings.max_incomplete_requests_per_address)
         http_server = serving.create_http_server(
-            app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch
+            app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, limits, batch=store.ping_batch
         )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         store.close()

@@ -93,18 +93,31 @@ CONNECTION_LIMIT_LOG_INTERVAL = 60.0
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """What one server allows: open connections at once, and when an idle connection is closed.
+    """What one server allows: open connections at once and from one address, and when a connection is closed.
 
     A connection idle (no request, nothing sent or received) for `idle_timeout` seconds is closed;
     idle connections are looked for every `cleanup_interval` seconds, so with the defaults one is
     closed 20 to 30 s after its last activity. A connection whose client stops reading its answers
-    is closed the same way. Beyond `connection_limit` open connections no more are accepted: the
-    rest wait in the kernel's accept queue.
+    is closed the same way. A request must arrive whole (header and body) within `request_deadline`
+    seconds of its first byte, however slowly its bytes trickle: else it is answered 408 and its
+    connection closed, looked for at the same times (with the defaults, 30 to 40 s after its first byte).
+
+    A connection is part way through a request once some of its bytes have been read but not all. One
+    client address holds at most `incomplete_requests_per_address` connections part way: a further one
+    is closed as soon as it is (its bytes are read). A burst's requests arrive whole, so any number of
+    one address's connections may be open and served at once. With `connection_limit` connections
+    open, a new one is still accepted if some open connection is part way: the one that began its
+    request longest ago is closed for it. Otherwise new connections wait in the kernel's accept queue
+    until one closes.
     """
 
     connection_limit: int = 10_000
     idle_timeout: int = 20
     cleanup_interval: int = 10
+    request_deadline: float = 30
+    # settings.json's max_incomplete_requests_per_address, whose default this is (a NAT's devices share one
+    # address).
+    incomplete_requests_per_address: int = 1_000
 
 
 DEFAULT_LIMITS = ServingLimits()
@@ -240,6 +253,7 @@ _NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING"})
 # Header keys that waitress puts in the environ without the HTTP_ prefix.
 _UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE"})
 _INTERNAL_ERROR = "The server encountered an unexpected internal server error"
+_PLAIN_TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 
 def read_plain_get(data: bytes) -> PlainGet | None:
@@ -273,11 +287,18 @@ class _Channel(HTTPChannel):
 
     withhold_output = False
     current_outbuf_count: int  # waitress's: bytes in the newest output buffer
+    will_close: bool  # waitress's: close at the next write round
+    server: "_Server"
+    # When the first byte of the request being received arrived (time.time()); None while no request is
+    # being received. Set by received(), cleared by _Server.add_task() once a request is whole.
+    request_begun: float | None = None
     # A plain GET of a quick path read whole, with no other request or answer in progress: the next
     # service() answers it.
     plain_get: PlainGet | None = None
 
     def received(self, data: bytes) -> bool:
+        if self.request_begun is None:
+            self.request_begun = self.last_activity  # handle_read() has just set it
         if self.request is None and not self.total_outbufs_len and self.server.plain_gets:
             plain_get = read_plain_get(data)
             if plain_get is not None and self.server.task_dispatcher.is_quick(plain_get.path):
@@ -287,7 +308,10 @@ class _Channel(HTTPChannel):
                         self.plain_get = plain_get
                         self.server.add_task(self)
                         return True
-        return bool(super().received(data))
+        taken = bool(super().received(data))
+        if self.request is not None and not self.requests:  # waitress's parser holds part of the next request
+            self.server.part_way(self)
+        return taken
 
     def readable(self) -> bool:
         return self.plain_get is None and bool(super().readable())
@@ -385,6 +409,28 @@ class _Channel(HTTPChannel):
             return False
         return bool(super()._flush_some(do_close))
 
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        self.server.forget(self)
+
+    def time_out(self, deadline: float) -> None:
+        """Answer 408 and close once it is sent: the request being received did not arrive whole within
+        `deadline` seconds. A connection with answers still unsent is closed at once instead."""
+        self.request_begun = None
+        if not self.connected or self.total_outbufs_len or self.will_close or self.close_when_flushed:
+            self.will_close = True
+            return
+        body = f"request not received whole within {deadline:g} s".encode()
+        head = _answer_head(
+            "408 Request Timeout", _PLAIN_TEXT, len(body), True, self.server.adj.ident, math.floor(time.time())
+        )
+        with self.requests_lock:
+            self.close_when_flushed = True
+        try:
+            self.write_soon(head + body)
+        except ClientDisconnected:
+            self.will_close = True
+
 
 def _has_body(status: str) -> bool:
     """Whether an answer of `status` has a body (not 1xx, 204 or 304), as waitress's Task.has_body says."""
@@ -438,11 +484,28 @@ def _answer_head(
 
 class _Server(TcpWSGIServer):
     """waitress's TCP server, accepting up to ACCEPTS_PER_ROUND connections per poll round instead of one,
-    and woken by its trigger only from other threads."""
+    woken by its trigger only from other threads, and holding its connections to `limits`."""
 
     channel_class = _Channel
     io_thread: int | None = None  # the serving loop's thread, set when it starts
-    plain_gets = True  # whether a plain GET skips waitress's parser (see plain_gets_fit)
+
+    def __init__(self, *args: Any, limits: ServingLimits, plain_gets: bool, **kwargs: Any) -> None:
+        """waitress's server (its arguments), holding connections to `limits`; `plain_gets`: whether a plain
+        GET skips waitress's parser (see plain_gets_fit)."""
+        self.limits = limits
+        self.plain_gets = plain_gets
+        # Connections part way through a request, in the order they began it: those closed to make room.
+        self._part_way: collections.OrderedDict[_Channel, None] = collections.OrderedDict()
+        # How many of those each client address holds.
+        self._part_way_from: collections.Counter[str] = collections.Counter()
+        self._refusals = _Tally(
+            "closed %d connection(s) part way through a request from %s, which holds"
+            " max_incomplete_requests_per_address (%d)"
+        )
+        self._evictions = _Tally(
+            "%d connection(s) part way through a request closed to make room at the connection limit (%d)"
+        )
+        super().__init__(*args, **kwargs)
 
     @functools.cached_property
     def plain_get_environ(self) -> dict[str, Any]:
@@ -470,14 +533,97 @@ class _Server(TcpWSGIServer):
         if threading.get_ident() != self.io_thread:
             super().pull_trigger()
 
+    def readable(self) -> bool:
+        # waitress's runs maintenance() when due and logs crossings of the connection limit; at the limit,
+        # a connection is still taken if one part way through a request can be closed for it.
+        return bool(super().readable()) or (self.accepting and bool(self._part_way))
+
     def handle_accept(self) -> None:
         for _ in range(ACCEPTS_PER_ROUND):
-            open_before = len(self._map)
-            if open_before >= self.adj.connection_limit:
+            at_limit = len(self._map) >= self.adj.connection_limit
+            if at_limit and not self._part_way:
                 return
-            super().handle_accept()
-            if len(self._map) == open_before:
+            # As waitress's handle_accept(), which takes one connection and tells nothing of it.
+            try:
+                accepted = self.accept()
+            except OSError:
+                log.warning("accepting a connection failed", exc_info=True)
+                return
+            if accepted is None:
                 return  # nothing more to accept now
+            connection, address = accepted
+            if at_limit:
+                self._close_longest_part_way()
+            try:
+                self.set_socket_options(connection)
+                self.channel_class(self, connection, address, self.adj, map=self._map)
+            except OSError:  # the client has already gone
+                connection.close()
+
+    def add_task(self, channel: Any) -> None:
+        # The channel has a whole request.
+        channel.request_begun = None
+        self._no_longer_part_way(channel)
+        super().add_task(channel)
+
+    def part_way(self, channel: _Channel) -> None:
+        """`channel` is part way through a request: kept in the order it became so, or closed if its address
+        holds incomplete_requests_per_address such connections already."""
+        if channel in self._part_way:
+            return
+        host = channel.addr[0]
+        cap = self.limits.incomplete_requests_per_address
+        if self._part_way_from[host] >= cap:
+            channel.handle_close()
+            self._refusals.add(time.monotonic(), host, cap)
+            return
+        self._part_way_from[host] += 1
+        self._part_way[channel] = None
+
+    def maintenance(self, now: float) -> None:
+        """waitress's (close idle connections), and answer 408 to requests past their deadline."""
+        super().maintenance(now)
+        deadline = self.limits.request_deadline
+        for channel in list(self.active_channels.values()):
+            begun = channel.request_begun
+            if begun is not None and begun < now - deadline and not channel.requests:
+                channel.time_out(deadline)
+
+    def forget(self, channel: _Channel) -> None:
+        """Stop counting `channel`, just closed, among the connections part way through a request."""
+        self._no_longer_part_way(channel)
+
+    def _no_longer_part_way(self, channel: _Channel) -> None:
+        if channel in self._part_way:
+            del self._part_way[channel]
+            host = channel.addr[0]
+            self._part_way_from[host] -= 1
+            if not self._part_way_from[host]:
+                del self._part_way_from[host]
+
+    def _close_longest_part_way(self) -> None:
+        """Close the connection that began the request it is part way through longest ago (there is one)."""
+        channel = next(iter(self._part_way))
+        channel.handle_close()  # which forgets it
+        self._evictions.add(time.monotonic(), self.adj.connection_limit)
+
+
+class _Tally:
+    """Log lines of one kind at most once per CONNECTION_LIMIT_LOG_INTERVAL, each with how many events it stands for."""
+
+    def __init__(self, message: str) -> None:
+        """Log `message`, whose first placeholder is the count, as a warning."""
+        self._message = message
+        self._count = 0
+        self._next_line = -math.inf
+
+    def add(self, now: float, *args: Any) -> None:
+        """Count one event at `now` (monotonic seconds); log if the last line is old enough (with `args`)."""
+        self._count += 1
+        if now >= self._next_line:
+            log.warning(self._message, self._count, *args)
+            self._count = 0
+            self._next_line = now + CONNECTION_LIMIT_LOG_INTERVAL
 
 
 @dataclass
@@ -562,8 +708,17 @@ def create_http_server(
     servers = []
     try:
         for sockinfo in adjustments.listen:
-            servers.append(_Server(app, map=socket_map, dispatcher=dispatcher, adj=adjustments, sockinfo=sockinfo))
-            servers[-1].plain_gets = plain_gets
+            servers.append(
+                _Server(
+                    app,
+                    map=socket_map,
+                    dispatcher=dispatcher,
+                    adj=adjustments,
+                    sockinfo=sockinfo,
+                    limits=limits,
+                    plain_gets=plain_gets,
+                )
+            )
     except BaseException:
         wasyncore.close_all(socket_map)
         dispatcher.shutdown(timeout=0.5)

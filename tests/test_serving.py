@@ -22,7 +22,7 @@ from waitress.parser import HTTPRequestParser
 import server
 import serving
 import web
-from loadgen import burst, open_idle_connections, pipeline_without_reading
+from loadgen import Trickle, burst, closed_by_server, open_idle_connections, pipeline_without_reading
 from store import Store, StoreUnavailableError
 from support import make_settings, make_test_app, query, write_settings
 
@@ -59,9 +59,9 @@ def app(store):
     return make_test_app(store, settings, time.time, None)
 
 
-def get(port, path, timeout=5):
-    """GET `path` on a fresh connection; (status, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def get(port, path, timeout=5, source="127.0.0.1"):
+    """GET `path` on a fresh connection from the local address `source`; (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
     try:
         connection.request("GET", path)
         answer = connection.getresponse()
@@ -152,6 +152,137 @@ def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_ti
             assert ended, "the server did not disconnect it"
         assert received.count(b"HTTP/1.1 200 OK") < 100
         assert get(port, f"/ping?username={DEVICE}")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_incomplete_requests_per_address": 20_000}],
+    ids=["at most 1000 from one address", "a NAT's 20 000: the oldest part-way requests make room"],
+)
+def test_10100_trickling_connections_from_one_address_leave_every_other_addresss_pings_answered(
+    tmp_path, start_server, settings
+):
+    # The attack of issue 22: half a request on each connection, then a byte at a time, never idle. Every
+    # ping from another address must be answered before the first trickling connection could have been
+    # closed by its request deadline: by the cap on connections per address, or by making room.
+    service = start_server(write_settings(tmp_path / "settings.json", USERS, **settings))
+    port = int(service.url.rsplit(":", 1)[1])
+    began = time.monotonic()
+    trickle = Trickle("127.0.0.1", port, 10_100)
+    try:
+        answered = 0
+        for round_number in range(3):
+            assert trickle.send_one_byte_each() > 0
+            for other in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                timeout = began + serving.DEFAULT_LIMITS.request_deadline - time.monotonic()
+                assert timeout > 0, "the trickle took longer to set up than its requests' deadline"
+                status, _ = get(port, f"/ping?username={DEVICE}", timeout=timeout, source=other)
+                assert status == 200, f"round {round_number}, from {other}"
+                answered += 1
+            time.sleep(0.5)
+    finally:
+        trickle.close()
+    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == answered
+
+
+def test_one_address_holds_at_most_its_incomplete_requests_per_address_the_next_ones_are_closed_at_once(app):
+    limits = serving.ServingLimits(incomplete_requests_per_address=50)
+    with serve_in_thread(app, limits) as port:
+        trickle = Trickle("127.0.0.1", port, 60)
+        try:
+            # Accepted after those 60 (the accept queue keeps its order), so answered once they have been read.
+            assert get(port, f"/ping?username={DEVICE}", source="127.0.0.2")[0] == 200
+            closed = [closed_by_server(sock) for sock in trickle.opened]
+            assert sum(closed) == 10
+            # Whole requests are not held back by the cap: a burst from that same address is served in full.
+            result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 200, timeout=20)
+            assert (result.count(200), result.failures) == (200, [])
+        finally:
+            trickle.close()
+
+
+def test_at_the_connection_limit_a_new_client_closes_the_oldest_part_way_request_instead_of_waiting(app):
+    limits = serving.ServingLimits(connection_limit=40, request_deadline=60)
+    room = limits.connection_limit - 2  # waitress counts its listening socket and its trigger among them
+    began = time.monotonic()
+    with serve_in_thread(app, limits) as port, contextlib.ExitStack() as held:
+        older = Trickle("127.0.0.1", port, room // 2)
+        held.callback(older.close)
+        # Answered once the older ones have been read (the accept queue keeps its order); kept open, as
+        # every client below, so that no connection closes and frees a place meanwhile.
+        assert ping_kept_open(port, held, "127.0.0.2", timeout=5) == 200
+        newer = Trickle("127.0.0.1", port, room - room // 2 - 1)
+        held.callback(newer.close)
+        for _ in range(10):  # every place is taken: each new client needs a part-way request closed
+            timeout = began + limits.request_deadline - time.monotonic()
+            assert ping_kept_open(port, held, "127.0.0.3", timeout) == 200
+        older_closed = [closed_by_server(sock) for sock in older.opened]
+        assert sum(older_closed) == 10, "not one part-way request closed per new client"
+        assert not any(closed_by_server(sock) for sock in newer.opened), "a newer request closed before an older"
+
+
+def ping_kept_open(port, stack, source, timeout):
+    """Ping DEVICE from the local address `source` on a connection that `stack` closes; the answer's status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    stack.callback(connection.close)
+    connection.request("GET", f"/ping?username={DEVICE}")
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
+
+
+@pytest.mark.parametrize(
+    ("opening", "trickled"),
+    [
+        (b"GET /ping?username=dev HTTP/1.1\r\nX-Slow: ", b"a"),
+        (b"GET /ping?username=dev HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n"),  # waitress skips blank lines
+    ],
+    ids=["half a request, then a header byte at a time", "a whole request, then blank lines"],
+)
+def test_a_request_that_does_not_arrive_whole_within_its_deadline_is_answered_408_and_closed(app, opening, trickled):
+    limits = serving.ServingLimits(request_deadline=1, cleanup_interval=1, idle_timeout=60)
+    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        client.sendall(opening)
+        if opening.endswith(b"\r\n\r\n"):
+            assert read_answer(reader)[0] == b"HTTP/1.1 200 OK\r\n"
+        began = time.monotonic()
+        with contextlib.suppress(OSError):  # closed by the server: nothing more can be sent
+            # However long it goes on (a guard of 10 s), never idle for more than a quarter of a second.
+            while not answered_or_closed(client) and time.monotonic() < began + 10:
+                client.sendall(trickled)
+                time.sleep(0.25)
+        status_line, headers, body = read_answer(reader)
+        assert reader.read() == b"", "the connection was left open after its 408"
+    assert time.monotonic() - began >= limits.request_deadline
+    assert status_line == b"HTTP/1.1 408 Request Timeout\r\n"
+    assert body == b"request not received whole within 1 s" and b"Connection: close\r\n" in headers
+
+
+def test_a_connection_kept_alive_whose_requests_each_arrive_whole_outlives_the_request_deadline(app):
+    limits = serving.ServingLimits(request_deadline=1, cleanup_interval=1, idle_timeout=60)
+    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        began = time.monotonic()
+        while time.monotonic() < began + 3 * limits.request_deadline:
+            status_line = exchange(client, reader, [b"GET /ping?username=dev HTTP/1.1\r\nHost: x\r\n\r\n"])[0]
+            assert status_line == b"HTTP/1.1 200 OK\r\n"
+            time.sleep(0.3)
+
+
+def answered_or_closed(sock):
+    """Whether the server has sent something on `sock` or closed it, as peeking without waiting shows."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    finally:
+        sock.settimeout(timeout)
+    return True
 
 
 def test_pipelined_pings_and_reads_are_answered_in_order_on_one_connection(app):
