@@ -58,7 +58,7 @@ from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.buffers import OverflowableBuffer, ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher, hop_by_hop
@@ -183,20 +183,21 @@ class RequestDispatcher:
         """Answer one request of each channel inside one batch; send the answers only once it has ended.
 
         If the batch fails (the store could not commit), the answers written inside it would claim
-        what is not so: each of these connections is closed without its answer.
+        what is not so: each is replaced by a 503 with the batch's error as its message, after which
+        its connection closes (with any request pipelined behind it unanswered, as after any 503).
         """
         # A lone request commits its own write before answering, in one statement instead of three.
         batch = self._batch if len(channels) > 1 else contextlib.nullcontext
         for channel in channels:
-            channel.withhold_output = True
+            channel.withhold()
         try:
             with batch():
                 for channel in channels:
                     channel.service()
         except Exception as error:
-            log.error("closing %d connection(s) unanswered: %s", len(channels), error)
+            log.error("answering %d request(s) 503: their batch could not be committed: %s", len(channels), error)
             for channel in channels:
-                channel.handle_close()
+                channel.replace_withheld(f"{error}; try again later")
         finally:
             for channel in channels:
                 channel.withhold_output = False
@@ -288,10 +289,15 @@ class _Channel(HTTPChannel):
     withhold_output = False
     current_outbuf_count: int  # waitress's: bytes in the newest output buffer
     will_close: bool  # waitress's: close at the next write round
+    requests: list[Any]  # waitress's: the whole requests waiting to be answered, the first being answered
     server: "_Server"
     # When the first byte of the request being received arrived (time.time()); None while no request is
     # being received. Set by received(), cleared by _Server.add_task() once a request is whole.
     request_begun: float | None = None
+    # Set by withhold(): where what is withheld begins (outbufs index, total_outbufs_len), and whether it
+    # answers a HEAD.
+    _withheld_from: tuple[int, int] = (0, 0)
+    _withheld_head = False
     # A plain GET of a quick path read whole, with no other request or answer in progress: the next
     # service() answers it.
     plain_get: PlainGet | None = None
@@ -408,6 +414,42 @@ class _Channel(HTTPChannel):
         if self.withhold_output:
             return False
         return bool(super()._flush_some(do_close))
+
+    def withhold(self) -> None:
+        """Send nothing until withhold_output is cleared, and keep what is written from now on apart, for
+        replace_withheld(). Only on the I/O thread, before service() answers the request that is next."""
+        self.withhold_output = True
+        self._withheld_head = self.plain_get is None and bool(self.requests) and self.requests[0].command == "HEAD"
+        with self.outbuf_lock:
+            if self.outbufs[-1].__len__():  # __len__(): as waitress, for buffers past 2 GiB on 32-bit builds
+                self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
+                self.current_outbuf_count = 0
+            self._withheld_from = (len(self.outbufs) - 1, self.total_outbufs_len)
+
+    def replace_withheld(self, message: str) -> None:
+        """Replace what was written since withhold() by a 503 with `message` (its header only for a HEAD),
+        then close the connection, dropping any request that waits behind it."""
+        if not self.connected:
+            return
+        first, total = self._withheld_from
+        with self.outbuf_lock:
+            for outbuf in self.outbufs[first:]:
+                outbuf.close()
+            del self.outbufs[first:]
+            self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
+            self.current_outbuf_count = 0
+            self.total_outbufs_len = total
+        body = message.encode()
+        head = _answer_head(
+            "503 Service Unavailable", _PLAIN_TEXT, len(body), True, self.server.adj.ident, math.floor(time.time())
+        )
+        self.plain_get = None
+        with self.requests_lock:
+            self.close_when_flushed = True
+            for request in self.requests:
+                request.close()
+            self.requests = []
+        self.write_soon(head if self._withheld_head else head + body)
 
     def del_channel(self, map: Any = None) -> None:
         super().del_channel(map)

@@ -1,17 +1,23 @@
 """Storage faults: a full disk, a database that refuses writes, and databases unfit to start on."""
 
 import contextlib
+import http.client
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import webtest
 
+import server
+import serving
 import store as store_module
+import web
 from config import LiveSettings
+from loadgen import burst
 from scheduler import Scheduler
 from store import SCHEMA_VERSION, Store, StoreUnavailableError
 from support import (
@@ -69,6 +75,42 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
         disk.close()
     alerts = query(disk.path, "SELECT count(*) FROM alerts")[0][0]
     assert alerts == LATE_USERS, f"{alerts} alerts recorded for {LATE_USERS} late users once space returned"
+
+
+@pytest.mark.parametrize("http_version", ["1.1", "1.0"], ids=["plain GETs", "read by waitress"])
+def test_on_a_full_disk_every_ping_of_a_burst_gets_503_and_none_a_dropped_connection(tmp_path, http_version):
+    # Served as the service serves them: bursts make batches of pings, one commit each, and a batch that
+    # cannot commit must answer each of its pings, not drop them.
+    disk = SmallDiskStore(tmp_path / "ping_listener.db")
+    settings = make_settings({"probe": {"monitor": False, "max_sleep": 0, "email_frequency": 0}})
+    disk.sync_users(settings.users, time.time())
+    app = make_test_app(disk, settings, time.time, None)
+    http_server = serving.create_http_server(
+        app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, batch=disk.ping_batch
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
+    thread.start()
+    pings = ["/ping?username=probe"] * 300
+    try:
+        disk.fill_up()
+        # The free space left in the pages already used takes some pings: each is answered, 200 or 503.
+        filling = burst("127.0.0.1", http_server.port, pings, 20, http_version)
+        assert filling.failures == [], f"{len(filling.failures)} pings dropped: {filling.failures[:3]}"
+        assert set(filling.statuses) <= {200, 503}
+        full = burst("127.0.0.1", http_server.port, pings, 20, http_version)
+        assert full.failures == [], f"{len(full.failures)} pings dropped on a full disk: {full.failures[:3]}"
+        assert full.count(503) == len(pings), f"{full.count(200)} pings answered 200 on a full disk"
+        recorded = query(disk.path, "SELECT count(*) FROM pings")[0][0]
+        assert recorded == filling.count(200), f"{recorded} pings recorded, {filling.count(200)} answered 200"
+        with contextlib.closing(http.client.HTTPConnection("127.0.0.1", http_server.port, timeout=5)) as connection:
+            connection.request("GET", "/ping?username=probe")
+            answer = connection.getresponse()
+            assert (answer.status, answer.read()) == (503, b"storage unavailable: the disk is full; try again later")
+    finally:
+        stop.set()
+        thread.join(5)
+        disk.close()
 
 
 @pytest.mark.usefixtures("trust_test_ca")
