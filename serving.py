@@ -9,6 +9,10 @@ all of that round's pings in one batch (one commit; the answers leave only once 
 every other request (/logs, the pages) goes to a few worker threads, so a heavy read never holds a
 ping back. A connection that has more unsent output than PARKED_OUTPUT gets no further request served
 until its client reads (and is closed if it never does), so no client can make a thread wait for it.
+No client can hold a connection without sending a request either (ServingLimits): a request must arrive
+whole within a deadline, one address holds a bounded number of requests part way, and at the connection
+limit the request part way longest is closed to take a new connection. A signal's body (a job's output)
+is taken up to a large bound but kept only up to its first bytes (QuickBodies).
 
 A ping as devices send it (one `GET` of a quick path, HTTP/1.1, plain headers, read whole in one piece)
 skips waitress's request parser and task: the I/O thread reads it (read_plain_get), builds the WSGI
@@ -23,9 +27,16 @@ The internals relied on:
 - a channel calls `server.add_task(channel)` once per complete request, and `channel.service()` answers
   exactly one request (`channel.requests[0]`, whose `.path` and `.error` the parser sets) and adds the
   channel again if another request is queued;
-- `channel.total_outbufs_len`, `channel.last_activity`, `channel.connected`, `channel.handle_close()`
-  closing a channel from the I/O thread, and `channel.handle_write()` sending what it can;
-- every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
+- `channel.total_outbufs_len`, `channel.last_activity` (set by `handle_read()` just before `received()`),
+  `channel.connected`, `channel.handle_close()` closing a channel from the I/O thread (and calling
+  `del_channel()`), and `channel.handle_write()` sending what it can;
+- every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits),
+  from `channel.outbufs`, whose last buffer is the one written to (`current_outbuf_count` its bytes);
+- `server.maintenance(now)` runs every `cleanup_interval` from the server's `readable()`, which also logs
+  the crossings of the connection limit, and `server.accept()` returns one connection or None;
+- the parser's `parse_header()` sets `path`, `content_length` and `body_rcv`, whose receiver writes the
+  body to its `buf` (`append()`, `__len__()`, `getfile()`, `close()`; a chunked body's Content-Length
+  is that length), and `received()` keeps `headers_finished`, `completed` and `error`;
 - `channel.send_continue()` is called once the header of a request that expects "100 Continue" has arrived,
   with that request as `channel.request` (already `completed` if it has no body to wait for);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
@@ -60,9 +71,10 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.buffers import OverflowableBuffer, ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher, hop_by_hop
-from waitress.utilities import InternalServerError, build_http_date
+from waitress.utilities import InternalServerError, RequestEntityTooLarge, build_http_date
 
 log = logging.getLogger("ping_listener.serving")
 
@@ -121,6 +133,16 @@ class ServingLimits:
 
 
 DEFAULT_LIMITS = ServingLimits()
+
+
+@dataclass(frozen=True)
+class QuickBodies:
+    """How a request to a quick path (a signal, whose body is a job's output) takes its body: up to `largest`
+    bytes, of which only the first `kept` are kept for the app; the rest is read and dropped, never held.
+    A larger body gets 413 as soon as its length is known, and the app never sees the request."""
+
+    largest: int
+    kept: int
 
 
 class RequestDispatcher:
@@ -282,10 +304,74 @@ def read_plain_get(data: bytes) -> PlainGet | None:
     )
 
 
+class _Adjustments(Adjustments):
+    """waitress's settings, and how this server takes bodies (set by create_http_server)."""
+
+    # The largest body of a request to a path that is not quick, the rule for quick paths' bodies, and
+    # which paths are quick (RequestDispatcher.is_quick).
+    body_limit = 0
+    quick_bodies: QuickBodies | None = None
+    is_quick: Callable[[str], bool]
+
+
+class _BodyHead:
+    """A body buffer for waitress's body receivers that keeps the first `kept` bytes and only counts the rest."""
+
+    def __init__(self, kept: int) -> None:
+        """Keep up to `kept` bytes."""
+        self._kept = kept
+        self._head = bytearray()
+        self._length = 0
+
+    def append(self, data: bytes) -> None:
+        """Take `data`, the next bytes of the body."""
+        room = self._kept - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+        self._length += len(data)
+
+    def __len__(self) -> int:
+        """Bytes taken in all, kept or not (waitress makes a chunked body's Content-Length of it)."""
+        return self._length
+
+    def getfile(self) -> io.BytesIO:
+        """The kept bytes, as the app reads them from wsgi.input."""
+        return io.BytesIO(self._head)
+
+    def close(self) -> None:
+        """Nothing to let go of but memory."""
+
+
+class _RequestParser(HTTPRequestParser):
+    """waitress's request parser, taking a body within its path's bound: up to QuickBodies.largest bytes for a
+    quick path, of which it keeps QuickBodies.kept; up to body_limit for any other path. Past it, 413."""
+
+    adj: _Adjustments
+    error: Any  # waitress's: the error answer the request gets, if any
+    _largest_body = 0
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        quick = self.adj.quick_bodies if self.adj.is_quick(self.path) else None
+        self._largest_body = self.adj.body_limit if quick is None else quick.largest
+        if quick is not None and self.body_rcv is not None:
+            self.body_rcv.buf = _BodyHead(quick.kept)
+
+    def received(self, data: bytes) -> int:
+        taken = int(super().received(data))
+        # body_bytes_received counts a chunked body's framing; the body itself is what its buffer took in.
+        received = max(self.content_length, len(self.body_rcv) if self.body_rcv is not None else 0)
+        if self.headers_finished and self.error is None and received > self._largest_body:
+            self.error = RequestEntityTooLarge(f"exceeds max_body of {self._largest_body}")
+            self.completed = True
+        return taken
+
+
 class _Channel(HTTPChannel):
     """waitress's connection, whose answers can be withheld while the batch that made them is not committed,
     and which answers a plain GET of a quick path itself, without waitress's request parser and task."""
 
+    parser_class = _RequestParser
     withhold_output = False
     current_outbuf_count: int  # waitress's: bytes in the newest output buffer
     will_close: bool  # waitress's: close at the next write round
@@ -722,11 +808,14 @@ def create_http_server(
     limits: ServingLimits = DEFAULT_LIMITS,
     batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     waitress_version: str | None = None,
+    quick_bodies: QuickBodies | None = None,
 ) -> HttpServer:
     """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread,
     those of one poll round inside one `batch()` block (e.g. Store.ping_batch), their answers sent only
-    once the block has ended without an error. Plain GETs skip waitress's parser only if
-    `waitress_version` (by default the installed waitress's) is the one read_plain_get mirrors.
+    once the block has ended without an error (else each is answered 503 with the block's error as its
+    message). Plain GETs skip waitress's parser only if `waitress_version` (by default the installed
+    waitress's) is the one read_plain_get mirrors. A body larger than `max_request_body` bytes gets 413,
+    except that requests for quick paths take theirs as `quick_bodies` says, if given.
 
     Also sets what serving this way needs process-wide: the GIL switch interval, the limit on open
     files raised towards the connection limit, and waitress's connection-limit lines rate-limited.
@@ -734,18 +823,24 @@ def create_http_server(
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
     _quiet_waitress_logs()
-    adjustments = Adjustments(
+    largest_body = max(max_request_body, quick_bodies.largest if quick_bodies else 0)
+    adjustments = _Adjustments(
         host=host,
         port=port,
         connection_limit=_connection_limit(limits.connection_limit),
         backlog=LISTEN_BACKLOG,
         channel_timeout=limits.idle_timeout,
         cleanup_interval=limits.cleanup_interval,
-        max_request_body_size=max_request_body,
+        # _RequestParser holds each body to its path's bound; waitress's own bound, counting a chunked body's
+        # framing too (unbounded lines of it included), is left twice as large.
+        max_request_body_size=2 * largest_body + 1,
         ident="ping-listener",
     )
     socket_map: dict[int, Any] = {}
     dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout, batch)
+    adjustments.body_limit = max_request_body
+    adjustments.quick_bodies = quick_bodies
+    adjustments.is_quick = dispatcher.is_quick
     plain_gets = plain_gets_fit(waitress_version or importlib.metadata.version("waitress"))
     servers = []
     try:

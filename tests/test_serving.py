@@ -495,6 +495,63 @@ def test_a_ping_after_its_batch_was_rolled_back_is_refused_not_committed_alone(t
         store.close()
 
 
+def parser_of_the_service():
+    """A request parser of a server set up as the service's (server.py): quick paths and their bodies' bounds."""
+    http_server = serving.create_http_server(
+        environ_app,
+        "127.0.0.1",
+        0,
+        server.QUICK_PATHS,
+        web.MAX_REQUEST_BODY,
+        quick_bodies=serving.QuickBodies(web.MAX_SIGNAL_REQUEST_BODY, web.MAX_SIGNAL_BODY),
+    )
+    try:
+        return serving._Channel.parser_class(http_server.servers[0].adj)
+    finally:
+        http_server.dispatcher.shutdown(timeout=0.5)
+        for listening in http_server.servers:
+            listening.close()
+
+
+def feed(parser, data):
+    """Give `data` to `parser` as a channel does, 8 KiB a read, until it is taken or the request is complete."""
+    while data and not parser.completed:
+        data = data[parser.received(data[:8192]) :]
+
+
+def chunked(body, size=65_536):
+    """`body` in chunked transfer coding, `size` bytes a chunk."""
+    return b"".join(
+        b"%x\r\n%s\r\n" % (len(body[at : at + size]), body[at : at + size]) for at in range(0, len(body), size)
+    )
+
+
+@pytest.mark.parametrize("coding", ["Content-Length", "chunked"])
+def test_a_signal_body_up_to_its_bound_is_read_whole_and_only_its_first_10000_bytes_are_kept(coding):
+    body = bytes(range(256)) * (web.MAX_SIGNAL_REQUEST_BODY // 256)
+    assert len(body) == web.MAX_SIGNAL_REQUEST_BODY
+    framing = b"Transfer-Encoding: chunked" if coding == "chunked" else b"Content-Length: %d" % len(body)
+    request = b"POST /ping/dev/fail HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n"
+    request += chunked(body) + b"0\r\n\r\n" if coding == "chunked" else body
+    parser = parser_of_the_service()
+    feed(parser, request)
+    assert parser.completed and parser.error is None
+    assert parser.get_body_stream().read() == body[: web.MAX_SIGNAL_BODY], "more than its head kept in memory"
+    assert int(parser.headers["CONTENT_LENGTH"]) == len(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "bound"), [("/ping/dev/fail", web.MAX_SIGNAL_REQUEST_BODY), ("/testing/config", web.MAX_REQUEST_BODY)]
+)
+def test_a_chunked_body_past_its_paths_bound_is_refused_413_as_soon_as_it_is(path, bound):
+    parser = parser_of_the_service()
+    feed(parser, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    feed(parser, chunked(b"x" * bound))
+    assert not parser.completed, "refused at its bound, not past it"
+    feed(parser, b"1\r\nx\r\n")
+    assert parser.completed and (parser.error.code, parser.error.body) == (413, f"exceeds max_body of {bound}")
+
+
 # A plain GET of a quick path is answered by serving.py itself, without waitress's request parser; any other
 # request, or the same one sent in two pieces, by waitress. Each answer must be the one waitress would give.
 PLAIN_PING = (
