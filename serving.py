@@ -505,7 +505,9 @@ class _Channel(HTTPChannel):
         """Send nothing until withhold_output is cleared, and keep what is written from now on apart, for
         replace_withheld(). Only on the I/O thread, before service() answers the request that is next."""
         self.withhold_output = True
-        self._withheld_head = self.plain_get is None and bool(self.requests) and self.requests[0].command == "HEAD"
+        # A request waitress could not parse may have no command.
+        request = self.requests[0] if self.plain_get is None and self.requests else None
+        self._withheld_head = getattr(request, "command", None) == "HEAD"
         with self.outbuf_lock:
             if self.outbufs[-1].__len__():  # __len__(): as waitress, for buffers past 2 GiB on 32-bit builds
                 self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
