@@ -417,12 +417,31 @@ class HeldStore(Store):
             self.gate.wait(10)
         super().record_ping(username, *args, **kwargs)
 
+    # Raised by a batch at its end instead of committing, if set.
+    commit_error = None
+
     @contextlib.contextmanager
     def ping_batch(self):
         with super().ping_batch():
             yield
             self.commit_reached.set()
             self.commit.wait(10)
+            if self.commit_error is not None:
+                raise self.commit_error
+
+
+def two_pings_in_one_batch(store, port, request, clients):
+    """Send `request` on two new connections (entered into the ExitStack `clients`) so that the server at
+    `port` reads both in one poll round, whichever the machine's speed: its I/O thread is held in a lone
+    ping of HeldStore.GATE meanwhile. Returns the two connections."""
+    gate = clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+    gate.sendall(f"GET /ping?username={HeldStore.GATE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert store.gate_reached.wait(10), "the gate's ping was not served"
+    pair = [clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5)) for _ in "ab"]
+    for client in pair:
+        client.sendall(request)
+    store.gate.set()
+    return pair
 
 
 def test_no_byte_of_a_batched_answer_leaves_before_its_batch_has_committed(tmp_path):
@@ -432,18 +451,10 @@ def test_no_byte_of_a_batched_answer_leaves_before_its_batch_has_committed(tmp_p
     ping = f"GET /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     with (
         serve_in_thread(make_test_app(store, settings, time.time), batch=store.ping_batch) as port,
-        socket.create_connection(("127.0.0.1", port), timeout=5) as gate,
         contextlib.ExitStack() as clients,
     ):
         try:
-            # Hold the I/O thread in a lone ping while two more arrive whole: read in one poll round, they make
-            # one batch, whichever the machine's speed.
-            gate.sendall(f"GET /ping?username={HeldStore.GATE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert store.gate_reached.wait(10), "the gate's ping was not served"
-            pair = [clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5)) for _ in "ab"]
-            for client in pair:
-                client.sendall(ping)
-            store.gate.set()
+            pair = two_pings_in_one_batch(store, port, ping, clients)
             assert store.commit_reached.wait(10), "the two pings were not served in one batch"
             arrived = [answered_or_closed(client) for client in pair]
             assert arrived == [False, False], "an answer left before its batch committed"
@@ -453,6 +464,35 @@ def test_no_byte_of_a_batched_answer_leaves_before_its_batch_has_committed(tmp_p
         assert [client.makefile("rb").readline() for client in pair] == [b"HTTP/1.1 200 OK\r\n"] * 2
     try:
         assert len(store.pings_between(DEVICE, BUSY_DAY, time.time() + 60)) == 2
+    finally:
+        store.close()
+
+
+def test_a_head_ping_whose_batch_cannot_commit_gets_a_503_header_and_no_body(tmp_path):
+    store = HeldStore(tmp_path / "ping_listener.db")
+    store.commit_error = StoreUnavailableError("storage unavailable: the disk is full")
+    store.commit.set()
+    settings = make_settings({**USERS, HeldStore.GATE: USERS[DEVICE]})
+    store.sync_users(settings.users, BUSY_DAY)
+    head = f"HEAD /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    try:
+        with (
+            serve_in_thread(make_test_app(store, settings, time.time), batch=store.ping_batch) as port,
+            contextlib.ExitStack() as clients,
+        ):
+            try:
+                answers = [
+                    client.makefile("rb").read() for client in two_pings_in_one_batch(store, port, head, clients)
+                ]
+            finally:
+                store.gate.set()
+        message = b"storage unavailable: the disk is full; try again later"
+        for answer in answers:  # read to the end: the connection is closed after it
+            status_line, _, header = answer.partition(b"\r\n")
+            assert status_line == b"HTTP/1.1 503 Service Unavailable"
+            assert header.endswith(b"\r\n\r\n"), f"a body after a HEAD's header: {answer[-60:]!r}"
+            assert f"Content-Length: {len(message)}\r\n".encode() in header and b"Connection: close\r\n" in header
+        assert store.pings_between(DEVICE, BUSY_DAY, time.time() + 60) == []
     finally:
         store.close()
 
