@@ -506,13 +506,14 @@ class _Channel(HTTPChannel):
         replace_withheld(). Only on the I/O thread, before service() answers the request that is next."""
         self.withhold_output = True
         # A request waitress could not parse may have no command.
-        request = self.requests[0] if self.plain_get is None and self.requests else None
-        self._withheld_head = getattr(request, "command", None) == "HEAD"
-        with self.outbuf_lock:
-            if self.outbufs[-1].__len__():  # __len__(): as waitress, for buffers past 2 GiB on 32-bit builds
-                self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
-                self.current_outbuf_count = 0
-            self._withheld_from = (len(self.outbufs) - 1, self.total_outbufs_len)
+        self._withheld_head = (
+            self.plain_get is None and bool(self.requests) and getattr(self.requests[0], "command", None) == "HEAD"
+        )
+        # No lock: a quick request's channel has no task on a worker thread, the only other writer.
+        if self.outbufs[-1].__len__():  # __len__(): as waitress, for buffers past 2 GiB on 32-bit builds
+            self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
+            self.current_outbuf_count = 0
+        self._withheld_from = (len(self.outbufs) - 1, self.total_outbufs_len)
 
     def replace_withheld(self, message: str) -> None:
         """Replace what was written since withhold() by a 503 with `message` (its header only for a HEAD),
