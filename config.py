@@ -18,11 +18,12 @@ from typing import Any
 import schedules
 from webhooks import FORMATS as WEBHOOK_FORMATS
 
-# Deliberately strict enough to catch typos ("alice@example", "alice example.com"), not a full
-# RFC 5322 parser: the SMTP server has the last word on an address.
+# Deliberately strict enough to catch typos ("alice example.com", "alice@", "alice@.com"), not a full
+# RFC 5322 parser: the SMTP server has the last word on an address. The domain may have a single label
+# (root@localhost), as RFC 5321 allows: a local relay delivers to such addresses.
 _EMAIL = re.compile(
     r"[^@\s\x00-\x1f\x7f<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # An email header cannot carry these, so an alert about a username holding one could never be sent.
@@ -41,6 +42,10 @@ MAX_SECONDS = 1e9
 # Connections part way through a request (some bytes in, not all) one client address may hold unless
 # max_incomplete_requests_per_address says otherwise: a NAT's devices share one address.
 DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS = 1_000
+# What an acknowledged ping survives: "process", the service's death (kill -9); "power", the machine's too (each
+# commit synced to disk before its answers leave). store.SYNCHRONOUS says how.
+DURABILITIES = ("process", "power")
+DEFAULT_DURABILITY = "process"
 # The display name of alert emails' From header unless SMTP_FROM_NAME says otherwise.
 DEFAULT_SENDER_NAME = "Ping Listener"
 
@@ -55,6 +60,7 @@ TOP_LEVEL_KEYS = {
     "heartbeat_url",
     "heartbeat_frequency",
     "webhooks",
+    "durability",
     "max_incomplete_requests_per_address",
 }
 USER_KEYS = {
@@ -96,7 +102,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UserConfig:
-    """One monitored device, with its recipients already resolved (device_email or recipient).
+    """One monitored device, with its recipients already resolved (device_email or recipient; none when
+    settings.json has no recipient and the user notifies no email).
 
     It is watched either by `max_sleep` or by `schedule` (a cron expression) in the zone `tz` with
     `grace`: exactly one of max_sleep and schedule is set, and tz and grace only with a schedule.
@@ -141,12 +148,15 @@ class Settings:
     email_processing_frequency: float
     server_root: str | None
     users: dict[str, UserConfig]
-    recipient: str
+    # Where the alerts of users without device_email go; None if no user's alerts go to it.
+    recipient: str | None
     require_tokens: bool = False
     # Pings, alerts and finished emails older than this many days are deleted; None keeps everything.
     retention_days: float | None = None
     heartbeat_url: str | None = None
     heartbeat_frequency: float = DEFAULT_HEARTBEAT_FREQUENCY
+    # One of DURABILITIES.
+    durability: str = DEFAULT_DURABILITY
 
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     # Read at start only: the server's connections are counted against the value it started with.
@@ -219,12 +229,12 @@ def parse_settings(document: Any) -> Settings:
     problems: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
-    _lone_surrogates(document, "", problems)
+    problems.extend(_lone_surrogates(document, []))
     _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
     base_frequency = _number(document, "base_frequency", "", problems)
     email_processing_frequency = _number(document, "email_processing_frequency", "", problems)
-    recipient = _required(document, "recipient", "", problems)
-    if recipient is not None and not is_email_address(recipient):
+    recipient = document.get("recipient")
+    if "recipient" in document and not is_email_address(recipient):
         problems.append(f"recipient: must be an email address like name@example.com, got {_show(recipient)}")
     server_root = _url(document, "server_root", _URL, problems)
     require_tokens = document.get("require_tokens", False)
@@ -235,6 +245,9 @@ def parse_settings(document: Any) -> Settings:
     heartbeat_frequency = _positive_number(
         document, "heartbeat_frequency", DEFAULT_HEARTBEAT_FREQUENCY, MAX_SECONDS, problems
     )
+    durability = document.get("durability", DEFAULT_DURABILITY)
+    if not isinstance(durability, str) or durability not in DURABILITIES:
+        problems.append(f'durability: must be "process" or "power", got {_show(durability)}')
     webhooks = _webhooks(document.get("webhooks", {}), problems)
     max_incomplete_requests_per_address = _whole_number(
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
@@ -249,6 +262,8 @@ def parse_settings(document: Any) -> Settings:
             if parsed is not None:
                 parsed_users[username] = parsed
         _check_dependencies(users, problems)
+        if "recipient" not in document:
+            _check_recipient_needed(users, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -261,6 +276,7 @@ def parse_settings(document: Any) -> Settings:
         retention_days=retention_days,
         heartbeat_url=heartbeat_url,
         heartbeat_frequency=heartbeat_frequency,
+        durability=durability,
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
     )
@@ -305,6 +321,47 @@ def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
     )
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """The secrets of the environment that unlock operators' endpoints; None when unset (or empty)."""
+
+    # Unlocks GET /metrics as a bearer token.
+    metrics_token: str | None = field(default=None, repr=False)
+    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze.
+    api_key: str | None = field(default=None, repr=False)
+
+
+def load_secrets(environ: Mapping[str, str]) -> Secrets:
+    """Read METRICS_TOKEN and API_KEY from `environ`; raise ConfigError listing every problem.
+
+    Each, when set, must be at least MIN_TOKEN_LENGTH characters without spaces or control characters,
+    as ping tokens: a short one is found by guessing in seconds. A value is never quoted.
+    """
+    problems = []
+    values = {}
+    for name in ("METRICS_TOKEN", "API_KEY"):
+        value = environ.get(name) or None
+        if value is not None and not _is_token(value):
+            problems.append(
+                f"{name}: must be at least {MIN_TOKEN_LENGTH} characters without spaces or control characters,"
+                f" got {len(value)} characters"
+            )
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return Secrets(metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"])
+
+
+def first_text_problem(value: Any) -> str | None:
+    """The first key or string under `value` (parsed JSON) that is not valid Unicode text (a lone surrogate,
+    which json.loads lets through), as a problem naming its field as settings problems do; None if there is none.
+
+    It looks no further, and never searches an ASCII string: a request's body is checked holding the GIL
+    that pings wait for.
+    """
+    return next(_lone_surrogates(value, []), None)
+
+
 def is_loopback(host: str) -> bool:
     """True if `host` names this machine only: localhost, an address in 127.0.0.0/8, or ::1."""
     if host == "localhost":
@@ -316,7 +373,7 @@ def is_loopback(host: str) -> bool:
 
 
 def is_email_address(value: object) -> bool:
-    """True if `value` is a string shaped like a deliverable address (name@domain.tld)."""
+    """True if `value` is a string shaped like a deliverable address (name@domain.tld, or name@host)."""
     return isinstance(value, str) and _EMAIL.fullmatch(value) is not None
 
 
@@ -359,9 +416,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     if token is None and require_tokens:
         problems.append(f"{path}.token: missing (require_tokens is true)")
     # The value is never quoted: even a wrong token may be a secret.
-    elif token is not None and not (
-        isinstance(token, str) and len(token) >= MIN_TOKEN_LENGTH and not re.search(r"[\s\x00-\x1f\x7f-\x9f]", token)
-    ):
+    elif token is not None and not (isinstance(token, str) and _is_token(token)):
         problems.append(
             f"{path}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces"
             " or control characters"
@@ -373,7 +428,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         monitor=monitor,
         max_sleep=max_sleep,
         email_frequency=email_frequency,
-        recipients=recipients or (recipient,),
+        recipients=recipients or ((recipient,) if recipient is not None else ()),
         max_runtime=max_runtime,
         notify_recovery=notify_recovery,
         schedule=schedule,
@@ -383,6 +438,11 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
     )
+
+
+def _is_token(text):
+    """Whether `text` may be a secret sent in a header: MIN_TOKEN_LENGTH characters or more, no space or control."""
+    return len(text) >= MIN_TOKEN_LENGTH and not re.search(r"[\s\x00-\x1f\x7f-\x9f]", text)
 
 
 def _watch(user, path, problems):
@@ -439,6 +499,24 @@ def _check_dependencies(users, problems):
             reported.update(chain)
             cycle = " -> ".join(_show(link) for link in [*chain, name])
             problems.append(f"{_path('users.', name)}.depends_on: a cycle of dependencies: {cycle}")
+
+
+def _check_recipient_needed(users, problems):
+    """Add a problem naming the users whose alerts would go to the missing `recipient`: those that notify
+    "email" and have no device_email."""
+    needing = [
+        _path("users.", username)
+        for username, user in users.items()
+        if isinstance(user, dict)
+        and user.get("device_email") is None
+        and EMAIL_CHANNEL in (user["notify"] if isinstance(user.get("notify"), list) else DEFAULT_NOTIFY)
+    ]
+    if needing:
+        named = ", ".join(needing[:3]) + (f" and {len(needing) - 3} more" if len(needing) > 3 else "")
+        problems.append(
+            f'recipient: missing, needed by {named} (a user that notifies "email" and has no device_email'
+            " sends its alerts to recipient)"
+        )
 
 
 def _notify(value, path, webhooks, problems):
@@ -548,20 +626,35 @@ def _whole_number(document, key, default, problems):
     return int(value)
 
 
-def _lone_surrogates(value, path, problems):
-    """Report every key and string under `value` that holds a lone surrogate: not Unicode text."""
+def _lone_surrogates(value, keys):
+    """Yield a problem for each key and string under `value` that holds a lone surrogate (not Unicode text),
+    in order; `keys` leads to `value` (keys and list indexes), and its path is written only for a problem.
+
+    Strings are checked in their container's loop: a generator for each would cost more than the check.
+    """
     if isinstance(value, str):
-        if _SURROGATE.search(value):
-            problems.append(f"{path}: must be valid Unicode text (it holds a lone surrogate)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            item_path = _path(path + "." if path else "", key)
-            if _SURROGATE.search(key):
-                problems.append(f"{item_path}: a key must be valid Unicode text (it holds a lone surrogate)")
-            _lone_surrogates(item, item_path, problems)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _lone_surrogates(item, f"{path}[{index}]", problems)
+        if not value.isascii() and _SURROGATE.search(value):
+            yield f"{_key_path(keys)}: must be valid Unicode text (it holds a lone surrogate)"
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        keys.append(key)
+        if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+            yield f"{_key_path(keys)}: a key must be valid Unicode text (it holds a lone surrogate)"
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                yield f"{_key_path(keys)}: must be valid Unicode text (it holds a lone surrogate)"
+        elif isinstance(item, (dict, list)):
+            yield from _lone_surrogates(item, keys)
+        keys.pop()
+
+
+def _key_path(keys):
+    """The key path of `keys` (keys of objects, indexes of lists) as settings problems write it: a.b[0]."""
+    path = ""
+    for key in keys:
+        path = f"{path}[{key}]" if isinstance(key, int) else _path(path + "." if path else "", key)
+    return path
 
 
 def _unknown_keys(document, known, prefix, problems):

@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import cast
 
+from config import DEFAULT_DURABILITY
 from store import Store
 
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
@@ -47,15 +48,18 @@ def hide_password(text: str, url: str) -> str:
     return text
 
 
-def open_store(db: str) -> Store:
-    """Open the database `db` names (see is_postgresql), creating its tables if it is new.
+def open_store(db: str, durability: str = DEFAULT_DURABILITY) -> Store:
+    """Open the database `db` names (see is_postgresql) for the service, creating its tables if it is new, its
+    commits as `durability` (settings.json's) says.
 
-    Raises store.StoreOpenError, with a message naming the database without its password, if it cannot
-    be used. The PostgreSQL store is typed as a Store: it offers every public method of Store with the
-    same signature and meaning (tests/test_pg_store.py checks the signatures).
+    A SQLite file is this process's alone while the store is open (Store's `exclusive`): a second service
+    on it is refused before it touches anything; PostgreSQL takes several instances. Raises
+    store.StoreOpenError, with a message naming the database without its password, if it cannot be used.
+    The PostgreSQL store is typed as a Store: it offers every public method of Store with the same
+    signature and meaning (tests/test_pg_store.py checks the signatures).
     """
     if not is_postgresql(db):
-        return Store(db)
+        return Store(db, durability, exclusive=True)
     from pg_store import PgStore  # psycopg is loaded only when PostgreSQL is used
 
     return cast(Store, PgStore(db))

@@ -81,6 +81,25 @@ def local_clock_times(times: Iterable[float]) -> list[str]:
     return clock_times
 
 
+def local_clock_writer() -> Callable[[float], str]:
+    """A function that writes epochs exactly as local_clock_times does, for a caller that writes them one at a
+    time: each minute's "%H:%M:" is computed once."""
+    minutes: dict[int, str | None] = {}
+
+    def write(epoch: float) -> str:
+        second = math.floor(epoch)
+        minute = second // 60
+        if minute not in minutes:
+            start = time.localtime(minute * 60)
+            minutes[minute] = time.strftime("%H:%M:", start) if start.tm_sec == 0 else None
+        prefix = minutes[minute]
+        if prefix is None:
+            return time.strftime("%H:%M:%S", time.localtime(epoch))
+        return prefix + _TWO_DIGITS[second % 60]
+
+    return write
+
+
 def local_time_writer() -> Callable[[float], str]:
     """A function that writes epochs exactly as format_local_time does, made for writing many at once.
 

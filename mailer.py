@@ -1,6 +1,9 @@
 """Alert emails: what they say (pure functions of data) and sending them over SMTP with implicit TLS, a
-mandatory STARTTLS upgrade, or in plain text to a relay on this machine (SMTP_SECURITY)."""
+mandatory STARTTLS upgrade, or in plain text to a relay on this machine (SMTP_SECURITY), each conversation
+within a whole-operation deadline (SMTP_DEADLINE) and reading at most outbound.ANSWER_LIMIT bytes of
+any reply."""
 
+import dataclasses
 import logging
 import re
 import smtplib
@@ -11,6 +14,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from typing import Protocol
 
+import outbound
 from config import SmtpSettings
 from localtime import duration_in_words, every, format_local_time, format_zone_time, logs_link
 from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, expected_at
@@ -18,7 +22,11 @@ from store import QueuedEmail, Signal, UserState
 
 log = logging.getLogger("ping_listener.mailer")
 
+# How long each network operation may take (connecting, the TLS handshake, sending, reading a reply).
 SMTP_TIMEOUT = 10.0
+# How long one SMTP conversation may take in all (a drain step's: connecting, TLS, login and every email of
+# the step; or one test email), however slowly the server answers: emails not settled by then are retried.
+SMTP_DEADLINE = 60.0
 FALLBACK_SENDER = "ping-listener@localhost"
 
 # How much of a failing signal's body its failure email quotes: the end, where errors usually are.
@@ -218,6 +226,37 @@ def by_recipient(emails: Iterable[QueuedEmail]) -> list[list[QueuedEmail]]:
     return list(groups.values())
 
 
+def collapse(emails: Iterable[QueuedEmail]) -> list[tuple[QueuedEmail, tuple[int, ...]]]:
+    """What to write of `emails` (queued rows for one recipient): each email to write with the ids of the rows
+    it carries (its own among them), in queue order (by id). Every row is carried by exactly one.
+
+    A device's rows are read in queue order. An alert carries the unsent alerts of its kind before it
+    (rules.SILENCE, FAILURE or RUN_TIMEOUT): a reminder adds nothing to an unsent alert, so only the
+    latest is written. A recovery (rules.BACK) carries every unsent alert of the outage it ends: an
+    outage already over is told as what it is, its recovery, which says when it went down. A written
+    email counts the most attempts of the rows it carries, so that their back-off goes on.
+    """
+    by_device: dict[str, list[QueuedEmail]] = {}
+    for email in emails:
+        by_device.setdefault(email.username, []).append(email)
+    written = []
+    for rows in by_device.values():
+        unsent: dict[str, list[QueuedEmail]] = {}
+        for email in sorted(rows, key=lambda row: row.id):
+            if email.kind == BACK:
+                written.append(_carrying(email, [row for kind in unsent.values() for row in kind] + [email]))
+                unsent = {}
+            else:
+                unsent.setdefault(email.kind, []).append(email)
+        written.extend(_carrying(kind[-1], kind) for kind in unsent.values())
+    return sorted(written, key=lambda item: item[0].id)
+
+
+def _carrying(email: QueuedEmail, rows: Sequence[QueuedEmail]) -> tuple[QueuedEmail, tuple[int, ...]]:
+    attempts = max(row.attempts for row in rows)
+    return dataclasses.replace(email, attempts=attempts), tuple(sorted(row.id for row in rows))
+
+
 def digest_subject(emails: Sequence[QueuedEmail]) -> str:
     """The subject of a digest of `emails`: `N devices need attention: A, B, C` (N distinct devices, in
     alphabetical order), or `N devices are back: ...` when all are recoveries; cut with an ellipsis to
@@ -282,16 +321,17 @@ class SmtpMailer:
     mandatory STARTTLS upgrade ("starttls"), or in plain text to a relay on this machine ("none"). In
     both TLS modes the certificate is checked against the system CAs and the host name."""
 
-    def __init__(self, smtp: SmtpSettings, timeout: float = SMTP_TIMEOUT) -> None:
-        """Use `smtp`; `timeout` bounds every network operation, in seconds."""
+    def __init__(self, smtp: SmtpSettings, timeout: float = SMTP_TIMEOUT, deadline: float = SMTP_DEADLINE) -> None:
+        """Use `smtp`; `timeout` bounds every network operation and `deadline` every conversation, in seconds."""
         self._smtp = smtp
         self._timeout = timeout
+        self._deadline = deadline
         self.sender = smtp.sender or FALLBACK_SENDER
         self.from_header = from_header(self.sender, smtp.sender_name)
         self.server = f"{smtp.host}:{smtp.port}"
         self._message_id_domain = parseaddr(self.sender)[1].rpartition("@")[2] or "localhost"
         # Built once: it reads SSL_CERT_FILE and the system's CA store.
-        self._ssl_context = ssl.create_default_context()
+        self._ssl_context = outbound.tls_context()
 
     def new_message_id(self) -> str:
         """A fresh Message-ID header value for an email from this sender."""
@@ -306,13 +346,15 @@ class SmtpMailer:
         others go on over a new connection, so one troublesome email cannot hold back the rest.
         A fault of the setup retries every email not yet sent, logged as an error: failing to
         connect, TLS, a refused login, or an answer about authentication (530, 534, 535, 538, or
-        a 5xx to MAIL or RCPT from a server that offers a login none was made to).
+        a 5xx to MAIL or RCPT from a server that offers a login none was made to). The whole
+        conversation ends within the deadline: the emails not settled by then are retried.
         """
         pending = list(emails)
+        deadline = outbound.Deadline(self._deadline)
         while pending:
             sending = False
             try:
-                with self._connect() as connection:
+                with self._connect(deadline) as connection:
                     # A 421 answer closes the connection: the next email needs a new one.
                     while pending and connection.sock is not None:
                         sending = True
@@ -330,7 +372,7 @@ class SmtpMailer:
                     yield email, fault.result
                 return
             except (OSError, smtplib.SMTPException) as error:
-                result = SendResult(RETRY, _explain(error))
+                result = SendResult(RETRY, _explain(error, deadline))
                 if sending:
                     log.warning("connection lost while sending email %d: %s", pending[0].id, result.error)
                     yield pending.pop(0), result
@@ -354,37 +396,35 @@ class SmtpMailer:
         """
         subject, body = compose_test_email(self.server)
         email = QueuedEmail(0, recipient, subject, body, self.new_message_id(), now, 0)
+        deadline = outbound.Deadline(self._deadline)
         try:
-            with self._connect() as connection:
+            with self._connect(deadline) as connection:
                 return self._send_one(connection, email)
         except _SetupFault as fault:
             return fault.result
         except (OSError, smtplib.SMTPException) as error:
-            return SendResult(RETRY, _explain(error))
+            return SendResult(RETRY, _explain(error, deadline))
 
     def check_login(self) -> str:
         """Connect and log in (if SMTP_LOGIN is set) once, sending nothing; say what was done.
 
         Raises SmtpSetupError with the server's answer or the connection problem.
         """
+        deadline = outbound.Deadline(self._deadline)
         try:
-            with self._connect():
+            with self._connect(deadline):
                 pass
         except (OSError, smtplib.SMTPException) as error:
-            raise SmtpSetupError(_explain(error)) from None
+            raise SmtpSetupError(_explain(error, deadline)) from None
         if self._smtp.login:
             return f"logged in to {self.server} as {self._smtp.login}"
         return f"connected to {self.server} (no login: SMTP_LOGIN is not set)"
 
-    def _connect(self):
-        """A connection as SMTP_SECURITY says, logged in (if SMTP_LOGIN is set) and ready for MAIL."""
-        connection: smtplib.SMTP
-        if self._smtp.security == "ssl":
-            connection = smtplib.SMTP_SSL(
-                self._smtp.host, self._smtp.port, timeout=self._timeout, context=self._ssl_context
-            )
-        else:
-            connection = smtplib.SMTP(self._smtp.host, self._smtp.port, timeout=self._timeout)
+    def _connect(self, deadline: outbound.Deadline) -> smtplib.SMTP:
+        """A connection as SMTP_SECURITY says, logged in (if SMTP_LOGIN is set) and ready for MAIL, whose every
+        operation ends by `deadline`."""
+        implicit_tls = self._ssl_context if self._smtp.security == "ssl" else None
+        connection = _BoundedSmtp(self._smtp.host, self._smtp.port, self._timeout, deadline, implicit_tls)
         try:
             if self._smtp.security == "starttls":
                 connection.ehlo()
@@ -435,6 +475,41 @@ class SmtpMailer:
         return SendResult(REJECTED if 500 <= code < 600 else RETRY, answer)
 
 
+class _BoundedSmtp(smtplib.SMTP):
+    """smtplib's client over an outbound.BoundedSocket: every operation ends by `deadline`, and at most
+    outbound.ANSWER_LIMIT bytes of a reply are read. TLS from the first byte with `implicit_tls`, a context
+    from outbound.tls_context() (so is the one given to starttls)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        deadline: outbound.Deadline,
+        implicit_tls: ssl.SSLContext | None,
+    ) -> None:
+        self._deadline = deadline
+        self._implicit_tls = implicit_tls
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host, port, timeout):
+        # smtplib's hook for making the socket (SMTP_SSL overrides it the same way).
+        connection = outbound.connect((host, port), timeout, self._deadline)
+        if self._implicit_tls is None:
+            return connection
+        wrapped = self._implicit_tls.wrap_socket(connection, server_hostname=host)
+        outbound.adopt(wrapped, connection)
+        return wrapped
+
+    def starttls(self, *args, **kwargs):
+        """smtplib's starttls, the TLS socket bounded as the plain one was."""
+        plain = self.sock
+        reply = super().starttls(*args, **kwargs)
+        if plain is not None and self.sock is not None:
+            outbound.adopt(self.sock, plain)
+        return reply
+
+
 class NoStartTlsError(smtplib.SMTPException):
     """SMTP_SECURITY is starttls and the server does not offer STARTTLS: a fault of the connection, retried."""
 
@@ -457,8 +532,11 @@ def _describe(error):
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _explain(error):
-    """What went wrong, for the log and the outbox's last_error: the server's answer or the problem, and a hint."""
+def _explain(error, deadline):
+    """What went wrong, for the log and the outbox's last_error: the server's answer or the problem, and a hint;
+    first of all that the conversation ran out of time if `deadline` has passed."""
+    if deadline.expired():
+        return f"the SMTP conversation did not end within its {deadline.seconds:g} s deadline ({_describe(error)})"
     if isinstance(error, smtplib.SMTPAuthenticationError):
         hint = " (check SMTP_LOGIN and SMTP_PASSWORD)"
     elif isinstance(error, ssl.SSLCertVerificationError):

@@ -2,17 +2,18 @@
 
 A scrape costs O(users), never O(pings): one row per configured user, whose counters the store keeps
 as pings and alerts are recorded, and the outbox counted along its indexes. prometheus-client's
-registry formats the histogram and the outbox gauge; the four per-user families, 10 000 lines each
-at 10 000 users, are written here with each user's label escaped once and kept, because
-prometheus-client formats about 5 µs a sample, which alone would be 200 ms at that size. Tests parse
-the whole answer with prometheus-client's own parser.
+registry formats the scheduler's histogram and deliveries counter and the outbox gauge; the four
+per-user families, 10 000 lines each at 10 000 users, are written here with each user's label escaped
+once and kept, because prometheus-client formats about 5 µs a sample, which alone would be 200 ms at
+that size. Tests parse the whole answer with prometheus-client's own parser.
 """
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from rules import condition_at, is_up
 from store import Store
@@ -20,14 +21,19 @@ from store import Store
 # The classic text format, which every Prometheus reads; generate_latest writes it by default.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _HELP = {
-    "ping_listener_up": ("gauge", "1 if the user is not late (or not monitored), 0 while it is late, alerted or not."),
+    "ping_listener_up": (
+        "gauge",
+        "1 if the user is up or not monitored; 0 while it is down (late, failed or past its max_runtime),"
+        " alerted, snoozed or suppressed alike.",
+    ),
     "ping_listener_last_ping_timestamp_seconds": (
         "gauge",
         "When the user's last ping was recorded, UTC epoch seconds (no sample before its first ping).",
     ),
     "ping_listener_pings_total": (
         "counter",
-        "Pings recorded for the user since it was first configured (retention does not lower it).",
+        "Signals recorded for the user since it was first configured: successes (pings, exit code 0), starts and"
+        " failures (fail, exit codes 1-255), not log signals (retention does not lower it).",
     ),
     "ping_listener_alerts_total": (
         "counter",
@@ -37,14 +43,16 @@ _HELP = {
 
 
 class Exporter:
-    """Scrapes of one store: the per-user families, the outbox by status and the absence step histogram."""
+    """Scrapes of one store: the per-user families, the outbox by status, and the scheduler's own metrics."""
 
-    def __init__(self, store: Store, clock: Callable[[], float], absence_step_seconds: Histogram) -> None:
-        """Metrics of `store` at `clock()` (epoch seconds), with the scheduler's `absence_step_seconds`."""
+    def __init__(self, store: Store, clock: Callable[[], float], *scheduler_metrics: Collector) -> None:
+        """Metrics of `store` at `clock()` (epoch seconds), with `scheduler_metrics` (the scheduler's
+        absence_step_seconds histogram and deliveries counter)."""
         self._store = store
         self._clock = clock
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(absence_step_seconds)
+        for collector in scheduler_metrics:
+            self._registry.register(collector)
         self._registry.register(_OutboxCollector(store))
         # username -> its escaped label set, e.g. {user="pi"}; rebuilt from the users of each scrape.
         self._labels: dict[str, str] = {}

@@ -36,6 +36,9 @@ LEVELS = "0123456789"
 # 10 000 pings at 100 pings a user and a day, some 20 ms, so that an answer that begins meanwhile shares the
 # interpreter only that long.
 HISTORY_USERS_PER_STEP = 100
+# How many pings one read of that loading takes at most: its memory is bounded by this, not by those users'
+# pings in 24 hours (there may be millions); they are folded into each user's slots one read at a time.
+HISTORY_PINGS_PER_READ = 10_000
 # How often the upkeep adds the pings recorded meanwhile once every history is loaded: a page's answer
 # then reads only the last few seconds' pings, even the first one after hours without a page open.
 UPKEEP_INTERVAL = 3.0
@@ -142,19 +145,27 @@ class RecentPings:
     def load(self, users: Mapping[int, UserState], limit: int) -> int:
         """Load the histories of up to `limit` users still waiting for theirs, among `users`; return how many.
 
-        The store is read without holding the lock: changes() answers meanwhile.
+        The store is read without holding the lock (changes() answers meanwhile), HISTORY_PINGS_PER_READ pings at
+        a time, each read folded into the users' slots before the next. The pings recorded meanwhile are added
+        after them, as any ping recorded later is.
         """
         with self._lock:
             ids = sorted(user_id for user_id in self._loading if user_id in users)[:limit]
             if not ids:
                 return 0
-            generation, upto, start = self._generation, self._read_up_to or 0, self._first_slot * SLOT_SECONDS
+            generation, upto, first_slot = self._generation, self._read_up_to or 0, self._first_slot
+        start = first_slot * SLOT_SECONDS
         before = self._store.last_pings_before(start, (ids[0], ids[-1]))
-        rows = self._store.recent_pings(start, upto, (ids[0], ids[-1]))
-        times: dict[int, list[float]] = {user_id: [] for user_id in ids}
-        for user_id, group in itertools.groupby(rows, key=lambda row: row[0]):
-            if user_id in times:
-                times[user_id] = [at for _, at in group]
+        folds = {user_id: _HistoryFold(first_slot, before.get(user_id)) for user_id in ids}
+        after = None
+        while True:
+            rows = self._store.recent_pings(start, upto, (ids[0], ids[-1]), after, HISTORY_PINGS_PER_READ)
+            for user_id, group in itertools.groupby(rows, key=lambda row: row[0]):
+                if user_id in folds:
+                    folds[user_id].add([at for _, at, _ in group], users[user_id])
+            if len(rows) < HISTORY_PINGS_PER_READ:
+                break
+            after = rows[-1]
         with self._lock:
             if generation != self._generation:
                 return 0
@@ -162,10 +173,10 @@ class RecentPings:
                 waited = self._loading.pop(user_id, None)
                 if waited is None:
                     continue  # no longer configured
+                # The window may have moved meanwhile (by less than a window: the generation is the same).
+                recent = folds[user_id].recent(self._first_slot)
                 # Pings read by _catch_up while this load read the store: those after `upto`.
-                later = [at for ping_id, at in waited if ping_id > upto]
-                recent = _Recent(latest=before.get(user_id))
-                self._add(recent, sorted(times[user_id] + later), users[user_id])
+                self._add(recent, sorted(at for ping_id, at in waited if ping_id > upto), users[user_id])
                 self._users[user_id] = recent
                 self._changed.add(user_id)
             return len(ids)
@@ -216,16 +227,8 @@ class RecentPings:
             self._add(self._users[user_id], sorted(new), users[user_id])
 
     def _add(self, recent, times, user):
-        start = self._first_slot * SLOT_SECONDS
-        for at in times:
-            index = math.floor(at / SLOT_SECONDS) - self._first_slot
-            if 0 <= index < SLOTS:
-                count = recent.counts[index] + 1
-                recent.levels[index] = _level(count)
-                recent.counts[index] = min(count, 255)
-        recent.silences += tuple(
-            silence for silence in rules.silences(times, user, recent.latest) if silence[1] >= start
-        )
+        _count(recent.counts, recent.levels, times, self._first_slot)
+        recent.silences += _silences_from(times, user, recent.latest, self._first_slot * SLOT_SECONDS)
         if times:
             recent.latest = times[-1] if recent.latest is None else max(recent.latest, times[-1])
         self._changed.add(user.id)
@@ -245,6 +248,59 @@ class RecentPings:
             if recent.silences and recent.silences[0][1] < start:  # they end in order
                 recent.silences = tuple(silence for silence in recent.silences if silence[1] >= start)
                 self._changed.add(user_id)
+
+
+@dataclass(slots=True)
+class _HistoryFold:
+    """One user's history as RecentPings.load() reads it, read by read, in the window of when the load began
+    (whose first slot is `first_slot`): its slots' counts and levels over two windows (the window may move by
+    less than one while the load reads), its silences ended in it, and its latest ping. Adding the times of
+    consecutive reads one after the other gives what adding them all at once would."""
+
+    first_slot: int
+    latest: float | None
+    counts: bytearray = field(default_factory=lambda: bytearray(2 * SLOTS))
+    levels: bytearray = field(default_factory=lambda: bytearray(LEVELS[0] * 2 * SLOTS, "ascii"))
+    silences: list[tuple[float, float]] = field(default_factory=list)
+
+    def add(self, times: list[float], user: UserState) -> None:
+        """Add `times` of `user`'s pings, ascending and none before the times added earlier."""
+        _count(self.counts, self.levels, times, self.first_slot)
+        self.silences += _silences_from(times, user, self.latest, self.first_slot * SLOT_SECONDS)
+        if times:
+            self.latest = times[-1] if self.latest is None else max(self.latest, times[-1])
+
+    def recent(self, first_slot: int) -> _Recent:
+        """What RecentPings keeps of this history in the window whose first slot is `first_slot` (from
+        self.first_slot to less than a window later)."""
+        moved = first_slot - self.first_slot
+        start = first_slot * SLOT_SECONDS
+        return _Recent(
+            self.counts[moved : moved + SLOTS],
+            self.levels[moved : moved + SLOTS],
+            tuple(silence for silence in self.silences if silence[1] >= start),
+            self.latest,
+        )
+
+
+def _count(counts: bytearray, levels: bytearray, times: list[float], first_slot: int) -> None:
+    """Count `times` in the slots of `counts` and `levels` (as _Recent's, as many as they hold), the first of
+    them numbered `first_slot`."""
+    slots = len(counts)
+    for at in times:
+        index = math.floor(at / SLOT_SECONDS) - first_slot
+        if 0 <= index < slots:
+            count = counts[index] + 1
+            levels[index] = _level(count)
+            counts[index] = min(count, 255)
+
+
+def _silences_from(
+    times: list[float], user: UserState, previous: float | None, start: float
+) -> tuple[tuple[float, float], ...]:
+    """The silences of `user` (rules.silences) between `times`, ascending, after `previous`, that end at or after
+    `start`."""
+    return tuple(silence for silence in rules.silences(times, user, previous) if silence[1] >= start)
 
 
 def _first_slot(now: float) -> int:
@@ -507,7 +563,8 @@ class Overview:
         silent = rules.silent_at(user, user.last_ping, now)
         # Everything the row shows but its slots, as tuples of numbers and text only (its row in the store for
         # `user`): nothing for the garbage collector to visit at each collection.
-        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()))
+        snoozed_until = user.snoozed_until if rules.snoozed(user, now) else None
+        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()), snoozed_until)
         head = old.head if old is not None and old.key == key else _row_head(user, *key[1:], write)
         text = head + pings + "}"
         version = old.version if old is not None and old.text == text else self._version
@@ -544,11 +601,12 @@ def _row_head(
     silent: bool,
     ended: tuple[tuple[float, float], ...],
     alerts: tuple[float, ...],
+    snoozed_until: float | None,
     write: Callable[[float], str],
 ) -> str:
     """A user's row as JSON text up to its slots, which come last (`"pings":`); `silent`: its silence since its
     last ping (or ever) is past its deadline and goes on; `ended`: its silences that ended in the window
-    (none known while its history loads).
+    (none known while its history loads); `snoozed_until`: the end of its snooze, None if not snoozed.
 
     Written by hand: when every row is written (after a start, or when the histories are loaded),
     json.dumps of a dict per row would be most of the answer's cost at fleet size.
@@ -573,7 +631,9 @@ def _row_head(
         f'"monitor":{"true" if user.monitor else "false"},"max_sleep":{_number(user.max_sleep)},'
         f'"schedule":{_string(user.schedule)},'
         f'"last_ping":{_number(user.last_ping)},"last_ping_local":{_string(_local(user.last_ping, write))},'
-        f'"late_at":{_number(deadline)},"late_at_local":{_string(_local(deadline, write))},{events_json},"pings":'
+        f'"late_at":{_number(deadline)},"late_at_local":{_string(_local(deadline, write))},'
+        f'"snoozed_until":{_number(snoozed_until)},"snoozed_until_local":{_string(_local(snoozed_until, write))},'
+        f'{events_json},"pings":'
     )
 
 

@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from store import (
     _USER_AND_PARENT,
     _USER_COLUMNS,
     BUSY_TIMEOUT_MS,
+    DATABASE_FULL,
     FINISHED_COUNTS_SQL,
     HEALTH_TIMEOUT_MS,
     QUEUED_COUNT_SQL,
@@ -68,16 +69,23 @@ from store import (
     UserState,
     WebhookHistory,
     _alert_histories,
-    _bounded_signals,
+    _bounded_encodings,
     _queued_email,
     _queued_webhook,
     _user_and_parent,
     _user_counts,
     _user_settings,
     _webhook_history,
+    recent_pings_parameters,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
+# How a database of an older schema version becomes the next (store.MIGRATIONS, for PostgreSQL): version -> the
+# SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from version
+# 8 on (the first release with this table); older ones are refused.
+PG_MIGRATIONS = {
+    8: "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)",
+}
 # The pool would log each failed reconnection, several lines a second while the server is down: the loops that
 # need the database already log each refusal once per step, on one line.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -120,6 +128,10 @@ CONNECTION_SETTINGS: dict[str, Any] = {
     "application_name": "ping-listener",
     "options": " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items()),
 }
+# store.HEALTH_WRITE_SQL without the room (schema_pg.sql says why).
+PG_HEALTH_WRITE_SQL = (
+    "INSERT INTO health (id, checked_at) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at"
+)
 # pg_advisory_xact_lock keys: creating the schema, and an instance's start (is it alone?), one at a time.
 SCHEMA_LOCK = 7_170_001
 START_LOCK = 7_170_002
@@ -246,10 +258,13 @@ CONFIGURED_USERS_SQL = (
 )
 # The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
 OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
-RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured AND users.id BETWEEN %(first)s AND %(last)s AND pings.at >= %(start)s"
-    " AND pings.id <= %(upto)s ORDER BY users.id, pings.at, pings.id"
+# recent_pings reads each user's pings on its own, along pings_by_user_time: PostgreSQL orders a join's rows
+# only by its outer table's index, so a join over a range of users (as store.RECENT_PINGS_SQL) would sort each
+# user's remaining pings whole for every page.
+RECENT_USERS_SQL = "SELECT id FROM users WHERE configured AND id BETWEEN %(first)s AND %(last)s ORDER BY id"
+RECENT_USER_PINGS_SQL = (
+    "SELECT at, id FROM pings WHERE user_id = %(user)s AND at >= %(after_at)s AND id <= %(upto)s"
+    " AND (at > %(after_at)s OR id > %(after_id)s) ORDER BY at, id LIMIT %(limit)s"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
@@ -620,11 +635,23 @@ class PgStore:
         with self._connection() as connection:
             return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
         """store.Store.recent_pings."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+        parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
+        rows: list[tuple[int, float, int]] = []
         with self._connection() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            for (user_id,) in connection.execute(RECENT_USERS_SQL, parameters).fetchall():
+                if user_id != parameters["first"]:  # a user after the one `after` is in: from `start`
+                    parameters.update(after_at=start, after_id=0)
+                parameters.update(user=user_id, limit=limit - len(rows))
+                rows += [
+                    (user_id, at, ping_id) for at, ping_id in connection.execute(RECENT_USER_PINGS_SQL, parameters)
+                ]
+                if len(rows) == limit:
+                    break
+        return rows
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """store.Store.last_pings_before."""
@@ -648,16 +675,16 @@ class PgStore:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
         """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
-        bound on the bodies stops reading, not only the answer."""
+        bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
             user_id = _user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
                 cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                return _bounded_signals(cursor, limit, max_body_chars)
+                return _bounded_encodings(cursor, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """store.Store.signal."""
@@ -922,15 +949,23 @@ class PgStore:
             statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
             return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
 
-    def check_writable(self) -> None:
-        """Return if the database answers, and the write lock (WRITE_LOCK_SQL) and a row lock (which a standby or
-        a read-only database refuses) can be taken, within HEALTH_TIMEOUT; raise StoreUnavailableError if not.
-        Writes nothing."""
+    def use_durability(self, durability: str) -> None:
+        """store.Store.use_durability: nothing to change here. Every connection commits with synchronous_commit on
+        (SERVER_SETTINGS), so a commit is on the server's disk before it returns, whatever `durability` says."""
+
+    def check_writable(self, now: float) -> None:
+        """store.Store.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
+        with synchronous_commit on, within HEALTH_TIMEOUT (a standby or a read-only database refuses it)."""
         timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
-        with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
-            connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
-            connection.execute(WRITE_LOCK_SQL)
-            connection.execute("SELECT 1 FROM instances WHERE id = %s FOR UPDATE", (self.instance_id,))
+        try:
+            with self._faults(), self._pool.connection(timeout=HEALTH_TIMEOUT) as connection, connection.transaction():
+                connection.execute(f"SET LOCAL statement_timeout = '{timeout}'; SET LOCAL lock_timeout = '{timeout}'")
+                connection.execute(WRITE_LOCK_SQL)
+                connection.execute(PG_HEALTH_WRITE_SQL, (now,))
+        except StoreUnavailableError as error:
+            if isinstance(error.__cause__, psycopg.errors.DiskFull):
+                raise StoreUnavailableError(DATABASE_FULL) from error.__cause__
+            raise
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -981,7 +1016,14 @@ class PgStore:
                 connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
                 return
             row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0] if row else None
+            version = row[0] if row else None
+            steps = range(version or 0, SCHEMA_VERSION)
+            if version is not None and steps and all(step in PG_MIGRATIONS for step in steps):
+                for step in steps:
+                    connection.execute(PG_MIGRATIONS[step])
+                connection.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+                self.upgraded_from = version
+                return
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:
@@ -991,7 +1033,8 @@ class PgStore:
             )
         raise StoreOpenError(
             f"{self.path}: database schema version {version} is older than this Ping Listener's"
-            f" ({SCHEMA_VERSION}), and PostgreSQL databases are not upgraded yet; use a new database"
+            f" ({SCHEMA_VERSION}), and PostgreSQL databases are upgraded only from version {min(PG_MIGRATIONS)} on;"
+            " use a new database"
         )
 
 

@@ -2,24 +2,26 @@
 the rules (rules.py), retention, the heartbeat, and the loop that runs a reload when one is asked for.
 
 Each loop runs in its own thread, so a slow SMTP server never delays detecting absences, email and
-webhooks never wait for each other, and a slow heartbeat URL delays nothing. Each step takes `now`
-from its caller, so tests drive time instead of sleeping. The loops wait on a monotonic clock
+webhooks never wait for each other, and a slow heartbeat URL delays nothing. Each webhook is posted to
+in a thread of its own that the delivery loop does not wait for, so a slow webhook delays only itself.
+Each step takes `now` from its caller, so tests drive time instead of sleeping. The loops wait on a monotonic clock
 (Event.wait); the wall clock only dates things, and the absence listener restarts monitoring when it
 sees the wall clock jump. Settings are read from the LiveSettings at each step, so a reload is
 followed at once.
 """
 
+import http.client
 import logging
 import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 import mailer
+import outbound
 import webhooks
 from config import EMAIL_CHANNEL, WEBHOOK_CHANNEL_PREFIX, LiveSettings, UserConfig
 from localtime import logs_link
@@ -59,12 +61,30 @@ RETENTION_INTERVAL = 60.0
 # (commits never do it, so that a ping never waits for a checkpoint's fsync; every second keeps the WAL to
 # about a second of writes); on PostgreSQL the instance's lease is renewed (pg_store.CLAIM_TIMEOUT).
 STORE_UPKEEP_INTERVAL = 1.0
-# How long a heartbeat GET may take before it counts as failed.
+# How long a heartbeat GET may take in all (however its server trickles) before it counts as failed.
 HEARTBEAT_TIMEOUT = 10.0
+# A webhook still posting earlier deliveries has its due ones looked at again this much later (no attempt
+# counted), rather than posted to twice at once or left in the way of other webhooks' deliveries.
+BUSY_WEBHOOK_DELAY = 5.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
 REQUEST_POLL = 0.5
+# How long a database check of /healthz or the heartbeat (Store.check_writable: a commit of 64 KiB) answers for:
+# within it, another check reuses its result, so that a client requesting /healthz in a loop makes the service
+# write at most that much a second.
+HEALTH_CHECK_REUSE = 1.0
 # The loops whose running the heartbeat and /healthz vouch for.
 LOOPS = ("absence-listener", "outbox-drain", "webhook-delivery")
+# ping_listener_deliveries_total's outcome of each result of mailer.py and webhooks.py.
+DELIVERY_OUTCOMES = {
+    mailer.SENT: "sent",
+    mailer.RETRY: "retried",
+    mailer.REJECTED: "failed",
+    webhooks.DELIVERED: "sent",
+    webhooks.RETRY: "retried",
+    webhooks.FAILED: "failed",
+}
+# The channel_kind of a delivery to a webhook no longer in settings.json (its format is unknown).
+REMOVED_WEBHOOK_KIND = "webhook"
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -97,6 +117,14 @@ class Scheduler:
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._last_clock_reading: tuple[float, float] | None = None
+        # Webhook name -> the thread posting its deliveries (deliver_once), while it runs.
+        self._posting: dict[str, threading.Thread] = {}
+        self._posting_lock = threading.Lock()
+        # Built once: it reads SSL_CERT_FILE and the system's CA store.
+        self._heartbeat_tls = outbound.tls_context()
+        # The last database check of health_problem: (when, its problem or None); one check at a time.
+        self._database_check: tuple[float, str | None] | None = None
+        self._database_check_lock = threading.Lock()
         # Not registered anywhere: metrics.py collects it for /metrics.
         self.absence_step_seconds = Histogram(
             "ping_listener_absence_step_seconds",
@@ -104,6 +132,16 @@ class Scheduler:
             buckets=STEP_BUCKETS,
             registry=None,
         )
+        # Not registered anywhere either. A digest counts once, as it is one email.
+        self.deliveries = Counter(
+            "ping_listener_deliveries",
+            "Emails and webhook POSTs tried since the service started, by channel_kind (email, or the webhook's"
+            " format) and outcome (sent, retried, failed).",
+            ["channel_kind", "outcome"],
+            registry=None,
+        )
+        for outcome in ("sent", "retried", "failed"):
+            self.deliveries.labels(EMAIL_CHANNEL, outcome)
 
     def check_once(self, now: float) -> int:
         """One step of the absence listener: queue alerts and recoveries for up to USERS_PER_STEP due users.
@@ -156,38 +194,49 @@ class Scheduler:
     def drain_once(self, now: float) -> int:
         """One step of the outbox drain: try every email due by `now` (up to EMAILS_PER_STEP).
 
-        The emails due for one recipient go as one: a digest if there are several (mailer.digest), sent,
-        retried or failed together; one tried again with exactly the rows it carried keeps its
-        Message-ID and Date. The emails' next attempts are pushed back and new digests recorded before
-        sending (only those the store still lets this instance send go: Store.claim_emails), then each
-        result is committed as soon as the SMTP server answers. Returns how many emails were due.
+        The emails due for one recipient go as one: first collapsed (mailer.collapse: a reminder adds
+        nothing to an unsent alert, an outage already over is told by its recovery), then a digest if
+        several are left (mailer.digest); all the rows go sent, retried or failed together, and a digest
+        tried again with exactly the rows it carried keeps its Message-ID and Date. The emails' next
+        attempts are pushed back and new digests recorded before sending (only those the store still lets
+        this instance send go: Store.claim_emails), then each result is committed as soon as the SMTP
+        server answers. Returns how many emails were due.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
         if not emails:
             return 0
-        outgoing: dict[int, tuple[tuple[int, ...], float]] = {}
+        # Message id -> the rows it carries, their retry delay, and what it is (for the log).
+        outgoing: dict[int, tuple[tuple[int, ...], float, str]] = {}
         messages, digests = [], []
         for group in mailer.by_recipient(emails):
-            ids = tuple(email.id for email in group)
+            ids = tuple(sorted(email.id for email in group))
+            written = [email for email, _ in mailer.collapse(group)]
             previous = _same_digest(group)
-            if len(group) == 1:
-                message = group[0]
+            if len(written) == 1:
+                message = written[0]
+                what = (
+                    f"alert email {ids[0]}"
+                    if len(ids) == 1
+                    else f"email {message.id} (for emails {', '.join(map(str, ids))})"
+                )
             elif previous is not None:
-                message = mailer.digest(group, previous.message_id, previous.created_at)
+                message = mailer.digest(written, previous.message_id, previous.created_at)
             else:
-                message = mailer.digest(group, self._mailer.new_message_id(), now)
+                message = mailer.digest(written, self._mailer.new_message_id(), now)
                 digests.append(NewDigest(ids, message.recipient, message.subject, message.message_id))
-            outgoing[message.id] = (ids, retry_delay(message.attempts + 1))
+            if len(written) > 1:
+                what = f"digest of emails {', '.join(map(str, ids))}"
+            outgoing[message.id] = (ids, retry_delay(message.attempts + 1), what)
             messages.append(message)
         claimed = self._store.claim_emails(
-            {email_id: now + delay for ids, delay in outgoing.values() for email_id in ids}, now, digests
+            {email_id: now + delay for ids, delay, _ in outgoing.values() for email_id in ids}, now, digests
         )
         # Another instance may have taken over some claims meanwhile (this one was frozen): they are its to send.
         messages = [message for message in messages if claimed.issuperset(outgoing[message.id][0])]
         for message, result in self._mailer.send_all(messages):
-            ids, delay = outgoing[message.id]
+            ids, delay, what = outgoing[message.id]
             finished = self._clock()
-            what = f"alert email {ids[0]}" if len(ids) == 1 else f"digest of emails {', '.join(map(str, ids))}"
+            self.deliveries.labels(EMAIL_CHANNEL, DELIVERY_OUTCOMES[result.status]).inc()
             if result.status == mailer.SENT:
                 self._store.mark_sent(ids, finished)
                 log.info("sent %s to %s", what, message.recipient)
@@ -200,22 +249,46 @@ class Scheduler:
         return len(emails)
 
     def deliver_once(self, now: float) -> int:
-        """One step of the webhook delivery: POST every delivery due by `now` (up to WEBHOOKS_PER_STEP).
+        """One step of the webhook delivery: start posting every delivery due by `now` (up to WEBHOOKS_PER_STEP),
+        each webhook's in order in a thread of its own, and return how many were due, without waiting.
 
-        As drain_once does for emails: the deliveries' next attempts are pushed back before posting
-        (only those the store still lets this instance post go), then each answer is committed as it
-        comes. A retry waits as long as an email's would, or longer if the webhook's Retry-After asks
-        for it, never more than rules.MAX_RETRY_DELAY. Each webhook is posted to in a thread of its own.
-        Returns how many were due.
+        As drain_once does for emails: the deliveries' next attempts are pushed back before posting (only
+        those the store still lets this instance post go), then each webhook's thread commits each answer
+        as it comes. A retry waits as long as an email's would, or longer if the webhook's Retry-After asks
+        for it, never more than rules.MAX_RETRY_DELAY. A webhook whose thread still runs (a slow one: each
+        POST ends within webhooks.WEBHOOK_DEADLINE) gets its due deliveries pushed back by
+        BUSY_WEBHOOK_DELAY instead, so a slow webhook delays only its own deliveries.
         """
         deliveries = self._store.due_webhooks(now, WEBHOOKS_PER_STEP)
         if not deliveries:
             return 0
-        claimed = self._store.claim_webhooks({d.id: now + retry_delay(d.attempts + 1) for d in deliveries})
-        deliveries = [delivery for delivery in deliveries if delivery.id in claimed]
-        for delivery, result in self._webhooks.send_all(deliveries, self._settings.current.webhooks):
-            self._record_delivery(delivery, result, self._clock())
+        busy = self._busy_webhooks()
+        claimed = self._store.claim_webhooks(
+            {d.id: now + (BUSY_WEBHOOK_DELAY if d.webhook in busy else retry_delay(d.attempts + 1)) for d in deliveries}
+        )
+        by_webhook: dict[str, list[QueuedWebhook]] = {}
+        for delivery in deliveries:
+            if delivery.id in claimed and delivery.webhook not in busy:
+                by_webhook.setdefault(delivery.webhook, []).append(delivery)
+        endpoints = self._settings.current.webhooks
+        for name, queued in by_webhook.items():
+            thread = threading.Thread(
+                target=self._post_in_order, args=(endpoints.get(name), queued), name=f"webhook-{name}", daemon=True
+            )
+            with self._posting_lock:
+                self._posting[name] = thread
+            thread.start()
         return len(deliveries)
+
+    def wait_for_deliveries(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the webhook deliveries being posted to be settled and recorded;
+        True if none is left."""
+        deadline = time.monotonic() + timeout
+        with self._posting_lock:
+            threads = list(self._posting.values())
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        return not self._busy_webhooks()
 
     def store_upkeep_once(self, now: float) -> int:
         """The store's upkeep at `now` (Store.upkeep: a WAL checkpoint on SQLite, the instance's lease on
@@ -235,17 +308,24 @@ class Scheduler:
         )
 
     def health_problem(self) -> str | None:
-        """Why the service is not healthy now, or None: a loop that is not running, or a database that
-        does not take its write lock (StoreUnavailableError's reason)."""
+        """Why the service is not healthy now, or None: a loop that is not running, or a database where a
+        write cannot commit (Store.check_writable: its reason, such as "database is full"), as a check at most
+        HEALTH_CHECK_REUSE seconds old found."""
         for name in LOOPS:
             thread = self._threads.get(name)
             if thread is None or not thread.is_alive():
                 return f"the {name.replace('-', ' ')} is not running"
-        try:
-            self._store.check_writable()
-        except StoreError as error:
-            return f"the database does not answer: {error}"
-        return None
+        with self._database_check_lock:
+            now = self._clock()
+            if self._database_check is not None and 0 <= now - self._database_check[0] < HEALTH_CHECK_REUSE:
+                return self._database_check[1]
+            try:
+                self._store.check_writable(now)
+                problem = None
+            except StoreError as error:
+                problem = f"the database cannot commit a write: {error}"
+            self._database_check = (now, problem)
+            return problem
 
     def beat_once(self) -> bool:
         """One heartbeat: GET heartbeat_url if one is set and the service is healthy; True if it was answered 2xx.
@@ -261,13 +341,15 @@ class Scheduler:
             log.warning("no heartbeat sent: %s", problem)
             return False
         host = urllib.parse.urlsplit(url).hostname
+        opener = outbound.opener(outbound.Deadline(HEARTBEAT_TIMEOUT), self._heartbeat_tls)
         try:
-            with urllib.request.urlopen(url, timeout=HEARTBEAT_TIMEOUT) as answer:
-                answer.read(1024)
-            return True
+            # The status says it all: nothing of the answer's body is read.
+            with opener.open(url, timeout=HEARTBEAT_TIMEOUT):
+                return True
         except urllib.error.HTTPError as error:
             log.warning("heartbeat to %s failed: HTTP %d", host, error.code)
-        except (OSError, ValueError) as error:  # URLError, timeouts, connection refused; ValueError: bad URL
+        # URLError, timeouts, the deadline, connection refused, a garbled answer; ValueError: a bad URL.
+        except (OSError, http.client.HTTPException, ValueError) as error:
             log.warning("heartbeat to %s failed: %s", host, getattr(error, "reason", None) or error)
         return False
 
@@ -312,12 +394,14 @@ class Scheduler:
         self._start_thread(name, self._loop, step, full_step, lambda: delay, 0.0)
 
     def stop(self, timeout: float) -> bool:
-        """Ask every loop to stop and wait up to `timeout` seconds for them; True if they stopped."""
+        """Ask every loop (and every webhook's posting thread, after its current POST) to stop and wait up to
+        `timeout` seconds for them; True if they stopped."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads.values():
             thread.join(max(deadline - time.monotonic(), 0))
-        return not any(thread.is_alive() for thread in self._threads.values())
+        delivered = self.wait_for_deliveries(max(deadline - time.monotonic(), 0))
+        return delivered and not any(thread.is_alive() for thread in self._threads.values())
 
     def _start_thread(self, name: str, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -356,6 +440,28 @@ class Scheduler:
             return self.check_once(now)
         finally:
             self.absence_step_seconds.observe(time.perf_counter() - started)
+
+    def _busy_webhooks(self) -> set[str]:
+        """The webhooks whose posting thread still runs (the others are forgotten)."""
+        with self._posting_lock:
+            for name in [name for name, thread in self._posting.items() if not thread.is_alive()]:
+                del self._posting[name]
+            return set(self._posting)
+
+    def _post_in_order(self, endpoint: webhooks.Endpoint | None, deliveries: Sequence[QueuedWebhook]) -> None:
+        """Post `deliveries` (all for one webhook) in order and record each result as it comes; stop early if
+        the scheduler stops (the rest are posted after their claim's back-off, by this start or the next)."""
+        kind = endpoint.format if endpoint is not None else REMOVED_WEBHOOK_KIND
+        for delivery, result in self._webhooks.send_in_order(endpoint, deliveries):
+            self.deliveries.labels(kind, DELIVERY_OUTCOMES[result.status]).inc()
+            try:
+                self._record_delivery(delivery, result, self._clock())
+            except StoreError as error:
+                log.error("cannot record webhook delivery %d (posted again later): %s", delivery.id, error)
+            except Exception:
+                log.exception("cannot record webhook delivery %d (posted again later)", delivery.id)
+            if self._stop.is_set():
+                return
 
     def _record_delivery(self, delivery: QueuedWebhook, result: webhooks.DeliveryResult, finished: float) -> None:
         label = f"{delivery.event.event} webhook {delivery.id} ({delivery.event.username}) to {delivery.webhook}"

@@ -176,6 +176,17 @@ CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE stat
 CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
 CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status != 'queued';
 
+-- What GET /healthz (and the heartbeat) writes to prove that a write can commit: one row, which each check
+-- rewrites whole in a transaction of its own, so that checks never make the database grow.
+CREATE TABLE health (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    -- When a health check last committed.
+    checked_at REAL    NOT NULL,
+    -- New random bytes at each check (store.HEALTH_WRITE_BYTES), so that its commit needs as much room in
+    -- the write-ahead log as a batch of pings: on a disk that has less, the check fails as pings would.
+    room       BLOB
+);
+
 CREATE VIEW pings_readable AS
 SELECT users.username,
        datetime(pings.at, 'unixepoch', 'localtime') AS local_time,

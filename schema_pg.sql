@@ -136,6 +136,14 @@ CREATE INDEX webhook_outbox_queue ON webhook_outbox (next_attempt_at) WHERE stat
 CREATE INDEX webhook_outbox_by_alert ON webhook_outbox (alert_id);
 CREATE INDEX webhook_outbox_finished ON webhook_outbox (status, finished_at) WHERE status <> 'queued';
 
+-- As in schema.sql: the one row each health check rewrites (all instances share it).
+CREATE TABLE health (
+    id         integer          PRIMARY KEY CHECK (id = 1),
+    checked_at double precision NOT NULL,
+    -- Left NULL here: PostgreSQL writes its own log ahead in whole segments, so a small write tells as much.
+    room       bytea
+);
+
 CREATE VIEW pings_readable AS
 SELECT users.username,
        to_timestamp(pings.at) AS local_time,

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
+        secrets = config.load_secrets(os.environ)
     except config.ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.time
     db = chosen_database(args.db, os.environ)
     try:
-        store = open_store(db)
+        store = open_store(db, settings.durability)
     except StoreOpenError as error:
         print(error, file=sys.stderr)
         return 2
@@ -87,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = Scheduler(store, mail_sender, live_settings, "", clock)
     operations = Operations(
         health_problem=scheduler.health_problem,
-        metrics=Exporter(store, clock, scheduler.absence_step_seconds),
-        metrics_token=os.environ.get("METRICS_TOKEN") or None,
+        metrics=Exporter(store, clock, scheduler.absence_step_seconds, scheduler.deliveries),
+        metrics_token=secrets.metrics_token,
+        api_key=secrets.api_key,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None
@@ -221,7 +223,8 @@ def reload_settings(
     Valid settings are put in force first, then the store's users follow (see Store.reload_users):
     between the two, a user just removed already answers 404 and one just added may briefly answer
     404 too, but a ping is never recorded without the token the new settings ask for. If the store
-    refuses, the previous settings are put back.
+    refuses, the previous settings are put back. A new `durability` applies to the commits that begin
+    after it (Store.use_durability).
     """
     try:
         settings = config.load_settings(path)
@@ -239,6 +242,7 @@ def reload_settings(
         live_settings.replace(previous)
         log.error("settings not reloaded: %s; the previous settings stay in force", error)
         return False
+    store.use_durability(settings.durability)
     log.info(
         "settings reloaded: %d user(s) added, %d removed, %d changed",
         len(change.added),

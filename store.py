@@ -7,17 +7,19 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 """
 
 import dataclasses
+import errno
+import fcntl
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import UserConfig
+from config import DEFAULT_DURABILITY, UserConfig
 from rules import BACK, SILENCE, SUCCESS
 from webhooks import WebhookEvent
 
@@ -99,6 +101,8 @@ ALTER TABLE users ADD COLUMN grace REAL;
 ALTER TABLE users ADD COLUMN next_run_after REAL;
 ALTER TABLE users ADD COLUMN next_run REAL;
 """
+# Health (schema version 9): the one row that a health check rewrites to prove that a write can commit.
+HEALTH_TABLE_SQL = "CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL, room BLOB)"
 # How a database of an older schema version becomes current: MIGRATIONS[n - 1] upgrades version n to
 # n + 1 (PRAGMA user_version). All the steps a database needs run in one transaction at start, so it is
 # either wholly upgraded or left as it was. A new database gets schema.sql, which is always current:
@@ -126,12 +130,27 @@ MIGRATIONS: tuple[str, ...] = (
     STORM_CONTROL_UPGRADE_SQL,
     # 7 -> 8: schedules.
     SCHEDULES_UPGRADE_SQL,
+    # 8 -> 9: health.
+    HEALTH_TABLE_SQL,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 HEALTH_TIMEOUT_MS = 500
-# How a database of an older version becomes the next: version it reaches -> its SQL. A new database
-# gets schema.sql, which is always the latest version.
+# A health check's write: the health table's one row, rewritten whole (so the database never grows by it) with
+# the time of the check and new random bytes. SQLite writes only the pages whose bytes changed, and a commit
+# needs room in the WAL for each: with fewer bytes, a nearly full disk could take the check's commit and refuse
+# the larger one of a batch of pings. 64 KiB is 16 pages, more than a batch of a few dozen pings changes.
+HEALTH_WRITE_BYTES = 64 * 1024
+HEALTH_WRITE_SQL = (
+    f"INSERT INTO health (id, checked_at, room) VALUES (1, ?, randomblob({HEALTH_WRITE_BYTES}))"
+    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, room = excluded.room"
+)
+# PRAGMA synchronous for each `durability` of settings.json. In WAL mode, NORMAL syncs the log only when a
+# checkpoint copies it into the database file (the store-upkeep loop, every second): a commit survives the
+# process's death, not the machine's. FULL syncs the log at every commit, before the pings' answers leave.
+SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+# Why a health check's write could not commit when the database (or the disk under it) has no room left.
+DATABASE_FULL = "database is full: no space left on its disk"
 
 
 # rules.due_at restated in SQL, so that the deadline can be stored and found through an index: at once
@@ -249,12 +268,16 @@ CONFIGURED_USERS_SQL = (
 # The overview's queries. Its page refreshes every few seconds: each costs the number of configured users
 # (a scan of users, per-user seeks of alerts_by_user_time) or the number of new pings (along the pings'
 # primary key), never the size of the history. The last 24 hours' pings are read once after a start, in
-# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time).
+# chunks of users (a range of users' primary key, per-user seeks of pings_by_user_time), each chunk in pages
+# that go on after the last row of the previous page (`first` is that row's user, the seek into its pings
+# begins at its time, and only pings of that time with greater ids are taken).
 OVERVIEW_USERS_SQL = f"SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured = 1 ORDER BY username"
 RECENT_PINGS_SQL = (
-    "SELECT users.id, pings.at FROM users JOIN pings ON pings.user_id = users.id"
-    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.at >= :start"
-    " AND pings.id <= :upto ORDER BY users.id, pings.at"
+    "SELECT users.id, pings.at, pings.id FROM users JOIN pings ON pings.user_id = users.id"
+    " WHERE users.configured = 1 AND users.id BETWEEN :first AND :last AND pings.id <= :upto"
+    " AND pings.at >= CASE WHEN users.id = :first THEN :after_at ELSE :start END"
+    " AND (users.id > :first OR pings.at > :after_at OR pings.id > :after_id)"
+    " ORDER BY users.id, pings.at, pings.id LIMIT :limit"
 )
 PINGS_BEFORE_SQL = (
     "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < :start) FROM users"
@@ -620,8 +643,16 @@ class AlertHistory:
 class Store:
     """Ping Listener's database at one path; safe to use from any number of threads."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable."""
+    def __init__(
+        self, path: str | os.PathLike[str], durability: str = DEFAULT_DURABILITY, exclusive: bool = False
+    ) -> None:
+        """Open (creating if new) the database at `path`; raise StoreOpenError if it is unusable.
+
+        `durability` is settings.json's (see SYNCHRONOUS). With `exclusive`, as the service opens its
+        database, this process first takes the OS lock of `path`.lock (lock_database) and holds it until
+        close(): a second process asking for it is refused before it reads or writes anything. Readers that
+        do not ask (a person's `sqlite3`, tools, tests opening more stores in one process) are not stopped.
+        """
         self.path = str(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -629,6 +660,8 @@ class Store:
         # Re-entrant: a ping recorded inside ping_batch() takes it again on the same thread.
         self._write_lock = threading.RLock()
         self._schema_ready = False
+        self._synchronous = SYNCHRONOUS[durability]
+        self._lock: int | None = None
         # The schema version the database had before this start upgraded it, or None if it did not.
         self.upgraded_from: int | None = None
         # Whether sync_users restarted monitoring: always, as one process is the only one using a SQLite file
@@ -636,6 +669,8 @@ class Store:
         self.started_alone = True
         _refuse_missing_directory(Path(self.path))
         _refuse_read_only(Path(self.path))
+        if exclusive:
+            self._lock = lock_database(Path(self.path))
         try:
             connection = self._connection()
             self._prepare_schema(connection)
@@ -644,13 +679,26 @@ class Store:
         except sqlite3.Error as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot use this database: {error}") from None
+        except StoreOpenError:
+            self.close()
+            raise
 
     def close(self) -> None:
-        """Close every connection; waits for a write in progress to finish first."""
+        """Close every connection, then let go of the database's lock if this store holds it; waits for a
+        write in progress to finish first."""
         with self._write_lock, self._connections_lock:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+            if self._lock is not None:
+                os.ftruncate(self._lock, 0)  # no process's id: none holds it
+                os.close(self._lock)  # which lets go of the lock
+                self._lock = None
+
+    def use_durability(self, durability: str) -> None:
+        """Commit as settings.json's `durability` says from now on (see SYNCHRONOUS): each thread's connection
+        follows at its next use outside a transaction, so a batch already begun ends as it began."""
+        self._synchronous = SYNCHRONOUS[durability]
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users` (username -> its config), and restart monitoring at `now`.
@@ -802,12 +850,16 @@ class Store:
             newest: int = connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0]
         return newest
 
-    def recent_pings(self, start: float, upto_id: int, user_ids: tuple[int, int]) -> list[tuple[int, float]]:
-        """(user id, time) of the pings from `start` on with ids up to `upto_id` of the configured users whose
-        ids are in the range `user_ids` (first, last), by user then time."""
-        parameters = {"start": start, "upto": upto_id, "first": user_ids[0], "last": user_ids[1]}
+    def recent_pings(
+        self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+    ) -> list[tuple[int, float, int]]:
+        """(user id, time, ping id) of the pings from `start` on with ids up to `upto_id` of the configured users
+        whose ids are in the range `user_ids` (first, last), by user, time then id: the first `limit` of them, or
+        with `after` (the last row of an earlier answer to the same question) the first `limit` after it."""
         with self._read() as connection:
-            return connection.execute(RECENT_PINGS_SQL, parameters).fetchall()
+            return connection.execute(
+                RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
+            ).fetchall()
 
     def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
         """Each configured user's id in the range `user_ids` (first, last) -> the time of its last ping before
@@ -833,18 +885,19 @@ class Store:
             return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
 
     def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_body_chars: int
-    ) -> tuple[list[Signal], bool]:
-        """`username`'s signals with start <= time < end, ascending, and whether there were more.
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
+        """`username`'s signals with start <= time < end, ascending, each as `encode(signal)`, and whether there
+        were more.
 
-        Stops after `limit` signals, or once their bodies reach `max_body_chars` characters in all
-        (the signal that crosses it is kept). Raises UnknownUserError if the user was never configured.
+        Stops after `limit` signals, or before the one whose encoding would take the encodings' lengths past
+        `max_size` bytes in all. Raises UnknownUserError if the user was never configured.
         """
         with self._read() as connection:
             user_id = self._user_id(connection, username)
-            # Read lazily: the bound on the bodies stops reading, not only the answer.
+            # Read lazily: the bound stops reading, not only the answer.
             rows = connection.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-            return _bounded_signals(rows, limit, max_body_chars)
+            return _bounded_encodings(rows, limit, max_size, encode)
 
     def signal(self, signal_id: int) -> Signal:
         """The recorded signal with id `signal_id` (a UserState's fail_signal)."""
@@ -1145,18 +1198,24 @@ class Store:
         here, a WAL checkpoint (checkpoint()). `now` is unused: the PostgreSQL store renews its lease with it."""
         self.checkpoint()
 
-    def check_writable(self) -> None:
-        """Return if the database answers and its write lock can be taken within HEALTH_TIMEOUT_MS; raise
-        StoreUnavailableError if not.
+    def check_writable(self, now: float) -> None:
+        """Return once a real write has committed: the health table's one row set to `now`, in a transaction
+        of its own. Raise StoreUnavailableError if it cannot commit, its message the reason (DATABASE_FULL
+        when there is no room for it), or if another process holds the database's write lock for longer
+        than HEALTH_TIMEOUT_MS.
 
-        Takes the lock (BEGIN IMMEDIATE) and writes nothing: this is what a ping needs first. A health
-        check waits less than a ping would for a lock another process holds.
+        This is what a ping needs: the write lock, then a commit. The write replaces one row, so checks
+        never make the database grow; and a health check waits less than a ping would for another process.
         """
         connection = self._connection()
         connection.execute(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_MS}")
         try:
-            with self._write():
-                pass
+            with self._write() as writing:
+                writing.execute(HEALTH_WRITE_SQL, (now,))
+        except StoreUnavailableError as error:
+            if _primary_code(error.__cause__) == sqlite3.SQLITE_FULL:
+                raise StoreUnavailableError(DATABASE_FULL) from error.__cause__
+            raise
         finally:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
@@ -1217,7 +1276,7 @@ class Store:
             )
             with self._connections_lock:
                 self._connections.append(connection)
-            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.synchronous = None
             # No commit copies the WAL into the database file (a checkpoint, with its fsync, can take
             # hundreds of milliseconds on a big file): the scheduler's checkpoint loop does
             # (checkpoint()), so a ping never waits for one.
@@ -1227,6 +1286,9 @@ class Store:
             if self._schema_ready:
                 connection.execute(_SIGNAL_TRIGGER_SQL)
             self._local.connection = connection
+        if self._local.synchronous != self._synchronous and not connection.in_transaction:
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.synchronous = self._synchronous
         self.before_use(connection)
         return connection
 
@@ -1281,17 +1343,38 @@ def _alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[Ale
     return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
 
 
-def _bounded_signals(rows: Iterable[Sequence[Any]], limit: int, max_body_chars: int) -> tuple[list[Signal], bool]:
-    """The signals of SIGNALS_BETWEEN_SQL's `rows`, read only until there are `limit` of them or their bodies reach
-    `max_body_chars` characters (the one that crosses it kept), and whether there were more."""
-    signals: list[Signal] = []
-    chars = 0
+def recent_pings_parameters(
+    start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
+) -> dict[str, Any]:
+    """RECENT_PINGS_SQL's parameters for Store.recent_pings's arguments (either store's)."""
+    first, after_at, after_id = (user_ids[0], start, 0) if after is None else after
+    return {
+        "start": start,
+        "upto": upto_id,
+        "first": first,
+        "last": user_ids[1],
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit,
+    }
+
+
+def _bounded_encodings(
+    rows: Iterable[Sequence[Any]], limit: int, max_size: int, encode: Callable[[Signal], bytes]
+) -> tuple[list[bytes], bool]:
+    """The signals of SIGNALS_BETWEEN_SQL's `rows`, each as `encode(signal)`, read only until there are `limit`
+    of them or the next would take their lengths past `max_size` in all, and whether there were more."""
+    encodings: list[bytes] = []
+    size = 0
     for row in rows:
-        if len(signals) == limit or chars >= max_body_chars:
-            return signals, True
-        signals.append(Signal(*row))
-        chars += len(row[4] or "")
-    return signals, False
+        if len(encodings) == limit:
+            return encodings, True
+        encoding = encode(Signal(*row))
+        size += len(encoding)
+        if size > max_size:
+            return encodings, True
+        encodings.append(encoding)
+    return encodings, False
 
 
 def _user_counts(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:
@@ -1414,6 +1497,35 @@ def _restart_monitoring(connection, now):
         connection.execute(
             f"UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now", parameters
         )
+
+
+def lock_database(path: Path) -> int:
+    """Take the OS lock (flock) of the file `path`.lock next to the SQLite database `path`, created if missing,
+    and write this process's id in it; return its open descriptor, which holds the lock until it is closed
+    (or the process ends, however it ends).
+
+    Raise StoreOpenError, one line naming the database and the process that holds the lock, if another
+    process (or another descriptor in this one) holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise StoreOpenError(f"{path}: cannot open its lock file {lock_path}: {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(descriptor, 20, 0).decode("ascii", "replace").strip()
+        os.close(descriptor)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreOpenError(f"{path}: cannot lock its lock file {lock_path}: {error.strerror}") from None
+        raise StoreOpenError(
+            f"{path}: in use by another Ping Listener process (pid {holder if holder.isdigit() else 'unknown'},"
+            f" holding {lock_path}); one process per SQLite database: stop it, or give this one another --db"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 @contextmanager

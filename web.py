@@ -12,6 +12,7 @@ import threading
 import wsgiref.handlers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -25,15 +26,19 @@ from guards import (
     WRONG_PASSWORD_LIMIT,
     WRONG_PASSWORD_WINDOW,
     BearerGuard,
+    OperatorCredentials,
     PasswordGuard,
+    Sessions,
     WrongPasswordLimiter,
     check_ping_token,
+    json_body,
 )
 from localtime import (
     QueryError,
     format_local_time,
     format_ping_time,
     local_clock_times,
+    local_clock_writer,
     local_day_bounds,
     query_fields,
 )
@@ -72,9 +77,13 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 # all day long. A day with more is answered with its first LOGS_MAX_PINGS and the LOGS_TRUNCATED header.
 LOGS_MAX_PINGS = 100_000
 LOGS_TRUNCATED = "Ping-Listener-Truncated"
-# With details=1, bodies of up to 10 000 characters each could make a day's answer gigabytes: it stops
-# once its bodies hold this many characters (and says so with the LOGS_TRUNCATED header).
-LOGS_MAX_BODY_CHARS = 4_000_000
+# With details=1, bodies of up to 10 000 bytes each, and JSON's escapes six times longer than a control
+# character, could make a day's answer gigabytes: it holds the signals that fit in this many bytes (and
+# says so with the LOGS_TRUNCATED header).
+LOGS_MAX_DETAILS_BYTES = 4_000_000
+# Such an answer goes to waitress in pieces of about this size: each write to a connection costs a hand-off to
+# the I/O thread, and a block of megabytes costs page faults, both while a worker holds the interpreter.
+LOGS_PIECE_BYTES = 64 * 1024
 # The first this many bytes of a POST body to /ping are kept with the signal.
 MAX_SIGNAL_BODY = 10_000
 # The largest body a signal may carry, 2.5 MiB as the reference monitor (Healthchecks) takes: the server
@@ -106,13 +115,15 @@ _PING_HEADERS = (("Content-Type", PLAIN_TEXT), *SECURITY_HEADERS.items())
 
 @dataclass(frozen=True)
 class Operations:
-    """What the operators' endpoints answer from: /healthz and /metrics."""
+    """What the operators' endpoints answer from: /healthz, /metrics, and the API key /snooze accepts."""
 
     # Why the service is unhealthy (a loop stopped, the database not answering), or None.
     health_problem: Callable[[], str | None]
     metrics: metrics.Exporter
     # Unlocks /metrics as a bearer token; None disables it.
     metrics_token: str | None
+    # Lets a program snooze a user without a token (X-Api-Key); None: no API key is accepted.
+    api_key: str | None = None
 
 
 def make_app(
@@ -132,24 +143,26 @@ def make_app(
     page's test emails go through `mail_sender`. The overview's answers come from `overview` (its
     upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
-    wrong passwords.
+    wrong passwords, with wrong metrics tokens and wrong credentials given to /snooze and /logs.
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
+    sessions = Sessions()
     testing_only = PasswordGuard(
-        "testing", testing_password, TESTING_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "testing", testing_password, TESTING_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
     if overview_password is None:
         overview_password = testing_password
     overview_only = PasswordGuard(
-        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, clock, MAX_REQUEST_BODY
+        "overview", overview_password, OVERVIEW_DISABLED, wrong_passwords, sessions, clock, MAX_REQUEST_BODY
     )
 
     # One test email at a time: each holds a worker thread for its SMTP conversation.
     sending_test_email = threading.Lock()
-    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED)
+    metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED, wrong_passwords, clock)
+    operators = OperatorCredentials(overview_only, operations.api_key, wrong_passwords, clock)
 
     @app.hook("after_request")
     def security_headers():
@@ -167,27 +180,46 @@ def make_app(
         start, end = local_day_bounds(query)
         bottle.response.content_type = "application/json"
         if details:
-            signals, cut = store.signals_between(username, start, end, LOGS_MAX_PINGS, LOGS_MAX_BODY_CHARS)
+            user = settings.current.users.get(username)
+            with_bodies = operators.bodies_allowed(user, username, query, bottle.request.environ)
+            items, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, _signal_details_writer(with_bodies)
+            )
             if cut:
-                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(signals)} signals of the day")
-            return json.dumps(_signal_details(signals))
+                bottle.response.set_header(LOGS_TRUNCATED, f"first {len(items)} signals of the day")
+            pieces = _signal_details(items)
+            bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
+            return iter(pieces)  # an iterator, which bottle passes on piece by piece (a list it would join)
         times = store.pings_between(username, start, end, LOGS_MAX_PINGS + 1)
         if len(times) > LOGS_MAX_PINGS:
             del times[LOGS_MAX_PINGS:]
             bottle.response.set_header(LOGS_TRUNCATED, f"first {LOGS_MAX_PINGS} pings of the day")
         return json.dumps(local_clock_times(times))
 
-    @app.route("/snooze", method=["GET", "POST"])
+    # POST only: a link or an image tag in another site's page cannot snooze anyone.
+    @app.post("/snooze")
     def snooze():
-        query = query_fields(bottle.request.environ.get("QUERY_STRING", ""))
-        username = query.get("username")
-        if not username:
+        environ = bottle.request.environ
+        query = query_fields(environ.get("QUERY_STRING", ""))
+        body = _snooze_body(bottle.request)
+        username = query.get("username", body.get("username"))
+        if not isinstance(username, str) or not username:
             raise bottle.HTTPError(400, "missing username")
-        minutes = _snooze_minutes(query.get("minutes"))
-        # Who may snooze a user is who may signal for it.
-        _check_signal_allowed(settings, username, query, bottle.request.environ)
+        minutes = _snooze_minutes(query.get("minutes", body.get("minutes")))
+        user = settings.current.users.get(username)
+        if user is None:
+            raise bottle.HTTPError(404, f"unknown user {username}")
+        who = operators.snooze(user, username, query, body, environ)
         now = clock()
         until = store.snooze(username, now + minutes * 60, now)
+        log.info(
+            "%s snoozed until %s (minutes=%d) by its %s from %s",
+            username,
+            format_local_time(until),
+            minutes,
+            who,
+            environ.get("REMOTE_ADDR", ""),
+        )
         bottle.response.content_type = PLAIN_TEXT
         return format_ping_time(until)
 
@@ -233,10 +265,12 @@ def make_app(
     @app.post("/testing/test-email")
     @testing_only
     def testing_test_email():
+        recipient = settings.current.recipient
+        if recipient is None:
+            raise bottle.HTTPError(409, "settings.json has no recipient to send a test email to")
         if not sending_test_email.acquire(blocking=False):
             raise bottle.HTTPError(409, "a test email is being sent already; wait for its answer")
         try:
-            recipient = settings.current.recipient
             result = mail_sender.send_test(recipient, clock())
         finally:
             sending_test_email.release()
@@ -254,7 +288,7 @@ def make_app(
     @app.post("/overview/state")
     @overview_only
     def overview_now():
-        # The guard has checked that the body is a JSON object with the password.
+        # The guard has checked that the body is a JSON object of Unicode text with the password.
         since = json.loads(bottle.request.body.read(MAX_REQUEST_BODY)).get("since")
         if since is not None and not isinstance(since, str):
             raise bottle.HTTPError(400, "invalid since: expected the version of an earlier answer, or null")
@@ -264,7 +298,7 @@ def make_app(
     @app.post("/overview/day")
     @overview_only
     def overview_of_a_day():
-        # The guard has checked that the body is a JSON object with the password.
+        # The guard has checked that the body is a JSON object of Unicode text with the password.
         body = json.loads(bottle.request.body.read(MAX_REQUEST_BODY))
         username = body.get("username")
         if not isinstance(username, str) or not username:
@@ -372,9 +406,8 @@ def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSetting
 def _check_signal_allowed(
     settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
 ) -> None:
-    """Return if `username` may be signalled (or snoozed) by this request; raise 404 for a user not in the
-    settings in force, 403 without its token (guards.check_ping_token). The store follows the settings on
-    a reload."""
+    """Return if `username` may be signalled by this request; raise 404 for a user not in the settings in
+    force, 403 without its token (guards.check_ping_token). The store follows the settings on a reload."""
     user = settings.current.users.get(username)
     if user is None:
         raise bottle.HTTPError(404, f"unknown user {username}")
@@ -403,15 +436,18 @@ def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
 
 
 def _path_signal(path: str) -> tuple[str, str, int | None]:
-    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N]; QueryError if invalid.
+    """(username, kind, exit code) of /ping/NAME[/start|/fail|/log|/N][/]; QueryError if invalid.
 
     PATH_INFO is already percent-decoded (a %2F is a separator like /), as a WSGI string: its characters
-    are the path's bytes, read here as UTF-8.
+    are the path's bytes, read here as UTF-8. One trailing slash is ignored, as the reference monitor
+    does and as clients that build URLs by joining segments send it; a second one is an empty signal.
     """
     try:
         segments = path.encode("latin-1").decode("utf-8").split("/")[2:]
     except UnicodeError:
         raise QueryError("path is not valid UTF-8") from None
+    if len(segments) > 1 and not segments[-1]:
+        segments.pop()
     username = segments[0]
     if not username:
         raise QueryError("missing username")
@@ -450,28 +486,71 @@ def _signal_body(environ: WSGIEnvironment) -> str | None:
     return data.decode("utf-8", errors="replace") if data else None
 
 
-def _snooze_minutes(text: str | None) -> int:
-    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES in decimal digits; QueryError if not."""
-    if text is None:
+def _snooze_body(request: bottle.BaseRequest) -> dict[str, Any]:
+    """The JSON object a /snooze request carries ({} if none, or if its Content-Type is not application/json);
+    400 if it is not one."""
+    if request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
+        return {}
+    expected = 'expected a JSON object such as {"username": "...", "minutes": 10, "password": "..."}'
+    body = json_body(request, MAX_REQUEST_BODY, expected)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise bottle.HTTPError(400, expected)
+    return body
+
+
+def _snooze_minutes(value: object) -> int:
+    """The `minutes` of /snooze: a whole number from 0 to MAX_SNOOZE_MINUTES, in decimal digits or (from a JSON
+    body) a JSON integer; QueryError if not."""
+    if value is None:
         raise QueryError("missing minutes")
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise QueryError(f"invalid minutes: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
     if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > MAX_SNOOZE_MINUTES:
         raise QueryError(f"invalid minutes {text[:20]!r}: expected a whole number from 0 to {MAX_SNOOZE_MINUTES}")
     return int(text)
 
 
-def _signal_details(signals: list[Signal]) -> list[dict[str, Any]]:
-    """Each signal as /logs?details=1 lists it: local time, kind, exit code, duration and body."""
-    times = local_clock_times(signal.at for signal in signals)
-    return [
-        {
-            "time": time,
-            "kind": signal.kind,
-            "exit_code": signal.exit_code,
-            "duration": None if signal.duration is None else round(signal.duration, 3),
-            "body": signal.body,
-        }
-        for time, signal in zip(times, signals, strict=True)
-    ]
+def _signal_details_writer(with_bodies: bool) -> Callable[[Signal], bytes]:
+    """A function that writes a signal as /logs?details=1 lists it (local time, kind, exit code, duration and
+    body, null for every signal unless `with_bodies`) in JSON as json.dumps writes it, followed by ", ": exactly
+    what it adds to the answer's length (see _signal_details)."""
+    clock_time = local_clock_writer()
+
+    def write(signal: Signal) -> bytes:
+        # A signal at a time, never json.dumps of the whole answer: a C call keeps the interpreter until it
+        # returns, and between two signals the I/O thread gets it back to answer pings. Written by hand as
+        # json.dumps would (its string escaping, repr for numbers), at a fraction of its cost per object.
+        exit_code = "null" if signal.exit_code is None else repr(signal.exit_code)
+        duration = "null" if signal.duration is None else repr(round(signal.duration, 3))
+        body = "null" if signal.body is None or not with_bodies else encode_basestring_ascii(signal.body)
+        return (
+            f'{{"time": "{clock_time(signal.at)}", "kind": {encode_basestring_ascii(signal.kind)},'
+            f' "exit_code": {exit_code}, "duration": {duration}, "body": {body}}}, '
+        ).encode("ascii")
+
+    return write
+
+
+def _signal_details(items: list[bytes]) -> list[bytes]:
+    """The /logs?details=1 answer of `items` from _signal_details_writer(), written as json.dumps writes a list, in
+    pieces of about LOGS_PIECE_BYTES (or one longer item): as long as the items together (their last ", " makes
+    room for the brackets), or "[]"."""
+    if items:
+        items[-1] = items[-1][:-2]
+    pieces: list[bytes] = []
+    piece, size = [b"["], 1
+    for item in items:
+        if size + len(item) > LOGS_PIECE_BYTES:
+            pieces.append(b"".join(piece))
+            piece, size = [], 0
+        piece.append(item)
+        size += len(item)
+    piece.append(b"]")
+    pieces.append(b"".join(piece))
+    return pieces
 
 
 def _live_user(user: UserState, now: float) -> dict[str, Any]:

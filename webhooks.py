@@ -1,13 +1,14 @@
 """Webhook notifications: the request each format sends (pure functions of the event) and sending it over HTTP(S).
 
-One event (an alert or a recovery) becomes one POST per webhook channel. Every format carries the
+One event (an alert or a recovery) becomes one POST per webhook channel, made within a whole-operation deadline
+(WEBHOOK_DEADLINE), of whose answer at most outbound.ANSWER_LIMIT bytes are read. Every format carries the
 `Idempotency-Key` header, equal to the event's id, which stays the same on every retry, so a service
 that knows the header can drop a duplicate left by an at-least-once delivery. The answer decides
 the delivery's fate (`outcome`): 2xx delivered; 408, 429, 5xx and connection problems retried (the
 `Retry-After` answer header is honoured); redirects and other 4xx failed for good, since sending
 the same request again would get the same answer.
 
-This module imports nothing else of the project: config.py reads FORMATS from it, store.py
+This module imports nothing else of the project but outbound.py: config.py reads FORMATS from it, store.py
 WebhookEvent.
 """
 
@@ -16,20 +17,22 @@ import email.utils
 import http.client
 import json
 import logging
-import queue
-import ssl
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+import outbound
 
 log = logging.getLogger("ping_listener.webhooks")
 
 # How long each network operation of a POST may take (connecting, sending, each read of the answer).
 WEBHOOK_TIMEOUT = 10.0
+# How long a whole POST may take, from connecting to the end of the answer's headers, however its
+# webhook trickles: then it is given up and retried.
+WEBHOOK_DEADLINE = 30.0
 # The most of an error answer's body kept in last_error: enough for "invalid_token" and the like.
 ANSWER_EXCERPT_CHARS = 200
 # Discord refuses a message longer than this.
@@ -66,8 +69,8 @@ class DeliveryResult:
     """The fate of one POST: DELIVERED, RETRY (try again later) or FAILED (for good).
 
     `retry_after` is the delay the webhook asked for (its Retry-After header), in seconds;
-    `unreachable` says that the webhook did not answer at all (a connection problem or a timeout),
-    so its other deliveries need not be tried now.
+    `unreachable` says that the webhook did not answer at all (a connection problem, a timeout or its
+    deadline), so its other deliveries need not be tried now.
     """
 
     status: str
@@ -235,23 +238,30 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 
 class WebhookSender:
     """POSTs events to webhooks over HTTP or HTTPS (certificates checked against the system CAs; SSL_CERT_FILE
-    is honoured), each webhook in a thread of its own so that a slow one holds back no other."""
+    is honoured), each POST within its deadline, reading at most outbound.ANSWER_LIMIT bytes of its answer."""
 
-    def __init__(self, clock: Callable[[], float], timeout: float = WEBHOOK_TIMEOUT) -> None:
-        """`timeout` bounds each network operation of a POST, in seconds; `clock()` dates Retry-After answers."""
+    def __init__(
+        self, clock: Callable[[], float], timeout: float = WEBHOOK_TIMEOUT, deadline: float = WEBHOOK_DEADLINE
+    ) -> None:
+        """`timeout` bounds each network operation of a POST and `deadline` the whole POST, in seconds;
+        `clock()` dates Retry-After answers."""
         self._clock = clock
         self._timeout = timeout
-        # Built once: it reads SSL_CERT_FILE and the system's CA store. Redirects are not followed:
-        # a webhook URL that redirects is a wrong URL, and following it would turn the POST into a GET.
-        self._opener = urllib.request.build_opener(
-            _NoRedirects(), urllib.request.HTTPSHandler(context=ssl.create_default_context())
-        )
+        self._deadline = deadline
+        # Built once: it reads SSL_CERT_FILE and the system's CA store.
+        self._tls = outbound.tls_context()
 
     def send(self, endpoint: Endpoint, event: WebhookEvent) -> DeliveryResult:
-        """POST `event` to `endpoint` once and say what became of it (see `outcome`)."""
+        """POST `event` to `endpoint` once and say what became of it (see `outcome`), within the deadline.
+
+        The answer's status decides; of a 2xx answer nothing more is read, of an error its start.
+        """
+        deadline = outbound.Deadline(self._deadline)
+        # Redirects are not followed: a webhook URL that redirects is a wrong URL, and following it would
+        # turn the POST into a GET.
+        opener = outbound.opener(deadline, self._tls, _NoRedirects())
         try:
-            with self._opener.open(build_request(endpoint, event), timeout=self._timeout) as answer:
-                answer.read()
+            with opener.open(build_request(endpoint, event), timeout=self._timeout) as answer:
                 return outcome(answer.status, None, self._clock())
         except urllib.error.HTTPError as error:
             excerpt = _excerpt(error)
@@ -260,40 +270,18 @@ class WebhookSender:
         except urllib.error.URLError as error:
             reason = error.reason
             problem = _describe(reason) if isinstance(reason, BaseException) else str(reason)
-            return DeliveryResult(RETRY, problem, unreachable=True)
+            return DeliveryResult(RETRY, _past(deadline, problem), unreachable=True)
         except (OSError, http.client.HTTPException) as error:
-            return DeliveryResult(RETRY, _describe(error), unreachable=True)
+            return DeliveryResult(RETRY, _past(deadline, _describe(error)), unreachable=True)
 
-    def send_all(
-        self, deliveries: Sequence[_D], endpoints: Mapping[str, Endpoint]
-    ) -> Iterator[tuple[_D, DeliveryResult]]:
-        """Send `deliveries`, each to the endpoint its webhook names; yield (delivery, result) as each is settled.
+    def send_in_order(self, endpoint: Endpoint | None, deliveries: Iterable[_D]) -> Iterator[tuple[_D, DeliveryResult]]:
+        """Send `deliveries` (all for one webhook, at `endpoint`) in turn; yield (delivery, result) as each is
+        settled, exactly one result each.
 
-        Each webhook's deliveries go in order in a thread of its own. Once a webhook does not answer
-        (a connection problem or a timeout), its remaining deliveries are retried later without being
-        tried now. A delivery whose webhook is not in `endpoints` (removed from the settings) fails.
+        Once the webhook does not answer (a connection problem, a timeout, its deadline), its remaining
+        deliveries are retried later without being tried now. Without an endpoint (the webhook was removed
+        from the settings) each fails.
         """
-        settled: queue.Queue[tuple[_D, DeliveryResult]] = queue.Queue()
-        by_webhook: dict[str, list[_D]] = {}
-        for delivery in deliveries:
-            by_webhook.setdefault(delivery.webhook, []).append(delivery)
-        for name, queued in by_webhook.items():
-            threading.Thread(
-                target=self._send_in_order,
-                args=(endpoints.get(name), queued, settled),
-                name=f"webhook-{name}",
-                daemon=True,
-            ).start()
-        for _ in deliveries:
-            yield settled.get()
-
-    def _send_in_order(
-        self,
-        endpoint: Endpoint | None,
-        deliveries: Iterable[_D],
-        settled: "queue.Queue[tuple[_D, DeliveryResult]]",
-    ) -> None:
-        """Settle each of `deliveries` (all for one webhook) in turn, putting exactly one result each into `settled`."""
         down: DeliveryResult | None = None
         for delivery in deliveries:
             if endpoint is None:
@@ -303,12 +291,12 @@ class WebhookSender:
             else:
                 try:
                     result = self.send(endpoint, delivery.event)
-                except Exception as error:  # a bug must not leave the drain waiting for this result
+                except Exception as error:  # a bug must not leave the delivery unsettled
                     log.exception("sending to webhook %s failed", delivery.webhook)
                     result = DeliveryResult(RETRY, _describe(error))
                 if result.unreachable:
                     down = result
-            settled.put((delivery, result))
+            yield delivery, result
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -336,6 +324,13 @@ def _excerpt(answer: urllib.error.HTTPError) -> str:
     except (OSError, http.client.HTTPException):
         return ""
     return " ".join(text.split())[:ANSWER_EXCERPT_CHARS]
+
+
+def _past(deadline: outbound.Deadline, problem: str) -> str:
+    """`problem`, saying first that the POST ran out of time if its deadline has passed."""
+    if deadline.expired():
+        return f"no whole answer within the {deadline.seconds:g} s deadline ({problem})"
+    return problem
 
 
 def _describe(error: BaseException) -> str:

@@ -75,7 +75,7 @@ def run(requests, log, readers=4, load_seconds=10):
                 raise RuntimeError(f"/logs answered {answer.status}: {body[:200]!r}")
             count = len(json.loads(body))
         connection.close()
-        under_load = _pings_under_reads(service.url, path, readers, load_seconds)
+        under_load = pings_under_reads(service.url, path, readers, load_seconds)
     finally:
         connection.close()
         service.stop()
@@ -89,9 +89,10 @@ def run(requests, log, readers=4, load_seconds=10):
     return result
 
 
-def _pings_under_reads(url, logs_path, readers, seconds):
-    """One client's pings (wrk, 1 connection) while `readers` connections pull `logs_path` in a loop (wrk)."""
-    ping_path = "/ping?" + urllib.parse.urlencode({"username": USERNAME})
+def pings_under_reads(url, logs_path, readers, seconds, username=USERNAME):
+    """`username`'s pings from one client (wrk, 1 connection) while `readers` connections pull `logs_path` in a
+    loop (wrk)."""
+    ping_path = "/ping?" + urllib.parse.urlencode({"username": username})
     command = ["wrk", "-t1", f"-c{readers}", f"-d{seconds + 2}s", "--timeout", "30s", "-s", str(throughput.LUA_SCRIPT)]
     with subprocess.Popen([*command, url + logs_path], stdout=subprocess.PIPE, text=True) as reads:
         time.sleep(1)  # the readers are under way before the first ping

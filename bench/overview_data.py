@@ -4,7 +4,10 @@ them, with the version of the answer it has, one of them as the window slides by
 a busy day, in process."""
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -176,6 +179,81 @@ def _fill(path):
             " INSERT INTO pings (user_id, at)"
             " SELECT 2 + i / :per_user, :now - (:per_user - i % :per_user) * :interval - (i / :per_user) % 97 FROM n",
             {"count": per_user * (USERS - 1), "per_user": per_user, "now": NOW, "interval": INTERVAL},
+        )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
+
+
+@dataclass(frozen=True)
+class LoadMemory:
+    """The overview's history loading after a start, in a process of its own: its peak resident memory, and
+    that of the same process before it began."""
+
+    users: int
+    recent_pings: int
+    baseline_mb: float
+    peak_mb: float
+    seconds: float
+
+
+# For the loading's memory: few users, each pinging every few seconds, so that one step of the loading
+# (HISTORY_USERS_PER_STEP users) meets every ping of the last 24 hours.
+LOAD_USERS = 100
+
+
+def load_memory(pings, log):
+    """Load the last 24 hours of `pings` pings (LOAD_USERS users pinging evenly before NOW) as a start of the
+    service does, in a new process; its peak RSS."""
+    db = harness.cached_database("load-memory", (LOAD_USERS, pings, NOW), lambda path: _fill_recent(path, pings), log)
+    code = "import sys; from bench.overview_data import _measure_load; _measure_load(sys.argv[1])"
+    output = subprocess.run(
+        [sys.executable, "-c", code, str(db)], cwd=harness.ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    measured = json.loads(output.strip().splitlines()[-1])
+    result = LoadMemory(LOAD_USERS, pings, measured["baseline_mb"], measured["peak_mb"], measured["seconds"])
+    log(
+        f"  loading {pings:,} pings of {LOAD_USERS} users: peak RSS {result.peak_mb:.0f} MB"
+        f" ({result.baseline_mb:.0f} MB before), {result.seconds:.1f} s"
+    )
+    return result
+
+
+def _measure_load(db):
+    """In the child process: load every history of `db` at NOW as the service's upkeep does; print the process's
+    RSS before and its peak after, as JSON."""
+    store = Store(db)
+    overview = Overview(store)
+    baseline = harness.memory_mb(os.getpid())[0]
+    began = time.perf_counter()
+    while overview.keep_up(NOW):
+        pass
+    seconds = time.perf_counter() - began
+    peak = harness.memory_mb(os.getpid())[1]
+    store.close()
+    print(json.dumps({"baseline_mb": baseline, "peak_mb": peak, "seconds": seconds}))
+
+
+def _fill_recent(path, pings):
+    # Bench-only bulk SQL, in (user_id, at) order: every user pings evenly over the 24 hours before NOW.
+    per_user = pings // LOAD_USERS
+    interval = 86_400 / per_user
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = OFF")
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO users (username, configured, monitor, max_sleep, email_frequency, monitored_since, last_ping)"
+            " VALUES (?, 1, 1, 600, 3600, ?, ?)",
+            [(f"device-{index:03d}", NOW - 86400, NOW - interval) for index in range(LOAD_USERS)],
+        )
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n LIMIT :count)"
+            " INSERT INTO pings (user_id, at) SELECT 1 + i / :per_user, :now - (:per_user - i % :per_user) * :interval"
+            " FROM n",
+            {"count": per_user * LOAD_USERS, "per_user": per_user, "now": NOW, "interval": interval},
         )
         connection.execute("COMMIT")
         connection.execute("PRAGMA journal_mode = WAL")

@@ -11,11 +11,15 @@ from importlib import metadata
 from pathlib import Path
 from statistics import median
 
+import overview
 import scheduler
 import server
 import serving
+import web
 from bench import (
+    details,
     detection,
+    durability,
     footprint,
     harness,
     history,
@@ -31,11 +35,14 @@ SECTIONS = (
     "ping",
     "ping-cost",
     "burst",
+    "durability",
     "tick",
     "startup",
     "idle",
     "history",
+    "details",
     "overview",
+    "load-memory",
     "detection",
     "metrics",
     "retention",
@@ -92,6 +99,8 @@ def _run_section(section, args, servers):
         return in_process, ping_cost.run_served(servers, workdir, args.duration, args.warmup, args.rounds, _log)
     if section == "burst":
         return throughput.run_bursts(servers, (1_000, 5_000, 10_000), args.rounds, _log)
+    if section == "durability":
+        return durability.run(args.duration, args.warmup, args.rounds, _log)
     if section == "tick":
         plain = tick.run((1_000, 10_000, 100_000), late_repeats=21, idle_repeats=501, log=_log)
         chained = tick.run((100_000,), 21, 501, _log, chain_length=tick.CHAIN_LENGTH)
@@ -102,8 +111,12 @@ def _run_section(section, args, servers):
         return footprint.idle_cpu(10_000, args.idle_seconds, _log)
     if section == "history":
         return history.run(requests=20, log=_log)
+    if section == "details":
+        return details.run(requests=10, log=_log, load_seconds=args.duration * 2)
     if section == "overview":
         return overview_data.run(refreshes=20, log=_log)
+    if section == "load-memory":
+        return overview_data.load_memory(args.load_pings, _log)
     if section == "metrics":
         return operations.scrape(repeats=20, log=_log)
     if section == "retention":
@@ -130,14 +143,20 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _ping_cost_table(results["ping-cost"])
     if "burst" in results:
         lines += _burst_table(results["burst"], targets)
+    if "durability" in results:
+        lines += _durability_table(results["durability"])
     if "tick" in results:
         lines += _tick_table(results["tick"], targets)
     if "startup" in results or "idle" in results:
         lines += _footprint_table(results.get("startup"), results.get("idle"), args, targets)
     if "history" in results:
         lines += _history_table(results["history"], targets)
+    if "details" in results:
+        lines += _details_table(results["details"], targets)
     if "overview" in results:
         lines += _overview_table(results["overview"], targets)
+    if "load-memory" in results:
+        lines += _load_memory_table(results["load-memory"], targets)
     if "detection" in results:
         lines += _detection_table(results["detection"], targets)
     if "metrics" in results or "retention" in results:
@@ -332,6 +351,28 @@ def _errors(result):
     return str(result.non_200 + result.socket_errors)
 
 
+def _durability_table(rows):
+    lines = [
+        "### What `durability` costs",
+        "",
+        "`wrk -t1 -cN` kept alive against `GET /ping?username=...`, as in section 1, on two services side by side"
+        " (bench/durability.py), each on a new SQLite file: `process` (the default: synchronous=NORMAL in WAL mode,"
+        " a commit survives the process's death) and `power` (synchronous=FULL: the write-ahead log synced at every"
+        " commit, before the answers of its batch leave). Medians over the rounds. No targets: the cost of a sync"
+        " is the disk's, and this disk's is what these figures say.",
+        "",
+        "| connections | process req/s | power req/s | power / process | p50 / p99 ms process | p50 / p99 ms power |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        process, power = row.median("process"), row.median("power")
+        lines.append(
+            f"| {row.connections} | {process.rps:.0f} | {power.rps:.0f} | {power.rps / process.rps:.2f}×"
+            f" | {process.p50_ms:.2f} / {process.p99_ms:.2f} | {power.p50_ms:.2f} / {power.p99_ms:.2f} |"
+        )
+    return [*lines, ""]
+
+
 def _tick_table(rows, targets):
     lines = [
         "## 3. Absence tick",
@@ -446,6 +487,68 @@ def _history_table(result, targets):
             "",
         ]
     return lines
+
+
+def _details_table(results, targets):
+    lines = [
+        "### Details of heavy days",
+        "",
+        "`GET /logs?details=1` for one user's day, over HTTP on one kept-alive connection: the answer's size, how"
+        " many signals it holds (the first that fit in"
+        f" {web.LOGS_MAX_DETAILS_BYTES:,} bytes), and the median and max of 10 requests; then {details.READERS}"
+        " connections pull it in a loop (wrk) while one more pings (wrk, 1 connection, keep-alive). The long bodies"
+        " are 10 000 bytes of control characters each, which JSON writes as six bytes each.",
+        "",
+        "| day | answer | signals in it | truncated | median | max | /logs a second under load | ping p50 | ping p99"
+        " | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        load = result.under_load
+        targets.append(
+            (
+                f"/logs?details=1 of {result.day} <= {web.LOGS_MAX_DETAILS_BYTES:,} bytes",
+                f"{result.answer_bytes:,} bytes",
+                result.answer_bytes <= web.LOGS_MAX_DETAILS_BYTES,
+            )
+        )
+        targets.append(
+            (
+                f"ping p99 while {load.readers} clients pull /logs?details=1 of {result.day} < 100 ms",
+                f"{load.ping_p99_ms:.1f} ms",
+                load.ping_p99_ms < 100 and not load.failures,
+            )
+        )
+        lines.append(
+            f"| {result.day} | {result.answer_bytes:,} bytes | {result.signals_in_answer:,}"
+            f" | {'yes' if result.truncated else 'no'} | {result.median_ms:.0f} ms | {result.max_ms:.0f} ms"
+            f" | {load.logs_per_second:.1f} | {load.ping_p50_ms:.2f} ms | {load.ping_p99_ms:.2f} ms | {load.failures} |"
+        )
+    return [*lines, ""]
+
+
+def _load_memory_table(result, targets):
+    targets.append(
+        (
+            f"overview's history loading at {result.recent_pings:,} pings in 24 h: peak RSS < 100 MB",
+            f"{result.peak_mb:.0f} MB",
+            result.peak_mb < 100,
+        )
+    )
+    return [
+        "### Loading the last 24 hours",
+        "",
+        f"A start with {result.recent_pings:,} pings in the last 24 hours, from {result.users} users (one step of"
+        " the loading meets them all): the overview's upkeep loads them as after a start, in a process of its"
+        " own, reading the store at most"
+        f" {overview.HISTORY_PINGS_PER_READ:,} pings at a time.",
+        "",
+        "| pings in 24 h | users | RSS before | peak RSS | seconds |",
+        "|---|---|---|---|---|",
+        f"| {result.recent_pings:,} | {result.users} | {result.baseline_mb:.0f} MB | {result.peak_mb:.0f} MB"
+        f" | {result.seconds:.1f} |",
+        "",
+    ]
 
 
 def _overview_table(result, targets):
@@ -589,6 +692,9 @@ def _parse_args(argv):
     # Several rounds: on a shared two-core machine one 10 s run is at the mercy of whatever else runs.
     # Two rounds, the servers in a different order in each: 30 wrk runs a round at 1 to 256 connections.
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the ping and burst benchmarks (default 2)")
+    parser.add_argument(
+        "--load-pings", type=int, default=3_000_000, help="pings in 24 h for load-memory (default 3 000 000)"
+    )
     parser.add_argument("--idle-seconds", type=int, default=30, help="seconds the idle CPU is measured over")
     parser.add_argument(
         "--only",

@@ -223,7 +223,12 @@ function fillRow(row, user, state, redraw) {
   if (user.late_at !== null) {
     deadlineText = user.late_at > state.now ? `in ${duration(user.late_at - state.now)}` : `passed ${ago(state.now - user.late_at)}`;
   }
-  setTime(deadline, user.late_at, user.late_at_local, deadlineText);
+  if (user.snoozed_until !== null && user.snoozed_until > state.now) {
+    // No alert before the snooze ends: that is the next moment that matters, and who snoozed it must see it.
+    setTime(deadline, user.snoozed_until, user.snoozed_until_local, `snoozed until ${user.snoozed_until_local}`);
+  } else {
+    setTime(deadline, user.late_at, user.late_at_local, deadlineText);
+  }
   if (redraw) {
     drawTimeline(row.querySelector(".timeline"), user, state);
   }

@@ -52,7 +52,7 @@ async function unlock(event) {
   const config = await answer.json();
   password = attempt;
   byId("password").value = "";
-  byId("recipient").textContent = config.recipient;
+  byId("recipient").textContent = config.recipient ?? "none (settings.json has no recipient)";
   start(config.users);
 }
 

@@ -7,7 +7,7 @@ import trustme
 from pg_store import PgStore
 from pgcluster import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from store import Store
-from support import ServerProcess, TlsSmtpServer, server_env
+from support import ServerProcess, TlsSmtpServer, Tmpfs, server_env
 
 # A zone with daylight saving time, so tests notice any confusion between UTC and local time.
 os.environ["TZ"] = "Europe/Paris"
@@ -24,6 +24,16 @@ def store(request, tmp_path):
         opened = Store(tmp_path / "ping_listener.db")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 4 MiB tmpfs (support.Tmpfs) at tmp_path / "disk", unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = Tmpfs(tmp_path / "disk", 4 << 20)
+    yield disk
+    disk.unmount()
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ import web
 from mailer import SmtpMailer
 from overview import Overview
 from pg_store import PgStore
+from rules import FIRST_RETRY_DELAY
 from store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,9 @@ T0 = 1_790_000_000.0
 BACKENDS = pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
 SMTP_LOGIN = "alerts@example.com"
 SMTP_PASSWORD = "smtp-secret"
+# What a loaded 2-core test machine may add to a bound the code promises (starting a step, an SMTP conversation,
+# a process's exit) before a test calls it broken: the margin of a deadline, not a speed target.
+SLACK = 5.0
 
 
 class TlsSmtpServer:
@@ -184,6 +188,78 @@ class SilentSmtpServer:
             self.connections.append(connection)
 
 
+class Trickler:
+    """A hostile server on 127.0.0.1 (TLS with a certificate from `ca`, if given): to each connection it sends
+    the bytes `answer()` yields (an iterable of bytes, possibly endless), one piece every `interval`
+    seconds (0: as fast as the client takes them), reading nothing, until the pieces run out, the client
+    closes or stop() is called. A peer such as an HTTP server answering a byte every few seconds, an SMTP
+    server whose reply never ends, or a webhook with an endless body.
+
+    `sent` holds the bytes sent on each connection so far, in order of connection; `closed_by_client` the
+    number of connections the client closed before the answer ran out.
+    """
+
+    def __init__(self, answer, interval=0.0, ca=None):
+        self._answer = answer
+        self._interval = interval
+        self._context = None
+        if ca is not None:
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._context)
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.url = f"{'https' if ca is not None else 'http'}://127.0.0.1:{self.port}"
+        self.sent = []
+        self.closed_by_client = 0
+        self._stopping = threading.Event()
+        self._connections = []
+        self._thread = threading.Thread(target=self._accept, name="trickler", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Stop sending, close the port and every connection."""
+        self._stopping.set()
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(5)
+        for thread in self._connections:
+            thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            index = len(self.sent)
+            self.sent.append(0)
+            thread = threading.Thread(target=self._serve, args=(connection, index), daemon=True)
+            self._connections.append(thread)
+            thread.start()
+
+    def _serve(self, connection, index):
+        try:
+            if self._context is not None:
+                connection.settimeout(5)
+                connection = self._context.wrap_socket(connection, server_side=True)
+                connection.settimeout(None)
+            for piece in self._answer():
+                if self._stopping.wait(self._interval):
+                    return
+                connection.sendall(piece)
+                self.sent[index] += len(piece)
+        except OSError:
+            self.closed_by_client += 1
+        finally:
+            connection.close()
+
+
 class HttpReceiver:
     """A real HTTP server on 127.0.0.1 (http.server in a thread; HTTPS with a certificate from `ca`, if
     given) that records every GET and POST. Use as a context manager, or call stop().
@@ -296,6 +372,22 @@ def wait_for_delivered(smtp_server, count, timeout=10):
         timeout,
         message=f"{count} email(s) delivered",
     )
+
+
+# How late a loop's step may start, beyond the time it is due, on a loaded 2-core test machine: the margin of a
+# wait for something that must not come (a longer one would only make the wait longer).
+STEP_LATENESS = 1.0
+
+
+def wait_out_resends(email_processing_frequency):
+    """Wait as long as an email that reached the SMTP server at its first attempt could be sent again.
+
+    Before sending, the outbox drain pushes the email's next attempt back by rules.FIRST_RETRY_DELAY (its
+    first back-off); an email whose result the service did not record is due again then, and is sent at the
+    drain's next step. Called once the last expected email arrived (so after every email was claimed), this
+    waits past each one's retry: a double, of any of them, has arrived by the time it returns.
+    """
+    time.sleep(FIRST_RETRY_DELAY + email_processing_frequency + STEP_LATENESS)
 
 
 def write_settings(path, users, **top_level):
@@ -436,6 +528,35 @@ class SmallDiskStore(Store):
         connection.execute(f"PRAGMA max_page_count = {self.pages}")
 
 
+class Tmpfs:
+    """A real tmpfs of `size` bytes mounted at `directory` (mounting needs root, as `make test` runs), which a
+    test can fill up to its last byte and free again: the disk full that SQLite meets at its COMMIT."""
+
+    def __init__(self, directory, size):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)], check=True)
+        self._filler = self.directory / "filler"
+
+    def fill_up(self):
+        """Write a file until the disk refuses one more byte."""
+        descriptor = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(descriptor, b"\0" * chunk)
+        finally:
+            os.close(descriptor)
+
+    def free_up(self):
+        """Space returns."""
+        self._filler.unlink(missing_ok=True)
+
+    def unmount(self):
+        subprocess.run(["umount", "--lazy", str(self.directory)], check=True)
+
+
 def outbox(db):
     """(recipient, status, attempts) of each email in the outbox, oldest first."""
     return query(db, "SELECT recipient, status, attempts FROM outbox ORDER BY id")
@@ -509,10 +630,10 @@ class Clock:
         return self.now
 
 
-def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None):
+def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None, api_key=None):
     """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
     step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
-    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token)
+    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token, api_key)
 
 
 def make_test_app(

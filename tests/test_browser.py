@@ -1,6 +1,7 @@
 """The testing page in Debian's Chromium, driven by Playwright, against the real service (a subprocess on
 127.0.0.1) and a real SMTP-over-TLS server."""
 
+import json
 import re
 from pathlib import Path
 
@@ -163,6 +164,20 @@ def test_the_test_email_button_sends_one_to_the_configured_recipient(page, servi
     )
     tests = [m for _, to, m in smtp_server.messages if m["Subject"] == "Ping Listener test email"]
     assert [message["To"] for message in tests] == ["oncall@example.com"]
+
+
+def test_without_a_recipient_the_page_says_so_and_sends_no_test_email(page, tmp_path, start_server, smtp_server):
+    users = {"pi": {**USERS["pi"], "device_email": "pi-owner@example.com"}}
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"base_frequency": 0.05, "email_processing_frequency": 0.05, "users": users}))
+    page.goto(start_server(settings, TESTING_PASSWORD=PASSWORD).url)
+    unlock(page, PASSWORD)
+    expect(page.locator("#email")).to_contain_text("the configured recipient, none (settings.json has no recipient)")
+    page.get_by_role("button", name="Send test email").click()
+    expect(page.locator("#test-email-result")).to_have_text(
+        "Test email not sent: 409: settings.json has no recipient to send a test email to"
+    )
+    assert [m for _, _, m in smtp_server.messages if m["Subject"] == "Ping Listener test email"] == []
 
 
 def test_a_device_switched_off_goes_late_and_its_alert_email_leaves(page, service, smtp_server, tmp_path):
@@ -338,7 +353,8 @@ def test_suppressed_and_snoozed_devices_and_a_digest_show_on_the_cards_and_in_th
     expect(log).to_contain_text("in digest #1 “2 devices need attention: nas, router”")
     [(_, _, message)] = smtp_server.wait_for_messages(1)
     assert message["Subject"] == "2 devices need attention: nas, router"
-    assert service.get("/snooze?username=nas&minutes=5")[0] == 200
+    snooze = json.dumps({"username": "nas", "minutes": 5, "password": PASSWORD}).encode()
+    assert service.post("/snooze", snooze, headers={"Content-Type": "application/json"})[0] == 200
     nas = card(page, "nas")
     expect(nas.locator(".state")).to_have_text("snoozed")
     expect(nas.locator(".next-alert")).to_have_text(re.compile(r"^none while snoozed \(until .*\)$"))

@@ -73,10 +73,11 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of base_frequency, email_processing_frequency, heartbeat_frequency,"
-            " heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens, retention_days,"
-            " server_root, users, webhooks)",
-            "recipient: missing",
+            "colour: unknown key (expected one of base_frequency, durability, email_processing_frequency,"
+            " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
+            " retention_days, server_root, users, webhooks)",
+            'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
+            " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
             'users.pi.max_sleep: must be a number >= 0, got "ten"',
             "users.pi.email_frequency: must be a number >= 0, got -1",
@@ -99,11 +100,71 @@ def test_zero_and_decimals_are_allowed():
 
 
 @pytest.mark.parametrize(
-    "address", ["nobody", "a@", "@example.com", "a b@example.com", "a@example", "a@exa mple.com", "<a@example.com>", 42]
+    "address",
+    [
+        *("nobody", "a@", "@example.com", "a b@example.com", "a@exa mple.com", "<a@example.com>", 42, None),
+        *("a@.example.com", "a@example.", "a@example..com", "a@-host", "a@host-", "a@b@example.com"),
+    ],
 )
 def test_malformed_email_addresses_are_refused(address):
     [problem] = problems_of(valid_document(recipient=address))
     assert problem.startswith("recipient: must be an email address")
+
+
+def test_an_address_whose_domain_has_no_dot_is_accepted_as_a_local_relay_delivers_to_it():
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    settings = config.parse_settings(
+        valid_document(
+            recipient="root@localhost",
+            users={"pi": user, "nas": {**user, "device_email": ["admin@mailhost", "ops@example.com"]}},
+        )
+    )
+    assert settings.recipient == "root@localhost"
+    assert settings.users["pi"].recipients == ("root@localhost",)
+    assert settings.users["nas"].recipients == ("admin@mailhost", "ops@example.com")
+
+
+def test_recipient_may_be_left_out_when_no_users_alerts_would_go_to_it():
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    document = valid_document(
+        webhooks=WEBHOOKS,
+        users={
+            "pi": {**user, "device_email": "pi-owner@example.com"},
+            "nas": {**user, "notify": ["webhook:phone"]},
+            "cam": {**user, "device_email": ["a@example.com"], "notify": ["email", "webhook:team"]},
+        },
+    )
+    del document["recipient"]
+    settings = config.parse_settings(document)
+    assert settings.recipient is None
+    assert [user.recipients for user in settings.users.values()] == [
+        ("pi-owner@example.com",),
+        (),
+        ("a@example.com",),
+    ]
+    del document["users"]["pi"]["device_email"]
+    assert problems_of(document) == [
+        'recipient: missing, needed by users.pi (a user that notifies "email" and has no device_email sends'
+        " its alerts to recipient)"
+    ]
+
+
+def test_a_missing_recipient_names_the_first_users_that_need_it_and_counts_the_others():
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1}
+    document = valid_document(
+        webhooks=WEBHOOKS,
+        users={
+            "own": {**user, "device_email": "own@example.com"},
+            "hook": {**user, "notify": ["webhook:phone"]},
+            **{f"dev{n}": user for n in range(4)},
+            "both": {**user, "notify": ["webhook:phone", "email"]},
+        },
+    )
+    del document["recipient"]
+    assert problems_of(document) == [
+        "recipient: missing, needed by users.dev0, users.dev1, users.dev2 and 2 more (a user that notifies"
+        ' "email" and has no device_email sends its alerts to recipient)'
+    ]
 
 
 def test_device_email_must_not_be_an_empty_list():
@@ -192,6 +253,24 @@ def test_smtp_from_defaults_to_the_login():
     assert config.load_smtp_settings({"SMTP_LOGIN": "me@example.com", "SMTP_FROM": "pl@example.com"}).sender == (
         "pl@example.com"
     )
+
+
+def test_the_metrics_token_and_api_key_are_optional_secrets_of_16_characters_or_more():
+    assert config.load_secrets({}) == config.Secrets(None, None)
+    assert config.load_secrets({"METRICS_TOKEN": "", "API_KEY": ""}) == config.Secrets(None, None)
+    secrets = config.load_secrets({"METRICS_TOKEN": "m" * 16, "API_KEY": "a" * 40})
+    assert (secrets.metrics_token, secrets.api_key) == ("m" * 16, "a" * 40)
+    assert "m" * 16 not in repr(secrets)
+
+
+@pytest.mark.parametrize("value", ["x" * 15, "abc", "sixteen chars ok", "sixteen-chars-ok\n"])
+def test_a_short_metrics_token_or_api_key_is_refused_naming_the_variable_never_its_value(value):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_secrets({"METRICS_TOKEN": value, "API_KEY": value})
+    assert raised.value.problems == [
+        f"{name}: must be at least 16 characters without spaces or control characters, got {len(value)} characters"
+        for name in ("METRICS_TOKEN", "API_KEY")
+    ]
 
 
 @pytest.mark.parametrize("port", ["abc", "4.65", "", "0", "70000", "-1"])
@@ -564,6 +643,36 @@ def test_max_incomplete_requests_per_address_must_be_a_whole_number_of_at_least_
     assert problems_of(valid_document(max_incomplete_requests_per_address=value)) == [
         f"max_incomplete_requests_per_address: must be a whole number >= 1, got {json.dumps(value)}"
     ]
+
+
+def test_durability_is_process_unless_power_is_asked_for():
+    assert config.parse_settings(valid_document()).durability == "process"
+    assert config.parse_settings(valid_document(durability="process")).durability == "process"
+    assert config.parse_settings(valid_document(durability="power")).durability == "power"
+
+
+@pytest.mark.parametrize("value", ["POWER", "full", "", None, True, 1, ["power"]])
+def test_any_other_durability_is_a_key_path_error(value):
+    assert problems_of(valid_document(durability=value)) == [
+        f'durability: must be "process" or "power", got {json.dumps(value)}'
+    ]
+
+
+def test_a_bad_durability_stops_startup_with_status_2_and_one_line(tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(valid_document(durability="fsync")))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--settings", str(settings), "--db", str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2,
+        "",
+        'durability: must be "process" or "power", got "fsync"\n',
+    )
+    assert not (tmp_path / "db").exists()
 
 
 @pytest.mark.parametrize("url", ["hc-ping.com/x", "ftp://example.net", "https://", 5])

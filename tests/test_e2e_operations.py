@@ -8,11 +8,21 @@ import re
 
 import prometheus_client.parser
 
-from support import HttpReceiver, query, run_server, wait_for_delivered, wait_until, write_settings
+from support import (
+    HttpReceiver,
+    delivered_subjects,
+    query,
+    run_server,
+    wait_for_delivered,
+    wait_out_resends,
+    wait_until,
+    write_settings,
+)
 
 TOKEN = "token-of-the-new-device-42"
 QUIET = {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}
 METRICS_TOKEN = "metrics-token-for-prometheus"
+EMAIL_PROCESSING_FREQUENCY = 0.05
 
 
 def reloaded(service, count=1):
@@ -85,16 +95,46 @@ def test_an_invalid_reload_logs_each_problem_and_changes_nothing(tmp_path, start
     assert service.stop() == 0
 
 
+def test_without_a_recipient_alerts_go_to_device_email_and_a_reload_that_needs_one_is_refused(
+    tmp_path, start_server, smtp_server
+):
+    settings = tmp_path / "settings.json"
+    document = {
+        "base_frequency": 0.05,
+        "email_processing_frequency": 0.05,
+        "users": {"pi": {**QUIET, "max_sleep": 0.1, "device_email": "pi-owner@example.com"}},
+    }
+    settings.write_text(json.dumps(document))
+    service = start_server(settings)
+    [(_, recipients, message)] = smtp_server.wait_for_messages(1)
+    assert (recipients, message["Subject"]) == (["pi-owner@example.com"], "pi disconnection detected")
+    document["users"]["new"] = QUIET
+    settings.write_text(json.dumps(document))
+    reloaded(service)
+    assert (
+        'recipient: missing, needed by users.new (a user that notifies "email" and has no device_email sends'
+        " its alerts to recipient)" in service.log()
+    )
+    assert service.get("/ping?username=new") == (404, "unknown user new")
+    assert service.stop() == 0
+
+
 def test_a_reload_during_an_alert_storm_loses_and_doubles_no_alert(tmp_path, start_server, smtp_server):
     settings = tmp_path / "settings.json"
     stormy = {f"device-{n:03d}": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600} for n in range(150)}
-    service = start_server(write_settings(settings, stormy))
+    service = start_server(write_settings(settings, stormy, email_processing_frequency=EMAIL_PROCESSING_FREQUENCY))
     db = tmp_path / "ping_listener.db"
     wait_until(lambda: query(db, "SELECT count(*) FROM outbox")[0][0] > 0, message="the storm begins")
-    write_settings(settings, {**stormy, "late-comer": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600}})
+    write_settings(
+        settings,
+        {**stormy, "late-comer": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600}},
+        email_processing_frequency=EMAIL_PROCESSING_FREQUENCY,
+    )
     reloaded(service)
     # They reach the one recipient as a few digests (and perhaps lone emails): each alert in exactly one.
-    subjects = wait_for_delivered(smtp_server, 151, timeout=30)
+    wait_for_delivered(smtp_server, 151, timeout=30)
+    wait_out_resends(EMAIL_PROCESSING_FREQUENCY)
+    subjects = delivered_subjects(smtp_server.messages)
     assert sorted(subjects) == sorted(f"{name} disconnection detected" for name in [*stormy, "late-comer"])
     assert query(db, "SELECT count(*), count(DISTINCT user_id) FROM alerts") == [(151, 151)]
     assert service.stop() == 0
@@ -133,6 +173,37 @@ def test_metrics_and_healthz_of_the_running_service(tmp_path, start_server):
         ),
         message="an absence step measured",
     )
+    assert service.stop() == 0
+
+
+def test_metrics_count_deliveries_by_channel_kind_and_outcome(tmp_path, start_server, smtp_server):
+    late = {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600, "notify": ["email", "webhook:chat"]}
+    with HttpReceiver() as hook:
+        hook.status = 404  # refused for good
+        settings = write_settings(
+            tmp_path / "settings.json", {"pi": late}, webhooks={"chat": {"url": hook.url, "format": "slack"}}
+        )
+        service = start_server(settings, METRICS_TOKEN=METRICS_TOKEN)
+
+        def deliveries():
+            text = service.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1]
+            families = {family.name: family for family in prometheus_client.parser.text_string_to_metric_families(text)}
+            return {
+                (sample.labels["channel_kind"], sample.labels["outcome"]): sample.value
+                for sample in families["ping_listener_deliveries"].samples
+                if sample.name == "ping_listener_deliveries_total"
+            }
+
+        counted = wait_until(
+            lambda: (counts := deliveries()).get(("slack", "failed")) and counts.get(("email", "sent")) and counts,
+            message="an email sent and a webhook POST failed, counted",
+        )
+    assert counted == {
+        ("email", "sent"): 1.0,
+        ("email", "retried"): 0.0,
+        ("email", "failed"): 0.0,
+        ("slack", "failed"): 1.0,
+    }
     assert service.stop() == 0
 
 

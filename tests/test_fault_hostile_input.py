@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import web
 from store import Store
-from support import make_settings, make_test_app, query, write_settings
+from support import SLACK, make_settings, make_test_app, query, write_settings
 
 # Deterministic: the same examples on every run, and no example database left in the worktree.
 PROPERTY = settings(max_examples=1000, deadline=None, derandomize=True, database=None)
@@ -292,10 +292,10 @@ def test_a_body_over_64_kib_to_any_other_path_is_still_refused_with_413(service)
 
 
 def test_a_10000_character_username_is_a_quick_404_with_a_short_message(service):
+    # How quick: `make bench` (bench/ping_cost.py) measures its cost. Here only a guard against a hang: the
+    # answer is immediate, and get() fails if a read waits longer than a loaded machine may add.
     username = "x" * 10_000
     for path in (f"/ping?username={username}", f"/logs?username={username}&year=26&month=1&day=1"):
-        started = time.monotonic()
-        status, answer = service.get(path, timeout=5)
-        assert time.monotonic() - started < 5  # a guard against a hang, not a benchmark
+        status, answer = service.get(path, timeout=SLACK)
         assert status == 404
         assert answer.startswith("unknown user xxx") and len(answer) <= web.MAX_ERROR_MESSAGE, len(answer)

@@ -1,7 +1,6 @@
 """Storage faults: a full disk, a database that refuses writes, and databases unfit to start on."""
 
 import contextlib
-import http.client
 import os
 import sqlite3
 import subprocess
@@ -24,9 +23,13 @@ from support import (
     ROOT,
     T0,
     SmallDiskStore,
+    free_port,
     make_settings,
     make_test_app,
+    outbox,
     query,
+    run_server,
+    server_env,
     smtp_mailer,
     wait_for_delivered,
     wait_until,
@@ -34,6 +37,8 @@ from support import (
 )
 
 LATE_USERS = 30
+BODY = "output " * 1400
+PINGS_PER_BATCH = 3
 
 
 @pytest.mark.usefixtures("trust_test_ca")
@@ -77,39 +82,171 @@ def test_a_full_disk_is_a_503_the_scheduler_logs_it_and_goes_on_and_all_works_on
     assert alerts == LATE_USERS, f"{alerts} alerts recorded for {LATE_USERS} late users once space returned"
 
 
+def pings_until_refused(ping, bound=100_000):
+    """Ping until the store refuses (the room left in the pages and the log already written is used up);
+    return how many pings were accepted. Fails if `bound` pings all are."""
+    for accepted in range(bound):
+        if not ping(accepted):
+            return accepted
+    raise AssertionError(f"{bound} pings accepted on a full disk")
+
+
+def test_on_a_full_disk_the_health_check_fails_as_pings_do_naming_it_and_passes_once_space_returns(tmpfs):
+    disk = Store(tmpfs.directory / "ping_listener.db")
+    try:
+        disk.sync_users(make_settings().users, T0)
+        # A write-ahead log already copied into the database: new commits write over it from its start, with no
+        # new room on the disk, until one reaches its end (the store-upkeep loop checkpoints every second).
+        with disk.ping_batch():
+            for n in range(100):
+                disk.record_ping("pi", T0 - 1000 + n, "log", None, BODY)
+        disk.checkpoint()
+        disk.check_writable(T0)
+        tmpfs.fill_up()
+
+        def ping(n):  # batches of pings with long bodies: the one that fails may have written some of its pages
+            try:
+                with disk.ping_batch():
+                    for each in range(PINGS_PER_BATCH):
+                        disk.record_ping("pi", T0 + n + each / 10, "log", None, BODY)
+            except StoreUnavailableError as error:
+                assert str(error) == "storage unavailable: the disk is full"
+                return False
+            return True
+
+        pings_until_refused(ping)
+        for second in range(3):  # and so it stays
+            with pytest.raises(StoreUnavailableError) as raised:
+                disk.check_writable(T0 + second)
+            assert str(raised.value) == "database is full: no space left on its disk"
+        tmpfs.free_up()
+        disk.check_writable(T0 + 3)
+        disk.record_ping("pi", T0 + 4)
+    finally:
+        disk.close()
+
+
+def test_the_services_healthz_answers_503_naming_a_full_disk_and_ok_once_space_returns(tmp_path, tmpfs, start_server):
+    settings = write_settings(
+        tmp_path / "settings.json", {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 1}}
+    )
+    service = start_server(settings, tmpfs.directory / "ping_listener.db")
+    assert service.get("/healthz") == (200, "ok")
+    tmpfs.fill_up()
+
+    def ping(_):
+        try:
+            return service.get("/ping?username=pi")[0] == 200
+        except OSError:  # a connection closed unanswered
+            return False
+
+    pings_until_refused(ping)
+    # Within scheduler.HEALTH_CHECK_REUSE (1 s), /healthz may answer what the check before found.
+    full = "the database cannot commit a write: database is full: no space left on its disk"
+    wait_until(lambda: service.get("/healthz") == (503, full), timeout=5, message="/healthz naming the full disk")
+    tmpfs.free_up()
+    wait_until(lambda: service.get("/healthz") == (200, "ok"), timeout=5, message="/healthz ok again")
+    assert service.get("/ping?username=pi")[0] == 200
+    assert service.stop() == 0
+
+
+class TracedStore(Store):
+    """The real store, keeping the text of every statement its connections begin (COMMIT included)."""
+
+    def __init__(self, path):
+        self.statements = []
+        super().__init__(path)
+
+    def before_use(self, connection):
+        connection.set_trace_callback(self.statements.append)
+
+
+def disk_refusing_writes(tmpfs, users):
+    """A TracedStore on `tmpfs` with `users`, the disk filled and no room left in its write-ahead log: the next
+    commit needs a new page on the disk, which SQLite asks for only at COMMIT (a transaction's pages are kept in
+    memory until then)."""
+    disk = TracedStore(tmpfs.directory / "ping_listener.db")
+    disk.sync_users(make_settings(users).users, T0)
+    tmpfs.fill_up()
+    pings_until_refused(lambda n: _pinged(disk, "probe", T0 + n / 1000))
+    del disk.statements[:]
+    return disk
+
+
+def _pinged(disk, username, at):
+    try:
+        disk.record_ping(username, at)
+    except StoreUnavailableError:
+        return False
+    return True
+
+
+def failed_at_commit(disk):
+    """Whether the last transaction of `disk` failed at its COMMIT: it is the last statement begun, but for the
+    ROLLBACK after it if SQLite had not already rolled back."""
+    return "COMMIT" in disk.statements and disk.statements[disk.statements.index("COMMIT") + 1 :] in ([], ["ROLLBACK"])
+
+
+PROBE = {"probe": {"monitor": False, "max_sleep": 0, "email_frequency": 0}}
+
+
+def test_a_batch_of_pings_whose_commit_fails_is_refused_whole_and_records_none(tmpfs):
+    disk = disk_refusing_writes(tmpfs, {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}, **PROBE})
+    try:
+        with pytest.raises(StoreUnavailableError, match="the disk is full"), disk.ping_batch():
+            for second in range(5):
+                disk.record_ping("pi", T0 + 10 + second)
+        assert failed_at_commit(disk), disk.statements[-3:]
+        assert disk.pings_between("pi", T0, T0 + 100) == []
+        assert disk.user("pi").last_ping is None
+        tmpfs.free_up()
+        with disk.ping_batch():
+            disk.record_ping("pi", T0 + 20)
+        assert disk.pings_between("pi", T0, T0 + 100) == [T0 + 20]
+    finally:
+        disk.close()
+
+
 @pytest.mark.parametrize("http_version", ["1.1", "1.0"], ids=["plain GETs", "read by waitress"])
-def test_on_a_full_disk_every_ping_of_a_burst_gets_503_and_none_a_dropped_connection(tmp_path, http_version):
-    # Served as the service serves them: bursts make batches of pings, one commit each, and a batch that
-    # cannot commit must answer each of its pings, not drop them.
-    disk = SmallDiskStore(tmp_path / "ping_listener.db")
-    settings = make_settings({"probe": {"monitor": False, "max_sleep": 0, "email_frequency": 0}})
-    disk.sync_users(settings.users, time.time())
-    app = make_test_app(disk, settings, time.time, None)
+def test_pings_served_while_their_batches_cannot_commit_each_get_503_and_none_is_recorded(tmpfs, http_version):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}, **PROBE}
+    disk = disk_refusing_writes(tmpfs, users)
+    app = make_test_app(disk, make_settings(users), time.time)
     http_server = serving.create_http_server(
         app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, batch=disk.ping_batch
     )
     stop = threading.Event()
     thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
     thread.start()
-    pings = ["/ping?username=probe"] * 300
     try:
-        disk.fill_up()
-        # The free space left in the pages already used takes some pings: each is answered, 200 or 503.
-        filling = burst("127.0.0.1", http_server.port, pings, 20, http_version)
-        assert filling.failures == [], f"{len(filling.failures)} pings dropped: {filling.failures[:3]}"
-        assert set(filling.statuses) <= {200, 503}
-        full = burst("127.0.0.1", http_server.port, pings, 20, http_version)
-        assert full.failures == [], f"{len(full.failures)} pings dropped on a full disk: {full.failures[:3]}"
-        assert full.count(503) == len(pings), f"{full.count(200)} pings answered 200 on a full disk"
-        recorded = query(disk.path, "SELECT count(*) FROM pings")[0][0]
-        assert recorded == filling.count(200), f"{recorded} pings recorded, {filling.count(200)} answered 200"
-        with contextlib.closing(http.client.HTTPConnection("127.0.0.1", http_server.port, timeout=5)) as connection:
-            connection.request("GET", "/ping?username=probe")
-            answer = connection.getresponse()
-            assert (answer.status, answer.read()) == (503, b"storage unavailable: the disk is full; try again later")
+        result = burst("127.0.0.1", http_server.port, ["/ping?username=pi"] * 200, 10, http_version)
+        # Every ping answered 503, not one a dropped connection (a batch that failed at its COMMIT once closed
+        # its connections unanswered: about a third of the pings on a real full disk).
+        assert result.failures == [], f"{len(result.failures)} pings dropped on a full disk: {result.failures[:3]}"
+        assert result.count(503) == 200, f"{result.count(200)} pings answered 200 on a full disk"
+        assert disk.statements.count("COMMIT"), "every ping came in alone: no batch was formed"
+        assert disk.pings_between("pi", T0, time.time() + 60) == []
     finally:
         stop.set()
         thread.join(5)
+        disk.close()
+
+
+def test_an_alert_step_whose_commit_fails_queues_no_email_and_the_next_step_does(tmpfs):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}, **PROBE}
+    disk = disk_refusing_writes(tmpfs, users)
+    settings = LiveSettings(make_settings(users))
+    steps = Scheduler(disk, smtp_mailer(free_port()), settings, "https://example.net", time.time)
+    try:
+        with pytest.raises(StoreUnavailableError, match="the disk is full"):
+            steps.check_once(T0 + 61)
+        assert failed_at_commit(disk), disk.statements[-3:]
+        assert query(disk.path, "SELECT count(*) FROM alerts") == [(0,)]
+        assert outbox(disk.path) == []
+        tmpfs.free_up()
+        assert steps.check_once(T0 + 62) == 1
+        assert outbox(disk.path) == [("oncall@example.com", "queued", 0)]
+    finally:
         disk.close()
 
 
@@ -136,6 +273,58 @@ def test_while_the_database_refuses_writes_the_drain_sends_nothing_so_no_duplica
     smtp_server.wait_for_messages(1)
     assert query(path, "SELECT status, attempts FROM outbox") == [("sent", 1)]
     opened.close()
+
+
+def test_with_durability_power_the_service_syncs_the_disk_at_each_pings_commit(tmp_path, start_server):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 1}
+    service = start_server(write_settings(tmp_path / "settings.json", {"pi": user}, durability="power"))
+    trace = tmp_path / "syncs.txt"
+    # strace (Debian's strace package) records the service's syscalls that sync a file to disk, in every thread.
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync", "-o", str(trace), "-p", str(service.process.pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "attached" in tracer.stderr.readline()
+    pings = 100
+    for _ in range(pings):  # one after the other: each commits alone
+        assert service.get("/ping?username=pi")[0] == 200
+    assert service.stop() == 0
+    tracer.wait(10)
+    syncs = sum(1 for line in trace.read_text().splitlines() if "sync(" in line)
+    # With "process", only the checkpoints sync (the log and the database file, once a second).
+    assert syncs >= pings, f"{syncs} syncs for {pings} pings"
+
+
+def test_a_second_service_on_the_same_sqlite_file_exits_2_naming_the_holder_and_the_first_goes_on_untouched(
+    tmp_path, start_server, smtp_server, ca_path
+):
+    users = {
+        "router": {"monitor": True, "max_sleep": 0.2, "email_frequency": 3600},
+        "pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600},
+    }
+    settings = write_settings(tmp_path / "settings.json", users)
+    db = tmp_path / "ping_listener.db"
+    first = start_server(settings, db)
+    assert first.get("/ping?username=pi")[0] == 200
+    smtp_server.wait_for_messages(1)  # router's alert, committed before it was sent
+    state = "SELECT username, monitored_since, last_ping, last_alert, due_at, last_alert_kind, down_since FROM users"
+    before = query(db, f"{state} ORDER BY username")
+    assert [row[5] for row in before] == [None, "late"]  # pi pinging, router alerted
+
+    second = run_server(
+        "--settings", str(settings), "--db", str(db), "--port", "0", env=server_env(smtp_server.port, ca_path)
+    )
+    assert (second.returncode, second.stdout) == (2, "")
+    assert second.stderr == (
+        f"{db}: in use by another Ping Listener process (pid {first.process.pid}, holding {db}.lock);"
+        " one process per SQLite database: stop it, or give this one another --db\n"
+    )
+    assert query(db, f"{state} ORDER BY username") == before
+    assert first.get("/ping?username=pi")[0] == 200
+    assert first.get("/healthz") == (200, "ok")
+    assert first.stop() == 0
+    assert query(db, "SELECT count(*) FROM pings") == [(2,)]
 
 
 # --- bad databases at start: the real service, exit status 2, one line naming the file ------------

@@ -1,10 +1,20 @@
+import os
+import time
 import urllib.parse
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from localtime import MAX_QUERY_FIELDS, QueryError, duration_in_words, every, query_fields
+from localtime import (
+    MAX_QUERY_FIELDS,
+    QueryError,
+    duration_in_words,
+    every,
+    local_clock_times,
+    local_clock_writer,
+    query_fields,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +76,27 @@ def test_a_query_without_escapes_may_have_at_most_the_allowed_fields():
     assert len(query_fields("&".join(f"f{n}=1" for n in range(MAX_QUERY_FIELDS)))) == MAX_QUERY_FIELDS
     with pytest.raises(QueryError, match="too many query parameters"):
         query_fields("&".join(f"f{n}=1" for n in range(MAX_QUERY_FIELDS + 1)))
+
+
+@pytest.fixture
+def zone():
+    """Sets the process's zone for the test (TZ), then back to the tests' own."""
+
+    def set_zone(name):
+        os.environ["TZ"] = name
+        time.tzset()
+
+    yield set_zone
+    set_zone("Europe/Paris")
+
+
+# Paris around a daylight saving change; Amsterdam before 1937, 19 minutes 32 seconds ahead of UTC.
+@pytest.mark.parametrize(("name", "around"), [("Europe/Paris", 1_792_890_000), ("Europe/Amsterdam", -1_200_000_000)])
+# The zone is set again by each example: the fixture only restores it once.
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offsets=st.lists(st.floats(min_value=-7_200, max_value=7_200), max_size=50))
+def test_the_clock_writer_writes_times_one_at_a_time_as_local_clock_times_does(zone, name, around, offsets):
+    zone(name)
+    times = sorted(around + offset for offset in offsets)
+    write = local_clock_writer()
+    assert [write(at) for at in times] == local_clock_times(times)

@@ -1,10 +1,17 @@
 import dataclasses
+import itertools
 import socket
+import ssl
+import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import config
 import mailer
+import outbound
+import rules
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
 from store import QueuedEmail, Signal, UserState
@@ -370,6 +377,73 @@ def test_a_long_digest_subject_is_cut_with_an_ellipsis_at_120_characters():
     assert subject.endswith("\u2026")
 
 
+def written(emails):
+    """mailer.collapse's answer as (id, kind, carried ids) of each email to write."""
+    return [(email.id, email.kind, carried) for email, carried in mailer.collapse(emails)]
+
+
+def test_an_alert_and_its_reminder_both_unsent_are_written_once_as_the_latest():
+    assert written([queued(1, "nas"), queued(2, "nas")]) == [(2, "late", (1, 2))]
+
+
+def test_an_outage_over_before_its_alert_went_is_written_as_its_recovery_alone():
+    [(email, carried)] = mailer.collapse([queued(1, "pi", attempts=3), queued(2, "pi", kind="back")])
+    assert (email.subject, carried, email.attempts) == ("pi is back", (1, 2), 3)
+
+
+def test_a_new_outage_after_a_recovery_is_written_after_it_and_other_conditions_and_devices_stay_apart():
+    emails = [
+        queued(1, "pi"),
+        queued(2, "cam"),
+        queued(3, "pi", kind="failed"),
+        queued(4, "pi", kind="back"),
+        queued(5, "pi"),
+        queued(6, "pi"),
+        queued(7, "cam", kind="run_timeout"),
+    ]
+    assert written(emails) == [(2, "late", (2,)), (4, "back", (1, 3, 4)), (6, "late", (5, 6)), (7, "run_timeout", (7,))]
+
+
+KINDS = st.sampled_from([rules.SILENCE, rules.FAILURE, rules.RUN_TIMEOUT, rules.BACK])
+
+
+@st.composite
+def queues(draw):
+    """Queued rows for one recipient: each a device and a kind, with ids in queue order, given in any order."""
+    rows = draw(st.lists(st.tuples(st.sampled_from(["pi", "nas", "cam"]), KINDS, st.integers(0, 9)), max_size=12))
+    emails = [
+        queued(index + 1, username, kind, attempts=attempts) for index, (username, kind, attempts) in enumerate(rows)
+    ]
+    return draw(st.permutations(emails))
+
+
+@given(queues())
+def test_every_row_is_carried_once_by_the_latest_of_the_rows_it_goes_with(emails):
+    collapsed = mailer.collapse(emails)
+    carried = [row_id for _, ids in collapsed for row_id in ids]
+    assert sorted(carried) == sorted(email.id for email in emails)
+    by_id = {email.id: email for email in emails}
+    for email, ids in collapsed:
+        assert email.id == max(ids)
+        assert {by_id[row_id].username for row_id in ids} == {email.username}
+        assert email.attempts == max(by_id[row_id].attempts for row_id in ids)
+        assert dataclasses.replace(email, attempts=by_id[email.id].attempts) == by_id[email.id]
+    assert [email.id for email, _ in collapsed] == sorted(email.id for email, _ in collapsed)
+
+
+@given(queues())
+def test_no_condition_is_written_twice_and_no_alert_before_its_own_recovery(emails):
+    collapsed = [email for email, _ in mailer.collapse(emails)]
+    for username in {email.username for email in emails}:
+        kinds = [email.kind for email in collapsed if email.username == username]
+        # Per device: recoveries first, then at most one email per condition still going on.
+        alerts = [kind for kind in kinds if kind != rules.BACK]
+        assert kinds == [rules.BACK] * (len(kinds) - len(alerts)) + alerts
+        assert len(alerts) == len(set(alerts))
+    # What is written has nothing left to collapse.
+    assert mailer.collapse([email for email in collapsed]) == [(email, (email.id,)) for email in collapsed]
+
+
 def test_emails_are_grouped_by_recipient_in_the_order_they_come():
     emails = [queued(1, "pi"), queued(2, "nas", recipient="b@example.com"), queued(3, "cam")]
     assert [[email.id for email in group] for group in mailer.by_recipient(emails)] == [[1, 3], [2]]
@@ -435,3 +509,96 @@ def test_ssl_mode_to_a_starttls_port_is_a_connection_problem_with_a_hint(starttl
     [(_, result)] = list(smtp_mailer(starttls_server.port, timeout=1).send_all([queued_email()]))
     assert result.status == RETRY
     assert "SMTP_SECURITY=ssl" in result.error
+
+
+def trickling_mailer(port, deadline, timeout=5.0):
+    """An SmtpMailer (implicit TLS) to 127.0.0.1:`port` with a whole-conversation `deadline`."""
+    smtp = config.SmtpSettings("127.0.0.1", port, support.SMTP_LOGIN, support.SMTP_PASSWORD, SENDER)
+    return SmtpMailer(smtp, timeout=timeout, deadline=deadline)
+
+
+# A greeting of 7 lines whose bytes come every TRICKLE_INTERVAL s: whole, it takes about 5 s.
+TRICKLED_GREETING = b"220-smtp.test says hello, slowly\r\n" * 6 + b"220 smtp.test ready\r\n"
+TRICKLE_INTERVAL = 5.0 / len(TRICKLED_GREETING)
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_server_that_trickles_its_replies_is_given_up_at_the_deadline_and_every_email_retried(ca):
+    deadline, timeout = 1.0, 5.0
+    # Each byte comes well within the per-operation timeout: only the whole-conversation deadline can end it.
+    assert timeout > TRICKLE_INTERVAL
+    greeting = lambda: (TRICKLED_GREETING[i : i + 1] for i in range(len(TRICKLED_GREETING)))  # noqa: E731
+    with support.Trickler(greeting, TRICKLE_INTERVAL, ca) as trickling:
+        settled = list(
+            trickling_mailer(trickling.port, deadline, timeout).send_all([queued_email(), queued_email(email_id=2)])
+        )
+        # Given up before the server had even finished its greeting.
+        assert support.wait_until(lambda: trickling.closed_by_client == 1)
+        assert trickling.sent[0] < len(TRICKLED_GREETING)
+    assert [(email.id, result.status) for email, result in settled] == [(1, RETRY), (2, RETRY)]
+    assert settled[0][1].error.startswith("the SMTP conversation did not end within its 1 s deadline")
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_a_reply_that_never_ends_is_read_no_further_than_64_kib_and_the_email_retried(ca):
+    line = b"220-" + b"x" * 1000 + b"\r\n"
+    with support.Trickler(lambda: itertools.repeat(line, 10_000), ca=ca) as flooding:
+        [(_, result)] = trickling_mailer(flooding.port, deadline=10).send_all([queued_email()])
+    assert result.status == RETRY
+    assert result.error.endswith(f"the answer went on past {outbound.ANSWER_LIMIT} bytes")
+
+
+class StartTlsTrickler:
+    """An SMTP server on 127.0.0.1 that answers one connection's EHLO and STARTTLS at once, upgrades it to
+    TLS (a certificate from `ca`), then trickles a reply that never ends, a byte every 0.1 s, until the
+    client closes or stop() is called. `trickled` counts the bytes sent over TLS."""
+
+    def __init__(self, ca):
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._context)
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.trickled = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="starttls-trickler", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        self._socket.close()
+        self._thread.join(5)
+
+    def _serve(self):
+        connection, _ = self._socket.accept()
+        try:
+            connection.settimeout(5)
+            lines = connection.makefile("rb")
+            connection.sendall(b"220 smtp.test ready\r\n")
+            lines.readline()  # EHLO
+            connection.sendall(b"250-smtp.test\r\n250 STARTTLS\r\n")
+            lines.readline()  # STARTTLS
+            connection.sendall(b"220 go ahead\r\n")
+            connection = self._context.wrap_socket(connection, server_side=True)
+            while not self._stopping.wait(0.1):
+                connection.sendall(b"2" if self.trickled == 0 else b"x")
+                self.trickled += 1
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+def test_after_starttls_a_server_that_trickles_its_replies_is_given_up_at_the_deadline(ca):
+    trickling = StartTlsTrickler(ca)
+    try:
+        smtp = config.SmtpSettings(
+            "127.0.0.1", trickling.port, support.SMTP_LOGIN, "secret", SENDER, security="starttls"
+        )
+        [(_, result)] = SmtpMailer(smtp, timeout=5, deadline=1.5).send_all([queued_email()])
+    finally:
+        trickling.stop()
+    assert result.status == RETRY
+    assert result.error.startswith("the SMTP conversation did not end within its 1.5 s deadline")
+    # Its reply had begun over TLS: the deadline held after the upgrade.
+    assert trickling.trickled > 0

@@ -213,6 +213,22 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
 
 
+def test_a_snoozed_users_row_says_until_when_and_stops_saying_it_when_the_snooze_ends(store):
+    synced(store, now=T0 - 1000)
+    overview = loaded(store)
+    store.record_ping("pi", T0 - 10)
+    store.snooze("pi", T0 + 300, T0)
+    pi = by_name(overview_state(store, overview, T0 + 1))["pi"]
+    assert (pi["state"], pi["snoozed_until"], pi["snoozed_until_local"]) == (
+        "snoozed",
+        T0 + 300,
+        "2026-09-21 16:18:20 CEST",
+    )
+    assert by_name(overview_state(store, overview, T0 + 2))["backup"]["snoozed_until"] is None
+    pi = by_name(overview_state(store, overview, T0 + 300))["pi"]  # only the clock moved
+    assert (pi["state"], pi["snoozed_until"], pi["snoozed_until_local"]) == ("silent", None, None)
+
+
 @BACKENDS
 def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(store):
     synced(store, now=T0 - 1000)
@@ -288,6 +304,59 @@ def test_pings_recorded_while_a_history_loads_are_counted_once(store, monkeypatc
     assert pi["pings"] == "0" * (SLOTS - 1) + "2"
 
 
+def random_history(store, seed):
+    """Pings of USERS over the last 25 hours from a seeded random: bursts, some of one time, gaps of hours, and
+    backup silent across the window's start until its first slot."""
+    chance = random.Random(seed)
+    for username in USERS:
+        at = T0 - 25 * 3600
+        while at < T0:
+            if not (username == "backup" and WINDOW_START - 3600 <= at < WINDOW_START + 60):
+                for _ in range(chance.choice((1, 1, 1, 2, 3))):  # some pings share their time
+                    store.record_ping(username, at)
+            at += chance.choice((1, 30, 59, 61, 300, 601, 2 * 3600))
+    store.record_ping("backup", WINDOW_START + 60)  # a silence that ends in the first slot
+
+
+def users_loaded_in_reads_of(store, monkeypatch, pings_per_read, now, moved_during_load=None):
+    """The overview's users at `now` once loaded at T0 with HISTORY_PINGS_PER_READ = `pings_per_read`, the most
+    pings the loading asked of one read of the store and was given, and how many reads it made; with
+    `moved_during_load`, an answer at that time while the loading reads moves the window."""
+    monkeypatch.setattr(overview, "HISTORY_PINGS_PER_READ", pings_per_read)
+    fresh = Overview(store)
+    asked, given = [], []
+    recent_pings = store.recent_pings
+
+    def counted(*args):
+        asked.append(args[-1])
+        rows = recent_pings(*args)
+        given.append(len(rows))
+        if len(given) == 1 and moved_during_load is not None:
+            fresh.state(moved_during_load)
+        return rows
+
+    monkeypatch.setattr(store, "recent_pings", counted)
+    while fresh.keep_up(T0):
+        pass
+    monkeypatch.setattr(store, "recent_pings", recent_pings)
+    return overview_state(store, fresh, now)["users"], max(asked), max(given), len(given)
+
+
+@BACKENDS
+@pytest.mark.parametrize("slots_moved_during_load", [0, 2])
+def test_the_history_loads_in_bounded_reads_to_what_one_read_would_load(store, monkeypatch, slots_moved_during_load):
+    synced(store)
+    random_history(store, seed=slots_moved_during_load)
+    now = T0 + slots_moved_during_load * SLOT_SECONDS
+    one_read = users_loaded_in_reads_of(store, monkeypatch, 10**9, now)
+    assert one_read[3] == 1
+    users, asked, given, reads = users_loaded_in_reads_of(store, monkeypatch, 7, now, moved_during_load=now)
+    assert (asked, given) == (7, 7)
+    assert reads > 10
+    assert users == one_read[0]
+    assert any(user["silences"] for user in users) and all(user["pings"] for user in users)
+
+
 @BACKENDS
 def test_the_history_loading_waits_while_an_answer_is_written(store, monkeypatch):
     synced(store)
@@ -358,6 +427,8 @@ def test_a_row_is_json_whatever_the_name_and_schedule(store):
         "last_ping_local",
         "late_at",
         "late_at_local",
+        "snoozed_until",
+        "snoozed_until_local",
         "silences",
         "alerts",
         "recoveries",

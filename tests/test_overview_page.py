@@ -5,10 +5,12 @@
 """
 
 import dataclasses
+import http.client
 import json
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -43,8 +45,13 @@ def page_problems():
 
 
 @pytest.fixture
-def open_page(browser, page_problems):  # noqa: F811
-    """open_page(width, **context options): a fresh tab; the test fails on any console error or dialog."""
+def open_page(browser, page_problems, start_server):  # noqa: F811
+    """open_page(width, **context options): a fresh tab; the test fails on any console error or dialog.
+
+    The tabs are closed before the services the test started are stopped (this fixture asks for
+    start_server so that it is set up after it, then torn down before it): an open tab's refresh that
+    met a stopped service would be logged as a console error.
+    """
     contexts = []
 
     def open_tab(width, **options):
@@ -109,6 +116,15 @@ def service(tmp_path, start_server, history):
 def unlock(page, password=PASSWORD):
     page.get_by_label("Overview password").fill(password)
     page.get_by_role("button", name="Unlock").click()
+
+
+def wait_for_state(page, condition, **options):
+    """Wait until the page's last /overview/state answer (its `latest`) meets the JavaScript `condition`.
+
+    `latest` is null until the first answer arrives, some time after unlock() has clicked: a condition that
+    read it before then would throw, and a thrown error ends Playwright's wait at once.
+    """
+    page.wait_for_function(f"() => latest !== null && ({condition})", **options)
 
 
 def row(page, username):
@@ -198,6 +214,51 @@ def test_a_device_going_late_shows_without_a_reload(open_page, service):
     assert asked and all(isinstance(since, str) for since in asked)  # each refresh asks for what changed
 
 
+def test_a_snoozed_device_shows_until_when_without_a_reload(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    expect(row(page, "camera").locator(".badge")).to_have_text("pinging")
+    snooze = json.dumps({"username": "camera", "minutes": 90, "password": PASSWORD}).encode()
+    status, until = service.post("/snooze", snooze, headers={"Content-Type": "application/json"})
+    assert status == 200
+    camera = row(page, "camera")
+    expect(camera.locator(".badge")).to_have_text("snoozed")
+    # The answer is "%y/%m/%d %H:%M:%S"; the page shows the local date and time in full.
+    expect(camera.locator(".deadline")).to_have_text(re.compile(rf"^snoozed until 20{until.replace('/', '-')} CES?T$"))
+
+
+def guess_from(service, source, password):
+    """POST `password` to /overview/state from the local address `source` (any of 127.0.0.0/8); the status."""
+    host, port = urllib.parse.urlsplit(service.url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    try:
+        body = json.dumps({"password": password})
+        connection.request("POST", "/overview/state", body, {"Content-Type": "application/json"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_open_page_goes_on_while_others_guess_from_its_own_address_and_many_more(open_page, service):
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    status = page.locator("#connection")
+    expect(status).to_contain_text("Updated")
+    # Five wrong passwords from the page's own address (as from behind one NAT), then fifteen from others:
+    # that address and then every address are refused, even with the right password.
+    sources = ["127.0.0.1"] * 5 + [f"127.0.0.{n}" for n in range(2, 17)]
+    assert [guess_from(service, source, "guess") for source in sources] == [401] * 20
+    assert guess_from(service, "127.0.0.1", PASSWORD) == 429
+    assert guess_from(service, "127.0.0.99", PASSWORD) == 429
+    # The page's session cookie keeps its refreshes answered (the fixture fails the test on any console error).
+    for _ in range(2):
+        shown = status.text_content()
+        expect(status).not_to_have_text(shown)
+        expect(status).to_have_text(re.compile("^Updated"))
+
+
 def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh_load_draws_them(
     open_page, tmp_path, start_server
 ):
@@ -225,18 +286,16 @@ def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh
     page = open_page(1366)
     page.goto(service.url + "/overview")
     unlock(page)
-    page.wait_for_function("() => latest.history_loading === 0")
+    wait_for_state(page, "latest.history_loading === 0")
     window_start = slide_at - SLOTS * SLOT_SECONDS
     assert page.evaluate("latest.window.start") == window_start, "the page began after the slide: too slow"
-    page.wait_for_function(f"() => latest.window.start === {window_start + SLOT_SECONDS}", timeout=SLIDE_AFTER * 2000)
+    wait_for_state(page, f"latest.window.start === {window_start + SLOT_SECONDS}", timeout=SLIDE_AFTER * 2000)
     sent = page.evaluate("[latest.complete, latest.users.map((user) => user.username)]")
     assert sent[0] is False and not {"backup-server", "camera"} & set(sent[1])
     fresh = open_page(1366)
     fresh.goto(service.url + "/overview")
     unlock(fresh)
-    fresh.wait_for_function(
-        f"() => latest.window.start === {window_start + SLOT_SECONDS} && latest.history_loading === 0"
-    )
+    wait_for_state(fresh, f"latest.window.start === {window_start + SLOT_SECONDS} && latest.history_loading === 0")
     # Each row's ticks, where they are and how tall, and how many silences.
     drawn = (
         "[...document.querySelectorAll('.row')].map((row) => [row.dataset.username,"

@@ -24,7 +24,7 @@ import serving
 import web
 from loadgen import Trickle, burst, closed_by_server, open_idle_connections, pipeline_without_reading
 from store import Store, StoreUnavailableError
-from support import make_settings, make_test_app, query, write_settings
+from support import SLACK, db_of, make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -125,11 +125,16 @@ def test_a_client_that_pipelines_heavy_logs_and_never_reads_does_not_stop_others
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(app):
-    limits = serving.ServingLimits(idle_timeout=1, cleanup_interval=1)
-    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
-        began = time.monotonic()
-        assert idle.recv(1) == b""  # closed by the server
-        assert 1 <= time.monotonic() - began < 4.5
+    # Cleanups more often than the timeout, so that one closing a connection too early is seen.
+    limits = serving.ServingLimits(idle_timeout=2, cleanup_interval=1)
+    # Closed idle_timeout to idle_timeout + cleanup_interval after its last activity (ServingLimits), and the
+    # cleanup is a step of the serving loop: past that, the recv times out and the test fails.
+    deadline = limits.idle_timeout + limits.cleanup_interval + SLACK
+    with serve_in_thread(app, limits) as port:
+        began = time.monotonic()  # before the connection's first activity, its accept
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline) as idle:
+            assert idle.recv(1) == b""  # closed by the server
+            assert time.monotonic() - began >= limits.idle_timeout  # never before
 
 
 def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_timeout(app, store):
@@ -944,6 +949,35 @@ def test_the_service_answers_a_plain_ping_as_it_answers_one_read_by_waitress(sto
         if status_line == b"HTTP/1.1 200 OK\r\n":  # the ping's own Date, and no second one from the server
             assert dates == [f"Date: {email.utils.formatdate(BUSY_DAY + 30, usegmt=True)}\r\n".encode()]
         assert len(dates) == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "recorded"),
+    [
+        (f"/ping/{DEVICE}/", ("success", None)),
+        (f"/ping/{DEVICE}/fail/", ("fail", None)),
+        (f"/ping/{DEVICE}/3/", ("fail", 3)),
+    ],
+)
+def test_a_signal_with_one_trailing_slash_is_recorded_whether_read_plain_or_by_waitress(
+    store, target, recorded, counted_parsing
+):
+    settings = make_settings(USERS)
+    store.sync_users(settings.users, BUSY_DAY)
+    with serve_in_thread(make_test_app(store, settings, lambda: BUSY_DAY + 30.5, None)) as port:
+        # A GET in pieces (waitress) then whole (read plain); a HEAD and a POST, which waitress reads.
+        gets = in_pieces_then_whole(port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        statuses = [int(status_line.split()[1]) for (status_line, _, _), _ in gets]
+        for method, body in (("HEAD", None), ("POST", b"done")):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request(method, target, body)
+            statuses.append(connection.getresponse().status)
+            connection.close()
+        doubled = in_pieces_then_whole(port, f"GET {target}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert counted_parsing() == 4  # the whole GETs were read plain
+    assert statuses == [200] * 4
+    assert [status_line for (status_line, _, _), _ in doubled] == [b"HTTP/1.1 400 Bad Request\r\n"] * 2
+    assert query(db_of(store), "SELECT kind, exit_code FROM pings") == [recorded] * 4
 
 
 def test_the_service_collects_young_objects_after_many_allocations_not_after_700(tmp_path, monkeypatch):

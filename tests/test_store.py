@@ -1,4 +1,5 @@
 import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -9,7 +10,10 @@ import psycopg
 import pytest
 
 import rules
+import server
 import store as store_module
+from config import LiveSettings
+from database import open_store
 from pg_store import PgStore
 from store import (
     SCHEMA_VERSION,
@@ -23,7 +27,7 @@ from store import (
     StoreOpenError,
     UnknownUserError,
 )
-from support import BACKENDS, T0, make_settings, query
+from support import BACKENDS, T0, make_settings, query, write_settings
 from webhooks import WebhookEvent
 
 # The store contract's tests run on both backends (support.BACKENDS); the others are SQLite's own (pragmas, WAL,
@@ -98,12 +102,70 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
     assert store.pragma("synchronous") == 1  # NORMAL
     assert store.pragma("busy_timeout") == 5000
+
+
+def pragma_in_a_new_thread(store, name):
+    """PRAGMA `name` as a connection of another thread (the pings', a scheduler loop's) has it."""
+    found = []
+    thread = threading.Thread(target=lambda: found.append(store.pragma(name)))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def test_with_durability_power_every_connection_syncs_each_commit_and_a_reload_switches_them_all(tmp_path):
+    powered = open_store(str(tmp_path / "ping_listener.db"), "power")  # as the service opens it
+    try:
+        assert (powered.pragma("synchronous"), pragma_in_a_new_thread(powered, "synchronous")) == (2, 2)  # FULL
+        with powered.ping_batch():
+            powered.use_durability("process")
+            assert powered.pragma("synchronous") == 2  # a batch ends as it began
+        assert powered.pragma("synchronous") == 1
+        assert pragma_in_a_new_thread(powered, "synchronous") == 1
+        powered.use_durability("power")
+        assert powered.pragma("synchronous") == 2
+    finally:
+        powered.close()
+
+
+def test_the_services_store_holds_the_files_lock_and_a_second_one_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "ping_listener.db"
+    first = synced(open_store(str(path)))
+    try:
+        assert (tmp_path / "ping_listener.db.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(StoreOpenError) as raised:
+            open_store(str(path))
+        assert str(raised.value) == (
+            f"{path}: in use by another Ping Listener process (pid {os.getpid()}, holding {path}.lock);"
+            " one process per SQLite database: stop it, or give this one another --db"
+        )
+        # A reader that does not ask for the lock (a tool, a person's sqlite3) is not stopped.
+        reader = Store(path)
+        assert reader.pings_between("pi", T0, T0 + 1) == []
+        reader.close()
+    finally:
+        first.close()
+    assert (tmp_path / "ping_listener.db.lock").read_text() == ""
+    open_store(str(path)).close()
+
+
+def test_a_reload_of_the_settings_applies_a_new_durability(tmp_path):
+    path = tmp_path / "settings.json"
+    opened = Store(tmp_path / "ping_listener.db")
+    try:
+        live = LiveSettings(make_settings())
+        opened.sync_users(live.current.users, T0)
+        write_settings(path, {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}, durability="power")
+        assert server.reload_settings(path, live, opened, lambda: T0)
+        assert (live.current.durability, opened.pragma("synchronous")) == ("power", 2)
+    finally:
+        opened.close()
 
 
 @BACKENDS
@@ -270,7 +332,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
     [
         (
             store_module.RECENT_PINGS_SQL,
-            {"start": T0, "upto": 10, "first": 1, "last": 200},
+            store_module.recent_pings_parameters(T0, 10, (1, 200), (1, T0 + 5, 7), 1000),
             [
                 "SEARCH users USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
                 "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)",
@@ -492,6 +554,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_history(tmp_path):
         assert migrated.pragma("user_version") == SCHEMA_VERSION
         assert migrated.pings_between("pi", T0, T0 + 1) == [T0]
         assert "outbox_by_alert" in " ".join(migrated.query_plan(store_module.DAY_ALERTS_SQL, (1, T0, T0, 1)))
+        migrated.check_writable(T0)
     finally:
         migrated.close()
 
@@ -683,22 +746,27 @@ def test_an_outcome_decided_before_any_signal_arrived_is_dropped_even_if_the_dea
 
 
 @BACKENDS
-def test_signals_between_stops_at_its_limit_or_once_the_bodies_are_long_enough(store):
+def test_signals_between_encodes_each_and_stops_at_its_limit_or_before_the_size_bound(store):
     synced(store)
     for n in range(5):
         store.record_ping("pi", T0 + n, "log", body="x" * 10)
-    signals, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=1000)
-    assert (len(signals), more, signals[0]) == (5, False, Signal(T0, "log", None, None, "x" * 10))
-    assert [
-        len(result[0])
-        for result in (
-            store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000),
-            store.signals_between("pi", T0, T0 + 10, limit=10, max_body_chars=25),
-        )
-    ] == [3, 3]
-    assert store.signals_between("pi", T0, T0 + 10, limit=3, max_body_chars=1000)[1]
+    encoded = []
+
+    def encode(signal):
+        encoded.append(signal)
+        return signal.body.encode() + b"|"
+
+    encodings, more = store.signals_between("pi", T0, T0 + 10, limit=10, max_size=1000, encode=encode)
+    assert (encodings, more, encoded[0]) == ([b"x" * 10 + b"|"] * 5, False, Signal(T0, "log", None, None, "x" * 10))
+    assert store.signals_between("pi", T0, T0 + 10, 3, 1000, encode) == ([b"x" * 10 + b"|"] * 3, True)
+    # 11 bytes each: three fit in 33 or 43, a fourth would not.
+    for max_size in (33, 43):
+        encoded.clear()
+        assert store.signals_between("pi", T0, T0 + 10, 10, max_size, encode) == ([b"x" * 10 + b"|"] * 3, True)
+        assert len(encoded) == 4  # reading stops there
+    assert store.signals_between("pi", T0, T0 + 10, 10, 44, encode) == ([b"x" * 10 + b"|"] * 4, True)
     with pytest.raises(UnknownUserError):
-        store.signals_between("ghost", T0, T0 + 1, 10, 10)
+        store.signals_between("ghost", T0, T0 + 1, 10, 10, encode)
 
 
 @BACKENDS
@@ -1099,15 +1167,22 @@ def test_old_finished_emails_and_their_alerts_go_but_queued_ones_stay(store):
 
 
 def test_check_writable_passes_and_reports_a_database_locked_by_another_process(store):
-    store.check_writable()
+    store.check_writable(T0)
     with second_connection(store) as connection:
         connection.execute("PRAGMA busy_timeout = 0")
         connection.execute("BEGIN IMMEDIATE")
         with pytest.raises(store_module.StoreUnavailableError, match="locked"):
-            store.check_writable()
+            store.check_writable(T0 + 1)
         connection.execute("ROLLBACK")
-    store.check_writable()
+    store.check_writable(T0 + 2)
     assert store.pragma("busy_timeout") == 5000  # pings still wait as long as before
+
+
+@BACKENDS
+def test_a_health_check_commits_a_write_that_rewrites_one_row(store):
+    for second in range(3):
+        store.check_writable(T0 + second)
+        assert rows(store, "SELECT id, checked_at FROM health") == [(1, T0 + second)]
 
 
 @BACKENDS
@@ -1285,6 +1360,27 @@ def test_pings_recorded_after_retention_deleted_every_old_one_still_follow_by_id
 
 
 @BACKENDS
+def test_recent_pings_read_in_pages_give_every_ping_once_even_among_pings_of_one_time(store):
+    synced(store, users={"pi": config_of(), "nas": config_of()})
+    for name, at in [("pi", T0 + 1)] * 3 + [("nas", T0 + 1), ("pi", T0 + 2), ("nas", T0 + 1), ("pi", T0 + 1)]:
+        store.record_ping(name, at)
+    ids = sorted((store.user("pi").id, store.user("nas").id))
+    newest = store.newest_ping_id()
+    whole = store.recent_pings(T0, newest, (ids[0], ids[1]), None, 100)
+    assert len(whole) == 7
+    for size in (1, 2, 3):
+        pages, after = [], None
+        while True:
+            page = store.recent_pings(T0, newest, (ids[0], ids[1]), after, size)
+            assert len(page) <= size
+            pages += page
+            if len(page) < size:
+                break
+            after = page[-1]
+        assert pages == whole
+
+
+@BACKENDS
 def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     synced(store, users={"pi": config_of(), "nas": config_of()})
     assert store.newest_ping_id() == 0
@@ -1293,9 +1389,15 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     pi, nas = store.user("pi"), store.user("nas")
     newest = store.newest_ping_id()
     everyone = (pi.id, nas.id)
-    assert store.recent_pings(T0 + 2, newest, everyone) == [(pi.id, T0 + 3), (nas.id, T0 + 2), (nas.id, T0 + 50)]
-    assert store.recent_pings(T0, newest - 1, everyone) == [(pi.id, T0 + 1), (pi.id, T0 + 3), (nas.id, T0 + 2)]
-    assert store.recent_pings(T0, newest, (nas.id, nas.id)) == [(nas.id, T0 + 2), (nas.id, T0 + 50)]
+    pi_1, nas_2, pi_3, nas_50 = (pi.id, T0 + 1, 1), (nas.id, T0 + 2, 2), (pi.id, T0 + 3, 3), (nas.id, T0 + 50, 4)
+    assert store.recent_pings(T0 + 2, newest, everyone, None, 10) == [pi_3, nas_2, nas_50]
+    assert store.recent_pings(T0, newest - 1, everyone, None, 10) == [pi_1, pi_3, nas_2]
+    assert store.recent_pings(T0, newest, (nas.id, nas.id), None, 10) == [nas_2, nas_50]
+    # In pages, each after the previous one's last row.
+    assert store.recent_pings(T0, newest, everyone, None, 2) == [pi_1, pi_3]
+    assert store.recent_pings(T0, newest, everyone, pi_3, 2) == [nas_2, nas_50]
+    assert store.recent_pings(T0, newest, everyone, nas_2, 2) == [nas_50]
+    assert store.recent_pings(T0, newest, everyone, nas_50, 2) == []
     assert store.last_pings_before(T0 + 3, everyone) == {pi.id: T0 + 1, nas.id: T0 + 2}
     assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
     rows = store.configured_user_rows()

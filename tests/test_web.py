@@ -1,16 +1,23 @@
+import datetime
 import email.utils
+import json
 import logging
 import sqlite3
 import threading
+import time
+import zoneinfo
 
 import prometheus_client.parser
 import pytest
 import webtest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import config
 import mailer
 import web
-from config import LiveSettings
-from store import CheckOutcome, NewEmail
+from config import LiveSettings, parse_settings
+from store import CheckOutcome, NewEmail, Signal
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 
@@ -99,6 +106,37 @@ def test_logs_shows_local_clock_times_across_a_daylight_saving_change(client, cl
     ping_at(client, clock, first_half_past_two - 0.25, first_half_past_two + 59.75, first_half_past_two + 3600.5)
     answer = logs(client, "username=pi&year=2026&month=10&day=25")
     assert answer.json == ["02:29:59", "02:30:59", "02:30:00"]
+
+
+def paris(*fields):
+    """The epoch of a wall-clock time in Paris, the tests' local zone (conftest.py)."""
+    return datetime.datetime(*fields, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")).timestamp()
+
+
+# 2026-03-29 lasts 23 hours in Paris (02:00 -> 03:00), 2026-10-25 lasts 25 (03:00 -> 02:00): a day's end is
+# the next local midnight, neither 24 hours after its start nor a fixed clock time.
+@pytest.mark.parametrize(
+    ("day", "following"), [((2026, 3, 29), (2026, 3, 30)), ((2026, 10, 25), (2026, 10, 26))], ids=["23h", "25h"]
+)
+def test_logs_of_a_23_or_25_hour_day_runs_from_its_midnight_to_the_next(client, clock, day, following):
+    before = paris(*day) - 1
+    first_hour = [paris(*day, 0, 0, 0), paris(*day, 0, 59, 59)]
+    last_hour = [paris(*day, 23, 0, 0), paris(*day, 23, 59, 59)]
+    after = [paris(*following, 0, 0, 0), paris(*following, 0, 0, 1), paris(*following, 0, 59, 59)]
+    ping_at(client, clock, before, *first_hour, *last_hour, *after)
+    year, month, mday = day
+    assert logs(client, f"username=pi&year={year}&month={month}&day={mday}").json == [
+        "00:00:00",
+        "00:59:59",
+        "23:00:00",
+        "23:59:59",
+    ]
+    year, month, mday = following
+    assert logs(client, f"username=pi&year={year}&month={month}&day={mday}").json == [
+        "00:00:00",
+        "00:00:01",
+        "00:59:59",
+    ]
 
 
 @pytest.mark.parametrize("date", ["year=26&month=9&day=21", "year=2026&month=9&day=21", "year=26&month=09&day=21"])
@@ -260,7 +298,6 @@ def test_testing_endpoints_are_503_when_testing_mode_is_disabled(client, path):
         (b"\xff\xfe", 400),
         (b"[" * 60_000, 400),
         (b'{"password": "nope"}', 401),
-        (b'{"password": "\\ud800"}', 401),
         (b'{"password": "let me in "}', 401),
     ],
 )
@@ -428,6 +465,19 @@ def test_a_test_email_refused_answers_the_code_and_logs_the_servers_words(store,
     assert "ERROR" in caplog.text and "refused by smtp.example.net" in caplog.text
 
 
+def test_without_a_recipient_the_testing_page_says_so_and_sends_no_test_email(store, clock):
+    users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "device_email": "pi@example.com"}}
+    settings = parse_settings({"base_frequency": 1, "email_processing_frequency": 1, "users": users})
+    store.sync_users(settings.users, T0 - 3600)
+    test_emails = ScriptedTestEmails()
+    client = webtest.TestApp(make_test_app(store, settings, clock, "let me in", test_emails))
+    password = {"password": "let me in"}
+    assert client.post_json("/testing/config", password, status=200).json["recipient"] is None
+    answer = client.post_json("/testing/test-email", password, status=409)
+    assert answer.text == "settings.json has no recipient to send a test email to"
+    assert test_emails.sent_to == []
+
+
 def test_one_test_email_at_a_time(store, clock):
     class Slow(ScriptedTestEmails):
         """Its SMTP conversation lasts until the test releases it."""
@@ -486,6 +536,7 @@ def test_five_wrong_passwords_in_a_minute_get_an_address_429_for_a_minute(store,
     other = "/testing/state" if path == "/testing/config" else "/testing/config"
     client.post_json(other, right, status=429, **from_address("192.0.2.1"))
     client.post_json(path, right, status=200, **from_address("192.0.2.2"))
+    client.cookiejar.clear()  # the session of that browser, which another one does not have
     clock.now += 58.5
     assert client.post_json(path, right, status=429, **from_address("192.0.2.1")).headers["Retry-After"] == "1"
     clock.now += 0.5  # a minute after the fifth wrong password
@@ -620,6 +671,131 @@ def test_twenty_wrong_passwords_from_all_addresses_together_refuse_every_address
     client.post_json("/testing/state", {"password": "let me in"}, status=200, **from_address("192.0.2.99"))
 
 
+def test_the_holder_of_the_right_password_is_never_refused_while_many_addresses_guess(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    app = make_test_app(store, settings, clock, overview_password="look", metrics_token="metrics-token-0123456789")
+    # Each its own client, as each is its own browser or program with its own cookies.
+    admin = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.10"})
+    prometheus = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.20"})
+    guessers = webtest.TestApp(app)
+    scrape_headers = {"Authorization": "Bearer metrics-token-0123456789"}
+    admin.post_json("/overview/state", {"password": "look"}, status=200)
+    prometheus.get("/metrics", headers=scrape_headers, status=200)
+    looked_at = []
+    for second in range(0, 600, 3):  # 10 minutes; 8 addresses guess every 3 s, 160 guesses a minute
+        clock.now = T0 + second
+        for n in range(8):
+            guess = guessers.post_json(
+                "/overview/state", {"password": f"guess-{second}-{n}"}, status="*", **from_address(f"198.51.100.{n}")
+            )
+            assert guess.status_int in (401, 429)
+            if guess.status_int == 401:
+                looked_at.append(clock.now)
+        # The admin's page refreshes and Prometheus scrapes throughout: never refused.
+        admin.post_json("/overview/state", {"password": "look"}, status=200)
+        prometheus.get("/metrics", headers=scrape_headers, status=200)
+    # At most 20 guesses looked at in any minute, however many addresses guess.
+    assert max(sum(1 for t in looked_at if end - 60 < t <= end) for end in looked_at) == 20
+    assert len(looked_at) <= 20 * 10
+    # A client that has not given the right password meanwhile, from an address that has not either, is refused
+    # with everyone: this keeps the bound.
+    for n in range(20):
+        guessers.post_json("/overview/state", {"password": "guess"}, status="*", **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("203.0.113.1"))
+
+
+def test_a_browser_that_unlocked_is_never_refused_by_the_limit_wherever_it_connects_from(store, clock):
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    answer = phone.post_json("/overview/state", {"password": "look"}, status=200)
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("ping_listener_session=")
+    assert {"HttpOnly", "SameSite=strict", "Path=/", "Max-Age=86400"} <= set(cookie.split("; "))
+    # Someone behind the phone's own address (the same NAT) has it refused, and everyone is refused too.
+    for _ in range(5):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address("192.0.2.40"))
+    for n in range(15):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    guessers.post_json("/overview/state", {"password": "look"}, status=429, **from_address("192.0.2.40"))
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    # The phone moves to another network: its session goes with it.
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert phone.cookies["ping_listener_session"] == cookie.partition(";")[0].partition("=")[2]
+    # A session spares the limit, not the password: its first wrong one ends it (the next right one starts another).
+    phone.post_json("/overview/state", {"password": "guess"}, status=401)
+    phone.post_json("/overview/state", {"password": "look"}, status=200)
+    assert phone.cookies["ping_listener_session"] != cookie.partition(";")[0].partition("=")[2]
+    # It lasts a day after its last use.
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    session = guessers.cookies["ping_listener_session"]
+    clock.now += 86_399
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] == session
+    clock.now += 86_400
+    guessers.post_json("/overview/state", {"password": "look"}, status=200, **from_address("192.0.2.41"))
+    assert guessers.cookies["ping_listener_session"] != session
+
+
+def test_every_answer_in_a_session_tells_the_browser_to_keep_its_cookie_a_day_from_then(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    unlocked = client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    # A browser drops the cookie Max-Age after the answer that set it last, and the page stays open for days.
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
+    clock.now += 86_000
+    assert client.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"] == unlocked
+
+
+@pytest.mark.parametrize(
+    "other_cookies",
+    [
+        'prefs={"theme":"dark"}',  # a JSON value, as many apps store
+        "greeting=hello world",
+        "a@b=1",  # a name Python's cookie parser refuses
+        "x(y)=1",
+        'broken="unterminated',
+    ],
+)
+def test_another_apps_cookies_on_the_same_host_never_lose_a_browser_its_session(store, clock, other_cookies):
+    # Cookies are shared by every port of a host: the browser sends the other app's cookies along with ours.
+    app = overview_client(store, clock, overview_password="look").app
+    phone = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.40"})
+    guessers = webtest.TestApp(app)
+    session = phone.post_json("/overview/state", {"password": "look"}, status=200).headers["Set-Cookie"]
+    session = session.partition(";")[0]
+    phone.cookiejar.clear()  # sent by hand below, beside the other app's
+    phone.extra_environ = {"REMOTE_ADDR": "203.0.113.7"}  # another network: only its session spares it the limit
+    for n in range(20):
+        guessers.post_json("/overview/state", {"password": "guess"}, status=401, **from_address(f"198.51.100.{n}"))
+    for cookie in (f"{other_cookies}; {session}", f"{session}; {other_cookies}"):
+        answer = phone.post_json("/overview/state", {"password": "look"}, headers={"Cookie": cookie}, status=200)
+        assert answer.headers["Set-Cookie"].partition(";")[0] == session  # the same session, not a new one
+    # Without a session, the same cookies are a request like any other: refused with everyone, never a 500.
+    fresh = webtest.TestApp(app, extra_environ={"REMOTE_ADDR": "192.0.2.41"})
+    fresh.post_json("/overview/state", {"password": "look"}, headers={"Cookie": other_cookies}, status=429)
+
+
+def test_wrong_metrics_tokens_count_in_the_password_limit(store, clock):
+    client = metrics_client(store, clock)
+    client.extra_environ = {"REMOTE_ADDR": "192.0.2.30"}
+    for n in range(4):
+        client.get("/metrics", headers={"Authorization": f"Bearer guess-{n}"}, status=401)
+    client.get("/metrics", status=401)  # no token: nothing guessed, not counted
+    client.post_json("/overview/state", {"password": "guess"}, status="*")  # the overview is disabled: not counted
+    client.get("/metrics", headers={"Authorization": "Bearer guess-4"}, status=401)  # the fifth
+    answer = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=429)
+    assert answer.text == "too many wrong bearer tokens from 192.0.2.30; try again in 60 s"
+    assert answer.headers["Retry-After"] == "60"
+    scrape_from = {"extra_environ": {"REMOTE_ADDR": "192.0.2.31"}}
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200, **scrape_from)
+    clock.now += 60
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
+
+
 def token_client(store, clock, caplog=None):
     users = {
         "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
@@ -660,6 +836,61 @@ def test_the_day_view_names_a_bad_field_or_an_unknown_user(store, clock, fields,
     assert (answer.content_type, answer.text) == ("text/plain", message)
 
 
+@pytest.mark.parametrize(
+    "path", ["/testing/config", "/testing/state", "/testing/test-email", *OVERVIEW_ENDPOINTS, "/snooze"]
+)
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"password": "look", "username": "\\udfff"}', "username: must be valid Unicode text"),
+        (b'{"password": "\\ud800look"}', "password: must be valid Unicode text"),
+        (b'{"password": "look", "since": "\\udc00:1"}', "since: must be valid Unicode text"),
+        (b'{"password": "look", "x": {"\\ud83d": 1}}', 'x."\\ud83d": a key must be valid Unicode text'),
+        (b'{"password": "look", "x": [1, "ok \\udfff"]}', "x[1]: must be valid Unicode text"),
+    ],
+)
+def test_a_lone_surrogate_in_any_json_body_is_a_400_naming_its_field(store, clock, path, body, message):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, "look", overview_password="look"))
+    query = "?username=pi&minutes=5" if path == "/snooze" and b"username" not in body else ""
+    answer = client.post(path + query, body, content_type="application/json", status=400)
+    assert (answer.content_type, answer.text) == ("text/plain", message + " (it holds a lone surrogate)")
+    assert store.user("pi").snoozed_until is None
+    # None of them was a wrong password.
+    client.post_json("/testing/state", {"password": "look"}, status=200)
+
+
+def test_a_json_body_is_checked_for_lone_surrogates_up_to_the_first_and_never_regex_searched_as_ascii(
+    store, clock, monkeypatch
+):
+    # Anyone may send /snooze a 64 KiB body before any credential is looked at, and the check holds the GIL
+    # that pings need: it must stop at the first bad string, and an ASCII string cannot hold a surrogate.
+    client = snooze_client(store, clock)
+    searched = []
+
+    class CountingSearch:
+        def search(self, text):
+            searched.append(text)
+            return surrogate.search(text)
+
+    surrogate = config._SURROGATE
+    monkeypatch.setattr(config, "_SURROGATE", CountingSearch())
+    ascii_first = b'{"x": [' + b", ".join([b'"ok"'] * 5_000) + b', "caf\\u00e9 \\udfff"], "y": "\\ud800"}'
+    answer = client.post("/snooze?username=pi&minutes=5", ascii_first, content_type="application/json", status=400)
+    assert answer.text == "x[5000]: must be valid Unicode text (it holds a lone surrogate)"
+    assert len(searched) == 1
+    searched.clear()
+    bad_keys = b'{"x": [' + b", ".join([b'{"\\udc00": "\\udfff"}'] * 2_000) + b"]}"
+    answer = client.post("/snooze?username=pi&minutes=5", bad_keys, content_type="application/json", status=400)
+    assert answer.text == 'x[0]."\\udc00": a key must be valid Unicode text (it holds a lone surrogate)'
+    assert len(searched) == 1
+    # A body that is one string is no object, whatever it holds.
+    answer = client.post("/snooze?username=pi&minutes=5", b'"\\udfff"', content_type="application/json", status=400)
+    assert answer.text.startswith("expected a JSON object")
+    assert store.user("pi").snoozed_until is None
+
+
 def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock):
     client = overview_client(store, clock, overview_password="look")
     client.get("/ping?username=pi", status=200)
@@ -693,6 +924,14 @@ SIGNAL_FORMS = [
     ("/ping/pi/0", ("success", 0)),
     ("/ping/pi/2", ("fail", 2)),
     ("/ping/pi/255", ("fail", 255)),
+    # One trailing slash is the same signal.
+    ("/ping/pi/", ("success", None)),
+    ("/ping/pi/start/", ("start", None)),
+    ("/ping/pi/fail/", ("fail", None)),
+    ("/ping/pi/log/", ("log", None)),
+    ("/ping/pi/0/", ("success", 0)),
+    ("/ping/pi/2/", ("fail", 2)),
+    ("/ping/pi%2Ffail%2F", ("fail", None)),
 ]
 
 
@@ -722,12 +961,18 @@ def test_every_signal_in_both_forms_and_every_method_is_committed_and_answered_l
         ("/ping/", "missing username"),
         ("/ping//fail", "missing username"),
         ("/ping/pi/success", "unknown signal 'success'"),
-        ("/ping/pi/", "unknown signal ''"),
+        ("/ping//", "missing username"),
+        ("/ping/pi//", "unknown signal ''"),
+        ("/ping/pi/fail//", "unknown signal 'fail/'"),
+        ("/ping/pi//fail/", "unknown signal '/fail'"),
         ("/ping/pi/256", "unknown signal '256'"),
         ("/ping/pi/fail/1", "unknown signal 'fail/1'"),
         ("/ping/pi/x/fail", "unknown signal 'x/fail'"),
         ("/ping/pi%2Ffail%2Fx", "unknown signal 'fail/x'"),
         ("/ping/caf%E9", "path is not valid UTF-8"),
+        # The path form reads only token from its query, but that query must still be one.
+        ("/ping/pi?rid=%E9", "query string is not valid UTF-8"),
+        ("/ping/pi?" + "&".join(f"p{n}=1" for n in range(21)), "too many query parameters (at most 20)"),
     ],
 )
 def test_a_bad_signal_is_a_400_naming_the_problem_and_records_nothing(client, store, path, message):
@@ -764,7 +1009,9 @@ def test_a_post_body_is_kept_as_utf8_with_replacement_cut_to_10000_bytes(client,
     assert committed_signals(store) == [("fail", None, kept), ("log", None, kept)]
 
 
-def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
+def test_logs_lists_every_signal_and_details_1_describes_each_with_bodies_only_for_the_users_token(store, clock):
+    client = token_client(store, clock)
+    client.extra_environ = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
     clock.now = T0
     client.get("/ping/pi/start")
     clock.now = T0 + 2.25
@@ -773,16 +1020,38 @@ def test_logs_lists_every_signal_and_details_1_describes_each(client, clock):
     client.post("/ping/pi/3", b"")
     clock.now = T0 + 5
     client.get("/ping/pi")
+    client.extra_environ = {}
     query = "username=pi&year=26&month=9&day=21"
     assert logs(client, query).json == ["16:13:20", "16:13:22", "16:13:24", "16:13:25"]
-    answer = logs(client, query + "&details=1")
-    assert answer.content_type == "application/json"
-    assert answer.json == [
+    with_token = logs(client, query + f"&details=1&token={TOKEN}")
+    assert with_token.content_type == "application/json"
+    assert with_token.body == json.dumps(with_token.json).encode()  # written as json.dumps writes the list
+    assert with_token.json == [
         {"time": "16:13:20", "kind": "start", "exit_code": None, "duration": None, "body": None},
         {"time": "16:13:22", "kind": "log", "exit_code": None, "duration": None, "body": "half way"},
         {"time": "16:13:24", "kind": "fail", "exit_code": 3, "duration": 4.5, "body": None},
         {"time": "16:13:25", "kind": "success", "exit_code": None, "duration": None, "body": None},
     ]
+    bearer = client.get(f"/logs?{query}&details=1", headers={"Authorization": f"Bearer {TOKEN}"}, status=200)
+    assert bearer.json == with_token.json
+    # Without the token every body is left out, and the rest answered as before.
+    without = logs(client, query + "&details=1")
+    assert without.json == [{**signal, "body": None} for signal in with_token.json]
+    assert "half way" not in without.text
+    answer = logs(client, query + "&details=1&token=not-the-token-of-pi", status=403)
+    assert answer.text == "wrong or missing token for pi"
+
+
+def test_logs_details_of_a_user_without_a_token_or_no_longer_configured_have_no_bodies(store, clock):
+    client = token_client(store, clock)
+    client.post("/ping/open/fail", b"secret output", status=200)
+    query = "username=open&year=26&month=9&day=21&details=1"
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+        assert [signal["body"] for signal in logs(client, query).json] == [None]
+        assert [signal["body"] for signal in client.get(f"/logs?{query}", headers=headers).json] == [None]
+    removed = make_client(store, clock, users={})
+    assert [signal["kind"] for signal in logs(removed, query).json] == ["fail"]
+    assert "secret output" not in logs(removed, query).text
 
 
 @pytest.mark.parametrize("value", ["0", "true", "", "11"])
@@ -791,13 +1060,54 @@ def test_logs_details_takes_only_1(client, value):
     assert answer.text == f"invalid details {value!r}: expected 1"
 
 
-def test_logs_details_of_a_day_of_long_bodies_is_cut_and_says_so(client, monkeypatch):
-    monkeypatch.setattr(web, "LOGS_MAX_BODY_CHARS", 25_000)
-    for _ in range(5):
-        client.post("/ping/pi/log", b"z" * 10_000)
-    answer = logs(client, "username=pi&year=26&month=9&day=21&details=1")
-    assert len(answer.json) == 3
-    assert answer.headers[web.LOGS_TRUNCATED] == "first 3 signals of the day"
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.floats(min_value=0, max_value=4e9),
+    kind=st.sampled_from(["success", "start", "fail", "log"]),
+    exit_code=st.none() | st.integers(0, 255),
+    duration=st.none() | st.floats(min_value=0, max_value=1e9),
+    body=st.none() | st.text(max_size=50),
+)
+def test_a_signals_details_are_written_as_json_dumps_writes_them(at, kind, exit_code, duration, body):
+    signal = Signal(at, kind, exit_code, duration, body)
+    item = {
+        "time": time.strftime("%H:%M:%S", time.localtime(at)),
+        "kind": kind,
+        "exit_code": exit_code,
+        "duration": None if duration is None else round(duration, 3),
+        "body": body,
+    }
+    assert web._signal_details_writer(True)(signal) == (json.dumps(item) + ", ").encode()
+    assert web._signal_details_writer(False)(signal) == (json.dumps({**item, "body": None}) + ", ").encode()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 40])
+def test_a_details_answer_goes_in_pieces_of_about_its_piece_size(monkeypatch, count):
+    monkeypatch.setattr(web, "LOGS_PIECE_BYTES", 100)
+    write = web._signal_details_writer(True)
+    signals = [Signal(T0 + n, "log", None, None, "x" * (n % 3) * 30) for n in range(count)]
+    pieces = web._signal_details([write(signal) for signal in signals])
+    assert b"".join(pieces) == json.dumps(json.loads(b"".join(pieces))).encode()
+    assert [item["body"] for item in json.loads(b"".join(pieces))] == [signal.body for signal in signals]
+    # A piece is longer only if it holds one item (with a bracket).
+    assert all(len(piece) <= 100 or piece.count(b'"time"') == 1 for piece in pieces)
+    assert all(len(piece) + len(after) > 100 for piece, after in zip(pieces, pieces[1:], strict=False))  # few
+
+
+def test_logs_details_of_a_day_of_bodies_that_json_escapes_at_length_stays_within_its_bound_and_says_so(store, clock):
+    client = token_client(store, clock)
+    # Bodies of 10 000 bytes that JSON writes in six bytes each: \u0001, and \ufffd for an invalid byte.
+    body = b"\x01\xff" * 5_000
+    for _ in range(70):
+        client.post(f"/ping/pi/log?token={TOKEN}", body)
+    answer = logs(client, f"username=pi&year=26&month=9&day=21&details=1&token={TOKEN}")
+    assert len(answer.body) <= web.LOGS_MAX_DETAILS_BYTES
+    assert answer.body == json.dumps(answer.json).encode()
+    item = json.dumps(answer.json[0])
+    assert len(item) > 60_000
+    # As many as fit: each takes its JSON and the ", " after it, the last one's room for the brackets.
+    assert len(answer.json) == web.LOGS_MAX_DETAILS_BYTES // (len(item) + 2)
+    assert answer.headers[web.LOGS_TRUNCATED] == f"first {len(answer.json)} signals of the day"
     assert web.LOGS_TRUNCATED not in logs(client, "username=pi&year=26&month=9&day=21").headers
 
 
@@ -850,18 +1160,30 @@ def test_testing_state_shows_a_scheduled_users_schedule_and_real_deadline_right_
 # /snooze: pi pinged last at T0 - 10 (late at T0 + 50), settings say max_sleep 60.
 
 
-def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(client, store, clock):
-    answer = client.post("/snooze?username=pi&minutes=30", status=200)
+def snooze_client(store, clock, users=None, api_key=None):
+    """An app whose overview password is "look", whose API key is `api_key`, and whose pi has no token."""
+    settings = make_settings(users)
+    store.sync_users(settings.users, T0 - 3600)
+    return webtest.TestApp(make_test_app(store, settings, clock, overview_password="look", api_key=api_key))
+
+
+def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_ends_it(store, clock):
+    client = snooze_client(store, clock)
+    answer = client.post_json("/snooze?username=pi&minutes=30", {"password": "look"}, status=200)
     assert (answer.content_type, answer.text) == ("text/plain", "26/09/21 16:43:20")
     assert store.user("pi").snoozed_until == T0 + 1800
     clock.now = T0 + 60
-    assert client.get("/snooze?username=pi&minutes=10080", status=200).text == "26/09/28 16:14:20"
+    answer = client.post_json("/snooze", {"username": "pi", "minutes": 10080, "password": "look"}, status=200)
+    assert answer.text == "26/09/28 16:14:20"
     clock.now = T0 + 120
-    assert client.get("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:15:20"
+    answer = client.post_json("/snooze", {"username": "pi", "minutes": "0", "password": "look"}, status=200)
+    assert answer.text == "26/09/21 16:15:20"
     assert store.user("pi").snoozed_until == T0 + 120
     # Not snoozed any more: minutes=0 changes nothing.
     clock.now = T0 + 180
-    assert client.post("/snooze?username=pi&minutes=0", status=200).text == "26/09/21 16:16:20"
+    assert client.post_json("/snooze?username=pi&minutes=0", {"password": "look"}, status=200).text == (
+        "26/09/21 16:16:20"
+    )
     assert store.user("pi").snoozed_until == T0 + 120
 
 
@@ -877,21 +1199,139 @@ def test_snooze_answers_its_end_in_local_time_in_both_forms_and_minutes_zero_end
         ("username=pi&minutes=%EF%BC%91", "invalid minutes '\uff11': expected a whole number from 0 to 10080"),
     ],
 )
-def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(client, store, query, message):
-    answer = client.get("/snooze?" + query, status=400)
+def test_snooze_refuses_a_missing_or_bad_parameter_with_a_400_and_changes_nothing(store, clock, query, message):
+    answer = snooze_client(store, clock).post_json("/snooze?" + query, {"password": "look"}, status=400)
     assert (answer.content_type, answer.text) == ("text/plain", message)
     assert store.user("pi").snoozed_until is None
 
 
-def test_snooze_of_an_unknown_user_is_a_404(client):
-    assert client.post("/snooze?username=ghost&minutes=5", status=404).text == "unknown user ghost"
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"username": "pi", "minutes": 5.5}, "invalid minutes: expected a whole number from 0 to 10080"),
+        ({"username": "pi", "minutes": True}, "invalid minutes: expected a whole number from 0 to 10080"),
+        ({"username": "pi", "minutes": -1}, "invalid minutes '-1': expected a whole number from 0 to 10080"),
+        ({"username": ["pi"], "minutes": 5}, "missing username"),
+        ({"username": "pi", "minutes": 5, "password": 5}, "invalid password: expected a string"),
+        (["pi", 5], 'expected a JSON object such as {"username": "...", "minutes": 10, "password": "..."}'),
+    ],
+)
+def test_snooze_refuses_a_bad_json_body_with_a_400_and_changes_nothing(store, clock, body, message):
+    answer = snooze_client(store, clock).post_json("/snooze", body, status=400)
+    assert answer.text == message
+    assert store.user("pi").snoozed_until is None
+
+
+def test_snooze_of_an_unknown_user_is_a_404(store, clock):
+    client = snooze_client(store, clock)
+    assert client.post_json("/snooze?username=ghost&minutes=5", {"password": "look"}, status=404).text == (
+        "unknown user ghost"
+    )
+
+
+def test_snooze_by_get_or_head_is_a_405_and_changes_nothing(store, clock):
+    client = snooze_client(store, clock)
+    # As a link or an image tag in another site's page would ask, whatever the credential.
+    for method in (client.get, client.head):
+        answer = method("/snooze?username=pi&minutes=10080&password=look", status=405)
+        assert answer.headers["Allow"] == "POST"
+    assert store.user("pi").snoozed_until is None
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        # A cross-site form can send these: no credential, or a JSON-looking body under another type.
+        ({}, 401, "snoozing pi needs the overview password (a JSON body with password) or an API key (X-Api-Key)"),
+        (
+            {"params": b'{"password": "look"}', "content_type": "text/plain"},
+            401,
+            "snoozing pi needs the overview password (a JSON body with password) or an API key (X-Api-Key)",
+        ),
+        ({"params": "password=look", "content_type": "application/x-www-form-urlencoded"}, 401, None),
+        ({"params": b'{"password": "guess"}', "content_type": "application/json"}, 403, "wrong overview password"),
+        ({"headers": {"X-Api-Key": "a-wrong-api-key-0123456789"}}, 403, "wrong API key"),
+        ({"headers": {"Authorization": "Bearer look"}}, 401, None),
+        (
+            {"params": b'{"password": "look"}', "content_type": "application/json", "headers": {"X-Api-Key": "k"}},
+            400,
+            "give one credential: the overview password or an API key, not both",
+        ),
+    ],
+)
+def test_snoozing_a_user_without_a_token_without_a_right_credential_is_refused_and_changes_nothing(
+    store, clock, request_kwargs, status, message
+):
+    client = snooze_client(store, clock, api_key="the-api-key-0123456789")
+    answer = client.post("/snooze?username=pi&minutes=10080", **request_kwargs, status=status)
+    assert answer.content_type == "text/plain"
+    assert message is None or answer.text == message
+    assert store.user("pi").snoozed_until is None
+
+
+def test_minutes_1_then_minutes_0_without_a_credential_change_nothing(store, clock):
+    client = snooze_client(store, clock)
+    clock.now = T0 + 100  # pi is late (its last ping T0 - 3600, max_sleep 60)
+    client.post("/snooze?username=pi&minutes=1", status=401)
+    clock.now += 1
+    client.post("/snooze?username=pi&minutes=0", status=401)
+    user = store.user("pi")
+    assert (user.snoozed_until, user.muted_outage) == (None, None)
+
+
+def test_snoozing_with_the_api_key_works_and_every_snooze_is_logged_with_who_and_from_where(store, clock, caplog):
+    caplog.set_level(logging.INFO, logger="ping_listener.web")
+    client = snooze_client(store, clock, api_key="the-api-key-0123456789")
+    headers = {"X-Api-Key": "the-api-key-0123456789"}
+    client.post("/snooze?username=pi&minutes=5", headers=headers, status=200, **from_address("192.0.2.5"))
+    client.post_json("/snooze", {"username": "pi", "minutes": 0, "password": "look"}, **from_address("192.0.2.6"))
+    assert [record.getMessage() for record in caplog.records if record.name == "ping_listener.web"] == [
+        "pi snoozed until 2026-09-21 16:18:20 CEST (minutes=5) by its API key from 192.0.2.5",
+        "pi snoozed until 2026-09-21 16:13:20 CEST (minutes=0) by its overview password from 192.0.2.6",
+    ]
+    assert "the-api-key-0123456789" not in caplog.text and "look" not in caplog.text
+
+
+def test_api_keys_are_refused_when_api_key_is_not_set_and_the_password_when_neither_password_is(store, clock):
+    settings = make_settings()
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, metrics_token="metrics-token-0123456789"))
+    answer = client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "k" * 20}, status=403)
+    assert answer.text == "API keys are disabled: API_KEY is not set"
+    for _ in range(5):
+        answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
+        assert answer.text == "the overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set"
+    assert store.user("pi").snoozed_until is None
+    # There was no secret to guess: nothing was counted.
+    client.get("/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}, status=200)
+
+
+def test_wrong_snooze_credentials_count_in_the_password_limit(store, clock):
+    users = {
+        "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+        "nas": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+    }
+    client = snooze_client(store, clock, users, api_key="the-api-key-0123456789")
+    client.extra_environ = {"REMOTE_ADDR": "192.0.2.8"}
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "guess"}, status=403)
+    client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "guess-guess-guess-guess"}, status=403)
+    client.post("/snooze?username=nas&minutes=5&token=guess-guess-guess-guess", status=403)
+    client.post("/snooze?username=nas&minutes=5", status=403)  # no token: nothing guessed, not counted
+    client.post_json("/overview/state", {"password": "guess"}, status=401)
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "guess"}, status=403)  # the fifth
+    answer = client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=429)
+    assert answer.text == "too many wrong credentials from 192.0.2.8; try again in 60 s"
+    client.post_json("/overview/state", {"password": "look"}, status=429)
+    # The device's own token is never refused: others' guesses must not stop a device.
+    client.post(f"/snooze?username=nas&minutes=5&token={TOKEN}", status=200)
+    assert (store.user("pi").snoozed_until, store.user("nas").snoozed_until) == (None, T0 + 300)
 
 
 def test_testing_state_shows_snoozed_and_suppressed_users_and_the_parent_they_wait_for(store, clock):
     user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
     users = {"router": user, "cam": {**user, "depends_on": "router"}, "nas": user}
     client = client_with_password(store, clock, users)  # monitoring began at T0 - 3600
-    client.get("/snooze?username=nas&minutes=5", status=200)
+    client.post_json("/snooze?username=nas&minutes=5", {"password": "let me in"}, status=200)
     state = client.post_json("/testing/state", {"password": "let me in"}, status=200).json["users"]
     assert {name: live["state"] for name, live in state.items()} == {
         "router": "late",
@@ -958,6 +1398,24 @@ def metrics_client(store, clock, users=None, token="metrics-token-0123456789"):
     settings = make_settings(users)
     store.sync_users(settings.users, T0 - 3600)
     return webtest.TestApp(make_test_app(store, settings, clock, metrics_token=token))
+
+
+def test_a_secret_beyond_ascii_is_accepted_in_a_header_as_clients_send_it_in_utf8(store, clock):
+    secret = "clé-de-métriques-0123456789"  # settings and the environment accept it
+    settings = make_settings({"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": secret}})
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, metrics_token=secret, api_key=secret))
+    # curl and Prometheus send a header's UTF-8 bytes; a WSGI server gives each byte as one character (latin-1).
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {secret}".encode().decode("latin-1")}
+    client.get("/metrics", extra_environ=bearer, status=200)
+    client.get("/ping?username=pi", extra_environ=bearer, status=200)
+    client.post("/snooze?username=pi&minutes=5", extra_environ=bearer, status=200)
+    assert store.user("pi").snoozed_until == T0 + 300
+    snooze_client(store, clock, api_key=secret).post(
+        "/snooze?username=pi&minutes=5", extra_environ={"HTTP_X_API_KEY": secret.encode().decode("latin-1")}, status=200
+    )
+    # Bytes that are not UTF-8 are still compared as they came.
+    client.get("/metrics", extra_environ={"HTTP_AUTHORIZATION": "Bearer caf\xe9"}, status=401)
 
 
 def test_metrics_are_disabled_without_metrics_token(store, clock):
@@ -1067,22 +1525,46 @@ def test_metrics_count_a_scheduled_user_as_up_until_its_run_and_grace_have_passe
     [
         {"url": f"/snooze?username=pi&minutes=5&token={TOKEN}"},
         {"url": "/snooze?username=pi&minutes=5", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+        {
+            "url": "/snooze",
+            "params": b'{"username": "pi", "minutes": 5}',
+            "content_type": "application/json",
+            "headers": {"Authorization": f"Bearer {TOKEN}"},
+        },
     ],
 )
 def test_snoozing_a_user_with_a_token_needs_it_as_its_signals_do(store, clock, request_kwargs):
     client = token_client(store, clock)
-    assert client.get(**request_kwargs, status=200).text == "26/09/21 16:18:20"
+    assert client.post(**request_kwargs, status=200).text == "26/09/21 16:18:20"
     assert store.user("pi").snoozed_until == T0 + 300
 
 
-@pytest.mark.parametrize("method", ["get", "post"])
-def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock, method):
-    client = token_client(store, clock)
+def test_snoozing_a_user_with_a_token_without_it_is_a_403_and_changes_nothing(store, clock):
+    settings = make_settings(
+        {
+            "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600, "token": TOKEN},
+            "open": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
+        }
+    )
+    store.sync_users(settings.users, T0 - 3600)
+    client = webtest.TestApp(make_test_app(store, settings, clock, overview_password="look", api_key="k" * 20))
     for url in ("/snooze?username=pi&minutes=5", "/snooze?username=pi&minutes=5&token=wrong"):
-        answer = getattr(client, method)(url, status=403)
+        answer = client.post(url, status=403)
         assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
+    # Neither the overview password nor an API key stands in for a user's token.
+    client.post_json("/snooze?username=pi&minutes=5", {"password": "look"}, status=403)
+    client.post("/snooze?username=pi&minutes=5", headers={"X-Api-Key": "k" * 20}, status=403)
     assert store.user("pi").snoozed_until is None
-    client.get("/snooze?username=open&minutes=5", status=200)  # a user without a token needs none
+    client.post_json("/snooze?username=open&minutes=5", {"password": "look"}, status=200)
+
+
+def test_the_path_form_reads_token_and_no_other_query_parameter(store, clock):
+    client = token_client(store, clock)
+    # As runitor sends a run id (rid), and as a confused script might add the query form's parameters.
+    client.get(f"/ping/pi/start?status=fail&exit_code=3&username=open&rid=42&token={TOKEN}", status=200)
+    client.get("/ping/open?status=fail&exit_code=3&username=pi&token=whatever", status=200)
+    assert committed_signals(store) == [("start", None, None), ("success", None, None)]
+    assert [(user.username, user.pings) for user in store.user_counts(T0)] == [("pi", 1), ("open", 1)]
 
 
 @pytest.mark.parametrize("path", ["/ping/pi", "/ping/pi/fail", "/ping/pi/start", "/ping/pi/3", "/ping/pi/log"])

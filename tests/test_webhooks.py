@@ -1,15 +1,18 @@
 """webhooks.py: each format's request, how an answer decides a delivery's fate, and POSTs to a real local
 HTTP(S) server."""
 
+import contextlib
 import email.header
 import email.utils
+import itertools
 import json
 
 import pytest
 
+import outbound
 import webhooks
 from config import WebhookConfig
-from support import T0, HttpReceiver, free_port
+from support import T0, HttpReceiver, Trickler, free_port, wait_until
 from webhooks import DELIVERED, FAILED, RETRY, WebhookEvent, WebhookSender
 
 EVENT = WebhookEvent(
@@ -173,6 +176,14 @@ def sender(timeout=5):
     return WebhookSender(lambda: T0, timeout=timeout)
 
 
+@contextlib.contextmanager
+def trust(ca):
+    """Trust `ca` for the WebhookSenders made meanwhile (they read SSL_CERT_FILE when made)."""
+    with ca.cert_pem.tempfile() as path, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", path)
+        yield
+
+
 @pytest.mark.usefixtures("trust_test_ca")
 @pytest.mark.parametrize("format_", webhooks.FORMATS)
 def test_each_format_is_posted_over_https_as_composed(https_hook, format_):
@@ -230,18 +241,66 @@ class Queued:
         self.event = EVENT
 
 
-@pytest.mark.usefixtures("trust_test_ca")
-def test_a_hung_webhook_holds_back_no_other_and_its_other_deliveries_wait_for_the_next_step(ca):
-    hung, fine = HttpReceiver(ca), HttpReceiver(ca)
-    try:
+def test_once_a_webhook_does_not_answer_its_other_deliveries_are_retried_without_being_tried():
+    with HttpReceiver(ca=None) as hung:
         hung.answers = [HttpReceiver.HANG]
-        endpoints = {"hung": WebhookConfig(hung.url, "json"), "fine": WebhookConfig(fine.url, "slack")}
-        deliveries = [Queued(1, "hung"), Queued(2, "hung"), Queued(3, "fine"), Queued(4, "fine"), Queued(5, "gone")]
-        settled = [(d.id, r.status) for d, r in sender(timeout=0.5).send_all(deliveries, endpoints)]
-    finally:
-        hung.stop()
-        fine.stop()
-    # The fine webhook's answers and the removed webhook's failure come before the hung one times out.
-    assert sorted(settled[:3]) == [(3, DELIVERED), (4, DELIVERED), (5, FAILED)]
-    assert sorted(settled[3:]) == [(1, RETRY), (2, RETRY)]
+        endpoint = WebhookConfig(hung.url, "json")
+        settled = [
+            (d.id, r.status, r.unreachable)
+            for d, r in sender(timeout=0.5).send_in_order(endpoint, [Queued(1, "hung"), Queued(2, "hung")])
+        ]
+    assert settled == [(1, RETRY, True), (2, RETRY, True)]
     assert len(hung.requests) == 1
+
+
+def test_a_webhook_removed_from_the_settings_fails_its_deliveries():
+    [(_, result)] = sender().send_in_order(None, [Queued(5, "gone")])
+    assert (result.status, result.error) == (FAILED, "webhook gone is no longer in settings.json")
+
+
+def trickled(answer):
+    """The pieces of `answer`, a byte each."""
+    return lambda: (answer[i : i + 1] for i in range(len(answer)))
+
+
+# An answer whose bytes come every TRICKLE_INTERVAL s: whole, it takes about 5 s, five times the deadline below.
+TRICKLED_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+TRICKLE_INTERVAL = 5.0 / len(TRICKLED_ANSWER)
+
+
+def test_a_webhook_that_trickles_its_answer_is_given_up_at_its_deadline_and_retried(ca):
+    deadline, timeout = 1.0, 5.0
+    # Each byte comes well within the per-operation timeout: only the whole-operation deadline can end it.
+    assert timeout > TRICKLE_INTERVAL
+    with Trickler(trickled(TRICKLED_ANSWER), TRICKLE_INTERVAL, ca) as trickling, trust(ca):
+        result = WebhookSender(lambda: T0, timeout=timeout, deadline=deadline).send(
+            WebhookConfig(trickling.url, "json"), EVENT
+        )
+        # Given up before the webhook had finished its answer (which would have been a 200).
+        assert wait_until(lambda: trickling.closed_by_client == 1)
+        assert trickling.sent[0] < len(TRICKLED_ANSWER)
+    assert (result.status, result.unreachable) == (RETRY, True)
+    assert result.error.startswith("no whole answer within the 1 s deadline")
+
+
+def test_a_webhook_answering_200_with_an_endless_body_is_delivered_and_its_body_left_unread():
+    endless = 1024 * outbound.ANSWER_LIMIT
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    chunk = b"x" * outbound.ANSWER_LIMIT
+    with Trickler(lambda: itertools.chain([head], itertools.repeat(chunk, 1024))) as flooding:
+        result = sender().send(WebhookConfig(flooding.url, "json"), EVENT)
+        assert wait_until(lambda: flooding.closed_by_client == 1)
+    assert result == webhooks.DeliveryResult(DELIVERED)
+    # What the webhook managed to send before the connection was closed: what the kernel's buffers hold,
+    # a few MiB at most, never the 64 MiB of the body.
+    assert flooding.sent[0] < endless // 4
+
+
+def test_an_answer_whose_headers_never_end_is_read_no_further_than_64_kib_and_retried():
+    head = b"HTTP/1.1 200 OK\r\n"
+    # 100 header lines of 60 KiB each would be 6 MB read before http.client itself gave up.
+    line = b"X-Padding: " + b"x" * 60_000 + b"\r\n"
+    with Trickler(lambda: itertools.chain([head], itertools.repeat(line, 200))) as flooding:
+        result = sender().send(WebhookConfig(flooding.url, "json"), EVENT)
+    assert (result.status, result.unreachable) == (RETRY, True)
+    assert result.error == f"AnswerTooLarge: the answer went on past {outbound.ANSWER_LIMIT} bytes"

@@ -2,8 +2,11 @@
 
 python tools/smtp_sink.py [--port 8465] [--ca-file smtp-sink-ca.pem]   (or `make smtp-sink`)
 
-It speaks implicit TLS, as Ping Listener does, on 127.0.0.1 only, with a certificate from a CA made
-up at start and written to --ca-file: point the service's SSL_CERT_FILE at that file to trust it.
+It speaks implicit TLS, as Ping Listener does, on 127.0.0.1 only, with a certificate from its own CA:
+made up at the first start, written to --ca-file (the certificate: point the service's SSL_CERT_FILE at
+it) and --ca-file with `.key` added (its private key, readable by you alone), and read back from those
+two files at every later start, so a service that trusts the sink goes on trusting it across restarts.
+Delete both files to get a new CA.
 It accepts any login (or none) and every message, and writes each one to stdout. Needs aiosmtpd and
 trustme (requirements-dev.txt).
 """
@@ -13,6 +16,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import os
 import ssl
 import sys
 import warnings
@@ -44,10 +48,24 @@ def _accept_any_login(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=True)
 
 
-def tls_context(ca_file):
-    """A server TLS context for 127.0.0.1 and localhost, signed by a new CA written to `ca_file`."""
+def load_or_make_ca(ca_file):
+    """The sink's CA: read from `ca_file` and its key file (`ca_file` + ".key") if both exist, else made up
+    and written to them (the key created readable by its owner alone)."""
+    key_file = f"{ca_file}.key"
+    if os.path.exists(ca_file) and os.path.exists(key_file):
+        with open(ca_file, "rb") as cert, open(key_file, "rb") as key:
+            return trustme.CA.from_pem(cert.read(), key.read())
     ca = trustme.CA()
+    # The key first: a certificate without its key would be made up again at the next start.
+    with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as key:
+        key.write(ca.private_key_pem.bytes())
     ca.cert_pem.write_to_path(ca_file)
+    return ca
+
+
+def tls_context(ca_file):
+    """A server TLS context for 127.0.0.1 and localhost, signed by the sink's CA (load_or_make_ca)."""
+    ca = load_or_make_ca(ca_file)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(HOST, "localhost").configure_cert(context)
     return context
@@ -90,7 +108,9 @@ def main(argv=None):
     """Run the sink until Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8465, help="port on 127.0.0.1 (default 8465; 0: any)")
-    parser.add_argument("--ca-file", default="smtp-sink-ca.pem", help="where to write its CA certificate")
+    parser.add_argument(
+        "--ca-file", default="smtp-sink-ca.pem", help="its CA certificate (kept, with its key in CA_FILE.key)"
+    )
     args = parser.parse_args(argv)
     # aiosmtpd warns about its own deprecated attributes on every login.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
