@@ -67,12 +67,13 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 # page, the sqlite3 shell docs/database.md shows, time zone data, faketime, the PostgreSQL server the tests
 # start a cluster of (tests/pgcluster.py; its versioned bin directory, as the client alone has one too),
 # HAProxy (tests/test_haproxy.py runs contrib/haproxy.cfg; by path, as /usr/sbin may not be on PATH), strace
-# (tests/test_fault_storage.py counts the service's syncs to disk).
+# (tests/test_fault_storage.py counts the service's syncs to disk), curl (as devices and cron jobs send their
+# signals).
 # Benchmarks: wrk, time zone data (they run in Europe/Paris), PostgreSQL.
 POSTGRESQL_SERVER := /usr/lib/postgresql/*/bin/initdb:postgresql
 TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime \
 	$(POSTGRESQL_SERVER) \
-	/usr/sbin/haproxy:haproxy strace:strace
+	/usr/sbin/haproxy:haproxy strace:strace curl:curl
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata $(POSTGRESQL_SERVER)
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.

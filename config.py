@@ -39,6 +39,9 @@ DEFAULT_HEARTBEAT_FREQUENCY = 60.0
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
+# Connections part way through a request (some bytes in, not all) one client address may hold unless
+# max_incomplete_requests_per_address says otherwise: a NAT's devices share one address.
+DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS = 1_000
 # What an acknowledged ping survives: "process", the service's death (kill -9); "power", the machine's too (each
 # commit synced to disk before its answers leave). store.SYNCHRONOUS says how.
 DURABILITIES = ("process", "power")
@@ -58,6 +61,7 @@ TOP_LEVEL_KEYS = {
     "heartbeat_frequency",
     "webhooks",
     "durability",
+    "max_incomplete_requests_per_address",
 }
 USER_KEYS = {
     "monitor",
@@ -155,6 +159,8 @@ class Settings:
     durability: str = DEFAULT_DURABILITY
 
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    # Read at start only: the server's connections are counted against the value it started with.
+    max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
 
 
 class LiveSettings:
@@ -243,6 +249,9 @@ def parse_settings(document: Any) -> Settings:
     if not isinstance(durability, str) or durability not in DURABILITIES:
         problems.append(f'durability: must be "process" or "power", got {_show(durability)}')
     webhooks = _webhooks(document.get("webhooks", {}), problems)
+    max_incomplete_requests_per_address = _whole_number(
+        document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
+    )
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -269,6 +278,7 @@ def parse_settings(document: Any) -> Settings:
         heartbeat_frequency=heartbeat_frequency,
         durability=durability,
         webhooks=webhooks,
+        max_incomplete_requests_per_address=max_incomplete_requests_per_address,
     )
 
 
@@ -603,6 +613,17 @@ def _positive_number(document, key, default, maximum, problems):
         problems.append(f"{key}: must be a number > 0 and at most {maximum:.0f}, got {_show(value)}")
         return default
     return float(value)
+
+
+def _whole_number(document, key, default, problems):
+    """A top-level whole number >= 1 (1000 or 1000.0, not true), or `default` if absent."""
+    if key not in document:
+        return default
+    value = document[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (1 <= value < 1e9 and value % 1 == 0):
+        problems.append(f"{key}: must be a whole number >= 1, got {_show(value)}")
+        return default
+    return int(value)
 
 
 def _lone_surrogates(value, keys):

@@ -31,7 +31,7 @@ from records import StoreError, StoreOpenError
 from scheduler import Scheduler
 from store import SCHEMA_VERSION
 from store_contract import StoreContract
-from web import MAX_REQUEST_BODY, Operations, make_app
+from web import MAX_REQUEST_BODY, MAX_SIGNAL_BODY, MAX_SIGNAL_REQUEST_BODY, Operations, make_app
 
 log = logging.getLogger("ping_listener.server")
 
@@ -99,8 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     overview = Overview(store)
     app = make_app(store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password)
     try:
+        limits = serving.ServingLimits(incomplete_requests_per_address=settings.max_incomplete_requests_per_address)
         http_server = serving.create_http_server(
-            app, args.host, args.port, QUICK_PATHS, MAX_REQUEST_BODY, batch=store.ping_batch
+            app,
+            args.host,
+            args.port,
+            QUICK_PATHS,
+            MAX_REQUEST_BODY,
+            limits,
+            batch=store.ping_batch,
+            quick_bodies=serving.QuickBodies(MAX_SIGNAL_REQUEST_BODY, MAX_SIGNAL_BODY),
         )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         store.close()

@@ -9,6 +9,10 @@ all of that round's pings in one batch (one commit; the answers leave only once 
 every other request (/logs, the pages) goes to a few worker threads, so a heavy read never holds a
 ping back. A connection that has more unsent output than PARKED_OUTPUT gets no further request served
 until its client reads (and is closed if it never does), so no client can make a thread wait for it.
+No client can hold a connection without sending a request either (ServingLimits): a request must arrive
+whole within a deadline, one address holds a bounded number of requests part way, and at the connection
+limit the request part way longest is closed to take a new connection. A signal's body (a job's output)
+is taken up to a large bound but kept only up to its first bytes (QuickBodies).
 
 A ping as devices send it (one `GET` of a quick path, HTTP/1.1, plain headers, read whole in one piece)
 skips waitress's request parser and task: the I/O thread reads it (read_plain_get), builds the WSGI
@@ -17,13 +21,24 @@ most of a served ping's CPU, more than its SQLite commit. Every other request, o
 pieces, with a body, pipelined or with unusual headers, goes through waitress as before.
 
 This relies on waitress internals, pinned by `waitress==3.0.2` in requirements.txt; tests/test_serving.py
-checks each behaviour relied on:
+checks each behaviour relied on. read_plain_get mirrors that release's parser: under any other release (a
+parser fix would not reach it) every request goes through waitress's parser, and the start says so.
+The internals relied on:
 - a channel calls `server.add_task(channel)` once per complete request, and `channel.service()` answers
   exactly one request (`channel.requests[0]`, whose `.path` and `.error` the parser sets) and adds the
   channel again if another request is queued;
-- `channel.total_outbufs_len`, `channel.last_activity`, `channel.connected`, `channel.handle_close()`
-  closing a channel from the I/O thread, and `channel.handle_write()` sending what it can;
-- every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits);
+- `channel.total_outbufs_len`, `channel.last_activity` (set by `handle_read()` just before `received()`),
+  `channel.connected`, `channel.handle_close()` closing a channel from the I/O thread (and calling
+  `del_channel()`), and `channel.handle_write()` sending what it can;
+- every byte of an answer leaves through `HTTPChannel._flush_some()` (withheld there until a batch commits),
+  from `channel.outbufs`, whose last buffer is the one written to (`current_outbuf_count` its bytes);
+- `server.maintenance(now)` runs every `cleanup_interval` from the server's `readable()`, which also logs
+  the crossings of the connection limit, and `server.accept()` returns one connection or None;
+- the parser's `parse_header()` sets `path`, `content_length` and `body_rcv`, whose receiver writes the
+  body to its `buf` (`append()`, `__len__()`, `getfile()`, `close()`; a chunked body's Content-Length
+  is that length), and `received()` keeps `headers_finished`, `completed` and `error`;
+- `channel.send_continue()` is called once the header of a request that expects "100 Continue" has arrived,
+  with that request as `channel.request` (already `completed` if it has no body to wait for);
 - `TcpWSGIServer` takes a `dispatcher` and a `sockinfo`, `handle_accept` accepts one connection, and
   `pull_trigger()` is only needed to wake the poll from another thread;
 - waitress logs two lines each time open connections cross `connection_limit`;
@@ -38,6 +53,7 @@ checks each behaviour relied on:
 import collections
 import contextlib
 import functools
+import importlib.metadata
 import io
 import logging
 import math
@@ -53,11 +69,12 @@ from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.buffers import OverflowableBuffer, ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher, hop_by_hop
-from waitress.utilities import InternalServerError, build_http_date
+from waitress.utilities import InternalServerError, RequestEntityTooLarge, build_http_date
 
 log = logging.getLogger("ping_listener.serving")
 
@@ -79,6 +96,8 @@ ACCEPTS_PER_ROUND = 128
 PARKED_OUTPUT = 256 * 1024
 # How long one poll round waits for activity when nothing is to be served.
 POLL_TIMEOUT = 0.5
+# The waitress release whose request parser read_plain_get mirrors.
+PLAIN_GET_WAITRESS = "3.0.2"
 # waitress's lines when open connections cross the connection limit: at most one of each per interval.
 CONNECTION_LIMIT_MESSAGES = ("total open connections reached the connection limit", "total open connections dropped")
 CONNECTION_LIMIT_LOG_INTERVAL = 60.0
@@ -86,21 +105,44 @@ CONNECTION_LIMIT_LOG_INTERVAL = 60.0
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """What one server allows: open connections at once, and when an idle connection is closed.
+    """What one server allows: open connections at once and from one address, and when a connection is closed.
 
     A connection idle (no request, nothing sent or received) for `idle_timeout` seconds is closed;
     idle connections are looked for every `cleanup_interval` seconds, so with the defaults one is
     closed 20 to 30 s after its last activity. A connection whose client stops reading its answers
-    is closed the same way. Beyond `connection_limit` open connections no more are accepted: the
-    rest wait in the kernel's accept queue.
+    is closed the same way. A request must arrive whole (header and body) within `request_deadline`
+    seconds of its first byte, however slowly its bytes trickle: else it is answered 408 and its
+    connection closed, looked for at the same times (with the defaults, 30 to 40 s after its first byte).
+
+    A connection is part way through a request once some of its bytes have been read but not all. One
+    client address holds at most `incomplete_requests_per_address` connections part way: a further one
+    is closed as soon as it is (its bytes are read). A burst's requests arrive whole, so any number of
+    one address's connections may be open and served at once. With `connection_limit` connections
+    open, a new one is still accepted if some open connection is part way: the one that began its
+    request longest ago is closed for it. Otherwise new connections wait in the kernel's accept queue
+    until one closes.
     """
 
     connection_limit: int = 10_000
     idle_timeout: int = 20
     cleanup_interval: int = 10
+    request_deadline: float = 30
+    # settings.json's max_incomplete_requests_per_address, whose default this is (a NAT's devices share one
+    # address).
+    incomplete_requests_per_address: int = 1_000
 
 
 DEFAULT_LIMITS = ServingLimits()
+
+
+@dataclass(frozen=True)
+class QuickBodies:
+    """How a request to a quick path (a signal, whose body is a job's output) takes its body: up to `largest`
+    bytes, of which only the first `kept` are kept for the app; the rest is read and dropped, never held.
+    A larger body gets 413 as soon as its length is known, and the app never sees the request."""
+
+    largest: int
+    kept: int
 
 
 class RequestDispatcher:
@@ -163,20 +205,21 @@ class RequestDispatcher:
         """Answer one request of each channel inside one batch; send the answers only once it has ended.
 
         If the batch fails (the store could not commit), the answers written inside it would claim
-        what is not so: each of these connections is closed without its answer.
+        what is not so: each is replaced by a 503 with the batch's error as its message, after which
+        its connection closes (with any request pipelined behind it unanswered, as after any 503).
         """
         # A lone request commits its own write before answering, in one statement instead of three.
         batch = self._batch if len(channels) > 1 else contextlib.nullcontext
         for channel in channels:
-            channel.withhold_output = True
+            channel.withhold()
         try:
             with batch():
                 for channel in channels:
                     channel.service()
         except Exception as error:
-            log.error("closing %d connection(s) unanswered: %s", len(channels), error)
+            log.error("answering %d request(s) 503: their batch could not be committed: %s", len(channels), error)
             for channel in channels:
-                channel.handle_close()
+                channel.replace_withheld(f"{error}; try again later")
         finally:
             for channel in channels:
                 channel.withhold_output = False
@@ -227,11 +270,13 @@ _PLAIN_GET_LINE = re.compile(rb"GET (/[!\"$&-/0-9:->@-~]*)(?:\?([!\"$-~]*))? HTT
 # A plain header line: a name of letters, digits and dashes (waitress drops names with underscores), a
 # value of printable ASCII, spaces and tabs, whose leading and trailing blanks waitress strips.
 _PLAIN_HEADER = re.compile(rb"([0-9A-Za-z-]+):[ \t]*([\t -~]*?)[ \t]*\Z")
-# Headers that make a request not plain: waitress reads a body, or answers 100 Continue, for these.
-_NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING", "EXPECT"})
+# Headers that make a request not plain: waitress reads a body for these. (An `Expect: 100-continue` on a
+# GET is answered as if it were not there: a GET has no body to wait for.)
+_NOT_PLAIN_HEADERS = frozenset({"CONTENT_LENGTH", "TRANSFER_ENCODING"})
 # Header keys that waitress puts in the environ without the HTTP_ prefix.
 _UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE"})
 _INTERNAL_ERROR = "The server encountered an unexpected internal server error"
+_PLAIN_TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 
 def read_plain_get(data: bytes) -> PlainGet | None:
@@ -259,18 +304,94 @@ def read_plain_get(data: bytes) -> PlainGet | None:
     )
 
 
+class _Adjustments(Adjustments):
+    """waitress's settings, and how this server takes bodies (set by create_http_server)."""
+
+    # The largest body of a request to a path that is not quick, the rule for quick paths' bodies, and
+    # which paths are quick (RequestDispatcher.is_quick).
+    body_limit = 0
+    quick_bodies: QuickBodies | None = None
+    is_quick: Callable[[str], bool]
+
+
+class _BodyHead:
+    """A body buffer for waitress's body receivers that keeps the first `kept` bytes and only counts the rest."""
+
+    def __init__(self, kept: int) -> None:
+        """Keep up to `kept` bytes."""
+        self._kept = kept
+        self._head = bytearray()
+        self._length = 0
+
+    def append(self, data: bytes) -> None:
+        """Take `data`, the next bytes of the body."""
+        room = self._kept - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+        self._length += len(data)
+
+    def __len__(self) -> int:
+        """Bytes taken in all, kept or not (waitress makes a chunked body's Content-Length of it)."""
+        return self._length
+
+    def getfile(self) -> io.BytesIO:
+        """The kept bytes, as the app reads them from wsgi.input."""
+        return io.BytesIO(self._head)
+
+    def close(self) -> None:
+        """Nothing to let go of but memory."""
+
+
+class _RequestParser(HTTPRequestParser):
+    """waitress's request parser, taking a body within its path's bound: up to QuickBodies.largest bytes for a
+    quick path, of which it keeps QuickBodies.kept; up to body_limit for any other path. Past it, 413."""
+
+    adj: _Adjustments
+    error: Any  # waitress's: the error answer the request gets, if any
+    _largest_body = 0
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        quick = self.adj.quick_bodies if self.adj.is_quick(self.path) else None
+        self._largest_body = self.adj.body_limit if quick is None else quick.largest
+        if quick is not None and self.body_rcv is not None:
+            self.body_rcv.buf = _BodyHead(quick.kept)
+
+    def received(self, data: bytes) -> int:
+        taken = int(super().received(data))
+        # body_bytes_received counts a chunked body's framing; the body itself is what its buffer took in.
+        received = max(self.content_length, len(self.body_rcv) if self.body_rcv is not None else 0)
+        if self.headers_finished and self.error is None and received > self._largest_body:
+            self.error = RequestEntityTooLarge(f"exceeds max_body of {self._largest_body}")
+            self.completed = True
+        return taken
+
+
 class _Channel(HTTPChannel):
     """waitress's connection, whose answers can be withheld while the batch that made them is not committed,
     and which answers a plain GET of a quick path itself, without waitress's request parser and task."""
 
+    parser_class = _RequestParser
     withhold_output = False
     current_outbuf_count: int  # waitress's: bytes in the newest output buffer
+    will_close: bool  # waitress's: close at the next write round
+    requests: list[Any]  # waitress's: the whole requests waiting to be answered, the first being answered
+    server: "_Server"
+    # When the first byte of the request being received arrived (time.time()); None while no request is
+    # being received. Set by received(), cleared by _Server.add_task() once a request is whole.
+    request_begun: float | None = None
+    # Set by withhold(): where what is withheld begins (outbufs index, total_outbufs_len), and whether it
+    # answers a HEAD.
+    _withheld_from: tuple[int, int] = (0, 0)
+    _withheld_head = False
     # A plain GET of a quick path read whole, with no other request or answer in progress: the next
     # service() answers it.
     plain_get: PlainGet | None = None
 
     def received(self, data: bytes) -> bool:
-        if self.request is None and not self.total_outbufs_len:
+        if self.request_begun is None:
+            self.request_begun = self.last_activity  # handle_read() has just set it
+        if self.request is None and not self.total_outbufs_len and self.server.plain_gets:
             plain_get = read_plain_get(data)
             if plain_get is not None and self.server.task_dispatcher.is_quick(plain_get.path):
                 with self.requests_lock:
@@ -279,10 +400,22 @@ class _Channel(HTTPChannel):
                         self.plain_get = plain_get
                         self.server.add_task(self)
                         return True
-        return bool(super().received(data))
+        taken = bool(super().received(data))
+        if self.request is not None and not self.requests:  # waitress's parser holds part of the next request
+            self.server.part_way(self)
+        return taken
 
     def readable(self) -> bool:
         return self.plain_get is None and bool(super().readable())
+
+    def send_continue(self) -> None:
+        # waitress sends "100 Continue" to a request that expects it even once it has arrived whole (a GET,
+        # which has no body), then marks it incomplete: it would never be answered. Only a request still
+        # waiting for its body is told to go on; any other is answered as if it had not asked.
+        if self.request.completed:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
 
     def service(self) -> None:
         plain_get = self.plain_get
@@ -368,6 +501,67 @@ class _Channel(HTTPChannel):
             return False
         return bool(super()._flush_some(do_close))
 
+    def withhold(self) -> None:
+        """Send nothing until withhold_output is cleared, and keep what is written from now on apart, for
+        replace_withheld(). Only on the I/O thread, before service() answers the request that is next."""
+        self.withhold_output = True
+        # A request waitress could not parse may have no command.
+        self._withheld_head = (
+            self.plain_get is None and bool(self.requests) and getattr(self.requests[0], "command", None) == "HEAD"
+        )
+        # No lock: a quick request's channel has no task on a worker thread, the only other writer.
+        if self.outbufs[-1].__len__():  # __len__(): as waitress, for buffers past 2 GiB on 32-bit builds
+            self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
+            self.current_outbuf_count = 0
+        self._withheld_from = (len(self.outbufs) - 1, self.total_outbufs_len)
+
+    def replace_withheld(self, message: str) -> None:
+        """Replace what was written since withhold() by a 503 with `message` (its header only for a HEAD),
+        then close the connection, dropping any request that waits behind it."""
+        if not self.connected:
+            return
+        first, total = self._withheld_from
+        with self.outbuf_lock:
+            for outbuf in self.outbufs[first:]:
+                outbuf.close()
+            del self.outbufs[first:]
+            self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
+            self.current_outbuf_count = 0
+            self.total_outbufs_len = total
+        body = message.encode()
+        head = _answer_head(
+            "503 Service Unavailable", _PLAIN_TEXT, len(body), True, self.server.adj.ident, math.floor(time.time())
+        )
+        self.plain_get = None
+        with self.requests_lock:
+            self.close_when_flushed = True
+            for request in self.requests:
+                request.close()
+            self.requests = []
+        self.write_soon(head if self._withheld_head else head + body)
+
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        self.server.forget(self)
+
+    def time_out(self, deadline: float) -> None:
+        """Answer 408 and close once it is sent: the request being received did not arrive whole within
+        `deadline` seconds. A connection with answers still unsent is closed at once instead."""
+        self.request_begun = None
+        if not self.connected or self.total_outbufs_len or self.will_close or self.close_when_flushed:
+            self.will_close = True
+            return
+        body = f"request not received whole within {deadline:g} s".encode()
+        head = _answer_head(
+            "408 Request Timeout", _PLAIN_TEXT, len(body), True, self.server.adj.ident, math.floor(time.time())
+        )
+        with self.requests_lock:
+            self.close_when_flushed = True
+        try:
+            self.write_soon(head + body)
+        except ClientDisconnected:
+            self.will_close = True
+
 
 def _has_body(status: str) -> bool:
     """Whether an answer of `status` has a body (not 1xx, 204 or 304), as waitress's Task.has_body says."""
@@ -421,10 +615,28 @@ def _answer_head(
 
 class _Server(TcpWSGIServer):
     """waitress's TCP server, accepting up to ACCEPTS_PER_ROUND connections per poll round instead of one,
-    and woken by its trigger only from other threads."""
+    woken by its trigger only from other threads, and holding its connections to `limits`."""
 
     channel_class = _Channel
     io_thread: int | None = None  # the serving loop's thread, set when it starts
+
+    def __init__(self, *args: Any, limits: ServingLimits, plain_gets: bool, **kwargs: Any) -> None:
+        """waitress's server (its arguments), holding connections to `limits`; `plain_gets`: whether a plain
+        GET skips waitress's parser (see plain_gets_fit)."""
+        self.limits = limits
+        self.plain_gets = plain_gets
+        # Connections part way through a request, in the order they began it: those closed to make room.
+        self._part_way: collections.OrderedDict[_Channel, None] = collections.OrderedDict()
+        # How many of those each client address holds.
+        self._part_way_from: collections.Counter[str] = collections.Counter()
+        self._refusals = _Tally(
+            "closed %d connection(s) part way through a request from %s, which holds"
+            " max_incomplete_requests_per_address (%d)"
+        )
+        self._evictions = _Tally(
+            "%d connection(s) part way through a request closed to make room at the connection limit (%d)"
+        )
+        super().__init__(*args, **kwargs)
 
     @functools.cached_property
     def plain_get_environ(self) -> dict[str, Any]:
@@ -452,14 +664,97 @@ class _Server(TcpWSGIServer):
         if threading.get_ident() != self.io_thread:
             super().pull_trigger()
 
+    def readable(self) -> bool:
+        # waitress's runs maintenance() when due and logs crossings of the connection limit; at the limit,
+        # a connection is still taken if one part way through a request can be closed for it.
+        return bool(super().readable()) or (self.accepting and bool(self._part_way))
+
     def handle_accept(self) -> None:
         for _ in range(ACCEPTS_PER_ROUND):
-            open_before = len(self._map)
-            if open_before >= self.adj.connection_limit:
+            at_limit = len(self._map) >= self.adj.connection_limit
+            if at_limit and not self._part_way:
                 return
-            super().handle_accept()
-            if len(self._map) == open_before:
+            # As waitress's handle_accept(), which takes one connection and tells nothing of it.
+            try:
+                accepted = self.accept()
+            except OSError:
+                log.warning("accepting a connection failed", exc_info=True)
+                return
+            if accepted is None:
                 return  # nothing more to accept now
+            connection, address = accepted
+            if at_limit:
+                self._close_longest_part_way()
+            try:
+                self.set_socket_options(connection)
+                self.channel_class(self, connection, address, self.adj, map=self._map)
+            except OSError:  # the client has already gone
+                connection.close()
+
+    def add_task(self, channel: Any) -> None:
+        # The channel has a whole request.
+        channel.request_begun = None
+        self._no_longer_part_way(channel)
+        super().add_task(channel)
+
+    def part_way(self, channel: _Channel) -> None:
+        """`channel` is part way through a request: kept in the order it became so, or closed if its address
+        holds incomplete_requests_per_address such connections already."""
+        if channel in self._part_way:
+            return
+        host = channel.addr[0]
+        cap = self.limits.incomplete_requests_per_address
+        if self._part_way_from[host] >= cap:
+            channel.handle_close()
+            self._refusals.add(time.monotonic(), host, cap)
+            return
+        self._part_way_from[host] += 1
+        self._part_way[channel] = None
+
+    def maintenance(self, now: float) -> None:
+        """waitress's (close idle connections), and answer 408 to requests past their deadline."""
+        super().maintenance(now)
+        deadline = self.limits.request_deadline
+        for channel in list(self.active_channels.values()):
+            begun = channel.request_begun
+            if begun is not None and begun < now - deadline and not channel.requests:
+                channel.time_out(deadline)
+
+    def forget(self, channel: _Channel) -> None:
+        """Stop counting `channel`, just closed, among the connections part way through a request."""
+        self._no_longer_part_way(channel)
+
+    def _no_longer_part_way(self, channel: _Channel) -> None:
+        if channel in self._part_way:
+            del self._part_way[channel]
+            host = channel.addr[0]
+            self._part_way_from[host] -= 1
+            if not self._part_way_from[host]:
+                del self._part_way_from[host]
+
+    def _close_longest_part_way(self) -> None:
+        """Close the connection that began the request it is part way through longest ago (there is one)."""
+        channel = next(iter(self._part_way))
+        channel.handle_close()  # which forgets it
+        self._evictions.add(time.monotonic(), self.adj.connection_limit)
+
+
+class _Tally:
+    """Log lines of one kind at most once per CONNECTION_LIMIT_LOG_INTERVAL, each with how many events it stands for."""
+
+    def __init__(self, message: str) -> None:
+        """Log `message`, whose first placeholder is the count, as a warning."""
+        self._message = message
+        self._count = 0
+        self._next_line = -math.inf
+
+    def add(self, now: float, *args: Any) -> None:
+        """Count one event at `now` (monotonic seconds); log if the last line is old enough (with `args`)."""
+        self._count += 1
+        if now >= self._next_line:
+            log.warning(self._message, self._count, *args)
+            self._count = 0
+            self._next_line = now + CONNECTION_LIMIT_LOG_INTERVAL
 
 
 @dataclass
@@ -515,10 +810,15 @@ def create_http_server(
     max_request_body: int,
     limits: ServingLimits = DEFAULT_LIMITS,
     batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    waitress_version: str | None = None,
+    quick_bodies: QuickBodies | None = None,
 ) -> HttpServer:
     """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread,
     those of one poll round inside one `batch()` block (e.g. Store.ping_batch), their answers sent only
-    once the block has ended without an error.
+    once the block has ended without an error (else each is answered 503 with the block's error as its
+    message). Plain GETs skip waitress's parser only if `waitress_version` (by default the installed
+    waitress's) is the one read_plain_get mirrors. A body larger than `max_request_body` bytes gets 413,
+    except that requests for quick paths take theirs as `quick_bodies` says, if given.
 
     Also sets what serving this way needs process-wide: the GIL switch interval, the limit on open
     files raised towards the connection limit, and waitress's connection-limit lines rate-limited.
@@ -526,27 +826,58 @@ def create_http_server(
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
     _quiet_waitress_logs()
-    adjustments = Adjustments(
+    largest_body = max(max_request_body, quick_bodies.largest if quick_bodies else 0)
+    adjustments = _Adjustments(
         host=host,
         port=port,
         connection_limit=_connection_limit(limits.connection_limit),
         backlog=LISTEN_BACKLOG,
         channel_timeout=limits.idle_timeout,
         cleanup_interval=limits.cleanup_interval,
-        max_request_body_size=max_request_body,
+        # _RequestParser holds each body to its path's bound; waitress's own bound, counting a chunked body's
+        # framing too (unbounded lines of it included), is left twice as large.
+        max_request_body_size=2 * largest_body + 1,
         ident="ping-listener",
     )
     socket_map: dict[int, Any] = {}
     dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout, batch)
+    adjustments.body_limit = max_request_body
+    adjustments.quick_bodies = quick_bodies
+    adjustments.is_quick = dispatcher.is_quick
+    plain_gets = plain_gets_fit(waitress_version or importlib.metadata.version("waitress"))
     servers = []
     try:
         for sockinfo in adjustments.listen:
-            servers.append(_Server(app, map=socket_map, dispatcher=dispatcher, adj=adjustments, sockinfo=sockinfo))
+            servers.append(
+                _Server(
+                    app,
+                    map=socket_map,
+                    dispatcher=dispatcher,
+                    adj=adjustments,
+                    sockinfo=sockinfo,
+                    limits=limits,
+                    plain_gets=plain_gets,
+                )
+            )
     except BaseException:
         wasyncore.close_all(socket_map)
         dispatcher.shutdown(timeout=0.5)
         raise
     return HttpServer(servers, socket_map, dispatcher)
+
+
+def plain_gets_fit(waitress_version: str) -> bool:
+    """Whether plain GETs may skip the parser of waitress `waitress_version`: only if it is the release that
+    read_plain_get mirrors. If not, logs (once per call) that every request goes through waitress's parser."""
+    if waitress_version == PLAIN_GET_WAITRESS:
+        return True
+    log.warning(
+        "waitress %s is installed, not %s which the fast reader of plain pings mirrors:"
+        " every request goes through waitress's own parser",
+        waitress_version,
+        PLAIN_GET_WAITRESS,
+    )
+    return False
 
 
 def serve_until_signalled(http_server: HttpServer, stop_requested: threading.Event, shutdown_grace: float) -> None:

@@ -64,8 +64,8 @@ from store_contract import StoreContract as Store
 
 log = logging.getLogger("ping_listener.web")
 
-# A larger request body is refused with 413 before it is read (by waitress, see serving.py), and no
-# handler reads more of one.
+# A larger request body, but to /ping, is refused with 413 before it is read (by waitress, see serving.py),
+# and no handler reads more of one.
 MAX_REQUEST_BODY = 64 * 1024
 # Error messages may quote what the client sent (a username); a long one is cut to this length.
 MAX_ERROR_MESSAGE = 200
@@ -87,6 +87,10 @@ LOGS_MAX_DETAILS_BYTES = 4_000_000
 LOGS_PIECE_BYTES = 64 * 1024
 # The first this many bytes of a POST body to /ping are kept with the signal.
 MAX_SIGNAL_BODY = 10_000
+# The largest body a signal may carry, 2.5 MiB as the reference monitor (Healthchecks) takes: the server
+# keeps its first MAX_SIGNAL_BODY bytes and reads the rest only to drop it (serving.QuickBodies); a larger
+# body gets 413 before it is read, and nothing is recorded.
+MAX_SIGNAL_REQUEST_BODY = 2_621_440
 PING_PATH = "/ping"
 # The last segment of /ping/NAME/SEGMENT, for each kind of signal it can name besides exit codes.
 PATH_SIGNALS = {START: START, FAIL: FAIL, LOG: LOG}
@@ -472,7 +476,8 @@ def _exit_code(text: str) -> int | None:
 def _signal_body(environ: WSGIEnvironment) -> str | None:
     """The first MAX_SIGNAL_BODY bytes of a POST body, decoded as UTF-8 with replacement; None if empty.
 
-    waitress has the whole body in memory or a file by now (at most MAX_REQUEST_BODY), chunked or not.
+    The server has read the whole body by now, chunked or not, but kept only its first MAX_SIGNAL_BODY
+    bytes (serving.QuickBodies): CONTENT_LENGTH may be larger than what wsgi.input holds.
     """
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)

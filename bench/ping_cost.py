@@ -32,6 +32,7 @@ BATCH = 16
 # The servers measured by run_served, at each of these connections kept alive.
 SERVED = ("bare", "unwritten", "service", "waitress")
 SERVED_CONNECTIONS = (1, 16)
+LONG_USERNAME = "x" * 10_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ def run(calls, repeats, log):
                     store.ping_batch,
                 ),
                 "the service's /ping WSGI app": (lambda: app(dict(environ), _start_response), store.ping_batch),
+                # What tests/test_fault_hostile_input.py calls a quick 404: nothing is written.
+                f"the service's /ping WSGI app answering 404 to a {len(LONG_USERNAME):,}-character unknown username": (
+                    lambda: app(dict(environ, QUERY_STRING=f"username={LONG_USERNAME}"), _start_response),
+                    None,
+                ),
             }
             costs = []
             for part, (call, batch) in parts.items():

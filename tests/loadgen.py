@@ -96,6 +96,63 @@ def pipeline_without_reading(host, port, target, count):
     return sock
 
 
+class Trickle:
+    """Connections from one address (this machine's, as the OS chooses it to reach the server) that each send
+    half a request, then one byte at a time when told to: a slowloris. The server may close any of them; the
+    caller closes the rest (close())."""
+
+    HALF_A_REQUEST = b"GET /ping?username=slow HTTP/1.1\r\nHost: x\r\n"
+
+    def __init__(self, host, port, count):
+        """Open `count` connections to `host`:`port`."""
+        allow_open_files(count + 256)
+        # Every connection in the order it was opened, and those not yet seen closed by the server.
+        self.opened = []
+        self._open = set()
+        try:
+            for _ in range(count):
+                # Not bound to an address first: binding picks a port that no other socket uses, which gets slow
+                # with thousands in use; connect() need only avoid those to the same server.
+                sock = socket.create_connection((host, port), timeout=10)
+                self.opened.append(sock)
+                self._open.add(sock)
+                self._send(sock, self.HALF_A_REQUEST)
+        except BaseException:
+            self.close()
+            raise
+
+    def send_one_byte_each(self):
+        """Send one more header byte on every connection not yet seen closed; return how many took it."""
+        for sock in list(self._open):
+            self._send(sock, b"a")
+        return len(self._open)
+
+    def close(self):
+        """Close every connection."""
+        for sock in self.opened:
+            sock.close()
+
+    def _send(self, sock, data):
+        try:
+            sock.sendall(data)
+        except OSError:  # the server has closed it
+            self._open.discard(sock)
+
+
+def closed_by_server(sock):
+    """Whether the server has closed `sock`, as peeking at it without waiting shows."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed with bytes of ours unread
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
 def allow_open_files(count):
     """Raise this process's soft limit on open files to at least `count`, if its hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

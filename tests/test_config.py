@@ -74,8 +74,8 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
         [
             'base_frequency: must be a number >= 0, got "fast"',
             "colour: unknown key (expected one of base_frequency, durability, email_processing_frequency,"
-            " heartbeat_frequency, heartbeat_url, recipient, require_tokens, retention_days, server_root, users,"
-            " webhooks)",
+            " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
+            " retention_days, server_root, users, webhooks)",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
@@ -627,6 +627,22 @@ def test_require_tokens_makes_a_user_without_one_a_key_path_error():
 def test_retention_and_heartbeat_frequency_must_be_positive_numbers(key, value):
     [problem] = problems_of(valid_document(**{key: value}))
     assert problem.startswith(f"{key}: must be a number > 0 and at most ")
+
+
+def test_max_incomplete_requests_per_address_defaults_to_1000_and_takes_a_whole_number():
+    def parsed(**top_level):
+        return config.parse_settings(valid_document(**top_level)).max_incomplete_requests_per_address
+
+    assert parsed() == 1_000
+    assert parsed(max_incomplete_requests_per_address=20_000) == 20_000
+    assert parsed(max_incomplete_requests_per_address=50.0) == 50
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, "1000", True, None, 1e12])
+def test_max_incomplete_requests_per_address_must_be_a_whole_number_of_at_least_1(value):
+    assert problems_of(valid_document(max_incomplete_requests_per_address=value)) == [
+        f"max_incomplete_requests_per_address: must be a whole number >= 1, got {json.dumps(value)}"
+    ]
 
 
 def test_durability_is_process_unless_power_is_asked_for():

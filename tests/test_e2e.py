@@ -11,10 +11,11 @@ import urllib.parse
 
 import pytest
 
-from mailer import SMTP_TIMEOUT
+import server
 from support import (
     LIBFAKETIME,
     ROOT,
+    SLACK,
     SMTP_LOGIN,
     SilentSmtpServer,
     TlsSmtpServer,
@@ -73,9 +74,8 @@ def test_server_root_prefixes_the_logs_link(tmp_path, start_server, smtp_server)
 def test_it_prints_one_listening_line_and_exits_0_soon_after_sigterm(tmp_path, db, start_server):
     service = start_server(write_settings(tmp_path / "settings.json", PI), db)
     service.get("/ping?username=pi")
-    started = time.monotonic()
-    assert service.stop(timeout=5) == 0
-    assert time.monotonic() - started < 5
+    # What the service gives itself on SIGTERM: requests in flight, then its loops; then it exits.
+    assert service.stop(timeout=server.SHUTDOWN_GRACE + server.SCHEDULER_STOP_TIMEOUT + SLACK) == 0
     assert service.process.stdout.read() == b""  # nothing after the one line already read
 
 
@@ -344,9 +344,10 @@ def test_a_failed_startup_login_check_is_logged_loudly_and_startup_goes_on(tmp_p
 def test_an_unreachable_smtp_server_never_delays_startup(tmp_path, start_server):
     silent = SilentSmtpServer()
     try:
-        started = time.monotonic()
         service = start_server(write_settings(tmp_path / "settings.json", PI), SMTP_PORT=str(silent.port))
-        assert time.monotonic() - started < SMTP_TIMEOUT
+        # Listening and answering while the SMTP check waits for a greeting that never comes (until
+        # SMTP_TIMEOUT, when it would log that it failed).
+        assert service.get("/ping?username=pi")[0] == 200
         assert service.stop() == 0
     finally:
         silent.stop()

@@ -8,11 +8,21 @@ import re
 
 import prometheus_client.parser
 
-from support import HttpReceiver, query, run_server, wait_for_delivered, wait_until, write_settings
+from support import (
+    HttpReceiver,
+    delivered_subjects,
+    query,
+    run_server,
+    wait_for_delivered,
+    wait_out_resends,
+    wait_until,
+    write_settings,
+)
 
 TOKEN = "token-of-the-new-device-42"
 QUIET = {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}
 METRICS_TOKEN = "metrics-token-for-prometheus"
+EMAIL_PROCESSING_FREQUENCY = 0.05
 
 
 def reloaded(service, count=1):
@@ -112,13 +122,19 @@ def test_without_a_recipient_alerts_go_to_device_email_and_a_reload_that_needs_o
 def test_a_reload_during_an_alert_storm_loses_and_doubles_no_alert(tmp_path, start_server, smtp_server):
     settings = tmp_path / "settings.json"
     stormy = {f"device-{n:03d}": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600} for n in range(150)}
-    service = start_server(write_settings(settings, stormy))
+    service = start_server(write_settings(settings, stormy, email_processing_frequency=EMAIL_PROCESSING_FREQUENCY))
     db = tmp_path / "ping_listener.db"
     wait_until(lambda: query(db, "SELECT count(*) FROM outbox")[0][0] > 0, message="the storm begins")
-    write_settings(settings, {**stormy, "late-comer": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600}})
+    write_settings(
+        settings,
+        {**stormy, "late-comer": {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600}},
+        email_processing_frequency=EMAIL_PROCESSING_FREQUENCY,
+    )
     reloaded(service)
     # They reach the one recipient as a few digests (and perhaps lone emails): each alert in exactly one.
-    subjects = wait_for_delivered(smtp_server, 151, timeout=30)
+    wait_for_delivered(smtp_server, 151, timeout=30)
+    wait_out_resends(EMAIL_PROCESSING_FREQUENCY)
+    subjects = delivered_subjects(smtp_server.messages)
     assert sorted(subjects) == sorted(f"{name} disconnection detected" for name in [*stormy, "late-comer"])
     assert query(db, "SELECT count(*), count(DISTINCT user_id) FROM alerts") == [(151, 151)]
     assert service.stop() == 0

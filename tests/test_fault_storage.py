@@ -18,10 +18,11 @@ import web
 from config import LiveSettings
 from loadgen import burst
 from records import StoreUnavailableError
-from scheduler import Scheduler
+from scheduler import HEALTH_CHECK_REUSE, STORE_UPKEEP_INTERVAL, Scheduler
 from store import SCHEMA_VERSION, Store
 from support import (
     ROOT,
+    SLACK,
     T0,
     SmallDiskStore,
     free_port,
@@ -142,11 +143,14 @@ def test_the_services_healthz_answers_503_naming_a_full_disk_and_ok_once_space_r
             return False
 
     pings_until_refused(ping)
-    # Within scheduler.HEALTH_CHECK_REUSE (1 s), /healthz may answer what the check before found.
+    # Within HEALTH_CHECK_REUSE, /healthz may answer what the check before found; and until the store's upkeep
+    # has found that its write-ahead log cannot be checkpointed into the full disk, a write may still commit
+    # into the log's room that a checkpoint freed (a ping would commit there too).
+    settled = HEALTH_CHECK_REUSE + STORE_UPKEEP_INTERVAL + SLACK
     full = "the database cannot commit a write: database is full: no space left on its disk"
-    wait_until(lambda: service.get("/healthz") == (503, full), timeout=5, message="/healthz naming the full disk")
+    wait_until(lambda: service.get("/healthz") == (503, full), timeout=settled, message="/healthz naming the full disk")
     tmpfs.free_up()
-    wait_until(lambda: service.get("/healthz") == (200, "ok"), timeout=5, message="/healthz ok again")
+    wait_until(lambda: service.get("/healthz") == (200, "ok"), timeout=settled, message="/healthz ok again")
     assert service.get("/ping?username=pi")[0] == 200
     assert service.stop() == 0
 
@@ -208,7 +212,8 @@ def test_a_batch_of_pings_whose_commit_fails_is_refused_whole_and_records_none(t
         disk.close()
 
 
-def test_pings_served_while_their_batches_cannot_commit_get_no_200_and_none_is_recorded(tmpfs):
+@pytest.mark.parametrize("http_version", ["1.1", "1.0"], ids=["plain GETs", "read by waitress"])
+def test_pings_served_while_their_batches_cannot_commit_each_get_503_and_none_is_recorded(tmpfs, http_version):
     users = {"pi": {"monitor": True, "max_sleep": 60, "email_frequency": 60}, **PROBE}
     disk = disk_refusing_writes(tmpfs, users)
     app = make_test_app(disk, make_settings(users), time.time)
@@ -219,9 +224,12 @@ def test_pings_served_while_their_batches_cannot_commit_get_no_200_and_none_is_r
     thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
     thread.start()
     try:
-        result = burst("127.0.0.1", http_server.port, ["/ping?username=pi"] * 200, timeout=10)
-        assert result.count(200) == 0, f"{result.count(200)} pings answered 200 on a full disk"
-        assert disk.statements.count("COMMIT"), "no batch was formed"
+        result = burst("127.0.0.1", http_server.port, ["/ping?username=pi"] * 200, 10, http_version)
+        # Every ping answered 503, not one a dropped connection (a batch that failed at its COMMIT once closed
+        # its connections unanswered: about a third of the pings on a real full disk).
+        assert result.failures == [], f"{len(result.failures)} pings dropped on a full disk: {result.failures[:3]}"
+        assert result.count(503) == 200, f"{result.count(200)} pings answered 200 on a full disk"
+        assert disk.statements.count("COMMIT"), "every ping came in alone: no batch was formed"
         assert disk.pings_between("pi", T0, time.time() + 60) == []
     finally:
         stop.set()

@@ -46,8 +46,13 @@ def page_problems():
 
 
 @pytest.fixture
-def open_page(browser, page_problems):  # noqa: F811
-    """open_page(width, **context options): a fresh tab; the test fails on any console error or dialog."""
+def open_page(browser, page_problems, start_server):  # noqa: F811
+    """open_page(width, **context options): a fresh tab; the test fails on any console error or dialog.
+
+    The tabs are closed before the services the test started are stopped (this fixture asks for
+    start_server so that it is set up after it, then torn down before it): an open tab's refresh that
+    met a stopped service would be logged as a console error.
+    """
     contexts = []
 
     def open_tab(width, **options):
@@ -112,6 +117,15 @@ def service(tmp_path, start_server, history):
 def unlock(page, password=PASSWORD):
     page.get_by_label("Overview password").fill(password)
     page.get_by_role("button", name="Unlock").click()
+
+
+def wait_for_state(page, condition, **options):
+    """Wait until the page's last /overview/state answer (its `latest`) meets the JavaScript `condition`.
+
+    `latest` is null until the first answer arrives, some time after unlock() has clicked: a condition that
+    read it before then would throw, and a thrown error ends Playwright's wait at once.
+    """
+    page.wait_for_function(f"() => latest !== null && ({condition})", **options)
 
 
 def row(page, username):
@@ -273,18 +287,16 @@ def test_when_the_timelines_move_by_a_slot_the_page_moves_them_itself_as_a_fresh
     page = open_page(1366)
     page.goto(service.url + "/overview")
     unlock(page)
-    page.wait_for_function("() => latest.history_loading === 0")
+    wait_for_state(page, "latest.history_loading === 0")
     window_start = slide_at - SLOTS * SLOT_SECONDS
     assert page.evaluate("latest.window.start") == window_start, "the page began after the slide: too slow"
-    page.wait_for_function(f"() => latest.window.start === {window_start + SLOT_SECONDS}", timeout=SLIDE_AFTER * 2000)
+    wait_for_state(page, f"latest.window.start === {window_start + SLOT_SECONDS}", timeout=SLIDE_AFTER * 2000)
     sent = page.evaluate("[latest.complete, latest.users.map((user) => user.username)]")
     assert sent[0] is False and not {"backup-server", "camera"} & set(sent[1])
     fresh = open_page(1366)
     fresh.goto(service.url + "/overview")
     unlock(fresh)
-    fresh.wait_for_function(
-        f"() => latest.window.start === {window_start + SLOT_SECONDS} && latest.history_loading === 0"
-    )
+    wait_for_state(fresh, f"latest.window.start === {window_start + SLOT_SECONDS} && latest.history_loading === 0")
     # Each row's ticks, where they are and how tall, and how many silences.
     drawn = (
         "[...document.querySelectorAll('.row')].map((row) => [row.dataset.username,"

@@ -16,20 +16,20 @@ from pg_store import CLAIM_TIMEOUT
 from pgcluster import PASSWORD
 from rules import FIRST_RETRY_DELAY
 from support import (
+    SLACK,
     ServerProcess,
     SilentSmtpServer,
     free_port,
     query,
     run_server,
     server_env,
+    wait_out_resends,
     wait_until,
     write_settings,
 )
 
 BASE_FREQUENCY = 0.05
 EMAIL_PROCESSING_FREQUENCY = 0.05
-# What a loaded 2-core test machine may add to a bound (starting a step, an SMTP conversation), not a speed target.
-SLACK = 5.0
 
 
 def storm(count, first_deadline=0.3, spacing=0.05):
@@ -111,8 +111,7 @@ def test_an_alert_storm_is_split_between_two_instances_and_no_email_is_sent_twic
     settings = write_storm_settings(tmp_path, users)
     first, second = start_server(settings, postgres_url), start_server(settings, postgres_url)
     smtp_server.wait_for_messages(len(users), timeout=20)
-    # A few more steps of both drains and listeners: nothing more may come.
-    time.sleep(20 * (BASE_FREQUENCY + EMAIL_PROCESSING_FREQUENCY))
+    wait_out_resends(EMAIL_PROCESSING_FREQUENCY)  # nothing more may come, not even after a back-off
     assert first.stop() == 0 and second.stop() == 0
 
     received = emails_by_recipient(smtp_server)
@@ -155,20 +154,18 @@ def test_one_of_two_instances_holds_its_claims_while_it_lives_and_the_other_send
         assert SMTP_TIMEOUT > FIRST_RETRY_DELAY + 2
         assert not {recipient for (recipient,) in held} & set(emails_by_recipient(smtp_server))
         victim.kill()
-        killed = time.monotonic()
+        # The documented failover bound; the wait fails past it.
         bound = BASE_FREQUENCY + EMAIL_PROCESSING_FREQUENCY + CLAIM_TIMEOUT
         smtp_server.wait_for_messages(len(users), timeout=bound + SLACK)
-        taken_over_after = time.monotonic() - killed
     finally:
         silent.stop()
-    time.sleep(20 * (BASE_FREQUENCY + EMAIL_PROCESSING_FREQUENCY))
+    wait_out_resends(EMAIL_PROCESSING_FREQUENCY)
     assert survivor.stop() == 0
 
     received = emails_by_recipient(smtp_server)
     assert sorted(received) == sorted(user["device_email"] for user in users.values())
     assert all(len(emails) == 1 for emails in received.values()), {r: e for r, e in received.items() if len(e) > 1}
     assert {recipient for (recipient,) in held} <= set(received)
-    assert taken_over_after <= bound + SLACK
     assert query(postgres_url, "SELECT count(*), count(DISTINCT user_id) FROM alerts") == [(40, 40)]
     assert query(postgres_url, "SELECT DISTINCT status FROM outbox") == [("sent",)]
     assert PASSWORD not in victim.log() + survivor.log()

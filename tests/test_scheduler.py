@@ -12,6 +12,7 @@ import pytest
 import mailer
 import rules
 import scheduler
+import server
 from config import LiveSettings
 from pg_store import PgStore
 from rules import live_state, retry_delay
@@ -223,18 +224,38 @@ def test_drain_marks_a_permanently_rejected_email_failed(store, recording_mailer
     assert steps.drain_once(T0 + 10_000) == 0
 
 
-def test_the_loops_stop_promptly_and_a_zero_frequency_does_not_spin(store, recording_mailer, monkeypatch):
-    steps = make_scheduler(store, recording_mailer, clock=time.time, base_frequency=0, email_processing_frequency=0)
+def counted_check_once(steps, monkeypatch):
+    """The times of the absence listener's steps, as `steps` takes them from now on."""
     calls = []
     original = steps.check_once
     monkeypatch.setattr(steps, "check_once", lambda now: calls.append(now) or original(now))
+    return calls
+
+
+def test_the_loops_stop_when_asked_in_the_middle_of_a_wait(store, recording_mailer, monkeypatch):
+    # Every loop waits a minute or an hour between steps: only a wait that ends when asked to stop ends in time.
+    steps = make_scheduler(
+        store, recording_mailer, clock=time.time, base_frequency=3600, email_processing_frequency=3600
+    )
+    calls = counted_check_once(steps, monkeypatch)
     steps.start()
-    threading.Event().wait(0.5)
+    wait_until(lambda: calls, message="the absence listener's first step")
+    # The deadline the service gives its loops on SIGTERM.
+    assert steps.stop(timeout=server.SCHEDULER_STOP_TIMEOUT)
+
+
+def test_a_zero_frequency_does_not_spin(store, recording_mailer, monkeypatch):
+    steps = make_scheduler(store, recording_mailer, clock=time.time, base_frequency=0, email_processing_frequency=0)
+    calls = counted_check_once(steps, monkeypatch)
     started = time.monotonic()
-    assert steps.stop(timeout=2)
-    assert time.monotonic() - started < 1
-    # Spinning would be tens of thousands of steps in half a second.
-    assert 5 <= len(calls) <= 0.5 / scheduler.MIN_LOOP_DELAY + 5
+    steps.start()
+    try:
+        wait_until(lambda: len(calls) >= 5, message="five steps")  # as often as possible, so again and again
+    finally:
+        assert steps.stop(timeout=2)
+    elapsed = time.monotonic() - started
+    # Each step waited MIN_LOOP_DELAY after the one before; spinning would be thousands of steps.
+    assert (len(calls) - 1) * scheduler.MIN_LOOP_DELAY <= elapsed, f"{len(calls)} steps in {elapsed:.2f} s"
 
 
 def emails(store):
@@ -1052,12 +1073,27 @@ def test_a_heartbeat_url_that_trickles_its_answer_is_given_up_within_the_heartbe
 
 
 def test_the_heartbeat_loop_gets_the_url_every_heartbeat_frequency(store, recording_mailer):
+    frequency = 0.2
     with HttpReceiver() as receiver:
-        steps = started_scheduler(store, recording_mailer, heartbeat_url=receiver.url + "/hb", heartbeat_frequency=0.05)
+        started = time.monotonic()
+        # The other loops' frequencies are far from the heartbeat's, so a heartbeat at their pace is seen too.
+        steps = started_scheduler(
+            store,
+            recording_mailer,
+            heartbeat_url=receiver.url + "/hb",
+            heartbeat_frequency=frequency,
+            base_frequency=60,
+            email_processing_frequency=60,
+        )
         try:
-            wait_until(lambda: len(receiver.paths) >= 3, message="three heartbeats")
+            wait_until(lambda: len(receiver.paths) >= 4, message="four heartbeats")
         finally:
-            steps.stop(2)
+            assert steps.stop(2)
+        # The loop has stopped: every heartbeat it sent was answered, so is counted, and all of them
+        # came between `started` and now, each after a wait of heartbeat_frequency since the one before.
+        elapsed = time.monotonic() - started
+        beats = len(receiver.paths)
+    assert (beats - 1) * frequency <= elapsed, f"{beats} heartbeats in {elapsed:.2f} s, one every {frequency} s at most"
 
 
 def test_no_heartbeat_while_the_database_refuses_writes(store, recording_mailer, caplog, monkeypatch):

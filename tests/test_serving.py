@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import socket
+import subprocess
 import threading
 import time
 
@@ -21,10 +22,10 @@ from waitress.parser import HTTPRequestParser
 import server
 import serving
 import web
-from loadgen import burst, open_idle_connections, pipeline_without_reading
+from loadgen import Trickle, burst, closed_by_server, open_idle_connections, pipeline_without_reading
 from records import StoreUnavailableError
 from store import Store
-from support import db_of, make_settings, make_test_app, query, write_settings
+from support import SLACK, db_of, make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"
 USERS = {DEVICE: {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
@@ -34,10 +35,13 @@ BUSY_DAY_LOGS = f"/logs?username={DEVICE}&year=26&month=11&day=20"
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, limits=None):
-    """Serve `app` as the service does, from a thread of this process; yield the port."""
+def serve_in_thread(app, limits=None, **options):
+    """Serve `app` as the service does (`options` as create_http_server takes them), from a thread of this
+    process; yield the port."""
     limits = limits or serving.ServingLimits()
-    http_server = serving.create_http_server(app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits)
+    http_server = serving.create_http_server(
+        app, "127.0.0.1", 0, server.QUICK_PATHS, web.MAX_REQUEST_BODY, limits, **options
+    )
     stop = threading.Event()
     thread = threading.Thread(target=serving.serve_until_signalled, args=(http_server, stop, 1.0), daemon=True)
     thread.start()
@@ -56,9 +60,9 @@ def app(store):
     return make_test_app(store, settings, time.time, None)
 
 
-def get(port, path, timeout=5):
-    """GET `path` on a fresh connection; (status, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def get(port, path, timeout=5, source="127.0.0.1"):
+    """GET `path` on a fresh connection from the local address `source`; (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
     try:
         connection.request("GET", path)
         answer = connection.getresponse()
@@ -122,11 +126,16 @@ def test_a_client_that_pipelines_heavy_logs_and_never_reads_does_not_stop_others
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(app):
-    limits = serving.ServingLimits(idle_timeout=1, cleanup_interval=1)
-    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
-        began = time.monotonic()
-        assert idle.recv(1) == b""  # closed by the server
-        assert 1 <= time.monotonic() - began < 4.5
+    # Cleanups more often than the timeout, so that one closing a connection too early is seen.
+    limits = serving.ServingLimits(idle_timeout=2, cleanup_interval=1)
+    # Closed idle_timeout to idle_timeout + cleanup_interval after its last activity (ServingLimits), and the
+    # cleanup is a step of the serving loop: past that, the recv times out and the test fails.
+    deadline = limits.idle_timeout + limits.cleanup_interval + SLACK
+    with serve_in_thread(app, limits) as port:
+        began = time.monotonic()  # before the connection's first activity, its accept
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline) as idle:
+            assert idle.recv(1) == b""  # closed by the server
+            assert time.monotonic() - began >= limits.idle_timeout  # never before
 
 
 def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_timeout(app, store):
@@ -149,6 +158,137 @@ def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_idle_ti
             assert ended, "the server did not disconnect it"
         assert received.count(b"HTTP/1.1 200 OK") < 100
         assert get(port, f"/ping?username={DEVICE}")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_incomplete_requests_per_address": 20_000}],
+    ids=["at most 1000 from one address", "a NAT's 20 000: the oldest part-way requests make room"],
+)
+def test_10100_trickling_connections_from_one_address_leave_every_other_addresss_pings_answered(
+    tmp_path, start_server, settings
+):
+    # The attack of issue 22: half a request on each connection, then a byte at a time, never idle. Every
+    # ping from another address must be answered before the first trickling connection could have been
+    # closed by its request deadline: by the cap on connections per address, or by making room.
+    service = start_server(write_settings(tmp_path / "settings.json", USERS, **settings))
+    port = int(service.url.rsplit(":", 1)[1])
+    began = time.monotonic()
+    trickle = Trickle("127.0.0.1", port, 10_100)
+    try:
+        answered = 0
+        for round_number in range(3):
+            assert trickle.send_one_byte_each() > 0
+            for other in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                timeout = began + serving.DEFAULT_LIMITS.request_deadline - time.monotonic()
+                assert timeout > 0, "the trickle took longer to set up than its requests' deadline"
+                status, _ = get(port, f"/ping?username={DEVICE}", timeout=timeout, source=other)
+                assert status == 200, f"round {round_number}, from {other}"
+                answered += 1
+            time.sleep(0.5)
+    finally:
+        trickle.close()
+    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == answered
+
+
+def test_one_address_holds_at_most_its_incomplete_requests_per_address_the_next_ones_are_closed_at_once(app):
+    limits = serving.ServingLimits(incomplete_requests_per_address=50)
+    with serve_in_thread(app, limits) as port:
+        trickle = Trickle("127.0.0.1", port, 60)
+        try:
+            # Accepted after those 60 (the accept queue keeps its order), so answered once they have been read.
+            assert get(port, f"/ping?username={DEVICE}", source="127.0.0.2")[0] == 200
+            closed = [closed_by_server(sock) for sock in trickle.opened]
+            assert sum(closed) == 10
+            # Whole requests are not held back by the cap: a burst from that same address is served in full.
+            result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 200, timeout=20)
+            assert (result.count(200), result.failures) == (200, [])
+        finally:
+            trickle.close()
+
+
+def test_at_the_connection_limit_a_new_client_closes_the_oldest_part_way_request_instead_of_waiting(app):
+    limits = serving.ServingLimits(connection_limit=40, request_deadline=60)
+    room = limits.connection_limit - 2  # waitress counts its listening socket and its trigger among them
+    began = time.monotonic()
+    with serve_in_thread(app, limits) as port, contextlib.ExitStack() as held:
+        older = Trickle("127.0.0.1", port, room // 2)
+        held.callback(older.close)
+        # Answered once the older ones have been read (the accept queue keeps its order); kept open, as
+        # every client below, so that no connection closes and frees a place meanwhile.
+        assert ping_kept_open(port, held, "127.0.0.2", timeout=5) == 200
+        newer = Trickle("127.0.0.1", port, room - room // 2 - 1)
+        held.callback(newer.close)
+        for _ in range(10):  # every place is taken: each new client needs a part-way request closed
+            timeout = began + limits.request_deadline - time.monotonic()
+            assert ping_kept_open(port, held, "127.0.0.3", timeout) == 200
+        older_closed = [closed_by_server(sock) for sock in older.opened]
+        assert sum(older_closed) == 10, "not one part-way request closed per new client"
+        assert not any(closed_by_server(sock) for sock in newer.opened), "a newer request closed before an older"
+
+
+def ping_kept_open(port, stack, source, timeout):
+    """Ping DEVICE from the local address `source` on a connection that `stack` closes; the answer's status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    stack.callback(connection.close)
+    connection.request("GET", f"/ping?username={DEVICE}")
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
+
+
+@pytest.mark.parametrize(
+    ("opening", "trickled"),
+    [
+        (b"GET /ping?username=dev HTTP/1.1\r\nX-Slow: ", b"a"),
+        (b"GET /ping?username=dev HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n"),  # waitress skips blank lines
+    ],
+    ids=["half a request, then a header byte at a time", "a whole request, then blank lines"],
+)
+def test_a_request_that_does_not_arrive_whole_within_its_deadline_is_answered_408_and_closed(app, opening, trickled):
+    limits = serving.ServingLimits(request_deadline=1, cleanup_interval=1, idle_timeout=60)
+    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        client.sendall(opening)
+        if opening.endswith(b"\r\n\r\n"):
+            assert read_answer(reader)[0] == b"HTTP/1.1 200 OK\r\n"
+        began = time.monotonic()
+        with contextlib.suppress(OSError):  # closed by the server: nothing more can be sent
+            # However long it goes on (a guard of 10 s), never idle for more than a quarter of a second.
+            while not answered_or_closed(client) and time.monotonic() < began + 10:
+                client.sendall(trickled)
+                time.sleep(0.25)
+        status_line, headers, body = read_answer(reader)
+        assert reader.read() == b"", "the connection was left open after its 408"
+    assert time.monotonic() - began >= limits.request_deadline
+    assert status_line == b"HTTP/1.1 408 Request Timeout\r\n"
+    assert body == b"request not received whole within 1 s" and b"Connection: close\r\n" in headers
+
+
+def test_a_connection_kept_alive_whose_requests_each_arrive_whole_outlives_the_request_deadline(app):
+    limits = serving.ServingLimits(request_deadline=1, cleanup_interval=1, idle_timeout=60)
+    with serve_in_thread(app, limits) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        began = time.monotonic()
+        while time.monotonic() < began + 3 * limits.request_deadline:
+            status_line = exchange(client, reader, [b"GET /ping?username=dev HTTP/1.1\r\nHost: x\r\n\r\n"])[0]
+            assert status_line == b"HTTP/1.1 200 OK\r\n"
+            time.sleep(0.3)
+
+
+def answered_or_closed(sock):
+    """Whether the server has sent something on `sock` or closed it, as peeking without waiting shows."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    finally:
+        sock.settimeout(timeout)
+    return True
 
 
 def test_pipelined_pings_and_reads_are_answered_in_order_on_one_connection(app):
@@ -240,7 +380,7 @@ class CommitFailingStore(Store):
 
 
 @pytest.mark.parametrize("http_version", ["1.1", "1.0"], ids=["plain GETs", "read by waitress"])
-def test_pings_whose_batch_cannot_commit_are_never_answered_nor_recorded(tmp_path, http_version):
+def test_pings_whose_batch_cannot_commit_are_answered_503_and_not_recorded(tmp_path, http_version):
     store = CommitFailingStore(tmp_path / "ping_listener.db")
     settings = make_settings(USERS)
     store.sync_users(settings.users, BUSY_DAY)
@@ -254,10 +394,11 @@ def test_pings_whose_batch_cannot_commit_are_never_answered_nor_recorded(tmp_pat
     thread.start()
     try:
         result = burst("127.0.0.1", http_server.port, [f"/ping?username={DEVICE}"] * 50, 10, http_version)
-        # Pings that came in alone commit on their own and are answered; the others came in batches
-        # whose commit failed: closed unanswered, and not recorded.
-        assert result.failures, "no batch was formed"
-        assert set(result.statuses) <= {200}
+        # Pings that came in alone commit on their own and are answered 200; the others came in batches
+        # whose commit failed: each answered 503, none dropped, none recorded.
+        assert result.failures == [], "a ping of a batch that could not commit got no answer"
+        assert result.count(503) > 0, "every ping came in alone: no batch was formed, so none failed to commit"
+        assert set(result.statuses) <= {200, 503}
         assert len(store.pings_between(DEVICE, BUSY_DAY, time.time() + 60)) == result.count(200)
     finally:
         stop.set()
@@ -265,13 +406,112 @@ def test_pings_whose_batch_cannot_commit_are_never_answered_nor_recorded(tmp_pat
         store.close()
 
 
+class HeldStore(Store):
+    """A real store that a test holds at two points: a ping for GATE waits (on the I/O thread) until `gate` is
+    set, and a batch of pings, its pings written, waits before its commit until `commit` is set."""
+
+    GATE = "gate"
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.gate_reached, self.gate = threading.Event(), threading.Event()
+        self.commit_reached, self.commit = threading.Event(), threading.Event()
+
+    def record_ping(self, username, *args, **kwargs):
+        if username == self.GATE:
+            self.gate_reached.set()
+            self.gate.wait(10)
+        super().record_ping(username, *args, **kwargs)
+
+    # Raised by a batch at its end instead of committing, if set.
+    commit_error = None
+
+    @contextlib.contextmanager
+    def ping_batch(self):
+        with super().ping_batch():
+            yield
+            self.commit_reached.set()
+            self.commit.wait(10)
+            if self.commit_error is not None:
+                raise self.commit_error
+
+
+def two_pings_in_one_batch(store, port, request, clients):
+    """Send `request` on two new connections (entered into the ExitStack `clients`) so that the server at
+    `port` reads both in one poll round, whichever the machine's speed: its I/O thread is held in a lone
+    ping of HeldStore.GATE meanwhile. Returns the two connections."""
+    gate = clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+    gate.sendall(f"GET /ping?username={HeldStore.GATE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert store.gate_reached.wait(10), "the gate's ping was not served"
+    pair = [clients.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5)) for _ in "ab"]
+    for client in pair:
+        client.sendall(request)
+    store.gate.set()
+    return pair
+
+
+def test_no_byte_of_a_batched_answer_leaves_before_its_batch_has_committed(tmp_path):
+    store = HeldStore(tmp_path / "ping_listener.db")
+    settings = make_settings({**USERS, HeldStore.GATE: USERS[DEVICE]})
+    store.sync_users(settings.users, BUSY_DAY)
+    ping = f"GET /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with (
+        serve_in_thread(make_test_app(store, settings, time.time), batch=store.ping_batch) as port,
+        contextlib.ExitStack() as clients,
+    ):
+        try:
+            pair = two_pings_in_one_batch(store, port, ping, clients)
+            assert store.commit_reached.wait(10), "the two pings were not served in one batch"
+            arrived = [answered_or_closed(client) for client in pair]
+            assert arrived == [False, False], "an answer left before its batch committed"
+        finally:
+            store.gate.set()
+            store.commit.set()
+        assert [client.makefile("rb").readline() for client in pair] == [b"HTTP/1.1 200 OK\r\n"] * 2
+    try:
+        assert len(store.pings_between(DEVICE, BUSY_DAY, time.time() + 60)) == 2
+    finally:
+        store.close()
+
+
+def test_a_head_ping_whose_batch_cannot_commit_gets_a_503_header_and_no_body(tmp_path):
+    store = HeldStore(tmp_path / "ping_listener.db")
+    store.commit_error = StoreUnavailableError("storage unavailable: the disk is full")
+    store.commit.set()
+    settings = make_settings({**USERS, HeldStore.GATE: USERS[DEVICE]})
+    store.sync_users(settings.users, BUSY_DAY)
+    head = f"HEAD /ping?username={DEVICE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    try:
+        with (
+            serve_in_thread(make_test_app(store, settings, time.time), batch=store.ping_batch) as port,
+            contextlib.ExitStack() as clients,
+        ):
+            try:
+                answers = [
+                    client.makefile("rb").read() for client in two_pings_in_one_batch(store, port, head, clients)
+                ]
+            finally:
+                store.gate.set()
+        message = b"storage unavailable: the disk is full; try again later"
+        for answer in answers:  # read to the end: the connection is closed after it
+            status_line, _, header = answer.partition(b"\r\n")
+            assert status_line == b"HTTP/1.1 503 Service Unavailable"
+            assert header.endswith(b"\r\n\r\n"), f"a body after a HEAD's header: {answer[-60:]!r}"
+            assert f"Content-Length: {len(message)}\r\n".encode() in header and b"Connection: close\r\n" in header
+        assert store.pings_between(DEVICE, BUSY_DAY, time.time() + 60) == []
+    finally:
+        store.close()
+
+
 def test_the_service_batches_pings_and_answers_them_once_committed(tmp_path, start_server):
     service = start_server(write_settings(tmp_path / "settings.json", USERS))
     port = int(service.url.rsplit(":", 1)[1])
     result = burst("127.0.0.1", port, [f"/ping?username={DEVICE}"] * 200, timeout=20)
-    assert result.count(200) == 200
-    # Every acknowledged ping is in the database, read by a connection of its own.
-    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == 200
+    assert result.count(200) == 200, f"{result.count(200)} of 200 pings answered 200: {result.failures[:3]}"
+    # Every acknowledged ping is in the database, read by a connection of its own. (That its answer left only
+    # after the commit is shown by test_no_byte_of_a_batched_answer_leaves_before_…, every time.)
+    recorded = query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0]
+    assert recorded == 200, f"{recorded} of 200 acknowledged pings recorded"
 
 
 class RollingBackStore(Store):
@@ -299,6 +539,63 @@ def test_a_ping_after_its_batch_was_rolled_back_is_refused_not_committed_alone(t
         assert store.pings_between(DEVICE, BUSY_DAY, BUSY_DAY + 10) == [BUSY_DAY + 3]
     finally:
         store.close()
+
+
+def parser_of_the_service():
+    """A request parser of a server set up as the service's (server.py): quick paths and their bodies' bounds."""
+    http_server = serving.create_http_server(
+        environ_app,
+        "127.0.0.1",
+        0,
+        server.QUICK_PATHS,
+        web.MAX_REQUEST_BODY,
+        quick_bodies=serving.QuickBodies(web.MAX_SIGNAL_REQUEST_BODY, web.MAX_SIGNAL_BODY),
+    )
+    try:
+        return serving._Channel.parser_class(http_server.servers[0].adj)
+    finally:
+        http_server.dispatcher.shutdown(timeout=0.5)
+        for listening in http_server.servers:
+            listening.close()
+
+
+def feed(parser, data):
+    """Give `data` to `parser` as a channel does, 8 KiB a read, until it is taken or the request is complete."""
+    while data and not parser.completed:
+        data = data[parser.received(data[:8192]) :]
+
+
+def chunked(body, size=65_536):
+    """`body` in chunked transfer coding, `size` bytes a chunk."""
+    return b"".join(
+        b"%x\r\n%s\r\n" % (len(body[at : at + size]), body[at : at + size]) for at in range(0, len(body), size)
+    )
+
+
+@pytest.mark.parametrize("coding", ["Content-Length", "chunked"])
+def test_a_signal_body_up_to_its_bound_is_read_whole_and_only_its_first_10000_bytes_are_kept(coding):
+    body = bytes(range(256)) * (web.MAX_SIGNAL_REQUEST_BODY // 256)
+    assert len(body) == web.MAX_SIGNAL_REQUEST_BODY
+    framing = b"Transfer-Encoding: chunked" if coding == "chunked" else b"Content-Length: %d" % len(body)
+    request = b"POST /ping/dev/fail HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n"
+    request += chunked(body) + b"0\r\n\r\n" if coding == "chunked" else body
+    parser = parser_of_the_service()
+    feed(parser, request)
+    assert parser.completed and parser.error is None
+    assert parser.get_body_stream().read() == body[: web.MAX_SIGNAL_BODY], "more than its head kept in memory"
+    assert int(parser.headers["CONTENT_LENGTH"]) == len(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "bound"), [("/ping/dev/fail", web.MAX_SIGNAL_REQUEST_BODY), ("/testing/config", web.MAX_REQUEST_BODY)]
+)
+def test_a_chunked_body_past_its_paths_bound_is_refused_413_as_soon_as_it_is(path, bound):
+    parser = parser_of_the_service()
+    feed(parser, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    feed(parser, chunked(b"x" * bound))
+    assert not parser.completed, "refused at its bound, not past it"
+    feed(parser, b"1\r\nx\r\n")
+    assert parser.completed and (parser.error.code, parser.error.body) == (413, f"exceeds max_body of {bound}")
 
 
 # A plain GET of a quick path is answered by serving.py itself, without waitress's request parser; any other
@@ -395,6 +692,25 @@ def test_a_plain_get_is_answered_without_waitress_parser_as_waitress_would_answe
     assert "HTTP_X_FORWARDED_FOR" not in environ  # waitress's middleware drops untrusted proxy headers
 
 
+@pytest.mark.parametrize("version", ["3.0.3", "3.1.0", "2.1.4"])
+def test_under_another_waitress_release_every_request_goes_through_its_parser_and_the_start_says_so(
+    version, counted_parsing, caplog
+):
+    with serve_in_thread(environ_app, waitress_version=version) as port:
+        (by_waitress, _), (whole, _) = in_pieces_then_whole(port, PLAIN_PING)
+    assert counted_parsing() == 2, "a plain GET skipped the parser of a waitress it was not written for"
+    assert without_date(whole)[:2] == without_date(by_waitress)[:2] and whole[0] == b"HTTP/1.1 200 OK\r\n"
+    [line] = [record.getMessage() for record in caplog.records if "fast reader" in record.getMessage()]
+    assert f"waitress {version} is installed, not {serving.PLAIN_GET_WAITRESS}" in line
+
+
+def test_under_the_release_it_mirrors_the_fast_reader_is_used_and_nothing_is_logged(counted_parsing, caplog):
+    with serve_in_thread(environ_app, waitress_version=serving.PLAIN_GET_WAITRESS) as port:
+        in_pieces_then_whole(port, PLAIN_PING)
+    assert counted_parsing() == 1
+    assert not [record for record in caplog.records if "fast reader" in record.getMessage()]
+
+
 def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_parsing):
     request = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with serve_in_thread(environ_app) as port:
@@ -421,7 +737,6 @@ def test_a_plain_get_asking_to_close_gets_waitress_answer_and_is_closed(counted_
         b"GET /ping#here HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Latin: \xe9\r\n\r\n",
         b"GET /ping HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
@@ -434,6 +749,45 @@ def test_a_request_that_is_not_a_plain_get_of_a_quick_path_is_left_to_waitress(r
         status_line = client.makefile("rb").readline()
     assert status_line.startswith(b"HTTP/1.")
     assert counted_parsing() == 1
+
+
+@pytest.mark.parametrize("expect", [b"100-continue", b"100-Continue"])
+def test_a_get_expecting_100_continue_is_answered_as_without_it_whole_or_in_pieces(expect, counted_parsing):
+    # A GET has no body to wait for: "100 Continue" followed by nothing left curl waiting until its timeout.
+    request = b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: " + expect + b"\r\n\r\n"
+    with serve_in_thread(answering("200 OK", [("Content-Length", "4")], b"pong")) as port:
+        (by_waitress, _), (plain, _) = in_pieces_then_whole(port, request)
+        (without_expect, _), _ = in_pieces_then_whole(port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert counted_parsing() == 2, "the request sent whole was not read as a plain GET"
+    assert without_date(by_waitress) == without_date(plain) == without_date(without_expect)
+    assert by_waitress[0] == b"HTTP/1.1 200 OK\r\n" and by_waitress[2] == b"pong"
+
+
+def test_a_post_expecting_100_continue_is_told_to_go_on_once_and_answered_after_its_body(counted_parsing):
+    def echo(environ, start_response):
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    head = b"POST /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    with serve_in_thread(echo) as port, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        reader = client.makefile("rb")
+        client.sendall(head)
+        assert (reader.readline(), reader.readline()) == (b"HTTP/1.1 100 Continue\r\n", b"\r\n")
+        client.sendall(b"hello")
+        assert read_answer(reader)[::2] == (b"HTTP/1.1 200 OK\r\n", b"hello")
+
+
+@pytest.mark.parametrize("extra_header", [[], ["-H", "X_Read_By: waitress"]], ids=["plain GET", "read by waitress"])
+def test_curl_pinging_with_expect_100_continue_gets_its_answer(tmp_path, start_server, extra_header):
+    service = start_server(write_settings(tmp_path / "settings.json", USERS))
+    command = ["curl", "-sS", "-m", "10", "-H", "Expect: 100-continue", *extra_header]
+    result = subprocess.run(
+        [*command, "-w", " %{http_code}", f"{service.url}/ping?username={DEVICE}"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(" 200") and result.stdout.count("/") == 2, result.stdout  # "26/11/20 10:00:00 200"
+    assert query(tmp_path / "ping_listener.db", "SELECT count(*) FROM pings")[0][0] == 1
 
 
 def test_pipelined_plain_gets_are_left_to_waitress_and_answered_in_order(counted_parsing):

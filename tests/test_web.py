@@ -1,9 +1,11 @@
+import datetime
 import email.utils
 import json
 import logging
 import sqlite3
 import threading
 import time
+import zoneinfo
 
 import prometheus_client.parser
 import pytest
@@ -103,6 +105,37 @@ def test_logs_shows_local_clock_times_across_a_daylight_saving_change(client, cl
     ping_at(client, clock, first_half_past_two - 0.25, first_half_past_two + 59.75, first_half_past_two + 3600.5)
     answer = logs(client, "username=pi&year=2026&month=10&day=25")
     assert answer.json == ["02:29:59", "02:30:59", "02:30:00"]
+
+
+def paris(*fields):
+    """The epoch of a wall-clock time in Paris, the tests' local zone (conftest.py)."""
+    return datetime.datetime(*fields, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")).timestamp()
+
+
+# 2026-03-29 lasts 23 hours in Paris (02:00 -> 03:00), 2026-10-25 lasts 25 (03:00 -> 02:00): a day's end is
+# the next local midnight, neither 24 hours after its start nor a fixed clock time.
+@pytest.mark.parametrize(
+    ("day", "following"), [((2026, 3, 29), (2026, 3, 30)), ((2026, 10, 25), (2026, 10, 26))], ids=["23h", "25h"]
+)
+def test_logs_of_a_23_or_25_hour_day_runs_from_its_midnight_to_the_next(client, clock, day, following):
+    before = paris(*day) - 1
+    first_hour = [paris(*day, 0, 0, 0), paris(*day, 0, 59, 59)]
+    last_hour = [paris(*day, 23, 0, 0), paris(*day, 23, 59, 59)]
+    after = [paris(*following, 0, 0, 0), paris(*following, 0, 0, 1), paris(*following, 0, 59, 59)]
+    ping_at(client, clock, before, *first_hour, *last_hour, *after)
+    year, month, mday = day
+    assert logs(client, f"username=pi&year={year}&month={month}&day={mday}").json == [
+        "00:00:00",
+        "00:59:59",
+        "23:00:00",
+        "23:59:59",
+    ]
+    year, month, mday = following
+    assert logs(client, f"username=pi&year={year}&month={month}&day={mday}").json == [
+        "00:00:00",
+        "00:00:01",
+        "00:59:59",
+    ]
 
 
 @pytest.mark.parametrize("date", ["year=26&month=9&day=21", "year=2026&month=9&day=21", "year=26&month=09&day=21"])
