@@ -1,17 +1,17 @@
 """Which database a `--db` value (or DATABASE_URL) names, and opening it: a postgresql:// or postgres:// URL is a
 PostgreSQL database (pg_store.PgStore), anything else the path of a SQLite file (store.Store).
 
-Both stores offer the same public methods with the same meanings, so nothing else in the service knows which
-one runs. A URL is never shown with its password: display_name() replaces it.
+Both stores satisfy store_contract.StoreContract, so nothing else in the service knows which one runs. A URL is
+never shown with its password: display_name() replaces it.
 """
 
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import cast
 
 from config import DEFAULT_DURABILITY
 from store import Store
+from store_contract import StoreContract
 
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 DEFAULT_SQLITE_PATH = "ping_listener.db"
@@ -48,21 +48,20 @@ def hide_password(text: str, url: str) -> str:
     return text
 
 
-def open_store(db: str, durability: str = DEFAULT_DURABILITY) -> Store:
+def open_store(db: str, durability: str = DEFAULT_DURABILITY) -> StoreContract:
     """Open the database `db` names (see is_postgresql) for the service, creating its tables if it is new, its
     commits as `durability` (settings.json's) says.
 
     A SQLite file is this process's alone while the store is open (Store's `exclusive`): a second service
     on it is refused before it touches anything; PostgreSQL takes several instances. Raises
-    store.StoreOpenError, with a message naming the database without its password, if it cannot be used.
-    The PostgreSQL store is typed as a Store: it offers every public method of Store with the same
-    signature and meaning (tests/test_pg_store.py checks the signatures).
+    records.StoreOpenError, with a message naming the database without its password, if it cannot be used.
+    Either store is returned as the contract they both satisfy (store_contract.StoreContract), which mypy checks.
     """
     if not is_postgresql(db):
         return Store(db, durability, exclusive=True)
     from pg_store import PgStore  # psycopg is loaded only when PostgreSQL is used
 
-    return cast(Store, PgStore(db))
+    return PgStore(db)
 
 
 def _passwords(url: str) -> list[str]:

@@ -17,8 +17,8 @@ from typing import Protocol
 import outbound
 from config import SmtpSettings
 from localtime import duration_in_words, every, format_local_time, format_zone_time, logs_link
+from records import QueuedEmail, Signal, UserState
 from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, expected_at
-from store import QueuedEmail, Signal, UserState
 
 log = logging.getLogger("ping_listener.mailer")
 

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from rules import condition_at, is_up
-from store import Store
+from store_contract import StoreContract
 
 # The classic text format, which every Prometheus reads; generate_latest writes it by default.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -45,7 +45,7 @@ _HELP = {
 class Exporter:
     """Scrapes of one store: the per-user families, the outbox by status, and the scheduler's own metrics."""
 
-    def __init__(self, store: Store, clock: Callable[[], float], *scheduler_metrics: Collector) -> None:
+    def __init__(self, store: StoreContract, clock: Callable[[], float], *scheduler_metrics: Collector) -> None:
         """Metrics of `store` at `clock()` (epoch seconds), with `scheduler_metrics` (the scheduler's
         absence_step_seconds histogram and deliveries counter)."""
         self._store = store
@@ -91,7 +91,7 @@ def _label_set(username: str) -> str:
 class _OutboxCollector:
     """ping_listener_outbox_emails{status}, read from the store at each scrape."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContract) -> None:
         self._store = store
 
     def collect(self) -> Iterator[Metric]:

@@ -24,7 +24,8 @@ from typing import Any
 
 import rules
 from localtime import local_time_writer, logs_link
-from store import AlertHistory, Store, UserState
+from records import AlertHistory, UserState
+from store_contract import StoreContract
 
 # The overview's timeline: 24 hours in slots of 15 minutes, the last one holding "now".
 SLOT_SECONDS = 900
@@ -47,15 +48,15 @@ DAY_COLUMN_SECONDS = 300
 # The most pings (as /logs) and alert emails one day view reads.
 DAY_MAX_PINGS = 100_000
 DAY_MAX_EMAILS = 500
-# Problems first, for the rows and the summary. A state not named here sorts right after "late".
+# Problems first, for the rows and the summary. A state not named here sorts right after rules.LATE.
 STATE_ORDER = (
-    "failed",
+    rules.FAILED,
     rules.ALERTED,
     rules.LATE,
     rules.SUPPRESSED,
     rules.SNOOZED,
     rules.SILENT,
-    "running",
+    rules.RUNNING,
     rules.PINGING,
 )
 _STATE_RANKS = {state: rank for rank, state in enumerate(STATE_ORDER)}
@@ -95,7 +96,7 @@ class RecentPings:
     If more than a window passes between two, every history is loaded again.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContract) -> None:
         """Summarise the pings of `store`."""
         self._store = store
         self._lock = threading.Lock()
@@ -348,7 +349,7 @@ class Overview:
     written, and writes the rows of the users it loaded, so that no answer writes them all.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContract) -> None:
         """The overview of `store`."""
         self._store = store
         self._recent = RecentPings(store)
@@ -660,7 +661,7 @@ def _silence(start: float | None, end: float | None, write: Callable[[float], st
     }
 
 
-def overview_day(store: Store, username: str, start: float, end: float, now: float) -> dict[str, Any]:
+def overview_day(store: StoreContract, username: str, start: float, end: float, now: float) -> dict[str, Any]:
     """`username`'s local day [start, end) for the day view, as known at `now`.
 
     Its pings counted in columns of DAY_COLUMN_SECONDS, its silences past its deadline (rules.silences) that

@@ -1,7 +1,8 @@
-"""The PostgreSQL database: every SQL statement and transaction of Ping Listener on PostgreSQL lives here.
+"""The PostgreSQL database (PgStore): the statements and transactions only PostgreSQL runs.
 
-PgStore offers store.Store's public methods with the same meanings (read their docstrings there; only what
-differs is said here), the same tables and columns (schema_pg.sql) and the same errors. Connections come
+PgStore satisfies store_contract.StoreContract (read the promises there; only what differs is said here), with
+the methods both databases share from sql_store.SqlStore, the same tables and columns (schema_pg.sql) and the
+same errors. Connections come
 from a psycopg pool, in autocommit mode: a statement on its own commits before it returns, and statements
 that must commit together run in one transaction.
 
@@ -14,9 +15,9 @@ Several instances of the service may share one database, which is then the only 
   the rows found with FOR UPDATE SKIP LOCKED, setting claimed_by to the instance: another instance skips a
   row while its claimer is alive, so no row is handed to two live instances, and a dead instance's claims
   are free as soon as it is not alive;
-- an outcome of the listener still applies only if its user is unchanged (store.Store.save_check_outcomes),
+- an outcome of the listener still applies only if its user is unchanged (StoreContract.save_check_outcomes),
   so an alert is decided once even if a claim was taken over;
-- monitoring restarts (store.Store.restart_monitoring) when an instance starts while no other one is alive, or
+- monitoring restarts (StoreContract.restart_monitoring) when an instance starts while no other one is alive, or
   when its wall clock jumps while no other holds its liveness lock; one joining running instances changes no
   deadline;
 - an instance sends, and records a result for, only the emails and deliveries still claimed by it.
@@ -29,7 +30,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,9 @@ from psycopg_pool import ConnectionPool
 
 from config import UserConfig
 from database import display_name, hide_password
-from rules import BACK
-from store import (
-    _BATCH_ROLLED_BACK,
-    _SETTINGS_COLUMNS,
-    _USER_AND_PARENT,
-    _USER_COLUMNS,
-    BUSY_TIMEOUT_MS,
-    DATABASE_FULL,
-    FINISHED_COUNTS_SQL,
-    HEALTH_TIMEOUT_MS,
-    QUEUED_COUNT_SQL,
-    SCHEMA_VERSION,
-    AlertHistory,
+from migrations import SCHEMA_VERSION, postgresql_steps
+from records import (
     CheckOutcome,
-    EmailEvent,
     NewDigest,
     NewEmail,
     NewWebhook,
@@ -64,28 +53,29 @@ from store import (
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
-    UserCounts,
-    UsersChange,
     UserState,
-    WebhookHistory,
-    _alert_histories,
-    _bounded_encodings,
-    _queued_email,
-    _queued_webhook,
-    _user_and_parent,
-    _user_counts,
-    _user_settings,
-    _webhook_history,
-    recent_pings_parameters,
 )
+from rules import BACK, SUCCESS
+from rules_sql import RulesSql
+from sql_store import (
+    POSTGRESQL,
+    USER_AND_PARENT,
+    SqlStore,
+    Statements,
+    bounded_encodings,
+    queued_email,
+    queued_webhook,
+    recent_pings_parameters,
+    refuse_nul,
+    user_and_parent,
+)
+from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS
 
 SCHEMA_PATH = Path(__file__).with_name("schema_pg.sql")
-# How a database of an older schema version becomes the next (store.MIGRATIONS, for PostgreSQL): version -> the
-# SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from version
-# 8 on (the first release with this table); older ones are refused.
-PG_MIGRATIONS = {
-    8: "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)",
-}
+# How a database of an older schema version becomes the next (migrations.STEPS, in PostgreSQL's SQL): version ->
+# the SQL that makes it version + 1, run in one transaction at start. PostgreSQL databases are upgraded from
+# version 8 on (the first release with PostgreSQL); older ones are refused.
+PG_MIGRATIONS = postgresql_steps()
 # The pool would log each failed reconnection, several lines a second while the server is down: the loops that
 # need the database already log each refusal once per step, on one line.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -160,57 +150,10 @@ RENEW_LEASE_SQL = (
 )
 
 
-# store._restarted_sql, _due_at_sql and _down_sql in PostgreSQL. SQLite's multi-argument min() and max()
-# are NULL if any argument is; PostgreSQL's LEAST and GREATEST ignore NULLs. So GREATEST(last_ping, x) is
-# SQLite's max(coalesce(last_ping, x), x), and a run's or a failure's deadline is spelled out as NULL
-# when there is no run or failure. tests/test_store.py checks both stores against rules.py.
-def _restarted(at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
-    """rules._restarted_at at the time `at` (None: once any snooze is over), over the columns of `prefix`."""
-    since = f"{prefix}monitored_since"
-    snooze_end = (
-        f"coalesce({prefix}snoozed_until, {since})"
-        if at is None
-        else f"CASE WHEN {prefix}snoozed_until <= {at} THEN {prefix}snoozed_until ELSE {since} END"
-    )
-    return f"GREATEST({since}, coalesce({silence_from}, {since}), {snooze_end})"
-
-
-def _due_at(
-    last_ping: str = "last_ping",
-    run_started: str = "run_started",
-    failed_at: str = "failed_at",
-    back_at: str = "back_at",
-    silence_from: str = "silence_from",
-) -> str:
-    """rules.due_at in SQL (store._DUE_AT), reading each of these columns from the given SQL expression instead."""
-    restarted = _restarted(silence_from=silence_from)
-    late_at = f"GREATEST({last_ping}, {restarted}) + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
-    failed = f"CASE WHEN {failed_at} IS NOT NULL THEN GREATEST({failed_at}, snoozed_until) END"
-    run = f"CASE WHEN {run_started} IS NOT NULL THEN GREATEST({run_started}, {restarted}) + max_runtime END"
-    return f"CASE WHEN {back_at} IS NOT NULL THEN {back_at} WHEN monitor THEN LEAST({failed}, {run}, {late_at}) END"
-
-
-def _down(at: str, prefix: str) -> str:
-    """Whether the user of the columns of `prefix` is in a condition at the time `at` (store._down_sql)."""
-    restarted = _restarted(at, f"{prefix}silence_from", prefix)
-    seen = f"GREATEST({prefix}last_ping, {restarted})"
-    return (
-        f"({prefix}monitor AND ({prefix}failed_at IS NOT NULL"
-        f" OR ({prefix}run_started IS NOT NULL"
-        f" AND {at} > GREATEST({prefix}run_started, {restarted}) + {prefix}max_runtime)"
-        f" OR CASE WHEN {prefix}schedule IS NULL THEN {at} > {seen} + {prefix}max_sleep"
-        f" ELSE {prefix}next_run_after = {seen} AND {at} > {prefix}next_run + {prefix}grace END))"
-    )
-
-
-_DUE_AT = _due_at()
-_RESTARTED_NOW = _restarted("%(now)s")
-# store._CONDITION_AT: when the earliest of a monitored user's conditions begins at %(now)s.
-_CONDITION_AT = (
-    f"CASE WHEN monitor THEN LEAST(failed_at,"
-    f" CASE WHEN run_started IS NOT NULL THEN GREATEST(run_started, {_RESTARTED_NOW}) + max_runtime END,"
-    f" GREATEST(last_ping, {_RESTARTED_NOW}) + max_sleep) END"
-)
+# rules.py's lateness rules in PostgreSQL's SQL (rules_sql.py), as store.py has them in SQLite's.
+_RULES = RulesSql(null_ignoring=True)
+_DUE_AT = _RULES.due_at()
+_CONDITION_AT = _RULES.condition_at("%(now)s")
 
 
 def _claiming(table: str, due: str, order: str) -> str:
@@ -228,7 +171,7 @@ def _claiming(table: str, due: str, order: str) -> str:
 # The listener's due users, claimed for this instance, each with its parent as it is now (store.DUE_USERS_SQL).
 DUE_USERS_SQL = (
     _claiming("users", "due_at < %(now)s", "due_at")
-    + f" SELECT {_USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
+    + f" SELECT {USER_AND_PARENT} FROM claimed AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
     " ORDER BY child.due_at, child.id"
 )
 DUE_EMAILS_SQL = (
@@ -246,18 +189,6 @@ DUE_WEBHOOKS_SQL = (
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY claimed.next_attempt_at, claimed.id"
 )
-PINGS_BETWEEN_SQL = "SELECT at FROM pings WHERE user_id = %s AND at >= %s AND at < %s ORDER BY at, id LIMIT %s"
-SIGNALS_BETWEEN_SQL = (
-    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = %s AND at >= %s AND at < %s"
-    " ORDER BY at, id LIMIT %s"
-)
-# Usernames in code point order, as SQLite sorts them (not the database's collation).
-CONFIGURED_USERS_SQL = (
-    f"SELECT {_USER_AND_PARENT} FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
-    ' WHERE child.configured ORDER BY child.username COLLATE "C"'
-)
-# The overview's users, each row a user's state and its parent's id (store.OVERVIEW_USERS_SQL).
-OVERVIEW_USERS_SQL = f'SELECT {_USER_COLUMNS}, parent_id FROM users WHERE configured ORDER BY username COLLATE "C"'
 # recent_pings reads each user's pings on its own, along pings_by_user_time: PostgreSQL orders a join's rows
 # only by its outer table's index, so a join over a range of users (as store.RECENT_PINGS_SQL) would sort each
 # user's remaining pings whole for every page.
@@ -266,58 +197,11 @@ RECENT_USER_PINGS_SQL = (
     "SELECT at, id FROM pings WHERE user_id = %(user)s AND at >= %(after_at)s AND id <= %(upto)s"
     " AND (at > %(after_at)s OR id > %(after_id)s) ORDER BY at, id LIMIT %(limit)s"
 )
-PINGS_BEFORE_SQL = (
-    "SELECT id, (SELECT max(at) FROM pings WHERE pings.user_id = users.id AND pings.at < %(start)s) FROM users"
-    " WHERE configured AND id BETWEEN %(first)s AND %(last)s"
-)
-NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > %s ORDER BY id"
-RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured AND alerts.at >= %s ORDER BY users.id, alerts.at, alerts.id"
-)
-DAY_ALERTS_SQL = (
-    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
-    " outbox.queued_at, outbox.finished_at"
-    " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
-    " WHERE alerts.user_id = %s AND alerts.at >= %s AND alerts.at < %s"
-    " ORDER BY alerts.at, alerts.id, outbox.id LIMIT %s"
-)
-RECENT_EMAILS_SQL = (
-    "SELECT outbox.id, users.username, outbox.recipient, outbox.status, outbox.attempts, alerts.last_ping,"
-    " outbox.queued_at, outbox.finished_at, alerts.kind, outbox.digest_id, digests.subject"
-    " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " LEFT JOIN digests ON digests.id = outbox.digest_id"
-    " ORDER BY outbox.id DESC LIMIT %s"
-)
-RECENT_WEBHOOKS_SQL = (
-    "SELECT webhook_outbox.id, users.username, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
-    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
-    " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " ORDER BY webhook_outbox.id DESC LIMIT %s"
-)
 USER_COUNTS_SQL = f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured"
-SCHEDULED_USERS_SQL = f"SELECT {_USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
 # Retention (store.OLD_PINGS_SQL and the deletes after it), each batch one statement.
 DELETE_OLD_PINGS_SQL = (
     "DELETE FROM pings WHERE id IN (SELECT pings.id FROM users JOIN pings ON pings.user_id = users.id"
     " AND pings.at < %s AND pings.id IS DISTINCT FROM users.fail_signal LIMIT %s FOR UPDATE OF pings SKIP LOCKED)"
-)
-_DELETE_FINISHED_SQL = (
-    "DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE status <> 'queued' AND finished_at < %s LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
-)
-DELETE_OLD_EMAILS_SQL = _DELETE_FINISHED_SQL.format(queue="outbox")
-DELETE_OLD_WEBHOOKS_SQL = _DELETE_FINISHED_SQL.format(queue="webhook_outbox")
-DELETE_OLD_DIGESTS_SQL = (
-    "DELETE FROM digests WHERE id IN (SELECT id FROM digests WHERE created_at < %s"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.digest_id = digests.id) ORDER BY id LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
-)
-DELETE_OLD_ALERTS_SQL = (
-    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE at < %s"
-    " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id)"
-    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox WHERE webhook_outbox.alert_id = alerts.id) LIMIT %s"
-    " FOR UPDATE SKIP LOCKED)"
 )
 
 # A signal in one statement (store.RECORD_SIGNAL_SQL and its trigger): the user's row is locked, the ping
@@ -326,38 +210,28 @@ DELETE_OLD_ALERTS_SQL = (
 # one statement reads the rows as they were before it, as SQLite's trigger and UPDATE do; a user is never
 # its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
 # configured user).
-_SIGNAL_EFFECTS = {
-    "last_ping": "(CASE signal.kind WHEN 'start' THEN last_ping ELSE GREATEST(last_ping, signal.at) END)",
-    "run_started": "(CASE signal.kind WHEN 'start' THEN signal.at END)",
-    "failed_at": (
-        "(CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN coalesce(failed_at, signal.at) ELSE failed_at END)"
-    ),
-    "back_at": (
-        "(CASE WHEN signal.kind = 'success' AND down_since IS NOT NULL THEN coalesce(back_at, signal.at)"
-        " ELSE back_at END)"
-    ),
-}
+_SIGNAL_EFFECTS = _RULES.signal_effects("signal")
 RECORD_SIGNAL_SQL = (
     "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
     " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
     " SELECT id, %(at)s, %(kind)s, %(exit_code)s, %(body)s, CASE WHEN %(kind)s IN ('success', 'fail')"
     " AND run_started IS NOT NULL THEN GREATEST(%(at)s - run_started, 0) END FROM target"
     " RETURNING id, user_id, at, kind, duration),"
-    " children AS (UPDATE users SET silence_from = GREATEST(silence_from, signal.at), suppressed_kind = NULL,"
-    f" due_at = {_due_at(silence_from='GREATEST(silence_from, signal.at)')} FROM signal"
+    f" children AS (UPDATE users SET silence_from = {_RULES.parent_return('signal')}, suppressed_kind = NULL,"
+    f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('signal'))} FROM signal"
     " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
-    f" AND (SELECT {_down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    f" AND (SELECT {_RULES.down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
     " moved AS (UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(signal.duration, last_duration),"
     " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
     " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
-    f" last_signal = signal.id, due_at = {_due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" last_signal = signal.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
 # The listener's outcomes, one array per column (index n: the n-th outcome), in one statement: an outcome applies
-# only if its user is unchanged since it was read (store.Store.save_check_outcomes) and no other instance has
+# only if its user is unchanged since it was read (StoreContract.save_check_outcomes) and no other instance has
 # claimed it since; applying it ends this instance's claim. Returns the ids of the users it applied to.
 _OUTCOME_COLUMNS = {
     "id": "bigint",
@@ -393,9 +267,18 @@ SAVE_OUTCOMES_SQL = (
 )
 
 
-class PgStore:
+class PgStore(SqlStore):
     """Ping Listener's database on a PostgreSQL server, given by its URL; safe to use from any number of
     threads, and from several instances of the service at once (see the module's docstring)."""
+
+    # A restart's requeue skips rows another instance is claiming or sending now: it deals with them.
+    _sql = Statements.build(
+        POSTGRESQL,
+        USER_COUNTS_SQL,
+        _DUE_AT,
+        "UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
+        " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
+    )
 
     def __init__(self, url: str) -> None:
         """Connect to the database at `url` (postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME), creating its
@@ -403,7 +286,7 @@ class PgStore:
         its password) if it cannot be used."""
         self.url = url
         # What messages call the database: its URL without the password.
-        self.path = display_name(url)
+        self.name = display_name(url)
         self.upgraded_from: int | None = None
         # Whether this instance's start found no other live instance (sync_users): it then restarted monitoring.
         self.started_alone = True
@@ -423,7 +306,7 @@ class PgStore:
                 self._liveness.close()
             if isinstance(error, StoreOpenError):
                 raise
-            raise StoreOpenError(f"{self.path}: cannot use this database: {self._tell(error)}") from None
+            raise StoreOpenError(f"{self.name}: cannot use this database: {self._tell(error)}") from None
         self._pool = ConnectionPool(
             url,
             kwargs=CONNECTION_SETTINGS,
@@ -455,7 +338,7 @@ class PgStore:
 
     def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
         """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
-        `now` (store.Store.restart_monitoring) if no other instance is alive: an instance joining running
+        `now` (StoreContract.restart_monitoring) if no other instance is alive: an instance joining running
         ones changes no deadline. Sets started_alone. Forgets the instances whose process is gone."""
         with self._transaction() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
@@ -467,24 +350,14 @@ class PgStore:
             ).fetchone()
             connection.execute(RENEW_LEASE_SQL, parameters)
             connection.execute("UPDATE instances SET started_at = %(now)s WHERE id = %(me)s", parameters)
-            _apply_users(connection, users, now)
+            self._apply_users(connection, users, now)
             alone = others is not None and others[0] == 0
             if alone:
-                _restart_monitoring(connection, now)
+                self._restart_monitoring(connection, now)
         self.started_alone = alone
 
-    def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
-        """store.Store.reload_users."""
-        with self._write() as connection:
-            return _apply_users(connection, users, now)
-
-    def restart_monitoring(self, now: float) -> None:
-        """store.Store.restart_monitoring, for every instance's users."""
-        with self._write() as connection:
-            _restart_monitoring(connection, now)
-
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
-        """store.Store.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
+        """StoreContract.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
         instance holds its liveness lock. Not by their leases, which are in the clock that just jumped: a jump
         forward would make every other instance look dead. Otherwise the others' clocks stand, and monitoring
         at this instance's `now` would alert every device (a step back on another instance) or silence them all
@@ -499,7 +372,7 @@ class PgStore:
             ).fetchone()
             if others != (0,):
                 return False
-            _restart_monitoring(connection, now)
+            self._restart_monitoring(connection, now)
             return True
 
     def upkeep(self, now: float) -> None:
@@ -554,13 +427,13 @@ class PgStore:
         self,
         username: str,
         now: float,
-        kind: str = "success",
+        kind: str = SUCCESS,
         exit_code: int | None = None,
         body: str | None = None,
     ) -> None:
-        """store.Store.record_ping: committed before returning, or with the batch inside ping_batch() on this
+        """StoreContract.record_ping: committed before returning, or with the batch inside ping_batch() on this
         thread. A ping outside a batch is a batch of one (it takes the write lock as a batch does)."""
-        _refuse_nul(username)
+        refuse_nul(username)
         batch = getattr(self._local, "batch", None)
         if batch is None:
             with self.ping_batch():
@@ -578,7 +451,7 @@ class PgStore:
 
     @contextmanager
     def ping_batch(self) -> Iterator[None]:
-        """store.Store.ping_batch: this thread's record_ping() calls inside the block share one transaction,
+        """StoreContract.ping_batch: this thread's record_ping() calls inside the block share one transaction,
         committed when the block ends; StoreUnavailableError and none recorded if it cannot commit. It holds
         the write lock (WRITE_LOCK_SQL) from its first ping to its commit."""
         with self._faults(), self._pool.connection() as connection:
@@ -597,48 +470,10 @@ class PgStore:
                 raise StoreUnavailableError(_BATCH_ROLLED_BACK)
             connection.execute("COMMIT")
 
-    def pings_between(self, username: str, start: float, end: float, limit: int | None = None) -> list[float]:
-        """store.Store.pings_between."""
-        with self._connection() as connection:
-            user_id = _user_id(connection, username)
-            rows = connection.execute(PINGS_BETWEEN_SQL, (user_id, start, end, limit)).fetchall()
-        return [at for (at,) in rows]
-
-    def user(self, username: str) -> UserState:
-        """store.Store.user."""
-        _refuse_nul(username)
-        with self._connection() as connection:
-            row = connection.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,)).fetchone()
-        if row is None:
-            raise UnknownUserError(f"unknown user {username}")
-        return UserState(*row)
-
-    def pings_around(self, user_id: int, start: float, end: float) -> tuple[float | None, float | None]:
-        """store.Store.pings_around."""
-        with self._connection() as connection:
-            row = connection.execute(
-                "SELECT (SELECT max(at) FROM pings WHERE user_id = %(user)s AND at < %(start)s),"
-                " (SELECT min(at) FROM pings WHERE user_id = %(user)s AND at >= %(end)s)",
-                {"user": user_id, "start": start, "end": end},
-            ).fetchone()
-        assert row is not None
-        return row[0], row[1]
-
-    def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """store.Store.alerts_between."""
-        with self._connection() as connection:
-            rows = connection.execute(DAY_ALERTS_SQL, (user.id, start, end, limit)).fetchall()
-        return _alert_histories(user, rows)
-
-    def newest_ping_id(self) -> int:
-        """store.Store.newest_ping_id."""
-        with self._connection() as connection:
-            return int(connection.execute("SELECT coalesce(max(id), 0) FROM pings").fetchone()[0])  # type: ignore[index]
-
     def recent_pings(
         self, start: float, upto_id: int, user_ids: tuple[int, int], after: tuple[int, float, int] | None, limit: int
     ) -> list[tuple[int, float, int]]:
-        """store.Store.recent_pings."""
+        """StoreContract.recent_pings."""
         parameters = recent_pings_parameters(start, upto_id, user_ids, after, limit)
         rows: list[tuple[int, float, int]] = []
         with self._connection() as connection:
@@ -653,93 +488,27 @@ class PgStore:
                     break
         return rows
 
-    def last_pings_before(self, start: float, user_ids: tuple[int, int]) -> dict[int, float | None]:
-        """store.Store.last_pings_before."""
-        parameters = {"start": start, "first": user_ids[0], "last": user_ids[1]}
-        with self._connection() as connection:
-            return dict(connection.execute(PINGS_BEFORE_SQL, parameters).fetchall())
-
-    def configured_user_rows(self) -> list[tuple[Any, ...]]:
-        """store.Store.configured_user_rows."""
-        with self._connection() as connection:
-            return connection.execute(OVERVIEW_USERS_SQL).fetchall()
-
-    def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
-        """store.Store.pings_after_id."""
-        with self._connection() as connection:
-            return connection.execute(NEW_PINGS_SQL, (after_id,)).fetchall()
-
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """store.Store.recent_alerts."""
-        with self._connection() as connection:
-            return connection.execute(RECENT_ALERTS_SQL, (start,)).fetchall()
-
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
     ) -> tuple[list[bytes], bool]:
-        """store.Store.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
+        """StoreContract.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
         bound stops reading, not only the answer."""
         with self._connection() as connection, connection.transaction():
-            user_id = _user_id(connection, username)
+            user_id = self._user_id(connection, username)
             with connection.cursor(name="signals_between") as cursor:
                 cursor.itersize = 64
-                cursor.execute(SIGNALS_BETWEEN_SQL, (user_id, start, end, limit + 1))
-                return _bounded_encodings(cursor, limit, max_size, encode)
-
-    def signal(self, signal_id: int) -> Signal:
-        """store.Store.signal."""
-        with self._connection() as connection:
-            row = connection.execute(
-                "SELECT at, kind, exit_code, duration, body FROM pings WHERE id = %s", (signal_id,)
-            ).fetchone()
-        if row is None:
-            raise StoreError(f"no signal {signal_id}")
-        return Signal(*row)
-
-    def configured_users(self) -> list[UserState]:
-        """store.Store.configured_users."""
-        with self._connection() as connection:
-            rows = connection.execute(CONFIGURED_USERS_SQL).fetchall()
-        return [_user_and_parent(row) for row in rows]
-
-    def recent_emails(self, limit: int) -> list[EmailEvent]:
-        """store.Store.recent_emails."""
-        with self._connection() as connection:
-            rows = connection.execute(RECENT_EMAILS_SQL, (limit,)).fetchall()
-        return [EmailEvent(*row) for row in rows]
+                cursor.execute(self._sql.signals_between, (user_id, start, end, limit + 1))
+                return bounded_encodings(cursor, limit, max_size, encode)
 
     def due_users(self, now: float, limit: int) -> list[UserState]:
-        """store.Store.due_users, each user claimed for this instance (committed before returning): another
+        """StoreContract.due_users, each user claimed for this instance (committed before returning): another
         instance is not handed it until save_check_outcomes ends the claim or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_user_and_parent(row) for row in rows]
-
-    def snooze(self, username: str, until: float, now: float) -> float:
-        """store.Store.snooze."""
-        _refuse_nul(username)
-        with self._transaction() as connection:
-            row = connection.execute(
-                "SELECT id, snoozed_until FROM users WHERE username = %s AND configured FOR UPDATE", (username,)
-            ).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            user_id, snoozed_until = row
-            if until <= now:
-                if snoozed_until is None or snoozed_until <= now:
-                    return now
-                until = now
-            connection.execute(
-                "UPDATE users SET snoozed_until = %(until)s,"
-                " muted_outage = CASE WHEN %(until)s > %(now)s AND back_at IS NULL"
-                " THEN coalesce(down_since, muted_outage) ELSE muted_outage END WHERE id = %(id)s",
-                {"until": until, "now": now, "id": user_id},
-            )
-            connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE id = %s", (user_id,))
-        return until
+        return [user_and_parent(row) for row in rows]
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
-        """store.Store.save_check_outcomes; an outcome also applies only if no other instance claimed its user
+        """StoreContract.save_check_outcomes; an outcome also applies only if no other instance claimed its user
         since, and ends this instance's claim of every user it is about. A few statements for the whole
         batch, whatever its size (each pipelined)."""
         outcomes = list(outcomes)
@@ -818,14 +587,14 @@ class PgStore:
         return alerts
 
     def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """store.Store.due_emails, each email claimed for this instance (committed before returning) until its
+        """StoreContract.due_emails, each email claimed for this instance (committed before returning) until its
         result is recorded (mark_sent, mark_failed, schedule_retry) or this instance's lease passes."""
         with self._connection() as connection:
             rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_queued_email(row) for row in rows]
+        return [queued_email(row) for row in rows]
 
     def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
-        """store.Store.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
+        """StoreContract.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
         those (a digest only if it still holds all of its emails), as another instance takes over the claims of
         one whose lease lapsed meanwhile (frozen, cut off). An email whose result this instance cannot record
         (it is killed) is sent again by another only once both this back-off and this instance's lease have
@@ -850,16 +619,8 @@ class PgStore:
                 )
         return claimed
 
-    def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """store.Store.mark_sent; ends the claim. Only emails still claimed by this instance are changed."""
-        self._finish_emails(email_ids, "sent", now, None)
-
-    def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """store.Store.mark_failed; ends the claim, as mark_sent."""
-        self._finish_emails(email_ids, "failed", now, error)
-
     def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """store.Store.schedule_retry; ends the claim, as mark_sent."""
+        """StoreContract.schedule_retry; ends the claim, as mark_sent."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
@@ -877,13 +638,13 @@ class PgStore:
             )
 
     def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
-        """store.Store.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
+        """StoreContract.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
         with self._connection() as connection:
             rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [_queued_webhook(row) for row in rows]
+        return [queued_webhook(row) for row in rows]
 
     def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
-        """store.Store.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
+        """StoreContract.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
         with self._connection() as connection:
             return self._push_back(connection, "webhook_outbox", retry_times)
 
@@ -899,7 +660,7 @@ class PgStore:
         return {row_id for (row_id,) in rows}
 
     def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """store.Store.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
+        """StoreContract.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
@@ -909,7 +670,7 @@ class PgStore:
             )
 
     def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """store.Store.retry_webhook; ends the claim, as finish_webhook."""
+        """StoreContract.retry_webhook; ends the claim, as finish_webhook."""
         with self._connection() as connection:
             connection.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
@@ -917,44 +678,17 @@ class PgStore:
                 (_text(error), next_attempt_at, delivery_id, self.instance_id),
             )
 
-    def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
-        """store.Store.recent_webhooks."""
-        with self._connection() as connection:
-            rows = connection.execute(RECENT_WEBHOOKS_SQL, (limit,)).fetchall()
-        return [_webhook_history(row) for row in rows]
-
-    def user_counts(self, now: float) -> list[UserCounts]:
-        """store.Store.user_counts."""
-        with self._connection() as connection:
-            rows = connection.execute(USER_COUNTS_SQL, {"now": now}).fetchall()
-            scheduled = {row[1]: UserState(*row) for row in connection.execute(SCHEDULED_USERS_SQL)}
-        return _user_counts(rows, scheduled)
-
-    def outbox_counts(self) -> dict[str, int]:
-        """store.Store.outbox_counts."""
-        with self._connection() as connection:
-            [(queued,)] = connection.execute(QUEUED_COUNT_SQL).fetchall()
-            finished = connection.execute(FINISHED_COUNTS_SQL).fetchall()
-        return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
-
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
-        """store.Store.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
+        """StoreContract.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
         with self._connection() as connection:
             return connection.execute(DELETE_OLD_PINGS_SQL, (cutoff, limit)).rowcount
 
-    def delete_history_before(self, cutoff: float, limit: int) -> int:
-        """store.Store.delete_history_before."""
-        with self._transaction() as connection:
-            # In this order: the alerts last, once the emails and deliveries that referred to them are gone.
-            statements = (DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL)
-            return sum(connection.execute(statement, (cutoff, limit)).rowcount for statement in statements)
-
     def use_durability(self, durability: str) -> None:
-        """store.Store.use_durability: nothing to change here. Every connection commits with synchronous_commit on
+        """StoreContract.use_durability: nothing to change here. Every connection commits with synchronous_commit on
         (SERVER_SETTINGS), so a commit is on the server's disk before it returns, whatever `durability` says."""
 
     def check_writable(self, now: float) -> None:
-        """store.Store.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
+        """StoreContract.check_writable: the health row set to `now` under the write lock (WRITE_LOCK_SQL), committed
         with synchronous_commit on, within HEALTH_TIMEOUT (a standby or a read-only database refuses it)."""
         timeout = f"{int(HEALTH_TIMEOUT * 1000)}ms"
         try:
@@ -971,6 +705,9 @@ class PgStore:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._faults(), self._pool.connection() as connection:
             yield connection
+
+    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._connection()
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -1011,7 +748,7 @@ class PgStore:
                     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
                 ).fetchone()
                 if tables != (0,):
-                    raise StoreOpenError(f"{self.path}: not a Ping Listener database (it has other tables)")
+                    raise StoreOpenError(f"{self.name}: not a Ping Listener database (it has other tables)")
                 connection.execute(SCHEMA_PATH.read_text())
                 connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
                 return
@@ -1028,11 +765,11 @@ class PgStore:
             return
         if version is not None and version > SCHEMA_VERSION:
             raise StoreOpenError(
-                f"{self.path}: database schema version {version} is newer than this Ping Listener"
+                f"{self.name}: database schema version {version} is newer than this Ping Listener"
                 f" understands ({SCHEMA_VERSION}); upgrade Ping Listener or use another --db"
             )
         raise StoreOpenError(
-            f"{self.path}: database schema version {version} is older than this Ping Listener's"
+            f"{self.name}: database schema version {version} is older than this Ping Listener's"
             f" ({SCHEMA_VERSION}), and PostgreSQL databases are upgraded only from version {min(PG_MIGRATIONS)} on;"
             " use a new database"
         )
@@ -1054,95 +791,3 @@ def _text(value: str | None) -> str | None:
     """`value` as PostgreSQL can keep it: its text cannot hold the character NUL, which becomes U+FFFD (as bytes
     that are not UTF-8 do when a body is decoded). Bodies and error messages come from outside."""
     return None if value is None else value.replace("\x00", "\ufffd")
-
-
-def _refuse_nul(username: str) -> None:
-    # PostgreSQL could not even look such a name up, and no configured username holds a control character.
-    if "\x00" in username:
-        raise UnknownUserError(f"unknown user {username}")
-
-
-def _user_id(connection: psycopg.Connection[Any], username: str) -> int:
-    _refuse_nul(username)
-    row = connection.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
-    if row is None:
-        raise UnknownUserError(f"unknown user {username}")
-    return int(row[0])
-
-
-def _apply_users(connection: psycopg.Connection[Any], users: Mapping[str, UserConfig], now: float) -> UsersChange:
-    """store._apply_users."""
-    configured = {
-        name: tuple(row)
-        for name, *row in connection.execute(
-            "SELECT child.username, "
-            + ", ".join(f"child.{column}" for column in _SETTINGS_COLUMNS)
-            + ", parent.username FROM users AS child"
-            " LEFT JOIN users AS parent ON parent.id = child.parent_id WHERE child.configured"
-        )
-    }
-    wanted = {name: _user_settings(user) for name, user in users.items()}
-    removed = [name for name in configured if name not in wanted]
-    added = [name for name in wanted if name not in configured]
-    changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "UPDATE users SET configured = false, due_at = NULL WHERE username = %s", [(name,) for name in removed]
-        )
-        columns = ", ".join(_SETTINGS_COLUMNS)
-        values = ", ".join(f"%({column})s" for column in _SETTINGS_COLUMNS)
-        updates = ", ".join(f"{column} = excluded.{column}" for column in _SETTINGS_COLUMNS)
-        cursor.executemany(
-            f"INSERT INTO users (username, configured, {columns}, monitored_since) VALUES (%(name)s, true, {values},"
-            f" %(now)s) ON CONFLICT (username) DO UPDATE SET configured = true, {updates}, monitored_since = %(now)s",
-            [_user_parameters(name, wanted[name], now) for name in added],
-        )
-        cursor.executemany(
-            "UPDATE users SET monitored_since = CASE WHEN %(monitor)s AND NOT monitor THEN %(now)s"
-            " ELSE monitored_since END, "
-            + ", ".join(f"{column} = %({column})s" for column in _SETTINGS_COLUMNS)
-            + " WHERE username = %(name)s",
-            [_user_parameters(name, wanted[name], now) for name in changed],
-        )
-        cursor.executemany(
-            "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = %s)"
-            " WHERE username = %s",
-            [(users[name].depends_on, name) for name in added + changed],
-        )
-        cursor.executemany(
-            f"UPDATE users SET due_at = {_DUE_AT} WHERE username = %s", [(name,) for name in added + changed]
-        )
-    return UsersChange(tuple(added), tuple(removed), tuple(changed))
-
-
-def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
-    return {**dict(zip(_SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
-
-
-def _restart_monitoring(connection: psycopg.Connection[Any], now: float) -> None:
-    """store._restart_monitoring."""
-    parameters = {"now": now}
-    connection.execute(
-        "UPDATE users SET last_ping = (SELECT at FROM pings WHERE pings.user_id = users.id AND at <= %(now)s"
-        " AND kind IN ('success', 'fail') ORDER BY at DESC LIMIT 1) WHERE last_ping > %(now)s",
-        parameters,
-    )
-    connection.execute("UPDATE users SET last_alert = %(now)s WHERE last_alert > %(now)s", parameters)
-    connection.execute(
-        "UPDATE users SET "
-        + ", ".join(
-            f"{column} = CASE WHEN {column} > %(now)s THEN %(now)s ELSE {column} END"
-            for column in ("run_started", "failed_at", "back_at")
-        )
-        + " WHERE run_started > %(now)s OR failed_at > %(now)s OR back_at > %(now)s",
-        parameters,
-    )
-    connection.execute("UPDATE users SET monitored_since = %(now)s WHERE configured", parameters)
-    connection.execute(f"UPDATE users SET due_at = {_DUE_AT} WHERE configured")
-    # Rows another instance is claiming or sending now are skipped: it deals with them.
-    for queue in ("outbox", "webhook_outbox"):
-        connection.execute(
-            f"UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
-            " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
-            parameters,
-        )

@@ -39,12 +39,18 @@ CLOCK_JUMP_TOLERANCE = 5.0
 FIRST_RETRY_DELAY = 5.0
 MAX_RETRY_DELAY = 300.0
 
-# What live_state() answers, for the testing page.
+# The conditions a user can be alerted about, highest priority first, and the recovery notice.
+FAILURE = "failed"
+RUN_TIMEOUT = "run_timeout"
+SILENCE = "late"
+BACK = "back"
+
+# What live_state() answers, for the testing page. A user in a condition shows that condition's own name.
 PINGING = "pinging"
 SILENT = "silent"
-LATE = "late"
+LATE = SILENCE
 ALERTED = "alerted"
-FAILED = "failed"
+FAILED = FAILURE
 RUNNING = "running"
 SNOOZED = "snoozed"
 SUPPRESSED = "suppressed"
@@ -57,15 +63,9 @@ LOG = "log"
 SIGNAL_KINDS = (SUCCESS, START, FAIL, LOG)
 MAX_EXIT_CODE = 255
 
-# The conditions a user can be alerted about, highest priority first, and the recovery notice.
-FAILURE = "failed"
-RUN_TIMEOUT = "run_timeout"
-SILENCE = "late"
-BACK = "back"
-
 
 class Watched(Protocol):
-    """What the rules read about a user (store.UserState has it): its settings and its last signs."""
+    """What the rules read about a user (records.UserState has it): its settings and its last signs."""
 
     @property
     def monitor(self) -> bool: ...

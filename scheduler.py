@@ -26,8 +26,7 @@ import webhooks
 from config import EMAIL_CHANNEL, WEBHOOK_CHANNEL_PREFIX, LiveSettings, UserConfig
 from localtime import logs_link
 from mailer import MailSender
-from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
-from store import (
+from records import (
     CheckOutcome,
     Digest,
     NewDigest,
@@ -35,10 +34,11 @@ from store import (
     NewWebhook,
     QueuedEmail,
     QueuedWebhook,
-    Store,
     StoreError,
     UserState,
 )
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
+from store_contract import StoreContract
 from webhooks import WebhookSender
 
 log = logging.getLogger("ping_listener.scheduler")
@@ -52,12 +52,12 @@ MIN_LOOP_DELAY = 0.02
 # stop the listener or make it spin.
 BAD_USER_DELAY = 60.0
 # Retention deletes at most this many rows of each kind per write transaction (a few ms of the write
-# lock: bench/retention.py), pauses RETENTION_PAUSE between full batches so pings and the other loops
+# lock: bench/operations.py, retention), pauses RETENTION_PAUSE between full batches so pings and the other loops
 # get the lock and the CPU, and looks for old rows again every RETENTION_INTERVAL once none are left.
 RETENTION_BATCH = 500
 RETENTION_PAUSE = 0.02
 RETENTION_INTERVAL = 60.0
-# How often the store's upkeep runs (Store.upkeep): on SQLite the WAL is copied into the database file
+# How often the store's upkeep runs (StoreContract.upkeep): on SQLite the WAL is copied into the database file
 # (commits never do it, so that a ping never waits for a checkpoint's fsync; every second keeps the WAL to
 # about a second of writes); on PostgreSQL the instance's lease is renewed (pg_store.CLAIM_TIMEOUT).
 STORE_UPKEEP_INTERVAL = 1.0
@@ -68,7 +68,7 @@ HEARTBEAT_TIMEOUT = 10.0
 BUSY_WEBHOOK_DELAY = 5.0
 # How often a loop that waits for a request (a reload) looks whether the service is stopping.
 REQUEST_POLL = 0.5
-# How long a database check of /healthz or the heartbeat (Store.check_writable: a commit of 64 KiB) answers for:
+# How long a database check of /healthz or the heartbeat (StoreContract.check_writable: a commit of 64 KiB) answers for:
 # within it, another check reuses its result, so that a client requesting /healthz in a loop makes the service
 # write at most that much a second.
 HEALTH_CHECK_REUSE = 1.0
@@ -93,7 +93,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreContract,
         mail_sender: MailSender,
         settings: LiveSettings,
         default_root: str,
@@ -171,7 +171,7 @@ class Scheduler:
 
     def follow_clock(self, now: float, monotonic_now: float) -> float:
         """Restart monitoring if the wall clock jumped since the last call (unless other instances run on the
-        database: Store.restart_monitoring_after_clock_jump); return the jump in seconds (0.0 if none).
+        database: StoreContract.restart_monitoring_after_clock_jump); return the jump in seconds (0.0 if none).
 
         `now` is the wall clock and `monotonic_now` a clock that never jumps (time.monotonic()).
         Without this, a jump forward would make every device look late at once, and a jump back
@@ -199,7 +199,7 @@ class Scheduler:
         several are left (mailer.digest); all the rows go sent, retried or failed together, and a digest
         tried again with exactly the rows it carried keeps its Message-ID and Date. The emails' next
         attempts are pushed back and new digests recorded before sending (only those the store still lets
-        this instance send go: Store.claim_emails), then each result is committed as soon as the SMTP
+        this instance send go: StoreContract.claim_emails), then each result is committed as soon as the SMTP
         server answers. Returns how many emails were due.
         """
         emails = self._store.due_emails(now, EMAILS_PER_STEP)
@@ -291,7 +291,7 @@ class Scheduler:
         return not self._busy_webhooks()
 
     def store_upkeep_once(self, now: float) -> int:
-        """The store's upkeep at `now` (Store.upkeep: a WAL checkpoint on SQLite, the instance's lease on
+        """The store's upkeep at `now` (StoreContract.upkeep: a WAL checkpoint on SQLite, the instance's lease on
         PostgreSQL); return 0, as there is never more to do at once."""
         self._store.upkeep(now)
         return 0
@@ -309,7 +309,7 @@ class Scheduler:
 
     def health_problem(self) -> str | None:
         """Why the service is not healthy now, or None: a loop that is not running, or a database where a
-        write cannot commit (Store.check_writable: its reason, such as "database is full"), as a check at most
+        write cannot commit (StoreContract.check_writable: its reason, such as "database is full"), as a check at most
         HEALTH_CHECK_REUSE seconds old found."""
         for name in LOOPS:
             thread = self._threads.get(name)

@@ -27,8 +27,10 @@ from database import chosen_database, display_name, open_store
 from mailer import SENT, SmtpMailer, SmtpSetupError
 from metrics import Exporter
 from overview import HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL, Overview
+from records import StoreError, StoreOpenError
 from scheduler import Scheduler
-from store import SCHEMA_VERSION, Store, StoreError, StoreOpenError
+from store import SCHEMA_VERSION
+from store_contract import StoreContract
 from web import MAX_REQUEST_BODY, MAX_SIGNAL_BODY, MAX_SIGNAL_REQUEST_BODY, Operations, make_app
 
 log = logging.getLogger("ping_listener.server")
@@ -215,16 +217,16 @@ def reload_on_sighup() -> threading.Event:
 
 
 def reload_settings(
-    path: str | os.PathLike[str], live_settings: LiveSettings, store: Store, clock: Callable[[], float]
+    path: str | os.PathLike[str], live_settings: LiveSettings, store: StoreContract, clock: Callable[[], float]
 ) -> bool:
     """Read the settings at `path` again and put them in force; True if they were.
 
     An invalid file changes nothing: each problem is logged on a line of its own, as at startup.
-    Valid settings are put in force first, then the store's users follow (see Store.reload_users):
+    Valid settings are put in force first, then the store's users follow (see StoreContract.reload_users):
     between the two, a user just removed already answers 404 and one just added may briefly answer
     404 too, but a ping is never recorded without the token the new settings ask for. If the store
     refuses, the previous settings are put back. A new `durability` applies to the commits that begin
-    after it (Store.use_durability).
+    after it (StoreContract.use_durability).
     """
     try:
         settings = config.load_settings(path)

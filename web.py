@@ -44,6 +44,7 @@ from localtime import (
 )
 from mailer import SENT, TestEmailSender
 from overview import Overview, overview_day
+from records import EmailEvent, Signal, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
 from rules import (
     FAIL,
     LOG,
@@ -59,7 +60,7 @@ from rules import (
     signal_kind,
     snoozed,
 )
-from store import EmailEvent, Signal, Store, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
+from store_contract import StoreContract as Store
 
 log = logging.getLogger("ping_listener.web")
 

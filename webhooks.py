@@ -8,8 +8,8 @@ the delivery's fate (`outcome`): 2xx delivered; 408, 429, 5xx and connection pro
 `Retry-After` answer header is honoured); redirects and other 4xx failed for good, since sending
 the same request again would get the same answer.
 
-This module imports nothing else of the project but outbound.py: config.py reads FORMATS from it, store.py
-WebhookEvent.
+This module imports nothing else of the project but outbound.py and records.py (its WebhookEvent): config.py
+reads FORMATS from it.
 """
 
 import email.header
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import outbound
+from records import WebhookEvent
 
 log = logging.getLogger("ping_listener.webhooks")
 
@@ -42,26 +43,6 @@ USER_AGENT = "ping-listener"
 DELIVERED = "sent"
 RETRY = "retry"
 FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookEvent:
-    """What a webhook is told about one alert or recovery.
-
-    `id` is stable for this event and channel (the Idempotency-Key); `event` is late, failed,
-    run_timeout or back; `at` is when it was decided and `last_ping` the user's last ping then (UTC
-    epoch seconds, or None); `title` and `text` are the email's subject and plain text; `logs_url`
-    links to the signals of the day it is about.
-    """
-
-    id: str
-    event: str
-    username: str
-    at: float | None
-    last_ping: float | None
-    title: str
-    text: str
-    logs_url: str
 
 
 @dataclass(frozen=True, slots=True)

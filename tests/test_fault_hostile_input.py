@@ -14,8 +14,7 @@ import time
 import urllib.parse
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import web
 from store import Store

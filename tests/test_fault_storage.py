@@ -17,8 +17,9 @@ import store as store_module
 import web
 from config import LiveSettings
 from loadgen import burst
+from records import StoreUnavailableError
 from scheduler import HEALTH_CHECK_REUSE, STORE_UPKEEP_INTERVAL, Scheduler
-from store import SCHEMA_VERSION, Store, StoreUnavailableError
+from store import SCHEMA_VERSION, Store
 from support import (
     ROOT,
     SLACK,

@@ -3,8 +3,7 @@ import time
 import urllib.parse
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from localtime import (
     MAX_QUERY_FIELDS,

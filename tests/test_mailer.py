@@ -5,8 +5,7 @@ import ssl
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import config
 import mailer
@@ -14,7 +13,7 @@ import outbound
 import rules
 import support
 from mailer import REJECTED, RETRY, SENT, SmtpMailer, SmtpSetupError, build_message, compose_alert
-from store import QueuedEmail, Signal, UserState
+from records import QueuedEmail, Signal, UserState
 from support import T0, TlsSmtpServer
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
-from store import CheckOutcome, NewEmail, StoreUnavailableError
+from records import CheckOutcome, NewEmail, StoreUnavailableError
 from support import BACKENDS, T0, make_settings
 
 USERS = {

@@ -19,7 +19,8 @@ from playwright.sync_api import expect
 from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
 
 from overview import SLOT_SECONDS, SLOTS
-from store import CheckOutcome, NewEmail, Store
+from records import CheckOutcome, NewEmail
+from store import Store
 from support import LIBFAKETIME, make_settings, wait_until, write_settings
 
 PASSWORD = "a look, not a touch"

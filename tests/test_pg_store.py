@@ -16,17 +16,16 @@ import pg_store
 from database import chosen_database, display_name, is_postgresql, open_store
 from pg_store import CLAIM_TIMEOUT, PgStore
 from pgcluster import PASSWORD
-from store import (
-    SCHEMA_VERSION,
+from records import (
     CheckOutcome,
     NewDigest,
     NewEmail,
     NewWebhook,
-    Store,
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
 )
+from store import SCHEMA_VERSION, Store
 from support import T0, free_port, make_settings, wait_until
 
 USERS = {f"dev{n:02}": {"monitor": True, "max_sleep": 60, "email_frequency": 600} for n in range(20)}

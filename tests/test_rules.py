@@ -1,5 +1,6 @@
 import dataclasses
 
+from records import UserState
 from rules import (
     ALERTED,
     FAILED,
@@ -28,7 +29,6 @@ from rules import (
     silence_start,
     silences,
 )
-from store import UserState
 from support import T0
 
 

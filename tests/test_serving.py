@@ -23,7 +23,8 @@ import server
 import serving
 import web
 from loadgen import Trickle, burst, closed_by_server, open_idle_connections, pipeline_without_reading
-from store import Store, StoreUnavailableError
+from records import StoreUnavailableError
+from store import Store
 from support import SLACK, db_of, make_settings, make_test_app, query, write_settings
 
 DEVICE = "dev"

@@ -15,20 +15,19 @@ import store as store_module
 from config import LiveSettings
 from database import open_store
 from pg_store import PgStore
-from store import (
-    SCHEMA_VERSION,
+from records import (
     CheckOutcome,
     EmailEvent,
     NewDigest,
     NewEmail,
     NewWebhook,
     Signal,
-    Store,
     StoreOpenError,
     UnknownUserError,
+    WebhookEvent,
 )
+from store import SCHEMA_VERSION, Store
 from support import BACKENDS, T0, make_settings, query, write_settings
-from webhooks import WebhookEvent
 
 # The store contract's tests run on both backends (support.BACKENDS); the others are SQLite's own (pragmas, WAL,
 # query plans, files, upgrades) and tests/test_pg_store.py has PostgreSQL's.

@@ -10,14 +10,13 @@ import zoneinfo
 import prometheus_client.parser
 import pytest
 import webtest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import config
 import mailer
 import web
 from config import LiveSettings, parse_settings
-from store import CheckOutcome, NewEmail, Signal
+from records import CheckOutcome, NewEmail, Signal
 from support import T0, Clock, ScriptedTestEmails, SmallDiskStore, make_settings, make_test_app
 
 

@@ -12,8 +12,9 @@ import pytest
 import outbound
 import webhooks
 from config import WebhookConfig
+from records import WebhookEvent
 from support import T0, HttpReceiver, Trickler, free_port, wait_until
-from webhooks import DELIVERED, FAILED, RETRY, WebhookEvent, WebhookSender
+from webhooks import DELIVERED, FAILED, RETRY, WebhookSender
 
 EVENT = WebhookEvent(
     id="3f1c2a9e-5b7d-4e61-9a0c-2d8e4f6b1a37",

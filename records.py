@@ -1,0 +1,268 @@
+"""The records every layer of Ping Listener passes around, and the store's errors: what a user's state is,
+what the absence listener decided, what waits in the email and webhook queues and what their history shows.
+
+No backend owns this module (store.py for SQLite and pg_store.py for PostgreSQL both build these records), and
+it imports nothing of the project but rules.py, so the mail, webhook, web and data layers share them without
+knowing each other.
+"""
+
+from dataclasses import dataclass
+
+from rules import SILENCE
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the message is fit to show a person."""
+
+
+class StoreOpenError(StoreError):
+    """The database cannot be used (not a Ping Listener database, read-only, newer schema, ...)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database refused a read or write for now (disk full, I/O error, locked too long, server gone)."""
+
+
+class UnknownUserError(StoreError):
+    """No such user: not configured (for pings) or never known (for history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """What a webhook is told about one alert or recovery.
+
+    `id` is stable for this event and channel (the Idempotency-Key); `event` is late, failed,
+    run_timeout or back; `at` is when it was decided and `last_ping` the user's last ping then (UTC
+    epoch seconds, or None); `title` and `text` are the email's subject and plain text; `logs_url`
+    links to the signals of the day it is about.
+    """
+
+    id: str
+    event: str
+    username: str
+    at: float | None
+    last_ping: float | None
+    title: str
+    text: str
+    logs_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user's configuration mirror and monitoring state, as the absence listener sees it."""
+
+    id: int
+    username: str
+    monitor: bool
+    max_sleep: float
+    email_frequency: float
+    monitored_since: float
+    last_ping: float | None
+    last_alert: float | None
+    due_at: float | None
+    max_runtime: float | None = None
+    notify_recovery: bool = True
+    run_started: float | None = None
+    last_duration: float | None = None
+    failed_at: float | None = None
+    fail_signal: int | None = None
+    last_alert_kind: str | None = None
+    down_since: float | None = None
+    back_at: float | None = None
+    last_signal: int | None = None
+    silence_from: float | None = None
+    snoozed_until: float | None = None
+    muted_outage: float | None = None
+    suppressed_kind: str | None = None
+    schedule: str | None = None
+    tz: str | None = None
+    grace: float | None = None
+    # The user it depends on, read in the same statement (its own parent is not read); None if none.
+    parent: "UserState | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One recorded signal: its time, kind, exit code, the duration of the run it closed, and its body."""
+
+    at: float
+    kind: str
+    exit_code: int | None
+    duration: float | None
+    body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserCounts:
+    """A configured user's deadline (when its first condition begins, as rules.condition says at the time
+    asked about, a snooze changing nothing; None if not monitored), last ping and counters.
+
+    The counters, pings and alerts recorded since the user was first configured, never go down:
+    retention deletes old pings and alerts, not what was counted.
+    """
+
+    username: str
+    condition_at: float | None
+    last_ping: float | None
+    pings: int
+    alerts: int
+    # A scheduled user's whole state: its deadline needs its schedule, which SQL cannot evaluate, so its
+    # condition_at above counts its silence from its last contact (rules.condition_at gives the real one).
+    scheduled: "UserState | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsersChange:
+    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEmail:
+    """An alert email to queue for one recipient."""
+
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewWebhook:
+    """A webhook delivery to queue: the webhook's name, the event's id (its Idempotency-Key) and what it says."""
+
+    webhook: str
+    event_id: str
+    title: str
+    text: str
+    logs_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """What the absence listener decided about one due user.
+
+    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition
+    `kind` (rules.SILENCE, FAILURE or RUN_TIMEOUT), through the user's channels. `next_due_at` is when to
+    look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
+    back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
+    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
+    or ends an outage. `suppressed`, if not None,
+    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
+    recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment its silence is
+    measured from, its schedule's next run after it), as rules.decide worked it out (Decision.next_run),
+    kept so that SQL can tell whether it is down when it is a parent.
+    """
+
+    user: UserState
+    next_due_at: float | None
+    emails: tuple[NewEmail, ...] = ()
+    kind: str = SILENCE
+    down_since: float | None = None
+    ends_outage: bool = False
+    recovery: tuple[NewEmail, ...] = ()
+    suppressed: tuple[str, float] | None = None
+    webhooks: tuple[NewWebhook, ...] = ()
+    recovery_webhooks: tuple[NewWebhook, ...] = ()
+    next_run: tuple[float, float | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEmail:
+    """An outbox row waiting to be sent, or a digest of several (mailer.digest builds those).
+
+    `username` and `kind` say whom and what it is about (rules.BACK for a recovery). `digest` is the
+    latest digest that carried it, if one did.
+    """
+
+    id: int
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+    queued_at: float
+    attempts: int
+    username: str = ""
+    kind: str = SILENCE
+    digest: "Digest | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A digest as recorded: its id, Message-ID, when it was made (its Date) and how many emails it carried."""
+
+    id: int
+    message_id: str
+    created_at: float
+    emails: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewDigest:
+    """A digest about to be tried for the first time: the ids of the outbox rows it carries, its subject and
+    Message-ID (the drain's `now` is its Date)."""
+
+    email_ids: tuple[int, ...]
+    recipient: str
+    subject: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedWebhook:
+    """A webhook_outbox row waiting to be delivered: its id, its webhook's name, its attempts so far and its event."""
+
+    id: int
+    webhook: str
+    attempts: int
+    event: WebhookEvent
+
+
+@dataclass(frozen=True, slots=True)
+class EmailEvent:
+    """An alert or recovery email as its history shows it: queued, sent or failed, and when.
+
+    `last_ping` is the user's last ping when the alert was decided (None: none since monitoring
+    began); `finished_at` is when it was sent or failed (None while queued); `kind` is what it is
+    about (rules.SILENCE, FAILURE, RUN_TIMEOUT or BACK).
+    """
+
+    id: int
+    username: str
+    recipient: str
+    status: str
+    attempts: int
+    last_ping: float | None
+    queued_at: float
+    finished_at: float | None
+    kind: str = SILENCE
+    # The latest digest that carried it, and that digest's subject; None if none did.
+    digest_id: int | None = None
+    digest_subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHistory:
+    """A webhook delivery as its history shows it: the channel ("webhook:NAME"), queued, sent or failed, and when."""
+
+    id: int
+    username: str
+    channel: str
+    status: str
+    attempts: int
+    last_ping: float | None
+    queued_at: float
+    finished_at: float | None
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertHistory:
+    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
+
+    at: float
+    last_ping: float | None
+    emails: tuple[EmailEvent, ...]
