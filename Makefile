@@ -30,8 +30,9 @@ test-email: $(VENV)/.runtime-installed
 smtp-sink: $(VENV)/.dev-installed
 	$(BIN)/python tools/smtp_sink.py --port $(SINK_PORT)
 
+# Two workers, one per core, each taking whole files (a file's tests share its module fixtures and order).
 test: $(VENV)/.dev-installed debian-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--duration 3 --only ping".
 bench: $(VENV)/.bench-installed bench-packages
