@@ -60,7 +60,7 @@ from rules import (
     signal_kind,
     snoozed,
 )
-from store_contract import StoreContract as Store
+from store_contract import StoreContract
 
 log = logging.getLogger("ping_listener.web")
 
@@ -128,7 +128,7 @@ class Operations:
 
 
 def make_app(
-    store: Store,
+    store: StoreContract,
     settings: LiveSettings,
     clock: Callable[[], float],
     testing_password: str | None,
@@ -325,7 +325,7 @@ def make_app(
 
 
 def _with_fast_ping(
-    app: WSGIApplication, store: Store, settings: LiveSettings, clock: Callable[[], float]
+    app: WSGIApplication, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
 ) -> WSGIApplication:
     """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
 
@@ -383,7 +383,9 @@ class _PingAnswerTimes:
         return latest[1], latest[2]
 
 
-def _record_signal(environ: WSGIEnvironment, store: Store, settings: LiveSettings, clock: Callable[[], float]) -> float:
+def _record_signal(
+    environ: WSGIEnvironment, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
+) -> float:
     """Record the signal that `environ` asks for (query or path form) if its user's token allows it; the time
     it was recorded at, or a bottle.HTTPError."""
     try:
