@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             store.close()
             where = f"{settings.email_pings.host}:{settings.email_pings.port}"
-            print(f"email_pings: cannot listen on {where}: {error.strerror or error}", file=sys.stderr)
+            reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's strerror repeats the address
+            print(f"email_pings: cannot listen on {where}: {reason}", file=sys.stderr)
             return 2
     try:
         limits = serving.ServingLimits(incomplete_requests_per_address=settings.max_incomplete_requests_per_address)
