@@ -4,7 +4,8 @@ python server.py [--settings PATH] [--db PATH_OR_URL] [--host HOST] [--port PORT
 python server.py --send-test-email ADDRESS
 
 Startup reads the settings, opens the database (a SQLite file, or PostgreSQL for a postgresql:// URL in --db
-or DATABASE_URL: database.py) and starts the scheduler; SIGHUP reads the settings
+or DATABASE_URL: database.py), starts the email pings' SMTP listener if the settings ask for it
+(email_pings.py) and starts the scheduler; SIGHUP reads the settings
 again (reload_settings). The app itself, its routes and answers, is web.py. --send-test-email only
 proves the SMTP setup: it sends one email and exits, touching neither the settings nor the database.
 """
