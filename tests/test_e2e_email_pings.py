@@ -64,15 +64,19 @@ def test_the_service_takes_email_pings_with_its_http_ones_and_stops_cleanly(tmp_
         assert smtp.ehlo()[1].startswith(DOMAIN.encode())
         smtp.send_message(message("Hyper Backup: task nightly failed", to=f"backup@{DOMAIN}"))
     assert service.get("/ping/nas")[0] == 200
-    assert service.stop() == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+        replies = idle.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        assert service.stop() == 0
+        # A session still open is told, not cut.
+        assert replies.readline() == b"421 4.3.2 the service is shutting down\r\n"
     db = tmp_path / "ping_listener.db"
     assert signals(db) == [
         ("backup", "fail", "Subject: Hyper Backup: task nightly failed\n\nTask nightly completed."),
         ("nas", "success", None),
     ]
-    # Once stopped, the port is free.
-    with socket.socket() as again:
-        again.bind(("127.0.0.1", port))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
 def test_a_kill_9_right_after_the_250_keeps_the_signal(tmp_path, start_server):

@@ -96,6 +96,7 @@ def test_keywords_decide_the_kind_fail_first_then_start_then_success_case_ignore
     assert email_signal_kind("Backup failed", "", KEYWORDS) == "fail"
     assert email_signal_kind("Backup report", "Task COMPLETED with an ERROR", KEYWORDS) == "fail"
     assert email_signal_kind("Backup started", "will report when completed", KEYWORDS) == "start"
+    assert email_signal_kind("Backup started", "and failed at once", KEYWORDS) == "fail"
     assert email_signal_kind("Backup report", "Completed.", KEYWORDS) == "success"
     assert email_signal_kind("Sauvegarde terminée", "Rien à signaler", KEYWORDS) == "log"
     # In the subject or in the text, either will do.
