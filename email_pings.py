@@ -72,6 +72,8 @@ MAX_MIME_PARTS = 32
 MAX_MULTIPARTS = 10
 # A multipart's boundary parameter, as the bytes of a Content-Type header write it; boundary* (RFC 2231) too.
 _BOUNDARY = re.compile(rb'boundary(\*[0-9]*\*?)?\s*=\s*(?:"([^"\r\n]*)"|([^\s;]*))', re.IGNORECASE)
+# How often a session past its deadline looks again whether its message has been recorded.
+_RECORDING_CHECK = 0.1
 # The text of an HTML part is read this many characters at a time, until MAX_SIGNAL_TEXT bytes of it came.
 _HTML_PIECE = 4096
 # HTML elements whose content is no text a person reads, and those that end a line of text.
@@ -85,7 +87,8 @@ _QUOTED_PAIR = re.compile(r"\\(.)")
 class ListenerLimits:
     """What one SMTP session may take: the listener's bounds, each a number of seconds or of sessions."""
 
-    max_sessions: int = 200
+    # Each may hold a message of up to MAX_MESSAGE_BYTES while it arrives: 100 MB in all at most.
+    max_sessions: int = 100
     # A relay sends a domain's mail over at most 20 connections at once (Postfix's default).
     max_sessions_per_address: int = 20
     # Each command must arrive within this long of the previous one (DATA's whole content, too).
@@ -426,8 +429,14 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
-        assert envelope.original_content is not None
-        return await self._listener.accept_message(envelope.original_content, list(dict.fromkeys(envelope.rcpt_tos)))
+        assert envelope.original_content is not None and isinstance(server, _Session)
+        server.recording = True
+        try:
+            return await self._listener.accept_message(
+                envelope.original_content, list(dict.fromkeys(envelope.rcpt_tos))
+            )
+        finally:
+            server.recording = False
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("email pings: a session failed: %r", error)
@@ -458,6 +467,8 @@ class _Session(SMTP):
         self._refusal: str | None = None
         self._admitted = False
         self._deadline: asyncio.TimerHandle | None = None
+        # Whether a message of this session is being read and recorded (then its deadline waits for the 250).
+        self.recording = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # the connection itself, not the TLS layer STARTTLS puts on it
@@ -466,9 +477,7 @@ class _Session(SMTP):
             self._refusal = self._listener.admit(self, self._address)
             self._admitted = self._refusal is None
             if self._admitted:
-                self._deadline = self.loop.call_later(
-                    self._listener.limits.session_deadline, self.close_with, "421 4.4.2 session deadline reached"
-                )
+                self._deadline = self.loop.call_later(self._listener.limits.session_deadline, self._deadline_reached)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -493,6 +502,14 @@ class _Session(SMTP):
             await super().smtp_DATA(arg)
         finally:
             busy.set_result(None)
+
+    def _deadline_reached(self) -> None:
+        # A message being recorded gets its answer first: cut now, its sender would send it again. Reading and
+        # recording one is bounded (MAX_MIME_PARTS, the store's busy timeout), so this waits a bounded time.
+        if self.recording:
+            self._deadline = self.loop.call_later(_RECORDING_CHECK, self._deadline_reached)
+        else:
+            self.close_with("421 4.4.2 session deadline reached")
 
     def close_with(self, reply: str | None) -> None:
         """Send `reply` (if any) and close the connection, at once."""

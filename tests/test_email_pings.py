@@ -6,6 +6,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
@@ -31,6 +32,7 @@ from email_pings import (
     recipient_username,
     tls_context,
 )
+from store import Store
 from support import SLACK, SmallDiskStore, make_settings, query, wait_until
 
 DOMAIN = "ping.example.net"
@@ -568,3 +570,45 @@ def test_an_address_naming_wrong_recipients_is_refused_for_a_while_others_are_no
         assert code == 450 and reply.startswith(b"4.7.1 too many unknown recipients from 127.0.0.5; try again in")
     send(listener.port, message(), source_address=("127.0.0.6", 0))
     assert [username for username, _, _ in signals(store)] == ["nas"]
+
+
+class HeldStore(Store):
+    """The real Store, whose batches of signals wait until the test releases them: a commit that takes long."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @contextlib.contextmanager
+    def ping_batch(self):
+        self.entered.set()
+        self.release.wait(30)
+        with super().ping_batch():
+            yield
+
+
+def test_a_message_being_recorded_at_its_sessions_deadline_gets_its_250_before_the_session_closes(
+    tmp_path, start_listener
+):
+    held = HeldStore(tmp_path / "held.db")
+    try:
+        limits = ListenerLimits(session_deadline=0.5)
+        listener = start_listener(limits=limits, on=held)
+        with smtplib.SMTP("127.0.0.1", listener.port, timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.mail("nas@home.example")
+            smtp.rcpt(f"nas@{DOMAIN}")
+            smtp.send(b"DATA\r\n")
+            assert smtp.getreply()[0] == 354
+            smtp.send(message().as_bytes().replace(b"\n", b"\r\n") + b".\r\n")
+            assert held.entered.wait(10)
+            time.sleep(limits.session_deadline + 0.5)  # past the deadline, while the commit is held
+            held.release.set()
+            assert smtp.getreply() == (250, b"2.0.0 recorded: nas success")
+            # Then, unasked, the deadline.
+            assert smtp.getreply() == (421, b"4.4.2 session deadline reached")
+        assert len(signals(held)) == 1
+    finally:
+        held.release.set()
+        held.close()
