@@ -612,3 +612,30 @@ def test_a_message_being_recorded_at_its_sessions_deadline_gets_its_250_before_t
     finally:
         held.release.set()
         held.close()
+
+
+def test_garbage_from_a_client_gets_smtp_errors_never_a_crash(store, start_listener, caplog):
+    listener = start_listener()
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as connection:
+        replies = connection.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        for line in (
+            b"EHLO x",
+            b"MAIL FROM:<a@b> SIZE=huge",
+            b"MAIL FROM:<a@b>",
+            b"RCPT TO:<nas@" + DOMAIN.encode() + b"> NOTIFY=NEVER",
+            b"RCPT TO:<\xff\xfe@" + DOMAIN.encode() + b">",
+            b"RCPT TO:<<<>>>",
+            b"RCPT TO:" + b"x" * 5000,
+            b"AUTH PLAIN AGFkbWluAHNlY3JldA==",
+            b"\x00\x01\x02",
+        ):
+            connection.sendall(line + b"\r\n")
+            reply = replies.readline()
+            while reply[3:4] == b"-":  # a reply of several lines
+                reply = replies.readline()
+            assert reply[:1] in (b"2", b"4", b"5"), (line, reply)
+            assert reply[:1] != b"2" or line in (b"EHLO x", b"MAIL FROM:<a@b>"), (line, reply)
+    send(listener.port, message())
+    assert [username for username, _, _ in signals(store)] == ["nas"]
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
