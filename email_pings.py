@@ -67,7 +67,7 @@ WRONG_RECIPIENT_WINDOW = 60.0
 # On shutdown, messages being received or recorded may finish for this long; then every session is closed.
 SHUTDOWN_GRACE = 0.5
 # A message of more MIME parts than this, or of more multiparts (each with its boundary), is refused before
-# it is read: the email package takes about a millisecond a part, and much more for parts nested in parts.
+# it is read: the email package's work grows with every part, and much faster with parts nested in parts.
 MAX_MIME_PARTS = 32
 MAX_MULTIPARTS = 10
 # A multipart's boundary parameter, as the bytes of a Content-Type header write it; boundary* (RFC 2231) too.
@@ -93,7 +93,8 @@ class ListenerLimits:
     max_sessions_per_address: int = 20
     # Each command must arrive within this long of the previous one (DATA's whole content, too).
     command_timeout: float = 60.0
-    # A session is closed this long after it opened, whatever it is doing.
+    # A session is closed this long after it opened, whatever it is doing (a message being recorded gets its
+    # answer first).
     session_deadline: float = 300.0
 
 
@@ -250,7 +251,7 @@ class EmailPingListener:
     """The SMTP listener of `settings` (EmailPingsConfig): records email pings in `store` for the users of
     the settings in force (`live`), at `clock()` epoch seconds; STARTTLS with `context` if given.
 
-    start() binds and begins to serve in threads of its own; stop() ends them. Safe to stop from any thread.
+    start() binds and begins to serve in threads of its own; stop(), from any other thread, ends them.
     """
 
     def __init__(
@@ -315,7 +316,8 @@ class EmailPingListener:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
-        self._recorder.shutdown()
+        # Messages still queued are not recorded: their sessions are closed, so their senders send them again.
+        self._recorder.shutdown(cancel_futures=True)
 
     async def _shut_down(self, grace: float) -> None:
         assert self._server is not None
