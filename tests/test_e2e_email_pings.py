@@ -124,7 +124,7 @@ class Postfix:
         for directory in (config, queue, data):
             directory.mkdir()
         shutil.chown(data, "postfix")
-        master = Path("/etc/postfix/master.cf").read_text()
+        master = Path("/usr/share/postfix/master.cf.dist").read_text()  # the package's own, as shipped
         # Its own smtpd on the port given, not port 25.
         master = "\n".join(line for line in master.splitlines() if not line.startswith("smtp      inet"))
         master += f"\n127.0.0.1:{port} inet n - n - - smtpd\n"
