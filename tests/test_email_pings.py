@@ -32,6 +32,7 @@ from email_pings import (
     recipient_username,
     tls_context,
 )
+from records import StoreUnavailableError
 from store import Store
 from support import SLACK, SmallDiskStore, make_settings, query, wait_until
 
@@ -639,3 +640,30 @@ def test_garbage_from_a_client_gets_smtp_errors_never_a_crash(store, start_liste
     send(listener.port, message())
     assert [username for username, _, _ in signals(store)] == ["nas"]
     assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
+class FailingSecondStore(Store):
+    """The real Store, but recording a signal for `fails_for` fails as a storage fault would, after the others
+    of its batch were written."""
+
+    fails_for = "backup"
+
+    def record_ping(self, username, now, kind="success", exit_code=None, body=None):
+        if username == self.fails_for:
+            raise StoreUnavailableError("storage unavailable: the test says so")
+        super().record_ping(username, now, kind, exit_code, body)
+
+
+def test_a_message_to_several_users_is_recorded_for_all_or_for_none(tmp_path, start_listener):
+    failing = FailingSecondStore(tmp_path / "failing.db")
+    try:
+        listener = start_listener(on=failing)
+        with smtplib.SMTP("127.0.0.1", listener.port, timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.mail("nas@home.example")
+            smtp.rcpt(f"nas@{DOMAIN}")
+            smtp.rcpt(f"backup@{DOMAIN}")
+            assert smtp.data(message().as_string())[0] == 451
+        assert signals(failing) == []
+    finally:
+        failing.close()
