@@ -182,7 +182,12 @@ def _structure_problem(data: bytes) -> str | None:
         parts = lines.count(b"\n--")
     else:
         boundaries = {quoted or plain for _, quoted, plain in found}
-        parts = sum(lines.count(b"\n--" + boundary) for boundary in boundaries if boundary)
+        # Each delimiter line begins a part, but a closing one (--BOUNDARY--).
+        parts = sum(
+            lines.count(b"\n--" + boundary) - lines.count(b"\n--" + boundary + b"--")
+            for boundary in boundaries
+            if boundary
+        )
     if parts > MAX_MIME_PARTS:
         return f"too many MIME parts (at most {MAX_MIME_PARTS})"
     return None

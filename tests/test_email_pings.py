@@ -188,12 +188,12 @@ def test_a_message_that_is_no_email_or_has_too_many_parts_to_read_is_malformed()
     assert message_content(nested_multiparts(MAX_MULTIPARTS - 1)) == ("x", "")
     with pytest.raises(MalformedMessage, match=f"too many multipart sections \\(at most {MAX_MULTIPARTS}\\)"):
         message_content(nested_multiparts(3000))
-    assert message_content(many_parts(MAX_MIME_PARTS - 1)) == ("x", "part")
+    assert message_content(many_parts(MAX_MIME_PARTS)) == ("x", "part")
     for boundary in (b'"=_part"', b"plain-boundary"):
         with pytest.raises(MalformedMessage, match=f"too many MIME parts \\(at most {MAX_MIME_PARTS}\\)"):
-            message_content(many_parts(MAX_MIME_PARTS, boundary))
+            message_content(many_parts(MAX_MIME_PARTS + 1, boundary))
     # A boundary in RFC 2231 pieces is not read before parsing: every line beginning with -- counts.
-    pieces = many_parts(MAX_MIME_PARTS).replace(b'boundary="=_part"', b"boundary*0*=''%3D; boundary*1=_part")
+    pieces = many_parts(MAX_MIME_PARTS + 1).replace(b'boundary="=_part"', b"boundary*0*=''%3D; boundary*1=_part")
     with pytest.raises(MalformedMessage, match="too many MIME parts"):
         message_content(pieces)
 
@@ -400,7 +400,7 @@ def test_a_message_over_1_mb_gets_552_and_records_nothing(store, start_listener)
 def test_a_malformed_message_gets_554_records_nothing_and_the_listener_goes_on(store, start_listener):
     listener = start_listener()
     with smtplib.SMTP("127.0.0.1", listener.port, timeout=10) as smtp:
-        for data in (b"no header, only words\r\n", nested_multiparts(3000), many_parts(MAX_MIME_PARTS)):
+        for data in (b"no header, only words\r\n", nested_multiparts(3000), many_parts(MAX_MIME_PARTS + 1)):
             smtp.ehlo()
             smtp.mail("nas@home.example")
             smtp.rcpt(f"nas@{DOMAIN}")
