@@ -69,12 +69,14 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 # start a cluster of (tests/pgcluster.py; its versioned bin directory, as the client alone has one too),
 # HAProxy (tests/test_haproxy.py runs contrib/haproxy.cfg; by path, as /usr/sbin may not be on PATH), strace
 # (tests/test_fault_storage.py counts the service's syncs to disk), curl (as devices and cron jobs send their
-# signals).
+# signals), swaks (an SMTP client nobody here wrote, for email pings) and Postfix (relaying mail to them, as a
+# NAS's mail server does; tests/test_e2e_email_pings.py runs its own instance, by path as for HAProxy).
 # Benchmarks: wrk, time zone data (they run in Europe/Paris), PostgreSQL.
 POSTGRESQL_SERVER := /usr/lib/postgresql/*/bin/initdb:postgresql
 TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime \
 	$(POSTGRESQL_SERVER) \
-	/usr/sbin/haproxy:haproxy strace:strace curl:curl
+	/usr/sbin/haproxy:haproxy strace:strace curl:curl \
+	swaks:swaks /usr/sbin/postfix:postfix
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata $(POSTGRESQL_SERVER)
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.

@@ -46,6 +46,12 @@ DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS = 1_000
 # commit synced to disk before its answers leave). store.SYNCHRONOUS says how.
 DURABILITIES = ("process", "power")
 DEFAULT_DURABILITY = "process"
+# settings.json's `email_pings`: its keys, the address it listens on unless `host` says otherwise, and the kinds
+# of signal a user's `email_keywords` may name, in the order they are looked for.
+EMAIL_PINGS_KEYS = {"port", "domain", "host", "tls_certificate", "tls_key"}
+DEFAULT_EMAIL_PINGS_HOST = "0.0.0.0"
+EMAIL_KEYWORD_KINDS = ("fail", "start", "success")
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 # The display name of alert emails' From header unless SMTP_FROM_NAME says otherwise.
 DEFAULT_SENDER_NAME = "Ping Listener"
 
@@ -62,6 +68,7 @@ TOP_LEVEL_KEYS = {
     "webhooks",
     "durability",
     "max_incomplete_requests_per_address",
+    "email_pings",
 }
 USER_KEYS = {
     "monitor",
@@ -76,6 +83,7 @@ USER_KEYS = {
     "token",
     "depends_on",
     "notify",
+    "email_keywords",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
@@ -98,6 +106,15 @@ class ConfigError(Exception):
     def __init__(self, problems: Iterable[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailKeywords:
+    """A user's `email_keywords`: the words that make an email ping a fail, a start or a success (email_pings.py)."""
+
+    fail: tuple[str, ...] = ()
+    start: tuple[str, ...] = ()
+    success: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +146,21 @@ class UserConfig:
     token_digest: bytes | None = field(default=None, repr=False)
     # Where its alerts and recoveries go: EMAIL_CHANNEL and "webhook:NAME" channels, in the order given.
     notify: tuple[str, ...] = DEFAULT_NOTIFY
+    # How an email ping's subject and text decide its kind; None: every email ping is a success.
+    email_keywords: EmailKeywords | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailPingsConfig:
+    """settings.json's `email_pings`: the SMTP listener (email_pings.py) on `host`:`port` (0: the OS chooses)
+    taking mail for `domain` (lowercase), offering STARTTLS with the PEM files `tls_certificate` and `tls_key`
+    when both are given."""
+
+    port: int
+    domain: str
+    host: str = DEFAULT_EMAIL_PINGS_HOST
+    tls_certificate: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +193,8 @@ class Settings:
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     # Read at start only: the server's connections are counted against the value it started with.
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
+    # The SMTP listener taking email pings; None: no listener. Read at start only.
+    email_pings: EmailPingsConfig | None = None
 
 
 class LiveSettings:
@@ -252,6 +286,7 @@ def parse_settings(document: Any) -> Settings:
     max_incomplete_requests_per_address = _whole_number(
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
+    email_pings = _email_pings(document["email_pings"], problems) if "email_pings" in document else None
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -279,6 +314,7 @@ def parse_settings(document: Any) -> Settings:
         durability=durability,
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
+        email_pings=email_pings,
     )
 
 
@@ -422,6 +458,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
             " or control characters"
         )
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
+    email_keywords = _email_keywords(user["email_keywords"], path, problems) if "email_keywords" in user else None
     if len(problems) > before:
         return None
     return UserConfig(
@@ -437,7 +474,59 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
+        email_keywords=email_keywords,
     )
+
+
+def _email_pings(value, problems):
+    """settings.json's `email_pings` as an EmailPingsConfig, or None and a problem naming each wrong key."""
+    if not isinstance(value, dict):
+        problems.append(
+            f'email_pings: must be an object such as {{"port": 2525, "domain": "ping.example.net"}}, got {_show(value)}'
+        )
+        return None
+    before = len(problems)
+    _unknown_keys(value, EMAIL_PINGS_KEYS, "email_pings.", problems)
+    port = _required(value, "port", "email_pings.", problems)
+    if "port" in value and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        problems.append(f"email_pings.port: must be an integer from 0 to 65535 (0: the OS chooses), got {_show(port)}")
+    domain = _required(value, "domain", "email_pings.", problems)
+    if "domain" in value and not (isinstance(domain, str) and len(domain) <= 253 and _DOMAIN.fullmatch(domain)):
+        problems.append(f"email_pings.domain: must be a domain name such as ping.example.net, got {_show(domain)}")
+    host = value.get("host", DEFAULT_EMAIL_PINGS_HOST)
+    if not (isinstance(host, str) and host and not _CONTROL.search(host)):
+        problems.append(f"email_pings.host: must be an address or host name to listen on, got {_show(host)}")
+    files = {}
+    for key in ("tls_certificate", "tls_key"):
+        files[key] = value.get(key)
+        if files[key] is not None and not (isinstance(files[key], str) and files[key]):
+            problems.append(f"email_pings.{key}: must be the path of a PEM file, got {_show(files[key])}")
+    if (files["tls_certificate"] is None) != (files["tls_key"] is None):
+        given, missing = ("tls_certificate", "tls_key") if files["tls_key"] is None else ("tls_key", "tls_certificate")
+        problems.append(
+            f"email_pings.{missing}: missing (STARTTLS needs tls_certificate and tls_key; {given} is given)"
+        )
+    if len(problems) > before:
+        return None
+    return EmailPingsConfig(port, domain.lower(), host, files["tls_certificate"], files["tls_key"])
+
+
+def _email_keywords(value, path, problems):
+    """A user's `email_keywords` as EmailKeywords, or None and a problem naming each wrong key."""
+    path += ".email_keywords"
+    expected = 'an object such as {"fail": ["failed", "error"], "success": ["completed"]}'
+    if not isinstance(value, dict):
+        problems.append(f"{path}: must be {expected}, got {_show(value)}")
+        return None
+    before = len(problems)
+    _unknown_keys(value, set(EMAIL_KEYWORD_KINDS), path + ".", problems)
+    for kind in EMAIL_KEYWORD_KINDS:
+        words = value.get(kind, [])
+        if not (isinstance(words, list) and all(isinstance(word, str) and word.strip() for word in words)):
+            problems.append(f"{path}.{kind}: must be a list of non-empty strings, got {_show(words)}")
+    if len(problems) > before:
+        return None
+    return EmailKeywords(*(tuple(value.get(kind, [])) for kind in EMAIL_KEYWORD_KINDS))
 
 
 def _is_token(text):

@@ -84,7 +84,8 @@ CREATE TABLE pings (
     exit_code INTEGER,
     -- Seconds since the run's start, on the success or fail that closed a run; else NULL.
     duration  REAL,
-    -- The first 10 000 bytes of a POST body, decoded as UTF-8 with replacement; NULL if none.
+    -- The first 10 000 bytes of a POST body, decoded as UTF-8 with replacement (an email ping's: "Subject: ...",
+    -- a blank line and the first 10 000 bytes of its text); NULL if none.
     body      TEXT
 );
 CREATE INDEX pings_by_user_time ON pings (user_id, at);

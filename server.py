@@ -4,7 +4,8 @@ python server.py [--settings PATH] [--db PATH_OR_URL] [--host HOST] [--port PORT
 python server.py --send-test-email ADDRESS
 
 Startup reads the settings, opens the database (a SQLite file, or PostgreSQL for a postgresql:// URL in --db
-or DATABASE_URL: database.py) and starts the scheduler; SIGHUP reads the settings
+or DATABASE_URL: database.py), starts the email pings' SMTP listener if the settings ask for it
+(email_pings.py) and starts the scheduler; SIGHUP reads the settings
 again (reload_settings). The app itself, its routes and answers, is web.py. --send-test-email only
 proves the SMTP setup: it sends one email and exits, touching neither the settings nor the database.
 """
@@ -24,6 +25,7 @@ import config
 import serving
 from config import LiveSettings
 from database import chosen_database, display_name, open_store
+from email_pings import EmailPingListener, tls_context
 from mailer import SENT, SmtpMailer, SmtpSetupError
 from metrics import Exporter
 from overview import HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL, Overview
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
         secrets = config.load_secrets(os.environ)
+        email_tls = tls_context(settings.email_pings) if settings.email_pings is not None else None
     except config.ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -98,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None
     overview = Overview(store)
     app = make_app(store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password)
+    email_listener = None
+    if settings.email_pings is not None:
+        email_listener = EmailPingListener(settings.email_pings, store, live_settings, clock, email_tls)
+        try:
+            email_listener.start()
+        except OSError as error:
+            store.close()
+            where = f"{settings.email_pings.host}:{settings.email_pings.port}"
+            reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's strerror repeats the address
+            print(f"email_pings: cannot listen on {where}: {reason}", file=sys.stderr)
+            return 2
     try:
         limits = serving.ServingLimits(incomplete_requests_per_address=settings.max_incomplete_requests_per_address)
         http_server = serving.create_http_server(
@@ -111,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             quick_bodies=serving.QuickBodies(MAX_SIGNAL_REQUEST_BODY, MAX_SIGNAL_BODY),
         )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
+        if email_listener is not None:
+            email_listener.stop()
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"listening on {scheduler.default_root}", flush=True)
     serving.serve_until_signalled(http_server, stop_requested, SHUTDOWN_GRACE)
+    if email_listener is not None:
+        email_listener.stop()
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()

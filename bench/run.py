@@ -20,6 +20,7 @@ from bench import (
     details,
     detection,
     durability,
+    email_flood,
     footprint,
     harness,
     history,
@@ -48,6 +49,7 @@ SECTIONS = (
     "retention",
     "pg-ping",
     "pg-tick",
+    "email-flood",
 )
 RESULTS = harness.ROOT / "bench" / "results.md"
 # The sections that measure section 1's servers (started once for all of them).
@@ -125,6 +127,8 @@ def _run_section(section, args, servers):
         return postgresql.ping(args.duration, args.warmup, args.rounds, _log)
     if section == "pg-tick":
         return postgresql.tick_at(100_000, _log)
+    if section == "email-flood":
+        return email_flood.run(args.duration, _log)
     return detection.run(devices=20, log=_log)
 
 
@@ -163,6 +167,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _operations_table(results.get("metrics"), results.get("retention"), targets)
     if "pg-ping" in results or "pg-tick" in results:
         lines += _postgresql_table(results.get("pg-ping"), results.get("pg-tick"))
+    if "email-flood" in results:
+        lines += _email_flood_table(results["email-flood"])
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'met' if met else '**missed**'} |" for target, measured, met in targets]
     return "\n".join(lines) + "\n"
@@ -637,6 +643,22 @@ def _detection_table(result, targets):
         "|---|---|---|---|",
         f"| {result.devices} | {result.median_s * 1000:.0f} ms | {result.max_s * 1000:.0f} ms"
         f" | {result.bound_s * 1000:.0f} ms |",
+        "",
+    ]
+
+
+def _email_flood_table(result):
+    return [
+        "## Email pings under a flood",
+        "",
+        "One client pinging over HTTP (wrk, 1 connection, keep-alive), first alone, then while"
+        f" {email_flood.SMTP_SENDERS} SMTP clients send email pings as fast as they are answered (a session each)"
+        f" and {email_flood.IDLE_SESSIONS} more SMTP sessions are held open doing nothing.",
+        "",
+        "| ping p50 alone | ping p99 alone | ping p50, flood | ping p99, flood | email pings/s | failures |",
+        "|---|---|---|---|---|---|",
+        f"| {result.quiet_p50_ms:.2f} ms | {result.quiet_p99_ms:.2f} ms | {result.flood_p50_ms:.2f} ms"
+        f" | {result.flood_p99_ms:.2f} ms | {result.messages_per_second:.0f} | {result.failures} |",
         "",
     ]
 
