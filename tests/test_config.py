@@ -538,7 +538,7 @@ def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
         valid_document(
             webhooks={
                 "ftp": {"url": "ftp://example.net/x", "format": "json"},
-                "odd": {"url": "https://example.net", "format": "pagerduty", "colour": "red"},
+                "odd": {"url": "https://example.net", "format": "pager", "colour": "red"},
                 "bare": {"format": "json", "headers": {"Bad Name": "x", "X-Ok": "line\nbreak"}},
                 "no object": "https://example.net",
             },
