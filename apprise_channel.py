@@ -178,10 +178,11 @@ def _job_file(job: bytes) -> Iterator[int]:
 
 
 def _child_environment() -> dict[str, str]:
-    """The service's environment, with SSL_CERT_FILE also told to requests (which reads REQUESTS_CA_BUNDLE)."""
+    """The service's environment, with SSL_CERT_FILE (if set) also told to requests, which reads REQUESTS_CA_BUNDLE
+    instead: Apprise's services are trusted as the service's other HTTPS peers are."""
     environment = dict(os.environ)
     if "SSL_CERT_FILE" in environment:
-        environment.setdefault("REQUESTS_CA_BUNDLE", environment["SSL_CERT_FILE"])
+        environment["REQUESTS_CA_BUNDLE"] = environment["SSL_CERT_FILE"]
     return environment
 
 
