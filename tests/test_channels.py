@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 
+import prometheus_client.parser
 import pytest
 
 import apprise_channel
@@ -13,7 +14,7 @@ import config
 import webhooks
 from config import WebhookConfig
 from records import WebhookEvent
-from support import T0, HttpReceiver, Trickler
+from support import T0, HttpReceiver, Trickler, query, run_server, wait_until, write_settings
 from webhooks import DELIVERED, FAILED, RETRY, WebhookSender
 
 ROUTING_KEY = "R0ut1ngKeyR0ut1ngKeyR0ut1ngKey12"
@@ -335,3 +336,92 @@ def test_each_bad_channel_key_is_named_and_no_secret_shown():
         "webhooks.w.headers: the apprise format takes none (an Apprise URL says it all)"
     ]
     assert problems_with({"format": "apprise"}) == ["webhooks.w.url: missing"]
+
+
+# --- the service, end to end -----------------------------------------------------------------------------------
+
+METRICS_TOKEN = "metrics-token-for-prometheus"
+LATE_USER = {"monitor": True, "max_sleep": 0.3, "email_frequency": 3600}
+
+
+def delivery_counts(service):
+    text = service.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1]
+    families = {family.name: family for family in prometheus_client.parser.text_string_to_metric_families(text)}
+    return {
+        (sample.labels["channel_kind"], sample.labels["outcome"]): sample.value
+        for sample in families["ping_listener_deliveries"].samples
+        if sample.name == "ping_listener_deliveries_total" and sample.value
+    }
+
+
+def test_every_channel_kind_is_delivered_counted_and_no_apprise_token_is_logged_or_stored(tmp_path, start_server):
+    with HttpReceiver() as gotify, HttpReceiver() as pagerduty, HttpReceiver() as opsgenie:
+        gotify.answers = [500]
+        opsgenie.answers = [(429, {"Retry-After": "1"})]
+        settings = write_settings(
+            tmp_path / "settings.json",
+            {"pi": {**LATE_USER, "notify": ["email", "webhook:tg", "webhook:pd", "webhook:og"]}},
+            webhooks={
+                "tg": {"format": "apprise", "url": f"gotify://{host_of(gotify)}/{TOKEN}"},
+                "pd": {"format": "pagerduty", "routing_key": ROUTING_KEY, "url": pagerduty.url + "/v2/enqueue"},
+                "og": {"format": "opsgenie", "api_key": API_KEY, "url": opsgenie.url + "/v2/alerts"},
+            },
+        )
+        service = start_server(settings, METRICS_TOKEN=METRICS_TOKEN)
+        counted = wait_until(
+            lambda: (
+                (counts := delivery_counts(service)).get(("apprise", "sent"))
+                and counts.get(("opsgenie", "sent"))
+                and counts
+            ),
+            timeout=30,
+            message="every channel's delivery sent",
+        )
+        assert service.stop() == 0
+    assert counted == {
+        ("email", "sent"): 1.0,
+        ("apprise", "retried"): 1.0,
+        ("apprise", "sent"): 1.0,
+        ("pagerduty", "sent"): 1.0,
+        ("opsgenie", "retried"): 1.0,
+        ("opsgenie", "sent"): 1.0,
+    }
+    assert [json.loads(body)["event_action"] for *_, body in pagerduty.requests] == ["trigger"]
+    assert [path for path in opsgenie.paths] == ["/v2/alerts", "/v2/alerts"]
+    db_path = tmp_path / "ping_listener.db"
+    # Apprise's reason for the failure is logged, scrubbed.
+    assert "late webhook 1 (pi) to tg not delivered (Failed to send Gotify notification" in service.log()
+    assert TOKEN not in service.log() and TOKEN not in db_path.read_bytes().decode(errors="replace")
+
+
+def test_an_apprise_delivery_killed_mid_retry_is_delivered_after_a_restart(tmp_path, start_server):
+    with HttpReceiver() as json_service:
+        json_service.answers = [503, HttpReceiver.HANG]
+        settings = write_settings(
+            tmp_path / "settings.json",
+            {"pi": {**LATE_USER, "notify": ["webhook:tg"]}},
+            webhooks={"tg": {"format": "apprise", "url": f"json://{host_of(json_service)}/hook"}},
+        )
+        db_path = tmp_path / "ping_listener.db"
+        service = start_server(settings)
+        # Refused once, then retried: that attempt never answered.
+        json_service.wait_for_requests(2, timeout=30)
+        assert query(db_path, "SELECT status, attempts FROM webhook_outbox") == [("queued", 1)]
+        service.kill()
+        restarted = start_server(settings)
+        json_service.wait_for_requests(3, timeout=30)
+        wait_until(lambda: query(db_path, "SELECT status, attempts FROM webhook_outbox") == [("sent", 2)], timeout=30)
+        assert restarted.stop() == 0
+    assert len({body for *_, body in json_service.requests}) == 1 and len(json_service.requests) == 3
+
+
+def test_an_apprise_url_apprise_cannot_read_stops_startup_naming_the_key_and_no_token(tmp_path):
+    settings = write_settings(
+        tmp_path / "settings.json",
+        {"pi": {**LATE_USER, "notify": ["webhook:tg"]}},
+        webhooks={"tg": {"format": "apprise", "url": f"tgram://{TOKEN}"}},
+    )
+    finished = run_server("--settings", str(settings), "--db", str(tmp_path / "ping_listener.db"))
+    assert finished.returncode == 2
+    assert "webhooks.tg.url: Apprise cannot read this URL (tgram://…;" in finished.stderr
+    assert TOKEN not in finished.stderr + finished.stdout
