@@ -264,8 +264,10 @@ class WebhookHistory:
 
 @dataclass(frozen=True, slots=True)
 class AlertHistory:
-    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
+    """An alert and its emails: when it was decided, the user's last ping then, each email's history and each
+    webhook delivery's."""
 
     at: float
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
+    deliveries: tuple[WebhookHistory, ...] = ()
