@@ -136,9 +136,13 @@ class _Lines:
         with selectors.DefaultSelector() as selector:
             selector.register(self._fd, selectors.EVENT_READ)
             while b"\n" not in self._buffer:
-                if len(self._buffer) > ANSWER_LIMIT or deadline.expired():
+                if len(self._buffer) > ANSWER_LIMIT:
                     return None
-                if selector.select(deadline.timeout(1.0)):
+                try:
+                    ready = selector.select(deadline.timeout(1.0))
+                except outbound.DeadlineExceeded:
+                    return None
+                if ready:
                     piece = os.read(self._fd, 65536)
                     if not piece:
                         self.ended = True

@@ -414,14 +414,18 @@ class WebhookSender:
         ]
         errors = apprise_channel.notify_each(url, messages, self._deadline)
         done = 0
+        rest = DeliveryResult(RETRY, "not tried: Apprise did not answer in time", unreachable=True)
         try:
             for delivery, error in zip(deliveries, errors, strict=False):
                 done += 1
                 yield delivery, apprise_outcome(error, delivery.attempts)
+        except Exception as error:  # Apprise could not be started (no memory, no process left, ...)
+            log.exception("cannot run Apprise for webhook %s", deliveries[done].webhook)
+            rest = DeliveryResult(RETRY, f"cannot run Apprise: {_describe(error)}", unreachable=True)
         finally:
             errors.close()
         for delivery in deliveries[done:]:
-            yield delivery, DeliveryResult(RETRY, "not tried: Apprise did not answer in time", unreachable=True)
+            yield delivery, rest
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -285,6 +285,17 @@ def test_the_apprise_child_gets_the_url_on_its_input_never_its_command_line(api,
     assert len(started) == 1 and not any(TOKEN in argument for argument in started[0])
 
 
+def test_when_apprise_cannot_be_started_its_deliveries_are_retried(monkeypatch):
+    def no_process(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(apprise_channel.subprocess, "Popen", no_process)
+    settled = list(sender().send_in_order(apprise_hook("json://127.0.0.1:9/hook"), [Queued(1), Queued(2)]))
+    assert [(d.id, r.status, r.error) for d, r in settled] == [
+        (n, RETRY, "cannot run Apprise: BlockingIOError: [Errno 11] Resource temporarily unavailable") for n in (1, 2)
+    ]
+
+
 def test_scrub_blots_out_every_piece_of_the_url_and_hidden_shows_only_the_scheme():
     url = f"tgram://123456789:{TOKEN}/-100123?format=markdown"
     said = f"Failed to send Telegram notification to 123456789:{TOKEN} (chat -100123): 401"
