@@ -14,8 +14,7 @@ An Apprise URL holds its service's token. It is never logged, shown in an error,
 command line: errors show the URL's scheme only (`hidden`), and what Apprise itself says about a failure is
 kept with every piece of the URL blotted out (`scrub`).
 
-This module imports nothing else of the project but outbound.py (and Apprise, only when a URL is checked, and
-in the child).
+This module imports nothing else of the project but outbound.py; only its child processes import Apprise.
 """
 
 import contextlib
@@ -37,6 +36,8 @@ import outbound
 
 # How long the child may take to start (load Python and Apprise's plugins) on top of its first message's deadline.
 START_DEADLINE = 20.0
+# How long asking Apprise whether it can use the settings' URLs may take (starting Python and Apprise included).
+CHECK_DEADLINE = 30.0
 # The most of what Apprise says about a failure that is kept (after scrubbing).
 ERROR_CHARS = 300
 # Pieces of an Apprise URL shorter than this are not blotted out of Apprise's messages (they would blot out
@@ -63,15 +64,36 @@ def hidden(url: str) -> str:
     return f"{scheme}://…" if re.fullmatch(r"[A-Za-z][\w+.-]{0,31}", scheme) else "…"
 
 
-def url_problem(url: str) -> str | None:
-    """Why Apprise cannot use `url` (a sentence naming its scheme only), or None if it can."""
-    apprise = _quiet_apprise()
+def url_problems(urls: Sequence[str]) -> list[str | None]:
+    """For each of `urls`, why Apprise cannot use it (a sentence naming its scheme only), or None if it can.
+
+    Apprise is asked in a child process (as for sending), so that the service itself never loads Apprise and
+    its 150 plugins (some 40 MB); it answers within CHECK_DEADLINE.
+    """
+    if not urls:
+        return []
     try:
-        if apprise.Apprise.instantiate(url) is not None:
-            return None
-    except Exception:  # noqa: S110 -- whatever Apprise trips on, the URL is not one it can use
-        pass
-    return f"Apprise cannot read this URL ({hidden(url)}; the rest is not shown, as it may hold a token)"
+        with _job_file(json.dumps(list(urls)).encode()) as stdin:
+            finished = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "check"],
+                stdin=stdin,
+                capture_output=True,
+                timeout=CHECK_DEADLINE,
+                env=_child_environment(),
+            )
+        usable = json.loads(finished.stdout)
+        if not (isinstance(usable, list) and len(usable) == len(urls)):
+            raise ValueError(f"Apprise answered {len(finished.stdout)} bytes that are no answer")
+    except subprocess.TimeoutExpired:
+        return [f"Apprise did not say within {CHECK_DEADLINE:g} s whether it can read this URL"] * len(urls)
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        return [f"cannot ask Apprise whether it can read this URL ({type(error).__name__}: {error})"] * len(urls)
+    return [
+        None
+        if ok is True
+        else f"Apprise cannot read this URL ({hidden(url)}; the rest is not shown, as it may hold a token)"
+        for url, ok in zip(urls, usable, strict=True)
+    ]
 
 
 def scrub(text: str, url: str) -> str:
@@ -190,14 +212,19 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _quiet_apprise() -> Any:
-    """The apprise module, with its logger kept from the service's log: it names unreadable URLs whole."""
-    apprise_log = logging.getLogger("apprise")
-    apprise_log.propagate = False
-    apprise_log.setLevel(logging.CRITICAL + 1)
+def _check() -> None:
+    """The child's work when asked to check: read a JSON list of URLs from standard input and write a JSON list
+    saying, for each, whether Apprise can use it. Apprise's log, which names unreadable URLs whole, goes nowhere
+    (the child configures no logging, and its parent drops its standard error)."""
     import apprise
 
-    return apprise
+    usable = []
+    for url in json.loads(sys.stdin.buffer.read()):
+        try:
+            usable.append(apprise.Apprise.instantiate(url) is not None)
+        except Exception:  # whatever Apprise trips on, the URL is not one it can use
+            usable.append(False)
+    sys.stdout.write(json.dumps(usable))
 
 
 class _Said(logging.Handler):
@@ -247,4 +274,7 @@ def _child(alarm: int) -> None:
 
 
 if __name__ == "__main__":
-    _child(int(sys.argv[1]))
+    if sys.argv[1] == "check":
+        _check()
+    else:
+        _child(int(sys.argv[1]))

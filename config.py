@@ -549,6 +549,8 @@ def _webhooks(value, problems):
         problems.append(f"webhooks: must be an object of name -> {{url, format, headers}}, got {_show(value)}")
         return {}
     webhooks = {}
+    # The apprise webhooks' names and URLs, checked at the end all at once (apprise_channel.url_problems).
+    apprise_urls = {}
     for name, webhook in value.items():
         path = _path("webhooks.", name)
         before = len(problems)
@@ -569,8 +571,8 @@ def _webhooks(value, problems):
         if format_ == APPRISE:
             if url is not None and not isinstance(url, str):
                 problems.append(f"{path}.url: must be an Apprise URL, got {_show(url)}")
-            elif url is not None and (problem := apprise_channel.url_problem(url)) is not None:
-                problems.append(f"{path}.url: {problem}")
+            elif url is not None:
+                apprise_urls[name] = url
             if "headers" in webhook:
                 problems.append(f"{path}.headers: the apprise format takes none (an Apprise URL says it all)")
         elif url is not None and not _is_http_url(url):
@@ -600,6 +602,11 @@ def _webhooks(value, problems):
                 )
         if len(problems) == before:
             webhooks[name] = WebhookConfig(url, format_, tuple(headers.items()), recoveries=recoveries, **keys)
+    checked = apprise_channel.url_problems(list(apprise_urls.values()))
+    for name, problem in zip(apprise_urls, checked, strict=True):
+        if problem is not None:
+            problems.append(f"{_path('webhooks.', name)}.url: {problem}")
+            webhooks.pop(name, None)
     return webhooks
 
 

@@ -5,6 +5,7 @@ Apprise in its child process, its self-hostable services pointed at a real local
 import dataclasses
 import itertools
 import json
+import sys
 
 import prometheus_client.parser
 import pytest
@@ -351,8 +352,17 @@ def test_apprise_pagerduty_and_opsgenie_webhooks_are_read_with_their_defaults():
     assert problems_with(
         {"format": "opsgenie", "api_key": API_KEY, "url": "https://api.eu.opsgenie.com/v2/alerts"}
     ) == (WebhookConfig("https://api.eu.opsgenie.com/v2/alerts", "opsgenie", api_key=API_KEY))
+    # Apprise was asked in a child process: the service itself never loads it.
+    assert "apprise" not in sys.modules
     # Secrets stay out of a settings' repr (a log line, a traceback).
     assert ROUTING_KEY not in repr(problems_with({"format": "pagerduty", "routing_key": ROUTING_KEY}))
+
+
+def test_an_apprise_that_does_not_answer_in_time_stops_startup(monkeypatch):
+    monkeypatch.setattr(apprise_channel, "CHECK_DEADLINE", 0.001)
+    assert problems_with({"format": "apprise", "url": f"tgram://123456789:{TOKEN}/-100123"}) == [
+        "webhooks.w.url: Apprise did not say within 0.001 s whether it can read this URL"
+    ]
 
 
 def test_each_bad_channel_key_is_named_and_no_secret_shown():
@@ -451,9 +461,18 @@ def test_an_apprise_url_apprise_cannot_read_stops_startup_naming_the_key_and_no_
     settings = write_settings(
         tmp_path / "settings.json",
         {"pi": {**LATE_USER, "notify": ["webhook:tg"]}},
-        webhooks={"tg": {"format": "apprise", "url": f"tgram://{TOKEN}"}},
+        webhooks={
+            "tg": {"format": "apprise", "url": f"tgram://{TOKEN}"},
+            # Apprise's own log would show this one whole.
+            "odd": {"format": "apprise", "url": "nosuchscheme://secretA"},
+        },
     )
     finished = run_server("--settings", str(settings), "--db", str(tmp_path / "ping_listener.db"))
     assert finished.returncode == 2
-    assert "webhooks.tg.url: Apprise cannot read this URL (tgram://…;" in finished.stderr
-    assert TOKEN not in finished.stderr + finished.stdout
+    assert [line for line in finished.stderr.splitlines() if line.startswith("webhooks.")] == [
+        "webhooks.tg.url: Apprise cannot read this URL (tgram://…; the rest is not shown, as it may hold a token)",
+        "webhooks.odd.url: Apprise cannot read this URL (nosuchscheme://…; the rest is not shown, as it may hold a"
+        " token)",
+    ]
+    output = finished.stdout + finished.stderr
+    assert TOKEN not in output and "secretA" not in output
