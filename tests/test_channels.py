@@ -222,6 +222,14 @@ def test_an_apprise_failure_is_retried_and_its_reason_names_no_token(api, answer
     assert TOKEN not in result.error
 
 
+def test_an_apprise_service_that_never_answers_is_retried(api):
+    api.answers = [HttpReceiver.HANG]
+    hook = apprise_hook(f"gotify://{host_of(api)}/{TOKEN}?rto=0.5")
+    [(_, result)] = sender().send_in_order(hook, [Queued(1)])
+    assert result.status == RETRY
+    assert "error occurred sending Gotify notification" in result.error and TOKEN not in result.error
+
+
 def test_what_apprise_says_of_a_failure_is_kept_with_the_pieces_of_the_url_blotted_out():
     # Apprise names the host it could not reach: as any piece of the URL, it is blotted out.
     hook = apprise_hook(f"json://localhost:{free_port()}/{TOKEN}")
