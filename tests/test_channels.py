@@ -256,7 +256,7 @@ def test_a_failure_then_a_success_sends_each_once(api):
 
 
 def test_an_apprise_service_that_trickles_is_given_up_at_the_deadline_and_the_rest_not_tried(monkeypatch):
-    monkeypatch.setattr(apprise_channel, "START_DEADLINE", 8.0)
+    monkeypatch.setattr(apprise_channel, "START_DEADLINE", 15.0)
     # A byte every 0.5 s: within Apprise's own read timeout, so only the deadline ends it.
     answer = lambda: itertools.chain([b"HTTP/1.1 200 OK\r\n"], itertools.repeat(b"X-Slow: y\r\n"))  # noqa: E731
     with Trickler(answer, TRICKLE) as slow:

@@ -9,6 +9,7 @@ import zoneinfo
 
 import pytest
 
+import apprise_channel
 import config
 import mailer
 import rules
@@ -33,6 +34,7 @@ from support import (
     query,
     wait_until,
 )
+from webhooks import WEBHOOK_DEADLINE
 
 
 class RecordingMailer:
@@ -1007,6 +1009,14 @@ def test_a_pagerduty_incident_is_triggered_then_resolved_by_one_dedup_key_per_ou
     ]
 
 
+def deliver_within(steps, now):
+    """deliver(), waiting as long as the deliveries it started may take: an Apprise one may first start its
+    process (apprise_channel.START_DEADLINE)."""
+    due = steps.deliver_once(now)
+    assert steps.wait_for_deliveries(apprise_channel.START_DEADLINE + WEBHOOK_DEADLINE)
+    return due
+
+
 @BACKENDS
 @pytest.mark.parametrize("format_", ["pagerduty", "opsgenie", "apprise"])
 def test_a_delivery_that_fails_then_succeeds_is_sent_once_more_and_counted(store, recording_mailer, hook, format_):
@@ -1021,11 +1031,11 @@ def test_a_delivery_that_fails_then_succeeds_is_sent_once_more_and_counted(store
     steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:w"), clock=clock, webhooks={"w": webhook})
     steps.check_once(T0 + 61)
     hook.answers = [503]
-    assert deliver(steps, T0 + 61) == 1
+    assert deliver_within(steps, T0 + 61) == 1
     assert deliveries(store) == [("pi", "w", "late", "queued", 1)]
     clock.now = T0 + 61 + retry_delay(1)
-    assert deliver(steps, clock.now) == 1
-    assert deliver(steps, clock.now + rules.MAX_RETRY_DELAY * 10) == 0
+    assert deliver_within(steps, clock.now) == 1
+    assert deliver_within(steps, clock.now + rules.MAX_RETRY_DELAY * 10) == 0
     assert deliveries(store) == [("pi", "w", "late", "sent", 2)]
     assert len(hook.requests) == 2 and hook.requests[0][3] == hook.requests[1][3]
     assert delivery_counts(steps) == {(format_, "retried"): 1.0, (format_, "sent"): 1.0}
@@ -1048,7 +1058,11 @@ def test_a_slow_apprise_service_delays_no_email_and_no_other_channel(store, reco
         assert steps.drain_once(T0 + 61) == 1
         assert [email.subject for email in recording_mailer.sent] == ["pi disconnection detected"]
         wait_until(lambda: ("pi", "fine", "late", "sent", 1) in deliveries(store), message="fine's delivery recorded")
-        wait_until(lambda: slow.sent and slow.sent[0] > 0, message="the slow service answering")
+        wait_until(
+            lambda: slow.sent and slow.sent[0] > 0,
+            timeout=apprise_channel.START_DEADLINE,
+            message="the slow service answering",
+        )
         # Both went while Apprise was still being answered by the slow service.
         assert ("pi", "slow", "late", "queued", 0) in deliveries(store)
         assert slow.closed_by_client == 0
