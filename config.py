@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import apprise_channel
 import schedules
-from webhooks import FORMATS as WEBHOOK_FORMATS
+from webhooks import APPRISE, DEFAULT_URLS, FORMATS as WEBHOOK_FORMATS
 
 # Deliberately strict enough to catch typos ("alice example.com", "alice@", "alice@.com"), not a full
 # RFC 5322 parser: the SMTP server has the last word on an address. The domain may have a single label
@@ -88,7 +89,9 @@ USER_KEYS = {
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
-WEBHOOK_KEYS = {"url", "format", "headers"}
+WEBHOOK_KEYS = {"url", "format", "headers", "routing_key", "api_key", "recoveries"}
+# The formats whose webhooks need a key of their own, and that key.
+WEBHOOK_FORMAT_KEYS = {"pagerduty": "routing_key", "opsgenie": "api_key"}
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -165,11 +168,16 @@ class EmailPingsConfig:
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
-    """One webhook of settings.json's `webhooks`: where to POST, in which format (webhooks.FORMATS), extra headers."""
+    """One webhook of settings.json's `webhooks`: where to POST (an Apprise URL for the apprise format), in which
+    format (webhooks.FORMATS), extra headers, the key of a pagerduty or opsgenie webhook, and whether it is told
+    of recoveries."""
 
-    url: str
+    url: str = field(repr=False)
     format: str
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    routing_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    recoveries: bool = True
 
 
 @dataclass(frozen=True)
@@ -630,6 +638,8 @@ def _webhooks(value, problems):
         problems.append(f"webhooks: must be an object of name -> {{url, format, headers}}, got {_show(value)}")
         return {}
     webhooks = {}
+    # The apprise webhooks' names and URLs, checked at the end all at once (apprise_channel.url_problems).
+    apprise_urls = {}
     for name, webhook in value.items():
         path = _path("webhooks.", name)
         before = len(problems)
@@ -639,12 +649,35 @@ def _webhooks(value, problems):
             problems.append(f"{path}: must be an object with url and format, got {_show(webhook)}")
             continue
         _unknown_keys(webhook, WEBHOOK_KEYS, path + ".", problems)
-        url = _required(webhook, "url", path + ".", problems)
-        if url is not None and not _is_http_url(url):
-            problems.append(f"{path}.url: must be an http:// or https:// URL, got {_show(url)}")
         format_ = _required(webhook, "format", path + ".", problems)
         if format_ is not None and format_ not in WEBHOOK_FORMATS:
             problems.append(f"{path}.format: must be one of {', '.join(WEBHOOK_FORMATS)}, got {_show(format_)}")
+            format_ = None
+        if format_ in DEFAULT_URLS:
+            url = webhook.get("url", DEFAULT_URLS[format_])
+        else:
+            url = _required(webhook, "url", path + ".", problems)
+        if format_ == APPRISE:
+            if url is not None and not isinstance(url, str):
+                problems.append(f"{path}.url: must be an Apprise URL, got {_show(url)}")
+            elif url is not None:
+                apprise_urls[name] = url
+            if "headers" in webhook:
+                problems.append(f"{path}.headers: the apprise format takes none (an Apprise URL says it all)")
+        elif url is not None and not _is_http_url(url):
+            problems.append(f"{path}.url: must be an http:// or https:// URL, got {_show(url)}")
+        keys = {}
+        for key in ("routing_key", "api_key"):
+            if WEBHOOK_FORMAT_KEYS.get(format_) == key:
+                secret = keys[key] = _required(webhook, key, path + ".", problems)
+                # Never shown: it is a secret.
+                if secret is not None and not (isinstance(secret, str) and re.fullmatch(r"[\x21-\x7e]+", secret)):
+                    problems.append(f"{path}.{key}: must be a non-empty string of visible ASCII characters")
+            elif key in webhook:
+                problems.append(f"{path}.{key}: only {_format_needing(key)} webhooks take one")
+        recoveries = webhook.get("recoveries", True)
+        if not isinstance(recoveries, bool):
+            problems.append(f"{path}.recoveries: must be true or false, got {_show(recoveries)}")
         headers = webhook.get("headers", {})
         if not isinstance(headers, dict):
             problems.append(f"{path}.headers: must be an object of header name -> value, got {_show(headers)}")
@@ -657,8 +690,17 @@ def _webhooks(value, problems):
                     f"{path}.headers.{header}: must be text without control characters, got {_show(header_value)}"
                 )
         if len(problems) == before:
-            webhooks[name] = WebhookConfig(url, format_, tuple(headers.items()))
+            webhooks[name] = WebhookConfig(url, format_, tuple(headers.items()), recoveries=recoveries, **keys)
+    checked = apprise_channel.url_problems(list(apprise_urls.values()))
+    for name, problem in zip(apprise_urls, checked, strict=True):
+        if problem is not None:
+            problems.append(f"{_path('webhooks.', name)}.url: {problem}")
+            webhooks.pop(name, None)
     return webhooks
+
+
+def _format_needing(key):
+    return next(format_ for format_, needed in WEBHOOK_FORMAT_KEYS.items() if needed == key)
 
 
 def _is_http_url(value):

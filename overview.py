@@ -666,8 +666,8 @@ def overview_day(store: StoreContract, username: str, start: float, end: float, 
 
     Its pings counted in columns of DAY_COLUMN_SECONDS, its silences past its deadline (rules.silences) that
     overlap the day (with their full length, also before or after it), its alerts with their
-    emails, and the /logs link. At most DAY_MAX_PINGS pings are read (then `truncated` is true and
-    the day is shown up to the last of them). Raises store.UnknownUserError for an unknown user.
+    emails and webhook deliveries, and the /logs link. At most DAY_MAX_PINGS pings are read (then `truncated`
+    is true and the day is shown up to the last of them). Raises store.UnknownUserError for an unknown user.
     """
     user = store.user(username)
     times = store.pings_between(username, start, end, DAY_MAX_PINGS + 1)
@@ -727,5 +727,16 @@ def _alert(alert: AlertHistory, write: Callable[[float], str]) -> dict[str, Any]
                 "finished_at_local": None if email.finished_at is None else write(email.finished_at),
             }
             for email in alert.emails
+        ],
+        # Each webhook delivery as its channel ("webhook:NAME"), never its URL.
+        "deliveries": [
+            {
+                "channel": delivery.channel,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "queued_at_local": write(delivery.queued_at),
+                "finished_at_local": None if delivery.finished_at is None else write(delivery.finished_at),
+            }
+            for delivery in alert.deliveries
         ],
     }

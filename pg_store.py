@@ -185,7 +185,7 @@ DUE_EMAILS_SQL = (
 DUE_WEBHOOKS_SQL = (
     _claiming("webhook_outbox", "status = 'queued' AND next_attempt_at <= %(now)s", "next_attempt_at, id")
     + " SELECT claimed.id, claimed.webhook, claimed.attempts, claimed.event_id, alerts.kind, users.username,"
-    " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url"
+    " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url, alerts.went_down_at"
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY claimed.next_attempt_at, claimed.id"
 )

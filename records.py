@@ -34,7 +34,9 @@ class WebhookEvent:
     `id` is stable for this event and channel (the Idempotency-Key); `event` is late, failed,
     run_timeout or back; `at` is when it was decided and `last_ping` the user's last ping then (UTC
     epoch seconds, or None); `title` and `text` are the email's subject and plain text; `logs_url`
-    links to the signals of the day it is about.
+    links to the signals of the day it is about. `went_down_at` is when the outage it belongs to went
+    down (the same for its alerts and its recovery; None for a row from before it was kept), which names
+    the outage for the services that open and close an incident (webhooks.outage_key).
     """
 
     id: str
@@ -45,6 +47,7 @@ class WebhookEvent:
     title: str
     text: str
     logs_url: str
+    went_down_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +264,10 @@ class WebhookHistory:
 
 @dataclass(frozen=True, slots=True)
 class AlertHistory:
-    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
+    """An alert and its emails: when it was decided, the user's last ping then, each email's history and each
+    webhook delivery's."""
 
     at: float
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
+    deliveries: tuple[WebhookHistory, ...] = ()

@@ -511,7 +511,8 @@ class Scheduler:
     def _notices(
         self, user: UserState, kind: str, config: UserConfig, server_root: str
     ) -> tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]:
-        """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`."""
+        """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`;
+        a recovery (BACK) goes to no webhook whose `recoveries` is false."""
         signal = None
         if kind == FAILURE:
             if user.fail_signal is None:
@@ -528,10 +529,16 @@ class Scheduler:
         if EMAIL_CHANNEL in config.notify:
             emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in config.recipients)
         logs_url = logs_link(server_root, user.username, mailer.event_moment(user, kind, signal))
-        hooks = tuple(
-            NewWebhook(channel[len(WEBHOOK_CHANNEL_PREFIX) :], webhooks.new_event_id(), subject, body, logs_url)
+        endpoints = self._settings.current.webhooks
+        names = [
+            channel[len(WEBHOOK_CHANNEL_PREFIX) :]
             for channel in config.notify
             if channel.startswith(WEBHOOK_CHANNEL_PREFIX)
+        ]
+        hooks = tuple(
+            NewWebhook(name, webhooks.new_event_id(), subject, body, logs_url)
+            for name in names
+            if kind != BACK or name not in endpoints or endpoints[name].recoveries
         )
         return emails, hooks
 

@@ -94,8 +94,11 @@ def queued_email(row: Sequence[Any]) -> QueuedEmail:
     return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
 
 
-def alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[AlertHistory]:
-    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order."""
+def alert_histories(
+    user: UserState, rows: Iterable[Sequence[Any]], delivery_rows: Iterable[Sequence[Any]] = ()
+) -> list[AlertHistory]:
+    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order, each
+    with its webhook deliveries among DAY_DELIVERIES_SQL's `delivery_rows`."""
     alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
     for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
         emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
@@ -103,7 +106,16 @@ def alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[Aler
             emails.append(
                 EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
             )
-    return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+    deliveries: dict[int, list[WebhookHistory]] = {}
+    for alert_id, delivery_id, webhook, status, attempts, last_ping, queued_at, finished_at, kind in delivery_rows:
+        history = WebhookHistory(
+            delivery_id, user.username, f"webhook:{webhook}", status, attempts, last_ping, queued_at, finished_at, kind
+        )
+        deliveries.setdefault(alert_id, []).append(history)
+    return [
+        AlertHistory(at, last_ping, tuple(emails), tuple(deliveries.get(alert_id, ())))
+        for alert_id, (at, last_ping, emails) in alerts.items()
+    ]
 
 
 def recent_pings_parameters(
@@ -239,6 +251,14 @@ DAY_ALERTS_SQL = (
     " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
     " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
 )
+# The webhook deliveries of the alerts of DAY_ALERTS_SQL (along alerts_by_user_time, then webhook_outbox_by_alert).
+DAY_DELIVERIES_SQL = (
+    "SELECT alerts.id, webhook_outbox.id, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
+    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
+    " FROM alerts JOIN webhook_outbox ON webhook_outbox.alert_id = alerts.id"
+    " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, webhook_outbox.id"
+    " LIMIT ?"
+)
 # A metrics scrape: one row per configured user (its counters are kept by the signal's statement and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
 SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
@@ -337,6 +357,7 @@ class Statements:
     ping_before: str
     ping_from: str
     day_alerts: str
+    day_deliveries: str
     user_counts: str
     scheduled_users: str
     queued_count: str
@@ -380,6 +401,7 @@ class Statements:
             ping_before=s(PING_BEFORE_SQL),
             ping_from=s(PING_FROM_SQL),
             day_alerts=s(DAY_ALERTS_SQL),
+            day_deliveries=s(DAY_DELIVERIES_SQL),
             user_counts=user_counts,
             scheduled_users=s(SCHEDULED_USERS_SQL),
             queued_count=s(QUEUED_COUNT_SQL),
@@ -492,7 +514,8 @@ class SqlStore:
         """StoreContract.alerts_between."""
         with self._read() as connection:
             rows = connection.execute(self._sql.day_alerts, (user.id, start, end, limit)).fetchall()
-        return alert_histories(user, rows)
+            deliveries = connection.execute(self._sql.day_deliveries, (user.id, start, end, limit)).fetchall()
+        return alert_histories(user, rows, deliveries)
 
     def newest_ping_id(self) -> int:
         """StoreContract.newest_ping_id."""

@@ -105,7 +105,8 @@ DUE_EMAILS_SQL = (
 # Through webhook_outbox_queue, then the alert and its user by primary key.
 DUE_WEBHOOKS_SQL = (
     "SELECT webhook_outbox.id, webhook_outbox.webhook, webhook_outbox.attempts, webhook_outbox.event_id, alerts.kind,"
-    " users.username, alerts.at, alerts.last_ping, webhook_outbox.title, webhook_outbox.text, webhook_outbox.logs_url"
+    " users.username, alerts.at, alerts.last_ping, webhook_outbox.title, webhook_outbox.text, webhook_outbox.logs_url,"
+    " alerts.went_down_at"
     " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
     " WHERE webhook_outbox.status = 'queued' AND webhook_outbox.next_attempt_at <= ?"
     " ORDER BY webhook_outbox.next_attempt_at LIMIT ?"

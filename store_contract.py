@@ -116,9 +116,11 @@ class StoreContract(Protocol):
         """The user's last ping before `start` and its first ping at or after `end` (None where there is none)."""
 
     def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails.
+        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails and its webhook
+        deliveries.
 
-        At most `limit` emails in all are read; an alert whose emails were cut off shows those read.
+        At most `limit` emails in all are read, and `limit` deliveries; an alert whose emails or deliveries were
+        cut off shows those read.
         """
 
     def newest_ping_id(self) -> int:

@@ -387,6 +387,15 @@ function showDay(day) {
       line.append(badge, ` email to ${email.recipient}${when}, ${email.attempts} attempt${email.attempts === 1 ? "" : "s"}`);
       emails.append(line);
     }
+    for (const delivery of alert.deliveries) {
+      const line = document.createElement("li");
+      const badge = document.createElement("span");
+      badge.className = `badge email-${delivery.status}`;
+      badge.textContent = delivery.status;
+      const when = delivery.finished_at_local ? ` at ${clock(delivery.finished_at_local)}` : "";
+      line.append(badge, ` ${delivery.channel}${when}, ${delivery.attempts} attempt${delivery.attempts === 1 ? "" : "s"}`);
+      emails.append(line);
+    }
     item.append(emails);
     return item;
   });

@@ -538,7 +538,7 @@ def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
         valid_document(
             webhooks={
                 "ftp": {"url": "ftp://example.net/x", "format": "json"},
-                "odd": {"url": "https://example.net", "format": "pagerduty", "colour": "red"},
+                "odd": {"url": "https://example.net", "format": "pager", "colour": "red"},
                 "bare": {"format": "json", "headers": {"Bad Name": "x", "X-Ok": "line\nbreak"}},
                 "no object": "https://example.net",
             },
@@ -551,8 +551,9 @@ def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
     )
     assert problems == [
         'webhooks.ftp.url: must be an http:// or https:// URL, got "ftp://example.net/x"',
-        "webhooks.odd.colour: unknown key (expected one of format, headers, url)",
-        'webhooks.odd.format: must be one of json, ntfy, slack, discord, gotify, teams, got "pagerduty"',
+        "webhooks.odd.colour: unknown key (expected one of api_key, format, headers, recoveries, routing_key, url)",
+        "webhooks.odd.format: must be one of json, ntfy, slack, discord, gotify, teams, pagerduty, opsgenie, apprise,"
+        ' got "pager"',
         "webhooks.bare.url: missing",
         'webhooks.bare.headers: "Bad Name" is not an HTTP header name',
         'webhooks.bare.headers.X-Ok: must be text without control characters, got "line\\nbreak"',

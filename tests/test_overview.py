@@ -9,7 +9,7 @@ import pytest
 
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
-from records import CheckOutcome, NewEmail, StoreUnavailableError
+from records import CheckOutcome, NewEmail, NewWebhook, StoreUnavailableError
 from support import BACKENDS, T0, make_settings
 
 USERS = {
@@ -182,6 +182,36 @@ def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_
     assert alerted["at_local"] == "2026-09-21 01:11:40 CEST"
     assert [(email["recipient"], email["status"]) for email in alerted["emails"]] == [("ops@example.com", "queued")]
     assert day["logs_url"] == "/logs?username=backup&year=26&month=09&day=21"
+
+
+@BACKENDS
+def test_the_day_lists_each_webhook_delivery_of_an_alert_as_it_lists_emails(store):
+    synced(store)
+    day_start = time.mktime((2026, 9, 21, 0, 0, 0, 0, 0, -1))
+    [user] = [user for user in store.configured_users() if user.username == "pi"]
+    email = NewEmail("ops@example.com", "s", "b", "<m@x>")
+    hooks = tuple(NewWebhook(name, f"event-{name}", "s", "b", "https://example.net/logs") for name in ("pager", "tg"))
+    store.save_check_outcomes([CheckOutcome(user, None, (email,), webhooks=hooks)], day_start + 100)
+    [delivery] = [d for d in store.due_webhooks(day_start + 100, 10) if d.webhook == "tg"]
+    store.finish_webhook(delivery.id, "sent", day_start + 130, None)
+    [alerted] = overview_day(store, "pi", day_start, day_start + 86400, T0)["alerts"]
+    assert [(email["recipient"], email["status"]) for email in alerted["emails"]] == [("ops@example.com", "queued")]
+    assert alerted["deliveries"] == [
+        {
+            "channel": "webhook:pager",
+            "status": "queued",
+            "attempts": 0,
+            "queued_at_local": "2026-09-21 00:01:40 CEST",
+            "finished_at_local": None,
+        },
+        {
+            "channel": "webhook:tg",
+            "status": "sent",
+            "attempts": 1,
+            "queued_at_local": "2026-09-21 00:01:40 CEST",
+            "finished_at_local": "2026-09-21 00:02:10 CEST",
+        },
+    ]
 
 
 @BACKENDS

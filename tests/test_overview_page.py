@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
 
 from overview import SLOT_SECONDS, SLOTS
-from records import CheckOutcome, NewEmail
+from records import CheckOutcome, NewEmail, NewWebhook
 from store import Store
 from support import LIBFAKETIME, make_settings, wait_until, write_settings
 
@@ -101,10 +101,12 @@ def history(tmp_path):
         store.record_ping("weather-station", at + 20)
     [backup] = [user for user in store.configured_users() if user.username == "backup-server"]
     backup = dataclasses.replace(backup, last_ping=last_before_gap)  # as the absence listener saw it then
+    hook = NewWebhook("pager", "event-1", "s", "b", "https://example.net/logs")
     store.save_check_outcomes(
-        [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], gap[0] + 700
+        [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),), webhooks=(hook,))], gap[0] + 700
     )
     store.mark_sent([1], gap[0] + 702)
+    store.finish_webhook(1, "sent", gap[0] + 703, None)
     store.close()
     return path, now, (last_before_gap, min(at for at in range(int(now - 86400), int(now), 300) if at >= gap[1]))
 
@@ -174,7 +176,8 @@ def test_the_day_view_lists_the_gap_and_the_alert_and_is_keyboard_navigable(open
     silence = re.compile(rf"^silent 2 h 5 min: {gap_from} CES?T → {gap_to} CES?T$")
     expect(page.locator("#day-silences li").filter(has_text=silence)).to_have_count(1)
     expect(page.locator("#day-alerts")).to_contain_text("sent email to ops@example.com")
-    expect(page.locator("#day-alerts .badge")).to_have_text(["sent"])
+    expect(page.locator("#day-alerts")).to_contain_text("sent webhook:pager at")
+    expect(page.locator("#day-alerts .badge")).to_have_text(["sent", "sent"])
     year, month, day = gap_day.split("-")
     logs = f"/logs?username=backup-server&year={year[2:]}&month={month}&day={day}"
     expect(page.locator("#day-logs")).to_have_attribute("href", logs)

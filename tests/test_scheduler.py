@@ -9,6 +9,8 @@ import zoneinfo
 
 import pytest
 
+import apprise_channel
+import config
 import mailer
 import rules
 import scheduler
@@ -32,6 +34,7 @@ from support import (
     query,
     wait_until,
 )
+from webhooks import WEBHOOK_DEADLINE
 
 
 class RecordingMailer:
@@ -960,6 +963,112 @@ def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_
         assert hook.requests[0][2]["Idempotency-Key"] == delivery.event.id
     finally:
         second.close()
+
+
+# The third release's channels: incidents opened and closed, a choice of recoveries, Apprise.
+
+
+def pi_late_then_back(store, steps):
+    """pi pings, goes silent past its max_sleep (alerted at T0 + 62) and is back at T0 + 100.5."""
+    store.record_ping("pi", T0 + 1)
+    steps.check_once(T0 + 62)
+    store.record_ping("pi", T0 + 100)
+    steps.check_once(T0 + 100.5)
+
+
+def test_a_webhook_told_no_recoveries_gets_the_alert_only(store, recording_mailer, hook):
+    webhooks = {
+        "ops": {"url": hook.url + "/ops", "format": "json"},
+        "pager": {"url": hook.url + "/pager", "format": "json", "recoveries": False},
+    }
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:ops", "webhook:pager"), webhooks=webhooks)
+    pi_late_then_back(store, steps)
+    assert deliveries(store) == [
+        ("pi", "ops", "late", "queued", 0),
+        ("pi", "pager", "late", "queued", 0),
+        ("pi", "ops", "back", "queued", 0),
+    ]
+
+
+@BACKENDS
+def test_a_pagerduty_incident_is_triggered_then_resolved_by_one_dedup_key_per_outage(store, recording_mailer, hook):
+    webhooks = {"pd": {"format": "pagerduty", "routing_key": "R0UT1NG", "url": hook.url + "/v2/enqueue"}}
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:pd"), webhooks=webhooks)
+    pi_late_then_back(store, steps)
+    # A second outage: silent again past max_sleep, alerted once email_frequency has passed since the last alert.
+    steps.check_once(T0 + 701)
+    assert deliver(steps, T0 + 701) == 3
+    events = [json.loads(body) for *_, body in hook.requests]
+    assert [e["event_action"] for e in events] == ["trigger", "resolve", "trigger"]
+    assert {e["routing_key"] for e in events} == {"R0UT1NG"}
+    assert events[0]["dedup_key"] == events[1]["dedup_key"] != events[2]["dedup_key"]
+    assert deliveries(store) == [
+        ("pi", "pd", "late", "sent", 1),
+        ("pi", "pd", "back", "sent", 1),
+        ("pi", "pd", "late", "sent", 1),
+    ]
+
+
+def deliver_within(steps, now):
+    """deliver(), waiting as long as the deliveries it started may take: an Apprise one may first start its
+    process (apprise_channel.START_DEADLINE)."""
+    due = steps.deliver_once(now)
+    assert steps.wait_for_deliveries(apprise_channel.START_DEADLINE + WEBHOOK_DEADLINE)
+    return due
+
+
+@BACKENDS
+@pytest.mark.parametrize("format_", ["pagerduty", "opsgenie", "apprise"])
+def test_a_delivery_that_fails_then_succeeds_is_sent_once_more_and_counted(store, recording_mailer, hook, format_):
+    url = {"apprise": "jsons://" + hook.url.removeprefix("https://") + "/hook"}.get(format_, hook.url + "/hook")
+    webhook = {"format": format_, "url": url, "routing_key": "R", "api_key": "K"}
+    webhook = {
+        key: value
+        for key, value in webhook.items()
+        if key in ("format", "url") or config.WEBHOOK_FORMAT_KEYS.get(format_) == key
+    }
+    clock = Clock(T0 + 61)
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:w"), clock=clock, webhooks={"w": webhook})
+    steps.check_once(T0 + 61)
+    hook.answers = [503]
+    assert deliver_within(steps, T0 + 61) == 1
+    assert deliveries(store) == [("pi", "w", "late", "queued", 1)]
+    clock.now = T0 + 61 + retry_delay(1)
+    assert deliver_within(steps, clock.now) == 1
+    assert deliver_within(steps, clock.now + rules.MAX_RETRY_DELAY * 10) == 0
+    assert deliveries(store) == [("pi", "w", "late", "sent", 2)]
+    assert len(hook.requests) == 2 and hook.requests[0][3] == hook.requests[1][3]
+    assert delivery_counts(steps) == {(format_, "retried"): 1.0, (format_, "sent"): 1.0}
+
+
+def test_a_slow_apprise_service_delays_no_email_and_no_other_channel(store, recording_mailer, hook):
+    # The slow service answers a byte every 0.5 s for ever (within Apprise's own read timeout): only the
+    # delivery's deadline ends it.
+    slow_answer = lambda: itertools.chain([b"HTTP/1.1 200 OK\r\n"], itertools.repeat(b"X-Slow: y\r\n"))  # noqa: E731
+    with Trickler(slow_answer, 0.5) as slow:
+        webhooks = {
+            "slow": {"format": "apprise", "url": "json://" + slow.url.removeprefix("http://") + "/hook"},
+            "fine": {"format": "json", "url": hook.url},
+        }
+        steps = make_scheduler(
+            store, recording_mailer, pi_notifying("webhook:slow", "email", "webhook:fine"), webhooks=webhooks
+        )
+        steps.check_once(T0 + 61)
+        assert steps.deliver_once(T0 + 61) == 2
+        assert steps.drain_once(T0 + 61) == 1
+        assert [email.subject for email in recording_mailer.sent] == ["pi disconnection detected"]
+        wait_until(lambda: ("pi", "fine", "late", "sent", 1) in deliveries(store), message="fine's delivery recorded")
+        wait_until(
+            lambda: slow.sent and slow.sent[0] > 0,
+            timeout=apprise_channel.START_DEADLINE,
+            message="the slow service answering",
+        )
+        # Both went while Apprise was still being answered by the slow service.
+        assert ("pi", "slow", "late", "queued", 0) in deliveries(store)
+        assert slow.closed_by_client == 0
+    # The slow service gone, Apprise reports the failure: retried.
+    assert steps.wait_for_deliveries(10)
+    assert ("pi", "slow", "late", "queued", 1) in deliveries(store)
 
 
 # --- retention, health, heartbeat, requests ------------------------------------------------------------

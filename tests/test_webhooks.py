@@ -186,7 +186,7 @@ def trust(ca):
 
 
 @pytest.mark.usefixtures("trust_test_ca")
-@pytest.mark.parametrize("format_", webhooks.FORMATS)
+@pytest.mark.parametrize("format_", webhooks.COMPOSERS)
 def test_each_format_is_posted_over_https_as_composed(https_hook, format_):
     endpoint = WebhookConfig(https_hook.url + "/hook?token=t", format_, (("X-Team", "ops"),))
     assert sender().send(endpoint, EVENT) == webhooks.DeliveryResult(DELIVERED)
