@@ -76,6 +76,7 @@ USER_KEYS = {
     "token",
     "depends_on",
     "notify",
+    "tags",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
@@ -129,6 +130,8 @@ class UserConfig:
     token_digest: bytes | None = field(default=None, repr=False)
     # Where its alerts and recoveries go: EMAIL_CHANNEL and "webhook:NAME" channels, in the order given.
     notify: tuple[str, ...] = DEFAULT_NOTIFY
+    # Labels grouping users (a badge covers every user carrying its tag), in the order given, without repeats.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +425,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
             " or control characters"
         )
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
+    tags = _tags(user.get("tags", []), f"{path}.tags", problems)
     if len(problems) > before:
         return None
     return UserConfig(
@@ -437,7 +441,16 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
+        tags=tags,
     )
+
+
+def _tags(value, path, problems):
+    """A user's `tags` as a tuple without repeats, or () and a problem naming `path`."""
+    if not (isinstance(value, list) and all(isinstance(tag, str) and tag.strip() for tag in value)):
+        problems.append(f"{path}: must be a list of non-empty strings, got {_show(value)}")
+        return ()
+    return tuple(dict.fromkeys(value))
 
 
 def _is_token(text):

@@ -331,6 +331,22 @@ def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
     assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
 
 
+def test_tags_are_an_optional_list_of_strings_kept_in_order_without_repeats():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    settings = config.parse_settings(
+        valid_document(users={"pi": pi, "nas": {**pi, "tags": ["home", "backup", "home"]}})
+    )
+    assert (settings.users["pi"].tags, settings.users["nas"].tags) == ((), ("home", "backup"))
+
+
+@pytest.mark.parametrize("tags", ["home", ["home", 3], [""], {"home": 1}])
+def test_bad_tags_are_named(tags):
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600, "tags": tags}
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_settings(valid_document(users={"pi": pi}))
+    assert error.value.problems[0].startswith("users.pi.tags: must be a list of non-empty strings, got ")
+
+
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
     [
