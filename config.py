@@ -62,6 +62,8 @@ TOP_LEVEL_KEYS = {
     "webhooks",
     "durability",
     "max_incomplete_requests_per_address",
+    "status_pages",
+    "badge_key",
 }
 USER_KEYS = {
     "monitor",
@@ -82,6 +84,12 @@ USER_KEYS = {
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
 WEBHOOK_KEYS = {"url", "format", "headers"}
+STATUS_PAGE_KEYS = {"title", "users", "show_names"}
+# A status page's slug and a badge key are path segments of public URLs: characters no URL escapes.
+_SLUG = re.compile(r"[A-Za-z0-9_-]+")
+_BADGE_KEY = re.compile(r"[A-Za-z0-9._~-]+")
+# A status page's title and display names are shown on one line.
+MAX_TITLE = 200
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -143,6 +151,20 @@ class WebhookConfig:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StatusPage:
+    """One public status page of settings.json's `status_pages`: its title, the configured users it shows in
+    the order given, and the name each is shown under (its username unless `show_names` says otherwise)."""
+
+    title: str
+    users: tuple[str, ...]
+    show_names: tuple[tuple[str, str], ...] = ()
+
+    def shown_name(self, username: str) -> str:
+        """The name `username` is shown under on this page."""
+        return dict(self.show_names).get(username, username)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated contents of settings.json."""
@@ -164,6 +186,10 @@ class Settings:
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     # Read at start only: the server's connections are counted against the value it started with.
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
+    # Public status pages: slug -> page (/status/<slug>).
+    status_pages: dict[str, StatusPage] = field(default_factory=dict)
+    # The path segment that unlocks /badge/<badge_key>/...; None: no badges.
+    badge_key: str | None = field(default=None, repr=False)
 
 
 class LiveSettings:
@@ -267,6 +293,15 @@ def parse_settings(document: Any) -> Settings:
         _check_dependencies(users, problems)
         if "recipient" not in document:
             _check_recipient_needed(users, problems)
+    status_pages = _status_pages(document.get("status_pages", {}), users if isinstance(users, dict) else {}, problems)
+    badge_key = document.get("badge_key")
+    # The value is never quoted: it is a secret of sorts.
+    if badge_key is not None and not (
+        isinstance(badge_key, str) and len(badge_key) >= MIN_TOKEN_LENGTH and _BADGE_KEY.fullmatch(badge_key)
+    ):
+        problems.append(
+            f"badge_key: must be a string of at least {MIN_TOKEN_LENGTH} letters, digits, '-', '_', '.' or '~'"
+        )
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -282,6 +317,8 @@ def parse_settings(document: Any) -> Settings:
         durability=durability,
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
+        status_pages=status_pages,
+        badge_key=badge_key,
     )
 
 
@@ -583,6 +620,56 @@ def _webhooks(value, problems):
         if len(problems) == before:
             webhooks[name] = WebhookConfig(url, format_, tuple(headers.items()))
     return webhooks
+
+
+def _status_pages(value, users, problems):
+    """settings.json's `status_pages` as slug -> StatusPage, leaving out (with a problem each) those that are wrong.
+
+    Each page names configured users only: a page can show nothing the settings did not put on it.
+    """
+    if not isinstance(value, dict):
+        problems.append(f"status_pages: must be an object of slug -> {{title, users}}, got {_show(value)}")
+        return {}
+    pages = {}
+    for slug, page in value.items():
+        path = _path("status_pages.", slug)
+        before = len(problems)
+        if not _SLUG.fullmatch(slug):
+            problems.append(f"{path}: a status page's slug must be letters, digits, '_' or '-'")
+        if not isinstance(page, dict):
+            problems.append(f"{path}: must be an object with title and users, got {_show(page)}")
+            continue
+        _unknown_keys(page, STATUS_PAGE_KEYS, path + ".", problems)
+        title = _required(page, "title", path + ".", problems)
+        if title is not None and not _is_line(title):
+            problems.append(f"{path}.title: must be one line of 1 to {MAX_TITLE} characters, got {_show(title)}")
+        names = _required(page, "users", path + ".", problems)
+        if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            problems.append(f"{path}.users: must be a non-empty list of usernames, got {_show(names)}")
+            names = None
+        for name in names or ():
+            if name not in users:
+                problems.append(f"{path}.users: no user named {_show(name)} is configured")
+        show_names = page.get("show_names", {})
+        if not isinstance(show_names, dict):
+            problems.append(f"{path}.show_names: must be an object of username -> name shown, got {_show(show_names)}")
+            show_names = {}
+        for name, shown in show_names.items():
+            if name not in (names or ()):
+                problems.append(f"{_path(path + '.show_names.', name)}: not one of this page's users")
+            if not _is_line(shown):
+                problems.append(
+                    f"{_path(path + '.show_names.', name)}: must be one line of 1 to {MAX_TITLE} characters,"
+                    f" got {_show(shown)}"
+                )
+        if len(problems) == before:
+            pages[slug] = StatusPage(title, tuple(dict.fromkeys(names)), tuple(show_names.items()))
+    return pages
+
+
+def _is_line(value):
+    """Whether `value` is a string of 1 to MAX_TITLE characters without control characters."""
+    return isinstance(value, str) and value.strip() != "" and len(value) <= MAX_TITLE and not _CONTROL.search(value)
 
 
 def _is_http_url(value):
