@@ -18,6 +18,7 @@ from records import (
     AlertHistory,
     Digest,
     EmailEvent,
+    Outage,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -239,6 +240,19 @@ DAY_ALERTS_SQL = (
     " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
     " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
 )
+# Status pages and badges (uptime.py). An outage is known by its alerts, each naming when it went down: those
+# decided from `start` on (read along alerts_by_time), grouped, each with the first success after it (one seek of
+# pings_by_user_time). So the cost grows with the outages, not with the pings. Each configured user's first ping
+# (a seek each) says from when on its uptime is known.
+OUTAGES_SQL = (
+    "SELECT alerts.user_id, alerts.went_down_at,"
+    " (SELECT min(pings.at) FROM pings WHERE pings.user_id = alerts.user_id AND pings.at > alerts.went_down_at"
+    " AND pings.kind = 'success')"
+    " FROM alerts WHERE alerts.at >= ? AND NOT alerts.suppressed AND alerts.went_down_at IS NOT NULL"
+    # Grouped by time first: by user first, SQLite would rather scan alerts_by_user_time, all alerts ever.
+    " GROUP BY alerts.went_down_at, alerts.user_id"
+)
+FIRST_PINGS_SQL = "SELECT id, (SELECT min(at) FROM pings WHERE pings.user_id = users.id) FROM users WHERE configured"
 # A metrics scrape: one row per configured user (its counters are kept by the signal's statement and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
 SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
@@ -352,6 +366,8 @@ class Statements:
     delete_history: tuple[str, ...]
     snooze: str
     user_id_due_at: str
+    outages: str
+    first_pings: str
 
     @classmethod
     def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
@@ -396,6 +412,8 @@ class Statements:
             ),
             snooze=s(SNOOZE_SQL),
             user_id_due_at=s(USER_ID_DUE_AT_SQL),
+            outages=s(OUTAGES_SQL),
+            first_pings=s(FIRST_PINGS_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
             # monitored_since.
             restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
@@ -533,6 +551,17 @@ class SqlStore:
         with self._read() as connection:
             rows = connection.execute(self._sql.configured_users).fetchall()
         return [user_and_parent(row) for row in rows]
+
+    def outages_since(self, start: float) -> list[Outage]:
+        """StoreContract.outages_since."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.outages, (start,)).fetchall()
+        return sorted(Outage(*row) for row in rows)
+
+    def first_pings(self) -> dict[int, float | None]:
+        """StoreContract.first_pings."""
+        with self._read() as connection:
+            return dict(connection.execute(self._sql.first_pings).fetchall())
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """StoreContract.recent_emails."""

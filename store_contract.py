@@ -16,6 +16,7 @@ from records import (
     CheckOutcome,
     EmailEvent,
     NewDigest,
+    Outage,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -160,6 +161,16 @@ class StoreContract(Protocol):
 
     def configured_users(self) -> list[UserState]:
         """Every configured user's state with its parent's, in username order."""
+
+    def outages_since(self, start: float) -> list[Outage]:
+        """Every alerted outage (suppressed alerts aside) of which an alert or recovery was decided at or after
+        `start`, by user id then start, each with the first success after its start: its end (None: none yet).
+
+        Costs the number of alerts since `start` (and a seek of the pings each), never the number of pings.
+        """
+
+    def first_pings(self) -> dict[int, float | None]:
+        """Each configured user's id -> the time of its first ping kept (None if none)."""
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """The `limit` most recently queued alert emails, newest first."""

@@ -1,0 +1,75 @@
+"""Uptime: how much of a span of time a device was up, from its outages as its alerts called them.
+
+Pure functions of the intervals and times they are given: no clock, no I/O. A device is *down* during an
+alerted outage, from the moment the condition began (the time its alerts name) until the first success after
+it (store.outages_since reads them); it is *up* the rest of the time that is *known*. Time before anything
+was known of it, and the service's own downtime, is *unknown*: it counts neither way, so a fraction is
+up / (up + down). The work grows with the number of outages, never with the number of pings.
+"""
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+# The spans a status page reports, in seconds, by the name its JSON gives each.
+DAY = 86400.0
+SPANS = {"24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "90d": 90 * DAY}
+HISTORY_DAYS = 90
+
+Interval = tuple[float, float]
+
+
+def merged(intervals: Iterable[Interval]) -> list[Interval]:
+    """`intervals` (start, end) as disjoint intervals in order: overlapping or touching ones joined, empty ones
+    dropped."""
+    result: list[Interval] = []
+    for start, end in sorted(interval for interval in intervals if interval[1] > interval[0]):
+        if result and start <= result[-1][1]:
+            if end > result[-1][1]:
+                result[-1] = (result[-1][0], end)
+        else:
+            result.append((start, end))
+    return result
+
+
+def down_intervals(outages: Iterable[tuple[float, float | None]], now: float) -> list[Interval]:
+    """The merged intervals during which a device was down up to `now`, from its outages as (down at, up at or
+    None while it is still down)."""
+    return merged((down_at, now if up_at is None else min(up_at, now)) for down_at, up_at in outages)
+
+
+def overlap(intervals: Sequence[Interval], start: float, end: float) -> float:
+    """How long the merged `intervals` cover of [start, end): a binary search, then the intervals in it."""
+    if end <= start:
+        return 0.0
+    first = bisect.bisect_right(intervals, (start, float("inf"))) - 1
+    total = 0.0
+    for low, high in intervals[max(first, 0) :]:
+        if low >= end:
+            break
+        total += max(0.0, min(high, end) - max(low, start))
+    return total
+
+
+def pieces(intervals: Sequence[Interval], start: float, end: float) -> list[Interval]:
+    """The parts of the merged `intervals` within [start, end), in order."""
+    first = max(bisect.bisect_right(intervals, (start, float("inf"))) - 1, 0)
+    found = []
+    for low, high in intervals[first:]:
+        if low >= end:
+            break
+        if high > start:
+            found.append((max(low, start), min(high, end)))
+    return found
+
+
+def uptime(down: Sequence[Interval], unknown: Sequence[Interval], start: float, end: float) -> float | None:
+    """The share of the known time of [start, end) during which the device was up, from 0.0 to 1.0; None if none
+    of it is known.
+
+    `down` and `unknown` are merged intervals (merged()): down time that is also unknown counts as unknown.
+    """
+    known = (end - start) - overlap(unknown, start, end)
+    if known <= 0:
+        return None
+    down_known = sum(high - low - overlap(unknown, low, high) for low, high in pieces(down, start, end))
+    return min(1.0, max(0.0, 1.0 - down_known / known))
