@@ -6,30 +6,36 @@ sums the states of one user or of a tag's users. Nothing else of the service app
 recipient, token, username the page renames, or other user.
 
 Every answer is computed from one Snapshot of the store (the configured users, their outages of the last 90
-days and their first pings), taken at most every CACHE_SECONDS; a page's answers are kept until the next
-snapshot. So a flood of requests costs the store one read every CACHE_SECONDS, whatever the number of
-readers, and pings are not delayed by it.
+days and their first pings), taken at most every CACHE_SECONDS, by a thread of its own while the last one
+may still be used; a page's answers are kept with it. So a flood of requests costs the store one read every
+CACHE_SECONDS whatever the number of readers, and a request but the first after a start or a reload never
+waits for one.
 """
 
 import hashlib
 import hmac
 import html
 import json
+import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import uptime
 from config import LiveSettings, Settings, StatusPage
-from localtime import duration_in_words, format_local_time
-from records import Outage, UserState
+from localtime import duration_in_words, format_local_time, local_time_writer
+from records import Outage, StoreError, UserState
 from rules import ALERTED, FAILED, LATE, SNOOZED, SUPPRESSED, condition, live_state
 from store_contract import StoreContract
 
-# How long a snapshot of the store, and the answers made from it, are used; also the answers' Cache-Control
-# max-age. A status page is that much behind at most.
+log = logging.getLogger("ping_listener.status")
+
+# How long a snapshot of the store, and the answers made from it, are used as they are; also the answers'
+# Cache-Control max-age. Until STALE_SECONDS, the next one is taken by a thread of its own meanwhile: an answer
+# is at most that much behind (and the time it takes to make the next).
 CACHE_SECONDS = 10.0
+STALE_SECONDS = 30.0
 # The page reloads itself this often (a meta refresh: no script needed).
 REFRESH_SECONDS = 60
 # The states a status page shows. "maintenance" is shown for a user in a maintenance window (see docs).
@@ -59,7 +65,8 @@ class Snapshot:
     users: dict[str, UserState]
     down: dict[int, list[uptime.Interval]]
     first_pings: dict[int, float | None]
-    # Answers made from it: (slug, format) -> (body, ETag).
+    # What was made from it: each page's data (slug -> page_data()) and answers ((slug, form) -> (body, ETag)).
+    data: dict[str, dict[str, object]] = field(default_factory=dict)
     answers: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
 
 
@@ -73,32 +80,33 @@ class Answer:
 
 
 class StatusPages:
-    """The status pages' and badges' answers over `store` and the settings in force, each from a Snapshot at most
-    CACHE_SECONDS old. Safe to use from any number of threads: one of them reads the store at a time."""
+    """The status pages' and badges' answers over `store` and the settings in force. Safe to use from any number
+    of threads.
+
+    Answers come from a Snapshot. One at most CACHE_SECONDS old is used as it is; an older one, up to
+    STALE_SECONDS, is used while a thread takes the next one and makes every page's answers from it, so that no
+    request waits for that; an older one still, or one of other settings (a reload), or none, is replaced
+    before answering. One snapshot is taken at a time.
+    """
 
     def __init__(self, store: StoreContract, settings: LiveSettings) -> None:
         """Answer from `store` with the settings in force in `settings`."""
         self._store = store
         self._settings = settings
-        self._lock = threading.Lock()
+        self._taking = threading.Lock()
         self._snapshot: Snapshot | None = None
+        self._refreshing = threading.Lock()
 
     def page(self, slug: str, form: str, now: float) -> Answer | None:
-        """The status page `slug` as "html" or "json", as of a snapshot at most CACHE_SECONDS older than `now`; None if
-        no page has that slug."""
+        """The status page `slug` as "html" or "json", as of a snapshot taken at most STALE_SECONDS before `now`;
+        None if no page has that slug."""
         snapshot = self._current(now)
         page = snapshot.settings.status_pages.get(slug)
         if page is None:
             return None
-        kept = snapshot.answers.get((slug, form))
-        if kept is None:
-            # As of the snapshot's time, so that a page's HTML, JSON and ETag agree until the next one.
-            data = page_data(page, snapshot, snapshot.taken)
-            text = render_page(data) if form == "html" else json.dumps(data, separators=(",", ":"))
-            body = text.encode("utf-8")
-            kept = snapshot.answers.setdefault((slug, form), (body, _etag(body)))
+        body, etag = _page_answer(snapshot, slug, page, form)
         content_type = "text/html; charset=utf-8" if form == "html" else "application/json"
-        return Answer(kept[0], content_type, kept[1])
+        return Answer(body, content_type, etag)
 
     def badge(self, key: str, name: str, form: str, now: float) -> Answer | None:
         """The badge of the user or tag `name` as "svg", "json" or "shields" at `now`; None if `key` is not the
@@ -129,17 +137,47 @@ class StatusPages:
         return Answer(body, content_type, _etag(body))
 
     def _current(self, now: float) -> Snapshot:
-        """The snapshot in use: a new one if the last is CACHE_SECONDS old, from another time (the clock went
-        back), or of other settings (a reload)."""
+        """The snapshot to answer from at `now` (see the class)."""
         settings = self._settings.current
         snapshot = self._snapshot
-        if _fresh(snapshot, settings, now):
-            return snapshot  # type: ignore[return-value]
-        with self._lock:
+        age = None if snapshot is None or snapshot.settings is not settings else now - snapshot.taken
+        if snapshot is not None and age is not None and 0 <= age < STALE_SECONDS:
+            if age >= CACHE_SECONDS and self._refreshing.acquire(blocking=False):
+                threading.Thread(target=self._refresh, args=(settings, now), name="status-pages", daemon=True).start()
+            return snapshot
+        with self._taking:
             snapshot = self._snapshot
-            if not _fresh(snapshot, settings, now):
+            if snapshot is None or snapshot.settings is not settings or not 0 <= now - snapshot.taken < STALE_SECONDS:
                 snapshot = self._snapshot = take_snapshot(self._store, settings, now)
-            return snapshot  # type: ignore[return-value]
+            return snapshot
+
+    def _refresh(self, settings: Settings, now: float) -> None:
+        """Take the next snapshot and make every page's answers from it, then put it in use."""
+        try:
+            with self._taking:
+                snapshot = take_snapshot(self._store, settings, now)
+                for slug, page in settings.status_pages.items():
+                    for form in ("html", "json"):
+                        _page_answer(snapshot, slug, page, form)
+                self._snapshot = snapshot
+        except StoreError as error:
+            log.error("status pages: cannot read the store, answering from the last snapshot: %s", error)
+        finally:
+            self._refreshing.release()
+
+
+def _page_answer(snapshot: Snapshot, slug: str, page: StatusPage, form: str) -> tuple[bytes, str]:
+    """The body and ETag of the page `slug` as `form` from `snapshot`, made once and kept with it."""
+    kept = snapshot.answers.get((slug, form))
+    if kept is None:
+        # As of the snapshot's time, so that a page's HTML, JSON and ETag agree until the next one.
+        data = snapshot.data.get(slug)
+        if data is None:
+            data = snapshot.data.setdefault(slug, page_data(page, snapshot, snapshot.taken))
+        text = render_page(data) if form == "html" else json.dumps(data, separators=(",", ":"))
+        body = text.encode("utf-8")
+        kept = snapshot.answers.setdefault((slug, form), (body, _etag(body)))
+    return kept
 
 
 def take_snapshot(store: StoreContract, settings: Settings, now: float) -> Snapshot:
@@ -272,7 +310,8 @@ def render_page(data: dict[str, object]) -> str:
         else f"{sum(state in (LATE_STATE, FAILED_STATE) for state in states)} of {len(states)} devices need attention"
     )
     rows = "".join(_device_row(index, device) for index, device in enumerate(devices))
-    listed = "".join(_incident_row(incident) for incident in incidents) or '<li class="none">No incidents.</li>'
+    write = local_time_writer()
+    listed = "".join(_incident_row(incident, write) for incident in incidents) or '<li class="none">No incidents.</li>'
     updated = html.escape(format_local_time(float(data["updated"])))  # type: ignore[arg-type]
     return (
         "<!DOCTYPE html>\n"
@@ -307,17 +346,17 @@ def _device_row(index: int, device: dict[str, object]) -> str:
     )
 
 
-def _incident_row(incident: dict[str, object]) -> str:
+def _incident_row(incident: dict[str, object], write: Callable[[float], str]) -> str:
     began = float(incident["began"])  # type: ignore[arg-type]
     ended = incident["ended"]
     end_text = (
         "ongoing"
         if ended is None
-        else f"until {format_local_time(float(ended))} ({duration_in_words(round(float(ended) - began))})"  # type: ignore[arg-type]
+        else f"until {write(float(ended))} ({duration_in_words(round(float(ended) - began))})"  # type: ignore[arg-type]
     )
     return (
         f'<li><span class="name">{html.escape(str(incident["name"]))}</span> down from '
-        f"{html.escape(format_local_time(began))} {html.escape(end_text)}</li>"
+        f"{html.escape(write(began))} {html.escape(end_text)}</li>"
     )
 
 
@@ -341,8 +380,7 @@ def _daily(
     # Most devices had no outage and were known all along: their days need no arithmetic.
     if not uptime.pieces(down, days[0], now) and not uptime.pieces(unknown, days[0], now):
         return [1.0] * len(days)
-    ends = [*days[1:], now]
-    return [uptime.uptime(down, unknown, start, end) for start, end in zip(days, ends, strict=True)]
+    return uptime.daily(down, unknown, [*days, now])
 
 
 def _text_width(text: str) -> int:
@@ -360,11 +398,3 @@ def _etag(body: bytes) -> str:
 def _same(given: str, key: str) -> bool:
     """Whether `given` is `key`, taking the same time whatever the texts."""
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), key.encode("utf-8"))
-
-
-def _fresh(snapshot: Snapshot | None, settings: Settings, now: float) -> bool:
-    return (
-        snapshot is not None
-        and snapshot.settings is settings
-        and snapshot.taken <= now < snapshot.taken + CACHE_SECONDS
-    )

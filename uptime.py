@@ -57,7 +57,7 @@ def pieces(intervals: Sequence[Interval], start: float, end: float) -> list[Inte
     for low, high in intervals[first:]:
         if low >= end:
             break
-        if high > start:
+        if min(high, end) > max(low, start):
             found.append((max(low, start), min(high, end)))
     return found
 
@@ -73,3 +73,45 @@ def uptime(down: Sequence[Interval], unknown: Sequence[Interval], start: float, 
         return None
     down_known = sum(high - low - overlap(unknown, low, high) for low, high in pieces(down, start, end))
     return min(1.0, max(0.0, 1.0 - down_known / known))
+
+
+def daily(down: Sequence[Interval], unknown: Sequence[Interval], bounds: Sequence[float]) -> list[float | None]:
+    """uptime() of each span between consecutive `bounds` (ascending), in one pass over the intervals in them:
+    the work grows with the intervals and the spans they touch; the others are 1.0 at once."""
+    first, last = bounds[0], bounds[-1]
+    unknown_in = pieces(unknown, first, last)
+    unknown_by_span = _per_span(unknown_in, bounds)
+    down_by_span = _per_span(_minus(pieces(down, first, last), unknown_in), bounds)
+    result: list[float | None] = [1.0] * (len(bounds) - 1)
+    for index in unknown_by_span.keys() | down_by_span.keys():
+        known = bounds[index + 1] - bounds[index] - unknown_by_span.get(index, 0.0)
+        down_known = down_by_span.get(index, 0.0)
+        result[index] = None if known <= 0 else min(1.0, max(0.0, 1.0 - down_known / known))
+    return result
+
+
+def _minus(intervals: Sequence[Interval], removed: Sequence[Interval]) -> list[Interval]:
+    """The parts of the merged `intervals` outside the merged `removed`."""
+    result = []
+    for low, high in intervals:
+        for cut_low, cut_high in pieces(removed, low, high):
+            if cut_low > low:
+                result.append((low, cut_low))
+            low = cut_high
+        if high > low:
+            result.append((low, high))
+    return result
+
+
+def _per_span(intervals: Sequence[Interval], bounds: Sequence[float]) -> dict[int, float]:
+    """How long the disjoint `intervals` (within bounds[0] to bounds[-1]) cover of each span between `bounds` they
+    touch, by the span's index."""
+    covered: dict[int, float] = {}
+    for low, high in intervals:
+        index = max(bisect.bisect_right(bounds, low) - 1, 0)
+        while index < len(bounds) - 1 and low < high:
+            end = min(high, bounds[index + 1])
+            covered[index] = covered.get(index, 0.0) + end - low
+            low = end
+            index += 1
+    return covered

@@ -11,7 +11,7 @@ from test_scheduler import RecordingMailer
 import status
 from config import LiveSettings
 from scheduler import Scheduler
-from support import T0, Clock, make_settings, make_test_app
+from support import T0, Clock, make_settings, make_test_app, wait_until
 
 BADGE_KEY = "badge-key-0123456789"
 TOKEN = "token-never-shown-0123456789"
@@ -54,8 +54,8 @@ def world(store, clock):
 
 
 def at(clock, seconds):
-    """Move the clock to T0 + `seconds`, past any cached answer's life."""
-    assert seconds - (clock.now - T0) >= status.CACHE_SECONDS or seconds == 0
+    """Move the clock to T0 + `seconds`, past the life of any snapshot answers are made from."""
+    assert seconds - (clock.now - T0) >= status.STALE_SECONDS
     clock.now = T0 + seconds
 
 
@@ -181,7 +181,7 @@ def test_badges_say_up_late_or_down_as_svg_json_and_shields(world, clock):
     texts = [t.text for t in ElementTree.fromstring(badge(client, "router", "svg").body).iter() if t.text]
     assert texts[-1] == "late"
     listener.check_once(clock.now)
-    at(clock, 110)
+    at(clock, 130)
     assert badge(client, "router", "json").json == {"status": "down", "total": 1, "grace": 0, "down": 1}
     assert badge(client, "router", "shields").json == {
         "schemaVersion": 1,
@@ -227,3 +227,19 @@ def test_without_a_badge_key_there_are_no_badges(store, clock):
     store.sync_users(settings.users, T0)
     client = webtest.TestApp(make_test_app(store, settings, clock))
     client.get("/badge/None/router.svg", status=404)
+
+
+def test_a_snapshot_is_used_10_s_then_until_30_s_while_a_thread_takes_the_next(world, clock):
+    client, _ = world
+    ping(client, "router")
+    assert page_json(client)["devices"][0]["state"] == "up"
+    clock.now = T0 + 5
+    ping(client, "router", "fail")
+    assert page_json(client)["devices"][0]["state"] == "up"  # within CACHE_SECONDS: the same answer
+    clock.now = T0 + status.CACHE_SECONDS + 5
+    assert page_json(client)["devices"][0]["state"] == "up"  # the last answer, while a thread takes the next
+    wait_until(lambda: page_json(client)["devices"][0]["state"] == "failed", timeout=10, message="the next snapshot")
+    clock.now = T0 + status.CACHE_SECONDS + 6
+    ping(client, "router")
+    clock.now = T0 + status.CACHE_SECONDS + 5 + status.STALE_SECONDS
+    assert page_json(client)["devices"][0]["state"] == "up"  # too old to use: a new one before answering

@@ -71,3 +71,14 @@ def test_no_outage_is_fully_up_and_an_outage_all_along_is_fully_down():
     assert uptime.uptime(uptime.down_intervals([(25, 50)], 100), [(0, 50)], 0, 100) == 1.0
     assert uptime.uptime(uptime.down_intervals([(50, 75)], 100), [(0, 50)], 0, 100) == 0.5
     assert uptime.uptime([], [(0, 100)], 0, 100) is None
+
+
+@hypothesis.given(OUTAGES, INTERVALS, st.lists(st.integers(0, HORIZON), min_size=2, max_size=6, unique=True))
+def test_daily_is_uptime_of_each_span(outages, unknown, bounds):
+    bounds = sorted(bounds)
+    down = uptime.down_intervals(outages, HORIZON)
+    merged_unknown = uptime.merged(unknown)
+    expected = [uptime.uptime(down, merged_unknown, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    found = uptime.daily(down, merged_unknown, bounds)
+    assert [f is None for f in found] == [e is None for e in expected]
+    assert [f for f in found if f is not None] == pytest.approx([e for e in expected if e is not None], abs=1e-9)
