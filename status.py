@@ -65,6 +65,8 @@ class Snapshot:
     users: dict[str, UserState]
     down: dict[int, list[uptime.Interval]]
     first_pings: dict[int, float | None]
+    # The service's own downtime (uptime.downtime), unknown for every device.
+    downtime: list[uptime.Interval]
     # What was made from it: each page's data (slug -> page_data()) and answers ((slug, form) -> (body, ETag)).
     data: dict[str, dict[str, object]] = field(default_factory=dict)
     answers: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
@@ -181,7 +183,8 @@ def _page_answer(snapshot: Snapshot, slug: str, page: StatusPage, form: str) -> 
 
 
 def take_snapshot(store: StoreContract, settings: Settings, now: float) -> Snapshot:
-    """A Snapshot of `store` at `now`: three reads, whose cost grows with the users and their outages."""
+    """A Snapshot of `store` at `now`: four reads, whose cost grows with the users, their outages and the
+    service's restarts."""
     users = {user.username: user for user in store.configured_users()}
     outages: dict[int, list[Outage]] = {}
     for outage in store.outages_since(now - uptime.SPANS["90d"]):
@@ -189,7 +192,8 @@ def take_snapshot(store: StoreContract, settings: Settings, now: float) -> Snaps
     down = {
         user_id: uptime.down_intervals(((o.down_at, o.up_at) for o in found), now) for user_id, found in outages.items()
     }
-    return Snapshot(now, settings, users, down, store.first_pings())
+    downtime = uptime.downtime(store.service_runs(now - uptime.SPANS["90d"]))
+    return Snapshot(now, settings, users, down, store.first_pings(), downtime)
 
 
 def page_data(page: StatusPage, snapshot: Snapshot, now: float) -> dict[str, object]:
@@ -206,7 +210,7 @@ def page_data(page: StatusPage, snapshot: Snapshot, now: float) -> dict[str, obj
             continue
         name = page.shown_name(username)
         down = snapshot.down.get(user.id, [])
-        unknown = _unknown(user, down, snapshot.first_pings.get(user.id))
+        unknown = _unknown(user, down, snapshot.first_pings.get(user.id), snapshot.downtime)
         devices.append(
             {
                 "name": name,
@@ -367,11 +371,16 @@ def _percent(value: float | None) -> str:
     return "100%" if value == 1.0 else f"{min(value * 100, 99.99):.2f}%"
 
 
-def _unknown(user: UserState, down: Sequence[uptime.Interval], first_ping: float | None) -> list[uptime.Interval]:
+def _unknown(
+    user: UserState,
+    down: Sequence[uptime.Interval],
+    first_ping: float | None,
+    downtime: Sequence[uptime.Interval],
+) -> list[uptime.Interval]:
     """The time nothing is known of `user`: before its first ping, the start of this run's monitoring and its first
-    outage kept, whichever came first."""
+    outage kept, whichever came first; and the service's own downtime."""
     known_from = min(t for t in (first_ping, user.monitored_since, down[0][0] if down else None) if t is not None)
-    return [(float("-inf"), known_from)]
+    return uptime.merged([(float("-inf"), known_from), *downtime])
 
 
 def _daily(

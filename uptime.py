@@ -62,6 +62,20 @@ def pieces(intervals: Sequence[Interval], start: float, end: float) -> list[Inte
     return found
 
 
+def downtime(runs: Iterable[Interval]) -> list[Interval]:
+    """The service's own downtime from its `runs` (started at, last seen running at): the gaps between them, in
+    merged. The last run lasts until now (the service is running), and before its first nothing is known. A run
+    not yet seen since its start counts too: it is where the gap before it ends."""
+    gaps = []
+    ordered = sorted(runs)
+    end = ordered[0][1] if ordered else 0.0
+    for start, seen in ordered[1:]:
+        if start > end:
+            gaps.append((end, start))
+        end = max(end, seen)
+    return merged(gaps)
+
+
 def uptime(down: Sequence[Interval], unknown: Sequence[Interval], start: float, end: float) -> float | None:
     """The share of the known time of [start, end) during which the device was up, from 0.0 to 1.0; None if none
     of it is known.

@@ -243,3 +243,21 @@ def test_a_snapshot_is_used_10_s_then_until_30_s_while_a_thread_takes_the_next(w
     ping(client, "router")
     clock.now = T0 + status.CACHE_SECONDS + 5 + status.STALE_SECONDS
     assert page_json(client)["devices"][0]["state"] == "up"  # too old to use: a new one before answering
+
+
+def test_the_services_own_downtime_counts_neither_up_nor_down(world, clock, store):
+    client, listener = world
+    ping(client, "router")
+    ping(client, "nas-box-7")
+    at(clock, 100)
+    listener.check_once(clock.now)  # both went down at T0 + 60
+    ping(client, "nas-box-7")
+    store.upkeep(T0 + 120)  # the service last seen running at T0 + 120, then stopped until T0 + 1000
+    store.sync_users(make_settings(USERS, status_pages=PAGES).users, T0 + 1000)
+    clock.now = T0 + 1100
+    ping(client, "router")  # router: down from T0 + 60 to T0 + 1100, of which 880 s unknown
+    at(clock, 3600)
+    router, storage = page_json(client)["devices"][:2]
+    assert router["uptime"]["24h"] == pytest.approx(1 - (60 + 100) / (3600 - 880))
+    # The downtime is unknown for every device, down or not.
+    assert storage["uptime"]["24h"] == pytest.approx(1 - 40 / (3600 - 880))

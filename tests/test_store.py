@@ -103,7 +103,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health", "service_runs"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -1484,3 +1484,19 @@ def test_a_devices_outages_are_what_its_alerts_called_down(new_store, events, wa
             if kind == "success":
                 expected = [(start, now if end is None and now > start else end) for start, end in expected]
     assert [(o.down_at, o.up_at) for o in store.outages_since(T0 - 2000)] == sorted(expected)
+
+
+@BACKENDS
+def test_each_start_begins_a_run_that_upkeep_marks_seen_every_minute_and_its_gaps_are_downtime(store):
+    synced(store)
+    store.upkeep(T0 + 30)  # less than RUN_MARK_SECONDS since the start: not marked
+    store.upkeep(T0 + 61)
+    store.upkeep(T0 + 100)
+    assert store.service_runs(T0) == [(T0, T0 + 61)]
+    # A restart, as server.py starts: the time between the last mark and the start is the service's downtime.
+    synced(store, now=T0 + 1000)
+    store.upkeep(T0 + 1070)
+    assert store.service_runs(T0) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    # From a later start, the last run seen before it too: a gap may begin in it.
+    assert store.service_runs(T0 + 500) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    assert store.service_runs(T0 + 1071) == [(T0 + 1000, T0 + 1070)]

@@ -82,3 +82,16 @@ def test_daily_is_uptime_of_each_span(outages, unknown, bounds):
     found = uptime.daily(down, merged_unknown, bounds)
     assert [f is None for f in found] == [e is None for e in expected]
     assert [f for f in found if f is not None] == pytest.approx([e for e in expected if e is not None], abs=1e-9)
+
+
+@hypothesis.given(INTERVALS)
+@hypothesis.example([(0, 5), (7, 7), (9, 12)])
+def test_the_services_downtime_is_every_second_between_its_first_and_last_starts_in_no_run(runs):
+    found = uptime.downtime(runs)
+    if not runs:
+        assert found == []
+        return
+    first, last = min(start for start, _ in runs), max(start for start, _ in runs)
+    expected = {second for second in range(first, last) if not any(a <= second < b for a, b in runs)}
+    assert seconds((int(low), int(high)) for low, high in found) == expected
+    assert found == uptime.merged(found)
