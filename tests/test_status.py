@@ -261,3 +261,22 @@ def test_the_services_own_downtime_counts_neither_up_nor_down(world, clock, stor
     assert router["uptime"]["24h"] == pytest.approx(1 - (60 + 100) / (3600 - 880))
     # The downtime is unknown for every device, down or not.
     assert storage["uptime"]["24h"] == pytest.approx(1 - 40 / (3600 - 880))
+
+
+def test_a_reload_is_seen_at_once_a_page_removed_is_a_404(store, clock):
+    live = LiveSettings(make_settings(USERS, status_pages=PAGES, badge_key=BADGE_KEY))
+    store.sync_users(live.current.users, T0)
+    client = webtest.TestApp(make_test_app(store, live, clock))
+    client.get("/status/home", status=200)
+    client.get(f"/badge/{BADGE_KEY}/router.svg", status=200)
+    live.replace(make_settings(USERS, status_pages={"lab": {"title": "Lab", "users": ["router"]}}))
+    client.get("/status/home", status=404)
+    assert page_json(client, "lab")["title"] == "Lab"
+    client.get(f"/badge/{BADGE_KEY}/router.svg", status=404)
+
+
+@pytest.mark.parametrize("status_name", ["up", "grace", "down"])
+def test_a_badge_svg_of_any_name_is_well_formed_svg_naming_it(status_name):
+    svg = ElementTree.fromstring(status.badge_svg('<b & "c">', status_name))
+    texts = [text.text for text in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert texts == ['<b & "c">', status.BADGE_WORDS[status_name]]

@@ -76,7 +76,9 @@ def new_store(request, tmp_path_factory):
 
     def emptied_pg_store():
         with second_connection(pg) as connection:
-            connection.execute("TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox RESTART IDENTITY")
+            connection.execute(
+                "TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox, service_runs RESTART IDENTITY"
+            )
         return pg
 
     yield emptied_pg_store
