@@ -67,6 +67,8 @@ class Snapshot:
     first_pings: dict[int, float | None]
     # The service's own downtime (uptime.downtime), unknown for every device.
     downtime: list[uptime.Interval]
+    # Each tag -> the users carrying it, for badges.
+    tags: dict[str, list[str]]
     # What was made from it: each page's data (slug -> page_data()) and answers ((slug, form) -> (body, ETag)).
     data: dict[str, dict[str, object]] = field(default_factory=dict)
     answers: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
@@ -117,10 +119,7 @@ class StatusPages:
         if settings.badge_key is None or not _same(key, settings.badge_key):
             return None
         snapshot = self._current(now)
-        if name in snapshot.settings.users:
-            covered = [name]
-        else:
-            covered = [user for user, config in snapshot.settings.users.items() if name in config.tags]
+        covered = [name] if name in snapshot.settings.users else snapshot.tags.get(name, [])
         states = [snapshot.users[user] for user in covered if user in snapshot.users]
         if not states:
             return None
@@ -193,7 +192,11 @@ def take_snapshot(store: StoreContract, settings: Settings, now: float) -> Snaps
         user_id: uptime.down_intervals(((o.down_at, o.up_at) for o in found), now) for user_id, found in outages.items()
     }
     downtime = uptime.downtime(store.service_runs(now - uptime.SPANS["90d"]))
-    return Snapshot(now, settings, users, down, store.first_pings(), downtime)
+    tags: dict[str, list[str]] = {}
+    for username, config in settings.users.items():
+        for tag in config.tags:
+            tags.setdefault(tag, []).append(username)
+    return Snapshot(now, settings, users, down, store.first_pings(), downtime, tags)
 
 
 def page_data(page: StatusPage, snapshot: Snapshot, now: float) -> dict[str, object]:
