@@ -70,6 +70,8 @@ TOP_LEVEL_KEYS = {
     "durability",
     "max_incomplete_requests_per_address",
     "email_pings",
+    "status_pages",
+    "badge_key",
 }
 USER_KEYS = {
     "monitor",
@@ -85,6 +87,7 @@ USER_KEYS = {
     "depends_on",
     "notify",
     "email_keywords",
+    "tags",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
@@ -92,6 +95,12 @@ DEFAULT_GRACE = 3600.0
 WEBHOOK_KEYS = {"url", "format", "headers", "routing_key", "api_key", "recoveries"}
 # The formats whose webhooks need a key of their own, and that key.
 WEBHOOK_FORMAT_KEYS = {"pagerduty": "routing_key", "opsgenie": "api_key"}
+STATUS_PAGE_KEYS = {"title", "users", "show_names"}
+# A status page's slug and a badge key are path segments of public URLs: characters no URL escapes.
+_SLUG = re.compile(r"[A-Za-z0-9_-]+")
+_BADGE_KEY = re.compile(r"[A-Za-z0-9._~-]+")
+# A status page's title and display names are shown on one line.
+MAX_TITLE = 200
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -151,6 +160,8 @@ class UserConfig:
     notify: tuple[str, ...] = DEFAULT_NOTIFY
     # How an email ping's subject and text decide its kind; None: every email ping is a success.
     email_keywords: EmailKeywords | None = None
+    # Labels grouping users (a badge covers every user carrying its tag), in the order given, without repeats.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +191,20 @@ class WebhookConfig:
     recoveries: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class StatusPage:
+    """One public status page of settings.json's `status_pages`: its title, the configured users it shows in
+    the order given, and the name each is shown under (its username unless `show_names` says otherwise)."""
+
+    title: str
+    users: tuple[str, ...]
+    show_names: tuple[tuple[str, str], ...] = ()
+
+    def shown_name(self, username: str) -> str:
+        """The name `username` is shown under on this page."""
+        return dict(self.show_names).get(username, username)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated contents of settings.json."""
@@ -203,6 +228,10 @@ class Settings:
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
     # The SMTP listener taking email pings; None: no listener. Read at start only.
     email_pings: EmailPingsConfig | None = None
+    # Public status pages: slug -> page (/status/<slug>).
+    status_pages: dict[str, StatusPage] = field(default_factory=dict)
+    # The path segment that unlocks /badge/<badge_key>/...; None: no badges.
+    badge_key: str | None = field(default=None, repr=False)
 
 
 class LiveSettings:
@@ -307,6 +336,15 @@ def parse_settings(document: Any) -> Settings:
         _check_dependencies(users, problems)
         if "recipient" not in document:
             _check_recipient_needed(users, problems)
+    status_pages = _status_pages(document.get("status_pages", {}), users if isinstance(users, dict) else {}, problems)
+    badge_key = document.get("badge_key")
+    # The value is never quoted: it is a secret of sorts.
+    if badge_key is not None and not (
+        isinstance(badge_key, str) and len(badge_key) >= MIN_TOKEN_LENGTH and _BADGE_KEY.fullmatch(badge_key)
+    ):
+        problems.append(
+            f"badge_key: must be a string of at least {MIN_TOKEN_LENGTH} letters, digits, '-', '_', '.' or '~'"
+        )
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -323,6 +361,8 @@ def parse_settings(document: Any) -> Settings:
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
         email_pings=email_pings,
+        status_pages=status_pages,
+        badge_key=badge_key,
     )
 
 
@@ -467,6 +507,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         )
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
     email_keywords = _email_keywords(user["email_keywords"], path, problems) if "email_keywords" in user else None
+    tags = _tags(user.get("tags", []), f"{path}.tags", problems)
     if len(problems) > before:
         return None
     return UserConfig(
@@ -483,6 +524,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
         email_keywords=email_keywords,
+        tags=tags,
     )
 
 
@@ -535,6 +577,14 @@ def _email_keywords(value, path, problems):
     if len(problems) > before:
         return None
     return EmailKeywords(*(tuple(value.get(kind, [])) for kind in EMAIL_KEYWORD_KINDS))
+
+
+def _tags(value, path, problems):
+    """A user's `tags` as a tuple without repeats, or () and a problem naming `path`."""
+    if not (isinstance(value, list) and all(isinstance(tag, str) and tag.strip() for tag in value)):
+        problems.append(f"{path}: must be a list of non-empty strings, got {_show(value)}")
+        return ()
+    return tuple(dict.fromkeys(value))
 
 
 def _is_token(text):
@@ -701,6 +751,56 @@ def _webhooks(value, problems):
 
 def _format_needing(key):
     return next(format_ for format_, needed in WEBHOOK_FORMAT_KEYS.items() if needed == key)
+
+
+def _status_pages(value, users, problems):
+    """settings.json's `status_pages` as slug -> StatusPage, leaving out (with a problem each) those that are wrong.
+
+    Each page names configured users only: a page can show nothing the settings did not put on it.
+    """
+    if not isinstance(value, dict):
+        problems.append(f"status_pages: must be an object of slug -> {{title, users}}, got {_show(value)}")
+        return {}
+    pages = {}
+    for slug, page in value.items():
+        path = _path("status_pages.", slug)
+        before = len(problems)
+        if not _SLUG.fullmatch(slug):
+            problems.append(f"{path}: a status page's slug must be letters, digits, '_' or '-'")
+        if not isinstance(page, dict):
+            problems.append(f"{path}: must be an object with title and users, got {_show(page)}")
+            continue
+        _unknown_keys(page, STATUS_PAGE_KEYS, path + ".", problems)
+        title = _required(page, "title", path + ".", problems)
+        if title is not None and not _is_line(title):
+            problems.append(f"{path}.title: must be one line of 1 to {MAX_TITLE} characters, got {_show(title)}")
+        names = _required(page, "users", path + ".", problems)
+        if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            problems.append(f"{path}.users: must be a non-empty list of usernames, got {_show(names)}")
+            names = None
+        for name in names or ():
+            if name not in users:
+                problems.append(f"{path}.users: no user named {_show(name)} is configured")
+        show_names = page.get("show_names", {})
+        if not isinstance(show_names, dict):
+            problems.append(f"{path}.show_names: must be an object of username -> name shown, got {_show(show_names)}")
+            show_names = {}
+        for name, shown in show_names.items():
+            if name not in (names or ()):
+                problems.append(f"{_path(path + '.show_names.', name)}: not one of this page's users")
+            if not _is_line(shown):
+                problems.append(
+                    f"{_path(path + '.show_names.', name)}: must be one line of 1 to {MAX_TITLE} characters,"
+                    f" got {_show(shown)}"
+                )
+        if len(problems) == before:
+            pages[slug] = StatusPage(title, tuple(dict.fromkeys(names)), tuple(show_names.items()))
+    return pages
+
+
+def _is_line(value):
+    """Whether `value` is a string of 1 to MAX_TITLE characters without control characters."""
+    return isinstance(value, str) and value.strip() != "" and len(value) <= MAX_TITLE and not _CONTROL.search(value)
 
 
 def _is_http_url(value):

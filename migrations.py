@@ -91,6 +91,25 @@ PG_HEALTH_TABLE_SQL = (
     "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)"
 )
 
+# Service runs (schema version 10): each start of the service and when it was last seen running, so that its
+# downtime is known.
+SERVICE_RUNS_SQL = """
+CREATE TABLE service_runs (
+    id         INTEGER PRIMARY KEY,
+    started_at REAL    NOT NULL,
+    seen_at    REAL    NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+"""
+PG_SERVICE_RUNS_SQL = """
+CREATE TABLE service_runs (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at double precision NOT NULL,
+    seen_at    double precision NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -132,6 +151,8 @@ STEPS: tuple[Step, ...] = (
     Step(SCHEDULES_UPGRADE_SQL),
     # 8 -> 9: health.
     Step(HEALTH_TABLE_SQL, PG_HEALTH_TABLE_SQL),
+    # 9 -> 10: service runs.
+    Step(SERVICE_RUNS_SQL, PG_SERVICE_RUNS_SQL),
 )
 SCHEMA_VERSION = 1 + len(STEPS)
 

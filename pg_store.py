@@ -354,6 +354,7 @@ class PgStore(SqlStore):
             alone = others is not None and others[0] == 0
             if alone:
                 self._restart_monitoring(connection, now)
+            self._start_run(connection, now)
         self.started_alone = alone
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
@@ -377,9 +378,9 @@ class PgStore(SqlStore):
 
     def upkeep(self, now: float) -> None:
         """Renew this instance's lease until `now` + CLAIM_TIMEOUT, and take its liveness lock again if its
-        connection was lost (the scheduler calls this every second).
+        connection was lost (the scheduler calls this every second); mark its run seen every RUN_MARK_SECONDS.
 
-        Both go through the connection that holds the liveness lock, never the pool: pings holding every
+        All go through the connection that holds the liveness lock, never the pool: pings holding every
         pooled connection cannot delay the renewal. While either was lost, other instances took this
         instance for dead and could claim its rows. If another instance's start then forgot it, it
         registers again under the same id.
@@ -389,6 +390,8 @@ class PgStore(SqlStore):
             if self._liveness is not None and not self._liveness.closed:
                 try:
                     self._liveness.execute(RENEW_LEASE_SQL, parameters)
+                    if self._run_mark_due(now):
+                        self._mark_run(self._liveness, now)
                     return
                 except psycopg.Error:
                     # The lock is held as long as the connection lives: keep it unless it is broken.

@@ -271,3 +271,13 @@ class AlertHistory:
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
     deliveries: tuple[WebhookHistory, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Outage:
+    """An alerted outage of the user `user_id`, as its alerts called it: down from `down_at` (the condition's
+    start, which every alert of the outage names) until `up_at`, the first success after it (None: none yet)."""
+
+    user_id: int
+    down_at: float
+    up_at: float | None

@@ -188,6 +188,16 @@ CREATE TABLE health (
     room       BLOB
 );
 
+-- One row per start of the service (of each instance, on PostgreSQL): when it started, and when it was last
+-- seen running, marked every store.RUN_MARK_SECONDS. The gaps between runs are the service's own downtime, which
+-- status pages count as unknown, neither up nor down (uptime.py).
+CREATE TABLE service_runs (
+    id         INTEGER PRIMARY KEY,
+    started_at REAL    NOT NULL,
+    seen_at    REAL    NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+
 CREATE VIEW pings_readable AS
 SELECT users.username,
        datetime(pings.at, 'unixepoch', 'localtime') AS local_time,

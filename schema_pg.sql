@@ -144,6 +144,14 @@ CREATE TABLE health (
     room       bytea
 );
 
+-- As in schema.sql: each instance's runs, whose gaps are the service's downtime.
+CREATE TABLE service_runs (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at double precision NOT NULL,
+    seen_at    double precision NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+
 CREATE VIEW pings_readable AS
 SELECT users.username,
        to_timestamp(pings.at) AS local_time,

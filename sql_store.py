@@ -18,6 +18,7 @@ from records import (
     AlertHistory,
     Digest,
     EmailEvent,
+    Outage,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -30,6 +31,8 @@ from records import (
     WebhookHistory,
 )
 
+# How often the store's upkeep marks the service's run as seen: its downtime is known to within this much.
+RUN_MARK_SECONDS = 60.0
 # Sorts text by code point on PostgreSQL (whatever the database's collation), as SQLite always does.
 BY_CODE_POINT = ' COLLATE "C"'
 # Locks the rows read until the transaction ends on PostgreSQL; a SQLite write transaction holds the whole database.
@@ -259,6 +262,28 @@ DAY_DELIVERIES_SQL = (
     " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, webhook_outbox.id"
     " LIMIT ?"
 )
+# Status pages and badges (uptime.py). An outage is known by its alerts, each naming when it went down: those
+# decided from `start` on (read along alerts_by_time), grouped, each with the first success after it (one seek of
+# pings_by_user_time). So the cost grows with the outages, not with the pings. Each configured user's first ping
+# (a seek each) says from when on its uptime is known.
+OUTAGES_SQL = (
+    "SELECT alerts.user_id, alerts.went_down_at,"
+    " (SELECT min(pings.at) FROM pings WHERE pings.user_id = alerts.user_id AND pings.at > alerts.went_down_at"
+    " AND pings.kind = 'success')"
+    " FROM alerts WHERE alerts.at >= ? AND NOT alerts.suppressed AND alerts.went_down_at IS NOT NULL"
+    # Grouped by time first: by user first, SQLite would rather scan alerts_by_user_time, all alerts ever.
+    " GROUP BY alerts.went_down_at, alerts.user_id"
+)
+FIRST_PINGS_SQL = "SELECT id, (SELECT min(at) FROM pings WHERE pings.user_id = users.id) FROM users WHERE configured"
+# The service's runs (service_runs): one begun at each start, marked seen every RUN_MARK_SECONDS; those seen from
+# `start` on, and the last one before, whose end a gap may begin with.
+START_RUN_SQL = "INSERT INTO service_runs (started_at, seen_at) VALUES (?, ?) RETURNING id"
+MARK_RUN_SQL = "UPDATE service_runs SET seen_at = ? WHERE id = ? AND seen_at < ?"
+SERVICE_RUNS_SQL = (
+    "SELECT started_at, seen_at FROM service_runs WHERE seen_at >= :start"
+    " UNION ALL SELECT started_at, seen_at FROM (SELECT started_at, seen_at FROM service_runs"
+    " WHERE seen_at < :start ORDER BY seen_at DESC LIMIT 1) AS previous"
+)
 # A metrics scrape: one row per configured user (its counters are kept by the signal's statement and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
 SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND schedule IS NOT NULL"
@@ -373,6 +398,11 @@ class Statements:
     delete_history: tuple[str, ...]
     snooze: str
     user_id_due_at: str
+    outages: str
+    first_pings: str
+    start_run: str
+    mark_run: str
+    service_runs: str
 
     @classmethod
     def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
@@ -418,6 +448,11 @@ class Statements:
             ),
             snooze=s(SNOOZE_SQL),
             user_id_due_at=s(USER_ID_DUE_AT_SQL),
+            outages=s(OUTAGES_SQL),
+            first_pings=s(FIRST_PINGS_SQL),
+            start_run=s(START_RUN_SQL),
+            mark_run=s(MARK_RUN_SQL),
+            service_runs=s(SERVICE_RUNS_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
             # monitored_since.
             restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
@@ -440,6 +475,9 @@ class SqlStore:
     writes) and `_finish_emails`. Promises: store_contract.StoreContract."""
 
     _sql: ClassVar[Statements]
+    # This instance's row of service_runs once sync_users began it, and when it was last marked seen.
+    _run_id: int | None = None
+    _run_marked: float = 0.0
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -556,6 +594,37 @@ class SqlStore:
         with self._read() as connection:
             rows = connection.execute(self._sql.configured_users).fetchall()
         return [user_and_parent(row) for row in rows]
+
+    def outages_since(self, start: float) -> list[Outage]:
+        """StoreContract.outages_since."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.outages, (start,)).fetchall()
+        return sorted(Outage(*row) for row in rows)
+
+    def first_pings(self) -> dict[int, float | None]:
+        """StoreContract.first_pings."""
+        with self._read() as connection:
+            return dict(connection.execute(self._sql.first_pings).fetchall())
+
+    def service_runs(self, start: float) -> list[tuple[float, float]]:
+        """StoreContract.service_runs."""
+        with self._read() as connection:
+            return sorted(connection.execute(self._sql.service_runs, {"start": start}).fetchall())
+
+    def _start_run(self, connection: Any, now: float) -> None:
+        """Record that the service starts running at `now` (in sync_users' transaction)."""
+        self._run_id = connection.execute(self._sql.start_run, (now, now)).fetchone()[0]
+        self._run_marked = now
+
+    def _run_mark_due(self, now: float) -> bool:
+        """Whether the service's run is to be marked seen at `now`: RUN_MARK_SECONDS after it last was."""
+        return self._run_id is not None and now >= self._run_marked + RUN_MARK_SECONDS
+
+    def _mark_run(self, connection: Any, now: float) -> None:
+        """Record that the service still runs at `now` (the store's upkeep, when _run_mark_due)."""
+        # Marked before the write: one that fails (a full disk) is tried again a minute later, not every second.
+        self._run_marked = now
+        connection.execute(self._sql.mark_run, (now, self._run_id, now))
 
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """StoreContract.recent_emails."""

@@ -253,6 +253,7 @@ class Store(SqlStore):
         with self._write() as connection:
             self._apply_users(connection, users, now)
             self._restart_monitoring(connection, now)
+            self._start_run(connection, now)
 
     def restart_monitoring_after_clock_jump(self, now: float) -> bool:
         """StoreContract.restart_monitoring_after_clock_jump: one instance owns a SQLite
@@ -512,8 +513,11 @@ class Store(SqlStore):
         return frames, copied
 
     def upkeep(self, now: float) -> None:
-        """StoreContract.upkeep: here a WAL checkpoint (checkpoint()); `now` is unused."""
+        """StoreContract.upkeep: here a WAL checkpoint (checkpoint()), and the service's run marked seen."""
         self.checkpoint()
+        if self._run_mark_due(now):
+            with self._write() as connection:
+                self._mark_run(connection, now)
 
     def check_writable(self, now: float) -> None:
         """StoreContract.check_writable, waiting at most HEALTH_TIMEOUT_MS for another process's

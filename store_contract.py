@@ -16,6 +16,7 @@ from records import (
     CheckOutcome,
     EmailEvent,
     NewDigest,
+    Outage,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -163,6 +164,21 @@ class StoreContract(Protocol):
     def configured_users(self) -> list[UserState]:
         """Every configured user's state with its parent's, in username order."""
 
+    def outages_since(self, start: float) -> list[Outage]:
+        """Every alerted outage (suppressed alerts aside) of which an alert or recovery was decided at or after
+        `start`, by user id then start, each with the first success after its start: its end (None: none yet).
+
+        Costs the number of alerts since `start` (and a seek of the pings each), never the number of pings.
+        """
+
+    def first_pings(self) -> dict[int, float | None]:
+        """Each configured user's id -> the time of its first ping kept (None if none)."""
+
+    def service_runs(self, start: float) -> list[tuple[float, float]]:
+        """(started at, last seen running at) of each run of the service (of each instance) seen running at or
+        after `start`, and of the last one before it, by start: sync_users begins a run, upkeep marks it seen
+        every sql_store.RUN_MARK_SECONDS. The gaps between them are the service's downtime."""
+
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """The `limit` most recently queued alert emails, newest first."""
 
@@ -254,7 +270,8 @@ class StoreContract(Protocol):
 
     def upkeep(self, now: float) -> None:
         """What the store needs done every second while the service runs (the scheduler's store-upkeep loop):
-        a WAL checkpoint on SQLite, the instance's lease renewed until after `now` on PostgreSQL."""
+        a WAL checkpoint on SQLite, the instance's lease renewed until after `now` on PostgreSQL; and on both,
+        every sql_store.RUN_MARK_SECONDS, the service's run marked seen at `now` (service_runs)."""
 
     def check_writable(self, now: float) -> None:
         """Return once a real write has committed: the health table's one row set to `now`, in a transaction

@@ -60,6 +60,7 @@ from rules import (
     signal_kind,
     snoozed,
 )
+from status import CACHE_SECONDS, Answer, StatusPages, split_badge_name
 from store_contract import StoreContract
 
 log = logging.getLogger("ping_listener.web")
@@ -164,6 +165,7 @@ def make_app(
     sending_test_email = threading.Lock()
     metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED, wrong_passwords, clock)
     operators = OperatorCredentials(overview_only, operations.api_key, wrong_passwords, clock)
+    public = StatusPages(store, settings)
 
     @app.hook("after_request")
     def security_headers():
@@ -306,6 +308,21 @@ def make_app(
             raise bottle.HTTPError(400, "missing username")
         start, end = local_day_bounds({name: _date_field(body, name) for name in ("year", "month", "day")})
         return _json(overview_day(store, username, start, end, clock()))
+
+    @app.get(r"/status/<slug:re:[A-Za-z0-9_-]+>")
+    def status_page(slug):
+        return _public_answer(public.page(slug, "html", clock()), f"no status page {slug}")
+
+    @app.get(r"/status/<slug:re:[A-Za-z0-9_-]+>.json")
+    def status_page_data(slug):
+        return _public_answer(public.page(slug, "json", clock()), f"no status page {slug}")
+
+    # A wrong key and an unknown name or tag get the same answer: the key is not guessed a part at a time.
+    @app.get("/badge/<key>/<name:path>")
+    def badge(key, name):
+        parts = split_badge_name(name)
+        answer = None if parts is None else public.badge(key, parts[0], parts[1], clock())
+        return _public_answer(answer, "no such badge")
 
     @app.get("/healthz")
     def healthz():
@@ -660,6 +677,21 @@ def _static_file(filename: str) -> bottle.HTTPResponse:
         charset="utf-8",
         headers={"Cache-Control": "no-cache"},
     )
+
+
+def _public_answer(answer: Answer | None, missing: str) -> bytes:
+    """A status page's or badge's answer, which browsers and proxies may keep CACHE_SECONDS and then check by its
+    ETag (304, no body, when If-None-Match names it); 404 with `missing` if there is none."""
+    if answer is None:
+        raise bottle.HTTPError(404, missing)
+    bottle.response.set_header("Cache-Control", f"public, max-age={CACHE_SECONDS:.0f}")
+    bottle.response.set_header("ETag", answer.etag)
+    bottle.response.content_type = answer.content_type
+    wanted = bottle.request.get_header("If-None-Match", "")
+    if answer.etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")) or wanted.strip() == "*":
+        bottle.response.status = 304
+        return b""
+    return answer.body
 
 
 def _plain_error(error: bottle.HTTPError) -> str:

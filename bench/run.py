@@ -28,6 +28,7 @@ from bench import (
     overview_data,
     ping_cost,
     postgresql,
+    status_data,
     throughput,
     tick,
 )
@@ -43,6 +44,7 @@ SECTIONS = (
     "history",
     "details",
     "overview",
+    "status",
     "load-memory",
     "detection",
     "metrics",
@@ -117,6 +119,8 @@ def _run_section(section, args, servers):
         return details.run(requests=10, log=_log, load_seconds=args.duration * 2)
     if section == "overview":
         return overview_data.run(refreshes=20, log=_log)
+    if section == "status":
+        return status_data.run(repeats=20, log=_log)
     if section == "load-memory":
         return overview_data.load_memory(args.load_pings, _log)
     if section == "metrics":
@@ -159,6 +163,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _details_table(results["details"], targets)
     if "overview" in results:
         lines += _overview_table(results["overview"], targets)
+    if "status" in results:
+        lines += _status_table(results["status"], targets)
     if "load-memory" in results:
         lines += _load_memory_table(results["load-memory"], targets)
     if "detection" in results:
@@ -578,6 +584,35 @@ def _overview_table(result, targets):
         f" | {result.refresh_median_ms:.0f} ms | {result.refresh_max_ms:.0f} ms |",
         f"| `/overview/day` ({result.day_pings:,} pings) | |"
         f" {result.day_median_ms:.0f} ms | {result.day_max_ms:.0f} ms |",
+        "",
+    ]
+
+
+def _status_table(result, targets):
+    targets.append(
+        (
+            f"a status page of {result.devices:,} devices answered < 50 ms",
+            f"{result.kept_max_ms:.2f} ms at most",
+            result.kept_max_ms < 50,
+        )
+    )
+    targets.append(("a badge < 2 ms (median)", f"{result.badge_median_ms:.2f} ms", result.badge_median_ms < 2))
+    return [
+        "## Status pages and badges",
+        "",
+        f"A status page listing {result.devices:,} devices, in process, over a database of {result.pings:,} pings"
+        f" (90 days, one an hour each) and {result.outages:,} alerted outages. A request is answered from the"
+        " last snapshot of the store (status.py); every 10 s while the page is asked for, a thread of its own"
+        ' takes the next and makes the page\'s HTML and JSON from it ("made afresh": only the first request'
+        " after a start or a reload waits for that). And a device's SVG badge.",
+        "",
+        "| answer | median | max |",
+        "|---|---|---|",
+        f"| a request for the page (HTML, {result.html_bytes / 1e3:.0f} kB) | {result.kept_median_ms:.2f} ms"
+        f" | {result.kept_max_ms:.2f} ms |",
+        f"| made afresh: snapshot, HTML and JSON ({result.json_bytes / 1e3:.0f} kB) | {result.fresh_median_ms:.0f} ms"
+        f" | {result.fresh_max_ms:.0f} ms |",
+        f"| badge (SVG) | {result.badge_median_ms:.3f} ms | {result.badge_max_ms:.3f} ms |",
         "",
     ]
 

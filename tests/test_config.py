@@ -73,9 +73,10 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of base_frequency, durability, email_pings, email_processing_frequency,"
+            "colour: unknown key (expected one of badge_key, base_frequency, durability, email_pings,"
+            " email_processing_frequency,"
             " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
-            " retention_days, server_root, users, webhooks)",
+            " retention_days, server_root, status_pages, users, webhooks)",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
@@ -329,6 +330,66 @@ def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
     )
     assert (settings.users["pi"].max_runtime, settings.users["pi"].notify_recovery) == (None, True)
     assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
+
+
+def test_tags_are_an_optional_list_of_strings_kept_in_order_without_repeats():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    settings = config.parse_settings(
+        valid_document(users={"pi": pi, "nas": {**pi, "tags": ["home", "backup", "home"]}})
+    )
+    assert (settings.users["pi"].tags, settings.users["nas"].tags) == ((), ("home", "backup"))
+
+
+def test_status_pages_name_configured_users_with_optional_display_names():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    document = valid_document(
+        users={"pi": pi, "nas": pi, "secret": pi},
+        status_pages={"home": {"title": "Home lab", "users": ["nas", "pi"], "show_names": {"nas": "Storage"}}},
+        badge_key="b" * 16,
+    )
+    settings = config.parse_settings(document)
+    page = settings.status_pages["home"]
+    assert (page.title, page.users) == ("Home lab", ("nas", "pi"))
+    assert (page.shown_name("nas"), page.shown_name("pi")) == ("Storage", "pi")
+    assert settings.badge_key == "b" * 16
+    assert "b" * 16 not in repr(settings)
+
+
+def test_bad_status_pages_and_badge_keys_are_named():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    document = valid_document(
+        users={"pi": pi},
+        status_pages={
+            "home page": {"title": "Home", "users": ["pi"]},
+            "lab": {"title": "", "users": ["pi", "ghost"], "show_names": {"nas": "Storage", "pi": "a\nb"}},
+            "empty": {"users": [], "colour": 1},
+        },
+        badge_key="short-key",
+    )
+    assert sorted(problems_of(document)) == sorted(
+        [
+            "badge_key: must be a string of at least 16 letters, digits, '-', '_', '.' or '~'",
+            "status_pages.\"home page\": a status page's slug must be letters, digits, '_' or '-'",
+            "status_pages.empty.colour: unknown key (expected one of show_names, title, users)",
+            "status_pages.empty.title: missing",
+            "status_pages.empty.users: must be a non-empty list of usernames, got []",
+            'status_pages.lab.title: must be one line of 1 to 200 characters, got ""',
+            'status_pages.lab.users: no user named "ghost" is configured',
+            "status_pages.lab.show_names.nas: not one of this page's users",
+            'status_pages.lab.show_names.pi: must be one line of 1 to 200 characters, got "a\\nb"',
+        ]
+    )
+    assert problems_of(valid_document(status_pages=[])) == [
+        "status_pages: must be an object of slug -> {title, users}, got []"
+    ]
+
+
+@pytest.mark.parametrize("tags", ["home", ["home", 3], [""], {"home": 1}])
+def test_bad_tags_are_named(tags):
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600, "tags": tags}
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_settings(valid_document(users={"pi": pi}))
+    assert error.value.problems[0].startswith("users.pi.tags: must be a list of non-empty strings, got ")
 
 
 @pytest.mark.parametrize(
@@ -717,8 +778,9 @@ def test_over_long_keys_and_values_are_cut_in_every_problem(tmp_path):
     )
     problems = problems_of(document)
     assert len(problems) == 5
-    # A cut key or value, and at most the list of known keys an unknown key's problem names.
-    assert all(len(problem) < 400 for problem in problems), problems
+    # A problem is at most its cut key or value and the list of keys an unknown key could have been.
+    longest = 2 * config.MAX_SHOWN + len(", ".join(config.TOP_LEVEL_KEYS)) + 50
+    assert all(len(problem) < longest for problem in problems), problems
     duplicate = json.dumps({"a": 1, huge: 1})[:-1] + f', "{huge}": 2}}'
     with pytest.raises(config.ConfigError) as raised:
         config.load_settings(write(tmp_path, duplicate))

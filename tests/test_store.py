@@ -11,6 +11,7 @@ import pytest
 
 import rules
 import server
+import sql_store
 import store as store_module
 from config import LiveSettings
 from database import open_store
@@ -21,6 +22,7 @@ from records import (
     NewDigest,
     NewEmail,
     NewWebhook,
+    Outage,
     Signal,
     StoreOpenError,
     UnknownUserError,
@@ -74,7 +76,9 @@ def new_store(request, tmp_path_factory):
 
     def emptied_pg_store():
         with second_connection(pg) as connection:
-            connection.execute("TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox RESTART IDENTITY")
+            connection.execute(
+                "TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox, service_runs RESTART IDENTITY"
+            )
         return pg
 
     yield emptied_pg_store
@@ -101,7 +105,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health", "service_runs"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -1417,3 +1421,84 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     [cut] = store.alerts_between(late, T0, T0 + 100, 1)
     assert len(cut.emails) == 1
     assert store.alerts_between(late, T0 + 65, T0 + 100, 10) == []
+
+
+@BACKENDS
+def test_outages_since_are_the_alerted_outages_each_until_its_first_success(store):
+    users = {name: {"monitor": True, "max_sleep": 60, "email_frequency": 30} for name in ("pi", "nas", "cam")}
+    synced(store, users)
+    for name in users:
+        store.record_ping(name, T0 + 1)
+    pi, nas, cam = (next(u for u in store.configured_users() if u.username == name) for name in ("pi", "nas", "cam"))
+    # pi: alerted twice in one outage (down at T0 + 61), then a fail and a success end it; nas: alerted, still down;
+    # cam: suppressed only (its parent was down), which no alert called down.
+    store.save_check_outcomes([alert_outcome(pi, T0 + 200, "a@example.com", down_since=T0 + 61)], T0 + 70)
+    store.save_check_outcomes([alert_outcome(nas, T0 + 200, "a@example.com", down_since=T0 + 61)], T0 + 70)
+    store.save_check_outcomes([CheckOutcome(cam, T0 + 200, suppressed=(rules.SILENCE, T0 + 61))], T0 + 70)
+    [pi] = [u for u in store.configured_users() if u.username == "pi"]
+    store.save_check_outcomes([alert_outcome(pi, T0 + 300, "a@example.com", down_since=T0 + 61)], T0 + 110)
+    store.record_ping("pi", T0 + 120, "fail")
+    store.record_ping("pi", T0 + 130)
+    store.record_ping("pi", T0 + 140)
+    ids = {user.username: user.id for user in store.configured_users()}
+    assert store.outages_since(T0) == sorted(
+        [Outage(ids["pi"], T0 + 61, T0 + 130), Outage(ids["nas"], T0 + 61, None)], key=lambda o: o.user_id
+    )
+    # Alerts decided before `start` are not read: pi's outage is known from its alert at T0 + 110.
+    assert store.outages_since(T0 + 100) == [Outage(ids["pi"], T0 + 61, T0 + 130)]
+    assert store.outages_since(T0 + 111) == []
+    assert store.first_pings() == {ids["pi"]: T0 + 1, ids["nas"]: T0 + 1, ids["cam"]: T0 + 1}
+
+
+def test_outages_and_first_pings_are_read_along_indexes_whatever_the_number_of_pings(store):
+    assert store.query_plan(sql_store.OUTAGES_SQL, (T0,)) == [
+        "SEARCH alerts USING INDEX alerts_by_time (at>?)",
+        "USE TEMP B-TREE FOR GROUP BY",
+        "CORRELATED SCALAR SUBQUERY 1",
+        "SEARCH pings USING INDEX pings_by_user_time (user_id=? AND at>?)",
+    ]
+    assert store.query_plan(sql_store.FIRST_PINGS_SQL, ()) == [
+        "SCAN users",
+        "CORRELATED SCALAR SUBQUERY 1",
+        "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=?)",
+    ]
+
+
+@hypothesis.settings(max_examples=60, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
+@hypothesis.given(events=SIGNAL_EVENTS, watch=hypothesis.strategies.sampled_from(WATCHES[:2]))
+def test_a_devices_outages_are_what_its_alerts_called_down(new_store, events, watch):
+    # Whatever the signals, restarts and listener steps, the outages read back are those the listener
+    # opened (the condition's start, when it first alerted) each until the first success after it.
+    store = synced(new_store(), {"pi": {"monitor": True, "email_frequency": 100, **watch}})
+    expected = []
+    for kind, offset in sorted(events, key=lambda event: event[1]):
+        now = T0 + offset
+        if kind == "check":
+            [user] = store.configured_users()
+            decision = rules.decide(user, now)
+            store.save_check_outcomes([outcome_of(user, decision)], now)
+            if decision.alert is not None and decision.down_since not in [start for start, _ in expected]:
+                expected.append((decision.down_since, None))
+        elif kind == "restart":
+            store.restart_monitoring(now)
+        else:
+            store.record_ping("pi", now, kind)
+            if kind == "success":
+                expected = [(start, now if end is None and now > start else end) for start, end in expected]
+    assert [(o.down_at, o.up_at) for o in store.outages_since(T0 - 2000)] == sorted(expected)
+
+
+@BACKENDS
+def test_each_start_begins_a_run_that_upkeep_marks_seen_every_minute_and_its_gaps_are_downtime(store):
+    synced(store)
+    store.upkeep(T0 + 30)  # less than RUN_MARK_SECONDS since the start: not marked
+    store.upkeep(T0 + 61)
+    store.upkeep(T0 + 100)
+    assert store.service_runs(T0) == [(T0, T0 + 61)]
+    # A restart, as server.py starts: the time between the last mark and the start is the service's downtime.
+    synced(store, now=T0 + 1000)
+    store.upkeep(T0 + 1070)
+    assert store.service_runs(T0) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    # From a later start, the last run seen before it too: a gap may begin in it.
+    assert store.service_runs(T0 + 500) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    assert store.service_runs(T0 + 1071) == [(T0 + 1000, T0 + 1070)]
