@@ -2,6 +2,9 @@
 # `make bench` installs what the benchmarks need, runs them all and writes bench/results.md.
 # `make test-email TO=you@example.com` sends one email through the SMTP_* server; `make smtp-sink` runs
 # a local SMTP-over-TLS server that prints what it receives (README: "Try alerts locally").
+# `sudo make install` puts the service on this machine as a hardened systemd service, and upgrades it when run
+# again; `sudo make uninstall` removes it but its settings and data (docs/install.md; DESTDIR and PREFIX
+# overridable, e.g. `make install DESTDIR=/tmp/stage` to stage it without root).
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -11,12 +14,14 @@ SETTINGS ?= settings.json
 DB ?=
 TO ?=
 SINK_PORT ?= 8465
+DESTDIR ?=
+PREFIX ?= /opt/ping-listener
 
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean
+.PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean install uninstall
 
 # Not echoed: DB may be a URL holding a password.
 run: $(VENV)/.runtime-installed
@@ -41,6 +46,9 @@ bench: $(VENV)/.bench-installed bench-packages
 # The overview's screenshots in docs/ (docs/overview.md, the README), taken by its browser test.
 screenshots: $(VENV)/.dev-installed debian-packages
 	OVERVIEW_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_overview_page.py -k test_screenshots
+
+install uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' PYTHON='$(PYTHON)' sh tools/install.sh $@
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
