@@ -77,12 +77,13 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 # start a cluster of (tests/pgcluster.py; its versioned bin directory, as the client alone has one too),
 # HAProxy (tests/test_haproxy.py runs contrib/haproxy.cfg; by path, as /usr/sbin may not be on PATH), strace
 # (tests/test_fault_storage.py counts the service's syncs to disk), curl (as devices and cron jobs send their
-# signals).
+# signals), Caddy and nginx (tests/test_tls_proxies.py runs contrib/Caddyfile and contrib/nginx.conf),
+# systemd-analyze (tests/test_install.py checks contrib/ping-listener.service).
 # Benchmarks: wrk, time zone data (they run in Europe/Paris), PostgreSQL.
 POSTGRESQL_SERVER := /usr/lib/postgresql/*/bin/initdb:postgresql
 TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime \
 	$(POSTGRESQL_SERVER) \
-	/usr/sbin/haproxy:haproxy strace:strace curl:curl
+	/usr/sbin/haproxy:haproxy strace:strace curl:curl caddy:caddy /usr/sbin/nginx:nginx systemd-analyze:systemd
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata $(POSTGRESQL_SERVER)
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.
