@@ -14,12 +14,16 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 
-from support import ROOT
+from support import ROOT, server_env, wait_for_delivered, write_settings
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 UNIT = ROOT / "contrib" / "ping-listener.service"
@@ -263,3 +267,88 @@ def test_install_without_root_and_without_destdir_refuses_with_a_clear_error():
     result = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert "make install: it writes to /opt/ping-listener, /etc and /var/lib: run it as root" in result.stderr
+
+
+def syscall_set(name, seen=None):
+    """The system calls of `systemd-analyze syscall-filter` set `name` (@system-service), nested sets expanded."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    listing = subprocess.run(
+        [SYSTEMD_ANALYZE, "syscall-filter", name], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    calls = set()
+    for line in listing.splitlines()[1:]:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        calls |= syscall_set(entry, seen) if entry.startswith("@") else {entry}
+    return calls
+
+
+def unit_filter():
+    """(system calls the unit allows, address families it allows), from its SystemCallFilter= lines (an allow
+    list, then deny lists) and RestrictAddressFamilies=."""
+    allowed, families = set(), set()
+    for line in UNIT.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "SystemCallFilter" and value.startswith("~"):
+            for name in value[1:].split():
+                allowed -= syscall_set(name) if name.startswith("@") else {name}
+        elif key == "SystemCallFilter":
+            for name in value.split():
+                allowed |= syscall_set(name) if name.startswith("@") else {name}
+        elif key == "RestrictAddressFamilies":
+            families |= set(value.split())
+    return allowed, families
+
+
+# System calls that the tests' service makes only because the tests run as root, which the service under its unit
+# is not: SQLite gives its -wal and -shm files the database's owner (fchown) only when it runs as root.
+ONLY_AS_ROOT = {"fchown"}
+
+
+def test_every_system_call_the_service_makes_is_one_the_unit_allows(tmp_path, smtp_server, ca_path):
+    # systemd cannot apply the filter here, so the service runs under strace instead, through what it does: start
+    # (its SMTP check logs in over TLS), pings with and without a body, /logs, the overview, /healthz, an alert
+    # sent, a reload and a stop. Each system call it makes must be in the unit's filter (a denied one fails with
+    # EPERM), each socket of an allowed family.
+    settings = write_settings(
+        tmp_path / "settings.json", {"pi": {"monitor": True, "max_sleep": 1, "email_frequency": 1}}
+    )
+    trace = tmp_path / "strace.out"
+    env = server_env(smtp_server.port, ca_path, OVERVIEW_PASSWORD="look")
+    command = ["strace", "-f", "-qq", "-o", trace, sys.executable, ROOT / "server.py", "--settings", settings]
+    command += ["--db", tmp_path / "ping_listener.db", "--host", "127.0.0.1", "--port", "0"]
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=log)
+    try:
+        url = process.stdout.readline().decode().removeprefix("listening on ").strip()
+        assert url.startswith("http://"), url
+        for request in (
+            urllib.request.Request(f"{url}/ping/pi"),
+            urllib.request.Request(f"{url}/ping/pi/fail", data=b"output"),
+            urllib.request.Request(f"{url}/logs?username=pi&year=2026&month=1&day=1"),
+            urllib.request.Request(f"{url}/healthz"),
+            urllib.request.Request(
+                f"{url}/overview/state", data=b'{"password": "look"}', headers={"Content-Type": "application/json"}
+            ),
+        ):
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+        wait_for_delivered(smtp_server, 1, timeout=30)  # an alert went out over SMTP
+        # The service is strace's child: signals go to it, as systemd's would.
+        (service,) = map(int, Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split())
+        os.kill(service, signal.SIGHUP)
+        os.kill(service, signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = trace.read_text()
+    made = set(re.findall(r"^\d+ +([a-z0-9_]+)\(", text, re.M))
+    allowed, families = unit_filter()
+    assert made and made - allowed - (ONLY_AS_ROOT if os.geteuid() == 0 else set()) == set()
+    assert set(re.findall(r"socket\((AF_\w+)", text)) - families == set()
