@@ -4,9 +4,10 @@
 systemd cannot be started here (it is not PID 1 in the test machine), so no test runs the unit under systemd.
 Everything short of that is run: `systemd-analyze verify` and `systemd-analyze security --offline` on the unit
 as installed; `make install` into a staging root (DESTDIR); and, as root, the real `make install` (no DESTDIR)
-in a mount namespace where /etc, /opt and /var/lib are overlays whose changes land in a temporary directory
-(the machine's own are never touched), followed by the service started with the unit's ExecStart line as its
-user, an upgrade and an uninstall."""
+in a mount namespace where /etc, /opt, /var/lib and /root (pip's cache) are overlays whose changes land in a
+temporary directory (the machine's own are never touched), followed by the service started with the unit's
+ExecStart line as its user, an upgrade and an uninstall. And the service's system calls, traced, against the
+unit's filter."""
 
 import grp
 import json
@@ -25,12 +26,14 @@ import pytest
 
 from support import ROOT, server_env, wait_for_delivered, write_settings
 
+# Each builds a virtualenv (pip installs the requirements), which takes minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 UNIT = ROOT / "contrib" / "ping-listener.service"
 # The exposure `systemd-analyze security` gives the unit must be "OK" or better.
 MOST_EXPOSURE = 4.0
 # The overlays the real install writes through: the machine's directory, and the name of its upper layer.
-OVERLAID = {"/etc": "etc", "/opt": "opt", "/var/lib": "var-lib"}
+OVERLAID = {"/etc": "etc", "/opt": "opt", "/var/lib": "var-lib", "/root": "root"}
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the real install (useradd, chown, mount namespaces) needs root")
 
 
@@ -159,7 +162,7 @@ def checkout_copy(directory):
 
 
 def in_throwaway_root(layers, script):
-    """Run shell `script` as root in a new mount namespace where /etc, /opt and /var/lib are overlays whose
+    """Run shell `script` as root in a new mount namespace where /etc, /opt, /var/lib and /root are overlays whose
     changes land in `layers`/upper-NAME (kept from one call to the next); the CompletedProcess (text)."""
     mounts = []
     for directory, name in OVERLAID.items():
@@ -212,7 +215,7 @@ def test_as_root_install_runs_upgrades_in_place_and_uninstalls_keeping_settings_
     uid, gid, shell, count = ids_in(layers)
     assert (shell, count) == ("/usr/sbin/nologin", 1)
     assert grp.getgrgid(0) and pwd.getpwuid(0)  # root is root in the throwaway root too
-    etc, opt, var_lib = (layers / f"upper-{name}" for name in OVERLAID.values())
+    etc, opt, var_lib = (layers / f"upper-{name}" for name in ("etc", "opt", "var-lib"))
     assert owned(etc / "ping-listener") == (0, gid, 0o750)
     assert owned(etc / "ping-listener/settings.json") == (0, gid, 0o640)
     assert owned(etc / "ping-listener/env") == (0, 0, 0o600)

@@ -21,6 +21,8 @@ from support import ROOT
 
 from test_install import checkout_copy  # isort: skip
 
+# Each builds a virtualenv (pip installs the requirements), which takes minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 INSTALL_MD = ROOT / "docs" / "install.md"
 DOCUMENTED_NAME = "monitor.example.net"
 OVERLAID = {"/etc": "etc", "/opt": "opt", "/var": "var", "/usr/local": "usr-local", "/root": "root"}
