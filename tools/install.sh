@@ -79,7 +79,7 @@ install_code() {
 	if [ -f "$APP/$MANIFEST" ]; then
 		LC_ALL=C sort "$APP/$MANIFEST" | LC_ALL=C comm -23 - "$new" | remove_listed
 	fi
-	# The service may not write here: its modules are compiled now, not at each start.
+	# Stale bytecode goes; install_venv compiles the code again (the service may not write here).
 	find "$APP" -path "$APP/.venv" -prune -o -name __pycache__ -type d -exec rm -rf {} +
 	install -m 0644 "$new" "$APP/$MANIFEST"
 	rm -f "$new"
