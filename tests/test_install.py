@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, server_env, wait_for_delivered, write_settings
+from support import ROOT, server_env, wait_for_delivered, wait_until, write_settings
 
 # Each builds a virtualenv (pip installs the requirements), which takes minutes on a loaded machine.
 pytestmark = pytest.mark.timeout(900)
@@ -344,6 +344,7 @@ def test_every_system_call_the_service_makes_is_one_the_unit_allows(tmp_path, sm
         # The service is strace's child: signals go to it, as systemd's would.
         (service,) = map(int, Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split())
         os.kill(service, signal.SIGHUP)
+        wait_until(lambda: "settings reloaded" in (tmp_path / "server.log").read_text(), message="the reload")
         os.kill(service, signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
