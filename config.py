@@ -5,6 +5,7 @@ each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got
 value or key is cut, so a huge one cannot make a huge line.
 """
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -72,6 +73,7 @@ TOP_LEVEL_KEYS = {
     "email_pings",
     "status_pages",
     "badge_key",
+    "trusted_proxy",
 }
 USER_KEYS = {
     "monitor",
@@ -232,6 +234,9 @@ class Settings:
     status_pages: dict[str, StatusPage] = field(default_factory=dict)
     # The path segment that unlocks /badge/<badge_key>/...; None: no badges.
     badge_key: str | None = field(default=None, repr=False)
+    # The reverse proxy's address, whose X-Forwarded-For/-Proto/-Host are believed; None believes nobody's.
+    # Read at start only, as the server's address is.
+    trusted_proxy: str | None = None
 
 
 class LiveSettings:
@@ -324,6 +329,7 @@ def parse_settings(document: Any) -> Settings:
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
     email_pings = _email_pings(document["email_pings"], problems) if "email_pings" in document else None
+    trusted_proxy = _ip_address(document, "trusted_proxy", problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -363,6 +369,7 @@ def parse_settings(document: Any) -> Settings:
         email_pings=email_pings,
         status_pages=status_pages,
         badge_key=badge_key,
+        trusted_proxy=trusted_proxy,
     )
 
 
@@ -844,6 +851,18 @@ def _positive_number(document, key, default, maximum, problems):
         problems.append(f"{key}: must be a number > 0 and at most {maximum:.0f}, got {_show(value)}")
         return default
     return float(value)
+
+
+def _ip_address(document, key, problems):
+    """A top-level IP address (IPv4 or IPv6), written as a socket gives it (`::1`), or None if absent."""
+    value = document.get(key)
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        if isinstance(value, str):
+            return ipaddress.ip_address(value).compressed
+    problems.append(f'{key}: must be the IP address of the reverse proxy, like "127.0.0.1", got {_show(value)}')
+    return None
 
 
 def _whole_number(document, key, default, problems):

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             limits,
             batch=store.ping_batch,
             quick_bodies=serving.QuickBodies(MAX_SIGNAL_REQUEST_BODY, MAX_SIGNAL_BODY),
+            trusted_proxy=settings.trusted_proxy,
         )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
         if email_listener is not None:

@@ -76,7 +76,7 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
             "colour: unknown key (expected one of badge_key, base_frequency, durability, email_pings,"
             " email_processing_frequency,"
             " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
-            " retention_days, server_root, status_pages, users, webhooks)",
+            " retention_days, server_root, status_pages, trusted_proxy, users, webhooks)",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
@@ -793,3 +793,18 @@ def test_live_settings_are_replaced_as_a_whole():
     assert live.current is first
     assert live.replace(second) is first
     assert live.current is second
+
+
+def test_trusted_proxy_is_an_ip_address_written_as_a_socket_gives_it_and_unset_by_default():
+    def parsed(**top_level):
+        return config.parse_settings(valid_document(**top_level)).trusted_proxy
+
+    assert parsed() is None
+    assert parsed(trusted_proxy="127.0.0.1") == "127.0.0.1"
+    assert parsed(trusted_proxy="0:0::1") == "::1"
+    for bad, shown in (("10.0.0.300", '"10.0.0.300"'), ("proxy.lan", '"proxy.lan"'), (1, "1"), (True, "true")):
+        with pytest.raises(config.ConfigError) as raised:
+            parsed(trusted_proxy=bad)
+        assert raised.value.problems == [
+            f'trusted_proxy: must be the IP address of the reverse proxy, like "127.0.0.1", got {shown}'
+        ]
