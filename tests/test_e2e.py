@@ -54,7 +54,7 @@ def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path,
     assert message["Subject"] == "pi disconnection detected"
     assert message["Date"] and re.fullmatch(r"<.+@example\.com>", message["Message-ID"])
     body = message.get_content()
-    assert "heard nothing from pi for more than 0.5 seconds (its max_sleep)" in body
+    assert "heard nothing from pi for more than 0.5 seconds." in body
     assert "You will be reminded every hour while it stays silent." in body
     assert f"Last ping: 20{year}-{month}-{day} {ping_time}" in body
     link = re.search(r"http://\S+/logs\?\S+", body).group()
@@ -458,9 +458,9 @@ def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run
         TZ="Europe/Paris",
     )
     [(_, recipients, message)] = smtp_server.wait_for_messages(1)
-    assert (recipients, message["Subject"]) == (["oncall@example.com"], "backup disconnection detected")
+    assert (recipients, message["Subject"]) == (["oncall@example.com"], "backup missed its 02:30 run")
     body = message.get_content()
-    assert "backup missed its run expected by 02:30 CET (Mon 2026-11-30), grace 1 second" in body
+    assert "backup missed its run expected at 2026-11-30 02:30 (schedule 30 2 * * 1-5, with 1 second of grace)" in body
     assert "No ping received since monitoring began at 2026-11-30 02:29:5" in body
     assert service.stop() == 0
 

@@ -371,11 +371,12 @@ def test_a_scheduled_user_is_alerted_once_its_run_and_grace_have_passed_naming_t
     assert store.user("nightly").due_at == paris(2026, 11, 30, 2, 45)
     assert steps.check_once(paris(2026, 11, 30, 2, 45)) == 0
     steps.check_once(paris(2026, 11, 30, 2, 45, 1))
-    assert subjects(store) == ["nightly disconnection detected"]
+    assert subjects(store) == ["nightly missed its 02:30 run"]
     assert (
-        "nightly missed its run expected by 02:30 CET (Mon 2026-11-30), grace 15 minutes"
-        " (schedule 30 2 * * * in Europe/Paris)" in bodies(store)[0]
+        "nightly missed its run expected at 2026-11-30 02:30 (schedule 30 2 * * *, with 15 minutes of grace)"
+        in bodies(store)[0]
     )
+    assert "All times are in CET (Europe/Paris).\n" in bodies(store)[0]
 
 
 @BACKENDS
@@ -423,7 +424,7 @@ def test_a_restart_in_the_middle_of_a_missed_run_keeps_the_outage_and_expects_th
         assert steps.check_once(paris(2026, 11, 30, 3, 50)) == 0
         second.record_ping("nightly", paris(2026, 11, 30, 9))
         steps.check_once(paris(2026, 11, 30, 9, 0, 1))
-    assert subjects(second) == ["nightly disconnection detected", "nightly is back"]
+    assert subjects(second) == ["nightly missed its 02:30 run", "nightly is back"]
 
 
 def test_a_restart_within_the_grace_forgives_the_run_it_interrupted(store, recording_mailer):
@@ -844,7 +845,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     late, back = [json.loads(body) for _, _, _, body in hook.requests]
     assert late["event"] == "late" and back["event"] == "back"
     assert (late["username"], late["at"], late["last_ping"]) == ("pi", T0 + 62, T0 + 1)
-    assert late["text"].startswith("Ping Listener has heard nothing from pi for more than 1 minute (its max_sleep)")
+    assert late["text"].startswith("Ping Listener has heard nothing from pi for more than 1 minute.\n")
     assert late["logs_url"] == "https://example.net/logs?username=pi&year=26&month=09&day=21"
     assert (back["at"], back["last_ping"]) == (T0 + 100.5, T0 + 100)
     assert back["text"].startswith("pi is back.")
