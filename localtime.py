@@ -75,6 +75,20 @@ def run_length(seconds: float) -> str:
     return "under a second" if seconds < 1 else duration_in_words(round(seconds))
 
 
+def short_duration(seconds: float) -> str:
+    """`seconds` as the pages write a duration (static/common.js's duration() writes the same): "0.031 s",
+    "42 s", "5 min", "1 h", "2 h 5 min", "3 days"."""
+    if seconds < 60:
+        return f"{round(seconds, 3 if seconds < 10 else None):g} s"
+    minutes = math.floor(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60} min" if minutes % 60 else f"{hours} h"
+    return f"{hours // 24} days"
+
+
 def every(seconds: float) -> str:
     """How often something that repeats every `seconds` does, in words: "every hour", "every 2 minutes"."""
     words = duration_in_words(seconds)

@@ -266,3 +266,4 @@ class AlertHistory:
     at: float
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
+    kind: str = SILENCE  # the alerts table's kind

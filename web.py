@@ -19,6 +19,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
+import logs_page
 import metrics
 from config import EMAIL_CHANNEL, LiveSettings
 from guards import (
@@ -99,7 +100,7 @@ RECENT_EMAILS = 50
 # The longest snooze, in minutes: a week.
 MAX_SNOOZE_MINUTES = 10_080
 STATIC_DIR = Path(__file__).with_name("static")
-STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".ico": "image/x-icon"}
 # On every answer: the page loads scripts, styles and data from this origin only (no inline
 # script can run, so an escaping mistake cannot become script), and no other site may frame it.
 SECURITY_HEADERS = {
@@ -179,6 +180,16 @@ def make_app(
         if details is not None and details != "1":
             raise bottle.HTTPError(400, f"invalid details {details[:20]!r}: expected 1")
         start, end = local_day_bounds(query)
+        # The answer depends on Accept: a cache must not hand a browser's page to a script, or the reverse.
+        bottle.response.set_header("Vary", "Accept")
+        if not details and logs_page.wants_html(bottle.request.environ.get("HTTP_ACCEPT")):
+            rows, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, logs_page.row_writer()
+            )
+            pieces = logs_page.page(username, start, rows, cut, LOGS_PIECE_BYTES)
+            bottle.response.content_type = "text/html; charset=utf-8"
+            bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
+            return iter(pieces)
         bottle.response.content_type = "application/json"
         if details:
             user = settings.current.users.get(username)
@@ -227,6 +238,11 @@ def make_app(
     @app.get("/")
     def testing_page():
         return _static_file("index.html" if testing_password is not None else "disabled.html")
+
+    # Browsers ask for it on every page: a small icon, not a 404 in their console.
+    @app.get("/favicon.ico")
+    def favicon():
+        return _static_file("favicon.ico")
 
     @app.get(r"/static/<filename:re:[a-z][a-z-]*\.(?:css|js)>")
     def static_asset(filename):
