@@ -77,10 +77,13 @@ def run_length(seconds: float) -> str:
 
 def short_duration(seconds: float) -> str:
     """`seconds` as the pages write a duration (static/common.js's duration() writes the same): "0.031 s",
-    "42 s", "5 min", "1 h", "2 h 5 min", "3 days"."""
+    "42 s", "1 min 35 s", "25 min", "1 h", "2 h 5 min", "3 days"."""
     if seconds < 60:
         return f"{round(seconds, 3 if seconds < 10 else None):g} s"
     minutes = math.floor(seconds / 60)
+    rest = round(seconds - minutes * 60)
+    if minutes < 10 and 0 < rest < 60:
+        return f"{minutes} min {rest} s"
     if minutes < 60:
         return f"{minutes} min"
     hours = minutes // 60

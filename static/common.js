@@ -61,16 +61,25 @@ function clock(local) {
 }
 
 function ago(seconds) {
-  return seconds < 1 ? "just now" : `${duration(seconds)} ago`;
+  return seconds < 1 ? "just now" : `${clockDuration(seconds)} ago`;
+}
+
+// A duration between two readings of the clock, to the second: no fraction of one ticking by.
+function clockDuration(seconds) {
+  return duration(Math.max(1, Math.round(seconds)));
 }
 
 // One way to write a duration on every page (localtime.short_duration writes the same): "0.031 s", "42 s",
-// "5 min", "1 h", "2 h 5 min", "3 days".
+// "1 min 35 s", "25 min", "1 h", "2 h 5 min", "3 days".
 function duration(seconds) {
   if (seconds < 60) {
     return `${Number(seconds.toFixed(seconds < 10 ? 3 : 0))} s`;
   }
   const minutes = Math.floor(seconds / 60);
+  const rest = Math.round(seconds - minutes * 60);
+  if (minutes < 10 && rest > 0 && rest < 60) {
+    return `${minutes} min ${rest} s`;
+  }
   if (minutes < 60) {
     return `${minutes} min`;
   }

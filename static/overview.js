@@ -214,9 +214,9 @@ function deadlineWords(user, now) {
     return [what, "never: not watched"];
   }
   if (user.late_at > now) {
-    return [what, `within ${duration(user.late_at - now)}`];
+    return [what, `within ${clockDuration(user.late_at - now)}`];
   }
-  return [what, `overdue by ${duration(now - user.late_at)}`];
+  return [what, `overdue by ${clockDuration(now - user.late_at)}`];
 }
 
 function setTime(element, epoch, local, text) {
@@ -293,7 +293,7 @@ function silenceText(silence, now, neverPinged) {
   const from = clock(silence.start_local);
   if (silence.end === null) {
     const since = neverPinged ? `never pinged; watched since ${from}` : `silent since ${from}`;
-    return `${since} (still silent, ${duration(now - silence.start)} so far)`;
+    return `${since} (still silent, ${clockDuration(now - silence.start)} so far)`;
   }
   return `silent ${duration(silence.end - silence.start)}: ${from} → ${clock(silence.end_local)}`;
 }
