@@ -38,7 +38,8 @@ test: $(VENV)/.dev-installed debian-packages
 bench: $(VENV)/.bench-installed bench-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The overview's screenshots in docs/ (docs/overview.md, the README), taken by its browser test.
+# The screenshots in docs/ (docs/overview.md, docs/testing-page.md, the README): the overview and the testing page
+# at 1366 and 390 px, light and dark, taken by a browser test.
 screenshots: $(VENV)/.dev-installed debian-packages
 	OVERVIEW_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_overview_page.py -k test_screenshots
 

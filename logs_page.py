@@ -58,9 +58,9 @@ def row_writer() -> Callable[[Signal], bytes]:
     return write
 
 
-def page(username: str, day_start: float, rows: list[bytes], cut: bool, piece_bytes: int) -> list[bytes]:
+def page(username: str, day_start: float, rows: list[bytes], cut: bool) -> list[bytes]:
     """The page of `username`'s signals on the local day that begins at `day_start`: `rows` from row_writer(),
-    and whether the day held more than them (`cut`). In pieces of about `piece_bytes` (or one longer row)."""
+    and whether the day held more than them (`cut`). In parts: its head, each row, its end."""
     day = time.strftime("%Y-%m-%d", time.localtime(day_start))
     zone = time.strftime("%Z", time.localtime(day_start))
     name = html.escape(username)
@@ -85,14 +85,4 @@ def page(username: str, day_start: float, rows: list[bytes], cut: bool, piece_by
     end = "</tbody>\n</table>\n</section>\n</main>\n</body>\n</html>\n"
     if not rows:
         end = '<tr><td colspan="4">No signal that day.</td></tr>\n' + end
-    pieces: list[bytes] = []
-    piece, size = [head.encode()], 0
-    for row in rows:
-        if size + len(row) > piece_bytes:
-            pieces.append(b"".join(piece))
-            piece, size = [], 0
-        piece.append(row)
-        size += len(row)
-    piece.append(end.encode())
-    pieces.append(b"".join(piece))
-    return pieces
+    return [head.encode(), *rows, end.encode()]

@@ -186,7 +186,7 @@ def make_app(
             rows, cut = store.signals_between(
                 username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, logs_page.row_writer()
             )
-            pieces = logs_page.page(username, start, rows, cut, LOGS_PIECE_BYTES)
+            pieces = _in_pieces(logs_page.page(username, start, rows, cut))
             bottle.response.content_type = "text/html; charset=utf-8"
             bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
             return iter(pieces)
@@ -559,15 +559,20 @@ def _signal_details(items: list[bytes]) -> list[bytes]:
     room for the brackets), or "[]"."""
     if items:
         items[-1] = items[-1][:-2]
+    return _in_pieces([b"[", *items, b"]"])
+
+
+def _in_pieces(parts: list[bytes]) -> list[bytes]:
+    """`parts` joined into pieces of about LOGS_PIECE_BYTES each (or one longer part), in order."""
     pieces: list[bytes] = []
-    piece, size = [b"["], 1
-    for item in items:
-        if size + len(item) > LOGS_PIECE_BYTES:
+    piece: list[bytes] = []
+    size = 0
+    for part in parts:
+        if piece and size + len(part) > LOGS_PIECE_BYTES:
             pieces.append(b"".join(piece))
             piece, size = [], 0
-        piece.append(item)
-        size += len(item)
-    piece.append(b"]")
+        piece.append(part)
+        size += len(part)
     pieces.append(b"".join(piece))
     return pieces
 

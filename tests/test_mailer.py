@@ -45,23 +45,27 @@ def scheduled(tz="Europe/Paris", **changes):
     return dataclasses.replace(user("nightly-cron"), **fields)
 
 
+# scheduled()'s alert, in full.
+MISSED_RUN = (
+    "nightly-cron missed its run expected at 2026-09-22 02:30 (schedule 30 2 * * 1-5, with 15 minutes of"
+    " grace): Ping Listener has heard nothing from it since.\n"
+    "\n"
+    "Last ping: 2026-09-21 16:13:20\n"
+    "That day's signals: https://example.net/logs?username=nightly-cron&year=26&month=09&day=21\n"
+    "All times are in CEST (Europe/Paris).\n"
+    "\n"
+    "What to check: is the cron entry (30 2 * * 1-5) that runs nightly-cron still in place, and was its"
+    " machine up to run it? The job's last output (its log, or the mail cron sends) says whether it started"
+    " and why it did not report. Its next ping ends this alert.\n"
+    "\n"
+    "You will be reminded every 10 minutes while it stays silent.\n"
+)
+
+
 def test_a_missed_scheduled_run_has_its_own_subject_and_says_what_to_check_for_a_job():
     subject, body = compose_alert(scheduled(), "https://example.net")
     assert subject == "nightly-cron missed its 02:30 run"
-    assert body == (
-        "nightly-cron missed its run expected at 2026-09-22 02:30 (schedule 30 2 * * 1-5, with 15 minutes of"
-        " grace): Ping Listener has heard nothing from it since.\n"
-        "\n"
-        "Last ping: 2026-09-21 16:13:20\n"
-        "That day's signals: https://example.net/logs?username=nightly-cron&year=26&month=09&day=21\n"
-        "All times are in CEST (Europe/Paris).\n"
-        "\n"
-        "What to check: is the cron entry (30 2 * * 1-5) that runs nightly-cron still in place, and was its"
-        " machine up to run it? The job's last output (its log, or the mail cron sends) says whether it started"
-        " and why it did not report. Its next ping ends this alert.\n"
-        "\n"
-        "You will be reminded every 10 minutes while it stays silent.\n"
-    )
+    assert body == MISSED_RUN
 
 
 def test_every_time_in_an_email_is_in_the_users_zone_named_once():
@@ -447,19 +451,7 @@ def test_a_digest_of_real_emails_reads_in_full():
         "All times are in CEST, the service's time zone.\n"
         "\n"
         "===== nightly-cron missed its 02:30 run =====\n"
-        "\n"
-        "nightly-cron missed its run expected at 2026-09-22 02:30 (schedule 30 2 * * 1-5, with 15 minutes of"
-        " grace): Ping Listener has heard nothing from it since.\n"
-        "\n"
-        "Last ping: 2026-09-21 16:13:20\n"
-        "That day's signals: https://example.net/logs?username=nightly-cron&year=26&month=09&day=21\n"
-        "All times are in CEST (Europe/Paris).\n"
-        "\n"
-        "What to check: is the cron entry (30 2 * * 1-5) that runs nightly-cron still in place, and was its"
-        " machine up to run it? The job's last output (its log, or the mail cron sends) says whether it started"
-        " and why it did not report. Its next ping ends this alert.\n"
-        "\n"
-        "You will be reminded every 10 minutes while it stays silent.\n"
+        "\n" + MISSED_RUN
     )
 
 

@@ -473,6 +473,7 @@ def test_a_failure_is_drawn_purple_and_its_day_shows_its_exit_code_run_time_and_
     job = row(page, "backup-job")
     expect(job.locator(".badge")).to_have_text("failed")
     assert job.locator(".badge").evaluate("(badge) => getComputedStyle(badge).backgroundColor") == PURPLE
+    assert job.evaluate("(row) => getComputedStyle(row).borderLeftColor") == PURPLE
     # The fail signal and its alert's email, both failures; nothing of it drawn as an alert.
     marks = job.locator("svg.timeline line.failure")
     expect(marks).to_have_count(2)
@@ -565,6 +566,7 @@ def test_at_390_px_no_device_name_breaks_inside_a_word_and_each_row_says_what_it
     job = tab.locator(".user").filter(has=tab.get_by_role("heading", name="backup-job", exact=True))
     expect(job.locator(".state")).to_have_text("failed")
     assert job.locator(".state").evaluate("(badge) => getComputedStyle(badge).backgroundColor") == PURPLE
+    assert job.evaluate("(card) => getComputedStyle(card).borderLeftColor") == PURPLE
     expect(job.locator(".max-sleep")).to_have_text("2 h")
 
 
