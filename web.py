@@ -21,6 +21,7 @@ import bottle
 
 import logs_page
 import metrics
+import pages
 from config import EMAIL_CHANNEL, LiveSettings
 from guards import (
     WRONG_PASSWORD_GLOBAL_LIMIT,
@@ -149,6 +150,17 @@ def make_app(
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
+    # Put together once: they change only with the code.
+    html_pages = {
+        name: pages.page(STATIC_DIR, name)
+        for name in ("index.html", "disabled.html", "overview.html", "overview-disabled.html")
+    }
+
+    def page_answer(name: str) -> bytes:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        return html_pages[name]
+
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
     sessions = Sessions()
@@ -237,7 +249,7 @@ def make_app(
 
     @app.get("/")
     def testing_page():
-        return _static_file("index.html" if testing_password is not None else "disabled.html")
+        return page_answer("index.html" if testing_password is not None else "disabled.html")
 
     # Browsers ask for it on every page: a small icon, not a 404 in their console.
     @app.get("/favicon.ico")
@@ -300,7 +312,7 @@ def make_app(
 
     @app.get("/overview")
     def overview_page():
-        return _static_file("overview.html" if overview_password is not None else "overview-disabled.html")
+        return page_answer("overview.html" if overview_password is not None else "overview-disabled.html")
 
     @app.post("/overview/state")
     @overview_only

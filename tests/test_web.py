@@ -239,7 +239,16 @@ def test_the_page_at_root_asks_for_the_password_and_runs_no_inline_script(store,
     form = answer.html.find("form", id="unlock")
     assert (form["method"], form["action"]) == ("post", "/testing/config")
     assert form.find("input", type="password")
-    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/testing.js", "defer": ""}]
+    assert [script.attrs for script in answer.html.find_all("script")] == [
+        {"src": "/static/common.js", "defer": ""},
+        {"src": "/static/testing.js", "defer": ""},
+    ]
+    assert [link["href"] for link in answer.html.find_all("link")] == [
+        "/favicon.ico",
+        "/static/common.css",
+        "/static/testing.css",
+    ]
+    assert "<!--" not in answer.text.replace("<!-- method and action", "")  # every part put in place
     assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
     # The page is static: users reach it only as JSON, never built into HTML by the server.
     assert "<img" not in answer.text
@@ -582,11 +591,16 @@ def test_the_overview_page_loads_its_script_and_without_a_password_says_it_is_di
     assert (answer.content_type, answer.charset) == ("text/html", "utf-8")
     form = answer.html.find("form", id="unlock")
     assert (form["method"], form["action"]) == ("post", "/overview/state")
-    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/overview.js", "defer": ""}]
+    assert [script.attrs for script in answer.html.find_all("script")] == [
+        {"src": "/static/common.js", "defer": ""},
+        {"src": "/static/overview.js", "defer": ""},
+    ]
+    assert form.find("input", type="password") and form.find("p", id="unlock-error")
     assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
     disabled = overview_client(store, clock).get("/overview", status=200)
     assert "overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set" in disabled.text
     assert disabled.html.find("form") is None and disabled.html.find("script") is None
+    assert "Everything else works as usual" in disabled.text
 
 
 @pytest.mark.parametrize("path", ["/static/overview.js", "/static/overview.css"])
