@@ -505,3 +505,28 @@ def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with
     body = message.get_content()
     assert [body.count(f"===== {name} disconnection detected =====") for name in ("nas", "pi", "router")] == [1, 1, 1]
     assert query(db, "SELECT count(*), count(DISTINCT digest_id) FROM outbox") == [(3, 1)]
+
+
+def test_curl_gets_the_json_list_and_a_browser_the_page(tmp_path, start_server):
+    users = {"backup-job": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+    service = start_server(write_settings(tmp_path / "settings.json", users))
+    status, answer = service.get("/ping/backup-job/23")
+    assert status == 200
+    year, month, day = answer.split()[0].split("/")  # the signal's local date
+    url = f"{service.url}/logs?username=backup-job&year={year}&month={month}&day={day}"
+
+    def curl(*headers):
+        arguments = ["curl", "-sS", "-m", "10", "-D", "-", *(part for h in headers for part in ("-H", h)), url]
+        head, _, body = subprocess.run(arguments, capture_output=True, check=True, timeout=20).stdout.partition(
+            b"\r\n\r\n"
+        )
+        return head.decode(), body
+
+    plain_head, plain = curl()  # curl's own Accept: */*
+    assert "Content-Type: application/json" in plain_head
+    assert re.fullmatch(rb'\["\d\d:\d\d:\d\d"\]', plain)
+    for accept in ("Accept: */*", "Accept: application/json", "Accept: text/html, application/json"):
+        assert curl(accept)[1] == plain
+    page_head, page = curl("Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+    assert "Content-Type: text/html; charset=utf-8" in page_head
+    assert b"<title>backup-job: signals of " in page and b"<td>failure</td><td>23</td>" in page
