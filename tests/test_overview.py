@@ -116,6 +116,7 @@ def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
 def test_a_device_never_pinged_and_not_yet_late_or_not_monitored_has_no_silence(store):
     synced(store, now=T0 - 100)  # backup (600 s) is not late yet; nas is not monitored
     ping_every(store, "nas", T0 - 86400, T0 - 43200, 60)  # then silent for half a day: it is not watched
+    store.record_ping("nas", T0 - 100)
     state = by_name(overview_state(store, loaded(store, T0), T0))
     assert (state["backup"]["state"], state["backup"]["last_ping"], state["backup"]["silences"]) == ("silent", None, [])
     assert (state["nas"]["state"], state["nas"]["silences"]) == ("silent", [])
