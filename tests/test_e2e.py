@@ -391,8 +391,7 @@ def test_a_failure_with_its_output_is_emailed_and_the_next_success_says_it_is_ba
     [(_, _, failure)] = smtp_server.wait_for_messages(1)
     assert failure["Subject"] == "job failure reported"
     body = failure.get_content()
-    assert f"Failure reported: 20{answer.replace('/', '-')} " in body
-    assert "exit code 23" in body
+    assert f"Failure reported: 20{answer.replace('/', '-')}, exit code 23." in body
     # The first 10 000 bytes were kept, and the email quotes their last 2 000 characters.
     assert "x" * 2000 in body and "No space left" not in body
     assert service.get("/ping/job")[0] == 200
