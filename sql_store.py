@@ -227,8 +227,8 @@ PINGS_BEFORE_SQL = (
 )
 NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
 RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at, alerts.kind FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
+    "SELECT users.id, alerts.at, alerts.kind FROM users CROSS JOIN alerts"
+    " WHERE alerts.user_id = users.id AND users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
 )
 # One user's day for the overview's day view: the pings around it and its alerts with their emails.
 PING_BEFORE_SQL = "SELECT max(at) FROM pings WHERE user_id = ? AND at < ?"

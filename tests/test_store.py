@@ -351,7 +351,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
         (
             store_module.RECENT_ALERTS_SQL,
             (T0,),
-            ["SCAN users", "SEARCH alerts USING COVERING INDEX alerts_by_user_time (user_id=? AND at>?)"],
+            ["SCAN users", "SEARCH alerts USING INDEX alerts_by_user_time (user_id=? AND at>?)"],
         ),
         (
             store_module.PING_BEFORE_SQL,
@@ -362,6 +362,11 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
             store_module.PING_FROM_SQL,
             (1, T0),
             ["SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)"],
+        ),
+        (
+            store_module.DAY_FAILURES_SQL,
+            (1, T0, T0, 10),
+            ["SEARCH pings USING INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"],
         ),
         (
             store_module.DAY_ALERTS_SQL,
