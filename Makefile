@@ -43,8 +43,8 @@ test: $(VENV)/.dev-installed debian-packages
 bench: $(VENV)/.bench-installed bench-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The overview's and a status page's screenshots in docs/ (docs/overview.md, docs/status-pages.md, the README),
-# taken by their browser tests.
+# The screenshots in docs/ (docs/overview.md, docs/testing-page.md, docs/status-pages.md, the README): the
+# overview and the testing page at 1366 and 390 px, light and dark, and a status page, taken by browser tests.
 screenshots: $(VENV)/.dev-installed debian-packages
 	OVERVIEW_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_overview_page.py -k test_screenshots
 	STATUS_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_status_page.py -k test_status_screenshots

@@ -16,7 +16,15 @@ from typing import Protocol
 
 import outbound
 from config import SmtpSettings
-from localtime import duration_in_words, every, format_local_time, format_zone_time, logs_link
+from localtime import (
+    duration_in_words,
+    every,
+    format_email_clock,
+    format_email_time,
+    logs_link,
+    run_length,
+    zone_sentence,
+)
 from records import QueuedEmail, Signal, UserState
 from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, expected_at
 
@@ -31,6 +39,8 @@ FALLBACK_SENDER = "ping-listener@localhost"
 
 # How much of a failing signal's body its failure email quotes: the end, where errors usually are.
 QUOTED_OUTPUT_CHARS = 2000
+# What every email calls its link to /logs, the signals of the day it is about.
+LOGS_LINE = "That day's signals: "
 # A digest's subject is cut to this many characters, its last one an ellipsis.
 MAX_DIGEST_SUBJECT = 120
 # Control characters other than tab and newline would garble a plain-text email: shown as U+FFFD.
@@ -95,46 +105,56 @@ def event_moment(user: UserState, kind: str, signal: Signal | None = None) -> fl
 
 
 def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
-    """Subject and plain-text body of the alert for `user`, as (subject, body), written for people.
+    """Subject and plain-text body of the alert for `user`'s silence, as (subject, body), written for people.
 
-    Durations are in words; times are shown in the local time zone (TZ); the logs link points at
-    the day of the last ping, or of the start of monitoring if none was received. The body says
-    what to check and how often the alert repeats. For a scheduled user it says which run was missed:
-    its expected time in the user's zone, the schedule and the grace, instead of max_sleep.
+    A user watched by max_sleep is "NAME disconnection detected": how long it may be silent, its last ping
+    (or that none was received since monitoring began, and when), what to check on a device. A scheduled
+    user is "NAME missed its 02:00 run" (the expected time in its zone): the run's expected time, its
+    schedule and grace, and what to check for a job (its cron entry, its last output). Durations are in
+    words; every time is in one zone (the user's `tz`, else the service's), named once; the logs link
+    points at the day of the last ping, or of the start of monitoring if none was received. The body ends
+    with how often the alert repeats.
     """
     username = user.username
     seen = event_moment(user, SILENCE)
+    zone = user.tz
     if user.last_ping is not None:
-        last_ping_line = f"Last ping: {format_local_time(seen)}"
+        last_ping_line = f"Last ping: {format_email_time(seen, zone)}"
     else:
-        last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
+        last_ping_line = f"No ping received since monitoring began at {format_email_time(seen, zone)}."
+    expected = None if user.schedule is None else expected_at(user)
+    if user.schedule is None:
+        subject = f"{username} disconnection detected"
+        opening = f"Ping Listener has heard nothing from {username} for more than {duration_in_words(user.max_sleep)}."
+        check = (
+            f"What to check: is {username} powered on and online, and is whatever pings for it (a cron job,"
+            f" a script, a timer) still running? Its next ping ends this alert."
+        )
+    else:
+        run = "run" if expected is None else f"{format_email_clock(expected, zone)} run"
+        subject = f"{username} missed its {run}"
+        when = "" if expected is None else f" expected at {format_email_time(expected, zone)[:16]}"
+        opening = (
+            f"{username} missed its run{when} (schedule {user.schedule}, with {duration_in_words(user.grace or 0.0)}"
+            f" of grace): Ping Listener has heard nothing from it since."
+        )
+        check = (
+            f"What to check: is the cron entry ({user.schedule}) that runs {username} still in place, and was its"
+            f" machine up to run it? The job's last output (its log, or the mail cron sends) says whether it"
+            f" started and why it did not report. Its next ping ends this alert."
+        )
     body = (
-        f"{_silence_line(user)}\n"
+        f"{opening}\n"
         f"\n"
         f"{last_ping_line}\n"
-        f"Its pings that day: {logs_link(server_root, username, seen)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+        f"{zone_sentence(seen if expected is None else expected, zone)}\n"
         f"\n"
-        f"What to check: is {username} powered on and online, and is whatever pings for it (a cron job,"
-        f" a script, a timer) still running? Its next ping ends this alert.\n"
+        f"{check}\n"
         f"\n"
         f"{_repeat_policy(user.email_frequency)}\n"
     )
-    return f"{username} disconnection detected", body
-
-
-def _silence_line(user: UserState) -> str:
-    """What the alert about `user`'s silence is about: its max_sleep passed, or a scheduled run missed."""
-    if user.schedule is None or user.tz is None:
-        return (
-            f"Ping Listener has heard nothing from {user.username} for more than {duration_in_words(user.max_sleep)}"
-            f" (its max_sleep)."
-        )
-    expected = expected_at(user)
-    run = "its next run" if expected is None else f"its run expected by {format_zone_time(expected, user.tz)}"
-    return (
-        f"{user.username} missed {run}, grace {duration_in_words(user.grace or 0.0)}"
-        f" (schedule {user.schedule} in {user.tz}): Ping Listener has heard nothing from it since."
-    )
+    return subject, body
 
 
 def compose_test_email(server: str) -> tuple[str, str]:
@@ -155,16 +175,17 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
     signal's body when it had one.
     """
     username = user.username
-    reported = f"Failure reported: {format_local_time(signal.at)}"
+    reported = f"Failure reported: {format_email_time(signal.at, user.tz)}"
     if signal.exit_code is not None:
         reported += f", exit code {signal.exit_code}"
     if signal.duration is not None:
-        reported += f", after a run of {duration_in_words(round(signal.duration))}"
+        reported += f", after a run of {run_length(signal.duration)}"
     body = (
         f"{username} reported a failure.\n"
         f"\n"
         f"{reported}.\n"
-        f"Signals of that day: {logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
+        f"{zone_sentence(signal.at, user.tz)}\n"
         f"\n"
         f"You will be reminded {_reminder(user.email_frequency)} until {username} reports a success.\n"
     )
@@ -184,11 +205,12 @@ def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:
     username = user.username
     started = event_moment(user, RUN_TIMEOUT)
     body = (
-        f"{username} started a run and has not reported its end within its max_runtime"
-        f" of {duration_in_words(user.max_runtime or 0)}.\n"
+        f"{username} started a run and has not reported its end within the"
+        f" {duration_in_words(user.max_runtime or 0)} it is allowed.\n"
         f"\n"
-        f"Run started: {format_local_time(started)}\n"
-        f"Signals of that day: {logs_link(server_root, username, started)}\n"
+        f"Run started: {format_email_time(started, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, started)}\n"
+        f"{zone_sentence(started, user.tz)}\n"
         f"\n"
         f"You will be reminded {_reminder(user.email_frequency)} while the run goes on.\n"
     )
@@ -207,10 +229,11 @@ def compose_recovery(user: UserState, server_root: str) -> tuple[str, str]:
     body = (
         f"{username} is back.\n"
         f"\n"
-        f"Went down: {format_local_time(down)}\n"
-        f"Came back: {format_local_time(back)}\n"
-        f"Down for: {duration_in_words(round(back - down))}\n"
-        f"Signals of that day: {logs_link(server_root, username, back)}\n"
+        f"Went down: {format_email_time(down, user.tz)}\n"
+        f"Came back: {format_email_time(back, user.tz)}\n"
+        f"Down for: {run_length(back - down)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, back)}\n"
+        f"{zone_sentence(back, user.tz)}\n"
     )
     return f"{username} is back", body
 

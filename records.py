@@ -271,6 +271,7 @@ class AlertHistory:
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
     deliveries: tuple[WebhookHistory, ...] = ()
+    kind: str = SILENCE  # the alerts table's kind
 
 
 @dataclass(frozen=True, slots=True, order=True)

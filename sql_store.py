@@ -102,9 +102,9 @@ def alert_histories(
 ) -> list[AlertHistory]:
     """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order, each
     with its webhook deliveries among DAY_DELIVERIES_SQL's `delivery_rows`."""
-    alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
-    for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
-        emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
+    alerts: dict[int, tuple[float, float | None, str, list[EmailEvent]]] = {}
+    for alert_id, at, last_ping, kind, email_id, recipient, status, attempts, queued_at, finished_at in rows:
+        emails = alerts.setdefault(alert_id, (at, last_ping, kind, []))[3]
         if email_id is not None:
             emails.append(
                 EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
@@ -116,8 +116,8 @@ def alert_histories(
         )
         deliveries.setdefault(alert_id, []).append(history)
     return [
-        AlertHistory(at, last_ping, tuple(emails), tuple(deliveries.get(alert_id, ())))
-        for alert_id, (at, last_ping, emails) in alerts.items()
+        AlertHistory(at, last_ping, tuple(emails), tuple(deliveries.get(alert_id, ())), kind)
+        for alert_id, (at, last_ping, kind, emails) in alerts.items()
     ]
 
 
@@ -242,15 +242,20 @@ PINGS_BEFORE_SQL = (
 )
 NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
 RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
+    "SELECT users.id, alerts.at, alerts.kind FROM users CROSS JOIN alerts"
+    " WHERE alerts.user_id = users.id AND users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
 )
 # One user's day for the overview's day view: the pings around it and its alerts with their emails.
 PING_BEFORE_SQL = "SELECT max(at) FROM pings WHERE user_id = ? AND at < ?"
 PING_FROM_SQL = "SELECT min(at) FROM pings WHERE user_id = ? AND at >= ?"
+# A day's failures, the latest first: along pings_by_user_time, reading no body but theirs.
+DAY_FAILURES_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? AND kind = 'fail'"
+    " ORDER BY at DESC, id DESC LIMIT ?"
+)
 DAY_ALERTS_SQL = (
-    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
-    " outbox.queued_at, outbox.finished_at"
+    "SELECT alerts.id, alerts.at, alerts.last_ping, alerts.kind, outbox.id, outbox.recipient, outbox.status,"
+    " outbox.attempts, outbox.queued_at, outbox.finished_at"
     " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
     " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
 )
@@ -383,6 +388,7 @@ class Statements:
     ping_from: str
     day_alerts: str
     day_deliveries: str
+    day_failures: str
     user_counts: str
     scheduled_users: str
     queued_count: str
@@ -432,6 +438,7 @@ class Statements:
             ping_from=s(PING_FROM_SQL),
             day_alerts=s(DAY_ALERTS_SQL),
             day_deliveries=s(DAY_DELIVERIES_SQL),
+            day_failures=s(DAY_FAILURES_SQL),
             user_counts=user_counts,
             scheduled_users=s(SCHEDULED_USERS_SQL),
             queued_count=s(QUEUED_COUNT_SQL),
@@ -576,7 +583,13 @@ class SqlStore:
         with self._read() as connection:
             return list(connection.execute(self._sql.new_pings, (after_id,)).fetchall())
 
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
+    def failures_between(self, user_id: int, start: float, end: float, limit: int) -> list[Signal]:
+        """StoreContract.failures_between."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.day_failures, (user_id, start, end, limit)).fetchall()
+        return [Signal(*row) for row in reversed(rows)]
+
+    def recent_alerts(self, start: float) -> list[tuple[int, float, str]]:
         """StoreContract.recent_alerts."""
         with self._read() as connection:
             return list(connection.execute(self._sql.recent_alerts, (start,)).fetchall())

@@ -36,6 +36,7 @@ from rules import BACK, SUCCESS
 from rules_sql import RulesSql
 from sql_store import (
     DAY_ALERTS_SQL as DAY_ALERTS_SQL,
+    DAY_FAILURES_SQL as DAY_FAILURES_SQL,
     FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
     NEW_PINGS_SQL as NEW_PINGS_SQL,
     PING_BEFORE_SQL as PING_BEFORE_SQL,

@@ -124,6 +124,9 @@ class StoreContract(Protocol):
         cut off shows those read.
         """
 
+    def failures_between(self, user_id: int, start: float, end: float, limit: int) -> list[Signal]:
+        """The user's fail signals with start <= time < end, oldest first, with their bodies: the latest `limit`."""
+
     def newest_ping_id(self) -> int:
         """The id of the newest ping recorded (0 if none): pings recorded later have greater ids."""
 
@@ -145,8 +148,9 @@ class StoreContract(Protocol):
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""
 
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """(user id, time) of configured users' alerts decided at or after `start`, by user then time."""
+    def recent_alerts(self, start: float) -> list[tuple[int, float, str]]:
+        """(user id, time, kind) of configured users' alerts decided at or after `start`, by user then time; the
+        kind is the alerts table's ('late', 'failed', 'run_timeout', or 'back' for a recovery)."""
 
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]

@@ -19,7 +19,9 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
+import logs_page
 import metrics
+import pages
 from config import EMAIL_CHANNEL, LiveSettings
 from guards import (
     WRONG_PASSWORD_GLOBAL_LIMIT,
@@ -100,7 +102,7 @@ RECENT_EMAILS = 50
 # The longest snooze, in minutes: a week.
 MAX_SNOOZE_MINUTES = 10_080
 STATIC_DIR = Path(__file__).with_name("static")
-STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".ico": "image/x-icon"}
 # On every answer: the page loads scripts, styles and data from this origin only (no inline
 # script can run, so an escaping mistake cannot become script), and no other site may frame it.
 SECURITY_HEADERS = {
@@ -149,6 +151,17 @@ def make_app(
     """
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
+    # Put together once: they change only with the code.
+    html_pages = {
+        name: pages.page(STATIC_DIR, name)
+        for name in ("index.html", "disabled.html", "overview.html", "overview-disabled.html")
+    }
+
+    def page_answer(name: str) -> bytes:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        return html_pages[name]
+
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
     sessions = Sessions()
@@ -181,6 +194,16 @@ def make_app(
         if details is not None and details != "1":
             raise bottle.HTTPError(400, f"invalid details {details[:20]!r}: expected 1")
         start, end = local_day_bounds(query)
+        # The answer depends on Accept: a cache must not hand a browser's page to a script, or the reverse.
+        bottle.response.set_header("Vary", "Accept")
+        if not details and logs_page.wants_html(bottle.request.environ.get("HTTP_ACCEPT")):
+            rows, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, logs_page.row_writer()
+            )
+            pieces = _in_pieces(logs_page.page(username, start, rows, cut))
+            bottle.response.content_type = "text/html; charset=utf-8"
+            bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
+            return iter(pieces)
         bottle.response.content_type = "application/json"
         if details:
             user = settings.current.users.get(username)
@@ -228,7 +251,12 @@ def make_app(
 
     @app.get("/")
     def testing_page():
-        return _static_file("index.html" if testing_password is not None else "disabled.html")
+        return page_answer("index.html" if testing_password is not None else "disabled.html")
+
+    # Browsers ask for it on every page: a small icon, not a 404 in their console.
+    @app.get("/favicon.ico")
+    def favicon():
+        return _static_file("favicon.ico")
 
     @app.get(r"/static/<filename:re:[a-z][a-z-]*\.(?:css|js)>")
     def static_asset(filename):
@@ -286,7 +314,7 @@ def make_app(
 
     @app.get("/overview")
     def overview_page():
-        return _static_file("overview.html" if overview_password is not None else "overview-disabled.html")
+        return page_answer("overview.html" if overview_password is not None else "overview-disabled.html")
 
     @app.post("/overview/state")
     @overview_only
@@ -560,15 +588,20 @@ def _signal_details(items: list[bytes]) -> list[bytes]:
     room for the brackets), or "[]"."""
     if items:
         items[-1] = items[-1][:-2]
+    return _in_pieces([b"[", *items, b"]"])
+
+
+def _in_pieces(parts: list[bytes]) -> list[bytes]:
+    """`parts` joined into pieces of about LOGS_PIECE_BYTES each (or one longer part), in order."""
     pieces: list[bytes] = []
-    piece, size = [b"["], 1
-    for item in items:
-        if size + len(item) > LOGS_PIECE_BYTES:
+    piece: list[bytes] = []
+    size = 0
+    for part in parts:
+        if piece and size + len(part) > LOGS_PIECE_BYTES:
             pieces.append(b"".join(piece))
             piece, size = [], 0
-        piece.append(item)
-        size += len(item)
-    piece.append(b"]")
+        piece.append(part)
+        size += len(part)
     pieces.append(b"".join(piece))
     return pieces
 

@@ -190,7 +190,7 @@ def compose_teams(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
             {"type": "TextBlock", "text": event.title, "weight": "Bolder", "size": "Medium", "wrap": True},
             {"type": "TextBlock", "text": event.text, "wrap": True},
         ],
-        "actions": [{"type": "Action.OpenUrl", "title": "Signals of that day", "url": event.logs_url}],
+        "actions": [{"type": "Action.OpenUrl", "title": "That day's signals", "url": event.logs_url}],
     }
     return _json_body(
         {

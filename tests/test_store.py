@@ -355,7 +355,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
         (
             store_module.RECENT_ALERTS_SQL,
             (T0,),
-            ["SCAN users", "SEARCH alerts USING COVERING INDEX alerts_by_user_time (user_id=? AND at>?)"],
+            ["SCAN users", "SEARCH alerts USING INDEX alerts_by_user_time (user_id=? AND at>?)"],
         ),
         (
             store_module.PING_BEFORE_SQL,
@@ -366,6 +366,11 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
             store_module.PING_FROM_SQL,
             (1, T0),
             ["SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)"],
+        ),
+        (
+            store_module.DAY_FAILURES_SQL,
+            (1, T0, T0, 10),
+            ["SEARCH pings USING INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"],
         ),
         (
             store_module.DAY_ALERTS_SQL,
@@ -1411,7 +1416,7 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)
     [late] = store.due_users(T0 + 64, 10)
     store.save_check_outcomes([alert_outcome(late, T0 + 700, "a@example.com", "b@example.com")], T0 + 64)
-    assert store.recent_alerts(T0 + 64) == [(pi.id, T0 + 64)] and store.recent_alerts(T0 + 65) == []
+    assert store.recent_alerts(T0 + 64) == [(pi.id, T0 + 64, "late")] and store.recent_alerts(T0 + 65) == []
     [alert] = store.alerts_between(late, T0, T0 + 100, 10)
     assert (alert.at, alert.last_ping, [e.recipient for e in alert.emails]) == (
         T0 + 64,
@@ -1421,6 +1426,15 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     [cut] = store.alerts_between(late, T0, T0 + 100, 1)
     assert len(cut.emails) == 1
     assert store.alerts_between(late, T0 + 65, T0 + 100, 10) == []
+    assert alert.kind == "late"
+    for at, code, body in ((T0 + 70, 23, "disk full"), (T0 + 80, 1, None), (T0 + 90, 2, "again")):
+        store.record_ping("nas", at, "fail", code, body)
+    failures = store.failures_between(nas.id, T0, T0 + 90, 5)
+    assert [(signal.at, signal.exit_code, signal.body) for signal in failures] == [
+        (T0 + 70, 23, "disk full"),
+        (T0 + 80, 1, None),
+    ]
+    assert [signal.at for signal in store.failures_between(nas.id, T0, T0 + 100, 2)] == [T0 + 80, T0 + 90]  # the latest
 
 
 @BACKENDS
