@@ -24,6 +24,7 @@ from records import (
     Signal,
     StoreOpenError,
     UnknownUserError,
+    UserState,
     WebhookEvent,
 )
 from store import SCHEMA_VERSION, Store
@@ -266,7 +267,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         # through its index, then one primary-key seek per row found.
         (
             store_module.DUE_USERS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH child USING INDEX users_due (due_at<?)",
                 "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
@@ -274,7 +275,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         ),
         (
             store_module.DUE_EMAILS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH outbox USING INDEX outbox_queue (next_attempt_at<?)",
                 "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
@@ -1303,7 +1304,7 @@ def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delive
 
 
 def test_the_webhook_delivery_finds_due_deliveries_through_its_index_and_joins_by_primary_key(store):
-    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, (T0, 10)) == [
+    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, {"now": T0, "limit": 10}) == [
         "SEARCH webhook_outbox USING INDEX webhook_outbox_queue (next_attempt_at<?)",
         "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
@@ -1401,7 +1402,7 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
     rows = store.configured_user_rows()
     assert [(row[1], row[-1]) for row in rows] == [("nas", None), ("pi", None)]
-    assert store_module.UserState(*rows[1][:-1]) == store.user("pi")
+    assert UserState(*rows[1][:-1]) == store.user("pi")
     assert store.pings_after_id(newest - 2) == [(newest - 1, pi.id, T0 + 3), (newest, nas.id, T0 + 50)]
     assert store.pings_around(pi.id, T0 + 2, T0 + 3) == (T0 + 1, T0 + 3)
     assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)
