@@ -37,7 +37,10 @@ class RulesSql:
     def _extreme(self, postgresql: str, sqlite: str, maybe: tuple[str, ...], known: tuple[str, ...]) -> str:
         if self.null_ignoring:
             return f"{postgresql}({', '.join(maybe + known)})"
-        return f"{sqlite}({', '.join(tuple(f'coalesce({m}, {known[0]})' for m in maybe) + known)})"
+        # A NULL stands back as an infinity that loses to any time (1e999 is +Inf to SQLite), rather than as
+        # a copy of known[0]: these nest, and each copy would double the expression the database evaluates.
+        never = "-1e999" if sqlite == "max" else "1e999"
+        return f"{sqlite}({', '.join(tuple(f'coalesce({m}, {never})' for m in maybe) + known)})"
 
     def restarted(
         self, at: str | None = None, silence_from: str = "silence_from", prefix: str = "", monitored_since: str = ""

@@ -1216,6 +1216,23 @@ def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(
 
 
 @BACKENDS
+def test_a_user_configured_again_without_depends_on_has_no_parent_after_a_reload_or_a_start(store):
+    family = {"router": config_of(), "cam": {**config_of(), "depends_on": "router"}}
+    synced(store, users=family)
+    reloaded(store, {"router": config_of()}, T0 + 10)
+    reloaded(store, {"router": config_of(), "cam": config_of()}, T0 + 20)
+    assert store.user("cam").parent is None
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    synced(store, users={"router": config_of()}, now=T0 + 30)
+    synced(store, users=family, now=T0 + 40)
+    synced(store, users={"router": config_of()}, now=T0 + 50)
+    synced(store, users={"router": config_of(), "cam": config_of()}, now=T0 + 60)
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    # Its deadline is its own again, from the start that configured it.
+    assert store.user("cam").due_at == T0 + 60 + 60
+
+
+@BACKENDS
 def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
     synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
     store.snooze("router", T0 + 600, T0)
