@@ -16,7 +16,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from records import UserCounts
 from rules import condition_at, is_up
 from store_contract import StoreContract
 
@@ -68,12 +67,13 @@ class Exporter:
         self._lines = kept = {}
         # One pass over the rows, one list of lines per family.
         up, last_ping, pings, alerts = families = [[_header(name)] for name in _HELP]
-        for row in rows:
-            username, deadline, seen, _, _, scheduled = row
-            values = (seen, row.pings, row.alerts)
+        for username, deadline, seen, count, alerted, scheduled in rows:
+            values = (seen, count, alerted)
             known = cached.get(username)
-            lines = known[1] if known is not None and known[0] == values else _user_lines(row)
-            kept[username] = (values, lines)
+            if known is None or known[0] != values:
+                known = (values, _user_lines(username, *values))
+            kept[username] = known
+            lines = known[1]
             if scheduled is not None:
                 deadline = condition_at(scheduled, now)
             up.append(lines[0] if is_up(deadline, now) else lines[1])
@@ -85,16 +85,16 @@ class Exporter:
         return text.encode() + generate_latest(self._registry)
 
 
-def _user_lines(row: UserCounts) -> tuple[str, str, str, str, str]:
-    """`row`'s samples: its ping_listener_up line when up and when down, then its last ping's (if any), pings' and
-    alerts' lines."""
-    label = _label_set(row.username)
+def _user_lines(username: str, last_ping: float | None, pings: int, alerts: int) -> tuple[str, str, str, str, str]:
+    """A user's samples: its ping_listener_up line when up and when down (rules.is_up), then its last ping's (if
+    any), pings' and alerts' lines."""
+    label = _label_set(username)
     return (
         f"ping_listener_up{label} 1.0\n",
         f"ping_listener_up{label} 0.0\n",
-        f"ping_listener_last_ping_timestamp_seconds{label} {row.last_ping!r}\n",
-        f"ping_listener_pings_total{label} {row.pings}.0\n",
-        f"ping_listener_alerts_total{label} {row.alerts}.0\n",
+        f"ping_listener_last_ping_timestamp_seconds{label} {last_ping!r}\n",
+        f"ping_listener_pings_total{label} {pings}.0\n",
+        f"ping_listener_alerts_total{label} {alerts}.0\n",
     )
 
 
