@@ -7,6 +7,7 @@ knowing each other.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rules import SILENCE
 
@@ -95,13 +96,13 @@ class Signal:
     body: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class UserCounts:
+class UserCounts(NamedTuple):
     """A configured user's deadline (when its first condition begins, as rules.condition says at the time
     asked about, a snooze changing nothing; None if not monitored), last ping and counters.
 
     The counters, pings and alerts recorded since the user was first configured, never go down:
-    retention deletes old pings and alerts, not what was counted.
+    retention deletes old pings and alerts, not what was counted. A tuple, not a dataclass: a metrics scrape
+    makes one per configured user.
     """
 
     username: str

@@ -37,13 +37,18 @@ class RulesSql:
     def _extreme(self, postgresql: str, sqlite: str, maybe: tuple[str, ...], known: tuple[str, ...]) -> str:
         if self.null_ignoring:
             return f"{postgresql}({', '.join(maybe + known)})"
-        return f"{sqlite}({', '.join(tuple(f'coalesce({m}, {known[0]})' for m in maybe) + known)})"
+        # A NULL stands back as an infinity that loses to any time (1e999 is +Inf to SQLite), rather than as
+        # a copy of known[0]: these nest, and each copy would double the expression the database evaluates.
+        never = "-1e999" if sqlite == "max" else "1e999"
+        return f"{sqlite}({', '.join(tuple(f'coalesce({m}, {never})' for m in maybe) + known)})"
 
-    def restarted(self, at: str | None = None, silence_from: str = "silence_from", prefix: str = "") -> str:
+    def restarted(
+        self, at: str | None = None, silence_from: str = "silence_from", prefix: str = "", monitored_since: str = ""
+    ) -> str:
         """rules._restarted_at at the time `at` (None: once any snooze is over), over the columns of `prefix`
-        (a table alias and a dot, or ""), reading silence_from from the given SQL expression instead: the latest
-        of the start of monitoring, the parent's return and the snooze's end."""
-        since = f"{prefix}monitored_since"
+        (a table alias and a dot, or ""), reading silence_from (and monitored_since, if given) from the given SQL
+        expression instead: the latest of the start of monitoring, the parent's return and the snooze's end."""
+        since = monitored_since or f"{prefix}monitored_since"
         snooze_end = (
             f"coalesce({prefix}snoozed_until, {since})"
             if at is None
@@ -58,6 +63,7 @@ class RulesSql:
         failed_at: str = "failed_at",
         back_at: str = "back_at",
         silence_from: str = "silence_from",
+        monitored_since: str = "monitored_since",
     ) -> str:
         """rules.due_at, reading each of these columns from the given SQL expression instead (a signal's new
         values): at once while a recovery waits; else, if monitored, the earliest of the failure (or the snooze's
@@ -66,7 +72,7 @@ class RulesSql:
         once any snooze is over. A scheduled user's deadline needs cronsim: SQL makes it due at the moment its
         silence is measured from, so the absence listener looks at it once after each contact or start and
         stores its real deadline (rules.due_at says so too)."""
-        restarted = self.restarted(silence_from=silence_from)
+        restarted = self.restarted(silence_from=silence_from, monitored_since=monitored_since)
         late_at = f"{self.latest(last_ping, known=(restarted,))} + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
         failed = self.strict_latest(failed_at, "snoozed_until")
         run = f"{self.strict_latest(run_started, restarted)} + max_runtime"

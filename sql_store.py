@@ -16,8 +16,12 @@ from typing import Any, ClassVar
 from config import UserConfig
 from records import (
     AlertHistory,
+    CheckOutcome,
     Digest,
     EmailEvent,
+    NewDigest,
+    NewEmail,
+    NewWebhook,
     Outage,
     QueuedEmail,
     QueuedWebhook,
@@ -30,6 +34,8 @@ from records import (
     WebhookEvent,
     WebhookHistory,
 )
+from rules import BACK
+from rules_sql import RulesSql
 
 # How often the store's upkeep marks the service's run as seen: its downtime is known to within this much.
 RUN_MARK_SECONDS = 60.0
@@ -39,6 +45,11 @@ BY_CODE_POINT = ' COLLATE "C"'
 LOCK_ROWS = " FOR UPDATE"
 # The same, leaving the rows another transaction holds for later (another instance is deleting them).
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+# On PostgreSQL, where several instances may share the database, a row of the outbox or the webhook outbox is
+# claimed by the instance sending it (claimed_by): only a row claimed by this instance (:me) is changed, and
+# recording its result ends the claim. SQLite has no claims: one instance owns the database.
+MINE = " AND claimed_by = :me"
+RELEASE = ", claimed_by = NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +63,21 @@ class Dialect:
 
     def sql(self, text: str) -> str:
         """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted, LOCK_ROWS or SKIP_LOCKED where rows read
-        are written next) as this database takes it."""
+        are written next, MINE and RELEASE where a claimed row is changed) as this database takes it."""
         if not self.pyformat:
-            return text.replace(BY_CODE_POINT, "").replace(SKIP_LOCKED, "").replace(LOCK_ROWS, "")
+            for postgresql_only in (BY_CODE_POINT, SKIP_LOCKED, LOCK_ROWS, MINE, RELEASE):
+                text = text.replace(postgresql_only, "")
+            return text
         text = text.replace("%", "%%")
         return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", text).replace("?", "%s")
+
+    def text(self, value: str | None) -> str | None:
+        """`value` as this database can keep it: PostgreSQL's text cannot hold the character NUL, which becomes
+        U+FFFD (as bytes that are not UTF-8 do when a body is decoded). Bodies and error messages come from
+        outside."""
+        if value is None or not self.pyformat:
+            return value
+        return value.replace("\x00", "\ufffd")
 
 
 SQLITE = Dialect(pyformat=False, no_limit=-1)
@@ -166,6 +187,43 @@ def counts_of_users(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserS
 def queued_webhook(row: Sequence[Any]) -> QueuedWebhook:
     """The QueuedWebhook of a row of DUE_WEBHOOKS_SQL."""
     return QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:]))
+
+
+def outcome_assignments(value: str) -> str:
+    """The SET clause of an UPDATE of users applying an outcome_row whose field F is `value`.format(F) (a
+    parameter, or a column of a table of outcomes), and :now; the outcome's claim ends."""
+    v = value.format
+    return (
+        f"due_at = {v('next_due_at')}, last_alert = CASE WHEN {v('alerting')} THEN :now ELSE users.last_alert END,"
+        f" last_alert_kind = CASE WHEN {v('alerting')} THEN {v('kind')} ELSE users.last_alert_kind END,"
+        f" down_since = CASE WHEN {v('changes_outage')} THEN {v('down_since')} ELSE users.down_since END,"
+        f" back_at = CASE WHEN {v('ends_outage')} THEN NULL ELSE users.back_at END,"
+        f" suppressed_kind = coalesce({v('suppressed_kind')}, users.suppressed_kind),"
+        f" next_run = CASE WHEN {v('run_after')} IS NULL THEN users.next_run ELSE {v('next_run')} END,"
+        f" next_run_after = coalesce({v('run_after')}, users.next_run_after),"
+        f" alerts_total = users.alerts_total + CASE WHEN {v('alerting')} THEN 1 ELSE 0 END{RELEASE}"
+    )
+
+
+def outcome_row(outcome: CheckOutcome) -> dict[str, Any]:
+    """What SqlStore._apply_outcomes needs of `outcome`: its user as read (id, due_at, last_signal), what its
+    row becomes, and whether it alerts."""
+    alerting = bool(outcome.emails or outcome.webhooks)
+    run_after, next_run = outcome.next_run or (None, None)
+    return {
+        "id": outcome.user.id,
+        "due_at": outcome.user.due_at,
+        "last_signal": outcome.user.last_signal,
+        "next_due_at": outcome.next_due_at,
+        "alerting": alerting,
+        "kind": outcome.kind,
+        "changes_outage": alerting or outcome.ends_outage,
+        "down_since": outcome.down_since,
+        "ends_outage": outcome.ends_outage,
+        "suppressed_kind": outcome.suppressed[0] if outcome.suppressed else None,
+        "run_after": run_after,
+        "next_run": next_run,
+    }
 
 
 def webhook_history(row: Sequence[Any]) -> WebhookHistory:
@@ -309,7 +367,7 @@ ADD_USER_SQL = (
     f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now"
+    + ", monitored_since = :now, parent_id = NULL"
 )
 # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
 CHANGE_USER_SQL = (
@@ -362,8 +420,43 @@ RESTART_FUTURE_SQL = (
     )
     + " WHERE run_started > :now OR failed_at > :now OR back_at > :now"
 )
-RESTART_MONITORED_SINCE_SQL = "UPDATE users SET monitored_since = :now WHERE configured"
-RESTART_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE configured"
+# RESTARTED_DUE_AT: the database's rules.due_at with :now for monitored_since (the new value, where the UPDATE
+# reads the old one), so that one pass over the users restarts both.
+RESTART_DATES_SQL = "UPDATE users SET monitored_since = :now, due_at = RESTARTED_DUE_AT WHERE configured"
+# Saving the absence listener's outcomes (SqlStore.save_check_outcomes): each alert's row, then its emails and
+# webhook deliveries, all queued at once.
+INSERT_ALERT_SQL = (
+    "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed) VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+INSERT_EMAIL_SQL = (
+    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_WEBHOOK_SQL = (
+    "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Before sending (SqlStore.claim_emails, claim_webhooks): a row's next attempt, if it is still queued (and this
+# instance's); the digest that carries emails.
+PUSH_BACK_SQL = "UPDATE {queue} SET next_attempt_at = :at WHERE id = :id AND status = 'queued'" + MINE + " RETURNING id"
+INSERT_DIGEST_SQL = (
+    "INSERT INTO digests (recipient, subject, message_id, created_at, emails) VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
+# A digest is recorded only if every email it carries is still queued (and this instance's).
+DIGEST_EMAIL_SQL = "SELECT id FROM outbox WHERE id = :id AND status = 'queued'" + MINE + LOCK_ROWS
+SET_DIGEST_SQL = "UPDATE outbox SET digest_id = ? WHERE id = ?"
+# After sending (SqlStore.mark_sent, mark_failed, schedule_retry, finish_webhook, retry_webhook): only a row still
+# queued (and this instance's) changes; its claim ends.
+FINISH_SQL = (
+    "UPDATE {queue} SET status = :status, attempts = attempts + 1, last_error = :error, finished_at = :now,"
+    " next_attempt_at = NULL" + RELEASE + " WHERE id = :id AND status = 'queued'" + MINE
+)
+RETRY_SQL = (
+    "UPDATE {queue} SET attempts = attempts + 1, last_error = :error, next_attempt_at = :at"
+    + RELEASE
+    + " WHERE id = :id AND status = 'queued'"
+    + MINE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,15 +502,34 @@ class Statements:
     start_run: str
     mark_run: str
     service_runs: str
+    due_users: str
+    due_emails: str
+    due_webhooks: str
+    insert_alert: str
+    insert_email: str
+    insert_webhook: str
+    push_back_emails: str
+    push_back_webhooks: str
+    insert_digest: str
+    digest_email: str
+    set_digest: str
+    finish_email: str
+    finish_webhook: str
+    retry_email: str
+    retry_webhook: str
 
     @classmethod
-    def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
+    def build(
+        cls, dialect: Dialect, user_counts: str, rules: RulesSql, requeue: str, due: tuple[str, str, str]
+    ) -> "Statements":
         """The shared statements in `dialect`, with the database's own: `user_counts` (rules.condition_at in its
-        SQL), `due_at` (rules.due_at in its SQL) and `requeue` (a restart's: each queued row of the table
-        {queue} due at once)."""
+        SQL), `rules` (its rules' SQL), `requeue` (a restart's: each queued row of the table {queue} due at once)
+        and `due`, the due users, emails and webhook deliveries (taking :me, :now and :limit)."""
+        due_at = rules.due_at()
+        restarted_due_at = rules.due_at(monitored_since=dialect.sql(":now"))
 
         def s(text: str) -> str:
-            return dialect.sql(text).replace("DUE_AT", due_at)
+            return dialect.sql(text).replace("RESTARTED_DUE_AT", restarted_due_at).replace("DUE_AT", due_at)
 
         return cls(
             dialect=dialect,
@@ -460,10 +572,24 @@ class Statements:
             start_run=s(START_RUN_SQL),
             mark_run=s(MARK_RUN_SQL),
             service_runs=s(SERVICE_RUNS_SQL),
-            # Two statements for the dates: within one UPDATE, due_at would be computed from the old
-            # monitored_since.
-            restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
-            + (s(RESTART_MONITORED_SINCE_SQL), s(RESTART_DUE_AT_SQL))
+            due_users=due[0],
+            due_emails=due[1],
+            due_webhooks=due[2],
+            insert_alert=s(INSERT_ALERT_SQL),
+            insert_email=s(INSERT_EMAIL_SQL),
+            insert_webhook=s(INSERT_WEBHOOK_SQL),
+            push_back_emails=s(PUSH_BACK_SQL.format(queue="outbox")),
+            push_back_webhooks=s(PUSH_BACK_SQL.format(queue="webhook_outbox")),
+            insert_digest=s(INSERT_DIGEST_SQL),
+            digest_email=s(DIGEST_EMAIL_SQL),
+            set_digest=s(SET_DIGEST_SQL),
+            finish_email=s(FINISH_SQL.format(queue="outbox")),
+            finish_webhook=s(FINISH_SQL.format(queue="webhook_outbox")),
+            retry_email=s(RETRY_SQL.format(queue="outbox")),
+            retry_webhook=s(RETRY_SQL.format(queue="webhook_outbox")),
+            restart=tuple(
+                map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL, RESTART_DATES_SQL))
+            )
             + tuple(requeue.format(queue=queue) for queue in ("outbox", "webhook_outbox")),
         )
 
@@ -479,12 +605,17 @@ class SqlStore:
     """The store methods whose logic is the same on both databases, over what each backend provides: `_sql`
     (its Statements), `_read()` (a connection for reading, its faults as StoreUnavailableError), `_write()`
     (a transaction holding the database's write lock), `_transaction()` (one that need not: it locks the rows it
-    writes) and `_finish_emails`. Promises: store_contract.StoreContract."""
+    writes), `_starting()` (the transaction of a start), `_join`, `_alone`, `_returned_ids`, `_lazy_rows` and
+    `_apply_outcomes`. Promises: store_contract.StoreContract."""
 
     _sql: ClassVar[Statements]
     # This instance's row of service_runs once sync_users began it, and when it was last marked seen.
     _run_id: int | None = None
     _run_marked: float = 0.0
+    # This instance's id in the database's instances (PostgreSQL, where the rows an instance sends are claimed
+    # for it); None where one instance owns the database (SQLite).
+    instance_id: int | None = None
+    started_alone: bool
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -495,13 +626,60 @@ class SqlStore:
     def _transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
-    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
+    def _starting(self) -> AbstractContextManager[Any]:
+        """The transaction of a start (sync_users) or of a restart after a clock jump: `_write()`'s, after any
+        lock that keeps two instances' starts apart."""
         raise NotImplementedError
+
+    def _join(self, connection: Any, now: float) -> bool:
+        """Register this instance as started at `now` in the transaction of `connection` (`_starting()`'s); return
+        whether no other instance is alive."""
+        raise NotImplementedError
+
+    def _alone(self, connection: Any) -> bool:
+        """Whether no other instance runs on the database, in the transaction of `connection` (`_starting()`'s)."""
+        raise NotImplementedError
+
+    def _returned_ids(self, connection: Any, statement: str, rows: Sequence[Any]) -> list[int]:
+        """Run `statement` (a SELECT of ids, or ending in RETURNING id) once with each of `rows` in turn; return the
+        ids it returned, in that order: an INSERT's new rows, the rows an UPDATE changed, the rows found."""
+        raise NotImplementedError
+
+    def _lazy_rows(
+        self, connection: Any, statement: str, parameters: Sequence[Any]
+    ) -> AbstractContextManager[Iterable[Sequence[Any]]]:
+        """The rows of `statement`, fetched a few at a time as they are iterated: a bound on what is read stops
+        the reading, not only the answer."""
+        raise NotImplementedError
+
+    def _apply_outcomes(self, connection: Any, outcomes: Sequence[dict[str, Any]], now: float) -> set[int]:
+        """Apply each of `outcomes` (outcome_row's) whose user is unchanged (see save_check_outcomes), in the
+        transaction of `connection`; return the ids of the users it applied to."""
+        raise NotImplementedError
+
+    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
+        """StoreContract.sync_users: here monitoring restarts only if no other instance is alive, so that an
+        instance joining running ones changes no deadline; sets started_alone."""
+        with self._starting() as connection:
+            alone = self._join(connection, now)
+            self._apply_users(connection, users, now, restarting=alone)
+            if alone:
+                self._restart_monitoring(connection, now)
+            self._start_run(connection, now)
+        self.started_alone = alone
+
+    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
+        """StoreContract.restart_monitoring_after_clock_jump."""
+        with self._starting() as connection:
+            alone = self._alone(connection)
+            if alone:
+                self._restart_monitoring(connection, now)
+        return alone
 
     def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
         """StoreContract.reload_users."""
         with self._write() as connection:
-            return self._apply_users(connection, users, now)
+            return self._apply_users(connection, users, now, restarting=False)
 
     def restart_monitoring(self, now: float) -> None:
         """StoreContract.restart_monitoring."""
@@ -645,13 +823,128 @@ class SqlStore:
             rows = connection.execute(self._sql.recent_emails, (limit,)).fetchall()
         return [EmailEvent(*row) for row in rows]
 
+    def signals_between(
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
+        """StoreContract.signals_between."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            parameters = (user_id, start, end, limit + 1)
+            with self._lazy_rows(connection, self._sql.signals_between, parameters) as rows:
+                return bounded_encodings(rows, limit, max_size, encode)
+
+    def due_users(self, now: float, limit: int) -> list[UserState]:
+        """StoreContract.due_users (on PostgreSQL, each claimed for this instance: see pg_store)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_users, self._due_parameters(now, limit)).fetchall()
+        return [user_and_parent(row) for row in rows]
+
+    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
+        """StoreContract.save_check_outcomes, in a few statements for the whole batch."""
+        outcomes = list(outcomes)
+        alerts = 0
+        # Each alerts row to insert, and the emails and webhooks to queue for it.
+        new_alerts: list[tuple[Any, ...]] = []
+        notices: list[tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]] = []
+        with self._write() as connection:
+            applied = self._apply_outcomes(connection, [outcome_row(outcome) for outcome in outcomes], now)
+            for outcome in outcomes:
+                user = outcome.user
+                if user.id not in applied:
+                    continue
+                if outcome.suppressed is not None:
+                    new_alerts.append((user.id, now, user.last_ping, *outcome.suppressed, True))
+                    notices.append(((), ()))
+                # The recovery first: it closes the outage that an alert in the same step may follow.
+                for kind, went_down_at, queued, hooks in (
+                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
+                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
+                ):
+                    if queued or hooks:
+                        new_alerts.append((user.id, now, user.last_ping, kind, went_down_at, False))
+                        notices.append((queued, hooks))
+                alerts += bool(outcome.emails or outcome.webhooks)
+            alert_ids = self._returned_ids(connection, self._sql.insert_alert, new_alerts)
+            emails = [
+                (alert_id, e.recipient, e.subject, e.body, e.message_id, now, now)
+                for alert_id, (queued, _) in zip(alert_ids, notices, strict=True)
+                for e in queued
+            ]
+            webhooks = [
+                (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
+                for alert_id, (_, hooks) in zip(alert_ids, notices, strict=True)
+                for hook in hooks
+            ]
+            # One statement for the whole batch's emails: a step may alert hundreds of users.
+            with closing(connection.cursor()) as cursor:
+                cursor.executemany(self._sql.insert_email, emails)
+                cursor.executemany(self._sql.insert_webhook, webhooks)
+        return alerts
+
+    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
+        """StoreContract.due_emails (on PostgreSQL, each claimed for this instance: see pg_store)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_emails, self._due_parameters(now, limit)).fetchall()
+        return [queued_email(row) for row in rows]
+
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
+        """StoreContract.claim_emails: the emails still queued (and, on PostgreSQL, still claimed by this instance:
+        another takes over the claims of one whose lease lapsed) may be sent, and a digest is recorded only if
+        all of its emails still are."""
+        with self._transaction() as connection:
+            mine = set(self._returned_ids(connection, self._sql.push_back_emails, self._retry_rows(retry_times)))
+            for digest in digests:
+                rows = [{"id": email_id, "me": self.instance_id} for email_id in digest.email_ids]
+                if len(self._returned_ids(connection, self._sql.digest_email, rows)) != len(rows):
+                    continue
+                [digest_id] = self._returned_ids(
+                    connection,
+                    self._sql.insert_digest,
+                    [(digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids))],
+                )
+                with closing(connection.cursor()) as cursor:
+                    cursor.executemany(self._sql.set_digest, [(digest_id, email_id) for email_id in digest.email_ids])
+        return mine
+
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """StoreContract.mark_sent."""
+        """StoreContract.mark_sent; ends the emails' claims."""
         self._finish_emails(email_ids, "sent", now, None)
 
     def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """StoreContract.mark_failed."""
+        """StoreContract.mark_failed; ends the emails' claims."""
         self._finish_emails(email_ids, "failed", now, error)
+
+    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
+        """StoreContract.schedule_retry; ends the emails' claims."""
+        error = self._sql.dialect.text(error)
+        rows = [
+            {"error": error, "at": next_attempt_at, "id": email_id, "me": self.instance_id} for email_id in email_ids
+        ]
+        with self._transaction() as connection, closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.retry_email, rows)
+
+    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
+        """StoreContract.due_webhooks (on PostgreSQL, each claimed for this instance, as due_emails)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_webhooks, self._due_parameters(now, limit)).fetchall()
+        return [queued_webhook(row) for row in rows]
+
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
+        """StoreContract.claim_webhooks: the deliveries still queued (and this instance's, as claim_emails)."""
+        with self._transaction() as connection:
+            return set(self._returned_ids(connection, self._sql.push_back_webhooks, self._retry_rows(retry_times)))
+
+    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
+        """StoreContract.finish_webhook; ends the delivery's claim."""
+        parameters = {"status": status, "error": self._sql.dialect.text(error), "now": now, "id": delivery_id}
+        with self._transaction() as connection:
+            connection.execute(self._sql.finish_webhook, {**parameters, "me": self.instance_id})
+
+    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
+        """StoreContract.retry_webhook; ends the delivery's claim."""
+        parameters = {"error": self._sql.dialect.text(error), "at": next_attempt_at, "id": delivery_id}
+        with self._transaction() as connection:
+            connection.execute(self._sql.retry_webhook, {**parameters, "me": self.instance_id})
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
         """StoreContract.recent_webhooks."""
@@ -673,6 +966,24 @@ class SqlStore:
             finished = connection.execute(self._sql.finished_counts).fetchall()
         return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
+    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
+        """Record that the emails left the queue at `now` with `status`, ending their claims."""
+        error = self._sql.dialect.text(error)
+        rows = [
+            {"status": status, "error": error, "now": now, "id": email_id, "me": self.instance_id}
+            for email_id in email_ids
+        ]
+        with self._transaction() as connection, closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.finish_email, rows)
+
+    def _due_parameters(self, now: float, limit: int) -> dict[str, Any]:
+        """The parameters of the due users', emails' and webhook deliveries' statements."""
+        return {"me": self.instance_id, "now": now, "limit": limit}
+
+    def _retry_rows(self, retry_times: Mapping[int, float]) -> list[dict[str, Any]]:
+        """PUSH_BACK_SQL's parameters for each row of `retry_times` (id -> its next attempt)."""
+        return [{"at": at, "id": row_id, "me": self.instance_id} for row_id, at in retry_times.items()]
+
     def _user_id(self, connection: Any, username: str) -> int:
         """The id of the user ever configured as `username`; UnknownUserError if none."""
         refuse_nul(username)
@@ -681,9 +992,12 @@ class SqlStore:
             raise UnknownUserError(f"unknown user {username}")
         return int(row[0])
 
-    def _apply_users(self, connection: Any, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+    def _apply_users(
+        self, connection: Any, users: Mapping[str, UserConfig], now: float, restarting: bool
+    ) -> UsersChange:
         """Make the configured users exactly `users` in the transaction of `connection`, touching only those
-        added, removed or changed (see StoreContract.reload_users)."""
+        added, removed or changed (see StoreContract.reload_users); their deadlines are left to the restart of
+        monitoring that follows if `restarting`."""
         configured = {
             name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
             for name, *row in connection.execute(self._sql.configured_settings).fetchall()
@@ -696,9 +1010,11 @@ class SqlStore:
             cursor.executemany(self._sql.remove_user, [(name,) for name in removed])
             cursor.executemany(self._sql.add_user, [_user_parameters(name, wanted[name], now) for name in added])
             cursor.executemany(self._sql.change_user, [_user_parameters(name, wanted[name], now) for name in changed])
-            # Once every user is in: a parent may be added with its children.
-            cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in added + changed])
-            cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
+            # Once every user is in: a parent may be added with its children. A user added has none until then.
+            parents = [name for name in added if users[name].depends_on is not None] + changed
+            cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in parents])
+            if not restarting:
+                cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
         return UsersChange(tuple(added), tuple(removed), tuple(changed))
 
     def _restart_monitoring(self, connection: Any, now: float) -> None:

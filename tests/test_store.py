@@ -26,6 +26,7 @@ from records import (
     Signal,
     StoreOpenError,
     UnknownUserError,
+    UserState,
     WebhookEvent,
 )
 from store import SCHEMA_VERSION, Store
@@ -270,7 +271,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         # through its index, then one primary-key seek per row found.
         (
             store_module.DUE_USERS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH child USING INDEX users_due (due_at<?)",
                 "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
@@ -278,7 +279,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         ),
         (
             store_module.DUE_EMAILS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH outbox USING INDEX outbox_queue (next_attempt_at<?)",
                 "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
@@ -1224,6 +1225,23 @@ def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(
 
 
 @BACKENDS
+def test_a_user_configured_again_without_depends_on_has_no_parent_after_a_reload_or_a_start(store):
+    family = {"router": config_of(), "cam": {**config_of(), "depends_on": "router"}}
+    synced(store, users=family)
+    reloaded(store, {"router": config_of()}, T0 + 10)
+    reloaded(store, {"router": config_of(), "cam": config_of()}, T0 + 20)
+    assert store.user("cam").parent is None
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    synced(store, users={"router": config_of()}, now=T0 + 30)
+    synced(store, users=family, now=T0 + 40)
+    synced(store, users={"router": config_of()}, now=T0 + 50)
+    synced(store, users={"router": config_of(), "cam": config_of()}, now=T0 + 60)
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    # Its deadline is its own again, from the start that configured it.
+    assert store.user("cam").due_at == T0 + 60 + 60
+
+
+@BACKENDS
 def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
     synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
     store.snooze("router", T0 + 600, T0)
@@ -1312,7 +1330,7 @@ def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delive
 
 
 def test_the_webhook_delivery_finds_due_deliveries_through_its_index_and_joins_by_primary_key(store):
-    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, (T0, 10)) == [
+    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, {"now": T0, "limit": 10}) == [
         "SEARCH webhook_outbox USING INDEX webhook_outbox_queue (next_attempt_at<?)",
         "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
@@ -1410,7 +1428,7 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
     rows = store.configured_user_rows()
     assert [(row[1], row[-1]) for row in rows] == [("nas", None), ("pi", None)]
-    assert store_module.UserState(*rows[1][:-1]) == store.user("pi")
+    assert UserState(*rows[1][:-1]) == store.user("pi")
     assert store.pings_after_id(newest - 2) == [(newest - 1, pi.id, T0 + 3), (newest, nas.id, T0 + 50)]
     assert store.pings_around(pi.id, T0 + 2, T0 + 3) == (T0 + 1, T0 + 3)
     assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)

@@ -1568,6 +1568,23 @@ def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock)
     assert samples[("ping_listener_absence_step_seconds_count", ())] == 0.0
 
 
+def test_a_second_scrape_shows_what_changed_since_the_first(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    client = metrics_client(store, clock, {"pi": user, "nas": user})
+    ping_at(client, clock, T0 - 20)
+    clock.now = T0
+    scrape(client)
+    ping_at(client, clock, T0 + 1)
+    alert(store, "nas", T0 + 2, "oncall@example.com")
+    clock.now = T0 + 90  # pi is late again
+    samples = scrape(client)
+    assert samples[("ping_listener_pings_total", (("user", "pi"),))] == 2.0
+    assert samples[("ping_listener_last_ping_timestamp_seconds", (("user", "pi"),))] == T0 + 1
+    assert samples[("ping_listener_up", (("user", "pi"),))] == 0.0
+    assert samples[("ping_listener_alerts_total", (("user", "nas"),))] == 1.0
+    assert samples[("ping_listener_pings_total", (("user", "nas"),))] == 0.0
+
+
 def test_metrics_count_a_failed_user_or_a_run_past_max_runtime_as_down(store, clock):
     user = {"monitor": True, "max_sleep": 3600, "email_frequency": 600}
     client = metrics_client(store, clock, {"pi": user, "job": {**user, "max_runtime": 30}, "ok": user})
