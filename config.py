@@ -62,6 +62,7 @@ TOP_LEVEL_KEYS = {
     "webhooks",
     "durability",
     "max_incomplete_requests_per_address",
+    "defaults",
 }
 USER_KEYS = {
     "monitor",
@@ -77,6 +78,10 @@ USER_KEYS = {
     "depends_on",
     "notify",
 }
+# With a `defaults` object (a fleet's settings), these keys need not be given anywhere: a user that
+# gives neither monitor nor email_frequency, in `defaults` or its own entry, is monitored and alerted at
+# most hourly. Without `defaults` they stay required, as the first release has them.
+FLEET_FALLBACKS = {"monitor": True, "email_frequency": 3600.0}
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
@@ -161,6 +166,8 @@ class Settings:
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     # Read at start only: the server's connections are counted against the value it started with.
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
+    # settings.json's `defaults`, as written: the per-user keys every user that does not set them gets.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LiveSettings:
@@ -252,11 +259,13 @@ def parse_settings(document: Any) -> Settings:
     max_incomplete_requests_per_address = _whole_number(
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
+    defaults = _defaults(document.get("defaults", {}), problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
         problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
     elif users is not None:
+        users = {name: with_defaults(user, defaults, "defaults" in document) for name, user in users.items()}
         for username, user in users.items():
             parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
@@ -279,7 +288,42 @@ def parse_settings(document: Any) -> Settings:
         durability=durability,
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
+        defaults=defaults if "defaults" in document else {},
     )
+
+
+def with_defaults(user: Any, defaults: Mapping[str, Any], fleet: bool) -> Any:
+    """A user's settings as validated: `defaults`' keys that `user` (parsed JSON) does not set, then its own;
+    with `fleet` (settings.json has `defaults`), FLEET_FALLBACKS below both. A user that is not an object is
+    returned as it is, for its problem to name it.
+
+    A user's schedule and max_sleep exclude each other, as do max_sleep and tz or grace: a user that sets one
+    of them takes none of the other kind from `defaults`, so a fleet watched by max_sleep can have a few
+    members on a schedule.
+    """
+    if not isinstance(user, dict):
+        return user
+    inherited = {**FLEET_FALLBACKS, **defaults} if fleet else dict(defaults)
+    if "schedule" in user or "tz" in user or "grace" in user:
+        inherited.pop("max_sleep", None)
+    if "max_sleep" in user:
+        for key in ("schedule", "tz", "grace"):
+            inherited.pop(key, None)
+    return {**inherited, **user}
+
+
+def _defaults(value: Any, problems: list[str]) -> dict[str, Any]:
+    """settings.json's `defaults` object: per-user keys only; {} and a problem if it is not an object.
+
+    Its values are checked within each user that takes them, where the problems name the user's key path."""
+    if not isinstance(value, dict):
+        problems.append(f"defaults: must be an object of per-user keys, got {_show(value)}")
+        return {}
+    _unknown_keys(value, USER_KEYS, "defaults.", problems)
+    for key in ("token", "depends_on"):
+        if key in value:
+            problems.append(f"defaults.{key}: cannot be a default (each user needs its own)")
+    return {key: item for key, item in value.items() if key in USER_KEYS and key not in ("token", "depends_on")}
 
 
 def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
