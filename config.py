@@ -77,11 +77,16 @@ USER_KEYS = {
     "token",
     "depends_on",
     "notify",
+    "tags",
 }
 # With a `defaults` object (a fleet's settings), these keys need not be given anywhere: a user that
 # gives neither monitor nor email_frequency, in `defaults` or its own entry, is monitored and alerted at
 # most hourly. Without `defaults` they stay required, as the first release has them.
 FLEET_FALLBACKS = {"monitor": True, "email_frequency": 3600.0}
+# A user's tags (the management API's filter, badges): at most this many, each one word of at most
+# MAX_TAG_LENGTH characters, as Healthchecks writes tags separated by spaces.
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 100
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
@@ -134,6 +139,8 @@ class UserConfig:
     token_digest: bytes | None = field(default=None, repr=False)
     # Where its alerts and recoveries go: EMAIL_CHANNEL and "webhook:NAME" channels, in the order given.
     notify: tuple[str, ...] = DEFAULT_NOTIFY
+    # Its tags, in the order given, without repeats.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +473,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
             " or control characters"
         )
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
+    tags = _tags(user.get("tags", []), f"{path}.tags", problems)
     if len(problems) > before:
         return None
     return UserConfig(
@@ -481,7 +489,23 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
+        tags=tags,
     )
+
+
+def _tags(value, path, problems):
+    """A user's `tags` as a tuple without repeats, or () and a problem naming `path`."""
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        problems.append(f"{path}: must be a list of at most {MAX_TAGS} tags (strings), got {_show(value)}")
+        return ()
+    for tag in value:
+        if not (isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH and not re.search(r"[\s\x00-\x1f\x7f]", tag)):
+            problems.append(
+                f"{path}: each tag must be a string of 1 to {MAX_TAG_LENGTH} characters without spaces or control"
+                f" characters, got {_show(tag)}"
+            )
+            return ()
+    return tuple(dict.fromkeys(value))
 
 
 def _is_token(text):

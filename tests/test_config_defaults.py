@@ -1,5 +1,6 @@
-"""settings.json's `defaults` (every per-user key, a user's own winning)."""
+"""settings.json's `defaults` (every per-user key, a user's own winning) and per-user `tags`."""
 
+import pytest
 from test_config import problems_of, valid_document
 
 import config
@@ -59,3 +60,21 @@ def test_defaults_must_be_an_object_of_per_user_keys():
     problems = problems_of(fleet({"max_sleep": 5, "colour": "red", "token": "x" * 20}, {"a": {}}))
     assert any(problem.startswith("defaults.colour: unknown key") for problem in problems)
     assert "defaults.token: cannot be a default (each user needs its own)" in problems
+
+
+def test_tags_are_a_list_of_words_kept_in_order_without_repeats():
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1, "tags": ["prod", "cam", "prod"]}
+    assert config.parse_settings(valid_document(users={"a": user})).users["a"].tags == ("prod", "cam")
+    assert config.parse_settings(valid_document()).users["pi"].tags == ()
+
+
+@pytest.mark.parametrize("tags", ["prod", ["two words"], [""], [3], ["x"] * 51])
+def test_bad_tags_are_refused_naming_the_key(tags):
+    user = {"monitor": True, "max_sleep": 1, "email_frequency": 1, "tags": tags}
+    [problem] = problems_of(valid_document(users={"a": user}))
+    assert problem.startswith("users.a.tags: ")
+
+
+def test_tags_may_come_from_the_defaults():
+    settings = config.parse_settings(fleet({"max_sleep": 5, "tags": ["fleet"]}, {"a": {}}))
+    assert settings.users["a"].tags == ("fleet",)
