@@ -63,7 +63,13 @@ TOP_LEVEL_KEYS = {
     "durability",
     "max_incomplete_requests_per_address",
     "defaults",
+    "auto_provision",
+    "auto_provision_limit",
+    "ping_key",
 }
+# How many checks signals with create=1 may create (auto_provision) unless auto_provision_limit says otherwise:
+# a flood of made-up names cannot grow the database past it.
+DEFAULT_AUTO_PROVISION_LIMIT = 10_000
 USER_KEYS = {
     "monitor",
     "max_sleep",
@@ -175,6 +181,12 @@ class Settings:
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
     # settings.json's `defaults`, as written: the per-user keys every user that does not set them gets.
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Whether a signal with create=1 for an unknown name creates that check from `defaults`, and how many
+    # checks may be created so.
+    auto_provision: bool = False
+    auto_provision_limit: int = DEFAULT_AUTO_PROVISION_LIMIT
+    # secret_digest() of the key of /ping/<ping_key>/<name> (None: no such path).
+    ping_key_digest: bytes | None = field(default=None, repr=False)
 
 
 class LiveSettings:
@@ -267,6 +279,19 @@ def parse_settings(document: Any) -> Settings:
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
     defaults = _defaults(document.get("defaults", {}), problems)
+    auto_provision = document.get("auto_provision", False)
+    if not isinstance(auto_provision, bool):
+        problems.append(f"auto_provision: must be true or false, got {_show(auto_provision)}")
+    elif auto_provision and "max_sleep" not in defaults and "schedule" not in defaults:
+        problems.append("auto_provision: needs defaults with max_sleep or schedule, which checks are created from")
+    auto_provision_limit = _whole_number(document, "auto_provision_limit", DEFAULT_AUTO_PROVISION_LIMIT, problems)
+    ping_key = document.get("ping_key")
+    # The value is never quoted: it is a secret.
+    if ping_key is not None and not (isinstance(ping_key, str) and _is_token(ping_key) and "/" not in ping_key):
+        problems.append(
+            f"ping_key: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces, / or control"
+            " characters"
+        )
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -296,7 +321,39 @@ def parse_settings(document: Any) -> Settings:
         webhooks=webhooks,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
         defaults=defaults if "defaults" in document else {},
+        auto_provision=auto_provision,
+        auto_provision_limit=auto_provision_limit,
+        ping_key_digest=None if ping_key is None else secret_digest(ping_key),
     )
+
+
+def parse_check(name: str, own: Any, settings: Settings, others: Mapping[str, UserConfig]) -> UserConfig:
+    """A check that a program creates or changes, named `name`, with its own settings keys `own` (parsed JSON):
+    validated exactly as a user of settings.json with these keys would be, `defaults` included, among the
+    checks `others` (name -> config: those its depends_on may name). Raise ConfigError listing every problem,
+    each naming its key as settings problems do but without the users.NAME prefix (`max_sleep: must be ...`).
+    """
+    problems: list[str] = []
+    prefix = _path("users.", name)
+    user = with_defaults(own, settings.defaults, True)
+    parsed = _parse_user(name, user, settings.recipient, settings.require_tokens, settings.webhooks, problems)
+    if isinstance(user, dict):
+        depends_on = user.get("depends_on")
+        if isinstance(depends_on, str) and depends_on:
+            chain = [name, depends_on]
+            while chain[-1] in others and others[chain[-1]].depends_on not in (None, *chain):
+                chain.append(others[chain[-1]].depends_on)  # type: ignore[arg-type]
+            if depends_on not in others and depends_on != name:
+                problems.append(f"{prefix}.depends_on: no check named {_show(depends_on)} is configured")
+            elif depends_on == name or (chain[-1] in others and others[chain[-1]].depends_on == name):
+                cycle = " -> ".join(_show(link) for link in [*chain, name])
+                problems.append(f"{prefix}.depends_on: a cycle of dependencies: {cycle}")
+    if parsed is not None and not parsed.recipients and EMAIL_CHANNEL in parsed.notify:
+        problems.append(f"{prefix}.device_email: missing, and settings.json has no recipient for this check's alerts")
+    if problems:
+        raise ConfigError([_field_problem(problem, prefix) for problem in problems])
+    assert isinstance(parsed, UserConfig)
+    return parsed
 
 
 def with_defaults(user: Any, defaults: Mapping[str, Any], fleet: bool) -> Any:
@@ -317,6 +374,13 @@ def with_defaults(user: Any, defaults: Mapping[str, Any], fleet: bool) -> Any:
         for key in ("schedule", "tz", "grace"):
             inherited.pop(key, None)
     return {**inherited, **user}
+
+
+def _field_problem(problem: str, prefix: str) -> str:
+    """A problem about the user at `prefix` (users.NAME) written about its fields: `max_sleep: ...`, `check: ...`."""
+    if problem.startswith(prefix + "."):
+        return problem[len(prefix) + 1 :]
+    return "check" + problem[len(prefix) :] if problem.startswith(prefix + ":") else problem
 
 
 def _defaults(value: Any, problems: list[str]) -> dict[str, Any]:
