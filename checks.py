@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,14 +153,25 @@ class Checks:
         """End the pause of `name` if the signal of `kind` just recorded at `now` ends it (a success or fail of a
         paused check without manual_resume). Costs a set lookup for every other signal."""
         if name in self._view.resumed_by_signal and kind in RESUMING_KINDS:
-            self._store.pause(name, False, now)
+            self.pause(name, False, now)
             log.info("%s resumed by its %s signal", name, kind)
-            self.refresh(force=True)
 
     def pause(self, name: str, paused: bool, now: float) -> None:
         """Pause the configured check `name`, or resume it (StoreContract.pause), and put that in force."""
+        before = self._store.program_change()
         self._store.pause(name, paused, now)
-        self.refresh(force=True)
+
+        def update(view: _View) -> _View:
+            manual = name in view.programs and view.programs[name].manual_resume
+            return dataclasses.replace(
+                view,
+                paused=view.paused | {name} if paused else view.paused - {name},
+                resumed_by_signal=(
+                    view.resumed_by_signal | {name} if paused and not manual else view.resumed_by_signal - {name}
+                ),
+            )
+
+        self._follow(before, update)
 
     def create(self, name: str, definition: Definition, limit: int | None, now: float) -> str:
         """Create the check `name` as `definition` says, monitored from `now`; return its UUID. Raises ConfigError
@@ -169,8 +180,19 @@ class Checks:
         if name in self._live.current.users:
             raise CheckExistsError(f"a check named {name} exists already")
         user = parse_check(name, definition.settings, self._file, self._live.current.users)
+        before = self._store.program_change()
         check_uuid = self._store.create_check(name, user, definition.to_json(), definition.created_by, limit, now)
-        self.refresh(force=True)
+        stored = dataclasses.replace(definition, uuid=check_uuid)
+        self._follow(
+            before,
+            lambda view: dataclasses.replace(
+                view,
+                programs={**view.programs, name: stored},
+                users={**view.users, name: user},
+                names={**view.names, check_uuid: name},
+                uuids={**view.uuids, name: check_uuid},
+            ),
+        )
         log.info(
             "check %s created by %s (uuid %s)",
             name,
@@ -185,8 +207,22 @@ class Checks:
         self._refuse_declared(name)
         others = {other: user for other, user in self._live.current.users.items() if other != name}
         user = parse_check(name, definition.settings, self._file, others)
+        before = self._store.program_change()
         self._store.change_check(name, user, definition.to_json(), now)
-        self.refresh(force=True)
+        stored = dataclasses.replace(definition, uuid=self.uuid_of(name) or "")
+
+        def update(view: _View) -> _View:
+            resumed = view.resumed_by_signal - {name}
+            if name in view.paused and not stored.manual_resume:
+                resumed |= {name}
+            return dataclasses.replace(
+                view,
+                programs={**view.programs, name: stored},
+                users={**view.users, name: user},
+                resumed_by_signal=resumed,
+            )
+
+        self._follow(before, update)
         log.info("check %s changed by API", name)
 
     def delete(self, name: str) -> None:
@@ -195,9 +231,35 @@ class Checks:
         dependants = [other for other, user in self._live.current.users.items() if user.depends_on == name]
         if dependants:
             raise ConfigError([f"check: {dependants[0]} depends on it (depends_on); change or delete that one first"])
+        before = self._store.program_change()
         self._store.delete_check(name)
-        self.refresh(force=True)
+
+        def update(view: _View) -> _View:
+            check_uuid = view.uuids.get(name)
+            return dataclasses.replace(
+                view,
+                programs={key: value for key, value in view.programs.items() if key != name},
+                users={key: value for key, value in view.users.items() if key != name},
+                names={key: value for key, value in view.names.items() if key != check_uuid},
+                uuids={key: value for key, value in view.uuids.items() if key != name},
+                paused=view.paused - {name},
+                resumed_by_signal=view.resumed_by_signal - {name},
+            )
+
+        self._follow(before, update)
         log.info("check %s deleted by API", name)
+
+    def _follow(self, before: int, update: Callable[[_View], _View]) -> None:
+        """Put in force a change this instance just made, the store's change counter being `before` it: by
+        `update` of the view if that change is the only one since (one index seek, not a read of every check),
+        else by reading everything again."""
+        with self._lock:
+            change = self._store.program_change()
+            if self._view.change == before and change == before + 1:
+                self._view = dataclasses.replace(update(self._view), change=change)
+                self._live.replace(self.merged_with(self._file))
+                return
+        self.refresh(force=True)
 
     def _refuse_declared(self, name: str) -> None:
         if name in self._file.users:

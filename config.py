@@ -442,19 +442,21 @@ class Secrets:
 
     # Unlocks GET /metrics as a bearer token.
     metrics_token: str | None = field(default=None, repr=False)
-    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze.
+    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze and the management API.
     api_key: str | None = field(default=None, repr=False)
+    # Unlocks the management API's reads only.
+    api_key_readonly: str | None = field(default=None, repr=False)
 
 
 def load_secrets(environ: Mapping[str, str]) -> Secrets:
-    """Read METRICS_TOKEN and API_KEY from `environ`; raise ConfigError listing every problem.
+    """Read METRICS_TOKEN, API_KEY and API_KEY_READONLY from `environ`; raise ConfigError listing every problem.
 
     Each, when set, must be at least MIN_TOKEN_LENGTH characters without spaces or control characters,
     as ping tokens: a short one is found by guessing in seconds. A value is never quoted.
     """
     problems = []
     values = {}
-    for name in ("METRICS_TOKEN", "API_KEY"):
+    for name in ("METRICS_TOKEN", "API_KEY", "API_KEY_READONLY"):
         value = environ.get(name) or None
         if value is not None and not _is_token(value):
             problems.append(
@@ -464,7 +466,19 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
         values[name] = value
     if problems:
         raise ConfigError(problems)
-    return Secrets(metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"])
+    return Secrets(
+        metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"], api_key_readonly=values["API_KEY_READONLY"]
+    )
+
+
+def seconds(value: Any, path: str) -> float:
+    """`value` as a number of seconds as settings.json takes a duration (a number >= 0, at most MAX_SECONDS);
+    raise ConfigError naming `path` otherwise."""
+    problems: list[str] = []
+    parsed = _seconds(value, path, problems)
+    if not isinstance(parsed, float):
+        raise ConfigError(problems)
+    return parsed
 
 
 def first_text_problem(value: Any) -> str | None:

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics=Exporter(store, clock, scheduler.absence_step_seconds, scheduler.deliveries),
         metrics_token=secrets.metrics_token,
         api_key=secrets.api_key,
+        api_key_readonly=secrets.api_key_readonly,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None

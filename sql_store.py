@@ -293,6 +293,10 @@ DELETE_PROGRAM_SQL = (
     f" program_change = {_NEXT_CHANGE} WHERE username = ?"
 )
 UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
+# A user's alerts and recoveries with start <= at < end along alerts_by_user_time, for its flips.
+ALERT_KINDS_SQL = (
+    "SELECT at, kind, went_down_at FROM alerts WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at, id LIMIT ?"
+)
 RECENT_SIGNALS_SQL = (
     "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?"
 )
@@ -400,6 +404,7 @@ class Statements:
     delete_program: str
     uuid: str
     recent_signals: str
+    alert_kinds: str
 
     @classmethod
     def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
@@ -457,6 +462,7 @@ class Statements:
             delete_program=s(DELETE_PROGRAM_SQL),
             uuid=s(UUID_SQL),
             recent_signals=s(RECENT_SIGNALS_SQL),
+            alert_kinds=s(ALERT_KINDS_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
             # monitored_since.
             restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
@@ -573,6 +579,12 @@ class SqlStore:
             user_id = self._user_id(connection, username)
             rows = connection.execute(self._sql.recent_signals, (user_id, limit)).fetchall()
         return [Signal(*row) for row in rows]
+
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """StoreContract.alert_kinds."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            return [tuple(row) for row in connection.execute(self._sql.alert_kinds, (user_id, start, end, limit))]
 
     def _program_row(self, connection: Any, username: str) -> None:
         """Lock the configured check `username` for a change by program; UnknownUserError if there is none,

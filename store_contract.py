@@ -213,6 +213,10 @@ class StoreContract(Protocol):
     def recent_signals(self, username: str, limit: int) -> list[Signal]:
         """`username`'s `limit` newest signals, newest first. Raises UnknownUserError if it was never configured."""
 
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """(time, kind, when its outage went down) of `username`'s first `limit` alerts and recoveries ('back') with
+        start <= time < end, oldest first. Raises UnknownUserError if it was never configured."""
+
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
 

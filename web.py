@@ -20,6 +20,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
+import api
 import metrics
 from checks import Checks, Definition
 from config import EMAIL_CHANNEL, ConfigError, LiveSettings, UserConfig, secret_digest
@@ -340,6 +341,8 @@ def make_app(
         bottle.response.content_type = metrics.CONTENT_TYPE
         return operations.metrics.scrape()
 
+    keys = api.ApiKeys(operations.api_key, operations.api_key_readonly)
+    api.mount(app, store, settings, checks, clock, keys, wrong_passwords)
     return _with_fast_ping(app, store, settings, clock, checks)
 
 
