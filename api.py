@@ -15,6 +15,7 @@ serializer; `_definition` turns fields into a check's definition.
 """
 
 import datetime
+import functools
 import hashlib
 import hmac
 import json
@@ -84,6 +85,7 @@ class ApiKeys:
     read_only: str | None
 
 
+@functools.lru_cache(maxsize=1024)
 def channel_id(channel: str) -> str:
     """The id of the channel `channel` ("email" or "webhook:NAME"): the same every time, on every instance."""
     return str(uuid.uuid5(_CHANNEL_NAMESPACE, channel))
@@ -230,14 +232,15 @@ def mount(
         return body, readonly
 
     def root() -> str:
+        if settings.current.server_root is not None:
+            return settings.current.server_root
         parts = bottle.request.urlparts
-        return settings.current.server_root or f"{parts.scheme}://{parts.netloc}"
+        return f"{parts.scheme}://{parts.netloc}"
 
     def states() -> tuple[dict[str, UserState], dict[str, int]]:
         """Every configured check's state, and its count of pings, in two statements."""
-        users = {user.username: user for user in store.configured_users()}
-        counts = {counts.username: counts.pings for counts in store.user_counts(clock())}
-        return users, counts
+        users = {row[1]: UserState(*row[:-1]) for row in store.configured_user_rows()}
+        return users, store.pings_totals()
 
     def show(
         name: str, version: int, readonly: bool, user: UserState | None = None, pings: int | None = None
@@ -245,7 +248,7 @@ def mount(
         config = settings.current.users[name]
         if user is None or pings is None:
             user = store.user(name)
-            pings = next((c.pings for c in store.user_counts(clock()) if c.username == name), 0)
+            pings = store.pings_totals(name).get(name, 0)
         check_uuid = checks.uuid_of(name) or ""
         definition = checks.definition(name)
         return check_dict(user, config, definition, check_uuid, pings, clock(), version, readonly, root())
@@ -269,10 +272,15 @@ def mount(
         users, counts = states()
         listed = []
         current = settings.current.users
+        at, base = clock(), root()
         for name, config in current.items():
             if name not in users or (slug is not None and name != slug) or not tags.issubset(config.tags):
                 continue
-            listed.append(show(name, int(version), readonly, users[name], counts.get(name, 0)))
+            check_uuid, definition = checks.uuid_of(name) or "", checks.definition(name)
+            pings = counts.get(name, 0)
+            listed.append(
+                check_dict(users[name], config, definition, check_uuid, pings, at, int(version), readonly, base)
+            )
         listed.sort(key=lambda check: check["name"])
         return _json({"checks": listed})
 

@@ -274,8 +274,8 @@ MISSING_UUIDS_SQL = "SELECT username FROM users WHERE configured AND uuid IS NUL
 SET_UUID_SQL = "UPDATE users SET uuid = ? WHERE username = ? AND uuid IS NULL"
 PROGRAM_USERS_SQL = "SELECT username FROM users WHERE configured AND program IS NOT NULL"
 # One more than the greatest change counter, read along users_by_program_change.
-_NEXT_CHANGE = "(SELECT coalesce(max(program_change), 0) + 1 FROM users)"
-PROGRAM_CHANGE_SQL = "SELECT coalesce(max(program_change), 0) FROM users"
+_NEXT_CHANGE = "(SELECT coalesce(max(program_change), 0) + 1 FROM users WHERE program_change IS NOT NULL)"
+PROGRAM_CHANGE_SQL = "SELECT coalesce(max(program_change), 0) FROM users WHERE program_change IS NOT NULL"
 CHANGED_SQL = f"UPDATE users SET program_change = {_NEXT_CHANGE} WHERE username = ?"
 CHECK_IDS_SQL = f"SELECT username, uuid, snoozed_until >= {PAUSED_UNTIL} FROM users WHERE configured"
 PROGRAM_CHECKS_SQL = (
@@ -293,6 +293,9 @@ DELETE_PROGRAM_SQL = (
     f" program_change = {_NEXT_CHANGE} WHERE username = ?"
 )
 UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
+# Signals counted (as metrics count them) for the management API's n_pings: of every configured user, or of one.
+PINGS_TOTALS_SQL = "SELECT username, pings_total FROM users WHERE configured"
+PINGS_TOTAL_SQL = "SELECT username, pings_total FROM users WHERE username = ? AND configured"
 # A user's alerts and recoveries with start <= at < end along alerts_by_user_time, for its flips.
 ALERT_KINDS_SQL = (
     "SELECT at, kind, went_down_at FROM alerts WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at, id LIMIT ?"
@@ -405,6 +408,8 @@ class Statements:
     uuid: str
     recent_signals: str
     alert_kinds: str
+    pings_totals: str
+    pings_total: str
 
     @classmethod
     def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
@@ -463,6 +468,8 @@ class Statements:
             uuid=s(UUID_SQL),
             recent_signals=s(RECENT_SIGNALS_SQL),
             alert_kinds=s(ALERT_KINDS_SQL),
+            pings_totals=s(PINGS_TOTALS_SQL),
+            pings_total=s(PINGS_TOTAL_SQL),
             # Two statements for the dates: within one UPDATE, due_at would be computed from the old
             # monitored_since.
             restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
@@ -585,6 +592,13 @@ class SqlStore:
         with self._read() as connection:
             user_id = self._user_id(connection, username)
             return [tuple(row) for row in connection.execute(self._sql.alert_kinds, (user_id, start, end, limit))]
+
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """StoreContract.pings_totals."""
+        with self._read() as connection:
+            if username is None:
+                return dict(connection.execute(self._sql.pings_totals).fetchall())
+            return dict(connection.execute(self._sql.pings_total, (username,)).fetchall())
 
     def _program_row(self, connection: Any, username: str) -> None:
         """Lock the configured check `username` for a change by program; UnknownUserError if there is none,

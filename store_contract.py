@@ -217,6 +217,10 @@ class StoreContract(Protocol):
         """(time, kind, when its outage went down) of `username`'s first `limit` alerts and recoveries ('back') with
         start <= time < end, oldest first. Raises UnknownUserError if it was never configured."""
 
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """Each configured user's name -> its count of signals (as metrics count them), or only `username`'s (if
+        configured): one row per user, no ping read."""
+
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
 
