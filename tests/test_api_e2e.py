@@ -3,6 +3,7 @@ with api_version 1 and 3, a check created over the API going late and alerting t
 two PostgreSQL instances, a check created on one pinged and alerted through the other."""
 
 import json
+import re
 import urllib.request
 
 import pytest
@@ -110,3 +111,23 @@ def request_delete(service, uuid):
     request = urllib.request.Request(f"{service.url}/api/v3/checks/{uuid}", method="DELETE", headers={"X-Api-Key": KEY})
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert answer.status == 200
+
+
+def test_on_the_real_server_a_signal_creates_its_check_and_a_signal_ends_a_pause(tmp_path, db, start_server):
+    """Signals are answered in batches sharing one commit (serving.py): the check a signal creates, and the pause
+    a signal ends, are written within them."""
+    settings = write_settings(tmp_path / "settings.json", PI, defaults={"max_sleep": 60}, auto_provision=True)
+    service = start_server(settings, db, **API_ENV)
+    status, answer = service.get("/ping/cam-17?create=1")
+    assert status == 201 and re.fullmatch(r"\d\d/\d\d/\d\d \d\d:\d\d:\d\d", answer)
+    assert service.get("/ping/cam-17")[0] == 200
+    assert service.get("/ping/pi")[0] == 200
+    status, answer = service.get("/api/v3/checks/?slug=cam-17", headers={"X-Api-Key": KEY})
+    [check] = json.loads(answer)["checks"]
+    assert (check["n_pings"], check["status"]) == (2, "up")
+    status, answer = service.post(f"/api/v3/checks/{check['uuid']}/pause", b"", headers={"X-Api-Key": KEY})
+    assert (status, json.loads(answer)["status"]) == (200, "paused")
+    assert service.get("/ping/cam-17")[0] == 200
+    status, answer = service.get(f"/api/v3/checks/{check['uuid']}", headers={"X-Api-Key": KEY})
+    assert json.loads(answer)["status"] == "up"
+    assert service.stop() == 0
