@@ -2,6 +2,7 @@
 with api_version 1 and 3, a check created over the API going late and alerting through the real SMTP server, and
 two PostgreSQL instances, a check created on one pinged and alerted through the other."""
 
+import concurrent.futures
 import json
 import re
 import urllib.request
@@ -130,4 +131,20 @@ def test_on_the_real_server_a_signal_creates_its_check_and_a_signal_ends_a_pause
     assert service.get("/ping/cam-17")[0] == 200
     status, answer = service.get(f"/api/v3/checks/{check['uuid']}", headers={"X-Api-Key": KEY})
     assert json.loads(answer)["status"] == "up"
+    assert service.stop() == 0
+
+
+def test_checks_created_by_concurrent_signals_are_each_answered_201_and_kept(tmp_path, db, start_server):
+    """Concurrent signals share batches (one commit per poll round of the I/O thread): each create joins one."""
+    settings = write_settings(tmp_path / "settings.json", PI, defaults={"max_sleep": 60}, auto_provision=True)
+    service = start_server(settings, db, **API_ENV)
+
+    def create(index):
+        return [service.get(f"/ping/cam-{index}-{round_}?create=1")[0] for round_ in range(5)]
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        statuses = [status for answers in pool.map(create, range(32)) for status in answers]
+    assert statuses == [201] * 32 * 5
+    status, answer = service.get("/api/v3/checks/", headers={"X-Api-Key": KEY})
+    assert len(json.loads(answer)["checks"]) == 1 + 32 * 5
     assert service.stop() == 0
