@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import ConfigError, LiveSettings, Settings, UserConfig, parse_check
-from records import CheckExistsError, DeclaredCheckError, ProgramCheck, UnknownUserError
+from records import CheckExistsError, DeclaredCheckError, ProgramCheck, StoreError, UnknownUserError
 from rules import FAIL, SUCCESS
 from store_contract import StoreContract
 
@@ -153,7 +153,12 @@ class Checks:
         """End the pause of `name` if the signal of `kind` just recorded at `now` ends it (a success or fail of a
         paused check without manual_resume). Costs a set lookup for every other signal."""
         if name in self._view.resumed_by_signal and kind in RESUMING_KINDS:
-            self.pause(name, False, now)
+            # The signal is recorded whatever happens here: its answer must not tell the client otherwise.
+            try:
+                self.pause(name, False, now)
+            except StoreError as error:
+                log.error("%s not resumed by its %s signal: %s; resume it over the API", name, kind, error)
+                return
             log.info("%s resumed by its %s signal", name, kind)
 
     def pause(self, name: str, paused: bool, now: float) -> None:
