@@ -78,3 +78,22 @@ def test_bad_tags_are_refused_naming_the_key(tags):
 def test_tags_may_come_from_the_defaults():
     settings = config.parse_settings(fleet({"max_sleep": 5, "tags": ["fleet"]}, {"a": {}}))
     assert settings.users["a"].tags == ("fleet",)
+
+
+@pytest.mark.parametrize(
+    "top_level, problem",
+    [
+        ({"auto_provision": "yes"}, 'auto_provision: must be true or false, got "yes"'),
+        ({"auto_provision_limit": 0}, "auto_provision_limit: must be a whole number >= 1, got 0"),
+        ({"ping_key": "a/b" * 8}, "ping_key: must be a string of at least 16 characters"),
+        ({"ping_key": 12345678901234567}, "ping_key: must be a string of at least 16 characters"),
+    ],
+)
+def test_the_checks_by_program_keys_are_checked(top_level, problem):
+    [reported] = problems_of(valid_document(**top_level))
+    assert reported.startswith(problem)
+
+
+def test_the_checks_by_program_keys_have_documented_defaults():
+    settings = config.parse_settings(valid_document())
+    assert (settings.auto_provision, settings.auto_provision_limit, settings.ping_key_digest) == (False, 10_000, None)
