@@ -129,7 +129,13 @@ def _grace_start(user: UserState, config: UserConfig, api_grace: float) -> float
 
 def _number(value: float) -> float | int:
     """`value` as an integer when it is whole (Healthchecks' clients read timeouts as integers)."""
-    return int(value) if float(value).is_integer() else value
+    return value if value % 1 else int(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels_field(notify: tuple[str, ...]) -> str:
+    """The `channels` field of a check that notifies `notify`: their ids separated by commas."""
+    return ",".join(channel_id(channel) for channel in notify)
 
 
 def check_dict(
@@ -173,7 +179,7 @@ def check_dict(
         result["update_url"] = update_url
         result["pause_url"] = update_url + "/pause"
         result["resume_url"] = update_url + "/resume"
-        result["channels"] = ",".join(channel_id(channel) for channel in config.notify)
+        result["channels"] = _channels_field(config.notify)
     if config.schedule is not None:
         result["schedule"] = config.schedule
         result["tz"] = config.tz

@@ -645,7 +645,7 @@ def _management_table(result, targets):
         f"The service with {result.checks:,} checks in settings.json and `API_KEY` set, one client on one keep-alive"
         f" connection: `GET /api/v3/checks/` 20 times after a first one, then {result.created:,} `POST /api/v3/checks/`"
         " one after the other; then wrk (16 connections, keep-alive) on `/ping/<name>` and `/ping/<uuid>` of one"
-        " check.",
+        f" check, {management.ROUNDS} rounds each in alternating order, the best round of each shown.",
         "",
         "| list: median | list: max | answer | create all | ping by name | ping by UUID | ratio |",
         "|---|---|---|---|---|---|---|",
