@@ -148,3 +148,17 @@ def test_checks_created_by_concurrent_signals_are_each_answered_201_and_kept(tmp
     status, answer = service.get("/api/v3/checks/", headers={"X-Api-Key": KEY})
     assert len(json.loads(answer)["checks"]) == 1 + 32 * 5
     assert service.stop() == 0
+
+
+def test_concurrent_signals_to_a_paused_check_end_its_pause_and_are_each_answered_200(tmp_path, db, start_server):
+    """The write that ends the pause is made within the batch of signals that holds the check's row."""
+    service = start_server(write_settings(tmp_path / "settings.json", PI), db, **API_ENV)
+    for _ in range(3):
+        uuid = json.loads(service.get("/api/v3/checks/?slug=pi", headers={"X-Api-Key": KEY})[1])["checks"][0]["uuid"]
+        assert service.post(f"/api/v3/checks/{uuid}/pause", b"", headers={"X-Api-Key": KEY})[0] == 200
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(lambda _: service.get("/ping/pi", timeout=20)[0], range(64)))
+        assert statuses == [200] * 64
+        status, answer = service.get(f"/api/v3/checks/{uuid}", headers={"X-Api-Key": KEY})
+        assert json.loads(answer)["status"] == "up"
+    assert service.stop() == 0
