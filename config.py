@@ -74,7 +74,14 @@ TOP_LEVEL_KEYS = {
     "status_pages",
     "badge_key",
     "trusted_proxy",
+    "defaults",
+    "auto_provision",
+    "auto_provision_limit",
+    "ping_key",
 }
+# How many checks signals with create=1 may create (auto_provision) unless auto_provision_limit says otherwise:
+# a flood of made-up names cannot grow the database past it.
+DEFAULT_AUTO_PROVISION_LIMIT = 10_000
 USER_KEYS = {
     "monitor",
     "max_sleep",
@@ -91,6 +98,14 @@ USER_KEYS = {
     "email_keywords",
     "tags",
 }
+# With a `defaults` object (a fleet's settings), these keys need not be given anywhere: a user that
+# gives neither monitor nor email_frequency, in `defaults` or its own entry, is monitored and alerted at
+# most hourly. Without `defaults` they stay required, as the first release has them.
+FLEET_FALLBACKS = {"monitor": True, "email_frequency": 3600.0}
+# A user's tags (the management API's filter, badges): at most this many, each one word of at most
+# MAX_TAG_LENGTH characters, as Healthchecks writes tags separated by spaces.
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 100
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
@@ -237,6 +252,14 @@ class Settings:
     # The reverse proxy's address, whose X-Forwarded-For/-Proto/-Host are believed; None believes nobody's.
     # Read at start only, as the server's address is.
     trusted_proxy: str | None = None
+    # settings.json's `defaults`, as written: the per-user keys every user that does not set them gets.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Whether a signal with create=1 for an unknown name creates that check from `defaults`, and how many
+    # checks may be created so.
+    auto_provision: bool = False
+    auto_provision_limit: int = DEFAULT_AUTO_PROVISION_LIMIT
+    # secret_digest() of the key of /ping/<ping_key>/<name> (None: no such path).
+    ping_key_digest: bytes | None = field(default=None, repr=False)
 
 
 class LiveSettings:
@@ -330,11 +353,26 @@ def parse_settings(document: Any) -> Settings:
     )
     email_pings = _email_pings(document["email_pings"], problems) if "email_pings" in document else None
     trusted_proxy = _ip_address(document, "trusted_proxy", problems)
+    defaults = _defaults(document.get("defaults", {}), problems)
+    auto_provision = document.get("auto_provision", False)
+    if not isinstance(auto_provision, bool):
+        problems.append(f"auto_provision: must be true or false, got {_show(auto_provision)}")
+    elif auto_provision and "max_sleep" not in defaults and "schedule" not in defaults:
+        problems.append("auto_provision: needs defaults with max_sleep or schedule, which checks are created from")
+    auto_provision_limit = _whole_number(document, "auto_provision_limit", DEFAULT_AUTO_PROVISION_LIMIT, problems)
+    ping_key = document.get("ping_key")
+    # The value is never quoted: it is a secret.
+    if ping_key is not None and not (isinstance(ping_key, str) and _is_token(ping_key) and "/" not in ping_key):
+        problems.append(
+            f"ping_key: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces, / or control"
+            " characters"
+        )
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
         problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
     elif users is not None:
+        users = {name: with_defaults(user, defaults, "defaults" in document) for name, user in users.items()}
         for username, user in users.items():
             parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
@@ -370,7 +408,81 @@ def parse_settings(document: Any) -> Settings:
         status_pages=status_pages,
         badge_key=badge_key,
         trusted_proxy=trusted_proxy,
+        defaults=defaults if "defaults" in document else {},
+        auto_provision=auto_provision,
+        auto_provision_limit=auto_provision_limit,
+        ping_key_digest=None if ping_key is None else secret_digest(ping_key),
     )
+
+
+def parse_check(name: str, own: Any, settings: Settings, others: Mapping[str, UserConfig]) -> UserConfig:
+    """A check that a program creates or changes, named `name`, with its own settings keys `own` (parsed JSON):
+    validated exactly as a user of settings.json with these keys would be, `defaults` included, among the
+    checks `others` (name -> config: those its depends_on may name). Raise ConfigError listing every problem,
+    each naming its key as settings problems do but without the users.NAME prefix (`max_sleep: must be ...`).
+    """
+    problems: list[str] = []
+    prefix = _path("users.", name)
+    user = with_defaults(own, settings.defaults, True)
+    parsed = _parse_user(name, user, settings.recipient, settings.require_tokens, settings.webhooks, problems)
+    if isinstance(user, dict):
+        depends_on = user.get("depends_on")
+        if isinstance(depends_on, str) and depends_on:
+            chain = [name, depends_on]
+            while chain[-1] in others and others[chain[-1]].depends_on not in (None, *chain):
+                chain.append(others[chain[-1]].depends_on)  # type: ignore[arg-type]
+            if depends_on not in others and depends_on != name:
+                problems.append(f"{prefix}.depends_on: no check named {_show(depends_on)} is configured")
+            elif depends_on == name or (chain[-1] in others and others[chain[-1]].depends_on == name):
+                cycle = " -> ".join(_show(link) for link in [*chain, name])
+                problems.append(f"{prefix}.depends_on: a cycle of dependencies: {cycle}")
+    if parsed is not None and not parsed.recipients and EMAIL_CHANNEL in parsed.notify:
+        problems.append(f"{prefix}.device_email: missing, and settings.json has no recipient for this check's alerts")
+    if problems:
+        raise ConfigError([_field_problem(problem, prefix) for problem in problems])
+    assert isinstance(parsed, UserConfig)
+    return parsed
+
+
+def with_defaults(user: Any, defaults: Mapping[str, Any], fleet: bool) -> Any:
+    """A user's settings as validated: `defaults`' keys that `user` (parsed JSON) does not set, then its own;
+    with `fleet` (settings.json has `defaults`), FLEET_FALLBACKS below both. A user that is not an object is
+    returned as it is, for its problem to name it.
+
+    A user's schedule and max_sleep exclude each other, as do max_sleep and tz or grace: a user that sets one
+    of them takes none of the other kind from `defaults`, so a fleet watched by max_sleep can have a few
+    members on a schedule.
+    """
+    if not isinstance(user, dict):
+        return user
+    inherited = {**FLEET_FALLBACKS, **defaults} if fleet else dict(defaults)
+    if "schedule" in user or "tz" in user or "grace" in user:
+        inherited.pop("max_sleep", None)
+    if "max_sleep" in user:
+        for key in ("schedule", "tz", "grace"):
+            inherited.pop(key, None)
+    return {**inherited, **user}
+
+
+def _field_problem(problem: str, prefix: str) -> str:
+    """A problem about the user at `prefix` (users.NAME) written about its fields: `max_sleep: ...`, `check: ...`."""
+    if problem.startswith(prefix + "."):
+        return problem[len(prefix) + 1 :]
+    return "check" + problem[len(prefix) :] if problem.startswith(prefix + ":") else problem
+
+
+def _defaults(value: Any, problems: list[str]) -> dict[str, Any]:
+    """settings.json's `defaults` object: per-user keys only; {} and a problem if it is not an object.
+
+    Its values are checked within each user that takes them, where the problems name the user's key path."""
+    if not isinstance(value, dict):
+        problems.append(f"defaults: must be an object of per-user keys, got {_show(value)}")
+        return {}
+    _unknown_keys(value, USER_KEYS, "defaults.", problems)
+    for key in ("token", "depends_on"):
+        if key in value:
+            problems.append(f"defaults.{key}: cannot be a default (each user needs its own)")
+    return {key: item for key, item in value.items() if key in USER_KEYS and key not in ("token", "depends_on")}
 
 
 def load_smtp_settings(environ: Mapping[str, str]) -> SmtpSettings:
@@ -418,19 +530,21 @@ class Secrets:
 
     # Unlocks GET /metrics as a bearer token.
     metrics_token: str | None = field(default=None, repr=False)
-    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze.
+    # Unlocks what an operator may do by program (X-Api-Key), such as /snooze and the management API.
     api_key: str | None = field(default=None, repr=False)
+    # Unlocks the management API's reads only.
+    api_key_readonly: str | None = field(default=None, repr=False)
 
 
 def load_secrets(environ: Mapping[str, str]) -> Secrets:
-    """Read METRICS_TOKEN and API_KEY from `environ`; raise ConfigError listing every problem.
+    """Read METRICS_TOKEN, API_KEY and API_KEY_READONLY from `environ`; raise ConfigError listing every problem.
 
     Each, when set, must be at least MIN_TOKEN_LENGTH characters without spaces or control characters,
     as ping tokens: a short one is found by guessing in seconds. A value is never quoted.
     """
     problems = []
     values = {}
-    for name in ("METRICS_TOKEN", "API_KEY"):
+    for name in ("METRICS_TOKEN", "API_KEY", "API_KEY_READONLY"):
         value = environ.get(name) or None
         if value is not None and not _is_token(value):
             problems.append(
@@ -440,7 +554,19 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
         values[name] = value
     if problems:
         raise ConfigError(problems)
-    return Secrets(metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"])
+    return Secrets(
+        metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"], api_key_readonly=values["API_KEY_READONLY"]
+    )
+
+
+def seconds(value: Any, path: str) -> float:
+    """`value` as a number of seconds as settings.json takes a duration (a number >= 0, at most MAX_SECONDS);
+    raise ConfigError naming `path` otherwise."""
+    problems: list[str] = []
+    parsed = _seconds(value, path, problems)
+    if not isinstance(parsed, float):
+        raise ConfigError(problems)
+    return parsed
 
 
 def first_text_problem(value: Any) -> str | None:
@@ -588,9 +714,16 @@ def _email_keywords(value, path, problems):
 
 def _tags(value, path, problems):
     """A user's `tags` as a tuple without repeats, or () and a problem naming `path`."""
-    if not (isinstance(value, list) and all(isinstance(tag, str) and tag.strip() for tag in value)):
-        problems.append(f"{path}: must be a list of non-empty strings, got {_show(value)}")
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        problems.append(f"{path}: must be a list of at most {MAX_TAGS} tags (strings), got {_show(value)}")
         return ()
+    for tag in value:
+        if not (isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH and not re.search(r"[\s\x00-\x1f\x7f]", tag)):
+            problems.append(
+                f"{path}: each tag must be a string of 1 to {MAX_TAG_LENGTH} characters without spaces or control"
+                f" characters, got {_show(tag)}"
+            )
+            return ()
     return tuple(dict.fromkeys(value))
 
 

@@ -91,7 +91,21 @@ PG_HEALTH_TABLE_SQL = (
     "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)"
 )
 
-# Service runs (schema version 10): each start of the service and when it was last seen running, so that its
+# Checks by program (schema version 10): every check's UUID, given the first time it is configured and kept for
+# good; the definition of a check a program created (JSON: its settings keys and the API's own fields) while
+# settings.json does not list it, who created it ('api' or 'ping'), and the change counter that tells other
+# instances to read the checks created by program again.
+CHECKS_BY_PROGRAM_SQL = """
+ALTER TABLE users ADD COLUMN uuid TEXT;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+ALTER TABLE users ADD COLUMN program TEXT;
+ALTER TABLE users ADD COLUMN created_by TEXT CHECK (created_by IN ('api', 'ping'));
+ALTER TABLE users ADD COLUMN program_change INTEGER;
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
+"""
+PG_CHECKS_BY_PROGRAM_SQL = CHECKS_BY_PROGRAM_SQL.replace("INTEGER", "bigint")
+
+# Service runs (schema version 11): each start of the service and when it was last seen running, so that its
 # downtime is known.
 SERVICE_RUNS_SQL = """
 CREATE TABLE service_runs (
@@ -151,7 +165,9 @@ STEPS: tuple[Step, ...] = (
     Step(SCHEDULES_UPGRADE_SQL),
     # 8 -> 9: health.
     Step(HEALTH_TABLE_SQL, PG_HEALTH_TABLE_SQL),
-    # 9 -> 10: service runs.
+    # 9 -> 10: checks by program.
+    Step(CHECKS_BY_PROGRAM_SQL, PG_CHECKS_BY_PROGRAM_SQL),
+    # 10 -> 11: service runs.
     Step(SERVICE_RUNS_SQL, PG_SERVICE_RUNS_SQL),
 )
 SCHEMA_VERSION = 1 + len(STEPS)

@@ -30,7 +30,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -459,11 +459,27 @@ class PgStore(SqlStore):
         with self._faults(), self._pool.connection() as connection:
             yield connection
 
-    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        return self._connection()
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+        # Inside this thread's batch of pings, its connection: what the batch wrote is seen.
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            with self._faults():
+                yield batch
+            return
+        with self._connection() as connection:
+            yield connection
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            # A write asked for while this thread's batch of pings is open (a check a signal creates, or a pause
+            # it ends) joins the batch through a savepoint: another connection would wait for the rows the batch
+            # holds, and the batch for it.
+            with self._faults(), batch.transaction():
+                yield batch
+            return
         with self._connection() as connection, connection.transaction():
             yield connection
 

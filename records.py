@@ -28,6 +28,23 @@ class UnknownUserError(StoreError):
     """No such user: not configured (for pings) or never known (for history)."""
 
 
+class CheckExistsError(StoreError):
+    """A program asked to create a check under a name that is configured already."""
+
+
+class CheckLimitError(StoreError):
+    """A signal asked to create a check while auto_provision_limit checks created that way exist."""
+
+
+class DeclaredCheckError(StoreError):
+    """A program asked to change or delete a check that settings.json declares: only the file changes it."""
+
+
+# The snooze of a check paused by the management API: one that no wall clock reaches (the year 3000). The next
+# success or fail of such a check ends it, unless the check asks for manual_resume.
+PAUSED_UNTIL = 32_503_680_000.0
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """What a webhook is told about one alert or recovery.
@@ -117,11 +134,13 @@ class UserCounts(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class UsersChange:
-    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
+    """What a reload changed among the configured users: usernames added, removed and with new parameters, and
+    those of the added that were checks created by program, which settings.json now declares (history kept)."""
 
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: tuple[str, ...]
+    taken_over: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,3 +302,23 @@ class Outage:
     user_id: int
     down_at: float
     up_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckId:
+    """A configured check's name and UUID, and whether the management API paused it (PAUSED_UNTIL)."""
+
+    username: str
+    uuid: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCheck:
+    """A configured check that a program created: its name, UUID, definition (JSON text: its settings keys and
+    the management API's own fields) and who created it ('api' or 'ping')."""
+
+    username: str
+    uuid: str
+    program: str
+    created_by: str

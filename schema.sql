@@ -66,11 +66,24 @@ CREATE TABLE users (
     -- For a scheduled user, the absence listener's last look: the moment its silence was measured from,
     -- and its schedule's next run after that. SQL reads them to tell whether it was down as a parent.
     next_run_after  REAL,
-    next_run        REAL
+    next_run        REAL,
+    -- Its UUID (lowercase, hyphenated), given the first time it is configured and kept for good: /ping/<uuid>
+    -- and the management API name it by it.
+    uuid            TEXT,
+    -- A check created by a program (the management API, or a signal with create=1) while settings.json does
+    -- not list it: its definition as JSON ({"settings": {...}, "desc": ..., ...}); NULL for settings.json's.
+    program         TEXT,
+    -- Who created it: 'api' or 'ping' (auto_provision, counted against auto_provision_limit).
+    created_by      TEXT CHECK (created_by IN ('api', 'ping')),
+    -- The checks-by-program change counter when this row last changed as such (created, changed, paused,
+    -- deleted, taken over): its maximum tells each instance whether to read them again.
+    program_change  INTEGER
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
 CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
 
 -- Every signal received (a ping of any kind; within retention_days, if set). The service records one as one INSERT; a trigger
 -- that exists only on its own connections (store.py) moves the user's state and due_at in the same

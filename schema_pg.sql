@@ -56,10 +56,16 @@ CREATE TABLE users (
     next_run        double precision,
     -- The instance whose absence listener is deciding about this user (NULL: none): others skip the row
     -- while that instance's lease lasts.
-    claimed_by      bigint
+    claimed_by      bigint,
+    uuid            text,
+    program         text,
+    created_by      text CHECK (created_by IN ('api', 'ping')),
+    program_change  bigint
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
 
 CREATE TABLE pings (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -8,6 +8,7 @@ text is not the same) stays in store.py and pg_store.py.
 
 import dataclasses
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
@@ -15,14 +16,20 @@ from typing import Any, ClassVar
 
 from config import UserConfig
 from records import (
+    PAUSED_UNTIL,
     AlertHistory,
+    CheckExistsError,
+    CheckId,
+    CheckLimitError,
     CheckOutcome,
+    DeclaredCheckError,
     Digest,
     EmailEvent,
     NewDigest,
     NewEmail,
     NewWebhook,
     Outage,
+    ProgramCheck,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -359,7 +366,7 @@ CONFIGURED_SETTINGS_SQL = (
     "SELECT child.username, "
     + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
     + ", parent.username FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
-    " WHERE child.configured"
+    " WHERE child.configured AND child.program IS NULL"
 )
 REMOVE_USER_SQL = "UPDATE users SET configured = FALSE, due_at = NULL WHERE username = ?"
 ADD_USER_SQL = (
@@ -367,7 +374,42 @@ ADD_USER_SQL = (
     f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now, parent_id = NULL"
+    + ", monitored_since = :now, parent_id = NULL, program = NULL, created_by = NULL"
+)
+# Checks by program. A user gets its UUID the first time it is configured (ADD_USER_SQL's new rows, or these for
+# rows from before UUIDs), and keeps it.
+MISSING_UUIDS_SQL = "SELECT username FROM users WHERE configured AND uuid IS NULL"
+SET_UUID_SQL = "UPDATE users SET uuid = ? WHERE username = ? AND uuid IS NULL"
+PROGRAM_USERS_SQL = "SELECT username FROM users WHERE configured AND program IS NOT NULL"
+# One more than the greatest change counter, read along users_by_program_change.
+_NEXT_CHANGE = "(SELECT coalesce(max(program_change), 0) + 1 FROM users WHERE program_change IS NOT NULL)"
+PROGRAM_CHANGE_SQL = "SELECT coalesce(max(program_change), 0) FROM users WHERE program_change IS NOT NULL"
+CHANGED_SQL = f"UPDATE users SET program_change = {_NEXT_CHANGE} WHERE username = ?"
+CHECK_IDS_SQL = f"SELECT username, uuid, snoozed_until >= {PAUSED_UNTIL} FROM users WHERE configured"
+PROGRAM_CHECKS_SQL = (
+    "SELECT username, uuid, program, created_by FROM users WHERE configured AND program IS NOT NULL"
+    f" ORDER BY username{BY_CODE_POINT}"
+)
+CHECK_ROW_SQL = f"SELECT configured, program FROM users WHERE username = ?{LOCK_ROWS}"
+CREATED_BY_PINGS_SQL = "SELECT count(*) FROM users WHERE configured AND created_by = 'ping'"
+SET_PROGRAM_SQL = (
+    f"UPDATE users SET program = ?, created_by = coalesce(?, created_by), program_change = {_NEXT_CHANGE}"
+    " WHERE username = ?"
+)
+DELETE_PROGRAM_SQL = (
+    "UPDATE users SET configured = FALSE, due_at = NULL, program = NULL, created_by = NULL,"
+    f" program_change = {_NEXT_CHANGE} WHERE username = ?"
+)
+UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
+# Signals counted (as metrics count them) for the management API's n_pings: of every configured user, or of one.
+PINGS_TOTALS_SQL = "SELECT username, pings_total FROM users WHERE configured"
+PINGS_TOTAL_SQL = "SELECT username, pings_total FROM users WHERE username = ? AND configured"
+# A user's alerts and recoveries with start <= at < end along alerts_by_user_time, for its flips.
+ALERT_KINDS_SQL = (
+    "SELECT at, kind, went_down_at FROM alerts WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at, id LIMIT ?"
+)
+RECENT_SIGNALS_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?"
 )
 # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
 CHANGE_USER_SQL = (
@@ -517,6 +559,22 @@ class Statements:
     finish_webhook: str
     retry_email: str
     retry_webhook: str
+    missing_uuids: str
+    set_uuid: str
+    program_users: str
+    program_change: str
+    changed: str
+    check_ids: str
+    program_checks: str
+    check_row: str
+    created_by_pings: str
+    set_program: str
+    delete_program: str
+    uuid: str
+    recent_signals: str
+    alert_kinds: str
+    pings_totals: str
+    pings_total: str
 
     @classmethod
     def build(
@@ -587,6 +645,22 @@ class Statements:
             finish_webhook=s(FINISH_SQL.format(queue="webhook_outbox")),
             retry_email=s(RETRY_SQL.format(queue="outbox")),
             retry_webhook=s(RETRY_SQL.format(queue="webhook_outbox")),
+            missing_uuids=s(MISSING_UUIDS_SQL),
+            set_uuid=s(SET_UUID_SQL),
+            program_users=s(PROGRAM_USERS_SQL),
+            program_change=s(PROGRAM_CHANGE_SQL),
+            changed=s(CHANGED_SQL),
+            check_ids=s(CHECK_IDS_SQL),
+            program_checks=s(PROGRAM_CHECKS_SQL),
+            check_row=s(CHECK_ROW_SQL),
+            created_by_pings=s(CREATED_BY_PINGS_SQL),
+            set_program=s(SET_PROGRAM_SQL),
+            delete_program=s(DELETE_PROGRAM_SQL),
+            uuid=s(UUID_SQL),
+            recent_signals=s(RECENT_SIGNALS_SQL),
+            alert_kinds=s(ALERT_KINDS_SQL),
+            pings_totals=s(PINGS_TOTALS_SQL),
+            pings_total=s(PINGS_TOTAL_SQL),
             restart=tuple(
                 map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL, RESTART_DATES_SQL))
             )
@@ -690,16 +764,108 @@ class SqlStore:
         """StoreContract.snooze."""
         refuse_nul(username)
         with self._transaction() as connection:
-            row = connection.execute(self._sql.snoozed_user, (username,)).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            user_id, snoozed_until = row
-            if until <= now:
-                if snoozed_until is None or snoozed_until <= now:
-                    return now
-                until = now
-            connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
-            connection.execute(self._sql.user_id_due_at, (user_id,))
+            return self._snooze(connection, username, until, now)
+
+    def pause(self, username: str, paused: bool, now: float) -> None:
+        """StoreContract.pause."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._snooze(connection, username, PAUSED_UNTIL if paused else now, now)
+            connection.execute(self._sql.changed, (username,))
+
+    def program_change(self) -> int:
+        """StoreContract.program_change."""
+        with self._read() as connection:
+            return int(connection.execute(self._sql.program_change).fetchone()[0])
+
+    def check_ids(self) -> list[CheckId]:
+        """StoreContract.check_ids."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.check_ids).fetchall()
+        return [CheckId(name, check_uuid, bool(paused)) for name, check_uuid, paused in rows]
+
+    def program_checks(self) -> list[ProgramCheck]:
+        """StoreContract.program_checks."""
+        with self._read() as connection:
+            return [ProgramCheck(*row) for row in connection.execute(self._sql.program_checks).fetchall()]
+
+    def create_check(
+        self, username: str, user: UserConfig, program: str, created_by: str, limit: int | None, now: float
+    ) -> str:
+        """StoreContract.create_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            row = connection.execute(self._sql.check_row, (username,)).fetchone()
+            if row is not None and row[0]:
+                raise CheckExistsError(f"a check named {username} exists already")
+            if limit is not None and connection.execute(self._sql.created_by_pings).fetchone()[0] >= limit:
+                raise CheckLimitError(f"auto_provision_limit reached: {limit} checks were created by signals")
+            settings = user_settings(user)
+            connection.execute(self._sql.add_user, _user_parameters(username, settings, now))
+            connection.execute(self._sql.set_uuid, (str(uuid.uuid4()), username))
+            connection.execute(self._sql.set_program, (program, created_by, username))
+            connection.execute(self._sql.set_parent, (user.depends_on, username))
+            connection.execute(self._sql.user_due_at, (username,))
+            return str(connection.execute(self._sql.uuid, (username,)).fetchone()[0])
+
+    def change_check(self, username: str, user: UserConfig, program: str, now: float) -> None:
+        """StoreContract.change_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._program_row(connection, username)
+            connection.execute(self._sql.change_user, _user_parameters(username, user_settings(user), now))
+            connection.execute(self._sql.set_program, (program, None, username))
+            connection.execute(self._sql.set_parent, (user.depends_on, username))
+            connection.execute(self._sql.user_due_at, (username,))
+
+    def delete_check(self, username: str) -> None:
+        """StoreContract.delete_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._program_row(connection, username)
+            connection.execute(self._sql.delete_program, (username,))
+
+    def recent_signals(self, username: str, limit: int) -> list[Signal]:
+        """StoreContract.recent_signals."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            rows = connection.execute(self._sql.recent_signals, (user_id, limit)).fetchall()
+        return [Signal(*row) for row in rows]
+
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """StoreContract.alert_kinds."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            return [tuple(row) for row in connection.execute(self._sql.alert_kinds, (user_id, start, end, limit))]
+
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """StoreContract.pings_totals."""
+        with self._read() as connection:
+            if username is None:
+                return dict(connection.execute(self._sql.pings_totals).fetchall())
+            return dict(connection.execute(self._sql.pings_total, (username,)).fetchall())
+
+    def _program_row(self, connection: Any, username: str) -> None:
+        """Lock the configured check `username` for a change by program; UnknownUserError if there is none,
+        DeclaredCheckError if settings.json declares it."""
+        row = connection.execute(self._sql.check_row, (username,)).fetchone()
+        if row is None or not row[0]:
+            raise UnknownUserError(f"unknown check {username}")
+        if row[1] is None:
+            raise DeclaredCheckError(f"{username} is declared in the settings file: change it there")
+
+    def _snooze(self, connection: Any, username: str, until: float, now: float) -> float:
+        """snooze() in the transaction of `connection`."""
+        row = connection.execute(self._sql.snoozed_user, (username,)).fetchone()
+        if row is None:
+            raise UnknownUserError(f"unknown user {username}")
+        user_id, snoozed_until = row
+        if until <= now:
+            if snoozed_until is None or snoozed_until <= now:
+                return now
+            until = now
+        connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
+        connection.execute(self._sql.user_id_due_at, (user_id,))
         return until
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
@@ -1006,7 +1172,11 @@ class SqlStore:
         removed = [name for name in configured if name not in wanted]
         added = [name for name in wanted if name not in configured]
         changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+        by_program = {name for (name,) in connection.execute(self._sql.program_users).fetchall()}
+        taken_over = [name for name in added if name in by_program]
         with closing(connection.cursor()) as cursor:
+            # Before ADD_USER_SQL forgets that a program created them, so that other instances read them again.
+            cursor.executemany(self._sql.changed, [(name,) for name in taken_over])
             cursor.executemany(self._sql.remove_user, [(name,) for name in removed])
             cursor.executemany(self._sql.add_user, [_user_parameters(name, wanted[name], now) for name in added])
             cursor.executemany(self._sql.change_user, [_user_parameters(name, wanted[name], now) for name in changed])
@@ -1015,7 +1185,10 @@ class SqlStore:
             cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in parents])
             if not restarting:
                 cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
-        return UsersChange(tuple(added), tuple(removed), tuple(changed))
+        missing = connection.execute(self._sql.missing_uuids).fetchall()
+        with closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.set_uuid, [(str(uuid.uuid4()), name) for (name,) in missing])
+        return UsersChange(tuple(added), tuple(removed), tuple(changed), tuple(taken_over))
 
     def _restart_monitoring(self, connection: Any, now: float) -> None:
         """StoreContract.restart_monitoring in the transaction of `connection`."""

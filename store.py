@@ -380,6 +380,21 @@ class Store(SqlStore):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
+        if getattr(self._local, "in_batch", False) and connection.in_transaction:
+            # A write asked for while this thread's batch of pings is open (a check a signal creates, or a pause
+            # it ends): it joins the batch and commits with it, all or nothing through its savepoint.
+            with self._write_lock, _storage_faults():
+                connection.execute("SAVEPOINT batch_write")
+                try:
+                    yield connection
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK TO batch_write")
+                    raise
+                finally:
+                    if connection.in_transaction:
+                        connection.execute("RELEASE batch_write")
+            return
         with self._write_lock, _storage_faults():
             try:
                 connection.execute("BEGIN IMMEDIATE")

@@ -13,10 +13,12 @@ from typing import Any, Protocol
 from config import UserConfig
 from records import (
     AlertHistory,
+    CheckId,
     CheckOutcome,
     EmailEvent,
     NewDigest,
     Outage,
+    ProgramCheck,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -198,6 +200,48 @@ class StoreContract(Protocol):
         more. The deadline moves with the snooze, as rules.due_at says. Raises UnknownUserError if the user
         is not configured.
         """
+
+    def pause(self, username: str, paused: bool, now: float) -> None:
+        """Pause the configured check `username` (a snooze until records.PAUSED_UNTIL), or with `paused` false end
+        any snooze it has at `now`; count it as a change of checks by program (program_change). Raises
+        UnknownUserError if it is not configured."""
+
+    def program_change(self) -> int:
+        """The checks-by-program change counter: it grows whenever a check is created, changed, paused, resumed or
+        deleted by program, or taken over by settings.json. One index seek."""
+
+    def check_ids(self) -> list[CheckId]:
+        """Every configured check's name, UUID and whether it is paused (records.PAUSED_UNTIL)."""
+
+    def program_checks(self) -> list[ProgramCheck]:
+        """Every configured check that a program created and settings.json does not declare, by name."""
+
+    def create_check(
+        self, username: str, user: UserConfig, program: str, created_by: str, limit: int | None, now: float
+    ) -> str:
+        """Configure the check `username` as a program created it (`program`: its definition as JSON; `created_by`
+        'api' or 'ping'), monitored from `now`, and return its UUID, all in one transaction. A name with history
+        keeps it, and its UUID. Raises CheckExistsError if it is configured already, CheckLimitError if `limit`
+        is given and that many checks created by signals are configured."""
+
+    def change_check(self, username: str, user: UserConfig, program: str, now: float) -> None:
+        """Change the check `username` that a program created to `user` and `program`, as a reload changes a
+        user. Raises UnknownUserError if it is not configured, DeclaredCheckError if settings.json declares it."""
+
+    def delete_check(self, username: str) -> None:
+        """Stop monitoring the check `username` that a program created, keeping its history and UUID, as settings
+        removed from settings.json are. Raises as change_check."""
+
+    def recent_signals(self, username: str, limit: int) -> list[Signal]:
+        """`username`'s `limit` newest signals, newest first. Raises UnknownUserError if it was never configured."""
+
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """(time, kind, when its outage went down) of `username`'s first `limit` alerts and recoveries ('back') with
+        start <= time < end, oldest first. Raises UnknownUserError if it was never configured."""
+
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """Each configured user's name -> its count of signals (as metrics count them), or only `username`'s (if
+        configured): one row per user, no ping read."""
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.

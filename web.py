@@ -5,6 +5,7 @@ rules.py says what a user's state is, and store.py holds the data. The command t
 app is server.py.
 """
 
+import hmac
 import json
 import logging
 import math
@@ -19,10 +20,12 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
+import api
 import logs_page
 import metrics
 import pages
-from config import EMAIL_CHANNEL, LiveSettings
+from checks import Checks, Definition
+from config import EMAIL_CHANNEL, ConfigError, LiveSettings, UserConfig, secret_digest
 from guards import (
     WRONG_PASSWORD_GLOBAL_LIMIT,
     WRONG_PASSWORD_LIMIT,
@@ -46,7 +49,16 @@ from localtime import (
 )
 from mailer import SENT, TestEmailSender
 from overview import Overview, overview_day
-from records import EmailEvent, Signal, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
+from records import (
+    CheckExistsError,
+    CheckLimitError,
+    EmailEvent,
+    Signal,
+    StoreUnavailableError,
+    UnknownUserError,
+    UserState,
+    WebhookHistory,
+)
 from rules import (
     FAIL,
     LOG,
@@ -126,8 +138,11 @@ class Operations:
     metrics: metrics.Exporter
     # Unlocks /metrics as a bearer token; None disables it.
     metrics_token: str | None
-    # Lets a program snooze a user without a token (X-Api-Key); None: no API key is accepted.
+    # Lets a program snooze a user without a token (X-Api-Key), and use the management API; None: no API key
+    # is accepted.
     api_key: str | None = None
+    # Lets a program read through the management API, not write; None: no such key.
+    api_key_readonly: str | None = None
 
 
 def make_app(
@@ -139,6 +154,7 @@ def make_app(
     operations: Operations,
     overview: Overview,
     overview_password: str | None = None,
+    checks: Checks | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
@@ -148,7 +164,11 @@ def make_app(
     upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
     wrong passwords, with wrong metrics tokens and wrong credentials given to /snooze and /logs.
+    `checks` puts the checks created by program in force with settings.json's (made over `store` and
+    `settings` if not given).
     """
+    if checks is None:
+        checks = Checks(store, settings)
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
     # Put together once: they change only with the code.
@@ -366,11 +386,13 @@ def make_app(
         bottle.response.content_type = metrics.CONTENT_TYPE
         return operations.metrics.scrape()
 
-    return _with_fast_ping(app, store, settings, clock)
+    keys = api.ApiKeys(operations.api_key, operations.api_key_readonly)
+    api.mount(app, store, settings, checks, clock, keys, wrong_passwords)
+    return _with_fast_ping(app, store, settings, clock, checks)
 
 
 def _with_fast_ping(
-    app: WSGIApplication, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
+    app: WSGIApplication, store: StoreContract, settings: LiveSettings, clock: Callable[[], float], checks: Checks
 ) -> WSGIApplication:
     """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
 
@@ -391,9 +413,10 @@ def _with_fast_ping(
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            body, date = answer_times.at(_record_signal(environ, store, settings, clock))
+            now, created = _record_signal(environ, store, settings, clock, checks)
+            body, date = answer_times.at(now)
             headers.append(("Date", date))
-            status = "200 OK"
+            status = "201 Created" if created else "200 OK"
         except bottle.HTTPError as error:
             status, body = error.status_line, _error_text(error).encode()
         except Exception:
@@ -429,37 +452,80 @@ class _PingAnswerTimes:
 
 
 def _record_signal(
-    environ: WSGIEnvironment, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
-) -> float:
-    """Record the signal that `environ` asks for (query or path form) if its user's token allows it; the time
-    it was recorded at, or a bottle.HTTPError."""
+    environ: WSGIEnvironment, store: StoreContract, settings: LiveSettings, clock: Callable[[], float], checks: Checks
+) -> tuple[float, bool]:
+    """Record the signal that `environ` asks for (query or path form, by name, UUID or ping_key and name) if its
+    user's token allows it, creating its check first if it asks to (create=1 with auto_provision); the time it
+    was recorded at and whether the check was created, or a bottle.HTTPError."""
     try:
         query = query_fields(environ.get("QUERY_STRING", ""))
         if environ.get("PATH_INFO") == PING_PATH:
             username, kind, exit_code = _query_signal(query)
         else:
-            username, kind, exit_code = _path_signal(environ["PATH_INFO"])
+            username, kind, exit_code = _path_signal(_without_ping_key(environ["PATH_INFO"], settings))
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
-    _check_signal_allowed(settings, username, query, environ)
+    user = settings.current.users.get(username)
+    created = False
+    if user is None:
+        name = checks.name_of(username)
+        if name is not None:
+            username, user = name, settings.current.users.get(name)
+    if user is None and query.get("create") == "1" and settings.current.auto_provision:
+        user, created = _provision(username, settings, checks, clock)
+    if user is None:
+        raise bottle.HTTPError(404, f"unknown user {username}")
+    check_ping_token(user, username, query, environ)
     body = _signal_body(environ) if environ.get("REQUEST_METHOD") == "POST" else None
     now = clock()
     try:
         store.record_ping(username, now, kind, exit_code, body)
+        checks.after_signal(username, kind, now)
     except (UnknownUserError, StoreUnavailableError) as error:
         raise _http_error(error, environ) from None
-    return now
+    return now, created
 
 
-def _check_signal_allowed(
-    settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
-) -> None:
-    """Return if `username` may be signalled by this request; raise 404 for a user not in the settings in
-    force, 403 without its token (guards.check_ping_token). The store follows the settings on a reload."""
+def _without_ping_key(path: str, settings: LiveSettings) -> str:
+    """`path` (/ping/...) as /ping/<name>... if it is /ping/<ping_key>/<name>... (Healthchecks' slug URLs),
+    else as it is. Only with a ping_key set, and then a SHA-256 of the first segment: no more on other pings."""
+    key_digest = settings.current.ping_key_digest
+    if key_digest is None:
+        return path
+    first, slash, rest = path[len("/ping/") :].partition("/")
+    if not slash or not hmac.compare_digest(secret_digest(first), key_digest):
+        return path
+    return "/ping/" + rest
+
+
+def _provision(
+    username: str, settings: LiveSettings, checks: Checks, clock: Callable[[], float]
+) -> tuple[UserConfig, bool]:
+    """Create the check `username` from `defaults`, as a signal with create=1 asks (auto_provision); its config
+    and whether this request created it.
+
+    400 naming the problem if `defaults` cannot make it (the name, require_tokens); 403 past
+    auto_provision_limit. A check another request or instance created meanwhile is taken as it is.
+    """
+    limit = settings.current.auto_provision_limit
+    created = True
+    try:
+        checks.create(username, Definition(settings={}, created_by="ping"), limit, clock())
+    except ConfigError as error:
+        raise bottle.HTTPError(400, f"cannot create {username}: {'; '.join(error.problems)}") from None
+    except CheckLimitError:
+        raise bottle.HTTPError(
+            403, f"cannot create {username}: auto_provision_limit ({limit} checks created by signals) reached"
+        ) from None
+    except CheckExistsError:
+        checks.refresh(force=True)
+        created = False
+    except StoreUnavailableError as error:
+        raise bottle.HTTPError(503, f"{error}; try again later") from None
     user = settings.current.users.get(username)
     if user is None:
         raise bottle.HTTPError(404, f"unknown user {username}")
-    check_ping_token(user, username, query, environ)
+    return user, created
 
 
 def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:

@@ -24,6 +24,7 @@ from bench import (
     footprint,
     harness,
     history,
+    management,
     operations,
     overview_data,
     ping_cost,
@@ -52,6 +53,7 @@ SECTIONS = (
     "pg-ping",
     "pg-tick",
     "email-flood",
+    "api",
 )
 RESULTS = harness.ROOT / "bench" / "results.md"
 # The sections that measure section 1's servers (started once for all of them).
@@ -133,6 +135,8 @@ def _run_section(section, args, servers):
         return postgresql.tick_at(100_000, _log)
     if section == "email-flood":
         return email_flood.run(args.duration, _log)
+    if section == "api":
+        return management.run(args.duration, args.warmup, _log)
     return detection.run(devices=20, log=_log)
 
 
@@ -175,6 +179,8 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _postgresql_table(results.get("pg-ping"), results.get("pg-tick"))
     if "email-flood" in results:
         lines += _email_flood_table(results["email-flood"])
+    if "api" in results:
+        lines += _management_table(results["api"], targets)
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'met' if met else '**missed**'} |" for target, measured, met in targets]
     return "\n".join(lines) + "\n"
@@ -657,6 +663,37 @@ def _operations_table(scrape, retention, targets):
             "",
         ]
     return lines
+
+
+def _management_table(result, targets):
+    ratio = result.by_uuid.rps / result.by_name.rps
+    targets += [
+        (
+            f"management API lists {result.checks:,} checks < 200 ms",
+            f"{result.list_max_ms:.0f} ms at most",
+            result.list_max_ms < 200,
+        ),
+        (
+            f"creating {result.created:,} checks, one request each, < 10 s",
+            f"{result.create_seconds:.1f} s",
+            result.create_seconds < 10,
+        ),
+        ("a ping by UUID within 5 % of a ping by name", f"{ratio:.3f} of by name", ratio >= 0.95),
+    ]
+    return [
+        "## Checks by program",
+        "",
+        f"The service with {result.checks:,} checks in settings.json and `API_KEY` set, one client on one keep-alive"
+        f" connection: `GET /api/v3/checks/` 20 times after a first one, then {result.created:,} `POST /api/v3/checks/`"
+        " one after the other; then wrk (16 connections, keep-alive) on `/ping/<name>` and `/ping/<uuid>` of one"
+        f" check, {management.ROUNDS} rounds each in alternating order, the best round of each shown.",
+        "",
+        "| list: median | list: max | answer | create all | ping by name | ping by UUID | ratio |",
+        "|---|---|---|---|---|---|---|",
+        f"| {result.list_median_ms:.0f} ms | {result.list_max_ms:.0f} ms | {result.list_bytes / 1e6:.1f} MB"
+        f" | {result.create_seconds:.1f} s | {result.by_name.rps:.0f}/s | {result.by_uuid.rps:.0f}/s | {ratio:.3f} |",
+        "",
+    ]
 
 
 def _detection_table(result, targets):

@@ -73,10 +73,7 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of badge_key, base_frequency, durability, email_pings,"
-            " email_processing_frequency,"
-            " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
-            " retention_days, server_root, status_pages, trusted_proxy, users, webhooks)",
+            f"colour: unknown key (expected one of {', '.join(sorted(config.TOP_LEVEL_KEYS))})",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',

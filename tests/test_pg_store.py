@@ -127,7 +127,11 @@ def test_a_database_of_another_schema_version_is_refused_in_one_line(postgres_ur
 
 def test_a_version_8_database_is_upgraded_at_start_and_then_takes_the_health_checks_write(postgres_url):
     PgStore(postgres_url).close()
-    sql(postgres_url, "DROP TABLE health; DROP TABLE service_runs; UPDATE schema_version SET version = 8")
+    sql(
+        postgres_url,
+        "DROP TABLE health; DROP TABLE service_runs; ALTER TABLE users DROP COLUMN uuid, DROP COLUMN program,"
+        " DROP COLUMN created_by, DROP COLUMN program_change; UPDATE schema_version SET version = 8",
+    )
     upgraded = PgStore(postgres_url)
     try:
         assert upgraded.upgraded_from == 8
