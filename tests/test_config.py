@@ -329,14 +329,6 @@ def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
     assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
 
 
-def test_tags_are_an_optional_list_of_strings_kept_in_order_without_repeats():
-    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
-    settings = config.parse_settings(
-        valid_document(users={"pi": pi, "nas": {**pi, "tags": ["home", "backup", "home"]}})
-    )
-    assert (settings.users["pi"].tags, settings.users["nas"].tags) == ((), ("home", "backup"))
-
-
 def test_status_pages_name_configured_users_with_optional_display_names():
     pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
     document = valid_document(
@@ -379,14 +371,6 @@ def test_bad_status_pages_and_badge_keys_are_named():
     assert problems_of(valid_document(status_pages=[])) == [
         "status_pages: must be an object of slug -> {title, users}, got []"
     ]
-
-
-@pytest.mark.parametrize("tags", ["home", ["home", 3], [""], {"home": 1}])
-def test_bad_tags_are_named(tags):
-    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600, "tags": tags}
-    with pytest.raises(config.ConfigError) as error:
-        config.parse_settings(valid_document(users={"pi": pi}))
-    assert error.value.problems[0].startswith("users.pi.tags: must be a list of non-empty strings, got ")
 
 
 @pytest.mark.parametrize(
