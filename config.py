@@ -39,6 +39,8 @@ DEFAULT_HEARTBEAT_FREQUENCY = 60.0
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
+# The greatest count a setting takes (fail_threshold): more would never be reached, and would overflow a column.
+MAX_COUNT = 1_000_000
 # Connections part way through a request (some bytes in, not all) one client address may hold unless
 # max_incomplete_requests_per_address says otherwise: a NAT's devices share one address.
 DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS = 1_000
@@ -76,6 +78,10 @@ USER_KEYS = {
     "token",
     "depends_on",
     "notify",
+    "fail_threshold",
+    "min_runtime",
+    "min_interval",
+    "start_grace",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
@@ -129,6 +135,12 @@ class UserConfig:
     token_digest: bytes | None = field(default=None, repr=False)
     # Where its alerts and recoveries go: EMAIL_CHANNEL and "webhook:NAME" channels, in the order given.
     notify: tuple[str, ...] = DEFAULT_NOTIFY
+    # Detection (rules.py): how many fails in a row make a failure; the shortest run that is not a failure;
+    # the least time between two successes; for a scheduled user, how late its run may start. None: no such rule.
+    fail_threshold: int = 1
+    min_runtime: float | None = None
+    min_interval: float | None = None
+    start_grace: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +434,20 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
             " or control characters"
         )
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
+    fail_threshold = user.get("fail_threshold", 1)
+    if isinstance(fail_threshold, bool) or not isinstance(fail_threshold, int) or fail_threshold < 1:
+        problems.append(f"{path}.fail_threshold: must be an integer >= 1, got {_show(fail_threshold)}")
+    elif fail_threshold > MAX_COUNT:
+        problems.append(f"{path}.fail_threshold: must be at most {MAX_COUNT}, got {_show(fail_threshold)}")
+    min_runtime, min_interval = (
+        None if user.get(key) is None else _seconds(user[key], f"{path}.{key}", problems, positive=True)
+        for key in ("min_runtime", "min_interval")
+    )
+    start_grace = None
+    if "start_grace" in user:
+        start_grace = _seconds(user["start_grace"], f"{path}.start_grace", problems)
+        if schedule is None and "max_sleep" in user:
+            problems.append(f"{path}.start_grace: only for a user with a schedule (this one has max_sleep)")
     if len(problems) > before:
         return None
     return UserConfig(
@@ -437,6 +463,10 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         depends_on=depends_on,
         token_digest=None if token is None else secret_digest(token),
         notify=notify,
+        fail_threshold=fail_threshold,
+        min_runtime=min_runtime,
+        min_interval=min_interval,
+        start_grace=start_grace,
     )
 
 

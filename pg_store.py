@@ -55,7 +55,7 @@ from records import (
     UnknownUserError,
     UserState,
 )
-from rules import BACK, SUCCESS
+from rules import BACK, SUCCESS, TOO_OFTEN
 from rules_sql import RulesSql
 from sql_store import (
     POSTGRESQL,
@@ -211,6 +211,8 @@ DELETE_OLD_PINGS_SQL = (
 # its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
 # configured user).
 _SIGNAL_EFFECTS = _RULES.signal_effects("signal")
+# What the signal counts as for its user (rules.counts_as): a success that closed a run too fast is a fail.
+_KIND = _RULES.counts_as("signal")
 RECORD_SIGNAL_SQL = (
     "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
     " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
@@ -220,13 +222,14 @@ RECORD_SIGNAL_SQL = (
     f" children AS (UPDATE users SET silence_from = {_RULES.parent_return('signal')}, suppressed_kind = NULL,"
     f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('signal'))} FROM signal"
     " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
-    f" AND (SELECT {_RULES.down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    f" AND (SELECT {_RULES.counts_as('signal', 'parent.')} = 'success' AND {_RULES.down('signal.at', 'parent.')}"
+    f" FROM users AS parent WHERE parent.id = signal.user_id)),"
     " moved AS (UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(signal.duration, last_duration),"
-    " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
-    " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
-    f" last_signal = signal.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" suppressed_kind = CASE {_KIND} WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    f" fail_signal = CASE {_KIND} WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
+    f" last_signal = signal.id, due_at = {_RULES.signal_due_at(_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
@@ -254,6 +257,8 @@ SAVE_OUTCOMES_SQL = (
     " down_since = CASE WHEN o.changes_outage THEN o.down_since ELSE users.down_since END,"
     " back_at = CASE WHEN o.ends_outage THEN NULL ELSE users.back_at END,"
     " suppressed_kind = coalesce(o.suppressed_kind, users.suppressed_kind),"
+    # A TOO_OFTEN notice is sent once: its event is forgotten once alerted (store.py's save_check_outcomes).
+    f" too_often_at = CASE WHEN o.alerting AND o.kind = '{TOO_OFTEN}' THEN NULL ELSE users.too_often_at END,"
     " next_run = CASE WHEN o.run_after IS NULL THEN users.next_run ELSE o.next_run END,"
     " next_run_after = coalesce(o.run_after, users.next_run_after),"
     " alerts_total = users.alerts_total + CASE WHEN o.alerting THEN 1 ELSE 0 END"

@@ -43,7 +43,11 @@ MAX_RETRY_DELAY = 300.0
 FAILURE = "failed"
 RUN_TIMEOUT = "run_timeout"
 SILENCE = "late"
+START_LATE = "start_late"
 BACK = "back"
+# Not a condition but a notice about one event, with no outage and no recovery: two successes closer than
+# min_interval.
+TOO_OFTEN = "too_often"
 
 # What live_state() answers, for the testing page. A user in a condition shows that condition's own name.
 PINGING = "pinging"
@@ -107,11 +111,20 @@ class Watched(Protocol):
     def muted_outage(self) -> float | None: ...
     @property
     def suppressed_kind(self) -> str | None: ...
+    @property
+    def fail_threshold(self) -> int: ...
+    @property
+    def fail_count(self) -> int: ...
+    @property
+    def start_grace(self) -> float | None: ...
+    @property
+    def too_often_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """What a user is alerted about: `kind` (FAILURE, RUN_TIMEOUT or SILENCE), and when it went down."""
+    """What a user is alerted about: `kind` (FAILURE, RUN_TIMEOUT, SILENCE or START_LATE), and when it went
+    down; or a notice (TOO_OFTEN) and when its event happened."""
 
     kind: str
     down_at: float
@@ -164,6 +177,26 @@ def deadline_after(user: Watched, after: float) -> float | None:
     return expected + (user.grace or 0.0)
 
 
+def counts_as(kind: str, duration: float | None, min_runtime: float | None) -> str:
+    """What a signal of `kind` counts as for its user: a success that closed a run of `duration` seconds shorter
+    than `min_runtime` is a FAIL (the job finished too fast to have done its work); any other signal is its kind."""
+    if kind == SUCCESS and duration is not None and min_runtime is not None and duration < min_runtime:
+        return FAIL
+    return kind
+
+
+def too_often(previous_success: float | None, at: float, min_interval: float | None) -> bool:
+    """Whether a success at `at` comes too soon after the user's previous one (at `previous_success`): closer
+    than `min_interval` seconds, either way (signals may commit out of time order)."""
+    return previous_success is not None and min_interval is not None and abs(at - previous_success) < min_interval
+
+
+def failing(user: Watched) -> bool:
+    """Whether `user` is failed as the rules count it: reported fails (fail_count of them since its last success)
+    reached its fail_threshold. Fewer fails in a row are noise: no condition, no alert."""
+    return user.failed_at is not None and user.fail_count >= user.fail_threshold
+
+
 def snoozed(user: Watched, now: float) -> bool:
     """Whether `user` is snoozed at `now`: its snooze ends strictly after `now`."""
     return user.snoozed_until is not None and now < user.snoozed_until
@@ -212,24 +245,48 @@ def run_deadline(user: Watched, now: float | None = None) -> float | None:
     return max(user.run_started, _restarted_at(user, now)) + user.max_runtime
 
 
+def start_deadline(user: Watched, now: float | None = None) -> float | None:
+    """When a scheduled `user` with a start_grace is late to start: its next expected run (expected_at at `now`)
+    plus start_grace, if no run is open; None otherwise (a run is open, no start_grace, no schedule, or not
+    monitored)."""
+    if user.schedule is None or user.start_grace is None or user.run_started is not None:
+        return None
+    expected = expected_at(user, now)
+    return None if expected is None else expected + user.start_grace
+
+
+def pending_notice(user: Watched) -> Condition | None:
+    """The TOO_OFTEN notice waiting to be sent about `user`: its latest success that came too soon after the
+    one before (too_often_at, cleared once alerted), unless it came at or before the end of a snooze (a snooze
+    drops the notices of its time). None if none."""
+    at = user.too_often_at
+    if at is None or (user.snoozed_until is not None and not at > user.snoozed_until):
+        return None
+    return Condition(TOO_OFTEN, at)
+
+
 def condition(user: Watched, now: float) -> Condition | None:
-    """The one condition `user` is in at `now`, by priority: failed, then a run past max_runtime, then a
-    silence past max_sleep; None if none (or monitor is off).
+    """The one condition `user` is in at `now`, by priority: failed (failing()), then a run past max_runtime,
+    then a silence past max_sleep (or its scheduled run's grace), then a scheduled run not started within
+    start_grace; None if none (or monitor is off).
 
     Each begins strictly after its deadline (a silence of exactly max_sleep is not late). It went down at
-    the fail signal's time, the run's deadline or the silence's deadline. A snooze changes none of this
-    (only whether it is alerted): a snoozed parent that is late is down for its children.
+    the first fail signal's time, the run's deadline, the silence's deadline or the start's deadline. A snooze
+    changes none of this (only whether it is alerted): a snoozed parent that is late is down for its children.
     """
     if not user.monitor:
         return None
-    if user.failed_at is not None:
-        return Condition(FAILURE, user.failed_at)
+    if failing(user):
+        return Condition(FAILURE, user.failed_at or 0.0)
     overrun = run_deadline(user, now)
     if overrun is not None and now > overrun:
         return Condition(RUN_TIMEOUT, overrun)
     deadline = late_at(user, now)
     if deadline is not None and now > deadline:
         return Condition(SILENCE, deadline)
+    start = start_deadline(user, now)
+    if start is not None and now > start:
+        return Condition(START_LATE, start)
     return None
 
 
@@ -237,23 +294,26 @@ def due_at(user: Watched) -> float | None:
     """When the absence listener must look at `user`, as stored after each signal and each start (store._DUE_AT).
 
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
-    its failure (or the end of its snooze, if later), its run's deadline and its silence's deadline, as
-    they will be once any snooze is over. The listener then pushes it on to the end of the alert throttle
-    (decide's next_due_at). None: nothing can become due without a signal.
+    its failure (once failing(); or the end of its snooze, if later), its run's deadline, its silence's
+    deadline, as they will be once any snooze is over, and a pending TOO_OFTEN notice (pending_notice). The
+    listener then pushes it on to the end of the alert throttle (decide's next_due_at). None: nothing can become
+    due without a signal.
 
     A schedule's deadline needs cronsim, which SQL cannot run: for a scheduled user the silence's
     deadline stands in as its last sign of life, so the listener looks at it once after each contact
-    or start and stores decide's next_due_at, which holds the real deadline (late_at).
+    or start and stores decide's next_due_at, which holds the real deadlines (late_at, start_deadline).
     """
     if user.back_at is not None:
         return user.back_at
     if not user.monitor:
         return None
     deadline = silence_start(user) if user.schedule is not None else late_at(user)
-    failed = user.failed_at
+    failed = user.failed_at if failing(user) else None
     if failed is not None and user.snoozed_until is not None:
         failed = max(failed, user.snoozed_until)
-    return min(t for t in (failed, run_deadline(user), deadline) if t is not None)
+    notice = pending_notice(user)
+    times = (failed, run_deadline(user), deadline, None if notice is None else notice.down_at)
+    return min(t for t in times if t is not None)
 
 
 def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision:
@@ -265,6 +325,10 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     once. The throttle spans outages, so a device that flaps is not alerted more often than
     email_frequency. The first alert of an outage sets its `down_since`.
 
+    With no condition, a pending TOO_OFTEN notice (pending_notice) is alerted the same way, at most once per
+    email_frequency, but opens no outage (so no recovery) and is never suppressed or held back by a parent:
+    a parent's outage cannot make a device ping too often.
+
     No alert while `user` is snoozed, nor about an outage alerted before a snooze (`muted_outage`). With
     a `parent` (the user it depends on, as read in the same step): while the parent is down its alert is
     suppressed instead (recorded once per condition, never sent, no outage opened, so no recovery); a
@@ -274,18 +338,19 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     ended = user.back_at is not None
     recovery = ended and user.down_since is not None and user.notify_recovery and user.monitor
     down_since = None if ended else user.down_since
-    current = condition(user, now)
+    current = condition(user, now) or pending_notice(user)
     alert = suppressed = None
     repeat_at = None
     if current is not None:
+        notice = current.kind == TOO_OFTEN
         repeat_at = _repeat_at(user, current.kind)
         if repeat_at is None or now > repeat_at:
-            waits_until = _parent_deadline_ahead(current, parent, now)
+            waits_until = None if notice else _parent_deadline_ahead(current, parent, now)
             if snoozed(user, now):
                 repeat_at = user.snoozed_until
-            elif _muted(user):
+            elif not notice and _muted(user):
                 repeat_at = None
-            elif parent is not None and condition(parent, now) is not None:
+            elif not notice and parent is not None and condition(parent, now) is not None:
                 repeat_at = None
                 if user.suppressed_kind != current.kind:
                     suppressed = current
@@ -294,16 +359,20 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
             else:
                 alert = current
                 repeat_at = now + user.email_frequency
-                if down_since is None:
+                if down_since is None and not notice:
                     down_since = current.down_at
     # Besides the throttle's end, only a condition of higher priority than the current one can begin
-    # without a signal: a run's deadline during a silence, or either deadline when all is well. Until
-    # something changes, a suppressed or muted condition waits for a signal (its parent's included).
+    # without a signal: a run's deadline during a silence or a late start, the silence's during a late start,
+    # or any deadline when all is well (a notice is no condition). Until something changes, a suppressed or
+    # muted condition waits for a signal (its parent's included).
+    kind = None if current is None or current.kind == TOO_OFTEN else current.kind
     candidates = [repeat_at]
-    if current is None or current.kind == SILENCE:
+    if kind in (None, SILENCE, START_LATE):
         candidates.append(run_deadline(user))
-    if current is None:
+    if kind in (None, START_LATE):
         candidates.append(late_at(user))
+    if kind is None:
+        candidates.append(start_deadline(user))
     times = [t for t in candidates if t is not None]
     next_run = None
     if user.schedule is not None:
@@ -354,7 +423,7 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     )
     if current is not None and not alerted and parent is not None and condition(parent, now) is not None:
         return SUPPRESSED
-    if user.failed_at is not None:
+    if failing(user):
         return FAILED
     if current is not None:
         return ALERTED if alerted else LATE
@@ -458,11 +527,12 @@ def _repeat_at(user: Watched, kind: str) -> float | None:
 
 def condition_at(user: Watched, now: float) -> float | None:
     """When `user`'s earliest condition begins at `now` if no signal comes (a snooze changing nothing): its
-    failure, its run's deadline or its silence's deadline (late_at), whichever is first; None if it is not
-    monitored."""
+    failure (once failing()), its run's deadline, its silence's deadline (late_at) or its start's
+    (start_deadline), whichever is first; None if it is not monitored."""
     if not user.monitor:
         return None
-    times = (user.failed_at, run_deadline(user, now), late_at(user, now))
+    failed = user.failed_at if failing(user) else None
+    times = (failed, run_deadline(user, now), late_at(user, now), start_deadline(user, now))
     return min((t for t in times if t is not None), default=None)
 
 

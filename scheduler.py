@@ -37,7 +37,7 @@ from records import (
     StoreError,
     UserState,
 )
-from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, START_LATE, TOO_OFTEN, clock_jump, decide, retry_delay
 from store_contract import StoreContract
 from webhooks import WebhookSender
 
@@ -520,6 +520,10 @@ class Scheduler:
             subject, body = mailer.compose_failure(user, signal, server_root)
         elif kind == RUN_TIMEOUT:
             subject, body = mailer.compose_run_timeout(user, server_root)
+        elif kind == START_LATE:
+            subject, body = mailer.compose_start_late(user, server_root)
+        elif kind == TOO_OFTEN:
+            subject, body = mailer.compose_too_often(user, server_root)
         elif kind == BACK:
             subject, body = mailer.compose_recovery(user, server_root)
         else:

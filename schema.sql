@@ -66,7 +66,20 @@ CREATE TABLE users (
     -- For a scheduled user, the absence listener's last look: the moment its silence was measured from,
     -- and its schedule's next run after that. SQL reads them to tell whether it was down as a parent.
     next_run_after  REAL,
-    next_run        REAL
+    next_run        REAL,
+    -- Detection, mirroring settings.json (rules.py): fails in a row that make a failure, the shortest run
+    -- that is not one, the least time between two successes, how late a scheduled run may start.
+    fail_threshold  INTEGER NOT NULL DEFAULT 1,
+    min_runtime     REAL,
+    min_interval    REAL,
+    start_grace     REAL,
+    -- Fails in a row since the last success (a success closing a run shorter than min_runtime is one).
+    fail_count      INTEGER NOT NULL DEFAULT 0,
+    last_success    REAL,
+    -- A success that came sooner than min_interval after the one before (and the time between them),
+    -- until the absence listener has alerted about it.
+    too_often_at    REAL,
+    too_often_gap   REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
@@ -96,8 +109,8 @@ CREATE TABLE alerts (
     at           REAL    NOT NULL,
     -- The user's last ping when the alert was decided (NULL: none since monitoring began).
     last_ping    REAL,
-    -- 'late' (silence), 'failed', 'run_timeout', or 'back' for a recovery.
-    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    -- 'late' (silence), 'failed', 'run_timeout', 'start_late', 'too_often', or 'back' for a recovery.
+    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often')),
     -- When the outage it belongs to went down.
     went_down_at REAL,
     -- 1: not sent, because the user it depends on was down (its emails were never queued).

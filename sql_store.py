@@ -64,7 +64,8 @@ USER_COLUMNS = (
     "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
     " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
-    " grace"
+    " grace, fail_threshold, min_runtime, min_interval, start_grace, fail_count, last_success, too_often_at,"
+    " too_often_gap"
 )
 
 
@@ -169,6 +170,10 @@ SETTINGS_COLUMNS = (
     "schedule",
     "tz",
     "grace",
+    "fail_threshold",
+    "min_runtime",
+    "min_interval",
+    "start_grace",
 )
 
 
@@ -184,6 +189,10 @@ def user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.schedule,
         user.tz,
         user.grace,
+        user.fail_threshold,
+        user.min_runtime,
+        user.min_interval,
+        user.start_grace,
         user.depends_on,
     )
 
@@ -308,9 +317,9 @@ RESTART_FUTURE_SQL = (
     "UPDATE users SET "
     + ", ".join(
         f"{column} = CASE WHEN {column} > :now THEN :now ELSE {column} END"
-        for column in ("run_started", "failed_at", "back_at")
+        for column in ("run_started", "failed_at", "back_at", "last_success", "too_often_at")
     )
-    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now"
+    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now OR last_success > :now OR too_often_at > :now"
 )
 RESTART_MONITORED_SINCE_SQL = "UPDATE users SET monitored_since = :now WHERE configured"
 RESTART_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE configured"

@@ -1,0 +1,413 @@
+"""Detection (SPEC "Detection"): fail_threshold, min_runtime, min_interval and start_grace, each as rules.py decides
+and the absence listener acts, over a real store on both databases, time driven by the test.
+
+The property tests that pin each rule's SQL to rules.py are in tests/test_store.py; one end-to-end test per rule
+through the real SMTP sink is in tests/test_e2e_detection.py.
+"""
+
+import dataclasses
+
+import pytest
+
+import config
+import rules
+from config import LiveSettings
+from records import UserState
+from scheduler import Scheduler
+from store import Store
+from support import BACKENDS, T0, Clock, db_of, make_settings, query
+
+# T0 is 14:13:20 UTC: an hourly job ("0 * * * *" in UTC) is next expected at 15:00:00.
+NEXT_HOUR = T0 + 2800
+
+
+class RecordingMailer:
+    """Stands in for SmtpMailer; these tests read the outbox, not what was sent."""
+
+    def new_message_id(self):
+        return "<m@test>"
+
+    def send_all(self, emails):
+        return iter(())
+
+
+def listener(store, users, now=T0):
+    """A scheduler over `store` with `users` synced at `now` (a start of the service)."""
+    settings = make_settings(users)
+    store.sync_users(settings.users, now)
+    return Scheduler(store, RecordingMailer(), LiveSettings(settings), "https://example.net", Clock(now))
+
+
+def emails(store):
+    """(subject, body) of every email queued, oldest first."""
+    return query(db_of(store), "SELECT subject, body FROM outbox ORDER BY id")
+
+
+def subjects(store):
+    return [subject for subject, _ in emails(store)]
+
+
+def pi(**settings):
+    return {"pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 600, **settings}}
+
+
+def hourly(**settings):
+    return {
+        "pi": {"monitor": True, "schedule": "0 * * * *", "tz": "UTC", "grace": 3600, "email_frequency": 600, **settings}
+    }
+
+
+# fail_threshold
+
+
+@BACKENDS
+def test_fails_below_fail_threshold_send_nothing_and_the_third_in_a_row_says_how_many_quoting_its_output(store):
+    steps = listener(store, pi(fail_threshold=3))
+    store.record_ping("pi", T0 + 10, "fail", body="first error")
+    steps.check_once(T0 + 11)
+    store.record_ping("pi", T0 + 20, "fail", body="second error")
+    steps.check_once(T0 + 21)
+    assert emails(store) == []
+    assert rules.live_state(store.user("pi"), T0 + 21) == rules.PINGING
+    store.record_ping("pi", T0 + 30, "fail", exit_code=2, body="third error")
+    steps.check_once(T0 + 31)
+    [(subject, body)] = emails(store)
+    assert subject == "pi failed 3 times in a row"
+    assert "3 failures in a row since its last success (its fail_threshold is 3)" in body
+    assert body.endswith("third error\n")
+    # The outage went down at the first fail of the row; its next success ends it with a recovery.
+    store.record_ping("pi", T0 + 40)
+    steps.check_once(T0 + 41)
+    assert subjects(store)[-1] == "pi is back"
+
+
+@BACKENDS
+def test_a_success_resets_the_count_of_fails_in_a_row(store):
+    steps = listener(store, pi(fail_threshold=2))
+    for at, kind in ((10, "fail"), (20, "success"), (30, "fail"), (40, "start"), (50, "log")):
+        store.record_ping("pi", T0 + at, kind)
+        steps.check_once(T0 + at + 1)
+    assert emails(store) == []
+    store.record_ping("pi", T0 + 60, "fail")
+    steps.check_once(T0 + 61)
+    assert subjects(store) == ["pi failed 2 times in a row"]
+
+
+@BACKENDS
+def test_a_fail_threshold_of_one_keeps_the_failure_email_as_it_was(store):
+    steps = listener(store, pi())
+    store.record_ping("pi", T0 + 10, "fail")
+    steps.check_once(T0 + 11)
+    assert subjects(store) == ["pi failure reported"]
+
+
+@BACKENDS
+def test_a_reload_that_lowers_fail_threshold_to_the_fails_already_counted_alerts_at_once(store):
+    steps = listener(store, pi(fail_threshold=5))
+    store.record_ping("pi", T0 + 10, "fail")
+    store.record_ping("pi", T0 + 20, "fail")
+    steps.check_once(T0 + 21)
+    assert emails(store) == []
+    settings = make_settings(pi(fail_threshold=2))
+    store.reload_users(settings.users, T0 + 30)
+    steps = Scheduler(store, RecordingMailer(), LiveSettings(settings), "https://example.net", Clock(T0 + 30))
+    steps.check_once(T0 + 31)
+    assert subjects(store) == ["pi failed 2 times in a row"]
+
+
+def test_fails_in_a_row_are_counted_across_a_restart(tmp_path):
+    first = Store(tmp_path / "db")
+    listener(first, pi(fail_threshold=2))
+    first.record_ping("pi", T0 + 10, "fail")
+    first.close()
+    store = Store(tmp_path / "db")
+    steps = listener(store, pi(fail_threshold=2), now=T0 + 100)
+    store.record_ping("pi", T0 + 110, "fail")
+    steps.check_once(T0 + 111)
+    assert subjects(store) == ["pi failed 2 times in a row"]
+    store.close()
+
+
+@BACKENDS
+def test_a_failure_reaching_its_threshold_while_snoozed_waits_for_the_snooze_to_end(store):
+    steps = listener(store, pi(fail_threshold=2))
+    store.snooze("pi", T0 + 600, T0)
+    store.record_ping("pi", T0 + 10, "fail")
+    store.record_ping("pi", T0 + 20, "fail")
+    steps.check_once(T0 + 599)
+    assert emails(store) == []
+    steps.check_once(T0 + 601)
+    assert subjects(store) == ["pi failed 2 times in a row"]
+
+
+@BACKENDS
+def test_a_childs_fails_in_a_row_are_suppressed_while_its_parent_is_down(store):
+    users = {**pi(), "cam": {"monitor": True, "max_sleep": 3600, "email_frequency": 600, "depends_on": "pi"}}
+    users["cam"]["fail_threshold"] = 2
+    steps = listener(store, users)
+    store.record_ping("pi", T0 + 5, "fail")
+    store.record_ping("cam", T0 + 10, "fail")
+    store.record_ping("cam", T0 + 20, "fail")
+    steps.check_once(T0 + 21)
+    assert subjects(store) == ["pi failure reported"]
+    suppressed = "SELECT username, kind FROM alerts JOIN users ON users.id = user_id WHERE suppressed"
+    assert query(db_of(store), suppressed) == [("cam", "failed")]
+
+
+# min_runtime
+
+
+@BACKENDS
+def test_a_run_shorter_than_min_runtime_is_a_failure_saying_how_long_it_took(store):
+    steps = listener(store, pi(min_runtime=60))
+    store.record_ping("pi", T0 + 10, "start")
+    store.record_ping("pi", T0 + 12, "success", body="backed up 0 files")
+    steps.check_once(T0 + 13)
+    [(subject, body)] = emails(store)
+    assert subject == "pi finished too fast"
+    assert "after a run of 2 seconds, expected at least 1 minute (its min_runtime)" in body
+    assert body.endswith("backed up 0 files\n")
+    assert rules.live_state(store.user("pi"), T0 + 13) == rules.FAILED
+    # A run long enough is its success: the outage ends with a recovery.
+    store.record_ping("pi", T0 + 100, "start")
+    store.record_ping("pi", T0 + 161, "success")
+    steps.check_once(T0 + 162)
+    assert subjects(store) == ["pi finished too fast", "pi is back"]
+
+
+@BACKENDS
+def test_a_run_of_exactly_min_runtime_and_a_success_that_closes_no_run_are_successes(store):
+    steps = listener(store, pi(min_runtime=60))
+    store.record_ping("pi", T0 + 10, "start")
+    store.record_ping("pi", T0 + 70, "success")
+    store.record_ping("pi", T0 + 75, "success")
+    steps.check_once(T0 + 76)
+    assert emails(store) == []
+
+
+@BACKENDS
+def test_runs_too_fast_count_towards_fail_threshold(store):
+    steps = listener(store, pi(min_runtime=60, fail_threshold=2))
+    store.record_ping("pi", T0 + 10, "start")
+    store.record_ping("pi", T0 + 11, "success")
+    steps.check_once(T0 + 12)
+    assert emails(store) == []
+    store.record_ping("pi", T0 + 20, "start")
+    store.record_ping("pi", T0 + 21, "success")
+    steps.check_once(T0 + 22)
+    [(subject, body)] = emails(store)
+    assert subject == "pi failed 2 times in a row"
+    assert "expected at least 1 minute (its min_runtime)" in body
+
+
+@BACKENDS
+def test_a_run_too_fast_of_a_parent_does_not_bring_back_its_children(store):
+    users = {**pi(min_runtime=60), "cam": {"monitor": True, "max_sleep": 60, "email_frequency": 600}}
+    users["cam"]["depends_on"] = "pi"
+    steps = listener(store, users)
+    store.record_ping("pi", T0 + 10, "fail")
+    steps.check_once(T0 + 11)
+    store.record_ping("pi", T0 + 20, "start")
+    store.record_ping("pi", T0 + 21, "success")
+    assert store.user("cam").silence_from is None
+    store.record_ping("pi", T0 + 30, "start")
+    store.record_ping("pi", T0 + 100, "success")
+    assert store.user("cam").silence_from == T0 + 100
+    steps.check_once(T0 + 101)
+
+
+# min_interval
+
+
+@BACKENDS
+def test_two_successes_closer_than_min_interval_send_one_notice_per_email_frequency_and_no_recovery(store):
+    steps = listener(store, pi(min_interval=3600, max_sleep=86400))
+    store.record_ping("pi", T0)
+    store.record_ping("pi", T0 + 40)
+    steps.check_once(T0 + 41)
+    [(subject, body)] = emails(store)
+    assert subject == "pi pinged too often"
+    assert "pi pinged twice within 40 seconds, expected at most once every 1 hour (its min_interval)" in body
+    # More of the same within email_frequency: nothing more until it has passed, then one notice.
+    for at in (100, 200, 300):
+        store.record_ping("pi", T0 + at)
+        steps.check_once(T0 + at + 1)
+    assert len(emails(store)) == 1
+    steps.check_once(T0 + 642)
+    assert subjects(store) == ["pi pinged too often"] * 2
+    # Nothing more once it stops; it was never an outage, so no recovery either.
+    steps.check_once(T0 + 5000)
+    store.record_ping("pi", T0 + 9000)
+    steps.check_once(T0 + 9001)
+    assert subjects(store) == ["pi pinged too often"] * 2
+    assert rules.live_state(store.user("pi"), T0 + 9001) == rules.PINGING
+
+
+@BACKENDS
+def test_fails_and_starts_are_not_successes_for_min_interval(store):
+    steps = listener(store, pi(min_interval=3600))
+    for at, kind in ((0, "success"), (10, "start"), (20, "log"), (3600, "success")):
+        store.record_ping("pi", T0 + at, kind)
+        steps.check_once(T0 + at + 1)
+    assert emails(store) == []
+
+
+@BACKENDS
+def test_successes_too_close_during_a_snooze_are_forgotten_when_it_ends(store):
+    steps = listener(store, pi(min_interval=3600))
+    store.snooze("pi", T0 + 300, T0)
+    store.record_ping("pi", T0 + 10)
+    store.record_ping("pi", T0 + 20)
+    steps.check_once(T0 + 21)
+    steps.check_once(T0 + 301)
+    assert emails(store) == []
+
+
+@BACKENDS
+def test_a_child_pinging_too_often_is_told_even_while_its_parent_is_down(store):
+    users = {**pi(), "cam": {"monitor": True, "max_sleep": 3600, "email_frequency": 600, "min_interval": 60}}
+    users["cam"]["depends_on"] = "pi"
+    steps = listener(store, users)
+    store.record_ping("pi", T0, "fail")
+    store.record_ping("cam", T0 + 10)
+    store.record_ping("cam", T0 + 20)
+    steps.check_once(T0 + 21)
+    assert sorted(subjects(store)) == ["cam pinged too often", "pi failure reported"]
+
+
+# start_grace
+
+
+@BACKENDS
+def test_a_scheduled_run_not_started_within_start_grace_alerts_long_before_grace(store):
+    steps = listener(store, hourly(start_grace=300))
+    steps.check_once(T0 + 1)
+    steps.check_once(NEXT_HOUR + 300)
+    assert emails(store) == []
+    steps.check_once(NEXT_HOUR + 301)
+    [(subject, body)] = emails(store)
+    assert subject == "pi did not start on time"
+    assert "pi has not started its run expected at" in body and "start_grace 5 minutes" in body
+    # The grace still bounds the whole run: once past it, the run is missed, a new condition alerted at once.
+    steps.check_once(NEXT_HOUR + 3601)
+    assert len(emails(store)) == 2 and subjects(store)[0] == "pi did not start on time"
+
+
+@BACKENDS
+def test_a_run_started_in_time_is_no_alert_and_a_late_start_ends_the_alert_until_its_success_recovers(store):
+    steps = listener(store, hourly(start_grace=300))
+    steps.check_once(T0 + 1)
+    store.record_ping("pi", NEXT_HOUR + 60, "start")
+    steps.check_once(NEXT_HOUR + 61)
+    steps.check_once(NEXT_HOUR + 400)
+    store.record_ping("pi", NEXT_HOUR + 900)
+    steps.check_once(NEXT_HOUR + 901)
+    assert emails(store) == []
+    # The next run (16:00) starts late: alerted, then its start and success end the outage.
+    steps.check_once(NEXT_HOUR + 3600 + 301)
+    assert subjects(store) == ["pi did not start on time"]
+    store.record_ping("pi", NEXT_HOUR + 3600 + 400, "start")
+    steps.check_once(NEXT_HOUR + 3600 + 401)
+    assert rules.live_state(store.user("pi"), NEXT_HOUR + 3600 + 401) == rules.RUNNING
+    store.record_ping("pi", NEXT_HOUR + 3600 + 500)
+    steps.check_once(NEXT_HOUR + 3600 + 501)
+    assert subjects(store) == ["pi did not start on time", "pi is back"]
+
+
+@BACKENDS
+def test_a_late_start_is_not_alerted_while_snoozed_and_is_measured_from_the_snooze_end(store):
+    steps = listener(store, hourly(start_grace=300))
+    steps.check_once(T0 + 1)
+    store.snooze("pi", NEXT_HOUR + 600, T0 + 2)
+    steps.check_once(NEXT_HOUR + 301)
+    steps.check_once(NEXT_HOUR + 601)
+    assert emails(store) == []
+    # Measured from the snooze's end (15:10), the next run is 16:00.
+    steps.check_once(NEXT_HOUR + 3600 + 301)
+    assert subjects(store) == ["pi did not start on time"]
+
+
+def test_start_grace_after_a_restart_counts_from_the_restart(tmp_path):
+    store = Store(tmp_path / "db")
+    listener(store, hourly(start_grace=300))
+    store.close()
+    store = Store(tmp_path / "db")
+    steps = listener(store, hourly(start_grace=300), now=NEXT_HOUR + 200)
+    steps.check_once(NEXT_HOUR + 400)
+    assert emails(store) == []
+    steps.check_once(NEXT_HOUR + 3600 + 301)
+    assert subjects(store) == ["pi did not start on time"]
+    store.close()
+
+
+# Settings
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"fail_threshold": 0}, "users.pi.fail_threshold: must be an integer >= 1, got 0"),
+        ({"fail_threshold": 2.5}, "users.pi.fail_threshold: must be an integer >= 1, got 2.5"),
+        ({"fail_threshold": True}, "users.pi.fail_threshold: must be an integer >= 1, got true"),
+        ({"fail_threshold": 10**7}, "users.pi.fail_threshold: must be at most 1000000, got 10000000"),
+        ({"min_runtime": 0}, "users.pi.min_runtime: must be a number > 0, got 0"),
+        ({"min_interval": "1h"}, 'users.pi.min_interval: must be a number > 0, got "1h"'),
+        ({"start_grace": 60}, "users.pi.start_grace: only for a user with a schedule (this one has max_sleep)"),
+    ],
+)
+def test_bad_detection_settings_are_refused_naming_the_key(settings, problem):
+    with pytest.raises(config.ConfigError) as raised:
+        make_settings(pi(**settings))
+    assert raised.value.problems == [problem]
+
+
+def test_start_grace_must_be_a_number_of_seconds_for_a_scheduled_user():
+    with pytest.raises(config.ConfigError) as raised:
+        make_settings(hourly(start_grace=-1))
+    assert raised.value.problems == ["users.pi.start_grace: must be a number >= 0, got -1"]
+    assert make_settings(hourly(start_grace=0)).users["pi"].start_grace == 0.0
+
+
+def test_detection_settings_default_to_no_rule_and_a_threshold_of_one():
+    user = make_settings(pi()).users["pi"]
+    assert (user.fail_threshold, user.min_runtime, user.min_interval, user.start_grace) == (1, None, None, None)
+
+
+# The rules themselves (rules.py), where the listener's steps above cannot show an edge.
+
+
+def state(**fields):
+    base = UserState(1, "pi", True, 60.0, 600.0, T0, None, None, None)
+    return dataclasses.replace(base, **fields)
+
+
+def test_a_success_counts_as_a_fail_only_if_it_closed_a_run_shorter_than_min_runtime():
+    assert rules.counts_as(rules.SUCCESS, 59.9, 60.0) == rules.FAIL
+    assert rules.counts_as(rules.SUCCESS, 60.0, 60.0) == rules.SUCCESS
+    assert rules.counts_as(rules.SUCCESS, None, 60.0) == rules.SUCCESS
+    assert rules.counts_as(rules.SUCCESS, 1.0, None) == rules.SUCCESS
+    assert rules.counts_as(rules.START, 1.0, 60.0) == rules.START
+
+
+def test_too_often_is_closer_than_min_interval_either_way():
+    assert rules.too_often(T0, T0 + 59.9, 60.0)
+    assert rules.too_often(T0, T0 - 1, 60.0)
+    assert not rules.too_often(T0, T0 + 60, 60.0)
+    assert not rules.too_often(None, T0, 60.0)
+    assert not rules.too_often(T0, T0 + 1, None)
+
+
+def test_a_failed_user_is_failing_only_from_its_threshold_on():
+    assert not rules.failing(state(failed_at=T0, fail_count=2, fail_threshold=3))
+    assert rules.failing(state(failed_at=T0, fail_count=3, fail_threshold=3))
+    assert rules.condition(state(failed_at=T0, fail_count=2, fail_threshold=3, last_ping=T0), T0 + 1) is None
+
+
+def test_a_notice_opens_no_outage_and_waits_for_its_throttle():
+    noisy = state(too_often_at=T0 + 5, last_ping=T0 + 5, min_interval=60.0, max_sleep=86400.0)
+    decision = rules.decide(noisy, T0 + 6)
+    assert decision.alert == rules.Condition(rules.TOO_OFTEN, T0 + 5)
+    assert decision.down_since is None
+    throttled = dataclasses.replace(noisy, last_alert=T0, last_alert_kind=rules.TOO_OFTEN)
+    assert rules.decide(throttled, T0 + 6).alert is None
+    assert rules.decide(throttled, T0 + 6).next_due_at == T0 + 600
