@@ -1,0 +1,88 @@
+"""Detection end to end (SPEC "Detection"): the real service as a subprocess on 127.0.0.1 sends each rule's email
+through a real SMTP-over-TLS server, on both databases."""
+
+import pytest
+
+from support import LIBFAKETIME, write_settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """The --db of the service under test, for each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "ping_listener.db"
+
+
+def watched(**settings):
+    return {"pi": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600, **settings}}
+
+
+def test_fails_in_a_row_reaching_fail_threshold_are_one_email_quoting_the_last_output(
+    tmp_path, db, start_server, smtp_server
+):
+    service = start_server(write_settings(tmp_path / "settings.json", watched(fail_threshold=2)), db)
+    assert service.post("/ping/pi/fail", b"first error")[0] == 200
+    assert service.post("/ping/pi/3", b"disk full")[0] == 200
+    [(_, recipients, message)] = smtp_server.wait_for_messages(1)
+    assert (recipients, message["Subject"]) == (["oncall@example.com"], "pi failed 2 times in a row")
+    body = message.get_content()
+    assert "exit code 3" in body and body.rstrip().endswith("disk full")
+    assert service.stop() == 0
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_run_shorter_than_min_runtime_is_reported_as_finished_too_fast(tmp_path, db, start_server, smtp_server):
+    service = start_server(write_settings(tmp_path / "settings.json", watched(min_runtime=60)), db)
+    assert service.get("/ping/pi/start")[0] == 200
+    assert service.post("/ping/pi", b"copied 0 files")[0] == 200
+    [(_, _, message)] = smtp_server.wait_for_messages(1)
+    assert message["Subject"] == "pi finished too fast"
+    body = message.get_content()
+    assert "expected at least 1 minute (its min_runtime)" in body and "copied 0 files" in body
+    assert service.stop() == 0
+
+
+def test_two_successes_closer_than_min_interval_are_reported_as_pinged_too_often(
+    tmp_path, db, start_server, smtp_server
+):
+    service = start_server(write_settings(tmp_path / "settings.json", watched(min_interval=3600)), db)
+    for _ in range(3):
+        assert service.get("/ping?username=pi")[0] == 200
+    [(_, _, message)] = smtp_server.wait_for_messages(1)
+    assert message["Subject"] == "pi pinged too often"
+    assert "expected at most once every 1 hour (its min_interval)" in message.get_content()
+    assert service.stop() == 0
+    # One notice per email_frequency: the third ping, as close, sent no second one.
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_scheduled_run_not_started_within_start_grace_is_reported_before_its_grace(
+    tmp_path, db, start_server, smtp_server
+):
+    users = {
+        "backup": {
+            "monitor": True,
+            "schedule": "30 2 * * *",
+            "tz": "Europe/Paris",
+            "grace": 3600,
+            "start_grace": 1,
+            "email_frequency": 3600,
+        }
+    }
+    # The service's clock starts 10 seconds before the job's 02:30 run in Paris (a loaded machine may take
+    # seconds to start it); no start comes.
+    service = start_server(
+        write_settings(tmp_path / "settings.json", users),
+        db,
+        LD_PRELOAD=LIBFAKETIME,
+        FAKETIME="@2026-11-30 02:29:50",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+        TZ="Europe/Paris",
+    )
+    [(_, _, message)] = smtp_server.wait_for_messages(1, timeout=30)
+    assert message["Subject"] == "backup did not start on time"
+    assert "backup has not started its run expected at 02:30 CET (Mon 2026-11-30), start_grace 1 second" in (
+        message.get_content()
+    )
+    assert service.stop() == 0
