@@ -5,6 +5,7 @@ each problem names its key path (`users.pi.max_sleep: must be a number >= 0, got
 value or key is cut, so a huge one cannot make a huge line.
 """
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -64,6 +65,7 @@ TOP_LEVEL_KEYS = {
     "webhooks",
     "durability",
     "max_incomplete_requests_per_address",
+    "maintenance",
 }
 USER_KEYS = {
     "monitor",
@@ -82,11 +84,13 @@ USER_KEYS = {
     "min_runtime",
     "min_interval",
     "start_grace",
+    "maintenance",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
 WEBHOOK_KEYS = {"url", "format", "headers"}
+MAINTENANCE_KEYS = {"schedule", "duration", "tz"}
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -141,6 +145,18 @@ class UserConfig:
     min_runtime: float | None = None
     min_interval: float | None = None
     start_grace: float | None = None
+    # Its maintenance windows, settings.json's top-level ones first: no alert inside one.
+    maintenance: tuple["MaintenanceWindow", ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A recurring maintenance window: it opens each time `schedule` (a cron expression in the zone `tz`) fires
+    and lasts `duration` seconds (rules.maintenance_window)."""
+
+    schedule: str
+    duration: float
+    tz: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +280,7 @@ def parse_settings(document: Any) -> Settings:
     max_incomplete_requests_per_address = _whole_number(
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
+    every_user = _maintenance(document.get("maintenance", []), "maintenance", problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -272,7 +289,7 @@ def parse_settings(document: Any) -> Settings:
         for username, user in users.items():
             parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
-                parsed_users[username] = parsed
+                parsed_users[username] = dataclasses.replace(parsed, maintenance=every_user + parsed.maintenance)
         _check_dependencies(users, problems)
         if "recipient" not in document:
             _check_recipient_needed(users, problems)
@@ -443,6 +460,7 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         None if user.get(key) is None else _seconds(user[key], f"{path}.{key}", problems, positive=True)
         for key in ("min_runtime", "min_interval")
     )
+    maintenance = _maintenance(user.get("maintenance", []), f"{path}.maintenance", problems)
     start_grace = None
     if "start_grace" in user:
         start_grace = _seconds(user["start_grace"], f"{path}.start_grace", problems)
@@ -467,7 +485,38 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         min_runtime=min_runtime,
         min_interval=min_interval,
         start_grace=start_grace,
+        maintenance=maintenance,
     )
+
+
+def _maintenance(windows, path, problems):
+    """The MaintenanceWindows of the list `windows` (settings.json's `maintenance` at `path`), each
+    {"schedule", "duration", "tz"} (tz: default the process's local zone); problems named by their key path."""
+    if not isinstance(windows, list):
+        problems.append(f'{path}: must be a list of {{"schedule", "duration", "tz"}}, got {_show(windows)}')
+        return ()
+    parsed = []
+    for index, window in enumerate(windows):
+        at = f"{path}[{index}]"
+        if not isinstance(window, dict):
+            problems.append(f'{at}: must be an object {{"schedule", "duration", "tz"}}, got {_show(window)}')
+            continue
+        before = len(problems)
+        _unknown_keys(window, MAINTENANCE_KEYS, at + ".", problems)
+        schedule, duration = (_required(window, key, at + ".", problems) for key in ("schedule", "duration"))
+        tz = window.get("tz", schedules.local_zone_name())
+        if "schedule" in window:
+            problem = schedules.expression_problem(schedule)
+            if problem is not None:
+                problems.append(f"{at}.schedule: {problem}, got {_show(schedule)}")
+        if "duration" in window:
+            duration = _seconds(duration, f"{at}.duration", problems, positive=True)
+        problem = schedules.zone_problem(tz)
+        if problem is not None:
+            problems.append(f"{at}.tz: {problem} (default: this process's local zone), got {_show(tz)}")
+        if len(problems) == before:
+            parsed.append(MaintenanceWindow(schedule, duration, str(tz)))
+    return tuple(parsed)
 
 
 def _is_token(text):

@@ -91,8 +91,9 @@ PG_HEALTH_TABLE_SQL = (
     "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)"
 )
 
-# Detection (schema version 10): the rules' settings (fail_threshold, min_runtime, min_interval, start_grace) and
-# what the signals make of them; alerts of the new kinds. A user failed before the upgrade has one fail in a row.
+# Detection (schema version 10): the rules' settings (fail_threshold, min_runtime, min_interval, start_grace,
+# maintenance) and what the signals and the listener make of them; alerts of the new kinds. A user failed before
+# the upgrade has one fail in a row.
 _DETECTION_COLUMNS = """
 ALTER TABLE users ADD COLUMN fail_threshold INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE users ADD COLUMN min_runtime {real};
@@ -102,6 +103,9 @@ ALTER TABLE users ADD COLUMN fail_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN last_success {real};
 ALTER TABLE users ADD COLUMN too_often_at {real};
 ALTER TABLE users ADD COLUMN too_often_gap {real};
+ALTER TABLE users ADD COLUMN maintenance TEXT;
+ALTER TABLE users ADD COLUMN maintenance_at {real};
+ALTER TABLE users ADD COLUMN maintenance_until {real};
 UPDATE users SET fail_count = 1 WHERE failed_at IS NOT NULL;
 """
 

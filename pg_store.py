@@ -58,6 +58,7 @@ from records import (
 from rules import BACK, SUCCESS, TOO_OFTEN
 from rules_sql import RulesSql
 from sql_store import (
+    MAINTENANCE_OUTCOME,
     POSTGRESQL,
     USER_AND_PARENT,
     SqlStore,
@@ -249,6 +250,8 @@ _OUTCOME_COLUMNS = {
     "suppressed_kind": "text",
     "run_after": "float8",
     "next_run": "float8",
+    "maintenance_until": "float8",
+    "maintenance_at": "float8",
 }
 SAVE_OUTCOMES_SQL = (
     "UPDATE users SET due_at = o.next_due_at, claimed_by = NULL,"
@@ -261,8 +264,11 @@ SAVE_OUTCOMES_SQL = (
     f" too_often_at = CASE WHEN o.alerting AND o.kind = '{TOO_OFTEN}' THEN NULL ELSE users.too_often_at END,"
     " next_run = CASE WHEN o.run_after IS NULL THEN users.next_run ELSE o.next_run END,"
     " next_run_after = coalesce(o.run_after, users.next_run_after),"
-    " alerts_total = users.alerts_total + CASE WHEN o.alerting THEN 1 ELSE 0 END"
-    " FROM unnest("
+    " alerts_total = users.alerts_total + CASE WHEN o.alerting THEN 1 ELSE 0 END,"
+    # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
+    + " "
+    + MAINTENANCE_OUTCOME.format(until="o.maintenance_until", next_at="o.maintenance_at", row="users.")
+    + " FROM unnest("
     + ", ".join(f"%({column})s::{kind}[]" for column, kind in _OUTCOME_COLUMNS.items())
     + f") AS o({', '.join(_OUTCOME_COLUMNS)})"
     " WHERE users.id = o.id AND users.due_at IS NOT DISTINCT FROM o.due_at"
@@ -531,7 +537,7 @@ class PgStore(SqlStore):
                     _OUTCOME_COLUMNS,
                     (outcome.user.id, outcome.user.due_at, outcome.user.last_signal, outcome.next_due_at, alerting)
                     + (outcome.kind, alerting or outcome.ends_outage, outcome.down_since, outcome.ends_outage)
-                    + (suppressed_kind, run_after, next_run),
+                    + (suppressed_kind, run_after, next_run, outcome.maintenance_until, outcome.maintenance_at),
                     strict=True,
                 ):
                     columns[column].append(value)

@@ -88,6 +88,10 @@ class UserState:
     last_success: float | None = None
     too_often_at: float | None = None
     too_often_gap: float | None = None
+    # Maintenance windows (settings.json's maintenance): the next one's start as the absence listener last
+    # worked it out, and the end of the last one that snoozed it.
+    maintenance_at: float | None = None
+    maintenance_until: float | None = None
     # The user it depends on, read in the same statement (its own parent is not read); None if none.
     parent: "UserState | None" = None
 
@@ -178,6 +182,10 @@ class CheckOutcome:
     webhooks: tuple[NewWebhook, ...] = ()
     recovery_webhooks: tuple[NewWebhook, ...] = ()
     next_run: tuple[float, float | None] | None = None
+    # Maintenance (rules.in_maintenance): the end of the window that snoozes the user from now (None: none
+    # began), and when its next window opens (None: it has none).
+    maintenance_until: float | None = None
+    maintenance_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ its silence is measured from the snooze's end once that is over, and an outage a
 silence_start; late_at is deadline_after() it, for max_sleep and schedules alike.
 """
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,6 +58,7 @@ ALERTED = "alerted"
 FAILED = FAILURE
 RUNNING = "running"
 SNOOZED = "snoozed"
+MAINTENANCE = "maintenance"
 SUPPRESSED = "suppressed"
 
 # Kinds of signal, as /ping's `status` names them (store.py's SQL names them too).
@@ -119,6 +121,22 @@ class Watched(Protocol):
     def start_grace(self) -> float | None: ...
     @property
     def too_often_at(self) -> float | None: ...
+    @property
+    def maintenance_at(self) -> float | None: ...
+    @property
+    def maintenance_until(self) -> float | None: ...
+
+
+class Window(Protocol):
+    """A recurring maintenance window (config.MaintenanceWindow): opens when `schedule` fires in `tz`, lasts
+    `duration` seconds."""
+
+    @property
+    def schedule(self) -> str: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def tz(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +213,34 @@ def failing(user: Watched) -> bool:
     """Whether `user` is failed as the rules count it: reported fails (fail_count of them since its last success)
     reached its fail_threshold. Fewer fails in a row are noise: no condition, no alert."""
     return user.failed_at is not None and user.fail_count >= user.fail_threshold
+
+
+def maintenance_window(windows: Iterable[Window], now: float) -> tuple[float, float] | None:
+    """The maintenance window open at `now`, as (its start, its end), of those `windows` that are: the one that
+    ends last; None if none is open. A window opens when its schedule fires (schedules.next_time: daylight-saving
+    changes as cron) and is open from then, included, until `duration` later, excluded."""
+    open_ = None
+    for window in windows:
+        start = schedules.next_time(window.schedule, window.tz, now - window.duration)
+        if start is not None and start <= now and (open_ is None or start + window.duration > open_[1]):
+            open_ = (start, start + window.duration)
+    return open_
+
+
+def next_maintenance(windows: Iterable[Window], after: float) -> float | None:
+    """When the first of `windows` next opens strictly after `after`; None if none ever does."""
+    starts = (schedules.next_time(window.schedule, window.tz, after) for window in windows)
+    return min((start for start in starts if start is not None), default=None)
+
+
+def in_maintenance(user: Watched, until: float) -> Watched:
+    """`user` as a maintenance window ending at `until` leaves it: snoozed until then (unless snoozed longer),
+    which mutes an alerted outage it is in (muted_outage), as /snooze does; its silence is measured from the
+    window's end. store.save_check_outcomes writes the same (CheckOutcome.maintenance_until)."""
+    if user.snoozed_until is not None and user.snoozed_until >= until:
+        return user
+    muted = user.down_since if user.down_since is not None and user.back_at is None else user.muted_outage
+    return dataclasses.replace(user, snoozed_until=until, muted_outage=muted, maintenance_until=until)  # type: ignore[type-var]
 
 
 def snoozed(user: Watched, now: float) -> bool:
@@ -295,7 +341,8 @@ def due_at(user: Watched) -> float | None:
 
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
     its failure (once failing(); or the end of its snooze, if later), its run's deadline, its silence's
-    deadline, as they will be once any snooze is over, and a pending TOO_OFTEN notice (pending_notice). The
+    deadline, as they will be once any snooze is over, a pending TOO_OFTEN notice (pending_notice) and the next
+    maintenance window's start as the listener stored it (maintenance_at). The
     listener then pushes it on to the end of the alert throttle (decide's next_due_at). None: nothing can become
     due without a signal.
 
@@ -312,7 +359,7 @@ def due_at(user: Watched) -> float | None:
     if failed is not None and user.snoozed_until is not None:
         failed = max(failed, user.snoozed_until)
     notice = pending_notice(user)
-    times = (failed, run_deadline(user), deadline, None if notice is None else notice.down_at)
+    times = (failed, run_deadline(user), deadline, None if notice is None else notice.down_at, user.maintenance_at)
     return min(t for t in times if t is not None)
 
 
@@ -402,10 +449,11 @@ def held_back_until(user: Watched, now: float, parent: Watched | None = None) ->
 
 
 def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
-    """How `user` looks at `now` to a person watching: SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED, RUNNING,
-    PINGING or SILENT.
+    """How `user` looks at `now` to a person watching: MAINTENANCE, SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED,
+    RUNNING, PINGING or SILENT.
 
-    SNOOZED while snoozed. FAILED from a fail until the next success. SUPPRESSED while in a condition
+    MAINTENANCE while a maintenance window snoozes it (in_maintenance), SNOOZED while otherwise snoozed.
+    FAILED from a fail until the next success. SUPPRESSED while in a condition
     whose alert its `parent`'s outage suppresses. LATE and ALERTED follow the absence listener: a user is
     late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED once
     an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
@@ -413,7 +461,7 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     monitoring began).
     """
     if snoozed(user, now):
-        return SNOOZED
+        return MAINTENANCE if user.snoozed_until == user.maintenance_until else SNOOZED
     current = condition(user, now)
     alerted = (
         current is not None

@@ -65,10 +65,11 @@ class RulesSql:
         values): at once while a recovery waits; else, if monitored, the earliest of the failure once fail_count
         reached fail_threshold (or the snooze's end, if later), the run's deadline (its start, or the restart of
         its measures if later, plus max_runtime), the silence's deadline (the later of the last ping and that
-        restart, plus max_sleep), as they will be once any snooze is over, and a TOO_OFTEN notice unless a snooze
-        ended after it (rules.pending_notice). A scheduled user's deadline needs cronsim: SQL makes it due at
-        the moment its silence is measured from, so the absence listener looks at it once after each contact or
-        start and stores its real deadlines (rules.due_at says so too)."""
+        restart, plus max_sleep), as they will be once any snooze is over, a TOO_OFTEN notice unless a snooze
+        ended after it (rules.pending_notice), and the next maintenance window's start (maintenance_at). A
+        scheduled user's deadline needs cronsim: SQL makes it due at the moment its silence is measured from, so
+        the absence listener looks at it once after each contact or start and stores its real deadlines
+        (rules.due_at says so too)."""
         restarted = self.restarted(silence_from=silence_from)
         late_at = f"{self.latest(last_ping, known=(restarted,))} + CASE WHEN schedule IS NULL THEN max_sleep ELSE 0 END"
         failed = self.strict_latest(self.failing(failed_at, fail_count), "snoozed_until")
@@ -76,7 +77,7 @@ class RulesSql:
         notice = f"CASE WHEN snoozed_until IS NULL OR {too_often_at} > snoozed_until THEN {too_often_at} END"
         return (
             f"CASE WHEN {back_at} IS NOT NULL THEN {back_at}"
-            f" WHEN monitor THEN {self.earliest(failed, run, notice, known=(late_at,))} END"
+            f" WHEN monitor THEN {self.earliest(failed, run, notice, 'maintenance_at', known=(late_at,))} END"
         )
 
     def signal_due_at(self, effects: dict[str, str]) -> str:

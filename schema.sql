@@ -79,7 +79,13 @@ CREATE TABLE users (
     -- A success that came sooner than min_interval after the one before (and the time between them),
     -- until the absence listener has alerted about it.
     too_often_at    REAL,
-    too_often_gap   REAL
+    too_often_gap   REAL,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  REAL,
+    maintenance_until REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.

@@ -67,6 +67,12 @@ CREATE TABLE users (
     -- until the absence listener has alerted about it.
     too_often_at    double precision,
     too_often_gap   double precision,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  double precision,
+    maintenance_until double precision,
     -- The instance whose absence listener is deciding about this user (NULL: none): others skip the row
     -- while that instance's lease lasts.
     claimed_by      bigint

@@ -7,13 +7,14 @@ text is not the same) stays in store.py and pg_store.py.
 """
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from config import UserConfig
+from config import MaintenanceWindow, UserConfig
 from records import (
     AlertHistory,
     Digest,
@@ -65,7 +66,7 @@ USER_COLUMNS = (
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
     " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
     " grace, fail_threshold, min_runtime, min_interval, start_grace, fail_count, last_success, too_often_at,"
-    " too_often_gap"
+    " too_often_gap, maintenance_at, maintenance_until"
 )
 
 
@@ -174,7 +175,13 @@ SETTINGS_COLUMNS = (
     "min_runtime",
     "min_interval",
     "start_grace",
+    "maintenance",
 )
+
+
+def maintenance_text(windows: Sequence[MaintenanceWindow]) -> str | None:
+    """A user's maintenance windows as its row mirrors them (JSON, so that a reload sees a change); None if none."""
+    return json.dumps([[w.schedule, w.duration, w.tz] for w in windows]) if windows else None
 
 
 def user_settings(user: UserConfig) -> tuple[Any, ...]:
@@ -193,6 +200,7 @@ def user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.min_runtime,
         user.min_interval,
         user.start_grace,
+        maintenance_text(user.maintenance),
         user.depends_on,
     )
 
@@ -254,6 +262,17 @@ SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND sc
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 
+# What an outcome of the absence listener writes of maintenance (CheckOutcome.maintenance_until and maintenance_at, as
+# {until} and {next_at}, the user's columns read with the prefix {row}): the window that began snoozes the user as
+# SNOOZE_SQL does (rules.in_maintenance), and the next window's start is kept while the user has windows.
+MAINTENANCE_OUTCOME = (
+    "snoozed_until = coalesce({until}, {row}snoozed_until),"
+    " muted_outage = CASE WHEN {until} IS NOT NULL AND {row}back_at IS NULL"
+    " THEN coalesce({row}down_since, {row}muted_outage) ELSE {row}muted_outage END,"
+    " maintenance_until = coalesce({until}, {row}maintenance_until),"
+    " maintenance_at = CASE WHEN {row}maintenance IS NOT NULL THEN coalesce({next_at}, {row}maintenance_at) END"
+)
+
 # Configuring users (SqlStore._apply_users). DUE_AT stands for the database's rules.due_at in SQL.
 _COLUMNS = ", ".join(SETTINGS_COLUMNS)
 CONFIGURED_SETTINGS_SQL = (
@@ -268,13 +287,13 @@ ADD_USER_SQL = (
     f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now"
+    + ", monitored_since = :now, maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END"
 )
 # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
 CHANGE_USER_SQL = (
     "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
     + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
-    + " WHERE username = :name"
+    + ", maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END WHERE username = :name"
 )
 SET_PARENT_SQL = (
     "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?"
@@ -321,7 +340,11 @@ RESTART_FUTURE_SQL = (
     )
     + " WHERE run_started > :now OR failed_at > :now OR back_at > :now OR last_success > :now OR too_often_at > :now"
 )
-RESTART_MONITORED_SINCE_SQL = "UPDATE users SET monitored_since = :now WHERE configured"
+# A user with maintenance windows is looked at once after a start, when the listener stores its next window.
+RESTART_MONITORED_SINCE_SQL = (
+    "UPDATE users SET monitored_since = :now,"
+    " maintenance_at = CASE WHEN maintenance IS NOT NULL THEN :now END WHERE configured"
+)
 RESTART_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE configured"
 
 

@@ -37,6 +37,7 @@ from rules_sql import RulesSql
 from sql_store import (
     DAY_ALERTS_SQL as DAY_ALERTS_SQL,
     FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
+    MAINTENANCE_OUTCOME as _MAINTENANCE_OUTCOME,
     NEW_PINGS_SQL as NEW_PINGS_SQL,
     PING_BEFORE_SQL as PING_BEFORE_SQL,
     PING_FROM_SQL as PING_FROM_SQL,
@@ -363,7 +364,9 @@ class Store(SqlStore):
                     f" too_often_at = CASE WHEN ?2 AND ?4 = '{TOO_OFTEN}' THEN NULL ELSE too_often_at END,"
                     " next_run = CASE WHEN ?12 IS NULL THEN next_run ELSE ?13 END,"
                     " next_run_after = coalesce(?12, next_run_after),"
-                    " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END"
+                    " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END,"
+                    # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
+                    f" {_MAINTENANCE_OUTCOME.format(until='?14', next_at='?15', row='')}"
                     " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
                     (
                         outcome.next_due_at,
@@ -379,6 +382,8 @@ class Store(SqlStore):
                         suppressed_kind,
                         run_after,
                         next_run,
+                        outcome.maintenance_until,
+                        outcome.maintenance_at,
                     ),
                 ).rowcount
                 if not claimed:

@@ -74,7 +74,8 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
         [
             'base_frequency: must be a number >= 0, got "fast"',
             "colour: unknown key (expected one of base_frequency, durability, email_processing_frequency,"
-            " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
+            " heartbeat_frequency, heartbeat_url, maintenance, max_incomplete_requests_per_address, recipient,"
+            " require_tokens,"
             " retention_days, server_root, users, webhooks)",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",

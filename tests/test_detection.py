@@ -6,12 +6,14 @@ through the real SMTP sink is in tests/test_e2e_detection.py.
 """
 
 import dataclasses
+import json
 
 import pytest
 
 import config
 import rules
 from config import LiveSettings
+from overview import Overview
 from records import UserState
 from scheduler import Scheduler
 from store import Store
@@ -411,3 +413,132 @@ def test_a_notice_opens_no_outage_and_waits_for_its_throttle():
     throttled = dataclasses.replace(noisy, last_alert=T0, last_alert_kind=rules.TOO_OFTEN)
     assert rules.decide(throttled, T0 + 6).alert is None
     assert rules.decide(throttled, T0 + 6).next_due_at == T0 + 600
+
+
+# Maintenance windows: every day 15:00-16:00 UTC (T0 is 14:13:20 UTC).
+
+DAILY_WINDOW = [{"schedule": "0 15 * * *", "duration": 3600, "tz": "UTC"}]
+WINDOW_START = T0 + 2800
+WINDOW_END = WINDOW_START + 3600
+
+
+@BACKENDS
+def test_no_alert_inside_a_maintenance_window_and_the_silence_is_measured_from_its_end(store):
+    steps = listener(store, pi(max_sleep=3000, maintenance=DAILY_WINDOW))
+    store.record_ping("pi", T0)
+    steps.check_once(T0 + 1)
+    # Looked at when the window opens: maintenance, until its end.
+    assert store.user("pi").due_at == WINDOW_START
+    steps.check_once(WINDOW_START + 0.5)
+    assert rules.live_state(store.user("pi"), WINDOW_START + 1) == rules.MAINTENANCE
+    steps.check_once(T0 + 3001)
+    steps.check_once(WINDOW_END - 1)
+    steps.check_once(WINDOW_END + 2999)
+    assert emails(store) == []
+    steps.check_once(WINDOW_END + 3001)
+    assert subjects(store) == ["pi disconnection detected"]
+
+
+@BACKENDS
+def test_top_level_maintenance_covers_every_user_so_a_maintained_parents_child_stays_quiet(store):
+    users = {**pi(max_sleep=3000), "cam": {"monitor": True, "max_sleep": 3000, "email_frequency": 600}}
+    users["cam"]["depends_on"] = "pi"
+    settings = make_settings(users, maintenance=DAILY_WINDOW)
+    store.sync_users(settings.users, T0)
+    steps = Scheduler(store, RecordingMailer(), LiveSettings(settings), "https://example.net", Clock(T0))
+    store.record_ping("pi", T0)
+    store.record_ping("cam", T0)
+    for at in (T0 + 1, WINDOW_START + 1, T0 + 3001, WINDOW_END - 1):
+        steps.check_once(at)
+    assert emails(store) == []
+    assert {user.username: rules.live_state(user, WINDOW_END - 1) for user in store.configured_users()} == {
+        "cam": rules.MAINTENANCE,
+        "pi": rules.MAINTENANCE,
+    }
+
+
+@BACKENDS
+def test_a_reload_that_adds_a_window_makes_the_user_looked_at_when_it_opens(store):
+    steps = listener(store, pi(max_sleep=3000))
+    store.record_ping("pi", T0)
+    steps.check_once(T0 + 1)
+    settings = make_settings(pi(max_sleep=3000, maintenance=DAILY_WINDOW))
+    store.reload_users(settings.users, T0 + 10)
+    steps = Scheduler(store, RecordingMailer(), LiveSettings(settings), "https://example.net", Clock(T0 + 10))
+    steps.check_once(T0 + 11)
+    assert store.user("pi").due_at == WINDOW_START
+    steps.check_once(WINDOW_START + 1)
+    steps.check_once(T0 + 3001)
+    assert emails(store) == []
+
+
+def test_maintenance_windows_survive_a_restart(tmp_path):
+    store = Store(tmp_path / "db")
+    listener(store, pi(max_sleep=3000, maintenance=DAILY_WINDOW)).check_once(T0 + 1)
+    store.close()
+    store = Store(tmp_path / "db")
+    steps = listener(store, pi(max_sleep=3000, maintenance=DAILY_WINDOW), now=T0 + 100)
+    steps.check_once(T0 + 101)
+    steps.check_once(WINDOW_START + 1)
+    steps.check_once(WINDOW_END - 1)
+    assert emails(store) == []
+    assert rules.live_state(store.user("pi"), WINDOW_END - 1) == rules.MAINTENANCE
+    store.close()
+
+
+@BACKENDS
+def test_an_outage_alerted_before_a_window_is_not_alerted_again_after_it(store):
+    steps = listener(store, pi(max_sleep=60, maintenance=DAILY_WINDOW))
+    store.record_ping("pi", T0)
+    steps.check_once(T0 + 61)
+    assert subjects(store) == ["pi disconnection detected"]
+    steps.check_once(WINDOW_START + 1)
+    steps.check_once(WINDOW_END + 61)
+    # The window acknowledged it, as a snooze does: its next success ends it with its recovery.
+    assert subjects(store) == ["pi disconnection detected"]
+    store.record_ping("pi", WINDOW_END + 100)
+    steps.check_once(WINDOW_END + 101)
+    assert subjects(store) == ["pi disconnection detected", "pi is back"]
+
+
+def test_a_window_opens_when_its_schedule_fires_in_its_zone_across_daylight_saving_changes():
+    window = config.MaintenanceWindow("0 3 * * *", 3600.0, "Europe/Paris")
+    # 2026-03-28 03:00 CET is 02:00 UTC; the next day, after the change, 03:00 CEST is 01:00 UTC.
+    before, after = 1774663200.0, 1774746000.0
+    assert rules.maintenance_window([window], before) == (before, before + 3600)
+    assert rules.maintenance_window([window], before - 1) is None
+    assert rules.maintenance_window([window], before + 3600) is None
+    assert rules.next_maintenance([window], before) == after
+    assert rules.maintenance_window([window], after + 10) == (after, after + 3600)
+
+
+@pytest.mark.parametrize(
+    ("windows", "problem"),
+    [
+        ({}, 'users.pi.maintenance: must be a list of {"schedule", "duration", "tz"}, got {}'),
+        ([{"schedule": "0 3 * * *"}], "users.pi.maintenance[0].duration: missing"),
+        ([{"schedule": "0 3 * * 8", "duration": 60}], "users.pi.maintenance[0].schedule: is not a valid cron"),
+        ([{"schedule": "0 3 * * *", "duration": 0}], "users.pi.maintenance[0].duration: must be a number > 0, got 0"),
+    ],
+)
+def test_bad_maintenance_windows_are_refused_naming_the_key(windows, problem):
+    with pytest.raises(config.ConfigError) as raised:
+        make_settings(pi(maintenance=windows))
+    [reported] = raised.value.problems
+    assert reported.startswith(problem)
+
+
+@BACKENDS
+def test_the_overview_shows_a_user_in_its_maintenance_window_as_maintenance(store):
+    steps = listener(store, pi(max_sleep=3000, maintenance=DAILY_WINDOW))
+    store.record_ping("pi", T0)
+    steps.check_once(T0 + 1)
+    steps.check_once(WINDOW_START + 1)
+    page = Overview(store)
+    while page.keep_up(WINDOW_START + 2):
+        pass
+    [row] = json.loads(page.state(WINDOW_START + 2))["users"]
+    assert (row["username"], row["state"], row["snoozed_until"]) == ("pi", "maintenance", WINDOW_END)
+    # A snooze by hand is a snooze, not maintenance.
+    store.snooze("pi", WINDOW_END + 600, WINDOW_START + 3)
+    assert rules.live_state(store.user("pi"), WINDOW_START + 4) == rules.SNOOZED

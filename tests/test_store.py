@@ -877,6 +877,7 @@ DETECTIONS = [
     {"fail_threshold": 2, "min_runtime": 5},
     {"min_interval": 50},
     {"fail_threshold": 3, "min_runtime": 5, "min_interval": 50},
+    {"maintenance": [{"schedule": "*/7 * * * *", "duration": 60, "tz": "UTC"}]},
 ]
 
 
