@@ -3,7 +3,7 @@ through a real SMTP-over-TLS server, on both databases."""
 
 import pytest
 
-from support import LIBFAKETIME, write_settings
+from support import LIBFAKETIME, query, write_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -86,3 +86,25 @@ def test_a_scheduled_run_not_started_within_start_grace_is_reported_before_its_g
         message.get_content()
     )
     assert service.stop() == 0
+
+
+def test_no_alert_inside_a_maintenance_window_and_the_silence_counts_from_its_end(
+    tmp_path, db, start_server, smtp_server
+):
+    users = {"pi": {"monitor": True, "max_sleep": 1, "email_frequency": 3600}}
+    window = {"schedule": "0 3 * * *", "duration": 15, "tz": "Europe/Paris"}
+    # The service's clock starts as the window opens, at 03:00 in Paris (2026-11-30 02:00 UTC); pi never pings.
+    window_end = 1796004000 + 15
+    service = start_server(
+        write_settings(tmp_path / "settings.json", users, maintenance=[window]),
+        db,
+        LD_PRELOAD=LIBFAKETIME,
+        FAKETIME="@2026-11-30 03:00:00",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+        TZ="Europe/Paris",
+    )
+    [(_, _, message)] = smtp_server.wait_for_messages(1, timeout=40)
+    assert message["Subject"] == "pi disconnection detected"
+    assert service.stop() == 0
+    [(alerted_at,)] = query(db, "SELECT at FROM alerts")
+    assert alerted_at > window_end + 1
