@@ -85,12 +85,16 @@ USER_KEYS = {
     "min_interval",
     "start_grace",
     "maintenance",
+    "flap_threshold",
+    "flap_quiet",
 }
 # How long after its expected time a scheduled job may ping, unless its `grace` says otherwise: an hour,
 # as in Healthchecks, since a job that pings when it ends needs time to run.
 DEFAULT_GRACE = 3600.0
 WEBHOOK_KEYS = {"url", "format", "headers"}
 MAINTENANCE_KEYS = {"schedule", "duration", "tz"}
+DEFAULT_FLAP_THRESHOLD = 10
+DEFAULT_FLAP_QUIET = 3600.0
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -147,6 +151,10 @@ class UserConfig:
     start_grace: float | None = None
     # Its maintenance windows, settings.json's top-level ones first: no alert inside one.
     maintenance: tuple["MaintenanceWindow", ...] = ()
+    # More state changes than flap_threshold within an hour make the user flapping: one notice, then no alert
+    # or recovery until it has had no new outage for flap_quiet seconds.
+    flap_threshold: int = DEFAULT_FLAP_THRESHOLD
+    flap_quiet: float = DEFAULT_FLAP_QUIET
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +469,14 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         for key in ("min_runtime", "min_interval")
     )
     maintenance = _maintenance(user.get("maintenance", []), f"{path}.maintenance", problems)
+    flap_threshold = user.get("flap_threshold", DEFAULT_FLAP_THRESHOLD)
+    if isinstance(flap_threshold, bool) or not isinstance(flap_threshold, int) or flap_threshold < 2:
+        problems.append(f"{path}.flap_threshold: must be an integer >= 2, got {_show(flap_threshold)}")
+    elif flap_threshold > MAX_COUNT:
+        problems.append(f"{path}.flap_threshold: must be at most {MAX_COUNT}, got {_show(flap_threshold)}")
+    flap_quiet = DEFAULT_FLAP_QUIET
+    if "flap_quiet" in user:
+        flap_quiet = _seconds(user["flap_quiet"], f"{path}.flap_quiet", problems, positive=True)
     start_grace = None
     if "start_grace" in user:
         start_grace = _seconds(user["start_grace"], f"{path}.start_grace", problems)
@@ -486,6 +502,8 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         min_interval=min_interval,
         start_grace=start_grace,
         maintenance=maintenance,
+        flap_threshold=flap_threshold,
+        flap_quiet=flap_quiet,
     )
 
 

@@ -215,6 +215,21 @@ def compose_start_late(user: UserState, server_root: str) -> tuple[str, str]:
     return f"{username} did not start on time", body
 
 
+def compose_flapping(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the one notice that `user` is flapping, as (subject, body): `NAME is
+    flapping`, saying that no alert or recovery follows until it has been stable for flap_quiet."""
+    username = user.username
+    seen = event_moment(user, SILENCE)
+    body = (
+        f"{username} went down and came back more than {user.flap_threshold} times within an hour.\n"
+        f"\n"
+        f"No alert or recovery about it will follow until it has been stable (no new outage) for"
+        f" {duration_in_words(user.flap_quiet)} (its flap_quiet); then, if it is down, it is alerted as usual.\n"
+        f"Its signals: {logs_link(server_root, username, seen)}\n"
+    )
+    return f"{username} is flapping", body
+
+
 def compose_too_often(user: UserState, server_root: str) -> tuple[str, str]:
     """Subject and plain-text body of the notice that `user` sent two successes closer than its min_interval,
     as (subject, body): `NAME pinged too often`, saying how close they were."""

@@ -106,6 +106,12 @@ ALTER TABLE users ADD COLUMN too_often_gap {real};
 ALTER TABLE users ADD COLUMN maintenance TEXT;
 ALTER TABLE users ADD COLUMN maintenance_at {real};
 ALTER TABLE users ADD COLUMN maintenance_until {real};
+ALTER TABLE users ADD COLUMN flap_threshold INTEGER NOT NULL DEFAULT 10;
+ALTER TABLE users ADD COLUMN flap_quiet {real} NOT NULL DEFAULT 3600;
+ALTER TABLE users ADD COLUMN flap_window_start {real};
+ALTER TABLE users ADD COLUMN flap_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_outage_at {real};
+ALTER TABLE users ADD COLUMN flapping_since {real};
 UPDATE users SET fail_count = 1 WHERE failed_at IS NOT NULL;
 """
 
@@ -116,7 +122,7 @@ def _quoted(text: str) -> str:
 
 
 _ALERT_KINDS = "'late', 'failed', 'run_timeout', 'back'"
-_NEW_ALERT_KINDS = "'late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often'"
+_NEW_ALERT_KINDS = "'late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping'"
 # SQLite cannot alter a CHECK constraint: its documented way for a CHECK is to rewrite the table's text in the schema
 # (https://www.sqlite.org/lang_altertable.html, "making other kinds of table schema changes"); RESET makes this
 # connection read the new text. The rows already there all pass the wider CHECK.

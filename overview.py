@@ -51,6 +51,7 @@ DAY_MAX_EMAILS = 500
 # Problems first, for the rows and the summary. A state not named here sorts right after rules.LATE.
 STATE_ORDER = (
     rules.FAILED,
+    rules.FLAPPING,
     rules.ALERTED,
     rules.LATE,
     rules.SUPPRESSED,

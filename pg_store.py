@@ -58,6 +58,7 @@ from records import (
 from rules import BACK, SUCCESS, TOO_OFTEN
 from rules_sql import RulesSql
 from sql_store import (
+    FLAP_OUTCOME,
     MAINTENANCE_OUTCOME,
     POSTGRESQL,
     USER_AND_PARENT,
@@ -252,6 +253,10 @@ _OUTCOME_COLUMNS = {
     "next_run": "float8",
     "maintenance_until": "float8",
     "maintenance_at": "float8",
+    "flap_window_start": "float8",
+    "flap_count": "integer",
+    "last_outage_at": "float8",
+    "flapping_since": "float8",
 }
 SAVE_OUTCOMES_SQL = (
     "UPDATE users SET due_at = o.next_due_at, claimed_by = NULL,"
@@ -268,6 +273,14 @@ SAVE_OUTCOMES_SQL = (
     # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
     + " "
     + MAINTENANCE_OUTCOME.format(until="o.maintenance_until", next_at="o.maintenance_at", row="users.")
+    + ", "
+    + FLAP_OUTCOME.format(
+        start="o.flap_window_start",
+        count="o.flap_count",
+        outage="o.last_outage_at",
+        since="o.flapping_since",
+        row="users.",
+    )
     + " FROM unnest("
     + ", ".join(f"%({column})s::{kind}[]" for column, kind in _OUTCOME_COLUMNS.items())
     + f") AS o({', '.join(_OUTCOME_COLUMNS)})"
@@ -537,7 +550,8 @@ class PgStore(SqlStore):
                     _OUTCOME_COLUMNS,
                     (outcome.user.id, outcome.user.due_at, outcome.user.last_signal, outcome.next_due_at, alerting)
                     + (outcome.kind, alerting or outcome.ends_outage, outcome.down_since, outcome.ends_outage)
-                    + (suppressed_kind, run_after, next_run, outcome.maintenance_until, outcome.maintenance_at),
+                    + (suppressed_kind, run_after, next_run, outcome.maintenance_until, outcome.maintenance_at)
+                    + (outcome.flap or (None, None, None, None)),
                     strict=True,
                 ):
                     columns[column].append(value)

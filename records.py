@@ -92,6 +92,14 @@ class UserState:
     # worked it out, and the end of the last one that snoozed it.
     maintenance_at: float | None = None
     maintenance_until: float | None = None
+    # Flapping (settings.json's flap_threshold and flap_quiet), and the absence listener's count of its outages
+    # (rules.count_outage): its window's start, the outages in it, the last one's start; when it began flapping.
+    flap_threshold: int = 10
+    flap_quiet: float = 3600.0
+    flap_window_start: float | None = None
+    flap_count: int = 0
+    last_outage_at: float | None = None
+    flapping_since: float | None = None
     # The user it depends on, read in the same statement (its own parent is not read); None if none.
     parent: "UserState | None" = None
 
@@ -186,6 +194,8 @@ class CheckOutcome:
     # began), and when its next window opens (None: it has none).
     maintenance_until: float | None = None
     maintenance_at: float | None = None
+    # A new outage counted for flapping (rules.Decision.flap): (window start, count, outage start, flapping since).
+    flap: tuple[float, int, float, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

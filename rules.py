@@ -49,6 +49,11 @@ BACK = "back"
 # Not a condition but a notice about one event, with no outage and no recovery: two successes closer than
 # min_interval.
 TOO_OFTEN = "too_often"
+# A notice too: the user's outages come and go so often that each would be an email; sent once, then no alert
+# or recovery until it has been stable for flap_quiet.
+FLAPPING = "flapping"
+# Its state changes are counted within this long, from the first of them.
+FLAP_WINDOW = 3600.0
 
 # What live_state() answers, for the testing page. A user in a condition shows that condition's own name.
 PINGING = "pinging"
@@ -125,6 +130,18 @@ class Watched(Protocol):
     def maintenance_at(self) -> float | None: ...
     @property
     def maintenance_until(self) -> float | None: ...
+    @property
+    def flap_threshold(self) -> int: ...
+    @property
+    def flap_quiet(self) -> float: ...
+    @property
+    def flap_window_start(self) -> float | None: ...
+    @property
+    def flap_count(self) -> int: ...
+    @property
+    def last_outage_at(self) -> float | None: ...
+    @property
+    def flapping_since(self) -> float | None: ...
 
 
 class Window(Protocol):
@@ -166,6 +183,18 @@ class Decision:
     next_due_at: float | None
     suppressed: Condition | None = None
     next_run: tuple[float, float | None] | None = None
+    flap: "Flap | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flap:
+    """What a new outage does to the count of a user's state changes (count_outage): the counting window's start,
+    the outages in it, this outage's start, and when the user began flapping (None: it is not flapping)."""
+
+    window_start: float
+    count: int
+    outage_at: float
+    flapping_since: float | None
 
 
 def signal_kind(exit_code: int) -> str:
@@ -241,6 +270,37 @@ def in_maintenance(user: Watched, until: float) -> Watched:
         return user
     muted = user.down_since if user.down_since is not None and user.back_at is None else user.muted_outage
     return dataclasses.replace(user, snoozed_until=until, muted_outage=muted, maintenance_until=until)  # type: ignore[type-var]
+
+
+def flapping(user: Watched, now: float) -> bool:
+    """Whether `user` is flapping at `now`: it began to (flapping_since) and has had no new outage for flap_quiet
+    since its last one."""
+    return (
+        user.flapping_since is not None
+        and user.last_outage_at is not None
+        and now < user.last_outage_at + user.flap_quiet
+    )
+
+
+def count_outage(user: Watched, current: Condition | None, now: float) -> Flap | None:
+    """The count of `user`'s state changes once the absence listener has seen its `current` condition, if that is
+    an outage it had not counted yet (None otherwise).
+
+    Each outage is two changes (down, then up), the last one's up still to come: more than flap_threshold changes
+    within FLAP_WINDOW of the first makes the user flapping from `now` (unless it already is). An outage flap_quiet
+    or more after the last one (the user was stable) starts the count again."""
+    if current is None or current.kind in (TOO_OFTEN, FLAPPING):
+        return None
+    if user.last_outage_at is not None and not current.down_at > user.last_outage_at:
+        return None
+    start, count = user.flap_window_start, user.flap_count + 1
+    stable = user.last_outage_at is not None and current.down_at - user.last_outage_at >= user.flap_quiet
+    if start is None or current.down_at - start > FLAP_WINDOW or stable:
+        start, count = current.down_at, 1
+    since = user.flapping_since if flapping(user, now) else None
+    if since is None and 2 * count - 1 > user.flap_threshold:
+        since = now
+    return Flap(start, count, current.down_at, since)
 
 
 def snoozed(user: Watched, now: float) -> bool:
@@ -388,6 +448,30 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     current = condition(user, now) or pending_notice(user)
     alert = suppressed = None
     repeat_at = None
+    flap = count_outage(user, current, now)
+    if flap is not None:
+        user = dataclasses.replace(  # type: ignore[type-var]
+            user,
+            flap_window_start=flap.window_start,
+            flap_count=flap.count,
+            last_outage_at=flap.outage_at,
+            flapping_since=flap.flapping_since,
+        )
+    if flapping(user, now):
+        # One notice as it begins; then neither alert nor recovery until it has been stable for flap_quiet.
+        recovery = False
+        began = flap is not None and flap.flapping_since == now and user.flapping_since == now
+        if began and not snoozed(user, now):
+            alert = Condition(FLAPPING, now)
+        if current is not None and current.kind != TOO_OFTEN:
+            repeat_at = (user.last_outage_at or now) + user.flap_quiet
+        if current is None or current.kind == TOO_OFTEN:
+            # Up: its next outage, counted when it begins.
+            candidates = [repeat_at, run_deadline(user), late_at(user), start_deadline(user)]
+        else:
+            candidates = [repeat_at]
+        times = [t for t in candidates if t is not None]
+        return Decision(alert, recovery, down_since, min(times) if times else None, None, _next_run(user, now), flap)
     if current is not None:
         notice = current.kind == TOO_OFTEN
         repeat_at = _repeat_at(user, current.kind)
@@ -397,7 +481,7 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
                 repeat_at = user.snoozed_until
             elif not notice and _muted(user):
                 repeat_at = None
-            elif not notice and parent is not None and condition(parent, now) is not None:
+            elif not notice and parent is not None and (condition(parent, now) is not None or flapping(parent, now)):
                 repeat_at = None
                 if user.suppressed_kind != current.kind:
                     suppressed = current
@@ -421,11 +505,16 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     if kind is None:
         candidates.append(start_deadline(user))
     times = [t for t in candidates if t is not None]
-    next_run = None
-    if user.schedule is not None:
-        start = silence_start(user, now)
-        next_run = (start, expected_after(user, start))
-    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed, next_run)
+    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed, _next_run(user, now), flap)
+
+
+def _next_run(user: Watched, now: float) -> tuple[float, float | None] | None:
+    """Decision.next_run: for a scheduled `user`, the moment its silence is measured from at `now` and its
+    schedule's next run after it."""
+    if user.schedule is None:
+        return None
+    start = silence_start(user, now)
+    return (start, expected_after(user, start))
 
 
 def held_back_until(user: Watched, now: float, parent: Watched | None = None) -> float | None:
@@ -452,7 +541,8 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     """How `user` looks at `now` to a person watching: MAINTENANCE, SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED,
     RUNNING, PINGING or SILENT.
 
-    MAINTENANCE while a maintenance window snoozes it (in_maintenance), SNOOZED while otherwise snoozed.
+    MAINTENANCE while a maintenance window snoozes it (in_maintenance), SNOOZED while otherwise snoozed,
+    FLAPPING while flapping().
     FAILED from a fail until the next success. SUPPRESSED while in a condition
     whose alert its `parent`'s outage suppresses. LATE and ALERTED follow the absence listener: a user is
     late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED once
@@ -462,6 +552,8 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     """
     if snoozed(user, now):
         return MAINTENANCE if user.snoozed_until == user.maintenance_until else SNOOZED
+    if flapping(user, now):
+        return FLAPPING
     current = condition(user, now)
     alerted = (
         current is not None

@@ -10,6 +10,7 @@ sees the wall clock jump. Settings are read from the LiveSettings at each step, 
 followed at once.
 """
 
+import dataclasses
 import http.client
 import logging
 import threading
@@ -40,6 +41,7 @@ from records import (
 from rules import (
     BACK,
     FAILURE,
+    FLAPPING,
     RUN_TIMEOUT,
     SILENCE,
     START_LATE,
@@ -528,6 +530,7 @@ class Scheduler:
             next_run=decision.next_run,
             maintenance_until=maintenance_until,
             maintenance_at=maintenance_at,
+            flap=None if decision.flap is None else dataclasses.astuple(decision.flap),
         )
 
     def _notices(
@@ -546,6 +549,8 @@ class Scheduler:
             subject, body = mailer.compose_start_late(user, server_root)
         elif kind == TOO_OFTEN:
             subject, body = mailer.compose_too_often(user, server_root)
+        elif kind == FLAPPING:
+            subject, body = mailer.compose_flapping(user, server_root)
         elif kind == BACK:
             subject, body = mailer.compose_recovery(user, server_root)
         else:

@@ -85,7 +85,16 @@ CREATE TABLE users (
     -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
     maintenance     TEXT,
     maintenance_at  REAL,
-    maintenance_until REAL
+    maintenance_until REAL,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  INTEGER NOT NULL DEFAULT 10,
+    flap_quiet      REAL NOT NULL DEFAULT 3600,
+    flap_window_start REAL,
+    flap_count      INTEGER NOT NULL DEFAULT 0,
+    last_outage_at  REAL,
+    flapping_since  REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
@@ -116,7 +125,7 @@ CREATE TABLE alerts (
     -- The user's last ping when the alert was decided (NULL: none since monitoring began).
     last_ping    REAL,
     -- 'late' (silence), 'failed', 'run_timeout', 'start_late', 'too_often', or 'back' for a recovery.
-    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often')),
+    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     -- When the outage it belongs to went down.
     went_down_at REAL,
     -- 1: not sent, because the user it depends on was down (its emails were never queued).

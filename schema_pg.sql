@@ -73,6 +73,15 @@ CREATE TABLE users (
     maintenance     TEXT,
     maintenance_at  double precision,
     maintenance_until double precision,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  integer NOT NULL DEFAULT 10,
+    flap_quiet      double precision NOT NULL DEFAULT 3600,
+    flap_window_start double precision,
+    flap_count      integer NOT NULL DEFAULT 0,
+    last_outage_at  double precision,
+    flapping_since  double precision,
     -- The instance whose absence listener is deciding about this user (NULL: none): others skip the row
     -- while that instance's lease lasts.
     claimed_by      bigint
@@ -96,7 +105,7 @@ CREATE TABLE alerts (
     user_id      bigint           NOT NULL REFERENCES users (id),
     at           double precision NOT NULL,
     last_ping    double precision,
-    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often')),
+    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     went_down_at double precision,
     suppressed   boolean          NOT NULL DEFAULT false
 );

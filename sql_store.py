@@ -66,7 +66,8 @@ USER_COLUMNS = (
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
     " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
     " grace, fail_threshold, min_runtime, min_interval, start_grace, fail_count, last_success, too_often_at,"
-    " too_often_gap, maintenance_at, maintenance_until"
+    " too_often_gap, maintenance_at, maintenance_until, flap_threshold, flap_quiet, flap_window_start, flap_count,"
+    " last_outage_at, flapping_since"
 )
 
 
@@ -176,6 +177,8 @@ SETTINGS_COLUMNS = (
     "min_interval",
     "start_grace",
     "maintenance",
+    "flap_threshold",
+    "flap_quiet",
 )
 
 
@@ -201,6 +204,8 @@ def user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.min_interval,
         user.start_grace,
         maintenance_text(user.maintenance),
+        user.flap_threshold,
+        user.flap_quiet,
         user.depends_on,
     )
 
@@ -271,6 +276,14 @@ MAINTENANCE_OUTCOME = (
     " THEN coalesce({row}down_since, {row}muted_outage) ELSE {row}muted_outage END,"
     " maintenance_until = coalesce({until}, {row}maintenance_until),"
     " maintenance_at = CASE WHEN {row}maintenance IS NOT NULL THEN coalesce({next_at}, {row}maintenance_at) END"
+)
+# What an outcome writes of a new outage counted for flapping (CheckOutcome.flap: {start}, {count}, {outage},
+# {since}; rules.count_outage), if it counted one ({outage} not NULL).
+FLAP_OUTCOME = (
+    "flap_window_start = CASE WHEN {outage} IS NULL THEN {row}flap_window_start ELSE {start} END,"
+    " flap_count = CASE WHEN {outage} IS NULL THEN {row}flap_count ELSE {count} END,"
+    " last_outage_at = coalesce({outage}, {row}last_outage_at),"
+    " flapping_since = CASE WHEN {outage} IS NULL THEN {row}flapping_since ELSE {since} END"
 )
 
 # Configuring users (SqlStore._apply_users). DUE_AT stands for the database's rules.due_at in SQL.

@@ -37,6 +37,7 @@ from rules_sql import RulesSql
 from sql_store import (
     DAY_ALERTS_SQL as DAY_ALERTS_SQL,
     FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
+    FLAP_OUTCOME as _FLAP_OUTCOME,
     MAINTENANCE_OUTCOME as _MAINTENANCE_OUTCOME,
     NEW_PINGS_SQL as NEW_PINGS_SQL,
     PING_BEFORE_SQL as PING_BEFORE_SQL,
@@ -366,7 +367,8 @@ class Store(SqlStore):
                     " next_run_after = coalesce(?12, next_run_after),"
                     " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END,"
                     # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
-                    f" {_MAINTENANCE_OUTCOME.format(until='?14', next_at='?15', row='')}"
+                    f" {_MAINTENANCE_OUTCOME.format(until='?14', next_at='?15', row='')},"
+                    f" {_FLAP_OUTCOME.format(start='?16', count='?17', outage='?18', since='?19', row='')}"
                     " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
                     (
                         outcome.next_due_at,
@@ -384,6 +386,7 @@ class Store(SqlStore):
                         next_run,
                         outcome.maintenance_until,
                         outcome.maintenance_at,
+                        *(outcome.flap or (None, None, None, None)),
                     ),
                 ).rowcount
                 if not claimed:

@@ -542,3 +542,90 @@ def test_the_overview_shows_a_user_in_its_maintenance_window_as_maintenance(stor
     # A snooze by hand is a snooze, not maintenance.
     store.snooze("pi", WINDOW_END + 600, WINDOW_START + 3)
     assert rules.live_state(store.user("pi"), WINDOW_START + 4) == rules.SNOOZED
+
+
+# Flapping: max_sleep 60, so each silence of more than a minute is an outage.
+
+
+def flappy(**settings):
+    return pi(max_sleep=60, email_frequency=0, flap_threshold=4, flap_quiet=600, **settings)
+
+
+def flap(store, steps, times):
+    """Each (ping, check) in `times` (offsets from T0): a ping, then a listener step."""
+    for ping, check in times:
+        if ping is not None:
+            store.record_ping("pi", T0 + ping)
+        steps.check_once(T0 + check)
+
+
+@BACKENDS
+def test_more_state_changes_than_flap_threshold_in_an_hour_send_one_flapping_notice_then_nothing(store):
+    steps = listener(store, flappy())
+    # Outages at 60, 130, 200 and 270 s, each over after 10 s: 1, 3, 5 and 7 state changes counted.
+    flap(store, steps, [(0, 1), (None, 61), (70, 71), (None, 131), (140, 141), (None, 201), (210, 211)])
+    flap(store, steps, [(None, 271), (280, 281)])
+    assert subjects(store) == [
+        "pi disconnection detected",
+        "pi is back",
+        "pi disconnection detected",
+        "pi is back",
+        "pi is flapping",
+    ]
+    assert rules.live_state(store.user("pi"), T0 + 282) == rules.FLAPPING
+    # Stable (pinging) until flap_quiet after its last outage: flapping ends and its count starts again, so a
+    # new outage is alerted.
+    flap(store, steps, [(at, at + 1) for at in range(300, 900, 30)])
+    assert len(subjects(store)) == 5
+    assert rules.live_state(store.user("pi"), T0 + 900) == rules.PINGING
+    steps.check_once(T0 + 971)
+    assert subjects(store)[5:] == ["pi disconnection detected"]
+
+
+@BACKENDS
+def test_a_user_down_when_its_flapping_ends_is_alerted_then(store):
+    steps = listener(store, flappy())
+    flap(store, steps, [(0, 1), (None, 61), (70, 71), (None, 131), (140, 141), (None, 201), (210, 211)])
+    # Silent from 210: its outage at 270 is counted, not alerted, until flap_quiet after it.
+    flap(store, steps, [(None, 271), (None, 869)])
+    assert subjects(store)[-1] == "pi is flapping"
+    steps.check_once(T0 + 871)
+    assert subjects(store)[-1] == "pi disconnection detected"
+
+
+@BACKENDS
+def test_a_child_of_a_flapping_parent_stays_quiet(store):
+    users = {**flappy(), "cam": {"monitor": True, "max_sleep": 100, "email_frequency": 0, "depends_on": "pi"}}
+    steps = listener(store, users)
+    flap(store, steps, [(0, 1), (None, 61), (70, 71), (None, 131), (140, 141)])
+    store.record_ping("cam", T0 + 150)
+    flap(store, steps, [(None, 201), (210, 211), (240, 241), (270, 271), (300, 301)])
+    # pi's return at 210 restarted cam's silence: cam is late at 310, while pi is up but flapping.
+    steps.check_once(T0 + 311)
+    assert subjects(store)[-1] == "pi is flapping"
+    assert query(db_of(store), "SELECT kind FROM alerts JOIN users ON users.id = user_id WHERE suppressed") == [
+        ("late",)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"flap_threshold": 1}, "users.pi.flap_threshold: must be an integer >= 2, got 1"),
+        ({"flap_quiet": 0}, "users.pi.flap_quiet: must be a number > 0, got 0"),
+    ],
+)
+def test_bad_flapping_settings_are_refused_naming_the_key(settings, problem):
+    with pytest.raises(config.ConfigError) as raised:
+        make_settings(pi(**settings))
+    assert raised.value.problems == [problem]
+
+
+def test_a_state_change_is_counted_once_per_outage_within_an_hour_of_the_first():
+    down = rules.Condition(rules.SILENCE, T0)
+    first = rules.count_outage(state(), down, T0 + 1)
+    assert first == rules.Flap(T0, 1, T0, None)
+    counted = state(flap_window_start=T0, flap_count=1, last_outage_at=T0, flap_quiet=7200.0)
+    assert rules.count_outage(counted, down, T0 + 2) is None
+    assert rules.count_outage(counted, rules.Condition(rules.SILENCE, T0 + 3600), T0 + 3601).count == 2
+    assert rules.count_outage(counted, rules.Condition(rules.SILENCE, T0 + 3601), T0 + 3602).count == 1
