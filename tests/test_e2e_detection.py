@@ -1,9 +1,11 @@
 """Detection end to end (SPEC "Detection"): the real service as a subprocess on 127.0.0.1 sends each rule's email
 through a real SMTP-over-TLS server, on both databases."""
 
+import time
+
 import pytest
 
-from support import LIBFAKETIME, query, write_settings
+from support import LIBFAKETIME, query, wait_until, write_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -108,3 +110,29 @@ def test_no_alert_inside_a_maintenance_window_and_the_silence_counts_from_its_en
     assert service.stop() == 0
     [(alerted_at,)] = query(db, "SELECT at FROM alerts")
     assert alerted_at > window_end + 1
+
+
+def test_a_flapping_device_gets_one_flapping_notice_and_then_no_more_emails(tmp_path, db, start_server, smtp_server):
+    users = {"pi": {"monitor": True, "max_sleep": 0.3, "email_frequency": 0, "flap_threshold": 2, "flap_quiet": 3600}}
+    service = start_server(write_settings(tmp_path / "settings.json", users), db)
+
+    def outage():
+        """A ping, then a silence past max_sleep that the listener has seen."""
+        seen = len(query(db, "SELECT id FROM alerts"))
+        assert service.get("/ping?username=pi")[0] == 200
+        wait_until(lambda: len(query(db, "SELECT id FROM alerts")) > seen, message="an alert or notice decided")
+
+    # Each outage is two state changes: the second makes three, past the threshold of 2.
+    for _ in range(2):
+        outage()
+    wait_until(lambda: ("flapping",) in query(db, "SELECT kind FROM alerts"), message="the flapping notice")
+    flapping_at = query(db, "SELECT max(id) FROM alerts")[0][0]
+    for _ in range(3):
+        assert service.get("/ping?username=pi")[0] == 200
+        time.sleep(0.5)  # a silence past max_sleep: an outage, neither alerted nor recovered
+    smtp_server.wait_for_messages(1)
+    wait_until(lambda: query(db, "SELECT count(*) FROM outbox WHERE status = 'queued'") == [(0,)], message="sent")
+    assert service.stop() == 0
+    assert query(db, f"SELECT kind FROM alerts WHERE id > {flapping_at}") == []
+    texts = [f"{message['Subject']}\n{message.get_content()}" for _, _, message in smtp_server.messages]
+    assert sum("pi is flapping" in text for text in texts) == 1
