@@ -36,7 +36,7 @@ ZONE = "Europe/Paris"
 NOBODY_LATE_AT = MONITORING_START + LATE_MAX_SLEEP / 2
 # Detection's rules (SPEC "Detection") on every user; a scheduled one also gets a start_grace (the late ones
 # none beyond their grace of 0, so that they are late as before).
-DETECTION = {"fail_threshold": 3, "min_runtime": 1.0, "min_interval": 30.0}
+DETECTION = {"fail_threshold": 3, "min_runtime": 1.0, "min_interval": 30.0, "flap_threshold": 4}
 SOME_LATE_AT = MONITORING_START + 2 * LATE_MAX_SLEEP
 
 
