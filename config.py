@@ -6,6 +6,7 @@ value or key is cut, so a huge one cannot make a huge line.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -41,6 +42,8 @@ DEFAULT_HEARTBEAT_FREQUENCY = 60.0
 # The largest duration accepted, about 31 years: any more is surely a typo, and a deadline that far
 # away could not even be shown as a local time.
 MAX_SECONDS = 1e9
+# The greatest count a setting takes (fail_threshold): more would never be reached, and would overflow a column.
+MAX_COUNT = 1_000_000
 # Connections part way through a request (some bytes in, not all) one client address may hold unless
 # max_incomplete_requests_per_address says otherwise: a NAT's devices share one address.
 DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS = 1_000
@@ -78,6 +81,7 @@ TOP_LEVEL_KEYS = {
     "auto_provision",
     "auto_provision_limit",
     "ping_key",
+    "maintenance",
 }
 # How many checks signals with create=1 may create (auto_provision) unless auto_provision_limit says otherwise:
 # a flood of made-up names cannot grow the database past it.
@@ -97,6 +101,13 @@ USER_KEYS = {
     "notify",
     "email_keywords",
     "tags",
+    "fail_threshold",
+    "min_runtime",
+    "min_interval",
+    "start_grace",
+    "maintenance",
+    "flap_threshold",
+    "flap_quiet",
 }
 # With a `defaults` object (a fleet's settings), these keys need not be given anywhere: a user that
 # gives neither monitor nor email_frequency, in `defaults` or its own entry, is monitored and alerted at
@@ -118,6 +129,9 @@ _SLUG = re.compile(r"[A-Za-z0-9_-]+")
 _BADGE_KEY = re.compile(r"[A-Za-z0-9._~-]+")
 # A status page's title and display names are shown on one line.
 MAX_TITLE = 200
+MAINTENANCE_KEYS = {"schedule", "duration", "tz"}
+DEFAULT_FLAP_THRESHOLD = 10
+DEFAULT_FLAP_QUIET = 3600.0
 # A user's channels: "email" (its recipients) and "webhook:NAME" for each webhook named in `webhooks`.
 EMAIL_CHANNEL = "email"
 WEBHOOK_CHANNEL_PREFIX = "webhook:"
@@ -179,6 +193,18 @@ class UserConfig:
     email_keywords: EmailKeywords | None = None
     # Labels grouping users (a badge covers every user carrying its tag), in the order given, without repeats.
     tags: tuple[str, ...] = ()
+    # Detection (rules.py): how many fails in a row make a failure; the shortest run that is not a failure;
+    # the least time between two successes; for a scheduled user, how late its run may start. None: no such rule.
+    fail_threshold: int = 1
+    min_runtime: float | None = None
+    min_interval: float | None = None
+    start_grace: float | None = None
+    # Its maintenance windows, settings.json's top-level ones first: no alert inside one.
+    maintenance: tuple["MaintenanceWindow", ...] = ()
+    # More state changes than flap_threshold within an hour make the user flapping: one notice, then no alert
+    # or recovery until it has had no new outage for flap_quiet seconds.
+    flap_threshold: int = DEFAULT_FLAP_THRESHOLD
+    flap_quiet: float = DEFAULT_FLAP_QUIET
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +218,16 @@ class EmailPingsConfig:
     host: str = DEFAULT_EMAIL_PINGS_HOST
     tls_certificate: str | None = None
     tls_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A recurring maintenance window: it opens each time `schedule` (a cron expression in the zone `tz`) fires
+    and lasts `duration` seconds (rules.maintenance_window)."""
+
+    schedule: str
+    duration: float
+    tz: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +403,7 @@ def parse_settings(document: Any) -> Settings:
             f"ping_key: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces, / or control"
             " characters"
         )
+    every_user = _maintenance(document.get("maintenance", []), "maintenance", problems)
     users = _required(document, "users", "", problems)
     parsed_users = {}
     if users is not None and not isinstance(users, dict):
@@ -376,7 +413,7 @@ def parse_settings(document: Any) -> Settings:
         for username, user in users.items():
             parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
             if parsed is not None:
-                parsed_users[username] = parsed
+                parsed_users[username] = dataclasses.replace(parsed, maintenance=every_user + parsed.maintenance)
         _check_dependencies(users, problems)
         if "recipient" not in document:
             _check_recipient_needed(users, problems)
@@ -641,6 +678,29 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
     email_keywords = _email_keywords(user["email_keywords"], path, problems) if "email_keywords" in user else None
     tags = _tags(user.get("tags", []), f"{path}.tags", problems)
+    fail_threshold = user.get("fail_threshold", 1)
+    if isinstance(fail_threshold, bool) or not isinstance(fail_threshold, int) or fail_threshold < 1:
+        problems.append(f"{path}.fail_threshold: must be an integer >= 1, got {_show(fail_threshold)}")
+    elif fail_threshold > MAX_COUNT:
+        problems.append(f"{path}.fail_threshold: must be at most {MAX_COUNT}, got {_show(fail_threshold)}")
+    min_runtime, min_interval = (
+        None if user.get(key) is None else _seconds(user[key], f"{path}.{key}", problems, positive=True)
+        for key in ("min_runtime", "min_interval")
+    )
+    maintenance = _maintenance(user.get("maintenance", []), f"{path}.maintenance", problems)
+    flap_threshold = user.get("flap_threshold", DEFAULT_FLAP_THRESHOLD)
+    if isinstance(flap_threshold, bool) or not isinstance(flap_threshold, int) or flap_threshold < 2:
+        problems.append(f"{path}.flap_threshold: must be an integer >= 2, got {_show(flap_threshold)}")
+    elif flap_threshold > MAX_COUNT:
+        problems.append(f"{path}.flap_threshold: must be at most {MAX_COUNT}, got {_show(flap_threshold)}")
+    flap_quiet = DEFAULT_FLAP_QUIET
+    if "flap_quiet" in user:
+        flap_quiet = _seconds(user["flap_quiet"], f"{path}.flap_quiet", problems, positive=True)
+    start_grace = None
+    if "start_grace" in user:
+        start_grace = _seconds(user["start_grace"], f"{path}.start_grace", problems)
+        if schedule is None and "max_sleep" in user:
+            problems.append(f"{path}.start_grace: only for a user with a schedule (this one has max_sleep)")
     if len(problems) > before:
         return None
     return UserConfig(
@@ -658,6 +718,13 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
         notify=notify,
         email_keywords=email_keywords,
         tags=tags,
+        fail_threshold=fail_threshold,
+        min_runtime=min_runtime,
+        min_interval=min_interval,
+        start_grace=start_grace,
+        maintenance=maintenance,
+        flap_threshold=flap_threshold,
+        flap_quiet=flap_quiet,
     )
 
 
@@ -725,6 +792,36 @@ def _tags(value, path, problems):
             )
             return ()
     return tuple(dict.fromkeys(value))
+
+
+def _maintenance(windows, path, problems):
+    """The MaintenanceWindows of the list `windows` (settings.json's `maintenance` at `path`), each
+    {"schedule", "duration", "tz"} (tz: default the process's local zone); problems named by their key path."""
+    if not isinstance(windows, list):
+        problems.append(f'{path}: must be a list of {{"schedule", "duration", "tz"}}, got {_show(windows)}')
+        return ()
+    parsed = []
+    for index, window in enumerate(windows):
+        at = f"{path}[{index}]"
+        if not isinstance(window, dict):
+            problems.append(f'{at}: must be an object {{"schedule", "duration", "tz"}}, got {_show(window)}')
+            continue
+        before = len(problems)
+        _unknown_keys(window, MAINTENANCE_KEYS, at + ".", problems)
+        schedule, duration = (_required(window, key, at + ".", problems) for key in ("schedule", "duration"))
+        tz = window.get("tz", schedules.local_zone_name())
+        if "schedule" in window:
+            problem = schedules.expression_problem(schedule)
+            if problem is not None:
+                problems.append(f"{at}.schedule: {problem}, got {_show(schedule)}")
+        if "duration" in window:
+            duration = _seconds(duration, f"{at}.duration", problems, positive=True)
+        problem = schedules.zone_problem(tz)
+        if problem is not None:
+            problems.append(f"{at}.tz: {problem} (default: this process's local zone), got {_show(tz)}")
+        if len(problems) == before:
+            parsed.append(MaintenanceWindow(schedule, duration, str(tz)))
+    return tuple(parsed)
 
 
 def _is_token(text):

@@ -26,7 +26,7 @@ from localtime import (
     zone_sentence,
 )
 from records import QueuedEmail, Signal, UserState
-from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, expected_at
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, START_LATE, SUCCESS, TOO_OFTEN, expected_at
 
 log = logging.getLogger("ping_listener.mailer")
 
@@ -95,12 +95,12 @@ class TestEmailSender(Protocol):
 
 
 def event_moment(user: UserState, kind: str, signal: Signal | None = None) -> float:
-    """The moment an alert about `kind` (rules.SILENCE, FAILURE, RUN_TIMEOUT) or a recovery (rules.BACK) is
-    about, whose day its logs link shows: the failing `signal`, the run's start, the return, or the last
-    ping; the start of monitoring where there is none."""
+    """The moment an alert about `kind` (rules.SILENCE, FAILURE, RUN_TIMEOUT, START_LATE, TOO_OFTEN) or a recovery
+    (rules.BACK) is about, whose day its logs link shows: the failing `signal`, the run's start, the return, the
+    success that came too soon, or the last ping; the start of monitoring where there is none."""
     if kind == FAILURE and signal is not None:
         return signal.at
-    moment = {RUN_TIMEOUT: user.run_started, BACK: user.back_at}.get(kind, user.last_ping)
+    moment = {RUN_TIMEOUT: user.run_started, BACK: user.back_at, TOO_OFTEN: user.too_often_at}.get(kind, user.last_ping)
     return moment if moment is not None else user.monitored_since
 
 
@@ -168,20 +168,35 @@ def compose_test_email(server: str) -> tuple[str, str]:
 
 
 def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[str, str]:
-    """Subject and plain-text body of the alert for `user`'s failure reported by `signal`, as (subject, body).
+    """Subject and plain-text body of the alert for `user`'s failure reported by `signal` (its latest fail), as
+    (subject, body).
 
     It says when the failure was reported, its exit code and the duration of the run it closed, if
     any, links to that day's signals, and ends with the last QUOTED_OUTPUT_CHARS characters of the
-    signal's body when it had one.
+    signal's body when it had one. With a fail_threshold above 1 it is `NAME failed N times in a row`; a
+    success that closed a run shorter than min_runtime (rules.counts_as) is `NAME finished too fast`, saying
+    how long the run took and was expected to take.
     """
     username = user.username
-    reported = f"Failure reported: {format_email_time(signal.at, user.tz)}"
+    too_fast = signal.kind == SUCCESS
+    reported = f"{'Run finished' if too_fast else 'Failure reported'}: {format_email_time(signal.at, user.tz)}"
     if signal.exit_code is not None:
         reported += f", exit code {signal.exit_code}"
     if signal.duration is not None:
         reported += f", after a run of {run_length(signal.duration)}"
+    if too_fast:
+        reported += f", expected at least {duration_in_words(user.min_runtime or 0.0)}"
+        subject, what = f"{username} finished too fast", f"{username} finished its run too fast to have done its work"
+    else:
+        subject, what = f"{username} failure reported", f"{username} reported a failure"
+    if user.fail_threshold > 1:
+        subject = f"{username} failed {user.fail_count} times in a row"
+        what += (
+            f": {user.fail_count} failures in a row since its last success (alerts wait for"
+            f" {user.fail_threshold} in a row)"
+        )
     body = (
-        f"{username} reported a failure.\n"
+        f"{what}.\n"
         f"\n"
         f"{reported}.\n"
         f"{LOGS_LINE}{logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
@@ -197,7 +212,61 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
             else f"The last {QUOTED_OUTPUT_CHARS} characters of its output"
         )
         body += f"\n{shown}:\n\n{quoted}\n"
-    return f"{username} failure reported", body
+    return subject, body
+
+
+def compose_start_late(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for scheduled `user` whose run has not started within its
+    start_grace after its expected time, as (subject, body): `NAME did not start on time`."""
+    username = user.username
+    expected = expected_at(user)
+    seen = event_moment(user, START_LATE)
+    run = "its next run" if expected is None else f"its {format_email_clock(expected, user.tz)} run"
+    body = (
+        f"{username} has not started {run} within {duration_in_words(user.start_grace or 0.0)} of its time"
+        f" (schedule {user.schedule}).\n"
+        f"\n"
+        f"Last contact: {format_email_time(seen, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+        f"{zone_sentence(seen, user.tz)}\n"
+        f"\n"
+        f"Its start ends this alert; it still has {duration_in_words(user.grace or 0.0)} after its time to finish.\n"
+        f"You will be reminded {_reminder(user.email_frequency)} until it starts.\n"
+    )
+    return f"{username} did not start on time", body
+
+
+def compose_flapping(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the one notice that `user` is flapping, as (subject, body): `NAME is
+    flapping`, saying that no alert or recovery follows until it has been stable for flap_quiet."""
+    username = user.username
+    seen = event_moment(user, SILENCE)
+    body = (
+        f"{username} went down and came back more than {user.flap_threshold} times within an hour.\n"
+        f"\n"
+        f"No alert or recovery about it will follow until it has been stable (no new outage) for"
+        f" {duration_in_words(user.flap_quiet)}; then, if it is down, it is alerted as usual.\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+    )
+    return f"{username} is flapping", body
+
+
+def compose_too_often(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the notice that `user` sent two successes closer than its min_interval,
+    as (subject, body): `NAME pinged too often`, saying how close they were."""
+    username = user.username
+    at = event_moment(user, TOO_OFTEN)
+    body = (
+        f"{username} pinged twice within {duration_in_words(round(user.too_often_gap or 0.0, 3))}, expected at most"
+        f" once every {duration_in_words(user.min_interval or 0.0)}: is it misconfigured?\n"
+        f"\n"
+        f"Second ping: {format_email_time(at, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, at)}\n"
+        f"{zone_sentence(at, user.tz)}\n"
+        f"\n"
+        f"You will be told {_reminder(user.email_frequency)} at most while it goes on.\n"
+    )
+    return f"{username} pinged too often", body
 
 
 def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:

@@ -55,10 +55,12 @@ _MARKS = {"alerts": (rules.SILENCE, rules.RUN_TIMEOUT), "failures": (rules.FAILU
 # Problems first, for the rows and the summary. A state not named here sorts right after rules.LATE.
 STATE_ORDER = (
     rules.FAILED,
+    rules.FLAPPING,
     rules.ALERTED,
     rules.LATE,
     rules.SUPPRESSED,
     rules.SNOOZED,
+    rules.MAINTENANCE,
     rules.SILENT,
     rules.RUNNING,
     rules.PINGING,
@@ -595,11 +597,17 @@ class Overview:
 def _recheck_at(user: UserState, now: float) -> float:
     """The first moment from `now` on at which `user`'s live state (rules.live_state, its parent's aside) or
     its silence (rules.silent_at) may change with the clock alone, while its row in the store stays the same:
-    the end of its snooze, its run's deadline, its silence's (late_at) or its last ping's; math.inf if none.
+    the end of its snooze, its run's deadline, its silence's (late_at), its start's (start_deadline) or its last
+    ping's; math.inf if none.
 
     Its parent's state changes at the parent's own such moments, when the parent's row is written again
     with its children's."""
-    moments = [user.snoozed_until, rules.run_deadline(user, now), rules.late_at(user, now)]
+    moments = [
+        user.snoozed_until,
+        rules.run_deadline(user, now),
+        rules.late_at(user, now),
+        rules.start_deadline(user, now),
+    ]
     if user.last_ping is not None:
         moments.append(rules.deadline_after(user, user.last_ping))
     return min((moment for moment in moments if moment is not None and moment >= now), default=math.inf)

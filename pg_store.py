@@ -193,6 +193,8 @@ DELETE_OLD_PINGS_SQL = (
 # its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
 # configured user).
 _SIGNAL_EFFECTS = _RULES.signal_effects("signal")
+# What the signal counts as for its user (rules.counts_as): a success that closed a run too fast is a fail.
+_KIND = _RULES.counts_as("signal")
 RECORD_SIGNAL_SQL = (
     "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
     " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
@@ -202,13 +204,14 @@ RECORD_SIGNAL_SQL = (
     f" children AS (UPDATE users SET silence_from = {_RULES.parent_return('signal')}, suppressed_kind = NULL,"
     f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('signal'))} FROM signal"
     " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
-    f" AND (SELECT {_RULES.down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    f" AND (SELECT {_RULES.counts_as('signal', 'parent.')} = 'success' AND {_RULES.down('signal.at', 'parent.')}"
+    f" FROM users AS parent WHERE parent.id = signal.user_id)),"
     " moved AS (UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(signal.duration, last_duration),"
-    " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
-    " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
-    f" last_signal = signal.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" suppressed_kind = CASE {_KIND} WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    f" fail_signal = CASE {_KIND} WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
+    f" last_signal = signal.id, due_at = {_RULES.signal_due_at(_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
@@ -228,6 +231,12 @@ _OUTCOME_COLUMNS = {
     "suppressed_kind": "text",
     "run_after": "float8",
     "next_run": "float8",
+    "maintenance_until": "float8",
+    "maintenance_at": "float8",
+    "flap_window_start": "float8",
+    "flap_count": "integer",
+    "last_outage_at": "float8",
+    "flapping_since": "float8",
 }
 SAVE_OUTCOMES_SQL = POSTGRESQL.sql(
     f"UPDATE users SET {outcome_assignments('o.{}')} FROM unnest("

@@ -98,6 +98,29 @@ class UserState:
     schedule: str | None = None
     tz: str | None = None
     grace: float | None = None
+    # Detection (settings.json's fail_threshold, min_runtime, min_interval, start_grace), and what its signals
+    # made of them: fails in a row since its last success, its last success, and the success that came too
+    # soon after the one before it (with the gap between them), until alerted.
+    fail_threshold: int = 1
+    min_runtime: float | None = None
+    min_interval: float | None = None
+    start_grace: float | None = None
+    fail_count: int = 0
+    last_success: float | None = None
+    too_often_at: float | None = None
+    too_often_gap: float | None = None
+    # Maintenance windows (settings.json's maintenance): the next one's start as the absence listener last
+    # worked it out, and the end of the last one that snoozed it.
+    maintenance_at: float | None = None
+    maintenance_until: float | None = None
+    # Flapping (settings.json's flap_threshold and flap_quiet), and the absence listener's count of its outages
+    # (rules.count_outage): its window's start, the outages in it, the last one's start; when it began flapping.
+    flap_threshold: int = 10
+    flap_quiet: float = 3600.0
+    flap_window_start: float | None = None
+    flap_count: int = 0
+    last_outage_at: float | None = None
+    flapping_since: float | None = None
     # The user it depends on, read in the same statement (its own parent is not read); None if none.
     parent: "UserState | None" = None
 
@@ -168,16 +191,15 @@ class NewWebhook:
 class CheckOutcome:
     """What the absence listener decided about one due user.
 
-    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition
-    `kind` (rules.SILENCE, FAILURE or RUN_TIMEOUT), through the user's channels. `next_due_at` is when to
-    look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
-    back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
-    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
-    or ends an outage. `suppressed`, if not None,
-    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
-    recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment its silence is
-    measured from, its schedule's next run after it), as rules.decide worked it out (Decision.next_run),
-    kept so that SQL can tell whether it is down when it is a parent.
+    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition `kind`
+    (rules.SILENCE, FAILURE, RUN_TIMEOUT, START_LATE, or the notice TOO_OFTEN), through the user's channels.
+    `next_due_at` is when to look at the user again. `ends_outage` says that the success ending the user's alerted
+    outage (its back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
+    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts or ends an
+    outage. `suppressed`, if not None, is a condition (its kind and when it went down) whose alert the user's
+    parent's outage suppressed: recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment
+    its silence is measured from, its schedule's next run after it), as rules.decide worked it out
+    (Decision.next_run), kept so that SQL can tell whether it is down when it is a parent.
     """
 
     user: UserState
@@ -191,6 +213,12 @@ class CheckOutcome:
     webhooks: tuple[NewWebhook, ...] = ()
     recovery_webhooks: tuple[NewWebhook, ...] = ()
     next_run: tuple[float, float | None] | None = None
+    # Maintenance (rules.in_maintenance): the end of the window that snoozes the user from now (None: none
+    # began), and when its next window opens (None: it has none).
+    maintenance_until: float | None = None
+    maintenance_at: float | None = None
+    # A new outage counted for flapping (rules.Decision.flap): (window start, count, outage start, flapping since).
+    flap: tuple[float, int, float, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

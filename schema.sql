@@ -77,7 +77,35 @@ CREATE TABLE users (
     created_by      TEXT CHECK (created_by IN ('api', 'ping')),
     -- The checks-by-program change counter when this row last changed as such (created, changed, paused,
     -- deleted, taken over): its maximum tells each instance whether to read them again.
-    program_change  INTEGER
+    program_change  INTEGER,
+    -- Detection, mirroring settings.json (rules.py): fails in a row that make a failure, the shortest run
+    -- that is not one, the least time between two successes, how late a scheduled run may start.
+    fail_threshold  INTEGER NOT NULL DEFAULT 1,
+    min_runtime     REAL,
+    min_interval    REAL,
+    start_grace     REAL,
+    -- Fails in a row since the last success (a success closing a run shorter than min_runtime is one).
+    fail_count      INTEGER NOT NULL DEFAULT 0,
+    last_success    REAL,
+    -- A success that came sooner than min_interval after the one before (and the time between them),
+    -- until the absence listener has alerted about it.
+    too_often_at    REAL,
+    too_often_gap   REAL,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  REAL,
+    maintenance_until REAL,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  INTEGER NOT NULL DEFAULT 10,
+    flap_quiet      REAL NOT NULL DEFAULT 3600,
+    flap_window_start REAL,
+    flap_count      INTEGER NOT NULL DEFAULT 0,
+    last_outage_at  REAL,
+    flapping_since  REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
@@ -110,8 +138,8 @@ CREATE TABLE alerts (
     at           REAL    NOT NULL,
     -- The user's last ping when the alert was decided (NULL: none since monitoring began).
     last_ping    REAL,
-    -- 'late' (silence), 'failed', 'run_timeout', or 'back' for a recovery.
-    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    -- 'late' (silence), 'failed', 'run_timeout', 'start_late', 'too_often', or 'back' for a recovery.
+    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     -- When the outage it belongs to went down.
     went_down_at REAL,
     -- 1: not sent, because the user it depends on was down (its emails were never queued).

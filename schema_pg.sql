@@ -54,6 +54,34 @@ CREATE TABLE users (
     grace           double precision,
     next_run_after  double precision,
     next_run        double precision,
+    -- Detection, mirroring settings.json (rules.py): fails in a row that make a failure, the shortest run
+    -- that is not one, the least time between two successes, how late a scheduled run may start.
+    fail_threshold  integer NOT NULL DEFAULT 1,
+    min_runtime     double precision,
+    min_interval    double precision,
+    start_grace     double precision,
+    -- Fails in a row since the last success (a success closing a run shorter than min_runtime is one).
+    fail_count      integer NOT NULL DEFAULT 0,
+    last_success    double precision,
+    -- A success that came sooner than min_interval after the one before (and the time between them),
+    -- until the absence listener has alerted about it.
+    too_often_at    double precision,
+    too_often_gap   double precision,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  double precision,
+    maintenance_until double precision,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  integer NOT NULL DEFAULT 10,
+    flap_quiet      double precision NOT NULL DEFAULT 3600,
+    flap_window_start double precision,
+    flap_count      integer NOT NULL DEFAULT 0,
+    last_outage_at  double precision,
+    flapping_since  double precision,
     -- The instance whose absence listener is deciding about this user (NULL: none): others skip the row
     -- while that instance's lease lasts.
     claimed_by      bigint,
@@ -83,7 +111,7 @@ CREATE TABLE alerts (
     user_id      bigint           NOT NULL REFERENCES users (id),
     at           double precision NOT NULL,
     last_ping    double precision,
-    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     went_down_at double precision,
     suppressed   boolean          NOT NULL DEFAULT false
 );

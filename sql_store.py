@@ -7,6 +7,7 @@ text is not the same) stays in store.py and pg_store.py.
 """
 
 import dataclasses
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,7 +15,7 @@ from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from config import UserConfig
+from config import MaintenanceWindow, UserConfig
 from records import (
     PAUSED_UNTIL,
     AlertHistory,
@@ -41,7 +42,7 @@ from records import (
     WebhookEvent,
     WebhookHistory,
 )
-from rules import BACK
+from rules import BACK, TOO_OFTEN
 from rules_sql import RulesSql
 
 # How often the store's upkeep marks the service's run as seen: its downtime is known to within this much.
@@ -95,7 +96,9 @@ USER_COLUMNS = (
     "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
     " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
-    " grace"
+    " grace, fail_threshold, min_runtime, min_interval, start_grace, fail_count, last_success, too_often_at,"
+    " too_often_gap, maintenance_at, maintenance_until, flap_threshold, flap_quiet, flap_window_start, flap_count,"
+    " last_outage_at, flapping_since"
 )
 
 
@@ -208,6 +211,12 @@ def outcome_assignments(value: str) -> str:
         f" suppressed_kind = coalesce({v('suppressed_kind')}, users.suppressed_kind),"
         f" next_run = CASE WHEN {v('run_after')} IS NULL THEN users.next_run ELSE {v('next_run')} END,"
         f" next_run_after = coalesce({v('run_after')}, users.next_run_after),"
+        # A TOO_OFTEN notice is sent once: its event is forgotten once alerted.
+        f" too_often_at = CASE WHEN {v('alerting')} AND {v('kind')} = '{TOO_OFTEN}' THEN NULL"
+        " ELSE users.too_often_at END,"
+        # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
+        f" {MAINTENANCE_OUTCOME.format(until=v('maintenance_until'), next_at=v('maintenance_at'), row='users.')},"
+        f" {FLAP_OUTCOME.format(**{name: v(column) for name, column in zip(FLAP_FIELDS, FLAP_COLUMNS)}, row='users.')},"
         f" alerts_total = users.alerts_total + CASE WHEN {v('alerting')} THEN 1 ELSE 0 END{RELEASE}"
     )
 
@@ -230,6 +239,9 @@ def outcome_row(outcome: CheckOutcome) -> dict[str, Any]:
         "suppressed_kind": outcome.suppressed[0] if outcome.suppressed else None,
         "run_after": run_after,
         "next_run": next_run,
+        "maintenance_until": outcome.maintenance_until,
+        "maintenance_at": outcome.maintenance_at,
+        **dict(zip(FLAP_COLUMNS, outcome.flap or (None, None, None, None), strict=True)),
     }
 
 
@@ -249,7 +261,19 @@ SETTINGS_COLUMNS = (
     "schedule",
     "tz",
     "grace",
+    "fail_threshold",
+    "min_runtime",
+    "min_interval",
+    "start_grace",
+    "maintenance",
+    "flap_threshold",
+    "flap_quiet",
 )
+
+
+def maintenance_text(windows: Sequence[MaintenanceWindow]) -> str | None:
+    """A user's maintenance windows as its row mirrors them (JSON, so that a reload sees a change); None if none."""
+    return json.dumps([[w.schedule, w.duration, w.tz] for w in windows]) if windows else None
 
 
 def user_settings(user: UserConfig) -> tuple[Any, ...]:
@@ -264,6 +288,13 @@ def user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.schedule,
         user.tz,
         user.grace,
+        user.fail_threshold,
+        user.min_runtime,
+        user.min_interval,
+        user.start_grace,
+        maintenance_text(user.maintenance),
+        user.flap_threshold,
+        user.flap_quiet,
         user.depends_on,
     )
 
@@ -360,6 +391,29 @@ SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND sc
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 
+# What an outcome of the absence listener writes of maintenance (CheckOutcome.maintenance_until and maintenance_at, as
+# {until} and {next_at}, the user's columns read with the prefix {row}): the window that began snoozes the user as
+# SNOOZE_SQL does (rules.in_maintenance), and the next window's start is kept while the user has windows.
+MAINTENANCE_OUTCOME = (
+    "snoozed_until = coalesce({until}, {row}snoozed_until),"
+    " muted_outage = CASE WHEN {until} IS NOT NULL AND {row}back_at IS NULL"
+    " THEN coalesce({row}down_since, {row}muted_outage) ELSE {row}muted_outage END,"
+    " maintenance_until = coalesce({until}, {row}maintenance_until),"
+    " maintenance_at = CASE WHEN {row}maintenance IS NOT NULL THEN coalesce({next_at}, {row}maintenance_at) END"
+)
+# CheckOutcome.flap's fields, as outcome_row names them.
+FLAP_COLUMNS = ("flap_window_start", "flap_count", "last_outage_at", "flapping_since")
+# FLAP_OUTCOME's names for them.
+FLAP_FIELDS = ("start", "count", "outage", "since")
+# What an outcome writes of a new outage counted for flapping (CheckOutcome.flap: {start}, {count}, {outage},
+# {since}; rules.count_outage), if it counted one ({outage} not NULL).
+FLAP_OUTCOME = (
+    "flap_window_start = CASE WHEN {outage} IS NULL THEN {row}flap_window_start ELSE {start} END,"
+    " flap_count = CASE WHEN {outage} IS NULL THEN {row}flap_count ELSE {count} END,"
+    " last_outage_at = coalesce({outage}, {row}last_outage_at),"
+    " flapping_since = CASE WHEN {outage} IS NULL THEN {row}flapping_since ELSE {since} END"
+)
+
 # Configuring users (SqlStore._apply_users). DUE_AT stands for the database's rules.due_at in SQL.
 _COLUMNS = ", ".join(SETTINGS_COLUMNS)
 CONFIGURED_SETTINGS_SQL = (
@@ -374,7 +428,8 @@ ADD_USER_SQL = (
     f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now, parent_id = NULL, program = NULL, created_by = NULL"
+    + ", monitored_since = :now, parent_id = NULL, program = NULL, created_by = NULL,"
+    " maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END"
 )
 # Checks by program. A user gets its UUID the first time it is configured (ADD_USER_SQL's new rows, or these for
 # rows from before UUIDs), and keeps it.
@@ -415,7 +470,7 @@ RECENT_SIGNALS_SQL = (
 CHANGE_USER_SQL = (
     "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
     + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
-    + " WHERE username = :name"
+    + ", maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END WHERE username = :name"
 )
 SET_PARENT_SQL = (
     "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?"
@@ -458,9 +513,15 @@ RESTART_FUTURE_SQL = (
     "UPDATE users SET "
     + ", ".join(
         f"{column} = CASE WHEN {column} > :now THEN :now ELSE {column} END"
-        for column in ("run_started", "failed_at", "back_at")
+        for column in ("run_started", "failed_at", "back_at", "last_success", "too_often_at")
     )
-    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now"
+    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now OR last_success > :now OR too_often_at > :now"
+)
+# A user with maintenance windows is looked at once after a start, when the listener stores its next window.
+# Before RESTART_DATES_SQL, whose due_at reads maintenance_at; only the rows it changes are written.
+RESTART_MAINTENANCE_SQL = (
+    "UPDATE users SET maintenance_at = CASE WHEN maintenance IS NOT NULL THEN :now END"
+    " WHERE configured AND (maintenance IS NOT NULL OR maintenance_at IS NOT NULL)"
 )
 # RESTARTED_DUE_AT: the database's rules.due_at with :now for monitored_since (the new value, where the UPDATE
 # reads the old one), so that one pass over the users restarts both.
@@ -662,7 +723,16 @@ class Statements:
             pings_totals=s(PINGS_TOTALS_SQL),
             pings_total=s(PINGS_TOTAL_SQL),
             restart=tuple(
-                map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL, RESTART_DATES_SQL))
+                map(
+                    s,
+                    (
+                        RESTART_LAST_PING_SQL,
+                        RESTART_LAST_ALERT_SQL,
+                        RESTART_FUTURE_SQL,
+                        RESTART_MAINTENANCE_SQL,
+                        RESTART_DATES_SQL,
+                    ),
+                )
             )
             + tuple(requeue.format(queue=queue) for queue in ("outbox", "webhook_outbox")),
         )

@@ -161,6 +161,8 @@ RECORD_SIGNAL_SQL = (
     " FROM users WHERE username = ?5 AND configured = 1"
 )
 _SIGNAL_EFFECTS = _RULES.signal_effects("NEW")
+# What the signal counts as for its user (rules.counts_as): a success that closed a run too fast is a fail.
+_KIND = _RULES.counts_as("NEW")
 # A success of a parent that was down restarts its children's silence from that moment (rules.py): first,
 # while the parent's row still reads as it was before this signal. A parent is found through the
 # primary key and its children through users_by_parent, so this costs a user with no children one seek.
@@ -168,7 +170,8 @@ _PARENT_RETURN_SQL = (
     f"UPDATE users SET silence_from = {_RULES.parent_return('NEW')}, suppressed_kind = NULL,"
     f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('NEW'))}"
     " WHERE parent_id = NEW.user_id AND NEW.kind = 'success'"
-    f" AND (SELECT {_RULES.down('NEW.at', 'parent.')} FROM users AS parent WHERE parent.id = NEW.user_id);"
+    f" AND (SELECT {_RULES.counts_as('NEW', 'parent.')} = 'success' AND {_RULES.down('NEW.at', 'parent.')}"
+    f" FROM users AS parent WHERE parent.id = NEW.user_id);"
 )
 _SIGNAL_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN "
@@ -176,9 +179,9 @@ _SIGNAL_TRIGGER_SQL = (
     + " UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(NEW.duration, last_duration),"
-    " suppressed_kind = CASE NEW.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
-    " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
-    f" last_signal = NEW.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" suppressed_kind = CASE {_KIND} WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    f" fail_signal = CASE {_KIND} WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
+    f" last_signal = NEW.id, due_at = {_RULES.signal_due_at(_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
     " END"
 )

@@ -881,17 +881,59 @@ WATCHES = [
 ]
 
 
+# Detection's settings (SPEC "Detection"), alone and together; start_grace only for a scheduled user.
+DETECTIONS = [
+    {},
+    {"fail_threshold": 2, "min_runtime": 5},
+    {"min_interval": 50},
+    {"fail_threshold": 3, "min_runtime": 5, "min_interval": 50},
+    {"maintenance": [{"schedule": "*/7 * * * *", "duration": 60, "tz": "UTC"}]},
+]
+
+
+def with_detection(watch, detection, start_grace):
+    """A user's settings: how it is watched, detection's settings, and start_grace if scheduled."""
+    grace = {} if start_grace is None or "schedule" not in watch else {"start_grace": start_grace}
+    return {**watch, **detection, **grace}
+
+
+def expected_signal_effects(before, kind, now):
+    """What rules.py says a signal of `kind` at `now` makes of `before`'s detection columns (fail_count,
+    last_success, too_often_at), for comparison with what the store's SQL made of them."""
+    duration = max(now - before.run_started, 0) if kind in ("success", "fail") and before.run_started else None
+    counted = rules.counts_as(kind, duration, before.min_runtime)
+    fail_count = {"success": 0, "fail": before.fail_count + 1}.get(counted, before.fail_count)
+    last_success, too_often_at = before.last_success, before.too_often_at
+    if counted == "success":
+        if rules.too_often(before.last_success, now, before.min_interval):
+            too_often_at = now
+        last_success = now if last_success is None else max(last_success, now)
+    return fail_count, last_success, too_often_at
+
+
 @hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
 @hypothesis.given(
     events=SIGNAL_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]),
     watch=hypothesis.strategies.sampled_from(WATCHES),
+    detection=hypothesis.strategies.sampled_from(DETECTIONS),
+    start_grace=hypothesis.strategies.sampled_from([None, 0, 100]),
 )
-def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(new_store, events, max_runtime, watch):
+def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
+    new_store, events, max_runtime, watch, detection, start_grace
+):
     # The deadline rule is written in SQL (on every signal and restart) and in rules.due_at: whatever
     # happens, they must agree, or the index would hide due users. After a listener step it is
-    # what rules.decide chose.
-    users = {"pi": {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}}
+    # what rules.decide chose. What a signal counts as (rules.counts_as: a run too fast is a fail) and
+    # whether it came too often (rules.too_often) are SQL too: the columns they move are rules.py's.
+    users = {
+        "pi": {
+            "monitor": True,
+            "email_frequency": 100,
+            "max_runtime": max_runtime,
+            **with_detection(watch, detection, start_grace),
+        }
+    }
     store = synced(new_store(), users)
     for kind, offset in events:
         now = T0 + offset
@@ -910,6 +952,8 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
         [user] = store.configured_users()
         # A log changes nothing, not even a deadline the listener chose.
         assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
+        if kind != "restart":
+            assert (user.fail_count, user.last_success, user.too_often_at) == expected_signal_effects(before, kind, now)
 
 
 STORM_EVENTS = hypothesis.strategies.lists(
@@ -929,15 +973,22 @@ STORM_EVENTS = hypothesis.strategies.lists(
     events=STORM_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 30]),
     watch=hypothesis.strategies.sampled_from([{"max_sleep": 60}, *WATCHES[1:]]),
+    detection=hypothesis.strategies.sampled_from(DETECTIONS),
+    start_grace=hypothesis.strategies.sampled_from([None, 10]),
 )
 def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_return_is_the_rules(
-    new_store, events, max_runtime, watch
+    new_store, events, max_runtime, watch, detection, start_grace
 ):
     # Each user's deadline, as SQL stores it after every signal, snooze and restart, is rules.due_at (or
     # what rules.decide chose, after a listener step). A success of the router restarts cam's silence
     # exactly when rules.condition said that the router was down at that moment; for a scheduled router,
     # when the listener has looked at it since its silence was last restarted (SQL then knows its next run).
-    user = {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}
+    user = {
+        "monitor": True,
+        "email_frequency": 100,
+        "max_runtime": max_runtime,
+        **with_detection(watch, detection, start_grace),
+    }
     users = {"router": user, "cam": {**user, "depends_on": "router"}}
     store = synced(new_store(), users)
     for event, offset in events:
@@ -963,8 +1014,11 @@ def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_re
         after = {user.username: user for user in store.configured_users()}
         router = before["router"]
         down = rules.condition(router, now)
-        returned = event == "router success" and down is not None
-        if router.schedule is not None and returned and down.kind == rules.SILENCE:
+        # A success that closed a run too fast is a fail (rules.counts_as): no return.
+        duration = None if router.run_started is None else max(now - router.run_started, 0)
+        success = rules.counts_as("success", duration, router.min_runtime) == rules.SUCCESS
+        returned = event == "router success" and success and down is not None
+        if router.schedule is not None and returned and down.kind in (rules.SILENCE, rules.START_LATE):
             # Only if the listener's stored next run is for the moment the router's silence is measured from.
             returned = next_run_after_of(store, "router") == rules.silence_start(router, now)
         if returned:
