@@ -75,7 +75,7 @@ def test_fails_below_fail_threshold_send_nothing_and_the_third_in_a_row_says_how
     steps.check_once(T0 + 31)
     [(subject, body)] = emails(store)
     assert subject == "pi failed 3 times in a row"
-    assert "3 failures in a row since its last success (its fail_threshold is 3)" in body
+    assert "3 failures in a row since its last success (alerts wait for 3 in a row)" in body
     assert body.endswith("third error\n")
     # The outage went down at the first fail of the row; its next success ends it with a recovery.
     store.record_ping("pi", T0 + 40)
@@ -167,7 +167,7 @@ def test_a_run_shorter_than_min_runtime_is_a_failure_saying_how_long_it_took(sto
     steps.check_once(T0 + 13)
     [(subject, body)] = emails(store)
     assert subject == "pi finished too fast"
-    assert "after a run of 2 seconds, expected at least 1 minute (its min_runtime)" in body
+    assert "after a run of 2 seconds, expected at least 1 minute" in body
     assert body.endswith("backed up 0 files\n")
     assert rules.live_state(store.user("pi"), T0 + 13) == rules.FAILED
     # A run long enough is its success: the outage ends with a recovery.
@@ -199,7 +199,7 @@ def test_runs_too_fast_count_towards_fail_threshold(store):
     steps.check_once(T0 + 22)
     [(subject, body)] = emails(store)
     assert subject == "pi failed 2 times in a row"
-    assert "expected at least 1 minute (its min_runtime)" in body
+    assert "expected at least 1 minute" in body
 
 
 @BACKENDS
@@ -229,7 +229,7 @@ def test_two_successes_closer_than_min_interval_send_one_notice_per_email_freque
     steps.check_once(T0 + 41)
     [(subject, body)] = emails(store)
     assert subject == "pi pinged too often"
-    assert "pi pinged twice within 40 seconds, expected at most once every 1 hour (its min_interval)" in body
+    assert "pi pinged twice within 40 seconds, expected at most once every 1 hour" in body
     # More of the same within email_frequency: nothing more until it has passed, then one notice.
     for at in (100, 200, 300):
         store.record_ping("pi", T0 + at)
@@ -289,7 +289,7 @@ def test_a_scheduled_run_not_started_within_start_grace_alerts_long_before_grace
     steps.check_once(NEXT_HOUR + 301)
     [(subject, body)] = emails(store)
     assert subject == "pi did not start on time"
-    assert "pi has not started its run expected at" in body and "start_grace 5 minutes" in body
+    assert "pi has not started its " in body and "run within 5 minutes of its time" in body
     # The grace still bounds the whole run: once past it, the run is missed, a new condition alerted at once.
     steps.check_once(NEXT_HOUR + 3601)
     assert len(emails(store)) == 2 and subjects(store)[0] == "pi did not start on time"

@@ -41,7 +41,7 @@ def test_a_run_shorter_than_min_runtime_is_reported_as_finished_too_fast(tmp_pat
     [(_, _, message)] = smtp_server.wait_for_messages(1)
     assert message["Subject"] == "pi finished too fast"
     body = message.get_content()
-    assert "expected at least 1 minute (its min_runtime)" in body and "copied 0 files" in body
+    assert "expected at least 1 minute" in body and "copied 0 files" in body
     assert service.stop() == 0
 
 
@@ -53,7 +53,7 @@ def test_two_successes_closer_than_min_interval_are_reported_as_pinged_too_often
         assert service.get("/ping?username=pi")[0] == 200
     [(_, _, message)] = smtp_server.wait_for_messages(1)
     assert message["Subject"] == "pi pinged too often"
-    assert "expected at most once every 1 hour (its min_interval)" in message.get_content()
+    assert "expected at most once every 1 hour" in message.get_content()
     assert service.stop() == 0
     # One notice per email_frequency: the third ping, as close, sent no second one.
     assert len(smtp_server.messages) == 1
@@ -84,7 +84,7 @@ def test_a_scheduled_run_not_started_within_start_grace_is_reported_before_its_g
     )
     [(_, _, message)] = smtp_server.wait_for_messages(1, timeout=30)
     assert message["Subject"] == "backup did not start on time"
-    assert "backup has not started its run expected at 02:30 CET (Mon 2026-11-30), start_grace 1 second" in (
+    assert "backup has not started its 02:30 run within 1 second of its time (schedule 30 2 * * *)" in (
         message.get_content()
     )
     assert service.stop() == 0
