@@ -25,8 +25,18 @@ from dataclasses import dataclass, field
 import uptime
 from config import LiveSettings, Settings, StatusPage
 from localtime import duration_in_words, format_local_time, local_time_writer
-from records import Outage, StoreError, UserState
-from rules import ALERTED, FAILED, LATE, SNOOZED, SUPPRESSED, condition, live_state
+from records import PAUSED_UNTIL, Outage, StoreError, UserState
+from rules import (
+    ALERTED,
+    FAILED,
+    FLAPPING,
+    LATE,
+    MAINTENANCE as RULES_MAINTENANCE,
+    SNOOZED,
+    SUPPRESSED,
+    condition,
+    live_state,
+)
 from store_contract import StoreContract
 
 log = logging.getLogger("ping_listener.status")
@@ -231,13 +241,18 @@ def page_data(page: StatusPage, snapshot: Snapshot, now: float) -> dict[str, obj
 
 
 def device_state(user: UserState, now: float) -> str:
-    """What a status page calls `user`'s state at `now`: paused (monitor off), snoozed, failed, late (silent or
-    running past its deadlines, alerted or not) or up."""
-    if not user.monitor:
+    """What a status page calls `user`'s state at `now`: paused (monitor off, or paused over the management
+    API), in maintenance (a maintenance window snoozes it), snoozed, failed, late (silent or running past its
+    deadlines, alerted or not; a flapping user while it is so) or up."""
+    if not user.monitor or (user.snoozed_until is not None and user.snoozed_until >= PAUSED_UNTIL):
         return PAUSED
     state = live_state(user, now, user.parent)
+    if state == RULES_MAINTENANCE:
+        return MAINTENANCE
     if state == SNOOZED:
         return SNOOZED_STATE
+    if state == FLAPPING:
+        return UP if condition(user, now) is None else LATE_STATE
     if state == FAILED:
         return FAILED_STATE
     if state in (LATE, ALERTED, SUPPRESSED):

@@ -280,3 +280,26 @@ def test_a_badge_svg_of_any_name_is_well_formed_svg_naming_it(status_name):
     svg = ElementTree.fromstring(status.badge_svg('<b & "c">', status_name))
     texts = [text.text for text in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert texts == ['<b & "c">', status.BADGE_WORDS[status_name]]
+
+
+def test_a_device_in_a_maintenance_window_or_paused_over_the_api_says_so(store, clock):
+    users = {
+        "router": {**USERS["router"], "maintenance": [{"schedule": "* * * * *", "duration": 600, "tz": "UTC"}]},
+        "nas-box-7": USERS["nas-box-7"],
+        "backup-job": USERS["backup-job"],
+    }
+    pages = {"home": {"title": "Home", "users": list(users)}}
+    settings = make_settings(users, status_pages=pages, badge_key=BADGE_KEY)
+    store.sync_users(settings.users, T0)
+    listener = Scheduler(store, RecordingMailer(), LiveSettings(settings), "https://example.net", clock)
+    client = webtest.TestApp(make_test_app(store, settings, clock))
+    for name in users:
+        ping(client, name)
+    store.pause("nas-box-7", True, T0)
+    at(clock, 70)  # router's window opened at T0 + 60; backup-job is silent past max_sleep
+    listener.check_once(clock.now)
+    assert [(d["name"], d["state"]) for d in page_json(client)["devices"]] == [
+        ("router", "maintenance"),
+        ("nas-box-7", "paused"),
+        ("backup-job", "late"),
+    ]
