@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import json
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -408,9 +409,19 @@ def mount(
     @app.get(_ROUTE + "badges/")
     @_errors
     def badges(version: str) -> str:
-        # Badges (/badge/<badge_key>/...) come with status pages: none are listed until then.
+        # As Healthchecks lists them: by tag, each form's URL (this service's badges have one style, so the
+        # "3" forms are the same URLs). None without a badge_key.
         authorized(write=False)
-        return _json({"badges": {}})
+        key = settings.current.badge_key
+        if key is None:
+            return _json({"badges": {}})
+        tags = sorted({tag for user in settings.current.users.values() for tag in user.tags})
+        listed = {}
+        for tag in tags:
+            url = f"{root()}/badge/{key}/{urllib.parse.quote(tag, safe='')}"
+            forms = {"svg": f"{url}.svg", "json": f"{url}.json", "shields": f"{url}.shields"}
+            listed[tag] = {**forms, **{f"{form}3": address for form, address in forms.items()}}
+        return _json({"badges": listed})
 
 
 def _errors(callback: Callable[..., Any]) -> Callable[..., Any]:

@@ -166,6 +166,18 @@ def test_channels_list_email_and_each_webhook_and_a_check_can_name_them(store, c
     assert client.get("/api/v3/badges/", headers=RW).json == {"badges": {}}
 
 
+def test_badges_list_each_tags_badge_urls_which_answer(store, clock):
+    key = "badge-key-0123456789"
+    users = {"pi": {**PI, "tags": ["home", "lab"]}, "nas": {**PI, "tags": ["home"]}}
+    client, _, _ = api_app(store, clock, users=users, badge_key=key, server_root="https://mon.example.net")
+    badges = client.get("/api/v3/badges/", headers=RO).json["badges"]
+    assert set(badges) == {"home", "lab"}
+    assert badges["home"]["svg"] == f"https://mon.example.net/badge/{key}/home.svg"
+    assert badges["home"]["json3"] == badges["home"]["json"] == f"https://mon.example.net/badge/{key}/home.json"
+    assert badges["lab"]["shields"] == f"https://mon.example.net/badge/{key}/lab.shields"
+    assert client.get(badges["home"]["json"].removeprefix("https://mon.example.net")).json["total"] == 2
+
+
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_every_version_answers_with_the_same_handlers(client, version):
     created = create(client, version=version, name=f"v{version}")
