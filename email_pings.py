@@ -106,22 +106,32 @@ class Refused(Exception):
         self.reply = reply
 
 
-def recipient_username(address: str, domain: str, users: Mapping[str, UserConfig]) -> str:
+def _no_uuids(uuid: str) -> None:
+    """No check has a UUID: recipient_username's default."""
+    return None
+
+
+def recipient_username(
+    address: str, domain: str, users: Mapping[str, UserConfig], name_of: Callable[[str], str | None] = _no_uuids
+) -> str:
     """The configured user a message to `address` is a signal for; Refused with a 550 if there is none.
 
     `address` must be in `domain` (lowercase; its case is ignored), its local part (unquoted, case
     kept) NAME for a user without a token, NAME+TOKEN for one with one (the last `+` separates them).
+    In place of NAME, a check's UUID (any case) names it, as /ping/<uuid> does: `name_of` maps a UUID
+    to its check's name.
     """
     local, at, address_domain = address.rpartition("@")
     if not at or address_domain.lower().rstrip(".") != domain:
         raise Refused(f"550 5.7.1 relaying denied: this server takes mail for @{domain} only")
     if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
         local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
-    # Issue 25 gives every check a UUID: a local part that is a check's UUID will name it here, as /ping/<uuid>.
+    local = name_of(local.lower()) or local
     user = users.get(local)
     if user is not None and user.token_digest is None:
         return local
     name, plus, token = local.rpartition("+")
+    name = name_of(name.lower()) or name
     holder = users.get(name) if plus else None
     if holder is not None and holder.token_digest is not None:
         if hmac.compare_digest(secret_digest(token), holder.token_digest):
@@ -267,14 +277,16 @@ class EmailPingListener:
         clock: Callable[[], float],
         context: ssl.SSLContext | None = None,
         limits: ListenerLimits = ListenerLimits(),
+        name_of: Callable[[str], str | None] = _no_uuids,
     ) -> None:
-        """Ready to start; nothing bound yet."""
+        """Ready to start; nothing bound yet. `name_of` gives the name of the check whose UUID it is given."""
         self._settings = settings
         self._store = store
         self._live = live
         self._clock = clock
         self._context = context
         self.limits = limits
+        self._name_of = name_of
         self._wrong_recipients = WrongPasswordLimiter(
             WRONG_RECIPIENT_LIMIT, WRONG_RECIPIENT_WINDOW, WRONG_RECIPIENT_GLOBAL_LIMIT
         )
@@ -369,7 +381,7 @@ class EmailPingListener:
             seconds = math.ceil(refusal.until - now)
             raise Refused(f"450 4.7.1 too many unknown recipients from {source}; try again in {seconds} s")
         try:
-            username = recipient_username(address, self._settings.domain, self._live.current.users)
+            username = recipient_username(address, self._settings.domain, self._live.current.users, self._name_of)
         except Refused:
             count_wrong(self._wrong_recipients, client, now, "email recipients")
             raise

@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     email_listener = None
     if settings.email_pings is not None:
-        email_listener = EmailPingListener(settings.email_pings, store, live_settings, clock, email_tls)
+        email_listener = EmailPingListener(
+            settings.email_pings, store, live_settings, clock, email_tls, name_of=checks.name_of
+        )
         try:
             email_listener.start()
         except OSError as error:

@@ -56,6 +56,17 @@ def signals(db):
     return query(db, "SELECT username, kind, body FROM pings JOIN users ON users.id = pings.user_id ORDER BY pings.id")
 
 
+def test_mail_to_a_checks_uuid_is_a_signal_for_it_as_ping_uuid_is(tmp_path, start_server):
+    port = free_port()
+    service = start_server(email_settings(tmp_path, port))
+    db = tmp_path / "ping_listener.db"
+    [(uuid,)] = query(db, "SELECT uuid FROM users WHERE username = 'nas'")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(message("Backup task completed", to=f"{uuid.upper()}@{DOMAIN}"))
+    assert service.get(f"/ping/{uuid}")[0] == 200
+    assert [(name, kind) for name, kind, _ in signals(db)] == [("nas", "success"), ("nas", "success")]
+
+
 def test_the_service_takes_email_pings_with_its_http_ones_and_stops_cleanly(tmp_path, start_server):
     port = free_port()
     service = start_server(email_settings(tmp_path, port))

@@ -79,6 +79,13 @@ def test_a_recipient_names_a_user_of_the_domain_with_its_token_when_it_has_one()
     assert recipient_username("nas@PING.Example.NET", DOMAIN, configured) == "nas"
     assert recipient_username(f'"my device"@{DOMAIN}', DOMAIN, configured) == "my device"
     assert recipient_username(f"vault+{TOKEN}@{DOMAIN}", DOMAIN, configured) == "vault"
+    # A check's UUID (any case) names it, as /ping/<uuid> does; a user with a token still needs it.
+    uuids = {"0b5c1a9e-6f1d-4c55-9f0e-3a1d2b7c8e90": "nas", "5d7e0c2a-1b3f-4e6a-8c9d-0e1f2a3b4c5d": "vault"}.get
+    assert recipient_username(f"0B5C1A9E-6F1D-4C55-9F0E-3A1D2B7C8E90@{DOMAIN}", DOMAIN, configured, uuids) == "nas"
+    vault = f"5d7e0c2a-1b3f-4e6a-8c9d-0e1f2a3b4c5d+{TOKEN}@{DOMAIN}"
+    assert recipient_username(vault, DOMAIN, configured, uuids) == "vault"
+    with pytest.raises(Refused):
+        recipient_username(f"5d7e0c2a-1b3f-4e6a-8c9d-0e1f2a3b4c5d@{DOMAIN}", DOMAIN, configured, uuids)
     refusals = {
         f"ghost@{DOMAIN}": "550 5.1.1 unknown user ghost",
         "nas@example.org": f"550 5.7.1 relaying denied: this server takes mail for @{DOMAIN} only",
