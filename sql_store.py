@@ -216,7 +216,7 @@ def outcome_assignments(value: str) -> str:
         " ELSE users.too_often_at END,"
         # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
         f" {MAINTENANCE_OUTCOME.format(until=v('maintenance_until'), next_at=v('maintenance_at'), row='users.')},"
-        f" {FLAP_OUTCOME.format(**{name: v(column) for name, column in zip(FLAP_FIELDS, FLAP_COLUMNS)}, row='users.')},"
+        f" {FLAP_OUTCOME.format(**dict(zip(FLAP_FIELDS, map(v, FLAP_COLUMNS), strict=True)), row='users.')},"
         f" alerts_total = users.alerts_total + CASE WHEN {v('alerting')} THEN 1 ELSE 0 END{RELEASE}"
     )
 
