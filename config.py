@@ -82,6 +82,7 @@ TOP_LEVEL_KEYS = {
     "auto_provision_limit",
     "ping_key",
     "maintenance",
+    "email_recoveries",
 }
 # How many checks signals with create=1 may create (auto_provision) unless auto_provision_limit says otherwise:
 # a flood of made-up names cannot grow the database past it.
@@ -277,6 +278,8 @@ class Settings:
     durability: str = DEFAULT_DURABILITY
 
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    # Whether recoveries are emailed at all: false leaves them to the webhooks (each its own `recoveries`).
+    email_recoveries: bool = True
     # Read at start only: the server's connections are counted against the value it started with.
     max_incomplete_requests_per_address: int = DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS
     # The SMTP listener taking email pings; None: no listener. Read at start only.
@@ -384,6 +387,9 @@ def parse_settings(document: Any) -> Settings:
     if not isinstance(durability, str) or durability not in DURABILITIES:
         problems.append(f'durability: must be "process" or "power", got {_show(durability)}')
     webhooks = _webhooks(document.get("webhooks", {}), problems)
+    email_recoveries = document.get("email_recoveries", True)
+    if not isinstance(email_recoveries, bool):
+        problems.append(f"email_recoveries: must be true or false, got {_show(email_recoveries)}")
     max_incomplete_requests_per_address = _whole_number(
         document, "max_incomplete_requests_per_address", DEFAULT_MAX_INCOMPLETE_REQUESTS_PER_ADDRESS, problems
     )
@@ -440,6 +446,7 @@ def parse_settings(document: Any) -> Settings:
         heartbeat_frequency=heartbeat_frequency,
         durability=durability,
         webhooks=webhooks,
+        email_recoveries=email_recoveries,
         max_incomplete_requests_per_address=max_incomplete_requests_per_address,
         email_pings=email_pings,
         status_pages=status_pages,

@@ -540,7 +540,8 @@ class Scheduler:
         self, user: UserState, kind: str, config: UserConfig, server_root: str
     ) -> tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]:
         """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`;
-        a recovery (BACK) goes to no webhook whose `recoveries` is false."""
+        a recovery (BACK) is emailed only if `email_recoveries` is true, and goes to no webhook whose `recoveries`
+        is false."""
         signal = None
         if kind == FAILURE:
             if user.fail_signal is None:
@@ -560,7 +561,7 @@ class Scheduler:
         else:
             subject, body = mailer.compose_alert(user, server_root)
         emails: tuple[NewEmail, ...] = ()
-        if EMAIL_CHANNEL in config.notify:
+        if EMAIL_CHANNEL in config.notify and (kind != BACK or self._settings.current.email_recoveries):
             emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in config.recipients)
         names = [
             channel[len(WEBHOOK_CHANNEL_PREFIX) :]

@@ -665,6 +665,15 @@ def test_require_tokens_makes_a_user_without_one_a_key_path_error():
     assert problems_of(valid_document(require_tokens="yes")) == ['require_tokens: must be true or false, got "yes"']
 
 
+def test_email_recoveries_is_true_unless_set_and_must_be_a_bool():
+    assert config.parse_settings(valid_document()).email_recoveries is True
+    assert config.parse_settings(valid_document(email_recoveries=False)).email_recoveries is False
+    for value, shown in (("no", '"no"'), (0, "0"), (None, "null")):
+        assert problems_of(valid_document(email_recoveries=value)) == [
+            f"email_recoveries: must be true or false, got {shown}"
+        ]
+
+
 @pytest.mark.parametrize("key", ["retention_days", "heartbeat_frequency"])
 @pytest.mark.parametrize("value", [0, -1, "7", True, 1e12])
 def test_retention_and_heartbeat_frequency_must_be_positive_numbers(key, value):

@@ -992,6 +992,22 @@ def test_a_webhook_told_no_recoveries_gets_the_alert_only(store, recording_maile
     ]
 
 
+@pytest.mark.parametrize("top_level", [{"email_recoveries": False}, {}])
+def test_email_recoveries_false_emails_no_recovery_but_the_webhooks_still_get_it(
+    store, recording_mailer, hook, top_level
+):
+    webhooks = {"ops": {"url": hook.url + "/ops", "format": "json"}}
+    users = pi_notifying("email", "webhook:ops")
+    steps = make_scheduler(store, recording_mailer, users, webhooks=webhooks, **top_level)
+    pi_late_then_back(store, steps)
+    # The default emails the recovery, as before email_recoveries existed.
+    back = [] if top_level else ["pi is back"]
+    assert subjects(store) == ["pi disconnection detected", *back]
+    assert deliveries(store) == [("pi", "ops", "late", "queued", 0), ("pi", "ops", "back", "queued", 0)]
+    # The outage is over all the same: the next silence is a new one.
+    assert query(db_of(store), "SELECT down_since, back_at FROM users") == [(None, None)]
+
+
 @BACKENDS
 def test_a_pagerduty_incident_is_triggered_then_resolved_by_one_dedup_key_per_outage(store, recording_mailer, hook):
     webhooks = {"pd": {"format": "pagerduty", "routing_key": "R0UT1NG", "url": hook.url + "/v2/enqueue"}}
