@@ -47,7 +47,7 @@ from records import (
     UnknownUserError,
     UserState,
 )
-from rules import condition, expected_at, silence_start, snoozed
+from rules import condition, expected_at, late_at, run_deadline, silence_start, snoozed, start_deadline
 from store_contract import StoreContract
 
 API_DISABLED = "the management API is disabled: neither API_KEY nor API_KEY_READONLY is set"
@@ -119,6 +119,25 @@ def status(user: UserState, config: UserConfig, api_grace: float, now: float) ->
     return "grace" if grace_start is not None and now > grace_start else "up"
 
 
+def status_until(user: UserState, config: UserConfig, api_grace: float, now: float) -> float | None:
+    """The first moment after `now` at which status() may answer otherwise than at `now`, with `user` unchanged (no
+    signal, no pause): the earliest of the moments it compares `now` with (a snooze's end, a run's deadline, the
+    silence's deadline, a start's deadline, the grace's start) that are not past; None if none is ahead.
+    status() stays what it is at `now` at every moment before it."""
+    ahead = [
+        moment
+        for moment in (
+            user.snoozed_until,
+            run_deadline(user, now),
+            late_at(user, now),
+            start_deadline(user, now),
+            _grace_start(user, config, api_grace),
+        )
+        if moment is not None and moment >= now
+    ]
+    return min(ahead, default=None)
+
+
 def _grace_start(user: UserState, config: UserConfig, api_grace: float) -> float | None:
     """When the check is next expected (its timeout ends): after that it is in its grace until late."""
     if config.schedule is not None:
@@ -139,6 +158,13 @@ def _channels_field(notify: tuple[str, ...]) -> str:
     return ",".join(channel_id(channel) for channel in notify)
 
 
+def _api_grace(config: UserConfig, definition: Definition | None) -> float:
+    """The check's grace as the API shows it: a schedule's grace, or the part of max_sleep its creator called grace."""
+    if config.schedule is not None:
+        return config.grace or 0.0
+    return definition.grace or 0.0 if definition is not None else 0.0
+
+
 def check_dict(
     user: UserState,
     config: UserConfig,
@@ -151,9 +177,7 @@ def check_dict(
     root: str,
 ) -> dict[str, Any]:
     """A check as the API shows it (Healthchecks' fields, then this service's own): the one serializer."""
-    api_grace = definition.grace or 0.0 if definition is not None else 0.0
-    if config.schedule is not None:
-        api_grace = config.grace or 0.0
+    api_grace = _api_grace(config, definition)
     result: dict[str, Any] = {
         "name": user.username,
         "slug": user.username,
@@ -244,11 +268,6 @@ def mount(
         parts = bottle.request.urlparts
         return f"{parts.scheme}://{parts.netloc}"
 
-    def states() -> tuple[dict[str, UserState], dict[str, int]]:
-        """Every configured check's state, and its count of pings, in two statements."""
-        users = {row[1]: UserState(*row[:-1]) for row in store.configured_user_rows()}
-        return users, store.pings_totals()
-
     def show(
         name: str, version: int, readonly: bool, user: UserState | None = None, pings: int | None = None
     ) -> dict[str, Any]:
@@ -269,6 +288,29 @@ def mount(
             raise bottle.HTTPError(404, f"no check with the uuid {code[:40]}")
         return name
 
+    # Each listed check's JSON as the list last encoded it, by name: (what it was made of, the moments between which
+    # its status holds (a clock set back misses), the JSON). A listing re-encodes only the checks whose state row,
+    # ping count, config, definition or status moved since: listing a fleet is two statements and a comparison per
+    # check.
+    encoded: dict[str, tuple[tuple[Any, ...], float, float | None, str]] = {}
+
+    def encode(
+        row: tuple[Any, ...], pings: int, config: UserConfig, at: float, version: int, readonly: bool, base: str
+    ) -> str:
+        """The JSON of the check whose state row is `row` as check_dict shows it at `at`, from `encoded` if that
+        holds it."""
+        name = row[1]
+        check_uuid, definition = checks.uuid_of(name) or "", checks.definition(name)
+        made_of = (row, pings, config, definition, check_uuid, version, readonly, base)
+        cached = encoded.get(name)
+        if cached is not None and cached[0] == made_of and cached[1] <= at and (cached[2] is None or at < cached[2]):
+            return cached[3]
+        user = UserState(*row[:-1])
+        shown = check_dict(user, config, definition, check_uuid, pings, at, version, readonly, base)
+        text = json.dumps(shown, separators=(",", ":"))
+        encoded[name] = (made_of, at, status_until(user, config, _api_grace(config, definition), at), text)
+        return text
+
     @app.get(_ROUTE + "checks/")
     @_errors
     def list_checks(version: str) -> str:
@@ -276,20 +318,20 @@ def mount(
         query = bottle.request.query
         tags = set(query.getall("tag"))
         slug = query.get("slug")
-        users, counts = states()
-        listed = []
         current = settings.current.users
+        rows = {row[1]: row for row in store.configured_user_rows() if row[1] in current}
+        counts = store.pings_totals()
         at, base = clock(), root()
-        for name, config in current.items():
-            if name not in users or (slug is not None and name != slug) or not tags.issubset(config.tags):
+        listed = []
+        for name in sorted(rows):
+            config = current[name]
+            if (slug is not None and name != slug) or not tags.issubset(config.tags):
                 continue
-            check_uuid, definition = checks.uuid_of(name) or "", checks.definition(name)
-            pings = counts.get(name, 0)
-            listed.append(
-                check_dict(users[name], config, definition, check_uuid, pings, at, int(version), readonly, base)
-            )
-        listed.sort(key=lambda check: check["name"])
-        return _json({"checks": listed})
+            listed.append(encode(rows[name], counts.get(name, 0), config, at, int(version), readonly, base))
+        for gone in [name for name in encoded if name not in rows]:
+            encoded.pop(gone, None)
+        bottle.response.content_type = "application/json"
+        return '{"checks":[' + ",".join(listed) + "]}"
 
     @app.post(_ROUTE + "checks/")
     @_errors

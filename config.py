@@ -578,13 +578,17 @@ class Secrets:
     api_key: str | None = field(default=None, repr=False)
     # Unlocks the management API's reads only.
     api_key_readonly: str | None = field(default=None, repr=False)
+    # The key of the slug URLs /ping/<ping_key>/<name> when settings.json sets no ping_key (which wins).
+    ping_key: str | None = field(default=None, repr=False)
 
 
 def load_secrets(environ: Mapping[str, str]) -> Secrets:
-    """Read METRICS_TOKEN, API_KEY and API_KEY_READONLY from `environ`; raise ConfigError listing every problem.
+    """Read METRICS_TOKEN, API_KEY, API_KEY_READONLY and PING_KEY from `environ`; raise ConfigError listing every
+    problem.
 
     Each, when set, must be at least MIN_TOKEN_LENGTH characters without spaces or control characters,
-    as ping tokens: a short one is found by guessing in seconds. A value is never quoted.
+    as ping tokens: a short one is found by guessing in seconds; PING_KEY, a path segment, no / either (as
+    settings.json's ping_key). A value is never quoted.
     """
     problems = []
     values = {}
@@ -596,10 +600,19 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
                 f" got {len(value)} characters"
             )
         values[name] = value
+    ping_key = environ.get("PING_KEY") or None
+    if ping_key is not None and not (_is_token(ping_key) and "/" not in ping_key):
+        problems.append(
+            f"PING_KEY: must be at least {MIN_TOKEN_LENGTH} characters without spaces, / or control characters,"
+            f" got {len(ping_key)} characters"
+        )
     if problems:
         raise ConfigError(problems)
     return Secrets(
-        metrics_token=values["METRICS_TOKEN"], api_key=values["API_KEY"], api_key_readonly=values["API_KEY_READONLY"]
+        metrics_token=values["METRICS_TOKEN"],
+        api_key=values["API_KEY"],
+        api_key_readonly=values["API_KEY_READONLY"],
+        ping_key=ping_key,
     )
 
 

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_token=secrets.metrics_token,
         api_key=secrets.api_key,
         api_key_readonly=secrets.api_key_readonly,
+        ping_key=secrets.ping_key,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None

@@ -143,6 +143,8 @@ class Operations:
     api_key: str | None = None
     # Lets a program read through the management API, not write; None: no such key.
     api_key_readonly: str | None = None
+    # The environment's PING_KEY: the key of the slug URLs /ping/<ping_key>/<name> unless settings.json sets one.
+    ping_key: str | None = None
 
 
 def make_app(
@@ -388,13 +390,20 @@ def make_app(
 
     keys = api.ApiKeys(operations.api_key, operations.api_key_readonly)
     api.mount(app, store, settings, checks, clock, keys, wrong_passwords)
-    return _with_fast_ping(app, store, settings, clock, checks)
+    env_ping_key = None if operations.ping_key is None else secret_digest(operations.ping_key)
+    return _with_fast_ping(app, store, settings, clock, checks, env_ping_key)
 
 
 def _with_fast_ping(
-    app: WSGIApplication, store: StoreContract, settings: LiveSettings, clock: Callable[[], float], checks: Checks
+    app: WSGIApplication,
+    store: StoreContract,
+    settings: LiveSettings,
+    clock: Callable[[], float],
+    checks: Checks,
+    env_ping_key: bytes | None,
 ) -> WSGIApplication:
-    """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
+    """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give
+    (`env_ping_key`: the secret_digest of the environment's PING_KEY, or None).
 
     Every device's heartbeat is a ping: Bottle's routing and request and response objects would
     cost it about as much CPU as its SQLite transaction, and with the GIL every microsecond spent
@@ -413,7 +422,7 @@ def _with_fast_ping(
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            now, created = _record_signal(environ, store, settings, clock, checks)
+            now, created = _record_signal(environ, store, settings, clock, checks, env_ping_key)
             body, date = answer_times.at(now)
             headers.append(("Date", date))
             status = "201 Created" if created else "200 OK"
@@ -452,17 +461,23 @@ class _PingAnswerTimes:
 
 
 def _record_signal(
-    environ: WSGIEnvironment, store: StoreContract, settings: LiveSettings, clock: Callable[[], float], checks: Checks
+    environ: WSGIEnvironment,
+    store: StoreContract,
+    settings: LiveSettings,
+    clock: Callable[[], float],
+    checks: Checks,
+    env_ping_key: bytes | None,
 ) -> tuple[float, bool]:
     """Record the signal that `environ` asks for (query or path form, by name, UUID or ping_key and name) if its
     user's token allows it, creating its check first if it asks to (create=1 with auto_provision); the time it
-    was recorded at and whether the check was created, or a bottle.HTTPError."""
+    was recorded at and whether the check was created, or a bottle.HTTPError. `env_ping_key`: the secret_digest
+    of the environment's PING_KEY, or None."""
     try:
         query = query_fields(environ.get("QUERY_STRING", ""))
         if environ.get("PATH_INFO") == PING_PATH:
             username, kind, exit_code = _query_signal(query)
         else:
-            username, kind, exit_code = _path_signal(_without_ping_key(environ["PATH_INFO"], settings))
+            username, kind, exit_code = _path_signal(_without_ping_key(environ["PATH_INFO"], settings, env_ping_key))
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
     user = settings.current.users.get(username)
@@ -486,10 +501,11 @@ def _record_signal(
     return now, created
 
 
-def _without_ping_key(path: str, settings: LiveSettings) -> str:
+def _without_ping_key(path: str, settings: LiveSettings, env_ping_key: bytes | None) -> str:
     """`path` (/ping/...) as /ping/<name>... if it is /ping/<ping_key>/<name>... (Healthchecks' slug URLs),
-    else as it is. Only with a ping_key set, and then a SHA-256 of the first segment: no more on other pings."""
-    key_digest = settings.current.ping_key_digest
+    else as it is; the ping_key is settings.json's, or else `env_ping_key` (the digest of PING_KEY). Only with
+    a ping_key set, and then a SHA-256 of the first segment: no more on other pings."""
+    key_digest = settings.current.ping_key_digest or env_ping_key
     if key_digest is None:
         return path
     first, slash, rest = path[len("/ping/") :].partition("/")

@@ -265,3 +265,47 @@ def test_a_check_others_depend_on_cannot_be_deleted(client):
     create(client, name="nas", depends_on="router")
     answer = client.delete(f"/api/v3/checks/{uuid}", headers=RW, status=400)
     assert answer.text == "check: nas depends on it (depends_on); change or delete that one first"
+
+
+def listing_matches_each_check(client):
+    """The list's answer, checked against each check read alone (which is encoded afresh); its statuses by name."""
+    listed = client.get("/api/v3/checks/", headers=RW).json["checks"]
+    for check in listed:
+        assert client.get(f"/api/v3/checks/{check['uuid']}", headers=RW).json == check
+    return {check["name"]: check["status"] for check in listed}
+
+
+@BACKENDS
+def test_the_list_follows_signals_pauses_changes_and_time_as_each_check_does(store, clock):
+    # The list re-encodes a check only when what it shows moved: each listing is compared with the checks
+    # read one by one, across every moment a status turns (timeout, grace, a run's max_runtime, a snooze's end).
+    client, _, _ = api_app(
+        store, clock, users={"pi": PI, "cron": {"monitor": True, "email_frequency": 600, "schedule": "0 * * * *"}}
+    )
+    job = create(client, name="job", timeout=600, grace=60, max_runtime=120)["uuid"]
+    assert listing_matches_each_check(client) == {"cron": "new", "job": "new", "pi": "new"}
+    client.get("/ping/job")
+    client.get("/ping/pi")
+    assert listing_matches_each_check(client) == {"cron": "new", "job": "up", "pi": "up"}
+    clock.now = T0 + 61
+    assert listing_matches_each_check(client) == {"cron": "new", "job": "up", "pi": "down"}
+    clock.now = T0 + 601
+    assert listing_matches_each_check(client)["job"] == "grace"
+    clock.now = T0 + 661
+    assert listing_matches_each_check(client)["job"] == "down"
+    client.get("/ping/job")
+    client.get("/ping/job/start")
+    assert listing_matches_each_check(client)["job"] == "started"
+    clock.now = T0 + 782
+    assert listing_matches_each_check(client)["job"] == "down"  # the run is past max_runtime
+    client.post(f"/api/v3/checks/{job}/pause", headers=RW)
+    assert listing_matches_each_check(client)["job"] == "paused"
+    client.post_json(f"/api/v3/checks/{job}", {"desc": "changed"}, headers=RW)
+    assert client.get("/api/v3/checks/", headers=RW).json["checks"][1]["desc"] == "changed"
+    client.get("/ping/job")
+    store.snooze("pi", T0 + 900, clock.now)
+    assert listing_matches_each_check(client) == {"cron": "new", "job": "up", "pi": "paused"}
+    clock.now = T0 + 900
+    assert listing_matches_each_check(client)["pi"] == "up"  # silence counts again from the snooze's end
+    clock.now = T0 + 961
+    assert listing_matches_each_check(client)["pi"] == "down"

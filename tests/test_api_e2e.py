@@ -162,3 +162,22 @@ def test_concurrent_signals_to_a_paused_check_end_its_pause_and_are_each_answere
         status, answer = service.get(f"/api/v3/checks/{uuid}", headers={"X-Api-Key": KEY})
         assert json.loads(answer)["status"] == "up"
     assert service.stop() == 0
+
+
+def test_the_ping_key_may_come_from_the_environment_and_settings_json_s_wins(tmp_path, start_server):
+    # runitor -ping-key "$PING_KEY" -slug NAME -create, with the key in the service's environment only.
+    env_key = "env-ping-key-0123456789"
+    settings = write_settings(tmp_path / "settings.json", PI, defaults={"max_sleep": 60}, auto_provision=True)
+    service = start_server(settings, PING_KEY=env_key, **API_ENV)
+    assert service.get(f"/ping/{env_key}/pi")[0] == 200
+    assert service.get(f"/ping/{env_key}/backup/start?create=1")[0] == 201
+    assert service.post(f"/ping/{env_key}/backup/0", b"done\n")[0] == 200
+    assert service.get(f"/ping/{env_key[:-1]}x/pi")[0] == 400  # not the key: /ping/NAME/<unknown signal>
+    status, answer = service.get("/api/v3/checks/", headers={"X-Api-Key": KEY})
+    assert [(check["name"], check["n_pings"]) for check in json.loads(answer)["checks"]] == [("backup", 2), ("pi", 1)]
+    # With settings.json's ping_key set, that key is the one: the environment's is a name like any other.
+    write_settings(tmp_path / "settings.json", PI, defaults={"max_sleep": 60}, auto_provision=True, ping_key=PING_KEY)
+    service.reload()
+    wait_until(lambda: service.get(f"/ping/{PING_KEY}/pi")[0] == 200, message="settings.json's ping_key in force")
+    assert service.get(f"/ping/{env_key}/pi")[0] == 400
+    assert service.stop() == 0

@@ -271,6 +271,22 @@ def test_a_short_metrics_token_or_api_key_is_refused_naming_the_variable_never_i
     ]
 
 
+@pytest.mark.parametrize(
+    "value", ["short-ping-key", "ping/key-0123456789", "ping key 0123456789", "ping\tkey-0123456789"]
+)
+def test_a_bad_ping_key_in_the_environment_is_refused_naming_it_never_its_value(value):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_secrets({"PING_KEY": value})
+    assert raised.value.problems == [
+        f"PING_KEY: must be at least 16 characters without spaces, / or control characters, got {len(value)} characters"
+    ]
+
+
+def test_a_ping_key_in_the_environment_is_read():
+    assert config.load_secrets({"PING_KEY": "ping-key-0123456789"}).ping_key == "ping-key-0123456789"
+    assert config.load_secrets({"PING_KEY": ""}).ping_key is None
+
+
 @pytest.mark.parametrize("port", ["abc", "4.65", "", "0", "70000", "-1"])
 def test_a_non_integer_smtp_port_is_refused(port):
     with pytest.raises(config.ConfigError) as raised:

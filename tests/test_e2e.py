@@ -185,6 +185,10 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
             {"API_KEY": "fifteen-chars-x"},
             "API_KEY: must be at least 16 characters without spaces or control characters, got 15 characters",
         ),
+        (
+            {"PING_KEY": "ping/key-0123456789"},
+            "PING_KEY: must be at least 16 characters without spaces, / or control characters, got 19 characters",
+        ),
     ],
 )
 def test_a_bad_smtp_port_or_security_or_plain_text_to_another_machine_stops_startup_with_status_2(
