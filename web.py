@@ -802,7 +802,9 @@ def _public_answer(answer: Answer | None, missing: str) -> bytes:
     bottle.response.set_header("Cache-Control", f"public, max-age={CACHE_SECONDS:.0f}")
     bottle.response.set_header("ETag", answer.etag)
     bottle.response.content_type = answer.content_type
-    wanted = bottle.request.get_header("If-None-Match", "")
+    # Read as sent (latin-1, as WSGI gives it): bottle's get_header fails on bytes that are not UTF-8, and an
+    # ETag is ASCII.
+    wanted = bottle.request.environ.get("HTTP_IF_NONE_MATCH", "")
     if answer.etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")) or wanted.strip() == "*":
         bottle.response.status = 304
         return b""

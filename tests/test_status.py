@@ -153,6 +153,7 @@ def test_answers_carry_cache_control_and_an_etag_and_a_matching_if_none_match_ge
         unchanged = client.get(path, headers={"If-None-Match": etag}, status=304)
         assert unchanged.body == b""
         client.get(path, headers={"If-None-Match": '"other"'}, status=200)
+        client.get(path, headers={"If-None-Match": "\x80"}, status=200)  # not UTF-8: no ETag of ours, no 500
     before = client.get("/status/home.json").headers["ETag"]
     at(clock, 200)  # everyone is late now: a new answer, a new ETag
     assert client.get("/status/home.json").headers["ETag"] != before
