@@ -1,14 +1,15 @@
 """Status pages and badges, in process: a page listing 1 000 devices with 90 days of hourly pings and a few
 alerted outages each, as a request gets it (from the last snapshot) and as made afresh (a new snapshot of the
 store, then the page's HTML and JSON: what status.py's thread does every CACHE_SECONDS, and the first request
-after a start); and a badge's SVG."""
+after a start); and a badge's SVG. Then that page served the service's way: one client's pings while
+FLOOD_READERS clients ask for the page, its JSON and badges in a loop."""
 
 import sqlite3
 import time
 from dataclasses import dataclass
 from statistics import median
 
-from bench import harness
+from bench import harness, history
 from config import LiveSettings, parse_settings
 from status import StatusPages
 from store import Store
@@ -21,6 +22,10 @@ PING_EVERY = 3600.0
 OUTAGES = 4
 OUTAGE_HOURS = 3
 BADGE_KEY = "bench-badge-key-0123456789"
+SLUG = "fleet"
+FLOOD_READERS = 4
+# The flood's pings come from a user of their own, on no status page.
+PINGER = "pinger"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,39 @@ def run(repeats, log):
         f" badge {result.badge_median_ms:.3f} ms"
     )
     return result
+
+
+def flood(seconds, log):
+    """Serve the page's database; measure PINGER's pings while FLOOD_READERS clients ask in turn for the page,
+    its JSON and badges of each form for `seconds`."""
+    db = harness.cached_database("status", (DEVICES, DAYS, NOW, PING_EVERY, OUTAGES, OUTAGE_HOURS), _fill, log)
+    names = [_name(index) for index in range(DEVICES)]
+    # The devices' last pings are from NOW, in the past of the served service's clock: a max_sleep beyond that
+    # keeps them up, so that no alert to a thousand users competes with the flood.
+    device = {"monitor": True, "max_sleep": 10 * DAYS * 86400, "email_frequency": 3600}
+    users = {**{name: device for name in names}, PINGER: {**device, "max_sleep": 86400}}
+    pages = {SLUG: {"title": "Fleet", "users": names}}
+    service = harness.serve_copy(
+        "status-flood",
+        db,
+        users,
+        status_pages=pages,
+        badge_key=BADGE_KEY,
+        base_frequency=1,
+        email_processing_frequency=1,
+    )
+    badges = [f"/badge/{BADGE_KEY}/{names[index]}.{form}" for index, form in enumerate(("svg", "json", "shields"))]
+    try:
+        load = history.pings_under_reads(
+            service.url, [f"/status/{SLUG}", f"/status/{SLUG}.json", *badges], FLOOD_READERS, seconds, PINGER
+        )
+    finally:
+        service.stop()
+    log(
+        f"  pings while {FLOOD_READERS} clients ask for the status page of {DEVICES} devices, its JSON and badges:"
+        f" p50 {load.ping_p50_ms:.2f} ms, p99 {load.ping_p99_ms:.2f} ms ({load.reads_per_second:.0f} answers a second)"
+    )
+    return load
 
 
 def _name(index):
