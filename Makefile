@@ -2,6 +2,9 @@
 # `make bench` installs what the benchmarks need, runs them all and writes bench/results.md.
 # `make test-email TO=you@example.com` sends one email through the SMTP_* server; `make smtp-sink` runs
 # a local SMTP-over-TLS server that prints what it receives (README: "Try alerts locally").
+# `sudo make install` puts the service on this machine as a hardened systemd service, and upgrades it when run
+# again; `sudo make uninstall` removes it but its settings and data (docs/install.md; DESTDIR and PREFIX
+# overridable, e.g. `make install DESTDIR=/tmp/stage` to stage it without root).
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -11,12 +14,14 @@ SETTINGS ?= settings.json
 DB ?=
 TO ?=
 SINK_PORT ?= 8465
+DESTDIR ?=
+PREFIX ?= /opt/ping-listener
 
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean
+.PHONY: run test-email smtp-sink test lint bench screenshots debian-packages bench-packages clean install uninstall
 
 # Not echoed: DB may be a URL holding a password.
 run: $(VENV)/.runtime-installed
@@ -38,9 +43,14 @@ test: $(VENV)/.dev-installed debian-packages
 bench: $(VENV)/.bench-installed bench-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The overview's screenshots in docs/ (docs/overview.md, the README), taken by its browser test.
+# The screenshots in docs/ (docs/overview.md, docs/testing-page.md, docs/status-pages.md, the README): the
+# overview and the testing page at 1366 and 390 px, light and dark, and a status page, taken by browser tests.
 screenshots: $(VENV)/.dev-installed debian-packages
 	OVERVIEW_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_overview_page.py -k test_screenshots
+	STATUS_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_status_page.py -k test_status_screenshots
+
+install uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' PYTHON='$(PYTHON)' sh tools/install.sh $@
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -69,12 +79,16 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 # start a cluster of (tests/pgcluster.py; its versioned bin directory, as the client alone has one too),
 # HAProxy (tests/test_haproxy.py runs contrib/haproxy.cfg; by path, as /usr/sbin may not be on PATH), strace
 # (tests/test_fault_storage.py counts the service's syncs to disk), curl (as devices and cron jobs send their
-# signals).
+# signals), swaks (an SMTP client nobody here wrote, for email pings) and Postfix (relaying mail to them, as a
+# NAS's mail server does; tests/test_e2e_email_pings.py runs its own instance, by path as for HAProxy),
+# Caddy and nginx (tests/test_tls_proxies.py runs contrib/Caddyfile and contrib/nginx.conf),
+# systemd-analyze (tests/test_install.py checks contrib/ping-listener.service).
 # Benchmarks: wrk, time zone data (they run in Europe/Paris), PostgreSQL.
 POSTGRESQL_SERVER := /usr/lib/postgresql/*/bin/initdb:postgresql
 TEST_DEBIAN_PACKAGES := chromium:chromium sqlite3:sqlite3 /usr/share/zoneinfo/Europe/Paris:tzdata faketime:faketime \
 	$(POSTGRESQL_SERVER) \
-	/usr/sbin/haproxy:haproxy strace:strace curl:curl
+	/usr/sbin/haproxy:haproxy strace:strace curl:curl \
+	swaks:swaks /usr/sbin/postfix:postfix caddy:caddy /usr/sbin/nginx:nginx systemd-analyze:systemd
 BENCH_DEBIAN_PACKAGES := wrk:wrk /usr/share/zoneinfo/Europe/Paris:tzdata $(POSTGRESQL_SERVER)
 
 # Installs the packages of the pairs in $(1) whose command or file is missing, with `apt-get update` once first.

@@ -28,9 +28,27 @@ def format_local_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
-def format_zone_time(epoch: float, zone: str) -> str:
-    """`epoch` as a scheduled run's time in the IANA zone `zone`, for people: 02:30 CET (Mon 2026-11-30)."""
-    return datetime.datetime.fromtimestamp(epoch, ZoneInfo(zone)).strftime("%H:%M %Z (%a %Y-%m-%d)")
+def format_email_time(epoch: float, zone: str | None) -> str:
+    """`epoch` as an email shows it, in the IANA zone `zone` (None: the local one), the zone left to
+    zone_sentence(): 2026-11-24 14:03:05."""
+    if zone is None:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return datetime.datetime.fromtimestamp(epoch, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_email_clock(epoch: float, zone: str | None) -> str:
+    """`epoch`'s hour and minute in the IANA zone `zone` (None: the local one): 02:30."""
+    return format_email_time(epoch, zone)[11:16]
+
+
+def zone_sentence(epoch: float, zone: str | None) -> str:
+    """The one sentence of an email that names the zone of its times (format_email_time's), as at `epoch`:
+    "All times are in CET (Europe/Paris)." for a zone ("All times are in UTC." where the abbreviation is the
+    zone's name), else "All times are in CET, the service's time zone."."""
+    if zone is None:
+        return f"All times are in {time.strftime('%Z', time.localtime(epoch))}, the service's time zone."
+    abbreviation = datetime.datetime.fromtimestamp(epoch, ZoneInfo(zone)).strftime("%Z")
+    return f"All times are in {abbreviation}." if abbreviation == zone else f"All times are in {abbreviation} ({zone})."
 
 
 def format_ping_time(epoch: float) -> str:
@@ -50,6 +68,28 @@ def duration_in_words(seconds: float) -> str:
         # Ten significant digits: tidies 0.30000000000000004 to 0.3 and never turns to "1.2e+06".
         parts.append(f"{rest:.10g} second" + ("s" if rest != 1 else ""))
     return " ".join(parts)
+
+
+def run_length(seconds: float) -> str:
+    """How long a run or an outage lasted, for people, to the second: "under a second", "1 hour 2 minutes 5 seconds"."""
+    return "under a second" if seconds < 1 else duration_in_words(round(seconds))
+
+
+def short_duration(seconds: float) -> str:
+    """`seconds` as the pages write a duration (static/common.js's duration() writes the same): "0.031 s",
+    "42 s", "1 min 35 s", "25 min", "1 h", "2 h 5 min", "3 days"."""
+    if seconds < 60:
+        return f"{round(seconds, 3 if seconds < 10 else None):g} s"
+    minutes = math.floor(seconds / 60)
+    rest = round(seconds - minutes * 60)
+    if minutes < 10 and 0 < rest < 60:
+        return f"{minutes} min {rest} s"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60} min" if minutes % 60 else f"{hours} h"
+    return f"{hours // 24} days"
 
 
 def every(seconds: float) -> str:

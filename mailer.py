@@ -16,9 +16,17 @@ from typing import Protocol
 
 import outbound
 from config import SmtpSettings
-from localtime import duration_in_words, every, format_local_time, format_zone_time, logs_link
+from localtime import (
+    duration_in_words,
+    every,
+    format_email_clock,
+    format_email_time,
+    logs_link,
+    run_length,
+    zone_sentence,
+)
 from records import QueuedEmail, Signal, UserState
-from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, expected_at
+from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, START_LATE, SUCCESS, TOO_OFTEN, expected_at
 
 log = logging.getLogger("ping_listener.mailer")
 
@@ -31,6 +39,8 @@ FALLBACK_SENDER = "ping-listener@localhost"
 
 # How much of a failing signal's body its failure email quotes: the end, where errors usually are.
 QUOTED_OUTPUT_CHARS = 2000
+# What every email calls its link to /logs, the signals of the day it is about.
+LOGS_LINE = "That day's signals: "
 # A digest's subject is cut to this many characters, its last one an ellipsis.
 MAX_DIGEST_SUBJECT = 120
 # Control characters other than tab and newline would garble a plain-text email: shown as U+FFFD.
@@ -85,56 +95,66 @@ class TestEmailSender(Protocol):
 
 
 def event_moment(user: UserState, kind: str, signal: Signal | None = None) -> float:
-    """The moment an alert about `kind` (rules.SILENCE, FAILURE, RUN_TIMEOUT) or a recovery (rules.BACK) is
-    about, whose day its logs link shows: the failing `signal`, the run's start, the return, or the last
-    ping; the start of monitoring where there is none."""
+    """The moment an alert about `kind` (rules.SILENCE, FAILURE, RUN_TIMEOUT, START_LATE, TOO_OFTEN) or a recovery
+    (rules.BACK) is about, whose day its logs link shows: the failing `signal`, the run's start, the return, the
+    success that came too soon, or the last ping; the start of monitoring where there is none."""
     if kind == FAILURE and signal is not None:
         return signal.at
-    moment = {RUN_TIMEOUT: user.run_started, BACK: user.back_at}.get(kind, user.last_ping)
+    moment = {RUN_TIMEOUT: user.run_started, BACK: user.back_at, TOO_OFTEN: user.too_often_at}.get(kind, user.last_ping)
     return moment if moment is not None else user.monitored_since
 
 
 def compose_alert(user: UserState, server_root: str) -> tuple[str, str]:
-    """Subject and plain-text body of the alert for `user`, as (subject, body), written for people.
+    """Subject and plain-text body of the alert for `user`'s silence, as (subject, body), written for people.
 
-    Durations are in words; times are shown in the local time zone (TZ); the logs link points at
-    the day of the last ping, or of the start of monitoring if none was received. The body says
-    what to check and how often the alert repeats. For a scheduled user it says which run was missed:
-    its expected time in the user's zone, the schedule and the grace, instead of max_sleep.
+    A user watched by max_sleep is "NAME disconnection detected": how long it may be silent, its last ping
+    (or that none was received since monitoring began, and when), what to check on a device. A scheduled
+    user is "NAME missed its 02:00 run" (the expected time in its zone): the run's expected time, its
+    schedule and grace, and what to check for a job (its cron entry, its last output). Durations are in
+    words; every time is in one zone (the user's `tz`, else the service's), named once; the logs link
+    points at the day of the last ping, or of the start of monitoring if none was received. The body ends
+    with how often the alert repeats.
     """
     username = user.username
     seen = event_moment(user, SILENCE)
+    zone = user.tz
     if user.last_ping is not None:
-        last_ping_line = f"Last ping: {format_local_time(seen)}"
+        last_ping_line = f"Last ping: {format_email_time(seen, zone)}"
     else:
-        last_ping_line = f"No ping received since monitoring began at {format_local_time(seen)}."
+        last_ping_line = f"No ping received since monitoring began at {format_email_time(seen, zone)}."
+    expected = None if user.schedule is None else expected_at(user)
+    if user.schedule is None:
+        subject = f"{username} disconnection detected"
+        opening = f"Ping Listener has heard nothing from {username} for more than {duration_in_words(user.max_sleep)}."
+        check = (
+            f"What to check: is {username} powered on and online, and is whatever pings for it (a cron job,"
+            f" a script, a timer) still running? Its next ping ends this alert."
+        )
+    else:
+        run = "run" if expected is None else f"{format_email_clock(expected, zone)} run"
+        subject = f"{username} missed its {run}"
+        when = "" if expected is None else f" expected at {format_email_time(expected, zone)[:16]}"
+        opening = (
+            f"{username} missed its run{when} (schedule {user.schedule}, with {duration_in_words(user.grace or 0.0)}"
+            f" of grace): Ping Listener has heard nothing from it since."
+        )
+        check = (
+            f"What to check: is the cron entry ({user.schedule}) that runs {username} still in place, and was its"
+            f" machine up to run it? The job's last output (its log, or the mail cron sends) says whether it"
+            f" started and why it did not report. Its next ping ends this alert."
+        )
     body = (
-        f"{_silence_line(user)}\n"
+        f"{opening}\n"
         f"\n"
         f"{last_ping_line}\n"
-        f"Its pings that day: {logs_link(server_root, username, seen)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+        f"{zone_sentence(seen if expected is None else expected, zone)}\n"
         f"\n"
-        f"What to check: is {username} powered on and online, and is whatever pings for it (a cron job,"
-        f" a script, a timer) still running? Its next ping ends this alert.\n"
+        f"{check}\n"
         f"\n"
         f"{_repeat_policy(user.email_frequency)}\n"
     )
-    return f"{username} disconnection detected", body
-
-
-def _silence_line(user: UserState) -> str:
-    """What the alert about `user`'s silence is about: its max_sleep passed, or a scheduled run missed."""
-    if user.schedule is None or user.tz is None:
-        return (
-            f"Ping Listener has heard nothing from {user.username} for more than {duration_in_words(user.max_sleep)}"
-            f" (its max_sleep)."
-        )
-    expected = expected_at(user)
-    run = "its next run" if expected is None else f"its run expected by {format_zone_time(expected, user.tz)}"
-    return (
-        f"{user.username} missed {run}, grace {duration_in_words(user.grace or 0.0)}"
-        f" (schedule {user.schedule} in {user.tz}): Ping Listener has heard nothing from it since."
-    )
+    return subject, body
 
 
 def compose_test_email(server: str) -> tuple[str, str]:
@@ -148,23 +168,39 @@ def compose_test_email(server: str) -> tuple[str, str]:
 
 
 def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[str, str]:
-    """Subject and plain-text body of the alert for `user`'s failure reported by `signal`, as (subject, body).
+    """Subject and plain-text body of the alert for `user`'s failure reported by `signal` (its latest fail), as
+    (subject, body).
 
     It says when the failure was reported, its exit code and the duration of the run it closed, if
     any, links to that day's signals, and ends with the last QUOTED_OUTPUT_CHARS characters of the
-    signal's body when it had one.
+    signal's body when it had one. With a fail_threshold above 1 it is `NAME failed N times in a row`; a
+    success that closed a run shorter than min_runtime (rules.counts_as) is `NAME finished too fast`, saying
+    how long the run took and was expected to take.
     """
     username = user.username
-    reported = f"Failure reported: {format_local_time(signal.at)}"
+    too_fast = signal.kind == SUCCESS
+    reported = f"{'Run finished' if too_fast else 'Failure reported'}: {format_email_time(signal.at, user.tz)}"
     if signal.exit_code is not None:
         reported += f", exit code {signal.exit_code}"
     if signal.duration is not None:
-        reported += f", after a run of {duration_in_words(round(signal.duration))}"
+        reported += f", after a run of {run_length(signal.duration)}"
+    if too_fast:
+        reported += f", expected at least {duration_in_words(user.min_runtime or 0.0)}"
+        subject, what = f"{username} finished too fast", f"{username} finished its run too fast to have done its work"
+    else:
+        subject, what = f"{username} failure reported", f"{username} reported a failure"
+    if user.fail_threshold > 1:
+        subject = f"{username} failed {user.fail_count} times in a row"
+        what += (
+            f": {user.fail_count} failures in a row since its last success (alerts wait for"
+            f" {user.fail_threshold} in a row)"
+        )
     body = (
-        f"{username} reported a failure.\n"
+        f"{what}.\n"
         f"\n"
         f"{reported}.\n"
-        f"Signals of that day: {logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, event_moment(user, FAILURE, signal))}\n"
+        f"{zone_sentence(signal.at, user.tz)}\n"
         f"\n"
         f"You will be reminded {_reminder(user.email_frequency)} until {username} reports a success.\n"
     )
@@ -176,7 +212,61 @@ def compose_failure(user: UserState, signal: Signal, server_root: str) -> tuple[
             else f"The last {QUOTED_OUTPUT_CHARS} characters of its output"
         )
         body += f"\n{shown}:\n\n{quoted}\n"
-    return f"{username} failure reported", body
+    return subject, body
+
+
+def compose_start_late(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the alert for scheduled `user` whose run has not started within its
+    start_grace after its expected time, as (subject, body): `NAME did not start on time`."""
+    username = user.username
+    expected = expected_at(user)
+    seen = event_moment(user, START_LATE)
+    run = "its next run" if expected is None else f"its {format_email_clock(expected, user.tz)} run"
+    body = (
+        f"{username} has not started {run} within {duration_in_words(user.start_grace or 0.0)} of its time"
+        f" (schedule {user.schedule}).\n"
+        f"\n"
+        f"Last contact: {format_email_time(seen, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+        f"{zone_sentence(seen, user.tz)}\n"
+        f"\n"
+        f"Its start ends this alert; it still has {duration_in_words(user.grace or 0.0)} after its time to finish.\n"
+        f"You will be reminded {_reminder(user.email_frequency)} until it starts.\n"
+    )
+    return f"{username} did not start on time", body
+
+
+def compose_flapping(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the one notice that `user` is flapping, as (subject, body): `NAME is
+    flapping`, saying that no alert or recovery follows until it has been stable for flap_quiet."""
+    username = user.username
+    seen = event_moment(user, SILENCE)
+    body = (
+        f"{username} went down and came back more than {user.flap_threshold} times within an hour.\n"
+        f"\n"
+        f"No alert or recovery about it will follow until it has been stable (no new outage) for"
+        f" {duration_in_words(user.flap_quiet)}; then, if it is down, it is alerted as usual.\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, seen)}\n"
+    )
+    return f"{username} is flapping", body
+
+
+def compose_too_often(user: UserState, server_root: str) -> tuple[str, str]:
+    """Subject and plain-text body of the notice that `user` sent two successes closer than its min_interval,
+    as (subject, body): `NAME pinged too often`, saying how close they were."""
+    username = user.username
+    at = event_moment(user, TOO_OFTEN)
+    body = (
+        f"{username} pinged twice within {duration_in_words(round(user.too_often_gap or 0.0, 3))}, expected at most"
+        f" once every {duration_in_words(user.min_interval or 0.0)}: is it misconfigured?\n"
+        f"\n"
+        f"Second ping: {format_email_time(at, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, at)}\n"
+        f"{zone_sentence(at, user.tz)}\n"
+        f"\n"
+        f"You will be told {_reminder(user.email_frequency)} at most while it goes on.\n"
+    )
+    return f"{username} pinged too often", body
 
 
 def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:
@@ -184,11 +274,12 @@ def compose_run_timeout(user: UserState, server_root: str) -> tuple[str, str]:
     username = user.username
     started = event_moment(user, RUN_TIMEOUT)
     body = (
-        f"{username} started a run and has not reported its end within its max_runtime"
-        f" of {duration_in_words(user.max_runtime or 0)}.\n"
+        f"{username} started a run and has not reported its end within the"
+        f" {duration_in_words(user.max_runtime or 0)} it is allowed.\n"
         f"\n"
-        f"Run started: {format_local_time(started)}\n"
-        f"Signals of that day: {logs_link(server_root, username, started)}\n"
+        f"Run started: {format_email_time(started, user.tz)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, started)}\n"
+        f"{zone_sentence(started, user.tz)}\n"
         f"\n"
         f"You will be reminded {_reminder(user.email_frequency)} while the run goes on.\n"
     )
@@ -207,10 +298,11 @@ def compose_recovery(user: UserState, server_root: str) -> tuple[str, str]:
     body = (
         f"{username} is back.\n"
         f"\n"
-        f"Went down: {format_local_time(down)}\n"
-        f"Came back: {format_local_time(back)}\n"
-        f"Down for: {duration_in_words(round(back - down))}\n"
-        f"Signals of that day: {logs_link(server_root, username, back)}\n"
+        f"Went down: {format_email_time(down, user.tz)}\n"
+        f"Came back: {format_email_time(back, user.tz)}\n"
+        f"Down for: {run_length(back - down)}\n"
+        f"{LOGS_LINE}{logs_link(server_root, username, back)}\n"
+        f"{zone_sentence(back, user.tz)}\n"
     )
     return f"{username} is back", body
 

@@ -3,12 +3,13 @@
 A scrape costs O(users), never O(pings): one row per configured user, whose counters the store keeps
 as pings and alerts are recorded, and the outbox counted along its indexes. prometheus-client's
 registry formats the scheduler's histogram and deliveries counter and the outbox gauge; the four
-per-user families, 10 000 lines each at 10 000 users, are written here with each user's label escaped
-once and kept, because prometheus-client formats about 5 µs a sample, which alone would be 200 ms at
-that size. Tests parse the whole answer with prometheus-client's own parser.
+per-user families, 10 000 lines each at 10 000 users, are written here, each user's lines kept from one
+scrape to the next while its row does not change, because prometheus-client formats about 5 µs a sample, which
+alone would be 200 ms at that size. Tests parse the whole answer with prometheus-client's own parser.
 """
 
 from collections.abc import Callable, Iterator
+from itertools import chain
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -54,27 +55,47 @@ class Exporter:
         for collector in scheduler_metrics:
             self._registry.register(collector)
         self._registry.register(_OutboxCollector(store))
-        # username -> its escaped label set, e.g. {user="pi"}; rebuilt from the users of each scrape.
-        self._labels: dict[str, str] = {}
+        # username -> its last ping and counters at the last scrape, and its lines then (_user_lines); rebuilt
+        # from the users of each scrape, so that a user whose row did not change is not written again.
+        self._lines: dict[str, tuple[tuple[float | None, int, int], tuple[str, str, str, str, str]]] = {}
 
     def scrape(self) -> bytes:
         """Every metric, in the Prometheus text format (CONTENT_TYPE)."""
         now = self._clock()
         rows = self._store.user_counts(now)
-        cached = self._labels
-        self._labels = labels = {row.username: cached.get(row.username) or _label_set(row.username) for row in rows}
+        cached = self._lines
+        self._lines = kept = {}
         # One pass over the rows, one list of lines per family.
         up, last_ping, pings, alerts = families = [[_header(name)] for name in _HELP]
-        for row in rows:
-            label = labels[row.username]
-            deadline = row.condition_at if row.scheduled is None else condition_at(row.scheduled, now)
-            up.append(f"ping_listener_up{label} {1.0 if is_up(deadline, now) else 0.0}\n")
-            if row.last_ping is not None:
-                last_ping.append(f"ping_listener_last_ping_timestamp_seconds{label} {row.last_ping!r}\n")
-            pings.append(f"ping_listener_pings_total{label} {row.pings}.0\n")
-            alerts.append(f"ping_listener_alerts_total{label} {row.alerts}.0\n")
-        text = "".join(line for family in families for line in family)
+        for username, deadline, seen, count, alerted, scheduled in rows:
+            values = (seen, count, alerted)
+            known = cached.get(username)
+            if known is None or known[0] != values:
+                known = (values, _user_lines(username, *values))
+            kept[username] = known
+            lines = known[1]
+            if scheduled is not None:
+                deadline = condition_at(scheduled, now)
+            up.append(lines[0] if is_up(deadline, now) else lines[1])
+            if seen is not None:
+                last_ping.append(lines[2])
+            pings.append(lines[3])
+            alerts.append(lines[4])
+        text = "".join(chain.from_iterable(families))
         return text.encode() + generate_latest(self._registry)
+
+
+def _user_lines(username: str, last_ping: float | None, pings: int, alerts: int) -> tuple[str, str, str, str, str]:
+    """A user's samples: its ping_listener_up line when up and when down (rules.is_up), then its last ping's (if
+    any), pings' and alerts' lines."""
+    label = _label_set(username)
+    return (
+        f"ping_listener_up{label} 1.0\n",
+        f"ping_listener_up{label} 0.0\n",
+        f"ping_listener_last_ping_timestamp_seconds{label} {last_ping!r}\n",
+        f"ping_listener_pings_total{label} {pings}.0\n",
+        f"ping_listener_alerts_total{label} {alerts}.0\n",
+    )
 
 
 def _header(name: str) -> str:

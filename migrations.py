@@ -91,6 +91,85 @@ PG_HEALTH_TABLE_SQL = (
     "CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), checked_at double precision NOT NULL, room bytea)"
 )
 
+# Checks by program (schema version 10): every check's UUID, given the first time it is configured and kept for
+# good; the definition of a check a program created (JSON: its settings keys and the API's own fields) while
+# settings.json does not list it, who created it ('api' or 'ping'), and the change counter that tells other
+# instances to read the checks created by program again.
+CHECKS_BY_PROGRAM_SQL = """
+ALTER TABLE users ADD COLUMN uuid TEXT;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+ALTER TABLE users ADD COLUMN program TEXT;
+ALTER TABLE users ADD COLUMN created_by TEXT CHECK (created_by IN ('api', 'ping'));
+ALTER TABLE users ADD COLUMN program_change INTEGER;
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
+"""
+PG_CHECKS_BY_PROGRAM_SQL = CHECKS_BY_PROGRAM_SQL.replace("INTEGER", "bigint")
+
+# Service runs (schema version 11): each start of the service and when it was last seen running, so that its
+# downtime is known.
+SERVICE_RUNS_SQL = """
+CREATE TABLE service_runs (
+    id         INTEGER PRIMARY KEY,
+    started_at REAL    NOT NULL,
+    seen_at    REAL    NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+"""
+PG_SERVICE_RUNS_SQL = """
+CREATE TABLE service_runs (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at double precision NOT NULL,
+    seen_at    double precision NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
+"""
+
+# Detection (schema version 12): the rules' settings (fail_threshold, min_runtime, min_interval, start_grace,
+# maintenance) and what the signals and the listener make of them; alerts of the new kinds. A user failed before
+# the upgrade has one fail in a row.
+_DETECTION_COLUMNS = """
+ALTER TABLE users ADD COLUMN fail_threshold INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE users ADD COLUMN min_runtime {real};
+ALTER TABLE users ADD COLUMN min_interval {real};
+ALTER TABLE users ADD COLUMN start_grace {real};
+ALTER TABLE users ADD COLUMN fail_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_success {real};
+ALTER TABLE users ADD COLUMN too_often_at {real};
+ALTER TABLE users ADD COLUMN too_often_gap {real};
+ALTER TABLE users ADD COLUMN maintenance TEXT;
+ALTER TABLE users ADD COLUMN maintenance_at {real};
+ALTER TABLE users ADD COLUMN maintenance_until {real};
+ALTER TABLE users ADD COLUMN flap_threshold INTEGER NOT NULL DEFAULT 10;
+ALTER TABLE users ADD COLUMN flap_quiet {real} NOT NULL DEFAULT 3600;
+ALTER TABLE users ADD COLUMN flap_window_start {real};
+ALTER TABLE users ADD COLUMN flap_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_outage_at {real};
+ALTER TABLE users ADD COLUMN flapping_since {real};
+UPDATE users SET fail_count = 1 WHERE failed_at IS NOT NULL;
+"""
+
+
+def _quoted(text: str) -> str:
+    """`text` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_ALERT_KINDS = "'late', 'failed', 'run_timeout', 'back'"
+_NEW_ALERT_KINDS = "'late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping'"
+# SQLite cannot alter a CHECK constraint: its documented way for a CHECK is to rewrite the table's text in the schema
+# (https://www.sqlite.org/lang_altertable.html, "making other kinds of table schema changes"); RESET makes this
+# connection read the new text. The rows already there all pass the wider CHECK.
+DETECTION_UPGRADE_SQL = _DETECTION_COLUMNS.format(real="REAL") + (
+    "PRAGMA writable_schema = ON;"
+    f" UPDATE sqlite_schema SET sql = replace(sql, {_quoted(f'CHECK (kind IN ({_ALERT_KINDS}))')},"
+    f" {_quoted(f'CHECK (kind IN ({_NEW_ALERT_KINDS}))')}) WHERE type = 'table' AND name = 'alerts';"
+    " PRAGMA writable_schema = RESET"
+)
+PG_DETECTION_UPGRADE_SQL = _DETECTION_COLUMNS.format(real="double precision") + (
+    "ALTER TABLE alerts DROP CONSTRAINT alerts_kind_check;"
+    f" ALTER TABLE alerts ADD CONSTRAINT alerts_kind_check CHECK (kind IN ({_NEW_ALERT_KINDS}))"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -132,6 +211,12 @@ STEPS: tuple[Step, ...] = (
     Step(SCHEDULES_UPGRADE_SQL),
     # 8 -> 9: health.
     Step(HEALTH_TABLE_SQL, PG_HEALTH_TABLE_SQL),
+    # 9 -> 10: checks by program.
+    Step(CHECKS_BY_PROGRAM_SQL, PG_CHECKS_BY_PROGRAM_SQL),
+    # 10 -> 11: service runs.
+    Step(SERVICE_RUNS_SQL, PG_SERVICE_RUNS_SQL),
+    # 11 -> 12: detection.
+    Step(DETECTION_UPGRADE_SQL, PG_DETECTION_UPGRADE_SQL),
 )
 SCHEMA_VERSION = 1 + len(STEPS)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import rules
 from localtime import local_time_writer, logs_link
-from records import AlertHistory, UserState
+from records import AlertHistory, Signal, UserState
 from store_contract import StoreContract
 
 # The overview's timeline: 24 hours in slots of 15 minutes, the last one holding "now".
@@ -48,13 +48,19 @@ DAY_COLUMN_SECONDS = 300
 # The most pings (as /logs) and alert emails one day view reads.
 DAY_MAX_PINGS = 100_000
 DAY_MAX_EMAILS = 500
+# The most failures one day view lists, the latest, each with its output (up to 10 000 bytes kept with it).
+DAY_MAX_FAILURES = 50
+# Which alerts (the alerts table's kinds) a row draws as which marks: a failure is not drawn as an alert.
+_MARKS = {"alerts": (rules.SILENCE, rules.RUN_TIMEOUT), "failures": (rules.FAILURE,), "recoveries": (rules.BACK,)}
 # Problems first, for the rows and the summary. A state not named here sorts right after rules.LATE.
 STATE_ORDER = (
     rules.FAILED,
+    rules.FLAPPING,
     rules.ALERTED,
     rules.LATE,
     rules.SUPPRESSED,
     rules.SNOOZED,
+    rules.MAINTENANCE,
     rules.SILENT,
     rules.RUNNING,
     rules.PINGING,
@@ -366,7 +372,7 @@ class Overview:
         self._raws: dict[int, tuple[Any, ...]] = {}  # each configured user's row in the store, as last read
         self._users: dict[int, UserState] = {}  # the same as UserState
         self._parents: dict[int, int] = {}  # a user that has a parent -> its parent's id
-        self._alerts: dict[int, tuple[float, ...]] = {}  # a user -> the times of its alerts in the window
+        self._alerts: dict[int, tuple[tuple[float, str], ...]] = {}  # a user -> its alerts in the window: (time, kind)
         self._first_slot: int | None = None  # the window's, as RecentPings.changes answers it
         self._rows: dict[int, _Row] = {}
         self._order: list[int] = []
@@ -521,13 +527,13 @@ class Overview:
                 self._parents[raw[0]] = raw[-1]
         return changed
 
-    def _take_alerts(self, rows: list[tuple[int, float]], start: float) -> set[int]:
+    def _take_alerts(self, rows: list[tuple[int, float, str]], start: float) -> set[int]:
         """Keep the users' alerts from `start` on among `rows` (store.recent_alerts); return the ids of those
         whose alerts changed."""
-        alerts: dict[int, tuple[float, ...]] = {}
-        for user_id, at in rows:
+        alerts: dict[int, tuple[tuple[float, str], ...]] = {}
+        for user_id, at, kind in rows:
             if at >= start:
-                alerts[user_id] = (*alerts.get(user_id, ()), at)
+                alerts[user_id] = (*alerts.get(user_id, ()), (at, kind))
         changed = {
             user_id
             for user_id in alerts.keys() | self._alerts.keys()
@@ -561,11 +567,20 @@ class Overview:
         parent_id = self._parents.get(user.id)
         parent = None if parent_id is None else self._users.get(parent_id)
         state = rules.live_state(user, now, parent)
-        silent = rules.silent_at(user, user.last_ping, now)
         # Everything the row shows but its slots, as tuples of numbers and text only (its row in the store for
         # `user`): nothing for the garbage collector to visit at each collection.
         snoozed_until = user.snoozed_until if rules.snoozed(user, now) else None
-        key = (self._raws[user.id], state, silent, silences or (), self._alerts.get(user.id, ()), snoozed_until)
+        # A device not watched is never silent past a deadline: it has none.
+        ended = (silences or ()) if user.monitor else ()
+        key = (
+            self._raws[user.id],
+            state,
+            _silent_since(user, now),
+            ended,
+            self._alerts.get(user.id, ()),
+            snoozed_until,
+            None if parent is None else parent.username,
+        )
         head = old.head if old is not None and old.key == key else _row_head(user, *key[1:], write)
         text = head + pings + "}"
         version = old.version if old is not None and old.text == text else self._version
@@ -582,14 +597,30 @@ class Overview:
 def _recheck_at(user: UserState, now: float) -> float:
     """The first moment from `now` on at which `user`'s live state (rules.live_state, its parent's aside) or
     its silence (rules.silent_at) may change with the clock alone, while its row in the store stays the same:
-    the end of its snooze, its run's deadline, its silence's (late_at) or its last ping's; math.inf if none.
+    the end of its snooze, its run's deadline, its silence's (late_at), its start's (start_deadline) or its last
+    ping's; math.inf if none.
 
     Its parent's state changes at the parent's own such moments, when the parent's row is written again
     with its children's."""
-    moments = [user.snoozed_until, rules.run_deadline(user, now), rules.late_at(user, now)]
+    moments = [
+        user.snoozed_until,
+        rules.run_deadline(user, now),
+        rules.late_at(user, now),
+        rules.start_deadline(user, now),
+    ]
     if user.last_ping is not None:
         moments.append(rules.deadline_after(user, user.last_ping))
     return min((moment for moment in moments if moment is not None and moment >= now), default=math.inf)
+
+
+def _silent_since(user: UserState, now: float) -> float | None:
+    """Since when `user`'s silence has gone on at `now`, if it is past its deadline (rules.late_at): the moment
+    it is measured from (its last ping, or the start of monitoring, a parent's return or a snooze's end if
+    later); None while it is not, and for a user not monitored, which has no deadline."""
+    deadline = rules.late_at(user, now)
+    if deadline is None or now <= deadline:
+        return None
+    return rules.silence_start(user, now)
 
 
 def _state_rank(state: str) -> float:
@@ -599,38 +630,46 @@ def _state_rank(state: str) -> float:
 def _row_head(
     user: UserState,
     state: str,
-    silent: bool,
+    silent_since: float | None,
     ended: tuple[tuple[float, float], ...],
-    alerts: tuple[float, ...],
+    alerts: tuple[tuple[float, str], ...],
     snoozed_until: float | None,
+    parent: str | None,
     write: Callable[[float], str],
 ) -> str:
-    """A user's row as JSON text up to its slots, which come last (`"pings":`); `silent`: its silence since its
-    last ping (or ever) is past its deadline and goes on; `ended`: its silences that ended in the window
-    (none known while its history loads); `snoozed_until`: the end of its snooze, None if not snoozed.
+    """A user's row as JSON text up to its slots, which come last (`"pings":`); `silent_since`: since when its
+    silence past its deadline goes on (None if it does not); `ended`: its silences past their deadline that
+    ended in the window (none known while its history loads, none for a user not monitored); `alerts`: its
+    alerts in the window as (time, kind), drawn as alerts, failures (with its current failure's first
+    signal) or recoveries (with the end of a silence it was alerted in); `snoozed_until`: the end of its
+    snooze, None if not snoozed; `parent`: the name of the user it depends on.
 
     Written by hand: when every row is written (after a start, or when the histories are loaded),
     json.dumps of a dict per row would be most of the answer's cost at fleet size.
     """
-    if ended or silent or alerts:
+    failed_since = user.failed_at  # the page draws no mark before its window
+    if ended or silent_since is not None or alerts or failed_since is not None:
         silences = [_silence(start, end, write) for start, end in ended]
-        if silent:
-            silences.append(_silence(user.last_ping, None, write))
+        if silent_since is not None:
+            silences.append(_silence(silent_since, None, write))
+        times = {kind: sorted({at for at, of in alerts if of in kinds}) for kind, kinds in _MARKS.items()}
+        if failed_since is not None and failed_since not in times["failures"]:
+            times["failures"] = sorted([*times["failures"], failed_since])
+        alerted = [at for at, kind in alerts if kind in _MARKS["alerts"]]
+        returns = {end for start, end in ended if any(start < at < end for at in alerted)}
+        times["recoveries"] = sorted(returns.union(times["recoveries"]))
         events = {
             "silences": silences,
-            "alerts": [{"at": at, "at_local": write(at)} for at in alerts],
-            "recoveries": [
-                {"at": end, "at_local": write(end)} for start, end in ended if any(start < at < end for at in alerts)
-            ],
+            **{kind: [{"at": at, "at_local": write(at)} for at in marks] for kind, marks in times.items()},
         }
         events_json = json.dumps(events, separators=(",", ":"))[1:-1]
     else:
-        events_json = '"silences":[],"alerts":[],"recoveries":[]'
+        events_json = '"silences":[],"alerts":[],"failures":[],"recoveries":[]'
     deadline = rules.late_at(user)
     return (
         f'{{"username":{_string(user.username)},"state":{_string(state)},'
         f'"monitor":{"true" if user.monitor else "false"},"max_sleep":{_number(user.max_sleep)},'
-        f'"schedule":{_string(user.schedule)},'
+        f'"schedule":{_string(user.schedule)},"parent":{_string(parent)},'
         f'"last_ping":{_number(user.last_ping)},"last_ping_local":{_string(_local(user.last_ping, write))},'
         f'"late_at":{_number(deadline)},"late_at_local":{_string(_local(deadline, write))},'
         f'"snoozed_until":{_number(snoozed_until)},"snoozed_until_local":{_string(_local(snoozed_until, write))},'
@@ -665,9 +704,12 @@ def overview_day(store: StoreContract, username: str, start: float, end: float, 
     """`username`'s local day [start, end) for the day view, as known at `now`.
 
     Its pings counted in columns of DAY_COLUMN_SECONDS, its silences past its deadline (rules.silences) that
-    overlap the day (with their full length, also before or after it), its alerts with their
-    emails, and the /logs link. At most DAY_MAX_PINGS pings are read (then `truncated` is true and
-    the day is shown up to the last of them). Raises store.UnknownUserError for an unknown user.
+    overlap the day (with their full length, also before or after it; none for a user not monitored), its
+    alerts (with their kind) with their emails and
+    webhook deliveries, its latest DAY_MAX_FAILURES failures with their exit code,
+    run time and output (the day view is behind the overview's password), and the /logs link. At most
+    DAY_MAX_PINGS pings are read (then `truncated` is true and the day is shown up to the last of them).
+    Raises store.UnknownUserError for an unknown user.
     """
     user = store.user(username)
     times = store.pings_between(username, start, end, DAY_MAX_PINGS + 1)
@@ -676,11 +718,13 @@ def overview_day(store: StoreContract, username: str, start: float, end: float, 
     if truncated:
         after = times.pop()
     following = [] if after is None else [after]
-    spans: list[tuple[float, float | None]] = list(rules.silences(times + following, user, before))
-    day_columns = math.ceil((end - start) / DAY_COLUMN_SECONDS)
+    spans: list[tuple[float, float | None]] = []
     latest = times[-1] if times else before
-    if after is None and latest is not None and rules.silent_at(user, latest, now):
-        spans.append((latest, None))  # still silent
+    if user.monitor:  # a device not watched has no deadline to be silent past
+        spans += rules.silences(times + following, user, before)
+        if after is None and latest is not None and rules.silent_at(user, latest, now):
+            spans.append((latest, None))  # still silent
+    day_columns = math.ceil((end - start) / DAY_COLUMN_SECONDS)
     # `times` ascend: each column's count is where its end falls among them, less where its start does.
     ends = [bisect.bisect_left(times, start + (column + 1) * DAY_COLUMN_SECONDS) for column in range(day_columns)]
     columns = [upto - since for since, upto in zip([0, *ends], ends, strict=False)]
@@ -708,12 +752,26 @@ def overview_day(store: StoreContract, username: str, start: float, end: float, 
             if (now if silence_end is None else silence_end) > start and silence_start < end
         ],
         "alerts": [_alert(alert, write) for alert in store.alerts_between(user, start, end, DAY_MAX_EMAILS)],
+        "failures": [
+            _failure(signal, write) for signal in store.failures_between(user.id, start, end, DAY_MAX_FAILURES)
+        ],
         "logs_url": logs_link("", user.username, start),
+    }
+
+
+def _failure(signal: Signal, write: Callable[[float], str]) -> dict[str, Any]:
+    return {
+        "at": signal.at,
+        "at_local": write(signal.at),
+        "exit_code": signal.exit_code,
+        "duration": signal.duration,
+        "body": signal.body,
     }
 
 
 def _alert(alert: AlertHistory, write: Callable[[float], str]) -> dict[str, Any]:
     return {
+        "kind": alert.kind,
         "at": alert.at,
         "at_local": write(alert.at),
         "last_ping": alert.last_ping,
@@ -727,5 +785,16 @@ def _alert(alert: AlertHistory, write: Callable[[float], str]) -> dict[str, Any]
                 "finished_at_local": None if email.finished_at is None else write(email.finished_at),
             }
             for email in alert.emails
+        ],
+        # Each webhook delivery as its channel ("webhook:NAME"), never its URL.
+        "deliveries": [
+            {
+                "channel": delivery.channel,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "queued_at_local": write(delivery.queued_at),
+                "finished_at_local": None if delivery.finished_at is None else write(delivery.finished_at),
+            }
+            for delivery in alert.deliveries
         ],
     }

@@ -29,8 +29,8 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,36 +38,19 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from config import UserConfig
 from database import display_name, hide_password
 from migrations import SCHEMA_VERSION, postgresql_steps
-from records import (
-    CheckOutcome,
-    NewDigest,
-    NewEmail,
-    NewWebhook,
-    QueuedEmail,
-    QueuedWebhook,
-    Signal,
-    StoreError,
-    StoreOpenError,
-    StoreUnavailableError,
-    UnknownUserError,
-    UserState,
-)
-from rules import BACK, SUCCESS
+from records import StoreError, StoreOpenError, StoreUnavailableError, UnknownUserError
+from rules import SUCCESS
 from rules_sql import RulesSql
 from sql_store import (
     POSTGRESQL,
     USER_AND_PARENT,
     SqlStore,
     Statements,
-    bounded_encodings,
-    queued_email,
-    queued_webhook,
+    outcome_assignments,
     recent_pings_parameters,
     refuse_nul,
-    user_and_parent,
 )
 from store import _BATCH_ROLLED_BACK, BUSY_TIMEOUT_MS, DATABASE_FULL, HEALTH_TIMEOUT_MS
 
@@ -152,7 +135,6 @@ RENEW_LEASE_SQL = (
 
 # rules.py's lateness rules in PostgreSQL's SQL (rules_sql.py), as store.py has them in SQLite's.
 _RULES = RulesSql(null_ignoring=True)
-_DUE_AT = _RULES.due_at()
 _CONDITION_AT = _RULES.condition_at("%(now)s")
 
 
@@ -185,7 +167,7 @@ DUE_EMAILS_SQL = (
 DUE_WEBHOOKS_SQL = (
     _claiming("webhook_outbox", "status = 'queued' AND next_attempt_at <= %(now)s", "next_attempt_at, id")
     + " SELECT claimed.id, claimed.webhook, claimed.attempts, claimed.event_id, alerts.kind, users.username,"
-    " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url"
+    " alerts.at, alerts.last_ping, claimed.title, claimed.text, claimed.logs_url, alerts.went_down_at"
     " FROM claimed JOIN alerts ON alerts.id = claimed.alert_id JOIN users ON users.id = alerts.user_id"
     " ORDER BY claimed.next_attempt_at, claimed.id"
 )
@@ -211,6 +193,8 @@ DELETE_OLD_PINGS_SQL = (
 # its own child, so no row is written twice. Its result is how many signals were recorded (0: no such
 # configured user).
 _SIGNAL_EFFECTS = _RULES.signal_effects("signal")
+# What the signal counts as for its user (rules.counts_as): a success that closed a run too fast is a fail.
+_KIND = _RULES.counts_as("signal")
 RECORD_SIGNAL_SQL = (
     "WITH target AS (SELECT id, run_started FROM users WHERE username = %(username)s AND configured FOR UPDATE),"
     " signal AS (INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
@@ -220,13 +204,14 @@ RECORD_SIGNAL_SQL = (
     f" children AS (UPDATE users SET silence_from = {_RULES.parent_return('signal')}, suppressed_kind = NULL,"
     f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('signal'))} FROM signal"
     " WHERE users.parent_id = signal.user_id AND signal.kind = 'success'"
-    f" AND (SELECT {_RULES.down('signal.at', 'parent.')} FROM users AS parent WHERE parent.id = signal.user_id)),"
+    f" AND (SELECT {_RULES.counts_as('signal', 'parent.')} = 'success' AND {_RULES.down('signal.at', 'parent.')}"
+    f" FROM users AS parent WHERE parent.id = signal.user_id)),"
     " moved AS (UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(signal.duration, last_duration),"
-    " suppressed_kind = CASE signal.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
-    " fail_signal = CASE signal.kind WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
-    f" last_signal = signal.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" suppressed_kind = CASE {_KIND} WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    f" fail_signal = CASE {_KIND} WHEN 'success' THEN NULL WHEN 'fail' THEN signal.id ELSE fail_signal END,"
+    f" last_signal = signal.id, due_at = {_RULES.signal_due_at(_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " FROM signal WHERE users.id = signal.user_id AND signal.kind <> 'log')"
     " SELECT count(*) FROM signal"
 )
@@ -246,23 +231,20 @@ _OUTCOME_COLUMNS = {
     "suppressed_kind": "text",
     "run_after": "float8",
     "next_run": "float8",
+    "maintenance_until": "float8",
+    "maintenance_at": "float8",
+    "flap_window_start": "float8",
+    "flap_count": "integer",
+    "last_outage_at": "float8",
+    "flapping_since": "float8",
 }
-SAVE_OUTCOMES_SQL = (
-    "UPDATE users SET due_at = o.next_due_at, claimed_by = NULL,"
-    " last_alert = CASE WHEN o.alerting THEN %(now)s ELSE users.last_alert END,"
-    " last_alert_kind = CASE WHEN o.alerting THEN o.kind ELSE users.last_alert_kind END,"
-    " down_since = CASE WHEN o.changes_outage THEN o.down_since ELSE users.down_since END,"
-    " back_at = CASE WHEN o.ends_outage THEN NULL ELSE users.back_at END,"
-    " suppressed_kind = coalesce(o.suppressed_kind, users.suppressed_kind),"
-    " next_run = CASE WHEN o.run_after IS NULL THEN users.next_run ELSE o.next_run END,"
-    " next_run_after = coalesce(o.run_after, users.next_run_after),"
-    " alerts_total = users.alerts_total + CASE WHEN o.alerting THEN 1 ELSE 0 END"
-    " FROM unnest("
-    + ", ".join(f"%({column})s::{kind}[]" for column, kind in _OUTCOME_COLUMNS.items())
+SAVE_OUTCOMES_SQL = POSTGRESQL.sql(
+    f"UPDATE users SET {outcome_assignments('o.{}')} FROM unnest("
+    + ", ".join(f":{column}::{kind}[]" for column, kind in _OUTCOME_COLUMNS.items())
     + f") AS o({', '.join(_OUTCOME_COLUMNS)})"
     " WHERE users.id = o.id AND users.due_at IS NOT DISTINCT FROM o.due_at"
     " AND users.last_signal IS NOT DISTINCT FROM o.last_signal"
-    " AND (users.claimed_by IS NULL OR users.claimed_by = %(me)s)"
+    " AND (users.claimed_by IS NULL OR users.claimed_by = :me)"
     " RETURNING users.id"
 )
 
@@ -275,9 +257,10 @@ class PgStore(SqlStore):
     _sql = Statements.build(
         POSTGRESQL,
         USER_COUNTS_SQL,
-        _DUE_AT,
+        _RULES,
         "UPDATE {queue} SET next_attempt_at = %(now)s WHERE id IN (SELECT id FROM {queue}"
         " WHERE status = 'queued' AND next_attempt_at > %(now)s FOR UPDATE SKIP LOCKED)",
+        (DUE_USERS_SQL, DUE_EMAILS_SQL, DUE_WEBHOOKS_SQL),
     )
 
     def __init__(self, url: str) -> None:
@@ -336,50 +319,11 @@ class PgStore(SqlStore):
             self._liveness.close()
         self._pool.close(timeout=HEALTH_TIMEOUT)
 
-    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
-        """Make the configured users exactly `users`, start this instance's lease, and restart monitoring at
-        `now` (StoreContract.restart_monitoring) if no other instance is alive: an instance joining running
-        ones changes no deadline. Sets started_alone. Forgets the instances whose process is gone."""
-        with self._transaction() as connection:
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
-            connection.execute(WRITE_LOCK_SQL)
-            parameters = self._lease_parameters(now)
-            connection.execute(f"DELETE FROM instances WHERE id NOT IN ({LOCKED_INSTANCES_SQL})")
-            others = connection.execute(
-                f"SELECT count(*) FROM ({LIVE_INSTANCES_SQL}) AS live WHERE id <> %(me)s", parameters
-            ).fetchone()
-            connection.execute(RENEW_LEASE_SQL, parameters)
-            connection.execute("UPDATE instances SET started_at = %(now)s WHERE id = %(me)s", parameters)
-            self._apply_users(connection, users, now)
-            alone = others is not None and others[0] == 0
-            if alone:
-                self._restart_monitoring(connection, now)
-        self.started_alone = alone
-
-    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
-        """StoreContract.restart_monitoring_after_clock_jump: restart monitoring for everyone only if no other
-        instance holds its liveness lock. Not by their leases, which are in the clock that just jumped: a jump
-        forward would make every other instance look dead. Otherwise the others' clocks stand, and monitoring
-        at this instance's `now` would alert every device (a step back on another instance) or silence them all
-        (a jump forward): nothing changes, and this instance's clock is as wrong as a skewed one (see
-        docs/database.md)."""
-        with self._transaction() as connection:
-            # In sync_users' order, so that an instance starting meanwhile is counted or counts this one.
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
-            connection.execute(WRITE_LOCK_SQL)
-            others = connection.execute(
-                f"SELECT count(*) FROM ({LOCKED_INSTANCES_SQL}) AS locked WHERE objid <> %s", (self.instance_id,)
-            ).fetchone()
-            if others != (0,):
-                return False
-            self._restart_monitoring(connection, now)
-            return True
-
     def upkeep(self, now: float) -> None:
         """Renew this instance's lease until `now` + CLAIM_TIMEOUT, and take its liveness lock again if its
-        connection was lost (the scheduler calls this every second).
+        connection was lost (the scheduler calls this every second); mark its run seen every RUN_MARK_SECONDS.
 
-        Both go through the connection that holds the liveness lock, never the pool: pings holding every
+        All go through the connection that holds the liveness lock, never the pool: pings holding every
         pooled connection cannot delay the renewal. While either was lost, other instances took this
         instance for dead and could claim its rows. If another instance's start then forgot it, it
         registers again under the same id.
@@ -389,6 +333,8 @@ class PgStore(SqlStore):
             if self._liveness is not None and not self._liveness.closed:
                 try:
                     self._liveness.execute(RENEW_LEASE_SQL, parameters)
+                    if self._run_mark_due(now):
+                        self._mark_run(self._liveness, now)
                     return
                 except psycopg.Error:
                     # The lock is held as long as the connection lives: keep it unless it is broken.
@@ -439,7 +385,13 @@ class PgStore(SqlStore):
             with self.ping_batch():
                 self.record_ping(username, now, kind, exit_code, body)
             return
-        parameters = {"username": username, "at": now, "kind": kind, "exit_code": exit_code, "body": _text(body)}
+        parameters = {
+            "username": username,
+            "at": now,
+            "kind": kind,
+            "exit_code": exit_code,
+            "body": POSTGRESQL.text(body),
+        }
         with self._faults():
             if batch.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 # A statement of the batch failed, so it will be rolled back: recording this ping alone
@@ -488,196 +440,6 @@ class PgStore(SqlStore):
                     break
         return rows
 
-    def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
-    ) -> tuple[list[bytes], bool]:
-        """StoreContract.signals_between. Rows are fetched from a server-side cursor a few at a time, so the
-        bound stops reading, not only the answer."""
-        with self._connection() as connection, connection.transaction():
-            user_id = self._user_id(connection, username)
-            with connection.cursor(name="signals_between") as cursor:
-                cursor.itersize = 64
-                cursor.execute(self._sql.signals_between, (user_id, start, end, limit + 1))
-                return bounded_encodings(cursor, limit, max_size, encode)
-
-    def due_users(self, now: float, limit: int) -> list[UserState]:
-        """StoreContract.due_users, each user claimed for this instance (committed before returning): another
-        instance is not handed it until save_check_outcomes ends the claim or this instance's lease passes."""
-        with self._connection() as connection:
-            rows = connection.execute(DUE_USERS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [user_and_parent(row) for row in rows]
-
-    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
-        """StoreContract.save_check_outcomes; an outcome also applies only if no other instance claimed its user
-        since, and ends this instance's claim of every user it is about. A few statements for the whole
-        batch, whatever its size (each pipelined)."""
-        outcomes = list(outcomes)
-        alerts = 0
-        # Each alerts row to insert, and the emails and webhooks to queue for it.
-        new_alerts: list[tuple[Any, ...]] = []
-        notices: list[tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]] = []
-        with self._write() as connection, connection.cursor() as cursor:
-            columns: dict[str, list[Any]] = {column: [] for column in _OUTCOME_COLUMNS}
-            for outcome in outcomes:
-                alerting = bool(outcome.emails or outcome.webhooks)
-                suppressed_kind = outcome.suppressed[0] if outcome.suppressed else None
-                run_after, next_run = outcome.next_run or (None, None)
-                for column, value in zip(
-                    _OUTCOME_COLUMNS,
-                    (outcome.user.id, outcome.user.due_at, outcome.user.last_signal, outcome.next_due_at, alerting)
-                    + (outcome.kind, alerting or outcome.ends_outage, outcome.down_since, outcome.ends_outage)
-                    + (suppressed_kind, run_after, next_run),
-                    strict=True,
-                ):
-                    columns[column].append(value)
-            applied = {
-                user_id
-                for (user_id,) in cursor.execute(
-                    SAVE_OUTCOMES_SQL, {**columns, "now": now, "me": self.instance_id}
-                ).fetchall()
-            }
-            for outcome in outcomes:
-                user = outcome.user
-                if user.id not in applied:
-                    continue
-                if outcome.suppressed is not None:
-                    new_alerts.append((user.id, now, user.last_ping, *outcome.suppressed, True))
-                    notices.append(((), ()))
-                # The recovery first: it closes the outage that an alert in the same step may follow.
-                for kind, went_down_at, queued, hooks in (
-                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
-                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
-                ):
-                    if queued or hooks:
-                        new_alerts.append((user.id, now, user.last_ping, kind, went_down_at, False))
-                        notices.append((queued, hooks))
-                alerts += bool(outcome.emails or outcome.webhooks)
-            alert_ids = _inserted_ids(
-                cursor,
-                "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
-                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                new_alerts,
-            )
-            emails = [
-                (alert_id, e.recipient, e.subject, e.body, e.message_id, now, now)
-                for alert_id, (queued, _) in zip(alert_ids, notices, strict=True)
-                for e in queued
-            ]
-            webhooks = [
-                (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
-                for alert_id, (_, hooks) in zip(alert_ids, notices, strict=True)
-                for hook in hooks
-            ]
-            cursor.executemany(
-                "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                emails,
-            )
-            cursor.executemany(
-                "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
-                " next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                webhooks,
-            )
-            dropped = [outcome.user.id for outcome in outcomes if outcome.user.id not in applied]
-            if dropped:
-                cursor.execute(
-                    "UPDATE users SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s",
-                    (dropped, self.instance_id),
-                )
-        return alerts
-
-    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """StoreContract.due_emails, each email claimed for this instance (committed before returning) until its
-        result is recorded (mark_sent, mark_failed, schedule_retry) or this instance's lease passes."""
-        with self._connection() as connection:
-            rows = connection.execute(DUE_EMAILS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [queued_email(row) for row in rows]
-
-    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
-        """StoreContract.claim_emails, for the emails still claimed by this instance (due_emails): it may send only
-        those (a digest only if it still holds all of its emails), as another instance takes over the claims of
-        one whose lease lapsed meanwhile (frozen, cut off). An email whose result this instance cannot record
-        (it is killed) is sent again by another only once both this back-off and this instance's lease have
-        passed."""
-        with self._transaction() as connection:
-            claimed = self._push_back(connection, "outbox", retry_times)
-            for digest in digests:
-                mine = connection.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id = ANY(%s) AND status = 'queued'"
-                    " AND claimed_by = %s FOR UPDATE) AS mine",
-                    (list(digest.email_ids), self.instance_id),
-                ).fetchone()
-                if mine != (len(digest.email_ids),):
-                    continue
-                digest_id = connection.execute(
-                    "INSERT INTO digests (recipient, subject, message_id, created_at, emails)"
-                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                    (digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids)),
-                ).fetchone()[0]  # type: ignore[index]
-                connection.execute(
-                    "UPDATE outbox SET digest_id = %s WHERE id = ANY(%s)", (digest_id, list(digest.email_ids))
-                )
-        return claimed
-
-    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """StoreContract.schedule_retry; ends the claim, as mark_sent."""
-        with self._connection() as connection:
-            connection.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, claimed_by = NULL"
-                " WHERE id = ANY(%s) AND status = 'queued' AND claimed_by = %s",
-                (_text(error), next_attempt_at, list(email_ids), self.instance_id),
-            )
-
-    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
-        with self._connection() as connection:
-            connection.execute(
-                "UPDATE outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
-                " next_attempt_at = NULL, claimed_by = NULL"
-                " WHERE id = ANY(%s) AND status = 'queued' AND claimed_by = %s",
-                (status, _text(error), now, list(email_ids), self.instance_id),
-            )
-
-    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
-        """StoreContract.due_webhooks, each delivery claimed for this instance as due_emails claims emails."""
-        with self._connection() as connection:
-            rows = connection.execute(DUE_WEBHOOKS_SQL, {"me": self.instance_id, "now": now, "limit": limit}).fetchall()
-        return [queued_webhook(row) for row in rows]
-
-    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
-        """StoreContract.claim_webhooks, for the deliveries still claimed by this instance (as claim_emails)."""
-        with self._connection() as connection:
-            return self._push_back(connection, "webhook_outbox", retry_times)
-
-    def _push_back(self, connection: psycopg.Connection[Any], queue: str, retry_times: Mapping[int, float]) -> set[int]:
-        """Set the next attempt of each row of `queue` in `retry_times` (id -> epoch seconds) that is still queued
-        and claimed by this instance; return their ids."""
-        rows = connection.execute(
-            f"UPDATE {queue} SET next_attempt_at = retry.at FROM unnest(%s::bigint[], %s::float8[]) AS retry(id, at)"
-            f" WHERE {queue}.id = retry.id AND {queue}.status = 'queued' AND {queue}.claimed_by = %s"
-            f" RETURNING {queue}.id",
-            (list(retry_times), list(retry_times.values()), self.instance_id),
-        )
-        return {row_id for (row_id,) in rows}
-
-    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """StoreContract.finish_webhook; ends the claim. Only a delivery still claimed by this instance is changed."""
-        with self._connection() as connection:
-            connection.execute(
-                "UPDATE webhook_outbox SET status = %s, attempts = attempts + 1, last_error = %s, finished_at = %s,"
-                " next_attempt_at = NULL, claimed_by = NULL WHERE id = %s AND status = 'queued'"
-                " AND claimed_by = %s",
-                (status, _text(error), now, delivery_id, self.instance_id),
-            )
-
-    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """StoreContract.retry_webhook; ends the claim, as finish_webhook."""
-        with self._connection() as connection:
-            connection.execute(
-                "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
-                " claimed_by = NULL WHERE id = %s AND status = 'queued' AND claimed_by = %s",
-                (_text(error), next_attempt_at, delivery_id, self.instance_id),
-            )
-
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
         """StoreContract.delete_pings_before, in one statement (a failed user's fail signal is kept)."""
         with self._connection() as connection:
@@ -706,11 +468,27 @@ class PgStore(SqlStore):
         with self._faults(), self._pool.connection() as connection:
             yield connection
 
-    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        return self._connection()
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+        # Inside this thread's batch of pings, its connection: what the batch wrote is seen.
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            with self._faults():
+                yield batch
+            return
+        with self._connection() as connection:
+            yield connection
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            # A write asked for while this thread's batch of pings is open (a check a signal creates, or a pause
+            # it ends) joins the batch through a savepoint: another connection would wait for the rows the batch
+            # holds, and the batch for it.
+            with self._faults(), batch.transaction():
+                yield batch
+            return
         with self._connection() as connection, connection.transaction():
             yield connection
 
@@ -720,6 +498,75 @@ class PgStore(SqlStore):
         with self._transaction() as connection:
             connection.execute(WRITE_LOCK_SQL)
             yield connection
+
+    @contextmanager
+    def _starting(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction holding the start lock (one instance's start at a time), then the write lock."""
+        with self._transaction() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (START_LOCK,))
+            connection.execute(WRITE_LOCK_SQL)
+            yield connection
+
+    def _join(self, connection: psycopg.Connection[Any], now: float) -> bool:
+        """Start this instance's lease and forget the instances whose process is gone; return whether no other
+        instance is alive (by its lease and its liveness lock)."""
+        parameters = self._lease_parameters(now)
+        connection.execute(f"DELETE FROM instances WHERE id NOT IN ({LOCKED_INSTANCES_SQL})")
+        others = connection.execute(
+            f"SELECT count(*) FROM ({LIVE_INSTANCES_SQL}) AS live WHERE id <> %(me)s", parameters
+        ).fetchone()
+        connection.execute(RENEW_LEASE_SQL, parameters)
+        connection.execute("UPDATE instances SET started_at = %(now)s WHERE id = %(me)s", parameters)
+        return others == (0,)
+
+    def _alone(self, connection: psycopg.Connection[Any]) -> bool:
+        """Whether no other instance holds its liveness lock (after a clock jump). Not by their leases, which are in
+        the clock that just jumped: a jump forward would make every other instance look dead. If others run, their
+        clocks stand, and monitoring at this instance's `now` would alert every device (a step back on another
+        instance) or silence them all (a jump forward): nothing changes, and this instance's clock is as wrong as
+        a skewed one (see docs/database.md)."""
+        others = connection.execute(
+            f"SELECT count(*) FROM ({LOCKED_INSTANCES_SQL}) AS locked WHERE objid <> %s", (self.instance_id,)
+        ).fetchone()
+        return others == (0,)
+
+    def _returned_ids(self, connection: psycopg.Connection[Any], statement: str, rows: Sequence[Any]) -> list[int]:
+        # All sent at once (psycopg pipelines executemany), each statement's rows read after.
+        if not rows:
+            return []
+        ids: list[int] = []
+        with connection.cursor() as cursor:
+            cursor.executemany(statement, rows, returning=True)
+            while True:
+                ids += [row_id for (row_id,) in cursor.fetchall()]
+                if not cursor.nextset():
+                    return ids
+
+    @contextmanager
+    def _lazy_rows(
+        self, connection: psycopg.Connection[Any], statement: str, parameters: Sequence[Any]
+    ) -> Iterator[Iterable[Sequence[Any]]]:
+        # A server-side cursor (which lives in a transaction), fetched a few rows at a time.
+        with connection.transaction(), connection.cursor(name="lazy_rows") as cursor:
+            cursor.itersize = 64
+            cursor.execute(statement, parameters)
+            yield cursor
+
+    def _apply_outcomes(
+        self, connection: psycopg.Connection[Any], outcomes: Sequence[dict[str, Any]], now: float
+    ) -> set[int]:
+        # One statement for all (SAVE_OUTCOMES_SQL, one array per column); the claims of the users it did not
+        # apply to end too.
+        columns = {column: [outcome[column] for outcome in outcomes] for column in _OUTCOME_COLUMNS}
+        parameters = {**columns, "now": now, "me": self.instance_id}
+        applied = {user_id for (user_id,) in connection.execute(SAVE_OUTCOMES_SQL, parameters).fetchall()}
+        dropped = [outcome["id"] for outcome in outcomes if outcome["id"] not in applied]
+        if dropped:
+            connection.execute(
+                "UPDATE users SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s",
+                (dropped, self.instance_id),
+            )
+        return applied
 
     @contextmanager
     def _faults(self) -> Iterator[None]:
@@ -773,21 +620,3 @@ class PgStore(SqlStore):
             f" ({SCHEMA_VERSION}), and PostgreSQL databases are upgraded only from version {min(PG_MIGRATIONS)} on;"
             " use a new database"
         )
-
-
-def _inserted_ids(cursor: psycopg.Cursor[Any], insert: str, rows: list[tuple[Any, ...]]) -> list[int]:
-    """The ids that `insert` (an INSERT ... RETURNING id) gave `rows`, in their order; all sent at once."""
-    if not rows:
-        return []
-    cursor.executemany(insert, rows, returning=True)
-    ids = []
-    while True:
-        ids.append(cursor.fetchone()[0])  # type: ignore[index]
-        if not cursor.nextset():
-            return ids
-
-
-def _text(value: str | None) -> str | None:
-    """`value` as PostgreSQL can keep it: its text cannot hold the character NUL, which becomes U+FFFD (as bytes
-    that are not UTF-8 do when a body is decoded). Bodies and error messages come from outside."""
-    return None if value is None else value.replace("\x00", "\ufffd")

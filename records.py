@@ -7,6 +7,7 @@ knowing each other.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rules import SILENCE
 
@@ -27,6 +28,23 @@ class UnknownUserError(StoreError):
     """No such user: not configured (for pings) or never known (for history)."""
 
 
+class CheckExistsError(StoreError):
+    """A program asked to create a check under a name that is configured already."""
+
+
+class CheckLimitError(StoreError):
+    """A signal asked to create a check while auto_provision_limit checks created that way exist."""
+
+
+class DeclaredCheckError(StoreError):
+    """A program asked to change or delete a check that settings.json declares: only the file changes it."""
+
+
+# The snooze of a check paused by the management API: one that no wall clock reaches (the year 3000). The next
+# success or fail of such a check ends it, unless the check asks for manual_resume.
+PAUSED_UNTIL = 32_503_680_000.0
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """What a webhook is told about one alert or recovery.
@@ -34,7 +52,9 @@ class WebhookEvent:
     `id` is stable for this event and channel (the Idempotency-Key); `event` is late, failed,
     run_timeout or back; `at` is when it was decided and `last_ping` the user's last ping then (UTC
     epoch seconds, or None); `title` and `text` are the email's subject and plain text; `logs_url`
-    links to the signals of the day it is about.
+    links to the signals of the day it is about. `went_down_at` is when the outage it belongs to went
+    down (the same for its alerts and its recovery; None for a row from before it was kept), which names
+    the outage for the services that open and close an incident (webhooks.outage_key).
     """
 
     id: str
@@ -45,6 +65,7 @@ class WebhookEvent:
     title: str
     text: str
     logs_url: str
+    went_down_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +98,29 @@ class UserState:
     schedule: str | None = None
     tz: str | None = None
     grace: float | None = None
+    # Detection (settings.json's fail_threshold, min_runtime, min_interval, start_grace), and what its signals
+    # made of them: fails in a row since its last success, its last success, and the success that came too
+    # soon after the one before it (with the gap between them), until alerted.
+    fail_threshold: int = 1
+    min_runtime: float | None = None
+    min_interval: float | None = None
+    start_grace: float | None = None
+    fail_count: int = 0
+    last_success: float | None = None
+    too_often_at: float | None = None
+    too_often_gap: float | None = None
+    # Maintenance windows (settings.json's maintenance): the next one's start as the absence listener last
+    # worked it out, and the end of the last one that snoozed it.
+    maintenance_at: float | None = None
+    maintenance_until: float | None = None
+    # Flapping (settings.json's flap_threshold and flap_quiet), and the absence listener's count of its outages
+    # (rules.count_outage): its window's start, the outages in it, the last one's start; when it began flapping.
+    flap_threshold: int = 10
+    flap_quiet: float = 3600.0
+    flap_window_start: float | None = None
+    flap_count: int = 0
+    last_outage_at: float | None = None
+    flapping_since: float | None = None
     # The user it depends on, read in the same statement (its own parent is not read); None if none.
     parent: "UserState | None" = None
 
@@ -92,13 +136,13 @@ class Signal:
     body: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class UserCounts:
+class UserCounts(NamedTuple):
     """A configured user's deadline (when its first condition begins, as rules.condition says at the time
     asked about, a snooze changing nothing; None if not monitored), last ping and counters.
 
     The counters, pings and alerts recorded since the user was first configured, never go down:
-    retention deletes old pings and alerts, not what was counted.
+    retention deletes old pings and alerts, not what was counted. A tuple, not a dataclass: a metrics scrape
+    makes one per configured user.
     """
 
     username: str
@@ -113,11 +157,13 @@ class UserCounts:
 
 @dataclass(frozen=True, slots=True)
 class UsersChange:
-    """What a reload changed among the configured users: usernames added, removed and with new parameters."""
+    """What a reload changed among the configured users: usernames added, removed and with new parameters, and
+    those of the added that were checks created by program, which settings.json now declares (history kept)."""
 
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: tuple[str, ...]
+    taken_over: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +191,15 @@ class NewWebhook:
 class CheckOutcome:
     """What the absence listener decided about one due user.
 
-    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition
-    `kind` (rules.SILENCE, FAILURE or RUN_TIMEOUT), through the user's channels. `next_due_at` is when to
-    look at the user again. `ends_outage` says that the success ending the user's alerted outage (its
-    back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
-    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts
-    or ends an outage. `suppressed`, if not None,
-    is a condition (its kind and when it went down) whose alert the user's parent's outage suppressed:
-    recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment its silence is
-    measured from, its schedule's next run after it), as rules.decide worked it out (Decision.next_run),
-    kept so that SQL can tell whether it is down when it is a parent.
+    `emails` and `webhooks` both empty means no alert now; otherwise they alert about the condition `kind`
+    (rules.SILENCE, FAILURE, RUN_TIMEOUT, START_LATE, or the notice TOO_OFTEN), through the user's channels.
+    `next_due_at` is when to look at the user again. `ends_outage` says that the success ending the user's alerted
+    outage (its back_at) was dealt with, with the `recovery` emails and `recovery_webhooks` (none if notify_recovery
+    is off). `down_since` is the user's alerted outage after this step, written when the outcome alerts or ends an
+    outage. `suppressed`, if not None, is a condition (its kind and when it went down) whose alert the user's
+    parent's outage suppressed: recorded, with no email or webhook. `next_run`, for a scheduled user: (the moment
+    its silence is measured from, its schedule's next run after it), as rules.decide worked it out
+    (Decision.next_run), kept so that SQL can tell whether it is down when it is a parent.
     """
 
     user: UserState
@@ -168,6 +213,12 @@ class CheckOutcome:
     webhooks: tuple[NewWebhook, ...] = ()
     recovery_webhooks: tuple[NewWebhook, ...] = ()
     next_run: tuple[float, float | None] | None = None
+    # Maintenance (rules.in_maintenance): the end of the window that snoozes the user from now (None: none
+    # began), and when its next window opens (None: it has none).
+    maintenance_until: float | None = None
+    maintenance_at: float | None = None
+    # A new outage counted for flapping (rules.Decision.flap): (window start, count, outage start, flapping since).
+    flap: tuple[float, int, float, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +312,41 @@ class WebhookHistory:
 
 @dataclass(frozen=True, slots=True)
 class AlertHistory:
-    """An alert and its emails: when it was decided, the user's last ping then, and each email's history."""
+    """An alert and its emails: when it was decided, the user's last ping then, each email's history and each
+    webhook delivery's."""
 
     at: float
     last_ping: float | None
     emails: tuple[EmailEvent, ...]
+    deliveries: tuple[WebhookHistory, ...] = ()
+    kind: str = SILENCE  # the alerts table's kind
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Outage:
+    """An alerted outage of the user `user_id`, as its alerts called it: down from `down_at` (the condition's
+    start, which every alert of the outage names) until `up_at`, the first success after it (None: none yet)."""
+
+    user_id: int
+    down_at: float
+    up_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckId:
+    """A configured check's name and UUID, and whether the management API paused it (PAUSED_UNTIL)."""
+
+    username: str
+    uuid: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCheck:
+    """A configured check that a program created: its name, UUID, definition (JSON text: its settings keys and
+    the management API's own fields) and who created it ('api' or 'ping')."""
+
+    username: str
+    uuid: str
+    program: str
+    created_by: str

@@ -27,6 +27,7 @@ its silence is measured from the snooze's end once that is over, and an outage a
 silence_start; late_at is deadline_after() it, for max_sleep and schedules alike.
 """
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,7 +44,16 @@ MAX_RETRY_DELAY = 300.0
 FAILURE = "failed"
 RUN_TIMEOUT = "run_timeout"
 SILENCE = "late"
+START_LATE = "start_late"
 BACK = "back"
+# Not a condition but a notice about one event, with no outage and no recovery: two successes closer than
+# min_interval.
+TOO_OFTEN = "too_often"
+# A notice too: the user's outages come and go so often that each would be an email; sent once, then no alert
+# or recovery until it has been stable for flap_quiet.
+FLAPPING = "flapping"
+# Its state changes are counted within this long, from the first of them.
+FLAP_WINDOW = 3600.0
 
 # What live_state() answers, for the testing page. A user in a condition shows that condition's own name.
 PINGING = "pinging"
@@ -53,6 +63,7 @@ ALERTED = "alerted"
 FAILED = FAILURE
 RUNNING = "running"
 SNOOZED = "snoozed"
+MAINTENANCE = "maintenance"
 SUPPRESSED = "suppressed"
 
 # Kinds of signal, as /ping's `status` names them (store.py's SQL names them too).
@@ -107,11 +118,48 @@ class Watched(Protocol):
     def muted_outage(self) -> float | None: ...
     @property
     def suppressed_kind(self) -> str | None: ...
+    @property
+    def fail_threshold(self) -> int: ...
+    @property
+    def fail_count(self) -> int: ...
+    @property
+    def start_grace(self) -> float | None: ...
+    @property
+    def too_often_at(self) -> float | None: ...
+    @property
+    def maintenance_at(self) -> float | None: ...
+    @property
+    def maintenance_until(self) -> float | None: ...
+    @property
+    def flap_threshold(self) -> int: ...
+    @property
+    def flap_quiet(self) -> float: ...
+    @property
+    def flap_window_start(self) -> float | None: ...
+    @property
+    def flap_count(self) -> int: ...
+    @property
+    def last_outage_at(self) -> float | None: ...
+    @property
+    def flapping_since(self) -> float | None: ...
+
+
+class Window(Protocol):
+    """A recurring maintenance window (config.MaintenanceWindow): opens when `schedule` fires in `tz`, lasts
+    `duration` seconds."""
+
+    @property
+    def schedule(self) -> str: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def tz(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """What a user is alerted about: `kind` (FAILURE, RUN_TIMEOUT or SILENCE), and when it went down."""
+    """What a user is alerted about: `kind` (FAILURE, RUN_TIMEOUT, SILENCE or START_LATE), and when it went
+    down; or a notice (TOO_OFTEN) and when its event happened."""
 
     kind: str
     down_at: float
@@ -135,6 +183,18 @@ class Decision:
     next_due_at: float | None
     suppressed: Condition | None = None
     next_run: tuple[float, float | None] | None = None
+    flap: "Flap | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flap:
+    """What a new outage does to the count of a user's state changes (count_outage): the counting window's start,
+    the outages in it, this outage's start, and when the user began flapping (None: it is not flapping)."""
+
+    window_start: float
+    count: int
+    outage_at: float
+    flapping_since: float | None
 
 
 def signal_kind(exit_code: int) -> str:
@@ -162,6 +222,85 @@ def deadline_after(user: Watched, after: float) -> float | None:
     if expected is None or user.schedule is None:
         return expected
     return expected + (user.grace or 0.0)
+
+
+def counts_as(kind: str, duration: float | None, min_runtime: float | None) -> str:
+    """What a signal of `kind` counts as for its user: a success that closed a run of `duration` seconds shorter
+    than `min_runtime` is a FAIL (the job finished too fast to have done its work); any other signal is its kind."""
+    if kind == SUCCESS and duration is not None and min_runtime is not None and duration < min_runtime:
+        return FAIL
+    return kind
+
+
+def too_often(previous_success: float | None, at: float, min_interval: float | None) -> bool:
+    """Whether a success at `at` comes too soon after the user's previous one (at `previous_success`): closer
+    than `min_interval` seconds, either way (signals may commit out of time order)."""
+    return previous_success is not None and min_interval is not None and abs(at - previous_success) < min_interval
+
+
+def failing(user: Watched) -> bool:
+    """Whether `user` is failed as the rules count it: reported fails (fail_count of them since its last success)
+    reached its fail_threshold. Fewer fails in a row are noise: no condition, no alert."""
+    return user.failed_at is not None and user.fail_count >= user.fail_threshold
+
+
+def maintenance_window(windows: Iterable[Window], now: float) -> tuple[float, float] | None:
+    """The maintenance window open at `now`, as (its start, its end), of those `windows` that are: the one that
+    ends last; None if none is open. A window opens when its schedule fires (schedules.next_time: daylight-saving
+    changes as cron) and is open from then, included, until `duration` later, excluded."""
+    open_ = None
+    for window in windows:
+        start = schedules.next_time(window.schedule, window.tz, now - window.duration)
+        if start is not None and start <= now and (open_ is None or start + window.duration > open_[1]):
+            open_ = (start, start + window.duration)
+    return open_
+
+
+def next_maintenance(windows: Iterable[Window], after: float) -> float | None:
+    """When the first of `windows` next opens strictly after `after`; None if none ever does."""
+    starts = (schedules.next_time(window.schedule, window.tz, after) for window in windows)
+    return min((start for start in starts if start is not None), default=None)
+
+
+def in_maintenance(user: Watched, until: float) -> Watched:
+    """`user` as a maintenance window ending at `until` leaves it: snoozed until then (unless snoozed longer),
+    which mutes an alerted outage it is in (muted_outage), as /snooze does; its silence is measured from the
+    window's end. store.save_check_outcomes writes the same (CheckOutcome.maintenance_until)."""
+    if user.snoozed_until is not None and user.snoozed_until >= until:
+        return user
+    muted = user.down_since if user.down_since is not None and user.back_at is None else user.muted_outage
+    return dataclasses.replace(user, snoozed_until=until, muted_outage=muted, maintenance_until=until)  # type: ignore[type-var]
+
+
+def flapping(user: Watched, now: float) -> bool:
+    """Whether `user` is flapping at `now`: it began to (flapping_since) and has had no new outage for flap_quiet
+    since its last one."""
+    return (
+        user.flapping_since is not None
+        and user.last_outage_at is not None
+        and now < user.last_outage_at + user.flap_quiet
+    )
+
+
+def count_outage(user: Watched, current: Condition | None, now: float) -> Flap | None:
+    """The count of `user`'s state changes once the absence listener has seen its `current` condition, if that is
+    an outage it had not counted yet (None otherwise).
+
+    Each outage is two changes (down, then up), the last one's up still to come: more than flap_threshold changes
+    within FLAP_WINDOW of the first makes the user flapping from `now` (unless it already is). An outage flap_quiet
+    or more after the last one (the user was stable) starts the count again."""
+    if current is None or current.kind in (TOO_OFTEN, FLAPPING):
+        return None
+    if user.last_outage_at is not None and not current.down_at > user.last_outage_at:
+        return None
+    start, count = user.flap_window_start, user.flap_count + 1
+    stable = user.last_outage_at is not None and current.down_at - user.last_outage_at >= user.flap_quiet
+    if start is None or current.down_at - start > FLAP_WINDOW or stable:
+        start, count = current.down_at, 1
+    since = user.flapping_since if flapping(user, now) else None
+    if since is None and 2 * count - 1 > user.flap_threshold:
+        since = now
+    return Flap(start, count, current.down_at, since)
 
 
 def snoozed(user: Watched, now: float) -> bool:
@@ -212,24 +351,48 @@ def run_deadline(user: Watched, now: float | None = None) -> float | None:
     return max(user.run_started, _restarted_at(user, now)) + user.max_runtime
 
 
+def start_deadline(user: Watched, now: float | None = None) -> float | None:
+    """When a scheduled `user` with a start_grace is late to start: its next expected run (expected_at at `now`)
+    plus start_grace, if no run is open; None otherwise (a run is open, no start_grace, no schedule, or not
+    monitored)."""
+    if user.schedule is None or user.start_grace is None or user.run_started is not None:
+        return None
+    expected = expected_at(user, now)
+    return None if expected is None else expected + user.start_grace
+
+
+def pending_notice(user: Watched) -> Condition | None:
+    """The TOO_OFTEN notice waiting to be sent about `user`: its latest success that came too soon after the
+    one before (too_often_at, cleared once alerted), unless it came at or before the end of a snooze (a snooze
+    drops the notices of its time). None if none."""
+    at = user.too_often_at
+    if at is None or (user.snoozed_until is not None and not at > user.snoozed_until):
+        return None
+    return Condition(TOO_OFTEN, at)
+
+
 def condition(user: Watched, now: float) -> Condition | None:
-    """The one condition `user` is in at `now`, by priority: failed, then a run past max_runtime, then a
-    silence past max_sleep; None if none (or monitor is off).
+    """The one condition `user` is in at `now`, by priority: failed (failing()), then a run past max_runtime,
+    then a silence past max_sleep (or its scheduled run's grace), then a scheduled run not started within
+    start_grace; None if none (or monitor is off).
 
     Each begins strictly after its deadline (a silence of exactly max_sleep is not late). It went down at
-    the fail signal's time, the run's deadline or the silence's deadline. A snooze changes none of this
-    (only whether it is alerted): a snoozed parent that is late is down for its children.
+    the first fail signal's time, the run's deadline, the silence's deadline or the start's deadline. A snooze
+    changes none of this (only whether it is alerted): a snoozed parent that is late is down for its children.
     """
     if not user.monitor:
         return None
-    if user.failed_at is not None:
-        return Condition(FAILURE, user.failed_at)
+    if failing(user):
+        return Condition(FAILURE, user.failed_at or 0.0)
     overrun = run_deadline(user, now)
     if overrun is not None and now > overrun:
         return Condition(RUN_TIMEOUT, overrun)
     deadline = late_at(user, now)
     if deadline is not None and now > deadline:
         return Condition(SILENCE, deadline)
+    start = start_deadline(user, now)
+    if start is not None and now > start:
+        return Condition(START_LATE, start)
     return None
 
 
@@ -237,23 +400,27 @@ def due_at(user: Watched) -> float | None:
     """When the absence listener must look at `user`, as stored after each signal and each start (store._DUE_AT).
 
     At once while a recovery waits to be queued (`back_at`); otherwise, if monitored, at the earliest of
-    its failure (or the end of its snooze, if later), its run's deadline and its silence's deadline, as
-    they will be once any snooze is over. The listener then pushes it on to the end of the alert throttle
-    (decide's next_due_at). None: nothing can become due without a signal.
+    its failure (once failing(); or the end of its snooze, if later), its run's deadline, its silence's
+    deadline, as they will be once any snooze is over, a pending TOO_OFTEN notice (pending_notice) and the next
+    maintenance window's start as the listener stored it (maintenance_at). The
+    listener then pushes it on to the end of the alert throttle (decide's next_due_at). None: nothing can become
+    due without a signal.
 
     A schedule's deadline needs cronsim, which SQL cannot run: for a scheduled user the silence's
     deadline stands in as its last sign of life, so the listener looks at it once after each contact
-    or start and stores decide's next_due_at, which holds the real deadline (late_at).
+    or start and stores decide's next_due_at, which holds the real deadlines (late_at, start_deadline).
     """
     if user.back_at is not None:
         return user.back_at
     if not user.monitor:
         return None
     deadline = silence_start(user) if user.schedule is not None else late_at(user)
-    failed = user.failed_at
+    failed = user.failed_at if failing(user) else None
     if failed is not None and user.snoozed_until is not None:
         failed = max(failed, user.snoozed_until)
-    return min(t for t in (failed, run_deadline(user), deadline) if t is not None)
+    notice = pending_notice(user)
+    times = (failed, run_deadline(user), deadline, None if notice is None else notice.down_at, user.maintenance_at)
+    return min(t for t in times if t is not None)
 
 
 def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision:
@@ -265,6 +432,10 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     once. The throttle spans outages, so a device that flaps is not alerted more often than
     email_frequency. The first alert of an outage sets its `down_since`.
 
+    With no condition, a pending TOO_OFTEN notice (pending_notice) is alerted the same way, at most once per
+    email_frequency, but opens no outage (so no recovery) and is never suppressed or held back by a parent:
+    a parent's outage cannot make a device ping too often.
+
     No alert while `user` is snoozed, nor about an outage alerted before a snooze (`muted_outage`). With
     a `parent` (the user it depends on, as read in the same step): while the parent is down its alert is
     suppressed instead (recorded once per condition, never sent, no outage opened, so no recovery); a
@@ -274,18 +445,43 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     ended = user.back_at is not None
     recovery = ended and user.down_since is not None and user.notify_recovery and user.monitor
     down_since = None if ended else user.down_since
-    current = condition(user, now)
+    current = condition(user, now) or pending_notice(user)
     alert = suppressed = None
     repeat_at = None
+    flap = count_outage(user, current, now)
+    if flap is not None:
+        user = dataclasses.replace(  # type: ignore[type-var]
+            user,
+            flap_window_start=flap.window_start,
+            flap_count=flap.count,
+            last_outage_at=flap.outage_at,
+            flapping_since=flap.flapping_since,
+        )
+    if flapping(user, now):
+        # One notice as it begins; then neither alert nor recovery until it has been stable for flap_quiet.
+        recovery = False
+        began = flap is not None and flap.flapping_since == now and user.flapping_since == now
+        if began and not snoozed(user, now):
+            alert = Condition(FLAPPING, now)
+        if current is not None and current.kind != TOO_OFTEN:
+            repeat_at = (user.last_outage_at or now) + user.flap_quiet
+        if current is None or current.kind == TOO_OFTEN:
+            # Up: its next outage, counted when it begins.
+            candidates = [repeat_at, run_deadline(user), late_at(user), start_deadline(user)]
+        else:
+            candidates = [repeat_at]
+        times = [t for t in candidates if t is not None]
+        return Decision(alert, recovery, down_since, min(times) if times else None, None, _next_run(user, now), flap)
     if current is not None:
+        notice = current.kind == TOO_OFTEN
         repeat_at = _repeat_at(user, current.kind)
         if repeat_at is None or now > repeat_at:
-            waits_until = _parent_deadline_ahead(current, parent, now)
+            waits_until = None if notice else _parent_deadline_ahead(current, parent, now)
             if snoozed(user, now):
                 repeat_at = user.snoozed_until
-            elif _muted(user):
+            elif not notice and _muted(user):
                 repeat_at = None
-            elif parent is not None and condition(parent, now) is not None:
+            elif not notice and parent is not None and (condition(parent, now) is not None or flapping(parent, now)):
                 repeat_at = None
                 if user.suppressed_kind != current.kind:
                     suppressed = current
@@ -294,22 +490,31 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
             else:
                 alert = current
                 repeat_at = now + user.email_frequency
-                if down_since is None:
+                if down_since is None and not notice:
                     down_since = current.down_at
     # Besides the throttle's end, only a condition of higher priority than the current one can begin
-    # without a signal: a run's deadline during a silence, or either deadline when all is well. Until
-    # something changes, a suppressed or muted condition waits for a signal (its parent's included).
+    # without a signal: a run's deadline during a silence or a late start, the silence's during a late start,
+    # or any deadline when all is well (a notice is no condition). Until something changes, a suppressed or
+    # muted condition waits for a signal (its parent's included).
+    kind = None if current is None or current.kind == TOO_OFTEN else current.kind
     candidates = [repeat_at]
-    if current is None or current.kind == SILENCE:
+    if kind in (None, SILENCE, START_LATE):
         candidates.append(run_deadline(user))
-    if current is None:
+    if kind in (None, START_LATE):
         candidates.append(late_at(user))
+    if kind is None:
+        candidates.append(start_deadline(user))
     times = [t for t in candidates if t is not None]
-    next_run = None
-    if user.schedule is not None:
-        start = silence_start(user, now)
-        next_run = (start, expected_after(user, start))
-    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed, next_run)
+    return Decision(alert, recovery, down_since, min(times) if times else None, suppressed, _next_run(user, now), flap)
+
+
+def _next_run(user: Watched, now: float) -> tuple[float, float | None] | None:
+    """Decision.next_run: for a scheduled `user`, the moment its silence is measured from at `now` and its
+    schedule's next run after it."""
+    if user.schedule is None:
+        return None
+    start = silence_start(user, now)
+    return (start, expected_after(user, start))
 
 
 def held_back_until(user: Watched, now: float, parent: Watched | None = None) -> float | None:
@@ -333,10 +538,12 @@ def held_back_until(user: Watched, now: float, parent: Watched | None = None) ->
 
 
 def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
-    """How `user` looks at `now` to a person watching: SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED, RUNNING,
-    PINGING or SILENT.
+    """How `user` looks at `now` to a person watching: MAINTENANCE, SNOOZED, FAILED, SUPPRESSED, LATE, ALERTED,
+    RUNNING, PINGING or SILENT.
 
-    SNOOZED while snoozed. FAILED from a fail until the next success. SUPPRESSED while in a condition
+    MAINTENANCE while a maintenance window snoozes it (in_maintenance), SNOOZED while otherwise snoozed,
+    FLAPPING while flapping().
+    FAILED from a fail until the next success. SUPPRESSED while in a condition
     whose alert its `parent`'s outage suppresses. LATE and ALERTED follow the absence listener: a user is
     late once its run is past max_runtime or its silence past its deadline (condition()), and ALERTED once
     an alert about that condition was queued during this outage. Otherwise RUNNING while a run is open,
@@ -344,7 +551,9 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     monitoring began).
     """
     if snoozed(user, now):
-        return SNOOZED
+        return MAINTENANCE if user.snoozed_until == user.maintenance_until else SNOOZED
+    if flapping(user, now):
+        return FLAPPING
     current = condition(user, now)
     alerted = (
         current is not None
@@ -354,7 +563,7 @@ def live_state(user: Watched, now: float, parent: Watched | None = None) -> str:
     )
     if current is not None and not alerted and parent is not None and condition(parent, now) is not None:
         return SUPPRESSED
-    if user.failed_at is not None:
+    if failing(user):
         return FAILED
     if current is not None:
         return ALERTED if alerted else LATE
@@ -458,11 +667,12 @@ def _repeat_at(user: Watched, kind: str) -> float | None:
 
 def condition_at(user: Watched, now: float) -> float | None:
     """When `user`'s earliest condition begins at `now` if no signal comes (a snooze changing nothing): its
-    failure, its run's deadline or its silence's deadline (late_at), whichever is first; None if it is not
-    monitored."""
+    failure (once failing()), its run's deadline, its silence's deadline (late_at) or its start's
+    (start_deadline), whichever is first; None if it is not monitored."""
     if not user.monitor:
         return None
-    times = (user.failed_at, run_deadline(user, now), late_at(user, now))
+    failed = user.failed_at if failing(user) else None
+    times = (failed, run_deadline(user, now), late_at(user, now), start_deadline(user, now))
     return min((t for t in times if t is not None), default=None)
 
 

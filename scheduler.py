@@ -10,6 +10,7 @@ sees the wall clock jump. Settings are read from the LiveSettings at each step, 
 followed at once.
 """
 
+import dataclasses
 import http.client
 import logging
 import threading
@@ -37,13 +38,30 @@ from records import (
     StoreError,
     UserState,
 )
-from rules import BACK, FAILURE, RUN_TIMEOUT, SILENCE, clock_jump, decide, retry_delay
+from rules import (
+    BACK,
+    FAILURE,
+    FLAPPING,
+    RUN_TIMEOUT,
+    SILENCE,
+    START_LATE,
+    TOO_OFTEN,
+    clock_jump,
+    decide,
+    in_maintenance,
+    maintenance_window,
+    next_maintenance,
+    retry_delay,
+)
 from store_contract import StoreContract
 from webhooks import WebhookSender
 
 log = logging.getLogger("ping_listener.scheduler")
 
-USERS_PER_STEP = 500
+# A step's cost grows with the due users it handles (deciding, composing, one row written each: see
+# bench/results.md), never with the users in all; its write transaction holds the write lock that pings wait for. A
+# step bounded to this many keeps that wait short, and a full step is followed at once by the next.
+USERS_PER_STEP = 100
 EMAILS_PER_STEP = 100
 WEBHOOKS_PER_STEP = 100
 # A frequency of 0 means "as often as possible", not a busy loop.
@@ -484,7 +502,14 @@ class Scheduler:
             # in case that reload fails and the user stays (a reload that succeeds unwatches it itself).
             return CheckOutcome(user, now + BAD_USER_DELAY)
         server_root = settings.server_root or self.default_root
-        decision = decide(user, now, user.parent)
+        # A maintenance window open now snoozes the user until its end, as /snooze would (rules.in_maintenance);
+        # the user is looked at again when its next window opens.
+        window = maintenance_window(config.maintenance, now)
+        watched = user if window is None else in_maintenance(user, window[1])
+        maintenance_until = None if watched is user else window and window[1]
+        maintenance_at = next_maintenance(config.maintenance, now)
+        decision = decide(watched, now, user.parent)
+        next_due_at = min((t for t in (decision.next_due_at, maintenance_at) if t is not None), default=None)
         alert = decision.alert
         emails: tuple[NewEmail, ...] = ()
         hooks: tuple[NewWebhook, ...] = ()
@@ -496,7 +521,7 @@ class Scheduler:
             recovery, recovery_hooks = self._notices(user, BACK, config, server_root)
         return CheckOutcome(
             user,
-            decision.next_due_at,
+            next_due_at,
             emails,
             kind=alert.kind if alert is not None else SILENCE,
             down_since=decision.down_since,
@@ -506,12 +531,17 @@ class Scheduler:
             recovery_webhooks=recovery_hooks,
             suppressed=None if decision.suppressed is None else (decision.suppressed.kind, decision.suppressed.down_at),
             next_run=decision.next_run,
+            maintenance_until=maintenance_until,
+            maintenance_at=maintenance_at,
+            flap=None if decision.flap is None else dataclasses.astuple(decision.flap),
         )
 
     def _notices(
         self, user: UserState, kind: str, config: UserConfig, server_root: str
     ) -> tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]:
-        """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`."""
+        """The emails and webhook deliveries telling `user`'s channels (its `notify` in `config`) about `kind`;
+        a recovery (BACK) is emailed only if `email_recoveries` is true, and goes to no webhook whose `recoveries`
+        is false."""
         signal = None
         if kind == FAILURE:
             if user.fail_signal is None:
@@ -520,18 +550,32 @@ class Scheduler:
             subject, body = mailer.compose_failure(user, signal, server_root)
         elif kind == RUN_TIMEOUT:
             subject, body = mailer.compose_run_timeout(user, server_root)
+        elif kind == START_LATE:
+            subject, body = mailer.compose_start_late(user, server_root)
+        elif kind == TOO_OFTEN:
+            subject, body = mailer.compose_too_often(user, server_root)
+        elif kind == FLAPPING:
+            subject, body = mailer.compose_flapping(user, server_root)
         elif kind == BACK:
             subject, body = mailer.compose_recovery(user, server_root)
         else:
             subject, body = mailer.compose_alert(user, server_root)
         emails: tuple[NewEmail, ...] = ()
-        if EMAIL_CHANNEL in config.notify:
+        if EMAIL_CHANNEL in config.notify and (kind != BACK or self._settings.current.email_recoveries):
             emails = tuple(NewEmail(to, subject, body, self._mailer.new_message_id()) for to in config.recipients)
-        logs_url = logs_link(server_root, user.username, mailer.event_moment(user, kind, signal))
-        hooks = tuple(
-            NewWebhook(channel[len(WEBHOOK_CHANNEL_PREFIX) :], webhooks.new_event_id(), subject, body, logs_url)
+        names = [
+            channel[len(WEBHOOK_CHANNEL_PREFIX) :]
             for channel in config.notify
             if channel.startswith(WEBHOOK_CHANNEL_PREFIX)
+        ]
+        if not names:
+            return emails, ()
+        logs_url = logs_link(server_root, user.username, mailer.event_moment(user, kind, signal))
+        endpoints = self._settings.current.webhooks
+        hooks = tuple(
+            NewWebhook(name, webhooks.new_event_id(), subject, body, logs_url)
+            for name in names
+            if kind != BACK or name not in endpoints or endpoints[name].recoveries
         )
         return emails, hooks
 

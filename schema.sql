@@ -66,11 +66,52 @@ CREATE TABLE users (
     -- For a scheduled user, the absence listener's last look: the moment its silence was measured from,
     -- and its schedule's next run after that. SQL reads them to tell whether it was down as a parent.
     next_run_after  REAL,
-    next_run        REAL
+    next_run        REAL,
+    -- Its UUID (lowercase, hyphenated), given the first time it is configured and kept for good: /ping/<uuid>
+    -- and the management API name it by it.
+    uuid            TEXT,
+    -- A check created by a program (the management API, or a signal with create=1) while settings.json does
+    -- not list it: its definition as JSON ({"settings": {...}, "desc": ..., ...}); NULL for settings.json's.
+    program         TEXT,
+    -- Who created it: 'api' or 'ping' (auto_provision, counted against auto_provision_limit).
+    created_by      TEXT CHECK (created_by IN ('api', 'ping')),
+    -- The checks-by-program change counter when this row last changed as such (created, changed, paused,
+    -- deleted, taken over): its maximum tells each instance whether to read them again.
+    program_change  INTEGER,
+    -- Detection, mirroring settings.json (rules.py): fails in a row that make a failure, the shortest run
+    -- that is not one, the least time between two successes, how late a scheduled run may start.
+    fail_threshold  INTEGER NOT NULL DEFAULT 1,
+    min_runtime     REAL,
+    min_interval    REAL,
+    start_grace     REAL,
+    -- Fails in a row since the last success (a success closing a run shorter than min_runtime is one).
+    fail_count      INTEGER NOT NULL DEFAULT 0,
+    last_success    REAL,
+    -- A success that came sooner than min_interval after the one before (and the time between them),
+    -- until the absence listener has alerted about it.
+    too_often_at    REAL,
+    too_often_gap   REAL,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  REAL,
+    maintenance_until REAL,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  INTEGER NOT NULL DEFAULT 10,
+    flap_quiet      REAL NOT NULL DEFAULT 3600,
+    flap_window_start REAL,
+    flap_count      INTEGER NOT NULL DEFAULT 0,
+    last_outage_at  REAL,
+    flapping_since  REAL
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 -- A parent's children, whose silence its return restarts.
 CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
 
 -- Every signal received (a ping of any kind; within retention_days, if set). The service records one as one INSERT; a trigger
 -- that exists only on its own connections (store.py) moves the user's state and due_at in the same
@@ -84,7 +125,8 @@ CREATE TABLE pings (
     exit_code INTEGER,
     -- Seconds since the run's start, on the success or fail that closed a run; else NULL.
     duration  REAL,
-    -- The first 10 000 bytes of a POST body, decoded as UTF-8 with replacement; NULL if none.
+    -- The first 10 000 bytes of a POST body, decoded as UTF-8 with replacement (an email ping's: "Subject: ...",
+    -- a blank line and the first 10 000 bytes of its text); NULL if none.
     body      TEXT
 );
 CREATE INDEX pings_by_user_time ON pings (user_id, at);
@@ -96,8 +138,8 @@ CREATE TABLE alerts (
     at           REAL    NOT NULL,
     -- The user's last ping when the alert was decided (NULL: none since monitoring began).
     last_ping    REAL,
-    -- 'late' (silence), 'failed', 'run_timeout', or 'back' for a recovery.
-    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    -- 'late' (silence), 'failed', 'run_timeout', 'start_late', 'too_often', or 'back' for a recovery.
+    kind         TEXT    NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     -- When the outage it belongs to went down.
     went_down_at REAL,
     -- 1: not sent, because the user it depends on was down (its emails were never queued).
@@ -186,6 +228,16 @@ CREATE TABLE health (
     -- the write-ahead log as a batch of pings: on a disk that has less, the check fails as pings would.
     room       BLOB
 );
+
+-- One row per start of the service (of each instance, on PostgreSQL): when it started, and when it was last
+-- seen running, marked every store.RUN_MARK_SECONDS. The gaps between runs are the service's own downtime, which
+-- status pages count as unknown, neither up nor down (uptime.py).
+CREATE TABLE service_runs (
+    id         INTEGER PRIMARY KEY,
+    started_at REAL    NOT NULL,
+    seen_at    REAL    NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
 
 CREATE VIEW pings_readable AS
 SELECT users.username,

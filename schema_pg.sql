@@ -54,12 +54,46 @@ CREATE TABLE users (
     grace           double precision,
     next_run_after  double precision,
     next_run        double precision,
+    -- Detection, mirroring settings.json (rules.py): fails in a row that make a failure, the shortest run
+    -- that is not one, the least time between two successes, how late a scheduled run may start.
+    fail_threshold  integer NOT NULL DEFAULT 1,
+    min_runtime     double precision,
+    min_interval    double precision,
+    start_grace     double precision,
+    -- Fails in a row since the last success (a success closing a run shorter than min_runtime is one).
+    fail_count      integer NOT NULL DEFAULT 0,
+    last_success    double precision,
+    -- A success that came sooner than min_interval after the one before (and the time between them),
+    -- until the absence listener has alerted about it.
+    too_often_at    double precision,
+    too_often_gap   double precision,
+    -- Its maintenance windows, mirroring settings.json (JSON: [[schedule, duration, tz], ...]; NULL: none);
+    -- the next one's start as the absence listener last worked it out (a signal leaves it: the user is due
+    -- then); and the end of the last window that snoozed it (snoozed_until), which the overview shows.
+    maintenance     TEXT,
+    maintenance_at  double precision,
+    maintenance_until double precision,
+    -- Flapping, mirroring settings.json (flap_threshold, flap_quiet); the absence listener's count of its outages
+    -- (rules.count_outage): the counting window's start, the outages in it, the last one's start, and when it
+    -- began flapping.
+    flap_threshold  integer NOT NULL DEFAULT 10,
+    flap_quiet      double precision NOT NULL DEFAULT 3600,
+    flap_window_start double precision,
+    flap_count      integer NOT NULL DEFAULT 0,
+    last_outage_at  double precision,
+    flapping_since  double precision,
     -- The instance whose absence listener is deciding about this user (NULL: none): others skip the row
     -- while that instance's lease lasts.
-    claimed_by      bigint
+    claimed_by      bigint,
+    uuid            text,
+    program         text,
+    created_by      text CHECK (created_by IN ('api', 'ping')),
+    program_change  bigint
 );
 CREATE INDEX users_due ON users (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX users_by_parent ON users (parent_id) WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX users_by_uuid ON users (uuid);
+CREATE INDEX users_by_program_change ON users (program_change) WHERE program_change IS NOT NULL;
 
 CREATE TABLE pings (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -77,7 +111,7 @@ CREATE TABLE alerts (
     user_id      bigint           NOT NULL REFERENCES users (id),
     at           double precision NOT NULL,
     last_ping    double precision,
-    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back')),
+    kind         text             NOT NULL DEFAULT 'late' CHECK (kind IN ('late', 'failed', 'run_timeout', 'back', 'start_late', 'too_often', 'flapping')),
     went_down_at double precision,
     suppressed   boolean          NOT NULL DEFAULT false
 );
@@ -143,6 +177,14 @@ CREATE TABLE health (
     -- Left NULL here: PostgreSQL writes its own log ahead in whole segments, so a small write tells as much.
     room       bytea
 );
+
+-- As in schema.sql: each instance's runs, whose gaps are the service's downtime.
+CREATE TABLE service_runs (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at double precision NOT NULL,
+    seen_at    double precision NOT NULL
+);
+CREATE INDEX service_runs_by_seen ON service_runs (seen_at);
 
 CREATE VIEW pings_readable AS
 SELECT users.username,

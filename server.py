@@ -4,7 +4,8 @@ python server.py [--settings PATH] [--db PATH_OR_URL] [--host HOST] [--port PORT
 python server.py --send-test-email ADDRESS
 
 Startup reads the settings, opens the database (a SQLite file, or PostgreSQL for a postgresql:// URL in --db
-or DATABASE_URL: database.py) and starts the scheduler; SIGHUP reads the settings
+or DATABASE_URL: database.py), starts the email pings' SMTP listener if the settings ask for it
+(email_pings.py) and starts the scheduler; SIGHUP reads the settings
 again (reload_settings). The app itself, its routes and answers, is web.py. --send-test-email only
 proves the SMTP setup: it sends one email and exits, touching neither the settings nor the database.
 """
@@ -22,8 +23,10 @@ from collections.abc import Callable, Mapping
 
 import config
 import serving
+from checks import REFRESH_INTERVAL, Checks
 from config import LiveSettings
 from database import chosen_database, display_name, open_store
+from email_pings import EmailPingListener, tls_context
 from mailer import SENT, SmtpMailer, SmtpSetupError
 from metrics import Exporter
 from overview import HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL, Overview
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load_settings(args.settings)
         smtp = config.load_smtp_settings(os.environ)
         secrets = config.load_secrets(os.environ)
+        email_tls = tls_context(settings.email_pings) if settings.email_pings is not None else None
     except config.ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -76,15 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(
             "%s: database upgraded from schema version %d to %d", display_name(db), store.upgraded_from, SCHEMA_VERSION
         )
+    live_settings = LiveSettings(settings)
     try:
         store.sync_users(settings.users, clock())
+        checks = Checks(store, live_settings)
     except StoreError as error:
         store.close()
         print(f"{display_name(db)}: {error}", file=sys.stderr)
         return 2
     if not store.started_alone:
         log.info("%s: joined the instances running on it; no deadline restarted", display_name(db))
-    live_settings = LiveSettings(settings)
     mail_sender = SmtpMailer(smtp)
     # Its default server root, the address bound, is set below once the socket is bound.
     scheduler = Scheduler(store, mail_sender, live_settings, "", clock)
@@ -93,11 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         metrics=Exporter(store, clock, scheduler.absence_step_seconds, scheduler.deliveries),
         metrics_token=secrets.metrics_token,
         api_key=secrets.api_key,
+        api_key_readonly=secrets.api_key_readonly,
+        ping_key=secrets.ping_key,
     )
     testing_password = os.environ.get("TESTING_PASSWORD") or None
     overview_password = os.environ.get("OVERVIEW_PASSWORD") or None
     overview = Overview(store)
-    app = make_app(store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password)
+    app = make_app(
+        store, live_settings, clock, testing_password, mail_sender, operations, overview, overview_password, checks
+    )
+    email_listener = None
+    if settings.email_pings is not None:
+        email_listener = EmailPingListener(
+            settings.email_pings, store, live_settings, clock, email_tls, name_of=checks.name_of
+        )
+        try:
+            email_listener.start()
+        except OSError as error:
+            store.close()
+            where = f"{settings.email_pings.host}:{settings.email_pings.port}"
+            reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's strerror repeats the address
+            print(f"email_pings: cannot listen on {where}: {reason}", file=sys.stderr)
+            return 2
     try:
         limits = serving.ServingLimits(incomplete_requests_per_address=settings.max_incomplete_requests_per_address)
         http_server = serving.create_http_server(
@@ -109,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             limits,
             batch=store.ping_batch,
             quick_bodies=serving.QuickBodies(MAX_SIGNAL_REQUEST_BODY, MAX_SIGNAL_BODY),
+            trusted_proxy=settings.trusted_proxy,
         )
     except (OSError, ValueError) as error:  # ValueError: waitress cannot resolve the host
+        if email_listener is not None:
+            email_listener.stop()
         store.close()
         print(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 2
@@ -131,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     if overview_password or testing_password:
         # The overview's 24 hours are loaded in the background, so that its first answer waits for none of it.
         scheduler.run_loop("overview-upkeep", overview.keep_up, HISTORY_USERS_PER_STEP, UPKEEP_INTERVAL)
+    # Checks that another instance created, changed or deleted are put in force here within REFRESH_INTERVAL.
+    scheduler.run_loop("checks-refresh", checks.refresh_step, 1, REFRESH_INTERVAL)
     scheduler.on_request(
-        "reload", reload_requested, lambda: reload_settings(args.settings, live_settings, store, clock)
+        "reload", reload_requested, lambda: reload_settings(args.settings, live_settings, store, clock, checks)
     )
     print(f"listening on {scheduler.default_root}", flush=True)
     serving.serve_until_signalled(http_server, stop_requested, SHUTDOWN_GRACE)
+    if email_listener is not None:
+        email_listener.stop()
     if not scheduler.stop(SCHEDULER_STOP_TIMEOUT):
         log.warning("a scheduler step is still running; what it has not committed is retried at next start")
     store.close()
@@ -217,7 +246,11 @@ def reload_on_sighup() -> threading.Event:
 
 
 def reload_settings(
-    path: str | os.PathLike[str], live_settings: LiveSettings, store: StoreContract, clock: Callable[[], float]
+    path: str | os.PathLike[str],
+    live_settings: LiveSettings,
+    store: StoreContract,
+    clock: Callable[[], float],
+    checks: Checks | None = None,
 ) -> bool:
     """Read the settings at `path` again and put them in force; True if they were.
 
@@ -226,7 +259,8 @@ def reload_settings(
     between the two, a user just removed already answers 404 and one just added may briefly answer
     404 too, but a ping is never recorded without the token the new settings ask for. If the store
     refuses, the previous settings are put back. A new `durability` applies to the commits that begin
-    after it (StoreContract.use_durability).
+    after it (StoreContract.use_durability). With `checks`, the checks created by program stay in force beside
+    the file's users; a name the file now declares is taken over by it (history kept), which is logged.
     """
     try:
         settings = config.load_settings(path)
@@ -237,13 +271,19 @@ def reload_settings(
             "settings not reloaded (%d problem(s) above); the previous settings stay in force", len(error.problems)
         )
         return False
-    previous = live_settings.replace(settings)
+    previous = live_settings.replace(settings if checks is None else checks.merged_with(settings))
     try:
         change = store.reload_users(settings.users, clock())
+        if checks is not None:
+            checks.use_file_settings(settings)
     except StoreError as error:
         live_settings.replace(previous)
         log.error("settings not reloaded: %s; the previous settings stay in force", error)
         return False
+    for name in change.taken_over:
+        log.warning(
+            "%s: settings.json now declares this check, created by program: it takes it over, history kept", name
+        )
     store.use_durability(settings.durability)
     log.info(
         "settings reloaded: %d user(s) added, %d removed, %d changed",

@@ -812,6 +812,7 @@ def create_http_server(
     batch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     waitress_version: str | None = None,
     quick_bodies: QuickBodies | None = None,
+    trusted_proxy: str | None = None,
 ) -> HttpServer:
     """A bound HttpServer for the WSGI `app`; requests for `quick_paths` are answered on the I/O thread,
     those of one poll round inside one `batch()` block (e.g. Store.ping_batch), their answers sent only
@@ -838,6 +839,7 @@ def create_http_server(
         # framing too (unbounded lines of it included), is left twice as large.
         max_request_body_size=2 * largest_body + 1,
         ident="ping-listener",
+        **_proxy_adjustments(trusted_proxy),
     )
     socket_map: dict[int, Any] = {}
     dispatcher = RequestDispatcher(quick_paths, limits.idle_timeout, batch)
@@ -864,6 +866,18 @@ def create_http_server(
         dispatcher.shutdown(timeout=0.5)
         raise
     return HttpServer(servers, socket_map, dispatcher)
+
+
+def _proxy_adjustments(trusted_proxy: str | None) -> dict[str, Any]:
+    """waitress's settings for believing the forwarding headers of `trusted_proxy` only (none if None): the last
+    X-Forwarded-For address is the one the proxy saw; what a client put before it is not believed."""
+    if trusted_proxy is None:
+        return {}
+    return {
+        "trusted_proxy": trusted_proxy,
+        "trusted_proxy_count": 1,
+        "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
+    }
 
 
 def plain_gets_fit(waitress_version: str) -> bool:

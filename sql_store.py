@@ -7,17 +7,30 @@ text is not the same) stays in store.py and pg_store.py.
 """
 
 import dataclasses
+import json
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from config import UserConfig
+from config import MaintenanceWindow, UserConfig
 from records import (
+    PAUSED_UNTIL,
     AlertHistory,
+    CheckExistsError,
+    CheckId,
+    CheckLimitError,
+    CheckOutcome,
+    DeclaredCheckError,
     Digest,
     EmailEvent,
+    NewDigest,
+    NewEmail,
+    NewWebhook,
+    Outage,
+    ProgramCheck,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -29,13 +42,22 @@ from records import (
     WebhookEvent,
     WebhookHistory,
 )
+from rules import BACK, TOO_OFTEN
+from rules_sql import RulesSql
 
+# How often the store's upkeep marks the service's run as seen: its downtime is known to within this much.
+RUN_MARK_SECONDS = 60.0
 # Sorts text by code point on PostgreSQL (whatever the database's collation), as SQLite always does.
 BY_CODE_POINT = ' COLLATE "C"'
 # Locks the rows read until the transaction ends on PostgreSQL; a SQLite write transaction holds the whole database.
 LOCK_ROWS = " FOR UPDATE"
 # The same, leaving the rows another transaction holds for later (another instance is deleting them).
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+# On PostgreSQL, where several instances may share the database, a row of the outbox or the webhook outbox is
+# claimed by the instance sending it (claimed_by): only a row claimed by this instance (:me) is changed, and
+# recording its result ends the claim. SQLite has no claims: one instance owns the database.
+MINE = " AND claimed_by = :me"
+RELEASE = ", claimed_by = NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +71,21 @@ class Dialect:
 
     def sql(self, text: str) -> str:
         """`text` (SQLite's syntax, BY_CODE_POINT where text is sorted, LOCK_ROWS or SKIP_LOCKED where rows read
-        are written next) as this database takes it."""
+        are written next, MINE and RELEASE where a claimed row is changed) as this database takes it."""
         if not self.pyformat:
-            return text.replace(BY_CODE_POINT, "").replace(SKIP_LOCKED, "").replace(LOCK_ROWS, "")
+            for postgresql_only in (BY_CODE_POINT, SKIP_LOCKED, LOCK_ROWS, MINE, RELEASE):
+                text = text.replace(postgresql_only, "")
+            return text
         text = text.replace("%", "%%")
         return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", text).replace("?", "%s")
+
+    def text(self, value: str | None) -> str | None:
+        """`value` as this database can keep it: PostgreSQL's text cannot hold the character NUL, which becomes
+        U+FFFD (as bytes that are not UTF-8 do when a body is decoded). Bodies and error messages come from
+        outside."""
+        if value is None or not self.pyformat:
+            return value
+        return value.replace("\x00", "\ufffd")
 
 
 SQLITE = Dialect(pyformat=False, no_limit=-1)
@@ -64,7 +96,9 @@ USER_COLUMNS = (
     "id, username, monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, due_at,"
     " max_runtime, notify_recovery, run_started, last_duration, failed_at, fail_signal, last_alert_kind,"
     " down_since, back_at, last_signal, silence_from, snoozed_until, muted_outage, suppressed_kind, schedule, tz,"
-    " grace"
+    " grace, fail_threshold, min_runtime, min_interval, start_grace, fail_count, last_success, too_often_at,"
+    " too_often_gap, maintenance_at, maintenance_until, flap_threshold, flap_quiet, flap_window_start, flap_count,"
+    " last_outage_at, flapping_since"
 )
 
 
@@ -94,16 +128,28 @@ def queued_email(row: Sequence[Any]) -> QueuedEmail:
     return QueuedEmail(email_id, recipient, subject, body, message_id, queued_at, attempts, username, kind, digest)
 
 
-def alert_histories(user: UserState, rows: Iterable[Sequence[Any]]) -> list[AlertHistory]:
-    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order."""
-    alerts: dict[int, tuple[float, float | None, list[EmailEvent]]] = {}
-    for alert_id, at, last_ping, email_id, recipient, status, attempts, queued_at, finished_at in rows:
-        emails = alerts.setdefault(alert_id, (at, last_ping, []))[2]
+def alert_histories(
+    user: UserState, rows: Iterable[Sequence[Any]], delivery_rows: Iterable[Sequence[Any]] = ()
+) -> list[AlertHistory]:
+    """DAY_ALERTS_SQL's rows for `user` (an alert with each of its emails) as AlertHistory, in their order, each
+    with its webhook deliveries among DAY_DELIVERIES_SQL's `delivery_rows`."""
+    alerts: dict[int, tuple[float, float | None, str, list[EmailEvent]]] = {}
+    for alert_id, at, last_ping, kind, email_id, recipient, status, attempts, queued_at, finished_at in rows:
+        emails = alerts.setdefault(alert_id, (at, last_ping, kind, []))[3]
         if email_id is not None:
             emails.append(
                 EmailEvent(email_id, user.username, recipient, status, attempts, last_ping, queued_at, finished_at)
             )
-    return [AlertHistory(at, last_ping, tuple(emails)) for at, last_ping, emails in alerts.values()]
+    deliveries: dict[int, list[WebhookHistory]] = {}
+    for alert_id, delivery_id, webhook, status, attempts, last_ping, queued_at, finished_at, kind in delivery_rows:
+        history = WebhookHistory(
+            delivery_id, user.username, f"webhook:{webhook}", status, attempts, last_ping, queued_at, finished_at, kind
+        )
+        deliveries.setdefault(alert_id, []).append(history)
+    return [
+        AlertHistory(at, last_ping, tuple(emails), tuple(deliveries.get(alert_id, ())), kind)
+        for alert_id, (at, last_ping, kind, emails) in alerts.items()
+    ]
 
 
 def recent_pings_parameters(
@@ -153,6 +199,52 @@ def queued_webhook(row: Sequence[Any]) -> QueuedWebhook:
     return QueuedWebhook(row[0], row[1], row[2], WebhookEvent(*row[3:]))
 
 
+def outcome_assignments(value: str) -> str:
+    """The SET clause of an UPDATE of users applying an outcome_row whose field F is `value`.format(F) (a
+    parameter, or a column of a table of outcomes), and :now; the outcome's claim ends."""
+    v = value.format
+    return (
+        f"due_at = {v('next_due_at')}, last_alert = CASE WHEN {v('alerting')} THEN :now ELSE users.last_alert END,"
+        f" last_alert_kind = CASE WHEN {v('alerting')} THEN {v('kind')} ELSE users.last_alert_kind END,"
+        f" down_since = CASE WHEN {v('changes_outage')} THEN {v('down_since')} ELSE users.down_since END,"
+        f" back_at = CASE WHEN {v('ends_outage')} THEN NULL ELSE users.back_at END,"
+        f" suppressed_kind = coalesce({v('suppressed_kind')}, users.suppressed_kind),"
+        f" next_run = CASE WHEN {v('run_after')} IS NULL THEN users.next_run ELSE {v('next_run')} END,"
+        f" next_run_after = coalesce({v('run_after')}, users.next_run_after),"
+        # A TOO_OFTEN notice is sent once: its event is forgotten once alerted.
+        f" too_often_at = CASE WHEN {v('alerting')} AND {v('kind')} = '{TOO_OFTEN}' THEN NULL"
+        " ELSE users.too_often_at END,"
+        # A maintenance window that began snoozes the user as /snooze does (rules.in_maintenance).
+        f" {MAINTENANCE_OUTCOME.format(until=v('maintenance_until'), next_at=v('maintenance_at'), row='users.')},"
+        f" {FLAP_OUTCOME.format(**dict(zip(FLAP_FIELDS, map(v, FLAP_COLUMNS), strict=True)), row='users.')},"
+        f" alerts_total = users.alerts_total + CASE WHEN {v('alerting')} THEN 1 ELSE 0 END{RELEASE}"
+    )
+
+
+def outcome_row(outcome: CheckOutcome) -> dict[str, Any]:
+    """What SqlStore._apply_outcomes needs of `outcome`: its user as read (id, due_at, last_signal), what its
+    row becomes, and whether it alerts."""
+    alerting = bool(outcome.emails or outcome.webhooks)
+    run_after, next_run = outcome.next_run or (None, None)
+    return {
+        "id": outcome.user.id,
+        "due_at": outcome.user.due_at,
+        "last_signal": outcome.user.last_signal,
+        "next_due_at": outcome.next_due_at,
+        "alerting": alerting,
+        "kind": outcome.kind,
+        "changes_outage": alerting or outcome.ends_outage,
+        "down_since": outcome.down_since,
+        "ends_outage": outcome.ends_outage,
+        "suppressed_kind": outcome.suppressed[0] if outcome.suppressed else None,
+        "run_after": run_after,
+        "next_run": next_run,
+        "maintenance_until": outcome.maintenance_until,
+        "maintenance_at": outcome.maintenance_at,
+        **dict(zip(FLAP_COLUMNS, outcome.flap or (None, None, None, None), strict=True)),
+    }
+
+
 def webhook_history(row: Sequence[Any]) -> WebhookHistory:
     """The WebhookHistory of a row of RECENT_WEBHOOKS_SQL."""
     return WebhookHistory(row[0], row[1], f"webhook:{row[2]}", *row[3:])
@@ -169,7 +261,19 @@ SETTINGS_COLUMNS = (
     "schedule",
     "tz",
     "grace",
+    "fail_threshold",
+    "min_runtime",
+    "min_interval",
+    "start_grace",
+    "maintenance",
+    "flap_threshold",
+    "flap_quiet",
 )
+
+
+def maintenance_text(windows: Sequence[MaintenanceWindow]) -> str | None:
+    """A user's maintenance windows as its row mirrors them (JSON, so that a reload sees a change); None if none."""
+    return json.dumps([[w.schedule, w.duration, w.tz] for w in windows]) if windows else None
 
 
 def user_settings(user: UserConfig) -> tuple[Any, ...]:
@@ -184,6 +288,13 @@ def user_settings(user: UserConfig) -> tuple[Any, ...]:
         user.schedule,
         user.tz,
         user.grace,
+        user.fail_threshold,
+        user.min_runtime,
+        user.min_interval,
+        user.start_grace,
+        maintenance_text(user.maintenance),
+        user.flap_threshold,
+        user.flap_quiet,
         user.depends_on,
     )
 
@@ -227,17 +338,52 @@ PINGS_BEFORE_SQL = (
 )
 NEW_PINGS_SQL = "SELECT id, user_id, at FROM pings WHERE id > ? ORDER BY id"
 RECENT_ALERTS_SQL = (
-    "SELECT users.id, alerts.at FROM users JOIN alerts ON alerts.user_id = users.id"
-    " WHERE users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
+    "SELECT users.id, alerts.at, alerts.kind FROM users CROSS JOIN alerts"
+    " WHERE alerts.user_id = users.id AND users.configured AND alerts.at >= ? ORDER BY users.id, alerts.at, alerts.id"
 )
 # One user's day for the overview's day view: the pings around it and its alerts with their emails.
 PING_BEFORE_SQL = "SELECT max(at) FROM pings WHERE user_id = ? AND at < ?"
 PING_FROM_SQL = "SELECT min(at) FROM pings WHERE user_id = ? AND at >= ?"
+# A day's failures, the latest first: along pings_by_user_time, reading no body but theirs.
+DAY_FAILURES_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? AND at >= ? AND at < ? AND kind = 'fail'"
+    " ORDER BY at DESC, id DESC LIMIT ?"
+)
 DAY_ALERTS_SQL = (
-    "SELECT alerts.id, alerts.at, alerts.last_ping, outbox.id, outbox.recipient, outbox.status, outbox.attempts,"
-    " outbox.queued_at, outbox.finished_at"
+    "SELECT alerts.id, alerts.at, alerts.last_ping, alerts.kind, outbox.id, outbox.recipient, outbox.status,"
+    " outbox.attempts, outbox.queued_at, outbox.finished_at"
     " FROM alerts LEFT JOIN outbox ON outbox.alert_id = alerts.id"
     " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, outbox.id LIMIT ?"
+)
+# The webhook deliveries of the alerts of DAY_ALERTS_SQL (along alerts_by_user_time, then webhook_outbox_by_alert).
+DAY_DELIVERIES_SQL = (
+    "SELECT alerts.id, webhook_outbox.id, webhook_outbox.webhook, webhook_outbox.status, webhook_outbox.attempts,"
+    " alerts.last_ping, webhook_outbox.queued_at, webhook_outbox.finished_at, alerts.kind"
+    " FROM alerts JOIN webhook_outbox ON webhook_outbox.alert_id = alerts.id"
+    " WHERE alerts.user_id = ? AND alerts.at >= ? AND alerts.at < ? ORDER BY alerts.at, alerts.id, webhook_outbox.id"
+    " LIMIT ?"
+)
+# Status pages and badges (uptime.py). An outage is known by its alerts, each naming when it went down: those
+# decided from `start` on (read along alerts_by_time), grouped, each with the first success after it (one seek of
+# pings_by_user_time). So the cost grows with the outages, not with the pings. Each configured user's first ping
+# (a seek each) says from when on its uptime is known.
+OUTAGES_SQL = (
+    "SELECT alerts.user_id, alerts.went_down_at,"
+    " (SELECT min(pings.at) FROM pings WHERE pings.user_id = alerts.user_id AND pings.at > alerts.went_down_at"
+    " AND pings.kind = 'success')"
+    " FROM alerts WHERE alerts.at >= ? AND NOT alerts.suppressed AND alerts.went_down_at IS NOT NULL"
+    # Grouped by time first: by user first, SQLite would rather scan alerts_by_user_time, all alerts ever.
+    " GROUP BY alerts.went_down_at, alerts.user_id"
+)
+FIRST_PINGS_SQL = "SELECT id, (SELECT min(at) FROM pings WHERE pings.user_id = users.id) FROM users WHERE configured"
+# The service's runs (service_runs): one begun at each start, marked seen every RUN_MARK_SECONDS; those seen from
+# `start` on, and the last one before, whose end a gap may begin with.
+START_RUN_SQL = "INSERT INTO service_runs (started_at, seen_at) VALUES (?, ?) RETURNING id"
+MARK_RUN_SQL = "UPDATE service_runs SET seen_at = ? WHERE id = ? AND seen_at < ?"
+SERVICE_RUNS_SQL = (
+    "SELECT started_at, seen_at FROM service_runs WHERE seen_at >= :start"
+    " UNION ALL SELECT started_at, seen_at FROM (SELECT started_at, seen_at FROM service_runs"
+    " WHERE seen_at < :start ORDER BY seen_at DESC LIMIT 1) AS previous"
 )
 # A metrics scrape: one row per configured user (its counters are kept by the signal's statement and by
 # save_check_outcomes), and the outbox counted along its two partial indexes without reading a row.
@@ -245,13 +391,36 @@ SCHEDULED_USERS_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE configured AND sc
 QUEUED_COUNT_SQL = "SELECT count(*) FROM outbox WHERE status = 'queued'"
 FINISHED_COUNTS_SQL = "SELECT status, count(*) FROM outbox WHERE status != 'queued' GROUP BY status"
 
+# What an outcome of the absence listener writes of maintenance (CheckOutcome.maintenance_until and maintenance_at, as
+# {until} and {next_at}, the user's columns read with the prefix {row}): the window that began snoozes the user as
+# SNOOZE_SQL does (rules.in_maintenance), and the next window's start is kept while the user has windows.
+MAINTENANCE_OUTCOME = (
+    "snoozed_until = coalesce({until}, {row}snoozed_until),"
+    " muted_outage = CASE WHEN {until} IS NOT NULL AND {row}back_at IS NULL"
+    " THEN coalesce({row}down_since, {row}muted_outage) ELSE {row}muted_outage END,"
+    " maintenance_until = coalesce({until}, {row}maintenance_until),"
+    " maintenance_at = CASE WHEN {row}maintenance IS NOT NULL THEN coalesce({next_at}, {row}maintenance_at) END"
+)
+# CheckOutcome.flap's fields, as outcome_row names them.
+FLAP_COLUMNS = ("flap_window_start", "flap_count", "last_outage_at", "flapping_since")
+# FLAP_OUTCOME's names for them.
+FLAP_FIELDS = ("start", "count", "outage", "since")
+# What an outcome writes of a new outage counted for flapping (CheckOutcome.flap: {start}, {count}, {outage},
+# {since}; rules.count_outage), if it counted one ({outage} not NULL).
+FLAP_OUTCOME = (
+    "flap_window_start = CASE WHEN {outage} IS NULL THEN {row}flap_window_start ELSE {start} END,"
+    " flap_count = CASE WHEN {outage} IS NULL THEN {row}flap_count ELSE {count} END,"
+    " last_outage_at = coalesce({outage}, {row}last_outage_at),"
+    " flapping_since = CASE WHEN {outage} IS NULL THEN {row}flapping_since ELSE {since} END"
+)
+
 # Configuring users (SqlStore._apply_users). DUE_AT stands for the database's rules.due_at in SQL.
 _COLUMNS = ", ".join(SETTINGS_COLUMNS)
 CONFIGURED_SETTINGS_SQL = (
     "SELECT child.username, "
     + ", ".join(f"child.{column}" for column in SETTINGS_COLUMNS)
     + ", parent.username FROM users AS child LEFT JOIN users AS parent ON parent.id = child.parent_id"
-    " WHERE child.configured"
+    " WHERE child.configured AND child.program IS NULL"
 )
 REMOVE_USER_SQL = "UPDATE users SET configured = FALSE, due_at = NULL WHERE username = ?"
 ADD_USER_SQL = (
@@ -259,13 +428,49 @@ ADD_USER_SQL = (
     f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now"
+    + ", monitored_since = :now, parent_id = NULL, program = NULL, created_by = NULL,"
+    " maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END"
+)
+# Checks by program. A user gets its UUID the first time it is configured (ADD_USER_SQL's new rows, or these for
+# rows from before UUIDs), and keeps it.
+MISSING_UUIDS_SQL = "SELECT username FROM users WHERE configured AND uuid IS NULL"
+SET_UUID_SQL = "UPDATE users SET uuid = ? WHERE username = ? AND uuid IS NULL"
+PROGRAM_USERS_SQL = "SELECT username FROM users WHERE configured AND program IS NOT NULL"
+# One more than the greatest change counter, read along users_by_program_change.
+_NEXT_CHANGE = "(SELECT coalesce(max(program_change), 0) + 1 FROM users WHERE program_change IS NOT NULL)"
+PROGRAM_CHANGE_SQL = "SELECT coalesce(max(program_change), 0) FROM users WHERE program_change IS NOT NULL"
+CHANGED_SQL = f"UPDATE users SET program_change = {_NEXT_CHANGE} WHERE username = ?"
+CHECK_IDS_SQL = f"SELECT username, uuid, snoozed_until >= {PAUSED_UNTIL} FROM users WHERE configured"
+PROGRAM_CHECKS_SQL = (
+    "SELECT username, uuid, program, created_by FROM users WHERE configured AND program IS NOT NULL"
+    f" ORDER BY username{BY_CODE_POINT}"
+)
+CHECK_ROW_SQL = f"SELECT configured, program FROM users WHERE username = ?{LOCK_ROWS}"
+CREATED_BY_PINGS_SQL = "SELECT count(*) FROM users WHERE configured AND created_by = 'ping'"
+SET_PROGRAM_SQL = (
+    f"UPDATE users SET program = ?, created_by = coalesce(?, created_by), program_change = {_NEXT_CHANGE}"
+    " WHERE username = ?"
+)
+DELETE_PROGRAM_SQL = (
+    "UPDATE users SET configured = FALSE, due_at = NULL, program = NULL, created_by = NULL,"
+    f" program_change = {_NEXT_CHANGE} WHERE username = ?"
+)
+UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
+# Signals counted (as metrics count them) for the management API's n_pings: of every configured user, or of one.
+PINGS_TOTALS_SQL = "SELECT username, pings_total FROM users WHERE configured"
+PINGS_TOTAL_SQL = "SELECT username, pings_total FROM users WHERE username = ? AND configured"
+# A user's alerts and recoveries with start <= at < end along alerts_by_user_time, for its flips.
+ALERT_KINDS_SQL = (
+    "SELECT at, kind, went_down_at FROM alerts WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at, id LIMIT ?"
+)
+RECENT_SIGNALS_SQL = (
+    "SELECT at, kind, exit_code, duration, body FROM pings WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?"
 )
 # Monitoring turned on counts from now, as for a user just added: its silence while off is not a fault.
 CHANGE_USER_SQL = (
     "UPDATE users SET monitored_since = CASE WHEN :monitor AND NOT monitor THEN :now ELSE monitored_since END, "
     + ", ".join(f"{column} = :{column}" for column in SETTINGS_COLUMNS)
-    + " WHERE username = :name"
+    + ", maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END WHERE username = :name"
 )
 SET_PARENT_SQL = (
     "UPDATE users SET parent_id = (SELECT id FROM users AS parent WHERE parent.username = ?) WHERE username = ?"
@@ -308,12 +513,53 @@ RESTART_FUTURE_SQL = (
     "UPDATE users SET "
     + ", ".join(
         f"{column} = CASE WHEN {column} > :now THEN :now ELSE {column} END"
-        for column in ("run_started", "failed_at", "back_at")
+        for column in ("run_started", "failed_at", "back_at", "last_success", "too_often_at")
     )
-    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now"
+    + " WHERE run_started > :now OR failed_at > :now OR back_at > :now OR last_success > :now OR too_often_at > :now"
 )
-RESTART_MONITORED_SINCE_SQL = "UPDATE users SET monitored_since = :now WHERE configured"
-RESTART_DUE_AT_SQL = "UPDATE users SET due_at = DUE_AT WHERE configured"
+# A user with maintenance windows is looked at once after a start, when the listener stores its next window.
+# Before RESTART_DATES_SQL, whose due_at reads maintenance_at; only the rows it changes are written.
+RESTART_MAINTENANCE_SQL = (
+    "UPDATE users SET maintenance_at = CASE WHEN maintenance IS NOT NULL THEN :now END"
+    " WHERE configured AND (maintenance IS NOT NULL OR maintenance_at IS NOT NULL)"
+)
+# RESTARTED_DUE_AT: the database's rules.due_at with :now for monitored_since (the new value, where the UPDATE
+# reads the old one), so that one pass over the users restarts both.
+RESTART_DATES_SQL = "UPDATE users SET monitored_since = :now, due_at = RESTARTED_DUE_AT WHERE configured"
+# Saving the absence listener's outcomes (SqlStore.save_check_outcomes): each alert's row, then its emails and
+# webhook deliveries, all queued at once.
+INSERT_ALERT_SQL = (
+    "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed) VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+INSERT_EMAIL_SQL = (
+    "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_WEBHOOK_SQL = (
+    "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Before sending (SqlStore.claim_emails, claim_webhooks): a row's next attempt, if it is still queued (and this
+# instance's); the digest that carries emails.
+PUSH_BACK_SQL = "UPDATE {queue} SET next_attempt_at = :at WHERE id = :id AND status = 'queued'" + MINE + " RETURNING id"
+INSERT_DIGEST_SQL = (
+    "INSERT INTO digests (recipient, subject, message_id, created_at, emails) VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
+# A digest is recorded only if every email it carries is still queued (and this instance's).
+DIGEST_EMAIL_SQL = "SELECT id FROM outbox WHERE id = :id AND status = 'queued'" + MINE + LOCK_ROWS
+SET_DIGEST_SQL = "UPDATE outbox SET digest_id = ? WHERE id = ?"
+# After sending (SqlStore.mark_sent, mark_failed, schedule_retry, finish_webhook, retry_webhook): only a row still
+# queued (and this instance's) changes; its claim ends.
+FINISH_SQL = (
+    "UPDATE {queue} SET status = :status, attempts = attempts + 1, last_error = :error, finished_at = :now,"
+    " next_attempt_at = NULL" + RELEASE + " WHERE id = :id AND status = 'queued'" + MINE
+)
+RETRY_SQL = (
+    "UPDATE {queue} SET attempts = attempts + 1, last_error = :error, next_attempt_at = :at"
+    + RELEASE
+    + " WHERE id = :id AND status = 'queued'"
+    + MINE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +583,8 @@ class Statements:
     ping_before: str
     ping_from: str
     day_alerts: str
+    day_deliveries: str
+    day_failures: str
     user_counts: str
     scheduled_users: str
     queued_count: str
@@ -352,15 +600,55 @@ class Statements:
     delete_history: tuple[str, ...]
     snooze: str
     user_id_due_at: str
+    outages: str
+    first_pings: str
+    start_run: str
+    mark_run: str
+    service_runs: str
+    due_users: str
+    due_emails: str
+    due_webhooks: str
+    insert_alert: str
+    insert_email: str
+    insert_webhook: str
+    push_back_emails: str
+    push_back_webhooks: str
+    insert_digest: str
+    digest_email: str
+    set_digest: str
+    finish_email: str
+    finish_webhook: str
+    retry_email: str
+    retry_webhook: str
+    missing_uuids: str
+    set_uuid: str
+    program_users: str
+    program_change: str
+    changed: str
+    check_ids: str
+    program_checks: str
+    check_row: str
+    created_by_pings: str
+    set_program: str
+    delete_program: str
+    uuid: str
+    recent_signals: str
+    alert_kinds: str
+    pings_totals: str
+    pings_total: str
 
     @classmethod
-    def build(cls, dialect: Dialect, user_counts: str, due_at: str, requeue: str) -> "Statements":
+    def build(
+        cls, dialect: Dialect, user_counts: str, rules: RulesSql, requeue: str, due: tuple[str, str, str]
+    ) -> "Statements":
         """The shared statements in `dialect`, with the database's own: `user_counts` (rules.condition_at in its
-        SQL), `due_at` (rules.due_at in its SQL) and `requeue` (a restart's: each queued row of the table
-        {queue} due at once)."""
+        SQL), `rules` (its rules' SQL), `requeue` (a restart's: each queued row of the table {queue} due at once)
+        and `due`, the due users, emails and webhook deliveries (taking :me, :now and :limit)."""
+        due_at = rules.due_at()
+        restarted_due_at = rules.due_at(monitored_since=dialect.sql(":now"))
 
         def s(text: str) -> str:
-            return dialect.sql(text).replace("DUE_AT", due_at)
+            return dialect.sql(text).replace("RESTARTED_DUE_AT", restarted_due_at).replace("DUE_AT", due_at)
 
         return cls(
             dialect=dialect,
@@ -380,6 +668,8 @@ class Statements:
             ping_before=s(PING_BEFORE_SQL),
             ping_from=s(PING_FROM_SQL),
             day_alerts=s(DAY_ALERTS_SQL),
+            day_deliveries=s(DAY_DELIVERIES_SQL),
+            day_failures=s(DAY_FAILURES_SQL),
             user_counts=user_counts,
             scheduled_users=s(SCHEDULED_USERS_SQL),
             queued_count=s(QUEUED_COUNT_SQL),
@@ -396,10 +686,54 @@ class Statements:
             ),
             snooze=s(SNOOZE_SQL),
             user_id_due_at=s(USER_ID_DUE_AT_SQL),
-            # Two statements for the dates: within one UPDATE, due_at would be computed from the old
-            # monitored_since.
-            restart=tuple(map(s, (RESTART_LAST_PING_SQL, RESTART_LAST_ALERT_SQL, RESTART_FUTURE_SQL)))
-            + (s(RESTART_MONITORED_SINCE_SQL), s(RESTART_DUE_AT_SQL))
+            outages=s(OUTAGES_SQL),
+            first_pings=s(FIRST_PINGS_SQL),
+            start_run=s(START_RUN_SQL),
+            mark_run=s(MARK_RUN_SQL),
+            service_runs=s(SERVICE_RUNS_SQL),
+            due_users=due[0],
+            due_emails=due[1],
+            due_webhooks=due[2],
+            insert_alert=s(INSERT_ALERT_SQL),
+            insert_email=s(INSERT_EMAIL_SQL),
+            insert_webhook=s(INSERT_WEBHOOK_SQL),
+            push_back_emails=s(PUSH_BACK_SQL.format(queue="outbox")),
+            push_back_webhooks=s(PUSH_BACK_SQL.format(queue="webhook_outbox")),
+            insert_digest=s(INSERT_DIGEST_SQL),
+            digest_email=s(DIGEST_EMAIL_SQL),
+            set_digest=s(SET_DIGEST_SQL),
+            finish_email=s(FINISH_SQL.format(queue="outbox")),
+            finish_webhook=s(FINISH_SQL.format(queue="webhook_outbox")),
+            retry_email=s(RETRY_SQL.format(queue="outbox")),
+            retry_webhook=s(RETRY_SQL.format(queue="webhook_outbox")),
+            missing_uuids=s(MISSING_UUIDS_SQL),
+            set_uuid=s(SET_UUID_SQL),
+            program_users=s(PROGRAM_USERS_SQL),
+            program_change=s(PROGRAM_CHANGE_SQL),
+            changed=s(CHANGED_SQL),
+            check_ids=s(CHECK_IDS_SQL),
+            program_checks=s(PROGRAM_CHECKS_SQL),
+            check_row=s(CHECK_ROW_SQL),
+            created_by_pings=s(CREATED_BY_PINGS_SQL),
+            set_program=s(SET_PROGRAM_SQL),
+            delete_program=s(DELETE_PROGRAM_SQL),
+            uuid=s(UUID_SQL),
+            recent_signals=s(RECENT_SIGNALS_SQL),
+            alert_kinds=s(ALERT_KINDS_SQL),
+            pings_totals=s(PINGS_TOTALS_SQL),
+            pings_total=s(PINGS_TOTAL_SQL),
+            restart=tuple(
+                map(
+                    s,
+                    (
+                        RESTART_LAST_PING_SQL,
+                        RESTART_LAST_ALERT_SQL,
+                        RESTART_FUTURE_SQL,
+                        RESTART_MAINTENANCE_SQL,
+                        RESTART_DATES_SQL,
+                    ),
+                )
+            )
             + tuple(requeue.format(queue=queue) for queue in ("outbox", "webhook_outbox")),
         )
 
@@ -415,9 +749,17 @@ class SqlStore:
     """The store methods whose logic is the same on both databases, over what each backend provides: `_sql`
     (its Statements), `_read()` (a connection for reading, its faults as StoreUnavailableError), `_write()`
     (a transaction holding the database's write lock), `_transaction()` (one that need not: it locks the rows it
-    writes) and `_finish_emails`. Promises: store_contract.StoreContract."""
+    writes), `_starting()` (the transaction of a start), `_join`, `_alone`, `_returned_ids`, `_lazy_rows` and
+    `_apply_outcomes`. Promises: store_contract.StoreContract."""
 
     _sql: ClassVar[Statements]
+    # This instance's row of service_runs once sync_users began it, and when it was last marked seen.
+    _run_id: int | None = None
+    _run_marked: float = 0.0
+    # This instance's id in the database's instances (PostgreSQL, where the rows an instance sends are claimed
+    # for it); None where one instance owns the database (SQLite).
+    instance_id: int | None = None
+    started_alone: bool
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -428,13 +770,60 @@ class SqlStore:
     def _transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
-    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
+    def _starting(self) -> AbstractContextManager[Any]:
+        """The transaction of a start (sync_users) or of a restart after a clock jump: `_write()`'s, after any
+        lock that keeps two instances' starts apart."""
         raise NotImplementedError
+
+    def _join(self, connection: Any, now: float) -> bool:
+        """Register this instance as started at `now` in the transaction of `connection` (`_starting()`'s); return
+        whether no other instance is alive."""
+        raise NotImplementedError
+
+    def _alone(self, connection: Any) -> bool:
+        """Whether no other instance runs on the database, in the transaction of `connection` (`_starting()`'s)."""
+        raise NotImplementedError
+
+    def _returned_ids(self, connection: Any, statement: str, rows: Sequence[Any]) -> list[int]:
+        """Run `statement` (a SELECT of ids, or ending in RETURNING id) once with each of `rows` in turn; return the
+        ids it returned, in that order: an INSERT's new rows, the rows an UPDATE changed, the rows found."""
+        raise NotImplementedError
+
+    def _lazy_rows(
+        self, connection: Any, statement: str, parameters: Sequence[Any]
+    ) -> AbstractContextManager[Iterable[Sequence[Any]]]:
+        """The rows of `statement`, fetched a few at a time as they are iterated: a bound on what is read stops
+        the reading, not only the answer."""
+        raise NotImplementedError
+
+    def _apply_outcomes(self, connection: Any, outcomes: Sequence[dict[str, Any]], now: float) -> set[int]:
+        """Apply each of `outcomes` (outcome_row's) whose user is unchanged (see save_check_outcomes), in the
+        transaction of `connection`; return the ids of the users it applied to."""
+        raise NotImplementedError
+
+    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
+        """StoreContract.sync_users: here monitoring restarts only if no other instance is alive, so that an
+        instance joining running ones changes no deadline; sets started_alone."""
+        with self._starting() as connection:
+            alone = self._join(connection, now)
+            self._apply_users(connection, users, now, restarting=alone)
+            if alone:
+                self._restart_monitoring(connection, now)
+            self._start_run(connection, now)
+        self.started_alone = alone
+
+    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
+        """StoreContract.restart_monitoring_after_clock_jump."""
+        with self._starting() as connection:
+            alone = self._alone(connection)
+            if alone:
+                self._restart_monitoring(connection, now)
+        return alone
 
     def reload_users(self, users: Mapping[str, UserConfig], now: float) -> UsersChange:
         """StoreContract.reload_users."""
         with self._write() as connection:
-            return self._apply_users(connection, users, now)
+            return self._apply_users(connection, users, now, restarting=False)
 
     def restart_monitoring(self, now: float) -> None:
         """StoreContract.restart_monitoring."""
@@ -445,16 +834,108 @@ class SqlStore:
         """StoreContract.snooze."""
         refuse_nul(username)
         with self._transaction() as connection:
-            row = connection.execute(self._sql.snoozed_user, (username,)).fetchone()
-            if row is None:
-                raise UnknownUserError(f"unknown user {username}")
-            user_id, snoozed_until = row
-            if until <= now:
-                if snoozed_until is None or snoozed_until <= now:
-                    return now
-                until = now
-            connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
-            connection.execute(self._sql.user_id_due_at, (user_id,))
+            return self._snooze(connection, username, until, now)
+
+    def pause(self, username: str, paused: bool, now: float) -> None:
+        """StoreContract.pause."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._snooze(connection, username, PAUSED_UNTIL if paused else now, now)
+            connection.execute(self._sql.changed, (username,))
+
+    def program_change(self) -> int:
+        """StoreContract.program_change."""
+        with self._read() as connection:
+            return int(connection.execute(self._sql.program_change).fetchone()[0])
+
+    def check_ids(self) -> list[CheckId]:
+        """StoreContract.check_ids."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.check_ids).fetchall()
+        return [CheckId(name, check_uuid, bool(paused)) for name, check_uuid, paused in rows]
+
+    def program_checks(self) -> list[ProgramCheck]:
+        """StoreContract.program_checks."""
+        with self._read() as connection:
+            return [ProgramCheck(*row) for row in connection.execute(self._sql.program_checks).fetchall()]
+
+    def create_check(
+        self, username: str, user: UserConfig, program: str, created_by: str, limit: int | None, now: float
+    ) -> str:
+        """StoreContract.create_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            row = connection.execute(self._sql.check_row, (username,)).fetchone()
+            if row is not None and row[0]:
+                raise CheckExistsError(f"a check named {username} exists already")
+            if limit is not None and connection.execute(self._sql.created_by_pings).fetchone()[0] >= limit:
+                raise CheckLimitError(f"auto_provision_limit reached: {limit} checks were created by signals")
+            settings = user_settings(user)
+            connection.execute(self._sql.add_user, _user_parameters(username, settings, now))
+            connection.execute(self._sql.set_uuid, (str(uuid.uuid4()), username))
+            connection.execute(self._sql.set_program, (program, created_by, username))
+            connection.execute(self._sql.set_parent, (user.depends_on, username))
+            connection.execute(self._sql.user_due_at, (username,))
+            return str(connection.execute(self._sql.uuid, (username,)).fetchone()[0])
+
+    def change_check(self, username: str, user: UserConfig, program: str, now: float) -> None:
+        """StoreContract.change_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._program_row(connection, username)
+            connection.execute(self._sql.change_user, _user_parameters(username, user_settings(user), now))
+            connection.execute(self._sql.set_program, (program, None, username))
+            connection.execute(self._sql.set_parent, (user.depends_on, username))
+            connection.execute(self._sql.user_due_at, (username,))
+
+    def delete_check(self, username: str) -> None:
+        """StoreContract.delete_check."""
+        refuse_nul(username)
+        with self._transaction() as connection:
+            self._program_row(connection, username)
+            connection.execute(self._sql.delete_program, (username,))
+
+    def recent_signals(self, username: str, limit: int) -> list[Signal]:
+        """StoreContract.recent_signals."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            rows = connection.execute(self._sql.recent_signals, (user_id, limit)).fetchall()
+        return [Signal(*row) for row in rows]
+
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """StoreContract.alert_kinds."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            return [tuple(row) for row in connection.execute(self._sql.alert_kinds, (user_id, start, end, limit))]
+
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """StoreContract.pings_totals."""
+        with self._read() as connection:
+            if username is None:
+                return dict(connection.execute(self._sql.pings_totals).fetchall())
+            return dict(connection.execute(self._sql.pings_total, (username,)).fetchall())
+
+    def _program_row(self, connection: Any, username: str) -> None:
+        """Lock the configured check `username` for a change by program; UnknownUserError if there is none,
+        DeclaredCheckError if settings.json declares it."""
+        row = connection.execute(self._sql.check_row, (username,)).fetchone()
+        if row is None or not row[0]:
+            raise UnknownUserError(f"unknown check {username}")
+        if row[1] is None:
+            raise DeclaredCheckError(f"{username} is declared in the settings file: change it there")
+
+    def _snooze(self, connection: Any, username: str, until: float, now: float) -> float:
+        """snooze() in the transaction of `connection`."""
+        row = connection.execute(self._sql.snoozed_user, (username,)).fetchone()
+        if row is None:
+            raise UnknownUserError(f"unknown user {username}")
+        user_id, snoozed_until = row
+        if until <= now:
+            if snoozed_until is None or snoozed_until <= now:
+                return now
+            until = now
+        connection.execute(self._sql.snooze, {"until": until, "now": now, "id": user_id})
+        connection.execute(self._sql.user_id_due_at, (user_id,))
         return until
 
     def delete_history_before(self, cutoff: float, limit: int) -> int:
@@ -492,7 +973,8 @@ class SqlStore:
         """StoreContract.alerts_between."""
         with self._read() as connection:
             rows = connection.execute(self._sql.day_alerts, (user.id, start, end, limit)).fetchall()
-        return alert_histories(user, rows)
+            deliveries = connection.execute(self._sql.day_deliveries, (user.id, start, end, limit)).fetchall()
+        return alert_histories(user, rows, deliveries)
 
     def newest_ping_id(self) -> int:
         """StoreContract.newest_ping_id."""
@@ -515,7 +997,13 @@ class SqlStore:
         with self._read() as connection:
             return list(connection.execute(self._sql.new_pings, (after_id,)).fetchall())
 
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
+    def failures_between(self, user_id: int, start: float, end: float, limit: int) -> list[Signal]:
+        """StoreContract.failures_between."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.day_failures, (user_id, start, end, limit)).fetchall()
+        return [Signal(*row) for row in reversed(rows)]
+
+    def recent_alerts(self, start: float) -> list[tuple[int, float, str]]:
         """StoreContract.recent_alerts."""
         with self._read() as connection:
             return list(connection.execute(self._sql.recent_alerts, (start,)).fetchall())
@@ -534,19 +1022,165 @@ class SqlStore:
             rows = connection.execute(self._sql.configured_users).fetchall()
         return [user_and_parent(row) for row in rows]
 
+    def outages_since(self, start: float) -> list[Outage]:
+        """StoreContract.outages_since."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.outages, (start,)).fetchall()
+        return sorted(Outage(*row) for row in rows)
+
+    def first_pings(self) -> dict[int, float | None]:
+        """StoreContract.first_pings."""
+        with self._read() as connection:
+            return dict(connection.execute(self._sql.first_pings).fetchall())
+
+    def service_runs(self, start: float) -> list[tuple[float, float]]:
+        """StoreContract.service_runs."""
+        with self._read() as connection:
+            return sorted(connection.execute(self._sql.service_runs, {"start": start}).fetchall())
+
+    def _start_run(self, connection: Any, now: float) -> None:
+        """Record that the service starts running at `now` (in sync_users' transaction)."""
+        self._run_id = connection.execute(self._sql.start_run, (now, now)).fetchone()[0]
+        self._run_marked = now
+
+    def _run_mark_due(self, now: float) -> bool:
+        """Whether the service's run is to be marked seen at `now`: RUN_MARK_SECONDS after it last was."""
+        return self._run_id is not None and now >= self._run_marked + RUN_MARK_SECONDS
+
+    def _mark_run(self, connection: Any, now: float) -> None:
+        """Record that the service still runs at `now` (the store's upkeep, when _run_mark_due)."""
+        # Marked before the write: one that fails (a full disk) is tried again a minute later, not every second.
+        self._run_marked = now
+        connection.execute(self._sql.mark_run, (now, self._run_id, now))
+
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """StoreContract.recent_emails."""
         with self._read() as connection:
             rows = connection.execute(self._sql.recent_emails, (limit,)).fetchall()
         return [EmailEvent(*row) for row in rows]
 
+    def signals_between(
+        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
+    ) -> tuple[list[bytes], bool]:
+        """StoreContract.signals_between."""
+        with self._read() as connection:
+            user_id = self._user_id(connection, username)
+            parameters = (user_id, start, end, limit + 1)
+            with self._lazy_rows(connection, self._sql.signals_between, parameters) as rows:
+                return bounded_encodings(rows, limit, max_size, encode)
+
+    def due_users(self, now: float, limit: int) -> list[UserState]:
+        """StoreContract.due_users (on PostgreSQL, each claimed for this instance: see pg_store)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_users, self._due_parameters(now, limit)).fetchall()
+        return [user_and_parent(row) for row in rows]
+
+    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
+        """StoreContract.save_check_outcomes, in a few statements for the whole batch."""
+        outcomes = list(outcomes)
+        alerts = 0
+        # Each alerts row to insert, and the emails and webhooks to queue for it.
+        new_alerts: list[tuple[Any, ...]] = []
+        notices: list[tuple[tuple[NewEmail, ...], tuple[NewWebhook, ...]]] = []
+        with self._write() as connection:
+            applied = self._apply_outcomes(connection, [outcome_row(outcome) for outcome in outcomes], now)
+            for outcome in outcomes:
+                user = outcome.user
+                if user.id not in applied:
+                    continue
+                if outcome.suppressed is not None:
+                    new_alerts.append((user.id, now, user.last_ping, *outcome.suppressed, True))
+                    notices.append(((), ()))
+                # The recovery first: it closes the outage that an alert in the same step may follow.
+                for kind, went_down_at, queued, hooks in (
+                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
+                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
+                ):
+                    if queued or hooks:
+                        new_alerts.append((user.id, now, user.last_ping, kind, went_down_at, False))
+                        notices.append((queued, hooks))
+                alerts += bool(outcome.emails or outcome.webhooks)
+            alert_ids = self._returned_ids(connection, self._sql.insert_alert, new_alerts)
+            emails = [
+                (alert_id, e.recipient, e.subject, e.body, e.message_id, now, now)
+                for alert_id, (queued, _) in zip(alert_ids, notices, strict=True)
+                for e in queued
+            ]
+            webhooks = [
+                (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
+                for alert_id, (_, hooks) in zip(alert_ids, notices, strict=True)
+                for hook in hooks
+            ]
+            # One statement for the whole batch's emails: a step may alert hundreds of users.
+            with closing(connection.cursor()) as cursor:
+                cursor.executemany(self._sql.insert_email, emails)
+                cursor.executemany(self._sql.insert_webhook, webhooks)
+        return alerts
+
+    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
+        """StoreContract.due_emails (on PostgreSQL, each claimed for this instance: see pg_store)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_emails, self._due_parameters(now, limit)).fetchall()
+        return [queued_email(row) for row in rows]
+
+    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
+        """StoreContract.claim_emails: the emails still queued (and, on PostgreSQL, still claimed by this instance:
+        another takes over the claims of one whose lease lapsed) may be sent, and a digest is recorded only if
+        all of its emails still are."""
+        with self._transaction() as connection:
+            mine = set(self._returned_ids(connection, self._sql.push_back_emails, self._retry_rows(retry_times)))
+            for digest in digests:
+                rows = [{"id": email_id, "me": self.instance_id} for email_id in digest.email_ids]
+                if len(self._returned_ids(connection, self._sql.digest_email, rows)) != len(rows):
+                    continue
+                [digest_id] = self._returned_ids(
+                    connection,
+                    self._sql.insert_digest,
+                    [(digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids))],
+                )
+                with closing(connection.cursor()) as cursor:
+                    cursor.executemany(self._sql.set_digest, [(digest_id, email_id) for email_id in digest.email_ids])
+        return mine
+
     def mark_sent(self, email_ids: Iterable[int], now: float) -> None:
-        """StoreContract.mark_sent."""
+        """StoreContract.mark_sent; ends the emails' claims."""
         self._finish_emails(email_ids, "sent", now, None)
 
     def mark_failed(self, email_ids: Iterable[int], now: float, error: str | None) -> None:
-        """StoreContract.mark_failed."""
+        """StoreContract.mark_failed; ends the emails' claims."""
         self._finish_emails(email_ids, "failed", now, error)
+
+    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
+        """StoreContract.schedule_retry; ends the emails' claims."""
+        error = self._sql.dialect.text(error)
+        rows = [
+            {"error": error, "at": next_attempt_at, "id": email_id, "me": self.instance_id} for email_id in email_ids
+        ]
+        with self._transaction() as connection, closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.retry_email, rows)
+
+    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
+        """StoreContract.due_webhooks (on PostgreSQL, each claimed for this instance, as due_emails)."""
+        with self._read() as connection:
+            rows = connection.execute(self._sql.due_webhooks, self._due_parameters(now, limit)).fetchall()
+        return [queued_webhook(row) for row in rows]
+
+    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
+        """StoreContract.claim_webhooks: the deliveries still queued (and this instance's, as claim_emails)."""
+        with self._transaction() as connection:
+            return set(self._returned_ids(connection, self._sql.push_back_webhooks, self._retry_rows(retry_times)))
+
+    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
+        """StoreContract.finish_webhook; ends the delivery's claim."""
+        parameters = {"status": status, "error": self._sql.dialect.text(error), "now": now, "id": delivery_id}
+        with self._transaction() as connection:
+            connection.execute(self._sql.finish_webhook, {**parameters, "me": self.instance_id})
+
+    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
+        """StoreContract.retry_webhook; ends the delivery's claim."""
+        parameters = {"error": self._sql.dialect.text(error), "at": next_attempt_at, "id": delivery_id}
+        with self._transaction() as connection:
+            connection.execute(self._sql.retry_webhook, {**parameters, "me": self.instance_id})
 
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
         """StoreContract.recent_webhooks."""
@@ -568,6 +1202,24 @@ class SqlStore:
             finished = connection.execute(self._sql.finished_counts).fetchall()
         return {"queued": queued, "sent": 0, "failed": 0} | dict(finished)
 
+    def _finish_emails(self, email_ids: Iterable[int], status: str, now: float, error: str | None) -> None:
+        """Record that the emails left the queue at `now` with `status`, ending their claims."""
+        error = self._sql.dialect.text(error)
+        rows = [
+            {"status": status, "error": error, "now": now, "id": email_id, "me": self.instance_id}
+            for email_id in email_ids
+        ]
+        with self._transaction() as connection, closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.finish_email, rows)
+
+    def _due_parameters(self, now: float, limit: int) -> dict[str, Any]:
+        """The parameters of the due users', emails' and webhook deliveries' statements."""
+        return {"me": self.instance_id, "now": now, "limit": limit}
+
+    def _retry_rows(self, retry_times: Mapping[int, float]) -> list[dict[str, Any]]:
+        """PUSH_BACK_SQL's parameters for each row of `retry_times` (id -> its next attempt)."""
+        return [{"at": at, "id": row_id, "me": self.instance_id} for row_id, at in retry_times.items()]
+
     def _user_id(self, connection: Any, username: str) -> int:
         """The id of the user ever configured as `username`; UnknownUserError if none."""
         refuse_nul(username)
@@ -576,9 +1228,12 @@ class SqlStore:
             raise UnknownUserError(f"unknown user {username}")
         return int(row[0])
 
-    def _apply_users(self, connection: Any, users: Mapping[str, UserConfig], now: float) -> UsersChange:
+    def _apply_users(
+        self, connection: Any, users: Mapping[str, UserConfig], now: float, restarting: bool
+    ) -> UsersChange:
         """Make the configured users exactly `users` in the transaction of `connection`, touching only those
-        added, removed or changed (see StoreContract.reload_users)."""
+        added, removed or changed (see StoreContract.reload_users); their deadlines are left to the restart of
+        monitoring that follows if `restarting`."""
         configured = {
             name: (bool(row[0]), *row[1:4], bool(row[4]), *row[5:])
             for name, *row in connection.execute(self._sql.configured_settings).fetchall()
@@ -587,14 +1242,23 @@ class SqlStore:
         removed = [name for name in configured if name not in wanted]
         added = [name for name in wanted if name not in configured]
         changed = [name for name in wanted if name in configured and configured[name] != wanted[name]]
+        by_program = {name for (name,) in connection.execute(self._sql.program_users).fetchall()}
+        taken_over = [name for name in added if name in by_program]
         with closing(connection.cursor()) as cursor:
+            # Before ADD_USER_SQL forgets that a program created them, so that other instances read them again.
+            cursor.executemany(self._sql.changed, [(name,) for name in taken_over])
             cursor.executemany(self._sql.remove_user, [(name,) for name in removed])
             cursor.executemany(self._sql.add_user, [_user_parameters(name, wanted[name], now) for name in added])
             cursor.executemany(self._sql.change_user, [_user_parameters(name, wanted[name], now) for name in changed])
-            # Once every user is in: a parent may be added with its children.
-            cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in added + changed])
-            cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
-        return UsersChange(tuple(added), tuple(removed), tuple(changed))
+            # Once every user is in: a parent may be added with its children. A user added has none until then.
+            parents = [name for name in added if users[name].depends_on is not None] + changed
+            cursor.executemany(self._sql.set_parent, [(users[name].depends_on, name) for name in parents])
+            if not restarting:
+                cursor.executemany(self._sql.user_due_at, [(name,) for name in added + changed])
+        missing = connection.execute(self._sql.missing_uuids).fetchall()
+        with closing(connection.cursor()) as cursor:
+            cursor.executemany(self._sql.set_uuid, [(str(uuid.uuid4()), name) for (name,) in missing])
+        return UsersChange(tuple(added), tuple(removed), tuple(changed), tuple(taken_over))
 
     def _restart_monitoring(self, connection: Any, now: float) -> None:
         """StoreContract.restart_monitoring in the transaction of `connection`."""

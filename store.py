@@ -13,29 +13,24 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from config import DEFAULT_DURABILITY, UserConfig
+from config import DEFAULT_DURABILITY
 from migrations import SCHEMA_VERSION, STEPS
 from records import (
-    CheckOutcome,
-    NewDigest,
-    QueuedEmail,
-    QueuedWebhook,
-    Signal,
     StoreOpenError,
     StoreUnavailableError,
     UnknownUserError,
     UsersChange as UsersChange,
-    UserState,
 )
-from rules import BACK, SUCCESS
+from rules import SUCCESS
 from rules_sql import RulesSql
 from sql_store import (
     DAY_ALERTS_SQL as DAY_ALERTS_SQL,
+    DAY_FAILURES_SQL as DAY_FAILURES_SQL,
     FINISHED_COUNTS_SQL as FINISHED_COUNTS_SQL,
     NEW_PINGS_SQL as NEW_PINGS_SQL,
     PING_BEFORE_SQL as PING_BEFORE_SQL,
@@ -53,11 +48,8 @@ from sql_store import (
     WITH_PARENT,
     SqlStore,
     Statements,
-    bounded_encodings,
-    queued_email,
-    queued_webhook,
+    outcome_assignments,
     recent_pings_parameters,
-    user_and_parent,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
@@ -87,12 +79,13 @@ DATABASE_FULL = "database is full: no space left on its disk"
 # (SqlStore._restart_monitoring), by every signal and snooze (_SIGNAL_TRIGGER_SQL, snooze()); for the metrics'
 # up, when the earliest of a monitored user's conditions begins at :now.
 _RULES = RulesSql(null_ignoring=False)
-_DUE_AT = _RULES.due_at()
 _CONDITION_AT = _RULES.condition_at(":now")
 
 # The queries that run on every tick or /logs; tests check that each is answered through an index.
 # `due_at < now`: a condition begins strictly after its deadline, as rules.condition says.
-DUE_USERS_SQL = f"SELECT {USER_AND_PARENT} FROM {WITH_PARENT} WHERE child.due_at < ? ORDER BY child.due_at LIMIT ?"
+DUE_USERS_SQL = (
+    f"SELECT {USER_AND_PARENT} FROM {WITH_PARENT} WHERE child.due_at < :now ORDER BY child.due_at LIMIT :limit"
+)
 # Each due email with what a digest needs: its user and kind, and the digest that carried it last.
 DUE_EMAILS_SQL = (
     "SELECT outbox.id, outbox.recipient, outbox.subject, outbox.body, outbox.message_id, outbox.queued_at,"
@@ -100,15 +93,16 @@ DUE_EMAILS_SQL = (
     " digests.emails"
     " FROM outbox JOIN alerts ON alerts.id = outbox.alert_id JOIN users ON users.id = alerts.user_id"
     " LEFT JOIN digests ON digests.id = outbox.digest_id"
-    " WHERE outbox.status = 'queued' AND outbox.next_attempt_at <= ? ORDER BY outbox.next_attempt_at LIMIT ?"
+    " WHERE outbox.status = 'queued' AND outbox.next_attempt_at <= :now ORDER BY outbox.next_attempt_at LIMIT :limit"
 )
 # Through webhook_outbox_queue, then the alert and its user by primary key.
 DUE_WEBHOOKS_SQL = (
     "SELECT webhook_outbox.id, webhook_outbox.webhook, webhook_outbox.attempts, webhook_outbox.event_id, alerts.kind,"
-    " users.username, alerts.at, alerts.last_ping, webhook_outbox.title, webhook_outbox.text, webhook_outbox.logs_url"
+    " users.username, alerts.at, alerts.last_ping, webhook_outbox.title, webhook_outbox.text, webhook_outbox.logs_url,"
+    " alerts.went_down_at"
     " FROM webhook_outbox JOIN alerts ON alerts.id = webhook_outbox.alert_id JOIN users ON users.id = alerts.user_id"
-    " WHERE webhook_outbox.status = 'queued' AND webhook_outbox.next_attempt_at <= ?"
-    " ORDER BY webhook_outbox.next_attempt_at LIMIT ?"
+    " WHERE webhook_outbox.status = 'queued' AND webhook_outbox.next_attempt_at <= :now"
+    " ORDER BY webhook_outbox.next_attempt_at LIMIT :limit"
 )
 # The overview's last 24 hours of pings, read once after a start, in chunks of users (a range of users' primary
 # key, per-user seeks of pings_by_user_time), each chunk in pages that go on after the last row of the previous
@@ -127,19 +121,25 @@ USER_COUNTS_SQL = (
     f"SELECT username, {_CONDITION_AT}, last_ping, pings_total, alerts_total FROM users WHERE configured = 1"
 )
 # The statements SqlStore's methods run on SQLite; the users in username order as SQLite reads them.
+# An outcome of the absence listener applies only if its user is unchanged since it was read
+# (StoreContract.save_check_outcomes).
+SAVE_OUTCOME_SQL = SQLITE.sql(
+    f"UPDATE users SET {outcome_assignments(':{}')}"
+    " WHERE id = :id AND due_at IS :due_at AND last_signal IS :last_signal"
+)
 _SQL = Statements.build(
     SQLITE,
     USER_COUNTS_SQL,
-    _DUE_AT,
+    _RULES,
     "UPDATE {queue} SET next_attempt_at = :now WHERE status = 'queued' AND next_attempt_at > :now",
+    (DUE_USERS_SQL, DUE_EMAILS_SQL, DUE_WEBHOOKS_SQL),
 )
 CONFIGURED_USERS_SQL = _SQL.configured_users
 OVERVIEW_USERS_SQL = _SQL.overview_users
 DELETE_OLD_EMAILS_SQL, DELETE_OLD_WEBHOOKS_SQL, DELETE_OLD_DIGESTS_SQL, DELETE_OLD_ALERTS_SQL = _SQL.delete_history
-# Retention: old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a
-# batch costs its size plus one index seek per user, never a scan of the pings); finished emails and
-# webhook deliveries along outbox_finished and webhook_outbox_finished; alerts along alerts_by_time, once
-# no email or webhook delivery refers to them.
+# Retention of the pings (the other deletes are sql_store's DELETE_OLD_*_SQL, DELETE_OLD_EMAILS_SQL... above):
+# old pings user by user along pings_by_user_time (CROSS JOIN keeps users the outer loop, so a batch costs its
+# size plus one index seek per user, never a scan of the pings).
 # A failed user's fail signal is kept whatever its age: its alerts quote it (users.fail_signal). So is the
 # newest ping: SQLite gives a new row the greatest id + 1, so deleting the greatest would hand its id out again,
 # and a reader following new pings by id (pings_after_id: the overview) would miss them (one index seek).
@@ -150,9 +150,10 @@ OLD_PINGS_SQL = (
 
 # A signal is one INSERT of a configured user's ping row, its duration worked out from the user's open
 # run in the same statement; this trigger, which exists only on the store's own connections, moves that
-# user's state (_SIGNAL_EFFECTS: see rules.py for what each kind does) and deadline (rules.due_at, as
-# _DUE_AT) in one UPDATE. Within an UPDATE every expression reads the row as it was, so the deadline is
-# _DUE_AT with the new values' expressions in place of their columns. A `log` changes nothing.
+# user's state (_SIGNAL_EFFECTS: what each kind does, as rules.py says, in the SQL of rules_sql.signal_effects)
+# and deadline (rules.due_at, as rules_sql's due_at) in one UPDATE. Within an UPDATE every expression reads the
+# row as it was, so the deadline is due_at with the new values' expressions in place of their columns. A `log`
+# changes nothing.
 # max() keeps last_ping monotonic if signals ever commit out of time order.
 RECORD_SIGNAL_SQL = (
     "INSERT INTO pings (user_id, at, kind, exit_code, body, duration)"
@@ -160,6 +161,8 @@ RECORD_SIGNAL_SQL = (
     " FROM users WHERE username = ?5 AND configured = 1"
 )
 _SIGNAL_EFFECTS = _RULES.signal_effects("NEW")
+# What the signal counts as for its user (rules.counts_as): a success that closed a run too fast is a fail.
+_KIND = _RULES.counts_as("NEW")
 # A success of a parent that was down restarts its children's silence from that moment (rules.py): first,
 # while the parent's row still reads as it was before this signal. A parent is found through the
 # primary key and its children through users_by_parent, so this costs a user with no children one seek.
@@ -167,7 +170,8 @@ _PARENT_RETURN_SQL = (
     f"UPDATE users SET silence_from = {_RULES.parent_return('NEW')}, suppressed_kind = NULL,"
     f" due_at = {_RULES.due_at(silence_from=_RULES.parent_return('NEW'))}"
     " WHERE parent_id = NEW.user_id AND NEW.kind = 'success'"
-    f" AND (SELECT {_RULES.down('NEW.at', 'parent.')} FROM users AS parent WHERE parent.id = NEW.user_id);"
+    f" AND (SELECT {_RULES.counts_as('NEW', 'parent.')} = 'success' AND {_RULES.down('NEW.at', 'parent.')}"
+    f" FROM users AS parent WHERE parent.id = NEW.user_id);"
 )
 _SIGNAL_TRIGGER_SQL = (
     "CREATE TEMP TRIGGER IF NOT EXISTS signal_moves_state AFTER INSERT ON main.pings WHEN NEW.kind <> 'log' BEGIN "
@@ -175,9 +179,9 @@ _SIGNAL_TRIGGER_SQL = (
     + " UPDATE users SET "
     + ", ".join(f"{column} = {expression}" for column, expression in _SIGNAL_EFFECTS.items())
     + ", last_duration = coalesce(NEW.duration, last_duration),"
-    " suppressed_kind = CASE NEW.kind WHEN 'success' THEN NULL ELSE suppressed_kind END,"
-    " fail_signal = CASE NEW.kind WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
-    f" last_signal = NEW.id, due_at = {_RULES.due_at(**_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
+    f" suppressed_kind = CASE {_KIND} WHEN 'success' THEN NULL ELSE suppressed_kind END,"
+    f" fail_signal = CASE {_KIND} WHEN 'success' THEN NULL WHEN 'fail' THEN NEW.id ELSE fail_signal END,"
+    f" last_signal = NEW.id, due_at = {_RULES.signal_due_at(_SIGNAL_EFFECTS)}, pings_total = pings_total + 1"
     " WHERE id = NEW.user_id;"
     " END"
 )
@@ -247,18 +251,6 @@ class Store(SqlStore):
         follows at its next use outside a transaction, so a batch already begun ends as it began."""
         self._synchronous = SYNCHRONOUS[durability]
 
-    def sync_users(self, users: Mapping[str, UserConfig], now: float) -> None:
-        """StoreContract.sync_users."""
-        with self._write() as connection:
-            self._apply_users(connection, users, now)
-            self._restart_monitoring(connection, now)
-
-    def restart_monitoring_after_clock_jump(self, now: float) -> bool:
-        """StoreContract.restart_monitoring_after_clock_jump: one instance owns a SQLite
-        database, so it always restarts."""
-        self.restart_monitoring(now)
-        return True
-
     def record_ping(
         self,
         username: str,
@@ -321,173 +313,6 @@ class Store(SqlStore):
                 RECENT_PINGS_SQL, recent_pings_parameters(start, upto_id, user_ids, after, limit)
             ).fetchall()
 
-    def signals_between(
-        self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
-    ) -> tuple[list[bytes], bool]:
-        """StoreContract.signals_between."""
-        with self._read() as connection:
-            user_id = self._user_id(connection, username)
-            # Read lazily: the bound stops reading, not only the answer.
-            rows = connection.execute(self._sql.signals_between, (user_id, start, end, limit + 1))
-            return bounded_encodings(rows, limit, max_size, encode)
-
-    def due_users(self, now: float, limit: int) -> list[UserState]:
-        """StoreContract.due_users."""
-        with self._read() as connection:
-            rows = connection.execute(DUE_USERS_SQL, (now, limit)).fetchall()
-        return [user_and_parent(row) for row in rows]
-
-    def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
-        """StoreContract.save_check_outcomes."""
-        alerts = 0
-        emails: list[tuple[Any, ...]] = []
-        webhooks: list[tuple[Any, ...]] = []
-        with self._write() as connection:
-            for outcome in outcomes:
-                user = outcome.user
-                alerting = bool(outcome.emails or outcome.webhooks)
-                changes_outage = alerting or outcome.ends_outage
-                suppressed_kind, suppressed_at = outcome.suppressed or (None, None)
-                run_after, next_run = outcome.next_run or (None, None)
-                claimed = connection.execute(
-                    "UPDATE users SET due_at = ?1,"
-                    " last_alert = CASE WHEN ?2 THEN ?3 ELSE last_alert END,"
-                    " last_alert_kind = CASE WHEN ?2 THEN ?4 ELSE last_alert_kind END,"
-                    " down_since = CASE WHEN ?5 THEN ?6 ELSE down_since END,"
-                    " back_at = CASE WHEN ?7 THEN NULL ELSE back_at END,"
-                    " suppressed_kind = coalesce(?11, suppressed_kind),"
-                    " next_run = CASE WHEN ?12 IS NULL THEN next_run ELSE ?13 END,"
-                    " next_run_after = coalesce(?12, next_run_after),"
-                    " alerts_total = alerts_total + CASE WHEN ?2 THEN 1 ELSE 0 END"
-                    " WHERE id = ?8 AND due_at IS ?9 AND last_signal IS ?10",
-                    (
-                        outcome.next_due_at,
-                        alerting,
-                        now,
-                        outcome.kind,
-                        changes_outage,
-                        outcome.down_since,
-                        outcome.ends_outage,
-                        user.id,
-                        user.due_at,
-                        user.last_signal,
-                        suppressed_kind,
-                        run_after,
-                        next_run,
-                    ),
-                ).rowcount
-                if not claimed:
-                    continue
-                if suppressed_kind is not None:
-                    connection.execute(
-                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at, suppressed)"
-                        " VALUES (?, ?, ?, ?, ?, 1)",
-                        (user.id, now, user.last_ping, suppressed_kind, suppressed_at),
-                    )
-                # The recovery first: it closes the outage that an alert in the same step may follow.
-                for kind, went_down_at, queued, hooks in (
-                    (BACK, user.down_since, outcome.recovery, outcome.recovery_webhooks),
-                    (outcome.kind, outcome.down_since, outcome.emails, outcome.webhooks),
-                ):
-                    if not (queued or hooks):
-                        continue
-                    alert_id = connection.execute(
-                        "INSERT INTO alerts (user_id, at, last_ping, kind, went_down_at) VALUES (?, ?, ?, ?, ?)",
-                        (user.id, now, user.last_ping, kind, went_down_at),
-                    ).lastrowid
-                    emails += [(alert_id, e.recipient, e.subject, e.body, e.message_id, now, now) for e in queued]
-                    webhooks += [
-                        (alert_id, hook.webhook, hook.event_id, hook.title, hook.text, hook.logs_url, now, now)
-                        for hook in hooks
-                    ]
-                alerts += alerting
-            # One statement for the whole batch's emails: a step may alert hundreds of users.
-            connection.executemany(
-                "INSERT INTO outbox (alert_id, recipient, subject, body, message_id, queued_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                emails,
-            )
-            connection.executemany(
-                "INSERT INTO webhook_outbox (alert_id, webhook, event_id, title, text, logs_url, queued_at,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                webhooks,
-            )
-        return alerts
-
-    def due_emails(self, now: float, limit: int) -> list[QueuedEmail]:
-        """StoreContract.due_emails."""
-        with self._read() as connection:
-            rows = connection.execute(DUE_EMAILS_SQL, (now, limit)).fetchall()
-        return [queued_email(row) for row in rows]
-
-    def claim_emails(self, retry_times: Mapping[int, float], now: float, digests: Sequence[NewDigest] = ()) -> set[int]:
-        """StoreContract.claim_emails: here all of `retry_times` may be sent, as one instance owns a
-        SQLite database."""
-        with self._write() as connection:
-            connection.executemany(
-                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
-                [(at, email_id) for email_id, at in retry_times.items()],
-            )
-            for digest in digests:
-                digest_id = connection.execute(
-                    "INSERT INTO digests (recipient, subject, message_id, created_at, emails) VALUES (?, ?, ?, ?, ?)",
-                    (digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids)),
-                ).lastrowid
-                connection.executemany(
-                    "UPDATE outbox SET digest_id = ? WHERE id = ?", [(digest_id, i) for i in digest.email_ids]
-                )
-        return set(retry_times)
-
-    def schedule_retry(self, email_ids: Iterable[int], next_attempt_at: float, error: str | None) -> None:
-        """StoreContract.schedule_retry."""
-        with self._write() as connection:
-            connection.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
-                " WHERE id = ? AND status = 'queued'",
-                [(error, next_attempt_at, email_id) for email_id in email_ids],
-            )
-
-    def _finish_emails(self, email_ids, status, now, error):
-        with self._write() as connection:
-            connection.executemany(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
-                " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
-                [(status, error, now, email_id) for email_id in email_ids],
-            )
-
-    def due_webhooks(self, now: float, limit: int) -> list[QueuedWebhook]:
-        """StoreContract.due_webhooks."""
-        with self._read() as connection:
-            rows = connection.execute(DUE_WEBHOOKS_SQL, (now, limit)).fetchall()
-        return [queued_webhook(row) for row in rows]
-
-    def claim_webhooks(self, retry_times: Mapping[int, float]) -> set[int]:
-        """StoreContract.claim_webhooks: here all of them, as claim_emails."""
-        with self._write() as connection:
-            connection.executemany(
-                "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ? AND status = 'queued'",
-                [(at, delivery_id) for delivery_id, at in retry_times.items()],
-            )
-        return set(retry_times)
-
-    def finish_webhook(self, delivery_id: int, status: str, now: float, error: str | None) -> None:
-        """StoreContract.finish_webhook."""
-        with self._write() as connection:
-            connection.execute(
-                "UPDATE webhook_outbox SET status = ?, attempts = attempts + 1, last_error = ?, finished_at = ?,"
-                " next_attempt_at = NULL WHERE id = ? AND status = 'queued'",
-                (status, error, now, delivery_id),
-            )
-
-    def retry_webhook(self, delivery_id: int, next_attempt_at: float, error: str | None) -> None:
-        """StoreContract.retry_webhook."""
-        with self._write() as connection:
-            connection.execute(
-                "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
-                " WHERE id = ? AND status = 'queued'",
-                (error, next_attempt_at, delivery_id),
-            )
-
     def delete_pings_before(self, cutoff: float, limit: int) -> int:
         """StoreContract.delete_pings_before. Only the delete holds the write lock, for a batch of
         `limit` rows; the pings to delete are found before, through pings_by_user_time. SQLite reuses the freed
@@ -511,8 +336,11 @@ class Store(SqlStore):
         return frames, copied
 
     def upkeep(self, now: float) -> None:
-        """StoreContract.upkeep: here a WAL checkpoint (checkpoint()); `now` is unused."""
+        """StoreContract.upkeep: here a WAL checkpoint (checkpoint()), and the service's run marked seen."""
         self.checkpoint()
+        if self._run_mark_due(now):
+            with self._write() as connection:
+                self._mark_run(connection, now)
 
     def check_writable(self, now: float) -> None:
         """StoreContract.check_writable, waiting at most HEALTH_TIMEOUT_MS for another process's
@@ -555,6 +383,21 @@ class Store(SqlStore):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
+        if getattr(self._local, "in_batch", False) and connection.in_transaction:
+            # A write asked for while this thread's batch of pings is open (a check a signal creates, or a pause
+            # it ends): it joins the batch and commits with it, all or nothing through its savepoint.
+            with self._write_lock, _storage_faults():
+                connection.execute("SAVEPOINT batch_write")
+                try:
+                    yield connection
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK TO batch_write")
+                    raise
+                finally:
+                    if connection.in_transaction:
+                        connection.execute("RELEASE batch_write")
+            return
         with self._write_lock, _storage_faults():
             try:
                 connection.execute("BEGIN IMMEDIATE")
@@ -568,6 +411,37 @@ class Store(SqlStore):
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         # One writer at a time: a transaction that writes holds the write lock.
         return self._write()
+
+    def _starting(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._write()
+
+    def _join(self, connection: sqlite3.Connection, now: float) -> bool:
+        # One process owns a SQLite database (lock_database): it is always alone.
+        return True
+
+    def _alone(self, connection: sqlite3.Connection) -> bool:
+        return True
+
+    def _returned_ids(self, connection: sqlite3.Connection, statement: str, rows: Sequence[Any]) -> list[int]:
+        # Statement by statement: SQLite's executemany() takes no RETURNING, and each costs no round trip.
+        return [row_id for parameters in rows for (row_id,) in connection.execute(statement, parameters)]
+
+    @contextmanager
+    def _lazy_rows(
+        self, connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]
+    ) -> Iterator[Iterable[Sequence[Any]]]:
+        # A cursor steps through the rows as it is iterated.
+        yield connection.execute(statement, parameters)
+
+    def _apply_outcomes(
+        self, connection: sqlite3.Connection, outcomes: Sequence[dict[str, Any]], now: float
+    ) -> set[int]:
+        # One UPDATE an outcome: each tells by its row count whether it applied.
+        return {
+            outcome["id"]
+            for outcome in outcomes
+            if connection.execute(SAVE_OUTCOME_SQL, {**outcome, "now": now}).rowcount
+        }
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

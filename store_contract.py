@@ -13,9 +13,12 @@ from typing import Any, Protocol
 from config import UserConfig
 from records import (
     AlertHistory,
+    CheckId,
     CheckOutcome,
     EmailEvent,
     NewDigest,
+    Outage,
+    ProgramCheck,
     QueuedEmail,
     QueuedWebhook,
     Signal,
@@ -116,10 +119,15 @@ class StoreContract(Protocol):
         """The user's last ping before `start` and its first ping at or after `end` (None where there is none)."""
 
     def alerts_between(self, user: UserState, start: float, end: float, limit: int) -> list[AlertHistory]:
-        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails.
+        """`user`'s alerts decided with start <= time < end, oldest first, each with its emails and its webhook
+        deliveries.
 
-        At most `limit` emails in all are read; an alert whose emails were cut off shows those read.
+        At most `limit` emails in all are read, and `limit` deliveries; an alert whose emails or deliveries were
+        cut off shows those read.
         """
+
+    def failures_between(self, user_id: int, start: float, end: float, limit: int) -> list[Signal]:
+        """The user's fail signals with start <= time < end, oldest first, with their bodies: the latest `limit`."""
 
     def newest_ping_id(self) -> int:
         """The id of the newest ping recorded (0 if none): pings recorded later have greater ids."""
@@ -142,8 +150,9 @@ class StoreContract(Protocol):
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""
 
-    def recent_alerts(self, start: float) -> list[tuple[int, float]]:
-        """(user id, time) of configured users' alerts decided at or after `start`, by user then time."""
+    def recent_alerts(self, start: float) -> list[tuple[int, float, str]]:
+        """(user id, time, kind) of configured users' alerts decided at or after `start`, by user then time; the
+        kind is the alerts table's ('late', 'failed', 'run_timeout', or 'back' for a recovery)."""
 
     def signals_between(
         self, username: str, start: float, end: float, limit: int, max_size: int, encode: Callable[[Signal], bytes]
@@ -161,6 +170,21 @@ class StoreContract(Protocol):
     def configured_users(self) -> list[UserState]:
         """Every configured user's state with its parent's, in username order."""
 
+    def outages_since(self, start: float) -> list[Outage]:
+        """Every alerted outage (suppressed alerts aside) of which an alert or recovery was decided at or after
+        `start`, by user id then start, each with the first success after its start: its end (None: none yet).
+
+        Costs the number of alerts since `start` (and a seek of the pings each), never the number of pings.
+        """
+
+    def first_pings(self) -> dict[int, float | None]:
+        """Each configured user's id -> the time of its first ping kept (None if none)."""
+
+    def service_runs(self, start: float) -> list[tuple[float, float]]:
+        """(started at, last seen running at) of each run of the service (of each instance) seen running at or
+        after `start`, and of the last one before it, by start: sync_users begins a run, upkeep marks it seen
+        every sql_store.RUN_MARK_SECONDS. The gaps between them are the service's downtime."""
+
     def recent_emails(self, limit: int) -> list[EmailEvent]:
         """The `limit` most recently queued alert emails, newest first."""
 
@@ -176,6 +200,48 @@ class StoreContract(Protocol):
         more. The deadline moves with the snooze, as rules.due_at says. Raises UnknownUserError if the user
         is not configured.
         """
+
+    def pause(self, username: str, paused: bool, now: float) -> None:
+        """Pause the configured check `username` (a snooze until records.PAUSED_UNTIL), or with `paused` false end
+        any snooze it has at `now`; count it as a change of checks by program (program_change). Raises
+        UnknownUserError if it is not configured."""
+
+    def program_change(self) -> int:
+        """The checks-by-program change counter: it grows whenever a check is created, changed, paused, resumed or
+        deleted by program, or taken over by settings.json. One index seek."""
+
+    def check_ids(self) -> list[CheckId]:
+        """Every configured check's name, UUID and whether it is paused (records.PAUSED_UNTIL)."""
+
+    def program_checks(self) -> list[ProgramCheck]:
+        """Every configured check that a program created and settings.json does not declare, by name."""
+
+    def create_check(
+        self, username: str, user: UserConfig, program: str, created_by: str, limit: int | None, now: float
+    ) -> str:
+        """Configure the check `username` as a program created it (`program`: its definition as JSON; `created_by`
+        'api' or 'ping'), monitored from `now`, and return its UUID, all in one transaction. A name with history
+        keeps it, and its UUID. Raises CheckExistsError if it is configured already, CheckLimitError if `limit`
+        is given and that many checks created by signals are configured."""
+
+    def change_check(self, username: str, user: UserConfig, program: str, now: float) -> None:
+        """Change the check `username` that a program created to `user` and `program`, as a reload changes a
+        user. Raises UnknownUserError if it is not configured, DeclaredCheckError if settings.json declares it."""
+
+    def delete_check(self, username: str) -> None:
+        """Stop monitoring the check `username` that a program created, keeping its history and UUID, as settings
+        removed from settings.json are. Raises as change_check."""
+
+    def recent_signals(self, username: str, limit: int) -> list[Signal]:
+        """`username`'s `limit` newest signals, newest first. Raises UnknownUserError if it was never configured."""
+
+    def alert_kinds(self, username: str, start: float, end: float, limit: int) -> list[tuple[float, str, float | None]]:
+        """(time, kind, when its outage went down) of `username`'s first `limit` alerts and recoveries ('back') with
+        start <= time < end, oldest first. Raises UnknownUserError if it was never configured."""
+
+    def pings_totals(self, username: str | None = None) -> dict[str, int]:
+        """Each configured user's name -> its count of signals (as metrics count them), or only `username`'s (if
+        configured): one row per user, no ping read."""
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.
@@ -252,7 +318,8 @@ class StoreContract(Protocol):
 
     def upkeep(self, now: float) -> None:
         """What the store needs done every second while the service runs (the scheduler's store-upkeep loop):
-        a WAL checkpoint on SQLite, the instance's lease renewed until after `now` on PostgreSQL."""
+        a WAL checkpoint on SQLite, the instance's lease renewed until after `now` on PostgreSQL; and on both,
+        every sql_store.RUN_MARK_SECONDS, the service's run marked seen at `now` (service_runs)."""
 
     def check_writable(self, now: float) -> None:
         """Return once a real write has committed: the health table's one row set to `now`, in a transaction

@@ -5,6 +5,7 @@ rules.py says what a user's state is, and store.py holds the data. The command t
 app is server.py.
 """
 
+import hmac
 import json
 import logging
 import math
@@ -19,8 +20,12 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bottle
 
+import api
+import logs_page
 import metrics
-from config import EMAIL_CHANNEL, LiveSettings
+import pages
+from checks import Checks, Definition
+from config import EMAIL_CHANNEL, ConfigError, LiveSettings, UserConfig, secret_digest
 from guards import (
     WRONG_PASSWORD_GLOBAL_LIMIT,
     WRONG_PASSWORD_LIMIT,
@@ -44,7 +49,16 @@ from localtime import (
 )
 from mailer import SENT, TestEmailSender
 from overview import Overview, overview_day
-from records import EmailEvent, Signal, StoreUnavailableError, UnknownUserError, UserState, WebhookHistory
+from records import (
+    CheckExistsError,
+    CheckLimitError,
+    EmailEvent,
+    Signal,
+    StoreUnavailableError,
+    UnknownUserError,
+    UserState,
+    WebhookHistory,
+)
 from rules import (
     FAIL,
     LOG,
@@ -60,6 +74,7 @@ from rules import (
     signal_kind,
     snoozed,
 )
+from status import CACHE_SECONDS, Answer, StatusPages, split_badge_name
 from store_contract import StoreContract
 
 log = logging.getLogger("ping_listener.web")
@@ -99,7 +114,7 @@ RECENT_EMAILS = 50
 # The longest snooze, in minutes: a week.
 MAX_SNOOZE_MINUTES = 10_080
 STATIC_DIR = Path(__file__).with_name("static")
-STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".ico": "image/x-icon"}
 # On every answer: the page loads scripts, styles and data from this origin only (no inline
 # script can run, so an escaping mistake cannot become script), and no other site may frame it.
 SECURITY_HEADERS = {
@@ -123,8 +138,13 @@ class Operations:
     metrics: metrics.Exporter
     # Unlocks /metrics as a bearer token; None disables it.
     metrics_token: str | None
-    # Lets a program snooze a user without a token (X-Api-Key); None: no API key is accepted.
+    # Lets a program snooze a user without a token (X-Api-Key), and use the management API; None: no API key
+    # is accepted.
     api_key: str | None = None
+    # Lets a program read through the management API, not write; None: no such key.
+    api_key_readonly: str | None = None
+    # The environment's PING_KEY: the key of the slug URLs /ping/<ping_key>/<name> unless settings.json sets one.
+    ping_key: str | None = None
 
 
 def make_app(
@@ -136,6 +156,7 @@ def make_app(
     operations: Operations,
     overview: Overview,
     overview_password: str | None = None,
+    checks: Checks | None = None,
 ) -> WSGIApplication:
     """The WSGI app over `store` and the settings in force; `clock()` gives epoch seconds for each ping.
 
@@ -145,9 +166,24 @@ def make_app(
     upkeep is the caller's to run); `overview_password` unlocks the overview's endpoints, or
     `testing_password` when it is None; with neither they are disabled. Both share one limit on
     wrong passwords, with wrong metrics tokens and wrong credentials given to /snooze and /logs.
+    `checks` puts the checks created by program in force with settings.json's (made over `store` and
+    `settings` if not given).
     """
+    if checks is None:
+        checks = Checks(store, settings)
     app = bottle.Bottle()
     app.default_error_handler = _plain_error
+    # Put together once: they change only with the code.
+    html_pages = {
+        name: pages.page(STATIC_DIR, name)
+        for name in ("index.html", "disabled.html", "overview.html", "overview-disabled.html")
+    }
+
+    def page_answer(name: str) -> bytes:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        return html_pages[name]
+
     app.install(_domain_errors)
     wrong_passwords = WrongPasswordLimiter(WRONG_PASSWORD_LIMIT, WRONG_PASSWORD_WINDOW, WRONG_PASSWORD_GLOBAL_LIMIT)
     sessions = Sessions()
@@ -164,6 +200,7 @@ def make_app(
     sending_test_email = threading.Lock()
     metrics_only = BearerGuard(operations.metrics_token, METRICS_DISABLED, wrong_passwords, clock)
     operators = OperatorCredentials(overview_only, operations.api_key, wrong_passwords, clock)
+    public = StatusPages(store, settings)
 
     @app.hook("after_request")
     def security_headers():
@@ -179,6 +216,16 @@ def make_app(
         if details is not None and details != "1":
             raise bottle.HTTPError(400, f"invalid details {details[:20]!r}: expected 1")
         start, end = local_day_bounds(query)
+        # The answer depends on Accept: a cache must not hand a browser's page to a script, or the reverse.
+        bottle.response.set_header("Vary", "Accept")
+        if not details and logs_page.wants_html(bottle.request.environ.get("HTTP_ACCEPT")):
+            rows, cut = store.signals_between(
+                username, start, end, LOGS_MAX_PINGS, LOGS_MAX_DETAILS_BYTES, logs_page.row_writer()
+            )
+            pieces = _in_pieces(logs_page.page(username, start, rows, cut))
+            bottle.response.content_type = "text/html; charset=utf-8"
+            bottle.response.set_header("Content-Length", str(sum(map(len, pieces))))
+            return iter(pieces)
         bottle.response.content_type = "application/json"
         if details:
             user = settings.current.users.get(username)
@@ -226,7 +273,12 @@ def make_app(
 
     @app.get("/")
     def testing_page():
-        return _static_file("index.html" if testing_password is not None else "disabled.html")
+        return page_answer("index.html" if testing_password is not None else "disabled.html")
+
+    # Browsers ask for it on every page: a small icon, not a 404 in their console.
+    @app.get("/favicon.ico")
+    def favicon():
+        return _static_file("favicon.ico")
 
     @app.get(r"/static/<filename:re:[a-z][a-z-]*\.(?:css|js)>")
     def static_asset(filename):
@@ -284,7 +336,7 @@ def make_app(
 
     @app.get("/overview")
     def overview_page():
-        return _static_file("overview.html" if overview_password is not None else "overview-disabled.html")
+        return page_answer("overview.html" if overview_password is not None else "overview-disabled.html")
 
     @app.post("/overview/state")
     @overview_only
@@ -307,6 +359,21 @@ def make_app(
         start, end = local_day_bounds({name: _date_field(body, name) for name in ("year", "month", "day")})
         return _json(overview_day(store, username, start, end, clock()))
 
+    @app.get(r"/status/<slug:re:[A-Za-z0-9_-]+>")
+    def status_page(slug):
+        return _public_answer(public.page(slug, "html", clock()), f"no status page {slug}")
+
+    @app.get(r"/status/<slug:re:[A-Za-z0-9_-]+>.json")
+    def status_page_data(slug):
+        return _public_answer(public.page(slug, "json", clock()), f"no status page {slug}")
+
+    # A wrong key and an unknown name or tag get the same answer: the key is not guessed a part at a time.
+    @app.get("/badge/<key>/<name:path>")
+    def badge(key, name):
+        parts = split_badge_name(name)
+        answer = None if parts is None else public.badge(key, parts[0], parts[1], clock())
+        return _public_answer(answer, "no such badge")
+
     @app.get("/healthz")
     def healthz():
         problem = operations.health_problem()
@@ -321,13 +388,22 @@ def make_app(
         bottle.response.content_type = metrics.CONTENT_TYPE
         return operations.metrics.scrape()
 
-    return _with_fast_ping(app, store, settings, clock)
+    keys = api.ApiKeys(operations.api_key, operations.api_key_readonly)
+    api.mount(app, store, settings, checks, clock, keys, wrong_passwords)
+    env_ping_key = None if operations.ping_key is None else secret_digest(operations.ping_key)
+    return _with_fast_ping(app, store, settings, clock, checks, env_ping_key)
 
 
 def _with_fast_ping(
-    app: WSGIApplication, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
+    app: WSGIApplication,
+    store: StoreContract,
+    settings: LiveSettings,
+    clock: Callable[[], float],
+    checks: Checks,
+    env_ping_key: bytes | None,
 ) -> WSGIApplication:
-    """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give.
+    """`app` behind a WSGI function that answers /ping and /ping/... itself, with the same answers Bottle would give
+    (`env_ping_key`: the secret_digest of the environment's PING_KEY, or None).
 
     Every device's heartbeat is a ping: Bottle's routing and request and response objects would
     cost it about as much CPU as its SQLite transaction, and with the GIL every microsecond spent
@@ -346,9 +422,10 @@ def _with_fast_ping(
             if method not in PING_METHODS:
                 headers.append(("Allow", ", ".join(PING_METHODS)))
                 raise bottle.HTTPError(405, "Method not allowed.")
-            body, date = answer_times.at(_record_signal(environ, store, settings, clock))
+            now, created = _record_signal(environ, store, settings, clock, checks, env_ping_key)
+            body, date = answer_times.at(now)
             headers.append(("Date", date))
-            status = "200 OK"
+            status = "201 Created" if created else "200 OK"
         except bottle.HTTPError as error:
             status, body = error.status_line, _error_text(error).encode()
         except Exception:
@@ -384,37 +461,87 @@ class _PingAnswerTimes:
 
 
 def _record_signal(
-    environ: WSGIEnvironment, store: StoreContract, settings: LiveSettings, clock: Callable[[], float]
-) -> float:
-    """Record the signal that `environ` asks for (query or path form) if its user's token allows it; the time
-    it was recorded at, or a bottle.HTTPError."""
+    environ: WSGIEnvironment,
+    store: StoreContract,
+    settings: LiveSettings,
+    clock: Callable[[], float],
+    checks: Checks,
+    env_ping_key: bytes | None,
+) -> tuple[float, bool]:
+    """Record the signal that `environ` asks for (query or path form, by name, UUID or ping_key and name) if its
+    user's token allows it, creating its check first if it asks to (create=1 with auto_provision); the time it
+    was recorded at and whether the check was created, or a bottle.HTTPError. `env_ping_key`: the secret_digest
+    of the environment's PING_KEY, or None."""
     try:
         query = query_fields(environ.get("QUERY_STRING", ""))
         if environ.get("PATH_INFO") == PING_PATH:
             username, kind, exit_code = _query_signal(query)
         else:
-            username, kind, exit_code = _path_signal(environ["PATH_INFO"])
+            username, kind, exit_code = _path_signal(_without_ping_key(environ["PATH_INFO"], settings, env_ping_key))
     except QueryError as error:
         raise bottle.HTTPError(400, str(error)) from None
-    _check_signal_allowed(settings, username, query, environ)
+    user = settings.current.users.get(username)
+    created = False
+    if user is None:
+        name = checks.name_of(username)
+        if name is not None:
+            username, user = name, settings.current.users.get(name)
+    if user is None and query.get("create") == "1" and settings.current.auto_provision:
+        user, created = _provision(username, settings, checks, clock)
+    if user is None:
+        raise bottle.HTTPError(404, f"unknown user {username}")
+    check_ping_token(user, username, query, environ)
     body = _signal_body(environ) if environ.get("REQUEST_METHOD") == "POST" else None
     now = clock()
     try:
         store.record_ping(username, now, kind, exit_code, body)
+        checks.after_signal(username, kind, now)
     except (UnknownUserError, StoreUnavailableError) as error:
         raise _http_error(error, environ) from None
-    return now
+    return now, created
 
 
-def _check_signal_allowed(
-    settings: LiveSettings, username: str, query: Mapping[str, str], environ: WSGIEnvironment
-) -> None:
-    """Return if `username` may be signalled by this request; raise 404 for a user not in the settings in
-    force, 403 without its token (guards.check_ping_token). The store follows the settings on a reload."""
+def _without_ping_key(path: str, settings: LiveSettings, env_ping_key: bytes | None) -> str:
+    """`path` (/ping/...) as /ping/<name>... if it is /ping/<ping_key>/<name>... (Healthchecks' slug URLs),
+    else as it is; the ping_key is settings.json's, or else `env_ping_key` (the digest of PING_KEY). Only with
+    a ping_key set, and then a SHA-256 of the first segment: no more on other pings."""
+    key_digest = settings.current.ping_key_digest or env_ping_key
+    if key_digest is None:
+        return path
+    first, slash, rest = path[len("/ping/") :].partition("/")
+    if not slash or not hmac.compare_digest(secret_digest(first), key_digest):
+        return path
+    return "/ping/" + rest
+
+
+def _provision(
+    username: str, settings: LiveSettings, checks: Checks, clock: Callable[[], float]
+) -> tuple[UserConfig, bool]:
+    """Create the check `username` from `defaults`, as a signal with create=1 asks (auto_provision); its config
+    and whether this request created it.
+
+    400 naming the problem if `defaults` cannot make it (the name, require_tokens); 403 past
+    auto_provision_limit. A check another request or instance created meanwhile is taken as it is.
+    """
+    limit = settings.current.auto_provision_limit
+    created = True
+    try:
+        checks.create(username, Definition(settings={}, created_by="ping"), limit, clock())
+    except ConfigError as error:
+        raise bottle.HTTPError(400, f"cannot create {username}: {'; '.join(error.problems)}") from None
+    except CheckLimitError:
+        raise bottle.HTTPError(
+            403, f"cannot create {username}: auto_provision_limit ({limit} checks created by signals) reached"
+        ) from None
+    except CheckExistsError:
+        checks.refresh(force=True)
+        created = False
+    except StoreUnavailableError as error:
+        raise bottle.HTTPError(503, f"{error}; try again later") from None
     user = settings.current.users.get(username)
     if user is None:
         raise bottle.HTTPError(404, f"unknown user {username}")
-    check_ping_token(user, username, query, environ)
+    return user, created
 
 
 def _query_signal(query: Mapping[str, str]) -> tuple[str, str, int | None]:
@@ -543,15 +670,20 @@ def _signal_details(items: list[bytes]) -> list[bytes]:
     room for the brackets), or "[]"."""
     if items:
         items[-1] = items[-1][:-2]
+    return _in_pieces([b"[", *items, b"]"])
+
+
+def _in_pieces(parts: list[bytes]) -> list[bytes]:
+    """`parts` joined into pieces of about LOGS_PIECE_BYTES each (or one longer part), in order."""
     pieces: list[bytes] = []
-    piece, size = [b"["], 1
-    for item in items:
-        if size + len(item) > LOGS_PIECE_BYTES:
+    piece: list[bytes] = []
+    size = 0
+    for part in parts:
+        if piece and size + len(part) > LOGS_PIECE_BYTES:
             pieces.append(b"".join(piece))
             piece, size = [], 0
-        piece.append(item)
-        size += len(item)
-    piece.append(b"]")
+        piece.append(part)
+        size += len(part)
     pieces.append(b"".join(piece))
     return pieces
 
@@ -660,6 +792,23 @@ def _static_file(filename: str) -> bottle.HTTPResponse:
         charset="utf-8",
         headers={"Cache-Control": "no-cache"},
     )
+
+
+def _public_answer(answer: Answer | None, missing: str) -> bytes:
+    """A status page's or badge's answer, which browsers and proxies may keep CACHE_SECONDS and then check by its
+    ETag (304, no body, when If-None-Match names it); 404 with `missing` if there is none."""
+    if answer is None:
+        raise bottle.HTTPError(404, missing)
+    bottle.response.set_header("Cache-Control", f"public, max-age={CACHE_SECONDS:.0f}")
+    bottle.response.set_header("ETag", answer.etag)
+    bottle.response.content_type = answer.content_type
+    # Read as sent (latin-1, as WSGI gives it): bottle's get_header fails on bytes that are not UTF-8, and an
+    # ETag is ASCII.
+    wanted = bottle.request.environ.get("HTTP_IF_NONE_MATCH", "")
+    if answer.etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")) or wanted.strip() == "*":
+        bottle.response.status = 304
+        return b""
+    return answer.body
 
 
 def _plain_error(error: bottle.HTTPError) -> str:

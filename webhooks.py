@@ -8,22 +8,34 @@ the delivery's fate (`outcome`): 2xx delivered; 408, 429, 5xx and connection pro
 `Retry-After` answer header is honoured); redirects and other 4xx failed for good, since sending
 the same request again would get the same answer.
 
-This module imports nothing else of the project but outbound.py and records.py (its WebhookEvent): config.py
-reads FORMATS from it.
+Two formats open and close an incident: `pagerduty` (PagerDuty's Events API v2) and `opsgenie` (Opsgenie's
+alerts API). An alert opens one (a PagerDuty trigger, an Opsgenie create) and the recovery closes it (a
+resolve, a close), both naming the outage by outage_key, so a device that is back never leaves a page open.
+
+The `apprise` format hands each event to Apprise (apprise_channel.py), which knows about 150 services; its
+url is an Apprise URL. Apprise only says whether a notification went, so its failures are all retried, up
+to APPRISE_MAX_ATTEMPTS attempts.
+
+This module imports nothing else of the project but outbound.py, apprise_channel.py and records.py (its
+WebhookEvent): config.py reads FORMATS from it.
 """
 
+import datetime
 import email.header
 import email.utils
+import hashlib
 import http.client
 import json
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import apprise_channel
 import outbound
 from records import WebhookEvent
 
@@ -39,6 +51,20 @@ ANSWER_EXCERPT_CHARS = 200
 # Discord refuses a message longer than this.
 DISCORD_MAX_CHARS = 2000
 USER_AGENT = "ping-listener"
+# Where the incident formats post unless their webhook's `url` says otherwise (an EU account's Opsgenie is
+# https://api.eu.opsgenie.com/v2/alerts).
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+OPSGENIE_URL = "https://api.opsgenie.com/v2/alerts"
+# The longest texts PagerDuty (a summary) and Opsgenie (a message, a description, a note) take.
+PAGERDUTY_SUMMARY_CHARS = 1024
+OPSGENIE_MESSAGE_CHARS = 130
+OPSGENIE_DESCRIPTION_CHARS = 15_000
+OPSGENIE_NOTE_CHARS = 25_000
+# How the service names itself to PagerDuty and Opsgenie.
+SOURCE = "Ping Listener"
+# An Apprise delivery is given up (failed) after this many attempts: Apprise does not tell a refusal for good
+# from a passing failure, so each is retried, with the usual back-off (about an hour and a half in all).
+APPRISE_MAX_ATTEMPTS = 24
 
 DELIVERED = "sent"
 RETRY = "retry"
@@ -61,7 +87,8 @@ class DeliveryResult:
 
 
 class Endpoint(Protocol):
-    """Where and how to POST (config.WebhookConfig has it)."""
+    """Where and how to POST (config.WebhookConfig has it); `routing_key` (pagerduty) and `api_key` (opsgenie)
+    are None for the other formats."""
 
     @property
     def url(self) -> str: ...
@@ -69,13 +96,20 @@ class Endpoint(Protocol):
     def format(self) -> str: ...
     @property
     def headers(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def api_key(self) -> str | None: ...
 
 
 class Delivery(Protocol):
-    """A queued webhook delivery (store.QueuedWebhook has it): its webhook's name and its event."""
+    """A queued webhook delivery (store.QueuedWebhook has it): its webhook's name, its attempts so far and its
+    event."""
 
     @property
     def webhook(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
     @property
     def event(self) -> WebhookEvent: ...
 
@@ -156,7 +190,7 @@ def compose_teams(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
             {"type": "TextBlock", "text": event.title, "weight": "Bolder", "size": "Medium", "wrap": True},
             {"type": "TextBlock", "text": event.text, "wrap": True},
         ],
-        "actions": [{"type": "Action.OpenUrl", "title": "Signals of that day", "url": event.logs_url}],
+        "actions": [{"type": "Action.OpenUrl", "title": "That day's signals", "url": event.logs_url}],
     }
     return _json_body(
         {
@@ -166,7 +200,75 @@ def compose_teams(event: WebhookEvent) -> tuple[bytes, dict[str, str]]:
     )
 
 
-# Each format's composer: the body and the headers it needs. settings.json's `format` is one of these keys.
+def outage_key(event: WebhookEvent) -> str:
+    """The name of the outage `event` belongs to, the same for each of its alerts and its recovery and
+    different for any other outage: PagerDuty's dedup_key and Opsgenie's alias.
+
+    "ping-listener-" and 40 hex digits of a hash of the user and the moment its outage went down (well
+    within PagerDuty's 255 characters and Opsgenie's 512, and safe in a URL path); for a delivery queued
+    before outages were named, the event's own id.
+    """
+    if event.went_down_at is None:
+        return f"ping-listener-{event.id}"
+    outage = f"{event.username}\0{event.went_down_at!r}".encode("utf-8", "surrogatepass")
+    return "ping-listener-" + hashlib.sha256(outage).hexdigest()[:40]
+
+
+def compose_pagerduty(endpoint: Endpoint, event: WebhookEvent) -> tuple[str, bytes, dict[str, str]]:
+    """The `pagerduty` format (PagerDuty Events API v2): an alert is a `trigger` (the title as the summary, the
+    user as the source, severity critical, the text and the logs link as details), a recovery a `resolve`;
+    both carry the webhook's routing_key and the outage's dedup_key (outage_key). Posted to the endpoint's url."""
+    key = outage_key(event)
+    if event.event == "back":
+        document: dict[str, Any] = {"routing_key": endpoint.routing_key, "event_action": "resolve", "dedup_key": key}
+    else:
+        payload: dict[str, Any] = {
+            "summary": _cut(event.title, PAGERDUTY_SUMMARY_CHARS),
+            "source": event.username,
+            "severity": "critical",
+            "custom_details": {"event": event.event, "text": event.text, "last_ping": _iso(event.last_ping)},
+        }
+        if event.at is not None:
+            payload["timestamp"] = _iso(event.at)
+        document = {
+            "routing_key": endpoint.routing_key,
+            "event_action": "trigger",
+            "dedup_key": key,
+            "payload": payload,
+            "client": SOURCE,
+            "client_url": event.logs_url,
+            "links": [{"href": event.logs_url, "text": "Signals of that day"}],
+        }
+    return (endpoint.url, *_json_body(document))
+
+
+def compose_opsgenie(endpoint: Endpoint, event: WebhookEvent) -> tuple[str, bytes, dict[str, str]]:
+    """The `opsgenie` format (Opsgenie's alerts API, authorized by `GenieKey <api_key>`): an alert creates one
+    (POST to the url: the title as the message, the outage's alias (outage_key), the text as the description,
+    the user as the entity, the logs link in the details), a recovery closes it (POST to
+    url/<alias>/close?identifierType=alias, with the text as a note)."""
+    key = outage_key(event)
+    url = endpoint.url
+    if event.event == "back":
+        parts = urllib.parse.urlsplit(url)
+        url = parts._replace(path=f"{parts.path.rstrip('/')}/{key}/close", query="identifierType=alias").geturl()
+        document: dict[str, Any] = {"source": SOURCE, "note": _cut(event.text, OPSGENIE_NOTE_CHARS)}
+    else:
+        document = {
+            "message": _cut(event.title, OPSGENIE_MESSAGE_CHARS),
+            "alias": key,
+            "description": _cut(event.text, OPSGENIE_DESCRIPTION_CHARS),
+            "entity": event.username,
+            "source": SOURCE,
+            "tags": ["ping-listener", event.event],
+            "details": {"logs_url": event.logs_url, "event": event.event},
+        }
+    body, headers = _json_body(document)
+    return url, body, {**headers, "Authorization": f"GenieKey {endpoint.api_key}"}
+
+
+# Each format's composer: the body and the headers it needs. settings.json's `format` is one of these keys,
+# of INCIDENT_COMPOSERS' (which also say where to post) or APPRISE.
 COMPOSERS: dict[str, Callable[[WebhookEvent], tuple[bytes, dict[str, str]]]] = {
     "json": compose_json,
     "ntfy": compose_ntfy,
@@ -175,15 +277,36 @@ COMPOSERS: dict[str, Callable[[WebhookEvent], tuple[bytes, dict[str, str]]]] = {
     "gotify": compose_gotify,
     "teams": compose_teams,
 }
-FORMATS = tuple(COMPOSERS)
+INCIDENT_COMPOSERS: dict[str, Callable[[Endpoint, WebhookEvent], tuple[str, bytes, dict[str, str]]]] = {
+    "pagerduty": compose_pagerduty,
+    "opsgenie": compose_opsgenie,
+}
+APPRISE = "apprise"
+FORMATS = (*COMPOSERS, *INCIDENT_COMPOSERS, APPRISE)
+# The default url of the formats that have one.
+DEFAULT_URLS = {"pagerduty": PAGERDUTY_URL, "opsgenie": OPSGENIE_URL}
 
 
 def build_request(endpoint: Endpoint, event: WebhookEvent) -> urllib.request.Request:
-    """The POST for `event` to `endpoint`: its format's body and headers, then the endpoint's own headers
-    (an Authorization, say), then Idempotency-Key, which nothing overrides."""
-    body, headers = COMPOSERS[endpoint.format](event)
+    """The POST for `event` to `endpoint` (of any format but APPRISE): its format's url, body and headers,
+    then the endpoint's own headers (an Authorization, say), then Idempotency-Key, which nothing overrides."""
+    if endpoint.format in INCIDENT_COMPOSERS:
+        url, body, headers = INCIDENT_COMPOSERS[endpoint.format](endpoint, event)
+    else:
+        url = endpoint.url
+        body, headers = COMPOSERS[endpoint.format](event)
     headers = {"User-Agent": USER_AGENT, **headers, **dict(endpoint.headers), "Idempotency-Key": event.id}
-    return urllib.request.Request(endpoint.url, data=body, headers=headers, method="POST")
+    return urllib.request.Request(url, data=body, headers=headers, method="POST")
+
+
+def apprise_outcome(error: str | None, attempts: int) -> DeliveryResult:
+    """The fate of an Apprise notification that failed with `error` (None: it went) after `attempts` earlier
+    attempts: DELIVERED, RETRY, or FAILED once this was attempt APPRISE_MAX_ATTEMPTS."""
+    if error is None:
+        return DeliveryResult(DELIVERED)
+    if attempts + 1 >= APPRISE_MAX_ATTEMPTS:
+        return DeliveryResult(FAILED, f"{error} (given up after {APPRISE_MAX_ATTEMPTS} attempts)")
+    return DeliveryResult(RETRY, error)
 
 
 def outcome(status: int, retry_after: str | None, now: float, answer: str = "") -> DeliveryResult:
@@ -263,6 +386,9 @@ class WebhookSender:
         deliveries are retried later without being tried now. Without an endpoint (the webhook was removed
         from the settings) each fails.
         """
+        if endpoint is not None and endpoint.format == APPRISE:
+            yield from self._notify_in_order(endpoint.url, list(deliveries))
+            return
         down: DeliveryResult | None = None
         for delivery in deliveries:
             if endpoint is None:
@@ -279,6 +405,28 @@ class WebhookSender:
                     down = result
             yield delivery, result
 
+    def _notify_in_order(self, url: str, deliveries: Sequence[_D]) -> Iterator[tuple[_D, DeliveryResult]]:
+        """send_in_order for an Apprise URL: all of `deliveries` handed to one Apprise process, each within
+        the deadline; once one is not answered in time, the rest are retried later without being tried."""
+        messages = [
+            apprise_channel.Message(d.event.title, d.event.text, "success" if d.event.event == "back" else "failure")
+            for d in deliveries
+        ]
+        errors = apprise_channel.notify_each(url, messages, self._deadline)
+        done = 0
+        rest = DeliveryResult(RETRY, "not tried: Apprise did not answer in time", unreachable=True)
+        try:
+            for delivery, error in zip(deliveries, errors, strict=False):
+                done += 1
+                yield delivery, apprise_outcome(error, delivery.attempts)
+        except Exception as error:  # Apprise could not be started (no memory, no process left, ...)
+            log.exception("cannot run Apprise for webhook %s", deliveries[done].webhook)
+            rest = DeliveryResult(RETRY, f"cannot run Apprise: {_describe(error)}", unreachable=True)
+        finally:
+            errors.close()
+        for delivery in deliveries[done:]:
+            yield delivery, rest
+
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
@@ -287,6 +435,14 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 def _json_body(document: Any) -> tuple[bytes, dict[str, str]]:
     return json.dumps(document, ensure_ascii=False).encode(), {"Content-Type": "application/json"}
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
 
 
 def _header_text(text: str) -> str:

@@ -3,7 +3,6 @@ each answer's size and time, and the pings of another client while two clients p
 
 import http.client
 import json
-import shutil
 import sqlite3
 import time
 import urllib.parse
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from statistics import median
 
 from bench import harness, history
-from support import write_settings
 
 # A local day of exactly 86 400 seconds (no daylight saving change).
 DAY = (2026, 6, 15)
@@ -49,17 +47,9 @@ def run(requests, log, load_seconds=10):
     """Serve the days' database; for each day, time `requests` GETs of its `/logs?details=1`, then measure one
     client's pings while READERS clients pull it in a loop for `load_seconds`."""
     db = harness.cached_database("details", (DAY, SIGNALS, BODY, BUSY_PINGS), _fill, log)
-    workdir = harness.BUILD_DIR / "details"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    # A copy: the pings of the load go into it, not into the cached days.
-    shutil.copy(db, workdir / "details.db")
     user = {"monitor": True, "max_sleep": 86400, "email_frequency": 86400}
-    settings = write_settings(
-        workdir / "settings.json",
-        {LONG_BODIES: {**user, "token": TOKEN}, BUSY: {**user, "token": TOKEN}, PINGER: user},
-    )
-    service = harness.start_service(settings, workdir / "details.db", workdir / "service.log")
+    users = {LONG_BODIES: {**user, "token": TOKEN}, BUSY: {**user, "token": TOKEN}, PINGER: user}
+    service = harness.serve_copy("details", db, users)
     try:
         results = [
             _measure(
@@ -74,7 +64,8 @@ def run(requests, log, load_seconds=10):
         log(
             f"  /logs?details=1 of {result.day}: {result.answer_bytes:,} bytes, {result.signals_in_answer:,}"
             f" signals, median {result.median_ms:.0f} ms; pings while {READERS} clients pull it:"
-            f" p50 {load.ping_p50_ms:.2f} ms, p99 {load.ping_p99_ms:.2f} ms ({load.logs_per_second:.1f} /logs a second)"
+            f" p50 {load.ping_p50_ms:.2f} ms, p99 {load.ping_p99_ms:.2f} ms "
+            f" ({load.reads_per_second:.1f} /logs a second)"
         )
     return results
 
@@ -99,7 +90,7 @@ def _measure(url, day_name, username, signals, requests, load_seconds):
         truncated = answer.getheader("Ping-Listener-Truncated") is not None
     finally:
         connection.close()
-    under_load = history.pings_under_reads(url, path, READERS, load_seconds, PINGER)
+    under_load = history.pings_under_reads(url, [path], READERS, load_seconds, PINGER)
     return DetailsResult(
         day_name, signals, len(body), len(json.loads(body)), truncated, median(timings), max(timings), under_load
     )

@@ -4,6 +4,7 @@ import hashlib
 import os
 import platform
 import selectors
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from store import SCHEMA_PATH, Store
+from support import write_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # Generated databases and settings; ignored by git, and kept between runs so the big ones are built once.
@@ -76,6 +78,17 @@ def start_service(settings_path, db_path, log_path, env=None, timeout=60):
     """Start `python server.py` on 127.0.0.1 with an OS-chosen port."""
     args = ["server.py", "--settings", settings_path, "--db", db_path, "--host", "127.0.0.1", "--port", "0"]
     return start(args, {**UNREACHABLE_SMTP, **(env or {})}, log_path, timeout)
+
+
+def serve_copy(name, db, users, **top_level):
+    """Start the service (as start_service) over a copy of the database `db` in bench/build/NAME, with a
+    settings.json of `users` and the `top_level` keys: the pings of a load go into the copy, not into `db`."""
+    workdir = BUILD_DIR / name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    shutil.copy(db, workdir / f"{name}.db")
+    settings = write_settings(workdir / "settings.json", users, **top_level)
+    return start_service(settings, workdir / f"{name}.db", workdir / "service.log")
 
 
 def cached_database(name, parameters, fill, log):

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -25,11 +26,11 @@ OTHER_INTERVAL = 60.0
 
 @dataclass(frozen=True)
 class ReadsUnderLoad:
-    """Pings from one client while READERS clients pull the busy day's /logs in a loop."""
+    """Pings from one client while `readers` clients pull heavy answers (a /logs, status pages) in a loop."""
 
     readers: int
     seconds: int
-    logs_per_second: float
+    reads_per_second: float
     ping_rps: float
     ping_p50_ms: float
     ping_p99_ms: float
@@ -75,7 +76,7 @@ def run(requests, log, readers=4, load_seconds=10):
                 raise RuntimeError(f"/logs answered {answer.status}: {body[:200]!r}")
             count = len(json.loads(body))
         connection.close()
-        under_load = pings_under_reads(service.url, path, readers, load_seconds)
+        under_load = pings_under_reads(service.url, [path], readers, load_seconds)
     finally:
         connection.close()
         service.stop()
@@ -84,28 +85,29 @@ def run(requests, log, readers=4, load_seconds=10):
     log(f"  /logs of {count} pings: first {result.first_ms:.0f} ms, then median {result.median_ms:.0f} ms")
     log(
         f"  pings while {readers} clients pull it: p50 {under_load.ping_p50_ms:.2f} ms,"
-        f" p99 {under_load.ping_p99_ms:.2f} ms ({under_load.logs_per_second:.1f} /logs a second)"
+        f" p99 {under_load.ping_p99_ms:.2f} ms ({under_load.reads_per_second:.1f} /logs a second)"
     )
     return result
 
 
-def pings_under_reads(url, logs_path, readers, seconds, username=USERNAME):
-    """`username`'s pings from one client (wrk, 1 connection) while `readers` connections pull `logs_path` in a
-    loop (wrk)."""
+def pings_under_reads(url, read_paths, readers, seconds, username=USERNAME):
+    """`username`'s pings from one client (wrk, 1 connection) while `readers` connections GET `read_paths` in a
+    loop (wrk), each connection asking for the next path of the list in turn."""
     ping_path = "/ping?" + urllib.parse.urlencode({"username": username})
     command = ["wrk", "-t1", f"-c{readers}", f"-d{seconds + 2}s", "--timeout", "30s", "-s", str(throughput.LUA_SCRIPT)]
-    with subprocess.Popen([*command, url + logs_path], stdout=subprocess.PIPE, text=True) as reads:
+    env = {**os.environ, throughput.PATHS_VARIABLE: " ".join(read_paths)}
+    with subprocess.Popen([*command, url + read_paths[0]], stdout=subprocess.PIPE, text=True, env=env) as reads:
         time.sleep(1)  # the readers are under way before the first ping
         pings = throughput.wrk(url + ping_path, 1, "keep-alive", seconds)
-        logs_report = json.loads(reads.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
+        reads_report = json.loads(reads.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
     return ReadsUnderLoad(
         readers=readers,
         seconds=seconds,
-        logs_per_second=logs_report["requests"] / (logs_report["duration_us"] / 1e6),
+        reads_per_second=reads_report["requests"] / (reads_report["duration_us"] / 1e6),
         ping_rps=pings["requests"] / (pings["duration_us"] / 1e6),
         ping_p50_ms=pings["p50_us"] / 1000,
         ping_p99_ms=pings["p99_us"] / 1000,
-        failures=pings["non_200"] + pings["socket_errors"] + logs_report["non_200"] + logs_report["socket_errors"],
+        failures=pings["non_200"] + pings["socket_errors"] + reads_report["non_200"] + reads_report["socket_errors"],
     )
 
 

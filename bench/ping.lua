@@ -9,6 +9,21 @@ function init(args)
   non_200 = 0
 end
 
+-- With BENCH_WRK_PATHS (space-separated paths), each connection's requests go through them in turn; without
+-- it, no request function: wrk sends its one request, unchanged, as fast as it can.
+local paths = os.getenv("BENCH_WRK_PATHS")
+if paths then
+  local requests = {}
+  for path in paths:gmatch("%S+") do
+    table.insert(requests, wrk.format("GET", path))
+  end
+  local next_request = 0
+  function request()
+    next_request = next_request % #requests + 1
+    return requests[next_request]
+  end
+end
+
 function response(status, headers, body)
   if status ~= 200 then
     non_200 = non_200 + 1

@@ -20,13 +20,16 @@ from bench import (
     details,
     detection,
     durability,
+    email_flood,
     footprint,
     harness,
     history,
+    management,
     operations,
     overview_data,
     ping_cost,
     postgresql,
+    status_data,
     throughput,
     tick,
 )
@@ -42,12 +45,16 @@ SECTIONS = (
     "history",
     "details",
     "overview",
+    "status",
+    "status-flood",
     "load-memory",
     "detection",
     "metrics",
     "retention",
     "pg-ping",
     "pg-tick",
+    "email-flood",
+    "api",
 )
 RESULTS = harness.ROOT / "bench" / "results.md"
 # The sections that measure section 1's servers (started once for all of them).
@@ -115,6 +122,10 @@ def _run_section(section, args, servers):
         return details.run(requests=10, log=_log, load_seconds=args.duration * 2)
     if section == "overview":
         return overview_data.run(refreshes=20, log=_log)
+    if section == "status":
+        return status_data.run(repeats=20, log=_log)
+    if section == "status-flood":
+        return status_data.flood(args.duration * 2, _log)
     if section == "load-memory":
         return overview_data.load_memory(args.load_pings, _log)
     if section == "metrics":
@@ -125,6 +136,10 @@ def _run_section(section, args, servers):
         return postgresql.ping(args.duration, args.warmup, args.rounds, _log)
     if section == "pg-tick":
         return postgresql.tick_at(100_000, _log)
+    if section == "email-flood":
+        return email_flood.run(args.duration, _log)
+    if section == "api":
+        return management.run(args.duration, args.warmup, _log)
     return detection.run(devices=20, log=_log)
 
 
@@ -155,6 +170,10 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _details_table(results["details"], targets)
     if "overview" in results:
         lines += _overview_table(results["overview"], targets)
+    if "status" in results:
+        lines += _status_table(results["status"], targets)
+    if "status-flood" in results:
+        lines += _status_flood_table(results["status-flood"], targets)
     if "load-memory" in results:
         lines += _load_memory_table(results["load-memory"], targets)
     if "detection" in results:
@@ -163,6 +182,10 @@ def _report(results, args, load_before, load_after, elapsed):
         lines += _operations_table(results.get("metrics"), results.get("retention"), targets)
     if "pg-ping" in results or "pg-tick" in results:
         lines += _postgresql_table(results.get("pg-ping"), results.get("pg-tick"))
+    if "email-flood" in results:
+        lines += _email_flood_table(results["email-flood"])
+    if "api" in results:
+        lines += _management_table(results["api"], targets)
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'met' if met else '**missed**'} |" for target, measured, met in targets]
     return "\n".join(lines) + "\n"
@@ -482,7 +505,7 @@ def _history_table(result, targets):
             "",
             "| /logs answered a second | pings a second | ping p50 | ping p99 | errors |",
             "|---|---|---|---|---|",
-            f"| {load.logs_per_second:.1f} | {load.ping_rps:.0f} | {load.ping_p50_ms:.2f} ms"
+            f"| {load.reads_per_second:.1f} | {load.ping_rps:.0f} | {load.ping_p50_ms:.2f} ms"
             f" | {load.ping_p99_ms:.2f} ms | {load.failures} |",
             "",
         ]
@@ -522,7 +545,8 @@ def _details_table(results, targets):
         lines.append(
             f"| {result.day} | {result.answer_bytes:,} bytes | {result.signals_in_answer:,}"
             f" | {'yes' if result.truncated else 'no'} | {result.median_ms:.0f} ms | {result.max_ms:.0f} ms"
-            f" | {load.logs_per_second:.1f} | {load.ping_p50_ms:.2f} ms | {load.ping_p99_ms:.2f} ms | {load.failures} |"
+            f" | {load.reads_per_second:.1f} | {load.ping_p50_ms:.2f} ms | {load.ping_p99_ms:.2f} ms"
+            f" | {load.failures} |"
         )
     return [*lines, ""]
 
@@ -576,6 +600,58 @@ def _overview_table(result, targets):
     ]
 
 
+def _status_table(result, targets):
+    targets.append(
+        (
+            f"a status page of {result.devices:,} devices answered < 50 ms",
+            f"{result.kept_max_ms:.2f} ms at most",
+            result.kept_max_ms < 50,
+        )
+    )
+    targets.append(("a badge < 2 ms (median)", f"{result.badge_median_ms:.2f} ms", result.badge_median_ms < 2))
+    return [
+        "## Status pages and badges",
+        "",
+        f"A status page listing {result.devices:,} devices, in process, over a database of {result.pings:,} pings"
+        f" (90 days, one an hour each) and {result.outages:,} alerted outages. A request is answered from the"
+        " last snapshot of the store (status.py); every 10 s while the page is asked for, a thread of its own"
+        ' takes the next and makes the page\'s HTML and JSON from it ("made afresh": only the first request'
+        " after a start or a reload waits for that). And a device's SVG badge.",
+        "",
+        "| answer | median | max |",
+        "|---|---|---|",
+        f"| a request for the page (HTML, {result.html_bytes / 1e3:.0f} kB) | {result.kept_median_ms:.2f} ms"
+        f" | {result.kept_max_ms:.2f} ms |",
+        f"| made afresh: snapshot, HTML and JSON ({result.json_bytes / 1e3:.0f} kB) | {result.fresh_median_ms:.0f} ms"
+        f" | {result.fresh_max_ms:.0f} ms |",
+        f"| badge (SVG) | {result.badge_median_ms:.3f} ms | {result.badge_max_ms:.3f} ms |",
+        "",
+    ]
+
+
+def _status_flood_table(load, targets):
+    targets.append(
+        (
+            "ping p99 under a status-page flood < 100 ms",
+            f"{load.ping_p99_ms:.1f} ms",
+            load.ping_p99_ms < 100 and not load.failures,
+        )
+    )
+    return [
+        "### Pings under a status-page flood",
+        "",
+        f"The service over that database, with that page: {load.readers} connections ask in a loop (wrk) for the"
+        " page, its JSON and a device's badge in each form (SVG, JSON, shields), in turn and without"
+        f" `If-None-Match`, while one more pings (wrk, 1 connection, keep-alive) for {load.seconds} s.",
+        "",
+        "| answers a second | pings a second | ping p50 | ping p99 | errors |",
+        "|---|---|---|---|---|",
+        f"| {load.reads_per_second:.0f} | {load.ping_rps:.0f} | {load.ping_p50_ms:.2f} ms"
+        f" | {load.ping_p99_ms:.2f} ms | {load.failures} |",
+        "",
+    ]
+
+
 def _operations_table(scrape, retention, targets):
     lines = ["## 7. Operations at fleet size", ""]
     if scrape is not None:
@@ -618,6 +694,37 @@ def _operations_table(scrape, retention, targets):
     return lines
 
 
+def _management_table(result, targets):
+    ratio = result.by_uuid.rps / result.by_name.rps
+    targets += [
+        (
+            f"management API lists {result.checks:,} checks < 200 ms",
+            f"{result.list_max_ms:.0f} ms at most",
+            result.list_max_ms < 200,
+        ),
+        (
+            f"creating {result.created:,} checks, one request each, < 10 s",
+            f"{result.create_seconds:.1f} s",
+            result.create_seconds < 10,
+        ),
+        ("a ping by UUID within 5 % of a ping by name", f"{ratio:.3f} of by name", ratio >= 0.95),
+    ]
+    return [
+        "## Checks by program",
+        "",
+        f"The service with {result.checks:,} checks in settings.json and `API_KEY` set, one client on one keep-alive"
+        f" connection: `GET /api/v3/checks/` 20 times after a first one, then {result.created:,} `POST /api/v3/checks/`"
+        " one after the other; then wrk (16 connections, keep-alive) on `/ping/<name>` and `/ping/<uuid>` of one"
+        f" check, {management.ROUNDS} rounds each in alternating order, the best round of each shown.",
+        "",
+        "| list: median | list: max | answer | create all | ping by name | ping by UUID | ratio |",
+        "|---|---|---|---|---|---|---|",
+        f"| {result.list_median_ms:.0f} ms | {result.list_max_ms:.0f} ms | {result.list_bytes / 1e6:.1f} MB"
+        f" | {result.create_seconds:.1f} s | {result.by_name.rps:.0f}/s | {result.by_uuid.rps:.0f}/s | {ratio:.3f} |",
+        "",
+    ]
+
+
 def _detection_table(result, targets):
     targets.append(
         (
@@ -637,6 +744,22 @@ def _detection_table(result, targets):
         "|---|---|---|---|",
         f"| {result.devices} | {result.median_s * 1000:.0f} ms | {result.max_s * 1000:.0f} ms"
         f" | {result.bound_s * 1000:.0f} ms |",
+        "",
+    ]
+
+
+def _email_flood_table(result):
+    return [
+        "## Email pings under a flood",
+        "",
+        "One client pinging over HTTP (wrk, 1 connection, keep-alive), first alone, then while"
+        f" {email_flood.SMTP_SENDERS} SMTP clients send email pings as fast as they are answered (a session each)"
+        f" and {email_flood.IDLE_SESSIONS} more SMTP sessions are held open doing nothing.",
+        "",
+        "| ping p50 alone | ping p99 alone | ping p50, flood | ping p99, flood | email pings/s | failures |",
+        "|---|---|---|---|---|---|",
+        f"| {result.quiet_p50_ms:.2f} ms | {result.quiet_p99_ms:.2f} ms | {result.flood_p50_ms:.2f} ms"
+        f" | {result.flood_p99_ms:.2f} ms | {result.messages_per_second:.0f} | {result.failures} |",
         "",
     ]
 

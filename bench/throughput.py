@@ -17,6 +17,8 @@ from loadgen import burst
 from support import write_settings
 
 LUA_SCRIPT = harness.ROOT / "bench" / "ping.lua"
+# In wrk's environment: space-separated paths that bench/ping.lua asks for in turn instead of the URL's.
+PATHS_VARIABLE = "BENCH_WRK_PATHS"
 USERNAME = "bench-device"
 SERVERS = ("service", "bare", "waitress")
 MODES = ("keep-alive", "close")

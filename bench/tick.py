@@ -1,7 +1,8 @@
 """Cost of one absence-listener step (`Scheduler.check_once`) as users grow, with 1 % and 0 % of them late;
 with no dependencies, or with every user in a chain of CHAIN_LENGTH (each depending on the one before it),
 where the late users are whole chains: each step then alerts the heads and suppresses the rest; or with
-every user watched by a schedule instead of max_sleep."""
+every user watched by a schedule instead of max_sleep. Every user has detection's rules on (DETECTION, and
+start_grace if scheduled), as a fleet that uses them would."""
 
 import contextlib
 import shutil
@@ -33,6 +34,9 @@ ON_TIME_SCHEDULE = "0 3 * * *"
 ZONE = "Europe/Paris"
 # A step is timed at these moments: before anyone's deadline, and once the 1 % are past theirs.
 NOBODY_LATE_AT = MONITORING_START + LATE_MAX_SLEEP / 2
+# Detection's rules (SPEC "Detection") on every user; a scheduled one also gets a start_grace (the late ones
+# none beyond their grace of 0, so that they are late as before).
+DETECTION = {"fail_threshold": 3, "min_runtime": 1.0, "min_interval": 30.0, "flap_threshold": 4}
 SOME_LATE_AT = MONITORING_START + 2 * LATE_MAX_SLEEP
 
 
@@ -108,7 +112,7 @@ def _user(index, chain_length, scheduled):
     late = index // chain_length % LATE_EVERY == 0
     watch = (
         {"max_sleep": None, "schedule": LATE_SCHEDULE if late else ON_TIME_SCHEDULE, "tz": ZONE}
-        | {"grace": 0.0 if late else 3600.0}
+        | {"grace": 0.0 if late else 3600.0, "start_grace": 0.0 if late else 600.0}
         if scheduled
         else {"max_sleep": LATE_MAX_SLEEP if late else ON_TIME_MAX_SLEEP}
     )
@@ -117,6 +121,7 @@ def _user(index, chain_length, scheduled):
         email_frequency=3600.0,
         recipients=("oncall@example.com",),
         depends_on=f"device-{index - 1:06d}" if index % chain_length else None,
+        **DETECTION,
         **watch,
     )
 

@@ -18,6 +18,9 @@ const MIN_SHADE = 2;
 const LEVEL_WORDS = ["no ping", "1 ping", "2–3 pings", "4–7 pings", "8–15 pings", "16–31 pings",
   "32–63 pings", "64–127 pings", "128–255 pings", "256 or more pings"];
 
+// How each kind of alert (the alerts table's) is drawn: a failure's alert is a failure, not a silence's.
+const MARK_OF_ALERT = { late: "alert", run_timeout: "alert", failed: "failure", back: "recovery" };
+
 let password = null;
 let refreshTimer = null;
 let latest = null; // the last /overview/state answer
@@ -28,12 +31,18 @@ let order = []; // the usernames, problems first
 let openDay = null; // {username, year, month, day} while the day view is open
 let opener = null; // the button that opened the day view, focused again when it closes
 
-const byId = (id) => document.getElementById(id);
-
 document.addEventListener("DOMContentLoaded", () => {
-  byId("unlock").addEventListener("submit", unlock);
+  onUnlock("/overview/state", refusal, async (attempt, answer) => {
+    password = attempt;
+    byId("unlock").hidden = true;
+    byId("devices").hidden = false;
+    show(await answer.json());
+    scheduleRefresh();
+  });
   byId("day-close").addEventListener("click", closeDay);
-  byId("day-date").addEventListener("change", chooseDate);
+  byId("day-date").addEventListener("input", chooseDate);
+  byId("day-before").addEventListener("click", () => moveDay(-1));
+  byId("day-after").addEventListener("click", () => moveDay(1));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && openDay) {
       closeDay();
@@ -41,51 +50,12 @@ document.addEventListener("DOMContentLoaded", () => {
   });
 });
 
-async function unlock(event) {
-  event.preventDefault();
-  const attempt = byId("password").value;
-  showUnlockError("");
-  let answer;
-  try {
-    answer = await postJson("/overview/state", { password: attempt });
-  } catch (error) {
-    showUnlockError(`The server does not answer: ${error.message}`);
-    return;
-  }
-  if (!answer.ok) {
-    showUnlockError(await refusal(answer));
-    byId("password").select();
-    return;
-  }
-  password = attempt;
-  byId("password").value = "";
-  byId("unlock").hidden = true;
-  byId("devices").hidden = false;
-  show(await answer.json());
-  scheduleRefresh();
-}
-
-function postJson(path, body) {
-  return fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-    cache: "no-store",
-  });
-}
-
 async function refusal(answer) {
   const text = (await answer.text()).trim();
   if (answer.status === 401) {
     return "Wrong password: it is neither the OVERVIEW_PASSWORD nor (when that is not set) the TESTING_PASSWORD this server was started with.";
   }
   return `${answer.status}: ${text}`;
-}
-
-function showUnlockError(message) {
-  const error = byId("unlock-error");
-  error.textContent = message;
-  error.hidden = !message;
 }
 
 // Back to the password form: the server restarted with another password, or without one.
@@ -215,23 +185,38 @@ function fillRow(row, user, state, redraw) {
   badge.textContent = user.state;
   badge.className = `badge state-${user.state}`;
   row.className = `row state-${user.state}`;
+  row.querySelector(".parent").textContent = parentText(user.parent);
   row.querySelector(".name").setAttribute("aria-label", `${user.username}: ${user.state}; show its day`);
   const lastPing = row.querySelector(".last-ping");
-  setTime(lastPing, user.last_ping, user.last_ping_local, user.last_ping === null ? "never" : ago(state.now - user.last_ping));
+  setTime(lastPing, user.last_ping, user.last_ping_local, user.last_ping === null ? "never pinged" : ago(state.now - user.last_ping));
+  const [label, text] = deadlineWords(user, state.now);
+  row.querySelector(".deadline-label").textContent = label;
   const deadline = row.querySelector(".deadline");
-  let deadlineText = "none (monitor off)";
-  if (user.late_at !== null) {
-    deadlineText = user.late_at > state.now ? `in ${duration(user.late_at - state.now)}` : `passed ${ago(state.now - user.late_at)}`;
-  }
   if (user.snoozed_until !== null && user.snoozed_until > state.now) {
-    // No alert before the snooze ends: that is the next moment that matters, and who snoozed it must see it.
-    setTime(deadline, user.snoozed_until, user.snoozed_until_local, `snoozed until ${user.snoozed_until_local}`);
+    setTime(deadline, user.snoozed_until, user.snoozed_until_local, text);
   } else {
-    setTime(deadline, user.late_at, user.late_at_local, deadlineText);
+    setTime(deadline, user.late_at, user.late_at_local, text);
   }
   if (redraw) {
     drawTimeline(row.querySelector(".timeline"), user, state);
   }
+}
+
+// What the row's second time is and says: what is due by when. A failed device stays failed until its next
+// success whatever the clock says; its deadline is still the one for its next ping.
+function deadlineWords(user, now) {
+  if (user.snoozed_until !== null && user.snoozed_until > now) {
+    // No alert before the snooze ends: that is the next moment that matters, and who snoozed it must see it.
+    return ["alerts resume", `snoozed until ${user.snoozed_until_local}`];
+  }
+  const what = user.schedule === null ? "next ping due" : "next run's ping due";
+  if (user.late_at === null) {
+    return [what, "never: not watched"];
+  }
+  if (user.late_at > now) {
+    return [what, `within ${clockDuration(user.late_at - now)}`];
+  }
+  return [what, `overdue by ${clockDuration(now - user.late_at)}`];
 }
 
 function setTime(element, epoch, local, text) {
@@ -250,13 +235,13 @@ function drawTimeline(svg, user, state) {
   const x = (epoch) => ((Math.min(Math.max(epoch, start), end) - start) / (end - start)) * WIDTH;
   const parts = [];
   for (const silence of user.silences) {
-    const from = silence.start === null ? start : silence.start;
+    const from = silence.start;
     const to = silence.end === null ? state.now : silence.end;
     if (to < start) {
       continue;
     }
     const shade = svgElement("rect", { class: "silence", x: x(from), y: 0, width: Math.max(x(to) - x(from), MIN_SHADE), height: TIMELINE_HEIGHT });
-    shade.append(title(silenceText(silence, state.now)));
+    shade.append(title(silenceText(silence, state.now, user.last_ping === null)));
     parts.push(shade);
   }
   // null while the server is still loading this device's last 24 hours: no ticks yet.
@@ -272,8 +257,8 @@ function drawTimeline(svg, user, state) {
       parts.push(tick);
     }
   });
-  for (const [kind, events] of [["alert", user.alerts], ["recovery", user.recoveries], ["failure", user.failures || []]]) {
-    for (const event of events) {
+  for (const [kind, events] of [["alert", user.alerts], ["recovery", user.recoveries], ["failure", user.failures]]) {
+    for (const event of events.filter((event) => event.at >= start)) {
       const mark = svgElement("line", { class: kind, x1: x(event.at), x2: x(event.at), y1: 0, y2: TIMELINE_HEIGHT });
       mark.append(title(`${kind} at ${event.at_local}`));
       parts.push(mark);
@@ -285,7 +270,8 @@ function drawTimeline(svg, user, state) {
   const silent = user.silences.length;
   const loading = user.pings === null ? " (still loading)" : "";
   svg.classList.toggle("loading", user.pings === null);
-  svg.setAttribute("aria-label", `${user.username}'s last 24 hours${loading}: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}`);
+  const failures = user.failures.filter((event) => event.at >= start).length;
+  svg.setAttribute("aria-label", `${user.username}'s last 24 hours${loading}: ${silent} silence${silent === 1 ? "" : "s"} past its deadline, ${user.alerts.length} alert${user.alerts.length === 1 ? "" : "s"}, ${failures} failure${failures === 1 ? "" : "s"}`);
 }
 
 function svgElement(name, attributes) {
@@ -302,11 +288,12 @@ function title(text) {
   return element;
 }
 
-function silenceText(silence, now) {
-  const from = silence.start_local ? clock(silence.start_local) : "before any ping";
+// A silence past the deadline; `neverPinged`: the device has sent nothing since it is watched.
+function silenceText(silence, now, neverPinged) {
+  const from = clock(silence.start_local);
   if (silence.end === null) {
-    const length = silence.start === null ? "" : `, ${duration(now - silence.start)} so far`;
-    return `silent since ${from} (still silent${length})`;
+    const since = neverPinged ? `never pinged; watched since ${from}` : `silent since ${from}`;
+    return `${since} (still silent, ${clockDuration(now - silence.start)} so far)`;
   }
   return `silent ${duration(silence.end - silence.start)}: ${from} → ${clock(silence.end_local)}`;
 }
@@ -316,6 +303,7 @@ function openDayView(username, button) {
   const [year, month, day] = latest.now_local.slice(0, 10).split("-").map(Number);
   openDay = { username, year, month, day };
   byId("day-date").value = latest.now_local.slice(0, 10);
+  byId("day-date").setCustomValidity("");
   byId("day-title").textContent = username;
   byId("devices").hidden = true;
   byId("day").hidden = false;
@@ -335,14 +323,23 @@ function closeDay() {
   }
 }
 
+// The date is written as every date on the page, YYYY-MM-DD: the day is loaded once it is a whole date.
 function chooseDate() {
-  const value = byId("day-date").value;
-  if (!openDay || !value) {
+  const input = byId("day-date");
+  const match = input.value.match(/^(\d{4})-(\d{2})-(\d{2})$/);
+  input.setCustomValidity(match ? "" : "a date as YYYY-MM-DD");
+  if (!openDay || !match) {
     return;
   }
-  const [year, month, day] = value.split("-").map(Number);
+  const [year, month, day] = match.slice(1).map(Number);
   Object.assign(openDay, { year, month, day });
   loadDay(true);
+}
+
+function moveDay(days) {
+  const date = new Date(Date.UTC(openDay.year, openDay.month - 1, openDay.day + days));
+  byId("day-date").value = date.toISOString().slice(0, 10);
+  chooseDate();
 }
 
 async function loadDay(fresh) {
@@ -368,15 +365,25 @@ async function loadDay(fresh) {
   showDay(await answer.json());
 }
 
+// How long a device may be silent, in words: its longest silence, or its schedule and grace.
+function watchText(day) {
+  if (day.schedule === null) {
+    return `may be silent for ${duration(day.max_sleep)}`;
+  }
+  return `expected on schedule ${day.schedule} (${day.tz}), ${duration(day.grace)} of grace`;
+}
+
 function showDay(day) {
   const truncated = day.truncated ? " (too many to show: the day is shown up to the last of them)" : "";
-  byId("day-summary").textContent = `${day.date_local}: ${day.pings} ping${day.pings === 1 ? "" : "s"}${truncated}; ${day.schedule === null ? `max_sleep ${duration(day.max_sleep)}` : `schedule ${day.schedule} in ${day.tz}, grace ${duration(day.grace)}`}.`;
+  byId("day-summary").textContent = `${day.date_local}: ${day.pings} ping${day.pings === 1 ? "" : "s"}${truncated}; ${watchText(day)}.`;
   drawDayChart(day);
-  const silences = day.silences.map((silence) => listItem(silenceText(silence, day.now), "silence"));
+  const failures = day.failures.map(failureItem);
+  byId("day-failures").replaceChildren(...(failures.length ? failures : [listItem("None.", "none")]));
+  const silences = day.silences.map((silence) => listItem(silenceText(silence, day.now, false), "silence"));
   byId("day-silences").replaceChildren(...(silences.length ? silences : [listItem("None.", "none")]));
   const alerts = day.alerts.map((alert) => {
     const lastPing = alert.last_ping_local ? `last ping ${clock(alert.last_ping_local)}` : "no ping since monitoring began";
-    const item = listItem(`alert at ${clock(alert.at_local)} (${lastPing})`, "alert");
+    const item = listItem(`${ALERT_WORDS[alert.kind] ?? "alert"} at ${clock(alert.at_local)} (${lastPing})`, alert.kind === "failed" ? "failure" : "alert");
     const emails = document.createElement("ul");
     for (const email of alert.emails) {
       const line = document.createElement("li");
@@ -387,11 +394,53 @@ function showDay(day) {
       line.append(badge, ` email to ${email.recipient}${when}, ${email.attempts} attempt${email.attempts === 1 ? "" : "s"}`);
       emails.append(line);
     }
+    for (const delivery of alert.deliveries) {
+      const line = document.createElement("li");
+      const badge = document.createElement("span");
+      badge.className = `badge email-${delivery.status}`;
+      badge.textContent = delivery.status;
+      const when = delivery.finished_at_local ? ` at ${clock(delivery.finished_at_local)}` : "";
+      line.append(badge, ` ${delivery.channel}${when}, ${delivery.attempts} attempt${delivery.attempts === 1 ? "" : "s"}`);
+      emails.append(line);
+    }
     item.append(emails);
     return item;
   });
   byId("day-alerts").replaceChildren(...(alerts.length ? alerts : [listItem("None.", "none")]));
   byId("day-logs").setAttribute("href", day.logs_url);
+}
+
+// How many lines of a failure's output the day view shows at first; the rest is a click away.
+const OUTPUT_LINES = 3;
+
+// A failure: when, its exit code and run time, the first lines of its output, and the whole of it on demand.
+function failureItem(failure) {
+  const facts = [`failure at ${clock(failure.at_local)}`];
+  facts.push(failure.exit_code === null ? "no exit code" : `exit code ${failure.exit_code}`);
+  if (failure.duration !== null) {
+    facts.push(`run time ${duration(failure.duration)}`);
+  }
+  const item = listItem(facts.join(" · "), "failure");
+  if (failure.body === null) {
+    item.append(" · no output");
+    return item;
+  }
+  const lines = failure.body.replace(/\n$/, "").split("\n");
+  const head = document.createElement("pre");
+  head.className = "output";
+  head.textContent = lines.slice(0, OUTPUT_LINES).join("\n");
+  item.append(head);
+  if (lines.length > OUTPUT_LINES) {
+    const more = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = `The whole output (${lines.length} lines)`;
+    const whole = document.createElement("pre");
+    whole.className = "output";
+    whole.textContent = failure.body;
+    more.append(summary, whole);
+    item.append(more);
+  }
+  return item;
 }
 
 function drawDayChart(day) {
@@ -401,22 +450,27 @@ function drawDayChart(day) {
   for (const silence of day.silences) {
     const to = silence.end === null ? Math.min(day.now, day.end) : silence.end;
     const shade = svgElement("rect", { class: "silence", x: x(silence.start), y: 0, width: Math.max(x(to) - x(silence.start), MIN_SHADE), height: CHART_HEIGHT });
-    shade.append(title(silenceText(silence, day.now)));
+    shade.append(title(silenceText(silence, day.now, false)));
     parts.push(shade);
   }
-  const most = Math.max(1, ...day.columns);
   const columnWidth = WIDTH / day.columns.length;
   day.columns.forEach((count, index) => {
     if (count > 0) {
-      const height = 4 + (count / most) * (CHART_HEIGHT - 8);
+      // As the timeline's ticks: by the bit length of the count, so that one ping is a short bar.
+      const level = Math.min(Math.floor(Math.log2(count)) + 1, 9);
+      const height = 6 + (level * (CHART_HEIGHT - 10)) / 9;
       const bar = svgElement("rect", { class: "tick", x: index * columnWidth, y: CHART_HEIGHT - height, width: Math.max(columnWidth * 0.8, 1), height });
       bar.append(title(`${count} ping${count === 1 ? "" : "s"} in the ${day.column_seconds / 60} minutes from ${sinceMidnight(index * day.column_seconds)}`));
       parts.push(bar);
     }
   });
-  for (const alert of day.alerts) {
-    const mark = svgElement("line", { class: "alert", x1: x(alert.at), x2: x(alert.at), y1: 0, y2: CHART_HEIGHT });
-    mark.append(title(`alert at ${alert.at_local}`));
+  const marks = [
+    ...day.alerts.map((alert) => [MARK_OF_ALERT[alert.kind] ?? "alert", alert.at, `${ALERT_WORDS[alert.kind] ?? "alert"} at ${alert.at_local}`]),
+    ...day.failures.map((failure) => ["failure", failure.at, `failure at ${failure.at_local}${failure.exit_code === null ? "" : `, exit code ${failure.exit_code}`}`]),
+  ];
+  for (const [kind, at, text] of marks) {
+    const mark = svgElement("line", { class: kind, x1: x(at), x2: x(at), y1: 0, y2: CHART_HEIGHT });
+    mark.append(title(text));
     parts.push(mark);
   }
   svg.replaceChildren(...parts);
@@ -432,33 +486,8 @@ function listItem(text, kind) {
   return item;
 }
 
-// "2026-09-21 16:13:20 CEST" -> "16:13:20 CEST"; times on the page are the server's local times.
-function clock(local) {
-  return local.slice(11);
-}
-
-function ago(seconds) {
-  return seconds < 1 ? "just now" : `${duration(seconds)} ago`;
-}
-
 // A time of day given in seconds since midnight, "14:05" (an hour off after a daylight saving change).
 function sinceMidnight(seconds) {
   const minutes = Math.floor(seconds / 60);
   return `${String(Math.floor(minutes / 60)).padStart(2, "0")}:${String(minutes % 60).padStart(2, "0")}`;
-}
-
-function duration(seconds) {
-  const whole = Math.round(seconds);
-  if (whole < 60) {
-    return `${whole} s`;
-  }
-  const minutes = Math.floor(whole / 60);
-  if (minutes < 60) {
-    return `${minutes} min`;
-  }
-  const hours = Math.floor(minutes / 60);
-  if (hours < 48) {
-    return `${hours} h ${minutes % 60} min`;
-  }
-  return `${Math.floor(hours / 24)} days`;
 }

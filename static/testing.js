@@ -26,44 +26,15 @@ const users = new Map();
 // "channel #id" (an email's or a webhook delivery's) -> {status, attempts}, as last logged
 const deliveries = new Map();
 
-const byId = (id) => document.getElementById(id);
-
 document.addEventListener("DOMContentLoaded", () => {
-  byId("unlock").addEventListener("submit", unlock);
+  onUnlock("/testing/config", refusal, async (attempt, answer) => {
+    const config = await answer.json();
+    password = attempt;
+    byId("recipient").textContent = config.recipient ?? "none (settings.json has no recipient)";
+    start(config.users);
+  });
   byId("send-test-email").addEventListener("click", sendTestEmail);
 });
-
-async function unlock(event) {
-  event.preventDefault();
-  const attempt = byId("password").value;
-  showUnlockError("");
-  let answer;
-  try {
-    answer = await postJson("/testing/config", { password: attempt });
-  } catch (error) {
-    showUnlockError(`The server does not answer: ${error.message}`);
-    return;
-  }
-  if (!answer.ok) {
-    showUnlockError(await refusal(answer));
-    byId("password").select();
-    return;
-  }
-  const config = await answer.json();
-  password = attempt;
-  byId("password").value = "";
-  byId("recipient").textContent = config.recipient ?? "none (settings.json has no recipient)";
-  start(config.users);
-}
-
-function postJson(path, body) {
-  return fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-    cache: "no-store",
-  });
-}
 
 async function refusal(answer) {
   const text = (await answer.text()).trim();
@@ -74,12 +45,6 @@ async function refusal(answer) {
     return `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
   }
   return `${answer.status}: ${text}`;
-}
-
-function showUnlockError(message) {
-  const error = byId("unlock-error");
-  error.textContent = message;
-  error.hidden = !message;
 }
 
 function start(configuredUsers) {
@@ -177,9 +142,9 @@ function showSettings(card, settings) {
   const scheduled = settings.schedule !== null;
   card.querySelector(".watch").textContent = scheduled ? "schedule" : "max_sleep";
   card.querySelector(".max-sleep").textContent = scheduled
-    ? `${settings.schedule} in ${settings.tz}, grace ${seconds(settings.grace)}`
-    : seconds(settings.max_sleep);
-  card.querySelector(".email-frequency").textContent = seconds(settings.email_frequency);
+    ? `${settings.schedule} in ${settings.tz}, grace ${duration(settings.grace)}`
+    : duration(settings.max_sleep);
+  card.querySelector(".email-frequency").textContent = duration(settings.email_frequency);
 }
 
 function startPinging(name) {
@@ -199,7 +164,7 @@ function startPinging(name) {
   addLog(
     "switch",
     null,
-    `${name}: simulated pings on, every ${seconds(interval / 1000)}: real pings, recorded in ${name}'s history;` +
+    `${name}: simulated pings on, every ${duration(interval / 1000)}: real pings, recorded in ${name}'s history;` +
       ` while on, they hide a real outage of ${name}`,
   );
   ping(name);
@@ -314,9 +279,12 @@ function showSummary(state) {
 function showUser(name, live, now) {
   const user = users.get(name);
   const card = user.card;
-  card.className = `user ${live.state}`;
-  card.querySelector(".state").textContent = live.state;
-  card.querySelector(".last-ping").textContent = live.last_ping_local ?? "none since monitoring began";
+  card.className = `user state-${live.state}`;
+  const badge = card.querySelector(".state");
+  badge.textContent = live.state;
+  badge.className = `state badge state-${live.state}`;
+  card.querySelector(".parent").textContent = parentText(live.depends_on);
+  card.querySelector(".last-ping").textContent = live.last_ping_local ?? "never pinged";
   card.querySelector(".expected-at").textContent = live.expected_at_local ?? "never (monitor is off)";
   card.querySelector(".late-at").textContent = live.late_at_local ?? "never (monitor is off)";
   if (user.onSchedule && live.expected_at !== null && live.expected_at <= now.epoch && user.pingedFor !== live.expected_at) {
@@ -326,7 +294,7 @@ function showUser(name, live, now) {
   card.querySelector(".last-alert").textContent = live.last_alert_local ?? "none";
   card.querySelector(".next-alert").textContent = nextAlert(live);
   card.querySelector(".run-started").textContent = live.run_started_local ?? "no run open";
-  card.querySelector(".last-duration").textContent = live.last_duration === null ? "no run yet" : seconds(live.last_duration);
+  card.querySelector(".last-duration").textContent = live.last_duration === null ? "no run yet" : duration(live.last_duration);
   const previous = user.state;
   user.state = live.state;
   if (previous === live.state) {
@@ -388,8 +356,8 @@ function heldBack(live) {
 function logStateChange(name, from, live, to, at) {
   const user = users.get(name);
   const silence = user.settings.schedule === null
-    ? `silent for more than its max_sleep of ${seconds(user.settings.max_sleep)}`
-    : `no ping by its expected time ${live.expected_at_local} plus its grace of ${seconds(user.settings.grace)}`;
+    ? `silent for more than its max_sleep of ${duration(user.settings.max_sleep)}`
+    : `no ping by its expected time ${live.expected_at_local} plus its grace of ${duration(user.settings.grace)}`;
   const overrun = live.run_started !== null
     ? ` (its run outlasted its max_runtime, or ${silence})`
     : ` (${silence})`;
@@ -484,14 +452,4 @@ function addLog(kind, at, text) {
   while (log.childElementCount > MAX_LOG_LINES) {
     log.lastElementChild.remove();
   }
-}
-
-// "16:13:20" out of the server's "2026-09-21 16:13:20 CEST" or "26/09/21 16:13:20".
-function timeOfDay(serverTime) {
-  const match = serverTime.match(/\d\d:\d\d:\d\d/);
-  return match ? match[0] : serverTime;
-}
-
-function seconds(value) {
-  return `${Number(value.toFixed(3))} s`;
 }

@@ -630,17 +630,21 @@ class Clock:
         return self.now
 
 
-def app_operations(store, clock=time.time, *, health_problem=lambda: None, metrics_token=None, api_key=None):
+def app_operations(
+    store, clock=time.time, *, health_problem=lambda: None, metrics_token=None, api_key=None, api_key_readonly=None
+):
     """web.Operations for an app under test: healthy unless told otherwise, metrics of `store`."""
     step_seconds = Histogram("ping_listener_absence_step_seconds", "step", registry=None)
-    return web.Operations(health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token, api_key)
+    return web.Operations(
+        health_problem, metrics.Exporter(store, clock, step_seconds), metrics_token, api_key, api_key_readonly
+    )
 
 
 def make_test_app(
-    store, settings, clock, testing_password=None, test_emails=None, overview_password=None, **operations
+    store, settings, clock, testing_password=None, test_emails=None, overview_password=None, checks=None, **operations
 ):
     """web.make_app over `settings` (Settings, or LiveSettings to replace them later), `test_emails` (a
-    ScriptedTestEmails by default) and app_operations()."""
+    ScriptedTestEmails by default), app_operations() and `checks` (checks.Checks; made by the app if None)."""
     live = settings if isinstance(settings, config.LiveSettings) else config.LiveSettings(settings)
     return web.make_app(
         store,
@@ -651,4 +655,5 @@ def make_test_app(
         app_operations(store, clock, **operations),
         Overview(store),
         overview_password,
+        checks,
     )

@@ -73,9 +73,7 @@ def test_it_reports_every_problem_at_once_each_naming_its_key_path():
     assert sorted(problems_of(document)) == sorted(
         [
             'base_frequency: must be a number >= 0, got "fast"',
-            "colour: unknown key (expected one of base_frequency, durability, email_processing_frequency,"
-            " heartbeat_frequency, heartbeat_url, max_incomplete_requests_per_address, recipient, require_tokens,"
-            " retention_days, server_root, users, webhooks)",
+            f"colour: unknown key (expected one of {', '.join(sorted(config.TOP_LEVEL_KEYS))})",
             'recipient: missing, needed by users.nas (a user that notifies "email" and has no device_email sends'
             " its alerts to recipient)",
             'users.pi.monitor: must be true or false, got "yes"',
@@ -273,6 +271,22 @@ def test_a_short_metrics_token_or_api_key_is_refused_naming_the_variable_never_i
     ]
 
 
+@pytest.mark.parametrize(
+    "value", ["short-ping-key", "ping/key-0123456789", "ping key 0123456789", "ping\tkey-0123456789"]
+)
+def test_a_bad_ping_key_in_the_environment_is_refused_naming_it_never_its_value(value):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_secrets({"PING_KEY": value})
+    assert raised.value.problems == [
+        f"PING_KEY: must be at least 16 characters without spaces, / or control characters, got {len(value)} characters"
+    ]
+
+
+def test_a_ping_key_in_the_environment_is_read():
+    assert config.load_secrets({"PING_KEY": "ping-key-0123456789"}).ping_key == "ping-key-0123456789"
+    assert config.load_secrets({"PING_KEY": ""}).ping_key is None
+
+
 @pytest.mark.parametrize("port", ["abc", "4.65", "", "0", "70000", "-1"])
 def test_a_non_integer_smtp_port_is_refused(port):
     with pytest.raises(config.ConfigError) as raised:
@@ -329,6 +343,50 @@ def test_max_runtime_and_notify_recovery_are_optional_per_user_settings():
     )
     assert (settings.users["pi"].max_runtime, settings.users["pi"].notify_recovery) == (None, True)
     assert (settings.users["job"].max_runtime, settings.users["job"].notify_recovery) == (90.0, False)
+
+
+def test_status_pages_name_configured_users_with_optional_display_names():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    document = valid_document(
+        users={"pi": pi, "nas": pi, "secret": pi},
+        status_pages={"home": {"title": "Home lab", "users": ["nas", "pi"], "show_names": {"nas": "Storage"}}},
+        badge_key="b" * 16,
+    )
+    settings = config.parse_settings(document)
+    page = settings.status_pages["home"]
+    assert (page.title, page.users) == ("Home lab", ("nas", "pi"))
+    assert (page.shown_name("nas"), page.shown_name("pi")) == ("Storage", "pi")
+    assert settings.badge_key == "b" * 16
+    assert "b" * 16 not in repr(settings)
+
+
+def test_bad_status_pages_and_badge_keys_are_named():
+    pi = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    document = valid_document(
+        users={"pi": pi},
+        status_pages={
+            "home page": {"title": "Home", "users": ["pi"]},
+            "lab": {"title": "", "users": ["pi", "ghost"], "show_names": {"nas": "Storage", "pi": "a\nb"}},
+            "empty": {"users": [], "colour": 1},
+        },
+        badge_key="short-key",
+    )
+    assert sorted(problems_of(document)) == sorted(
+        [
+            "badge_key: must be a string of at least 16 letters, digits, '-', '_', '.' or '~'",
+            "status_pages.\"home page\": a status page's slug must be letters, digits, '_' or '-'",
+            "status_pages.empty.colour: unknown key (expected one of show_names, title, users)",
+            "status_pages.empty.title: missing",
+            "status_pages.empty.users: must be a non-empty list of usernames, got []",
+            'status_pages.lab.title: must be one line of 1 to 200 characters, got ""',
+            'status_pages.lab.users: no user named "ghost" is configured',
+            "status_pages.lab.show_names.nas: not one of this page's users",
+            'status_pages.lab.show_names.pi: must be one line of 1 to 200 characters, got "a\\nb"',
+        ]
+    )
+    assert problems_of(valid_document(status_pages=[])) == [
+        "status_pages: must be an object of slug -> {title, users}, got []"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -538,7 +596,7 @@ def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
         valid_document(
             webhooks={
                 "ftp": {"url": "ftp://example.net/x", "format": "json"},
-                "odd": {"url": "https://example.net", "format": "pagerduty", "colour": "red"},
+                "odd": {"url": "https://example.net", "format": "pager", "colour": "red"},
                 "bare": {"format": "json", "headers": {"Bad Name": "x", "X-Ok": "line\nbreak"}},
                 "no object": "https://example.net",
             },
@@ -551,8 +609,9 @@ def test_every_bad_webhook_or_channel_is_reported_with_its_key_path():
     )
     assert problems == [
         'webhooks.ftp.url: must be an http:// or https:// URL, got "ftp://example.net/x"',
-        "webhooks.odd.colour: unknown key (expected one of format, headers, url)",
-        'webhooks.odd.format: must be one of json, ntfy, slack, discord, gotify, teams, got "pagerduty"',
+        "webhooks.odd.colour: unknown key (expected one of api_key, format, headers, recoveries, routing_key, url)",
+        "webhooks.odd.format: must be one of json, ntfy, slack, discord, gotify, teams, pagerduty, opsgenie, apprise,"
+        ' got "pager"',
         "webhooks.bare.url: missing",
         'webhooks.bare.headers: "Bad Name" is not an HTTP header name',
         'webhooks.bare.headers.X-Ok: must be text without control characters, got "line\\nbreak"',
@@ -620,6 +679,15 @@ def test_require_tokens_makes_a_user_without_one_a_key_path_error():
         "users.nas.token: missing (require_tokens is true)"
     ]
     assert problems_of(valid_document(require_tokens="yes")) == ['require_tokens: must be true or false, got "yes"']
+
+
+def test_email_recoveries_is_true_unless_set_and_must_be_a_bool():
+    assert config.parse_settings(valid_document()).email_recoveries is True
+    assert config.parse_settings(valid_document(email_recoveries=False)).email_recoveries is False
+    for value, shown in (("no", '"no"'), (0, "0"), (None, "null")):
+        assert problems_of(valid_document(email_recoveries=value)) == [
+            f"email_recoveries: must be true or false, got {shown}"
+        ]
 
 
 @pytest.mark.parametrize("key", ["retention_days", "heartbeat_frequency"])
@@ -716,7 +784,9 @@ def test_over_long_keys_and_values_are_cut_in_every_problem(tmp_path):
     )
     problems = problems_of(document)
     assert len(problems) == 5
-    assert all(len(problem) < 300 for problem in problems), problems
+    # A problem is at most its cut key or value and the list of keys an unknown key could have been.
+    longest = 2 * config.MAX_SHOWN + len(", ".join(config.TOP_LEVEL_KEYS)) + 50
+    assert all(len(problem) < longest for problem in problems), problems
     duplicate = json.dumps({"a": 1, huge: 1})[:-1] + f', "{huge}": 2}}'
     with pytest.raises(config.ConfigError) as raised:
         config.load_settings(write(tmp_path, duplicate))
@@ -729,3 +799,18 @@ def test_live_settings_are_replaced_as_a_whole():
     assert live.current is first
     assert live.replace(second) is first
     assert live.current is second
+
+
+def test_trusted_proxy_is_an_ip_address_written_as_a_socket_gives_it_and_unset_by_default():
+    def parsed(**top_level):
+        return config.parse_settings(valid_document(**top_level)).trusted_proxy
+
+    assert parsed() is None
+    assert parsed(trusted_proxy="127.0.0.1") == "127.0.0.1"
+    assert parsed(trusted_proxy="0:0::1") == "::1"
+    for bad, shown in (("10.0.0.300", '"10.0.0.300"'), ("proxy.lan", '"proxy.lan"'), (1, "1"), (True, "true")):
+        with pytest.raises(config.ConfigError) as raised:
+            parsed(trusted_proxy=bad)
+        assert raised.value.problems == [
+            f'trusted_proxy: must be the IP address of the reverse proxy, like "127.0.0.1", got {shown}'
+        ]

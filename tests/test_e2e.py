@@ -54,7 +54,7 @@ def test_a_silent_device_is_reported_by_email_with_a_working_logs_link(tmp_path,
     assert message["Subject"] == "pi disconnection detected"
     assert message["Date"] and re.fullmatch(r"<.+@example\.com>", message["Message-ID"])
     body = message.get_content()
-    assert "heard nothing from pi for more than 0.5 seconds (its max_sleep)" in body
+    assert "heard nothing from pi for more than 0.5 seconds." in body
     assert "You will be reminded every hour while it stays silent." in body
     assert f"Last ping: 20{year}-{month}-{day} {ping_time}" in body
     link = re.search(r"http://\S+/logs\?\S+", body).group()
@@ -184,6 +184,10 @@ def test_a_cycle_of_dependencies_stops_startup_with_status_2_naming_it(tmp_path)
         (
             {"API_KEY": "fifteen-chars-x"},
             "API_KEY: must be at least 16 characters without spaces or control characters, got 15 characters",
+        ),
+        (
+            {"PING_KEY": "ping/key-0123456789"},
+            "PING_KEY: must be at least 16 characters without spaces, / or control characters, got 19 characters",
         ),
     ],
 )
@@ -391,8 +395,7 @@ def test_a_failure_with_its_output_is_emailed_and_the_next_success_says_it_is_ba
     [(_, _, failure)] = smtp_server.wait_for_messages(1)
     assert failure["Subject"] == "job failure reported"
     body = failure.get_content()
-    assert f"Failure reported: 20{answer.replace('/', '-')} " in body
-    assert "exit code 23" in body
+    assert f"Failure reported: 20{answer.replace('/', '-')}, exit code 23." in body
     # The first 10 000 bytes were kept, and the email quotes their last 2 000 characters.
     assert "x" * 2000 in body and "No space left" not in body
     assert service.get("/ping/job")[0] == 200
@@ -458,9 +461,9 @@ def test_a_scheduled_job_that_missed_its_run_is_reported_by_email_naming_the_run
         TZ="Europe/Paris",
     )
     [(_, recipients, message)] = smtp_server.wait_for_messages(1)
-    assert (recipients, message["Subject"]) == (["oncall@example.com"], "backup disconnection detected")
+    assert (recipients, message["Subject"]) == (["oncall@example.com"], "backup missed its 02:30 run")
     body = message.get_content()
-    assert "backup missed its run expected by 02:30 CET (Mon 2026-11-30), grace 1 second" in body
+    assert "backup missed its run expected at 2026-11-30 02:30 (schedule 30 2 * * 1-5, with 1 second of grace)" in body
     assert "No ping received since monitoring began at 2026-11-30 02:29:5" in body
     assert service.stop() == 0
 
@@ -505,3 +508,28 @@ def test_a_digest_waits_out_an_smtp_outage_and_a_kill_and_is_delivered_once_with
     body = message.get_content()
     assert [body.count(f"===== {name} disconnection detected =====") for name in ("nas", "pi", "router")] == [1, 1, 1]
     assert query(db, "SELECT count(*), count(DISTINCT digest_id) FROM outbox") == [(3, 1)]
+
+
+def test_curl_gets_the_json_list_and_a_browser_the_page(tmp_path, start_server):
+    users = {"backup-job": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+    service = start_server(write_settings(tmp_path / "settings.json", users))
+    status, answer = service.get("/ping/backup-job/23")
+    assert status == 200
+    year, month, day = answer.split()[0].split("/")  # the signal's local date
+    url = f"{service.url}/logs?username=backup-job&year={year}&month={month}&day={day}"
+
+    def curl(*headers):
+        arguments = ["curl", "-sS", "-m", "10", "-D", "-", *(part for h in headers for part in ("-H", h)), url]
+        head, _, body = subprocess.run(arguments, capture_output=True, check=True, timeout=20).stdout.partition(
+            b"\r\n\r\n"
+        )
+        return head.decode(), body
+
+    plain_head, plain = curl()  # curl's own Accept: */*
+    assert "Content-Type: application/json" in plain_head
+    assert re.fullmatch(rb'\["\d\d:\d\d:\d\d"\]', plain)
+    for accept in ("Accept: */*", "Accept: application/json", "Accept: text/html, application/json"):
+        assert curl(accept)[1] == plain
+    page_head, page = curl("Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+    assert "Content-Type: text/html; charset=utf-8" in page_head
+    assert b"<title>backup-job: signals of " in page and b"<td>failure</td><td>23</td>" in page

@@ -23,6 +23,7 @@ from support import SLACK, make_settings, make_test_app, query, write_settings
 # Deterministic: the same examples on every run, and no example database left in the worktree.
 PROPERTY = settings(max_examples=1000, deadline=None, derandomize=True, database=None)
 TESTING_PASSWORD = "let me in"
+BADGE_KEY = "hostile-badge-key-0123"
 USERS = {
     "pi": {"monitor": True, "max_sleep": 60, "email_frequency": 600},
     "café/2": {"monitor": False, "max_sleep": 1, "email_frequency": 1},
@@ -35,6 +36,9 @@ PATHS = (
     st.sampled_from(["/ping", "/logs", "/", "/testing/config", "/ping/", "//logs", "/testing", "/ping/pi/fail"])
     | st.binary(max_size=40).map(lambda raw: "/" + raw.decode("latin-1"))
     | st.binary(max_size=40).map(lambda raw: "/ping/pi/" + raw.decode("latin-1"))
+    | st.sampled_from(["/status/home", "/status/home.json", f"/badge/{BADGE_KEY}/pi.svg", f"/badge/{BADGE_KEY}/"])
+    | st.binary(max_size=40).map(lambda raw: "/status/" + raw.decode("latin-1"))
+    | st.binary(max_size=40).map(lambda raw: f"/badge/{BADGE_KEY}/" + raw.decode("latin-1"))
 )
 FIELDS = st.sampled_from(
     ["username", "year", "month", "day", "password", "status", "exit_code", "details", ""]
@@ -69,7 +73,9 @@ BODIES = st.binary(max_size=300) | JSON.map(lambda value: json.dumps(value).enco
 def apps(tmp_path_factory):
     """The app with testing mode enabled and disabled, over one store."""
     opened = Store(tmp_path_factory.mktemp("hostile") / "ping_listener.db")
-    user_settings = make_settings(USERS)
+    user_settings = make_settings(
+        USERS, status_pages={"home": {"title": "Home", "users": ["pi", "café/2"]}}, badge_key=BADGE_KEY
+    )
     opened.sync_users(user_settings.users, time.time())
     yield {password: make_test_app(opened, user_settings, time.time, password) for password in (TESTING_PASSWORD, None)}
     opened.close()

@@ -13,6 +13,8 @@ from localtime import (
     local_clock_times,
     local_clock_writer,
     query_fields,
+    run_length,
+    short_duration,
 )
 
 
@@ -37,6 +39,27 @@ from localtime import (
 )
 def test_durations_are_written_in_words_exactly(seconds, words):
     assert duration_in_words(seconds) == words
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"),
+    [
+        (0.031, "0.031 s"),
+        (0.5, "0.5 s"),
+        (42.4, "42 s"),
+        (95, "1 min 35 s"),
+        (1500, "25 min"),
+        (3600, "1 h"),
+        (7500, "2 h 5 min"),
+        (172800, "2 days"),
+    ],
+)
+def test_the_pages_duration_format_is_short_and_the_same_as_their_scripts(seconds, written):
+    assert short_duration(seconds) == written
+
+
+def test_a_run_or_outage_under_a_second_is_under_a_second():
+    assert (run_length(0.031), run_length(0.999), run_length(1.4)) == ("under a second", "under a second", "1 second")
 
 
 @pytest.mark.parametrize(

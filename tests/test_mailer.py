@@ -1,5 +1,6 @@
 import dataclasses
 import itertools
+import re
 import socket
 import ssl
 import threading
@@ -21,14 +22,15 @@ def user(username="pi", last_ping=T0, monitored_since=T0 - 3600):
     return UserState(1, username, True, 60.0, 600.0, monitored_since, last_ping, None, T0 + 60)
 
 
-def test_the_alert_names_the_user_its_last_ping_max_sleep_and_the_logs_of_that_day_in_words_for_people():
+def test_the_alert_names_the_user_its_last_ping_silence_and_the_logs_of_that_day_in_words_for_people():
     subject, body = compose_alert(user(), "https://example.net")
     assert subject == "pi disconnection detected"
     assert body == (
-        "Ping Listener has heard nothing from pi for more than 1 minute (its max_sleep).\n"
+        "Ping Listener has heard nothing from pi for more than 1 minute.\n"
         "\n"
-        "Last ping: 2026-09-21 16:13:20 CEST\n"
-        "Its pings that day: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "Last ping: 2026-09-21 16:13:20\n"
+        "That day's signals: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "All times are in CEST, the service's time zone.\n"
         "\n"
         "What to check: is pi powered on and online, and is whatever pings for it (a cron job, a script, a timer)"
         " still running? Its next ping ends this alert.\n"
@@ -37,9 +39,52 @@ def test_the_alert_names_the_user_its_last_ping_max_sleep_and_the_logs_of_that_d
     )
 
 
+def scheduled(tz="Europe/Paris", **changes):
+    """A job run by cron at 02:30 on weekdays, last pinged at T0 (Monday 2026-09-21 16:13:20 CEST)."""
+    fields = {"max_sleep": 0.0, "schedule": "30 2 * * 1-5", "tz": tz, "grace": 900.0, **changes}
+    return dataclasses.replace(user("nightly-cron"), **fields)
+
+
+# scheduled()'s alert, in full.
+MISSED_RUN = (
+    "nightly-cron missed its run expected at 2026-09-22 02:30 (schedule 30 2 * * 1-5, with 15 minutes of"
+    " grace): Ping Listener has heard nothing from it since.\n"
+    "\n"
+    "Last ping: 2026-09-21 16:13:20\n"
+    "That day's signals: https://example.net/logs?username=nightly-cron&year=26&month=09&day=21\n"
+    "All times are in CEST (Europe/Paris).\n"
+    "\n"
+    "What to check: is the cron entry (30 2 * * 1-5) that runs nightly-cron still in place, and was its"
+    " machine up to run it? The job's last output (its log, or the mail cron sends) says whether it started"
+    " and why it did not report. Its next ping ends this alert.\n"
+    "\n"
+    "You will be reminded every 10 minutes while it stays silent.\n"
+)
+
+
+def test_a_missed_scheduled_run_has_its_own_subject_and_says_what_to_check_for_a_job():
+    subject, body = compose_alert(scheduled(), "https://example.net")
+    assert subject == "nightly-cron missed its 02:30 run"
+    assert body == MISSED_RUN
+
+
+def test_every_time_in_an_email_is_in_the_users_zone_named_once():
+    # The service runs in Europe/Paris (conftest); the job in UTC: its last ping and its run both in UTC.
+    subject, body = compose_alert(scheduled(tz="UTC"), "https://example.net")
+    assert subject == "nightly-cron missed its 02:30 run"
+    assert "expected at 2026-09-22 02:30 " in body
+    assert "Last ping: 2026-09-21 14:13:20\n" in body
+    assert body.count("UTC") == 1 and "All times are in UTC.\n" in body
+    assert "CEST" not in body and "CET" not in body
+    back = dataclasses.replace(scheduled(tz="America/New_York"), down_since=T0 - 60, back_at=T0)
+    _, body = mailer.compose_recovery(back, "https://example.net")
+    assert "Went down: 2026-09-21 10:12:20\nCame back: 2026-09-21 10:13:20\n" in body
+    assert body.count("EDT") == 1
+
+
 def test_without_a_ping_the_alert_says_since_when_it_has_been_monitored_and_links_that_day():
     _, body = compose_alert(user(last_ping=None, monitored_since=T0 + 86400), "http://127.0.0.1:8080")
-    assert "No ping received since monitoring began at 2026-09-22 16:13:20 CEST." in body
+    assert "No ping received since monitoring began at 2026-09-22 16:13:20." in body
     assert "http://127.0.0.1:8080/logs?username=pi&year=26&month=09&day=22" in body
 
 
@@ -85,7 +130,7 @@ def test_it_sends_over_implicit_tls_with_login(smtp_server):
     [(mail_from, to_a, message), (_, to_b, _)] = smtp_server.wait_for_messages(2)
     assert (mail_from, to_a, to_b) == ("alerts@example.com", ["a@example.com"], ["b@example.com"])
     assert message["Subject"] == "pi disconnection detected"
-    assert "Last ping: 2026-09-21 16:13:20 CEST" in message.get_content()
+    assert "Last ping: 2026-09-21 16:13:20\r\n" in message.get_content()
 
 
 @pytest.mark.usefixtures("trust_test_ca")
@@ -179,9 +224,9 @@ def test_after_a_421_answer_the_next_email_gets_a_new_connection(smtp_server):
 @pytest.mark.parametrize(
     ("max_sleep", "email_frequency", "silence", "repeat"),
     [
-        (1_209_600, 604_800, "for more than 14 days (its max_sleep)", "reminded every 7 days while"),
-        (5400, 3600, "for more than 1 hour 30 minutes (its max_sleep)", "reminded every hour while"),
-        (0.5, 0, "for more than 0.5 seconds (its max_sleep)", "reminded at every check of the service while"),
+        (1_209_600, 604_800, "for more than 14 days.", "reminded every 7 days while"),
+        (5400, 3600, "for more than 1 hour 30 minutes.", "reminded every hour while"),
+        (0.5, 0, "for more than 0.5 seconds.", "reminded at every check of the service while"),
     ],
 )
 def test_durations_and_the_repeat_policy_are_written_in_words(max_sleep, email_frequency, silence, repeat):
@@ -301,13 +346,18 @@ def test_the_failure_email_quotes_the_end_of_the_output_with_its_exit_code_and_t
     signal = Signal(T0, "fail", 12, 3725.4, output)
     subject, body = mailer.compose_failure(user(), signal, "https://example.net")
     assert subject == "pi failure reported"
-    assert (
-        "Failure reported: 2026-09-21 16:13:20 CEST, exit code 12, after a run of 1 hour 2 minutes 5 seconds." in body
+    assert body == (
+        "pi reported a failure.\n"
+        "\n"
+        "Failure reported: 2026-09-21 16:13:20, exit code 12, after a run of 1 hour 2 minutes 5 seconds.\n"
+        "That day's signals: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "All times are in CEST, the service's time zone.\n"
+        "\n"
+        "You will be reminded every 10 minutes until pi reports a success.\n"
+        "\n"
+        "The last 2000 characters of its output:\n"
+        "\n" + "a" * (2000 - len(tail)) + "\ufffd\ufffd[31mERROR\ufffd[0m\tdisk full\n\n"
     )
-    assert "https://example.net/logs?username=pi&year=26&month=09&day=21\n" in body
-    assert "The last 2000 characters of its output:\n" in body
-    assert body.endswith("\ufffd\ufffd[31mERROR\ufffd[0m\tdisk full\n\n")
-    assert "a" * (2000 - len(tail)) in body and "a" * (2001 - len(tail)) not in body
     # It still makes a valid message.
     message = build_message(QueuedEmail(1, "a@example.com", subject, body, "<1@x>", T0, 0), "alerts@example.com")
     assert "ERROR" in message.get_content()
@@ -315,30 +365,93 @@ def test_the_failure_email_quotes_the_end_of_the_output_with_its_exit_code_and_t
 
 def test_a_failure_without_output_or_run_says_so_briefly():
     _, body = mailer.compose_failure(user(), Signal(T0, "fail", None, None, None), "https://example.net")
-    assert "Failure reported: 2026-09-21 16:13:20 CEST.\n" in body
+    assert "Failure reported: 2026-09-21 16:13:20.\n" in body
     assert "output" not in body
 
 
-def test_the_run_timeout_email_says_when_the_run_started_and_its_max_runtime():
+def test_a_run_shorter_than_a_second_took_under_a_second():
+    _, body = mailer.compose_failure(user(), Signal(T0, "fail", 23, 0.031, None), "https://example.net")
+    assert "Failure reported: 2026-09-21 16:13:20, exit code 23, after a run of under a second.\n" in body
+
+
+def test_the_run_timeout_email_says_when_the_run_started_and_how_long_it_may_run():
     running = dataclasses.replace(user(), run_started=T0 - 90, max_runtime=60.0)
     subject, body = mailer.compose_run_timeout(running, "https://example.net")
     assert subject == "pi did not finish in time"
-    assert "within its max_runtime of 1 minute" in body
-    assert "Run started: 2026-09-21 16:11:50 CEST" in body
+    assert body == (
+        "pi started a run and has not reported its end within the 1 minute it is allowed.\n"
+        "\n"
+        "Run started: 2026-09-21 16:11:50\n"
+        "That day's signals: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "All times are in CEST, the service's time zone.\n"
+        "\n"
+        "You will be reminded every 10 minutes while the run goes on.\n"
+    )
 
 
 def test_the_recovery_email_says_when_it_went_down_came_back_and_for_how_long():
     back = dataclasses.replace(user(), down_since=T0 - 86400 - 3600, back_at=T0)
     subject, body = mailer.compose_recovery(back, "https://example.net")
     assert subject == "pi is back"
-    assert "Went down: 2026-09-20 15:13:20 CEST\nCame back: 2026-09-21 16:13:20 CEST\nDown for: 1 day 1 hour\n" in body
-    assert "https://example.net/logs?username=pi&year=26&month=09&day=21" in body
+    assert body == (
+        "pi is back.\n"
+        "\n"
+        "Went down: 2026-09-20 15:13:20\n"
+        "Came back: 2026-09-21 16:13:20\n"
+        "Down for: 1 day 1 hour\n"
+        "That day's signals: https://example.net/logs?username=pi&year=26&month=09&day=21\n"
+        "All times are in CEST, the service's time zone.\n"
+    )
+
+
+def test_no_email_names_a_setting_in_its_sentences():
+    failed = Signal(T0, "fail", 1, 2.0, "out")
+    running = dataclasses.replace(user(), run_started=T0 - 90, max_runtime=60.0, down_since=T0 - 60, back_at=T0)
+    texts = [
+        *compose_alert(user(), "https://example.net"),
+        *compose_alert(scheduled(), "https://example.net"),
+        *mailer.compose_failure(user(), failed, "https://example.net"),
+        *mailer.compose_run_timeout(running, "https://example.net"),
+        *mailer.compose_recovery(running, "https://example.net"),
+    ]
+    for setting in ("max_sleep", "max_runtime", "email_frequency", "monitor", "tz", "notify"):
+        assert not any(re.search(rf"\b{setting}\b", text) for text in texts), setting
 
 
 def queued(email_id, username, kind="late", recipient="oncall@example.com", attempts=0):
     subject = f"{username} is back" if kind == "back" else f"{username} disconnection detected"
     return QueuedEmail(
         email_id, recipient, subject, f"text about {username}\n", f"<{email_id}@x>", T0, attempts, username, kind
+    )
+
+
+def test_a_digest_of_real_emails_reads_in_full():
+    nas = dataclasses.replace(user("nas"), down_since=T0 - 600, back_at=T0)
+    composed = [
+        (nas, "back", mailer.compose_recovery(nas, "https://example.net")),
+        (scheduled(), "late", compose_alert(scheduled(), "https://example.net")),
+    ]
+    emails = [
+        QueuedEmail(number, "oncall@example.com", subject, body, f"<{number}@x>", T0, 0, who.username, kind)
+        for number, (who, kind, (subject, body)) in enumerate(composed, 1)
+    ]
+    digest = mailer.digest(emails, "<digest@x>", T0 + 5)
+    assert digest.subject == "2 devices need attention: nas, nightly-cron"
+    assert digest.body == (
+        "2 alert emails for you were due at once; here they are together.\n"
+        "\n"
+        "===== nas is back =====\n"
+        "\n"
+        "nas is back.\n"
+        "\n"
+        "Went down: 2026-09-21 16:03:20\n"
+        "Came back: 2026-09-21 16:13:20\n"
+        "Down for: 10 minutes\n"
+        "That day's signals: https://example.net/logs?username=nas&year=26&month=09&day=21\n"
+        "All times are in CEST, the service's time zone.\n"
+        "\n"
+        "===== nightly-cron missed its 02:30 run =====\n"
+        "\n" + MISSED_RUN
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import overview
 from overview import SLOT_SECONDS, SLOTS, Overview, overview_day
-from records import CheckOutcome, NewEmail, StoreUnavailableError
+from records import CheckOutcome, NewEmail, NewWebhook, StoreUnavailableError
 from support import BACKENDS, T0, make_settings
 
 USERS = {
@@ -107,7 +107,36 @@ def test_rows_sort_problems_first_and_the_summary_counts_each_state(store):
     ]
     backup = by_name(state)["backup"]
     assert (backup["late_at"], backup["late_at_local"]) == (T0 - 400, "2026-09-21 16:06:40 CEST")
-    assert backup["silences"] == [{"start": None, "start_local": None, "end": None, "end_local": None}]
+    # Never pinged: silent since monitoring began (not since before the window), as it is late.
+    start = {"start": T0 - 1000, "start_local": "2026-09-21 15:56:40 CEST", "end": None, "end_local": None}
+    assert backup["silences"] == [start]
+
+
+@BACKENDS
+def test_a_device_never_pinged_and_not_yet_late_or_not_monitored_has_no_silence(store):
+    synced(store, now=T0 - 100)  # backup (600 s) is not late yet; nas is not monitored
+    ping_every(store, "nas", T0 - 86400, T0 - 43200, 60)  # then silent for half a day: it is not watched
+    store.record_ping("nas", T0 - 100)
+    state = by_name(overview_state(store, loaded(store, T0), T0))
+    assert (state["backup"]["state"], state["backup"]["last_ping"], state["backup"]["silences"]) == ("silent", None, [])
+    assert (state["nas"]["state"], state["nas"]["silences"]) == ("silent", [])
+    assert state["backup"]["parent"] is None
+
+
+@BACKENDS
+def test_a_failure_is_drawn_as_a_failure_not_an_alert_and_a_dependent_row_names_its_parent(store):
+    users = {**USERS, "cam": {"monitor": True, "max_sleep": 600, "email_frequency": 3600, "depends_on": "pi"}}
+    synced(store, users, now=T0 - 3600)
+    store.record_ping("pi", T0 - 120, "fail", 23, "disk full")
+    [pi] = [user for user in store.configured_users() if user.username == "pi"]
+    store.save_check_outcomes(
+        [CheckOutcome(pi, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),), kind="failed")], T0 - 110
+    )
+    state = by_name(overview_state(store, loaded(store, T0), T0))
+    assert state["pi"]["state"] == "failed"
+    assert [event["at"] for event in state["pi"]["failures"]] == [T0 - 120, T0 - 110]
+    assert state["pi"]["alerts"] == []
+    assert state["cam"]["parent"] == "pi"
 
 
 def test_a_state_from_a_newer_rule_sorts_after_the_known_problems():
@@ -185,6 +214,36 @@ def test_the_day_lists_its_silences_with_their_length_and_its_alerts_with_their_
 
 
 @BACKENDS
+def test_the_day_lists_each_webhook_delivery_of_an_alert_as_it_lists_emails(store):
+    synced(store)
+    day_start = time.mktime((2026, 9, 21, 0, 0, 0, 0, 0, -1))
+    [user] = [user for user in store.configured_users() if user.username == "pi"]
+    email = NewEmail("ops@example.com", "s", "b", "<m@x>")
+    hooks = tuple(NewWebhook(name, f"event-{name}", "s", "b", "https://example.net/logs") for name in ("pager", "tg"))
+    store.save_check_outcomes([CheckOutcome(user, None, (email,), webhooks=hooks)], day_start + 100)
+    [delivery] = [d for d in store.due_webhooks(day_start + 100, 10) if d.webhook == "tg"]
+    store.finish_webhook(delivery.id, "sent", day_start + 130, None)
+    [alerted] = overview_day(store, "pi", day_start, day_start + 86400, T0)["alerts"]
+    assert [(email["recipient"], email["status"]) for email in alerted["emails"]] == [("ops@example.com", "queued")]
+    assert alerted["deliveries"] == [
+        {
+            "channel": "webhook:pager",
+            "status": "queued",
+            "attempts": 0,
+            "queued_at_local": "2026-09-21 00:01:40 CEST",
+            "finished_at_local": None,
+        },
+        {
+            "channel": "webhook:tg",
+            "status": "sent",
+            "attempts": 1,
+            "queued_at_local": "2026-09-21 00:01:40 CEST",
+            "finished_at_local": "2026-09-21 00:02:10 CEST",
+        },
+    ]
+
+
+@BACKENDS
 def test_a_day_of_too_many_pings_is_cut_and_says_so(store, monkeypatch):
     monkeypatch.setattr(overview, "DAY_MAX_PINGS", 10)
     synced(store)
@@ -208,9 +267,9 @@ def test_a_row_kept_from_the_previous_answer_follows_the_clock(store):
     store.record_ping("pi", T0 + 60)
     overview = loaded(store)
     pi = by_name(overview_state(store, overview, T0 + 61))["pi"]
-    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("pinging", [T0 + 60])
+    assert (pi["state"], pi["silences"]) == ("pinging", [])  # not watched: no deadline, so no silence past it
     pi = by_name(overview_state(store, overview, T0 + 200))["pi"]  # silent, never late: only the clock moved
-    assert (pi["state"], [silence["end"] for silence in pi["silences"]]) == ("silent", [T0 + 60, None])
+    assert (pi["state"], pi["silences"]) == ("silent", [])
 
 
 def test_a_snoozed_users_row_says_until_when_and_stops_saying_it_when_the_snooze_ends(store):
@@ -243,7 +302,7 @@ def test_a_row_kept_from_the_previous_answer_follows_a_reload_of_its_settings(st
 @BACKENDS
 def test_a_new_overview_answers_at_once_while_the_upkeep_loads_the_history_in_bounded_steps(store, monkeypatch):
     monkeypatch.setattr(overview, "HISTORY_USERS_PER_STEP", 2)
-    synced(store)
+    synced(store, {**USERS, "nas": {**USERS["nas"], "monitor": True}})
     ping_every(store, "nas", T0 - 3600, T0 - 1800, 60)  # nas: the last user, in the last step
     store.record_ping("nas", T0 - 100)  # after a silence of 1 760 s, found in the history
     fresh = Overview(store)
@@ -423,6 +482,7 @@ def test_a_row_is_json_whatever_the_name_and_schedule(store):
         "monitor",
         "max_sleep",
         "schedule",
+        "parent",
         "last_ping",
         "last_ping_local",
         "late_at",
@@ -431,6 +491,7 @@ def test_a_row_is_json_whatever_the_name_and_schedule(store):
         "snoozed_until_local",
         "silences",
         "alerts",
+        "failures",
         "recoveries",
         "pings",
     ]
@@ -560,7 +621,7 @@ def follow_answer(page, answer):
 
 @BACKENDS
 def test_when_the_window_slides_an_answer_holds_only_the_rows_that_changed_more_than_their_slots_moving(store):
-    synced(store, now=T0 - 1000)
+    synced(store, {**USERS, "nas": {**USERS["nas"], "monitor": True}}, now=T0 - 1000)
     next_slot = (T0 // SLOT_SECONDS + 1) * SLOT_SECONDS
     # backup: pings in the window's first slot, which leave it at the next slide; nas: a silence of two hours
     # that ended in the first slot; pi: a ping every 50 s, the last one 10 s before the slide.

@@ -1,10 +1,13 @@
 """The overview page in Debian's Chromium, driven by Playwright, against the real service (a subprocess on
 127.0.0.1, the real clock) over a database holding a day of history, and a real SMTP-over-TLS server.
 
-`make screenshots` runs test_screenshots with OVERVIEW_SCREENSHOTS=docs, which writes docs/overview-*.png.
+`make screenshots` runs test_screenshots with OVERVIEW_SCREENSHOTS=docs, which writes docs/overview-*.png and
+docs/testing-page-*.png: the overview's list and day view, and the testing page, at 1366 and 390 px, light and
+dark, over a day with a failed, an alerted, a never-pinged, a scheduled and a dependent device.
 """
 
 import dataclasses
+import datetime
 import http.client
 import json
 import os
@@ -12,6 +15,7 @@ import re
 import time
 import urllib.parse
 import urllib.request
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from playwright.sync_api import expect
 from test_browser import HOSTILE_NAME, browser  # noqa: F401 (a fixture: one Chromium for this module too)
 
 from overview import SLOT_SECONDS, SLOTS
-from records import CheckOutcome, NewEmail
+from records import CheckOutcome, NewEmail, NewWebhook
 from store import Store
 from support import LIBFAKETIME, make_settings, wait_until, write_settings
 
@@ -70,12 +74,8 @@ def open_page(browser, page_problems, start_server):  # noqa: F811
 
 
 def _console_problem(message, problems):
-    # Chromium asks for /favicon.ico, which the service does not have.
-    if (
-        message.type == "error"
-        and not message.location.get("url", "").endswith("/favicon.ico")
-        and not CONSOLE_ALLOWED.match(message.text)
-    ):
+    # Chromium asks for /favicon.ico too: the service has one, so that it is no error either.
+    if message.type == "error" and not CONSOLE_ALLOWED.match(message.text):
         problems.append(message.text)
 
 
@@ -84,8 +84,14 @@ def history(tmp_path):
     """A database with a day of pings and an alert; returns (path, now, (gap start, gap end))."""
     path = tmp_path / "ping_listener.db"
     now = time.time()
+    return path, now, write_history(path, now, USERS)
+
+
+def write_history(path, now, users):
+    """Write a day of pings of USERS up to `now`, and an alert, into a database of `users`; return backup-server's
+    gap (its last ping before, its first ping after)."""
     store = Store(path)
-    store.sync_users(make_settings(USERS).users, now - 86400)
+    store.sync_users(make_settings(users).users, now - 86400)
     gap = (now - GAP[0], now - GAP[1])
     last_before_gap = None
     for at in range(int(now - 86400), int(now), 300):
@@ -101,12 +107,70 @@ def history(tmp_path):
         store.record_ping("weather-station", at + 20)
     [backup] = [user for user in store.configured_users() if user.username == "backup-server"]
     backup = dataclasses.replace(backup, last_ping=last_before_gap)  # as the absence listener saw it then
+    hook = NewWebhook("pager", "event-1", "s", "b", "https://example.net/logs")
     store.save_check_outcomes(
-        [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),))], gap[0] + 700
+        [CheckOutcome(backup, None, (NewEmail("ops@example.com", "s", "b", "<m@x>"),), webhooks=(hook,))], gap[0] + 700
     )
     store.mark_sent([1], gap[0] + 702)
+    store.finish_webhook(1, "sent", gap[0] + 703, None)
     store.close()
-    return path, now, (last_before_gap, min(at for at in range(int(now - 86400), int(now), 300) if at >= gap[1]))
+    return last_before_gap, min(at for at in range(int(now - 86400), int(now), 300) if at >= gap[1])
+
+
+# USERS, and a device of each kind a person should tell apart at a glance: a job that failed (exit code 23, with
+# its output), a cron job watched by its schedule, a device that depends on another, and one never pinged
+# that is not late yet.
+SHOWCASE = {
+    **USERS,
+    "backup-job": {"monitor": True, "max_sleep": 7200, "email_frequency": 3600},
+    "nightly-cron": {
+        "monitor": True,
+        "schedule": "0 2 * * *",
+        "tz": "Europe/Paris",
+        "grace": 3600,
+        "email_frequency": 3600,
+    },
+    "old-printer": {"monitor": True, "max_sleep": 1800, "email_frequency": 3600, "depends_on": "backup-server"},
+    "new-sensor": {"monitor": True, "max_sleep": 86400, "email_frequency": 3600},
+}
+FAILURE_OUTPUT = (
+    "sending incremental file list\n"
+    "photos/2026/IMG_0042.jpg\n"
+    'rsync: write failed on "/mnt/backup/photos.tar": No space left on device (28)\n'
+    "rsync error: error in file IO (code 11) at receiver.c(378) [receiver=3.2.7]\n"
+    "backup-job: giving up after 1 attempt\n"
+)
+
+
+@pytest.fixture
+def showcase(tmp_path, start_server):
+    """The service over a day of SHOWCASE's history, with both passwords; returns (service, now, failure time)."""
+    path = tmp_path / "ping_listener.db"
+    now = time.time()
+    write_history(path, now, SHOWCASE)
+    store = Store(path)
+    failed_at = now - 1800
+    for at in range(int(now - 86400), int(failed_at), 3600):
+        store.record_ping("backup-job", at)
+    store.record_ping("backup-job", failed_at - 95, "start")
+    store.record_ping("backup-job", failed_at, "fail", 23, FAILURE_OUTPUT)
+    [job] = [user for user in store.configured_users() if user.username == "backup-job"]
+    store.save_check_outcomes(
+        [CheckOutcome(job, None, (NewEmail("ops@example.com", "s", "b", "<f@x>"),), kind="failed")], failed_at + 5
+    )
+    store.mark_sent([2], failed_at + 6)
+    # nightly-cron ran at 02:00 in Paris each day, for about a minute and a half.
+    today = datetime.datetime.fromtimestamp(now, zoneinfo.ZoneInfo("Europe/Paris"))
+    for days in (2, 1, 0):
+        run = (today - datetime.timedelta(days=days)).replace(hour=2, minute=1, second=30).timestamp()
+        if run < now:
+            store.record_ping("nightly-cron", run)
+    for at in range(int(now - 86400), int(now), 600):
+        store.record_ping("old-printer", at + 45)
+    store.close()
+    settings = write_settings(tmp_path / "settings.json", SHOWCASE)
+    service = start_server(settings, path, OVERVIEW_PASSWORD=PASSWORD, TESTING_PASSWORD=PASSWORD)
+    return service, now, failed_at
 
 
 @pytest.fixture
@@ -174,7 +238,8 @@ def test_the_day_view_lists_the_gap_and_the_alert_and_is_keyboard_navigable(open
     silence = re.compile(rf"^silent 2 h 5 min: {gap_from} CES?T → {gap_to} CES?T$")
     expect(page.locator("#day-silences li").filter(has_text=silence)).to_have_count(1)
     expect(page.locator("#day-alerts")).to_contain_text("sent email to ops@example.com")
-    expect(page.locator("#day-alerts .badge")).to_have_text(["sent"])
+    expect(page.locator("#day-alerts")).to_contain_text("sent webhook:pager at")
+    expect(page.locator("#day-alerts .badge")).to_have_text(["sent", "sent"])
     year, month, day = gap_day.split("-")
     logs = f"/logs?username=backup-server&year={year[2:]}&month={month}&day={day}"
     expect(page.locator("#day-logs")).to_have_attribute("href", logs)
@@ -392,19 +457,146 @@ def test_the_testing_password_alone_unlocks_the_overview_and_its_history_loads(t
     wait_until(lambda: loading() == 0, timeout=20, interval=0.2, message="the history loaded by the upkeep loop")
 
 
-@pytest.mark.parametrize(("width", "scheme"), [(1366, "light"), (390, "dark")])
-def test_screenshots(open_page, service, tmp_path, width, scheme):
+PURPLE = "rgb(123, 31, 162)"  # the light palette's failed and failure colour (static/common.css)
+
+
+def open_day(page, username, epoch):
+    """Open `username`'s day view on the local day of `epoch`, written in the date field as a person would."""
+    row(page, username).get_by_role("button").click()
+    expect(page.locator("#day-title")).to_have_text(username)
+    page.locator("#day-date").fill(time.strftime("%Y-%m-%d", time.localtime(epoch)))
+    expect(page.locator("#day-summary")).to_contain_text(time.strftime("%Y-%m-%d: ", time.localtime(epoch)))
+
+
+def test_a_failure_is_drawn_purple_and_its_day_shows_its_exit_code_run_time_and_output(open_page, showcase):
+    service, _, failed_at = showcase
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    job = row(page, "backup-job")
+    expect(job.locator(".badge")).to_have_text("failed")
+    assert job.locator(".badge").evaluate("(badge) => getComputedStyle(badge).backgroundColor") == PURPLE
+    assert job.evaluate("(row) => getComputedStyle(row).borderLeftColor") == PURPLE
+    # The fail signal and its alert's email, both failures; nothing of it drawn as an alert.
+    marks = job.locator("svg.timeline line.failure")
+    expect(marks).to_have_count(2)
+    expect(job.locator("svg.timeline line.alert")).to_have_count(0)
+    assert {mark.evaluate("(line) => getComputedStyle(line).stroke") for mark in marks.all()} == {PURPLE}
+    open_day(page, "backup-job", failed_at)
+    [failure] = page.locator("#day-failures > li").all()
+    hour = time.strftime("%H:%M:%S", time.localtime(failed_at))
+    expect(failure).to_contain_text(re.compile(rf"^failure at {hour} CES?T · exit code 23 · run time 1 min 35 s"))
+    lines = FAILURE_OUTPUT.splitlines()
+    assert failure.locator("pre.output").first.text_content() == "\n".join(lines[:3])
+    whole = failure.locator("details pre")
+    expect(whole).to_be_hidden()
+    failure.locator("summary").click()
+    expect(whole).to_be_visible()
+    assert whole.text_content() == FAILURE_OUTPUT
+    chart = page.locator("#day-chart")
+    expect(chart.locator("line.failure")).to_have_count(2)
+    expect(chart.locator("line.alert")).to_have_count(0)
+    expect(page.locator("#day-alerts > li")).to_have_text([re.compile(r"^failure alert at ")])
+
+
+def test_a_device_never_pinged_or_not_watched_has_no_silence_band(open_page, showcase):
+    service, _, _ = showcase
+    page = open_page(1366)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    wait_for_state(page, "latest.history_loading === 0")
+    sensor = row(page, "new-sensor")
+    expect(sensor.locator(".badge")).to_have_text("silent")
+    expect(sensor.locator(".last-ping")).to_have_text("never pinged")
+    expect(sensor.locator(".deadline")).to_have_text(re.compile(r"^within (23|24) h"))
+    expect(sensor.locator("rect.silence")).to_have_count(0)
+    expect(row(page, "nas").locator("rect.silence")).to_have_count(0)
+    expect(row(page, "nas").locator(".deadline")).to_have_text("never: not watched")
+    # pi, never pinged and late: shaded only since the service began watching it, seconds ago, not all day.
+    expect(row(page, "pi").locator(".badge")).to_have_text("alerted")
+    shade = row(page, "pi").locator("rect.silence")
+    expect(shade).to_have_count(1)
+    assert float(shade.get_attribute("x")) > 950
+    expect(shade.locator("title")).to_have_text(re.compile(r"^never pinged; watched since \d\d:\d\d:\d\d"))
+
+
+# Each device name's line breaks, as (name, index of the first character on a new line), but those after a
+# space or a hyphen: a break inside a word.
+BREAKS_INSIDE_WORDS = """(selector) => [...document.querySelectorAll(selector)].flatMap((element) => {
+  const text = element.firstChild;
+  if (!text) return [];
+  const tops = [...text.textContent].map((_, index) => {
+    const range = document.createRange();
+    range.setStart(text, index);
+    range.setEnd(text, index + 1);
+    return range.getBoundingClientRect().top;
+  });
+  return tops.flatMap((top, index) => index > 0 && top > tops[index - 1] + 1
+    && !" -".includes(text.textContent[index - 1]) && text.textContent[index] !== " "
+    ? [[text.textContent, index]] : []);
+})"""
+
+
+def test_at_390_px_no_device_name_breaks_inside_a_word_and_each_row_says_what_it_needs(open_page, showcase):
+    service, now, _ = showcase
+    page = open_page(390)
+    page.goto(service.url + "/overview")
+    unlock(page)
+    expect(page.locator(".row")).to_have_count(len(SHOWCASE))
+    assert page.evaluate(BREAKS_INSIDE_WORDS, ".row .name") == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    expect(row(page, "old-printer").locator(".parent")).to_have_text("depends on backup-server")
+    expect(row(page, "nightly-cron").locator(".deadline-label")).to_have_text("next run's ping due")
+    expect(row(page, "backup-job").locator(".deadline-label")).to_have_text("next ping due")
+    expect(row(page, "backup-job").locator(".deadline")).to_have_text(re.compile(r"^within (1 h 59 min|2 h)$"))
+    # The date field shows the date as every other date on the page, and one ping is a short bar.
+    row(page, "nightly-cron").get_by_role("button").click()
+    expect(page.locator("#day-date")).to_have_value(re.compile(r"^\d{4}-\d\d-\d\d$"))
+    assert page.locator("#day-date").input_value() == time.strftime("%Y-%m-%d", time.localtime(now))
+    page.locator("#day-before").click()
+    yesterday = time.strftime("%Y-%m-%d", time.localtime(now - 86400))
+    expect(page.locator("#day-summary")).to_have_text(re.compile(rf"^{yesterday}: 1 ping; expected on schedule "))
+    [bar] = page.locator("#day-chart rect.tick").all()
+    assert float(bar.get_attribute("height")) < 120 / 4
+    tab = open_page(390)
+    tab.goto(service.url + "/")
+    tab.get_by_label("Testing password").fill(PASSWORD)
+    tab.get_by_role("button", name="Unlock").click()
+    expect(tab.locator(".user")).to_have_count(len(SHOWCASE))
+    assert tab.evaluate(BREAKS_INSIDE_WORDS, ".user .name") == []
+    printer = tab.locator(".user").filter(has=tab.get_by_role("heading", name="old-printer", exact=True))
+    expect(printer.locator(".parent")).to_have_text("depends on backup-server")
+    job = tab.locator(".user").filter(has=tab.get_by_role("heading", name="backup-job", exact=True))
+    expect(job.locator(".state")).to_have_text("failed")
+    assert job.locator(".state").evaluate("(badge) => getComputedStyle(badge).backgroundColor") == PURPLE
+    assert job.evaluate("(card) => getComputedStyle(card).borderLeftColor") == PURPLE
+    expect(job.locator(".max-sleep")).to_have_text("2 h")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [1366, 390])
+def test_screenshots(open_page, showcase, tmp_path, width, scheme):
+    service, _, failed_at = showcase
+    directory = Path(os.environ.get("OVERVIEW_SCREENSHOTS") or tmp_path)
     page = open_page(width, color_scheme=scheme)
     page.goto(service.url + "/overview")
     unlock(page)
+    wait_for_state(page, "latest.history_loading === 0")
     expect(row(page, "pi").locator(".badge")).to_have_text("alerted")
-    expect(page.locator("#summary")).to_have_text("1 alerted · 2 silent · 3 pinging")
+    expect(row(page, "backup-job").locator(".badge")).to_have_text("failed")
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     for timeline in page.locator("svg.timeline").all():
         box = timeline.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= width
-    directory = Path(os.environ.get("OVERVIEW_SCREENSHOTS") or tmp_path)
-    page.screenshot(path=directory / f"overview-{width}.png", full_page=True)
-    row(page, "backup-server").get_by_role("button").click()
-    expect(page.locator("#day-silences li")).not_to_have_count(0)
-    page.screenshot(path=directory / f"overview-day-{width}.png", full_page=True)
+    page.screenshot(path=directory / f"overview-{width}-{scheme}.png", full_page=True)
+    open_day(page, "backup-job", failed_at)
+    page.locator("#day-failures summary").click()
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.screenshot(path=directory / f"overview-day-{width}-{scheme}.png", full_page=True)
+    tab = open_page(width, color_scheme=scheme)
+    tab.goto(service.url + "/")
+    tab.get_by_label("Testing password").fill(PASSWORD)
+    tab.get_by_role("button", name="Unlock").click()
+    expect(tab.locator(".user .state")).not_to_contain_text(["…"])
+    assert tab.evaluate("document.documentElement.scrollWidth") <= width
+    tab.screenshot(path=directory / f"testing-page-{width}-{scheme}.png", full_page=True)

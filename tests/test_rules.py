@@ -37,6 +37,8 @@ def user(
 ):
     # An alert given without its kind was about a silence, as every alert before signals.
     more.setdefault("last_alert_kind", None if last_alert is None else SILENCE)
+    # A user given as failed has one fail in a row, as every failed user had before fail_threshold.
+    more.setdefault("fail_count", 0 if more.get("failed_at") is None else 1)
     state = UserState(1, "pi", monitor, max_sleep, email_frequency, monitored_since, last_ping, last_alert, None)
     return dataclasses.replace(state, **more)
 
@@ -280,7 +282,7 @@ def test_expected_after_is_max_sleep_later_or_the_schedules_next_run():
 def test_a_scheduled_users_stored_deadline_is_its_last_contact_until_the_listener_computes_the_real_one():
     nightly = user(**NIGHTLY, last_ping=T0 + 5)
     assert due_at(nightly) == T0 + 5
-    assert due_at(dataclasses.replace(nightly, failed_at=T0 + 1)) == T0 + 1
+    assert due_at(dataclasses.replace(nightly, failed_at=T0 + 1, fail_count=1)) == T0 + 1
     decision = decide(nightly, T0 + 6)
     assert (decision.alert, decision.next_due_at) == (None, TUESDAY_0230 + 900)
     late = decide(nightly, TUESDAY_0230 + 901)

@@ -9,6 +9,8 @@ import zoneinfo
 
 import pytest
 
+import apprise_channel
+import config
 import mailer
 import rules
 import scheduler
@@ -32,6 +34,7 @@ from support import (
     query,
     wait_until,
 )
+from webhooks import WEBHOOK_DEADLINE
 
 
 class RecordingMailer:
@@ -291,8 +294,8 @@ def test_failure_then_success_sends_exactly_one_recovery_however_many_successes_
         steps.check_once(T0 + second + 0.5)
     assert subjects(store) == ["pi failure reported", "pi is back"]
     [_, back] = emails(store)
-    assert "Went down: 2026-09-21 16:13:21 CEST" in back.body
-    assert "Came back: 2026-09-21 16:13:23 CEST" in back.body
+    assert "Went down: 2026-09-21 16:13:21\n" in back.body
+    assert "Came back: 2026-09-21 16:13:23\n" in back.body
     assert "Down for: 2 seconds" in back.body
 
 
@@ -305,7 +308,7 @@ def test_a_failure_after_a_silence_alerts_at_once_and_the_outage_gets_one_recove
     store.record_ping("pi", T0 + 80)
     steps.check_once(T0 + 81)
     assert subjects(store) == ["pi disconnection detected", "pi failure reported", "pi is back"]
-    assert "Went down: 2026-09-21 16:14:20 CEST" in emails(store)[2].body  # the silence's deadline
+    assert "Went down: 2026-09-21 16:14:20\n" in emails(store)[2].body  # the silence's deadline
 
 
 @BACKENDS
@@ -319,7 +322,7 @@ def test_a_run_past_max_runtime_is_alerted_then_its_success_is_a_recovery_with_t
     assert subjects(store) == []
     steps.check_once(T0 + 35.5)
     assert subjects(store) == ["job did not finish in time"]
-    assert "Run started: 2026-09-21 16:13:25 CEST" in emails(store)[0].body
+    assert "Run started: 2026-09-21 16:13:25\n" in emails(store)[0].body
     store.record_ping("job", T0 + 50)
     steps.check_once(T0 + 50.5)
     assert subjects(store) == ["job did not finish in time", "job is back"]
@@ -371,11 +374,12 @@ def test_a_scheduled_user_is_alerted_once_its_run_and_grace_have_passed_naming_t
     assert store.user("nightly").due_at == paris(2026, 11, 30, 2, 45)
     assert steps.check_once(paris(2026, 11, 30, 2, 45)) == 0
     steps.check_once(paris(2026, 11, 30, 2, 45, 1))
-    assert subjects(store) == ["nightly disconnection detected"]
+    assert subjects(store) == ["nightly missed its 02:30 run"]
     assert (
-        "nightly missed its run expected by 02:30 CET (Mon 2026-11-30), grace 15 minutes"
-        " (schedule 30 2 * * * in Europe/Paris)" in bodies(store)[0]
+        "nightly missed its run expected at 2026-11-30 02:30 (schedule 30 2 * * *, with 15 minutes of grace)"
+        in bodies(store)[0]
     )
+    assert "All times are in CET (Europe/Paris).\n" in bodies(store)[0]
 
 
 @BACKENDS
@@ -405,7 +409,8 @@ def test_no_false_alarm_in_the_repeated_hour_and_an_alert_right_after_the_skippe
     steps.check_once(paris(2026, 3, 28, 12, 0, 1))
     assert store.user("nightly").due_at == paris(2026, 3, 29, 3, 15)
     steps.check_once(paris(2026, 3, 29, 3, 15, 1))
-    assert "expected by 03:00 CEST (Sun 2026-03-29), grace 15 minutes" in bodies(store)[0]
+    assert "expected at 2026-03-29 03:00 (schedule 30 2 * * *, with 15 minutes of grace)" in bodies(store)[0]
+    assert subjects(store) == ["nightly missed its 03:00 run"]
 
 
 def test_a_restart_in_the_middle_of_a_missed_run_keeps_the_outage_and_expects_the_next_run(tmp_path, recording_mailer):
@@ -423,7 +428,7 @@ def test_a_restart_in_the_middle_of_a_missed_run_keeps_the_outage_and_expects_th
         assert steps.check_once(paris(2026, 11, 30, 3, 50)) == 0
         second.record_ping("nightly", paris(2026, 11, 30, 9))
         steps.check_once(paris(2026, 11, 30, 9, 0, 1))
-    assert subjects(second) == ["nightly disconnection detected", "nightly is back"]
+    assert subjects(second) == ["nightly missed its 02:30 run", "nightly is back"]
 
 
 def test_a_restart_within_the_grace_forgives_the_run_it_interrupted(store, recording_mailer):
@@ -766,7 +771,7 @@ def test_an_outage_over_before_its_alert_could_be_sent_goes_as_its_recovery_alon
     assert steps.drain_once(T0 + 61 + retry_delay(1)) == 2
     [email] = recording_mailer.sent
     assert email.subject == "pi is back"
-    assert "Went down: 2026-09-21 16:14:20 CEST" in email.body
+    assert "Went down: 2026-09-21 16:14:20\n" in email.body
     assert [row[1:3] for row in outbox_rows(store)] == [("sent", 2), ("sent", 1)]
 
 
@@ -844,7 +849,7 @@ def test_a_webhook_gets_the_alert_and_then_the_recovery_as_json(store, recording
     late, back = [json.loads(body) for _, _, _, body in hook.requests]
     assert late["event"] == "late" and back["event"] == "back"
     assert (late["username"], late["at"], late["last_ping"]) == ("pi", T0 + 62, T0 + 1)
-    assert late["text"].startswith("Ping Listener has heard nothing from pi for more than 1 minute (its max_sleep)")
+    assert late["text"].startswith("Ping Listener has heard nothing from pi for more than 1 minute.\n")
     assert late["logs_url"] == "https://example.net/logs?username=pi&year=26&month=09&day=21"
     assert (back["at"], back["last_ping"]) == (T0 + 100.5, T0 + 100)
     assert back["text"].startswith("pi is back.")
@@ -960,6 +965,128 @@ def test_a_claimed_delivery_whose_answer_was_never_recorded_is_sent_again_after_
         assert hook.requests[0][2]["Idempotency-Key"] == delivery.event.id
     finally:
         second.close()
+
+
+# The third release's channels: incidents opened and closed, a choice of recoveries, Apprise.
+
+
+def pi_late_then_back(store, steps):
+    """pi pings, goes silent past its max_sleep (alerted at T0 + 62) and is back at T0 + 100.5."""
+    store.record_ping("pi", T0 + 1)
+    steps.check_once(T0 + 62)
+    store.record_ping("pi", T0 + 100)
+    steps.check_once(T0 + 100.5)
+
+
+def test_a_webhook_told_no_recoveries_gets_the_alert_only(store, recording_mailer, hook):
+    webhooks = {
+        "ops": {"url": hook.url + "/ops", "format": "json"},
+        "pager": {"url": hook.url + "/pager", "format": "json", "recoveries": False},
+    }
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:ops", "webhook:pager"), webhooks=webhooks)
+    pi_late_then_back(store, steps)
+    assert deliveries(store) == [
+        ("pi", "ops", "late", "queued", 0),
+        ("pi", "pager", "late", "queued", 0),
+        ("pi", "ops", "back", "queued", 0),
+    ]
+
+
+@pytest.mark.parametrize("top_level", [{"email_recoveries": False}, {}])
+def test_email_recoveries_false_emails_no_recovery_but_the_webhooks_still_get_it(
+    store, recording_mailer, hook, top_level
+):
+    webhooks = {"ops": {"url": hook.url + "/ops", "format": "json"}}
+    users = pi_notifying("email", "webhook:ops")
+    steps = make_scheduler(store, recording_mailer, users, webhooks=webhooks, **top_level)
+    pi_late_then_back(store, steps)
+    # The default emails the recovery, as before email_recoveries existed.
+    back = [] if top_level else ["pi is back"]
+    assert subjects(store) == ["pi disconnection detected", *back]
+    assert deliveries(store) == [("pi", "ops", "late", "queued", 0), ("pi", "ops", "back", "queued", 0)]
+    # The outage is over all the same: the next silence is a new one.
+    assert query(db_of(store), "SELECT down_since, back_at FROM users") == [(None, None)]
+
+
+@BACKENDS
+def test_a_pagerduty_incident_is_triggered_then_resolved_by_one_dedup_key_per_outage(store, recording_mailer, hook):
+    webhooks = {"pd": {"format": "pagerduty", "routing_key": "R0UT1NG", "url": hook.url + "/v2/enqueue"}}
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:pd"), webhooks=webhooks)
+    pi_late_then_back(store, steps)
+    # A second outage: silent again past max_sleep, alerted once email_frequency has passed since the last alert.
+    steps.check_once(T0 + 701)
+    assert deliver(steps, T0 + 701) == 3
+    events = [json.loads(body) for *_, body in hook.requests]
+    assert [e["event_action"] for e in events] == ["trigger", "resolve", "trigger"]
+    assert {e["routing_key"] for e in events} == {"R0UT1NG"}
+    assert events[0]["dedup_key"] == events[1]["dedup_key"] != events[2]["dedup_key"]
+    assert deliveries(store) == [
+        ("pi", "pd", "late", "sent", 1),
+        ("pi", "pd", "back", "sent", 1),
+        ("pi", "pd", "late", "sent", 1),
+    ]
+
+
+def deliver_within(steps, now):
+    """deliver(), waiting as long as the deliveries it started may take: an Apprise one may first start its
+    process (apprise_channel.START_DEADLINE)."""
+    due = steps.deliver_once(now)
+    assert steps.wait_for_deliveries(apprise_channel.START_DEADLINE + WEBHOOK_DEADLINE)
+    return due
+
+
+@BACKENDS
+@pytest.mark.parametrize("format_", ["pagerduty", "opsgenie", "apprise"])
+def test_a_delivery_that_fails_then_succeeds_is_sent_once_more_and_counted(store, recording_mailer, hook, format_):
+    url = {"apprise": "jsons://" + hook.url.removeprefix("https://") + "/hook"}.get(format_, hook.url + "/hook")
+    webhook = {"format": format_, "url": url, "routing_key": "R", "api_key": "K"}
+    webhook = {
+        key: value
+        for key, value in webhook.items()
+        if key in ("format", "url") or config.WEBHOOK_FORMAT_KEYS.get(format_) == key
+    }
+    clock = Clock(T0 + 61)
+    steps = make_scheduler(store, recording_mailer, pi_notifying("webhook:w"), clock=clock, webhooks={"w": webhook})
+    steps.check_once(T0 + 61)
+    hook.answers = [503]
+    assert deliver_within(steps, T0 + 61) == 1
+    assert deliveries(store) == [("pi", "w", "late", "queued", 1)]
+    clock.now = T0 + 61 + retry_delay(1)
+    assert deliver_within(steps, clock.now) == 1
+    assert deliver_within(steps, clock.now + rules.MAX_RETRY_DELAY * 10) == 0
+    assert deliveries(store) == [("pi", "w", "late", "sent", 2)]
+    assert len(hook.requests) == 2 and hook.requests[0][3] == hook.requests[1][3]
+    assert delivery_counts(steps) == {(format_, "retried"): 1.0, (format_, "sent"): 1.0}
+
+
+def test_a_slow_apprise_service_delays_no_email_and_no_other_channel(store, recording_mailer, hook):
+    # The slow service answers a byte every 0.5 s for ever (within Apprise's own read timeout): only the
+    # delivery's deadline ends it.
+    slow_answer = lambda: itertools.chain([b"HTTP/1.1 200 OK\r\n"], itertools.repeat(b"X-Slow: y\r\n"))  # noqa: E731
+    with Trickler(slow_answer, 0.5) as slow:
+        webhooks = {
+            "slow": {"format": "apprise", "url": "json://" + slow.url.removeprefix("http://") + "/hook"},
+            "fine": {"format": "json", "url": hook.url},
+        }
+        steps = make_scheduler(
+            store, recording_mailer, pi_notifying("webhook:slow", "email", "webhook:fine"), webhooks=webhooks
+        )
+        steps.check_once(T0 + 61)
+        assert steps.deliver_once(T0 + 61) == 2
+        assert steps.drain_once(T0 + 61) == 1
+        assert [email.subject for email in recording_mailer.sent] == ["pi disconnection detected"]
+        wait_until(lambda: ("pi", "fine", "late", "sent", 1) in deliveries(store), message="fine's delivery recorded")
+        wait_until(
+            lambda: slow.sent and slow.sent[0] > 0,
+            timeout=apprise_channel.START_DEADLINE,
+            message="the slow service answering",
+        )
+        # Both went while Apprise was still being answered by the slow service.
+        assert ("pi", "slow", "late", "queued", 0) in deliveries(store)
+        assert slow.closed_by_client == 0
+    # The slow service gone, Apprise reports the failure: retried.
+    assert steps.wait_for_deliveries(10)
+    assert ("pi", "slow", "late", "queued", 1) in deliveries(store)
 
 
 # --- retention, health, heartbeat, requests ------------------------------------------------------------

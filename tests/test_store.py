@@ -11,6 +11,7 @@ import pytest
 
 import rules
 import server
+import sql_store
 import store as store_module
 from config import LiveSettings
 from database import open_store
@@ -21,9 +22,11 @@ from records import (
     NewDigest,
     NewEmail,
     NewWebhook,
+    Outage,
     Signal,
     StoreOpenError,
     UnknownUserError,
+    UserState,
     WebhookEvent,
 )
 from store import SCHEMA_VERSION, Store
@@ -74,7 +77,9 @@ def new_store(request, tmp_path_factory):
 
     def emptied_pg_store():
         with second_connection(pg) as connection:
-            connection.execute("TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox RESTART IDENTITY")
+            connection.execute(
+                "TRUNCATE users, pings, alerts, digests, outbox, webhook_outbox, service_runs RESTART IDENTITY"
+            )
         return pg
 
     yield emptied_pg_store
@@ -101,7 +106,7 @@ def test_a_new_database_is_in_wal_mode_with_the_current_schema(store):
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health"}
+    assert tables == {"users", "pings", "alerts", "outbox", "digests", "webhook_outbox", "health", "service_runs"}
 
 
 def test_its_connections_use_normal_sync_and_a_busy_timeout(store):
@@ -266,7 +271,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         # through its index, then one primary-key seek per row found.
         (
             store_module.DUE_USERS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH child USING INDEX users_due (due_at<?)",
                 "SEARCH parent USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
@@ -274,7 +279,7 @@ def test_every_tick_and_logs_query_is_answered_through_an_index(store, query, pa
         ),
         (
             store_module.DUE_EMAILS_SQL,
-            (T0, 10),
+            {"now": T0, "limit": 10},
             [
                 "SEARCH outbox USING INDEX outbox_queue (next_attempt_at<?)",
                 "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
@@ -351,7 +356,7 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
         (
             store_module.RECENT_ALERTS_SQL,
             (T0,),
-            ["SCAN users", "SEARCH alerts USING COVERING INDEX alerts_by_user_time (user_id=? AND at>?)"],
+            ["SCAN users", "SEARCH alerts USING INDEX alerts_by_user_time (user_id=? AND at>?)"],
         ),
         (
             store_module.PING_BEFORE_SQL,
@@ -362,6 +367,11 @@ def test_the_testing_page_queries_follow_an_index_and_never_sort(store, query, p
             store_module.PING_FROM_SQL,
             (1, T0),
             ["SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=? AND at>?)"],
+        ),
+        (
+            store_module.DAY_FAILURES_SQL,
+            (1, T0, T0, 10),
+            ["SEARCH pings USING INDEX pings_by_user_time (user_id=? AND at>? AND at<?)"],
         ),
         (
             store_module.DAY_ALERTS_SQL,
@@ -871,17 +881,59 @@ WATCHES = [
 ]
 
 
+# Detection's settings (SPEC "Detection"), alone and together; start_grace only for a scheduled user.
+DETECTIONS = [
+    {},
+    {"fail_threshold": 2, "min_runtime": 5},
+    {"min_interval": 50},
+    {"fail_threshold": 3, "min_runtime": 5, "min_interval": 50},
+    {"maintenance": [{"schedule": "*/7 * * * *", "duration": 60, "tz": "UTC"}]},
+]
+
+
+def with_detection(watch, detection, start_grace):
+    """A user's settings: how it is watched, detection's settings, and start_grace if scheduled."""
+    grace = {} if start_grace is None or "schedule" not in watch else {"start_grace": start_grace}
+    return {**watch, **detection, **grace}
+
+
+def expected_signal_effects(before, kind, now):
+    """What rules.py says a signal of `kind` at `now` makes of `before`'s detection columns (fail_count,
+    last_success, too_often_at), for comparison with what the store's SQL made of them."""
+    duration = max(now - before.run_started, 0) if kind in ("success", "fail") and before.run_started else None
+    counted = rules.counts_as(kind, duration, before.min_runtime)
+    fail_count = {"success": 0, "fail": before.fail_count + 1}.get(counted, before.fail_count)
+    last_success, too_often_at = before.last_success, before.too_often_at
+    if counted == "success":
+        if rules.too_often(before.last_success, now, before.min_interval):
+            too_often_at = now
+        last_success = now if last_success is None else max(last_success, now)
+    return fail_count, last_success, too_often_at
+
+
 @hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
 @hypothesis.given(
     events=SIGNAL_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 0.5, 30]),
     watch=hypothesis.strategies.sampled_from(WATCHES),
+    detection=hypothesis.strategies.sampled_from(DETECTIONS),
+    start_grace=hypothesis.strategies.sampled_from([None, 0, 100]),
 )
-def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(new_store, events, max_runtime, watch):
+def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
+    new_store, events, max_runtime, watch, detection, start_grace
+):
     # The deadline rule is written in SQL (on every signal and restart) and in rules.due_at: whatever
     # happens, they must agree, or the index would hide due users. After a listener step it is
-    # what rules.decide chose.
-    users = {"pi": {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}}
+    # what rules.decide chose. What a signal counts as (rules.counts_as: a run too fast is a fail) and
+    # whether it came too often (rules.too_often) are SQL too: the columns they move are rules.py's.
+    users = {
+        "pi": {
+            "monitor": True,
+            "email_frequency": 100,
+            "max_runtime": max_runtime,
+            **with_detection(watch, detection, start_grace),
+        }
+    }
     store = synced(new_store(), users)
     for kind, offset in events:
         now = T0 + offset
@@ -900,6 +952,8 @@ def test_the_stored_due_time_is_always_the_rules_due_at_or_the_listeners_choice(
         [user] = store.configured_users()
         # A log changes nothing, not even a deadline the listener chose.
         assert user.due_at == (before.due_at if kind == "log" else rules.due_at(user))
+        if kind != "restart":
+            assert (user.fail_count, user.last_success, user.too_often_at) == expected_signal_effects(before, kind, now)
 
 
 STORM_EVENTS = hypothesis.strategies.lists(
@@ -919,15 +973,22 @@ STORM_EVENTS = hypothesis.strategies.lists(
     events=STORM_EVENTS,
     max_runtime=hypothesis.strategies.sampled_from([None, 30]),
     watch=hypothesis.strategies.sampled_from([{"max_sleep": 60}, *WATCHES[1:]]),
+    detection=hypothesis.strategies.sampled_from(DETECTIONS),
+    start_grace=hypothesis.strategies.sampled_from([None, 10]),
 )
 def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_return_is_the_rules(
-    new_store, events, max_runtime, watch
+    new_store, events, max_runtime, watch, detection, start_grace
 ):
     # Each user's deadline, as SQL stores it after every signal, snooze and restart, is rules.due_at (or
     # what rules.decide chose, after a listener step). A success of the router restarts cam's silence
     # exactly when rules.condition said that the router was down at that moment; for a scheduled router,
     # when the listener has looked at it since its silence was last restarted (SQL then knows its next run).
-    user = {"monitor": True, "email_frequency": 100, "max_runtime": max_runtime, **watch}
+    user = {
+        "monitor": True,
+        "email_frequency": 100,
+        "max_runtime": max_runtime,
+        **with_detection(watch, detection, start_grace),
+    }
     users = {"router": user, "cam": {**user, "depends_on": "router"}}
     store = synced(new_store(), users)
     for event, offset in events:
@@ -953,8 +1014,11 @@ def test_with_dependencies_and_snoozes_the_stored_due_time_is_the_rules_and_a_re
         after = {user.username: user for user in store.configured_users()}
         router = before["router"]
         down = rules.condition(router, now)
-        returned = event == "router success" and down is not None
-        if router.schedule is not None and returned and down.kind == rules.SILENCE:
+        # A success that closed a run too fast is a fail (rules.counts_as): no return.
+        duration = None if router.run_started is None else max(now - router.run_started, 0)
+        success = rules.counts_as("success", duration, router.min_runtime) == rules.SUCCESS
+        returned = event == "router success" and success and down is not None
+        if router.schedule is not None and returned and down.kind in (rules.SILENCE, rules.START_LATE):
             # Only if the listener's stored next run is for the moment the router's silence is measured from.
             returned = next_run_after_of(store, "router") == rules.silence_start(router, now)
         if returned:
@@ -1215,6 +1279,23 @@ def test_a_reload_follows_a_changed_depends_on_and_adds_a_parent_with_its_child(
 
 
 @BACKENDS
+def test_a_user_configured_again_without_depends_on_has_no_parent_after_a_reload_or_a_start(store):
+    family = {"router": config_of(), "cam": {**config_of(), "depends_on": "router"}}
+    synced(store, users=family)
+    reloaded(store, {"router": config_of()}, T0 + 10)
+    reloaded(store, {"router": config_of(), "cam": config_of()}, T0 + 20)
+    assert store.user("cam").parent is None
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    synced(store, users={"router": config_of()}, now=T0 + 30)
+    synced(store, users=family, now=T0 + 40)
+    synced(store, users={"router": config_of()}, now=T0 + 50)
+    synced(store, users={"router": config_of(), "cam": config_of()}, now=T0 + 60)
+    assert {user.username: user.parent for user in store.configured_users()} == {"cam": None, "router": None}
+    # Its deadline is its own again, from the start that configured it.
+    assert store.user("cam").due_at == T0 + 60 + 60
+
+
+@BACKENDS
 def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_return(store):
     synced(store, users={"router": config_of(), "cam": {**config_of(), "depends_on": "router"}})
     store.snooze("router", T0 + 600, T0)
@@ -1303,7 +1384,7 @@ def test_old_finished_deliveries_go_and_their_alert_only_once_no_email_or_delive
 
 
 def test_the_webhook_delivery_finds_due_deliveries_through_its_index_and_joins_by_primary_key(store):
-    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, (T0, 10)) == [
+    assert store.query_plan(store_module.DUE_WEBHOOKS_SQL, {"now": T0, "limit": 10}) == [
         "SEARCH webhook_outbox USING INDEX webhook_outbox_queue (next_attempt_at<?)",
         "SEARCH alerts USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)",
@@ -1401,13 +1482,13 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     assert store.last_pings_before(T0 + 3, (pi.id, pi.id)) == {pi.id: T0 + 1}
     rows = store.configured_user_rows()
     assert [(row[1], row[-1]) for row in rows] == [("nas", None), ("pi", None)]
-    assert store_module.UserState(*rows[1][:-1]) == store.user("pi")
+    assert UserState(*rows[1][:-1]) == store.user("pi")
     assert store.pings_after_id(newest - 2) == [(newest - 1, pi.id, T0 + 3), (newest, nas.id, T0 + 50)]
     assert store.pings_around(pi.id, T0 + 2, T0 + 3) == (T0 + 1, T0 + 3)
     assert store.pings_around(nas.id, T0, T0 + 100) == (None, None)
     [late] = store.due_users(T0 + 64, 10)
     store.save_check_outcomes([alert_outcome(late, T0 + 700, "a@example.com", "b@example.com")], T0 + 64)
-    assert store.recent_alerts(T0 + 64) == [(pi.id, T0 + 64)] and store.recent_alerts(T0 + 65) == []
+    assert store.recent_alerts(T0 + 64) == [(pi.id, T0 + 64, "late")] and store.recent_alerts(T0 + 65) == []
     [alert] = store.alerts_between(late, T0, T0 + 100, 10)
     assert (alert.at, alert.last_ping, [e.recipient for e in alert.emails]) == (
         T0 + 64,
@@ -1417,3 +1498,93 @@ def test_the_overviews_reads_give_pings_and_alerts_by_user_time_and_id(store):
     [cut] = store.alerts_between(late, T0, T0 + 100, 1)
     assert len(cut.emails) == 1
     assert store.alerts_between(late, T0 + 65, T0 + 100, 10) == []
+    assert alert.kind == "late"
+    for at, code, body in ((T0 + 70, 23, "disk full"), (T0 + 80, 1, None), (T0 + 90, 2, "again")):
+        store.record_ping("nas", at, "fail", code, body)
+    failures = store.failures_between(nas.id, T0, T0 + 90, 5)
+    assert [(signal.at, signal.exit_code, signal.body) for signal in failures] == [
+        (T0 + 70, 23, "disk full"),
+        (T0 + 80, 1, None),
+    ]
+    assert [signal.at for signal in store.failures_between(nas.id, T0, T0 + 100, 2)] == [T0 + 80, T0 + 90]  # the latest
+
+
+@BACKENDS
+def test_outages_since_are_the_alerted_outages_each_until_its_first_success(store):
+    users = {name: {"monitor": True, "max_sleep": 60, "email_frequency": 30} for name in ("pi", "nas", "cam")}
+    synced(store, users)
+    for name in users:
+        store.record_ping(name, T0 + 1)
+    pi, nas, cam = (next(u for u in store.configured_users() if u.username == name) for name in ("pi", "nas", "cam"))
+    # pi: alerted twice in one outage (down at T0 + 61), then a fail and a success end it; nas: alerted, still down;
+    # cam: suppressed only (its parent was down), which no alert called down.
+    store.save_check_outcomes([alert_outcome(pi, T0 + 200, "a@example.com", down_since=T0 + 61)], T0 + 70)
+    store.save_check_outcomes([alert_outcome(nas, T0 + 200, "a@example.com", down_since=T0 + 61)], T0 + 70)
+    store.save_check_outcomes([CheckOutcome(cam, T0 + 200, suppressed=(rules.SILENCE, T0 + 61))], T0 + 70)
+    [pi] = [u for u in store.configured_users() if u.username == "pi"]
+    store.save_check_outcomes([alert_outcome(pi, T0 + 300, "a@example.com", down_since=T0 + 61)], T0 + 110)
+    store.record_ping("pi", T0 + 120, "fail")
+    store.record_ping("pi", T0 + 130)
+    store.record_ping("pi", T0 + 140)
+    ids = {user.username: user.id for user in store.configured_users()}
+    assert store.outages_since(T0) == sorted(
+        [Outage(ids["pi"], T0 + 61, T0 + 130), Outage(ids["nas"], T0 + 61, None)], key=lambda o: o.user_id
+    )
+    # Alerts decided before `start` are not read: pi's outage is known from its alert at T0 + 110.
+    assert store.outages_since(T0 + 100) == [Outage(ids["pi"], T0 + 61, T0 + 130)]
+    assert store.outages_since(T0 + 111) == []
+    assert store.first_pings() == {ids["pi"]: T0 + 1, ids["nas"]: T0 + 1, ids["cam"]: T0 + 1}
+
+
+def test_outages_and_first_pings_are_read_along_indexes_whatever_the_number_of_pings(store):
+    assert store.query_plan(sql_store.OUTAGES_SQL, (T0,)) == [
+        "SEARCH alerts USING INDEX alerts_by_time (at>?)",
+        "USE TEMP B-TREE FOR GROUP BY",
+        "CORRELATED SCALAR SUBQUERY 1",
+        "SEARCH pings USING INDEX pings_by_user_time (user_id=? AND at>?)",
+    ]
+    assert store.query_plan(sql_store.FIRST_PINGS_SQL, ()) == [
+        "SCAN users",
+        "CORRELATED SCALAR SUBQUERY 1",
+        "SEARCH pings USING COVERING INDEX pings_by_user_time (user_id=?)",
+    ]
+
+
+@hypothesis.settings(max_examples=60, deadline=None, suppress_health_check=ONE_STORE_PER_EXAMPLE)
+@hypothesis.given(events=SIGNAL_EVENTS, watch=hypothesis.strategies.sampled_from(WATCHES[:2]))
+def test_a_devices_outages_are_what_its_alerts_called_down(new_store, events, watch):
+    # Whatever the signals, restarts and listener steps, the outages read back are those the listener
+    # opened (the condition's start, when it first alerted) each until the first success after it.
+    store = synced(new_store(), {"pi": {"monitor": True, "email_frequency": 100, **watch}})
+    expected = []
+    for kind, offset in sorted(events, key=lambda event: event[1]):
+        now = T0 + offset
+        if kind == "check":
+            [user] = store.configured_users()
+            decision = rules.decide(user, now)
+            store.save_check_outcomes([outcome_of(user, decision)], now)
+            if decision.alert is not None and decision.down_since not in [start for start, _ in expected]:
+                expected.append((decision.down_since, None))
+        elif kind == "restart":
+            store.restart_monitoring(now)
+        else:
+            store.record_ping("pi", now, kind)
+            if kind == "success":
+                expected = [(start, now if end is None and now > start else end) for start, end in expected]
+    assert [(o.down_at, o.up_at) for o in store.outages_since(T0 - 2000)] == sorted(expected)
+
+
+@BACKENDS
+def test_each_start_begins_a_run_that_upkeep_marks_seen_every_minute_and_its_gaps_are_downtime(store):
+    synced(store)
+    store.upkeep(T0 + 30)  # less than RUN_MARK_SECONDS since the start: not marked
+    store.upkeep(T0 + 61)
+    store.upkeep(T0 + 100)
+    assert store.service_runs(T0) == [(T0, T0 + 61)]
+    # A restart, as server.py starts: the time between the last mark and the start is the service's downtime.
+    synced(store, now=T0 + 1000)
+    store.upkeep(T0 + 1070)
+    assert store.service_runs(T0) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    # From a later start, the last run seen before it too: a gap may begin in it.
+    assert store.service_runs(T0 + 500) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
+    assert store.service_runs(T0 + 1071) == [(T0 + 1000, T0 + 1070)]

@@ -239,7 +239,16 @@ def test_the_page_at_root_asks_for_the_password_and_runs_no_inline_script(store,
     form = answer.html.find("form", id="unlock")
     assert (form["method"], form["action"]) == ("post", "/testing/config")
     assert form.find("input", type="password")
-    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/testing.js", "defer": ""}]
+    assert [script.attrs for script in answer.html.find_all("script")] == [
+        {"src": "/static/common.js", "defer": ""},
+        {"src": "/static/testing.js", "defer": ""},
+    ]
+    assert [link["href"] for link in answer.html.find_all("link")] == [
+        "/favicon.ico",
+        "/static/common.css",
+        "/static/testing.css",
+    ]
+    assert "<!--" not in answer.text.replace("<!-- method and action", "")  # every part put in place
     assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
     # The page is static: users reach it only as JSON, never built into HTML by the server.
     assert "<img" not in answer.text
@@ -253,6 +262,12 @@ def test_the_pages_assets_are_served_with_their_content_types(client, path, cont
     assert (answer.content_type, answer.charset) == (content_type, "utf-8")
     assert answer.headers["Cache-Control"] == "no-cache"
     assert len(answer.body) > 500
+
+
+def test_the_favicon_is_a_small_icon_not_a_404(client):
+    answer = client.get("/favicon.ico", status=200)
+    assert answer.content_type == "image/x-icon"
+    assert answer.body[:4] == b"\x00\x00\x01\x00" and len(answer.body) < 2000  # an ICO file's header
 
 
 @pytest.mark.parametrize(
@@ -576,11 +591,16 @@ def test_the_overview_page_loads_its_script_and_without_a_password_says_it_is_di
     assert (answer.content_type, answer.charset) == ("text/html", "utf-8")
     form = answer.html.find("form", id="unlock")
     assert (form["method"], form["action"]) == ("post", "/overview/state")
-    assert [script.attrs for script in answer.html.find_all("script")] == [{"src": "/static/overview.js", "defer": ""}]
+    assert [script.attrs for script in answer.html.find_all("script")] == [
+        {"src": "/static/common.js", "defer": ""},
+        {"src": "/static/overview.js", "defer": ""},
+    ]
+    assert form.find("input", type="password") and form.find("p", id="unlock-error")
     assert not [tag for tag in answer.html.find_all(True) if any(name.startswith("on") for name in tag.attrs)]
     disabled = overview_client(store, clock).get("/overview", status=200)
     assert "overview is disabled: neither OVERVIEW_PASSWORD nor TESTING_PASSWORD is set" in disabled.text
     assert disabled.html.find("form") is None and disabled.html.find("script") is None
+    assert "Everything else works as usual" in disabled.text
 
 
 @pytest.mark.parametrize("path", ["/static/overview.js", "/static/overview.css"])
@@ -901,6 +921,26 @@ def test_the_day_view_answers_with_the_days_pings_and_its_logs_link(store, clock
     )
 
 
+def test_the_day_view_lists_each_failure_with_its_exit_code_run_time_and_output(store, clock):
+    client = overview_client(store, clock, overview_password="look")
+    client.get("/ping/pi/start", status=200)
+    clock.now = T0 + 0.031
+    client.post("/ping/pi/23", b"line 1\nline 2\nERROR disk full\n", status=200)
+    clock.now = T0 + 60
+    client.get("/ping/pi/fail", status=200)
+    day = client.post_json("/overview/day", {"password": "look", **TODAY}, status=200).json
+    assert day["failures"] == [
+        {
+            "at": T0 + 0.031,
+            "at_local": "2026-09-21 16:13:20 CEST",
+            "exit_code": 23,
+            "duration": pytest.approx(0.031, abs=1e-6),
+            "body": "line 1\nline 2\nERROR disk full\n",
+        },
+        {"at": T0 + 60, "at_local": "2026-09-21 16:14:20 CEST", "exit_code": None, "duration": None, "body": None},
+    ]
+
+
 def committed_signals(store):
     with sqlite3.connect(store.path) as connection:
         return connection.execute("SELECT kind, exit_code, body FROM pings ORDER BY id").fetchall()
@@ -1051,6 +1091,61 @@ def test_logs_details_of_a_user_without_a_token_or_no_longer_configured_have_no_
     removed = make_client(store, clock, users={})
     assert [signal["kind"] for signal in logs(removed, query).json] == ["fail"]
     assert "secret output" not in logs(removed, query).text
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+def test_a_browser_opening_the_logs_link_gets_a_page_of_the_days_signals_without_their_bodies(store, clock):
+    client = make_client(store, clock, {HOSTILE_NAME: {"monitor": True, "max_sleep": 60, "email_frequency": 60}})
+    name = "%3Cimg+src%3Dx+onerror%3Dalert%281%29%3E"
+    clock.now = T0
+    client.get(f"/ping?username={name}&status=start")
+    clock.now = T0 + 2.25
+    client.post(f"/ping?username={name}&status=log", b"half way <b>secret</b>")
+    clock.now = T0 + 4.5
+    client.post(f"/ping?username={name}&exit_code=23", b"disk full")
+    clock.now = T0 + 5
+    client.get(f"/ping?username={name}")
+    answer = client.get(f"/logs?username={name}&year=26&month=9&day=21", headers={"Accept": BROWSER_ACCEPT})
+    assert answer.content_type == "text/html"
+    assert answer.headers["Vary"] == "Accept"
+    page = answer.text
+    assert "<title>&lt;img src=x onerror=alert(1)&gt;: signals of 2026-09-21</title>" in page
+    assert HOSTILE_NAME not in page
+    rows = [
+        '<tr class="kind-start"><td><time>16:13:20</time></td><td>start</td><td></td><td></td></tr>',
+        '<tr class="kind-log"><td><time>16:13:22</time></td><td>log</td><td></td><td></td></tr>',
+        '<tr class="kind-fail"><td><time>16:13:24</time></td><td>failure</td><td>23</td><td>4.5 s</td></tr>',
+        '<tr class="kind-success"><td><time>16:13:25</time></td><td>success</td><td></td><td></td></tr>',
+    ]
+    assert "\n".join(rows) in page
+    assert "4 signals." in page and "times in CEST" in page
+    assert "half way" not in page and "secret" not in page and "disk full" not in page
+    empty = client.get(f"/logs?username={name}&year=26&month=9&day=22", headers={"Accept": "text/html"})
+    assert "No signal that day." in empty.text
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "*/*",  # curl's
+        "application/json",
+        "text/html, application/json",
+        "application/json;q=0.5, text/html",
+        "text/html;q=0",
+        "text/plain",
+        "",
+    ],
+)
+def test_every_other_request_gets_the_json_list_byte_for_byte(client, clock, accept):
+    ping_at(client, clock, T0, T0 + 1)
+    query = "/logs?username=pi&year=26&month=9&day=21"
+    answer = client.get(query, headers={} if accept is None else {"Accept": accept})
+    assert (answer.content_type, answer.body) == ("application/json", b'["16:13:20", "16:13:21"]')
+    details = client.get(query + "&details=1", headers={"Accept": BROWSER_ACCEPT})
+    assert details.content_type == "application/json"
 
 
 @pytest.mark.parametrize("value", ["0", "true", "", "11"])
@@ -1471,6 +1566,23 @@ def test_metrics_show_each_users_state_and_counters_and_the_outbox(store, clock)
         (("status", "failed"),): 0.0,
     }
     assert samples[("ping_listener_absence_step_seconds_count", ())] == 0.0
+
+
+def test_a_second_scrape_shows_what_changed_since_the_first(store, clock):
+    user = {"monitor": True, "max_sleep": 60, "email_frequency": 600}
+    client = metrics_client(store, clock, {"pi": user, "nas": user})
+    ping_at(client, clock, T0 - 20)
+    clock.now = T0
+    scrape(client)
+    ping_at(client, clock, T0 + 1)
+    alert(store, "nas", T0 + 2, "oncall@example.com")
+    clock.now = T0 + 90  # pi is late again
+    samples = scrape(client)
+    assert samples[("ping_listener_pings_total", (("user", "pi"),))] == 2.0
+    assert samples[("ping_listener_last_ping_timestamp_seconds", (("user", "pi"),))] == T0 + 1
+    assert samples[("ping_listener_up", (("user", "pi"),))] == 0.0
+    assert samples[("ping_listener_alerts_total", (("user", "nas"),))] == 1.0
+    assert samples[("ping_listener_pings_total", (("user", "nas"),))] == 0.0
 
 
 def test_metrics_count_a_failed_user_or_a_run_past_max_runtime_as_down(store, clock):

@@ -108,7 +108,7 @@ def test_the_teams_format_is_an_adaptive_card_with_the_title_text_and_a_button_t
     card = attachment["content"]
     assert card["type"] == "AdaptiveCard"
     assert [block["text"] for block in card["body"]] == [EVENT.title, EVENT.text]
-    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Signals of that day", "url": EVENT.logs_url}]
+    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "That day's signals", "url": EVENT.logs_url}]
 
 
 def test_every_request_carries_the_idempotency_key_and_the_webhooks_own_headers_cannot_replace_it():
@@ -186,7 +186,7 @@ def trust(ca):
 
 
 @pytest.mark.usefixtures("trust_test_ca")
-@pytest.mark.parametrize("format_", webhooks.FORMATS)
+@pytest.mark.parametrize("format_", webhooks.COMPOSERS)
 def test_each_format_is_posted_over_https_as_composed(https_hook, format_):
     endpoint = WebhookConfig(https_hook.url + "/hook?token=t", format_, (("X-Team", "ops"),))
     assert sender().send(endpoint, EVENT) == webhooks.DeliveryResult(DELIVERED)
