@@ -45,6 +45,11 @@ class DeclaredCheckError(StoreError):
 PAUSED_UNTIL = 32_503_680_000.0
 
 
+def is_paused(snoozed_until: float | None) -> bool:
+    """Whether a user snoozed until `snoozed_until` is paused (PAUSED_UNTIL: a snooze without an end)."""
+    return snoozed_until is not None and snoozed_until >= PAUSED_UNTIL
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """What a webhook is told about one alert or recovery.

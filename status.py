@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import uptime
 from config import LiveSettings, Settings, StatusPage
 from localtime import duration_in_words, format_local_time, local_time_writer
-from records import PAUSED_UNTIL, Outage, StoreError, UserState
+from records import Outage, StoreError, UserState, is_paused
 from rules import (
     ALERTED,
     FAILED,
@@ -244,7 +244,7 @@ def device_state(user: UserState, now: float) -> str:
     """What a status page calls `user`'s state at `now`: paused (monitor off, or paused over the management
     API), in maintenance (a maintenance window snoozes it), snoozed, failed, late (silent or running past its
     deadlines, alerted or not; a flapping user while it is so) or up."""
-    if not user.monitor or (user.snoozed_until is not None and user.snoozed_until >= PAUSED_UNTIL):
+    if not user.monitor or is_paused(user.snoozed_until):
         return PAUSED
     state = live_state(user, now, user.parent)
     if state == RULES_MAINTENANCE:
