@@ -6,6 +6,7 @@ it imports nothing of the project but rules.py, so the mail, webhook, web and da
 knowing each other.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -142,22 +143,24 @@ class Signal:
 
 
 class UserCounts(NamedTuple):
-    """A configured user's deadline (when its first condition begins, as rules.condition says at the time
-    asked about, a snooze changing nothing; None if not monitored), last ping and counters.
+    """Every configured user's deadline (when its first condition begins, as rules.condition says at the time
+    asked about, a snooze changing nothing; None if not monitored), last ping and counters, as columns: the
+    i-th entry of each is the i-th user's, in the store's order.
 
     The counters, pings and alerts recorded since the user was first configured, never go down:
-    retention deletes old pings and alerts, not what was counted. A tuple, not a dataclass: a metrics scrape
-    makes one per configured user.
+    retention deletes old pings and alerts, not what was counted. Columns, not a record per user: a metrics
+    scrape reads them at every scrape and formats each column at once.
     """
 
-    username: str
-    condition_at: float | None
-    last_ping: float | None
-    pings: int
-    alerts: int
-    # A scheduled user's whole state: its deadline needs its schedule, which SQL cannot evaluate, so its
-    # condition_at above counts its silence from its last contact (rules.condition_at gives the real one).
-    scheduled: "UserState | None" = None
+    usernames: tuple[str, ...]
+    condition_at: tuple[float | None, ...]
+    last_ping: tuple[float | None, ...]
+    pings: tuple[int, ...]
+    alerts: tuple[int, ...]
+    # The scheduled users' whole states, by username: their deadline needs their schedule, which SQL cannot
+    # evaluate, so their condition_at above counts their silence from their last contact (rules.condition_at
+    # gives the real one).
+    scheduled: Mapping[str, UserState]
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,12 +186,10 @@ def bounded_encodings(
     return encodings, False
 
 
-def counts_of_users(rows: Iterable[Sequence[Any]], scheduled: Mapping[str, UserState]) -> list[UserCounts]:
-    """USER_COUNTS_SQL's rows as UserCounts, each with its UserState in `scheduled` (username -> state) if any."""
-    return [
-        UserCounts(name, at, last_ping, pings, alerts, scheduled.get(name))
-        for name, at, last_ping, pings, alerts in rows
-    ]
+def counts_of_users(rows: Sequence[Sequence[Any]], scheduled: Mapping[str, UserState]) -> UserCounts:
+    """USER_COUNTS_SQL's rows as the columns of UserCounts, with `scheduled` (username -> state)."""
+    usernames, condition_at, last_ping, pings, alerts = zip(*rows, strict=True) if rows else ((),) * 5
+    return UserCounts(usernames, condition_at, last_ping, pings, alerts, scheduled)
 
 
 def queued_webhook(row: Sequence[Any]) -> QueuedWebhook:
@@ -1188,7 +1186,7 @@ class SqlStore:
             rows = connection.execute(self._sql.recent_webhooks, (limit,)).fetchall()
         return [webhook_history(row) for row in rows]
 
-    def user_counts(self, now: float) -> list[UserCounts]:
+    def user_counts(self, now: float) -> UserCounts:
         """StoreContract.user_counts."""
         with self._read() as connection:
             rows = connection.execute(self._sql.user_counts, {"now": now}).fetchall()

@@ -295,9 +295,9 @@ class StoreContract(Protocol):
     def recent_webhooks(self, limit: int) -> list[WebhookHistory]:
         """The `limit` most recently queued webhook deliveries, newest first."""
 
-    def user_counts(self, now: float) -> list[UserCounts]:
-        """Every configured user's condition time at `now` and counters, for a metrics scrape: one row per user,
-        no ping read."""
+    def user_counts(self, now: float) -> UserCounts:
+        """Every configured user's condition time at `now` and counters, for a metrics scrape: one entry per
+        user in each column, no ping read."""
 
     def outbox_counts(self) -> dict[str, int]:
         """How many emails the outbox holds by status (queued, sent, failed), each present, 0 if none."""

@@ -1112,8 +1112,11 @@ def test_pings_and_alerts_are_counted_per_user_for_the_metrics(store):
         store.record_ping("pi", T0 + at)
     [pi] = store.due_users(T0 + 100, 10)
     store.save_check_outcomes([alert_outcome(pi, T0 + 700, "a@example.com", "b@example.com")], T0 + 100)
-    counts = {row.username: (row.pings, row.alerts) for row in store.user_counts(T0)}
-    assert counts == {"pi": (3, 1), "nas": (0, 0)}
+    counts = store.user_counts(T0)
+    assert dict(zip(counts.usernames, zip(counts.pings, counts.alerts, strict=True), strict=True)) == {
+        "pi": (3, 1),
+        "nas": (0, 0),
+    }
     first, second = store.due_emails(T0 + 100, 10)
     store.mark_sent([first.id], T0 + 101)
     assert store.outbox_counts() == {"queued": 1, "sent": 1, "failed": 0}
@@ -1131,9 +1134,10 @@ def test_a_version_1_database_is_migrated_with_its_counters_filled_in(tmp_path):
     migrated = Store(path)
     try:
         assert migrated.pragma("user_version") == SCHEMA_VERSION
-        assert [(row.username, row.pings) for row in migrated.user_counts(T0)] == [("pi", 2)]
+        counts = migrated.user_counts(T0)
+        assert (counts.usernames, counts.pings) == (("pi",), (2,))
         migrated.record_ping("pi", T0 + 3)
-        assert migrated.user_counts(T0)[0].pings == 3
+        assert migrated.user_counts(T0).pings == (3,)
     finally:
         migrated.close()
 
@@ -1185,7 +1189,7 @@ def test_old_pings_are_deleted_in_batches_oldest_users_first_and_newer_ones_kept
     assert store.pings_between("pi", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
     assert store.pings_between("nas", T0 - 10, T0 + 20) == [T0 + at for at in range(5, 10)]
     # The counters are totals received, not what is kept.
-    assert [row.pings for row in store.user_counts(T0)] == [10, 10]
+    assert store.user_counts(T0).pings == (10, 10)
 
 
 def test_deleted_pings_leave_space_that_new_pings_reuse(store):
@@ -1303,7 +1307,8 @@ def test_the_metrics_condition_time_is_the_rules_with_a_snooze_and_a_parents_ret
     for now in (T0 + 100, T0 + 150, T0 + 600, T0 + 700):
         users = {user.username: user for user in store.configured_users()}
         expected = {name: rules.condition(user, now) for name, user in users.items()}
-        counts = {row.username: row.condition_at for row in store.user_counts(now)}
+        columns = store.user_counts(now)
+        counts = dict(zip(columns.usernames, columns.condition_at, strict=True))
         assert counts == {name: rules.late_at(user, now) for name, user in users.items()}
         # Down for the metrics exactly when the rules say it is in a condition, snoozed or not.
         assert {name: not rules.is_up(at, now) for name, at in counts.items()} == {

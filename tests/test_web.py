@@ -1456,7 +1456,7 @@ def test_a_missing_or_wrong_token_is_a_403_and_records_nothing(store, clock, req
     answer = token_client(store, clock).post(**request_kwargs, status=403)
     assert (answer.content_type, answer.text) == ("text/plain", "wrong or missing token for pi")
     assert committed_pings(store) == []
-    assert store.user_counts(T0)[1].pings == 0
+    assert store.user_counts(T0).pings[1] == 0
 
 
 def test_a_user_without_a_token_needs_none_and_tokens_are_never_logged(store, clock, caplog):
@@ -1675,7 +1675,8 @@ def test_the_path_form_reads_token_and_no_other_query_parameter(store, clock):
     client.get(f"/ping/pi/start?status=fail&exit_code=3&username=open&rid=42&token={TOKEN}", status=200)
     client.get("/ping/open?status=fail&exit_code=3&username=pi&token=whatever", status=200)
     assert committed_signals(store) == [("start", None, None), ("success", None, None)]
-    assert [(user.username, user.pings) for user in store.user_counts(T0)] == [("pi", 1), ("open", 1)]
+    counts = store.user_counts(T0)
+    assert list(zip(counts.usernames, counts.pings, strict=True)) == [("pi", 1), ("open", 1)]
 
 
 @pytest.mark.parametrize("path", ["/ping/pi", "/ping/pi/fail", "/ping/pi/start", "/ping/pi/3", "/ping/pi/log"])
