@@ -149,7 +149,7 @@ class UserCounts(NamedTuple):
 
     The counters, pings and alerts recorded since the user was first configured, never go down:
     retention deletes old pings and alerts, not what was counted. Columns, not a record per user: a metrics
-    scrape reads them at every scrape and formats each column at once.
+    scrape reads every user, and compares each column with the last scrape's in one operation.
     """
 
     usernames: tuple[str, ...]
