@@ -81,7 +81,10 @@ class Exporter:
             if counts.scheduled:
                 deadlines = list(deadlines)
                 for username, state in counts.scheduled.items():
-                    deadlines[users.positions[username]] = condition_at(state, now)
+                    # Read after the rows, a scheduled user may be one they do not have yet: the next scrape has it.
+                    position = users.positions.get(username)
+                    if position is not None:
+                        deadlines[position] = condition_at(state, now)
             up = tuple(map(is_up, deadlines, repeat(now)))
             return users.answer(up, counts.last_ping, counts.pings, counts.alerts, rest)
 

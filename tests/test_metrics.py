@@ -8,6 +8,7 @@ import webtest
 import metrics
 from checks import Checks
 from config import LiveSettings
+from store import Store
 from support import BACKENDS, T0, Clock, make_settings, make_test_app
 
 KEY = "rw-api-key-0123456789"
@@ -79,3 +80,31 @@ def test_a_scrape_of_a_store_without_users_has_the_families_headers_only(store):
     answer = metrics.Exporter(store, Clock(T0)).scrape().decode()
     assert "# TYPE ping_listener_up gauge\n# HELP ping_listener_last_ping_timestamp_seconds" in answer
     assert samples(answer.encode()) == {}
+
+
+class ScheduledAddedBetweenReads(Store):
+    """A store whose users' rows are read before a reload adds a scheduled user, and whose scheduled users are
+    read after it, as a scrape's two statements may see them (each its own snapshot)."""
+
+    added = None
+
+    def user_counts(self, now):
+        counts = super().user_counts(now)
+        if self.added is None:
+            return counts
+        self.reload_users(self.added.users, now)
+        self.added = None
+        return counts._replace(scheduled=super().user_counts(now).scheduled)
+
+
+def test_a_scheduled_user_added_between_a_scrapes_two_reads_waits_for_the_next_scrape(tmp_path):
+    store = ScheduledAddedBetweenReads(tmp_path / "ping_listener.db")
+    try:
+        store.sync_users(make_settings({"pi": USER}).users, T0)
+        job = {"monitor": True, "schedule": "0 17 * * *", "tz": "Europe/Paris", "grace": 600, "email_frequency": 60}
+        store.added = make_settings({"pi": USER, "job": job})
+        exporter = metrics.Exporter(store, Clock(T0))
+        assert {name for family, name in samples(exporter.scrape()) if family == "ping_listener_up"} == {"pi"}
+        assert samples(exporter.scrape())[("ping_listener_up", "job")] == 1.0
+    finally:
+        store.close()
