@@ -10,6 +10,7 @@ import webtest
 
 import api
 import server
+import sql_store
 from checks import Checks, Definition
 from config import LiveSettings
 from records import LISTED_FIELDS, PAUSED_UNTIL, UserState, listed_state
@@ -426,3 +427,8 @@ def test_the_store_lists_each_configured_check_s_name_signal_count_and_listed_fi
         for name in ("Zed", "nas", "pi")
     ]
     assert [tuple(row) for row in store.listed_check_rows()] == expected
+
+
+def test_the_store_reads_the_listed_rows_along_the_names_index_without_sorting(store):
+    listed = sql_store.SQLITE.sql(sql_store.LISTED_CHECKS_SQL)
+    assert store.query_plan(listed) == ["SCAN users USING INDEX sqlite_autoindex_users_1"]
