@@ -91,6 +91,7 @@ def test_the_list_filters_by_tag_and_slug(client):
     assert names("?tag=db&tag=prod") == ["a"]
     assert names("?tag=home") == ["pi"]
     assert names("?slug=b") == ["b"]
+    assert client.get("/api/v3/checks/?slug=nope", headers=RW).text == '{"checks":[]}'
 
 
 @BACKENDS
