@@ -255,11 +255,41 @@ class _Part:
 
 @dataclass(frozen=True, slots=True)
 class _Listed:
-    """The listing's parts by check name, all of the same (version, read-only, root): a listing of another encodes
-    every check again. Replaced whole by each listing, so concurrent ones each read one version."""
+    """A listing: its parts by check name (those it showed and those it kept), all of the same (version, read-only,
+    root), so that a listing of another encodes every check again; and its answer with what it was made of (the
+    rows read, the configs and checks in force, the query's slug and tags) and the moments between which it holds.
+    Replaced whole by each listing, so concurrent ones each read one version."""
 
     variant: tuple[int, bool, str]
     parts: Mapping[str, _Part]
+    rows: list[tuple[Any, ...]]
+    users: Mapping[str, UserConfig]
+    checks_version: tuple[object, object]
+    query: tuple[str | None, frozenset[str]]
+    since: float
+    until: float | None
+    answer: bytes
+
+    def holds(
+        self,
+        variant: tuple[int, bool, str],
+        rows: list[tuple[Any, ...]],
+        users: Mapping[str, UserConfig],
+        checks_version: tuple[object, object],
+        query: tuple[str | None, frozenset[str]],
+        at: float,
+    ) -> bool:
+        """Whether `answer` is the listing made of these at `at`: nothing it was made of changed (configs and
+        checks by identity) and no status it shows may have turned."""
+        return (
+            variant == self.variant
+            and query == self.query
+            and users is self.users
+            and all(now is then for now, then in zip(checks_version, self.checks_version, strict=True))
+            and self.since <= at
+            and (self.until is None or at < self.until)
+            and rows == self.rows
+        )
 
 
 def _part(
@@ -352,8 +382,8 @@ def mount(
             raise bottle.HTTPError(404, f"no check with the uuid {code[:40]}")
         return name
 
-    # The listing's parts as the last listing encoded them, for the answers of one (version, key, root) at a time.
-    listed = _Listed((0, False, ""), {})
+    # The last listing, whose parts the next one reuses (or its whole answer, if nothing changed).
+    listed = _Listed((0, False, ""), {}, [], {}, (None, None), (None, frozenset()), 0.0, None, b"")
 
     @app.get(_ROUTE + "checks/")
     @_errors
@@ -361,14 +391,19 @@ def mount(
         nonlocal listed
         _, readonly = authorized(write=False)
         query = bottle.request.query
-        tags = set(query.getall("tag"))
+        tags = frozenset(query.getall("tag"))
         slug = query.get("slug")
-        current = settings.current.users
+        current, checks_version = settings.current.users, checks.version()
         rows = store.listed_check_rows()
         at, variant = clock(), (int(version), readonly, root())
-        before = listed.parts if listed.variant == variant else {}
+        bottle.response.content_type = "application/json"
+        last = listed
+        if last.holds(variant, rows, current, checks_version, (slug, tags), at):
+            return last.answer
+        before = last.parts if last.variant == variant else {}
         parts: dict[str, _Part] = {}
         shown = []
+        until: float | None = None
         for row in rows:
             name = row[0]
             config = current.get(name)
@@ -380,11 +415,13 @@ def mount(
                 if part is None or not part.holds(row, config, definition, check_uuid, at):
                     part = _part(row, config, definition, check_uuid, at, variant)
                 shown.append(part.json)
+                if part.until is not None and (until is None or part.until < until):
+                    until = part.until
             if part is not None:
                 parts[name] = part
-        listed = _Listed(variant, parts)
-        bottle.response.content_type = "application/json"
-        return _json_list(b"checks", shown)
+        answer = _json_list(b"checks", shown)
+        listed = _Listed(variant, parts, rows, current, checks_version, (slug, tags), at, until, answer)
+        return answer
 
     @app.post(_ROUTE + "checks/")
     @_errors

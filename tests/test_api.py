@@ -355,6 +355,10 @@ def test_the_list_never_answers_a_check_as_it_was_before_a_signal_pause_reload_u
     path = write_settings(tmp_path / "settings.json", {**settings, "pi": {**PI, "max_sleep": 120}})
     assert server.reload_settings(path, live, store, clock, checks)
     assert fresh()["pi"]["max_sleep"] == 120
+    # Settings put in force by another than Checks (the listing answers whatever settings are in force).
+    nas = dataclasses.replace(live.current.users["nas"], email_frequency=1200.0)
+    live.replace(dataclasses.replace(live.current, users={**live.current.users, "nas": nas}))
+    assert fresh()["nas"]["email_frequency"] == 1200
     assert fresh(version=1)["pi"]["update_url"].startswith("http://localhost:80/api/v1/checks/")
     assert "uuid" not in fresh(headers=RO)["pi"]
     assert fresh()["pi"]["update_url"].startswith("http://localhost:80/api/v3/checks/")
