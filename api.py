@@ -46,6 +46,7 @@ from records import (
     StoreUnavailableError,
     UnknownUserError,
     UserState,
+    listed_state,
 )
 from rules import condition, expected_at, late_at, run_deadline, silence_start, snoozed, start_deadline
 from store_contract import StoreContract
@@ -224,6 +225,99 @@ def check_dict(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A check's JSON in the listing (check_dict's, encoded), with what it was made of: the check's row of
+    StoreContract.listed_check_rows, config, definition and UUID, and the moments between which its status holds
+    (`until` None: until one of those changes)."""
+
+    row: tuple[Any, ...]
+    config: UserConfig
+    definition: Definition | None
+    check_uuid: str
+    since: float
+    until: float | None
+    json: bytes
+
+    def holds(
+        self, row: tuple[Any, ...], config: UserConfig, definition: Definition | None, check_uuid: str, at: float
+    ) -> bool:
+        """Whether this is the JSON of the check made of these at `at` (a clock set back misses)."""
+        return (
+            row == self.row
+            and (config is self.config or config == self.config)
+            and (definition is self.definition or definition == self.definition)
+            and check_uuid == self.check_uuid
+            and self.since <= at
+            and (self.until is None or at < self.until)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A listing: its parts by check name (those it showed and those it kept), all of the same (version, read-only,
+    root), so that a listing of another encodes every check again; and its answer with what it was made of (the
+    rows read, the configs and checks in force, the query's slug and tags) and the moments between which it holds.
+    Replaced whole by each listing, so concurrent ones each read one version."""
+
+    variant: tuple[int, bool, str]
+    parts: Mapping[str, _Part]
+    rows: list[tuple[Any, ...]]
+    users: Mapping[str, UserConfig]
+    checks_version: tuple[object, object]
+    query: tuple[str | None, frozenset[str]]
+    since: float
+    until: float | None
+    answer: bytes
+
+    def holds(
+        self,
+        variant: tuple[int, bool, str],
+        rows: list[tuple[Any, ...]],
+        users: Mapping[str, UserConfig],
+        checks_version: tuple[object, object],
+        query: tuple[str | None, frozenset[str]],
+        at: float,
+    ) -> bool:
+        """Whether `answer` is the listing made of these at `at`: nothing it was made of changed (configs and
+        checks by identity) and no status it shows may have turned."""
+        return (
+            variant == self.variant
+            and query == self.query
+            and users is self.users
+            and all(now is then for now, then in zip(checks_version, self.checks_version, strict=True))
+            and self.since <= at
+            and (self.until is None or at < self.until)
+            and rows == self.rows
+        )
+
+
+def _part(
+    row: tuple[Any, ...],
+    config: UserConfig,
+    definition: Definition | None,
+    check_uuid: str,
+    at: float,
+    variant: tuple[int, bool, str],
+) -> _Part:
+    """The listing's part of the check of `row` (StoreContract.listed_check_rows) at `at`, for `variant`."""
+    user = listed_state(row)
+    version, readonly, base = variant
+    shown = check_dict(user, config, definition, check_uuid, row[1], at, version, readonly, base)
+    until = status_until(user, config, _api_grace(config, definition), at)
+    return _Part(row, config, definition, check_uuid, at, until, json.dumps(shown, separators=(",", ":")).encode())
+
+
+def _json_list(key: bytes, items: list[bytes]) -> bytes:
+    """The JSON object {key: [items]} of encoded JSON `items`, which are copied once."""
+    if not items:
+        return b'{"%s":[]}' % key
+    first, last = b'{"%s":[' % key, b"]}"
+    if len(items) == 1:
+        return first + items[0] + last
+    return b",".join([first + items[0], *items[1:-1], items[-1] + last])
+
+
 def mount(
     app: bottle.Bottle,
     store: StoreContract,
@@ -288,50 +382,46 @@ def mount(
             raise bottle.HTTPError(404, f"no check with the uuid {code[:40]}")
         return name
 
-    # Each listed check's JSON as the list last encoded it, by name: (what it was made of, the moments between which
-    # its status holds (a clock set back misses), the JSON). A listing re-encodes only the checks whose state row,
-    # ping count, config, definition or status moved since: listing a fleet is two statements and a comparison per
-    # check.
-    encoded: dict[str, tuple[tuple[Any, ...], float, float | None, str]] = {}
-
-    def encode(
-        row: tuple[Any, ...], pings: int, config: UserConfig, at: float, version: int, readonly: bool, base: str
-    ) -> str:
-        """The JSON of the check whose state row is `row` as check_dict shows it at `at`, from `encoded` if that
-        holds it."""
-        name = row[1]
-        check_uuid, definition = checks.uuid_of(name) or "", checks.definition(name)
-        made_of = (row, pings, config, definition, check_uuid, version, readonly, base)
-        cached = encoded.get(name)
-        if cached is not None and cached[0] == made_of and cached[1] <= at and (cached[2] is None or at < cached[2]):
-            return cached[3]
-        user = UserState(*row[:-1])
-        shown = check_dict(user, config, definition, check_uuid, pings, at, version, readonly, base)
-        text = json.dumps(shown, separators=(",", ":"))
-        encoded[name] = (made_of, at, status_until(user, config, _api_grace(config, definition), at), text)
-        return text
+    # The last listing, whose parts the next one reuses (or its whole answer, if nothing changed).
+    listed = _Listed((0, False, ""), {}, [], {}, (None, None), (None, frozenset()), 0.0, None, b"")
 
     @app.get(_ROUTE + "checks/")
     @_errors
-    def list_checks(version: str) -> str:
+    def list_checks(version: str) -> bytes:
+        nonlocal listed
         _, readonly = authorized(write=False)
         query = bottle.request.query
-        tags = set(query.getall("tag"))
+        tags = frozenset(query.getall("tag"))
         slug = query.get("slug")
-        current = settings.current.users
-        rows = {row[1]: row for row in store.configured_user_rows() if row[1] in current}
-        counts = store.pings_totals()
-        at, base = clock(), root()
-        listed = []
-        for name in sorted(rows):
-            config = current[name]
-            if (slug is not None and name != slug) or not tags.issubset(config.tags):
-                continue
-            listed.append(encode(rows[name], counts.get(name, 0), config, at, int(version), readonly, base))
-        for gone in [name for name in encoded if name not in rows]:
-            encoded.pop(gone, None)
+        current, checks_version = settings.current.users, checks.version()
+        rows = store.listed_check_rows()
+        at, variant = clock(), (int(version), readonly, root())
         bottle.response.content_type = "application/json"
-        return '{"checks":[' + ",".join(listed) + "]}"
+        last = listed
+        if last.holds(variant, rows, current, checks_version, (slug, tags), at):
+            return last.answer
+        before = last.parts if last.variant == variant else {}
+        parts: dict[str, _Part] = {}
+        shown = []
+        until: float | None = None
+        for row in rows:
+            name = row[0]
+            config = current.get(name)
+            if config is None:
+                continue
+            part = before.get(name)
+            if (slug is None or name == slug) and tags.issubset(config.tags):
+                definition, check_uuid = checks.definition(name), checks.uuid_of(name) or ""
+                if part is None or not part.holds(row, config, definition, check_uuid, at):
+                    part = _part(row, config, definition, check_uuid, at, variant)
+                shown.append(part.json)
+                if part.until is not None and (until is None or part.until < until):
+                    until = part.until
+            if part is not None:
+                parts[name] = part
+        answer = _json_list(b"checks", shown)
+        listed = _Listed(variant, parts, rows, current, checks_version, (slug, tags), at, until, answer)
+        return answer
 
     @app.post(_ROUTE + "checks/")
     @_errors

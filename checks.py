@@ -133,6 +133,11 @@ class Checks:
         self.refresh()
         return 0
 
+    def version(self) -> tuple[object, object]:
+        """What definition(), uuid_of() and name_of() answer from, as opaque objects: while each of the two is the
+        same object (`is`) as at an earlier call, those answer exactly as they did then."""
+        return self._file, self._view
+
     def name_of(self, uuid: str) -> str | None:
         """The name of the configured check whose UUID is `uuid`, or None."""
         return self._view.names.get(uuid)

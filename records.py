@@ -8,7 +8,7 @@ knowing each other.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rules import SILENCE
 
@@ -49,6 +49,29 @@ PAUSED_UNTIL = 32_503_680_000.0
 def is_paused(snoozed_until: float | None) -> bool:
     """Whether a user snoozed until `snoozed_until` is paused (PAUSED_UNTIL: a snooze without an end)."""
     return snoozed_until is not None and snoozed_until >= PAUSED_UNTIL
+
+
+# The fields of a user's state that its status as the management API shows it depends on (rules.snoozed,
+# condition, run_deadline, late_at, expected_at, start_deadline), and the duration of its last run: all that
+# the API's listing reads of each check's row (StoreContract.listed_check_rows).
+LISTED_FIELDS = (
+    "monitor",
+    "max_sleep",
+    "monitored_since",
+    "last_ping",
+    "max_runtime",
+    "run_started",
+    "last_duration",
+    "failed_at",
+    "fail_count",
+    "fail_threshold",
+    "silence_from",
+    "snoozed_until",
+    "schedule",
+    "tz",
+    "grace",
+    "start_grace",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +152,14 @@ class UserState:
     flapping_since: float | None = None
     # The user it depends on, read in the same statement (its own parent is not read); None if none.
     parent: "UserState | None" = None
+
+
+def listed_state(row: tuple[Any, ...]) -> UserState:
+    """The state of the user of a row of StoreContract.listed_check_rows (username, signal count, then
+    LISTED_FIELDS): its LISTED_FIELDS as stored, the others as a user just configured has them (id 0)."""
+    return UserState(
+        0, row[0], email_frequency=0.0, last_alert=None, due_at=None, **dict(zip(LISTED_FIELDS, row[2:], strict=True))
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from config import MaintenanceWindow, UserConfig
 from records import (
+    LISTED_FIELDS,
     PAUSED_UNTIL,
     AlertHistory,
     CheckExistsError,
@@ -457,6 +458,12 @@ UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
 # Signals counted (as metrics count them) for the management API's n_pings: of every configured user, or of one.
 PINGS_TOTALS_SQL = "SELECT username, pings_total FROM users WHERE configured"
 PINGS_TOTAL_SQL = "SELECT username, pings_total FROM users WHERE username = ? AND configured"
+# The management API's listing: of each configured user only what its JSON shows, in username order through the
+# UNIQUE index (no sort).
+LISTED_CHECKS_SQL = (
+    f"SELECT username, pings_total, {', '.join(LISTED_FIELDS)} FROM users WHERE configured"
+    f" ORDER BY username{BY_CODE_POINT}"
+)
 # A user's alerts and recoveries with start <= at < end along alerts_by_user_time, for its flips.
 ALERT_KINDS_SQL = (
     "SELECT at, kind, went_down_at FROM alerts WHERE user_id = ? AND at >= ? AND at < ? ORDER BY at, id LIMIT ?"
@@ -634,6 +641,7 @@ class Statements:
     alert_kinds: str
     pings_totals: str
     pings_total: str
+    listed_checks: str
 
     @classmethod
     def build(
@@ -720,6 +728,7 @@ class Statements:
             alert_kinds=s(ALERT_KINDS_SQL),
             pings_totals=s(PINGS_TOTALS_SQL),
             pings_total=s(PINGS_TOTAL_SQL),
+            listed_checks=s(LISTED_CHECKS_SQL),
             restart=tuple(
                 map(
                     s,
@@ -989,6 +998,11 @@ class SqlStore:
         """StoreContract.configured_user_rows."""
         with self._read() as connection:
             return list(connection.execute(self._sql.overview_users).fetchall())
+
+    def listed_check_rows(self) -> list[tuple[Any, ...]]:
+        """StoreContract.listed_check_rows."""
+        with self._read() as connection:
+            return list(connection.execute(self._sql.listed_checks).fetchall())
 
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """StoreContract.pings_after_id."""

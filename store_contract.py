@@ -147,6 +147,11 @@ class StoreContract(Protocol):
         """Every configured user's row, in username order: UserState(*row[:-1]) is its state, row[-1] its
         parent's id (None if none). For a reader that keeps the states it made and compares rows."""
 
+    def listed_check_rows(self) -> list[tuple[Any, ...]]:
+        """Every configured user's name, count of signals (as pings_totals) and records.LISTED_FIELDS, in username
+        order: records.listed_state(row) is what its status depends on. For the management API's listing, which
+        compares rows to tell the checks that changed."""
+
     def pings_after_id(self, after_id: int) -> list[tuple[int, int, float]]:
         """(id, user id, time) of every ping whose id is greater than `after_id`, in id order."""
 

@@ -1,15 +1,20 @@
 """The management API (/api/v1/, /api/v2/, /api/v3/), through the app in process on both databases: every
 endpoint, its fields as Healthchecks shapes them, and every error."""
 
+import dataclasses
 import json
+import random
 
 import pytest
 import webtest
 
-from checks import Checks
+import api
+import server
+import sql_store
+from checks import Checks, Definition
 from config import LiveSettings
-from records import PAUSED_UNTIL
-from support import BACKENDS, T0, Clock, make_settings, make_test_app
+from records import LISTED_FIELDS, PAUSED_UNTIL, UserState, listed_state
+from support import BACKENDS, T0, Clock, make_settings, make_test_app, write_settings
 
 KEY = "rw-api-key-0123456789"
 READ_KEY = "ro-api-key-0123456789"
@@ -86,6 +91,7 @@ def test_the_list_filters_by_tag_and_slug(client):
     assert names("?tag=db&tag=prod") == ["a"]
     assert names("?tag=home") == ["pi"]
     assert names("?slug=b") == ["b"]
+    assert client.get("/api/v3/checks/?slug=nope", headers=RW).text == '{"checks":[]}'
 
 
 @BACKENDS
@@ -309,3 +315,125 @@ def test_the_list_follows_signals_pauses_changes_and_time_as_each_check_does(sto
     assert listing_matches_each_check(client)["pi"] == "up"  # silence counts again from the snooze's end
     clock.now = T0 + 961
     assert listing_matches_each_check(client)["pi"] == "down"
+
+
+def listing_of_a_new_app(store, live, checks, clock, version=3, headers=RW):
+    """The list as an app that never listed before answers it: every check encoded afresh."""
+    app = make_test_app(store, live, clock, checks=checks, api_key=KEY, api_key_readonly=READ_KEY)
+    return webtest.TestApp(app).get(f"/api/v{version}/checks/", headers=headers).json
+
+
+@BACKENDS
+def test_the_list_never_answers_a_check_as_it_was_before_a_signal_pause_reload_update_or_other_key(
+    store, clock, tmp_path
+):
+    # Each step changes one check's JSON through one of the things the listing's cache is keyed by (its row, its
+    # config, its definition, the version and key asked with); the app that listed before each step must answer as
+    # one that never listed. A step the cache missed would answer the check as it was.
+    settings = {"pi": PI, "nas": {**PI, "tags": ["home", "disk"]}}
+    client, live, checks = api_app(store, clock, users=settings)
+    job = create(client, name="job", timeout=600, grace=60)["uuid"]
+
+    def fresh(version=3, headers=RW):
+        answer = client.get(f"/api/v{version}/checks/", headers=headers).json
+        assert answer == listing_of_a_new_app(store, live, checks, clock, version, headers)
+        return {check["name"]: check for check in answer["checks"]}
+
+    fresh()
+    client.get("/ping/pi")
+    assert fresh()["pi"]["n_pings"] == 1
+    client.get("/ping/job/fail")
+    assert fresh()["job"]["status"] == "down"
+    client.post(f"/api/v3/checks/{job}/pause", headers=RW)
+    assert fresh()["job"]["status"] == "paused"
+    client.post_json(f"/api/v3/checks/{job}", {"desc": "the nightly dump"}, headers=RW)
+    assert fresh()["job"]["desc"] == "the nightly dump"
+    # A reload changing what only the settings hold (the row's columns that the listing reads stay as they were).
+    path = write_settings(tmp_path / "settings.json", {**settings, "nas": {**PI, "email_frequency": 900}})
+    assert server.reload_settings(path, live, store, clock, checks)
+    assert (fresh()["nas"]["email_frequency"], fresh()["nas"]["tags"]) == (900, "home")
+    path = write_settings(tmp_path / "settings.json", {**settings, "pi": {**PI, "max_sleep": 120}})
+    assert server.reload_settings(path, live, store, clock, checks)
+    assert fresh()["pi"]["max_sleep"] == 120
+    # Settings put in force by another than Checks (the listing answers whatever settings are in force).
+    nas = dataclasses.replace(live.current.users["nas"], email_frequency=1200.0)
+    live.replace(dataclasses.replace(live.current, users={**live.current.users, "nas": nas}))
+    assert fresh()["nas"]["email_frequency"] == 1200
+    assert fresh(version=1)["pi"]["update_url"].startswith("http://localhost:80/api/v1/checks/")
+    assert "uuid" not in fresh(headers=RO)["pi"]
+    assert fresh()["pi"]["update_url"].startswith("http://localhost:80/api/v3/checks/")
+    clock.now = T0 + 121
+    assert fresh()["pi"]["status"] == "down"
+    clock.now = T0 + 60  # the clock set back
+    assert fresh()["pi"]["status"] == "up"
+
+
+def random_state(rng, name):
+    """A UserState of `name` with every field drawn at random (times around T0, some None)."""
+
+    def moment():
+        return rng.choice([None, T0 + rng.uniform(-4000, 4000)])
+
+    def length():
+        return rng.choice([None, rng.uniform(1, 3000)])
+
+    drawn = {}
+    for field in dataclasses.fields(UserState):
+        if field.name in ("id", "username", "parent"):
+            continue
+        drawn[field.name] = moment()
+    drawn.update(
+        monitor=rng.random() < 0.9,
+        notify_recovery=rng.random() < 0.5,
+        max_sleep=rng.uniform(1, 3000),
+        email_frequency=rng.uniform(1, 3000),
+        monitored_since=T0 + rng.uniform(-4000, 0),
+        flap_quiet=rng.uniform(1, 3000),
+        schedule=rng.choice([None, "0 * * * *"]),
+        tz=rng.choice([None, "UTC", "Asia/Kathmandu"]),
+        last_alert_kind=rng.choice([None, "late", "failed"]),
+        suppressed_kind=rng.choice([None, "late"]),
+        **{key: rng.randint(0, 3) for key in ("fail_count", "flap_count", "fail_signal", "last_signal")},
+        **{key: rng.randint(1, 3) for key in ("fail_threshold", "flap_threshold")},
+        **{key: length() for key in ("max_runtime", "grace", "min_runtime", "min_interval", "start_grace")},
+        **{key: length() for key in ("last_duration", "too_often_gap")},
+    )
+    return UserState(id=rng.randint(1, 100), username=name, **drawn)
+
+
+def test_what_the_list_reads_of_a_check_s_row_is_all_its_json_depends_on():
+    # The list reads only LISTED_FIELDS of each row (records.listed_state leaves the rest at their defaults): a
+    # field the status came to depend on without being listed would make these differ.
+    rng = random.Random(25)
+    scheduled = {"monitor": True, "email_frequency": 600, "schedule": "0 * * * *", "tz": "Asia/Kathmandu", "grace": 120}
+    configs = [make_settings({"a": PI}).users["a"], make_settings({"a": scheduled}).users["a"]]
+    definitions = [None, Definition({}, grace=60.0)]
+    for _ in range(1000):
+        user, config, definition = random_state(rng, "a"), rng.choice(configs), rng.choice(definitions)
+        listed = listed_state((user.username, 7, *(getattr(user, field) for field in LISTED_FIELDS)))
+        now = T0 + rng.uniform(-4000, 8000)
+        for readonly in (False, True):
+            shown = api.check_dict(user, config, definition, "u", 7, now, 3, readonly, "http://x")
+            assert api.check_dict(listed, config, definition, "u", 7, now, 3, readonly, "http://x") == shown
+        grace = 60.0 if definition is not None else config.grace or 0.0
+        assert api.status_until(listed, config, grace, now) == api.status_until(user, config, grace, now)
+
+
+@BACKENDS
+def test_the_store_lists_each_configured_check_s_name_signal_count_and_listed_fields_by_name(store, clock):
+    client, _, _ = api_app(store, clock, users={"pi": PI, "Zed": PI, "nas": {**PI, "max_runtime": 30}})
+    client.get("/ping/pi")
+    client.get("/ping/nas/start")
+    client.get("/ping/Zed/fail")
+    store.snooze("pi", T0 + 900, T0)
+    counts = store.pings_totals()
+    expected = [
+        (name, counts[name], *(getattr(store.user(name), field) for field in LISTED_FIELDS))
+        for name in ("Zed", "nas", "pi")
+    ]
+    assert [tuple(row) for row in store.listed_check_rows()] == expected
+
+
+def test_the_store_reads_the_listed_rows_along_the_names_index_without_sorting(store):
+    listed = sql_store.SQLITE.sql(sql_store.LISTED_CHECKS_SQL)
+    assert store.query_plan(listed) == ["SCAN users USING INDEX sqlite_autoindex_users_1"]
