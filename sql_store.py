@@ -437,14 +437,15 @@ CONFIGURED_SETTINGS_SQL = (
     " WHERE child.configured AND child.program IS NULL"
 )
 REMOVE_USER_SQL = "UPDATE users SET configured = FALSE, due_at = NULL WHERE username = ?"
-# A user gets its UUID (:uuid) the first time it is configured, and keeps it: a row configured again keeps its own.
+# A user gets its UUID the first time it is configured, and keeps it: a row configured again keeps its own.
+# Positional parameters (_new_user_row): binding them costs a fraction of named ones, for 100 000 rows at a first start.
 ADD_USER_SQL = (
     f"INSERT INTO users (username, configured, {_COLUMNS}, monitored_since, uuid)"
-    f" VALUES (:name, TRUE, {', '.join(f':{column}' for column in SETTINGS_COLUMNS)}, :now, :uuid)"
+    f" VALUES (?, TRUE, {', '.join('?' for _ in SETTINGS_COLUMNS)}, ?, ?)"
     " ON CONFLICT (username) DO UPDATE SET configured = TRUE, "
     + ", ".join(f"{column} = excluded.{column}" for column in SETTINGS_COLUMNS)
-    + ", monitored_since = :now, parent_id = NULL, program = NULL, created_by = NULL,"
-    " maintenance_at = CASE WHEN CAST(:maintenance AS TEXT) IS NOT NULL THEN :now END,"
+    + ", monitored_since = excluded.monitored_since, parent_id = NULL, program = NULL, created_by = NULL,"
+    " maintenance_at = CASE WHEN excluded.maintenance IS NOT NULL THEN excluded.monitored_since END,"
     " uuid = coalesce(users.uuid, excluded.uuid)"
 )
 # Checks by program. The configured rows from before UUIDs get theirs here, and keep them.
@@ -887,7 +888,7 @@ class SqlStore:
                 raise CheckLimitError(f"auto_provision_limit reached: {limit} checks were created by signals")
             settings = user_settings(user)
             [new_uuid] = new_uuids(1)
-            connection.execute(self._sql.add_user, _user_parameters(username, settings, now, new_uuid))
+            connection.execute(self._sql.add_user, _new_user_row(username, settings, now, new_uuid))
             connection.execute(self._sql.set_program, (program, created_by, username))
             connection.execute(self._sql.set_parent, (user.depends_on, username))
             connection.execute(self._sql.user_due_at, (username,))
@@ -1273,7 +1274,7 @@ class SqlStore:
             cursor.executemany(
                 self._sql.add_user,
                 (
-                    _user_parameters(name, wanted[name], now, new_uuid)
+                    _new_user_row(name, wanted[name], now, new_uuid)
                     for name, new_uuid in zip(added, new_uuids(len(added)), strict=True)
                 ),
             )
@@ -1296,7 +1297,12 @@ class SqlStore:
             connection.execute(statement, {"now": now})
 
 
-def _user_parameters(name: str, settings: tuple[Any, ...], now: float, new_uuid: str | None = None) -> dict[str, Any]:
-    """The parameters of ADD_USER_SQL (with the UUID `new_uuid` for a new row) and CHANGE_USER_SQL for the user
-    `name` with `settings` (user_settings)."""
-    return {**dict(zip(SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now, "uuid": new_uuid}
+def _user_parameters(name: str, settings: tuple[Any, ...], now: float) -> dict[str, Any]:
+    """The parameters of CHANGE_USER_SQL for the user `name` with `settings` (user_settings)."""
+    return {**dict(zip(SETTINGS_COLUMNS, settings, strict=False)), "name": name, "now": now}
+
+
+def _new_user_row(name: str, settings: tuple[Any, ...], now: float, new_uuid: str) -> tuple[Any, ...]:
+    """The parameters of ADD_USER_SQL for the user `name` with `settings` (user_settings), monitored from `now`,
+    whose UUID is `new_uuid` unless it has one."""
+    return (name, *settings[: len(SETTINGS_COLUMNS)], now, new_uuid)
