@@ -415,14 +415,16 @@ def parse_settings(document: Any) -> Settings:
     if users is not None and not isinstance(users, dict):
         problems.append(f"users: must be an object of username -> user settings, got {_show(users)}")
     elif users is not None:
-        users = {name: with_defaults(user, defaults, "defaults" in document) for name, user in users.items()}
-        for username, user in users.items():
-            parsed = _parse_user(username, user, recipient, require_tokens is True, webhooks, problems)
-            if parsed is not None:
-                parsed_users[username] = dataclasses.replace(parsed, maintenance=every_user + parsed.maintenance)
+        fleet = "defaults" in document
+        parsed_users = _parse_users(
+            users, defaults, fleet, recipient, require_tokens is True, webhooks, every_user, problems
+        )
+        # `defaults` holds no depends_on: the users as written tell the dependencies.
         _check_dependencies(users, problems)
         if "recipient" not in document:
-            _check_recipient_needed(users, problems)
+            _check_recipient_needed(
+                {name: with_defaults(user, defaults, fleet) for name, user in users.items()}, problems
+            )
     status_pages = _status_pages(document.get("status_pages", {}), users if isinstance(users, dict) else {}, problems)
     badge_key = document.get("badge_key")
     # The value is never quoted: it is a secret of sorts.
@@ -656,15 +658,73 @@ def secret_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
+def _parse_users(users, defaults, fleet, recipient, require_tokens, webhooks, every_user, problems):
+    """settings.json's `users` (name -> its settings as written) as name -> UserConfig, `defaults` filled in
+    (with_defaults) and the top-level maintenance windows `every_user` first; a user with problems is left out.
+
+    A fleet's users mostly differ by name, and token, alone: each distinct value of the other settings is
+    validated once, and the users that share it share its UserConfig (their token checked and digested each).
+    """
+    parsed_users = {}
+    # The repr of a user's settings without its token (which tells 1, 1.0 and true apart) -> their UserConfig.
+    validated: dict[str, UserConfig] = {}
+    for username, user in users.items():
+        key = _settings_key(user)
+        known = validated.get(key) if key is not None else None
+        token = user.get("token") if known is not None else None
+        if known is not None and _username_problem(username) is None and _token_problem(token, require_tokens) is None:
+            parsed_users[username] = (
+                known if token is None else dataclasses.replace(known, token_digest=secret_digest(token))
+            )
+            continue
+        parsed = _parse_user(
+            username, with_defaults(user, defaults, fleet), recipient, require_tokens, webhooks, problems
+        )
+        if parsed is None:
+            continue
+        if every_user:
+            parsed = dataclasses.replace(parsed, maintenance=every_user + parsed.maintenance)
+        parsed_users[username] = parsed
+        if key is not None:
+            validated[key] = parsed if parsed.token_digest is None else dataclasses.replace(parsed, token_digest=None)
+    return parsed_users
+
+
+def _settings_key(user):
+    """What tells apart two users' settings (parsed JSON) as validation sees them, but their token; None for
+    settings validated each time (not an object, or naming a user to depend on)."""
+    if not isinstance(user, dict) or "depends_on" in user:
+        return None
+    return repr({key: value for key, value in user.items() if key != "token"} if "token" in user else user)
+
+
+def _username_problem(username):
+    """Why `username` cannot be a user's name (its path is prepended), or None if it can."""
+    if not username:
+        return "a username must not be empty"
+    if _CONTROL.search(username):
+        return "a username must not contain control characters"
+    if _SEPARATORS.search(username):
+        return "a username must not contain line or paragraph separators (U+2028, U+2029)"
+    return None
+
+
+def _token_problem(token, require_tokens):
+    """Why `token` (a user's settings.json `token`, None if absent) is wrong (its path is prepended), or None."""
+    if token is None:
+        return "missing (require_tokens is true)" if require_tokens else None
+    if not (isinstance(token, str) and _is_token(token)):
+        # The value is never quoted: even a wrong token may be a secret.
+        return f"must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces or control characters"
+    return None
+
+
 def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     path = _path("users.", username)
     before = len(problems)
-    if not username:
-        problems.append(f"{path}: a username must not be empty")
-    elif _CONTROL.search(username):
-        problems.append(f"{path}: a username must not contain control characters")
-    elif _SEPARATORS.search(username):
-        problems.append(f"{path}: a username must not contain line or paragraph separators (U+2028, U+2029)")
+    username_problem = _username_problem(username)
+    if username_problem is not None:
+        problems.append(f"{path}: {username_problem}")
     if not isinstance(user, dict):
         problems.append(
             f"{path}: must be an object with monitor, max_sleep (or schedule) and email_frequency, got {_show(user)}"
@@ -687,14 +747,9 @@ def _parse_user(username, user, recipient, require_tokens, webhooks, problems):
     if depends_on is not None and not (isinstance(depends_on, str) and depends_on):
         problems.append(f"{path}.depends_on: must be the name of another user, got {_show(depends_on)}")
     token = user.get("token")
-    if token is None and require_tokens:
-        problems.append(f"{path}.token: missing (require_tokens is true)")
-    # The value is never quoted: even a wrong token may be a secret.
-    elif token is not None and not (isinstance(token, str) and _is_token(token)):
-        problems.append(
-            f"{path}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters without spaces"
-            " or control characters"
-        )
+    token_problem = _token_problem(token, require_tokens)
+    if token_problem is not None:
+        problems.append(f"{path}.token: {token_problem}")
     notify = _notify(user.get("notify", list(DEFAULT_NOTIFY)), f"{path}.notify", webhooks, problems)
     email_keywords = _email_keywords(user["email_keywords"], path, problems) if "email_keywords" in user else None
     tags = _tags(user.get("tags", []), f"{path}.tags", problems)
@@ -1209,11 +1264,14 @@ class _DuplicateKey(ValueError):
 
 
 def _reject_duplicate_keys(pairs):
-    document = {}
-    for key, value in pairs:
-        if key in document:
-            raise _DuplicateKey(key)
-        document[key] = value
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        # Called for every object of the file: the loop that names the first repeated key runs only if one is.
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return document
 
 

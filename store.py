@@ -53,6 +53,11 @@ from sql_store import (
 )
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+# sqlite3 binds an int, float, str or bytes as it is, but looks for an adapter for any other value first, in
+# vain, at a cost several times the binding's: None and bool, the most common parameters of users' rows, get
+# adapters that give what sqlite3 binds anyway (NULL, 0 or 1). A first start binds millions of them.
+sqlite3.register_adapter(type(None), lambda value: value)
+sqlite3.register_adapter(bool, int)
 # How a SQLite database of an older schema version becomes current (migrations.STEPS, in SQLite's SQL):
 # MIGRATIONS[n - 1] upgrades version n to n + 1 (PRAGMA user_version).
 MIGRATIONS = tuple(step.sqlite for step in STEPS)

@@ -5,6 +5,7 @@ restarts and reloads, a name in settings.json taking them over."""
 import json
 import re
 import sqlite3
+import uuid
 
 import pytest
 import webtest
@@ -47,6 +48,23 @@ def test_every_check_gets_a_lowercase_uuid_once_and_keeps_it_across_restarts_and
     store.sync_users(make_settings({"nas": PI}).users, T0)
     store.sync_users(make_settings({"pi": PI, "nas": PI}).users, T0 + 1)
     assert Checks(store, LiveSettings(make_settings({"pi": PI, "nas": PI}))).uuid_of("pi") == pi
+
+
+@BACKENDS
+def test_the_uuids_given_at_once_are_distinct_random_version_4_uuids(store, clock):
+    names = [f"cam-{index}" for index in range(200)]
+    _, _, checks = app_for(store, clock, dict.fromkeys(names, PI))
+    given = [uuid.UUID(checks.uuid_of(name)) for name in names]
+    assert [str(one) for one in given] == [checks.uuid_of(name) for name in names]
+    assert {(one.version, one.variant) for one in given} == {(4, uuid.RFC_4122)}
+    assert len(set(given)) == len(names)
+    # Each of the 122 random bits takes both values: none is fixed by the way they are made.
+    random_bits = (1 << 128) - 1 - (0xF << 76) - (0b11 << 62)
+    assert all(
+        any(one.int >> bit & 1 for one in given) and not all(one.int >> bit & 1 for one in given)
+        for bit in range(128)
+        if random_bits >> bit & 1
+    )
 
 
 @BACKENDS

@@ -97,3 +97,53 @@ def test_the_checks_by_program_keys_are_checked(top_level, problem):
 def test_the_checks_by_program_keys_have_documented_defaults():
     settings = config.parse_settings(valid_document())
     assert (settings.auto_provision, settings.auto_provision_limit, settings.ping_key_digest) == (False, 10_000, None)
+
+
+# A fleet's users that differ by name (and token) only are validated once (config._parse_users): each of them
+# must still get exactly what validating it alone would give.
+
+
+def test_users_with_the_same_settings_each_get_what_validating_them_alone_gives():
+    # The first has a token (validated in full), the next ones share its settings with another token or none.
+    tokens = {"first": "f" * 20, "other": "o" * 20}
+    users = {name: {"max_sleep": 5, "token": token} for name, token in tokens.items()}
+    users = {"first": users["first"], "none": {"max_sleep": 5}, "other": users["other"], "none-2": {"max_sleep": 5}}
+    maintenance = [{"schedule": "0 3 * * *", "duration": 600, "tz": "UTC"}]
+    settings = config.parse_settings(fleet({"email_frequency": 60}, users) | {"maintenance": maintenance})
+    for name, user in users.items():
+        alone = config.parse_settings(fleet({"email_frequency": 60}, {name: user}) | {"maintenance": maintenance})
+        assert settings.users[name] == alone.users[name]
+    assert [settings.users[name].token_digest for name in users] == [
+        config.secret_digest(tokens["first"]),
+        None,
+        config.secret_digest(tokens["other"]),
+        None,
+    ]
+    assert len(settings.users["none-2"].maintenance) == 1
+
+
+def test_each_user_of_the_same_settings_is_checked_for_its_name_and_token():
+    first = {"monitor": True, "max_sleep": 5, "email_frequency": 1, "token": "a" * 20}
+    users = {
+        "ok": first,
+        "bad\u2028name": dict(first),
+        "no-token": {**first, "token": None},
+        "short": {**first, "token": "x"},
+    }
+    assert problems_of(valid_document(require_tokens=True, users=users)) == [
+        'users."bad\\u2028name": a username must not contain line or paragraph separators (U+2028, U+2029)',
+        "users.no-token.token: missing (require_tokens is true)",
+        "users.short.token: must be a string of at least 16 characters without spaces or control characters",
+    ]
+    tokens = {"a": {**first, "token": "a" * 20}, "b": {**first, "token": "b" * 20}}
+    settings = config.parse_settings(valid_document(users=tokens))
+    assert settings.users["b"].token_digest == config.secret_digest("b" * 20) != settings.users["a"].token_digest
+
+
+def test_settings_equal_in_python_but_not_in_json_are_validated_each():
+    # 1 == 1.0 == True in Python, but `monitor` must be true or false.
+    users = {
+        "a": {"monitor": True, "max_sleep": 1, "email_frequency": 1},
+        "b": {"monitor": 1, "max_sleep": 1, "email_frequency": 1},
+    }
+    assert problems_of(valid_document(users=users)) == ["users.b.monitor: must be true or false, got 1"]

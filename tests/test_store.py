@@ -1593,3 +1593,12 @@ def test_each_start_begins_a_run_that_upkeep_marks_seen_every_minute_and_its_gap
     # From a later start, the last run seen before it too: a gap may begin in it.
     assert store.service_runs(T0 + 500) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
     assert store.service_runs(T0 + 1071) == [(T0 + 1000, T0 + 1070)]
+
+
+def test_none_and_booleans_are_bound_as_sqlite3_binds_them_without_the_stores_adapters():
+    # store.py registers adapters for None and bool (for every sqlite3 connection of the process), for speed:
+    # they must bind NULL, 1 and 0 exactly as sqlite3 does without them.
+    assert sqlite3.adapters[type(None), sqlite3.PrepareProtocol] is not None
+    with contextlib.closing(sqlite3.connect(":memory:")) as connection:
+        row = connection.execute("SELECT typeof(?), typeof(?), ?, typeof(?), ?", (None, True, True, False, False))
+        assert row.fetchone() == ("null", "integer", 1, "integer", 0)
