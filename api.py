@@ -368,7 +368,7 @@ def mount(
         config = settings.current.users[name]
         if user is None or pings is None:
             user = store.user(name)
-            pings = store.pings_totals(name).get(name, 0)
+            pings = store.pings_total(name) or 0
         check_uuid = checks.uuid_of(name) or ""
         definition = checks.definition(name)
         return check_dict(user, config, definition, check_uuid, pings, clock(), version, readonly, root())

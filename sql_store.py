@@ -472,8 +472,7 @@ DELETE_PROGRAM_SQL = (
 )
 UUID_SQL = "SELECT uuid FROM users WHERE username = ?"
 # Signals counted (as metrics count them) for the management API's n_pings: of every configured user, or of one.
-PINGS_TOTALS_SQL = "SELECT username, pings_total FROM users WHERE configured"
-PINGS_TOTAL_SQL = "SELECT username, pings_total FROM users WHERE username = ? AND configured"
+PINGS_TOTAL_SQL = "SELECT pings_total FROM users WHERE username = ? AND configured"
 # The management API's listing: of each configured user only what its JSON shows, in username order through the
 # UNIQUE index (no sort).
 LISTED_CHECKS_SQL = (
@@ -655,7 +654,6 @@ class Statements:
     uuid: str
     recent_signals: str
     alert_kinds: str
-    pings_totals: str
     pings_total: str
     listed_checks: str
 
@@ -742,7 +740,6 @@ class Statements:
             uuid=s(UUID_SQL),
             recent_signals=s(RECENT_SIGNALS_SQL),
             alert_kinds=s(ALERT_KINDS_SQL),
-            pings_totals=s(PINGS_TOTALS_SQL),
             pings_total=s(PINGS_TOTAL_SQL),
             listed_checks=s(LISTED_CHECKS_SQL),
             restart=tuple(
@@ -931,12 +928,11 @@ class SqlStore:
             user_id = self._user_id(connection, username)
             return [tuple(row) for row in connection.execute(self._sql.alert_kinds, (user_id, start, end, limit))]
 
-    def pings_totals(self, username: str | None = None) -> dict[str, int]:
-        """StoreContract.pings_totals."""
+    def pings_total(self, username: str) -> int | None:
+        """StoreContract.pings_total."""
         with self._read() as connection:
-            if username is None:
-                return dict(connection.execute(self._sql.pings_totals).fetchall())
-            return dict(connection.execute(self._sql.pings_total, (username,)).fetchall())
+            row = connection.execute(self._sql.pings_total, (username,)).fetchone()
+        return None if row is None else row[0]
 
     def _program_row(self, connection: Any, username: str) -> None:
         """Lock the configured check `username` for a change by program; UnknownUserError if there is none,

@@ -148,7 +148,7 @@ class StoreContract(Protocol):
         parent's id (None if none). For a reader that keeps the states it made and compares rows."""
 
     def listed_check_rows(self) -> list[tuple[Any, ...]]:
-        """Every configured user's name, count of signals (as pings_totals) and records.LISTED_FIELDS, in username
+        """Every configured user's name, count of signals (as pings_total) and records.LISTED_FIELDS, in username
         order: records.listed_state(row) is what its status depends on. For the management API's listing, which
         compares rows to tell the checks that changed."""
 
@@ -244,9 +244,9 @@ class StoreContract(Protocol):
         """(time, kind, when its outage went down) of `username`'s first `limit` alerts and recoveries ('back') with
         start <= time < end, oldest first. Raises UnknownUserError if it was never configured."""
 
-    def pings_totals(self, username: str | None = None) -> dict[str, int]:
-        """Each configured user's name -> its count of signals (as metrics count them), or only `username`'s (if
-        configured): one row per user, no ping read."""
+    def pings_total(self, username: str) -> int | None:
+        """The configured user `username`'s count of signals (as metrics count them), None if it is not
+        configured: one row read, no ping."""
 
     def save_check_outcomes(self, outcomes: Iterable[CheckOutcome], now: float) -> int:
         """Apply the absence listener's decisions in one transaction; return how many alerts were recorded.

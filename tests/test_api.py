@@ -426,12 +426,12 @@ def test_the_store_lists_each_configured_check_s_name_signal_count_and_listed_fi
     client.get("/ping/nas/start")
     client.get("/ping/Zed/fail")
     store.snooze("pi", T0 + 900, T0)
-    counts = store.pings_totals()
     expected = [
-        (name, counts[name], *(getattr(store.user(name), field) for field in LISTED_FIELDS))
+        (name, store.pings_total(name), *(getattr(store.user(name), field) for field in LISTED_FIELDS))
         for name in ("Zed", "nas", "pi")
     ]
     assert [tuple(row) for row in store.listed_check_rows()] == expected
+    assert store.pings_total("nobody") is None
 
 
 def test_the_store_reads_the_listed_rows_along_the_names_index_without_sorting(store):
