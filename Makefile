@@ -36,6 +36,7 @@ smtp-sink: $(VENV)/.dev-installed
 	$(BIN)/python tools/smtp_sink.py --port $(SINK_PORT)
 
 # Two workers, one per core, each taking whole files (a file's tests share its module fixtures and order).
+# The longest files go first (tests/conftest.py: LONGEST_FILES), so that none is left for the end.
 test: $(VENV)/.dev-installed debian-packages
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

@@ -13,6 +13,47 @@ from support import ServerProcess, TlsSmtpServer, Tmpfs, server_env
 os.environ["TZ"] = "Europe/Paris"
 time.tzset()
 
+# The files that take longest (a full run's durations, longest first): `make test`'s workers take them first, so
+# that no long file starts when the other worker is about to run dry. Only the order depends on this list.
+LONGEST_FILES = [
+    "test_store.py",
+    "test_e2e.py",
+    "test_install.py",
+    "test_overview_page.py",
+    "test_browser.py",
+    "test_serving.py",
+    "test_channels.py",
+    "test_scheduler.py",
+    "test_pg_instances.py",
+    "test_e2e_detection.py",
+    "test_status_page.py",
+    "test_web.py",
+    "test_api_e2e.py",
+    "test_fault_smtp.py",
+    "test_install_doc.py",
+    "test_detection.py",
+    "test_overview.py",
+    "test_fault_hostile_input.py",
+    "test_checks_by_program.py",
+    "test_e2e_operations.py",
+    "test_fault_crash_and_load.py",
+    "test_fault_storage.py",
+    "test_e2e_email_pings.py",
+]
+
+
+def pytest_configure(config):
+    # xdist's --dist loadfile hands out files by their number of tests unless told not to, which left a few
+    # long files of few tests (the installs) for the end; pytest_collection_modifyitems orders them instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first (LONGEST_FILES), then the others; each file's tests in their own order."""
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture
 def store(request, tmp_path):
