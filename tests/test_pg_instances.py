@@ -108,8 +108,17 @@ def test_an_alert_storm_is_split_between_two_instances_and_no_email_is_sent_twic
     tmp_path, postgres_url, start_server, smtp_server
 ):
     users = storm(60)
-    settings = write_storm_settings(tmp_path, users)
+    # Both instances run before the storm's users exist: were they in the settings at the start, the first
+    # instance could decide the whole storm (deadlines counted from its start) before the second one is up.
+    # A reload of both adds them while both are ticking; the storm begins at the first reload.
+    quiet = {"quiet": {"monitor": True, "max_sleep": 3600, "email_frequency": 3600}}
+    settings = write_storm_settings(tmp_path, quiet)
     first, second = start_server(settings, postgres_url), start_server(settings, postgres_url)
+    write_storm_settings(tmp_path, {**quiet, **users})
+    for service in (first, second):
+        service.reload()
+    for service in (first, second):
+        wait_until(lambda service=service: "settings reloaded" in service.log(), message="the storm's users added")
     smtp_server.wait_for_messages(len(users), timeout=20)
     wait_out_resends(EMAIL_PROCESSING_FREQUENCY)  # nothing more may come, not even after a back-off
     assert first.stop() == 0 and second.stop() == 0
