@@ -508,7 +508,9 @@ class Scheduler:
         maintenance_until = None if watched is user else window and window[1]
         maintenance_at = next_maintenance(config.maintenance, now)
         decision = decide(watched, now, user.parent)
-        next_due_at = min((t for t in (decision.next_due_at, maintenance_at) if t is not None), default=None)
+        next_due_at = decision.next_due_at
+        if maintenance_at is not None and (next_due_at is None or maintenance_at < next_due_at):
+            next_due_at = maintenance_at
         alert, flap = decision.alert, decision.flap
         emails: tuple[NewEmail, ...] = ()
         hooks: tuple[NewWebhook, ...] = ()
