@@ -76,6 +76,18 @@ SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 DATABASE_FULL = "database is full: no space left on its disk"
 
 
+def _null(value: None) -> None:
+    return value
+
+
+# Python 3.11's sqlite3 looks for an adapter for each parameter that is not exactly an int, float, str or bytes, and
+# not finding one costs it an AttributeError built and dropped (a few µs): for every None and every bool bound, a
+# dozen for each due user of an absence listener's step, and several for each ping. A registered adapter is found at
+# once; these bind what SQLite was bound without them (NULL, and 0 or 1).
+sqlite3.register_adapter(type(None), _null)
+sqlite3.register_adapter(bool, int)
+
+
 # rules.py's lateness rules in SQLite's SQL (rules_sql.py): the deadline, written at every start
 # (SqlStore._restart_monitoring), by every signal and snooze (_SIGNAL_TRIGGER_SQL, snooze()); for the metrics'
 # up, when the earliest of a monitored user's conditions begins at :now.
