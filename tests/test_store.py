@@ -1588,3 +1588,14 @@ def test_each_start_begins_a_run_that_upkeep_marks_seen_every_minute_and_its_gap
     # From a later start, the last run seen before it too: a gap may begin in it.
     assert store.service_runs(T0 + 500) == [(T0, T0 + 61), (T0 + 1000, T0 + 1070)]
     assert store.service_runs(T0 + 1071) == [(T0 + 1000, T0 + 1070)]
+
+
+def test_none_and_bools_are_bound_as_without_the_stores_adapters():
+    """store.py registers sqlite3 adapters for None and bool (to spare sqlite3 a failed lookup for each): they bind
+    NULL, 0 and 1, as sqlite3 binds them without adapters."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        row = connection.execute("SELECT typeof(?), ?, typeof(?), ?, typeof(?)", (None, True, True, False, False))
+        assert row.fetchone() == ("null", 1, "integer", 0, "integer")
+    finally:
+        connection.close()
