@@ -4,6 +4,7 @@ within a whole-operation deadline (SMTP_DEADLINE) and reading at most outbound.A
 any reply."""
 
 import dataclasses
+import functools
 import logging
 import re
 import smtplib
@@ -43,6 +44,8 @@ QUOTED_OUTPUT_CHARS = 2000
 LOGS_LINE = "That day's signals: "
 # A digest's subject is cut to this many characters, its last one an ellipsis.
 MAX_DIGEST_SUBJECT = 120
+# How many email_frequency values _reminder keeps in words.
+REMINDERS_KEPT = 256
 # Control characters other than tab and newline would garble a plain-text email: shown as U+FFFD.
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -644,5 +647,8 @@ def _repeat_policy(email_frequency):
     return f"You will be reminded {_reminder(email_frequency)} while it stays silent."
 
 
+# An alert's email_frequency in words is the same few for a whole fleet, and written once per late user in each
+# step of the absence listener: kept (a pure function of the number).
+@functools.lru_cache(maxsize=REMINDERS_KEPT)
 def _reminder(email_frequency):
     return every(email_frequency) if email_frequency else "at every check of the service"

@@ -272,14 +272,11 @@ def in_maintenance(user: Watched, until: float) -> Watched:
     return dataclasses.replace(user, snoozed_until=until, muted_outage=muted, maintenance_until=until)  # type: ignore[type-var]
 
 
-def flapping(user: Watched, now: float) -> bool:
+def flapping(user: Watched, now: float, flap: Flap | None = None) -> bool:
     """Whether `user` is flapping at `now`: it began to (flapping_since) and has had no new outage for flap_quiet
-    since its last one."""
-    return (
-        user.flapping_since is not None
-        and user.last_outage_at is not None
-        and now < user.last_outage_at + user.flap_quiet
-    )
+    since its last one (last_outage_at); both as the new count `flap` (count_outage's) leaves them, if given."""
+    since, last = (user.flapping_since, user.last_outage_at) if flap is None else (flap.flapping_since, flap.outage_at)
+    return since is not None and last is not None and now < last + user.flap_quiet
 
 
 def count_outage(user: Watched, current: Condition | None, now: float) -> Flap | None:
@@ -448,23 +445,16 @@ def decide(user: Watched, now: float, parent: Watched | None = None) -> Decision
     current = condition(user, now) or pending_notice(user)
     alert = suppressed = None
     repeat_at = None
+    # The user's count of outages as this step leaves it (no copy of `user`: this runs for every due user).
     flap = count_outage(user, current, now)
-    if flap is not None:
-        user = dataclasses.replace(  # type: ignore[type-var]
-            user,
-            flap_window_start=flap.window_start,
-            flap_count=flap.count,
-            last_outage_at=flap.outage_at,
-            flapping_since=flap.flapping_since,
-        )
-    if flapping(user, now):
+    if flapping(user, now, flap):
         # One notice as it begins; then neither alert nor recovery until it has been stable for flap_quiet.
         recovery = False
-        began = flap is not None and flap.flapping_since == now and user.flapping_since == now
-        if began and not snoozed(user, now):
+        if flap is not None and flap.flapping_since == now and not snoozed(user, now):
             alert = Condition(FLAPPING, now)
         if current is not None and current.kind != TOO_OFTEN:
-            repeat_at = (user.last_outage_at or now) + user.flap_quiet
+            last_outage_at = user.last_outage_at if flap is None else flap.outage_at
+            repeat_at = (last_outage_at or now) + user.flap_quiet
         if current is None or current.kind == TOO_OFTEN:
             # Up: its next outage, counted when it begins.
             candidates = [repeat_at, run_deadline(user), late_at(user), start_deadline(user)]

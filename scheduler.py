@@ -10,7 +10,6 @@ sees the wall clock jump. Settings are read from the LiveSettings at each step, 
 followed at once.
 """
 
-import dataclasses
 import http.client
 import logging
 import threading
@@ -509,8 +508,10 @@ class Scheduler:
         maintenance_until = None if watched is user else window and window[1]
         maintenance_at = next_maintenance(config.maintenance, now)
         decision = decide(watched, now, user.parent)
-        next_due_at = min((t for t in (decision.next_due_at, maintenance_at) if t is not None), default=None)
-        alert = decision.alert
+        next_due_at = decision.next_due_at
+        if maintenance_at is not None and (next_due_at is None or maintenance_at < next_due_at):
+            next_due_at = maintenance_at
+        alert, flap = decision.alert, decision.flap
         emails: tuple[NewEmail, ...] = ()
         hooks: tuple[NewWebhook, ...] = ()
         recovery: tuple[NewEmail, ...] = ()
@@ -533,7 +534,7 @@ class Scheduler:
             next_run=decision.next_run,
             maintenance_until=maintenance_until,
             maintenance_at=maintenance_at,
-            flap=None if decision.flap is None else dataclasses.astuple(decision.flap),
+            flap=None if flap is None else (flap.window_start, flap.count, flap.outage_at, flap.flapping_since),
         )
 
     def _notices(

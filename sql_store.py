@@ -6,7 +6,6 @@ the other database. What truly differs (connections, claims, leases, upkeep, hea
 text is not the same) stays in store.py and pg_store.py.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -118,8 +117,9 @@ _USER_FIELDS = len(USER_COLUMNS.split(", "))
 
 def user_and_parent(row: Sequence[Any]) -> UserState:
     """The UserState of a row of USER_AND_PARENT: the user's columns, then its parent's (NULLs if none)."""
-    user = UserState(*row[:_USER_FIELDS])
-    return user if row[_USER_FIELDS] is None else dataclasses.replace(user, parent=UserState(*row[_USER_FIELDS:]))
+    # Each built once: a frozen dataclass's construction (and replace()'s, a second one) costs a call for each field.
+    parent = None if row[_USER_FIELDS] is None else UserState(*row[_USER_FIELDS:])
+    return UserState(*row[:_USER_FIELDS], parent)  # type: ignore[call-arg]  # (mypy cannot count a slice)
 
 
 def queued_email(row: Sequence[Any]) -> QueuedEmail:
@@ -770,7 +770,8 @@ class SqlStore:
     (its Statements), `_read()` (a connection for reading, its faults as StoreUnavailableError), `_write()`
     (a transaction holding the database's write lock), `_transaction()` (one that need not: it locks the rows it
     writes), `_starting()` (the transaction of a start), `_join`, `_alone`, `_returned_ids`, `_lazy_rows` and
-    `_apply_outcomes`. Promises: store_contract.StoreContract."""
+    `_apply_outcomes` (and `_inserted_ids`, where a backend has a cheaper way than `_returned_ids`). Promises:
+    store_contract.StoreContract."""
 
     _sql: ClassVar[Statements]
     # This instance's row of service_runs once sync_users began it, and when it was last marked seen.
@@ -808,6 +809,11 @@ class SqlStore:
         """Run `statement` (a SELECT of ids, or ending in RETURNING id) once with each of `rows` in turn; return the
         ids it returned, in that order: an INSERT's new rows, the rows an UPDATE changed, the rows found."""
         raise NotImplementedError
+
+    def _inserted_ids(self, connection: Any, statement: str, rows: Sequence[Any]) -> list[int]:
+        """Run `statement` (an INSERT of one row, VALUES (...) RETURNING id) once with each of `rows` in turn; return
+        the new rows' ids, in that order."""
+        return self._returned_ids(connection, statement, rows)
 
     def _lazy_rows(
         self, connection: Any, statement: str, parameters: Sequence[Any]
@@ -1124,7 +1130,7 @@ class SqlStore:
                         new_alerts.append((user.id, now, user.last_ping, kind, went_down_at, False))
                         notices.append((queued, hooks))
                 alerts += bool(outcome.emails or outcome.webhooks)
-            alert_ids = self._returned_ids(connection, self._sql.insert_alert, new_alerts)
+            alert_ids = self._inserted_ids(connection, self._sql.insert_alert, new_alerts)
             emails = [
                 (alert_id, e.recipient, e.subject, e.body, e.message_id, now, now)
                 for alert_id, (queued, _) in zip(alert_ids, notices, strict=True)
@@ -1157,7 +1163,7 @@ class SqlStore:
                 rows = [{"id": email_id, "me": self.instance_id} for email_id in digest.email_ids]
                 if len(self._returned_ids(connection, self._sql.digest_email, rows)) != len(rows):
                     continue
-                [digest_id] = self._returned_ids(
+                [digest_id] = self._inserted_ids(
                     connection,
                     self._sql.insert_digest,
                     [(digest.recipient, digest.subject, digest.message_id, now, len(digest.email_ids))],

@@ -9,6 +9,7 @@ All times are UTC epoch seconds, passed in by the caller: the store never reads 
 
 import errno
 import fcntl
+import operator
 import os
 import re
 import sqlite3
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from config import DEFAULT_DURABILITY
 from migrations import SCHEMA_VERSION, STEPS
@@ -54,8 +55,9 @@ from sql_store import (
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # sqlite3 binds an int, float, str or bytes as it is, but looks for an adapter for any other value first, in
-# vain, at a cost several times the binding's: None and bool, the most common parameters of users' rows, get
-# adapters that give what sqlite3 binds anyway (NULL, 0 or 1). A first start binds millions of them.
+# vain, at a cost several times the binding's: None and bool, the most common parameters of users' rows (a first
+# start binds millions of them; an absence step a dozen for each due user), get adapters that give what sqlite3
+# binds anyway (NULL, 0 or 1).
 sqlite3.register_adapter(type(None), lambda value: value)
 sqlite3.register_adapter(bool, int)
 # How a SQLite database of an older schema version becomes current (migrations.STEPS, in SQLite's SQL):
@@ -127,11 +129,18 @@ USER_COUNTS_SQL = (
 )
 # The statements SqlStore's methods run on SQLite; the users in username order as SQLite reads them.
 # An outcome of the absence listener applies only if its user is unchanged since it was read
-# (StoreContract.save_check_outcomes).
-SAVE_OUTCOME_SQL = SQLITE.sql(
+# (StoreContract.save_check_outcomes). Its parameters go by number, which SQLite binds without looking a name up (one
+# UPDATE for each due user of a step): ?N is the Nth of OUTCOME_FIELDS (outcome_row's), the one after them :now.
+_SAVE_OUTCOME = SQLITE.sql(
     f"UPDATE users SET {outcome_assignments(':{}')}"
     " WHERE id = :id AND due_at IS :due_at AND last_signal IS :last_signal"
 )
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)")
+OUTCOME_FIELDS = tuple(name for name in dict.fromkeys(_PARAMETER.findall(_SAVE_OUTCOME)) if name != "now")
+SAVE_OUTCOME_SQL = _PARAMETER.sub(
+    lambda parameter: f"?{(*OUTCOME_FIELDS, 'now').index(parameter[1]) + 1}", _SAVE_OUTCOME
+)
+_outcome_fields = operator.itemgetter(*OUTCOME_FIELDS)
 _SQL = Statements.build(
     SQLITE,
     USER_COUNTS_SQL,
@@ -431,6 +440,12 @@ class Store(SqlStore):
         # Statement by statement: SQLite's executemany() takes no RETURNING, and each costs no round trip.
         return [row_id for parameters in rows for (row_id,) in connection.execute(statement, parameters)]
 
+    def _inserted_ids(self, connection: sqlite3.Connection, statement: str, rows: Sequence[Any]) -> list[int]:
+        # Each new row's id is the cursor's lastrowid: without RETURNING, SQLite does not buffer an answer for each
+        # statement (one for each alert of an absence listener's step).
+        insert = statement.removesuffix(" RETURNING id")
+        return [cast(int, connection.execute(insert, parameters).lastrowid) for parameters in rows]
+
     @contextmanager
     def _lazy_rows(
         self, connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]
@@ -445,7 +460,7 @@ class Store(SqlStore):
         return {
             outcome["id"]
             for outcome in outcomes
-            if connection.execute(SAVE_OUTCOME_SQL, {**outcome, "now": now}).rowcount
+            if connection.execute(SAVE_OUTCOME_SQL, (*_outcome_fields(outcome), now)).rowcount
         }
 
     @contextmanager
