@@ -33,6 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SEPARATORS = re.compile("[\u2028\u2029]")
 # json.loads turns "\\ud800" into a lone surrogate: a str that cannot be encoded, stored or sent.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 _HEARTBEAT_URL = re.compile(r"https?://[^\s/?#]+([/?][^\s#]*)?")
 # A quoted value or key longer than this is cut in messages.
@@ -359,15 +360,20 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError([f"{path}: invalid JSON: {error}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: invalid JSON: nested too deeply"]) from None
-    return parse_settings(document)
+    # Text read as UTF-8 holds no surrogate: only a \uD800-\uDFFF escape can put one in the document.
+    return parse_settings(document, may_hold_surrogates=_SURROGATE_ESCAPE.search(text) is not None)
 
 
-def parse_settings(document: Any) -> Settings:
-    """Validate an already parsed settings document; raise ConfigError listing every problem."""
+def parse_settings(document: Any, may_hold_surrogates: bool = True) -> Settings:
+    """Validate an already parsed settings document; raise ConfigError listing every problem.
+
+    `may_hold_surrogates` False (the JSON text had no surrogate escape) skips the search for lone surrogates.
+    """
     problems: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError([f"settings: must be a JSON object, got {_show(document)}"])
-    problems.extend(_lone_surrogates(document, []))
+    if may_hold_surrogates:
+        problems.extend(_lone_surrogates(document, []))
     _unknown_keys(document, TOP_LEVEL_KEYS, "", problems)
     base_frequency = _number(document, "base_frequency", "", problems)
     email_processing_frequency = _number(document, "email_processing_frequency", "", problems)

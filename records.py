@@ -371,9 +371,10 @@ class Outage:
     up_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class CheckId:
-    """A configured check's name and UUID, and whether the management API paused it (PAUSED_UNTIL)."""
+class CheckId(NamedTuple):
+    """A configured check's name and UUID, and whether the management API paused it (PAUSED_UNTIL).
+
+    A NamedTuple: a start reads one for every configured check, and a frozen dataclass costs more to make."""
 
     username: str
     uuid: str

@@ -767,6 +767,15 @@ def test_lone_surrogates_anywhere_are_key_path_errors(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("escape", ["\\uD800", "\\udbff", "\\uDc00", "\\uDFFF", "\\\\\\ud800"])
+def test_a_lone_surrogate_is_found_whatever_the_case_of_its_escape(tmp_path, escape):
+    # The search for lone surrogates is skipped only for a text without a surrogate escape in any case.
+    text = json.dumps(valid_document(server_root="https://example.net/x")).replace("/x", "/" + escape)
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(write(tmp_path, text))
+    assert raised.value.problems == ["server_root: must be valid Unicode text (it holds a lone surrogate)"]
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
 def test_usernames_must_not_hold_line_or_paragraph_separators(separator):
     assert problems_of(valid_document(users={f"a{separator}b": USER})) == [

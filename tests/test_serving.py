@@ -992,3 +992,19 @@ def test_the_service_collects_young_objects_after_many_allocations_not_after_700
         assert gc.get_threshold() == (server.YOUNG_OBJECTS_BEFORE_COLLECTION, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_start_pauses_the_garbage_collector_only_while_it_reads_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "stop_on_signals", threading.Event)
+    monkeypatch.setattr(server, "reload_on_sighup", threading.Event)
+    collecting = []
+
+    def refused_settings(path):
+        collecting.append(gc.isenabled())
+        raise server.config.ConfigError(["settings: refused"])
+
+    monkeypatch.setattr(server.config, "load_settings", refused_settings)
+    assert gc.isenabled()
+    assert server.main(["--settings", str(tmp_path / "settings.json")]) == 2
+    assert collecting == [False]
+    assert gc.isenabled()

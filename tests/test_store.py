@@ -1614,3 +1614,34 @@ def test_none_and_booleans_are_bound_as_sqlite3_binds_them_without_the_stores_ad
     with contextlib.closing(sqlite3.connect(":memory:")) as connection:
         row = connection.execute("SELECT typeof(?), typeof(?), ?, typeof(?), ?", (None, True, True, False, False))
         assert row.fetchone() == ("null", "integer", 1, "integer", 0)
+
+
+USER = {"monitor": True, "max_sleep": 60, "email_frequency": 60}
+
+
+def users_indexes(db):
+    return sorted(query(db, "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'users'"))
+
+
+def test_a_first_start_leaves_the_users_indexes_as_the_schema_defines_them(tmp_path):
+    # Store._adding_users drops users_by_uuid while a first start fills the empty table, then builds it again.
+    Store(tmp_path / "empty.db").close()
+    started = synced(Store(tmp_path / "db"), users={name: USER for name in ("a", "b", "c")})
+    started.close()
+    assert users_indexes(tmp_path / "db") == users_indexes(tmp_path / "empty.db")
+    [(check_uuid,)] = query(tmp_path / "db", "SELECT uuid FROM users WHERE username = 'a'")
+    with pytest.raises(sqlite3.IntegrityError), contextlib.closing(sqlite3.connect(tmp_path / "db")) as connection:
+        connection.execute("UPDATE users SET uuid = ? WHERE username = 'b'", (check_uuid,))
+
+
+def test_a_first_start_that_fails_keeps_users_by_uuid(tmp_path, monkeypatch):
+    # Two users given one UUID: building users_by_uuid again refuses them, and the start's rollback brings
+    # the index back with the table empty.
+    Store(tmp_path / "empty.db").close()
+    monkeypatch.setattr(sql_store, "new_uuids", lambda count: ["00000000-0000-4000-8000-000000000000"] * count)
+    failed = Store(tmp_path / "db")
+    with pytest.raises(sqlite3.IntegrityError):
+        synced(failed, users={"a": USER, "b": USER})
+    failed.close()
+    assert users_indexes(tmp_path / "db") == users_indexes(tmp_path / "empty.db")
+    assert query(tmp_path / "db", "SELECT count(*) FROM users") == [(0,)]
