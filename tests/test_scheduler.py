@@ -16,7 +16,7 @@ import rules
 import scheduler
 import server
 from config import LiveSettings
-from pg_store import PgStore
+from pg_store import LOCKED_INSTANCES_SQL, PgStore
 from rules import live_state, retry_delay
 from scheduler import Scheduler
 from store import Store
@@ -1397,6 +1397,11 @@ def test_a_clock_jump_on_one_instance_restarts_monitoring_only_when_no_other_ins
         assert query(postgres_url, deadlines) == before
         assert "monitoring not restarted" in caplog.text
         other.close()
+        # The server frees the other's liveness lock once its backend sees the connection gone, a moment later.
+        wait_until(
+            lambda: query(postgres_url, LOCKED_INSTANCES_SQL) == [(jumping.instance_id,)],
+            message="the other instance's liveness lock freed",
+        )
         assert steps.follow_clock(T0 + 23, 23.0) == 3600
         assert query(postgres_url, deadlines) == [(T0 + 23, T0 + 83)]
         assert "monitoring restarted as after a restart" in caplog.text
